@@ -1,0 +1,52 @@
+# cdk-trn: the two commands are `make synth` and `make test`. Both work from a fresh clone,
+# offline except for the package registries, with no AWS credentials.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# Offline synth: no credentials, no instance-metadata probe, no notices, no Node EOL banner.
+export PATH := $(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
+export AWS_EC2_METADATA_DISABLED := true
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+export CDK_DISABLE_CLI_TELEMETRY := true
+
+.PHONY: synth test lint typecheck unit bench clean
+
+synth: $(VENV)/.runtime node_modules/.installed
+	rm -rf cdk.out
+	cdk synth --all --quiet --no-notices
+	python -m cdk_trn.compliance cdk.out
+
+test: $(VENV)/.test lint typecheck unit
+
+lint: $(VENV)/.test
+	ruff check .
+
+typecheck: $(VENV)/.test
+	mypy cdk_trn stacks app.py
+
+unit: $(VENV)/.test
+	PJRT_DEVICE=CPU pytest
+
+bench: $(VENV)/.test
+	python benchmarks/synth_scaling.py
+	PJRT_DEVICE=CPU python benchmarks/acceptance_cpu.py
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml cdk_trn/neuron_container/pyproject.toml $(VENV)/.runtime
+	$(BIN)/pip install --quiet -e '.[test,dev]' -e cdk_trn/neuron_container
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+clean:
+	rm -rf cdk.out $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,123 @@
+"""Capacity: where the nodes' capacity comes from, as a value object.
+
+* ``Capacity.on_demand()``: on-demand instances in a cluster placement group.
+* ``Capacity.reservation(id)``: a targeted On-Demand Capacity Reservation, in a cluster placement
+  group unless told otherwise (the reservation must then have been made in that group).
+* ``Capacity.capacity_block(id)``: an EC2 Capacity Block for ML (market type ``capacity-block``
+  plus the targeted reservation, never a placement group: AWS ParallelCluster, eksctl and
+  terraform-aws-eks users hit InsufficientInstanceCapacity with one).
+* ``Capacity.ultraserver_block(id)``: a Capacity Block of Trn2 UltraServers (trn2u.48xlarge only;
+  nodes a multiple of 4; each node writes the NEURON_RT_ULTRASERVER_* environment).
+
+There is no CloudFormation resource that buys a capacity block; the user buys it (API
+``PurchaseCapacityBlock``) and passes the reservation id it returns.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from cdk_trn.catalog import InstanceSpec
+from cdk_trn.errors import CdkTrnError, invalid
+
+_RESERVATION_ID = re.compile(r"^cr-[0-9a-f]{8}([0-9a-f]{9})?$")
+
+
+class CapacityKind(enum.Enum):
+    ON_DEMAND = "on-demand"
+    RESERVATION = "reservation"
+    CAPACITY_BLOCK = "capacity-block"
+    ULTRASERVER_BLOCK = "ultraserver-block"
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Where nodes come from. Build it with the class methods, not the constructor."""
+
+    kind: CapacityKind
+    reservation_id: str | None = None
+    placement_group: bool = True
+
+    @classmethod
+    def on_demand(cls) -> Capacity:
+        return cls(CapacityKind.ON_DEMAND, None, placement_group=True)
+
+    @classmethod
+    def reservation(cls, reservation_id: str, *, placement_group: bool = True) -> Capacity:
+        _check_reservation_id("reservation_id", reservation_id)
+        return cls(CapacityKind.RESERVATION, reservation_id, placement_group)
+
+    @classmethod
+    def capacity_block(cls, reservation_id: str, *, placement_group: bool = False) -> Capacity:
+        _check_reservation_id("reservation_id", reservation_id)
+        if placement_group:
+            raise CdkTrnError(
+                "placement_group must be False for a capacity block, got True: capacity blocks "
+                "are already co-located and a placement group causes InsufficientInstanceCapacity"
+            )
+        return cls(CapacityKind.CAPACITY_BLOCK, reservation_id, placement_group=False)
+
+    @classmethod
+    def ultraserver_block(cls, reservation_id: str) -> Capacity:
+        _check_reservation_id("reservation_id", reservation_id)
+        return cls(CapacityKind.ULTRASERVER_BLOCK, reservation_id, placement_group=False)
+
+    @classmethod
+    def from_name(cls, name: str, reservation_id: str | None = None) -> Capacity:
+        """Build from the app's context values (``capacity`` and ``reservationId``)."""
+        kinds = {k.value: k for k in CapacityKind}
+        if name not in kinds:
+            raise invalid("capacity", name, "one of " + ", ".join(kinds))
+        kind = kinds[name]
+        if kind is CapacityKind.ON_DEMAND:
+            if reservation_id:
+                raise invalid("reservationId", reservation_id, "unset with capacity 'on-demand'")
+            return cls.on_demand()
+        if not reservation_id:
+            raise invalid("reservationId", reservation_id, f"a reservation id with capacity {name!r}")
+        factory = {
+            CapacityKind.RESERVATION: cls.reservation,
+            CapacityKind.CAPACITY_BLOCK: cls.capacity_block,
+            CapacityKind.ULTRASERVER_BLOCK: cls.ultraserver_block,
+        }[kind]
+        return factory(reservation_id)
+
+    @property
+    def is_block(self) -> bool:
+        return self.kind in (CapacityKind.CAPACITY_BLOCK, CapacityKind.ULTRASERVER_BLOCK)
+
+    @property
+    def is_ultraserver(self) -> bool:
+        return self.kind is CapacityKind.ULTRASERVER_BLOCK
+
+    def validate_for(self, spec: InstanceSpec, nodes: int) -> None:
+        """Reject combinations that could never launch."""
+        if spec.is_ultraserver and not self.is_ultraserver:
+            raise CdkTrnError(
+                f"capacity must be an UltraServer capacity block (Capacity.ultraserver_block) for "
+                f"{spec.instance_type}, got {self.kind.value}: UltraServers are sold only as "
+                "capacity blocks"
+            )
+        if self.is_ultraserver:
+            if not spec.is_ultraserver:
+                raise CdkTrnError(
+                    f"instance_type must be an UltraServer type (trn2u.48xlarge) with an "
+                    f"UltraServer capacity block, got {spec.instance_type!r}"
+                )
+            size = spec.ultraserver_size or 1
+            if nodes % size:
+                raise invalid(
+                    "nodes", nodes, f"a multiple of {size} (whole UltraServers) for {spec.instance_type}"
+                )
+        if spec.capacity_block_only and not self.is_block:
+            raise CdkTrnError(
+                f"capacity must be a capacity block for {spec.instance_type}, got "
+                f"{self.kind.value}: this type is sold only as EC2 Capacity Blocks"
+            )
+
+
+def _check_reservation_id(prop: str, value: str) -> None:
+    if not isinstance(value, str) or not _RESERVATION_ID.match(value):
+        raise invalid(prop, value, "a capacity reservation id such as 'cr-0123456789abcdef0'")

@@ -1,0 +1,313 @@
+"""TrainiumCluster: N Trainium nodes in one AZ, every network card on EFA, proven healthy at boot.
+
+Composes the building blocks: the catalog's ``InstanceSpec``, an ``EfaSecurityGroup``, the node
+role, the EFA launch template, the ``Capacity`` choice (placement group, reservation or capacity
+block) and an Auto Scaling group with min = max = desired = N whose creation policy waits for N
+success signals. Each node sends its signal only after ``bootstrap/node_bootstrap.sh`` verified the
+catalog's Neuron and EFA device counts, Docker, the FSx mount and its UltraServer ids.
+The template's size does not depend on N: one launch template and one group serve 1 or 256 nodes.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Any, Protocol
+
+import aws_cdk as cdk
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from constructs import Construct
+
+from cdk_trn._acknowledge import acknowledge
+from cdk_trn.capacity import Capacity
+from cdk_trn.catalog import InstanceSpec, instance_spec
+from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
+from cdk_trn.machine_image import NeuronMachineImage
+from cdk_trn.network import TrainingNetwork
+from cdk_trn.security import EfaSecurityGroup
+
+CLUSTER_TAG = "cdk-trn:cluster"
+MAX_NODES = 1024
+_CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}$")
+
+
+class MountableFileSystem(Protocol):
+    """What the cluster needs of a shared file system (``cdk_trn.storage.TrainingFileSystem``)."""
+
+    @property
+    def dns_name(self) -> str: ...
+    @property
+    def mount_name(self) -> str: ...
+    @property
+    def mount_path(self) -> str: ...
+    @property
+    def efa_enabled(self) -> bool: ...
+    def allow_clients(self, clients: ec2.IConnectable) -> None: ...
+
+
+class TrainiumCluster(Construct):
+    """A Trainium training cluster.
+
+    :param network: the single-AZ ``TrainingNetwork`` the nodes live in.
+    :param instance_type: a catalog type. Default: ``trn2.48xlarge``.
+    :param nodes: node count, 1..1024. Default: 2.
+    :param capacity: where capacity comes from. Default: ``Capacity.on_demand()`` (cluster
+        placement group).
+    :param machine_image: node AMI. Default: the Neuron base DLAMI on Amazon Linux 2023,
+        resolved from its public SSM parameter at deploy time.
+    :param file_system: shared file system to mount on every node (and to hold the compile cache).
+        Default: none (compile cache on the root volume).
+    :param cluster_name: name tagged on every resource (``cdk-trn:cluster``). Default: the
+        construct path, lower-cased.
+    :param interface_mode: EFA interface layout. Default: ``EfaInterfaceMode.EFA_ONLY``.
+    :param root_volume_gib: root volume size (gp3, encrypted). Default: 512 GiB.
+    :param volume_key: customer-managed KMS key for the root volumes. Default: the account's EBS key.
+    :param signal_timeout: how long the deploy waits for all nodes' health signals. Default: 45 min.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        network: TrainingNetwork,
+        instance_type: str = "trn2.48xlarge",
+        nodes: int = 2,
+        capacity: Capacity | None = None,
+        machine_image: NeuronMachineImage | None = None,
+        file_system: MountableFileSystem | None = None,
+        cluster_name: str | None = None,
+        interface_mode: EfaInterfaceMode = EfaInterfaceMode.EFA_ONLY,
+        root_volume_gib: int = 512,
+        volume_key: kms.IKey | None = None,
+        signal_timeout: cdk.Duration | None = None,
+    ) -> None:
+        super().__init__(scope, id)
+        # Validate everything before the first resource exists.
+        spec = instance_spec(instance_type)
+        capacity = capacity or Capacity.on_demand()
+        machine_image = machine_image or NeuronMachineImage.dlami()
+        signal_timeout = signal_timeout or cdk.Duration.minutes(45)
+        self._validate_nodes(nodes)
+        capacity.validate_for(spec, nodes)
+        self._validate_region(spec)
+        self._validate_root_volume(root_volume_gib)
+        self._validate_signal_timeout(signal_timeout)
+        name = cluster_name or self._default_name()
+        self._validate_cluster_name(name)
+
+        self.spec: InstanceSpec = spec
+        self.nodes = nodes
+        self.capacity = capacity
+        self.cluster_name = name
+        self.network = network
+        self.vpc = network.vpc
+        self.subnet = network.subnet
+        self.machine_image = machine_image
+        self.file_system = file_system
+        self.compile_cache_path = (
+            f"{file_system.mount_path}/neuron-compile-cache"
+            if file_system is not None
+            else "/var/cache/neuron-compile-cache"
+        )
+
+        self.security_group = EfaSecurityGroup(self, "SecurityGroup", vpc=network.vpc)
+        self.connections = ec2.Connections(security_groups=[self.security_group])
+        self.role = self._node_role()
+        profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
+
+        self.placement_group: ec2.CfnPlacementGroup | None = None
+        if capacity.placement_group:
+            self.placement_group = ec2.CfnPlacementGroup(self, "PlacementGroup", strategy="cluster")
+
+        # L1: the L2 AutoScalingGroup cannot take a launch template with several network cards.
+        self.auto_scaling_group = autoscaling.CfnAutoScalingGroup(
+            self,
+            "Nodes",
+            min_size=str(nodes),
+            max_size=str(nodes),
+            desired_capacity=str(nodes),
+            vpc_zone_identifier=[network.subnet.subnet_id],
+            placement_group=self.placement_group.ref if self.placement_group else None,
+            health_check_type="EC2",
+        )
+        self.launch_template = node_launch_template(
+            self,
+            "LaunchTemplate",
+            spec=spec,
+            image_id=machine_image.image_id(self),
+            node_os=machine_image.os,
+            instance_profile_arn=profile.instance_profile_arn,
+            security_group_ids=[self.security_group.security_group_id],
+            user_data=self._user_data(),
+            capacity=capacity,
+            tags={CLUSTER_TAG: name},
+            interface_mode=interface_mode,
+            root_volume_gib=root_volume_gib,
+            volume_key=volume_key,
+        )
+        self.auto_scaling_group.launch_template = autoscaling.CfnAutoScalingGroup.LaunchTemplateSpecificationProperty(
+            launch_template_id=self.launch_template.ref,
+            version=self.launch_template.attr_latest_version_number,
+        )
+        self._wait_for_signals(signal_timeout)
+        # Nodes signal through the CloudFormation endpoint and pull through the others.
+        for endpoint in network.endpoints:
+            self.auto_scaling_group.node.add_dependency(endpoint)
+        if file_system is not None:
+            file_system.allow_clients(self)
+        cdk.Tags.of(self).add(CLUSTER_TAG, name)
+
+    # --- validation -------------------------------------------------------------------------
+
+    @staticmethod
+    def _validate_nodes(nodes: int) -> None:
+        if isinstance(nodes, bool) or not isinstance(nodes, int) or not 1 <= nodes <= MAX_NODES:
+            raise invalid("nodes", nodes, f"an integer from 1 to {MAX_NODES}")
+
+    def _validate_region(self, spec: InstanceSpec) -> None:
+        region = cdk.Stack.of(self).region
+        if cdk.Token.is_unresolved(region):
+            raise CdkTrnError(
+                f"the stack's region must be set (env=Environment(region=...)) so that "
+                f"{spec.instance_type} can be checked against the regions that offer it "
+                f"({', '.join(spec.regions)}), got an environment-agnostic stack"
+            )
+        if not spec.offered_in(region):
+            raise invalid(
+                "instance_type",
+                spec.instance_type,
+                f"a type offered in the stack's region {region}; {spec.instance_type} is offered "
+                f"in {', '.join(spec.regions)}",
+            )
+
+    @staticmethod
+    def _validate_root_volume(gib: int) -> None:
+        if not isinstance(gib, int) or not 64 <= gib <= 16384:
+            raise invalid("root_volume_gib", gib, "an integer from 64 to 16384 GiB")
+
+    @staticmethod
+    def _validate_signal_timeout(timeout: cdk.Duration) -> None:
+        minutes = timeout.to_minutes()
+        if not 5 <= minutes <= 720:
+            raise invalid("signal_timeout", f"{minutes} minutes", "between 5 and 720 minutes")
+
+    @staticmethod
+    def _validate_cluster_name(name: str) -> None:
+        if not _CLUSTER_NAME.match(name):
+            raise invalid(
+                "cluster_name", name, "1-39 lower-case letters, digits or '-', starting with a letter"
+            )
+
+    def _default_name(self) -> str:
+        path = "-".join(p for p in self.node.path.split("/") if p).lower()
+        cleaned = re.sub(r"[^a-z0-9-]", "-", path).strip("-") or "trn"
+        if not cleaned[0].isalpha():
+            cleaned = "c-" + cleaned
+        return cleaned[:39].rstrip("-")
+
+    # --- resources ----------------------------------------------------------------------------
+
+    def _node_role(self) -> iam.Role:
+        stack = cdk.Stack.of(self)
+        role = iam.Role(
+            self,
+            "NodeRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description=f"Trainium training nodes of {self.node.path}",
+            managed_policies=[
+                iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")
+            ],
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM4",
+            "AmazonSSMManagedInstanceCore is the SSM agent's AWS-maintained permission set "
+            "(Run Command for the acceptance run, Session Manager instead of SSH); a copy "
+            "would drift from what the agent needs.",
+        )
+        # The node reports its own health to the creation policy; only to this stack.
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["cloudformation:SignalResource"],
+                resources=[stack.format_arn(service="cloudformation", resource="stack",
+                                            resource_name=f"{stack.stack_name}/*")],
+            )
+        )
+        return role
+
+    def _user_data(self) -> str:
+        fs = self.file_system
+        variables: dict[str, Any] = {
+            "CDK_TRN_REGION": cdk.Stack.of(self).region,
+            "CDK_TRN_STACK": cdk.Stack.of(self).stack_name,
+            "CDK_TRN_RESOURCE": cdk.Stack.of(self).get_logical_id(self.auto_scaling_group),
+            "CDK_TRN_CLUSTER": self.cluster_name,
+            "CDK_TRN_NODE_OS": self.machine_image.os.value,
+            "CDK_TRN_EXPECTED_NEURON_DEVICES": self.spec.neuron_devices,
+            "CDK_TRN_EXPECTED_EFA_DEVICES": self.spec.efa_devices,
+            "CDK_TRN_LOGICAL_NC": self.spec.default_logical_nc_config,
+            "CDK_TRN_ULTRASERVER_SIZE": self.spec.ultraserver_size if self.capacity.is_ultraserver else 0,
+            "CDK_TRN_FSX_DNS": fs.dns_name if fs else "",
+            "CDK_TRN_FSX_MOUNT_NAME": fs.mount_name if fs else "",
+            "CDK_TRN_FSX_MOUNT_PATH": fs.mount_path if fs else "",
+            "CDK_TRN_FSX_EFA": "1" if fs and fs.efa_enabled else "0",
+            "CDK_TRN_COMPILE_CACHE": self.compile_cache_path,
+        }
+        header = "\n".join(f"{k}='{v}'" for k, v in variables.items())
+        script = resources.files("cdk_trn.bootstrap").joinpath("node_bootstrap.sh").read_text()
+        return "#!/bin/bash\n" + header + "\n" + script
+
+    def _wait_for_signals(self, timeout: cdk.Duration) -> None:
+        iso = timeout.to_iso_string()
+        self.auto_scaling_group.cfn_options.creation_policy = cdk.CfnCreationPolicy(
+            resource_signal=cdk.CfnResourceSignal(count=self.nodes, timeout=iso),
+            auto_scaling_creation_policy=cdk.CfnResourceAutoScalingCreationPolicy(
+                min_successful_instances_percent=100
+            ),
+        )
+        # Capacity blocks and reservations hold exactly N instances: replace them all at once
+        # (never more than N running) and wait for their health signals again.
+        self.auto_scaling_group.cfn_options.update_policy = cdk.CfnUpdatePolicy(
+            auto_scaling_rolling_update=cdk.CfnAutoScalingRollingUpdate(
+                max_batch_size=self.nodes,
+                min_instances_in_service=0,
+                wait_on_resource_signals=True,
+                pause_time=iso,
+            )
+        )
+
+    # --- derived figures -------------------------------------------------------------------------
+
+    @property
+    def chips(self) -> int:
+        return self.spec.cluster_chips(self.nodes)
+
+    @property
+    def peak_bf16_pflops(self) -> float:
+        return self.spec.cluster_peak_bf16_pflops(self.nodes)
+
+    @property
+    def efa_tbps(self) -> float:
+        return self.spec.cluster_efa_tbps(self.nodes)
+
+    @property
+    def hbm_gib(self) -> int:
+        return self.spec.cluster_hbm_gib(self.nodes)
+
+    def summary(self) -> dict[str, Any]:
+        """The figures ``make synth`` prints and the stack outputs carry."""
+        return {
+            "instance_type": self.spec.instance_type,
+            "nodes": self.nodes,
+            "capacity": self.capacity.kind.value,
+            "chips": self.chips,
+            "peak_bf16_pflops": round(self.peak_bf16_pflops, 2),
+            "efa_tbps": round(self.efa_tbps, 1),
+            "hbm_gib": self.hbm_gib,
+            "availability_zone": self.network.availability_zone,
+        }

@@ -1,0 +1,290 @@
+"""TrainingNetwork: one VPC, one AZ, one node subnet, no internet path by default.
+
+EFA traffic cannot cross Availability Zones and capacity reservations/blocks live in one AZ, so the
+network is built around a single AZ chosen by the user. Nodes sit in an isolated subnet and reach
+AWS through VPC endpoints (S3 gateway; SSM, SSM messages, EC2 messages, ECR api/dkr, KMS, CloudWatch
+Logs, STS, CloudFormation interface endpoints). NAT egress is an explicit opt-in.
+"""
+
+from __future__ import annotations
+
+import re
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from cdk_trn.errors import CdkTrnError, invalid
+
+_AZ_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
+_AZ_ID = re.compile(r"^([a-z]+\d)-az\d+$")
+_DIRECTIONS = {"east": "e", "west": "w", "north": "n", "south": "s", "central": "c",
+               "northeast": "ne", "northwest": "nw", "southeast": "se", "southwest": "sw"}
+
+
+def az_id_prefix(region: str) -> str:
+    """The prefix of a region's Availability Zone ids: ``us-east-2`` -> ``use2``."""
+    parts = region.split("-")
+    return parts[0] + "".join(_DIRECTIONS.get(p, p) for p in parts[1:-1]) + parts[-1]
+
+
+def is_az_id(value: str) -> bool:
+    return bool(_AZ_ID.match(value))
+
+#: Interface endpoints the nodes need with no internet path: SSM agent (ssm, ssmmessages,
+#: ec2messages), image pulls (ecr.api, ecr.dkr; layers come from S3), KMS (encrypted volumes and
+#: data), CloudWatch Logs, STS (IAM identities for the enclave vault), CloudFormation (cfn-signal).
+INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
+    "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
+    "SsmMessages": ec2.InterfaceVpcEndpointAwsService.SSM_MESSAGES,
+    "Ec2Messages": ec2.InterfaceVpcEndpointAwsService.EC2_MESSAGES,
+    "EcrApi": ec2.InterfaceVpcEndpointAwsService.ECR,
+    "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
+    "Kms": ec2.InterfaceVpcEndpointAwsService.KMS,
+    "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
+    "Sts": ec2.InterfaceVpcEndpointAwsService.STS,
+    "CloudFormation": ec2.InterfaceVpcEndpointAwsService.CLOUDFORMATION,
+}
+
+
+class TrainingNetwork(Construct):
+    """A single-AZ network for a training cluster, new or imported.
+
+    :param availability_zone: the AZ of the nodes (and of the capacity reservation or block),
+        as an AZ id (``use2-az3``, preferred: the same in every account, and what capacity
+        reservations report) or an AZ name (``us-east-2b``, mapped differently per account).
+        Must belong to the stack's region when that region is known.
+    :param cidr: IPv4 CIDR of a new VPC. Default: ``10.64.0.0/16``.
+    :param nat_egress: give nodes an internet path through a NAT gateway. Default: ``False``
+        (isolated subnet, VPC endpoints only). Opt in only when the node bootstrap must reach
+        package mirrors that no endpoint serves (Ubuntu DLAMIs).
+    :param flow_log_retention: retention of the VPC flow-log group. Default: one year.
+    :param log_key: KMS key for the flow-log group. Default: a new key with rotation, retained.
+    :param existing_vpc: use this VPC instead of creating one (then ``existing_subnet`` is required
+        and no endpoints are created unless ``create_endpoints`` is true).
+    :param existing_subnet: the node subnet inside ``existing_vpc``, in ``availability_zone``.
+    :param create_endpoints: create the VPC endpoints. Default: true for a new VPC, false for an
+        existing one (which usually has them already).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        availability_zone: str,
+        cidr: str = "10.64.0.0/16",
+        nat_egress: bool = False,
+        flow_log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
+        log_key: kms.IKey | None = None,
+        existing_vpc: ec2.IVpc | None = None,
+        existing_subnet: ec2.ISubnet | None = None,
+        create_endpoints: bool | None = None,
+    ) -> None:
+        super().__init__(scope, id)
+        region = cdk.Stack.of(self).region
+        self._validate_availability_zone(availability_zone, region)
+        self._validate_existing(existing_vpc, existing_subnet, cidr, nat_egress)
+
+        self.availability_zone = availability_zone
+        self.nat_egress = nat_egress
+        #: The VPC endpoints this construct created; nodes must not boot before they exist.
+        self.endpoints: list[ec2.IVpcEndpoint] = []
+        self.vpc: ec2.IVpc
+        self.subnet: ec2.ISubnet
+        if existing_vpc is not None and existing_subnet is not None:
+            self.vpc, self.subnet = existing_vpc, existing_subnet
+            self._validate_existing_subnet_az(existing_subnet, availability_zone)
+        else:
+            self.vpc, self.subnet = self._new_vpc(
+                availability_zone, cidr, nat_egress, flow_log_retention, log_key
+            )
+
+        if create_endpoints is None:
+            create_endpoints = existing_vpc is None
+        self.endpoint_security_group: ec2.SecurityGroup | None = None
+        if create_endpoints:
+            self.endpoint_security_group = self._add_endpoints()
+
+    # --- validation -------------------------------------------------------------------------
+
+    @staticmethod
+    def _validate_availability_zone(az: str, region: str) -> None:
+        if cdk.Token.is_unresolved(az):
+            return
+        if is_az_id(az):
+            if not cdk.Token.is_unresolved(region) and not az.startswith(az_id_prefix(region) + "-"):
+                raise invalid(
+                    "availability_zone", az,
+                    f"an Availability Zone of the stack's region {region} "
+                    f"(ids {az_id_prefix(region)}-az1, ...)",
+                )
+            return
+        if not _AZ_NAME.match(az):
+            raise invalid(
+                "availability_zone", az,
+                "an Availability Zone id such as 'use2-az3' or a name such as 'us-east-2b'",
+            )
+        if not cdk.Token.is_unresolved(region) and not az.startswith(region):
+            raise invalid(
+                "availability_zone", az, f"an Availability Zone of the stack's region {region}"
+            )
+
+    @staticmethod
+    def _validate_existing(
+        vpc: ec2.IVpc | None, subnet: ec2.ISubnet | None, cidr: str, nat_egress: bool
+    ) -> None:
+        if (vpc is None) != (subnet is None):
+            raise CdkTrnError(
+                "existing_vpc and existing_subnet must be given together (the node subnet of "
+                "that VPC), got only "
+                + ("existing_vpc" if vpc is not None else "existing_subnet")
+            )
+        if vpc is not None and (nat_egress or cidr != "10.64.0.0/16"):
+            raise CdkTrnError(
+                "cidr and nat_egress describe a new VPC and cannot be combined with existing_vpc"
+            )
+
+    @staticmethod
+    def _validate_existing_subnet_az(subnet: ec2.ISubnet, az: str) -> None:
+        subnet_az = subnet.availability_zone
+        if cdk.Token.is_unresolved(subnet_az) or cdk.Token.is_unresolved(az):
+            return
+        if subnet_az != az:
+            raise invalid(
+                "existing_subnet", subnet.subnet_id, f"a subnet in availability_zone {az}"
+            )
+
+    # --- resources ----------------------------------------------------------------------------
+
+    def _new_vpc(
+        self,
+        az: str,
+        cidr: str,
+        nat_egress: bool,
+        retention: logs.RetentionDays,
+        log_key: kms.IKey | None,
+    ) -> tuple[ec2.Vpc, ec2.ISubnet]:
+        node_type = (
+            ec2.SubnetType.PRIVATE_WITH_EGRESS if nat_egress else ec2.SubnetType.PRIVATE_ISOLATED
+        )
+        subnets = [ec2.SubnetConfiguration(name="nodes", subnet_type=node_type, cidr_mask=20)]
+        if nat_egress:
+            subnets.append(
+                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC,
+                                        cidr_mask=24)
+            )
+        vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            ip_addresses=ec2.IpAddresses.cidr(cidr),
+            availability_zones=[az],
+            subnet_configuration=subnets,
+            nat_gateways=1 if nat_egress else 0,
+            restrict_default_security_group=True,
+        )
+        self.endpoints.append(
+            vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
+        )
+        key = log_key or self._flow_log_key()
+        log_group = logs.LogGroup(
+            self,
+            "FlowLogs",
+            retention=retention,
+            encryption_key=key,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        vpc.add_flow_log(
+            "FlowLog",
+            destination=ec2.FlowLogDestination.to_cloud_watch_logs(log_group),
+            traffic_type=ec2.FlowLogTrafficType.ALL,
+        )
+        self._drop_redundant_depends_on()
+        for subnet in vpc.public_subnets + vpc.private_subnets + vpc.isolated_subnets:
+            self._pin_subnet_zone(subnet, az)
+        node_subnet = vpc.select_subnets(subnet_type=node_type).subnets[0]
+        return vpc, node_subnet
+
+    def _drop_redundant_depends_on(self) -> None:
+        # The provider aws-cdk-lib adds for restrict_default_security_group declares DependsOn
+        # on its role although its GetAtt already orders them (cfn-lint W3005). Same order, less noise.
+        provider = cdk.Stack.of(self).node.try_find_child("Custom::VpcRestrictDefaultSGCustomResourceProvider")
+        handler = provider.node.try_find_child("Handler") if provider is not None else None
+        if isinstance(handler, cdk.CfnResource):
+            handler.add_deletion_override("DependsOn")
+
+    @staticmethod
+    def _pin_subnet_zone(subnet: ec2.ISubnet, az: str) -> None:
+        cfn_subnet = subnet.node.default_child
+        assert isinstance(cfn_subnet, ec2.CfnSubnet)
+        if is_az_id(az):
+            cfn_subnet.add_property_deletion_override("AvailabilityZone")
+            cfn_subnet.add_property_override("AvailabilityZoneId", az)
+            return
+        # A single, fixed AZ is the design (EFA cannot cross AZs; reservations live in one AZ).
+        metadata = dict(cfn_subnet.cfn_options.metadata or {})
+        metadata["cfn-lint"] = {"config": {"ignore_checks": ["W3010"]}}
+        metadata["cdk-trn:acknowledged"] = {
+            "W3010": "the cluster lives in one chosen AZ by design: EFA cannot cross AZs and "
+            "capacity reservations and blocks live in one AZ"
+        }
+        cfn_subnet.cfn_options.metadata = metadata
+
+    def _flow_log_key(self) -> kms.Key:
+        key = kms.Key(
+            self,
+            "FlowLogKey",
+            description="Encrypts the training VPC flow logs",
+            enable_key_rotation=True,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        stack = cdk.Stack.of(self)
+        # CloudWatch Logs encrypts with the key on the log group's behalf; scoped to this
+        # account's log groups by the encryption-context condition AWS documents for it.
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
+                actions=[
+                    "kms:Encrypt*",
+                    "kms:Decrypt*",
+                    "kms:ReEncrypt*",
+                    "kms:GenerateDataKey*",
+                    "kms:Describe*",
+                ],
+                resources=["*"],
+                conditions={
+                    "ArnLike": {
+                        "kms:EncryptionContext:aws:logs:arn": (
+                            f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:*"
+                        )
+                    }
+                },
+            )
+        )
+        return key
+
+    def _add_endpoints(self) -> ec2.SecurityGroup:
+        group = ec2.SecurityGroup(
+            self,
+            "EndpointSecurityGroup",
+            vpc=self.vpc,
+            description="VPC interface endpoints: HTTPS from inside the VPC only",
+            allow_all_outbound=False,
+        )
+        group.add_ingress_rule(
+            ec2.Peer.ipv4(self.vpc.vpc_cidr_block), ec2.Port.tcp(443), "HTTPS from the VPC"
+        )
+        for name, service in INTERFACE_ENDPOINTS.items():
+            endpoint = self.vpc.add_interface_endpoint(
+                name,
+                service=service,
+                subnets=ec2.SubnetSelection(subnets=[self.subnet]),
+                security_groups=[group],
+                private_dns_enabled=True,
+                open=False,
+            )
+            self.endpoints.append(endpoint)
+        return group

@@ -1,0 +1,43 @@
+"""EfaSecurityGroup: the node security group that EFA requires, and nothing more.
+
+EFA needs all traffic allowed inbound AND outbound to and from the group itself; without the
+egress self-rule EFA fails even when 0.0.0.0/0 egress exists (EFA user guide, FACTS.md). Nothing
+else may reach the nodes. Egress is limited to the group itself and HTTPS for the AWS endpoints;
+other egress (FSx ports, the enclave vault) is added by the constructs that need it through
+``connections``.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import aws_ec2 as ec2
+from constructs import Construct
+
+
+class EfaSecurityGroup(ec2.SecurityGroup):
+    """A security group for EFA-wired training nodes.
+
+    :param vpc: the VPC of the nodes.
+    :param https_egress_peer: where nodes may open HTTPS connections. Default: anywhere
+        (``0.0.0.0/0``); in the default isolated subnet the only routes are the VPC (interface
+        endpoints) and the S3 gateway endpoint, so this reaches AWS APIs only. Pass the S3 managed
+        prefix list of the region (``ec2.Peer.prefix_list('pl-...')``) to narrow it further; its id
+        is account-independent but can only be looked up, which synth never does.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        vpc: ec2.IVpc,
+        https_egress_peer: ec2.IPeer | None = None,
+        description: str = "Trainium nodes: all traffic within the group (EFA), HTTPS to AWS",
+    ) -> None:
+        super().__init__(scope, id, vpc=vpc, description=description, allow_all_outbound=False)
+        self.add_ingress_rule(self, ec2.Port.all_traffic(), "EFA and collectives within the group")
+        self.add_egress_rule(self, ec2.Port.all_traffic(), "EFA and collectives within the group")
+        self.add_egress_rule(
+            https_egress_peer or ec2.Peer.any_ipv4(),
+            ec2.Port.tcp(443),
+            "HTTPS to AWS endpoints (VPC interface endpoints and the S3 gateway)",
+        )

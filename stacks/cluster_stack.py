@@ -1,0 +1,51 @@
+"""The stateless stack: the Trainium cluster, its acceptance run and the enclave key vault."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from constructs import Construct
+
+from cdk_trn.capacity import Capacity
+from cdk_trn.cluster import TrainiumCluster
+from cdk_trn.machine_image import NeuronMachineImage
+from stacks.config import AppConfig
+from stacks.storage_stack import StorageStack
+
+
+class ClusterStack(cdk.Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: AppConfig,
+        storage: StorageStack,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(scope, id, **kwargs)  # type: ignore[arg-type]
+        self.cluster = TrainiumCluster(
+            self,
+            "Cluster",
+            network=storage.network,
+            instance_type=config.instance_type,
+            nodes=config.nodes,
+            capacity=Capacity.from_name(config.capacity, config.reservation_id),
+            machine_image=NeuronMachineImage.from_name(config.node_os),
+            cluster_name=f"{config.prefix}-cluster",
+        )
+        summary = self.cluster.summary()
+        for key, label in (
+            ("instance_type", "InstanceType"),
+            ("nodes", "Nodes"),
+            ("chips", "TrainiumChips"),
+            ("peak_bf16_pflops", "PeakBf16Pflops"),
+            ("efa_tbps", "EfaTbps"),
+            ("hbm_gib", "HbmGiB"),
+        ):
+            cdk.CfnOutput(self, label, value=str(summary[key]), description=f"Cluster {key}")
+        cdk.CfnOutput(
+            self,
+            "AutoScalingGroupName",
+            value=self.cluster.auto_scaling_group.ref,
+            description="Auto Scaling group of the nodes",
+        )

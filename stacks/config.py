@@ -1,0 +1,86 @@
+"""The default app's configuration: read from CDK context (cdk.json, overridden by ``-c``).
+
+Every value is validated here with a message that names the context key, before any construct
+is created.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from constructs import Node
+
+from cdk_trn.errors import invalid
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise invalid(key, value, "true or false")
+
+
+def _int(key: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise invalid(key, value, "an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise invalid(key, value, "an integer")
+
+
+def _str(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise invalid(key, value, "a non-empty string")
+    return value
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """What the default app builds. Context keys are in camelCase."""
+
+    prefix: str = "trn"
+    region: str = "us-east-2"
+    availability_zone: str = "use2-az3"
+    instance_type: str = "trn2.48xlarge"
+    nodes: int = 2
+    capacity: str = "on-demand"
+    reservation_id: str | None = None
+    node_os: str = "amazon-linux-2023"
+    nat_egress: bool = False
+    fsx_capacity_gib: int = 4800
+    fsx_throughput: int = 500
+    fsx_efa: bool = False
+    acceptance: bool = True
+    enclave_vault: bool = True
+
+    @classmethod
+    def from_context(cls, node: Node) -> AppConfig:
+        def ctx(key: str) -> Any:
+            return node.try_get_context(key)
+
+        values: dict[str, Any] = {}
+        conversions = {
+            "prefix": ("prefix", _str),
+            "region": ("region", _str),
+            "availabilityZone": ("availability_zone", _str),
+            "instanceType": ("instance_type", _str),
+            "nodes": ("nodes", _int),
+            "capacity": ("capacity", _str),
+            "reservationId": ("reservation_id", _str),
+            "nodeOs": ("node_os", _str),
+            "natEgress": ("nat_egress", _bool),
+            "fsxCapacityGiB": ("fsx_capacity_gib", _int),
+            "fsxThroughput": ("fsx_throughput", _int),
+            "fsxEfa": ("fsx_efa", _bool),
+            "acceptance": ("acceptance", _bool),
+            "enclaveVault": ("enclave_vault", _bool),
+        }
+        for key, (field, convert) in conversions.items():
+            raw = ctx(key)
+            if raw is not None and raw != "":
+                values[field] = convert(key, raw)
+        return cls(**values)

@@ -1,0 +1,7 @@
+"""Shared test setup: quiet jsii, no AWS credentials or endpoints, CPU for the container suite."""
+
+import os
+
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+os.environ.setdefault("PJRT_DEVICE", "CPU")
