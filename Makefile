@@ -7,14 +7,15 @@ BIN := $(CURDIR)/$(VENV)/bin
 # Offline synth: no credentials, no instance-metadata probe, no notices, no Node EOL banner.
 export PATH := $(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 export AWS_EC2_METADATA_DISABLED := true
-export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+# jsii names the variable after the end-of-life check; the value lists the silenced major versions.
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 
 .PHONY: synth test lint typecheck unit bench clean
 
 synth: $(VENV)/.runtime node_modules/.installed
 	rm -rf cdk.out
-	cdk synth --all --quiet --no-notices
+	cdk synth --quiet --no-notices
 	python -m cdk_trn.compliance cdk.out
 
 test: $(VENV)/.test lint typecheck unit

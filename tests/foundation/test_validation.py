@@ -106,7 +106,7 @@ def test_app_reports_bad_context_without_a_traceback():
         [sys.executable, "app.py"],
         cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", "CDK_CONTEXT_JSON": '{"nodes": "two"}',
-             "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1", "HOME": str(ROOT)},
+             "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20", "HOME": str(ROOT)},
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
