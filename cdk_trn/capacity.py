@@ -76,7 +76,9 @@ class Capacity:
                 raise invalid("reservationId", reservation_id, "unset with capacity 'on-demand'")
             return cls.on_demand()
         if not reservation_id:
-            raise invalid("reservationId", reservation_id, f"a reservation id with capacity {name!r}")
+            raise invalid(
+                "reservationId", reservation_id, f"a reservation id with capacity {name!r}"
+            )
         factory = {
             CapacityKind.RESERVATION: cls.reservation,
             CapacityKind.CAPACITY_BLOCK: cls.capacity_block,
@@ -109,7 +111,9 @@ class Capacity:
             size = spec.ultraserver_size or 1
             if nodes % size:
                 raise invalid(
-                    "nodes", nodes, f"a multiple of {size} (whole UltraServers) for {spec.instance_type}"
+                    "nodes",
+                    nodes,
+                    f"a multiple of {size} (whole UltraServers) for {spec.instance_type}",
                 )
         if spec.capacity_block_only and not self.is_block:
             raise CdkTrnError(

@@ -45,7 +45,9 @@ class InstanceSpec:
     local_nvme_gb: int
     regions: tuple[str, ...]
     regions_confirmed: bool = True
-    ultraserver_size: int | None = None  # instances per UltraServer; None: not an UltraServer member
+    ultraserver_size: int | None = (
+        None  # instances per UltraServer; None: not an UltraServer member
+    )
     capacity_block_only: bool = False
     notes: tuple[str, ...] = field(default=())
 
@@ -184,14 +186,12 @@ INSTANCE_SPECS: dict[str, InstanceSpec] = {s.instance_type: s for s in _SPECS}
 
 
 def instance_spec(instance_type: str) -> InstanceSpec:
-    """The catalog entry for ``instance_type``; unknown types are an error listing the known ones."""
+    """The catalog entry for ``instance_type``; an unknown type is an error listing the known."""
     try:
         return INSTANCE_SPECS[instance_type]
     except KeyError:
         known = ", ".join(sorted(INSTANCE_SPECS))
-        raise CdkTrnError(
-            f"instance_type must be one of {known}, got {instance_type!r}"
-        ) from None
+        raise CdkTrnError(f"instance_type must be one of {known}, got {instance_type!r}") from None
 
 
 def regions_offering(instance_type: str) -> tuple[str, ...]:

@@ -65,7 +65,8 @@ class TrainiumCluster(Construct):
         construct path, lower-cased.
     :param interface_mode: EFA interface layout. Default: ``EfaInterfaceMode.EFA_ONLY``.
     :param root_volume_gib: root volume size (gp3, encrypted). Default: 512 GiB.
-    :param volume_key: customer-managed KMS key for the root volumes. Default: the account's EBS key.
+    :param volume_key: customer-managed KMS key for the root volumes. Default: the
+        account's default EBS key.
     :param signal_timeout: how long the deploy waits for all nodes' health signals. Default: 45 min.
     """
 
@@ -150,9 +151,11 @@ class TrainiumCluster(Construct):
             root_volume_gib=root_volume_gib,
             volume_key=volume_key,
         )
-        self.auto_scaling_group.launch_template = autoscaling.CfnAutoScalingGroup.LaunchTemplateSpecificationProperty(
-            launch_template_id=self.launch_template.ref,
-            version=self.launch_template.attr_latest_version_number,
+        self.auto_scaling_group.launch_template = (
+            autoscaling.CfnAutoScalingGroup.LaunchTemplateSpecificationProperty(
+                launch_template_id=self.launch_template.ref,
+                version=self.launch_template.attr_latest_version_number,
+            )
         )
         self._wait_for_signals(signal_timeout)
         # Nodes signal through the CloudFormation endpoint and pull through the others.
@@ -200,7 +203,9 @@ class TrainiumCluster(Construct):
     def _validate_cluster_name(name: str) -> None:
         if not _CLUSTER_NAME.match(name):
             raise invalid(
-                "cluster_name", name, "1-39 lower-case letters, digits or '-', starting with a letter"
+                "cluster_name",
+                name,
+                "1-39 lower-case letters, digits or '-', starting with a letter",
             )
 
     def _default_name(self) -> str:
@@ -234,8 +239,13 @@ class TrainiumCluster(Construct):
         role.add_to_policy(
             iam.PolicyStatement(
                 actions=["cloudformation:SignalResource"],
-                resources=[stack.format_arn(service="cloudformation", resource="stack",
-                                            resource_name=f"{stack.stack_name}/*")],
+                resources=[
+                    stack.format_arn(
+                        service="cloudformation",
+                        resource="stack",
+                        resource_name=f"{stack.stack_name}/*",
+                    )
+                ],
             )
         )
         return role
@@ -251,7 +261,9 @@ class TrainiumCluster(Construct):
             "CDK_TRN_EXPECTED_NEURON_DEVICES": self.spec.neuron_devices,
             "CDK_TRN_EXPECTED_EFA_DEVICES": self.spec.efa_devices,
             "CDK_TRN_LOGICAL_NC": self.spec.default_logical_nc_config,
-            "CDK_TRN_ULTRASERVER_SIZE": self.spec.ultraserver_size if self.capacity.is_ultraserver else 0,
+            "CDK_TRN_ULTRASERVER_SIZE": self.spec.ultraserver_size
+            if self.capacity.is_ultraserver
+            else 0,
             "CDK_TRN_FSX_DNS": fs.dns_name if fs else "",
             "CDK_TRN_FSX_MOUNT_NAME": fs.mount_name if fs else "",
             "CDK_TRN_FSX_MOUNT_PATH": fs.mount_path if fs else "",

@@ -39,7 +39,9 @@ class NeuronMachineImage:
     ami_id: str | None = None
 
     @classmethod
-    def dlami(cls, os: NodeOs = NodeOs.AMAZON_LINUX_2023, *, flavour: str = "base") -> NeuronMachineImage:
+    def dlami(
+        cls, os: NodeOs = NodeOs.AMAZON_LINUX_2023, *, flavour: str = "base"
+    ) -> NeuronMachineImage:
         """The latest Neuron DLAMI of ``flavour`` (``base`` or ``multi-framework``).
 
         ``multi-framework`` is published for Ubuntu 24.04 only (FACTS.md).
@@ -48,10 +50,14 @@ class NeuronMachineImage:
             raise invalid("flavour", flavour, "'base' or 'multi-framework'")
         if flavour == "multi-framework" and os is not NodeOs.UBUNTU_24_04:
             raise invalid("os", os.value, "ubuntu-24.04 for the multi-framework DLAMI")
-        return cls(os, ssm_parameter=f"/aws/service/neuron/dlami/{flavour}/{os.value}/latest/image_id")
+        return cls(
+            os, ssm_parameter=f"/aws/service/neuron/dlami/{flavour}/{os.value}/latest/image_id"
+        )
 
     @classmethod
-    def from_ssm_parameter(cls, name: str, os: NodeOs = NodeOs.AMAZON_LINUX_2023) -> NeuronMachineImage:
+    def from_ssm_parameter(
+        cls, name: str, os: NodeOs = NodeOs.AMAZON_LINUX_2023
+    ) -> NeuronMachineImage:
         if not name.startswith("/"):
             raise invalid("name", name, "an SSM parameter name starting with '/'")
         return cls(os, ssm_parameter=name)
@@ -74,5 +80,7 @@ class NeuronMachineImage:
         if self.ami_id is not None:
             return self.ami_id
         assert self.ssm_parameter is not None
-        image = ec2.MachineImage.from_ssm_parameter(self.ssm_parameter, os=ec2.OperatingSystemType.LINUX)
+        image = ec2.MachineImage.from_ssm_parameter(
+            self.ssm_parameter, os=ec2.OperatingSystemType.LINUX
+        )
         return image.get_image(scope).image_id

@@ -21,8 +21,17 @@ from cdk_trn.errors import CdkTrnError, invalid
 
 _AZ_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
 _AZ_ID = re.compile(r"^([a-z]+\d)-az\d+$")
-_DIRECTIONS = {"east": "e", "west": "w", "north": "n", "south": "s", "central": "c",
-               "northeast": "ne", "northwest": "nw", "southeast": "se", "southwest": "sw"}
+_DIRECTIONS = {
+    "east": "e",
+    "west": "w",
+    "north": "n",
+    "south": "s",
+    "central": "c",
+    "northeast": "ne",
+    "northwest": "nw",
+    "southeast": "se",
+    "southwest": "sw",
+}
 
 
 def az_id_prefix(region: str) -> str:
@@ -33,6 +42,7 @@ def az_id_prefix(region: str) -> str:
 
 def is_az_id(value: str) -> bool:
     return bool(_AZ_ID.match(value))
+
 
 #: Interface endpoints the nodes need with no internet path: SSM agent (ssm, ssmmessages,
 #: ec2messages), image pulls (ecr.api, ecr.dkr; layers come from S3), KMS (encrypted volumes and
@@ -116,16 +126,20 @@ class TrainingNetwork(Construct):
         if cdk.Token.is_unresolved(az):
             return
         if is_az_id(az):
-            if not cdk.Token.is_unresolved(region) and not az.startswith(az_id_prefix(region) + "-"):
+            if not cdk.Token.is_unresolved(region) and not az.startswith(
+                az_id_prefix(region) + "-"
+            ):
                 raise invalid(
-                    "availability_zone", az,
+                    "availability_zone",
+                    az,
                     f"an Availability Zone of the stack's region {region} "
                     f"(ids {az_id_prefix(region)}-az1, ...)",
                 )
             return
         if not _AZ_NAME.match(az):
             raise invalid(
-                "availability_zone", az,
+                "availability_zone",
+                az,
                 "an Availability Zone id such as 'use2-az3' or a name such as 'us-east-2b'",
             )
         if not cdk.Token.is_unresolved(region) and not az.startswith(region):
@@ -140,8 +154,7 @@ class TrainingNetwork(Construct):
         if (vpc is None) != (subnet is None):
             raise CdkTrnError(
                 "existing_vpc and existing_subnet must be given together (the node subnet of "
-                "that VPC), got only "
-                + ("existing_vpc" if vpc is not None else "existing_subnet")
+                "that VPC), got only " + ("existing_vpc" if vpc is not None else "existing_subnet")
             )
         if vpc is not None and (nat_egress or cidr != "10.64.0.0/16"):
             raise CdkTrnError(
@@ -174,8 +187,9 @@ class TrainingNetwork(Construct):
         subnets = [ec2.SubnetConfiguration(name="nodes", subnet_type=node_type, cidr_mask=20)]
         if nat_egress:
             subnets.append(
-                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC,
-                                        cidr_mask=24)
+                ec2.SubnetConfiguration(
+                    name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24
+                )
             )
         vpc = ec2.Vpc(
             self,
@@ -210,8 +224,10 @@ class TrainingNetwork(Construct):
 
     def _drop_redundant_depends_on(self) -> None:
         # The provider aws-cdk-lib adds for restrict_default_security_group declares DependsOn
-        # on its role although its GetAtt already orders them (cfn-lint W3005). Same order, less noise.
-        provider = cdk.Stack.of(self).node.try_find_child("Custom::VpcRestrictDefaultSGCustomResourceProvider")
+        # on its role although its GetAtt already orders them (cfn-lint W3005).
+        provider = cdk.Stack.of(self).node.try_find_child(
+            "Custom::VpcRestrictDefaultSGCustomResourceProvider"
+        )
         handler = provider.node.try_find_child("Handler") if provider is not None else None
         if isinstance(handler, cdk.CfnResource):
             handler.add_deletion_override("DependsOn")

@@ -20,7 +20,10 @@ def format_cluster_summary(cluster: Any, file_system: Any | None = None) -> str:
     if file_system is not None:
         per_node = file_system.throughput_gbps / max(cluster.nodes, 1)
         rows += [
-            ("FSx for Lustre", f"{file_system.storage_capacity_gib:,} GiB at {file_system.mount_path}"),
+            (
+                "FSx for Lustre",
+                f"{file_system.storage_capacity_gib:,} GiB at {file_system.mount_path}",
+            ),
             (
                 "FSx throughput",
                 f"{file_system.throughput_gbps:.2f} GB/s aggregate, {per_node:.2f} GB/s per node",

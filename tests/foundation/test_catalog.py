@@ -14,7 +14,8 @@ def cfn_lint_regions(instance_type: str) -> set[str]:
         .read_text()
     )
     return {
-        r for r, v in data.items()
+        r
+        for r, v in data.items()
         if r != "all" and isinstance(v, dict) and instance_type in v.get("enum", [])
     }
 
@@ -22,7 +23,11 @@ def cfn_lint_regions(instance_type: str) -> set[str]:
 def test_trn2_48xlarge_matches_the_documented_hardware():
     spec = instance_spec("trn2.48xlarge")
     assert (spec.chips, spec.neuron_cores, spec.hbm_gib, spec.vcpus, spec.memory_gib) == (
-        16, 128, 1536, 192, 2048,
+        16,
+        128,
+        1536,
+        192,
+        2048,
     )
     assert (spec.network_cards, spec.efa_devices, spec.efa_gbps) == (16, 16, 3200)
     assert spec.peak_bf16_tflops == pytest.approx(10672.0)  # 10.7 PFLOPS per instance

@@ -20,7 +20,8 @@ def launch_template_data(template):
 
 def test_efa_security_group_allows_all_traffic_to_and_from_itself(default_template):
     (group_id,) = default_template.find_resources(
-        "AWS::EC2::SecurityGroup", {"Properties": {"GroupDescription": Match.string_like_regexp("Trainium nodes")}}
+        "AWS::EC2::SecurityGroup",
+        {"Properties": {"GroupDescription": Match.string_like_regexp("Trainium nodes")}},
     )
     self_ref = {"Fn::GetAtt": [group_id, "GroupId"]}
     default_template.has_resource_properties(
@@ -38,7 +39,9 @@ def test_node_security_group_admits_nothing_from_outside(default_template):
     node_rules = [r for r in ingress.values() if "Cluster" in str(r["Properties"]["GroupId"])]
     assert all("SourceSecurityGroupId" in r["Properties"] for r in node_rules)
     groups = default_template.find_resources("AWS::EC2::SecurityGroup")
-    node_group = next(g for g in groups.values() if "Trainium" in g["Properties"]["GroupDescription"])
+    node_group = next(
+        g for g in groups.values() if "Trainium" in g["Properties"]["GroupDescription"]
+    )
     assert "SecurityGroupIngress" not in node_group["Properties"]
 
 
@@ -110,7 +113,11 @@ def test_bootstrap_checks_the_catalog_device_counts():
 def test_every_resource_is_tagged_with_the_cluster_name(default_template):
     default_template.has_resource_properties(
         "AWS::AutoScaling::AutoScalingGroup",
-        {"Tags": Match.array_with([Match.object_like({"Key": "cdk-trn:cluster", "PropagateAtLaunch": True})])},
+        {
+            "Tags": Match.array_with(
+                [Match.object_like({"Key": "cdk-trn:cluster", "PropagateAtLaunch": True})]
+            )
+        },
     )
     default_template.has_resource_properties(
         "AWS::EC2::SecurityGroup",

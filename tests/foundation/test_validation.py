@@ -46,8 +46,11 @@ def test_node_count_out_of_range(nodes):
 
 def test_ultraserver_nodes_not_a_multiple_of_four():
     expect_error(
-        "nodes", "6", "multiple of 4",
-        instance_type="trn2u.48xlarge", nodes=6,
+        "nodes",
+        "6",
+        "multiple of 4",
+        instance_type="trn2u.48xlarge",
+        nodes=6,
         capacity=Capacity.ultraserver_block("cr-0123456789abcdef0"),
     )
 
@@ -58,7 +61,9 @@ def test_trn2u_without_an_ultraserver_capacity_block():
 
 def test_ultraserver_block_with_a_non_ultraserver_type():
     expect_error(
-        "instance_type", "trn2u.48xlarge", "'trn2.48xlarge'",
+        "instance_type",
+        "trn2u.48xlarge",
+        "'trn2.48xlarge'",
         capacity=Capacity.ultraserver_block("cr-0123456789abcdef0"),
     )
 
@@ -88,8 +93,12 @@ def test_availability_zone_that_is_not_an_az():
 
 def test_instance_type_not_offered_in_the_region():
     expect_error(
-        "instance_type", "trn2.48xlarge", "eu-west-1", "us-east-2",
-        region="eu-west-1", az="euw1-az1",
+        "instance_type",
+        "trn2.48xlarge",
+        "eu-west-1",
+        "us-east-2",
+        region="eu-west-1",
+        az="euw1-az1",
     )
 
 
@@ -105,9 +114,15 @@ def test_app_reports_bad_context_without_a_traceback():
     result = subprocess.run(
         [sys.executable, "app.py"],
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "CDK_CONTEXT_JSON": '{"nodes": "two"}',
-             "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20", "HOME": str(ROOT)},
-        capture_output=True, text=True, timeout=120,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "CDK_CONTEXT_JSON": '{"nodes": "two"}',
+            "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+            "HOME": str(ROOT),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "nodes must be an integer, got 'two'" in result.stderr
