@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The default cdk-trn app: `make synth` (offline) or `npx cdk deploy --all` (with credentials).
 
-Configuration comes from cdk.json context, overridden with `-c key=value`.
+Configuration comes from cdk.json context, overridden with `-c key=value`. Compliance is part of
+synth: five packs run as validation plugins and any unacknowledged finding fails the synth.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import sys
 
 import aws_cdk as cdk
 
+from cdk_trn.compliance import ComplianceError, enable_compliance, synth_checked
 from cdk_trn.errors import CdkTrnError
 from cdk_trn.summary import format_cluster_summary
 from stacks import build_default_app
@@ -17,13 +19,21 @@ from stacks import build_default_app
 
 def main() -> int:
     app = cdk.App()
+    enable_compliance(app)
     try:
         default = build_default_app(app)
     except CdkTrnError as error:
         print(f"cdk-trn: invalid configuration: {error}", file=sys.stderr)
         return 2
-    app.synth()
-    print(format_cluster_summary(default.cluster), file=sys.stderr)
+    try:
+        report = synth_checked(app)
+    except ComplianceError as error:
+        print(error.report.format_summary(), file=sys.stderr)
+        print(f"cdk-trn: {error}", file=sys.stderr)
+        return 1
+    summary = format_cluster_summary(default.cluster, default.storage_stack.file_system)
+    print(summary, file=sys.stderr)
+    print(report.format_summary(), file=sys.stderr)
     return 0
 
 

@@ -32,7 +32,9 @@ class ClusterStack(cdk.Stack):
             capacity=Capacity.from_name(config.capacity, config.reservation_id),
             machine_image=NeuronMachineImage.from_name(config.node_os),
             cluster_name=f"{config.prefix}-cluster",
+            file_system=storage.file_system,
         )
+        storage.buckets.grant_read_write(self.cluster.role)
         summary = self.cluster.summary()
         for key, label in (
             ("instance_type", "InstanceType"),

@@ -85,14 +85,40 @@ check_docker() {
   systemctl enable --now docker || fail "docker did not start"
 }
 
+install_lustre_client() {
+  modinfo lustre >/dev/null 2>&1 && return 0
+  case "$CDK_TRN_NODE_OS" in
+    # AL2023 ships the client in its own repositories (S3 buckets: the gateway endpoint serves them).
+    amazon-linux-2023) dnf install -y lustre-client ;;
+    # The FSx Ubuntu repository is not reachable through VPC endpoints: bake the client into the
+    # AMI or opt into NAT egress (FACTS.md "Air-gapped nodes").
+    ubuntu-24.04) apt-get install -y "lustre-client-modules-$(uname -r)" ;;
+  esac
+}
+
+# EFA-enabled FSx: LNet must use the kefalnd driver over the node's EFA devices before the mount
+# (EKS user guide, "FSx for Lustre with EFA"; needs the efa kernel module >= 2.12.1).
+configure_lustre_efa() {
+  local eth dev
+  eth=$(ip -br -4 addr show | awk -v ip="$(hostname -i | awk '{print $1}')/" 'index($3, ip) == 1 {print $1}')
+  [ -n "$eth" ] || fail "could not find the primary interface for LNet"
+  modprobe lnet && modprobe kefalnd ipif_name="$eth" && modprobe ksocklnd || fail "LNet EFA modules did not load"
+  lnetctl lnet configure
+  lnetctl net del --net tcp 2>/dev/null || true
+  lnetctl net add --net tcp --if "$eth"
+  for dev in /sys/class/infiniband/*; do
+    lnetctl net add --net efa --if "$(basename "$dev")" --peer-credits 32
+  done
+  lnetctl set discovery 1
+  lnetctl udsp add --src efa --priority 0
+  modprobe lustre
+  log "LNet configured over EFA"
+}
+
 mount_fsx() {
   [ -z "$CDK_TRN_FSX_DNS" ] && { log "no FSx for Lustre file system configured"; return; }
-  modinfo lustre >/dev/null 2>&1 || install_packages lustre-client \
-    || fail "the Lustre client is not on the AMI and could not be installed"
-  if [ "$CDK_TRN_FSX_EFA" = "1" ]; then
-    # EFA-enabled FSx: the client must use the EFA network (FSx user guide, configuring EFA clients).
-    command -v lustre_efa_configure >/dev/null 2>&1 && lustre_efa_configure || log "no lustre EFA helper on the AMI; using TCP"
-  fi
+  install_lustre_client || fail "the Lustre client is not on the AMI and could not be installed"
+  [ "$CDK_TRN_FSX_EFA" = "1" ] && configure_lustre_efa
   mkdir -p "$CDK_TRN_FSX_MOUNT_PATH"
   local source="$CDK_TRN_FSX_DNS@tcp:/$CDK_TRN_FSX_MOUNT_NAME"
   grep -q " $CDK_TRN_FSX_MOUNT_PATH lustre " /etc/fstab || echo \

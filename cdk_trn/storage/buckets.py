@@ -1,0 +1,391 @@
+"""The storage KMS key and the dataset, checkpoint and access-log buckets.
+
+Owns: ``storage_key`` (the customer-managed key that encrypts the buckets and, by default in the
+storage stack, the file system) and ``TrainingBuckets`` (dataset and checkpoint buckets encrypted
+with that key, plus the bucket that receives their server access logs), and the node-role grants
+on them. Everything here is retained when the stack is deleted.
+"""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from cdk_trn._acknowledge import acknowledge
+from cdk_trn.errors import invalid
+
+# FSx creates one service-linked role per file system for its S3 data repository associations,
+# named AWSServiceRoleForFSxS3Access_<file-system-id> (FSx for Lustre user guide,
+# "Working with server-side encrypted Amazon S3 buckets").
+FSX_S3_ACCESS_ROLE_PATH = "role/aws-service-role/s3.data-source.lustre.fsx.amazonaws.com/"
+FSX_S3_ACCESS_ROLE_PREFIX = "AWSServiceRoleForFSxS3Access_fs-"
+
+_READ_OBJECT_ACTIONS = ("s3:GetObject", "s3:GetObjectVersion")
+_READ_BUCKET_ACTIONS = ("s3:ListBucket", "s3:GetBucketLocation")
+_WRITE_OBJECT_ACTIONS = (
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+)
+_WRITE_BUCKET_ACTIONS = ("s3:ListBucketMultipartUploads",)
+_KMS_READ_ACTIONS = ("kms:Decrypt",)
+# Multipart uploads decrypt the data key of earlier parts, so writers need Decrypt too.
+_KMS_WRITE_ACTIONS = ("kms:Decrypt", "kms:GenerateDataKey")
+
+
+def storage_key(scope: Construct, id: str, *, description: str | None = None) -> kms.Key:
+    """The customer-managed storage key: rotation on, retained on stack delete.
+
+    The key policy is CDK's default (the account may delegate use through IAM, which also keeps the
+    key manageable); services use the key through grants created by the principal that creates the
+    resource (FSx) or through the IAM permissions of the caller (S3 SSE-KMS). ``TrainingBuckets``
+    adds the one service statement S3-linked FSx file systems need.
+    """
+    return kms.Key(
+        scope,
+        id,
+        description=description or "cdk-trn storage key: datasets, checkpoints and FSx for Lustre",
+        enable_key_rotation=True,
+        removal_policy=cdk.RemovalPolicy.RETAIN,
+    )
+
+
+#: Packs whose S3 rules ask for replication and SSE-KMS on every bucket.
+_REGULATED_PACKS = ("NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321")
+
+
+class TrainingBuckets(Construct):
+    """Dataset and checkpoint buckets, encrypted with the storage key, plus their access-log bucket.
+
+    Both data buckets: SSE-KMS with the storage key and S3 Bucket Keys, block public access,
+    versioning, TLS-only bucket policy, server access logs to ``access_log_bucket``, retained on
+    stack delete. The checkpoint bucket expires non-current versions after
+    ``noncurrent_checkpoint_days``. The access-log bucket uses SSE-S3, which is the only default
+    encryption S3 server access logging delivers to (S3 user guide, "Enabling Amazon S3 server
+    access logging"), and is versioned, blocked and TLS-only too.
+
+    :param kms_key: key for SSE-KMS on the data buckets.
+        Default: a new key from :func:`storage_key`. An imported key's policy cannot be changed
+        here: add the FSx statement yourself (see :meth:`_allow_fsx_data_repositories`); a
+        warning annotation says so.
+    :param noncurrent_checkpoint_days: days a replaced or deleted checkpoint version is kept.
+        Default: 30.
+    :param noncurrent_dataset_days: days a replaced or deleted dataset object version is kept.
+        Default: None (kept until deleted by hand).
+    :param access_log_retention_days: days server access logs are kept. Default: 365.
+    :param removal_policy: what happens to the buckets when the stack is deleted.
+        Default: RETAIN (DESTROY is refused: the buckets hold the only copy of checkpoints).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        kms_key: kms.IKey | None = None,
+        noncurrent_checkpoint_days: int = 30,
+        noncurrent_dataset_days: int | None = None,
+        access_log_retention_days: int = 365,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
+    ) -> None:
+        self._validate_days("noncurrent_checkpoint_days", noncurrent_checkpoint_days)
+        if noncurrent_dataset_days is not None:
+            self._validate_days("noncurrent_dataset_days", noncurrent_dataset_days)
+        self._validate_days("access_log_retention_days", access_log_retention_days)
+        self._validate_removal_policy(removal_policy)
+        super().__init__(scope, id)
+
+        self._key: kms.IKey = kms_key if kms_key is not None else storage_key(self, "Key")
+
+        self._access_log_bucket = s3.Bucket(
+            self,
+            "AccessLogs",
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            versioned=True,
+            enforce_ssl=True,
+            removal_policy=removal_policy,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-access-logs",
+                    expiration=cdk.Duration.days(access_log_retention_days),
+                    noncurrent_version_expiration=cdk.Duration.days(1),
+                    abort_incomplete_multipart_upload_after=cdk.Duration.days(7),
+                )
+            ],
+        )
+        acknowledge(
+            self._access_log_bucket,
+            "AwsSolutions-S1",
+            "This bucket is the server access log destination of the dataset and checkpoint "
+            "buckets; logging it into itself would log its own log deliveries without end.",
+        )
+        for pack in _REGULATED_PACKS:
+            acknowledge(
+                self._access_log_bucket,
+                f"{pack}-S3DefaultEncryptionKMS",
+                "S3 server access logging delivers only to buckets encrypted with SSE-S3 "
+                "(S3 user guide, server access logging requirements); the logs hold request "
+                "metadata, never object contents",
+            )
+
+        self._dataset_bucket = self._data_bucket(
+            "Datasets",
+            log_prefix="datasets/",
+            removal_policy=removal_policy,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-noncurrent-datasets",
+                    noncurrent_version_expiration=cdk.Duration.days(noncurrent_dataset_days),
+                    abort_incomplete_multipart_upload_after=cdk.Duration.days(7),
+                )
+                if noncurrent_dataset_days is not None
+                else s3.LifecycleRule(
+                    id="abort-incomplete-uploads",
+                    abort_incomplete_multipart_upload_after=cdk.Duration.days(7),
+                )
+            ],
+        )
+        self._checkpoint_bucket = self._data_bucket(
+            "Checkpoints",
+            log_prefix="checkpoints/",
+            removal_policy=removal_policy,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-noncurrent-checkpoints",
+                    noncurrent_version_expiration=cdk.Duration.days(noncurrent_checkpoint_days),
+                    abort_incomplete_multipart_upload_after=cdk.Duration.days(7),
+                )
+            ],
+        )
+        self._allow_fsx_data_repositories()
+        for bucket in (self._access_log_bucket, self._dataset_bucket, self._checkpoint_bucket):
+            for pack in _REGULATED_PACKS:
+                acknowledge(
+                    bucket,
+                    f"{pack}-S3BucketReplicationEnabled",
+                    "cross-region replication needs a destination bucket and key in a second "
+                    "region, which this single-region stack cannot create; versioning, retention "
+                    "on delete and FSx backups cover recovery inside the region",
+                )
+
+    # -- validation -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _validate_days(prop: str, days: int) -> None:
+        if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+            raise invalid(prop, days, "a whole number of days >= 1")
+
+    @staticmethod
+    def _validate_removal_policy(policy: cdk.RemovalPolicy) -> None:
+        if policy not in (cdk.RemovalPolicy.RETAIN, cdk.RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE):
+            raise invalid(
+                "removal_policy",
+                policy,
+                "RETAIN or RETAIN_ON_UPDATE_OR_DELETE (the buckets hold the only copy of datasets "
+                "and checkpoints)",
+            )
+
+    # -- resources ------------------------------------------------------------------------------
+
+    def _data_bucket(
+        self,
+        id: str,
+        *,
+        log_prefix: str,
+        removal_policy: cdk.RemovalPolicy,
+        lifecycle_rules: list[s3.LifecycleRule],
+    ) -> s3.Bucket:
+        bucket = s3.Bucket(
+            self,
+            id,
+            encryption=s3.BucketEncryption.KMS,
+            encryption_key=self._key,
+            bucket_key_enabled=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            versioned=True,
+            enforce_ssl=True,
+            removal_policy=removal_policy,
+            lifecycle_rules=lifecycle_rules,
+        )
+        # L1 because the L2's server_access_logs_bucket behaves by feature flag: without
+        # @aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy it switches the log bucket to ACLs, which
+        # BucketOwnerEnforced forbids. The bucket policy below is what S3 documents instead.
+        cfn_bucket = bucket.node.default_child
+        assert isinstance(cfn_bucket, s3.CfnBucket)
+        cfn_bucket.logging_configuration = s3.CfnBucket.LoggingConfigurationProperty(
+            destination_bucket_name=self._access_log_bucket.bucket_name,
+            log_file_prefix=log_prefix,
+        )
+        self._access_log_bucket.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid=f"S3ServerAccessLogs{id}",
+                principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")],
+                actions=["s3:PutObject"],
+                resources=[self._access_log_bucket.arn_for_objects(f"{log_prefix}*")],
+                conditions={
+                    "ArnLike": {"aws:SourceArn": bucket.bucket_arn},
+                    "StringEquals": {"aws:SourceAccount": cdk.Stack.of(self).account},
+                },
+            )
+        )
+        return bucket
+
+    def _allow_fsx_data_repositories(self) -> None:
+        """Let FSx file systems of this account read and write the buckets' SSE-KMS objects.
+
+        FSx reaches a linked bucket as its per-file-system service-linked role, through S3. The
+        documented statement names one file system's role; that role exists only after the file
+        system does, and a key policy may name only existing principals, so the statement matches
+        the role name pattern with ``aws:PrincipalArn`` instead, and is held to calls made through
+        S3 in this region by principals of this account.
+        """
+        stack = cdk.Stack.of(self)
+        statement = iam.PolicyStatement(
+            sid="AllowFsxLustreDataRepositoryAssociationsViaS3",
+            principals=[iam.AnyPrincipal()],
+            actions=[
+                "kms:Encrypt",
+                "kms:Decrypt",
+                "kms:ReEncryptFrom",
+                "kms:ReEncryptTo",
+                "kms:GenerateDataKey",
+                "kms:DescribeKey",
+            ],
+            resources=["*"],
+            conditions={
+                "StringEquals": {
+                    "kms:CallerAccount": stack.account,
+                    "kms:ViaService": f"s3.{stack.region}.amazonaws.com",
+                },
+                "ArnLike": {
+                    "aws:PrincipalArn": (
+                        f"arn:{stack.partition}:iam::{stack.account}:"
+                        f"{FSX_S3_ACCESS_ROLE_PATH}{FSX_S3_ACCESS_ROLE_PREFIX}*"
+                    )
+                },
+            },
+        )
+        added = self._key.add_to_resource_policy(statement, allow_no_op=True)
+        if not added.statement_added:
+            cdk.Annotations.of(self).add_warning_v2(
+                "cdk-trn:storage:imported-key",
+                "The storage key is imported, so its policy was not changed: allow the FSx S3 "
+                "access service-linked roles (AWSServiceRoleForFSxS3Access_fs-*) to use it via S3, "
+                "or data repository associations cannot read or write the buckets.",
+            )
+
+    # -- properties -----------------------------------------------------------------------------
+
+    @property
+    def kms_key(self) -> kms.IKey:
+        """The key that encrypts the dataset and checkpoint buckets."""
+        return self._key
+
+    @property
+    def dataset_bucket(self) -> s3.Bucket:
+        """Training data; imported into the file system at ``/datasets`` by default."""
+        return self._dataset_bucket
+
+    @property
+    def checkpoint_bucket(self) -> s3.Bucket:
+        """Checkpoints; exported from the file system's ``/checkpoints`` by default."""
+        return self._checkpoint_bucket
+
+    @property
+    def access_log_bucket(self) -> s3.Bucket:
+        """Server access logs of the two data buckets (SSE-S3)."""
+        return self._access_log_bucket
+
+    # -- grants ---------------------------------------------------------------------------------
+
+    def grant_read(self, role: iam.IRole) -> iam.ManagedPolicy:
+        """Let ``role`` read datasets and checkpoints (for example to resume training).
+
+        Attaches, and returns, this construct's read policy. Actions are listed one by one and the
+        key can be used only through S3.
+        """
+        policy = self._access_policy(write_checkpoints=False)
+        role.add_managed_policy(policy)
+        return policy
+
+    def grant_read_write(self, role: iam.IRole) -> iam.ManagedPolicy:
+        """Let ``role`` read datasets and read and write checkpoints.
+
+        Datasets stay read-only for training nodes: training reads them, writes go to checkpoints.
+        """
+        policy = self._access_policy(write_checkpoints=True)
+        role.add_managed_policy(policy)
+        return policy
+
+    def _access_policy(self, *, write_checkpoints: bool) -> iam.ManagedPolicy:
+        # A managed policy beside the buckets, attached from the role's side: the cluster stack
+        # then depends on the storage stack (never the reverse), and the policy's resources stay
+        # local references, so the acknowledgment below can name them exactly.
+        name = "NodeReadWritePolicy" if write_checkpoints else "NodeReadPolicy"
+        existing = self.node.try_find_child(name)
+        if isinstance(existing, iam.ManagedPolicy):
+            return existing
+        stack = cdk.Stack.of(self)
+        buckets = (self._dataset_bucket, self._checkpoint_bucket)
+        statements = [
+            iam.PolicyStatement(
+                sid="ReadTrainingObjects",
+                actions=list(_READ_OBJECT_ACTIONS),
+                resources=[b.arn_for_objects("*") for b in buckets],
+            ),
+            iam.PolicyStatement(
+                sid="ListTrainingBuckets",
+                actions=list(_READ_BUCKET_ACTIONS),
+                resources=[b.bucket_arn for b in buckets],
+            ),
+        ]
+        if write_checkpoints:
+            statements += [
+                iam.PolicyStatement(
+                    sid="WriteCheckpoints",
+                    actions=list(_WRITE_OBJECT_ACTIONS),
+                    resources=[self._checkpoint_bucket.arn_for_objects("*")],
+                ),
+                iam.PolicyStatement(
+                    sid="ListCheckpointUploads",
+                    actions=list(_WRITE_BUCKET_ACTIONS),
+                    resources=[self._checkpoint_bucket.bucket_arn],
+                ),
+            ]
+        statements.append(
+            iam.PolicyStatement(
+                sid="UseStorageKeyViaS3",
+                actions=list(_KMS_WRITE_ACTIONS if write_checkpoints else _KMS_READ_ACTIONS),
+                resources=[self._key.key_arn],
+                conditions={"StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}},
+            )
+        )
+        policy = iam.ManagedPolicy(
+            self,
+            name,
+            description=(
+                "cdk-trn nodes: read datasets, read and write checkpoints"
+                if write_checkpoints
+                else "cdk-trn nodes: read datasets and checkpoints"
+            ),
+            statements=statements,
+        )
+        for bucket in buckets:
+            cfn_bucket = bucket.node.default_child
+            assert isinstance(cfn_bucket, s3.CfnBucket)
+            logical_id = stack.resolve(stack.get_logical_id(cfn_bucket))
+            acknowledge(
+                policy,
+                f"AwsSolutions-IAM5[Resource::<{logical_id}.Arn>/*]",
+                "Object actions (GetObject, PutObject, ...) act on object ARNs, so the resource is "
+                "this training bucket's object ARN pattern <bucket-arn>/*; every action is named "
+                "and the KMS statement is limited to calls made through S3.",
+            )
+        return policy

@@ -1,0 +1,758 @@
+"""FSx for Lustre for training: ``TrainingFileSystem`` and its data repository associations.
+
+Owns: the PERSISTENT file system (Lustre 2.15, customer-managed key, LZ4, automatic backups) in the
+cluster's subnet, its security group (Lustre ports only, from the clients you allow), optional
+EFA and metadata configuration, up to 8 S3 data repository associations, and the sizing of
+capacity and throughput (through :mod:`cdk_trn.storage.sizing`).
+
+Facts: FSx for Lustre user guide and API reference (``CreateFileSystemLustreConfiguration``,
+``CreateFileSystemLustreMetadataConfiguration``, ``CreateDataRepositoryAssociation``); property
+names from the CloudFormation schemas of ``AWS::FSx::FileSystem`` and
+``AWS::FSx::DataRepositoryAssociation`` as shipped with cfn-lint. See ``../shared/FACTS.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import aws_cdk as cdk
+import jsii
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_fsx as fsx
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn.storage import sizing
+
+if TYPE_CHECKING:
+    from cdk_trn.storage.buckets import TrainingBuckets
+
+MAX_DATA_REPOSITORY_ASSOCIATIONS = 8
+LUSTRE_PORT = 988
+LUSTRE_SERVER_PORTS = (1018, 1023)
+
+_BACKUP_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_MAINTENANCE_TIME = re.compile(r"^[1-7]:([01]\d|2[0-3]):[0-5]\d$")
+
+
+class DeploymentType(StrEnum):
+    """Persistent deployment types; both take a customer-managed key and automatic backups.
+
+    Scratch types are not offered: they always use an FSx-owned key and keep no backups.
+    """
+
+    PERSISTENT_1 = "PERSISTENT_1"
+    PERSISTENT_2 = "PERSISTENT_2"
+
+
+class DataCompression(StrEnum):
+    """``LustreConfiguration.DataCompressionType``."""
+
+    LZ4 = "LZ4"
+    NONE = "NONE"
+
+
+class MetadataMode(StrEnum):
+    """``LustreConfiguration.MetadataConfiguration.Mode`` (PERSISTENT_2 only)."""
+
+    AUTOMATIC = "AUTOMATIC"
+    USER_PROVISIONED = "USER_PROVISIONED"
+
+
+class DataRepositoryEvent(StrEnum):
+    """Events of ``S3.AutoImportPolicy.Events`` / ``S3.AutoExportPolicy.Events``."""
+
+    NEW = "NEW"
+    CHANGED = "CHANGED"
+    DELETED = "DELETED"
+
+
+ALL_EVENTS: tuple[DataRepositoryEvent, ...] = tuple(DataRepositoryEvent)
+
+
+@dataclass(frozen=True)
+class MetadataConfiguration:
+    """Metadata performance of a PERSISTENT_2 file system.
+
+    ``AUTOMATIC`` scales metadata IOPS with capacity; ``USER_PROVISIONED`` takes ``iops``: 1500,
+    3000, 6000, 12000 or a multiple of 12000 up to 192000 (SSD; API reference,
+    ``CreateFileSystemLustreMetadataConfiguration``).
+    """
+
+    mode: MetadataMode = MetadataMode.AUTOMATIC
+    iops: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "mode", MetadataMode(self.mode))
+        except ValueError:
+            raise invalid(
+                "metadata_configuration.mode", self.mode, "AUTOMATIC or USER_PROVISIONED"
+            ) from None
+        if self.mode is MetadataMode.AUTOMATIC:
+            if self.iops is not None:
+                raise invalid(
+                    "metadata_configuration.iops",
+                    self.iops,
+                    "unset in AUTOMATIC mode (FSx sets it)",
+                )
+            return
+        iops = self.iops
+        if (
+            isinstance(iops, bool)
+            or not isinstance(iops, int)
+            or not (iops in (1500, 3000, 6000) or (12000 <= iops <= 192000 and iops % 12000 == 0))
+        ):
+            raise invalid(
+                "metadata_configuration.iops",
+                iops,
+                "1500, 3000, 6000, 12000 or a multiple of 12000 up to 192000 "
+                "in USER_PROVISIONED mode",
+            )
+
+    @classmethod
+    def automatic(cls) -> MetadataConfiguration:
+        return cls(MetadataMode.AUTOMATIC)
+
+    @classmethod
+    def user_provisioned(cls, iops: int) -> MetadataConfiguration:
+        return cls(MetadataMode.USER_PROVISIONED, iops)
+
+    def to_cfn(self) -> fsx.CfnFileSystem.MetadataConfigurationProperty:
+        return fsx.CfnFileSystem.MetadataConfigurationProperty(mode=self.mode.value, iops=self.iops)
+
+
+def _events(
+    prop: str, events: Iterable[DataRepositoryEvent | str]
+) -> tuple[DataRepositoryEvent, ...]:
+    if isinstance(events, str):
+        raise invalid(prop, events, "a sequence of NEW, CHANGED, DELETED (not a single string)")
+    chosen: list[DataRepositoryEvent] = []
+    for event in events:
+        try:
+            value = DataRepositoryEvent(event)
+        except ValueError:
+            raise invalid(prop, event, "each one of NEW, CHANGED, DELETED") from None
+        if value in chosen:
+            raise invalid(prop, event, "each event at most once")
+        chosen.append(value)
+    return tuple(chosen)
+
+
+@dataclass(frozen=True)
+class DataRepositoryAssociation:
+    """A link between a file-system directory and an S3 location.
+
+    :param file_system_path: directory in the file system, starting with ``/`` (``/`` alone links
+        the whole file system and then allows no other association).
+    :param data_repository_path: ``s3://bucket`` or ``s3://bucket/prefix/``. Use
+        :meth:`for_bucket` to build it from a bucket.
+    :param import_events: S3 changes imported automatically. Default: none.
+    :param export_events: file-system changes exported automatically. Default: none.
+    :param batch_import_meta_data_on_create: import the metadata of existing objects when the
+        association is created. Default: False.
+    :param imported_file_chunk_size_mib: stripe size for imported files, 1-512000 MiB.
+        Default: None (FSx default, 1024 MiB).
+    """
+
+    file_system_path: str
+    data_repository_path: str
+    import_events: tuple[DataRepositoryEvent, ...] = ()
+    export_events: tuple[DataRepositoryEvent, ...] = ()
+    batch_import_meta_data_on_create: bool = False
+    imported_file_chunk_size_mib: int | None = None
+    _bucket: s3.IBucket | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        path = self.file_system_path
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise invalid(
+                "data_repository_associations.file_system_path",
+                path,
+                "a directory starting with '/'",
+            )
+        if "//" in path or (path != "/" and path.endswith("/")) or len(path) > 4096:
+            raise invalid(
+                "data_repository_associations.file_system_path",
+                path,
+                "an absolute directory such as /datasets (no '//', no trailing '/', <= 4096 chars)",
+            )
+        repo = self.data_repository_path
+        if not isinstance(repo, str) or not repo.startswith("s3://") or len(repo) <= len("s3://"):
+            raise invalid(
+                "data_repository_associations.data_repository_path",
+                repo,
+                "an S3 location starting with 's3://' (s3://bucket or s3://bucket/prefix/)",
+            )
+        object.__setattr__(
+            self,
+            "import_events",
+            _events("data_repository_associations.import_events", self.import_events),
+        )
+        object.__setattr__(
+            self,
+            "export_events",
+            _events("data_repository_associations.export_events", self.export_events),
+        )
+        chunk = self.imported_file_chunk_size_mib
+        if chunk is not None and (
+            isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= 512000
+        ):
+            raise invalid(
+                "data_repository_associations.imported_file_chunk_size_mib",
+                chunk,
+                "1 to 512000 MiB",
+            )
+
+    @classmethod
+    def for_bucket(
+        cls,
+        file_system_path: str,
+        bucket: s3.IBucket,
+        *,
+        prefix: str = "",
+        import_events: Sequence[DataRepositoryEvent | str] = (),
+        export_events: Sequence[DataRepositoryEvent | str] = (),
+        batch_import_meta_data_on_create: bool = False,
+        imported_file_chunk_size_mib: int | None = None,
+    ) -> DataRepositoryAssociation:
+        """An association to ``bucket`` (optionally under ``prefix``, which must end with ``/``)."""
+        if prefix and (prefix.startswith("/") or not prefix.endswith("/")):
+            raise invalid("prefix", prefix, "empty or a key prefix like 'runs/' (no leading '/')")
+        return cls(
+            file_system_path=file_system_path,
+            data_repository_path=f"s3://{bucket.bucket_name}/{prefix}",
+            import_events=tuple(import_events),  # type: ignore[arg-type]
+            export_events=tuple(export_events),  # type: ignore[arg-type]
+            batch_import_meta_data_on_create=batch_import_meta_data_on_create,
+            imported_file_chunk_size_mib=imported_file_chunk_size_mib,
+            _bucket=bucket,
+        )
+
+    @property
+    def bucket(self) -> s3.IBucket | None:
+        """The bucket this association was built from with :meth:`for_bucket`, if any."""
+        return self._bucket
+
+
+def default_data_repository_associations(
+    buckets: TrainingBuckets,
+) -> tuple[DataRepositoryAssociation, ...]:
+    """The storage stack's associations: ``/datasets`` and ``/checkpoints``.
+
+    * ``/datasets`` <- dataset bucket: existing objects' metadata imported at creation, then new,
+      changed and deleted objects imported automatically. Nothing is exported.
+    * ``/checkpoints`` -> checkpoint bucket: new, changed and deleted files exported automatically
+      (the bucket is versioned, so a deleted checkpoint stays recoverable for the non-current
+      retention). Existing checkpoints' metadata is imported at creation, so a recreated file
+      system sees earlier runs' checkpoints.
+    """
+    return (
+        DataRepositoryAssociation.for_bucket(
+            "/datasets",
+            buckets.dataset_bucket,
+            import_events=ALL_EVENTS,
+            batch_import_meta_data_on_create=True,
+        ),
+        DataRepositoryAssociation.for_bucket(
+            "/checkpoints",
+            buckets.checkpoint_bucket,
+            export_events=ALL_EVENTS,
+            batch_import_meta_data_on_create=True,
+        ),
+    )
+
+
+@jsii.implements(ec2.IConnectable)
+class TrainingFileSystem(Construct):
+    """FSx for Lustre file system for a training cluster.
+
+    PERSISTENT_2 (Lustre 2.15) in one subnet, encrypted with a customer-managed key, LZ4
+    compressed, backed up daily, retained on stack delete. Clients are let in with
+    :meth:`allow_clients`; nothing else can reach it.
+
+    :param vpc: the cluster's VPC.
+    :param subnet: the cluster's subnet; clients must be in the same Availability Zone.
+    :param storage_capacity_gib: 1200, 2400 or a multiple of 2400 GiB.
+        Default: 1200, or chosen by ``target_throughput_gbps``.
+    :param per_unit_storage_throughput: MB/s per TiB; PERSISTENT_2: 125, 250, 500 or 1000;
+        PERSISTENT_1: 50, 100 or 200. Default: 250 (PERSISTENT_2), 200 (PERSISTENT_1), or chosen
+        by ``target_throughput_gbps``.
+    :param target_throughput_gbps: aggregate GB/s wanted; capacity and per-unit throughput are
+        then chosen by :func:`cdk_trn.storage.sizing.size_for_throughput` (see ``sizing``).
+        Cannot be combined with the two props above. Default: None.
+    :param min_capacity_gib: capacity floor for ``target_throughput_gbps`` (the data must fit).
+        Default: 1200.
+    :param deployment_type: Default: PERSISTENT_2.
+    :param kms_key: key for data at rest. Default: a new key, rotation on, retained.
+    :param data_compression: ``LZ4`` or ``NONE``. Default: ``LZ4``.
+    :param automatic_backup_retention_days: 0 (off) to 90. Default: 7.
+    :param daily_automatic_backup_start_time: ``HH:MM`` UTC. Default: None (FSx picks one).
+    :param weekly_maintenance_start_time: ``d:HH:MM`` UTC, d = 1 (Monday) to 7.
+        Default: None (FSx picks one).
+    :param data_repository_associations: up to 8 links to S3. Default: none
+        (see :func:`default_data_repository_associations`).
+    :param efa_enabled: EFA (and GPUDirect Storage) support; PERSISTENT_2 with a metadata
+        configuration only, fixed at creation. AWS recommends it above 10 GB/s. Default: False.
+    :param metadata_configuration: PERSISTENT_2 metadata IOPS. Default: None (FSx default).
+    :param removal_policy: RETAIN, RETAIN_ON_UPDATE_OR_DELETE or DESTROY (an explicit opt-out that
+        deletes the file system's data with the stack). Default: RETAIN.
+    :param mount_path: where clients mount the file system. Default: ``/fsx``.
+    :param security_group: the file system's security group. Default: a new one, whose only
+        inbound rules are the Lustre ports from itself (FSx servers talk to each other) and from
+        the clients you allow.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
+        storage_capacity_gib: int | None = None,
+        per_unit_storage_throughput: int | None = None,
+        target_throughput_gbps: float | None = None,
+        min_capacity_gib: int = sizing.MIN_CAPACITY_GIB,
+        deployment_type: DeploymentType | str = DeploymentType.PERSISTENT_2,
+        kms_key: kms.IKey | None = None,
+        data_compression: DataCompression | str = DataCompression.LZ4,
+        automatic_backup_retention_days: int = 7,
+        daily_automatic_backup_start_time: str | None = None,
+        weekly_maintenance_start_time: str | None = None,
+        data_repository_associations: Sequence[DataRepositoryAssociation] = (),
+        efa_enabled: bool = False,
+        metadata_configuration: MetadataConfiguration | None = None,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
+        mount_path: str = "/fsx",
+        security_group: ec2.ISecurityGroup | None = None,
+    ) -> None:
+        deployment = self._validate_deployment_type(deployment_type)
+        self._sizing = self._validate_size(
+            deployment,
+            storage_capacity_gib,
+            per_unit_storage_throughput,
+            target_throughput_gbps,
+            min_capacity_gib,
+        )
+        compression = self._validate_compression(data_compression)
+        self._validate_backups(automatic_backup_retention_days, daily_automatic_backup_start_time)
+        self._validate_maintenance_time(weekly_maintenance_start_time)
+        associations = self._validate_associations(data_repository_associations)
+        self._validate_efa(deployment, efa_enabled, metadata_configuration)
+        self._validate_removal_policy(removal_policy)
+        self._validate_mount_path(mount_path)
+        super().__init__(scope, id)
+
+        self._deployment_type = deployment
+        self._efa_enabled = efa_enabled
+        self._mount_path = mount_path
+        self._key: kms.IKey = kms_key or kms.Key(
+            self,
+            "Key",
+            description="cdk-trn FSx for Lustre file system key",
+            enable_key_rotation=True,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        self._security_group = security_group or ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=vpc,
+            description="FSx for Lustre: Lustre ports from allowed clients and between servers",
+            # Outbound is open as in the FSx default: FSx servers answer and call back clients and
+            # reach linked S3 buckets; who can reach the file system is decided by inbound rules.
+            allow_all_outbound=True,
+        )
+        self._connections = ec2.Connections(security_groups=[self._security_group])
+        self._allow_servers()
+
+        # L1 because the L2 LustreFileSystem opens TCP 988-1023 inside its security group (Lustre
+        # needs only 988 and 1018-1023) and has no props for EFA or the metadata configuration.
+        self._file_system = fsx.CfnFileSystem(
+            self,
+            "FileSystem",
+            file_system_type="LUSTRE",
+            file_system_type_version="2.15",
+            storage_type="SSD",
+            storage_capacity=self._sizing.capacity_gib,
+            subnet_ids=[subnet.subnet_id],
+            security_group_ids=[self._security_group.security_group_id],
+            kms_key_id=self._key.key_id,
+            lustre_configuration=fsx.CfnFileSystem.LustreConfigurationProperty(
+                deployment_type=deployment.value,
+                per_unit_storage_throughput=self._sizing.per_unit_throughput,
+                data_compression_type=compression.value,
+                automatic_backup_retention_days=automatic_backup_retention_days,
+                copy_tags_to_backups=True,
+                daily_automatic_backup_start_time=daily_automatic_backup_start_time,
+                weekly_maintenance_start_time=weekly_maintenance_start_time,
+                efa_enabled=True if efa_enabled else None,
+                metadata_configuration=metadata_configuration.to_cfn()
+                if metadata_configuration is not None
+                else None,
+            ),
+        )
+        self._file_system.apply_removal_policy(removal_policy)
+
+        self._associations = associations
+        self._cfn_associations = [
+            self._association(index, association, removal_policy)
+            for index, association in enumerate(associations)
+        ]
+
+    # -- validation (before any resource) ------------------------------------------------------
+
+    @staticmethod
+    def _validate_deployment_type(value: DeploymentType | str) -> DeploymentType:
+        try:
+            return DeploymentType(value)
+        except ValueError:
+            raise invalid(
+                "deployment_type",
+                value,
+                "PERSISTENT_2 or PERSISTENT_1 (scratch file systems cannot use a customer-managed "
+                "key and keep no backups)",
+            ) from None
+
+    @staticmethod
+    def _validate_size(
+        deployment: DeploymentType,
+        capacity: int | None,
+        per_unit: int | None,
+        target_gbps: float | None,
+        min_capacity_gib: int,
+    ) -> sizing.SizingChoice:
+        tiers = (
+            sizing.PERSISTENT_2_THROUGHPUT_TIERS
+            if deployment is DeploymentType.PERSISTENT_2
+            else sizing.PERSISTENT_1_THROUGHPUT_TIERS
+        )
+        if target_gbps is not None:
+            if capacity is not None or per_unit is not None:
+                raise CdkTrnError(
+                    "target_throughput_gbps chooses storage_capacity_gib and "
+                    "per_unit_storage_throughput; set either the target or those two, got "
+                    f"target_throughput_gbps={target_gbps!r}, storage_capacity_gib={capacity!r}, "
+                    f"per_unit_storage_throughput={per_unit!r}"
+                )
+            return sizing.size_for_throughput(
+                target_gbps, min_capacity_gib=min_capacity_gib, tiers=tiers
+            )
+        capacity = sizing.MIN_CAPACITY_GIB if capacity is None else capacity
+        if per_unit is None:
+            per_unit = 250 if deployment is DeploymentType.PERSISTENT_2 else 200
+        if cdk.Token.is_unresolved(capacity) or cdk.Token.is_unresolved(per_unit):
+            raise CdkTrnError(
+                "storage_capacity_gib and per_unit_storage_throughput must be known at synth "
+                "(they size the file system and its summary), got a token"
+            )
+        if (
+            isinstance(capacity, bool)
+            or not isinstance(capacity, int)
+            or not sizing.is_valid_capacity(capacity)
+        ):
+            raise invalid("storage_capacity_gib", capacity, "1200, 2400 or a multiple of 2400 GiB")
+        if isinstance(per_unit, bool) or per_unit not in tiers:
+            allowed = ", ".join(str(t) for t in tiers[:-1]) + f" or {tiers[-1]}"
+            raise invalid(
+                "per_unit_storage_throughput",
+                per_unit,
+                f"{allowed} MB/s/TiB for {deployment.value}",
+            )
+        return sizing.describe_size(capacity, per_unit)
+
+    @staticmethod
+    def _validate_compression(value: DataCompression | str) -> DataCompression:
+        try:
+            return DataCompression(value)
+        except ValueError:
+            raise invalid("data_compression", value, "LZ4 or NONE") from None
+
+    @staticmethod
+    def _validate_backups(retention_days: int, start_time: str | None) -> None:
+        if (
+            isinstance(retention_days, bool)
+            or not isinstance(retention_days, int)
+            or not 0 <= retention_days <= 90
+        ):
+            raise invalid(
+                "automatic_backup_retention_days", retention_days, "0 (no automatic backups) to 90"
+            )
+        if start_time is not None:
+            if not isinstance(start_time, str) or not _BACKUP_TIME.match(start_time):
+                raise invalid("daily_automatic_backup_start_time", start_time, "HH:MM (UTC)")
+            if retention_days == 0:
+                raise invalid(
+                    "daily_automatic_backup_start_time",
+                    start_time,
+                    "unset when automatic_backup_retention_days is 0",
+                )
+
+    @staticmethod
+    def _validate_maintenance_time(value: str | None) -> None:
+        if value is not None and (not isinstance(value, str) or not _MAINTENANCE_TIME.match(value)):
+            raise invalid(
+                "weekly_maintenance_start_time", value, "d:HH:MM (UTC, d = 1 Monday to 7 Sunday)"
+            )
+
+    @staticmethod
+    def _validate_associations(
+        associations: Sequence[DataRepositoryAssociation],
+    ) -> tuple[DataRepositoryAssociation, ...]:
+        chosen = tuple(associations)
+        if len(chosen) > MAX_DATA_REPOSITORY_ASSOCIATIONS:
+            raise invalid(
+                "data_repository_associations",
+                f"{len(chosen)} associations",
+                f"at most {MAX_DATA_REPOSITORY_ASSOCIATIONS} per file system",
+            )
+        seen: set[str] = set()
+        for association in chosen:
+            if not isinstance(association, DataRepositoryAssociation):
+                raise invalid(
+                    "data_repository_associations", association, "DataRepositoryAssociation values"
+                )
+            path = association.file_system_path
+            if path in seen:
+                raise invalid(
+                    "data_repository_associations.file_system_path",
+                    path,
+                    "unique: a directory links to one S3 location",
+                )
+            seen.add(path)
+        if "/" in seen and len(seen) > 1:
+            raise invalid(
+                "data_repository_associations.file_system_path",
+                "/",
+                "the only association when the whole file system ('/') is linked",
+            )
+        return chosen
+
+    @staticmethod
+    def _validate_efa(
+        deployment: DeploymentType,
+        efa_enabled: bool,
+        metadata_configuration: MetadataConfiguration | None,
+    ) -> None:
+        if metadata_configuration is not None:
+            if not isinstance(metadata_configuration, MetadataConfiguration):
+                raise invalid(
+                    "metadata_configuration", metadata_configuration, "a MetadataConfiguration"
+                )
+            if deployment is not DeploymentType.PERSISTENT_2:
+                raise invalid(
+                    "metadata_configuration",
+                    metadata_configuration,
+                    f"unset for {deployment.value} "
+                    "(only PERSISTENT_2 has a metadata configuration)",
+                )
+        if not isinstance(efa_enabled, bool):
+            raise invalid("efa_enabled", efa_enabled, "True or False")
+        if efa_enabled and deployment is not DeploymentType.PERSISTENT_2:
+            raise invalid(
+                "efa_enabled",
+                efa_enabled,
+                f"False for {deployment.value} (EFA needs PERSISTENT_2 with a metadata "
+                "configuration)",
+            )
+        if efa_enabled and metadata_configuration is None:
+            raise invalid(
+                "efa_enabled",
+                efa_enabled,
+                "False unless metadata_configuration is set (EFA needs PERSISTENT_2 with a "
+                "metadata configuration, e.g. MetadataConfiguration.automatic())",
+            )
+
+    @staticmethod
+    def _validate_removal_policy(policy: cdk.RemovalPolicy) -> None:
+        allowed = (
+            cdk.RemovalPolicy.RETAIN,
+            cdk.RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
+            cdk.RemovalPolicy.DESTROY,
+        )
+        if policy not in allowed:
+            raise invalid(
+                "removal_policy",
+                policy,
+                "RETAIN, RETAIN_ON_UPDATE_OR_DELETE or DESTROY (CloudFormation has no Snapshot "
+                "deletion policy for AWS::FSx::FileSystem; automatic backups cover restores)",
+            )
+
+    @staticmethod
+    def _validate_mount_path(path: str) -> None:
+        if (
+            not isinstance(path, str)
+            or not path.startswith("/")
+            or path == "/"
+            or path.endswith("/")
+            or "//" in path
+            or any(c.isspace() for c in path)
+        ):
+            raise invalid("mount_path", path, "an absolute directory such as /fsx")
+
+    # -- resources ------------------------------------------------------------------------------
+
+    def _lustre_ports(self) -> list[ec2.Port]:
+        return [
+            ec2.Port.tcp(LUSTRE_PORT),
+            ec2.Port.tcp_range(*LUSTRE_SERVER_PORTS),
+        ]
+
+    def _allow_servers(self) -> None:
+        """Self rules: Lustre servers talk to each other; EFA needs all traffic within the group."""
+        group = self._security_group
+        if self._efa_enabled:
+            group.add_ingress_rule(group, ec2.Port.all_traffic(), "EFA between FSx servers")
+            # EFA checks for an explicit self egress rule even when all outbound is allowed;
+            # the L2 skips egress rules on an allow-all group, so this one is written directly.
+            ec2.CfnSecurityGroupEgress(
+                self,
+                "EfaSelfEgress",
+                group_id=group.security_group_id,
+                ip_protocol="-1",
+                destination_security_group_id=group.security_group_id,
+                description="EFA between FSx servers",
+            )
+            return
+        for port in self._lustre_ports():
+            group.add_ingress_rule(group, port, f"Lustre {port.to_string()} between FSx servers")
+
+    def _association(
+        self, index: int, association: DataRepositoryAssociation, removal_policy: cdk.RemovalPolicy
+    ) -> fsx.CfnDataRepositoryAssociation:
+        s3_config: dict[str, Any] = {}
+        if association.import_events:
+            s3_config["auto_import_policy"] = (
+                fsx.CfnDataRepositoryAssociation.AutoImportPolicyProperty(
+                    events=[e.value for e in association.import_events]
+                )
+            )
+        if association.export_events:
+            s3_config["auto_export_policy"] = (
+                fsx.CfnDataRepositoryAssociation.AutoExportPolicyProperty(
+                    events=[e.value for e in association.export_events]
+                )
+            )
+        # L1: the L2 has no data repository association construct.
+        resource = fsx.CfnDataRepositoryAssociation(
+            self,
+            f"Association{index}",
+            file_system_id=self._file_system.ref,
+            file_system_path=association.file_system_path,
+            data_repository_path=association.data_repository_path,
+            batch_import_meta_data_on_create=association.batch_import_meta_data_on_create,
+            imported_file_chunk_size=association.imported_file_chunk_size_mib,
+            s3=fsx.CfnDataRepositoryAssociation.S3Property(**s3_config) if s3_config else None,
+        )
+        resource.apply_removal_policy(removal_policy)
+        return resource
+
+    # -- clients --------------------------------------------------------------------------------
+
+    def allow_clients(self, clients: ec2.IConnectable) -> None:
+        """Let ``clients`` (for example the cluster) mount the file system.
+
+        Non-EFA: TCP 988 and 1018-1023 in both directions between the clients' security groups and
+        the file system's (FSx for Lustre user guide, "File system access control with Amazon VPC").
+        EFA-enabled: all traffic in both directions, as FSx requires for EFA clients in another
+        security group (user guide, "EFA-enabled security groups").
+
+        The rules are written from the clients' side, so when the clients live in another stack
+        (the cluster stack) the rules live there too, and that stack depends on this one.
+        """
+        ports = [ec2.Port.all_traffic()] if self._efa_enabled else self._lustre_ports()
+        for port in ports:
+            ports_text = port.to_string()
+            clients.connections.allow_to(
+                self._connections, port, f"Lustre clients to FSx {ports_text}"
+            )
+            clients.connections.allow_from(
+                self._connections, port, f"FSx to Lustre clients {ports_text}"
+            )
+
+    # -- properties -----------------------------------------------------------------------------
+
+    @property
+    def connections(self) -> ec2.Connections:
+        """The file system's security group. Has no default port: Lustre needs two port ranges,
+        so use :meth:`allow_clients` rather than ``allow_default_port_from``."""
+        return self._connections
+
+    @property
+    def security_group(self) -> ec2.ISecurityGroup:
+        return self._security_group
+
+    @property
+    def file_system(self) -> fsx.CfnFileSystem:
+        """The ``AWS::FSx::FileSystem`` resource."""
+        return self._file_system
+
+    @property
+    def data_repository_associations(self) -> tuple[DataRepositoryAssociation, ...]:
+        return self._associations
+
+    @property
+    def cfn_data_repository_associations(self) -> list[fsx.CfnDataRepositoryAssociation]:
+        return list(self._cfn_associations)
+
+    @property
+    def file_system_id(self) -> str:
+        return self._file_system.ref
+
+    @property
+    def dns_name(self) -> str:
+        return self._file_system.attr_dns_name
+
+    @property
+    def mount_name(self) -> str:
+        return self._file_system.attr_lustre_mount_name
+
+    @property
+    def mount_path(self) -> str:
+        return self._mount_path
+
+    @property
+    def mount_source(self) -> str:
+        """``<dns>@tcp:/<mount name>``, the device argument of ``mount -t lustre``."""
+        return f"{self.dns_name}@tcp:/{self.mount_name}"
+
+    @property
+    def deployment_type(self) -> DeploymentType:
+        return self._deployment_type
+
+    @property
+    def efa_enabled(self) -> bool:
+        return self._efa_enabled
+
+    @property
+    def storage_capacity_gib(self) -> int:
+        return self._sizing.capacity_gib
+
+    @property
+    def per_unit_storage_throughput(self) -> int:
+        """MB/s per TiB."""
+        return self._sizing.per_unit_throughput
+
+    @property
+    def throughput_gbps(self) -> float:
+        """Aggregate baseline throughput, GB/s (decimal)."""
+        return self._sizing.throughput_gbps
+
+    @property
+    def sizing_choice(self) -> sizing.SizingChoice:
+        """Capacity, tier, throughput and why they were chosen (for the synth summary)."""
+        return self._sizing
+
+    def throughput_per_node_gbps(self, nodes: int) -> float:
+        """Fair share of :attr:`throughput_gbps` per client node when ``nodes`` read at once."""
+        return sizing.throughput_per_node_gbps(self._sizing, nodes)
+
+    @property
+    def kms_key(self) -> kms.IKey:
+        return self._key
