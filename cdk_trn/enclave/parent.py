@@ -1,0 +1,798 @@
+"""The parent-side server on the enclave host, and the node-side client that calls it.
+
+The server owns everything between the cluster's nodes and the enclave:
+
+- start-up: loads the stored key state (KMS ciphertext + public key; nothing secret), sends the
+  enclave ``init`` with the host role's credentials, stores the state the enclave returns on first
+  start (:class:`KeyStateFile`, :class:`EnclaveClient`);
+- caller authentication, the HashiCorp Vault AWS IAM pattern: the caller sends a SigV4-signed
+  ``sts:GetCallerIdentity`` request (method, URL, headers, body) instead of a secret. The server
+  checks it is a POST of exactly ``Action=GetCallerIdentity`` to the one STS endpoint it expects,
+  that the signature covers the server id and the digest to sign (so a captured proof is useless
+  against another server or for another digest), forwards it to STS itself and accepts the caller
+  only if STS answers with an assumed-role ARN of an allowed role (:class:`CallerVerifier`);
+- bounded request sizes, per-address rate limits, a cap on concurrent connections, socket timeouts,
+  and JSON errors for every failure; no request can stop the server (:class:`ParentServer`);
+- forwarding ``sign`` (and ``public_key`` / ``attest``) to the enclave over vsock.
+
+The security group in front of the hosts admits only the cluster's nodes; this server adds the
+IAM check so that membership of the network alone is not enough.
+
+:class:`VaultClient` and :func:`build_caller_proof` are the node side (botocore SigV4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from cdk_trn.enclave.channel import DEFAULT_ENCLAVE_PORT, ChannelAddress, FrameError
+
+__all__ = [
+    "CallerIdentity",
+    "CallerVerifier",
+    "EnclaveClient",
+    "KeyStateFile",
+    "ParentServer",
+    "ProofError",
+    "RateLimiter",
+    "VaultClient",
+    "VaultError",
+    "build_caller_proof",
+    "sts_url_for_region",
+]
+
+LOG = logging.getLogger("cdk_trn.enclave.parent")
+
+SERVER_ID_HEADER = "X-Cdk-Trn-Server-Id"
+DIGEST_HEADER = "X-Cdk-Trn-Request-Digest"
+STS_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
+_ROLE_ARN = re.compile(
+    r"^arn:(aws[a-z-]*):iam::(\d{12}):role/(?:[\w+=,.@/-]*/)?([\w+=,.@-]{1,64})$"
+)
+_ASSUMED_ROLE_ARN = re.compile(
+    r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([\w+=,.@-]{1,64})/([\w+=,.@-]{1,128})$"
+)
+_SHA384_HEX = re.compile(r"^[0-9a-f]{96}$")
+# STS itself refuses signatures older than 15 minutes; 5 keeps captured proofs short-lived.
+_MAX_PROOF_AGE = timedelta(minutes=5)
+_MAX_PROOF_HEADERS = 32
+_MAX_PROOF_FIELD = 8192
+
+StsTransport = Callable[[str, str, Mapping[str, str], bytes], tuple[int, bytes]]
+
+
+class ProofError(Exception):
+    """The caller's identity proof is invalid (401) or names a role that is not allowed (403)."""
+
+    def __init__(self, message: str, *, status: int = 401, code: str = "unauthenticated") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True)
+class CallerIdentity:
+    arn: str
+    account: str
+    role_name: str
+
+
+def sts_url_for_region(region: str) -> str:
+    """The regional STS endpoint the proofs are signed for (``.com.cn`` in China regions)."""
+    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"https://sts.{region}.{suffix}/"
+
+
+def build_caller_proof(
+    *,
+    sts_url: str,
+    region: str,
+    server_id: str,
+    request_digest: str,
+    credentials: Any,
+) -> dict[str, Any]:
+    """A SigV4-signed ``GetCallerIdentity`` request, bound to a server and a digest.
+
+    ``credentials`` is a botocore ``Credentials`` (e.g. ``boto3.Session().get_credentials()``,
+    the node's instance-profile role). The request is signed, never sent by the node.
+    """
+    from botocore.auth import SigV4Auth  # noqa: PLC0415 - keeps the server import light
+    from botocore.awsrequest import AWSRequest  # noqa: PLC0415
+
+    request = AWSRequest(
+        method="POST",
+        url=sts_url,
+        data=STS_BODY,
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+            SERVER_ID_HEADER: server_id,
+            DIGEST_HEADER: request_digest,
+        },
+    )
+    SigV4Auth(credentials, "sts", region).add_auth(request)
+    return {
+        "method": "POST",
+        "url": sts_url,
+        "headers": {name: str(value) for name, value in request.headers.items()},
+        "body": STS_BODY,
+    }
+
+
+def urllib_sts_transport(timeout: float = 5.0) -> StsTransport:
+    """Send the caller's request to STS: no proxies, no redirects, bounded time and size."""
+
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+
+    def send(method: str, url: str, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes]:
+        request = urllib.request.Request(url, data=body, headers=dict(headers), method=method)  # noqa: S310 - URL checked against the pinned STS host
+        try:
+            with opener.open(request, timeout=timeout) as response:
+                return response.status, response.read(65536)
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read(65536)
+
+    return send
+
+
+def _parse_role_arn(arn: str) -> tuple[str, str, str]:
+    match = _ROLE_ARN.match(arn)
+    if not match:
+        raise ValueError(f"allowed role must be an IAM role ARN, got {arn!r}")
+    partition, account, name = match.groups()
+    return partition, account, name
+
+
+class CallerVerifier:
+    """Checks a caller's presigned GetCallerIdentity request and asks STS who signed it."""
+
+    def __init__(
+        self,
+        *,
+        sts_url: str,
+        allowed_role_arns: Iterable[str],
+        server_id: str,
+        transport: StsTransport,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        parsed = urllib.parse.urlsplit(sts_url)
+        if parsed.scheme != "https" or not parsed.hostname:
+            raise ValueError(f"sts_url must be an https URL, got {sts_url!r}")
+        self.sts_url = sts_url
+        self._sts_host = parsed.hostname.lower()
+        self._allowed = {_parse_role_arn(arn) for arn in allowed_role_arns}
+        if not self._allowed:
+            raise ValueError("allowed_role_arns must name at least one IAM role")
+        self.server_id = server_id
+        self._transport = transport
+        self._clock = clock
+
+    def verify(self, proof: Any, *, request_digest: str) -> CallerIdentity:
+        method, url, headers, body = self._shape(proof)
+        self._check_target(method, url, body)
+        self._check_binding(headers, request_digest)
+        forward = {
+            name: value
+            for name, value in headers.items()
+            if name.lower() not in ("host", "content-length", "connection", "transfer-encoding")
+        }
+        signed = self._signed_headers(headers)
+        if "accept" not in signed:
+            forward = {k: v for k, v in forward.items() if k.lower() != "accept"}
+            forward["Accept"] = "application/json"
+        try:
+            # Sent to the configured endpoint, not the caller's spelling of it.
+            status, payload = self._transport("POST", self.sts_url, forward, body.encode())
+        except (OSError, urllib.error.URLError) as exc:
+            raise ProofError(f"STS could not be reached: {exc}", status=502,
+                             code="sts_unavailable") from exc
+        if status != 200:
+            raise ProofError(f"STS rejected the identity proof (HTTP {status})")
+        return self._identity(payload)
+
+    @staticmethod
+    def _shape(proof: Any) -> tuple[str, str, dict[str, str], str]:
+        if not isinstance(proof, dict):
+            raise ProofError("auth must be an object with method, url, headers and body")
+        method, url, headers, body = (proof.get(k) for k in ("method", "url", "headers", "body"))
+        strings = all(isinstance(v, str) for v in (method, url, body))
+        if not strings or not isinstance(headers, dict):
+            raise ProofError("auth needs string method, url, body and an object of headers")
+        assert isinstance(method, str) and isinstance(url, str) and isinstance(body, str)
+        if len(headers) > _MAX_PROOF_HEADERS:
+            raise ProofError(f"auth has more than {_MAX_PROOF_HEADERS} headers")
+        clean: dict[str, str] = {}
+        for name, value in headers.items():
+            if not isinstance(value, str) or len(name) > 256 or len(value) > _MAX_PROOF_FIELD:
+                raise ProofError("auth headers must be short strings")
+            if any(c in name + value for c in "\r\n\x00") or not name.isascii():
+                raise ProofError("auth headers must not contain line breaks or NUL")
+            clean[name] = value
+        return method, url, clean, body
+
+    def _check_target(self, method: str, url: str, body: str) -> None:
+        if method != "POST":
+            raise ProofError(f"auth method must be POST, got {method!r}")
+        parsed = urllib.parse.urlsplit(url)
+        if (
+            parsed.scheme != "https"
+            or (parsed.hostname or "").lower() != self._sts_host
+            or parsed.port not in (None, 443)
+            or parsed.username
+            or parsed.password
+            or parsed.path not in ("", "/")
+            or parsed.query
+            or parsed.fragment
+        ):
+            raise ProofError(f"auth url must be {self.sts_url}, got {url[:200]!r}")
+        fields = urllib.parse.parse_qs(body, keep_blank_values=True, strict_parsing=False)
+        if fields != {"Action": ["GetCallerIdentity"], "Version": ["2011-06-15"]}:
+            raise ProofError(f"auth body must be exactly {STS_BODY}")
+
+    @staticmethod
+    def _header(headers: Mapping[str, str], name: str) -> str | None:
+        for key, value in headers.items():
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    def _signed_headers(self, headers: Mapping[str, str]) -> set[str]:
+        authorization = self._header(headers, "authorization") or ""
+        if not authorization.startswith("AWS4-HMAC-SHA256 "):
+            raise ProofError("auth must carry a SigV4 (AWS4-HMAC-SHA256) Authorization header")
+        match = re.search(r"SignedHeaders=([a-z0-9;-]+)", authorization)
+        if not match:
+            raise ProofError("auth Authorization header names no SignedHeaders")
+        return set(match.group(1).split(";"))
+
+    def _check_binding(self, headers: Mapping[str, str], request_digest: str) -> None:
+        signed = self._signed_headers(headers)
+        for name in ("host", "x-amz-date", SERVER_ID_HEADER.lower(), DIGEST_HEADER.lower()):
+            if name not in signed:
+                raise ProofError(f"auth signature must cover the {name} header")
+        if self._header(headers, SERVER_ID_HEADER) != self.server_id:
+            raise ProofError(f"auth is bound to another server (expected {self.server_id!r})")
+        if self._header(headers, DIGEST_HEADER) != request_digest:
+            raise ProofError("auth is bound to another digest than the one to sign")
+        stamp = self._header(headers, "x-amz-date") or ""
+        try:
+            signed_at = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError as exc:
+            raise ProofError("auth X-Amz-Date is not a SigV4 timestamp") from exc
+        if abs(self._clock() - signed_at) > _MAX_PROOF_AGE:
+            raise ProofError("auth was signed more than 5 minutes from now; sign a fresh one")
+
+    def _identity(self, payload: bytes) -> CallerIdentity:
+        try:
+            result = json.loads(payload)["GetCallerIdentityResponse"]["GetCallerIdentityResult"]
+            arn = result["Arn"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProofError("STS answer is not a GetCallerIdentity JSON response", status=502,
+                             code="sts_unavailable") from exc
+        match = _ASSUMED_ROLE_ARN.match(str(arn))
+        if not match:
+            raise ProofError(f"caller {arn} is not an assumed IAM role", status=403,
+                             code="forbidden")
+        partition, account, role_name, _session = match.groups()
+        if (partition, account, role_name) not in self._allowed:
+            raise ProofError(f"caller role {role_name} in {account} is not allowed", status=403,
+                             code="forbidden")
+        return CallerIdentity(arn=str(arn), account=account, role_name=role_name)
+
+
+class KeyStateFile:
+    """The enclave's key state on the host's disk: KMS ciphertext and public key, mode 0600."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path} does not hold a JSON object")
+        return data
+
+    def save(self, state: Mapping[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".key-state-")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(state, handle, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class EnclaveError(Exception):
+    """The enclave is unreachable or answered with an error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class EnclaveClient:
+    """Requests to the enclave; initialises it (again) when it reports no key loaded."""
+
+    def __init__(
+        self,
+        channel: ChannelAddress,
+        *,
+        key_id: str,
+        region: str,
+        state: KeyStateFile,
+        credentials: Callable[[], Mapping[str, str]],
+        timeout: float = 30.0,
+    ) -> None:
+        self._channel = channel
+        self._key_id = key_id
+        self._region = region
+        self._state = state
+        self._credentials = credentials
+        self._timeout = timeout
+        self._init_lock = threading.Lock()
+
+    def initialise(self) -> dict[str, Any]:
+        with self._init_lock:
+            stored = self._state.load()
+            reply = self._raw({
+                "op": "init",
+                "key_id": self._key_id,
+                "region": self._region,
+                "credentials": dict(self._credentials()),
+                "stored_key": stored,
+            })
+            if reply.get("created") or stored is None:
+                self._state.save(reply["stored_key"])
+            LOG.info("enclave ready, signing key sha256 %s", reply.get("key_sha256"))
+            return reply
+
+    def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self._raw(message)
+        except EnclaveError as exc:
+            if exc.code != "not_initialised":
+                raise
+        # The enclave restarted and lost its in-memory key: load it again, then retry once.
+        self.initialise()
+        return self._raw(message)
+
+    def _raw(self, message: dict[str, Any]) -> dict[str, Any]:
+        try:
+            reply = self._channel.request(message, timeout=self._timeout)
+        except (OSError, FrameError) as exc:
+            raise EnclaveError("enclave_unavailable", f"enclave unreachable: {exc}") from exc
+        if not reply.get("ok"):
+            error = reply.get("error") or {}
+            raise EnclaveError(str(error.get("code", "enclave_error")),
+                               str(error.get("message", "enclave error")))
+        return reply
+
+
+class RateLimiter:
+    """Token buckets per client address, with a bounded number of tracked addresses."""
+
+    def __init__(self, rate_per_second: float, burst: int, *, max_clients: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate_per_second
+        self._burst = float(burst)
+        self._max_clients = max_clients
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def allow(self, client: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.pop(client, (self._burst, now))
+            tokens = min(self._burst, tokens + (now - last) * self._rate)
+            allowed = tokens >= 1.0
+            self._buckets[client] = (tokens - 1.0 if allowed else tokens, now)
+            while len(self._buckets) > self._max_clients:
+                self._buckets.popitem(last=False)
+            return allowed
+
+
+@dataclass
+class ParentLimits:
+    """Bounds that keep one caller from exhausting the server."""
+
+    max_body_bytes: int = 32 * 1024
+    rate_per_second: float = 5.0
+    burst: int = 20
+    max_connections: int = 32
+    socket_timeout: float = 10.0
+    allowed_networks: tuple[str, ...] = field(default_factory=tuple)
+
+
+class ParentServer(ThreadingHTTPServer):
+    """HTTP API on the enclave host: ``GET /v1/health``, ``GET /v1/info``,
+    ``GET /v1/attestation?nonce=...``, ``POST /v1/sign``."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        enclave: EnclaveClient,
+        verifier: CallerVerifier,
+        region: str,
+        limits: ParentLimits | None = None,
+    ) -> None:
+        self.enclave = enclave
+        self.verifier = verifier
+        self.region = region
+        self.limits = limits or ParentLimits()
+        self.rate_limiter = RateLimiter(self.limits.rate_per_second, self.limits.burst)
+        self.networks = [ipaddress.ip_network(n) for n in self.limits.allowed_networks]
+        self._active = 0
+        self._active_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._active_lock:
+            full = self._active >= self.limits.max_connections
+            if not full:
+                self._active += 1
+        if full:
+            _refuse_busy(request)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints tracebacks to stderr by default; a dropped connection is routine.
+        LOG.warning("connection from %s ended with an error", client_address, exc_info=True)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+
+
+def _refuse_busy(sock: socket.socket) -> None:
+    body = json.dumps({"error": {"code": "busy", "message": "too many connections; retry"}})
+    with contextlib.suppress(OSError):
+        sock.sendall(
+            b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Retry-After: 1\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+            + body.encode()
+        )
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.headers = headers or {}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ParentServer
+    server_version = "cdk-trn-vault"
+    sys_version = ""
+    error_content_type = "application/json"
+    # HTTP/0.9 is not spoken here; with 1.0 as the default, even a garbage request line gets a
+    # status line and headers in front of its JSON error.
+    default_request_version = "HTTP/1.0"
+
+    def setup(self) -> None:
+        # StreamRequestHandler applies `timeout` to the socket: a slow or silent client is cut off.
+        self.request.settimeout(self.server.limits.socket_timeout)
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        LOG.info("%s %s", self.client_address[0], format % args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Replaces the stdlib HTML error page (bad request line, header overflow, 501) with JSON.
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        self._json(code, {"error": {"code": phrase.lower().replace(" ", "_"),
+                                    "message": message or explain or phrase}})
+
+    def _json(self, status: int, payload: Mapping[str, Any],
+              headers: Mapping[str, str] | None = None) -> None:
+        body = json.dumps(payload, sort_keys=True).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.close_connection = True
+
+    def _dispatch(self, routes: Mapping[str, Callable[[], dict[str, Any]]]) -> None:
+        headers: dict[str, str] = {}
+        try:
+            self._admit()
+            path = urllib.parse.urlsplit(self.path).path
+            route = routes.get(path)
+            if route is None:
+                raise _HttpError(404, "not_found", f"no such endpoint: {path[:100]}")
+            status, payload = 200, route()
+        except _HttpError as exc:
+            status, headers = exc.status, exc.headers
+            payload = {"error": {"code": exc.code, "message": str(exc)}}
+        except Exception:
+            LOG.exception("request failed")
+            status, payload = 500, {"error": {"code": "internal", "message": "internal error"}}
+        try:
+            self._json(status, payload, headers)
+        except OSError:
+            # The caller hung up before reading its answer; nothing to tell it.
+            self.close_connection = True
+
+    def _admit(self) -> None:
+        client = self.client_address[0]
+        if self.server.networks:
+            address = ipaddress.ip_address(client)
+            if not any(address in network for network in self.server.networks):
+                raise _HttpError(403, "forbidden", "caller address is not allowed")
+        if not self.server.rate_limiter.allow(client):
+            raise _HttpError(429, "rate_limited", "too many requests; slow down",
+                             {"Retry-After": "1"})
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self._dispatch({
+            "/v1/health": lambda: {"status": "ok"},
+            "/v1/info": self._info,
+            "/v1/attestation": self._attestation,
+        })
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        self._dispatch({"/v1/sign": self._sign})
+
+    def _enclave(self, message: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.server.enclave.call(message)
+        except EnclaveError as exc:
+            status = 502 if exc.code in ("enclave_unavailable", "kms", "internal") else 400
+            raise _HttpError(status, exc.code, str(exc)) from exc
+
+    def _info(self) -> dict[str, Any]:
+        reply = self._enclave({"op": "public_key"})
+        return {
+            "server_id": self.server.verifier.server_id,
+            "sts_url": self.server.verifier.sts_url,
+            "region": self.server.region,
+            "algorithm": "ECDSA_P384_SHA384",
+            "public_key": reply["public_key"],
+            "key_sha256": reply["key_sha256"],
+        }
+
+    def _attestation(self) -> dict[str, Any]:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        nonce = query.get("nonce", [None])[0]
+        reply = self._enclave({"op": "attest", "nonce": nonce})
+        return {k: reply[k] for k in ("attestation_document", "public_key", "key_sha256")}
+
+    def _read_json(self) -> dict[str, Any]:
+        length_header = self.headers.get("Content-Length")
+        if length_header is None:
+            raise _HttpError(411, "length_required", "send a Content-Length (no chunked bodies)")
+        try:
+            length = int(length_header)
+        except ValueError as exc:
+            raise _HttpError(400, "bad_request", "Content-Length is not a number") from exc
+        limit = self.server.limits.max_body_bytes
+        if length < 0 or length > limit:
+            raise _HttpError(413, "too_large", f"body of {length} bytes exceeds {limit} bytes")
+        try:
+            raw = self.rfile.read(length)
+        except TimeoutError as exc:
+            raise _HttpError(408, "request_timeout", "body not received in time") from exc
+        if len(raw) != length:
+            raise _HttpError(400, "bad_request", "body shorter than Content-Length")
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _HttpError(400, "bad_json", f"body is not JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise _HttpError(400, "bad_request", "body must be a JSON object")
+        return body
+
+    def _sign(self) -> dict[str, Any]:
+        body = self._read_json()
+        digest = body.get("digest")
+        if not isinstance(digest, str) or not _SHA384_HEX.match(digest):
+            raise _HttpError(400, "bad_request", "digest must be 96 lowercase hex digits (SHA-384)")
+        try:
+            caller = self.server.verifier.verify(body.get("auth"), request_digest=digest)
+        except ProofError as exc:
+            raise _HttpError(exc.status, exc.code, str(exc)) from exc
+        reply = self._enclave({"op": "sign", "digest": digest})
+        LOG.info("signed digest %s for %s with key %s", digest, caller.arn, reply["key_sha256"])
+        return {
+            "signature": reply["signature"],
+            "algorithm": reply["algorithm"],
+            "public_key": reply["public_key"],
+            "key_sha256": reply["key_sha256"],
+            "caller": caller.arn,
+        }
+
+
+class VaultError(Exception):
+    """The vault refused or failed a request; ``code`` is the server's error code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{message} (HTTP {status}, {code})")
+        self.status = status
+        self.code = code
+
+
+class VaultClient:
+    """Node-side client of :class:`ParentServer`: proves the node's IAM role and asks for a
+    signature over a SHA-384 digest."""
+
+    def __init__(self, base_url: str, *, credentials: Any = None, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._credentials = credentials
+        self._timeout = timeout
+
+    def info(self) -> dict[str, Any]:
+        return self._request("GET", "/v1/info")
+
+    def sign_digest(self, digest: bytes) -> dict[str, Any]:
+        info = self.info()
+        digest_hex = digest.hex()
+        proof = build_caller_proof(
+            sts_url=info["sts_url"],
+            region=info["region"],
+            server_id=info["server_id"],
+            request_digest=digest_hex,
+            credentials=self._resolve_credentials(),
+        )
+        return self._request("POST", "/v1/sign", {"digest": digest_hex, "auth": proof})
+
+    def _resolve_credentials(self) -> Any:
+        if self._credentials is not None:
+            return self._credentials
+        import botocore.session  # noqa: PLC0415
+
+        credentials = botocore.session.get_session().get_credentials()
+        if credentials is None:
+            raise VaultError(0, "no_credentials", "no AWS credentials found for the node role")
+        return credentials
+
+    def _request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310 - the vault URL is operator configuration
+            self.base_url + path, data=data, method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(request, timeout=self._timeout) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as exc:
+            try:
+                error = json.loads(exc.read())["error"]
+                raise VaultError(exc.code, error["code"], error["message"]) from exc
+            except (ValueError, KeyError, TypeError):
+                raise VaultError(exc.code, "http_error", str(exc)) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise VaultError(0, "unreachable", f"vault {self.base_url} unreachable: {exc}") from exc
+
+
+_IMDS = "http://169.254.169.254/latest"
+
+
+def _host_credentials(timeout: float = 2.0) -> Mapping[str, str]:
+    """The host role's temporary credentials from IMDSv2 (standard library only: the host runs
+    this module with a bare python3.11, without botocore)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def fetch(path: str, token: str | None = None, method: str = "GET") -> str:
+        headers = ({"X-aws-ec2-metadata-token": token} if token
+                   else {"X-aws-ec2-metadata-token-ttl-seconds": "300"})
+        request = urllib.request.Request(_IMDS + path, headers=headers, method=method)  # noqa: S310 - fixed link-local IMDS URL
+        with opener.open(request, timeout=timeout) as response:
+            return str(response.read(65536).decode())
+
+    token = fetch("/api/token", method="PUT")
+    role = fetch("/meta-data/iam/security-credentials/", token).split()[0]
+    document = json.loads(fetch(f"/meta-data/iam/security-credentials/{role}", token))
+    if document.get("Code") != "Success":
+        raise RuntimeError(f"instance metadata has no credentials for role {role}")
+    return {
+        "access_key_id": document["AccessKeyId"],
+        "secret_access_key": document["SecretAccessKey"],
+        "session_token": document["Token"],
+    }
+
+
+def _initialise_when_up(enclave: EnclaveClient, *, attempts: int = 60, pause: float = 2.0) -> None:
+    # The enclave boots for a few seconds after `nitro-cli run-enclave` returns; wait for it.
+    for attempt in range(1, attempts + 1):
+        try:
+            enclave.initialise()
+            return
+        except EnclaveError as exc:
+            if exc.code != "enclave_unavailable" or attempt == attempts:
+                raise
+            LOG.info("enclave not reachable yet (%s); retrying", exc)
+            time.sleep(pause)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="cdk-trn vault: parent-side signing server")
+    parser.add_argument("--listen", default="0.0.0.0:8443", help="host:port (default 0.0.0.0:8443)")  # noqa: S104 - the security group admits only the cluster
+    parser.add_argument("--enclave-cid", type=int, required=True)
+    parser.add_argument("--enclave-port", type=int, default=DEFAULT_ENCLAVE_PORT)
+    parser.add_argument("--key-id", required=True, help="KMS key ARN for the enclave")
+    parser.add_argument("--region", required=True)
+    parser.add_argument("--allowed-role-arn", action="append", required=True,
+                        help="IAM role ARN whose sessions may sign (repeatable)")
+    parser.add_argument("--state", default="/var/lib/cdk-trn/signing-key.json")
+    parser.add_argument("--server-id", default=None,
+                        help="value callers bind their proofs to (default: this host's name)")
+    parser.add_argument("--allowed-network", action="append", default=[],
+                        help="CIDR allowed to call (repeatable; default: any, rely on the SG)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    sts_url = sts_url_for_region(args.region)
+    enclave = EnclaveClient(
+        ChannelAddress.vsock(args.enclave_cid, args.enclave_port),
+        key_id=args.key_id, region=args.region, state=KeyStateFile(args.state),
+        credentials=_host_credentials,
+    )
+    _initialise_when_up(enclave)
+    verifier = CallerVerifier(
+        sts_url=sts_url, allowed_role_arns=args.allowed_role_arn,
+        server_id=args.server_id or socket.getfqdn(), transport=urllib_sts_transport(),
+    )
+    host, _, port = args.listen.rpartition(":")
+    limits = ParentLimits(allowed_networks=tuple(args.allowed_network))
+    with ParentServer((host, int(port)), enclave=enclave, verifier=verifier, region=args.region,
+                      limits=limits) as server:
+        LOG.info("vault listening on %s", args.listen)
+        server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

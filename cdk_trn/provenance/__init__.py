@@ -1,0 +1,31 @@
+"""Signed checkpoint manifests: build, sign (through the enclave vault) and verify offline.
+
+``python -m cdk_trn.provenance sign DIR`` on a node, ``python -m cdk_trn.provenance verify
+MANIFEST DIR --public-key KEY`` anywhere. Imports neither aws_cdk nor torch.
+"""
+
+from cdk_trn.provenance.manifest import (
+    FORMAT,
+    ManifestError,
+    VerificationReport,
+    build_manifest,
+    canonical_json,
+    load_public_key,
+    manifest_digest,
+    sign_with_private_key,
+    signed_manifest,
+    verify_signed_manifest,
+)
+
+__all__ = [
+    "FORMAT",
+    "ManifestError",
+    "VerificationReport",
+    "build_manifest",
+    "canonical_json",
+    "load_public_key",
+    "manifest_digest",
+    "sign_with_private_key",
+    "signed_manifest",
+    "verify_signed_manifest",
+]

@@ -1,0 +1,171 @@
+"""Command line for signed checkpoint manifests.
+
+- ``sign DIR [--run-id ID] [--cluster NAME] [--vault URL | --private-key PEM] [--output FILE]``:
+  builds the manifest, has the enclave vault sign its SHA-384 (the node proves its IAM role with a
+  presigned ``sts:GetCallerIdentity``), checks the returned signature, writes the signed manifest
+  (default ``DIR.manifest.json`` beside the directory).
+- ``verify MANIFEST DIR --public-key KEY``: offline; prints every tampered, missing and extra file
+  and exits 1 on any problem.
+- ``public-key --vault URL``: prints the vault's signing public key (PEM) for verifiers.
+
+Exit codes: 0 success, 1 verification failed or signing refused, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from cdk_trn.provenance.manifest import (
+    ManifestError,
+    build_manifest,
+    load_public_key,
+    manifest_digest,
+    sign_with_private_key,
+    signed_manifest,
+    verify_signed_manifest,
+)
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cdk_trn.provenance",
+                                     description="Signed checkpoint manifests")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sign = commands.add_parser("sign", help="build and sign the manifest of a checkpoint dir")
+    sign.add_argument("directory", type=Path)
+    sign.add_argument("--run-id", default=os.environ.get("CDK_TRN_RUN_ID"),
+                      help="training run id (default: $CDK_TRN_RUN_ID, else the directory name)")
+    sign.add_argument("--cluster", default=os.environ.get("CDK_TRN_CLUSTER"),
+                      help="cluster name (default: $CDK_TRN_CLUSTER)")
+    source = sign.add_mutually_exclusive_group()
+    source.add_argument("--vault", default=os.environ.get("CDK_TRN_VAULT_URL"),
+                        help="vault URL, e.g. http://10.0.1.5:8443 (default: $CDK_TRN_VAULT_URL)")
+    source.add_argument("--private-key", type=Path,
+                        help="sign with a local P-384 PEM key instead of the vault (offline use)")
+    sign.add_argument("--expect-key-sha256", default=None,
+                      help="refuse a signature from any other key (hex SHA-256 of its DER)")
+    sign.add_argument("--output", type=Path, default=None,
+                      help="where to write the signed manifest (default: DIR.manifest.json)")
+
+    verify = commands.add_parser("verify", help="verify a checkpoint dir against a manifest")
+    verify.add_argument("manifest", type=Path)
+    verify.add_argument("directory", type=Path)
+    verify.add_argument("--public-key", type=Path, required=True,
+                        help="the signer's P-384 public key, PEM or DER")
+
+    public_key = commands.add_parser("public-key", help="print the vault's public key (PEM)")
+    public_key.add_argument("--vault", default=os.environ.get("CDK_TRN_VAULT_URL"), required=False)
+    return parser
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _sign(args: argparse.Namespace) -> int:
+    directory: Path = args.directory
+    output: Path = args.output or directory.resolve().with_name(
+        directory.resolve().name + ".manifest.json"
+    )
+    if not args.cluster:
+        return _fail("--cluster is required (or set CDK_TRN_CLUSTER)", 2)
+    if not args.vault and not args.private_key:
+        return _fail("give --vault URL (or CDK_TRN_VAULT_URL) or --private-key PEM", 2)
+    try:
+        manifest = build_manifest(
+            directory, run_id=args.run_id or directory.resolve().name, cluster=args.cluster,
+            exclude=[output],
+        )
+    except ManifestError as exc:
+        return _fail(str(exc), 2)
+    if args.private_key:
+        key = serialization.load_pem_private_key(args.private_key.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            return _fail("--private-key must be an EC P-384 private key", 2)
+        try:
+            signed = sign_with_private_key(manifest, key)
+        except ManifestError as exc:
+            return _fail(str(exc), 2)
+    else:
+        from cdk_trn.enclave.parent import VaultClient, VaultError  # noqa: PLC0415
+
+        try:
+            reply = VaultClient(args.vault).sign_digest(manifest_digest(manifest))
+        except VaultError as exc:
+            return _fail(f"the vault did not sign: {exc}")
+        checked = _checked_vault_signature(manifest, reply, args.expect_key_sha256)
+        if isinstance(checked, str):
+            return _fail(checked)
+        signed = checked
+    output.write_text(json.dumps(signed, indent=2, sort_keys=True) + "\n")
+    print(f"signed {len(manifest['files'])} files -> {output} "
+          f"(key sha256 {signed['signature']['key_sha256']})")
+    return 0
+
+
+def _checked_vault_signature(
+    manifest: dict[str, Any], reply: dict[str, Any], expected_key: str | None
+) -> dict[str, Any] | str:
+    try:
+        public_der = base64.b64decode(reply["public_key"], validate=True)
+        signature = base64.b64decode(reply["signature"], validate=True)
+        key = load_public_key(public_der)
+        key.verify(signature, manifest_digest(manifest), ec.ECDSA(Prehashed(hashes.SHA384())))
+    except (KeyError, ValueError, TypeError, ManifestError, InvalidSignature) as exc:
+        return f"the vault's answer does not hold a valid signature: {type(exc).__name__} {exc}"
+    key_sha256 = hashlib.sha256(public_der).hexdigest()
+    if expected_key and key_sha256 != expected_key.lower():
+        return f"the vault signed with key {key_sha256}, expected {expected_key}"
+    return signed_manifest(manifest, signature, public_der)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    try:
+        public_key = load_public_key(args.public_key.read_bytes())
+    except (OSError, ManifestError) as exc:
+        return _fail(f"cannot read public key {args.public_key}: {exc}", 2)
+    try:
+        signed = json.loads(args.manifest.read_text())
+    except (OSError, ValueError) as exc:
+        return _fail(f"cannot read manifest {args.manifest}: {exc}", 2)
+    report = verify_signed_manifest(signed, args.directory, public_key, exclude=[args.manifest])
+    for line in report.lines():
+        print(line)
+    return 0 if report.ok else 1
+
+
+def _public_key(args: argparse.Namespace) -> int:
+    if not args.vault:
+        return _fail("give --vault URL (or CDK_TRN_VAULT_URL)", 2)
+    from cdk_trn.enclave.parent import VaultClient, VaultError  # noqa: PLC0415
+
+    try:
+        info = VaultClient(args.vault).info()
+        key = load_public_key(base64.b64decode(info["public_key"], validate=True))
+    except (VaultError, KeyError, ValueError, ManifestError) as exc:
+        return _fail(f"cannot get the vault's public key: {exc}")
+    sys.stdout.write(key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"sign": _sign, "verify": _verify, "public-key": _public_key}
+    return handlers[args.command](args)

@@ -1,0 +1,321 @@
+"""The parent-side server: IAM caller proofs, limits, JSON errors that never stop it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import http.client
+import json
+import socket
+import time
+
+import pytest
+from botocore.credentials import Credentials
+from enclave_doubles import StsTestDouble
+from enclave_harness import (
+    NODE_KEY,
+    NODE_ROLE_ARN,
+    NODE_SESSION_ARN,
+    OTHER_KEY,
+    REGION,
+    start_vault,
+    stop_vault,
+)
+
+from cdk_trn.enclave.parent import (
+    CallerVerifier,
+    ParentLimits,
+    ProofError,
+    RateLimiter,
+    VaultClient,
+    VaultError,
+    build_caller_proof,
+    sts_url_for_region,
+)
+
+DIGEST = hashlib.sha384(b"a manifest").hexdigest()
+STS_URL = sts_url_for_region(REGION)
+
+
+def _proof(*, key=NODE_KEY, server_id="vault-test-1", digest=DIGEST, url=STS_URL, region=REGION):
+    return build_caller_proof(sts_url=url, region=region, server_id=server_id,
+                              request_digest=digest, credentials=Credentials(*key))
+
+
+@pytest.fixture
+def sts() -> StsTestDouble:
+    return StsTestDouble({NODE_KEY[0]: (NODE_KEY[1], NODE_SESSION_ARN),
+                          OTHER_KEY[0]: (OTHER_KEY[1], "arn:aws:sts::111122223333:assumed-role/"
+                                                       "SomeOtherRole/i-0eeeeffff00001111")},
+                         region=REGION)
+
+
+@pytest.fixture
+def verifier(sts) -> CallerVerifier:
+    return CallerVerifier(sts_url=STS_URL, allowed_role_arns=[NODE_ROLE_ARN],
+                          server_id="vault-test-1", transport=sts)
+
+
+# --- caller proofs ---------------------------------------------------------------------------
+
+
+def test_proof_signed_by_the_node_role_is_accepted(verifier, sts):
+    caller = verifier.verify(_proof(), request_digest=DIGEST)
+    assert (caller.arn, caller.role_name) == (NODE_SESSION_ARN, "TrainiumNodeRole")
+    # The server forwarded to the pinned STS endpoint and asked for JSON.
+    method, url, headers, body = sts.requests[-1]
+    assert (method, url, headers["Accept"]) == ("POST", STS_URL, "application/json")
+
+
+def test_proof_from_another_role_is_forbidden(verifier):
+    with pytest.raises(ProofError, match="SomeOtherRole") as caught:
+        verifier.verify(_proof(key=OTHER_KEY), request_digest=DIGEST)
+    assert caught.value.status == 403
+
+
+def test_proof_with_a_wrong_secret_is_rejected_by_sts(verifier):
+    with pytest.raises(ProofError, match="STS rejected") as caught:
+        verifier.verify(_proof(key=(NODE_KEY[0], "guessed")), request_digest=DIGEST)
+    assert caught.value.status == 401
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://sts.us-east-2.amazonaws.com.evil.example/",
+        "https://evil.example/?x=sts.us-east-2.amazonaws.com",
+        "http://sts.us-east-2.amazonaws.com/",
+        "https://sts.us-east-2.amazonaws.com:8443/",
+        "https://sts.us-east-2.amazonaws.com/other",
+        "https://user@sts.us-east-2.amazonaws.com/",
+        "https://sts.amazonaws.com/",
+    ],
+)
+def test_proof_for_any_other_url_is_rejected_before_forwarding(verifier, sts, url):
+    proof = _proof()
+    proof["url"] = url
+    with pytest.raises(ProofError, match="auth url"):
+        verifier.verify(proof, request_digest=DIGEST)
+    assert sts.requests == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["Action=GetCallerIdentity&Version=2011-06-15&Action=AssumeRole",
+     "Action=AssumeRole&Version=2011-06-15", "", "Action=GetCallerIdentity"],
+)
+def test_proof_for_any_other_action_is_rejected(verifier, body):
+    proof = _proof()
+    proof["body"] = body
+    with pytest.raises(ProofError, match="body"):
+        verifier.verify(proof, request_digest=DIGEST)
+
+
+def test_proof_with_get_method_is_rejected(verifier):
+    proof = _proof()
+    proof["method"] = "GET"
+    with pytest.raises(ProofError, match="POST"):
+        verifier.verify(proof, request_digest=DIGEST)
+
+
+def test_proof_bound_to_another_server_is_rejected(verifier):
+    with pytest.raises(ProofError, match="another server"):
+        verifier.verify(_proof(server_id="vault-elsewhere"), request_digest=DIGEST)
+
+
+def test_proof_bound_to_another_digest_is_rejected(verifier):
+    other = hashlib.sha384(b"another manifest").hexdigest()
+    with pytest.raises(ProofError, match="another digest"):
+        verifier.verify(_proof(digest=other), request_digest=DIGEST)
+
+
+def test_proof_with_edited_binding_header_fails_at_sts(verifier):
+    proof = _proof(digest=hashlib.sha384(b"x").hexdigest())
+    proof["headers"]["X-Cdk-Trn-Request-Digest"] = DIGEST
+    with pytest.raises(ProofError, match="STS rejected"):
+        verifier.verify(proof, request_digest=DIGEST)
+
+
+def test_stale_proof_is_rejected(sts):
+    late = CallerVerifier(sts_url=STS_URL, allowed_role_arns=[NODE_ROLE_ARN],
+                          server_id="vault-test-1", transport=sts,
+                          clock=lambda: dt.datetime.now(dt.UTC) + dt.timedelta(minutes=6))
+    with pytest.raises(ProofError, match="5 minutes"):
+        late.verify(_proof(), request_digest=DIGEST)
+
+
+@pytest.mark.parametrize("proof", [None, "token", {"method": "POST"},
+                                   {"method": "POST", "url": STS_URL, "body": "", "headers": []}])
+def test_malformed_proofs_are_rejected(verifier, proof):
+    with pytest.raises(ProofError):
+        verifier.verify(proof, request_digest=DIGEST)
+
+
+def test_unsigned_proof_is_rejected(verifier):
+    proof = _proof()
+    del proof["headers"]["Authorization"]
+    with pytest.raises(ProofError, match="SigV4"):
+        verifier.verify(proof, request_digest=DIGEST)
+
+
+def test_allowed_roles_must_be_iam_role_arns(sts):
+    with pytest.raises(ValueError, match="IAM role ARN"):
+        CallerVerifier(sts_url=STS_URL, allowed_role_arns=["TrainiumNodeRole"], server_id="x",
+                       transport=sts)
+
+
+def test_rate_limiter_refills_over_time():
+    now = [0.0]
+    limiter = RateLimiter(rate_per_second=1.0, burst=2, clock=lambda: now[0])
+    assert [limiter.allow("a") for _ in range(3)] == [True, True, False]
+    assert limiter.allow("b")
+    now[0] = 1.0
+    assert limiter.allow("a") and not limiter.allow("a")
+
+
+# --- the HTTP server -------------------------------------------------------------------------
+
+
+def _raw_exchange(url: str, payload: bytes) -> tuple[int, dict]:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body)
+
+
+def _post(url: str, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("POST", path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def _healthy(url: str) -> bool:
+    return VaultClient(url)._request("GET", "/v1/health") == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    "payload, status, code",
+    [
+        (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, "request-uri_too_long"),
+        (b"BREW /v1/sign HTTP/1.1\r\nHost: x\r\n\r\n", 501, "not_implemented"),
+        (b"POST /v1/sign HTTP/1.1\r\nHost: x\r\n\r\n", 411, "length_required"),
+        (b"POST /v1/sign HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413, "too_large"),
+        (b"POST /v1/sign HTTP/1.1\r\nContent-Length: nine\r\n\r\n", 400, "bad_request"),
+        (b"POST /v1/sign HTTP/1.1\r\nContent-Length: 5\r\n\r\n{nope", 400, "bad_json"),
+        (b"POST /v1/sign HTTP/1.1\r\nContent-Length: 2\r\n\r\n[]", 400, "bad_request"),
+        (b"POST /v1/sign HTTP/1.1\r\nContent-Length: 20\r\n\r\n{\"digest\": \"abc\"}   ",
+         400, "bad_request"),
+        (b"GET /v1/secrets HTTP/1.1\r\n\r\n", 404, "not_found"),
+    ],
+)
+def test_malformed_and_oversized_requests_get_json_errors_and_the_server_keeps_serving(
+    vault, payload, status, code
+):
+    got_status, body = _raw_exchange(vault.url, payload)
+    assert got_status == status
+    assert body["error"]["code"] == code and body["error"]["message"]
+    assert _healthy(vault.url)
+
+
+def test_sign_without_proof_is_unauthenticated(vault):
+    status, body = _post(vault.url, "/v1/sign", json.dumps({"digest": DIGEST}).encode())
+    assert (status, body["error"]["code"]) == (401, "unauthenticated")
+
+
+def test_sign_with_another_roles_proof_is_forbidden(vault):
+    payload = {"digest": DIGEST, "auth": _proof(key=OTHER_KEY)}
+    status, body = _post(vault.url, "/v1/sign", json.dumps(payload).encode())
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+
+
+def test_sign_with_the_node_roles_proof_returns_a_signature(vault):
+    payload = {"digest": DIGEST, "auth": _proof()}
+    status, body = _post(vault.url, "/v1/sign", json.dumps(payload).encode())
+    assert status == 200
+    assert body["caller"] == NODE_SESSION_ARN and body["algorithm"] == "ECDSA_P384_SHA384"
+
+
+def test_info_names_the_server_the_sts_endpoint_and_the_key(vault):
+    info = VaultClient(vault.url).info()
+    assert info["server_id"] == "vault-test-1" and info["sts_url"] == STS_URL
+    assert len(info["key_sha256"]) == 64
+
+
+def test_requests_beyond_the_rate_limit_get_429_and_later_ones_are_served(pki, tmp_path):
+    running = start_vault(pki, tmp_path, limits=ParentLimits(rate_per_second=0.001, burst=3))
+    try:
+        statuses = []
+        for _ in range(5):
+            try:
+                VaultClient(running.url)._request("GET", "/v1/health")
+                statuses.append(200)
+            except VaultError as exc:
+                statuses.append(exc.status)
+                assert exc.code == "rate_limited"
+        assert statuses == [200, 200, 200, 429, 429]
+        running.server.rate_limiter = RateLimiter(100.0, 10)
+        assert _healthy(running.url)
+    finally:
+        stop_vault(running)
+
+
+def test_silent_client_is_cut_off_and_does_not_block_others(pki, tmp_path):
+    running = start_vault(pki, tmp_path, limits=ParentLimits(socket_timeout=0.5))
+    try:
+        host, port = running.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as idle:
+            idle.sendall(b"POST /v1/sign HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+            assert _healthy(running.url)
+            idle.settimeout(5)
+            answer = b""
+            while chunk := idle.recv(4096):  # answered, then closed, after the server's timeout
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.0 408") and b"request_timeout" in answer
+    finally:
+        stop_vault(running)
+
+
+def test_connections_beyond_the_cap_get_503(pki, tmp_path):
+    running = start_vault(pki, tmp_path, limits=ParentLimits(max_connections=1,
+                                                             socket_timeout=5))
+    try:
+        host, port = running.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as holder:
+            holder.sendall(b"GET /v1/health HTTP/1.1\r\n")  # unfinished: holds the one slot
+            time.sleep(0.2)
+            status, body = _raw_exchange(running.url, b"GET /v1/health HTTP/1.1\r\n\r\n")
+            assert (status, body["error"]["code"]) == (503, "busy")
+        # Once the holder hangs up its slot frees; allow the server thread time to notice.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert _healthy(running.url)
+                break
+            except VaultError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        stop_vault(running)
+
+
+def test_calls_from_outside_the_allowed_networks_are_forbidden(pki, tmp_path):
+    running = start_vault(pki, tmp_path, limits=ParentLimits(allowed_networks=("10.0.0.0/16",)))
+    try:
+        with pytest.raises(VaultError) as caught:
+            VaultClient(running.url).info()
+        assert (caught.value.status, caught.value.code) == (403, "forbidden")
+    finally:
+        stop_vault(running)

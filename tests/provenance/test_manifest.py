@@ -1,0 +1,230 @@
+"""Checkpoint manifests: canonical form, contents, offline verification and the CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cdk_trn.provenance import (
+    FORMAT,
+    ManifestError,
+    build_manifest,
+    canonical_json,
+    load_public_key,
+    manifest_digest,
+    sign_with_private_key,
+    verify_signed_manifest,
+)
+from cdk_trn.provenance.cli import main
+
+WHEN = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP384R1())
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    directory = tmp_path / "ckpt"
+    (directory / "nested" / "deeper").mkdir(parents=True)
+    (directory / "a.bin").write_bytes(b"a" * 10)
+    (directory / "nested" / "b.bin").write_bytes(b"")
+    (directory / "nested" / "deeper" / "c.bin").write_bytes(os.urandom(3000))
+    return directory
+
+
+def _manifest(directory: Path) -> dict:
+    return build_manifest(directory, run_id="run-1", cluster="trn-a", created=WHEN)
+
+
+def test_canonical_json_is_independent_of_key_order_and_whitespace():
+    assert canonical_json({"b": 1, "a": [1, {"d": "x", "c": None}]}) == (
+        b'{"a":[1,{"c":null,"d":"x"}],"b":1}'
+    )
+    assert canonical_json({"a": 1, "b": 2}) == canonical_json(json.loads('{ "b" : 2,\n"a":1 }'))
+
+
+def test_canonical_json_escapes_non_ascii():
+    assert canonical_json({"p": "é"}) == b'{"p":"\\u00e9"}'
+
+
+def test_canonical_json_refuses_floats():
+    with pytest.raises(ManifestError, match="floats"):
+        canonical_json({"size": 1.5})
+
+
+def test_manifest_lists_every_file_with_sha384_size_run_cluster_and_time(checkpoint):
+    manifest = _manifest(checkpoint)
+    assert manifest["format"] == FORMAT
+    assert (manifest["run_id"], manifest["cluster"]) == ("run-1", "trn-a")
+    assert manifest["created"] == "2026-11-25T12:00:00Z"
+    assert [f["path"] for f in manifest["files"]] == [
+        "a.bin", "nested/b.bin", "nested/deeper/c.bin"]
+    first = manifest["files"][0]
+    assert first == {"path": "a.bin", "sha384": hashlib.sha384(b"a" * 10).hexdigest(), "size": 10}
+
+
+def test_manifest_digest_is_sha384_of_the_canonical_bytes(checkpoint):
+    manifest = _manifest(checkpoint)
+    assert manifest_digest(manifest) == hashlib.sha384(canonical_json(manifest)).digest()
+
+
+def test_manifest_refuses_symbolic_links(checkpoint):
+    (checkpoint / "link.bin").symlink_to(checkpoint / "a.bin")
+    with pytest.raises(ManifestError, match="link.bin"):
+        _manifest(checkpoint)
+
+
+def test_manifest_refuses_a_missing_directory(tmp_path):
+    with pytest.raises(ManifestError, match="does not exist"):
+        _manifest(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("run_id", ["", "has space", "x" * 300, "semi;colon"])
+def test_manifest_refuses_odd_run_ids(checkpoint, run_id):
+    with pytest.raises(ManifestError, match="run_id"):
+        build_manifest(checkpoint, run_id=run_id, cluster="trn-a")
+
+
+def test_signed_manifest_verifies_against_the_untouched_directory(checkpoint, signing_key):
+    signed = sign_with_private_key(_manifest(checkpoint), signing_key)
+    report = verify_signed_manifest(signed, checkpoint, signing_key.public_key())
+    assert report.ok and report.checked == 3
+
+
+def test_signature_is_plain_ecdsa_p384_sha384_over_the_canonical_bytes(checkpoint, signing_key):
+    import base64
+
+    signed = sign_with_private_key(_manifest(checkpoint), signing_key)
+    signing_key.public_key().verify(
+        base64.b64decode(signed["signature"]["value"]),
+        canonical_json(signed["manifest"]),
+        ec.ECDSA(hashes.SHA384()),
+    )
+
+
+def test_every_tampered_missing_and_extra_file_is_reported(checkpoint, signing_key):
+    signed = sign_with_private_key(_manifest(checkpoint), signing_key)
+    (checkpoint / "a.bin").write_bytes(b"a" * 9 + b"b")
+    (checkpoint / "nested" / "b.bin").write_bytes(b"grew")
+    (checkpoint / "nested" / "deeper" / "c.bin").unlink()
+    (checkpoint / "new.bin").write_bytes(b"new")
+    report = verify_signed_manifest(signed, checkpoint, signing_key.public_key())
+    assert not report.ok and report.signature_valid
+    assert report.tampered == ["a.bin", "nested/b.bin"]
+    assert report.missing == ["nested/deeper/c.bin"]
+    assert report.extra == ["new.bin"]
+
+
+def test_signature_by_another_key_is_invalid(checkpoint, signing_key):
+    forger = ec.generate_private_key(ec.SECP384R1())
+    signed = sign_with_private_key(_manifest(checkpoint), forger)
+    report = verify_signed_manifest(signed, checkpoint, signing_key.public_key())
+    assert not report.ok and not report.signature_valid
+
+
+def test_edited_manifest_under_a_valid_signature_is_invalid(checkpoint, signing_key):
+    signed = sign_with_private_key(_manifest(checkpoint), signing_key)
+    signed["manifest"]["files"][0]["size"] = 11
+    assert not verify_signed_manifest(signed, checkpoint, signing_key.public_key()).signature_valid
+
+
+@pytest.mark.parametrize("path", ["../outside", "/etc/passwd", "a/../../b", "a\\b", ""])
+def test_unsafe_paths_in_a_manifest_are_problems(checkpoint, signing_key, path):
+    manifest = _manifest(checkpoint)
+    manifest["files"].append({"path": path, "sha384": "00", "size": 0})
+    report = verify_signed_manifest(sign_with_private_key(manifest, signing_key), checkpoint,
+                                    signing_key.public_key())
+    assert not report.ok and any("unsafe" in p for p in report.problems)
+
+
+def test_not_a_signed_manifest_is_a_problem(checkpoint, signing_key):
+    report = verify_signed_manifest({"files": []}, checkpoint, signing_key.public_key())
+    assert not report.ok and report.problems
+
+
+def test_public_key_must_be_p384(tmp_path):
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    pem = other.public_bytes(serialization.Encoding.PEM,
+                             serialization.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(ManifestError, match="P-384"):
+        load_public_key(pem)
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+def _write_keys(tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+    private = tmp_path / "signer.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public = tmp_path / "signer.pub.pem"
+    public.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def test_cli_signs_locally_and_verify_exits_zero(checkpoint, signing_key, tmp_path, capsys):
+    private, public = _write_keys(tmp_path, signing_key)
+    assert main(["sign", str(checkpoint), "--private-key", str(private), "--cluster", "c"]) == 0
+    manifest = tmp_path / "ckpt.manifest.json"
+    assert json.loads(manifest.read_text())["manifest"]["run_id"] == "ckpt"
+    capsys.readouterr()
+    assert main(["verify", str(manifest), str(checkpoint), "--public-key", str(public)]) == 0
+    assert "OK: 3 files checked" in capsys.readouterr().out
+
+
+def test_cli_manifest_inside_the_directory_is_not_an_extra_file(checkpoint, signing_key, tmp_path,
+                                                               capsys):
+    private, public = _write_keys(tmp_path, signing_key)
+    manifest = checkpoint / "MANIFEST.json"
+    assert main(["sign", str(checkpoint), "--private-key", str(private), "--cluster", "c",
+                 "--output", str(manifest)]) == 0
+    assert main(["verify", str(manifest), str(checkpoint), "--public-key", str(public)]) == 0
+
+
+def test_cli_sign_needs_a_cluster_and_a_signer(checkpoint, monkeypatch, capsys):
+    monkeypatch.delenv("CDK_TRN_CLUSTER", raising=False)
+    monkeypatch.delenv("CDK_TRN_VAULT_URL", raising=False)
+    assert main(["sign", str(checkpoint)]) == 2
+    assert main(["sign", str(checkpoint), "--cluster", "c"]) == 2
+    assert "--vault" in capsys.readouterr().err
+
+
+def test_cli_sign_reports_an_unreachable_vault(checkpoint, capsys):
+    # Port 9 on loopback (discard) is closed here: the connection is refused at once.
+    assert main(["sign", str(checkpoint), "--cluster", "c", "--vault", "http://127.0.0.1:9"]) == 1
+    assert "unreachable" in capsys.readouterr().err
+
+
+def test_cli_verify_as_a_module_names_the_tampered_file_and_exits_one(checkpoint, signing_key,
+                                                                      tmp_path):
+    private, public = _write_keys(tmp_path, signing_key)
+    assert main(["sign", str(checkpoint), "--private-key", str(private), "--cluster", "c"]) == 0
+    (checkpoint / "nested" / "deeper" / "c.bin").write_bytes(b"changed")
+    result = subprocess.run(
+        [sys.executable, "-m", "cdk_trn.provenance", "verify",
+         str(tmp_path / "ckpt.manifest.json"), str(checkpoint), "--public-key", str(public)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 1
+    assert "TAMPERED nested/deeper/c.bin" in result.stdout
+
+
+def test_cli_verify_with_an_unreadable_key_is_a_usage_error(checkpoint, tmp_path, capsys):
+    (tmp_path / "m.json").write_text("{}")
+    (tmp_path / "bad.pem").write_text("not a key")
+    assert main(["verify", str(tmp_path / "m.json"), str(checkpoint),
+                 "--public-key", str(tmp_path / "bad.pem")]) == 2
