@@ -102,7 +102,7 @@ configure_lustre_efa() {
   local eth dev
   eth=$(ip -br -4 addr show | awk -v ip="$(hostname -i | awk '{print $1}')/" 'index($3, ip) == 1 {print $1}')
   [ -n "$eth" ] || fail "could not find the primary interface for LNet"
-  modprobe lnet && modprobe kefalnd ipif_name="$eth" && modprobe ksocklnd || fail "LNet EFA modules did not load"
+  { modprobe lnet && modprobe kefalnd ipif_name="$eth" && modprobe ksocklnd; } || fail "LNet EFA modules did not load"
   lnetctl lnet configure
   lnetctl net del --net tcp 2>/dev/null || true
   lnetctl net add --net tcp --if "$eth"

