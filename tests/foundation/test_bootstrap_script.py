@@ -26,5 +26,10 @@ def test_script_passes_shellcheck(script):
 def test_node_bootstrap_reads_only_variables_the_cluster_writes():
     script = (PACKAGE / "bootstrap" / "node_bootstrap.sh").read_text()
     used = set(re.findall(r"\$\{?(CDK_TRN_[A-Z_]+)", script))
-    written = set(re.findall(r'"(CDK_TRN_[A-Z_]+)"', Path(TrainiumCluster.__module__.replace(".", "/") + ".py").read_text()))
+    written = set(
+        re.findall(
+            r'"(CDK_TRN_[A-Z_]+)"',
+            Path(TrainiumCluster.__module__.replace(".", "/") + ".py").read_text(),
+        )
+    )
     assert used <= written, used - written

@@ -1,0 +1,77 @@
+"""The default app (app.py + stacks/): compliant, lint-clean, stateful parts retained."""
+
+import aws_cdk as cdk
+import pytest
+
+from cdk_trn.compliance import enable_compliance, synth_checked
+from stacks import build_default_app
+from stacks.config import AppConfig
+from tests.cfn import lint_findings
+
+
+@pytest.fixture(scope="module")
+def default_app():
+    app = cdk.App()
+    enable_compliance(app)
+    default = build_default_app(app, AppConfig())
+    report = synth_checked(app)
+    assembly = app.synth()
+    return default, report, assembly
+
+
+def template(assembly, stack):
+    return assembly.get_stack_by_name(stack.stack_name).template
+
+
+def test_every_pack_has_no_unacknowledged_finding(default_app):
+    _, report, _ = default_app
+    assert report.unacknowledged == []
+    assert {"AwsSolutions", "TrainiumChecks"} <= set(report.by_pack())
+
+
+def test_every_acknowledgment_gives_a_specific_reason(default_app):
+    _, report, _ = default_app
+    assert report.acknowledged
+    assert all(len(f.reason or "") >= 40 for f in report.acknowledged)
+
+
+def test_both_templates_are_cfn_lint_clean_in_their_region(default_app):
+    default, _, assembly = default_app
+    for stack in (default.storage_stack, default.cluster_stack):
+        assert lint_findings(template(assembly, stack), "us-east-2") == []
+
+
+def test_stateful_resources_are_retained(default_app):
+    default, _, assembly = default_app
+    resources = template(assembly, default.storage_stack)["Resources"]
+    stateful = {"AWS::KMS::Key", "AWS::S3::Bucket", "AWS::FSx::FileSystem"}
+    kept = {k: r.get("DeletionPolicy") for k, r in resources.items() if r["Type"] in stateful}
+    assert kept and set(kept.values()) == {"Retain"}, kept
+    assert default.storage_stack.termination_protection
+
+
+def test_cluster_stack_can_go_without_touching_storage(default_app):
+    default, _, _ = default_app
+    assert default.storage_stack in default.cluster_stack.dependencies
+    assert default.cluster_stack not in default.storage_stack.dependencies
+
+
+def test_cluster_figures_are_stack_outputs(default_app):
+    default, _, assembly = default_app
+    outputs = template(assembly, default.cluster_stack)["Outputs"]
+    assert outputs["PeakBf16Pflops"]["Value"] == "21.34"
+    assert outputs["TrainiumChips"]["Value"] == "32"
+    assert outputs["EfaTbps"]["Value"] == "6.4"
+
+
+def test_nodes_mount_the_file_system_and_reach_it_on_lustre_ports_only(default_app):
+    default, _, assembly = default_app
+    assert default.cluster.compile_cache_path == "/fsx/neuron-compile-cache"
+    resources = template(assembly, default.cluster_stack)["Resources"]
+    egress = [
+        r["Properties"] for r in resources.values() if r["Type"] == "AWS::EC2::SecurityGroupEgress"
+    ]
+    lustre = sorted(
+        (e["FromPort"], e["ToPort"]) for e in egress if e.get("FromPort") in (988, 1018)
+    )
+    assert lustre == [(988, 988), (1018, 1023)]
