@@ -11,7 +11,7 @@ import sys
 
 import aws_cdk as cdk
 
-from cdk_trn.compliance import ComplianceError, enable_compliance, synth_checked
+from cdk_trn.compliance import DEFAULT_PACKS, ComplianceError, enable_compliance, synth_checked
 from cdk_trn.errors import CdkTrnError
 from cdk_trn.summary import format_cluster_summary
 from stacks import build_default_app
@@ -19,8 +19,8 @@ from stacks import build_default_app
 
 def main() -> int:
     app = cdk.App()
-    enable_compliance(app)
     try:
+        enable_compliance(app, app.node.try_get_context("compliancePacks") or DEFAULT_PACKS)
         default = build_default_app(app)
     except CdkTrnError as error:
         print(f"cdk-trn: invalid configuration: {error}", file=sys.stderr)

@@ -42,7 +42,7 @@ class Pack(enum.Enum):
             if value in (pack.value, pack.name):
                 return pack
         allowed = ", ".join(p.value for p in cls)
-        raise invalid("packs", value, f"packs among {allowed}")
+        raise invalid("packs", value, f"names among {allowed}")
 
     @classmethod
     def parse_all(cls, values: Iterable[Pack | str] | str) -> tuple[Pack, ...]:
