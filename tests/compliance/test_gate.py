@@ -90,7 +90,7 @@ def test_enable_compliance_defaults_to_the_five_packs_and_is_idempotent():
 
 
 def test_enable_compliance_rejects_an_unknown_pack_naming_the_allowed_ones():
-    with pytest.raises(CdkTrnError, match=r"packs must be packs among AwsSolutions, .*got 'CIS'"):
+    with pytest.raises(CdkTrnError, match=r"packs must be names among AwsSolutions, .*got 'CIS'"):
         enable_compliance(cdk.App(), packs=["CIS"])
 
 
