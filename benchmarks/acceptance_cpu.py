@@ -1,0 +1,78 @@
+"""Run cdk-trn's container acceptance suite on this machine's CPU and print its report.
+
+The suite runs exactly as on a Trainium node (``torchrun ... -m trn_acceptance run``), with
+``PJRT_DEVICE=CPU`` and sizes a CPU finishes in a minute or two; the report printed at the end is
+the one rank 0 prints on Trainium (``trn_acceptance.summary.format_report``). CPU figures say
+nothing about Trainium performance; no peaks are passed, so no fraction is judged.
+
+Usage: python benchmarks/acceptance_cpu.py [--nproc 2] [--keep DIR]
+Needs: torch 2.9.0, torch-xla 2.9.0 and ``pip install -e cdk_trn/neuron_container``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CPU_SIZES = [
+    "--gemm-sizes", "256,512,1024",
+    "--gemm-iterations", "5",
+    "--numerics-max-size", "1024",
+    "--copy-size", "64M",
+    "--copy-iterations", "5",
+    "--collective-sizes", "1M,16M,64M",
+    "--collective-iterations", "5",
+    "--train-steps", "20",
+    "--warmup-steps", "3",
+    "--batch", "8",
+    "--sequence", "128",
+    "--vocab", "512",
+    "--d-model", "128",
+    "--layers", "2",
+    "--heads", "4",
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nproc", type=int, default=2, help="ranks (processes); default: 2")
+    parser.add_argument("--keep", help="write results and the cache here instead of a temp dir")
+    args = parser.parse_args()
+
+    from trn_acceptance.schema import validate_summary
+    from trn_acceptance.summary import format_report
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(args.keep or scratch)
+        out_dir, cache_dir = root / "results", root / "cache"
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", str(args.nproc), "-m", "trn_acceptance", "run",
+            "--out-dir", str(out_dir), "--run-id", f"cpu-{int(time.time())}",
+            "--cache-dir", str(cache_dir), *CPU_SIZES,
+        ]
+        env = {**os.environ, "PJRT_DEVICE": "CPU"}
+        print("$ PJRT_DEVICE=CPU python " + " ".join(command[1:]), flush=True)
+        start = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        elapsed = time.perf_counter() - start
+        summary_path = out_dir / "summary.json"
+        if not summary_path.exists():
+            print(done.stdout[-4000:], done.stderr[-4000:], sep="\n", file=sys.stderr)
+            print(f"no summary.json (exit {done.returncode})", file=sys.stderr)
+            return 2
+        summary = json.loads(summary_path.read_text())
+        validate_summary(summary)
+        print(format_report(summary))
+        print(f"(wall time {elapsed:.1f} s for {args.nproc} ranks, exit {done.returncode})")
+        return done.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

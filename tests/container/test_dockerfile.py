@@ -1,0 +1,95 @@
+"""The bundled container's Dockerfile, parsed: pinned base, no secrets, only the suite copied."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from .conftest import CONTAINER_DIR
+
+BASE_IMAGE = ("public.ecr.aws/neuron/pytorch-training-neuronx:"
+              "2.9.0-neuronx-py312-sdk2.30.0-ubuntu24.04")
+SECRET_WORDS = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|"
+                          r"API_KEY|AWS_SESSION", re.IGNORECASE)
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[tuple[str, str]]:
+    return instructions(CONTAINER_DIR / "Dockerfile")
+
+
+def test_single_from_is_the_pinned_neuron_training_image(dockerfile):
+    assert [args for kw, args in dockerfile if kw == "FROM"] == [BASE_IMAGE]
+
+
+def test_no_image_reference_uses_latest(dockerfile):
+    assert not any("latest" in args for kw, args in dockerfile if kw == "FROM")
+
+
+def test_no_build_arguments(dockerfile):
+    assert [args for kw, args in dockerfile if kw == "ARG"] == []
+
+
+def test_no_secret_in_environment_or_labels(dockerfile):
+    for keyword, args in dockerfile:
+        if keyword in ("ENV", "ARG", "LABEL"):
+            assert not SECRET_WORDS.search(args), args
+
+
+def test_copies_only_the_suite_and_its_pyproject(dockerfile):
+    sources = [args.split()[0] for kw, args in dockerfile if kw in ("COPY", "ADD")]
+    assert sorted(sources) == ["pyproject.toml", "trn_acceptance"]
+    assert not any(kw == "ADD" for kw, _ in dockerfile)
+
+
+def test_suite_is_installed_without_dependencies(dockerfile):
+    runs = " ".join(args for kw, args in dockerfile if kw == "RUN")
+    assert "pip install" in runs
+    assert "--no-deps" in runs
+
+
+def test_entrypoint_runs_the_suite(dockerfile):
+    [entrypoint] = [args for kw, args in dockerfile if kw == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == ["python", "-m", "trn_acceptance"]
+
+
+def test_workdir_is_not_root_or_home(dockerfile):
+    [workdir] = [args for kw, args in dockerfile if kw == "WORKDIR"]
+    assert workdir not in ("/", "/root") and workdir.startswith("/")
+
+
+def test_dockerignore_admits_only_the_suite():
+    lines = [line.strip() for line in (CONTAINER_DIR / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines[0] == "*"
+    assert {line for line in lines if line.startswith("!")} == {"!pyproject.toml",
+                                                                "!trn_acceptance/"}
+
+
+def test_copied_paths_exist():
+    assert (CONTAINER_DIR / "pyproject.toml").is_file()
+    assert (CONTAINER_DIR / "trn_acceptance" / "__main__.py").is_file()
+
+
+def test_suite_pyproject_declares_no_torch_dependency():
+    import tomllib
+
+    project = tomllib.loads((CONTAINER_DIR / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "trn-acceptance"
+    assert not any("torch" in dep for dep in project.get("dependencies", []))
