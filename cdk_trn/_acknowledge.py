@@ -65,3 +65,48 @@ def acknowledge(construct: IConstruct, rule_id: str, reason: str) -> None:
     cdk.Validations.of(construct).acknowledge(
         cdk.Acknowledgment(id=qualified_rule_id(rule_id), reason=reason)
     )
+
+
+#: The regulated packs (NIST 800-53 R5, HIPAA Security, PCI DSS 3.2.1) share rule names.
+REGULATED_PACKS = ("NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321")
+
+
+def acknowledge_regulated(construct: IConstruct, rule: str, reason: str) -> None:
+    """Acknowledge ``<pack>-<rule>`` for each regulated pack that has it (one reason for all)."""
+    packs = REGULATED_PACKS if rule != "CodeBuildProjectSourceRepoUrl" else REGULATED_PACKS[1:]
+    for pack in packs:
+        acknowledge(construct, f"{pack}-{rule}", reason)
+
+
+def acknowledge_deploy_time_functions(construct: IConstruct, purpose: str) -> None:
+    """Acknowledge the regulated packs' Lambda rules on a custom resource's functions.
+
+    ``construct`` is the custom resource's scope (its ``Provider`` and handler functions);
+    ``purpose`` says what the functions do, for the reasons.
+    """
+    acknowledge_regulated(
+        construct,
+        "LambdaInsideVPC",
+        f"deploy-time handler ({purpose}) that calls only AWS control-plane APIs and never "
+        "touches training data; it runs outside the isolated node subnet, which has no route to "
+        "those APIs' endpoints",
+    )
+    acknowledge_regulated(
+        construct,
+        "LambdaDLQ",
+        f"deploy-time handler ({purpose}) invoked synchronously by the CloudFormation "
+        "custom-resource framework, which reports every failure to CloudFormation; a dead-letter "
+        "queue would never receive an event",
+    )
+    acknowledge_regulated(
+        construct,
+        "LambdaConcurrency",
+        f"deploy-time handler ({purpose}) that runs a few times per deploy; reserved concurrency "
+        "would only take capacity from the account's pool",
+    )
+    acknowledge_regulated(
+        construct,
+        "IAMNoInlinePolicy",
+        f"aws-cdk-lib's custom-resource framework ({purpose}) writes its roles' policies inline, "
+        "each scoped to this custom resource's functions and the resources it manages",
+    )

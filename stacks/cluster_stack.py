@@ -7,6 +7,8 @@ from constructs import Construct
 
 from cdk_trn.capacity import Capacity
 from cdk_trn.cluster import TrainiumCluster
+from cdk_trn.enclave.image import EnclaveImage
+from cdk_trn.enclave.vault import EnclaveKeyVault
 from cdk_trn.machine_image import NeuronMachineImage
 from stacks.config import AppConfig
 from stacks.storage_stack import StorageStack
@@ -35,6 +37,16 @@ class ClusterStack(cdk.Stack):
             file_system=storage.file_system,
         )
         storage.buckets.grant_read_write(self.cluster.role)
+        self.vault: EnclaveKeyVault | None = None
+        if config.enclave_vault:
+            self.vault = EnclaveKeyVault(
+                self,
+                "EnclaveVault",
+                vpc=self.cluster.vpc,
+                subnet=self.cluster.subnet,
+                clients=[self.cluster],
+                image=EnclaveImage.bundled(),
+            )
         summary = self.cluster.summary()
         for key, label in (
             ("instance_type", "InstanceType"),

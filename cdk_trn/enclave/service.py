@@ -389,6 +389,18 @@ def _reply_quietly(conn: socket.socket, message: dict[str, Any]) -> None:
         LOG.warning("could not send a reply to the parent")
 
 
+def _resolve_locally(host: str, hosts_file: str = "/etc/hosts") -> None:
+    """Point ``host`` at 127.0.0.1, where the forwarder listens; TLS still checks ``host``.
+
+    The region is known only when the parent sends ``init``, so the entry is written then.
+    """
+    entry = f"127.0.0.1 {host}"
+    with open(hosts_file, "a+", encoding="ascii") as hosts:
+        hosts.seek(0)
+        if entry not in hosts.read().splitlines():
+            hosts.write(entry + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="cdk-trn in-enclave manifest signer")
     parser.add_argument("--port", type=int, default=DEFAULT_ENCLAVE_PORT,
@@ -404,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     def kms_factory(region: str, credentials: dict[str, str]) -> KmsClient:
+        if args.forward_port and args.kms_endpoint is None:
+            _resolve_locally(f"kms.{region}.amazonaws.com")
         return boto3_kms_client(region, credentials, endpoint_url=args.kms_endpoint)
 
     if args.forward_port:

@@ -192,3 +192,16 @@ def test_forwarder_carries_a_byte_stream_both_ways_to_its_target():
     finally:
         forwarder.close()
         echo.close()
+
+
+def test_kms_host_is_pointed_at_the_local_forwarder_once(tmp_path):
+    from cdk_trn.enclave.service import _resolve_locally
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    _resolve_locally("kms.us-east-2.amazonaws.com", str(hosts))
+    _resolve_locally("kms.us-east-2.amazonaws.com", str(hosts))
+    assert hosts.read_text().splitlines() == [
+        "127.0.0.1 localhost",
+        "127.0.0.1 kms.us-east-2.amazonaws.com",
+    ]

@@ -1,0 +1,222 @@
+#!/bin/bash
+# Boot script of an EnclaveKeyVault host (Amazon Linux 2023), rendered into the launch template's
+# user data by cdk_trn/enclave/vault.py, which writes /etc/cdk-trn/vault.env (the variables checked
+# below) in front of it.
+#
+# Order: packages -> enclave allocator -> vsock-proxy (KMS only) -> EIF fetched and its PCR0
+# checked -> enclave started in production mode -> parent server (key state from/to S3) -> public
+# key published to SSM -> cfn-signal. Success is signalled only once the enclave is RUNNING without
+# debug flags and the parent server listens; any failing command signals failure at once, so the
+# deploy rolls back instead of waiting for the timeout.
+#
+# The host has no internet path: dnf reaches the AL2023 repositories (S3 buckets) through the S3
+# gateway endpoint; KMS, STS, SSM and CloudFormation are interface endpoints in the VPC.
+set -euo pipefail
+# shellcheck source=/dev/null
+. /etc/cdk-trn/vault.env
+: "${AWS_REGION:?}" "${STACK_NAME:?}" "${SIGNAL_RESOURCE:?}" "${EIF_BUCKET:?}" "${EIF_KEY:?}"
+: "${EXPECTED_PCR0:?}" "${PACKAGE_BUCKET:?}" "${PACKAGE_KEY:?}" "${ENCLAVE_CPU_COUNT:?}"
+: "${ENCLAVE_MEMORY_MIB:?}" "${ENCLAVE_CID:?}" "${KMS_PROXY_PORT:?}" "${SERVICE_PORT:?}"
+: "${KMS_KEY_ARN:?}" "${ALLOWED_ROLE_ARNS:?}" "${STATE_BUCKET:?}" "${KEY_STATE_OBJECT:?}"
+: "${PUBLIC_KEY_PARAMETER:?}"
+
+exec > >(tee -a /var/log/cdk-trn-vault-bootstrap.log) 2>&1
+ROOT=/opt/cdk-trn
+ENCLAVE_NAME=cdk-trn-vault
+SERVICE_USER=cdktrn-vault
+STATE_DIR=/var/lib/cdk-trn
+STATE="$STATE_DIR/signing-key.json"
+
+signal() {
+  # cfn-signal comes from aws-cfn-bootstrap; before it is installed a failure waits for the timeout.
+  if [ -x /opt/aws/bin/cfn-signal ]; then
+    /opt/aws/bin/cfn-signal --exit-code "$1" --reason "$2" --stack "$STACK_NAME" \
+      --resource "$SIGNAL_RESOURCE" --region "$AWS_REGION" || echo "cfn-signal failed" >&2
+  fi
+}
+fail() {
+  echo "cdk-trn vault bootstrap failed: $1" >&2
+  trap - ERR
+  signal 1 "$1"
+  exit 1
+}
+trap 'fail "line $LINENO: $BASH_COMMAND"' ERR
+
+retry() {
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    "$@" && return 0
+    echo "attempt $attempt of: $* failed; retrying" >&2
+    sleep $((attempt * 10))
+  done
+  return 1
+}
+
+# --- packages -------------------------------------------------------------------------------
+retry dnf install -y aws-cfn-bootstrap
+retry dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel python3.11 unzip
+
+# --- enclave resources: CPUs and memory taken from the parent at boot -------------------------
+cat > /etc/nitro_enclaves/allocator.yaml <<EOF
+---
+# Written by cdk-trn: resources reserved for the signing enclave.
+memory_mib: ${ENCLAVE_MEMORY_MIB}
+cpu_count: ${ENCLAVE_CPU_COUNT}
+EOF
+systemctl enable --now nitro-enclaves-allocator.service
+
+# --- vsock-proxy: the enclave's only way out, to this region's KMS endpoint -------------------
+# STS is not listed: the parent hands the enclave the instance role's credentials, so the enclave
+# calls KMS only. Private DNS of the KMS interface endpoint makes this name resolve inside the VPC.
+cat > /etc/nitro_enclaves/vsock-proxy.yaml <<EOF
+# Written by cdk-trn: the enclave may reach KMS in ${AWS_REGION} and nothing else.
+allowlist:
+- {address: kms.${AWS_REGION}.amazonaws.com, port: 443}
+EOF
+cat > /etc/systemd/system/cdk-trn-kms-proxy.service <<EOF
+[Unit]
+Description=cdk-trn vsock-proxy from the enclave to kms.${AWS_REGION}.amazonaws.com:443
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+ExecStart=/usr/bin/vsock-proxy ${KMS_PROXY_PORT} kms.${AWS_REGION}.amazonaws.com 443 --config /etc/nitro_enclaves/vsock-proxy.yaml
+Restart=always
+RestartSec=2
+DynamicUser=yes
+NoNewPrivileges=yes
+
+[Install]
+WantedBy=multi-user.target
+EOF
+
+# --- the enclave image, checked against the PCR0 the key policy trusts -----------------------
+install -d -m 0755 "$ROOT"
+retry aws s3 cp "s3://${EIF_BUCKET}/${EIF_KEY}" "$ROOT/enclave.eif" --region "$AWS_REGION" --only-show-errors
+nitro-cli describe-eif --eif-path "$ROOT/enclave.eif" > "$ROOT/eif-measurements.json"
+python3 - "$ROOT/eif-measurements.json" "$EXPECTED_PCR0" <<'EOF' || fail "EIF PCR0 differs from the PCR0 in the key policy"
+import json, sys
+found = json.load(open(sys.argv[1]))["Measurements"]["PCR0"].lower()
+print(f"EIF PCR0 {found}")
+sys.exit(0 if found == sys.argv[2].lower() else 1)
+EOF
+
+# --- the parent server's code: cdk_trn.enclave from the host package asset -------------------
+retry aws s3 cp "s3://${PACKAGE_BUCKET}/${PACKAGE_KEY}" "$ROOT/package.zip" --region "$AWS_REGION" --only-show-errors
+rm -rf "$ROOT/src"
+install -d -m 0755 "$ROOT/src/cdk_trn"
+unzip -q "$ROOT/package.zip" -d "$ROOT/src/cdk_trn"
+chmod -R a+rX "$ROOT/src"
+PYTHONPATH="$ROOT/src" python3.11 -c "import cdk_trn.enclave.parent" \
+  || fail "cdk_trn.enclave.parent does not import with python3.11 on this host"
+
+# --- the enclave, in production mode (no console; attestation carries the real PCRs) ---------
+cat > /etc/systemd/system/cdk-trn-enclave.service <<EOF
+[Unit]
+Description=cdk-trn signing enclave
+Requires=nitro-enclaves-allocator.service cdk-trn-kms-proxy.service
+After=nitro-enclaves-allocator.service cdk-trn-kms-proxy.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/nitro-cli run-enclave --enclave-name ${ENCLAVE_NAME} --eif-path ${ROOT}/enclave.eif --cpu-count ${ENCLAVE_CPU_COUNT} --memory ${ENCLAVE_MEMORY_MIB} --enclave-cid ${ENCLAVE_CID}
+ExecStop=/usr/bin/nitro-cli terminate-enclave --enclave-name ${ENCLAVE_NAME}
+
+[Install]
+WantedBy=multi-user.target
+EOF
+
+# --- the key state: KMS ciphertext of the signing key + its public key (nothing secret) -------
+# The parent keeps it on disk; the state bucket keeps the copy that outlives this host.
+id -u "$SERVICE_USER" >/dev/null 2>&1 || useradd --system --no-create-home --shell /sbin/nologin "$SERVICE_USER"
+install -d -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0700 "$STATE_DIR"
+fetch_state() {
+  aws s3 cp "s3://${STATE_BUCKET}/${KEY_STATE_OBJECT}" "$STATE" --region "$AWS_REGION" --only-show-errors
+  chown "$SERVICE_USER:$SERVICE_USER" "$STATE"
+  chmod 0600 "$STATE"
+}
+STATE_FROM_S3=no
+if aws s3api head-object --bucket "$STATE_BUCKET" --key "$KEY_STATE_OBJECT" \
+    --region "$AWS_REGION" >/dev/null 2>"$ROOT/head.err"; then
+  fetch_state
+  STATE_FROM_S3=yes
+elif ! grep -q "Not Found\|404" "$ROOT/head.err"; then
+  fail "cannot read s3://${STATE_BUCKET}/${KEY_STATE_OBJECT}: $(cat "$ROOT/head.err")"
+fi
+
+# --- the parent server: TCP from the cluster's nodes -> vsock to the enclave -----------------
+ROLE_ARGS=""
+for arn in $ALLOWED_ROLE_ARNS; do ROLE_ARGS="$ROLE_ARGS --allowed-role-arn $arn"; done
+cat > /etc/systemd/system/cdk-trn-enclave-parent.service <<EOF
+[Unit]
+Description=cdk-trn enclave parent server on TCP ${SERVICE_PORT}
+Requires=cdk-trn-enclave.service
+After=cdk-trn-enclave.service
+
+[Service]
+User=${SERVICE_USER}
+Group=${SERVICE_USER}
+Environment=PYTHONPATH=${ROOT}/src
+Environment=PYTHONDONTWRITEBYTECODE=1
+ExecStart=/usr/bin/python3.11 -m cdk_trn.enclave.parent --listen 0.0.0.0:${SERVICE_PORT} --enclave-cid ${ENCLAVE_CID} --key-id ${KMS_KEY_ARN} --region ${AWS_REGION} --state ${STATE}${ROLE_ARGS}
+Restart=always
+RestartSec=2
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths=${STATE_DIR}
+ProtectHome=yes
+PrivateTmp=yes
+
+[Install]
+WantedBy=multi-user.target
+EOF
+
+systemctl daemon-reload
+systemctl enable --now cdk-trn-kms-proxy.service cdk-trn-enclave.service cdk-trn-enclave-parent.service
+
+# --- success needs the enclave RUNNING in production mode and the parent listening -----------
+nitro-cli describe-enclaves > "$ROOT/enclaves.json"
+python3 - "$ROOT/enclaves.json" "$ENCLAVE_NAME" <<'EOF' || fail "enclave is not RUNNING in production mode"
+import json, sys
+enclaves = [e for e in json.load(open(sys.argv[1])) if e.get("EnclaveName") == sys.argv[2]]
+print(json.dumps(enclaves))
+ok = len(enclaves) == 1 and enclaves[0].get("State") == "RUNNING" and enclaves[0].get("Flags") == "NONE"
+sys.exit(0 if ok else 1)
+EOF
+wait_for_parent() {
+  for _ in $(seq 1 60); do
+    if ss -Hltn "sport = :${SERVICE_PORT}" | grep -q . && [ -s "$STATE" ]; then
+      return 0
+    fi
+    sleep 2
+  done
+  return 1
+}
+wait_for_parent || fail "parent server did not listen on ${SERVICE_PORT} with a key state within 120 s"
+
+# --- keep the key state; the first host to store it wins (hosts > 1 start together) ----------
+if [ "$STATE_FROM_S3" = no ]; then
+  if ! aws s3api put-object --bucket "$STATE_BUCKET" --key "$KEY_STATE_OBJECT" --body "$STATE" \
+      --if-none-match '*' --region "$AWS_REGION" >/dev/null 2>"$ROOT/put.err"; then
+    grep -q "PreconditionFailed\|412" "$ROOT/put.err" \
+      || fail "cannot store the key state: $(cat "$ROOT/put.err")"
+    # Another host stored its key first: load that one, so that every host signs with one key.
+    systemctl stop cdk-trn-enclave-parent.service
+    fetch_state
+    systemctl start cdk-trn-enclave-parent.service
+    wait_for_parent || fail "parent server did not come back with the stored key state"
+  fi
+fi
+
+# --- publish the manifest-signing public key (PEM) for offline verifiers --------------------
+python3 - "$STATE" > "$ROOT/manifest-public-key.pem" <<'EOF'
+import base64, json, sys, textwrap
+der = base64.b64decode(json.load(open(sys.argv[1]))["public_key"])
+body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
+print(f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----")
+EOF
+aws ssm put-parameter --name "$PUBLIC_KEY_PARAMETER" --type String --overwrite \
+  --value "file://$ROOT/manifest-public-key.pem" --region "$AWS_REGION" >/dev/null
+
+signal 0 "enclave running (PCR0 ${EXPECTED_PCR0}); parent server listening on ${SERVICE_PORT}"

@@ -1,0 +1,729 @@
+"""EnclaveKeyVault: a KMS key only an attested Nitro Enclave can use, and the hosts that run it.
+
+Owns the vault's resources: the KMS key and its policy (cryptographic use only with an attestation
+whose PCR0, and PCR8 for signed images, match the image; an explicit Deny for every principal when
+the attestation is absent), the enclave hosts (an Auto Scaling group of enclave-capable instances
+with ``EnclaveOptions``, IMDSv2, no public IP, encrypted root volume), their role, security group
+and boot script (``host_bootstrap.sh``), the state bucket that keeps the signing key's ciphertext,
+and the SSM parameter name under which the host publishes the manifest-signing public key.
+
+The enclave hosts run beside the Trainium nodes, not on them: enclaves cannot reach Trainium or
+EFA, and Trn1/Trn1n cannot host enclaves (see FACTS.md "Nitro Enclaves"). Policy facts: AWS KMS
+developer guide, "Condition keys for AWS Nitro Enclaves" (``kms:RecipientAttestation:ImageSha384``
+and ``kms:RecipientAttestation:PCR<n>``); aws-nitro-enclaves-sdk-c issue 100 (an unconditioned Allow
+defeats attestation, hence the Deny).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import aws_cdk as cdk
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import custom_resources as cr
+from constructs import Construct
+
+from cdk_trn._acknowledge import (
+    acknowledge,
+    acknowledge_deploy_time_functions,
+    acknowledge_regulated,
+)
+from cdk_trn.catalog import EnclaveHostSpec, enclave_host_spec
+from cdk_trn.enclave.image import BoundEnclaveImage, EnclaveImage, depend_on_role_policy_only
+from cdk_trn.errors import invalid
+
+BOOTSTRAP_SCRIPT = Path(__file__).with_name("host_bootstrap.sh")
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the cdk_trn package
+
+#: Operations that honour the ``kms:RecipientAttestation:*`` condition keys (KMS developer guide).
+#: ``kms:GenerateRandom`` is not scoped to a key: a key policy cannot grant it, but listing it keeps
+#: the Deny and the Allow symmetric with the documented set.
+CRYPTO_ACTIONS = (
+    "kms:Decrypt",
+    "kms:GenerateDataKey",
+    "kms:GenerateDataKeyPair",
+    "kms:GenerateRandom",
+)
+#: Key administration without any cryptographic use and without kms:CreateGrant (a grant could hand
+#: Decrypt to another principal).
+ADMIN_ACTIONS = (
+    "kms:CancelKeyDeletion",
+    "kms:CreateAlias",
+    "kms:DeleteAlias",
+    "kms:DescribeKey",
+    "kms:DisableKey",
+    "kms:DisableKeyRotation",
+    "kms:EnableKey",
+    "kms:EnableKeyRotation",
+    "kms:GetKeyPolicy",
+    "kms:GetKeyRotationStatus",
+    "kms:ListAliases",
+    "kms:ListGrants",
+    "kms:ListKeyPolicies",
+    "kms:ListKeyRotations",
+    "kms:ListResourceTags",
+    "kms:PutKeyPolicy",
+    "kms:RevokeGrant",
+    "kms:RotateKeyOnDemand",
+    "kms:ScheduleKeyDeletion",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:UpdateAlias",
+    "kms:UpdateKeyDescription",
+)
+IMAGE_SHA384 = "kms:RecipientAttestation:ImageSha384"
+PCR8 = "kms:RecipientAttestation:PCR8"
+
+ENCLAVE_CID = 16  # fixed so the parent server knows where to forward
+KMS_PROXY_VSOCK_PORT = 8000  # vsock-proxy's port on the parent (CID 3)
+PARENT_RESERVED_VCPUS = 2
+PARENT_RESERVED_MIB = 2048
+MIN_ENCLAVE_MEMORY_MIB = 512
+MAX_HOSTS = 8
+#: The parent server's key state (KMS ciphertext of the signing key + public key; nothing secret).
+KEY_STATE_OBJECT = "signing-key/key-state.json"
+# Construct id of the one Lambda function behind every AwsCustomResource of a stack.
+_AWS_CUSTOM_RESOURCE_SINGLETON = "AWS679f53fac002430cb0da5b7982bd2287"
+PURPOSE_TAG = ("cdk-trn:purpose", "enclave")
+DISCOVERY_TAG_KEY = "cdk-trn:enclave-vault"
+
+
+class VaultClient(Protocol):
+    """What a vault client offers: a network identity and an IAM identity (e.g. TrainiumCluster)."""
+
+    @property
+    def connections(self) -> ec2.Connections: ...
+
+    @property
+    def role(self) -> iam.IRole: ...
+
+
+@dataclass(frozen=True)
+class VaultEndpoint:
+    """How clients reach the vault: the hosts of this group, tagged for discovery, on ``port``.
+
+    No load balancer: the host security group admits only the clients' security groups, which a
+    load balancer in between would blur; clients find hosts by the discovery tag (or the group).
+    """
+
+    auto_scaling_group_name: str
+    port: int
+    discovery_tag_key: str
+    discovery_tag_value: str
+
+
+class EnclaveKeyVault(Construct):
+    """Enclave hosts plus a KMS key usable only from the attested enclave image.
+
+    :param vpc: the VPC of the hosts (the cluster's).
+    :param subnet: the subnet of the hosts; private, with VPC endpoints for KMS, STS, SSM and
+        CloudFormation and an S3 gateway endpoint (no internet path is needed).
+    :param clients: who may call the vault (objects with ``connections`` and ``role``, such as
+        ``TrainiumCluster``); their security groups get the service port, their roles are the
+        identities the parent server accepts.
+    :param image: the enclave image (``EnclaveImage.from_measurements`` or ``from_directory``).
+    :param instance_type: enclave-capable host type from ``cdk_trn.catalog.ENCLAVE_HOST_SPECS``.
+        Default: ``m7i.xlarge`` (4 vCPUs: 2 for the enclave, 2 for the parent).
+    :param enclave_cpu_count: vCPUs given to the enclave; even (whole cores), leaving 2 to the
+        parent. Default: 2.
+    :param enclave_memory_mib: memory given to the enclave, 512 MiB up to the host's memory less
+        2048 MiB. Default: 4096.
+    :param port: TCP port of the parent server, 1024-65535. Default: 8443.
+    :param hosts: number of enclave hosts, 1-8. Default: 1.
+    :param key_admins: principals that administer the key (no cryptographic use). Default: none
+        besides IAM administration through the account (also without cryptographic use).
+    :param removal_policy: for the KMS keys and the state bucket. Default: RETAIN.
+    :param machine_image: host AMI (Amazon Linux 2023 is assumed by the boot script). Default: the
+        latest AL2023 from its public SSM parameter, resolved at deploy time.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
+        clients: Sequence[VaultClient],
+        image: EnclaveImage,
+        instance_type: str = "m7i.xlarge",
+        enclave_cpu_count: int = 2,
+        enclave_memory_mib: int = 4096,
+        port: int = 8443,
+        hosts: int = 1,
+        key_admins: Sequence[iam.IPrincipal] = (),
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
+        machine_image: ec2.IMachineImage | None = None,
+    ) -> None:
+        spec = self._validate_instance_type(instance_type)
+        self._validate_cpu_count(spec, enclave_cpu_count)
+        self._validate_memory(spec, enclave_memory_mib)
+        self._validate_port(port)
+        self._validate_hosts(hosts)
+        self._validate_clients(clients)
+        self._validate_image(image)
+        super().__init__(scope, id)
+        stack = cdk.Stack.of(self)
+        self.spec = spec
+        self.port = port
+        self.enclave_cpu_count = enclave_cpu_count
+        self.enclave_memory_mib = enclave_memory_mib
+        self.public_key_parameter = (
+            f"/cdk-trn/enclave/{cdk.Names.unique_id(self)}/manifest-public-key"
+        )
+
+        self.storage_key = self._storage_key(removal_policy)
+        self.state_bucket = self._state_bucket(removal_policy)
+        self.image: BoundEnclaveImage = image.bind(
+            self, bucket=self.state_bucket, encryption_key=self.storage_key
+        )
+
+        self.host_role = iam.Role(
+            self,
+            "HostRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description="Enclave vault host: fetches the EIF, relays KMS for the enclave",
+        )
+        acknowledge_regulated(
+            self.host_role,
+            "IAMNoInlinePolicy",
+            "the host role's policy names this vault's EIF, state objects and public-key "
+            "parameter only; it belongs to this role alone and is deleted with it",
+        )
+        self.key = kms.Key(
+            self,
+            "Key",
+            description="cdk-trn enclave key: usable only from the attested enclave image",
+            enable_key_rotation=True,
+            removal_policy=removal_policy,
+            policy=self._key_policy(list(key_admins)),
+        )
+        cdk.Tags.of(self.key).add(*PURPOSE_TAG)
+
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "HostSecurityGroup",
+            vpc=vpc,
+            allow_all_outbound=False,
+            description="Enclave vault hosts: service port from clients only; HTTPS to endpoints",
+        )
+        self._connections = ec2.Connections(
+            security_groups=[self.security_group], default_port=ec2.Port.tcp(port)
+        )
+        for client in clients:
+            self._connections.allow_default_port_from(
+                client.connections, "cdk-trn vault client to the enclave parent server"
+            )
+        self._restrict_egress(vpc)
+
+        self.package = s3_assets.Asset(
+            self,
+            "HostPackage",
+            path=str(_PACKAGE_DIR),
+            ignore_mode=cdk.IgnoreMode.GIT,
+            exclude=[
+                "/*",
+                "!/enclave/",
+                "!/errors.py",
+                "/enclave/vault.py",
+                "/enclave/image.py",
+                "/enclave/eif_builder/",
+                "/enclave/host_bootstrap.sh",
+                "__pycache__/",
+                "*.pyc",
+            ],
+        )
+        self._grant_host_access(stack)
+
+        user_data = ec2.UserData.for_linux()
+        self.launch_template = ec2.LaunchTemplate(
+            self,
+            "HostTemplate",
+            instance_type=ec2.InstanceType(instance_type),
+            machine_image=machine_image or ec2.MachineImage.latest_amazon_linux2023(),
+            role=self.host_role,
+            security_group=self.security_group,
+            user_data=user_data,
+            nitro_enclave_enabled=True,
+            require_imdsv2=True,
+            http_put_response_hop_limit=1,
+            associate_public_ip_address=False,
+            detailed_monitoring=True,
+            block_devices=[
+                ec2.BlockDevice(
+                    device_name="/dev/xvda",
+                    volume=ec2.BlockDeviceVolume.ebs(
+                        20,
+                        encrypted=True,
+                        volume_type=ec2.EbsDeviceVolumeType.GP3,
+                        delete_on_termination=True,
+                    ),
+                )
+            ],
+        )
+        self.auto_scaling_group = autoscaling.AutoScalingGroup(
+            self,
+            "Hosts",
+            vpc=vpc,
+            vpc_subnets=ec2.SubnetSelection(subnets=[subnet]),
+            launch_template=self.launch_template,
+            min_capacity=hosts,
+            max_capacity=hosts,
+            signals=autoscaling.Signals.wait_for_all(timeout=cdk.Duration.minutes(30)),
+            # A new image or boot script replaces the whole group only after the new hosts
+            # signalled a running enclave; the old ones keep serving until then.
+            update_policy=autoscaling.UpdatePolicy.replacing_update(),
+        )
+        discovery_value = cdk.Names.unique_id(self)
+        cdk.Tags.of(self.auto_scaling_group).add(DISCOVERY_TAG_KEY, discovery_value)
+        acknowledge(
+            self.auto_scaling_group,
+            "AwsSolutions-AS3",
+            "Fixed-size group (min = max = hosts) changed only by CloudFormation replacing "
+            "updates; its events are in the stack events and CloudTrail, so no SNS topic.",
+        )
+        self.endpoint = VaultEndpoint(
+            auto_scaling_group_name=self.auto_scaling_group.auto_scaling_group_name,
+            port=port,
+            discovery_tag_key=DISCOVERY_TAG_KEY,
+            discovery_tag_value=discovery_value,
+        )
+        self._render_user_data(user_data, stack, clients)
+
+    # --- validation (before any resource exists) -------------------------------------------
+
+    @staticmethod
+    def _validate_instance_type(instance_type: str) -> EnclaveHostSpec:
+        spec = enclave_host_spec(instance_type)
+        if spec.vcpus < 4:
+            raise invalid("instance_type", instance_type, "an enclave host with at least 4 vCPUs")
+        return spec
+
+    @staticmethod
+    def _validate_cpu_count(spec: EnclaveHostSpec, cpu_count: int) -> None:
+        high = spec.vcpus - PARENT_RESERVED_VCPUS
+        if not isinstance(cpu_count, int) or cpu_count < 2 or cpu_count > high or cpu_count % 2:
+            raise invalid(
+                "enclave_cpu_count",
+                cpu_count,
+                f"an even number from 2 to {high} on {spec.instance_type} (whole cores; "
+                f"{PARENT_RESERVED_VCPUS} vCPUs stay with the parent)",
+            )
+
+    @staticmethod
+    def _validate_memory(spec: EnclaveHostSpec, memory_mib: int) -> None:
+        high = spec.memory_gib * 1024 - PARENT_RESERVED_MIB
+        if not isinstance(memory_mib, int) or not MIN_ENCLAVE_MEMORY_MIB <= memory_mib <= high:
+            raise invalid(
+                "enclave_memory_mib",
+                memory_mib,
+                f"{MIN_ENCLAVE_MEMORY_MIB} to {high} MiB on {spec.instance_type} "
+                f"({PARENT_RESERVED_MIB} MiB stay with the parent)",
+            )
+
+    @staticmethod
+    def _validate_port(port: int) -> None:
+        if not isinstance(port, int) or not 1024 <= port <= 65535:
+            raise invalid("port", port, "a TCP port from 1024 to 65535 (the server is not root)")
+
+    @staticmethod
+    def _validate_hosts(hosts: int) -> None:
+        if not isinstance(hosts, int) or not 1 <= hosts <= MAX_HOSTS:
+            raise invalid("hosts", hosts, f"1 to {MAX_HOSTS}")
+
+    @staticmethod
+    def _validate_clients(clients: Sequence[Any]) -> None:
+        if not clients:
+            raise invalid("clients", list(clients), "at least one client (e.g. the cluster)")
+        for client in clients:
+            if not hasattr(client, "connections") or not hasattr(client, "role"):
+                raise invalid(
+                    "clients", client, "objects with .connections and .role (e.g. TrainiumCluster)"
+                )
+
+    @staticmethod
+    def _validate_image(image: Any) -> None:
+        if not isinstance(image, EnclaveImage):
+            raise invalid(
+                "image", image, "an EnclaveImage (from_measurements(...) or from_directory(...))"
+            )
+
+    # --- resources ---------------------------------------------------------------------------
+
+    @property
+    def connections(self) -> ec2.Connections:
+        return self._connections
+
+    def _storage_key(self, removal_policy: cdk.RemovalPolicy) -> kms.Key:
+        stack = cdk.Stack.of(self)
+        key = kms.Key(
+            self,
+            "StorageKey",
+            description="cdk-trn enclave vault storage: state bucket, EIF build and its logs",
+            enable_key_rotation=True,
+            removal_policy=removal_policy,
+        )
+        # CloudWatch Logs encrypts the build's log groups with this key, scoped to this account.
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
+                actions=[
+                    "kms:Encrypt*",
+                    "kms:Decrypt*",
+                    "kms:ReEncrypt*",
+                    "kms:GenerateDataKey*",
+                    "kms:Describe*",
+                ],
+                resources=["*"],
+                conditions={
+                    "ArnLike": {
+                        "kms:EncryptionContext:aws:logs:arn": stack.format_arn(
+                            service="logs",
+                            resource="log-group",
+                            resource_name="*",
+                            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+                        )
+                    }
+                },
+            )
+        )
+        return key
+
+    def _state_bucket(self, removal_policy: cdk.RemovalPolicy) -> s3.Bucket:
+        access_logs = s3.Bucket(
+            self,
+            "AccessLogs",
+            # S3 server access logging delivers only to SSE-S3 buckets.
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            # Log delivery is granted by bucket policy, not by the legacy ACL (cfn-lint W3045).
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            versioned=True,
+            removal_policy=removal_policy,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-access-logs",
+                    expiration=cdk.Duration.days(365),
+                    noncurrent_version_expiration=cdk.Duration.days(1),
+                    abort_incomplete_multipart_upload_after=cdk.Duration.days(7),
+                )
+            ],
+        )
+        acknowledge(
+            access_logs,
+            "AwsSolutions-S1",
+            "This bucket is the server access log destination of the vault state bucket; "
+            "logging it into itself would loop.",
+        )
+        state = s3.Bucket(
+            self,
+            "State",
+            encryption=s3.BucketEncryption.KMS,
+            encryption_key=self.storage_key,
+            bucket_key_enabled=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            enforce_ssl=True,
+            # The hosts may overwrite the key state; versions keep every earlier one.
+            versioned=True,
+            removal_policy=removal_policy,
+        )
+        # L1 because the L2's server_access_logs_bucket depends on a feature flag: without
+        # @aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy it puts an ACL on the log bucket, which
+        # BucketOwnerEnforced forbids. S3 documents the bucket policy below instead.
+        cfn_state = state.node.default_child
+        assert isinstance(cfn_state, s3.CfnBucket)
+        cfn_state.logging_configuration = s3.CfnBucket.LoggingConfigurationProperty(
+            destination_bucket_name=access_logs.bucket_name, log_file_prefix="state/"
+        )
+        access_logs.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="S3ServerAccessLogsOfVaultState",
+                principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")],
+                actions=["s3:PutObject"],
+                resources=[access_logs.arn_for_objects("state/*")],
+                conditions={
+                    "ArnLike": {"aws:SourceArn": state.bucket_arn},
+                    "StringEquals": {"aws:SourceAccount": cdk.Stack.of(self).account},
+                },
+            )
+        )
+        for bucket in (access_logs, state):
+            acknowledge_regulated(
+                bucket,
+                "S3BucketReplicationEnabled",
+                "cross-region replication needs a destination bucket and key in a second region, "
+                "which this single-region stack cannot create; the state is versioned and retained",
+            )
+        acknowledge_regulated(
+            access_logs,
+            "S3DefaultEncryptionKMS",
+            "S3 server access logging delivers only to buckets encrypted with SSE-S3 (S3 user "
+            "guide, server access logging requirements); the logs hold request metadata only",
+        )
+        return state
+
+    def _key_policy(self, key_admins: list[iam.IPrincipal]) -> iam.PolicyDocument:
+        image = self.image
+        allow_conditions: dict[str, str] = {IMAGE_SHA384: image.pcr0}
+        if image.pcr8 is not None:
+            allow_conditions[PCR8] = image.pcr8
+        statements = [
+            iam.PolicyStatement(
+                sid="AccountAdministersKeyWithoutCryptographicUse",
+                principals=[iam.AccountRootPrincipal()],
+                actions=list(ADMIN_ACTIONS),
+                resources=["*"],
+            ),
+            iam.PolicyStatement(
+                sid="EnclaveHostUsesKeyOnlyFromAttestedEnclave",
+                principals=[iam.ArnPrincipal(self.host_role.role_arn)],
+                actions=list(CRYPTO_ACTIONS),
+                resources=["*"],
+                conditions={"StringEqualsIgnoreCase": allow_conditions},
+            ),
+            iam.PolicyStatement(
+                sid="DenyCryptographicUseWithoutAttestation",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=list(CRYPTO_ACTIONS),
+                resources=["*"],
+                conditions={"Null": {IMAGE_SHA384: "true"}},
+            ),
+            # Also closes grants and IAM policies: any use must come from this exact image.
+            iam.PolicyStatement(
+                sid="DenyCryptographicUseFromOtherImages",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=list(CRYPTO_ACTIONS),
+                resources=["*"],
+                conditions={"StringNotEqualsIgnoreCase": {IMAGE_SHA384: image.pcr0}},
+            ),
+        ]
+        if image.pcr8 is not None:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="DenyCryptographicUseFromOtherSigners",
+                    effect=iam.Effect.DENY,
+                    principals=[iam.AnyPrincipal()],
+                    actions=list(CRYPTO_ACTIONS),
+                    resources=["*"],
+                    conditions={"StringNotEqualsIgnoreCase": {PCR8: image.pcr8}},
+                )
+            )
+        if key_admins:
+            statements.insert(
+                1,
+                iam.PolicyStatement(
+                    sid="KeyAdministratorsWithoutCryptographicUse",
+                    principals=key_admins,
+                    actions=list(ADMIN_ACTIONS),
+                    resources=["*"],
+                ),
+            )
+        return iam.PolicyDocument(statements=statements)
+
+    def _restrict_egress(self, vpc: ec2.IVpc) -> None:
+        stack = cdk.Stack.of(self)
+        https = ec2.Port.tcp(443)
+        self.security_group.add_egress_rule(
+            ec2.Peer.ipv4(vpc.vpc_cidr_block),
+            https,
+            "Interface endpoints: KMS (vsock-proxy), STS (caller checks), SSM, CloudFormation",
+        )
+        # S3 (EIF, package, dnf repositories) goes through the gateway endpoint, whose addresses
+        # are the regional managed prefix list; its id differs per region and is looked up at
+        # deploy time (a synth-time lookup is not allowed).
+        lookup_logs = logs.LogGroup(
+            self,
+            "S3PrefixListLookupLogs",
+            encryption_key=self.storage_key,
+            retention=logs.RetentionDays.ONE_YEAR,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        # Own role: the default one carries the managed AWSLambdaBasicExecutionRole.
+        lookup_role = iam.Role(
+            self,
+            "S3PrefixListLookupRole",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            inline_policies={
+                "Logs": iam.PolicyDocument(
+                    statements=[
+                        iam.PolicyStatement(
+                            actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                            resources=[lookup_logs.log_group_arn],
+                        )
+                    ]
+                )
+            },
+        )
+        prefix_list = cr.AwsCustomResource(
+            self,
+            "S3PrefixList",
+            role=lookup_role,
+            log_group=lookup_logs,
+            on_update=cr.AwsSdkCall(
+                service="EC2",
+                action="describeManagedPrefixLists",
+                parameters={
+                    "Filters": [
+                        {"Name": "prefix-list-name", "Values": [f"com.amazonaws.{stack.region}.s3"]}
+                    ]
+                },
+                physical_resource_id=cr.PhysicalResourceId.of(f"com.amazonaws.{stack.region}.s3"),
+                output_paths=["PrefixLists.0.PrefixListId"],
+            ),
+            policy=cr.AwsCustomResourcePolicy.from_statements(
+                [iam.PolicyStatement(actions=["ec2:DescribeManagedPrefixLists"], resources=["*"])]
+            ),
+            install_latest_aws_sdk=False,
+        )
+        acknowledge(
+            prefix_list,
+            "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
+            "ec2:DescribeManagedPrefixLists supports no resource-level permissions, so its "
+            "Resource must be '*'; the call is read-only and the role can do nothing else.",
+        )
+        lookup_function = stack.node.try_find_child(_AWS_CUSTOM_RESOURCE_SINGLETON)
+        if lookup_function is not None and lookup_function.node.try_find_child("Resource"):
+            cfn_function = lookup_function.node.find_child("Resource")
+            if isinstance(cfn_function, lambda_.CfnFunction) and stack.resolve(
+                cfn_function.role
+            ) == stack.resolve(lookup_role.role_arn):
+                depend_on_role_policy_only(cfn_function, lookup_role)
+        acknowledge_deploy_time_functions(prefix_list, "S3 prefix-list lookup")
+        acknowledge_deploy_time_functions(lookup_role, "S3 prefix-list lookup")
+        if lookup_function is not None:
+            acknowledge_deploy_time_functions(lookup_function, "S3 prefix-list lookup")
+        self.s3_prefix_list_id = prefix_list.get_response_field("PrefixLists.0.PrefixListId")
+        self.security_group.add_egress_rule(
+            ec2.Peer.prefix_list(self.s3_prefix_list_id),
+            https,
+            "S3 gateway endpoint: EIF, host package, AL2023 package repositories",
+        )
+
+    def _grant_host_access(self, stack: cdk.Stack) -> None:
+        image = self.image
+        statements = [
+            iam.PolicyStatement(
+                sid="ReadEnclaveImageAndHostPackage",
+                actions=["s3:GetObject"],
+                resources=[
+                    image.eif.bucket.arn_for_objects(image.eif.key),
+                    self.package.bucket.arn_for_objects(self.package.s3_object_key),
+                ],
+            ),
+            iam.PolicyStatement(
+                sid="KeepKeyState",
+                actions=["s3:GetObject", "s3:PutObject"],
+                resources=[self.state_bucket.arn_for_objects(KEY_STATE_OBJECT)],
+            ),
+            # Lets HeadObject answer 404 (not 403) for a missing key state on a first start.
+            iam.PolicyStatement(
+                sid="TellMissingKeyStateFromDenied",
+                actions=["s3:ListBucket"],
+                resources=[self.state_bucket.bucket_arn],
+            ),
+            iam.PolicyStatement(
+                sid="StateBucketEncryptionThroughS3",
+                actions=["kms:Decrypt", "kms:GenerateDataKey"],
+                resources=[self.storage_key.key_arn],
+                conditions={"StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}},
+            ),
+            iam.PolicyStatement(
+                sid="PublishManifestSigningPublicKey",
+                actions=["ssm:PutParameter", "ssm:GetParameter"],
+                resources=[self._parameter_arn()],
+            ),
+            iam.PolicyStatement(
+                sid="SignalBootstrapResult",
+                actions=["cloudformation:SignalResource"],
+                resources=[stack.stack_id],
+            ),
+        ]
+        eif_key = image.eif.bucket.encryption_key
+        if eif_key is not None and eif_key is not self.storage_key:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="EnclaveImageBucketEncryption",
+                    actions=["kms:Decrypt"],
+                    resources=[eif_key.key_arn],
+                    conditions={
+                        "StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}
+                    },
+                )
+            )
+        # Into the role's default policy: the launch template depends on it, so no host boots
+        # before its permissions exist.
+        for statement in statements:
+            self.host_role.add_to_principal_policy(statement)
+
+    def _parameter_arn(self) -> str:
+        return cdk.Stack.of(self).format_arn(
+            service="ssm",
+            resource="parameter",
+            resource_name=self.public_key_parameter.lstrip("/"),
+        )
+
+    def grant_read_public_key(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` read the manifest-signing public key from its SSM parameter."""
+        return iam.Grant.add_to_principal(
+            grantee=grantee, actions=["ssm:GetParameter"], resource_arns=[self._parameter_arn()]
+        )
+
+    # --- boot script ---------------------------------------------------------------------------
+
+    def _render_user_data(
+        self, user_data: ec2.UserData, stack: cdk.Stack, clients: Sequence[VaultClient]
+    ) -> None:
+        asg = self.auto_scaling_group.node.default_child
+        assert isinstance(asg, autoscaling.CfnAutoScalingGroup)
+        env = {
+            "AWS_REGION": stack.region,
+            "STACK_NAME": stack.stack_name,
+            "SIGNAL_RESOURCE": stack.get_logical_id(asg),
+            "EIF_BUCKET": self.image.eif.bucket.bucket_name,
+            "EIF_KEY": self.image.eif.key,
+            "EXPECTED_PCR0": self.image.pcr0,
+            "PACKAGE_BUCKET": self.package.s3_bucket_name,
+            "PACKAGE_KEY": self.package.s3_object_key,
+            "ENCLAVE_CPU_COUNT": str(self.enclave_cpu_count),
+            "ENCLAVE_MEMORY_MIB": str(self.enclave_memory_mib),
+            "ENCLAVE_CID": str(ENCLAVE_CID),
+            "KMS_PROXY_PORT": str(KMS_PROXY_VSOCK_PORT),
+            "SERVICE_PORT": str(self.port),
+            "KMS_KEY_ARN": self.key.key_arn,
+            "ALLOWED_ROLE_ARNS": cdk.Fn.join(" ", [client.role.role_arn for client in clients]),
+            "STATE_BUCKET": self.state_bucket.bucket_name,
+            "KEY_STATE_OBJECT": KEY_STATE_OBJECT,
+            "PUBLIC_KEY_PARAMETER": self.public_key_parameter,
+        }
+        script = BOOTSTRAP_SCRIPT.read_text().split("\n", 1)[1]  # without its shebang
+        user_data.add_commands(
+            "install -d -m 0755 /etc/cdk-trn",
+            "cat > /etc/cdk-trn/vault.env <<'CDK_TRN_EOF'",
+            *(f"{name}='{value}'" for name, value in env.items()),
+            "CDK_TRN_EOF",
+            "chmod 0600 /etc/cdk-trn/vault.env",
+            script,
+        )
+
+
+__all__ = [
+    "ADMIN_ACTIONS",
+    "CRYPTO_ACTIONS",
+    "EnclaveKeyVault",
+    "VaultClient",
+    "VaultEndpoint",
+]
