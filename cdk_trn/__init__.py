@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from cdk_trn.acceptance import AcceptanceRun, AcceptanceThresholds, NeuronTrainingImage
+    from cdk_trn.acceptance import (
+        AcceptanceRun,
+        AcceptanceThresholds,
+        AcceptanceWorkload,
+        NeuronTrainingImage,
+    )
     from cdk_trn.capacity import Capacity, CapacityKind
     from cdk_trn.catalog import INSTANCE_SPECS, InstanceSpec, instance_spec
     from cdk_trn.cluster import TrainiumCluster
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "AcceptanceRun": "cdk_trn.acceptance",
     "AcceptanceThresholds": "cdk_trn.acceptance",
+    "AcceptanceWorkload": "cdk_trn.acceptance",
     "NeuronTrainingImage": "cdk_trn.acceptance",
     "Capacity": "cdk_trn.capacity",
     "CapacityKind": "cdk_trn.capacity",
@@ -62,6 +68,7 @@ _EXPORTS = {
 __all__ = [
     "AcceptanceRun",
     "AcceptanceThresholds",
+    "AcceptanceWorkload",
     "Capacity",
     "CapacityKind",
     "CdkTrnError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aws_cdk as cdk
 from constructs import Construct
 
+from cdk_trn.acceptance import AcceptanceRun, NeuronTrainingImage
 from cdk_trn.capacity import Capacity
 from cdk_trn.cluster import TrainiumCluster
 from cdk_trn.enclave.image import EnclaveImage
@@ -37,6 +38,13 @@ class ClusterStack(cdk.Stack):
             file_system=storage.file_system,
         )
         storage.buckets.grant_read_write(self.cluster.role)
+        # During the deploy, the bundled container proves the nodes: the deploy fails if they
+        # are broken or slow, and the figures become stack outputs.
+        self.acceptance: AcceptanceRun | None = None
+        if config.acceptance:
+            self.acceptance = AcceptanceRun(
+                self, "Acceptance", cluster=self.cluster, image=NeuronTrainingImage.bundled()
+            )
         self.vault: EnclaveKeyVault | None = None
         if config.enclave_vault:
             self.vault = EnclaveKeyVault(

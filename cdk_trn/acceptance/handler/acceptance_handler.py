@@ -1,0 +1,782 @@
+"""Custom-resource handlers of ``AcceptanceRun``: start the suite on every node, wait, judge.
+
+``on_event`` (Create, or Update when the image or run configuration changed) finds the Auto Scaling
+group's InService nodes, ranks them the way torchrun's c10d rendezvous will (``rank_nodes``), makes
+node 0 the rendezvous host and sends the stack's SSM document to each node with its rank.
+``is_complete`` polls those commands; when every node succeeded it reads rank 0's ``summary.json``
+from S3, checks it and returns the figures as ``Data``. A failed node, a failed threshold, missing
+results or the deadline raise :class:`AcceptanceRunError`, which the Provider framework turns into
+a FAILED response whose reason is our (short) message. Delete makes no AWS call, so it cannot
+block a stack delete.
+
+A pass leaves a marker (``<prefix>_passed/<fingerprint>.json``) naming the run; an Update whose
+run properties match a marker reuses that run instead of running again. That is what keeps a
+rollback (CloudFormation sends the previous properties as an Update) from repeating a run that
+passed, and from failing the rollback if the cluster has since degraded.
+
+Runs in the Lambda Python runtime: standard library and boto3 only. AWS clients come from a
+:class:`Clients` value that tests replace with stubbed clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+LOG = logging.getLogger(__name__)
+LOG.setLevel(logging.INFO)
+
+SCHEMA_VERSION = 1
+#: Tag every cluster node carries; SendCommand is allowed only on instances with this tag.
+CLUSTER_TAG = "cdk-trn:cluster"
+#: Properties whose change means a new run (everything else, e.g. the exported figures or the
+#: timeout, only changes how a run is waited for or reported).
+RUN_PROPERTIES = (
+    "AutoScalingGroupName",
+    "ClusterName",
+    "CompileCacheDir",
+    "ConfigHash",
+    "DocumentName",
+    "ImageUri",
+    "ResultsBucket",
+    "ResultsPrefix",
+)
+#: Figures the handler derives from the suite's per-device figures (a device is one rank).
+PER_CHIP_FIGURES = {"gemm_bf16_tflops_per_chip": "gemm_bf16_tflops_per_device"}
+_RUNNING = frozenset({"Pending", "InProgress", "Delayed", "Cancelling"})
+_SUCCESS = "Success"
+#: CloudFormation caps a resource's status reason (about 4 KB, and the framework appends a log
+#: pointer); one screen of text is what a person reads anyway.
+REASON_LIMIT = 1000
+#: After one node failed, how long the others get to finish (torchrun stops them) before we judge.
+FAILURE_GRACE_SECONDS = 300
+#: SendCommand delivery timeout: a node whose agent has not picked the command up by then fails.
+DELIVERY_TIMEOUT_SECONDS = 600
+_NOT_AVAILABLE = "n/a"
+_RUN_ID = r"[a-z0-9][a-z0-9-]{0,62}"
+
+
+class AcceptanceRunError(Exception):
+    """The run failed or cannot start; the message is the CloudFormation status reason."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One threshold the handler re-checks on the summary's figures."""
+
+    figure: str
+    minimum: float | None = None
+    maximum: float | None = None
+    unit: str = ""
+
+    @classmethod
+    def from_property(cls, raw: Mapping[str, Any]) -> Check:
+        # CloudFormation hands custom resources every scalar as a string.
+        return cls(
+            figure=str(raw["Figure"]),
+            minimum=float(raw["Min"]) if raw.get("Min") not in (None, "") else None,
+            maximum=float(raw["Max"]) if raw.get("Max") not in (None, "") else None,
+            unit=str(raw.get("Unit", "")),
+        )
+
+    def violation(self, value: float) -> str | None:
+        if self.minimum is not None and value < self.minimum:
+            return f"{self.figure} {_number(value)}{_unit(self.unit)} < min {_number(self.minimum)}"
+        if self.maximum is not None and value > self.maximum:
+            return f"{self.figure} {_number(value)}{_unit(self.unit)} > max {_number(self.maximum)}"
+        return None
+
+
+@dataclass(frozen=True)
+class RunProps:
+    """The custom resource's properties, parsed."""
+
+    auto_scaling_group_name: str
+    cluster_name: str
+    nodes: int
+    procs_per_node: int
+    document_name: str
+    image_uri: str
+    results_bucket: str
+    results_prefix: str
+    compile_cache_dir: str
+    suite_args: str
+    rendezvous_port: int
+    neuron_comm_port: int
+    expected_neuron_devices: int
+    expected_efa_devices: int
+    run_timeout_seconds: int
+    devices_per_chip: int = 1
+    checks: tuple[Check, ...] = ()
+    exported_figures: tuple[str, ...] = ()
+
+    @classmethod
+    def from_properties(cls, p: Mapping[str, Any]) -> RunProps:
+        def need(key: str) -> Any:
+            if key not in p:
+                raise AcceptanceRunError(f"resource property {key} is missing")
+            return p[key]
+
+        return cls(
+            auto_scaling_group_name=str(need("AutoScalingGroupName")),
+            cluster_name=str(need("ClusterName")),
+            nodes=int(need("Nodes")),
+            procs_per_node=int(need("ProcsPerNode")),
+            document_name=str(need("DocumentName")),
+            image_uri=str(need("ImageUri")),
+            results_bucket=str(need("ResultsBucket")),
+            results_prefix=str(need("ResultsPrefix")),
+            compile_cache_dir=str(need("CompileCacheDir")),
+            suite_args=str(p.get("SuiteArgs", "")),
+            rendezvous_port=int(need("RendezvousPort")),
+            neuron_comm_port=int(need("NeuronCommPort")),
+            expected_neuron_devices=int(need("ExpectedNeuronDevices")),
+            expected_efa_devices=int(need("ExpectedEfaDevices")),
+            run_timeout_seconds=int(need("RunTimeoutSeconds")),
+            devices_per_chip=int(p.get("DevicesPerChip", 1)),
+            checks=tuple(Check.from_property(c) for c in p.get("Checks", [])),
+            exported_figures=tuple(str(f) for f in p.get("ExportedFigures", [])),
+        )
+
+    def run_prefix(self, run_id: str) -> str:
+        return f"{self.results_prefix}{run_id}/"
+
+    def results_uri(self, run_id: str) -> str:
+        return f"s3://{self.results_bucket}/{self.run_prefix(run_id)}"
+
+    def summary_key(self, run_id: str) -> str:
+        return f"{self.run_prefix(run_id)}0/summary.json"
+
+
+@dataclass(frozen=True)
+class Node:
+    rank: int
+    instance_id: str
+    private_ip: str
+    command_id: str = ""
+
+    def describe(self) -> str:
+        return f"node {self.rank} ({self.instance_id}, {self.private_ip})"
+
+
+@dataclass(frozen=True)
+class Invocation:
+    status: str
+    details: str = ""
+    response_code: int | None = None
+    finished_at: float | None = None
+
+
+@dataclass
+class Clients:
+    """The AWS clients and the clock the handlers use; tests pass stubbed clients."""
+
+    ssm: Any
+    autoscaling: Any
+    ec2: Any
+    s3: Any
+    clock: Callable[[], float] = field(default=time.time)
+
+    @property
+    def region(self) -> str:
+        return str(self.ssm.meta.region_name)
+
+
+def default_clients() -> Clients:
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 6}, connect_timeout=5, read_timeout=30
+    )
+    return Clients(
+        ssm=boto3.client("ssm", config=config),
+        autoscaling=boto3.client("autoscaling", config=config),
+        ec2=boto3.client("ec2", config=config),
+        s3=boto3.client("s3", config=config),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# on_event
+
+
+def on_event(
+    event: Mapping[str, Any], context: Any = None, *, clients: Clients | None = None
+) -> dict[str, Any]:
+    """Provider framework on-event handler."""
+    request_type = event["RequestType"]
+    LOG.info("on_event %s %s", request_type, event.get("LogicalResourceId"))
+    if request_type == "Delete":
+        # Results stay in the bucket (lifecycle expires them); nothing here may fail a delete.
+        return {"PhysicalResourceId": event["PhysicalResourceId"]}
+
+    props = RunProps.from_properties(event["ResourceProperties"])
+    if request_type == "Update" and not run_changed(
+        event["OldResourceProperties"], event["ResourceProperties"]
+    ):
+        return _reuse(props, str(event["PhysicalResourceId"]))
+
+    clients = clients or default_clients()
+    if request_type == "Update":
+        # A rollback sends the previous properties again; a run that passed with exactly these
+        # properties is not repeated (and so cannot fail the rollback).
+        previous = passed_run(clients, props, run_fingerprint(event["ResourceProperties"]))
+        if previous is not None:
+            return _reuse(props, previous)
+    run_id = make_run_id(event)
+    nodes = discover_nodes(clients, props)
+    started = clients.clock()
+    nodes = send_commands(clients, props, run_id, nodes)
+    return {
+        "PhysicalResourceId": run_id,
+        "Data": {"RunId": run_id, "ResultsUri": props.results_uri(run_id)},
+        "AcceptanceRun": {
+            "RunId": run_id,
+            "Reused": False,
+            "StartedAt": started,
+            "Deadline": started + props.run_timeout_seconds,
+            "Nodes": [asdict(n) for n in nodes],
+        },
+    }
+
+
+def _reuse(props: RunProps, run_id: str) -> dict[str, Any]:
+    return {
+        "PhysicalResourceId": run_id,
+        "Data": {"RunId": run_id, "ResultsUri": props.results_uri(run_id)},
+        "AcceptanceRun": {"RunId": run_id, "Reused": True},
+    }
+
+
+def passed_marker_key(props: RunProps, fingerprint: str) -> str:
+    # Run ids start with a letter or digit, so this never collides with a run's prefix.
+    return f"{props.results_prefix}_passed/{fingerprint}.json"
+
+
+def passed_run(clients: Clients, props: RunProps, fingerprint: str) -> str | None:
+    """The run id that passed with these run properties, if one did (never raises)."""
+    try:
+        body = _get_object(clients, props.results_bucket, passed_marker_key(props, fingerprint))
+        run_id = json.loads(body)["run_id"] if body is not None else None
+    except (ClientError, BotoCoreError, ValueError, KeyError, TypeError) as error:
+        LOG.warning("pass marker of %s unreadable: %s", fingerprint, error)
+        return None
+    return str(run_id) if isinstance(run_id, str) and re.fullmatch(_RUN_ID, run_id) else None
+
+
+def record_pass(clients: Clients, props: RunProps, fingerprint: str, run_id: str) -> None:
+    """Best effort: a marker that lets a rollback to these properties skip the run."""
+    try:
+        clients.s3.put_object(
+            Bucket=props.results_bucket,
+            Key=passed_marker_key(props, fingerprint),
+            Body=json.dumps({"run_id": run_id, "passed_at": clients.clock()}).encode(),
+            ContentType="application/json",
+        )
+    except (ClientError, BotoCoreError) as error:
+        LOG.warning("could not record the pass of %s: %s", run_id, error)
+
+
+def run_fingerprint(properties: Mapping[str, Any]) -> str:
+    relevant = {key: properties.get(key) for key in RUN_PROPERTIES}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def run_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return run_fingerprint(old) != run_fingerprint(new)
+
+
+def make_run_id(event: Mapping[str, Any]) -> str:
+    """A run id unique per request, readable, and safe in S3 keys, docker names and torchrun."""
+    logical_id = str(event["LogicalResourceId"])
+    seed = "|".join(
+        (
+            str(event["StackId"]),
+            logical_id,
+            run_fingerprint(event["ResourceProperties"]),
+            str(event["RequestId"]),
+        )
+    )
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:12]
+    prefix = re.sub(r"[^a-z0-9]", "", logical_id.lower())[:24] or "run"
+    return f"{prefix}-{digest}"
+
+
+def rank_nodes(nodes: Sequence[Node]) -> list[Node]:
+    """Nodes in the order torchrun's c10d rendezvous gives them group ranks.
+
+    The dynamic rendezvous ranks participants by sorting their descriptors, whose first field is
+    the node address (``torch.distributed.elastic.rendezvous.dynamic_rendezvous``,
+    ``_mark_rendezvous_complete``); every node passes its private IP as ``--local-addr``. So
+    sorting by that string here makes our node rank torch's group rank: global rank 0, the
+    rendezvous store and ``NEURON_RT_ROOT_COMM_ID`` all land on node 0.
+    """
+    ordered = sorted(nodes, key=lambda n: (n.private_ip, n.instance_id))
+    return [Node(rank, n.instance_id, n.private_ip, n.command_id) for rank, n in enumerate(ordered)]
+
+
+def discover_nodes(clients: Clients, props: RunProps) -> list[Node]:
+    """The group's InService instances with their private IPs, in rendezvous order."""
+    name = props.auto_scaling_group_name
+    groups = clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
+        "AutoScalingGroups"
+    ]
+    if not groups:
+        raise AcceptanceRunError(f"Auto Scaling group {name} not found")
+    ids = sorted(
+        i["InstanceId"] for i in groups[0]["Instances"] if i["LifecycleState"] == "InService"
+    )
+    if len(ids) != props.nodes:
+        raise AcceptanceRunError(
+            f"Auto Scaling group {name} has {len(ids)} InService instances, expected {props.nodes}"
+        )
+    described: dict[str, Mapping[str, Any]] = {}
+    for page in clients.ec2.get_paginator("describe_instances").paginate(InstanceIds=ids):
+        for reservation in page["Reservations"]:
+            for instance in reservation["Instances"]:
+                described[instance["InstanceId"]] = instance
+    nodes = []
+    for instance_id in ids:
+        instance = described.get(instance_id)
+        if instance is None or not instance.get("PrivateIpAddress"):
+            raise AcceptanceRunError(f"instance {instance_id} has no private IP address")
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+        if tags.get(CLUSTER_TAG) != props.cluster_name:
+            raise AcceptanceRunError(
+                f"instance {instance_id} is not tagged {CLUSTER_TAG}={props.cluster_name}"
+            )
+        nodes.append(Node(0, instance_id, instance["PrivateIpAddress"]))
+    return rank_nodes(nodes)
+
+
+def command_parameters(
+    props: RunProps, run_id: str, node: Node, rendezvous: Node, region: str
+) -> dict[str, list[str]]:
+    return {
+        "ImageUri": [props.image_uri],
+        "Region": [region],
+        "RunId": [run_id],
+        "NodeRank": [str(node.rank)],
+        "LocalAddress": [node.private_ip],
+        "Nodes": [str(props.nodes)],
+        "ProcsPerNode": [str(props.procs_per_node)],
+        "RendezvousHost": [rendezvous.private_ip],
+        "RendezvousPort": [str(props.rendezvous_port)],
+        "NeuronCommPort": [str(props.neuron_comm_port)],
+        "ResultsUri": [props.results_uri(run_id)],
+        "CompileCacheDir": [props.compile_cache_dir],
+        "ExpectedNeuronDevices": [str(props.expected_neuron_devices)],
+        "ExpectedEfaDevices": [str(props.expected_efa_devices)],
+        "SuiteArgs": [props.suite_args],
+        "ExecutionTimeout": [str(props.run_timeout_seconds)],
+    }
+
+
+def send_commands(
+    clients: Clients, props: RunProps, run_id: str, nodes: Sequence[Node]
+) -> list[Node]:
+    # One command per node: the node rank is a document parameter, and SSM parameters are per
+    # command, not per instance.
+    sent: list[Node] = []
+    for node in nodes:
+        try:
+            response = clients.ssm.send_command(
+                InstanceIds=[node.instance_id],
+                DocumentName=props.document_name,
+                Parameters=command_parameters(props, run_id, node, nodes[0], clients.region),
+                TimeoutSeconds=DELIVERY_TIMEOUT_SECONDS,
+                Comment=f"cdk-trn acceptance {run_id} node {node.rank}"[:100],
+            )
+        except ClientError as error:
+            cancel_commands(clients, sent)
+            code = _error_code(error) or "error"
+            hint = (
+                " (is the SSM agent registered? check the SSM VPC endpoints and the node role)"
+                if code == "InvalidInstanceId"
+                else ""
+            )
+            raise AcceptanceRunError(
+                f"SendCommand to {node.describe()} failed: {code}{hint}: {_error_message(error)}"
+            ) from None
+        sent.append(
+            Node(node.rank, node.instance_id, node.private_ip, response["Command"]["CommandId"])
+        )
+    return sent
+
+
+def cancel_commands(clients: Clients, nodes: Sequence[Node]) -> None:
+    """Best effort: a run that already failed should not keep the other nodes busy."""
+    for node in nodes:
+        if not node.command_id:
+            continue
+        try:
+            clients.ssm.cancel_command(CommandId=node.command_id, InstanceIds=[node.instance_id])
+        except (ClientError, BotoCoreError) as error:
+            LOG.warning("cancel of %s on %s failed: %s", node.command_id, node.instance_id, error)
+
+
+# --------------------------------------------------------------------------------------------
+# is_complete
+
+
+def is_complete(
+    event: Mapping[str, Any], context: Any = None, *, clients: Clients | None = None
+) -> dict[str, Any]:
+    """Provider framework is-complete handler."""
+    if event["RequestType"] == "Delete":
+        return {"IsComplete": True}
+    props = RunProps.from_properties(event["ResourceProperties"])
+    state = event.get("AcceptanceRun") or {}
+    clients = clients or default_clients()
+    run_id = str(state.get("RunId") or event["PhysicalResourceId"])
+    if state.get("Reused"):
+        return {"IsComplete": True, "Data": reused_figures(clients, props, run_id)}
+
+    nodes = [Node(**n) for n in state["Nodes"]]
+    now = clients.clock()
+    deadline = float(state["Deadline"])
+    invocations = command_statuses(clients, props, nodes, float(state["StartedAt"]))
+    failed = [n for n in nodes if _is_failed(invocations[n.rank].status)]
+    for node in failed:
+        # Exit code and end time of the failed ones only: one call per node.
+        invocations[node.rank] = command_invocation(clients, node)
+    running = [n for n in nodes if invocations[n.rank].status in _RUNNING]
+    LOG.info("run %s: %s", run_id, {n.rank: invocations[n.rank].status for n in nodes})
+
+    if failed:
+        first_end = min((invocations[n.rank].finished_at or now) for n in failed)
+        if running and now - first_end < FAILURE_GRACE_SECONDS and now < deadline:
+            return {"IsComplete": False}
+        cancel_commands(clients, running)
+        summary = read_summary(clients, props, run_id)
+        if summary is not None and not summary.get("passed", False):
+            raise AcceptanceRunError(
+                failure_reason(run_id, summary_failures(summary, props, nodes, run_id), props)
+            )
+        raise AcceptanceRunError(
+            failure_reason(
+                run_id, [node_failure(clients, n, invocations[n.rank]) for n in failed], props
+            )
+        )
+
+    if running:
+        if now >= deadline:
+            cancel_commands(clients, running)
+            started = float(state.get("StartedAt", deadline - props.run_timeout_seconds))
+            waiting = [f"{n.describe()} {invocations[n.rank].status}" for n in running]
+            raise AcceptanceRunError(
+                _limit(
+                    f"acceptance run {run_id} timed out after {(now - started) / 60:.0f} min "
+                    f"(limit {props.run_timeout_seconds / 60:.0f} min) waiting for "
+                    + "; ".join(waiting)
+                    + f". Partial results: {props.results_uri(run_id)}"
+                )
+            )
+        return {"IsComplete": False}
+
+    summary = read_summary(clients, props, run_id)
+    if summary is None:
+        raise AcceptanceRunError(
+            f"acceptance run {run_id}: every node succeeded but the results are missing: "
+            f"s3://{props.results_bucket}/{props.summary_key(run_id)} not found"
+        )
+    failures = summary_failures(summary, props, nodes, run_id)
+    if failures:
+        raise AcceptanceRunError(failure_reason(run_id, failures, props))
+    record_pass(clients, props, run_fingerprint(event["ResourceProperties"]), run_id)
+    return {"IsComplete": True, "Data": figures_data(summary, props, run_id)}
+
+
+def command_statuses(
+    clients: Clients, props: RunProps, nodes: Sequence[Node], started: float
+) -> dict[int, Invocation]:
+    """Status of every node's command from ListCommands: one call per 50 commands, so polling
+    stays cheap for large clusters. A command SSM does not list yet counts as Pending."""
+    by_id = {n.command_id: n for n in nodes}
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started - 300))
+    statuses = {n.rank: Invocation("Pending") for n in nodes}
+    pages = clients.ssm.get_paginator("list_commands").paginate(
+        Filters=[
+            {"key": "DocumentName", "value": props.document_name},
+            {"key": "InvokedAfter", "value": since},
+        ],
+        PaginationConfig={"PageSize": 50},
+    )
+    for page in pages:
+        for command in page["Commands"]:
+            node = by_id.get(command.get("CommandId", ""))
+            if node is not None:
+                statuses[node.rank] = Invocation(
+                    command.get("Status", "Pending"), command.get("StatusDetails", "")
+                )
+    return statuses
+
+
+def command_invocation(clients: Clients, node: Node) -> Invocation:
+    listed = clients.ssm.list_command_invocations(
+        CommandId=node.command_id, InstanceId=node.instance_id, Details=True
+    )["CommandInvocations"]
+    if not listed:
+        # SSM lists an invocation a moment after SendCommand returns.
+        return Invocation("Pending")
+    invocation = listed[0]
+    plugins = invocation.get("CommandPlugins") or [{}]
+    finished = plugins[-1].get("ResponseFinishDateTime")
+    return Invocation(
+        status=invocation["Status"],
+        details=invocation.get("StatusDetails", ""),
+        response_code=plugins[-1].get("ResponseCode"),
+        finished_at=finished.timestamp() if finished is not None else None,
+    )
+
+
+def node_failure(clients: Clients, node: Node, invocation: Invocation) -> str:
+    text = f"{node.describe()} command {invocation.details or invocation.status}"
+    if invocation.response_code is not None and invocation.response_code >= 0:
+        text += f", exit code {invocation.response_code}"
+    try:
+        detail = clients.ssm.get_command_invocation(
+            CommandId=node.command_id, InstanceId=node.instance_id
+        )
+    except ClientError:
+        return text
+    tail = _last_line(detail.get("StandardErrorContent", ""))
+    return f"{text}: {tail}" if tail else text
+
+
+def read_summary(clients: Clients, props: RunProps, run_id: str) -> dict[str, Any] | None:
+    """Rank 0's summary: under node 0 when the ranks came out as planned, else wherever it is."""
+    key = props.summary_key(run_id)
+    body = _get_object(clients, props.results_bucket, key)
+    if body is None:
+        found = _find_summary_key(clients, props, run_id)
+        if found is None:
+            return None
+        key = found
+        body = _get_object(clients, props.results_bucket, key)
+    if body is None:
+        return None
+    try:
+        summary = json.loads(body)
+    except ValueError:
+        raise AcceptanceRunError(
+            f"acceptance run {run_id}: s3://{props.results_bucket}/{key} is not valid JSON"
+        ) from None
+    if not isinstance(summary, dict):
+        raise AcceptanceRunError(
+            f"acceptance run {run_id}: s3://{props.results_bucket}/{key} is not a JSON object"
+        )
+    return summary
+
+
+def _get_object(clients: Clients, bucket: str, key: str) -> bytes | None:
+    try:
+        return bytes(clients.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as error:
+        if _error_code(error) in ("NoSuchKey", "404", "NotFound", "AccessDenied", "403"):
+            return None
+        raise
+
+
+def _find_summary_key(clients: Clients, props: RunProps, run_id: str) -> str | None:
+    prefix = props.run_prefix(run_id)
+    pages = clients.s3.get_paginator("list_objects_v2").paginate(
+        Bucket=props.results_bucket, Prefix=prefix
+    )
+    try:
+        for page in pages:
+            for item in page.get("Contents", []):
+                if re.fullmatch(re.escape(prefix) + r"[0-9]+/summary\.json", item["Key"]):
+                    return str(item["Key"])
+    except ClientError as error:
+        if _error_code(error) in ("AccessDenied", "403", "NoSuchBucket"):
+            return None
+        raise
+    return None
+
+
+def summary_failures(
+    summary: Mapping[str, Any], props: RunProps, nodes: Sequence[Node], run_id: str
+) -> list[str]:
+    """Everything wrong with a summary, most specific first; empty when the run passed."""
+    if summary.get("schema_version") != SCHEMA_VERSION:
+        return [f"summary schema_version {summary.get('schema_version')!r} is not {SCHEMA_VERSION}"]
+    problems: list[str] = []
+    if summary.get("run_id") != run_id:
+        problems.append(f"summary is of run {summary.get('run_id')!r}, not {run_id}")
+    expected_world = props.nodes * props.procs_per_node
+    if summary.get("world_size") != expected_world:
+        problems.append(f"world size {summary.get('world_size')} != expected {expected_world}")
+    by_rank = {n.rank: n for n in nodes}
+    for failure in summary.get("failures") or []:
+        problems.append(_container_failure(failure, by_rank, props.procs_per_node))
+    figures = run_figures(summary, props)
+    for check in props.checks:
+        value = figures.get(check.figure)
+        if value is None:
+            problems.append(f"{check.figure} missing from the summary")
+            continue
+        violation = check.violation(value)
+        if violation and not any(check.figure in p for p in problems):
+            problems.append(violation)
+    for name in props.exported_figures:
+        if name not in figures and not any(name in p for p in problems):
+            problems.append(f"{name} missing from the summary")
+    if not summary.get("passed", False) and not problems:
+        problems.append("the suite reported passed=false without failures")
+    return problems
+
+
+def run_figures(summary: Mapping[str, Any] | None, props: RunProps) -> dict[str, float]:
+    """The summary's numeric figures plus the ones derived here (per chip from per device)."""
+    raw = (summary or {}).get("figures") or {}
+    figures = {
+        str(name): number
+        for name, value in (raw.items() if isinstance(raw, Mapping) else [])
+        if (number := _as_number(value)) is not None
+    }
+    for derived, per_device in PER_CHIP_FIGURES.items():
+        if derived not in figures and per_device in figures:
+            figures[derived] = figures[per_device] * props.devices_per_chip
+    return figures
+
+
+def figures_data(summary: Mapping[str, Any], props: RunProps, run_id: str) -> dict[str, str]:
+    figures = run_figures(summary, props)
+    data = {name: _number(figures.get(name)) for name in props.exported_figures}
+    data.update(
+        RunId=run_id,
+        ResultsUri=props.results_uri(run_id),
+        Passed="true",
+        WorldSize=str(summary.get("world_size")),
+    )
+    return data
+
+
+def reused_figures(clients: Clients, props: RunProps, run_id: str) -> dict[str, str]:
+    """Figures of the previous run when an Update did not change the run (never fails)."""
+    try:
+        summary = read_summary(clients, props, run_id)
+    except (AcceptanceRunError, ClientError, BotoCoreError) as error:
+        LOG.warning("previous summary of %s unreadable: %s", run_id, error)
+        summary = None
+    figures = run_figures(summary, props)
+    data = {name: _number(figures.get(name)) for name in props.exported_figures}
+    data.update(
+        RunId=run_id,
+        ResultsUri=props.results_uri(run_id),
+        Passed="true" if (summary or {}).get("passed") else _NOT_AVAILABLE,
+        WorldSize=str((summary or {}).get("world_size", _NOT_AVAILABLE)),
+    )
+    return data
+
+
+def failure_reason(run_id: str, problems: Sequence[str], props: RunProps) -> str:
+    """``acceptance run <id> failed: <problem>; <problem>. Results: s3://...``, within the limit."""
+    head = f"acceptance run {run_id} failed: "
+    tail = f". Results: {props.results_uri(run_id)}"
+    room = REASON_LIMIT - len(head) - len(tail)
+    shown: list[str] = []
+    for index, problem in enumerate(problems):
+        more = f" (+{len(problems) - index} more)"
+        candidate = "; ".join([*shown, problem])
+        if len(candidate) + len(more) > room and shown:
+            return head + "; ".join(shown) + more + tail
+        shown.append(problem[: room - len(more)])
+    return head + "; ".join(shown) + tail
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _container_failure(failure: Any, nodes: Mapping[int, Node], procs_per_node: int) -> str:
+    if not isinstance(failure, Mapping):
+        return str(failure)
+    check = failure.get("check", "check")
+    where = _where(failure, nodes, procs_per_node)
+    measured = _as_number(failure.get("measured"))
+    threshold = _as_number(failure.get("threshold"))
+    unit = str(failure.get("unit", ""))
+    if measured is not None and threshold is not None and unit:
+        text = f"{check} {_number(measured)} {unit} (threshold {_number(threshold)})"
+    else:
+        text = f"{check}: {failure.get('message', 'failed')}"
+    return f"{text} on {where}" if where else text
+
+
+def _where(failure: Mapping[str, Any], nodes: Mapping[int, Node], procs_per_node: int) -> str:
+    """``node 1 (i-..., 10.0.1.12) rank 67``.
+
+    The document names each node by its private IP (``--node``); ranks are laid out node by node
+    in rendezvous order, which is our node order, so the rank finds the node when the name does not.
+    """
+    rank = failure.get("rank")
+    host = str(failure.get("node") or "")
+    node = next((n for n in nodes.values() if host and host in (n.private_ip, n.instance_id)), None)
+    has_rank = isinstance(rank, int) and not isinstance(rank, bool)
+    if node is None and has_rank and procs_per_node > 0:
+        node = nodes.get(int(rank) // procs_per_node)  # type: ignore[arg-type]
+    where = node.describe() if node else (f"host {host}" if host else "")
+    if has_rank:
+        where = f"{where} rank {rank}".strip()
+    return where
+
+
+def _is_failed(status: str) -> bool:
+    return status != _SUCCESS and status not in _RUNNING
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return _NOT_AVAILABLE
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return format(value, ".4g") if abs(value) < 1 else format(value, ".6g")
+
+
+def _unit(unit: str) -> str:
+    return f" {unit}" if unit else ""
+
+
+_TELLING_LINE = re.compile(r"Error|FAILED|error:|expected")
+
+
+def _last_line(text: str, limit: int = 300) -> str:
+    """The line of a node's stderr that says most: the last one naming an error, else the last
+    one with words (torchrun ends its error report with a banner of '=')."""
+    lines = [line.strip() for line in text.splitlines() if re.search(r"[A-Za-z]", line)]
+    telling = [line for line in lines if _TELLING_LINE.search(line)]
+    chosen = telling[-1] if telling else (lines[-1] if lines else "")
+    return chosen[-limit:]
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _error_message(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Message", ""))[:200]
+
+
+def _limit(text: str) -> str:
+    return text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 15] + " ... (truncated)"

@@ -1,0 +1,166 @@
+"""NeuronTrainingImage: which container image the acceptance run (or a user's job) runs.
+
+Three sources: the bundled acceptance container (``cdk_trn/neuron_container``, built and pushed to
+the bootstrap ECR repository by ``cdk deploy`` as a ``DockerImageAsset``), another directory with a
+Dockerfile, or an image already in ECR. Like ``aws_ecs.ContainerImage``, the value is created
+without a scope and bound to one by the construct that uses it (``bind``), which is where the asset
+is created; building the asset needs Docker only at deploy time, never at synth.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import aws_cdk as cdk
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+from cdk_trn.errors import invalid
+
+#: The bundled acceptance container (owned by the container's own package).
+BUNDLED_DIRECTORY = Path(__file__).resolve().parent.parent / "neuron_container"
+#: Files in an image directory that never belong in the build context (or the asset hash).
+ASSET_EXCLUDES = (
+    "**/__pycache__",
+    "**/*.pyc",
+    "**/.pytest_cache",
+    "**/.mypy_cache",
+    "**/.ruff_cache",
+)
+
+_PULL_ACTIONS = (
+    "ecr:BatchCheckLayerAvailability",
+    "ecr:GetDownloadUrlForLayer",
+    "ecr:BatchGetImage",
+)
+
+
+@dataclass(frozen=True)
+class BoundNeuronTrainingImage:
+    """An image bound to a scope: its URI, its repository, and (for assets) the asset."""
+
+    image_uri: str
+    repository: ecr.IRepository
+    asset: ecr_assets.DockerImageAsset | None = None
+
+    def grant_pull(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` pull the image (ECR login plus the repository's read actions)."""
+        return self.repository.grant_pull(grantee)
+
+    def pull_statements(self) -> list[iam.PolicyStatement]:
+        """The pull permissions as statements, for a policy the caller owns and can review."""
+        return [
+            iam.PolicyStatement(
+                sid="PullAcceptanceImage",
+                actions=list(_PULL_ACTIONS),
+                resources=[self.repository.repository_arn],
+            ),
+            # GetAuthorizationToken has no resource-level permissions: "*" is the only resource.
+            iam.PolicyStatement(
+                sid="EcrLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"]
+            ),
+        ]
+
+
+class NeuronTrainingImage:
+    """A container image for Trainium nodes. Build with the class methods, then ``bind``.
+
+    Example::
+
+        run = AcceptanceRun(stack, "Acceptance", cluster=cluster,
+                            image=NeuronTrainingImage.bundled())
+        run.image.image_uri
+    """
+
+    def __init__(
+        self,
+        *,
+        directory: Path | None = None,
+        repository: ecr.IRepository | None = None,
+        tag_or_digest: str | None = None,
+        platform: ecr_assets.Platform | None = None,
+        build_args: dict[str, str] | None = None,
+    ) -> None:
+        self._directory = directory
+        self._repository = repository
+        self._tag_or_digest = tag_or_digest
+        self._platform = platform or ecr_assets.Platform.LINUX_AMD64
+        self._build_args = dict(build_args or {})
+        self._bound: dict[str, BoundNeuronTrainingImage] = {}
+
+    @classmethod
+    def bundled(cls) -> NeuronTrainingImage:
+        """The bundled acceptance container, ``cdk_trn/neuron_container`` (linux/amd64)."""
+        return cls.from_directory(BUNDLED_DIRECTORY)
+
+    @classmethod
+    def from_directory(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        platform: ecr_assets.Platform | None = None,
+        build_args: dict[str, str] | None = None,
+    ) -> NeuronTrainingImage:
+        """A directory with a Dockerfile, built and pushed by ``cdk deploy``.
+
+        :param platform: image platform. Default: ``linux/amd64`` (trn instances are x86_64).
+        :param build_args: ``docker build --build-arg`` values. Default: none.
+        """
+        directory = Path(path).resolve()
+        if not (directory / "Dockerfile").is_file():
+            raise invalid("path", str(path), "a directory containing a Dockerfile")
+        return cls(directory=directory, platform=platform, build_args=build_args)
+
+    @classmethod
+    def from_ecr(cls, repository: ecr.IRepository, tag_or_digest: str) -> NeuronTrainingImage:
+        """An image already in ECR: ``tag_or_digest`` is a tag or ``sha256:<64 hex>``."""
+        if not cdk.Token.is_unresolved(tag_or_digest):
+            cls._validate_tag_or_digest(tag_or_digest)
+        return cls(repository=repository, tag_or_digest=tag_or_digest)
+
+    @staticmethod
+    def _validate_tag_or_digest(value: str) -> None:
+        if value.startswith("sha256:"):
+            if not re.fullmatch(r"sha256:[a-f0-9]{64}", value):
+                raise invalid("tag_or_digest", value, "a digest sha256:<64 lowercase hex digits>")
+        elif not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", value):
+            raise invalid("tag_or_digest", value, "an image tag (1-128 of A-Z a-z 0-9 _ . -)")
+
+    @property
+    def directory(self) -> Path | None:
+        return self._directory
+
+    def bind(self, scope: Construct) -> BoundNeuronTrainingImage:
+        """The image for use in ``scope``'s stack (one asset per stack, created on first bind)."""
+        stack = cdk.Stack.of(scope)
+        key = stack.node.path
+        if key in self._bound:
+            return self._bound[key]
+        if self._repository is not None:
+            tag = self._tag_or_digest or "latest"
+            uri = (
+                self._repository.repository_uri_for_digest(tag)
+                if tag.startswith("sha256:")
+                else self._repository.repository_uri_for_tag(tag)
+            )
+            bound = BoundNeuronTrainingImage(image_uri=uri, repository=self._repository)
+        else:
+            assert self._directory is not None
+            asset = ecr_assets.DockerImageAsset(
+                scope,
+                "NeuronTrainingImage",
+                directory=str(self._directory),
+                platform=self._platform,
+                build_args=self._build_args or None,
+                exclude=list(ASSET_EXCLUDES),
+            )
+            bound = BoundNeuronTrainingImage(
+                image_uri=asset.image_uri, repository=asset.repository, asset=asset
+            )
+        self._bound[key] = bound
+        return bound

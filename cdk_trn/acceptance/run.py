@@ -1,0 +1,1086 @@
+"""AcceptanceRun: the deploy-time proof that a new cluster computes, communicates and trains.
+
+Owns the custom resource (``aws_cdk.custom_resources.Provider`` with the on-event and is-complete
+handlers in ``handler/``), the SSM document it runs on every node (``document.py``), the results
+bucket (unless one is given), the node permissions the run needs (pull the image, write its results)
+and one stack output per exported figure. The resource runs after the cluster's Auto Scaling group
+is complete (all health signals received), re-runs on Update only when the image or the run
+configuration changed, and never blocks a stack delete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aws_cdk as cdk
+import jsii
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import custom_resources as cr
+from constructs import Construct, IConstruct, IValidation
+
+from cdk_trn._acknowledge import acknowledge
+from cdk_trn.acceptance.document import DOCUMENT_PARAMETERS, acceptance_document
+from cdk_trn.acceptance.image import BoundNeuronTrainingImage, NeuronTrainingImage
+from cdk_trn.cluster import CLUSTER_TAG, TrainiumCluster
+from cdk_trn.errors import invalid
+
+HANDLER_DIRECTORY = Path(__file__).resolve().parent / "handler"
+HANDLER_MODULE = "acceptance_handler"
+#: Bump when the meaning of the run changes without any property changing (forces a re-run).
+RUN_CONFIG_VERSION = 1
+#: CloudFormation waits at most one hour for a custom resource (ServiceTimeout is 1-3600 s), and
+#: the CDK Provider's totalTimeout documents the same maximum.
+MAX_TOTAL_TIMEOUT = cdk.Duration.hours(1)
+MIN_TOTAL_TIMEOUT = cdk.Duration.minutes(10)
+#: Time kept back from the Provider's total timeout so our own deadline (with a clear reason)
+#: always fires before the framework's generic "Operation timed out".
+_DEADLINE_MARGIN_SECONDS = 120
+#: Reserved concurrency of each handler: CloudFormation sends one event at a time per resource
+#: and the waiter polls sequentially, so two leaves room for a retry and bounds a runaway.
+_HANDLER_CONCURRENCY = 2
+
+#: Figures the suite reports (``trn_acceptance/summary.py``) plus the ones the handler derives.
+#: name -> (unit, description). A test keeps this list equal to the container's.
+FIGURES: dict[str, tuple[str, str]] = {
+    "gemm_bf16_tflops_per_chip": (
+        "TFLOPS",
+        "BF16 GEMM TFLOPS per chip (worst device x devices per chip)",
+    ),
+    "gemm_bf16_tflops_per_device": ("TFLOPS", "BF16 GEMM TFLOPS per device (worst rank)"),
+    "gemm_fraction_of_peak": ("fraction", "BF16 GEMM throughput as a fraction of the catalog peak"),
+    "gemm_max_rel_error": ("relative error", "largest BF16 GEMM error against float64"),
+    "hbm_copy_gbps": ("GB/s", "device memory copy bandwidth (worst rank)"),
+    "hbm_fraction_of_peak": ("fraction", "device copy bandwidth as a fraction of the catalog peak"),
+    "allreduce_algbw_gbps": ("GB/s", "all-reduce algorithm bandwidth at the largest size"),
+    "allreduce_busbw_gbps": ("GB/s", "all-reduce bus bandwidth at the largest size (worst rank)"),
+    "allgather_algbw_gbps": ("GB/s", "all-gather algorithm bandwidth at the largest size"),
+    "allgather_busbw_gbps": ("GB/s", "all-gather bus bandwidth at the largest size (worst rank)"),
+    "train_tokens_per_s": ("tokens/s", "training throughput over all ranks"),
+    "train_step_ms": ("ms", "steady-state training step time (slowest rank)"),
+    "train_loss_drop_fraction": ("fraction", "training loss drop"),
+    "compile_seconds": ("s", "graph compile time (slowest rank)"),
+    "graph_compilations_after_warmup": ("count", "graph compilations after warm-up"),
+    "new_compilations_with_warm_cache": ("count", "new compilations with a warm cache"),
+    "world_size": ("ranks", "ranks in the run"),
+    "nodes": ("nodes", "nodes in the run"),
+}
+DEFAULT_FIGURES: tuple[str, ...] = (
+    "gemm_bf16_tflops_per_chip",
+    "gemm_fraction_of_peak",
+    "allreduce_busbw_gbps",
+    "train_tokens_per_s",
+    "compile_seconds",
+)
+
+
+@dataclass(frozen=True)
+class AcceptanceThresholds:
+    """What the cluster must reach for the deploy to succeed.
+
+    Fractions are of the catalog's per-chip peaks (``InstanceSpec.peak_bf16_tflops_per_chip``,
+    ``hbm_gbps_per_chip``) divided over the chip's devices, since the suite measures per device
+    (one rank per logical NeuronCore). The suite checks all of them; the handler re-checks the
+    figure-based ones on the summary.
+    """
+
+    min_gemm_fraction: float = 0.5
+    """Best BF16 GEMM throughput / peak, worst device. Default: 0.5."""
+    min_hbm_fraction: float = 0.5
+    """Device copy bandwidth / peak HBM bandwidth, worst device. Default: 0.5."""
+    peak_collective_busbw_gbps: float | None = None
+    """Bus bandwidth per device the collectives are compared with, GB/s. Default: none (the
+    reachable bandwidth depends on the algorithm and node count; the figures are reported)."""
+    min_collective_fraction: float = 0.25
+    """Bus bandwidth at the largest size / ``peak_collective_busbw_gbps``. Default: 0.25."""
+    min_allreduce_busbw_gbps: float | None = None
+    """Absolute all-reduce bus bandwidth floor at the largest size, GB/s. Default: none."""
+    min_train_tokens_per_s: float | None = None
+    """Training throughput floor over all ranks. Default: none (reported only)."""
+    max_compile_seconds: float | None = None
+    """Ceiling on the slowest rank's compile time. Default: none (reported only: a cold compile
+    cache makes the first deploy much slower than the next)."""
+    max_compilations_after_warmup: int = 0
+    """Graph compilations allowed in steady-state training steps. Default: 0."""
+    max_new_compilations_with_warm_cache: int = 0
+    """New compile-cache entries allowed once the cache is warm. Default: 0."""
+    gemm_rtol: float = 1e-2
+    """Allowed BF16 GEMM error against float64 (normwise relative). Default: 0.01."""
+    min_loss_drop: float = 0.05
+    """Fraction by which the training loss must fall. Default: 0.05."""
+
+    def validate(self) -> None:
+        for name in (
+            "min_gemm_fraction",
+            "min_hbm_fraction",
+            "min_collective_fraction",
+            "min_loss_drop",
+        ):
+            value = getattr(self, name)
+            if _not_number(value) or not 0 <= value <= 1:
+                raise invalid(f"thresholds.{name}", value, "a fraction from 0 to 1")
+        for name in (
+            "peak_collective_busbw_gbps",
+            "min_allreduce_busbw_gbps",
+            "min_train_tokens_per_s",
+            "max_compile_seconds",
+        ):
+            value = getattr(self, name)
+            if value is not None and (_not_number(value) or not 0 < value < float("inf")):
+                raise invalid(f"thresholds.{name}", value, "a positive number or None")
+        if _not_number(self.gemm_rtol) or not 0 < self.gemm_rtol < 1:
+            raise invalid("thresholds.gemm_rtol", self.gemm_rtol, "a number between 0 and 1")
+        for name in ("max_compilations_after_warmup", "max_new_compilations_with_warm_cache"):
+            value = getattr(self, name)
+            if _not_int(value) or value < 0:
+                raise invalid(f"thresholds.{name}", value, "an integer >= 0")
+
+    def checks(self) -> list[dict[str, str]]:
+        """The figure checks the handler repeats on the summary."""
+        out = [
+            _check("gemm_fraction_of_peak", minimum=self.min_gemm_fraction),
+            _check("hbm_fraction_of_peak", minimum=self.min_hbm_fraction),
+            _check("graph_compilations_after_warmup", maximum=self.max_compilations_after_warmup),
+        ]
+        if self.min_allreduce_busbw_gbps is not None:
+            out.append(_check("allreduce_busbw_gbps", minimum=self.min_allreduce_busbw_gbps))
+        if self.min_train_tokens_per_s is not None:
+            out.append(_check("train_tokens_per_s", minimum=self.min_train_tokens_per_s))
+        if self.max_compile_seconds is not None:
+            out.append(_check("compile_seconds", maximum=self.max_compile_seconds))
+        return out
+
+    def suite_args(self, peak_bf16_tflops: float, peak_hbm_gbps: float) -> list[str]:
+        """``trn_acceptance run`` flags for these thresholds and the per-device peaks."""
+        args = [
+            "--peak-bf16-tflops", _flag_number(peak_bf16_tflops),
+            "--peak-hbm-gbps", _flag_number(peak_hbm_gbps),
+            "--min-gemm-fraction", _flag_number(self.min_gemm_fraction),
+            "--min-hbm-fraction", _flag_number(self.min_hbm_fraction),
+            "--min-collective-fraction", _flag_number(self.min_collective_fraction),
+            "--gemm-rtol", _flag_number(self.gemm_rtol),
+            "--min-loss-drop", _flag_number(self.min_loss_drop),
+            "--max-compilations-after-warmup", str(self.max_compilations_after_warmup),
+            "--max-new-compilations-with-warm-cache",
+            str(self.max_new_compilations_with_warm_cache),
+        ]  # fmt: skip
+        if self.peak_collective_busbw_gbps is not None:
+            args += ["--peak-collective-busbw-gbps", _flag_number(self.peak_collective_busbw_gbps)]
+        return args
+
+
+@dataclass(frozen=True)
+class AcceptanceWorkload:
+    """How much work each check does (the suite's own defaults; minutes on a trn2.48xlarge)."""
+
+    gemm_sizes: tuple[int, ...] = (2048, 4096, 8192)
+    """Square BF16 GEMM sizes. Default: 2048, 4096, 8192."""
+    gemm_iterations: int = 10
+    """Timed GEMMs per size. Default: 10."""
+    copy_bytes: int = 1 << 30
+    """Device copy buffer. Default: 1 GiB."""
+    copy_iterations: int = 10
+    """Timed device copies. Default: 10."""
+    collective_sizes: tuple[int, ...] = (1 << 20, 1 << 24, 1 << 28, 1 << 30)
+    """All-reduce / all-gather buffer sizes in bytes. Default: 1 MiB, 16 MiB, 256 MiB, 1 GiB."""
+    collective_iterations: int = 5
+    """Timed collectives per size. Default: 5."""
+    train_steps: int = 20
+    """Training steps, warm-up included. Default: 20."""
+    warmup_steps: int = 3
+    """Steps before graph compilations must stop. Default: 3."""
+    extra_args: tuple[str, ...] = field(default=())
+    """More ``trn_acceptance run`` arguments, word by word (e.g. ``("--layers", "8")``).
+    Default: none."""
+
+    def validate(self) -> None:
+        if not self.gemm_sizes or any(_not_int(v) or not 64 <= v <= 65536 for v in self.gemm_sizes):
+            raise invalid("workload.gemm_sizes", self.gemm_sizes, "integers from 64 to 65536")
+        if not self.collective_sizes or any(
+            _not_int(v) or not 4 <= v <= 16 << 30 for v in self.collective_sizes
+        ):
+            raise invalid(
+                "workload.collective_sizes", self.collective_sizes, "integers from 4 B to 16 GiB"
+            )
+        if _not_int(self.copy_bytes) or not 1 << 20 <= self.copy_bytes <= 64 << 30:
+            raise invalid("workload.copy_bytes", self.copy_bytes, "an integer from 1 MiB to 64 GiB")
+        for name in ("gemm_iterations", "copy_iterations", "collective_iterations"):
+            value = getattr(self, name)
+            if _not_int(value) or not 1 <= value <= 1000:
+                raise invalid(f"workload.{name}", value, "an integer from 1 to 1000")
+        if _not_int(self.train_steps) or not 2 <= self.train_steps <= 10000:
+            raise invalid("workload.train_steps", self.train_steps, "an integer from 2 to 10000")
+        if _not_int(self.warmup_steps) or not 1 <= self.warmup_steps < self.train_steps:
+            raise invalid(
+                "workload.warmup_steps", self.warmup_steps, "an integer from 1 to train_steps - 1"
+            )
+        pattern = re.compile(r"^[A-Za-z0-9._=,:/-]+$")
+        for word in self.extra_args:
+            if not isinstance(word, str) or not pattern.match(word):
+                raise invalid("workload.extra_args", word, "words of A-Z a-z 0-9 . _ = , : / -")
+
+    def suite_args(self) -> list[str]:
+        return [
+            "--gemm-sizes", ",".join(str(v) for v in self.gemm_sizes),
+            "--gemm-iterations", str(self.gemm_iterations),
+            "--copy-size", str(self.copy_bytes),
+            "--copy-iterations", str(self.copy_iterations),
+            "--collective-sizes", ",".join(str(v) for v in self.collective_sizes),
+            "--collective-iterations", str(self.collective_iterations),
+            "--train-steps", str(self.train_steps),
+            "--warmup-steps", str(self.warmup_steps),
+            *self.extra_args,
+        ]  # fmt: skip
+
+
+class AcceptanceRun(Construct):
+    """Runs the acceptance suite on every node of ``cluster`` during ``cdk deploy``.
+
+    :param cluster: the ``TrainiumCluster`` to prove.
+    :param image: the suite's image. Default: ``NeuronTrainingImage.bundled()``.
+    :param thresholds: pass/fail limits. Default: ``AcceptanceThresholds()``.
+    :param workload: sizes and steps of the checks. Default: ``AcceptanceWorkload()``.
+    :param results_bucket: where per-rank results and the summary go. Default: a new bucket
+        (SSE-KMS with ``encryption_key``, TLS only, no public access, versioned, access-logged,
+        retained, expiring results after ``results_retention``).
+    :param results_prefix: key prefix of the runs in the bucket. Default: ``acceptance-runs/``.
+    :param results_retention: lifetime of results in a bucket this construct creates.
+        Default: 365 days.
+    :param encryption_key: KMS key of the results bucket this construct creates and of the
+        handlers' log groups. Default: a new key with rotation, retained.
+    :param total_timeout: how long the deploy waits for the run, 10 to 60 minutes (the most
+        CloudFormation waits for a custom resource). Default: 60 minutes.
+    :param query_interval: how often the run is polled. Default: 30 seconds.
+    :param procs_per_node: worker processes per node. Default: one per logical NeuronCore
+        (``neuron_cores / default_logical_nc_config`` of the catalog entry).
+    :param rendezvous_port: torchrun c10d rendezvous port on node 0. Default: 29400.
+    :param neuron_comm_port: ``NEURON_RT_ROOT_COMM_ID`` port on node 0. Default: 46820.
+    :param exported_figures: figures returned as attributes and stack outputs.
+        Default: ``DEFAULT_FIGURES`` (GEMM TFLOPS per chip and fraction of peak, all-reduce bus
+        bandwidth, training tokens/s, compile seconds).
+    :param log_retention: retention of the handlers' log groups. Default: one year.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        cluster: TrainiumCluster,
+        image: NeuronTrainingImage | None = None,
+        thresholds: AcceptanceThresholds | None = None,
+        workload: AcceptanceWorkload | None = None,
+        results_bucket: s3.IBucket | None = None,
+        results_prefix: str = "acceptance-runs/",
+        results_retention: cdk.Duration | None = None,
+        encryption_key: kms.IKey | None = None,
+        total_timeout: cdk.Duration | None = None,
+        query_interval: cdk.Duration | None = None,
+        procs_per_node: int | None = None,
+        rendezvous_port: int = 29400,
+        neuron_comm_port: int = 46820,
+        exported_figures: tuple[str, ...] | list[str] = DEFAULT_FIGURES,
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
+    ) -> None:
+        super().__init__(scope, id)
+        thresholds = thresholds or AcceptanceThresholds()
+        workload = workload or AcceptanceWorkload()
+        total_timeout = total_timeout or cdk.Duration.minutes(60)
+        query_interval = query_interval or cdk.Duration.seconds(30)
+        results_retention = results_retention or cdk.Duration.days(365)
+        spec = cluster.spec
+        devices_per_chip = _devices_per_chip(spec)
+        procs_per_node = (
+            procs_per_node if procs_per_node is not None else spec.chips * devices_per_chip
+        )
+        exported = tuple(exported_figures)
+
+        # Validate everything before the first resource exists.
+        thresholds.validate()
+        workload.validate()
+        self._validate_timeouts(total_timeout, query_interval)
+        self._validate_procs_per_node(procs_per_node)
+        self._validate_ports(rendezvous_port, neuron_comm_port)
+        self._validate_prefix(results_prefix)
+        self._validate_figures(exported)
+        self._validate_retention(results_retention)
+        self._validate_cache_path(cluster.compile_cache_path)
+
+        self.cluster = cluster
+        self.thresholds = thresholds
+        self.workload = workload
+        self.procs_per_node = procs_per_node
+        self.results_prefix = results_prefix
+        self.exported_figures = exported
+        suite_args = self._suite_args(spec, devices_per_chip)
+        stack = cdk.Stack.of(self)
+
+        self.image: BoundNeuronTrainingImage = (image or NeuronTrainingImage.bundled()).bind(self)
+        self.encryption_key: kms.IKey = encryption_key or self._encryption_key()
+        self.results_bucket = results_bucket or self._results_bucket(results_retention)
+        self.document = acceptance_document(self, "Document")
+        self.document_arn = stack.format_arn(
+            service="ssm", resource="document", resource_name=self.document.ref
+        )
+        self.node_policy = self._node_policy()
+
+        run_timeout = int(total_timeout.to_seconds()) - 2 * int(query_interval.to_seconds())
+        run_timeout -= _DEADLINE_MARGIN_SECONDS
+        static_config = {
+            "version": RUN_CONFIG_VERSION,
+            "nodes": cluster.nodes,
+            "procs_per_node": procs_per_node,
+            "instance_type": spec.instance_type,
+            "thresholds": asdict(thresholds),
+            "workload": asdict(workload),
+            "suite_args": suite_args,
+            "ports": [rendezvous_port, neuron_comm_port],
+            "document": sorted(DOCUMENT_PARAMETERS),
+        }
+        self.config_hash = hashlib.sha256(
+            json.dumps(static_config, sort_keys=True, default=str).encode()
+        ).hexdigest()
+
+        on_event, on_event_policy = self._handler_function(
+            "OnEvent", "on_event", log_retention, self._on_event_statements()
+        )
+        is_complete, is_complete_policy = self._handler_function(
+            "IsComplete", "is_complete", log_retention, self._is_complete_statements()
+        )
+        self.provider, provider_policies = self._provider(
+            on_event, is_complete, total_timeout, query_interval, log_retention
+        )
+        self._acknowledge_handler_findings()
+
+        self.resource = cdk.CustomResource(
+            self,
+            "Resource",
+            service_token=self.provider.service_token,
+            resource_type="Custom::TrnAcceptanceRun",
+            service_timeout=total_timeout,
+            properties={
+                "AutoScalingGroupName": cluster.auto_scaling_group.ref,
+                "ClusterName": cluster.cluster_name,
+                "Nodes": str(cluster.nodes),
+                "ProcsPerNode": str(procs_per_node),
+                "DevicesPerChip": str(devices_per_chip),
+                "DocumentName": self.document.ref,
+                "ImageUri": self.image.image_uri,
+                "ResultsBucket": self.results_bucket.bucket_name,
+                "ResultsPrefix": results_prefix,
+                "CompileCacheDir": cluster.compile_cache_path,
+                "SuiteArgs": suite_args,
+                "RendezvousPort": str(rendezvous_port),
+                "NeuronCommPort": str(neuron_comm_port),
+                "ExpectedNeuronDevices": str(spec.neuron_devices),
+                "ExpectedEfaDevices": str(spec.efa_devices),
+                "RunTimeoutSeconds": str(run_timeout),
+                "Checks": thresholds.checks(),
+                "ExportedFigures": list(exported),
+                "ConfigHash": self.config_hash,
+            },
+        )
+        # Run only once every node has signalled health, and once every permission it needs is
+        # attached (managed policies attach beside the roles, so nothing else orders them).
+        self.resource.node.add_dependency(cluster.auto_scaling_group)
+        for policy in (self.node_policy, on_event_policy, is_complete_policy, *provider_policies):
+            self.resource.node.add_dependency(policy)
+        cfn_resource = self.resource.node.default_child
+        assert isinstance(cfn_resource, cdk.CfnResource)
+        # The Ref to the group already orders the run after it; the explicit DependsOn states
+        # the contract (all health signals received) in the template, so cfn-lint's W3005 is
+        # silenced here only, with the reason beside it.
+        cfn_resource.add_metadata("cfn-lint", {"config": {"ignore_checks": ["W3005"]}})
+        cfn_resource.add_metadata(
+            "cdk-trn:acknowledged",
+            {
+                "W3005": "DependsOn the Auto Scaling group states that the acceptance run starts "
+                "only after the group's creation policy received every node's health signal."
+            },
+        )
+
+        self.figure_outputs: dict[str, cdk.CfnOutput] = {}
+        for name in exported:
+            unit, description = FIGURES[name]
+            self.figure_outputs[name] = cdk.CfnOutput(
+                self,
+                _pascal(name),
+                value=self.resource.get_att_string(name),
+                description=f"Acceptance run: {description} ({unit})",
+            )
+        cdk.CfnOutput(
+            self,
+            "ResultsUri",
+            value=self.resource.get_att_string("ResultsUri"),
+            description="Acceptance run: S3 prefix of the per-rank results and the summary",
+        )
+
+    def figure(self, name: str) -> str:
+        """The measured ``name`` (a deploy-time string attribute of the run)."""
+        if name not in self.exported_figures:
+            raise invalid("figure name", name, f"one of {', '.join(self.exported_figures)}")
+        return self.resource.get_att_string(name)
+
+    def grant_read_results(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` read the runs' per-rank results and summaries."""
+        return self.results_bucket.grant_read(grantee, f"{self.results_prefix}*")
+
+    # --- validation -------------------------------------------------------------------------
+
+    @staticmethod
+    def _validate_timeouts(total: cdk.Duration, interval: cdk.Duration) -> None:
+        seconds = total.to_seconds()
+        if not MIN_TOTAL_TIMEOUT.to_seconds() <= seconds <= MAX_TOTAL_TIMEOUT.to_seconds():
+            raise invalid(
+                "total_timeout",
+                f"{seconds / 60:g} minutes",
+                "from 10 to 60 minutes (CloudFormation waits at most one hour for a custom "
+                "resource)",
+            )
+        poll = interval.to_seconds()
+        if not 10 <= poll <= 300 or poll * 10 > seconds:
+            raise invalid(
+                "query_interval",
+                f"{poll:g} seconds",
+                "from 10 to 300 seconds and at most a tenth of total_timeout",
+            )
+
+    @staticmethod
+    def _validate_procs_per_node(procs: int) -> None:
+        if _not_int(procs) or not 1 <= procs <= 512:
+            raise invalid("procs_per_node", procs, "an integer from 1 to 512")
+
+    @staticmethod
+    def _validate_ports(rendezvous: int, comm: int) -> None:
+        for name, port in (("rendezvous_port", rendezvous), ("neuron_comm_port", comm)):
+            if _not_int(port) or not 1024 <= port <= 65535:
+                raise invalid(name, port, "an integer from 1024 to 65535")
+        if rendezvous == comm:
+            raise invalid("neuron_comm_port", comm, "a port other than rendezvous_port")
+
+    @staticmethod
+    def _validate_prefix(prefix: str) -> None:
+        if prefix and not re.fullmatch(r"([A-Za-z0-9_.-]+/)+", prefix):
+            raise invalid(
+                "results_prefix",
+                prefix,
+                "empty or path segments of A-Z a-z 0-9 _ . - ending in '/'",
+            )
+
+    @staticmethod
+    def _validate_figures(figures: tuple[str, ...]) -> None:
+        unknown = [f for f in figures if f not in FIGURES]
+        if unknown or len(set(figures)) != len(figures):
+            raise invalid(
+                "exported_figures", list(figures), f"distinct names from {', '.join(FIGURES)}"
+            )
+
+    @staticmethod
+    def _validate_retention(retention: cdk.Duration) -> None:
+        days = retention.to_days()
+        if not 1 <= days <= 3650:
+            raise invalid("results_retention", f"{days:g} days", "from 1 to 3650 days")
+
+    @staticmethod
+    def _validate_cache_path(path: str) -> None:
+        if cdk.Token.is_unresolved(path):
+            return
+        if not re.fullmatch(r"/[A-Za-z0-9._/-]{1,255}", path):
+            raise invalid(
+                "cluster.compile_cache_path", path, "an absolute path of A-Z a-z 0-9 . _ / -"
+            )
+
+    # --- resources ----------------------------------------------------------------------------
+
+    def _encryption_key(self) -> kms.Key:
+        stack = cdk.Stack.of(self)
+        key = kms.Key(
+            self,
+            "Key",
+            description=f"cdk-trn acceptance run results and logs of {self.node.path}",
+            enable_key_rotation=True,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        # CloudWatch Logs encrypts the handlers' log groups with it, for this account only.
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="CloudWatchLogsOfThisAccount",
+                principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
+                actions=[
+                    "kms:Encrypt",
+                    "kms:Decrypt",
+                    "kms:ReEncrypt*",
+                    "kms:GenerateDataKey*",
+                    "kms:DescribeKey",
+                ],
+                resources=["*"],
+                conditions={
+                    "ArnLike": {
+                        "kms:EncryptionContext:aws:logs:arn": stack.format_arn(
+                            service="logs",
+                            resource="log-group",
+                            resource_name="*",
+                            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+                        )
+                    }
+                },
+            )
+        )
+        return key
+
+    def _results_bucket(self, retention: cdk.Duration) -> s3.Bucket:
+        access_logs = s3.Bucket(
+            self,
+            "ResultsAccessLogs",
+            # S3 server access logging delivers only to SSE-S3 buckets.
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            # Log delivery is then granted by bucket policy, not the legacy ACL (cfn-lint W3045).
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            enforce_ssl=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            versioned=True,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    expiration=retention,
+                    noncurrent_version_expiration=cdk.Duration.days(1),
+                    abort_incomplete_multipart_upload_after=cdk.Duration.days(7),
+                )
+            ],
+        )
+        acknowledge(
+            access_logs,
+            "AwsSolutions-S1",
+            "This bucket is the access-log destination of the acceptance results bucket; "
+            "logging it would need another log bucket, without end.",
+        )
+        for pack in ("NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321"):
+            acknowledge(
+                access_logs,
+                f"{pack}-S3DefaultEncryptionKMS",
+                "S3 server access logging delivers only to buckets encrypted with SSE-S3 "
+                "(S3 user guide, enable-server-access-logging); SSE-KMS would stop the logs.",
+            )
+        results = s3.Bucket(
+            self,
+            "Results",
+            encryption=s3.BucketEncryption.KMS,
+            encryption_key=self.encryption_key,
+            bucket_key_enabled=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            enforce_ssl=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            versioned=True,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    expiration=retention,
+                    noncurrent_version_expiration=cdk.Duration.days(7),
+                    abort_incomplete_multipart_upload_after=cdk.Duration.days(7),
+                )
+            ],
+        )
+        # L1 because the L2's server_access_logs_bucket puts an ACL on the log bucket unless the
+        # app sets @aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy, and BucketOwnerEnforced
+        # forbids ACLs. S3 documents this bucket policy for log delivery instead.
+        cfn_results = results.node.default_child
+        assert isinstance(cfn_results, s3.CfnBucket)
+        cfn_results.logging_configuration = s3.CfnBucket.LoggingConfigurationProperty(
+            destination_bucket_name=access_logs.bucket_name, log_file_prefix="results/"
+        )
+        access_logs.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="S3ServerAccessLogsOfAcceptanceResults",
+                principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")],
+                actions=["s3:PutObject"],
+                resources=[access_logs.arn_for_objects("results/*")],
+                conditions={
+                    "ArnLike": {"aws:SourceArn": results.bucket_arn},
+                    "StringEquals": {"aws:SourceAccount": cdk.Stack.of(self).account},
+                },
+            )
+        )
+        for bucket in (results, access_logs):
+            for pack in ("NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321"):
+                acknowledge(
+                    bucket,
+                    f"{pack}-S3BucketReplicationEnabled",
+                    "Acceptance results are test output that the next deploy can reproduce; "
+                    "a replica in another region would add a bucket and a role for nothing "
+                    "that could not be measured again.",
+                )
+        return results
+
+    def _results_objects_arn(self) -> str:
+        return self.results_bucket.arn_for_objects(f"{self.results_prefix}*")
+
+    def _node_policy(self) -> iam.ManagedPolicy:
+        statements = [
+            *self.image.pull_statements(),
+            iam.PolicyStatement(
+                sid="WriteAcceptanceResults",
+                actions=["s3:PutObject"],
+                resources=[self._results_objects_arn()],
+            ),
+        ]
+        key = self.results_bucket.encryption_key
+        if key is not None:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="EncryptAcceptanceResults",
+                    actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                    resources=[key.key_arn],
+                )
+            )
+        policy = iam.ManagedPolicy(
+            self,
+            "NodePolicy",
+            description="cdk-trn acceptance run: nodes pull the suite's image and write results",
+            roles=[self.cluster.role],
+            statements=statements,
+        )
+        acknowledge_wildcards(
+            policy,
+            "ecr:GetAuthorizationToken supports no resource-level permission (Resource must be "
+            "'*'); s3:PutObject is limited to the acceptance results prefix, under which each "
+            "deploy writes a new run id only known at deploy time.",
+        )
+        return policy
+
+    def _handler_function(
+        self,
+        id: str,
+        entry: str,
+        retention: logs.RetentionDays,
+        statements: list[iam.PolicyStatement],
+    ) -> tuple[lambda_.Function, iam.ManagedPolicy]:
+        log_group = logs.LogGroup(
+            self,
+            f"{id}Logs",
+            retention=retention,
+            encryption_key=self.encryption_key,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        role = iam.Role(
+            self,
+            f"{id}Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"cdk-trn acceptance run {entry} handler of {self.node.path}",
+        )
+        # Everything the handler may do is in this one managed policy (no inline policy, no
+        # AWSLambdaBasicExecutionRole): writing its own log group, and ``statements``.
+        policy = iam.ManagedPolicy(
+            self,
+            f"{id}Policy",
+            description=f"cdk-trn acceptance run: the {entry} handler",
+            roles=[role],
+            statements=[_write_logs(log_group), *statements],
+        )
+        function = lambda_.Function(
+            self,
+            id,
+            runtime=lambda_.Runtime.PYTHON_3_14,
+            architecture=lambda_.Architecture.ARM_64,
+            handler=f"{HANDLER_MODULE}.{entry}",
+            code=lambda_.Code.from_asset(
+                str(HANDLER_DIRECTORY), exclude=["__pycache__", "*.pyc", "__init__.py"]
+            ),
+            role=role.without_policy_updates(),
+            timeout=cdk.Duration.minutes(5),
+            memory_size=256,
+            reserved_concurrent_executions=_HANDLER_CONCURRENCY,
+            log_group=log_group,
+            description=f"cdk-trn acceptance run: {entry}",
+        )
+        _depend_on(function, policy)
+        return function, policy
+
+    def _on_event_statements(self) -> list[iam.PolicyStatement]:
+        instances = cdk.Stack.of(self).format_arn(
+            service="ec2", resource="instance", resource_name="*"
+        )
+        return [
+            iam.PolicyStatement(
+                sid="RunAcceptanceDocument",
+                actions=["ssm:SendCommand"],
+                resources=[self.document_arn],
+            ),
+            # Only on the nodes of this cluster: SendCommand evaluates the instance's tags.
+            iam.PolicyStatement(
+                sid="RunOnClusterNodes",
+                actions=["ssm:SendCommand"],
+                resources=[instances],
+                conditions={
+                    "StringEquals": {f"aws:ResourceTag/{CLUSTER_TAG}": self.cluster.cluster_name}
+                },
+            ),
+            iam.PolicyStatement(
+                sid="FindClusterNodes",
+                actions=[
+                    "autoscaling:DescribeAutoScalingGroups",
+                    "ec2:DescribeInstances",
+                    "ssm:CancelCommand",
+                ],
+                resources=["*"],
+            ),
+            # A rollback to properties that passed before reuses that run (pass markers).
+            iam.PolicyStatement(
+                sid="ReadPassMarkers",
+                actions=["s3:GetObject"],
+                resources=[self._pass_markers_arn()],
+            ),
+            *self._key_statements("kms:Decrypt"),
+        ]
+
+    def _is_complete_statements(self) -> list[iam.PolicyStatement]:
+        bucket = self.results_bucket
+        statements = [
+            iam.PolicyStatement(
+                sid="WatchCommands",
+                actions=[
+                    "ssm:ListCommands",
+                    "ssm:ListCommandInvocations",
+                    "ssm:GetCommandInvocation",
+                    "ssm:CancelCommand",
+                ],
+                resources=["*"],
+            ),
+            iam.PolicyStatement(
+                sid="ReadAcceptanceResults",
+                actions=["s3:GetObject"],
+                resources=[self._results_objects_arn()],
+            ),
+            # Lets a missing summary read as 404 (missing results) instead of 403.
+            iam.PolicyStatement(
+                sid="ListAcceptanceResults",
+                actions=["s3:ListBucket"],
+                resources=[bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{self.results_prefix}*"]}},
+            ),
+            iam.PolicyStatement(
+                sid="WritePassMarkers",
+                actions=["s3:PutObject"],
+                resources=[self._pass_markers_arn()],
+            ),
+            *self._key_statements("kms:Decrypt", "kms:GenerateDataKey"),
+        ]
+        return statements
+
+    def _pass_markers_arn(self) -> str:
+        return self.results_bucket.arn_for_objects(f"{self.results_prefix}_passed/*")
+
+    def _key_statements(self, *actions: str) -> list[iam.PolicyStatement]:
+        key = self.results_bucket.encryption_key
+        if key is None:
+            return []
+        return [iam.PolicyStatement(actions=list(actions), resources=[key.key_arn])]
+
+    def _acknowledge_handler_findings(self) -> None:
+        for name in ("OnEventPolicy", "IsCompletePolicy"):
+            acknowledge_wildcards(
+                self.node.find_child(name),
+                "autoscaling:DescribeAutoScalingGroups, ec2:DescribeInstances, ssm:ListCommands, "
+                "ssm:ListCommandInvocations, ssm:GetCommandInvocation and ssm:CancelCommand "
+                "support no resource-level permission; ssm:SendCommand on instance/* is limited "
+                "to instances tagged cdk-trn:cluster with this cluster's name; S3 object access to "
+                "the results prefix, whose run ids and pass markers are known only at deploy "
+                "time.",
+            )
+        for pack in ("NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321"):
+            acknowledge(
+                self,
+                f"{pack}-LambdaInsideVPC",
+                "The acceptance handlers only call AWS control-plane APIs (Auto Scaling, EC2, "
+                "SSM, S3, Step Functions, Lambda) and reach no private resource; the cluster's "
+                "isolated subnet has no endpoint for several of them.",
+            )
+        for pack in ("NIST.800.53.R5", "HIPAA.Security"):
+            acknowledge(
+                self,
+                f"{pack}-LambdaDLQ",
+                "The handlers run inside the custom-resource protocol: a failed invocation is "
+                "reported to CloudFormation (failing the deploy) or retried by the waiter, so a "
+                "dead-letter queue would hold events nobody may replay.",
+            )
+
+    def _provider(
+        self,
+        on_event: lambda_.Function,
+        is_complete: lambda_.Function,
+        total_timeout: cdk.Duration,
+        query_interval: cdk.Duration,
+        retention: logs.RetentionDays,
+    ) -> tuple[cr.Provider, list[iam.ManagedPolicy]]:
+        waiter_logs = logs.LogGroup(
+            self,
+            "WaiterLogs",
+            retention=retention,
+            encryption_key=self.encryption_key,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        framework_logs = logs.LogGroup(
+            self,
+            "ProviderLogs",
+            retention=retention,
+            encryption_key=self.encryption_key,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        # Our own roles for the framework functions, closed to the framework's grants: what they
+        # may do is in the managed policies below (instead of AWSLambdaBasicExecutionRole and
+        # inline policies).
+        on_event_role, waiter_role = (
+            iam.Role(
+                self,
+                role_id,
+                assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+                description=f"cdk-trn acceptance run provider framework of {self.node.path}",
+            )
+            for role_id in ("ProviderOnEventRole", "ProviderIsCompleteRole")
+        )
+        provider = cr.Provider(
+            self,
+            "Provider",
+            on_event_handler=on_event,
+            is_complete_handler=is_complete,
+            query_interval=query_interval,
+            total_timeout=total_timeout,
+            log_group=framework_logs,
+            framework_on_event_role=on_event_role.without_policy_updates(),
+            framework_complete_and_timeout_role=waiter_role.without_policy_updates(),
+            disable_waiter_state_machine_logging=False,
+            waiter_state_machine_log_options=cr.LogOptions(
+                destination=waiter_logs,
+                level=sfn.LogLevel.ALL,
+                # The waiter's input carries CloudFormation's pre-signed response URL.
+                include_execution_data=False,
+            ),
+        )
+        waiter = provider.node.find_child("waiter-state-machine")
+        assert isinstance(waiter, cr.WaiterStateMachine)
+        policies = [
+            iam.ManagedPolicy(
+                self,
+                "ProviderOnEventPolicy",
+                description="cdk-trn acceptance run: the provider framework's on-event function",
+                roles=[on_event_role],
+                statements=[
+                    _write_logs(framework_logs),
+                    _invoke(on_event),
+                    iam.PolicyStatement(
+                        actions=["states:StartExecution"], resources=[waiter.state_machine_arn]
+                    ),
+                ],
+            ),
+            iam.ManagedPolicy(
+                self,
+                "ProviderIsCompletePolicy",
+                description="cdk-trn acceptance run: the provider framework's is-complete and "
+                "timeout functions",
+                roles=[waiter_role],
+                statements=[_write_logs(framework_logs), _invoke(is_complete)],
+            ),
+        ]
+        for name, policy in (
+            ("framework-onEvent", policies[0]),
+            ("framework-isComplete", policies[1]),
+            ("framework-onTimeout", policies[1]),
+        ):
+            function = provider.node.find_child(name)
+            assert isinstance(function, lambda_.Function)
+            _depend_on(function, policy)
+            cfn_function = function.node.default_child
+            assert isinstance(cfn_function, lambda_.CfnFunction)
+            # L1: the Provider has no prop for the concurrency of its own functions.
+            cfn_function.reserved_concurrent_executions = _HANDLER_CONCURRENCY
+        for policy in policies:
+            acknowledge_wildcards(
+                policy,
+                "The provider framework invokes the handler functions and their versions "
+                "(<function ARN>:*).",
+            )
+        waiter_role_construct = waiter.node.find_child("Role")
+        _depend_on_role_policy(waiter.node.find_child("Resource"), waiter_role_construct)
+        acknowledge_wildcards(
+            waiter,
+            "The Step Functions log delivery actions (logs:CreateLogDelivery and others) support "
+            "no resource-level permission; the waiter invokes the framework functions and their "
+            "versions (<function ARN>:*).",
+        )
+        acknowledge(
+            waiter,
+            "AwsSolutions-SF2",
+            "The CDK Provider framework's waiter state machine offers no X-Ray tracing option; "
+            "it only polls the is-complete handler, whose own logs and the ALL-level state "
+            "machine log cover each attempt.",
+        )
+        for pack in ("NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321"):
+            acknowledge(
+                waiter_role_construct,
+                f"{pack}-IAMNoInlinePolicy",
+                "The CDK Provider framework creates the waiter state machine's role and writes "
+                "its permissions inline; it accepts no role of ours for the state machine.",
+            )
+        return provider, policies
+
+    def _suite_args(self, spec: Any, devices_per_chip: int) -> str:
+        args = self.thresholds.suite_args(
+            peak_bf16_tflops=spec.peak_bf16_tflops_per_chip / devices_per_chip,
+            peak_hbm_gbps=spec.hbm_gbps_per_chip / devices_per_chip,
+        )
+        text = " ".join([*args, *self.workload.suite_args()])
+        pattern = DOCUMENT_PARAMETERS["SuiteArgs"][1]
+        if not re.fullmatch(pattern, text):
+            raise invalid("workload", text, "suite arguments that fit the document's SuiteArgs")
+        return text
+
+
+@jsii.implements(IValidation)
+class _WildcardAcknowledgment:
+    """Acknowledges AwsSolutions-IAM5 for each wildcard in the IAM policies under ``scope``.
+
+    cdk-nag 3 reports one finding per wildcard (``AwsSolutions-IAM5[Resource::<flat ARN>]``)
+    and CDK matches acknowledgments by exact id; the flat ARN names logical ids and export names
+    only final after ``prepare``. Construct validation runs after ``prepare`` and before the
+    policy-validation plugins, so the ids are computed here, with cdk-nag's own flattening.
+    """
+
+    def __init__(self, scope: IConstruct, reason: str) -> None:
+        self._scope = scope
+        self._reason = reason
+        self._done: set[tuple[str, str]] = set()  # an app may be synthesized more than once
+
+    def validate(self) -> list[str]:
+        stack = cdk.Stack.of(self._scope)
+        for construct in self._scope.node.find_all():
+            if not isinstance(construct, (iam.CfnPolicy, iam.CfnManagedPolicy)):
+                continue
+            document = stack.resolve(construct.policy_document)
+            for rule_id in _wildcard_rule_ids(document):
+                if (construct.node.path, rule_id) not in self._done:
+                    self._done.add((construct.node.path, rule_id))
+                    acknowledge(construct, rule_id, self._reason)
+        return []
+
+
+def _depend_on(function: lambda_.Function, policy: iam.ManagedPolicy) -> None:
+    """The function runs only once its managed policy is attached. CDK also adds a DependsOn on
+    the role, which the function's GetAtt of the role already implies (cfn-lint W3005)."""
+    cfn_function = function.node.default_child
+    assert isinstance(cfn_function, cdk.CfnResource)
+    cfn_policy = policy.node.default_child
+    assert isinstance(cfn_policy, cdk.CfnResource)
+    cfn_function.add_override("DependsOn", [cdk.Stack.of(function).get_logical_id(cfn_policy)])
+
+
+def _depend_on_role_policy(resource: IConstruct | None, role: IConstruct | None) -> None:
+    """Like ``_depend_on`` for a resource whose role (made by CDK) has an inline DefaultPolicy."""
+    assert isinstance(resource, cdk.CfnResource) and role is not None
+    default_policy = role.node.try_find_child("DefaultPolicy")
+    cfn_policy = default_policy.node.default_child if default_policy is not None else None
+    if isinstance(cfn_policy, cdk.CfnResource):
+        resource.add_override("DependsOn", [cdk.Stack.of(resource).get_logical_id(cfn_policy)])
+    else:
+        resource.add_deletion_override("DependsOn")
+
+
+def _write_logs(log_group: logs.LogGroup) -> iam.PolicyStatement:
+    # The log group's Arn attribute ends in ":*", which covers its streams.
+    return iam.PolicyStatement(
+        actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[log_group.log_group_arn]
+    )
+
+
+def _invoke(function: lambda_.IFunction) -> iam.PolicyStatement:
+    return iam.PolicyStatement(
+        actions=["lambda:InvokeFunction"],
+        resources=[function.function_arn, f"{function.function_arn}:*"],
+    )
+
+
+def acknowledge_wildcards(scope: IConstruct, reason: str) -> None:
+    """Acknowledge every IAM5 wildcard finding of the policies under ``scope`` with ``reason``."""
+    scope.node.add_validation(_WildcardAcknowledgment(scope, reason))
+
+
+def _wildcard_rule_ids(document: Any) -> list[str]:
+    ids: list[str] = []
+    for statement in _as_list((document or {}).get("Statement")):
+        for action in _as_list(statement.get("Action")):
+            if isinstance(action, str) and "*" in action:
+                ids.append(f"AwsSolutions-IAM5[Action::{action}]")
+        for resource in _as_list(statement.get("Resource")):
+            flat = _flatten_cfn_reference(resource)
+            if "*" in flat:
+                ids.append(f"AwsSolutions-IAM5[Resource::{flat}]")
+    return list(dict.fromkeys(ids))
+
+
+def _flatten_cfn_reference(node: Any) -> str:
+    """cdk-nag's ``flattenCfnReference`` (src/utils/flatten-cfn-reference.ts), in Python."""
+    if node is None:
+        return ""
+    if isinstance(node, str):
+        return node.replace("${", "<").replace("}", ">")
+    if isinstance(node, dict):
+        if "Fn::Join" in node:
+            delimiter, items = node["Fn::Join"]
+            return str(delimiter).join(_flatten_cfn_reference(i) for i in items)
+        if "Fn::Sub" in node:
+            return _flatten_cfn_reference(node["Fn::Sub"])
+        if "Fn::GetAtt" in node:
+            resource, attribute = node["Fn::GetAtt"]
+            return f"<{_flatten_cfn_reference(resource)}.{_flatten_cfn_reference(attribute)}>"
+        if "Fn::ImportValue" in node:
+            return _flatten_cfn_reference(node["Fn::ImportValue"])
+        if "Ref" in node:
+            return f"<{_flatten_cfn_reference(node['Ref'])}>"
+    return json.dumps(node, separators=(",", ":"))
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _devices_per_chip(spec: Any) -> int:
+    """XLA devices (one per logical NeuronCore) per chip: one rank each."""
+    physical_per_chip = spec.neuron_cores // spec.chips
+    return max(1, physical_per_chip // spec.default_logical_nc_config)
+
+
+def _check(
+    figure: str, *, minimum: float | None = None, maximum: float | None = None
+) -> dict[str, str]:
+    unit = FIGURES[figure][0]
+    out = {"Figure": figure, "Unit": unit}
+    if minimum is not None:
+        out["Min"] = _flag_number(minimum)
+    if maximum is not None:
+        out["Max"] = _flag_number(maximum)
+    return out
+
+
+def _flag_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else format(value, ".6g")
+
+
+def _pascal(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def _not_number(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, (int, float))
+
+
+def _not_int(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int)

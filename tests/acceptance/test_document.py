@@ -1,0 +1,213 @@
+"""The SSM document: its parameters match what the handler sends, its patterns keep parameters
+from becoming shell code, and its script runs end to end against test doubles of docker and aws."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cdk_trn.acceptance.document import DOCUMENT_PARAMETERS, acceptance_script, document_content
+from tests.acceptance.handler_doubles import NODES, RUN_ID, load_handler, properties
+
+handler = load_handler()
+
+
+def handler_parameters(**overrides) -> dict[str, str]:
+    props = handler.RunProps.from_properties(properties(**overrides))
+    nodes = handler.rank_nodes([handler.Node(0, n.instance_id, n.ip) for n in NODES])
+    params = handler.command_parameters(props, RUN_ID, nodes[1], nodes[0], "us-east-2")
+    return {name: values[0] for name, values in params.items()}
+
+
+def render(params: dict[str, str]) -> str:
+    """What Run Command does: substitute every {{ Name }} with its value."""
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: params[m.group(1)], acceptance_script())
+
+
+def test_handler_checks_the_same_cluster_tag_the_nodes_carry():
+    from cdk_trn.cluster import CLUSTER_TAG
+
+    assert handler.CLUSTER_TAG == CLUSTER_TAG
+
+
+def test_handler_sends_exactly_the_parameters_the_document_declares():
+    assert set(handler_parameters()) == set(DOCUMENT_PARAMETERS)
+    assert set(re.findall(r"\{\{\s*(\w+)\s*\}\}", json.dumps(document_content()))) == set(
+        DOCUMENT_PARAMETERS
+    )
+
+
+def test_every_value_the_handler_sends_matches_its_allowed_pattern():
+    for name, value in handler_parameters().items():
+        assert re.fullmatch(DOCUMENT_PARAMETERS[name][1], value), (name, value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SuiteArgs", "--layers 8; curl http://x | sh"),
+        ("SuiteArgs", "--x $(id)"),
+        ("SuiteArgs", "--x 'quoted'"),
+        ("ImageUri", "123456789012.dkr.ecr.us-east-2.amazonaws.com/repo:tag`id`"),
+        ("CompileCacheDir", "/fsx/cache && rm -rf /"),
+        ("ResultsUri", "s3://bucket/prefix/$HOME/"),
+        ("RendezvousHost", "10.0.0.1;reboot"),
+    ],
+)
+def test_allowed_patterns_reject_shell_metacharacters(name, value):
+    assert not re.fullmatch(DOCUMENT_PARAMETERS[name][1], value)
+
+
+def test_document_is_a_schema_2_2_linux_shell_command_with_the_run_timeout():
+    content = document_content()
+    assert content["schemaVersion"] == "2.2"
+    (step,) = content["mainSteps"]
+    assert step["action"] == "aws:runShellScript"
+    assert step["inputs"]["timeoutSeconds"] == "{{ ExecutionTimeout }}"
+    assert all(
+        p["type"] == "String" and p["allowedPattern"] for p in content["parameters"].values()
+    )
+
+
+def test_rendered_script_is_valid_bash():
+    result = subprocess.run(
+        ["bash", "-n"], input=render(handler_parameters()), text=True, capture_output=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- the script against test doubles of docker and aws --------------------------------------------
+
+FAKE_DOCKER = textwrap.dedent(
+    r"""
+    #!/bin/bash
+    # Test double of the docker CLI: records its arguments; `run` writes results like the suite.
+    echo "docker $*" >> "${FAKE_CALLS}"
+    if [ "$1" = "run" ]; then
+      out=""
+      prev=""
+      for arg in "$@"; do
+        if [ "${prev}" = "--volume" ] && [[ "${arg}" == *:/results ]]; then
+          out="${arg%:/results}"
+        fi
+        prev="${arg}"
+      done
+      echo '{"rank": 0}' > "${out}/rank-0.json"
+      echo '{"schema_version": 1}' > "${out}/summary.json"
+      echo "torchrun says hello"
+      if [ "${FAKE_DOCKER_RUN_STATUS}" != "0" ]; then
+        echo "FAILED gemm_fraction_of_peak on rank 0" >&2
+      fi
+      exit "${FAKE_DOCKER_RUN_STATUS}"
+    fi
+    if [ "$1" = "login" ]; then cat > /dev/null; fi
+    exit 0
+    """
+).lstrip()
+
+FAKE_AWS = textwrap.dedent(
+    r"""
+    #!/bin/bash
+    # Test double of the aws CLI: ECR login prints a token; `s3 cp --recursive` copies into a
+    # directory standing in for S3.
+    echo "aws $*" >> "${FAKE_CALLS}"
+    if [ "$1" = "ecr" ]; then echo "token-test-double"; exit 0; fi
+    if [ "$1" = "s3" ] && [ "$2" = "cp" ]; then
+      args=("$@")
+      src="${args[-2]}"
+      dest="${args[-1]#s3://}"
+      mkdir -p "${FAKE_S3}/${dest}"
+      cp -r "${src}/." "${FAKE_S3}/${dest}"
+    fi
+    exit 0
+    """
+).lstrip()
+
+
+@pytest.fixture
+def node(tmp_path: Path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("docker", FAKE_DOCKER), ("aws", FAKE_AWS)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FAKE_CALLS": str(tmp_path / "calls.log"),
+        "FAKE_S3": str(tmp_path / "s3"),
+        "FAKE_DOCKER_RUN_STATUS": "0",
+        "CDK_TRN_ACCEPTANCE_ROOT": str(tmp_path / "work"),
+    }
+    params = handler_parameters(CompileCacheDir=str(tmp_path / "cache"))
+    # No Neuron or EFA devices on a test machine.
+    params.update(ExpectedNeuronDevices="0", ExpectedEfaDevices="0")
+
+    def run(**env_overrides: str) -> subprocess.CompletedProcess[str]:
+        script = tmp_path / "_script.sh"
+        script.write_text(render(params))
+        script.chmod(0o755)
+        return subprocess.run(
+            ["sh", "-c", str(script)],  # how the SSM agent starts runShellScript
+            env={**env, **env_overrides},
+            text=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    run.calls = lambda: (tmp_path / "calls.log").read_text().splitlines()  # type: ignore[attr-defined]
+    run.uploaded = tmp_path / "s3" / "test-acceptance-results" / "acceptance-runs" / RUN_ID / "1"  # type: ignore[attr-defined]
+    run.params = params  # type: ignore[attr-defined]
+    return run
+
+
+def test_script_runs_the_suite_under_torchrun_and_uploads_the_results(node):
+    result = node()
+    assert result.returncode == 0, result.stderr
+    calls = node.calls()
+    assert "aws ecr get-login-password --region us-east-2" in calls
+    assert any(
+        c.startswith("docker login --username AWS --password-stdin 123456789012.dkr.ecr")
+        for c in calls
+    )
+    (run,) = [c for c in calls if c.startswith("docker run")]
+    for expected in (
+        "--network host",
+        "--ulimit memlock=-1:-1",
+        f"--volume {node.params['CompileCacheDir']}:{node.params['CompileCacheDir']}",
+        "--env NEURON_RT_ROOT_COMM_ID=10.64.0.12:46820",
+        f"--env NEURON_COMPILE_CACHE_URL={node.params['CompileCacheDir']}",
+        "--entrypoint torchrun",
+        "--nnodes 2 --nproc-per-node 2 --node-rank 1",
+        f"--rdzv-backend c10d --rdzv-endpoint 10.64.0.12:29400 --rdzv-id {RUN_ID}",
+        "--local-addr 10.64.0.9",
+        f"-m trn_acceptance run --out-dir /results --run-id {RUN_ID} --node 10.64.0.9",
+        "--peak-bf16-tflops 166.75 --peak-hbm-gbps 725 --min-gemm-fraction 0.5",
+    ):
+        assert expected in run, expected
+    assert "FI_PROVIDER" not in run  # no EFA devices expected on this node
+    assert (node.uploaded / "summary.json").is_file()
+    assert (node.uploaded / "rank-0.json").is_file()
+    assert "torchrun says hello" in (node.uploaded / "node-1.log").read_text()
+
+
+def test_script_keeps_the_suites_exit_status_and_still_uploads(node):
+    result = node(FAKE_DOCKER_RUN_STATUS="1")
+    assert result.returncode == 1
+    assert "FAILED gemm_fraction_of_peak on rank 0" in result.stderr
+    assert "the suite exited with status 1" in result.stderr.strip().splitlines()[-1]
+    assert (node.uploaded / "summary.json").is_file()
+
+
+def test_script_stops_before_pulling_when_device_counts_are_wrong(node):
+    node.params["ExpectedNeuronDevices"] = "16"
+    result = node()
+    assert result.returncode == 3
+    assert "found 0 Neuron devices, expected 16" in result.stderr
+    assert not any(c.startswith("docker") for c in node.calls())
+    assert "expected 16" in (node.uploaded / "node-1.log").read_text()
