@@ -12,12 +12,12 @@ import re
 
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk_trn._acknowledge import acknowledge
+from cdk_trn._resources import allow_cloudwatch_logs
 from cdk_trn.errors import CdkTrnError, invalid
 
 _AZ_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
@@ -271,29 +271,7 @@ class TrainingNetwork(Construct):
             enable_key_rotation=True,
             removal_policy=cdk.RemovalPolicy.RETAIN,
         )
-        stack = cdk.Stack.of(self)
-        # CloudWatch Logs encrypts with the key on the log group's behalf; scoped to this
-        # account's log groups by the encryption-context condition AWS documents for it.
-        key.add_to_resource_policy(
-            iam.PolicyStatement(
-                principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
-                actions=[
-                    "kms:Encrypt*",
-                    "kms:Decrypt*",
-                    "kms:ReEncrypt*",
-                    "kms:GenerateDataKey*",
-                    "kms:Describe*",
-                ],
-                resources=["*"],
-                conditions={
-                    "ArnLike": {
-                        "kms:EncryptionContext:aws:logs:arn": (
-                            f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:*"
-                        )
-                    }
-                },
-            )
-        )
+        allow_cloudwatch_logs(key)
         return key
 
     def _add_endpoints(self, source_cidr: str) -> ec2.SecurityGroup:
@@ -304,9 +282,7 @@ class TrainingNetwork(Construct):
             description="VPC interface endpoints: HTTPS from inside the VPC only",
             allow_all_outbound=False,
         )
-        group.add_ingress_rule(
-            ec2.Peer.ipv4(source_cidr), ec2.Port.tcp(443), "HTTPS from the VPC"
-        )
+        group.add_ingress_rule(ec2.Peer.ipv4(source_cidr), ec2.Port.tcp(443), "HTTPS from the VPC")
         for name, service in INTERFACE_ENDPOINTS.items():
             endpoint = self.vpc.add_interface_endpoint(
                 name,

@@ -29,6 +29,7 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct, IConstruct, IValidation
 
 from cdk_trn._acknowledge import acknowledge
+from cdk_trn._resources import access_log_bucket, allow_cloudwatch_logs, deliver_access_logs
 from cdk_trn.acceptance.document import DOCUMENT_PARAMETERS, acceptance_document
 from cdk_trn.acceptance.image import BoundNeuronTrainingImage, NeuronTrainingImage
 from cdk_trn.cluster import CLUSTER_TAG, TrainiumCluster
@@ -502,7 +503,6 @@ class AcceptanceRun(Construct):
     # --- resources ----------------------------------------------------------------------------
 
     def _encryption_key(self) -> kms.Key:
-        stack = cdk.Stack.of(self)
         key = kms.Key(
             self,
             "Key",
@@ -510,66 +510,18 @@ class AcceptanceRun(Construct):
             enable_key_rotation=True,
             removal_policy=cdk.RemovalPolicy.RETAIN,
         )
-        # CloudWatch Logs encrypts the handlers' log groups with it, for this account only.
-        key.add_to_resource_policy(
-            iam.PolicyStatement(
-                sid="CloudWatchLogsOfThisAccount",
-                principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
-                actions=[
-                    "kms:Encrypt",
-                    "kms:Decrypt",
-                    "kms:ReEncrypt*",
-                    "kms:GenerateDataKey*",
-                    "kms:DescribeKey",
-                ],
-                resources=["*"],
-                conditions={
-                    "ArnLike": {
-                        "kms:EncryptionContext:aws:logs:arn": stack.format_arn(
-                            service="logs",
-                            resource="log-group",
-                            resource_name="*",
-                            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
-                        )
-                    }
-                },
-            )
-        )
+        # CloudWatch Logs encrypts the handlers' log groups with it.
+        allow_cloudwatch_logs(key)
         return key
 
     def _results_bucket(self, retention: cdk.Duration) -> s3.Bucket:
-        access_logs = s3.Bucket(
+        access_logs = access_log_bucket(
             self,
             "ResultsAccessLogs",
-            # S3 server access logging delivers only to SSE-S3 buckets.
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            # Log delivery is then granted by bucket policy, not the legacy ACL (cfn-lint W3045).
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            enforce_ssl=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            versioned=True,
+            expiration=retention,
             removal_policy=cdk.RemovalPolicy.RETAIN,
-            lifecycle_rules=[
-                s3.LifecycleRule(
-                    expiration=retention,
-                    noncurrent_version_expiration=cdk.Duration.days(1),
-                    abort_incomplete_multipart_upload_after=cdk.Duration.days(7),
-                )
-            ],
+            serves="the acceptance results bucket",
         )
-        acknowledge(
-            access_logs,
-            "AwsSolutions-S1",
-            "This bucket is the access-log destination of the acceptance results bucket; "
-            "logging it would need another log bucket, without end.",
-        )
-        for pack in ("NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321"):
-            acknowledge(
-                access_logs,
-                f"{pack}-S3DefaultEncryptionKMS",
-                "S3 server access logging delivers only to buckets encrypted with SSE-S3 "
-                "(S3 user guide, enable-server-access-logging); SSE-KMS would stop the logs.",
-            )
         results = s3.Bucket(
             self,
             "Results",
@@ -589,25 +541,8 @@ class AcceptanceRun(Construct):
                 )
             ],
         )
-        # L1 because the L2's server_access_logs_bucket puts an ACL on the log bucket unless the
-        # app sets @aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy, and BucketOwnerEnforced
-        # forbids ACLs. S3 documents this bucket policy for log delivery instead.
-        cfn_results = results.node.default_child
-        assert isinstance(cfn_results, s3.CfnBucket)
-        cfn_results.logging_configuration = s3.CfnBucket.LoggingConfigurationProperty(
-            destination_bucket_name=access_logs.bucket_name, log_file_prefix="results/"
-        )
-        access_logs.add_to_resource_policy(
-            iam.PolicyStatement(
-                sid="S3ServerAccessLogsOfAcceptanceResults",
-                principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")],
-                actions=["s3:PutObject"],
-                resources=[access_logs.arn_for_objects("results/*")],
-                conditions={
-                    "ArnLike": {"aws:SourceArn": results.bucket_arn},
-                    "StringEquals": {"aws:SourceAccount": cdk.Stack.of(self).account},
-                },
-            )
+        deliver_access_logs(
+            results, to=access_logs, prefix="results/", sid="S3ServerAccessLogsOfAcceptanceResults"
         )
         for bucket in (results, access_logs):
             for pack in ("NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321"):

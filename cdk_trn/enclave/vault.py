@@ -38,6 +38,7 @@ from cdk_trn._acknowledge import (
     acknowledge_deploy_time_functions,
     acknowledge_regulated,
 )
+from cdk_trn._resources import access_log_bucket, allow_cloudwatch_logs, deliver_access_logs
 from cdk_trn.catalog import EnclaveHostSpec, enclave_host_spec
 from cdk_trn.enclave.image import BoundEnclaveImage, EnclaveImage, depend_on_role_policy_only
 from cdk_trn.errors import invalid
@@ -365,7 +366,6 @@ class EnclaveKeyVault(Construct):
         return self._connections
 
     def _storage_key(self, removal_policy: cdk.RemovalPolicy) -> kms.Key:
-        stack = cdk.Stack.of(self)
         key = kms.Key(
             self,
             "StorageKey",
@@ -373,58 +373,17 @@ class EnclaveKeyVault(Construct):
             enable_key_rotation=True,
             removal_policy=removal_policy,
         )
-        # CloudWatch Logs encrypts the build's log groups with this key, scoped to this account.
-        key.add_to_resource_policy(
-            iam.PolicyStatement(
-                principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
-                actions=[
-                    "kms:Encrypt*",
-                    "kms:Decrypt*",
-                    "kms:ReEncrypt*",
-                    "kms:GenerateDataKey*",
-                    "kms:Describe*",
-                ],
-                resources=["*"],
-                conditions={
-                    "ArnLike": {
-                        "kms:EncryptionContext:aws:logs:arn": stack.format_arn(
-                            service="logs",
-                            resource="log-group",
-                            resource_name="*",
-                            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
-                        )
-                    }
-                },
-            )
-        )
+        # CloudWatch Logs encrypts the build's log groups with this key.
+        allow_cloudwatch_logs(key)
         return key
 
     def _state_bucket(self, removal_policy: cdk.RemovalPolicy) -> s3.Bucket:
-        access_logs = s3.Bucket(
+        access_logs = access_log_bucket(
             self,
             "AccessLogs",
-            # S3 server access logging delivers only to SSE-S3 buckets.
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            # Log delivery is granted by bucket policy, not by the legacy ACL (cfn-lint W3045).
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            versioned=True,
+            expiration=cdk.Duration.days(365),
             removal_policy=removal_policy,
-            lifecycle_rules=[
-                s3.LifecycleRule(
-                    id="expire-access-logs",
-                    expiration=cdk.Duration.days(365),
-                    noncurrent_version_expiration=cdk.Duration.days(1),
-                    abort_incomplete_multipart_upload_after=cdk.Duration.days(7),
-                )
-            ],
-        )
-        acknowledge(
-            access_logs,
-            "AwsSolutions-S1",
-            "This bucket is the server access log destination of the vault state bucket; "
-            "logging it into itself would loop.",
+            serves="the vault state bucket",
         )
         state = s3.Bucket(
             self,
@@ -439,25 +398,8 @@ class EnclaveKeyVault(Construct):
             versioned=True,
             removal_policy=removal_policy,
         )
-        # L1 because the L2's server_access_logs_bucket depends on a feature flag: without
-        # @aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy it puts an ACL on the log bucket, which
-        # BucketOwnerEnforced forbids. S3 documents the bucket policy below instead.
-        cfn_state = state.node.default_child
-        assert isinstance(cfn_state, s3.CfnBucket)
-        cfn_state.logging_configuration = s3.CfnBucket.LoggingConfigurationProperty(
-            destination_bucket_name=access_logs.bucket_name, log_file_prefix="state/"
-        )
-        access_logs.add_to_resource_policy(
-            iam.PolicyStatement(
-                sid="S3ServerAccessLogsOfVaultState",
-                principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")],
-                actions=["s3:PutObject"],
-                resources=[access_logs.arn_for_objects("state/*")],
-                conditions={
-                    "ArnLike": {"aws:SourceArn": state.bucket_arn},
-                    "StringEquals": {"aws:SourceAccount": cdk.Stack.of(self).account},
-                },
-            )
+        deliver_access_logs(
+            state, to=access_logs, prefix="state/", sid="S3ServerAccessLogsOfVaultState"
         )
         for bucket in (access_logs, state):
             acknowledge_regulated(
@@ -466,12 +408,6 @@ class EnclaveKeyVault(Construct):
                 "cross-region replication needs a destination bucket and key in a second region, "
                 "which this single-region stack cannot create; the state is versioned and retained",
             )
-        acknowledge_regulated(
-            access_logs,
-            "S3DefaultEncryptionKMS",
-            "S3 server access logging delivers only to buckets encrypted with SSE-S3 (S3 user "
-            "guide, server access logging requirements); the logs hold request metadata only",
-        )
         return state
 
     def _key_policy(self, key_admins: list[iam.IPrincipal]) -> iam.PolicyDocument:

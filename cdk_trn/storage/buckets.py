@@ -15,6 +15,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk_trn._acknowledge import acknowledge
+from cdk_trn._resources import access_log_bucket, deliver_access_logs
 from cdk_trn.errors import invalid
 
 # FSx creates one service-linked role per file system for its S3 data repository associations,
@@ -101,38 +102,13 @@ class TrainingBuckets(Construct):
 
         self._key: kms.IKey = kms_key if kms_key is not None else storage_key(self, "Key")
 
-        self._access_log_bucket = s3.Bucket(
+        self._access_log_bucket = access_log_bucket(
             self,
             "AccessLogs",
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            versioned=True,
-            enforce_ssl=True,
+            expiration=cdk.Duration.days(access_log_retention_days),
             removal_policy=removal_policy,
-            lifecycle_rules=[
-                s3.LifecycleRule(
-                    id="expire-access-logs",
-                    expiration=cdk.Duration.days(access_log_retention_days),
-                    noncurrent_version_expiration=cdk.Duration.days(1),
-                    abort_incomplete_multipart_upload_after=cdk.Duration.days(7),
-                )
-            ],
+            serves="the dataset and checkpoint buckets",
         )
-        acknowledge(
-            self._access_log_bucket,
-            "AwsSolutions-S1",
-            "This bucket is the server access log destination of the dataset and checkpoint "
-            "buckets; logging it into itself would log its own log deliveries without end.",
-        )
-        for pack in _REGULATED_PACKS:
-            acknowledge(
-                self._access_log_bucket,
-                f"{pack}-S3DefaultEncryptionKMS",
-                "S3 server access logging delivers only to buckets encrypted with SSE-S3 "
-                "(S3 user guide, server access logging requirements); the logs hold request "
-                "metadata, never object contents",
-            )
 
         self._dataset_bucket = self._data_bucket(
             "Datasets",
@@ -214,26 +190,8 @@ class TrainingBuckets(Construct):
             removal_policy=removal_policy,
             lifecycle_rules=lifecycle_rules,
         )
-        # L1 because the L2's server_access_logs_bucket behaves by feature flag: without
-        # @aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy it switches the log bucket to ACLs, which
-        # BucketOwnerEnforced forbids. The bucket policy below is what S3 documents instead.
-        cfn_bucket = bucket.node.default_child
-        assert isinstance(cfn_bucket, s3.CfnBucket)
-        cfn_bucket.logging_configuration = s3.CfnBucket.LoggingConfigurationProperty(
-            destination_bucket_name=self._access_log_bucket.bucket_name,
-            log_file_prefix=log_prefix,
-        )
-        self._access_log_bucket.add_to_resource_policy(
-            iam.PolicyStatement(
-                sid=f"S3ServerAccessLogs{id}",
-                principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")],
-                actions=["s3:PutObject"],
-                resources=[self._access_log_bucket.arn_for_objects(f"{log_prefix}*")],
-                conditions={
-                    "ArnLike": {"aws:SourceArn": bucket.bucket_arn},
-                    "StringEquals": {"aws:SourceAccount": cdk.Stack.of(self).account},
-                },
-            )
+        deliver_access_logs(
+            bucket, to=self._access_log_bucket, prefix=log_prefix, sid=f"S3ServerAccessLogs{id}"
         )
         return bucket
 

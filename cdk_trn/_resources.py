@@ -1,0 +1,118 @@
+"""Small resource recipes that several constructs share, written once.
+
+* ``allow_cloudwatch_logs(key)``: let CloudWatch Logs of this account use a KMS key for log groups.
+* ``access_log_bucket(...)`` / ``deliver_access_logs(...)``: an SSE-S3 bucket that receives S3
+  server access logs, and the logging setup of a bucket that sends them there.
+"""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from cdk_trn._acknowledge import acknowledge, acknowledge_regulated
+
+
+def allow_cloudwatch_logs(key: kms.Key) -> None:
+    """CloudWatch Logs encrypts log groups with ``key``, only for this account's log groups (the
+    encryption-context condition the CloudWatch Logs user guide documents)."""
+    stack = cdk.Stack.of(key)
+    key.add_to_resource_policy(
+        iam.PolicyStatement(
+            sid="CloudWatchLogsOfThisAccount",
+            principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
+            actions=[
+                "kms:Encrypt",
+                "kms:Decrypt",
+                "kms:ReEncrypt*",
+                "kms:GenerateDataKey*",
+                "kms:DescribeKey",
+            ],
+            resources=["*"],
+            conditions={
+                "ArnLike": {
+                    "kms:EncryptionContext:aws:logs:arn": stack.format_arn(
+                        service="logs",
+                        resource="log-group",
+                        resource_name="*",
+                        arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                }
+            },
+        )
+    )
+
+
+def access_log_bucket(
+    scope: Construct,
+    id: str,
+    *,
+    expiration: cdk.Duration,
+    removal_policy: cdk.RemovalPolicy,
+    serves: str,
+) -> s3.Bucket:
+    """A bucket for S3 server access logs of the buckets described by ``serves``.
+
+    SSE-S3 because server access logging delivers only to SSE-S3 buckets (S3 user guide, server
+    access logging requirements); object ownership enforced, so delivery is granted by bucket
+    policy (``deliver_access_logs``), never by ACL.
+    """
+    bucket = s3.Bucket(
+        scope,
+        id,
+        encryption=s3.BucketEncryption.S3_MANAGED,
+        block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+        object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+        versioned=True,
+        enforce_ssl=True,
+        removal_policy=removal_policy,
+        lifecycle_rules=[
+            s3.LifecycleRule(
+                id="expire-access-logs",
+                expiration=expiration,
+                noncurrent_version_expiration=cdk.Duration.days(1),
+                abort_incomplete_multipart_upload_after=cdk.Duration.days(7),
+            )
+        ],
+    )
+    acknowledge(
+        bucket,
+        "AwsSolutions-S1",
+        f"This bucket is the server access log destination of {serves}; logging it into "
+        "itself would log its own log deliveries without end.",
+    )
+    acknowledge_regulated(
+        bucket,
+        "S3DefaultEncryptionKMS",
+        "S3 server access logging delivers only to buckets encrypted with SSE-S3 (S3 user "
+        "guide, server access logging requirements); the logs hold request metadata, never "
+        "object contents",
+    )
+    return bucket
+
+
+def deliver_access_logs(bucket: s3.Bucket, *, to: s3.Bucket, prefix: str, sid: str) -> None:
+    """Send ``bucket``'s server access logs to ``to`` under ``prefix``."""
+    # L1 because the L2's server_access_logs_bucket depends on a feature flag: without
+    # @aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy it puts an ACL on the log bucket, which
+    # BucketOwnerEnforced forbids. S3 documents the bucket policy below instead.
+    cfn_bucket = bucket.node.default_child
+    assert isinstance(cfn_bucket, s3.CfnBucket)
+    cfn_bucket.logging_configuration = s3.CfnBucket.LoggingConfigurationProperty(
+        destination_bucket_name=to.bucket_name, log_file_prefix=prefix
+    )
+    to.add_to_resource_policy(
+        iam.PolicyStatement(
+            sid=sid,
+            principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")],
+            actions=["s3:PutObject"],
+            resources=[to.arn_for_objects(f"{prefix}*")],
+            conditions={
+                "ArnLike": {"aws:SourceArn": bucket.bucket_arn},
+                "StringEquals": {"aws:SourceAccount": cdk.Stack.of(bucket).account},
+            },
+        )
+    )
