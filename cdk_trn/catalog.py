@@ -98,6 +98,19 @@ _TRN2_COMMON = dict(
     peak_fp8_tflops_per_chip=1299.0,
 )
 
+#: trn2.48xlarge and trn2u.48xlarge are the same machine; trn2u instances join UltraServers.
+_TRN2_48XLARGE = dict(
+    chips=16,
+    neuron_cores=128,
+    vcpus=192,
+    memory_gib=2048,
+    network_cards=16,
+    max_interfaces_per_card=2,
+    efa_devices=16,
+    efa_gbps=3200,
+    local_nvme_gb=4 * 1920,
+)
+
 _TRN1_COMMON = dict(
     accelerator="Trainium",
     chips=16,
@@ -117,29 +130,13 @@ _TRN1_COMMON = dict(
 _SPECS: tuple[InstanceSpec, ...] = (
     InstanceSpec(
         instance_type="trn2.48xlarge",
-        chips=16,
-        neuron_cores=128,
-        vcpus=192,
-        memory_gib=2048,
-        network_cards=16,
-        max_interfaces_per_card=2,
-        efa_devices=16,
-        efa_gbps=3200,
-        local_nvme_gb=4 * 1920,
+        **_TRN2_48XLARGE,  # type: ignore[arg-type]
         regions=("ap-south-2", "us-east-2"),
         **_TRN2_COMMON,  # type: ignore[arg-type]
     ),
     InstanceSpec(
         instance_type="trn2u.48xlarge",
-        chips=16,
-        neuron_cores=128,
-        vcpus=192,
-        memory_gib=2048,
-        network_cards=16,
-        max_interfaces_per_card=2,
-        efa_devices=16,
-        efa_gbps=3200,
-        local_nvme_gb=4 * 1920,
+        **_TRN2_48XLARGE,  # type: ignore[arg-type]
         # Unconfirmed: sold only as UltraServer Capacity Blocks, absent from the pricing data.
         regions=("us-east-2",),
         regions_confirmed=False,
