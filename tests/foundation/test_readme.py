@@ -1,0 +1,25 @@
+"""The README's examples run as written."""
+
+import re
+from pathlib import Path
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def python_block_after(heading: str) -> str:
+    section = README.split(heading, 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_constructs_example_synthesizes():
+    namespace: dict = {}
+    exec(python_block_after("## Using the constructs in your own stacks"), namespace)  # noqa: S102
+    assembly = namespace["app"].synth()
+    template = assembly.get_stack_by_name("Training").template
+    types = {r["Type"] for r in template["Resources"].values()}
+    assert {"AWS::FSx::FileSystem", "AWS::AutoScaling::AutoScalingGroup"} <= types
+
+
+def test_readme_shows_the_two_commands_first():
+    first_screen = README[:2500]
+    assert "make synth" in first_screen and "make test" in first_screen
