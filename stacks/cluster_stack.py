@@ -55,6 +55,17 @@ class ClusterStack(cdk.Stack):
                 clients=[self.cluster],
                 image=EnclaveImage.bundled(),
             )
+            endpoint = self.vault.endpoint
+            for label, value, description in (
+                ("VaultHostsGroup", endpoint.auto_scaling_group_name, "enclave vault hosts"),
+                ("VaultPort", str(endpoint.port), "enclave vault parent server port"),
+                (
+                    "VaultPublicKeyParameter",
+                    self.vault.public_key_parameter,
+                    "SSM parameter holding the manifest-signing public key (PEM)",
+                ),
+            ):
+                cdk.CfnOutput(self, label, value=value, description=description)
         summary = self.cluster.summary()
         for key, label in (
             ("instance_type", "InstanceType"),
