@@ -22,6 +22,7 @@ test: $(VENV)/.test lint typecheck unit
 
 lint: $(VENV)/.test
 	ruff check .
+	ruff format --check .
 
 typecheck: $(VENV)/.test
 	mypy cdk_trn stacks app.py

@@ -44,9 +44,7 @@ class EfaSecurityGroup(ec2.SecurityGroup):
     ) -> None:
         super().__init__(scope, id, vpc=vpc, description=description, allow_all_outbound=False)
         self.add_ingress_rule(self, ec2.Port.all_traffic(), "EFA and collectives within the group")
-        self_ingress = [
-            c for c in self.node.children if isinstance(c, ec2.CfnSecurityGroupIngress)
-        ]
+        self_ingress = [c for c in self.node.children if isinstance(c, ec2.CfnSecurityGroupIngress)]
         for rule_id in _COMMON_PORT_RULES:
             acknowledge(
                 self_ingress[0],

@@ -310,8 +310,7 @@ def _check_validity(cert: x509.Certificate, when: _dt.datetime, what: str) -> No
         )
     if when > cert.not_valid_after_utc:
         raise AttestationError(
-            f"{what} expired at {cert.not_valid_after_utc.isoformat()}, "
-            f"before {when.isoformat()}"
+            f"{what} expired at {cert.not_valid_after_utc.isoformat()}, before {when.isoformat()}"
         )
 
 

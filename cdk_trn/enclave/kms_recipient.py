@@ -176,14 +176,15 @@ def _call(operation: str, method: Any, **params: Any) -> dict[str, Any]:
     return response
 
 
-def generate_signing_key(
-    kms: KmsClient, key_id: str, attestation: AttestationSource
-) -> SigningKey:
+def generate_signing_key(kms: KmsClient, key_id: str, attestation: AttestationSource) -> SigningKey:
     """First start: a new P-384 key pair from ``GenerateDataKeyPair`` with a Recipient."""
     recipient = _EphemeralRecipient(attestation)
     response = _call(
-        "GenerateDataKeyPair", kms.generate_data_key_pair,
-        KeyId=key_id, KeyPairSpec=KEY_PAIR_SPEC, Recipient=recipient.param,
+        "GenerateDataKeyPair",
+        kms.generate_data_key_pair,
+        KeyId=key_id,
+        KeyPairSpec=KEY_PAIR_SPEC,
+        Recipient=recipient.param,
     )
     public = response.get("PublicKey")
     encrypted = response.get("PrivateKeyCiphertextBlob")
@@ -192,7 +193,8 @@ def generate_signing_key(
     private_der = recipient.open(response, "GenerateDataKeyPair")
     private_key = _load_p384(private_der, public, "GenerateDataKeyPair")
     stored = StoredKey(
-        key_id=str(response.get("KeyId") or key_id), encrypted_private_key=encrypted,
+        key_id=str(response.get("KeyId") or key_id),
+        encrypted_private_key=encrypted,
         public_key=public,
     )
     return SigningKey(private_key=private_key, stored=stored)
@@ -204,7 +206,8 @@ def decrypt_signing_key(
     """Later starts: the stored encrypted private key, opened by ``Decrypt`` with a Recipient."""
     recipient = _EphemeralRecipient(attestation)
     response = _call(
-        "Decrypt", kms.decrypt,
+        "Decrypt",
+        kms.decrypt,
         CiphertextBlob=stored.encrypted_private_key,
         KeyId=stored.key_id,
         Recipient=recipient.param,

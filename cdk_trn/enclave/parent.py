@@ -208,8 +208,9 @@ class CallerVerifier:
             # Sent to the configured endpoint, not the caller's spelling of it.
             status, payload = self._transport("POST", self.sts_url, forward, body.encode())
         except (OSError, urllib.error.URLError) as exc:
-            raise ProofError(f"STS could not be reached: {exc}", status=502,
-                             code="sts_unavailable") from exc
+            raise ProofError(
+                f"STS could not be reached: {exc}", status=502, code="sts_unavailable"
+            ) from exc
         if status != 200:
             raise ProofError(f"STS rejected the identity proof (HTTP {status})")
         return self._identity(payload)
@@ -291,16 +292,21 @@ class CallerVerifier:
             result = json.loads(payload)["GetCallerIdentityResponse"]["GetCallerIdentityResult"]
             arn = result["Arn"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise ProofError("STS answer is not a GetCallerIdentity JSON response", status=502,
-                             code="sts_unavailable") from exc
+            raise ProofError(
+                "STS answer is not a GetCallerIdentity JSON response",
+                status=502,
+                code="sts_unavailable",
+            ) from exc
         match = _ASSUMED_ROLE_ARN.match(str(arn))
         if not match:
-            raise ProofError(f"caller {arn} is not an assumed IAM role", status=403,
-                             code="forbidden")
+            raise ProofError(
+                f"caller {arn} is not an assumed IAM role", status=403, code="forbidden"
+            )
         partition, account, role_name, _session = match.groups()
         if (partition, account, role_name) not in self._allowed:
-            raise ProofError(f"caller role {role_name} in {account} is not allowed", status=403,
-                             code="forbidden")
+            raise ProofError(
+                f"caller role {role_name} in {account} is not allowed", status=403, code="forbidden"
+            )
         return CallerIdentity(arn=str(arn), account=account, role_name=role_name)
 
 
@@ -366,13 +372,15 @@ class EnclaveClient:
     def initialise(self) -> dict[str, Any]:
         with self._init_lock:
             stored = self._state.load()
-            reply = self._raw({
-                "op": "init",
-                "key_id": self._key_id,
-                "region": self._region,
-                "credentials": dict(self._credentials()),
-                "stored_key": stored,
-            })
+            reply = self._raw(
+                {
+                    "op": "init",
+                    "key_id": self._key_id,
+                    "region": self._region,
+                    "credentials": dict(self._credentials()),
+                    "stored_key": stored,
+                }
+            )
             if reply.get("created") or stored is None:
                 self._state.save(reply["stored_key"])
             LOG.info("enclave ready, signing key sha256 %s", reply.get("key_sha256"))
@@ -395,16 +403,23 @@ class EnclaveClient:
             raise EnclaveError("enclave_unavailable", f"enclave unreachable: {exc}") from exc
         if not reply.get("ok"):
             error = reply.get("error") or {}
-            raise EnclaveError(str(error.get("code", "enclave_error")),
-                               str(error.get("message", "enclave error")))
+            raise EnclaveError(
+                str(error.get("code", "enclave_error")), str(error.get("message", "enclave error"))
+            )
         return reply
 
 
 class RateLimiter:
     """Token buckets per client address, with a bounded number of tracked addresses."""
 
-    def __init__(self, rate_per_second: float, burst: int, *, max_clients: int = 4096,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate_per_second: float,
+        burst: int,
+        *,
+        max_clients: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._rate = rate_per_second
         self._burst = float(burst)
         self._max_clients = max_clients
@@ -491,7 +506,9 @@ def _refuse_busy(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.sendall(
             b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            b"Retry-After: 1\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+            b"Retry-After: 1\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
             + body.encode()
         )
 
@@ -527,11 +544,19 @@ class _Handler(BaseHTTPRequestHandler):
             phrase = HTTPStatus(code).phrase
         except ValueError:
             phrase = "error"
-        self._json(code, {"error": {"code": phrase.lower().replace(" ", "_"),
-                                    "message": message or explain or phrase}})
+        self._json(
+            code,
+            {
+                "error": {
+                    "code": phrase.lower().replace(" ", "_"),
+                    "message": message or explain or phrase,
+                }
+            },
+        )
 
-    def _json(self, status: int, payload: Mapping[str, Any],
-              headers: Mapping[str, str] | None = None) -> None:
+    def _json(
+        self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> None:
         body = json.dumps(payload, sort_keys=True).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -572,15 +597,18 @@ class _Handler(BaseHTTPRequestHandler):
             if not any(address in network for network in self.server.networks):
                 raise _HttpError(403, "forbidden", "caller address is not allowed")
         if not self.server.rate_limiter.allow(client):
-            raise _HttpError(429, "rate_limited", "too many requests; slow down",
-                             {"Retry-After": "1"})
+            raise _HttpError(
+                429, "rate_limited", "too many requests; slow down", {"Retry-After": "1"}
+            )
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        self._dispatch({
-            "/v1/health": lambda: {"status": "ok"},
-            "/v1/info": self._info,
-            "/v1/attestation": self._attestation,
-        })
+        self._dispatch(
+            {
+                "/v1/health": lambda: {"status": "ok"},
+                "/v1/info": self._info,
+                "/v1/attestation": self._attestation,
+            }
+        )
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         self._dispatch({"/v1/sign": self._sign})
@@ -700,7 +728,9 @@ class VaultClient:
     def _request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(  # noqa: S310 - the vault URL is operator configuration
-            self.base_url + path, data=data, method=method,
+            self.base_url + path,
+            data=data,
+            method=method,
             headers={"Content-Type": "application/json"},
         )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -726,8 +756,11 @@ def _host_credentials(timeout: float = 2.0) -> Mapping[str, str]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def fetch(path: str, token: str | None = None, method: str = "GET") -> str:
-        headers = ({"X-aws-ec2-metadata-token": token} if token
-                   else {"X-aws-ec2-metadata-token-ttl-seconds": "300"})
+        headers = (
+            {"X-aws-ec2-metadata-token": token}
+            if token
+            else {"X-aws-ec2-metadata-token-ttl-seconds": "300"}
+        )
         request = urllib.request.Request(_IMDS + path, headers=headers, method=method)  # noqa: S310 - fixed link-local IMDS URL
         with opener.open(request, timeout=timeout) as response:
             return str(response.read(65536).decode())
@@ -764,31 +797,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--enclave-port", type=int, default=DEFAULT_ENCLAVE_PORT)
     parser.add_argument("--key-id", required=True, help="KMS key ARN for the enclave")
     parser.add_argument("--region", required=True)
-    parser.add_argument("--allowed-role-arn", action="append", required=True,
-                        help="IAM role ARN whose sessions may sign (repeatable)")
+    parser.add_argument(
+        "--allowed-role-arn",
+        action="append",
+        required=True,
+        help="IAM role ARN whose sessions may sign (repeatable)",
+    )
     parser.add_argument("--state", default="/var/lib/cdk-trn/signing-key.json")
-    parser.add_argument("--server-id", default=None,
-                        help="value callers bind their proofs to (default: this host's name)")
-    parser.add_argument("--allowed-network", action="append", default=[],
-                        help="CIDR allowed to call (repeatable; default: any, rely on the SG)")
+    parser.add_argument(
+        "--server-id",
+        default=None,
+        help="value callers bind their proofs to (default: this host's name)",
+    )
+    parser.add_argument(
+        "--allowed-network",
+        action="append",
+        default=[],
+        help="CIDR allowed to call (repeatable; default: any, rely on the SG)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     sts_url = sts_url_for_region(args.region)
     enclave = EnclaveClient(
         ChannelAddress.vsock(args.enclave_cid, args.enclave_port),
-        key_id=args.key_id, region=args.region, state=KeyStateFile(args.state),
+        key_id=args.key_id,
+        region=args.region,
+        state=KeyStateFile(args.state),
         credentials=_host_credentials,
     )
     _initialise_when_up(enclave)
     verifier = CallerVerifier(
-        sts_url=sts_url, allowed_role_arns=args.allowed_role_arn,
-        server_id=args.server_id or socket.getfqdn(), transport=urllib_sts_transport(),
+        sts_url=sts_url,
+        allowed_role_arns=args.allowed_role_arn,
+        server_id=args.server_id or socket.getfqdn(),
+        transport=urllib_sts_transport(),
     )
     host, _, port = args.listen.rpartition(":")
     limits = ParentLimits(allowed_networks=tuple(args.allowed_network))
-    with ParentServer((host, int(port)), enclave=enclave, verifier=verifier, region=args.region,
-                      limits=limits) as server:
+    with ParentServer(
+        (host, int(port)), enclave=enclave, verifier=verifier, region=args.region, limits=limits
+    ) as server:
         LOG.info("vault listening on %s", args.listen)
         server.serve_forever()
     return 0

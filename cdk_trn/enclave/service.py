@@ -167,8 +167,14 @@ class StreamForwarder:
     end to end between boto3 and KMS; the parent only ever sees ciphertext.
     """
 
-    def __init__(self, listen: ChannelAddress, target: ChannelAddress,
-                 *, max_connections: int = 16, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        listen: ChannelAddress,
+        target: ChannelAddress,
+        *,
+        max_connections: int = 16,
+        timeout: float = 60.0,
+    ) -> None:
         self._listener = listen.listen()
         self.address = self._listener.getsockname()
         self._target = target
@@ -297,14 +303,18 @@ class EnclaveSigner:
         if not isinstance(credentials, dict) or not all(
             isinstance(credentials.get(k), str) for k in ("access_key_id", "secret_access_key")
         ):
-            raise RequestError("bad_request", "init needs credentials with access_key_id and "
-                               "secret_access_key")
+            raise RequestError(
+                "bad_request", "init needs credentials with access_key_id and secret_access_key"
+            )
         stored_json = request.get("stored_key")
         with self._lock:
             if self._key is not None:
                 # A restarted parent re-sends init; the key already in memory stays.
-                return {**self._key_info(self._key), "stored_key": self._key.stored.to_json(),
-                        "created": False}
+                return {
+                    **self._key_info(self._key),
+                    "stored_key": self._key.stored.to_json(),
+                    "created": False,
+                }
             kms = self._kms_factory(region, credentials)
             if stored_json is None:
                 key = generate_signing_key(kms, key_id, self._attestation)
@@ -376,8 +386,9 @@ def serve(
             try:
                 request = recv_frame(conn)
             except (FrameError, OSError) as exc:
-                _reply_quietly(conn, {"ok": False, "error": {"code": "bad_frame",
-                                                             "message": str(exc)}})
+                _reply_quietly(
+                    conn, {"ok": False, "error": {"code": "bad_frame", "message": str(exc)}}
+                )
                 continue
             _reply_quietly(conn, signer.handle(request))
 
@@ -403,15 +414,27 @@ def _resolve_locally(host: str, hosts_file: str = "/etc/hosts") -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="cdk-trn in-enclave manifest signer")
-    parser.add_argument("--port", type=int, default=DEFAULT_ENCLAVE_PORT,
-                        help=f"vsock port to listen on (default {DEFAULT_ENCLAVE_PORT})")
-    parser.add_argument("--kms-endpoint", default=None,
-                        help="KMS endpoint URL (default: the regional endpoint, which the image "
-                             "maps to 127.0.0.1 where the forwarder listens)")
-    parser.add_argument("--forward-port", type=int, default=443,
-                        help="local TCP port forwarded to vsock-proxy (default 443; 0 disables)")
-    parser.add_argument("--proxy-port", type=int, default=8000,
-                        help="vsock-proxy port on the parent (default 8000)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_ENCLAVE_PORT,
+        help=f"vsock port to listen on (default {DEFAULT_ENCLAVE_PORT})",
+    )
+    parser.add_argument(
+        "--kms-endpoint",
+        default=None,
+        help="KMS endpoint URL (default: the regional endpoint, which the image "
+        "maps to 127.0.0.1 where the forwarder listens)",
+    )
+    parser.add_argument(
+        "--forward-port",
+        type=int,
+        default=443,
+        help="local TCP port forwarded to vsock-proxy (default 443; 0 disables)",
+    )
+    parser.add_argument(
+        "--proxy-port", type=int, default=8000, help="vsock-proxy port on the parent (default 8000)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -421,8 +444,10 @@ def main(argv: list[str] | None = None) -> int:
         return boto3_kms_client(region, credentials, endpoint_url=args.kms_endpoint)
 
     if args.forward_port:
-        StreamForwarder(ChannelAddress.tcp("127.0.0.1", args.forward_port),
-                        ChannelAddress.vsock(PARENT_CID, args.proxy_port)).start()
+        StreamForwarder(
+            ChannelAddress.tcp("127.0.0.1", args.forward_port),
+            ChannelAddress.vsock(PARENT_CID, args.proxy_port),
+        ).start()
     signer = EnclaveSigner(NsmDevice(), kms_factory)
     # VMADDR_CID_ANY: accept from the parent whatever CID the enclave was given.
     with ChannelAddress.vsock(socket.VMADDR_CID_ANY, args.port).listen() as listener:

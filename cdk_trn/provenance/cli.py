@@ -41,31 +41,52 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cdk_trn.provenance",
-                                     description="Signed checkpoint manifests")
+    parser = argparse.ArgumentParser(
+        prog="python -m cdk_trn.provenance", description="Signed checkpoint manifests"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     sign = commands.add_parser("sign", help="build and sign the manifest of a checkpoint dir")
     sign.add_argument("directory", type=Path)
-    sign.add_argument("--run-id", default=os.environ.get("CDK_TRN_RUN_ID"),
-                      help="training run id (default: $CDK_TRN_RUN_ID, else the directory name)")
-    sign.add_argument("--cluster", default=os.environ.get("CDK_TRN_CLUSTER"),
-                      help="cluster name (default: $CDK_TRN_CLUSTER)")
+    sign.add_argument(
+        "--run-id",
+        default=os.environ.get("CDK_TRN_RUN_ID"),
+        help="training run id (default: $CDK_TRN_RUN_ID, else the directory name)",
+    )
+    sign.add_argument(
+        "--cluster",
+        default=os.environ.get("CDK_TRN_CLUSTER"),
+        help="cluster name (default: $CDK_TRN_CLUSTER)",
+    )
     source = sign.add_mutually_exclusive_group()
-    source.add_argument("--vault", default=os.environ.get("CDK_TRN_VAULT_URL"),
-                        help="vault URL, e.g. http://10.0.1.5:8443 (default: $CDK_TRN_VAULT_URL)")
-    source.add_argument("--private-key", type=Path,
-                        help="sign with a local P-384 PEM key instead of the vault (offline use)")
-    sign.add_argument("--expect-key-sha256", default=None,
-                      help="refuse a signature from any other key (hex SHA-256 of its DER)")
-    sign.add_argument("--output", type=Path, default=None,
-                      help="where to write the signed manifest (default: DIR.manifest.json)")
+    source.add_argument(
+        "--vault",
+        default=os.environ.get("CDK_TRN_VAULT_URL"),
+        help="vault URL, e.g. http://10.0.1.5:8443 (default: $CDK_TRN_VAULT_URL)",
+    )
+    source.add_argument(
+        "--private-key",
+        type=Path,
+        help="sign with a local P-384 PEM key instead of the vault (offline use)",
+    )
+    sign.add_argument(
+        "--expect-key-sha256",
+        default=None,
+        help="refuse a signature from any other key (hex SHA-256 of its DER)",
+    )
+    sign.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="where to write the signed manifest (default: DIR.manifest.json)",
+    )
 
     verify = commands.add_parser("verify", help="verify a checkpoint dir against a manifest")
     verify.add_argument("manifest", type=Path)
     verify.add_argument("directory", type=Path)
-    verify.add_argument("--public-key", type=Path, required=True,
-                        help="the signer's P-384 public key, PEM or DER")
+    verify.add_argument(
+        "--public-key", type=Path, required=True, help="the signer's P-384 public key, PEM or DER"
+    )
 
     public_key = commands.add_parser("public-key", help="print the vault's public key (PEM)")
     public_key.add_argument("--vault", default=os.environ.get("CDK_TRN_VAULT_URL"), required=False)
@@ -88,7 +109,9 @@ def _sign(args: argparse.Namespace) -> int:
         return _fail("give --vault URL (or CDK_TRN_VAULT_URL) or --private-key PEM", 2)
     try:
         manifest = build_manifest(
-            directory, run_id=args.run_id or directory.resolve().name, cluster=args.cluster,
+            directory,
+            run_id=args.run_id or directory.resolve().name,
+            cluster=args.cluster,
             exclude=[output],
         )
     except ManifestError as exc:
@@ -113,8 +136,10 @@ def _sign(args: argparse.Namespace) -> int:
             return _fail(checked)
         signed = checked
     output.write_text(json.dumps(signed, indent=2, sort_keys=True) + "\n")
-    print(f"signed {len(manifest['files'])} files -> {output} "
-          f"(key sha256 {signed['signature']['key_sha256']})")
+    print(
+        f"signed {len(manifest['files'])} files -> {output} "
+        f"(key sha256 {signed['signature']['key_sha256']})"
+    )
     return 0
 
 
@@ -159,9 +184,11 @@ def _public_key(args: argparse.Namespace) -> int:
         key = load_public_key(base64.b64decode(info["public_key"], validate=True))
     except (VaultError, KeyError, ValueError, ManifestError) as exc:
         return _fail(f"cannot get the vault's public key: {exc}")
-    sys.stdout.write(key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode())
+    sys.stdout.write(
+        key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+    )
     return 0
 
 

@@ -21,22 +21,38 @@ CONTAINER_DIR = Path(__file__).resolve().parents[2] / "cdk_trn" / "neuron_contai
 
 # Every size tiny: a whole run compiles a handful of small graphs and takes seconds.
 TINY_ARGS = [
-    "--gemm-sizes", "64,128",
-    "--gemm-iterations", "2",
-    "--numerics-max-size", "128",
-    "--copy-size", "1M",
-    "--copy-iterations", "2",
-    "--collective-sizes", "64K,1M",
-    "--collective-iterations", "2",
-    "--train-steps", "13",
-    "--warmup-steps", "3",
-    "--batch", "4",
-    "--sequence", "32",
-    "--vocab", "64",
-    "--d-model", "32",
-    "--layers", "1",
-    "--heads", "2",
-    "--learning-rate", "1e-2",
+    "--gemm-sizes",
+    "64,128",
+    "--gemm-iterations",
+    "2",
+    "--numerics-max-size",
+    "128",
+    "--copy-size",
+    "1M",
+    "--copy-iterations",
+    "2",
+    "--collective-sizes",
+    "64K,1M",
+    "--collective-iterations",
+    "2",
+    "--train-steps",
+    "13",
+    "--warmup-steps",
+    "3",
+    "--batch",
+    "4",
+    "--sequence",
+    "32",
+    "--vocab",
+    "64",
+    "--d-model",
+    "32",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--learning-rate",
+    "1e-2",
 ]
 
 
@@ -68,12 +84,20 @@ def run_suite(out_dir: Path, run_id: str, *extra: str, nproc: int = 1) -> SuiteR
         launcher = [sys.executable, "-m", "trn_acceptance"]
     else:
         # --standalone: c10d rendezvous on a free local port.
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc-per-node", str(nproc), "-m", "trn_acceptance"]
-    command = [*launcher, "run", "--out-dir", str(out_dir), "--run-id", run_id, *TINY_ARGS,
-               *extra]
-    done = subprocess.run(command, env=cpu_environment(), capture_output=True, text=True,
-                          timeout=240, check=False)
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(nproc),
+            "-m",
+            "trn_acceptance",
+        ]
+    command = [*launcher, "run", "--out-dir", str(out_dir), "--run-id", run_id, *TINY_ARGS, *extra]
+    done = subprocess.run(
+        command, env=cpu_environment(), capture_output=True, text=True, timeout=240, check=False
+    )
     return SuiteRun(done.returncode, done.stdout, done.stderr, out_dir)
 
 
@@ -89,24 +113,32 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_run(torch_xla_available: None, tmp_path_factory: pytest.TempPathFactory,
-              cache_dir: Path) -> SuiteRun:
+def first_run(
+    torch_xla_available: None, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
+) -> SuiteRun:
     """One process, an empty compile cache."""
-    return run_suite(tmp_path_factory.mktemp("first"), "first-run", "--cache-dir",
-                     str(cache_dir))
+    return run_suite(tmp_path_factory.mktemp("first"), "first-run", "--cache-dir", str(cache_dir))
 
 
 @pytest.fixture(scope="module")
-def second_run(first_run: SuiteRun, tmp_path_factory: pytest.TempPathFactory,
-               cache_dir: Path) -> SuiteRun:
+def second_run(
+    first_run: SuiteRun, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
+) -> SuiteRun:
     """One process, the cache the first run left, and a GEMM peak no CPU can reach."""
-    return run_suite(tmp_path_factory.mktemp("second"), "second-run", "--cache-dir",
-                     str(cache_dir), "--peak-bf16-tflops", "1000000")
+    return run_suite(
+        tmp_path_factory.mktemp("second"),
+        "second-run",
+        "--cache-dir",
+        str(cache_dir),
+        "--peak-bf16-tflops",
+        "1000000",
+    )
 
 
 @pytest.fixture(scope="module")
 def two_rank_run(torch_xla_available: None, tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
     """Two processes under torchrun sharing an empty cache (local rank 0 warms it)."""
     cache = tmp_path_factory.mktemp("two-rank-cache")
-    return run_suite(tmp_path_factory.mktemp("two-ranks"), "two-ranks", "--cache-dir",
-                     str(cache), nproc=2)
+    return run_suite(
+        tmp_path_factory.mktemp("two-ranks"), "two-ranks", "--cache-dir", str(cache), nproc=2
+    )

@@ -13,10 +13,17 @@ from trn_acceptance.thresholds import Thresholds
 from .rank_results import rank_result
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("4096", 4096), ("64K", 65536), ("1M", 1 << 20), ("1MiB", 1 << 20), ("1GiB", 1 << 30),
-    ("256mb", 256 << 20),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("4096", 4096),
+        ("64K", 65536),
+        ("1M", 1 << 20),
+        ("1MiB", 1 << 20),
+        ("1GiB", 1 << 30),
+        ("256mb", 256 << 20),
+    ],
+)
 def test_sizes_use_binary_units(text, expected):
     assert parse_size(text) == expected
 
@@ -54,8 +61,7 @@ def test_report_of_failed_summary_exits_1_and_prints_the_failure(tmp_path, capsy
     slow = rank_result()
     for entry in slow["gemm"]:
         entry["tflops"] = 10.0
-    summary = build_summary([slow], Thresholds(peak_bf16_tflops=166.75), run_id="r",
-                            world_size=1)
+    summary = build_summary([slow], Thresholds(peak_bf16_tflops=166.75), run_id="r", world_size=1)
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(summary))
     assert main(["report", str(path)]) == 1
@@ -63,10 +69,11 @@ def test_report_of_failed_summary_exits_1_and_prints_the_failure(tmp_path, capsy
 
 
 def test_help_works_without_importing_torch():
-    code = ("import sys\n"
-            "from trn_acceptance.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=False)
+    code = (
+        "import sys\n"
+        "from trn_acceptance.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr

@@ -37,8 +37,10 @@ def _runtime(collectives):
 
 def test_correct_transport_passes_both_operations():
     entries = checks.collectives(_runtime(SingleRankCollectivesDouble()), [4096], 1)
-    assert [(e["op"], e["correct"]) for e in entries] == [("all_reduce", True),
-                                                         ("all_gather", True)]
+    assert [(e["op"], e["correct"]) for e in entries] == [
+        ("all_reduce", True),
+        ("all_gather", True),
+    ]
 
 
 def test_wrong_values_are_reported_with_their_error():

@@ -27,8 +27,15 @@ def test_without_pjrt_device_and_without_torch_neuronx_chooses_cpu():
 
 
 def test_torchrun_variables_place_the_process():
-    info = process_info({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1",
-                         "LOCAL_WORLD_SIZE": "4", "TRN_ACCEPTANCE_NODE": "i-0abc"})
+    info = process_info(
+        {
+            "RANK": "5",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "4",
+            "TRN_ACCEPTANCE_NODE": "i-0abc",
+        }
+    )
     assert (info.rank, info.world_size, info.local_rank, info.node) == (5, 8, 1, "i-0abc")
 
 
@@ -61,8 +68,9 @@ def test_neuron_cache_lives_under_the_cache_dir(tmp_path):
 
 def test_remote_neuron_cache_cannot_be_counted(tmp_path, monkeypatch):
     monkeypatch.setenv("NEURON_COMPILE_CACHE_URL", "s3://bucket/cache")
-    assert compile_cache.countable(compile_cache.cache_paths(str(tmp_path), "NEURON", "auto")) \
-        is False
+    assert (
+        compile_cache.countable(compile_cache.cache_paths(str(tmp_path), "NEURON", "auto")) is False
+    )
 
 
 def test_new_cache_files_are_counted_and_lock_files_are_not(tmp_path):

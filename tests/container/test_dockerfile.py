@@ -10,10 +10,14 @@ import pytest
 
 from .conftest import CONTAINER_DIR
 
-BASE_IMAGE = ("public.ecr.aws/neuron/pytorch-training-neuronx:"
-              "2.9.0-neuronx-py312-sdk2.30.0-ubuntu24.04")
-SECRET_WORDS = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|"
-                          r"API_KEY|AWS_SESSION", re.IGNORECASE)
+BASE_IMAGE = (
+    "public.ecr.aws/neuron/pytorch-training-neuronx:2.9.0-neuronx-py312-sdk2.30.0-ubuntu24.04"
+)
+SECRET_WORDS = re.compile(
+    r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|"
+    r"API_KEY|AWS_SESSION",
+    re.IGNORECASE,
+)
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
@@ -75,11 +79,16 @@ def test_workdir_is_not_root_or_home(dockerfile):
 
 
 def test_dockerignore_admits_only_the_suite():
-    lines = [line.strip() for line in (CONTAINER_DIR / ".dockerignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    lines = [
+        line.strip()
+        for line in (CONTAINER_DIR / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert lines[0] == "*"
-    assert {line for line in lines if line.startswith("!")} == {"!pyproject.toml",
-                                                                "!trn_acceptance/"}
+    assert {line for line in lines if line.startswith("!")} == {
+        "!pyproject.toml",
+        "!trn_acceptance/",
+    }
 
 
 def test_copied_paths_exist():

@@ -16,8 +16,9 @@ def test_gemm_flops_rejects_an_empty_dimension():
 
 
 def test_tflops_of_an_8192_cube_in_one_second():
-    assert formulas.tflops(formulas.gemm_flops(8192, 8192, 8192), 1.0) == pytest.approx(1.0995,
-                                                                                        rel=1e-4)
+    assert formulas.tflops(formulas.gemm_flops(8192, 8192, 8192), 1.0) == pytest.approx(
+        1.0995, rel=1e-4
+    )
 
 
 def test_gbps_uses_decimal_gigabytes():

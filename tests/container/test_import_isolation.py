@@ -8,8 +8,7 @@ import pytest
 
 def _imports_torch(statement: str) -> subprocess.CompletedProcess:
     code = f"import sys\n{statement}\nassert 'torch' not in sys.modules, 'torch was imported'\n"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=False)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
 
 
 def test_import_cdk_trn_does_not_import_torch():
@@ -17,8 +16,9 @@ def test_import_cdk_trn_does_not_import_torch():
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("module", ["schema", "formulas", "thresholds", "summary", "cli",
-                                    "device", "compile_cache"])
+@pytest.mark.parametrize(
+    "module", ["schema", "formulas", "thresholds", "summary", "cli", "device", "compile_cache"]
+)
 def test_pure_module_of_the_suite_does_not_import_torch(module):
     done = _imports_torch(f"import trn_acceptance.{module}")
     assert done.returncode == 0, done.stderr
@@ -26,8 +26,14 @@ def test_pure_module_of_the_suite_does_not_import_torch(module):
 
 def test_suite_does_not_import_cdk_trn():
     done = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, trn_acceptance.cli, trn_acceptance.summary\n"
-         "assert not any(m == 'cdk_trn' or m.startswith('cdk_trn.') for m in sys.modules)"],
-        capture_output=True, text=True, check=False)
+        [
+            sys.executable,
+            "-c",
+            "import sys, trn_acceptance.cli, trn_acceptance.summary\n"
+            "assert not any(m == 'cdk_trn' or m.startswith('cdk_trn.') for m in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr

@@ -18,9 +18,17 @@ def _summary(**changes):
         "run_id": "r",
         "world_size": 2,
         "passed": False,
-        "failures": [{"check": "gemm_fraction_of_peak", "rank": 1, "node": "i-1",
-                      "measured": 0.2, "threshold": 0.5, "unit": "fraction of peak",
-                      "message": "too slow"}],
+        "failures": [
+            {
+                "check": "gemm_fraction_of_peak",
+                "rank": 1,
+                "node": "i-1",
+                "measured": 0.2,
+                "threshold": 0.5,
+                "unit": "fraction of peak",
+                "message": "too slow",
+            }
+        ],
         "figures": {"gemm_bf16_tflops_per_device": 12.5, "graph_compilations_after_warmup": 0},
     }
     summary.update(changes)
@@ -70,8 +78,10 @@ def test_failure_without_node_is_rejected():
 
 
 def test_world_size_must_be_at_least_one():
-    assert validation_errors(_summary(world_size=0), {"type": "object", "properties": {
-        "world_size": {"type": "integer", "minimum": 1}}})
+    assert validation_errors(
+        _summary(world_size=0),
+        {"type": "object", "properties": {"world_size": {"type": "integer", "minimum": 1}}},
+    )
 
 
 def test_hand_written_rank_result_is_valid():

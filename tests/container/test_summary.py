@@ -33,22 +33,34 @@ def test_tokens_per_second_add_up_and_step_time_is_the_slowest():
 
 
 def test_contract_figures_are_present():
-    figures = build_summary(_two_ranks(), Thresholds(peak_bf16_tflops=166.75), run_id="r",
-                            world_size=2)["figures"]
-    for name in ("gemm_bf16_tflops_per_device", "hbm_copy_gbps", "allreduce_busbw_gbps",
-                 "allgather_busbw_gbps", "train_tokens_per_s", "train_step_ms",
-                 "compile_seconds", "graph_compilations_after_warmup",
-                 "new_compilations_with_warm_cache"):
+    figures = build_summary(
+        _two_ranks(), Thresholds(peak_bf16_tflops=166.75), run_id="r", world_size=2
+    )["figures"]
+    for name in (
+        "gemm_bf16_tflops_per_device",
+        "hbm_copy_gbps",
+        "allreduce_busbw_gbps",
+        "allgather_busbw_gbps",
+        "train_tokens_per_s",
+        "train_step_ms",
+        "compile_seconds",
+        "graph_compilations_after_warmup",
+        "new_compilations_with_warm_cache",
+    ):
         assert name in figures
 
 
 def test_failure_on_one_rank_fails_the_run_and_names_the_node():
-    summary = build_summary(_two_ranks(), Thresholds(peak_bf16_tflops=166.75,
-                                                     min_gemm_fraction=0.5),
-                            run_id="r", world_size=2)
+    summary = build_summary(
+        _two_ranks(),
+        Thresholds(peak_bf16_tflops=166.75, min_gemm_fraction=0.5),
+        run_id="r",
+        world_size=2,
+    )
     assert summary["passed"] is False
     assert [(f["check"], f["node"]) for f in summary["failures"]] == [
-        ("gemm_fraction_of_peak", "i-1")]
+        ("gemm_fraction_of_peak", "i-1")
+    ]
 
 
 def test_missing_rank_is_a_failure():
@@ -59,8 +71,9 @@ def test_missing_rank_is_a_failure():
 
 
 def test_report_names_verdict_and_failure():
-    summary = build_summary(_two_ranks(), Thresholds(peak_bf16_tflops=166.75), run_id="r",
-                            world_size=2)
+    summary = build_summary(
+        _two_ranks(), Thresholds(peak_bf16_tflops=166.75), run_id="r", world_size=2
+    )
     report = format_report(summary)
     assert report.splitlines()[0] == "trn-acceptance run r: FAILED"
     assert "[gemm_fraction_of_peak] rank 1 on i-1" in report

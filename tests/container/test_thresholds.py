@@ -5,8 +5,9 @@ from trn_acceptance.thresholds import Thresholds, evaluate
 
 from .rank_results import rank_result
 
-TRN2_CORE = Thresholds(peak_bf16_tflops=166.75, peak_hbm_gbps=725.0,
-                       peak_collective_busbw_gbps=200.0)
+TRN2_CORE = Thresholds(
+    peak_bf16_tflops=166.75, peak_hbm_gbps=725.0, peak_collective_busbw_gbps=200.0
+)
 
 
 def test_passing_result_has_no_failures():
@@ -78,13 +79,15 @@ def test_compilation_after_warmup_fails():
     result["training"]["compilations_after_warmup"] = 2
     [failure] = evaluate(result, TRN2_CORE)
     assert (failure["check"], failure["measured"], failure["threshold"]) == (
-        "graph_compilations_after_warmup", 2.0, 0.0)
+        "graph_compilations_after_warmup",
+        2.0,
+        0.0,
+    )
 
 
 def test_new_compilation_with_warm_cache_fails():
     result = rank_result(compile_cache={"dir": "/fsx/c", "new_compilations_with_warm_cache": 1})
-    assert [f["check"] for f in evaluate(result, TRN2_CORE)] == [
-        "new_compilations_with_warm_cache"]
+    assert [f["check"] for f in evaluate(result, TRN2_CORE)] == ["new_compilations_with_warm_cache"]
 
 
 def test_check_that_raised_is_a_failure():
@@ -106,6 +109,5 @@ def test_non_positive_peak_is_rejected():
 
 
 def test_wrong_device_copy_fails_correctness():
-    result = rank_result(hbm_copy={"bytes": 1024, "seconds": 1.0, "gbps": 900.0,
-                                   "correct": False})
+    result = rank_result(hbm_copy={"bytes": 1024, "seconds": 1.0, "gbps": 900.0, "correct": False})
     assert [f["check"] for f in evaluate(result, TRN2_CORE)] == ["hbm_copy_correctness"]

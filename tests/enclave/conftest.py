@@ -30,8 +30,10 @@ def pki() -> TestPki:
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
     if not (VECTORS / VECTOR_FILES[0]).is_file():
-        pytest.skip(f"real Nitro attestation documents not found at {VECTORS} "
-                    "(../shared/vectors/nitro-attestation beside the repo)")
+        pytest.skip(
+            f"real Nitro attestation documents not found at {VECTORS} "
+            "(../shared/vectors/nitro-attestation beside the repo)"
+        )
     return VECTORS
 
 

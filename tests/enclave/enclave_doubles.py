@@ -52,10 +52,12 @@ OTHER_PCR0 = hashlib.sha384(b"some other enclave image").digest()
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cdk-trn test PKI"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cdk-trn test PKI"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _certificate(
@@ -82,9 +84,15 @@ def _certificate(
         .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=not ca, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=not ca,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=ca,
         )
@@ -108,9 +116,7 @@ class TestPki:
 
     __test__ = False  # not a pytest test class
 
-    not_before: dt.datetime = field(
-        default_factory=lambda: dt.datetime(2026, 1, 1, tzinfo=UTC)
-    )
+    not_before: dt.datetime = field(default_factory=lambda: dt.datetime(2026, 1, 1, tzinfo=UTC))
     not_after: dt.datetime = field(default_factory=lambda: dt.datetime(2027, 1, 1, tzinfo=UTC))
     intermediate_is_ca: bool = True
     leaf_unknown_critical: bool = False
@@ -120,18 +126,35 @@ class TestPki:
         self.intermediate_key = ec.generate_private_key(ec.SECP384R1())
         self.leaf_key = ec.generate_private_key(ec.SECP384R1())
         window: dict[str, Any] = {"not_before": self.not_before, "not_after": self.not_after}
-        self.root = _certificate("test-root", self.root_key, "test-root", self.root_key,
-                                 ca=True, path_length=None, **window)
+        self.root = _certificate(
+            "test-root",
+            self.root_key,
+            "test-root",
+            self.root_key,
+            ca=True,
+            path_length=None,
+            **window,
+        )
         self.intermediate = _certificate(
-            "test-intermediate", self.intermediate_key, "test-root", self.root_key,
-            ca=self.intermediate_is_ca, path_length=0 if self.intermediate_is_ca else None,
+            "test-intermediate",
+            self.intermediate_key,
+            "test-root",
+            self.root_key,
+            ca=self.intermediate_is_ca,
+            path_length=0 if self.intermediate_is_ca else None,
             **window,
         )
         # Like the AWS leaf: no AuthorityKeyIdentifier, which strict RFC 5280 policies reject.
         self.leaf = _certificate(
-            "test-enclave-leaf", self.leaf_key, "test-intermediate", self.intermediate_key,
-            ca=False, path_length=None, authority_key_id=False,
-            unknown_critical=self.leaf_unknown_critical, **window,
+            "test-enclave-leaf",
+            self.leaf_key,
+            "test-intermediate",
+            self.intermediate_key,
+            ca=False,
+            path_length=None,
+            authority_key_id=False,
+            unknown_critical=self.leaf_unknown_critical,
+            **window,
         )
 
     @property
@@ -154,8 +177,9 @@ class TestPki:
     ) -> dict[str, Any]:
         when = timestamp or (self.not_before + dt.timedelta(days=30))
         all_pcrs = {i: bytes(48) for i in range(16)}
-        all_pcrs.update(pcrs if pcrs is not None else {0: IMAGE_PCR0, 1: bytes([1]) * 48,
-                                                       2: bytes([2]) * 48})
+        all_pcrs.update(
+            pcrs if pcrs is not None else {0: IMAGE_PCR0, 1: bytes([1]) * 48, 2: bytes([2]) * 48}
+        )
         return {
             "module_id": module_id,
             "digest": "SHA384",
@@ -199,19 +223,32 @@ class TestPkiNsm:
 
     __test__ = False
 
-    def __init__(self, pki: TestPki, *, pcr0: bytes = IMAGE_PCR0,
-                 clock: Callable[[], dt.datetime] | None = None) -> None:
+    def __init__(
+        self,
+        pki: TestPki,
+        *,
+        pcr0: bytes = IMAGE_PCR0,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
         self.pki = pki
         self.pcr0 = pcr0
         self.clock = clock or (lambda: pki.valid_at)
         self.requests: list[dict[str, Any]] = []
 
-    def attest(self, *, public_key: bytes | None = None, user_data: bytes | None = None,
-               nonce: bytes | None = None) -> bytes:
+    def attest(
+        self,
+        *,
+        public_key: bytes | None = None,
+        user_data: bytes | None = None,
+        nonce: bytes | None = None,
+    ) -> bytes:
         self.requests.append({"public_key": public_key, "user_data": user_data, "nonce": nonce})
         return self.pki.document(
             pcrs={0: self.pcr0, 1: bytes([1]) * 48, 2: bytes([2]) * 48},
-            timestamp=self.clock(), public_key=public_key, user_data=user_data, nonce=nonce,
+            timestamp=self.clock(),
+            public_key=public_key,
+            user_data=user_data,
+            nonce=nonce,
         )
 
 
@@ -241,34 +278,43 @@ def kms_enveloped_data(
     hash_cls = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}[oaep_hash]
     wrapped = recipient.encrypt(
         content_key,
-        asym_padding.OAEP(mgf=asym_padding.MGF1(algorithm=hash_cls()), algorithm=hash_cls(),
-                          label=None),
-    )
-    ktri = asn1_cms.KeyTransRecipientInfo({
-        "version": "v2",
-        "rid": asn1_cms.RecipientIdentifier(
-            name="subject_key_identifier",
-            value=ski if ski is not None else subject_key_identifier_sha1(recipient),
+        asym_padding.OAEP(
+            mgf=asym_padding.MGF1(algorithm=hash_cls()), algorithm=hash_cls(), label=None
         ),
-        "key_encryption_algorithm": {
-            "algorithm": "rsaes_oaep",
-            "parameters": asn1_algos.RSAESOAEPParams({
-                "hash_algorithm": {"algorithm": oaep_hash},
-                "mask_gen_algorithm": {"algorithm": "mgf1",
-                                       "parameters": {"algorithm": oaep_hash}},
-            }),
-        },
-        "encrypted_key": wrapped,
-    })
-    enveloped = asn1_cms.EnvelopedData({
-        "version": "v2",
-        "recipient_infos": [asn1_cms.RecipientInfo(name="ktri", value=ktri)],
-        "encrypted_content_info": {
-            "content_type": "data",
-            "content_encryption_algorithm": {"algorithm": content_algorithm, "parameters": iv},
-            "encrypted_content": ciphertext,
-        },
-    })
+    )
+    ktri = asn1_cms.KeyTransRecipientInfo(
+        {
+            "version": "v2",
+            "rid": asn1_cms.RecipientIdentifier(
+                name="subject_key_identifier",
+                value=ski if ski is not None else subject_key_identifier_sha1(recipient),
+            ),
+            "key_encryption_algorithm": {
+                "algorithm": "rsaes_oaep",
+                "parameters": asn1_algos.RSAESOAEPParams(
+                    {
+                        "hash_algorithm": {"algorithm": oaep_hash},
+                        "mask_gen_algorithm": {
+                            "algorithm": "mgf1",
+                            "parameters": {"algorithm": oaep_hash},
+                        },
+                    }
+                ),
+            },
+            "encrypted_key": wrapped,
+        }
+    )
+    enveloped = asn1_cms.EnvelopedData(
+        {
+            "version": "v2",
+            "recipient_infos": [asn1_cms.RecipientInfo(name="ktri", value=ktri)],
+            "encrypted_content_info": {
+                "content_type": "data",
+                "content_encryption_algorithm": {"algorithm": content_algorithm, "parameters": iv},
+                "encrypted_content": ciphertext,
+            },
+        }
+    )
     return asn1_cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
 
 
@@ -284,8 +330,15 @@ class KmsTestDouble:
     and whose PCR0 equals ``image_sha384`` (and PCR8 when set); explicitly denied otherwise.
     """
 
-    def __init__(self, *, key_id: str, image_sha384: bytes, trusted_root_sha256: str,
-                 clock: Callable[[], dt.datetime], pcr8: bytes | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        key_id: str,
+        image_sha384: bytes,
+        trusted_root_sha256: str,
+        clock: Callable[[], dt.datetime],
+        pcr8: bytes | None = None,
+    ) -> None:
         self.key_id = key_id
         self.image_sha384 = image_sha384
         self.pcr8 = pcr8
@@ -310,7 +363,9 @@ class KmsTestDouble:
         expected = {0: self.image_sha384, **({8: self.pcr8} if self.pcr8 else {})}
         try:
             document = verify_attestation(
-                recipient["AttestationDocument"], at=self.clock(), expected_pcrs=expected,
+                recipient["AttestationDocument"],
+                at=self.clock(),
+                expected_pcrs=expected,
                 root_sha256=self.trusted_root_sha256,
             )
         except AttestationError as exc:
@@ -336,7 +391,8 @@ class KmsTestDouble:
         recipient = self._authorise("GenerateDataKeyPair", params)
         private_key = ec.generate_private_key(ec.SECP384R1())
         private_der = private_key.private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
         return {
@@ -372,8 +428,9 @@ class StsTestDouble:
         self.region = region
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
 
-    def __call__(self, method: str, url: str, headers: Mapping[str, str],
-                 body: bytes) -> tuple[int, bytes]:
+    def __call__(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, bytes]:
         self.requests.append((method, url, dict(headers), body))
         lowered = {k.lower(): v for k, v in headers.items()}
         match = re.match(
@@ -389,7 +446,9 @@ class StsTestDouble:
         secret, arn = self.identities[access_key]
         names = signed_headers.split(";")
         request = AWSRequest(
-            method=method, url=url, data=body,
+            method=method,
+            url=url,
+            data=body,
             headers={n: lowered[n] for n in names if n in lowered and n != "host"},
         )
         request.context["timestamp"] = lowered.get("x-amz-date", "")
@@ -397,14 +456,22 @@ class StsTestDouble:
         canonical = auth.canonical_request(request)
         if auth.signature(auth.string_to_sign(request, canonical), request) != signature:
             return 403, b'{"Error": {"Code": "SignatureDoesNotMatch"}}'
-        if urllib.parse.parse_qs(body.decode()) != {"Action": ["GetCallerIdentity"],
-                                                    "Version": ["2011-06-15"]}:
+        if urllib.parse.parse_qs(body.decode()) != {
+            "Action": ["GetCallerIdentity"],
+            "Version": ["2011-06-15"],
+        }:
             return 400, b'{"Error": {"Code": "InvalidAction"}}'
         if lowered.get("accept") != "application/json":
             return 200, b"<GetCallerIdentityResponse/>"
         account = arn.split(":")[4]
-        answer = {"GetCallerIdentityResponse": {
-            "GetCallerIdentityResult": {"Arn": arn, "Account": account, "UserId": "AROATEST:i-0"},
-            "ResponseMetadata": {"RequestId": "00000000-0000-0000-0000-000000000000"},
-        }}
+        answer = {
+            "GetCallerIdentityResponse": {
+                "GetCallerIdentityResult": {
+                    "Arn": arn,
+                    "Account": account,
+                    "UserId": "AROATEST:i-0",
+                },
+                "ResponseMetadata": {"RequestId": "00000000-0000-0000-0000-000000000000"},
+            }
+        }
         return 200, json.dumps(answer).encode()

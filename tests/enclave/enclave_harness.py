@@ -47,8 +47,11 @@ NODE_SESSION_ARN = "arn:aws:sts::111122223333:assumed-role/TrainiumNodeRole/i-0a
 OTHER_SESSION_ARN = "arn:aws:sts::111122223333:assumed-role/SomeOtherRole/i-0eeeeffff00001111"
 NODE_KEY = ("AKIANODE", "node-secret")
 OTHER_KEY = ("AKIAOTHER", "other-secret")
-HOST_CREDENTIALS = {"access_key_id": "AKIAHOST", "secret_access_key": "host-secret",
-                    "session_token": "host-token"}
+HOST_CREDENTIALS = {
+    "access_key_id": "AKIAHOST",
+    "secret_access_key": "host-secret",
+    "session_token": "host-token",
+}
 
 
 class RunningEnclave:
@@ -59,8 +62,9 @@ class RunningEnclave:
         self.listener = ChannelAddress.tcp("127.0.0.1", 0).listen()
         self.address = ChannelAddress.tcp("127.0.0.1", self.listener.getsockname()[1])
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=serve, args=(self.listener, signer, self.stop),
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=serve, args=(self.listener, signer, self.stop), daemon=True
+        )
         self.thread.start()
 
     def close(self) -> None:
@@ -82,24 +86,44 @@ class Vault:
 
 def start_vault(pki, tmp_path, *, limits=None, nsm_pcr0=IMAGE_PCR0, initialise=True) -> Vault:
     clock = lambda: pki.valid_at  # noqa: E731 - the test PKI's time, not the wall clock
-    kms = KmsTestDouble(key_id=KEY_ID, image_sha384=IMAGE_PCR0,
-                        trusted_root_sha256=pki.root_sha256, clock=clock)
+    kms = KmsTestDouble(
+        key_id=KEY_ID, image_sha384=IMAGE_PCR0, trusted_root_sha256=pki.root_sha256, clock=clock
+    )
     nsm = TestPkiNsm(pki, pcr0=nsm_pcr0)
     enclave = RunningEnclave(EnclaveSigner(nsm, lambda region, credentials: kms))
     state = KeyStateFile(tmp_path / "state" / "signing-key.json")
-    client = EnclaveClient(enclave.address, key_id=KEY_ID, region=REGION, state=state,
-                           credentials=lambda: HOST_CREDENTIALS)
+    client = EnclaveClient(
+        enclave.address,
+        key_id=KEY_ID,
+        region=REGION,
+        state=state,
+        credentials=lambda: HOST_CREDENTIALS,
+    )
     if initialise:
         client.initialise()
-    sts = StsTestDouble({NODE_KEY[0]: (NODE_KEY[1], NODE_SESSION_ARN),
-                         OTHER_KEY[0]: (OTHER_KEY[1], OTHER_SESSION_ARN)}, region=REGION)
-    verifier = CallerVerifier(sts_url=sts_url_for_region(REGION),
-                              allowed_role_arns=[NODE_ROLE_ARN], server_id="vault-test-1",
-                              transport=sts)
-    server = ParentServer(("127.0.0.1", 0), enclave=client, verifier=verifier, region=REGION,
-                          limits=limits or ParentLimits())
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                     daemon=True).start()
+    sts = StsTestDouble(
+        {
+            NODE_KEY[0]: (NODE_KEY[1], NODE_SESSION_ARN),
+            OTHER_KEY[0]: (OTHER_KEY[1], OTHER_SESSION_ARN),
+        },
+        region=REGION,
+    )
+    verifier = CallerVerifier(
+        sts_url=sts_url_for_region(REGION),
+        allowed_role_arns=[NODE_ROLE_ARN],
+        server_id="vault-test-1",
+        transport=sts,
+    )
+    server = ParentServer(
+        ("127.0.0.1", 0),
+        enclave=client,
+        verifier=verifier,
+        region=REGION,
+        limits=limits or ParentLimits(),
+    )
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     return Vault(url=url, server=server, enclave=enclave, kms=kms, sts=sts, nsm=nsm, state=state)
 
@@ -108,5 +132,3 @@ def stop_vault(vault: Vault) -> None:
     vault.server.shutdown()
     vault.server.server_close()
     vault.enclave.close()
-
-

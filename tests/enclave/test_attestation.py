@@ -284,8 +284,9 @@ def test_malformed_documents_are_rejected_with_a_reason(pki, document, reason):
         _verify(pki, document)
 
 
-@pytest.mark.parametrize("protected, reason", [({1: -7}, "ES384"), ({}, "ES384"),
-                                                ({1: "ES384"}, "ES384")])
+@pytest.mark.parametrize(
+    "protected, reason", [({1: -7}, "ES384"), ({}, "ES384"), ({1: "ES384"}, "ES384")]
+)
 def test_non_es384_algorithms_are_rejected(pki, protected, reason):
     with pytest.raises(AttestationError, match=reason):
         _verify(pki, pki.sign_document(pki.payload(), protected=protected))

@@ -81,19 +81,43 @@ def test_enveloped_data_made_by_openssl_cms_opens(enclave_key, tmp_path):
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "enclave")])
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(enclave_key.public_key()).serial_number(1)
-        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(enclave_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(enclave_key.public_key()), False)
         .sign(enclave_key, hashes.SHA256())
     )
     (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "secret").write_bytes(SECRET)
     subprocess.run(
-        ["openssl", "cms", "-encrypt", "-binary", "-aes256", "-keyid", "-in", "secret",
-         "-outform", "DER", "-out", "secret.cms", "-recip", "cert.pem",
-         "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:sha256",
-         "-keyopt", "rsa_mgf1_md:sha256"],
-        cwd=tmp_path, check=True, capture_output=True,
+        [
+            "openssl",
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-aes256",
+            "-keyid",
+            "-in",
+            "secret",
+            "-outform",
+            "DER",
+            "-out",
+            "secret.cms",
+            "-recip",
+            "cert.pem",
+            "-keyopt",
+            "rsa_padding_mode:oaep",
+            "-keyopt",
+            "rsa_oaep_md:sha256",
+            "-keyopt",
+            "rsa_mgf1_md:sha256",
+        ],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
     )
     assert open_enveloped_data((tmp_path / "secret.cms").read_bytes(), enclave_key) == SECRET

@@ -34,8 +34,18 @@ def _checkpoint(root: Path) -> Path:
 
 
 def _sign(vault_url: str, directory: Path) -> int:
-    return main(["sign", str(directory), "--vault", vault_url, "--cluster", "trn-test",
-                 "--run-id", "run-42"])
+    return main(
+        [
+            "sign",
+            str(directory),
+            "--vault",
+            vault_url,
+            "--cluster",
+            "trn-test",
+            "--run-id",
+            "run-42",
+        ]
+    )
 
 
 def _public_key(vault_url: str, tmp_path: Path, capsys) -> Path:
@@ -52,8 +62,9 @@ def _verify(manifest: Path, directory: Path, key: Path, capsys) -> tuple[int, st
     return code, capsys.readouterr().out
 
 
-def test_signed_checkpoint_verifies_and_a_flipped_byte_is_named(vault, node_credentials,
-                                                                tmp_path, capsys):
+def test_signed_checkpoint_verifies_and_a_flipped_byte_is_named(
+    vault, node_credentials, tmp_path, capsys
+):
     directory = _checkpoint(tmp_path)
     assert _sign(vault.url, directory) == 0
     manifest = tmp_path / "step-001000.manifest.json"
@@ -61,7 +72,11 @@ def test_signed_checkpoint_verifies_and_a_flipped_byte_is_named(vault, node_cred
     assert signed["manifest"]["run_id"] == "run-42"
     assert signed["manifest"]["cluster"] == "trn-test"
     assert [f["path"] for f in signed["manifest"]["files"]] == [
-        "config.json", "model.safetensors", "optimizer/shard-0.pt", "optimizer/shard-1.pt"]
+        "config.json",
+        "model.safetensors",
+        "optimizer/shard-0.pt",
+        "optimizer/shard-1.pt",
+    ]
     key = _public_key(vault.url, tmp_path, capsys)
 
     code, out = _verify(manifest, directory, key, capsys)
@@ -78,8 +93,9 @@ def test_signed_checkpoint_verifies_and_a_flipped_byte_is_named(vault, node_cred
     assert "shard-0.pt" not in out and "SIGNATURE valid" in out
 
 
-def test_signing_used_kms_only_with_a_recipient_and_sts_for_the_caller(vault, node_credentials,
-                                                                     tmp_path):
+def test_signing_used_kms_only_with_a_recipient_and_sts_for_the_caller(
+    vault, node_credentials, tmp_path
+):
     assert _sign(vault.url, _checkpoint(tmp_path)) == 0
     assert vault.kms.calls == ["GenerateDataKeyPair"]
     assert all(request["public_key"] for request in vault.nsm.requests)
@@ -107,8 +123,9 @@ def test_forged_signature_fails_verification(vault, node_credentials, tmp_path, 
     assert code == 1 and "SIGNATURE INVALID" in out
 
 
-def test_restarted_enclave_reloads_the_same_key_through_decrypt(vault, node_credentials,
-                                                               tmp_path, capsys):
+def test_restarted_enclave_reloads_the_same_key_through_decrypt(
+    vault, node_credentials, tmp_path, capsys
+):
     first_key = _public_key(vault.url, tmp_path, capsys).read_text()
     # The enclave restarts (a fresh signer, nothing in memory) behind the same parent.
     vault.enclave.signer.__init__(vault.nsm, lambda region, credentials: vault.kms)
@@ -116,13 +133,13 @@ def test_restarted_enclave_reloads_the_same_key_through_decrypt(vault, node_cred
     assert _sign(vault.url, directory) == 0
     assert vault.kms.calls == ["GenerateDataKeyPair", "Decrypt"]
     assert _public_key(vault.url, tmp_path, capsys).read_text() == first_key
-    code, _ = _verify(tmp_path / "step-001000.manifest.json", directory,
-                      tmp_path / "vault-public.pem", capsys)
+    code, _ = _verify(
+        tmp_path / "step-001000.manifest.json", directory, tmp_path / "vault-public.pem", capsys
+    )
     assert code == 0
 
 
-def test_node_with_another_role_cannot_sign(vault, monkeypatch, node_credentials, tmp_path,
-                                            capsys):
+def test_node_with_another_role_cannot_sign(vault, monkeypatch, node_credentials, tmp_path, capsys):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", OTHER_KEY[0])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", OTHER_KEY[1])
     assert _sign(vault.url, _checkpoint(tmp_path)) == 1
@@ -150,9 +167,12 @@ def test_caller_identity_is_recorded_in_the_sign_answer(vault, node_credentials)
 
 def test_attestation_endpoint_binds_the_signing_key_to_the_enclave_image(vault, pki):
     answer = VaultClient(vault.url)._request("GET", "/v1/attestation?nonce=bm9uY2U%3D")
-    document = verify_attestation(base64.b64decode(answer["attestation_document"]),
-                                  at=pki.valid_at, root_sha256=pki.root_sha256,
-                                  expected_pcrs={0: IMAGE_PCR0})
+    document = verify_attestation(
+        base64.b64decode(answer["attestation_document"]),
+        at=pki.valid_at,
+        root_sha256=pki.root_sha256,
+        expected_pcrs={0: IMAGE_PCR0},
+    )
     public_der = base64.b64decode(answer["public_key"])
     assert document.user_data == signing_key_user_data(public_der)
     assert document.nonce == b"nonce"

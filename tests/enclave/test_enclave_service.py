@@ -29,13 +29,24 @@ from cdk_trn.enclave.service import (
 
 
 def _kms(pki) -> KmsTestDouble:
-    return KmsTestDouble(key_id=KEY_ID, image_sha384=IMAGE_PCR0,
-                         trusted_root_sha256=pki.root_sha256, clock=lambda: pki.valid_at)
+    return KmsTestDouble(
+        key_id=KEY_ID,
+        image_sha384=IMAGE_PCR0,
+        trusted_root_sha256=pki.root_sha256,
+        clock=lambda: pki.valid_at,
+    )
 
 
 def _init(signer: EnclaveSigner, stored=None) -> dict:
-    return signer.handle({"op": "init", "key_id": KEY_ID, "region": REGION,
-                          "credentials": HOST_CREDENTIALS, "stored_key": stored})
+    return signer.handle(
+        {
+            "op": "init",
+            "key_id": KEY_ID,
+            "region": REGION,
+            "credentials": HOST_CREDENTIALS,
+            "stored_key": stored,
+        }
+    )
 
 
 def test_first_start_generates_a_p384_key_pair_through_kms_with_a_recipient(pki):
@@ -84,8 +95,11 @@ def test_kms_double_denies_a_request_without_recipient(pki):
 def test_kms_answer_with_plaintext_is_refused(pki):
     class PlaintextKms:
         def generate_data_key_pair(self, **kwargs):
-            return {"PublicKey": b"x", "PrivateKeyCiphertextBlob": b"y",
-                    "PrivateKeyPlaintext": b"secret"}
+            return {
+                "PublicKey": b"x",
+                "PrivateKeyCiphertextBlob": b"y",
+                "PrivateKeyPlaintext": b"secret",
+            }
 
         def decrypt(self, **kwargs):
             raise AssertionError
@@ -122,8 +136,12 @@ def test_attest_binds_the_signing_key_in_user_data(pki):
     public_der = base64.b64decode(_init(signer)["public_key"])
     nonce = base64.b64encode(b"verifier-nonce").decode()
     reply = signer.handle({"op": "attest", "nonce": nonce})
-    doc = verify_attestation(base64.b64decode(reply["attestation_document"]), at=pki.valid_at,
-                             root_sha256=pki.root_sha256, expected_pcrs={0: IMAGE_PCR0})
+    doc = verify_attestation(
+        base64.b64decode(reply["attestation_document"]),
+        at=pki.valid_at,
+        root_sha256=pki.root_sha256,
+        expected_pcrs={0: IMAGE_PCR0},
+    )
     assert doc.user_data == signing_key_user_data(public_der)
     assert doc.nonce == b"verifier-nonce"
 
@@ -155,8 +173,11 @@ def test_serve_loop_answers_garbage_and_oversized_frames_and_keeps_serving(pki):
     kms = _kms(pki)
     enclave = RunningEnclave(EnclaveSigner(TestPkiNsm(pki), lambda r, c: kms))
     try:
-        for payload in (struct.pack(">I", 10) + b"not json!!", struct.pack(">I", 1 << 30),
-                        struct.pack(">I", 4) + b"[1]]"):
+        for payload in (
+            struct.pack(">I", 10) + b"not json!!",
+            struct.pack(">I", 1 << 30),
+            struct.pack(">I", 4) + b"[1]]",
+        ):
             with socket.create_connection(enclave.address.address, timeout=5) as sock:
                 sock.sendall(payload)
                 assert recv_frame(sock)["error"]["code"] == "bad_frame"

@@ -38,22 +38,34 @@ STS_URL = sts_url_for_region(REGION)
 
 
 def _proof(*, key=NODE_KEY, server_id="vault-test-1", digest=DIGEST, url=STS_URL, region=REGION):
-    return build_caller_proof(sts_url=url, region=region, server_id=server_id,
-                              request_digest=digest, credentials=Credentials(*key))
+    return build_caller_proof(
+        sts_url=url,
+        region=region,
+        server_id=server_id,
+        request_digest=digest,
+        credentials=Credentials(*key),
+    )
 
 
 @pytest.fixture
 def sts() -> StsTestDouble:
-    return StsTestDouble({NODE_KEY[0]: (NODE_KEY[1], NODE_SESSION_ARN),
-                          OTHER_KEY[0]: (OTHER_KEY[1], "arn:aws:sts::111122223333:assumed-role/"
-                                                       "SomeOtherRole/i-0eeeeffff00001111")},
-                         region=REGION)
+    return StsTestDouble(
+        {
+            NODE_KEY[0]: (NODE_KEY[1], NODE_SESSION_ARN),
+            OTHER_KEY[0]: (
+                OTHER_KEY[1],
+                "arn:aws:sts::111122223333:assumed-role/SomeOtherRole/i-0eeeeffff00001111",
+            ),
+        },
+        region=REGION,
+    )
 
 
 @pytest.fixture
 def verifier(sts) -> CallerVerifier:
-    return CallerVerifier(sts_url=STS_URL, allowed_role_arns=[NODE_ROLE_ARN],
-                          server_id="vault-test-1", transport=sts)
+    return CallerVerifier(
+        sts_url=STS_URL, allowed_role_arns=[NODE_ROLE_ARN], server_id="vault-test-1", transport=sts
+    )
 
 
 # --- caller proofs ---------------------------------------------------------------------------
@@ -101,8 +113,12 @@ def test_proof_for_any_other_url_is_rejected_before_forwarding(verifier, sts, ur
 
 @pytest.mark.parametrize(
     "body",
-    ["Action=GetCallerIdentity&Version=2011-06-15&Action=AssumeRole",
-     "Action=AssumeRole&Version=2011-06-15", "", "Action=GetCallerIdentity"],
+    [
+        "Action=GetCallerIdentity&Version=2011-06-15&Action=AssumeRole",
+        "Action=AssumeRole&Version=2011-06-15",
+        "",
+        "Action=GetCallerIdentity",
+    ],
 )
 def test_proof_for_any_other_action_is_rejected(verifier, body):
     proof = _proof()
@@ -137,15 +153,26 @@ def test_proof_with_edited_binding_header_fails_at_sts(verifier):
 
 
 def test_stale_proof_is_rejected(sts):
-    late = CallerVerifier(sts_url=STS_URL, allowed_role_arns=[NODE_ROLE_ARN],
-                          server_id="vault-test-1", transport=sts,
-                          clock=lambda: dt.datetime.now(dt.UTC) + dt.timedelta(minutes=6))
+    late = CallerVerifier(
+        sts_url=STS_URL,
+        allowed_role_arns=[NODE_ROLE_ARN],
+        server_id="vault-test-1",
+        transport=sts,
+        clock=lambda: dt.datetime.now(dt.UTC) + dt.timedelta(minutes=6),
+    )
     with pytest.raises(ProofError, match="5 minutes"):
         late.verify(_proof(), request_digest=DIGEST)
 
 
-@pytest.mark.parametrize("proof", [None, "token", {"method": "POST"},
-                                   {"method": "POST", "url": STS_URL, "body": "", "headers": []}])
+@pytest.mark.parametrize(
+    "proof",
+    [
+        None,
+        "token",
+        {"method": "POST"},
+        {"method": "POST", "url": STS_URL, "body": "", "headers": []},
+    ],
+)
 def test_malformed_proofs_are_rejected(verifier, proof):
     with pytest.raises(ProofError):
         verifier.verify(proof, request_digest=DIGEST)
@@ -160,8 +187,9 @@ def test_unsigned_proof_is_rejected(verifier):
 
 def test_allowed_roles_must_be_iam_role_arns(sts):
     with pytest.raises(ValueError, match="IAM role ARN"):
-        CallerVerifier(sts_url=STS_URL, allowed_role_arns=["TrainiumNodeRole"], server_id="x",
-                       transport=sts)
+        CallerVerifier(
+            sts_url=STS_URL, allowed_role_arns=["TrainiumNodeRole"], server_id="x", transport=sts
+        )
 
 
 def test_rate_limiter_refills_over_time():
@@ -215,8 +243,11 @@ def _healthy(url: str) -> bool:
         (b"POST /v1/sign HTTP/1.1\r\nContent-Length: nine\r\n\r\n", 400, "bad_request"),
         (b"POST /v1/sign HTTP/1.1\r\nContent-Length: 5\r\n\r\n{nope", 400, "bad_json"),
         (b"POST /v1/sign HTTP/1.1\r\nContent-Length: 2\r\n\r\n[]", 400, "bad_request"),
-        (b"POST /v1/sign HTTP/1.1\r\nContent-Length: 20\r\n\r\n{\"digest\": \"abc\"}   ",
-         400, "bad_request"),
+        (
+            b'POST /v1/sign HTTP/1.1\r\nContent-Length: 20\r\n\r\n{"digest": "abc"}   ',
+            400,
+            "bad_request",
+        ),
         (b"GET /v1/secrets HTTP/1.1\r\n\r\n", 404, "not_found"),
     ],
 )
@@ -288,8 +319,7 @@ def test_silent_client_is_cut_off_and_does_not_block_others(pki, tmp_path):
 
 
 def test_connections_beyond_the_cap_get_503(pki, tmp_path):
-    running = start_vault(pki, tmp_path, limits=ParentLimits(max_connections=1,
-                                                             socket_timeout=5))
+    running = start_vault(pki, tmp_path, limits=ParentLimits(max_connections=1, socket_timeout=5))
     try:
         host, port = running.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=5) as holder:

@@ -137,3 +137,8 @@ def test_cfn_lint_is_clean_for_every_catalog_type_in_a_region_offering_it(instan
     stack, _ = cluster_stack(instance_type)
     region = PLACEMENTS[instance_type][0]
     assert lint_findings(template_of(stack).to_json(), region) == []
+
+
+def test_node_user_data_fits_the_ec2_16_kib_limit():
+    _, cluster = cluster_stack("trn2u.48xlarge", nodes=4)
+    assert len(cluster._user_data().encode()) < 16 * 1024

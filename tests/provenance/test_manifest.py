@@ -70,7 +70,10 @@ def test_manifest_lists_every_file_with_sha384_size_run_cluster_and_time(checkpo
     assert (manifest["run_id"], manifest["cluster"]) == ("run-1", "trn-a")
     assert manifest["created"] == "2026-11-25T12:00:00Z"
     assert [f["path"] for f in manifest["files"]] == [
-        "a.bin", "nested/b.bin", "nested/deeper/c.bin"]
+        "a.bin",
+        "nested/b.bin",
+        "nested/deeper/c.bin",
+    ]
     first = manifest["files"][0]
     assert first == {"path": "a.bin", "sha384": hashlib.sha384(b"a" * 10).hexdigest(), "size": 10}
 
@@ -144,8 +147,9 @@ def test_edited_manifest_under_a_valid_signature_is_invalid(checkpoint, signing_
 def test_unsafe_paths_in_a_manifest_are_problems(checkpoint, signing_key, path):
     manifest = _manifest(checkpoint)
     manifest["files"].append({"path": path, "sha384": "00", "size": 0})
-    report = verify_signed_manifest(sign_with_private_key(manifest, signing_key), checkpoint,
-                                    signing_key.public_key())
+    report = verify_signed_manifest(
+        sign_with_private_key(manifest, signing_key), checkpoint, signing_key.public_key()
+    )
     assert not report.ok and any("unsafe" in p for p in report.problems)
 
 
@@ -156,8 +160,9 @@ def test_not_a_signed_manifest_is_a_problem(checkpoint, signing_key):
 
 def test_public_key_must_be_p384(tmp_path):
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
-    pem = other.public_bytes(serialization.Encoding.PEM,
-                             serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = other.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     with pytest.raises(ManifestError, match="P-384"):
         load_public_key(pem)
 
@@ -167,12 +172,19 @@ def test_public_key_must_be_p384(tmp_path):
 
 def _write_keys(tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
     private = tmp_path / "signer.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     public = tmp_path / "signer.pub.pem"
-    public.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return private, public
 
 
@@ -186,12 +198,26 @@ def test_cli_signs_locally_and_verify_exits_zero(checkpoint, signing_key, tmp_pa
     assert "OK: 3 files checked" in capsys.readouterr().out
 
 
-def test_cli_manifest_inside_the_directory_is_not_an_extra_file(checkpoint, signing_key, tmp_path,
-                                                               capsys):
+def test_cli_manifest_inside_the_directory_is_not_an_extra_file(
+    checkpoint, signing_key, tmp_path, capsys
+):
     private, public = _write_keys(tmp_path, signing_key)
     manifest = checkpoint / "MANIFEST.json"
-    assert main(["sign", str(checkpoint), "--private-key", str(private), "--cluster", "c",
-                 "--output", str(manifest)]) == 0
+    assert (
+        main(
+            [
+                "sign",
+                str(checkpoint),
+                "--private-key",
+                str(private),
+                "--cluster",
+                "c",
+                "--output",
+                str(manifest),
+            ]
+        )
+        == 0
+    )
     assert main(["verify", str(manifest), str(checkpoint), "--public-key", str(public)]) == 0
 
 
@@ -209,15 +235,26 @@ def test_cli_sign_reports_an_unreachable_vault(checkpoint, capsys):
     assert "unreachable" in capsys.readouterr().err
 
 
-def test_cli_verify_as_a_module_names_the_tampered_file_and_exits_one(checkpoint, signing_key,
-                                                                      tmp_path):
+def test_cli_verify_as_a_module_names_the_tampered_file_and_exits_one(
+    checkpoint, signing_key, tmp_path
+):
     private, public = _write_keys(tmp_path, signing_key)
     assert main(["sign", str(checkpoint), "--private-key", str(private), "--cluster", "c"]) == 0
     (checkpoint / "nested" / "deeper" / "c.bin").write_bytes(b"changed")
     result = subprocess.run(
-        [sys.executable, "-m", "cdk_trn.provenance", "verify",
-         str(tmp_path / "ckpt.manifest.json"), str(checkpoint), "--public-key", str(public)],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "cdk_trn.provenance",
+            "verify",
+            str(tmp_path / "ckpt.manifest.json"),
+            str(checkpoint),
+            "--public-key",
+            str(public),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 1
     assert "TAMPERED nested/deeper/c.bin" in result.stdout
@@ -226,5 +263,15 @@ def test_cli_verify_as_a_module_names_the_tampered_file_and_exits_one(checkpoint
 def test_cli_verify_with_an_unreadable_key_is_a_usage_error(checkpoint, tmp_path, capsys):
     (tmp_path / "m.json").write_text("{}")
     (tmp_path / "bad.pem").write_text("not a key")
-    assert main(["verify", str(tmp_path / "m.json"), str(checkpoint),
-                 "--public-key", str(tmp_path / "bad.pem")]) == 2
+    assert (
+        main(
+            [
+                "verify",
+                str(tmp_path / "m.json"),
+                str(checkpoint),
+                "--public-key",
+                str(tmp_path / "bad.pem"),
+            ]
+        )
+        == 2
+    )

@@ -72,8 +72,12 @@ def discovery(runtime: Runtime) -> dict[str, Any]:
     }
 
 
-def _timed(run_once: Callable[[], Any], flush: Callable[[], None], wait: Callable[[], None],
-           iterations: int) -> float:
+def _timed(
+    run_once: Callable[[], Any],
+    flush: Callable[[], None],
+    wait: Callable[[], None],
+    iterations: int,
+) -> float:
     """Seconds per iteration of ``run_once`` after one untimed (compiling) iteration."""
     run_once()
     flush()
@@ -86,8 +90,14 @@ def _timed(run_once: Callable[[], Any], flush: Callable[[], None], wait: Callabl
     return (time.perf_counter() - start) / iterations
 
 
-def gemm(runtime: Runtime, sizes: Sequence[int], iterations: int, numerics_max_size: int,
-         thresholds: Thresholds, seed: int = 0) -> list[dict[str, Any]]:
+def gemm(
+    runtime: Runtime,
+    sizes: Sequence[int],
+    iterations: int,
+    numerics_max_size: int,
+    thresholds: Thresholds,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
     """BF16 square matmuls; numerics against float64 on the host for sizes up to the limit."""
     import torch
 
@@ -106,31 +116,40 @@ def gemm(runtime: Runtime, sizes: Sequence[int], iterations: int, numerics_max_s
 
         seconds = _timed(once, runtime.sync, runtime.wait, iterations)
         achieved = formulas.tflops(formulas.gemm_flops(size, size, size), seconds)
-        numerics: dict[str, Any] = {"checked": False, "rtol": thresholds.gemm_rtol,
-                                    "reference": "float64 on the host"}
+        numerics: dict[str, Any] = {
+            "checked": False,
+            "rtol": thresholds.gemm_rtol,
+            "reference": "float64 on the host",
+        }
         if size <= numerics_max_size:
             got = out["c"].cpu().to(torch.float64)
             reference = a_host.to(torch.float64) @ b_host.to(torch.float64)
             error = torch.linalg.matrix_norm(got - reference) / torch.linalg.matrix_norm(reference)
             numerics.update(checked=True, rel_error=float(error), norm="Frobenius")
-        results.append({
-            "m": size,
-            "n": size,
-            "k": size,
-            "dtype": "bfloat16",
-            "iterations": iterations,
-            "seconds": seconds,
-            "tflops": achieved,
-            "fraction_of_peak": (formulas.fraction_of_peak(achieved, thresholds.peak_bf16_tflops)
-                                 if thresholds.peak_bf16_tflops else None),
-            "numerics": numerics,
-        })
+        results.append(
+            {
+                "m": size,
+                "n": size,
+                "k": size,
+                "dtype": "bfloat16",
+                "iterations": iterations,
+                "seconds": seconds,
+                "tflops": achieved,
+                "fraction_of_peak": (
+                    formulas.fraction_of_peak(achieved, thresholds.peak_bf16_tflops)
+                    if thresholds.peak_bf16_tflops
+                    else None
+                ),
+                "numerics": numerics,
+            }
+        )
         del a, b, out
     return results
 
 
-def hbm_copy(runtime: Runtime, buffer_bytes: int, iterations: int,
-             thresholds: Thresholds) -> dict[str, Any]:
+def hbm_copy(
+    runtime: Runtime, buffer_bytes: int, iterations: int, thresholds: Thresholds
+) -> dict[str, Any]:
     """Device copy bandwidth: y = x + s reads and writes the buffer once each.
 
     ``s`` is a device scalar (a graph input), so XLA cannot fold the copy away.
@@ -156,8 +175,11 @@ def hbm_copy(runtime: Runtime, buffer_bytes: int, iterations: int,
         "iterations": iterations,
         "seconds": seconds,
         "gbps": achieved,
-        "fraction_of_peak": (formulas.fraction_of_peak(achieved, thresholds.peak_hbm_gbps)
-                             if thresholds.peak_hbm_gbps else None),
+        "fraction_of_peak": (
+            formulas.fraction_of_peak(achieved, thresholds.peak_hbm_gbps)
+            if thresholds.peak_hbm_gbps
+            else None
+        ),
         "correct": correct,
     }
 
@@ -194,8 +216,9 @@ def collectives(runtime: Runtime, sizes: Sequence[int], iterations: int) -> list
                 per_rank = max(size // (4 * n), 1)
                 x = _pattern(per_rank, float(rank + 1), device)
                 offsets = torch.arange(1, n + 1, dtype=torch.float32, device=device)
-                expected = (_pattern(per_rank, 0.0, device).repeat(n)
-                            + offsets.repeat_interleave(per_rank))
+                expected = _pattern(per_rank, 0.0, device).repeat(n) + offsets.repeat_interleave(
+                    per_rank
+                )
 
                 def run(x: Any = x) -> Any:
                     return comm.all_gather(x)
@@ -210,20 +233,25 @@ def collectives(runtime: Runtime, sizes: Sequence[int], iterations: int) -> list
             comm.barrier()
             seconds = _timed(run, comm.flush, comm.wait, iterations)
             algbw = formulas.algorithm_bandwidth_gbps(size_bytes, seconds)
-            busbw = (formulas.allreduce_bus_bandwidth_gbps(algbw, n) if op == "all_reduce"
-                     else formulas.allgather_bus_bandwidth_gbps(algbw, n))
-            results.append({
-                "op": op,
-                "size_bytes": size_bytes,
-                "world_size": n,
-                "dtype": "float32",
-                "backend": comm.backend,
-                "iterations": iterations,
-                "seconds": seconds,
-                "algbw_gbps": algbw,
-                "busbw_gbps": busbw,
-                "correct": max_abs_error == 0.0,
-                "max_abs_error": max_abs_error,
-            })
+            busbw = (
+                formulas.allreduce_bus_bandwidth_gbps(algbw, n)
+                if op == "all_reduce"
+                else formulas.allgather_bus_bandwidth_gbps(algbw, n)
+            )
+            results.append(
+                {
+                    "op": op,
+                    "size_bytes": size_bytes,
+                    "world_size": n,
+                    "dtype": "float32",
+                    "backend": comm.backend,
+                    "iterations": iterations,
+                    "seconds": seconds,
+                    "algbw_gbps": algbw,
+                    "busbw_gbps": busbw,
+                    "correct": max_abs_error == 0.0,
+                    "max_abs_error": max_abs_error,
+                }
+            )
             del x, expected, got, error
     return results

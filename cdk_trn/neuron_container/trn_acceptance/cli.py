@@ -67,23 +67,32 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_cache(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("--cache-dir", required=required,
-                        help="persistent compile cache (FSx in the cluster); default: none")
-    parser.add_argument("--xla-cache", choices=("auto", "on", "off"), default="auto",
-                        help="torch_xla's own persistent cache: auto = on for CPU, off for "
-                             "Neuron (which uses its NEFF cache); default: auto")
+    parser.add_argument(
+        "--cache-dir",
+        required=required,
+        help="persistent compile cache (FSx in the cluster); default: none",
+    )
+    parser.add_argument(
+        "--xla-cache",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch_xla's own persistent cache: auto = on for CPU, off for "
+        "Neuron (which uses its NEFF cache); default: auto",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trn_acceptance",
-                                     description="Acceptance suite for Trainium clusters.")
+    parser = argparse.ArgumentParser(
+        prog="python -m trn_acceptance", description="Acceptance suite for Trainium clusters."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run every check on this rank (under torchrun)")
     run.add_argument("--out-dir", required=True, help="where rank-<N>.json and summary.json go")
     run.add_argument("--run-id", required=True)
-    run.add_argument("--node", help="node name in results; default: $TRN_ACCEPTANCE_NODE or "
-                                    "the host name")
+    run.add_argument(
+        "--node", help="node name in results; default: $TRN_ACCEPTANCE_NODE or the host name"
+    )
     peaks = run.add_argument_group("peaks per device (from the catalog)")
     peaks.add_argument("--peak-bf16-tflops", type=float)
     peaks.add_argument("--peak-hbm-gbps", type=float, help="GB/s (10^9 bytes/s)")
@@ -97,25 +106,43 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-compilations-after-warmup", type=int, default=0)
     limits.add_argument("--max-new-compilations-with-warm-cache", type=int, default=0)
     sizes = run.add_argument_group("sizes")
-    sizes.add_argument("--gemm-sizes", type=parse_int_list, default=(2048, 4096, 8192),
-                       help="square matrix sizes, comma-separated; default: 2048,4096,8192")
+    sizes.add_argument(
+        "--gemm-sizes",
+        type=parse_int_list,
+        default=(2048, 4096, 8192),
+        help="square matrix sizes, comma-separated; default: 2048,4096,8192",
+    )
     sizes.add_argument("--gemm-iterations", type=_positive_int, default=10)
-    sizes.add_argument("--numerics-max-size", type=int, default=2048,
-                       help="check numerics for GEMM sizes up to this; default: 2048")
-    sizes.add_argument("--copy-size", type=parse_size, default=1 << 30,
-                       help="device copy buffer; default: 1GiB")
+    sizes.add_argument(
+        "--numerics-max-size",
+        type=int,
+        default=2048,
+        help="check numerics for GEMM sizes up to this; default: 2048",
+    )
+    sizes.add_argument(
+        "--copy-size", type=parse_size, default=1 << 30, help="device copy buffer; default: 1GiB"
+    )
     sizes.add_argument("--copy-iterations", type=_positive_int, default=10)
-    sizes.add_argument("--collective-sizes", type=parse_size_list,
-                       default=(1 << 20, 1 << 24, 1 << 28, 1 << 30),
-                       help="comma-separated; default: 1MiB,16MiB,256MiB,1GiB")
+    sizes.add_argument(
+        "--collective-sizes",
+        type=parse_size_list,
+        default=(1 << 20, 1 << 24, 1 << 28, 1 << 30),
+        help="comma-separated; default: 1MiB,16MiB,256MiB,1GiB",
+    )
     sizes.add_argument("--collective-iterations", type=_positive_int, default=5)
     _add_training(run)
     _add_cache(run, required=False)
-    run.add_argument("--no-warm-pass", action="store_true",
-                     help="skip the compile-cache warm pass before the measured run")
-    run.add_argument("--deadline-seconds", type=float, default=3600.0,
-                     help="a rank still running after this writes what it was doing and "
-                          "exits 3; default: 3600")
+    run.add_argument(
+        "--no-warm-pass",
+        action="store_true",
+        help="skip the compile-cache warm pass before the measured run",
+    )
+    run.add_argument(
+        "--deadline-seconds",
+        type=float,
+        default=3600.0,
+        help="a rank still running after this writes what it was doing and exits 3; default: 3600",
+    )
 
     warm = commands.add_parser("warm-cache", help="(internal) training graphs into the cache")
     _add_cache(warm, required=True)
@@ -131,9 +158,16 @@ def _train_config(args: argparse.Namespace) -> Any:
     from .training import TrainConfig
 
     return TrainConfig(
-        steps=args.train_steps, warmup_steps=args.warmup_steps, batch=args.batch,
-        sequence=args.sequence, vocab=args.vocab, d_model=args.d_model, layers=args.layers,
-        heads=args.heads, learning_rate=args.learning_rate, seed=args.seed,
+        steps=args.train_steps,
+        warmup_steps=args.warmup_steps,
+        batch=args.batch,
+        sequence=args.sequence,
+        vocab=args.vocab,
+        d_model=args.d_model,
+        layers=args.layers,
+        heads=args.heads,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
     )
 
 
@@ -204,7 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary, code = run_rank(config, info, platform)
     if code and info.rank == 0:
         for item in summary["failures"]:
-            print(f"FAILED {item['check']} on rank {item['rank']} ({item['node']}): "
-                  f"measured {item['measured']:g} {item['unit']}, threshold "
-                  f"{item['threshold']:g}: {item['message']}", file=sys.stderr)
+            print(
+                f"FAILED {item['check']} on rank {item['rank']} ({item['node']}): "
+                f"measured {item['measured']:g} {item['unit']}, threshold "
+                f"{item['threshold']:g}: {item['message']}",
+                file=sys.stderr,
+            )
     return code

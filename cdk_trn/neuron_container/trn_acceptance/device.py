@@ -228,8 +228,14 @@ class HostCollectives(Collectives):
 class Runtime:
     """The initialized device of this rank: device, collectives and compile metrics."""
 
-    def __init__(self, platform: str, info: ProcessInfo, xla_cache_dir: str | None,
-                 *, distributed: bool = True) -> None:
+    def __init__(
+        self,
+        platform: str,
+        info: ProcessInfo,
+        xla_cache_dir: str | None,
+        *,
+        distributed: bool = True,
+    ) -> None:
         self.platform = platform
         self.info = info
         os.environ["PJRT_DEVICE"] = platform
@@ -258,12 +264,12 @@ class Runtime:
             else:
                 # One process: no rendezvous, so no port to collide with other runs.
                 dist.init_process_group("xla", store=dist.HashStore(), rank=0, world_size=1)
-            self.collectives = XlaCollectives(dist.get_rank(), dist.get_world_size(),
-                                              self.device)
+            self.collectives = XlaCollectives(dist.get_rank(), dist.get_world_size(), self.device)
         else:
             dist.init_process_group("gloo")
-            self.collectives = HostCollectives(dist.get_rank(), dist.get_world_size(),
-                                               torch.device("cpu"))
+            self.collectives = HostCollectives(
+                dist.get_rank(), dist.get_world_size(), torch.device("cpu")
+            )
         if self.collectives.world_size != info.world_size:
             raise RuntimeError(
                 f"the process group has {self.collectives.world_size} ranks but WORLD_SIZE is "

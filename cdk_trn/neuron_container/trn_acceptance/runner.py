@@ -83,8 +83,9 @@ class Deadline:
 
     def _expire(self) -> None:
         try:
-            self._write(f"the run did not finish within {self._seconds:g} s; it was in "
-                        f"stage {self.stage!r}")
+            self._write(
+                f"the run did not finish within {self._seconds:g} s; it was in stage {self.stage!r}"
+            )
         finally:
             os._exit(3)
 
@@ -101,18 +102,42 @@ def _isolated(errors: dict[str, str], name: str, fn: Callable[[], Any]) -> Any:
 def warm_pass_command(config: RunConfig, output: str) -> list[str]:
     t = config.train
     return [
-        sys.executable, "-m", "trn_acceptance", "warm-cache",
-        "--cache-dir", str(config.cache_dir), "--xla-cache", config.xla_cache,
-        "--output", output,
-        "--train-steps", str(t.steps), "--warmup-steps", str(t.warmup_steps),
-        "--batch", str(t.batch), "--sequence", str(t.sequence), "--vocab", str(t.vocab),
-        "--d-model", str(t.d_model), "--layers", str(t.layers), "--heads", str(t.heads),
-        "--learning-rate", repr(t.learning_rate), "--seed", str(t.seed),
+        sys.executable,
+        "-m",
+        "trn_acceptance",
+        "warm-cache",
+        "--cache-dir",
+        str(config.cache_dir),
+        "--xla-cache",
+        config.xla_cache,
+        "--output",
+        output,
+        "--train-steps",
+        str(t.steps),
+        "--warmup-steps",
+        str(t.warmup_steps),
+        "--batch",
+        str(t.batch),
+        "--sequence",
+        str(t.sequence),
+        "--vocab",
+        str(t.vocab),
+        "--d-model",
+        str(t.d_model),
+        "--layers",
+        str(t.layers),
+        "--heads",
+        str(t.heads),
+        "--learning-rate",
+        repr(t.learning_rate),
+        "--seed",
+        str(t.seed),
     ]
 
 
-def _warm_pass(config: RunConfig, info: ProcessInfo, platform: str,
-               paths: dict[str, str | None]) -> dict[str, Any]:
+def _warm_pass(
+    config: RunConfig, info: ProcessInfo, platform: str, paths: dict[str, str | None]
+) -> dict[str, Any]:
     """Replay the training in a process of its own so the measured run meets a warm cache."""
     output = str(Path(config.out_dir) / f".warm-pass-rank-{info.rank}.json")
     before = compile_cache.entries(paths)
@@ -139,8 +164,9 @@ def _warm_pass(config: RunConfig, info: ProcessInfo, platform: str,
 
 
 def _cache_counters() -> dict[str, int]:
-    return counters("PersistentCacheHit", "PersistentCacheMiss",
-                    "PersistentCacheDeserializeFailure")
+    return counters(
+        "PersistentCacheHit", "PersistentCacheMiss", "PersistentCacheDeserializeFailure"
+    )
 
 
 def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[str, Any], int]:
@@ -176,8 +202,9 @@ def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[
         (out_dir / f"rank-{info.rank}.json").write_text(json.dumps(result, indent=2))
         print(f"rank {info.rank}: {message}", file=sys.stderr, flush=True)
         if info.rank == 0:
-            summary = build_summary([result], config.thresholds, run_id=config.run_id,
-                                    world_size=info.world_size)
+            summary = build_summary(
+                [result], config.thresholds, run_id=config.run_id, world_size=info.world_size
+            )
             (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             print(format_report(summary), flush=True)
 
@@ -189,8 +216,13 @@ def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[
     if config.cache_dir:
         paths = compile_cache.cache_paths(config.cache_dir, platform, config.xla_cache)
         compile_cache.configure_environment(paths)
-        cache = {"dir": paths["dir"], "neuron_cache": os.environ.get("NEURON_COMPILE_CACHE_URL")
-                 if platform == NEURON else None, "xla_cache": paths["xla"]}
+        cache = {
+            "dir": paths["dir"],
+            "neuron_cache": os.environ.get("NEURON_COMPILE_CACHE_URL")
+            if platform == NEURON
+            else None,
+            "xla_cache": paths["xla"],
+        }
         deadline.stage = "compile cache warm pass"
         if config.warm_pass and info.local_rank == 0:
             # One warm pass per node: every rank trains the same graphs, and the measured
@@ -198,15 +230,22 @@ def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[
             # same graphs concurrently on one node.
             warm_paths = paths
             cache["warm_pass"] = _isolated(
-                errors, "compile_cache_warm_pass",
-                lambda: _warm_pass(config, info, platform, warm_paths))
+                errors,
+                "compile_cache_warm_pass",
+                lambda: _warm_pass(config, info, platform, warm_paths),
+            )
             if cache["warm_pass"] and cache["warm_pass"]["returncode"] != 0:
                 errors["compile_cache_warm_pass"] = (
                     f"warm pass exited {cache['warm_pass']['returncode']}: "
-                    f"{cache['warm_pass'].get('stderr_tail', '')[-300:]}")
+                    f"{cache['warm_pass'].get('stderr_tail', '')[-300:]}"
+                )
         else:
-            cache["warm_pass"] = {"ran": False, "reason": "disabled" if not config.warm_pass
-                                  else "local rank 0 warms this node's cache"}
+            cache["warm_pass"] = {
+                "ran": False,
+                "reason": "disabled"
+                if not config.warm_pass
+                else "local rank 0 warms this node's cache",
+            }
 
     deadline.stage = "device and process group"
     runtime = Runtime(platform, info, paths["xla"] if paths else None)
@@ -214,15 +253,37 @@ def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[
     deadline.stage = "discovery"
     result["discovery"] = _isolated(errors, "discovery", lambda: checks.discovery(runtime)) or {}
     deadline.stage = "gemm"
-    result["gemm"] = _isolated(errors, "gemm", lambda: checks.gemm(
-        runtime, config.gemm_sizes, config.gemm_iterations, config.numerics_max_size,
-        thresholds)) or []
+    result["gemm"] = (
+        _isolated(
+            errors,
+            "gemm",
+            lambda: checks.gemm(
+                runtime,
+                config.gemm_sizes,
+                config.gemm_iterations,
+                config.numerics_max_size,
+                thresholds,
+            ),
+        )
+        or []
+    )
     deadline.stage = "hbm_copy"
-    result["hbm_copy"] = _isolated(errors, "hbm_copy", lambda: checks.hbm_copy(
-        runtime, config.copy_bytes, config.copy_iterations, thresholds))
+    result["hbm_copy"] = _isolated(
+        errors,
+        "hbm_copy",
+        lambda: checks.hbm_copy(runtime, config.copy_bytes, config.copy_iterations, thresholds),
+    )
     deadline.stage = "collectives"
-    result["collectives"] = _isolated(errors, "collectives", lambda: checks.collectives(
-        runtime, config.collective_sizes, config.collective_iterations)) or []
+    result["collectives"] = (
+        _isolated(
+            errors,
+            "collectives",
+            lambda: checks.collectives(
+                runtime, config.collective_sizes, config.collective_iterations
+            ),
+        )
+        or []
+    )
     if runtime.collectives.backend == "gloo":
         notes.append(GLOO_NOTE)
 
@@ -231,24 +292,26 @@ def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[
     runtime.collectives.barrier()
     entries_before = compile_cache.entries(paths) if paths else set()
     counters_before = _cache_counters()
-    result["training"] = _isolated(errors, "training", lambda: train(config.train,
-                                                                     runtime.device))
+    result["training"] = _isolated(errors, "training", lambda: train(config.train, runtime.device))
     runtime.collectives.barrier()
     if cache is not None and paths is not None:
         counters_after = _cache_counters()
         new_entries = sorted(compile_cache.entries(paths) - entries_before)
         delta = {k: counters_after[k] - counters_before[k] for k in counters_after}
         countable = compile_cache.countable(paths)
-        cache.update({
-            "entries_before_training": len(entries_before),
-            "new_entries_in_training": new_entries[:20],
-            "new_compilations_with_warm_cache": len(new_entries) if countable else None,
-            "persistent_cache_counters_in_training": delta,
-        })
+        cache.update(
+            {
+                "entries_before_training": len(entries_before),
+                "new_entries_in_training": new_entries[:20],
+                "new_compilations_with_warm_cache": len(new_entries) if countable else None,
+                "persistent_cache_counters_in_training": delta,
+            }
+        )
         if not countable:
             notes.append(
                 "NEURON_COMPILE_CACHE_URL is not a local path, so new cache entries cannot be "
-                "counted; pass --cache-dir on a shared file system instead.")
+                "counted; pass --cache-dir on a shared file system instead."
+            )
         if delta["PersistentCacheDeserializeFailure"] > 0:
             cache["executables_loaded_from_cache"] = False
             notes.append(CPU_CACHE_NOTE)
@@ -262,8 +325,7 @@ def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[
     deadline.stage = "exchanging results"
     payloads = runtime.collectives.all_gather_bytes(json.dumps(result).encode())
     results = [json.loads(p) for p in payloads]
-    summary = build_summary(results, thresholds, run_id=config.run_id,
-                            world_size=info.world_size)
+    summary = build_summary(results, thresholds, run_id=config.run_id, world_size=info.world_size)
     if info.rank == 0:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(format_report(summary), flush=True)
@@ -274,8 +336,9 @@ def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[
     return summary, 0 if summary["passed"] else 1
 
 
-def warm_cache(train_config: TrainConfig, cache_dir: str, xla_mode: str, platform: str,
-               output: str | None) -> int:
+def warm_cache(
+    train_config: TrainConfig, cache_dir: str, xla_mode: str, platform: str, output: str | None
+) -> int:
     """The warm pass itself: the training graphs once, alone, against the cache."""
     paths = compile_cache.cache_paths(cache_dir, platform, xla_mode)
     compile_cache.configure_environment(paths)

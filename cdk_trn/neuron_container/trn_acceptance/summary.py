@@ -50,8 +50,10 @@ _FIGURES: dict[str, tuple[Getter, Callable[[Iterable[float]], float]]] = {
     "gemm_bf16_tflops_per_device": (_gemm("tflops"), min),
     "gemm_fraction_of_peak": (_gemm("fraction_of_peak"), min),
     "gemm_max_rel_error": (
-        lambda r: max((e["numerics"]["rel_error"] for e in r["gemm"] if e["numerics"]["checked"]),
-                      default=None),
+        lambda r: max(
+            (e["numerics"]["rel_error"] for e in r["gemm"] if e["numerics"]["checked"]),
+            default=None,
+        ),
         max,
     ),
     "hbm_copy_gbps": (lambda r: r["hbm_copy"]["gbps"], min),
@@ -155,10 +157,14 @@ def format_report(summary: dict[str, Any]) -> str:
         _line("copy bandwidth (worst rank)", fig("hbm_copy_gbps", unit="GB/s")),
         _line("fraction of peak", fig("hbm_fraction_of_peak", "{:.1%}")),
         "Collectives (largest size)",
-        _line("all-reduce alg / bus bandwidth", fig("allreduce_algbw_gbps") + " / "
-              + fig("allreduce_busbw_gbps", unit="GB/s")),
-        _line("all-gather alg / bus bandwidth", fig("allgather_algbw_gbps") + " / "
-              + fig("allgather_busbw_gbps", unit="GB/s")),
+        _line(
+            "all-reduce alg / bus bandwidth",
+            fig("allreduce_algbw_gbps") + " / " + fig("allreduce_busbw_gbps", unit="GB/s"),
+        ),
+        _line(
+            "all-gather alg / bus bandwidth",
+            fig("allgather_algbw_gbps") + " / " + fig("allgather_busbw_gbps", unit="GB/s"),
+        ),
         "Training (decoder-only transformer)",
         _line("tokens/s (all ranks)", fig("train_tokens_per_s", "{:.0f}")),
         _line("steady-state step time (slowest rank)", fig("train_step_ms", unit="ms")),
@@ -171,8 +177,9 @@ def format_report(summary: dict[str, Any]) -> str:
     if summary["failures"]:
         lines.append("Failures")
         for item in summary["failures"]:
-            lines.append(f"  [{item['check']}] rank {item['rank']} on {item['node']}: "
-                         f"{item['message']}")
+            lines.append(
+                f"  [{item['check']}] rank {item['rank']} on {item['node']}: {item['message']}"
+            )
     for note in summary.get("notes", []):
         lines.append(f"Note: {note}")
     return "\n".join(lines)

@@ -138,8 +138,13 @@ def evaluate(result: dict[str, Any], thresholds: Thresholds) -> list[dict[str, A
 
     copy = result.get("hbm_copy")
     if copy and copy.get("correct") is False:
-        fail("hbm_copy_correctness", 0.0, 1.0, "correct",
-             f"device copy of {copy['bytes']} bytes returned wrong values")
+        fail(
+            "hbm_copy_correctness",
+            0.0,
+            1.0,
+            "correct",
+            f"device copy of {copy['bytes']} bytes returned wrong values",
+        )
     if copy and thresholds.peak_hbm_gbps:
         fraction = copy["gbps"] / thresholds.peak_hbm_gbps
         if fraction < thresholds.min_hbm_fraction:

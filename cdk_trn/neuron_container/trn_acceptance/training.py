@@ -38,8 +38,7 @@ class TrainConfig:
         if self.warmup_steps < 1:
             raise ValueError(f"warmup_steps must be >= 1, got {self.warmup_steps}")
         if self.steps <= self.warmup_steps:
-            raise ValueError(
-                f"steps ({self.steps}) must exceed warmup_steps ({self.warmup_steps})")
+            raise ValueError(f"steps ({self.steps}) must exceed warmup_steps ({self.warmup_steps})")
         if self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         for name in ("batch", "sequence", "vocab", "layers"):
@@ -167,8 +166,9 @@ def train(config: TrainConfig, device: Any) -> dict[str, Any]:
         "measured_steps": measured,
         "seconds": seconds,
         "step_ms": seconds / measured * 1e3,
-        "tokens_per_s": formulas.tokens_per_second(config.batch, config.sequence, measured,
-                                                   seconds),
+        "tokens_per_s": formulas.tokens_per_second(
+            config.batch, config.sequence, measured, seconds
+        ),
         "compilations_after_warmup": after["compilations"] - before["compilations"],
         "compile_seconds_after_warmup": after["compile_seconds"] - before["compile_seconds"],
     }
