@@ -65,6 +65,12 @@ class InstanceSpec:
         return self.chips
 
     @property
+    def logical_cores_per_chip(self) -> int:
+        """NeuronCores the runtime exposes per chip at the default logical NeuronCore config
+        (one XLA device, and one training rank, each)."""
+        return max(1, self.neuron_cores // self.chips // self.default_logical_nc_config)
+
+    @property
     def hbm_gib(self) -> int:
         return self.chips * self.hbm_gib_per_chip
 

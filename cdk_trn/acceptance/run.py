@@ -299,7 +299,7 @@ class AcceptanceRun(Construct):
         query_interval = query_interval or cdk.Duration.seconds(30)
         results_retention = results_retention or cdk.Duration.days(365)
         spec = cluster.spec
-        devices_per_chip = _devices_per_chip(spec)
+        devices_per_chip = spec.logical_cores_per_chip
         procs_per_node = (
             procs_per_node if procs_per_node is not None else spec.chips * devices_per_chip
         )
@@ -985,12 +985,6 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, list) else [value]
-
-
-def _devices_per_chip(spec: Any) -> int:
-    """XLA devices (one per logical NeuronCore) per chip: one rank each."""
-    physical_per_chip = spec.neuron_cores // spec.chips
-    return max(1, physical_per_chip // spec.default_logical_nc_config)
 
 
 def _check(

@@ -70,3 +70,8 @@ def test_confirmed_regions_agree_with_cfn_lint_data(name):
 def test_unconfirmed_regions_are_types_missing_from_cfn_lint_data(name):
     # If cfn-lint's data starts listing them, confirm the regions and drop the E3628 silencing.
     assert cfn_lint_regions(name) == set()
+
+
+def test_logical_cores_per_chip_follow_the_default_lnc():
+    assert instance_spec("trn2.48xlarge").logical_cores_per_chip == 4  # 8 physical, LNC=2
+    assert instance_spec("trn1.32xlarge").logical_cores_per_chip == 2  # 2 physical, LNC=1
