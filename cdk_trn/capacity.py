@@ -1,8 +1,8 @@
 """Capacity: where the nodes' capacity comes from, as a value object.
 
 * ``Capacity.on_demand()``: on-demand instances in a cluster placement group.
-* ``Capacity.reservation(id)``: a targeted On-Demand Capacity Reservation, in a cluster placement
-  group unless told otherwise (the reservation must then have been made in that group).
+* ``Capacity.reservation(id, placement_group_name=...)``: a targeted On-Demand Capacity
+  Reservation, launched into the existing cluster placement group it was made in, if any.
 * ``Capacity.capacity_block(id)``: an EC2 Capacity Block for ML (market type ``capacity-block``
   plus the targeted reservation, never a placement group: AWS ParallelCluster, eksctl and
   terraform-aws-eks users hit InsufficientInstanceCapacity with one).
@@ -19,10 +19,11 @@ import enum
 import re
 from dataclasses import dataclass
 
-from cdk_trn.catalog import InstanceSpec
+from cdk_trn.catalog import INSTANCE_SPECS, InstanceSpec
 from cdk_trn.errors import CdkTrnError, invalid
 
 _RESERVATION_ID = re.compile(r"^cr-[0-9a-f]{8}([0-9a-f]{9})?$")
+_PLACEMENT_GROUP_NAME = re.compile(r"^[\x20-\x7e]{1,255}$")
 
 
 class CapacityKind(enum.Enum):
@@ -38,16 +39,38 @@ class Capacity:
 
     kind: CapacityKind
     reservation_id: str | None = None
+    #: Create a new cluster placement group for the nodes.
     placement_group: bool = True
+    #: Launch into this existing placement group (the one a reservation was made in).
+    placement_group_name: str | None = None
 
     @classmethod
     def on_demand(cls) -> Capacity:
         return cls(CapacityKind.ON_DEMAND, None, placement_group=True)
 
     @classmethod
-    def reservation(cls, reservation_id: str, *, placement_group: bool = True) -> Capacity:
+    def reservation(
+        cls, reservation_id: str, *, placement_group_name: str | None = None
+    ) -> Capacity:
+        """A targeted On-Demand Capacity Reservation.
+
+        :param placement_group_name: the cluster placement group the reservation was made in
+            (AWS recommends one for EFA). Default: none. A new group would not hold the
+            reservation, so none is created here.
+        """
         _check_reservation_id("reservation_id", reservation_id)
-        return cls(CapacityKind.RESERVATION, reservation_id, placement_group)
+        if placement_group_name is not None and not _PLACEMENT_GROUP_NAME.match(
+            placement_group_name
+        ):
+            raise invalid(
+                "placement_group_name", placement_group_name, "a placement group name (1-255 chars)"
+            )
+        return cls(
+            CapacityKind.RESERVATION,
+            reservation_id,
+            placement_group=False,
+            placement_group_name=placement_group_name,
+        )
 
     @classmethod
     def capacity_block(cls, reservation_id: str, *, placement_group: bool = False) -> Capacity:
@@ -104,8 +127,9 @@ class Capacity:
             )
         if self.is_ultraserver:
             if not spec.is_ultraserver:
+                ultraservers = ", ".join(n for n, s in INSTANCE_SPECS.items() if s.is_ultraserver)
                 raise CdkTrnError(
-                    f"instance_type must be an UltraServer type (trn2u.48xlarge) with an "
+                    f"instance_type must be an UltraServer type ({ultraservers}) with an "
                     f"UltraServer capacity block, got {spec.instance_type!r}"
                 )
             size = spec.ultraserver_size or 1

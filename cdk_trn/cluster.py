@@ -75,6 +75,10 @@ class TrainiumCluster(Construct):
     :param volume_key: customer-managed KMS key for the root volumes. Default: the
         account's default EBS key.
     :param signal_timeout: how long the deploy waits for all nodes' health signals. Default: 45 min.
+    :param replace_nodes_on_update: replace every node (all at once, waiting for their signals
+        again) when a deploy changes the launch template, for example when the floating DLAMI
+        parameter points at a new AMI. Default: False: a deploy never terminates running nodes;
+        pin the AMI (``NeuronMachineImage.from_ami_id``) for identical nodes over time.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class TrainiumCluster(Construct):
         root_volume_gib: int = 512,
         volume_key: kms.IKey | None = None,
         signal_timeout: cdk.Duration | None = None,
+        replace_nodes_on_update: bool = False,
     ) -> None:
         super().__init__(scope, id)
         # Validate everything before the first resource exists.
@@ -151,7 +156,9 @@ class TrainiumCluster(Construct):
             max_size=str(nodes),
             desired_capacity=str(nodes),
             vpc_zone_identifier=[network.subnet.subnet_id],
-            placement_group=self.placement_group.ref if self.placement_group else None,
+            placement_group=self.placement_group.ref
+            if self.placement_group
+            else capacity.placement_group_name,
             health_check_type="EC2",
             notification_configurations=[
                 autoscaling.CfnAutoScalingGroup.NotificationConfigurationProperty(
@@ -186,7 +193,7 @@ class TrainiumCluster(Construct):
                 version=self.launch_template.attr_latest_version_number,
             )
         )
-        self._wait_for_signals(signal_timeout)
+        self._wait_for_signals(signal_timeout, replace_nodes_on_update)
         # Nodes signal through the CloudFormation endpoint and pull through the others.
         for endpoint in network.endpoints:
             self.auto_scaling_group.node.add_dependency(endpoint)
@@ -304,7 +311,7 @@ class TrainiumCluster(Construct):
         script = resources.files("cdk_trn.bootstrap").joinpath("node_bootstrap.sh").read_text()
         return "#!/bin/bash\n" + header + "\n" + script
 
-    def _wait_for_signals(self, timeout: cdk.Duration) -> None:
+    def _wait_for_signals(self, timeout: cdk.Duration, replace_nodes_on_update: bool) -> None:
         iso = timeout.to_iso_string()
         self.auto_scaling_group.cfn_options.creation_policy = cdk.CfnCreationPolicy(
             resource_signal=cdk.CfnResourceSignal(count=self.nodes, timeout=iso),
@@ -312,14 +319,28 @@ class TrainiumCluster(Construct):
                 min_successful_instances_percent=100
             ),
         )
+        if not replace_nodes_on_update:
+            # Running nodes are never replaced by a deploy: a new launch template version (a new
+            # DLAMI, a new boot script) applies to nodes launched later, for example by an
+            # instance refresh the operator starts between training runs.
+            return
         # Capacity blocks and reservations hold exactly N instances: replace them all at once
-        # (never more than N running) and wait for their health signals again.
+        # (never more than N running) and wait for their health signals again. CloudFormation
+        # allows PauseTime up to one hour; nothing may scale or heal the group meanwhile.
+        pause = cdk.Duration.minutes(min(timeout.to_minutes(), 60)).to_iso_string()
         self.auto_scaling_group.cfn_options.update_policy = cdk.CfnUpdatePolicy(
             auto_scaling_rolling_update=cdk.CfnAutoScalingRollingUpdate(
                 max_batch_size=self.nodes,
                 min_instances_in_service=0,
                 wait_on_resource_signals=True,
-                pause_time=iso,
+                pause_time=pause,
+                suspend_processes=[
+                    "HealthCheck",
+                    "ReplaceUnhealthy",
+                    "AZRebalance",
+                    "AlarmNotification",
+                    "ScheduledActions",
+                ],
             )
         )
 

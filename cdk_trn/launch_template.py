@@ -25,6 +25,7 @@ from constructs import Construct
 
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import InstanceSpec
+from cdk_trn.errors import CdkTrnError
 from cdk_trn.machine_image import NodeOs
 
 
@@ -56,12 +57,17 @@ def efa_network_interfaces(
         }
         if kind is not None:
             props["InterfaceType"] = kind
-        if device == 0:
-            props["AssociatePublicIpAddress"] = False
         return props
 
     if not spec.has_efa:
-        return [interface(0, 0, None)]
+        # One interface may carry the flag; EC2 rejects AssociatePublicIpAddress on launches with
+        # several interfaces, where the subnet (MapPublicIpOnLaunch false) decides instead.
+        return [{**interface(0, 0, None), "AssociatePublicIpAddress": False}]
+    if spec.max_interfaces_per_card < 2:
+        raise CdkTrnError(
+            f"{spec.instance_type} allows {spec.max_interfaces_per_card} interface per network "
+            "card; the EFA layout needs 2 (ENA primary and efa-only on card 0)"
+        )
     if mode is EfaInterfaceMode.LEGACY_EFA:
         return [interface(card, 0 if card == 0 else 1, "efa") for card in range(spec.network_cards)]
     interfaces = [interface(0, 0, None), interface(0, 1, "efa-only")]
@@ -99,8 +105,9 @@ def node_launch_template(
         metadata_options=lt.MetadataOptionsProperty(
             http_endpoint="enabled",
             http_tokens="required",
-            # 2 hops so containers on the node (docker bridge) can still reach IMDSv2.
-            http_put_response_hop_limit=2,
+            # One hop: containers on a docker bridge cannot borrow the node role (the vault
+            # trusts that role's identity); cdk-trn runs its containers with host networking.
+            http_put_response_hop_limit=1,
         ),
         monitoring=lt.MonitoringProperty(enabled=True),
         ebs_optimized=True,

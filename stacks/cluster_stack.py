@@ -33,7 +33,11 @@ class ClusterStack(cdk.Stack):
             instance_type=config.instance_type,
             nodes=config.nodes,
             capacity=Capacity.from_name(config.capacity, config.reservation_id),
-            machine_image=NeuronMachineImage.from_name(config.node_os),
+            machine_image=NeuronMachineImage.from_ami_id(
+                config.ami_id, NeuronMachineImage.from_name(config.node_os).os
+            )
+            if config.ami_id
+            else NeuronMachineImage.from_name(config.node_os),
             cluster_name=f"{config.prefix}-cluster",
             file_system=storage.file_system,
         )

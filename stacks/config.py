@@ -50,6 +50,7 @@ class AppConfig:
     capacity: str = "on-demand"
     reservation_id: str | None = None
     node_os: str = "amazon-linux-2023"
+    ami_id: str | None = None
     nat_egress: bool = False
     fsx_capacity_gib: int = 4800
     fsx_throughput: int = 500
@@ -72,6 +73,7 @@ class AppConfig:
             "capacity": ("capacity", _str),
             "reservationId": ("reservation_id", _str),
             "nodeOs": ("node_os", _str),
+            "amiId": ("ami_id", _str),
             "natEgress": ("nat_egress", _bool),
             "fsxCapacityGiB": ("fsx_capacity_gib", _int),
             "fsxThroughput": ("fsx_throughput", _int),

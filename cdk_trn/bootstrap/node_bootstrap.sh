@@ -54,7 +54,9 @@ wait_for_count() {
 
 install_packages() {
   case "$CDK_TRN_NODE_OS" in
-    amazon-linux-2023) dnf install -y "$@" ;;
+    # Only AL2023's own repositories are reachable (S3 gateway endpoint); repositories the AMI
+    # adds (Neuron, EFA) are skipped rather than failing the install.
+    amazon-linux-2023) dnf install -y --setopt='*.skip_if_unavailable=True' "$@" ;;
     # Ubuntu mirrors are not reachable without NAT egress; everything must be on the AMI.
     ubuntu-24.04) apt-get install -y --no-download "$@" ;;
   esac
@@ -89,7 +91,7 @@ install_lustre_client() {
   modinfo lustre >/dev/null 2>&1 && return 0
   case "$CDK_TRN_NODE_OS" in
     # AL2023 ships the client in its own repositories (S3 buckets: the gateway endpoint serves them).
-    amazon-linux-2023) dnf install -y lustre-client ;;
+    amazon-linux-2023) install_packages lustre-client ;;
     # The FSx Ubuntu repository is not reachable through VPC endpoints: bake the client into the
     # AMI or opt into NAT egress (FACTS.md "Air-gapped nodes").
     ubuntu-24.04) apt-get install -y "lustre-client-modules-$(uname -r)" ;;

@@ -100,10 +100,8 @@ def test_synth_checked_requires_enable_compliance():
 
 
 def _default_app_builder():
-    try:
-        from stacks import build_default_app
-    except ImportError as error:  # the default composition has not landed yet
-        pytest.skip(f"stacks.build_default_app is not importable yet: {error}")
+    from stacks import build_default_app
+
     return build_default_app
 
 

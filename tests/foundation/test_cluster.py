@@ -1,3 +1,4 @@
+import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Match
 
@@ -56,7 +57,7 @@ def test_launch_template_has_17_interfaces_one_with_an_ip(default_template):
 def test_launch_template_requires_imdsv2_and_encrypts_the_root_volume(default_template):
     data = launch_template_data(default_template)
     assert data["MetadataOptions"]["HttpTokens"] == "required"
-    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
+    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
     (mapping,) = data["BlockDeviceMappings"]
     assert mapping["Ebs"]["Encrypted"] is True and mapping["Ebs"]["VolumeType"] == "gp3"
     assert data["Monitoring"] == {"Enabled": True}
@@ -97,10 +98,14 @@ def test_capacity_block_targets_the_reservation_without_placement_group():
     template.resource_count_is("AWS::EC2::PlacementGroup", 0)
 
 
-def test_ultraserver_nodes_write_their_ultraserver_environment():
-    stack, cluster = cluster_stack("trn2u.48xlarge", nodes=8)
+def test_ultraserver_nodes_are_told_their_ultraserver_size():
+    _, cluster = cluster_stack("trn2u.48xlarge", nodes=8)
     assert "CDK_TRN_ULTRASERVER_SIZE='4'" in cluster._user_data()
-    assert "NEURON_RT_ULTRASERVER_NODE_ID" in cluster._user_data()
+
+
+def test_other_nodes_skip_the_ultraserver_environment():
+    _, cluster = cluster_stack("trn2.48xlarge")
+    assert "CDK_TRN_ULTRASERVER_SIZE='0'" in cluster._user_data()
 
 
 def test_bootstrap_checks_the_catalog_device_counts():
@@ -142,3 +147,53 @@ def test_cfn_lint_is_clean_for_every_catalog_type_in_a_region_offering_it(instan
 def test_node_user_data_fits_the_ec2_16_kib_limit():
     _, cluster = cluster_stack("trn2u.48xlarge", nodes=4)
     assert len(cluster._user_data().encode()) < 16 * 1024
+
+
+def test_a_deploy_never_replaces_running_nodes_by_default(default_template):
+    (group,) = default_template.find_resources("AWS::AutoScaling::AutoScalingGroup").values()
+    assert "UpdatePolicy" not in group
+
+
+def test_opted_in_node_replacement_pauses_at_most_an_hour_and_suspends_healing():
+    stack, _ = cluster_stack(replace_nodes_on_update=True, signal_timeout=cdk.Duration.hours(2))
+    (group,) = template_of(stack).find_resources("AWS::AutoScaling::AutoScalingGroup").values()
+    update = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
+    assert update["PauseTime"] == "PT1H" and update["MinInstancesInService"] == 0
+    assert {"HealthCheck", "ReplaceUnhealthy"} <= set(update["SuspendProcesses"])
+    assert group["CreationPolicy"]["ResourceSignal"]["Timeout"] == "PT2H"
+
+
+def test_reservation_launches_into_the_placement_group_it_was_made_in():
+    stack, _ = cluster_stack(
+        capacity=Capacity.reservation("cr-0123456789abcdef0", placement_group_name="trn-pg")
+    )
+    template = template_of(stack)
+    template.resource_count_is("AWS::EC2::PlacementGroup", 0)
+    template.has_resource_properties(
+        "AWS::AutoScaling::AutoScalingGroup", {"PlacementGroup": "trn-pg"}
+    )
+
+
+def test_reservation_without_a_group_gets_no_new_placement_group():
+    stack, _ = cluster_stack(capacity=Capacity.reservation("cr-0123456789abcdef0"))
+    template_of(stack).resource_count_is("AWS::EC2::PlacementGroup", 0)
+
+
+def test_node_may_signal_only_its_own_stack(default_template):
+    default_template.has_resource_properties(
+        "AWS::IAM::Policy",
+        {
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [
+                        Match.object_like(
+                            {
+                                "Action": "cloudformation:SignalResource",
+                                "Resource": {"Ref": "AWS::StackId"},
+                            }
+                        )
+                    ]
+                )
+            }
+        },
+    )

@@ -16,11 +16,21 @@ def test_trn2_gets_17_interfaces_over_16_cards_16_of_them_efa_only():
     assert len(with_ip(interfaces)) == 1
 
 
-def test_primary_interface_is_ena_at_card_0_device_0_without_public_ip():
+def test_primary_interface_is_ena_at_card_0_device_0():
     primary = efa_network_interfaces(instance_spec("trn2.48xlarge"), GROUPS)[0]
     assert (primary["NetworkCardIndex"], primary["DeviceIndex"]) == (0, 0)
     assert "InterfaceType" not in primary
-    assert primary["AssociatePublicIpAddress"] is False
+
+
+def test_multi_interface_layout_never_sets_the_public_ip_flag():
+    # EC2 rejects AssociatePublicIpAddress when an instance launches with several interfaces.
+    for interface in efa_network_interfaces(instance_spec("trn2.48xlarge"), GROUPS):
+        assert "AssociatePublicIpAddress" not in interface
+
+
+def test_single_interface_asks_for_no_public_ip():
+    (only,) = efa_network_interfaces(instance_spec("trn2.3xlarge"), GROUPS)
+    assert only["AssociatePublicIpAddress"] is False
 
 
 def test_every_interface_carries_the_security_groups():

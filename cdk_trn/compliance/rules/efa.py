@@ -104,9 +104,14 @@ TRN2 = Rule(
     id="TRN2",
     info="The launch template of an EFA-capable Trainium type leaves a network card without EFA.",
     explanation=(
-        "Trainium instances spread their EFA bandwidth over several network cards (16 on "
-        "trn2.48xlarge, 8 on trn1.32xlarge); a card without an efa or efa-only interface is "
-        "bandwidth the collectives cannot use. The card count comes from cdk_trn.catalog."
+        "Trainium instances spread their EFA bandwidth over several network cards ("
+        + ", ".join(
+            f"{spec.network_cards} on {name}"
+            for name, spec in sorted(INSTANCE_SPECS.items())
+            if spec.has_efa
+        )
+        + "); a card without an efa or efa-only interface is bandwidth the collectives cannot "
+        "use. The card counts come from cdk_trn.catalog."
     ),
     resource_types=("AWS::EC2::LaunchTemplate",),
     check=efa_on_every_network_card,
