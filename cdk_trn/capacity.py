@@ -102,12 +102,11 @@ class Capacity:
             raise invalid(
                 "reservationId", reservation_id, f"a reservation id with capacity {name!r}"
             )
-        factory = {
-            CapacityKind.RESERVATION: cls.reservation,
-            CapacityKind.CAPACITY_BLOCK: cls.capacity_block,
-            CapacityKind.ULTRASERVER_BLOCK: cls.ultraserver_block,
-        }[kind]
-        return factory(reservation_id)
+        if kind is CapacityKind.RESERVATION:
+            return cls.reservation(reservation_id)
+        if kind is CapacityKind.CAPACITY_BLOCK:
+            return cls.capacity_block(reservation_id)
+        return cls.ultraserver_block(reservation_id)
 
     @property
     def is_block(self) -> bool:

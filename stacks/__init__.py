@@ -1,4 +1,5 @@
-"""The default composition of cdk-trn: a stateful storage stack and a cluster stack."""
+"""The default composition of cdk-trn: a stateful storage stack, a cluster stack and (optional)
+an enclave key vault stack."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from cdk_trn.cluster import TrainiumCluster
 from stacks.cluster_stack import ClusterStack
 from stacks.config import AppConfig
 from stacks.storage_stack import StorageStack
+from stacks.vault_stack import VaultStack
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,7 @@ class DefaultApp:
     config: AppConfig
     storage_stack: StorageStack
     cluster_stack: ClusterStack
+    vault_stack: VaultStack | None
 
     @property
     def cluster(self) -> TrainiumCluster:
@@ -44,4 +47,14 @@ def build_default_app(app: cdk.App, config: AppConfig | None = None) -> DefaultA
         description="cdk-trn: Trainium2 training cluster",
     )
     cluster.add_stack_dependency(storage)
-    return DefaultApp(config, storage, cluster)
+    vault = None
+    if config.enclave_vault:
+        vault = VaultStack(
+            app,
+            f"{config.prefix}-vault",
+            cluster=cluster.cluster,
+            env=env,
+            description="cdk-trn: Nitro Enclave key vault that signs checkpoint manifests",
+        )
+        vault.add_stack_dependency(cluster)
+    return DefaultApp(config, storage, cluster, vault)

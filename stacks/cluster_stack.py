@@ -1,4 +1,4 @@
-"""The stateless stack: the Trainium cluster, its acceptance run and the enclave key vault."""
+"""The stateless stack: the Trainium cluster and its acceptance run."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from constructs import Construct
 from cdk_trn.acceptance import AcceptanceRun, NeuronTrainingImage
 from cdk_trn.capacity import Capacity
 from cdk_trn.cluster import TrainiumCluster
-from cdk_trn.enclave.image import EnclaveImage
-from cdk_trn.enclave.vault import EnclaveKeyVault
 from cdk_trn.machine_image import NeuronMachineImage
 from stacks.config import AppConfig
 from stacks.storage_stack import StorageStack
@@ -49,27 +47,6 @@ class ClusterStack(cdk.Stack):
             self.acceptance = AcceptanceRun(
                 self, "Acceptance", cluster=self.cluster, image=NeuronTrainingImage.bundled()
             )
-        self.vault: EnclaveKeyVault | None = None
-        if config.enclave_vault:
-            self.vault = EnclaveKeyVault(
-                self,
-                "EnclaveVault",
-                vpc=self.cluster.vpc,
-                subnet=self.cluster.subnet,
-                clients=[self.cluster],
-                image=EnclaveImage.bundled(),
-            )
-            endpoint = self.vault.endpoint
-            for label, value, description in (
-                ("VaultHostsGroup", endpoint.auto_scaling_group_name, "enclave vault hosts"),
-                ("VaultPort", str(endpoint.port), "enclave vault parent server port"),
-                (
-                    "VaultPublicKeyParameter",
-                    self.vault.public_key_parameter,
-                    "SSM parameter holding the manifest-signing public key (PEM)",
-                ),
-            ):
-                cdk.CfnOutput(self, label, value=value, description=description)
         summary = self.cluster.summary()
         for key, label in (
             ("instance_type", "InstanceType"),

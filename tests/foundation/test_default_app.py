@@ -37,7 +37,8 @@ def test_every_acknowledgment_gives_a_specific_reason(default_app):
 
 def test_both_templates_are_cfn_lint_clean_in_their_region(default_app):
     default, _, assembly = default_app
-    for stack in (default.storage_stack, default.cluster_stack):
+    assert default.vault_stack is not None
+    for stack in (default.storage_stack, default.cluster_stack, default.vault_stack):
         assert lint_findings(template(assembly, stack), "us-east-2") == []
 
 
@@ -75,3 +76,19 @@ def test_nodes_mount_the_file_system_and_reach_it_on_lustre_ports_only(default_a
         (e["FromPort"], e["ToPort"]) for e in egress if e.get("FromPort") in (988, 1018)
     )
     assert lustre == [(988, 988), (1018, 1023)]
+
+
+def test_vault_lives_apart_from_the_nodes_it_serves(default_app):
+    # Nodes may signal any resource of their own stack; the vault hosts are not in it.
+    default, _, assembly = default_app
+    cluster_types = {
+        r["Type"] for r in template(assembly, default.cluster_stack)["Resources"].values()
+    }
+    vault_resources = template(assembly, default.vault_stack)["Resources"].values()
+    assert "AWS::KMS::Key" in {r["Type"] for r in vault_resources}
+    assert not any("EnclaveVault" in path for path in _paths(default.cluster_stack))
+    assert "AWS::AutoScaling::AutoScalingGroup" in cluster_types
+
+
+def _paths(stack):
+    return [c.node.path for c in stack.node.find_all()]
