@@ -11,7 +11,7 @@ export AWS_EC2_METADATA_DISABLED := true
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 
-.PHONY: synth test lint typecheck unit bench clean
+.PHONY: synth test lint typecheck unit bench deploy clean
 
 synth: $(VENV)/.runtime node_modules/.installed
 	rm -rf cdk.out
@@ -29,6 +29,10 @@ typecheck: $(VENV)/.test
 
 unit: $(VENV)/.test
 	PJRT_DEVICE=CPU pytest
+
+# The real deployment: needs AWS credentials (and Docker for the image assets).
+deploy: $(VENV)/.runtime node_modules/.installed
+	cdk deploy --all $(CONTEXT)
 
 bench: $(VENV)/.test
 	python benchmarks/synth_scaling.py
