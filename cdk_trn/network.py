@@ -9,9 +9,11 @@ Logs, STS, CloudFormation interface endpoints). NAT egress is an explicit opt-in
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
@@ -79,6 +81,9 @@ class TrainingNetwork(Construct):
     :param existing_subnet: the node subnet inside ``existing_vpc``, in ``availability_zone``.
     :param create_endpoints: create the VPC endpoints. Default: true for a new VPC, false for an
         existing one (which usually has them already).
+    :param extra_s3_read_buckets: names of buckets outside this account that nodes may read
+        through the S3 endpoint, besides AL2023's repositories, ECR layers and SSM's buckets.
+        Default: none. (Endpoints serve only this account's principals and buckets.)
     """
 
     def __init__(
@@ -94,6 +99,7 @@ class TrainingNetwork(Construct):
         existing_vpc: ec2.IVpc | None = None,
         existing_subnet: ec2.ISubnet | None = None,
         create_endpoints: bool | None = None,
+        extra_s3_read_buckets: Sequence[str] = (),
     ) -> None:
         super().__init__(scope, id)
         region = cdk.Stack.of(self).region
@@ -111,7 +117,12 @@ class TrainingNetwork(Construct):
             self._validate_existing_subnet_az(existing_subnet, availability_zone)
         else:
             self.vpc, self.subnet = self._new_vpc(
-                availability_zone, cidr, nat_egress, flow_log_retention, log_key
+                availability_zone,
+                cidr,
+                nat_egress,
+                flow_log_retention,
+                log_key,
+                extra_s3_read_buckets,
             )
 
         if create_endpoints is None:
@@ -183,6 +194,7 @@ class TrainingNetwork(Construct):
         nat_egress: bool,
         retention: logs.RetentionDays,
         log_key: kms.IKey | None,
+        extra_s3_read_buckets: Sequence[str],
     ) -> tuple[ec2.Vpc, ec2.ISubnet]:
         node_type = (
             ec2.SubnetType.PRIVATE_WITH_EGRESS if nat_egress else ec2.SubnetType.PRIVATE_ISOLATED
@@ -203,9 +215,9 @@ class TrainingNetwork(Construct):
             nat_gateways=1 if nat_egress else 0,
             restrict_default_security_group=True,
         )
-        self.endpoints.append(
-            vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
-        )
+        s3_endpoint = vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
+        self._limit_s3_endpoint(s3_endpoint, extra_s3_read_buckets)
+        self.endpoints.append(s3_endpoint)
         key = log_key or self._flow_log_key()
         log_group = logs.LogGroup(
             self,
@@ -292,5 +304,50 @@ class TrainingNetwork(Construct):
                 private_dns_enabled=True,
                 open=False,
             )
+            # Only principals of this account may use the endpoints: stolen credentials of
+            # another account cannot carry data out through them.
+            endpoint.add_to_policy(
+                iam.PolicyStatement(
+                    principals=[iam.AnyPrincipal()],
+                    actions=["*"],
+                    resources=["*"],
+                    conditions={
+                        "StringEquals": {"aws:PrincipalAccount": cdk.Stack.of(self).account}
+                    },
+                )
+            )
             self.endpoints.append(endpoint)
         return group
+
+    def _limit_s3_endpoint(
+        self, endpoint: ec2.GatewayVpcEndpoint, extra_read_buckets: Sequence[str]
+    ) -> None:
+        """The S3 endpoint reaches this account's buckets, plus read access to the AWS-owned
+        buckets nodes need: AL2023's package repositories (FACTS.md), ECR image layers (ECR user
+        guide, "Amazon S3 gateway endpoint") and the SSM agent's buckets."""
+        stack = cdk.Stack.of(self)
+        endpoint.add_to_policy(
+            iam.PolicyStatement(
+                sid="ThisAccountsBuckets",
+                principals=[iam.AnyPrincipal()],
+                actions=["s3:*"],
+                resources=["*"],
+                conditions={"StringEquals": {"aws:ResourceAccount": stack.account}},
+            )
+        )
+        region = stack.region
+        aws_buckets = [
+            f"al2023-repos-{region}-de612dc2",
+            f"prod-{region}-starport-layer-bucket",
+            f"amazon-ssm-{region}",
+            f"aws-ssm-{region}",
+            *extra_read_buckets,
+        ]
+        endpoint.add_to_policy(
+            iam.PolicyStatement(
+                sid="AwsOwnedBucketsNodesRead",
+                principals=[iam.AnyPrincipal()],
+                actions=["s3:GetObject"],
+                resources=[f"arn:{stack.partition}:s3:::{bucket}/*" for bucket in aws_buckets],
+            )
+        )
