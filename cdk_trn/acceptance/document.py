@@ -2,11 +2,12 @@
 
 Owns the document's parameters (each with an ``allowedPattern``: Run Command substitutes
 ``{{ Parameter }}`` into the script text, so the patterns are what keeps a parameter from becoming
-shell code) and its script: check the node's Neuron and EFA device counts, log in to ECR
+shell code) and its script: remove any acceptance container a stopped run left behind (they are
+labelled ``cdk-trn-acceptance=1``), check the node's Neuron and EFA device counts, log in to ECR
 (through the VPC endpoints), pull the image, run it under ``torchrun`` with host networking, the
 Neuron and EFA devices, unlimited locked memory and the compile cache mounted, then upload
-``rank-*.json``, ``summary.json`` and the node's log to ``<ResultsUri><NodeRank>/`` whatever the
-outcome.
+``rank-*.json``, ``summary.json`` and the node's log to ``<ResultsUri><NodeRank>/`` and remove the
+container whatever the outcome (also on TERM).
 The custom-resource handler fills the parameters (``handler/acceptance_handler.py``,
 ``command_parameters``); a test keeps the two lists equal.
 """
@@ -22,6 +23,8 @@ from constructs import Construct
 SUITE_MODULE = "trn_acceptance"
 #: Where the suite writes inside the container; mounted from the node's work directory.
 CONTAINER_RESULTS_DIR = "/results"
+#: Label on every acceptance container, so that a later run finds one a stopped run left behind.
+CONTAINER_LABEL = "cdk-trn-acceptance=1"
 
 _INT = "^[0-9]{1,6}$"
 
@@ -95,12 +98,30 @@ mkdir -p "${OUT_DIR}" "${CACHE_DIR}"
 
 log() { echo "cdk-trn acceptance node ${NODE_RANK}: $*" | tee -a "${LOG_FILE}" >&2; }
 
+# A run that Run Command timed out or cancelled can leave its container running, holding the
+# Neuron devices; no acceptance container may outlive its run.
+leftover="$(docker ps -aq --filter label=__CONTAINER_LABEL__)"
+if [ -n "${leftover}" ]; then
+  log "removing containers left by an earlier run: ${leftover//$'\n'/ }"
+  echo "${leftover}" | xargs -r docker rm -f >/dev/null
+fi
+
+CONTAINER=""
+remove_container() {
+  if [ -n "${CONTAINER}" ]; then docker rm --force "${CONTAINER}" >/dev/null 2>&1 || true; fi
+}
 upload_results() {
   aws s3 cp --region "${REGION}" --recursive --only-show-errors "${OUT_DIR}/" "${DEST}" \
     || echo "cdk-trn acceptance node ${NODE_RANK}: upload to ${DEST} failed" >&2
 }
-# Results (and the log) are uploaded whatever the outcome; the script keeps its exit status.
-trap upload_results EXIT
+finish() {
+  remove_container
+  upload_results
+}
+# The container goes and the results (and the log) are uploaded whatever the outcome; the script
+# keeps its exit status. TERM/INT (a cancel or timeout) exit through the same EXIT trap.
+trap finish EXIT
+trap 'log "stopped by a signal"; exit 143' TERM INT
 
 neuron_devices=(/dev/neuron[0-9]*)
 efa_devices=(/dev/infiniband/uverbs[0-9]*)
@@ -132,7 +153,7 @@ docker pull --quiet "${IMAGE_URI}" >>"${LOG_FILE}"
 case "${REGISTRY}" in *.dkr.ecr.*) docker logout "${REGISTRY}" >/dev/null || true ;; esac
 
 CONTAINER="cdk-trn-acceptance-${RUN_ID}-${NODE_RANK}"
-docker rm --force "${CONTAINER}" >/dev/null 2>&1 || true
+remove_container
 log "starting ${IMAGE_URI}: ${NODES} nodes x ${PROCS_PER_NODE} processes," \
   "rendezvous ${RDZV_HOST}:${RDZV_PORT}"
 status=0
@@ -142,7 +163,8 @@ status=0
 # The node's own environment (EFA, logical NeuronCore config, UltraServer ids) from its bootstrap.
 node_env=()
 if [ -r /etc/cdk-trn/env ]; then node_env=(--env-file /etc/cdk-trn/env); fi
-docker run --rm --name "${CONTAINER}" \
+# In the background, so that a TERM interrupts `wait` and the trap removes the container at once.
+docker run --rm --name "${CONTAINER}" --label __CONTAINER_LABEL__ \
   --network host --ipc host --cap-add IPC_LOCK \
   --ulimit memlock=-1:-1 --ulimit nofile=65536:65536 \
   "${device_args[@]}" \
@@ -160,7 +182,8 @@ docker run --rm --name "${CONTAINER}" \
   -m __SUITE_MODULE__ run --out-dir __RESULTS_DIR__ --run-id "${RUN_ID}" \
   --node "${LOCAL_ADDR}" --cache-dir "${CACHE_DIR}" \
   ${SUITE_ARGS} \
-  >>"${LOG_FILE}" 2>&1 || status=$?
+  >>"${LOG_FILE}" 2>&1 &
+wait "$!" || status=$?
 # Run Command keeps about 24,000 characters of output; the whole log goes to S3. On failure the
 # tail goes to stderr, where the handler takes the reason from.
 if [ "${status}" -ne 0 ]; then
@@ -175,8 +198,10 @@ exit "${status}"
 
 def acceptance_script() -> str:
     """The node script, with ``{{ Parameter }}`` placeholders for Run Command to fill."""
-    return _SCRIPT.replace("__RESULTS_DIR__", CONTAINER_RESULTS_DIR).replace(
-        "__SUITE_MODULE__", SUITE_MODULE
+    return (
+        _SCRIPT.replace("__RESULTS_DIR__", CONTAINER_RESULTS_DIR)
+        .replace("__SUITE_MODULE__", SUITE_MODULE)
+        .replace("__CONTAINER_LABEL__", CONTAINER_LABEL)
     )
 
 

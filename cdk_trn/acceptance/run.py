@@ -566,6 +566,14 @@ class AcceptanceRun(Construct):
                 actions=["s3:PutObject"],
                 resources=[self._results_objects_arn()],
             ),
+            # The pass markers sit under the results prefix, but only the handler may vouch that
+            # a run passed: a node writing one would let a later deploy skip the suite.
+            iam.PolicyStatement(
+                sid="DenyWritingPassMarkers",
+                effect=iam.Effect.DENY,
+                actions=["s3:PutObject"],
+                resources=[self._pass_markers_arn()],
+            ),
         ]
         key = self.results_bucket.encryption_key
         if key is not None:

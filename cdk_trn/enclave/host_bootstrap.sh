@@ -176,14 +176,17 @@ systemctl daemon-reload
 systemctl enable --now cdk-trn-kms-proxy.service cdk-trn-enclave.service cdk-trn-enclave-parent.service
 
 # --- success needs the enclave RUNNING in production mode and the parent listening -----------
-nitro-cli describe-enclaves > "$ROOT/enclaves.json"
-python3 - "$ROOT/enclaves.json" "$ENCLAVE_NAME" <<'EOF' || fail "enclave is not RUNNING in production mode"
+check_enclave() {
+  nitro-cli describe-enclaves > "$ROOT/enclaves.json"
+  python3 - "$ROOT/enclaves.json" "$ENCLAVE_NAME" <<'EOF' || fail "enclave is not RUNNING in production mode"
 import json, sys
 enclaves = [e for e in json.load(open(sys.argv[1])) if e.get("EnclaveName") == sys.argv[2]]
 print(json.dumps(enclaves))
 ok = len(enclaves) == 1 and enclaves[0].get("State") == "RUNNING" and enclaves[0].get("Flags") == "NONE"
 sys.exit(0 if ok else 1)
 EOF
+}
+check_enclave
 wait_for_parent() {
   for _ in $(seq 1 60); do
     if ss -Hltn "sport = :${SERVICE_PORT}" | grep -q . && [ -s "$STATE" ]; then
@@ -202,8 +205,12 @@ if [ "$STATE_FROM_S3" = no ]; then
     grep -q "PreconditionFailed\|412" "$ROOT/put.err" \
       || fail "cannot store the key state: $(cat "$ROOT/put.err")"
     # Another host stored its key first: load that one, so that every host signs with one key.
+    # The enclave still holds this host's key in memory and would keep answering init with it,
+    # so it restarts empty and decrypts the stored key when the parent sends init again.
     systemctl stop cdk-trn-enclave-parent.service
     fetch_state
+    systemctl restart cdk-trn-enclave.service
+    check_enclave
     systemctl start cdk-trn-enclave-parent.service
     wait_for_parent || fail "parent server did not come back with the stored key state"
   fi

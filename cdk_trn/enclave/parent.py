@@ -4,7 +4,8 @@ The server owns everything between the cluster's nodes and the enclave:
 
 - start-up: loads the stored key state (KMS ciphertext + public key; nothing secret), sends the
   enclave ``init`` with the host role's credentials, stores the state the enclave returns on first
-  start (:class:`KeyStateFile`, :class:`EnclaveClient`);
+  start, and refuses to serve when the enclave holds a key other than the stored one
+  (:class:`KeyStateFile`, :class:`EnclaveClient`);
 - caller authentication, the HashiCorp Vault AWS IAM pattern: the caller sends a SigV4-signed
   ``sts:GetCallerIdentity`` request (method, URL, headers, body) instead of a secret. The server
   checks it is a POST of exactly ``Action=GetCallerIdentity`` to the one STS endpoint it expects,
@@ -24,7 +25,9 @@ IAM check so that membership of the network alone is not enough.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import hashlib
 import ipaddress
 import json
 import logging
@@ -44,13 +47,14 @@ from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cdk_trn.enclave.channel import DEFAULT_ENCLAVE_PORT, ChannelAddress, FrameError
 
 __all__ = [
     "CallerIdentity",
     "CallerVerifier",
+    "EnclaveChannel",
     "EnclaveClient",
     "KeyStateFile",
     "ParentServer",
@@ -203,7 +207,7 @@ class CallerVerifier:
         signed = self._signed_headers(headers)
         if "accept" not in signed:
             forward = {k: v for k, v in forward.items() if k.lower() != "accept"}
-            forward["Accept"] = "application/json"
+            forward["accept"] = "application/json"
         try:
             # Sent to the configured endpoint, not the caller's spelling of it.
             status, payload = self._transport("POST", self.sts_url, forward, body.encode())
@@ -232,7 +236,12 @@ class CallerVerifier:
                 raise ProofError("auth headers must be short strings")
             if any(c in name + value for c in "\r\n\x00") or not name.isascii():
                 raise ProofError("auth headers must not contain line breaks or NUL")
-            clean[name] = value
+            # One spelling per header: what is checked here is exactly what STS receives, so a
+            # second "X-Cdk-Trn-Request-Digest" cannot shadow the signed one.
+            key = name.lower()
+            if key in clean:
+                raise ProofError(f"auth repeats the header {key!r}")
+            clean[key] = value
         return method, url, clean, body
 
     def _check_target(self, method: str, url: str, body: str) -> None:
@@ -348,12 +357,18 @@ class EnclaveError(Exception):
         self.code = code
 
 
+class EnclaveChannel(Protocol):
+    """Sends one request frame to the enclave and returns its reply (:class:`ChannelAddress`)."""
+
+    def request(self, message: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]: ...
+
+
 class EnclaveClient:
     """Requests to the enclave; initialises it (again) when it reports no key loaded."""
 
     def __init__(
         self,
-        channel: ChannelAddress,
+        channel: EnclaveChannel,
         *,
         key_id: str,
         region: str,
@@ -381,10 +396,30 @@ class EnclaveClient:
                     "stored_key": stored,
                 }
             )
+            if stored is not None:
+                self._require_stored_key(stored, reply)
             if reply.get("created") or stored is None:
                 self._state.save(reply["stored_key"])
             LOG.info("enclave ready, signing key sha256 %s", reply.get("key_sha256"))
             return reply
+
+    def _require_stored_key(self, stored: Mapping[str, Any], reply: Mapping[str, Any]) -> None:
+        # An enclave that kept its own key in memory answers init with that key (created=False);
+        # signing with it would produce signatures no published public key verifies.
+        try:
+            stored_public = base64.b64decode(str(stored["public_key"]), validate=True)
+            enclave_public = base64.b64decode(str(reply["public_key"]), validate=True)
+        except (KeyError, ValueError) as exc:
+            raise EnclaveError(
+                "key_mismatch", f"cannot compare the enclave's key with {self._state.path}: {exc}"
+            ) from exc
+        if stored_public != enclave_public:
+            raise EnclaveError(
+                "key_mismatch",
+                f"the enclave holds signing key sha256 {hashlib.sha256(enclave_public).hexdigest()}"
+                f" but {self._state.path} holds sha256 {hashlib.sha256(stored_public).hexdigest()};"
+                " restart the enclave so that it loads the stored key",
+            )
 
     def call(self, message: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -2,10 +2,11 @@
 
 Owns the vault's resources: the KMS key and its policy (cryptographic use only with an attestation
 whose PCR0, and PCR8 for signed images, match the image; an explicit Deny for every principal when
-the attestation is absent), the enclave hosts (an Auto Scaling group of enclave-capable instances
-with ``EnclaveOptions``, IMDSv2, no public IP, encrypted root volume), their role, security group
-and boot script (``host_bootstrap.sh``), the state bucket that keeps the signing key's ciphertext,
-and the SSM parameter name under which the host publishes the manifest-signing public key.
+the attestation is absent, and on grants and re-encryption always), the enclave hosts (an Auto
+Scaling group of enclave-capable instances with ``EnclaveOptions``, IMDSv2, no public IP, encrypted
+root volume), their role, security group and boot script (``host_bootstrap.sh``), the state
+bucket that keeps the signing key's ciphertext, and the SSM parameter name under which the host
+publishes the manifest-signing public key.
 
 The enclave hosts run beside the Trainium nodes, not on them: enclaves cannot reach Trainium or
 EFA, and Trn1/Trn1n cannot host enclaves (see FACTS.md "Nitro Enclaves"). Policy facts: AWS KMS
@@ -82,6 +83,9 @@ ADMIN_ACTIONS = (
     "kms:UpdateAlias",
     "kms:UpdateKeyDescription",
 )
+#: Denied to every principal without condition: the enclave needs neither, a grant could hand
+#: Decrypt to another principal, and ReEncrypt would move the ciphertext under another key.
+DENIED_TO_EVERYONE_ACTIONS = ("kms:CreateGrant", "kms:ReEncrypt*")
 IMAGE_SHA384 = "kms:RecipientAttestation:ImageSha384"
 PCR8 = "kms:RecipientAttestation:PCR8"
 
@@ -445,6 +449,13 @@ class EnclaveKeyVault(Construct):
                 actions=list(CRYPTO_ACTIONS),
                 resources=["*"],
                 conditions={"StringNotEqualsIgnoreCase": {IMAGE_SHA384: image.pcr0}},
+            ),
+            iam.PolicyStatement(
+                sid="DenyGrantsAndReEncryptionToEveryone",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=list(DENIED_TO_EVERYONE_ACTIONS),
+                resources=["*"],
             ),
         ]
         if image.pcr8 is not None:

@@ -161,6 +161,38 @@ def test_nodes_may_pull_the_image_and_write_only_under_the_results_prefix(defaul
     )
 
 
+def test_nodes_are_denied_writing_the_handlers_pass_markers(default):
+    under_test, _, template = default
+    role = under_test.stack.get_logical_id(under_test.cluster.role.node.default_child)
+    bucket = logical_id(under_test, under_test.run.results_bucket)
+    template.has_resource_properties(
+        "AWS::IAM::ManagedPolicy",
+        {
+            "Roles": [{"Ref": role}],
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [
+                        {
+                            "Sid": "DenyWritingPassMarkers",
+                            "Effect": "Deny",
+                            "Action": "s3:PutObject",
+                            "Resource": {
+                                "Fn::Join": [
+                                    "",
+                                    [
+                                        {"Fn::GetAtt": [bucket, "Arn"]},
+                                        "/acceptance-runs/_passed/*",
+                                    ],
+                                ]
+                            },
+                        }
+                    ]
+                )
+            },
+        },
+    )
+
+
 def test_send_command_is_limited_to_the_document_and_the_clusters_tagged_instances(default):
     under_test, _, template = default
     document = under_test.stack.get_logical_id(under_test.run.document)

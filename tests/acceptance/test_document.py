@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -87,17 +89,40 @@ def test_rendered_script_is_valid_bash():
 FAKE_DOCKER = textwrap.dedent(
     r"""
     #!/bin/bash
-    # Test double of the docker CLI: records its arguments; `run` writes results like the suite.
+    # Test double of the docker CLI: records its arguments; `run` writes results like the suite
+    # (or stands in for a container that keeps running, as its own process); `ps` lists the
+    # leftover containers a case sets; `rm --force NAME` stops the running stand-in, like docker.
     echo "docker $*" >> "${FAKE_CALLS}"
+    if [ "$1" = "ps" ]; then
+      for id in ${FAKE_LEFTOVER_CONTAINERS:-}; do echo "${id}"; done
+      exit 0
+    fi
+    if [ "$1" = "rm" ]; then
+      for name in "${@:3}"; do
+        if [ -f "${FAKE_CONTAINERS}/${name}" ]; then
+          kill "$(cat "${FAKE_CONTAINERS}/${name}")" 2>/dev/null || true
+          rm -f "${FAKE_CONTAINERS}/${name}"
+        fi
+      done
+      exit 0
+    fi
     if [ "$1" = "run" ]; then
       out=""
       prev=""
+      name=""
       for arg in "$@"; do
         if [ "${prev}" = "--volume" ] && [[ "${arg}" == *:/results ]]; then
           out="${arg%:/results}"
         fi
+        if [ "${prev}" = "--name" ]; then name="${arg}"; fi
         prev="${arg}"
       done
+      if [ -n "${FAKE_DOCKER_RUN_HANGS:-}" ]; then
+        mkdir -p "${FAKE_CONTAINERS}"
+        echo "$$" > "${FAKE_CONTAINERS}/${name}"
+        echo "container running"
+        exec sleep 60
+      fi
       echo '{"rank": 0}' > "${out}/rank-0.json"
       echo '{"schema_version": 1}' > "${out}/summary.json"
       echo "torchrun says hello"
@@ -141,6 +166,7 @@ def node(tmp_path: Path):
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "FAKE_CALLS": str(tmp_path / "calls.log"),
         "FAKE_S3": str(tmp_path / "s3"),
+        "FAKE_CONTAINERS": str(tmp_path / "containers"),
         "FAKE_DOCKER_RUN_STATUS": "0",
         "CDK_TRN_ACCEPTANCE_ROOT": str(tmp_path / "work"),
     }
@@ -148,10 +174,14 @@ def node(tmp_path: Path):
     # No Neuron or EFA devices on a test machine.
     params.update(ExpectedNeuronDevices="0", ExpectedEfaDevices="0")
 
-    def run(**env_overrides: str) -> subprocess.CompletedProcess[str]:
+    def write_script() -> Path:
         script = tmp_path / "_script.sh"
         script.write_text(render(params))
         script.chmod(0o755)
+        return script
+
+    def run(**env_overrides: str) -> subprocess.CompletedProcess[str]:
+        script = write_script()
         return subprocess.run(
             ["sh", "-c", str(script)],  # how the SSM agent starts runShellScript
             env={**env, **env_overrides},
@@ -163,6 +193,9 @@ def node(tmp_path: Path):
     run.calls = lambda: (tmp_path / "calls.log").read_text().splitlines()  # type: ignore[attr-defined]
     run.uploaded = tmp_path / "s3" / "test-acceptance-results" / "acceptance-runs" / RUN_ID / "1"  # type: ignore[attr-defined]
     run.params = params  # type: ignore[attr-defined]
+    run.env = env  # type: ignore[attr-defined]
+    run.write_script = write_script  # type: ignore[attr-defined]
+    run.containers = tmp_path / "containers"  # type: ignore[attr-defined]
     return run
 
 
@@ -191,6 +224,7 @@ def test_script_runs_the_suite_under_torchrun_and_uploads_the_results(node):
     ):
         assert expected in run, expected
     assert "FI_PROVIDER" not in run  # no EFA devices expected on this node
+    assert f"--name cdk-trn-acceptance-{RUN_ID}-1 --label cdk-trn-acceptance=1 " in run
     assert (node.uploaded / "summary.json").is_file()
     assert (node.uploaded / "rank-0.json").is_file()
     assert "torchrun says hello" in (node.uploaded / "node-1.log").read_text()
@@ -209,5 +243,72 @@ def test_script_stops_before_pulling_when_device_counts_are_wrong(node):
     result = node()
     assert result.returncode == 3
     assert "found 0 Neuron devices, expected 16" in result.stderr
-    assert not any(c.startswith("docker") for c in node.calls())
+    docker_calls = [c for c in node.calls() if c.startswith("docker")]
+    assert docker_calls == ["docker ps -aq --filter label=cdk-trn-acceptance=1"]
     assert "expected 16" in (node.uploaded / "node-1.log").read_text()
+
+
+def test_script_first_removes_containers_an_earlier_stopped_run_left_behind(node):
+    result = node(FAKE_LEFTOVER_CONTAINERS="0a1b2c3d4e5f 9f8e7d6c5b4a")
+    assert result.returncode == 0, result.stderr
+    calls = [c for c in node.calls() if c.startswith("docker")]
+    assert calls[:2] == [
+        "docker ps -aq --filter label=cdk-trn-acceptance=1",
+        "docker rm -f 0a1b2c3d4e5f 9f8e7d6c5b4a",
+    ]
+    assert "removing containers left by an earlier run: 0a1b2c3d4e5f 9f8e7d6c5b4a" in (
+        result.stderr
+    )
+
+
+def test_script_removes_its_container_when_the_run_ends(node):
+    result = node(FAKE_DOCKER_RUN_STATUS="1")
+    assert result.returncode == 1
+    calls = node.calls()
+    run = next(i for i, c in enumerate(calls) if c.startswith("docker run"))
+    assert f"docker rm --force cdk-trn-acceptance-{RUN_ID}-1" in calls[run + 1 :]
+
+
+def test_terminated_script_removes_its_running_container_and_still_uploads(node):
+    script = node.write_script()
+    # The script itself gets TERM, as from Run Command on a cancel or timeout; not its children.
+    process = subprocess.Popen(
+        ["bash", str(script)],
+        env={**node.env, "FAKE_DOCKER_RUN_HANGS": "1"},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    container = node.containers / f"cdk-trn-acceptance-{RUN_ID}-1"
+    try:
+        deadline = time.monotonic() + 30
+        while not container.exists() or not container.read_text().strip():
+            assert time.monotonic() < deadline, "the container stand-in never started"
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.05)
+        container_pid = int(container.read_text())
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, stderr
+    assert "stopped by a signal" in stderr
+    assert f"docker rm --force cdk-trn-acceptance-{RUN_ID}-1" in node.calls()
+    assert not container.exists()
+    assert _exits_within(container_pid, seconds=5)
+    assert "container running" in (node.uploaded / "node-1.log").read_text()
+
+
+def _exits_within(pid: int, *, seconds: float) -> bool:
+    """Whether ``pid`` is gone (or a zombie waiting to be reaped) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import http.client
@@ -11,8 +12,12 @@ import time
 
 import pytest
 from botocore.credentials import Credentials
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from enclave_doubles import StsTestDouble
 from enclave_harness import (
+    HOST_CREDENTIALS,
+    KEY_ID,
     NODE_KEY,
     NODE_ROLE_ARN,
     NODE_SESSION_ARN,
@@ -24,6 +29,9 @@ from enclave_harness import (
 
 from cdk_trn.enclave.parent import (
     CallerVerifier,
+    EnclaveClient,
+    EnclaveError,
+    KeyStateFile,
     ParentLimits,
     ProofError,
     RateLimiter,
@@ -76,7 +84,7 @@ def test_proof_signed_by_the_node_role_is_accepted(verifier, sts):
     assert (caller.arn, caller.role_name) == (NODE_SESSION_ARN, "TrainiumNodeRole")
     # The server forwarded to the pinned STS endpoint and asked for JSON.
     method, url, headers, body = sts.requests[-1]
-    assert (method, url, headers["Accept"]) == ("POST", STS_URL, "application/json")
+    assert (method, url, headers["accept"]) == ("POST", STS_URL, "application/json")
 
 
 def test_proof_from_another_role_is_forbidden(verifier):
@@ -149,6 +157,19 @@ def test_proof_with_edited_binding_header_fails_at_sts(verifier):
     proof = _proof(digest=hashlib.sha384(b"x").hexdigest())
     proof["headers"]["X-Cdk-Trn-Request-Digest"] = DIGEST
     with pytest.raises(ProofError, match="STS rejected"):
+        verifier.verify(proof, request_digest=DIGEST)
+
+
+def test_captured_proof_cannot_be_rebound_by_a_second_spelling_of_a_header(verifier):
+    # The attack: keep the signed headers, add lower-case twins naming another digest/server.
+    other = hashlib.sha384(b"a manifest the node never asked for").hexdigest()
+    proof = _proof(digest=other, server_id="vault-elsewhere")
+    proof["headers"] = {
+        "x-cdk-trn-request-digest": DIGEST,
+        "x-cdk-trn-server-id": "vault-test-1",
+        **proof["headers"],
+    }
+    with pytest.raises(ProofError, match="repeats the header"):
         verifier.verify(proof, request_digest=DIGEST)
 
 
@@ -349,3 +370,67 @@ def test_calls_from_outside_the_allowed_networks_are_forbidden(pki, tmp_path):
         assert (caught.value.status, caught.value.code) == (403, "forbidden")
     finally:
         stop_vault(running)
+
+
+# --- start-up: the enclave's key must be the stored key --------------------------------------
+
+
+def _public_key_der() -> bytes:
+    return (
+        ec.generate_private_key(ec.SECP384R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+def _stored_key(public_der: bytes) -> dict[str, str]:
+    return {
+        "key_id": KEY_ID,
+        "encrypted_private_key": base64.b64encode(b"kms ciphertext").decode(),
+        "public_key": base64.b64encode(public_der).decode(),
+    }
+
+
+class KeptKeyEnclaveDouble:
+    """An enclave that already holds a key in memory: init answers with it, created=False."""
+
+    def __init__(self, public_der: bytes) -> None:
+        self.public_der = public_der
+        self.requests: list[dict] = []
+
+    def request(self, message: dict, *, timeout: float = 30.0) -> dict:
+        self.requests.append(message)
+        return {
+            "ok": True,
+            "public_key": base64.b64encode(self.public_der).decode(),
+            "key_sha256": hashlib.sha256(self.public_der).hexdigest(),
+            "stored_key": _stored_key(self.public_der),
+            "created": False,
+        }
+
+
+def _client(enclave: KeptKeyEnclaveDouble, state: KeyStateFile) -> EnclaveClient:
+    return EnclaveClient(
+        enclave, key_id=KEY_ID, region=REGION, state=state, credentials=lambda: HOST_CREDENTIALS
+    )
+
+
+def test_initialise_refuses_an_enclave_holding_a_key_other_than_the_stored_one(tmp_path):
+    state = KeyStateFile(tmp_path / "signing-key.json")
+    stored = _stored_key(_public_key_der())
+    state.save(stored)
+    enclave = KeptKeyEnclaveDouble(_public_key_der())
+    with pytest.raises(EnclaveError, match="restart the enclave") as excinfo:
+        _client(enclave, state).initialise()
+    assert excinfo.value.code == "key_mismatch"
+    assert enclave.requests[0]["stored_key"] == stored
+    assert state.load() == stored
+
+
+def test_initialise_accepts_an_enclave_holding_the_stored_key(tmp_path):
+    public_der = _public_key_der()
+    state = KeyStateFile(tmp_path / "signing-key.json")
+    state.save(_stored_key(public_der))
+    reply = _client(KeptKeyEnclaveDouble(public_der), state).initialise()
+    assert reply["key_sha256"] == hashlib.sha256(public_der).hexdigest()
+    assert state.load() == _stored_key(public_der)

@@ -268,13 +268,21 @@ def test_later_host_loads_the_stored_key_state_and_does_not_overwrite_it(tmp_pat
     assert "--exit-code 0" in host.signals[0]
 
 
-def test_host_that_loses_the_first_write_race_switches_to_the_winning_key(tmp_path, synthesized):
+def test_host_that_loses_the_first_write_race_restarts_its_enclave_with_the_winning_key(
+    tmp_path, synthesized
+):
     winner, pem = _key_state()
     host = _boot(tmp_path, synthesized, OTHER_HOST_STATE=winner)
     assert host.result.returncode == 0, host.result.stdout[-3000:]
     assert (tmp_path / "s3" / KEY_STATE_OBJECT).read_text() == winner
     assert host.file("/var/lib/cdk-trn/signing-key.json") == winner
-    assert "systemctl stop cdk-trn-enclave-parent.service" in host.calls
+    # The enclave restarts between the parent's stop and start, so that the parent's init finds
+    # it empty and it decrypts the winning key instead of keeping this host's own.
+    stop = host.calls.index("systemctl stop cdk-trn-enclave-parent.service")
+    restart = host.calls.index("systemctl restart cdk-trn-enclave.service")
+    start = host.calls.index("systemctl start cdk-trn-enclave-parent.service")
+    assert stop < restart < start
+    assert host.calls[restart + 1 : start].count("nitro-cli describe-enclaves") == 1
     assert host.published_key is not None and host.published_key.strip() == pem.strip()
     assert len(host.signals) == 1 and "--exit-code 0" in host.signals[0]
 

@@ -101,6 +101,27 @@ def test_key_policy_denies_crypto_to_everyone_from_another_image(template, built
     } in _key_statements(template, built)
 
 
+def test_key_policy_denies_grants_and_re_encryption_to_everyone_without_condition(template, built):
+    assert {
+        "Sid": "DenyGrantsAndReEncryptionToEveryone",
+        "Effect": "Deny",
+        "Principal": {"AWS": "*"},
+        "Action": ["kms:CreateGrant", "kms:ReEncrypt*"],
+        "Resource": "*",
+    } in _key_statements(template, built)
+
+
+def test_key_policy_statements_are_exactly_the_documented_set(template, built):
+    assert [s["Sid"] for s in _key_statements(template, built)] == [
+        "AccountAdministersKeyWithoutCryptographicUse",
+        "KeyAdministratorsWithoutCryptographicUse",
+        "EnclaveHostUsesKeyOnlyFromAttestedEnclave",
+        "DenyCryptographicUseWithoutAttestation",
+        "DenyCryptographicUseFromOtherImages",
+        "DenyGrantsAndReEncryptionToEveryone",
+    ]
+
+
 def test_key_policy_has_no_unconditioned_allow_of_crypto_operations(template, built):
     for statement in _key_statements(template, built):
         actions = (
