@@ -72,8 +72,10 @@ class TrainiumCluster(Construct):
         construct path, lower-cased.
     :param interface_mode: EFA interface layout. Default: ``EfaInterfaceMode.EFA_ONLY``.
     :param root_volume_gib: root volume size (gp3, encrypted). Default: 512 GiB.
-    :param volume_key: customer-managed KMS key for the root volumes. Default: the
-        account's default EBS key.
+    :param volume_key: customer-managed KMS key for the root volumes. Its key policy must let
+        the Auto Scaling service-linked role (AWSServiceRoleForAutoScaling) use it (CreateGrant,
+        Decrypt, GenerateDataKey*, ReEncrypt*; EC2 Auto Scaling user guide, key policy for
+        encrypted volumes), or launches fail. Default: the account's default EBS key.
     :param signal_timeout: how long the deploy waits for all nodes' health signals. Default: 45 min.
     :param replace_nodes_on_update: replace every node (all at once, waiting for their signals
         again) when a deploy changes the launch template, for example when the floating DLAMI
