@@ -8,16 +8,21 @@
 # serial console (`aws ec2 get-console-output`).
 set -Eeuo pipefail
 
-LOG_TAG=cdk-trn-bootstrap
-ENV_FILE=/etc/cdk-trn/env
+# Tests only (tests/foundation/test_node_bootstrap_run.py): a directory that stands in for / and
+# a shorter device wait. Both unset on a node, where every path and wait is the real one.
+ROOT="${NODE_BOOTSTRAP_TEST_ROOT:-}"
+DEVICE_WAIT_SECONDS="${NODE_BOOTSTRAP_TEST_WAIT_SECONDS:-300}"
 
-log() { echo "[$LOG_TAG] $*" | tee /dev/console | logger -t "$LOG_TAG" || true; }
+LOG_TAG=cdk-trn-bootstrap
+ENV_FILE="$ROOT/etc/cdk-trn/env"
+
+log() { echo "[$LOG_TAG] $*" | tee -a "$ROOT/dev/console" | logger -t "$LOG_TAG" || true; }
 
 imds() {
   local token
-  token=$(curl -sS -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 300" \
+  token=$(curl -fsS -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 300" \
     http://169.254.169.254/latest/api/token)
-  curl -sS -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/meta-data/$1"
+  curl -fsS -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/meta-data/$1"
 }
 
 INSTANCE_ID=$(imds instance-id)
@@ -33,7 +38,9 @@ fail() {
   signal FAILURE || log "could not send the FAILURE signal"
   exit 1
 }
-trap 'fail "unexpected error at line $LINENO"' ERR
+# set -E hands this trap to command substitutions too: only the main shell fails (and signals),
+# once, when the substitution's non-zero status reaches it.
+trap '[ "$BASH_SUBSHELL" -eq 0 ] && fail "unexpected error at line $LINENO"' ERR
 
 count_matches() {
   local n=0 f
@@ -64,7 +71,7 @@ install_packages() {
 
 check_neuron() {
   local got
-  if ! got=$(wait_for_count 300 "/dev/neuron[0-9]*" "$CDK_TRN_EXPECTED_NEURON_DEVICES"); then
+  if ! got=$(wait_for_count "$DEVICE_WAIT_SECONDS" "$ROOT/dev/neuron[0-9]*" "$CDK_TRN_EXPECTED_NEURON_DEVICES"); then
     fail "expected $CDK_TRN_EXPECTED_NEURON_DEVICES Neuron devices (/dev/neuron*), found $got"
   fi
   log "Neuron devices: $CDK_TRN_EXPECTED_NEURON_DEVICES"
@@ -73,7 +80,7 @@ check_neuron() {
 check_efa() {
   local got
   [ "$CDK_TRN_EXPECTED_EFA_DEVICES" -eq 0 ] && { log "no EFA on this instance type"; return; }
-  if ! got=$(wait_for_count 300 "/sys/class/infiniband/*" "$CDK_TRN_EXPECTED_EFA_DEVICES"); then
+  if ! got=$(wait_for_count "$DEVICE_WAIT_SECONDS" "$ROOT/sys/class/infiniband/*" "$CDK_TRN_EXPECTED_EFA_DEVICES"); then
     fail "expected $CDK_TRN_EXPECTED_EFA_DEVICES EFA devices (/sys/class/infiniband), found $got"
   fi
   if command -v fi_info >/dev/null && ! fi_info -p efa -t FI_EP_RDM >/dev/null; then
@@ -83,7 +90,10 @@ check_efa() {
 }
 
 check_docker() {
-  command -v docker >/dev/null || install_packages docker || fail "docker is not installed and could not be installed"
+  # Ubuntu's package named "docker" is a KDE system-tray tool; its Docker engine is docker.io.
+  local package=docker
+  [ "$CDK_TRN_NODE_OS" = ubuntu-24.04 ] && package=docker.io
+  command -v docker >/dev/null || install_packages "$package" || fail "docker is not installed and could not be installed"
   systemctl enable --now docker || fail "docker did not start"
 }
 
@@ -108,7 +118,7 @@ configure_lustre_efa() {
   lnetctl lnet configure
   lnetctl net del --net tcp 2>/dev/null || true
   lnetctl net add --net tcp --if "$eth"
-  for dev in /sys/class/infiniband/*; do
+  for dev in "$ROOT"/sys/class/infiniband/*; do
     lnetctl net add --net efa --if "$(basename "$dev")" --peer-credits 32
   done
   lnetctl set discovery 1
@@ -121,23 +131,24 @@ mount_fsx() {
   [ -z "$CDK_TRN_FSX_DNS" ] && { log "no FSx for Lustre file system configured"; return; }
   install_lustre_client || fail "the Lustre client is not on the AMI and could not be installed"
   [ "$CDK_TRN_FSX_EFA" = "1" ] && configure_lustre_efa
-  mkdir -p "$CDK_TRN_FSX_MOUNT_PATH"
+  local mnt="$ROOT$CDK_TRN_FSX_MOUNT_PATH"
+  mkdir -p "$mnt"
   local source="$CDK_TRN_FSX_DNS@tcp:/$CDK_TRN_FSX_MOUNT_NAME"
-  grep -q " $CDK_TRN_FSX_MOUNT_PATH lustre " /etc/fstab || echo \
-    "$source $CDK_TRN_FSX_MOUNT_PATH lustre relatime,flock,_netdev,x-systemd.automount,x-systemd.requires=network-online.target 0 0" \
-    >> /etc/fstab
+  grep -q " $mnt lustre " "$ROOT/etc/fstab" || echo \
+    "$source $mnt lustre relatime,flock,_netdev,x-systemd.automount,x-systemd.requires=network-online.target 0 0" \
+    >> "$ROOT/etc/fstab"
   systemctl daemon-reload
   local tries=0
-  until mountpoint -q "$CDK_TRN_FSX_MOUNT_PATH" || mount "$CDK_TRN_FSX_MOUNT_PATH"; do
-    tries=$((tries + 1)); [ $tries -ge 12 ] && fail "could not mount $source at $CDK_TRN_FSX_MOUNT_PATH"
+  until mountpoint -q "$mnt" || mount "$mnt"; do
+    tries=$((tries + 1)); [ $tries -ge 12 ] && fail "could not mount $source at $mnt"
     sleep 10
   done
-  ls "$CDK_TRN_FSX_MOUNT_PATH" >/dev/null || fail "$CDK_TRN_FSX_MOUNT_PATH is mounted but not readable"
-  log "FSx for Lustre mounted at $CDK_TRN_FSX_MOUNT_PATH"
+  ls "$mnt" >/dev/null || fail "$mnt is mounted but not readable"
+  log "FSx for Lustre mounted at $mnt"
 }
 
 write_environment() {
-  mkdir -p /etc/cdk-trn "$CDK_TRN_COMPILE_CACHE"
+  mkdir -p "$ROOT/etc/cdk-trn" "$ROOT$CDK_TRN_COMPILE_CACHE"
   {
     echo "CDK_TRN_CLUSTER=$CDK_TRN_CLUSTER"
     echo "FI_PROVIDER=efa"
@@ -149,9 +160,9 @@ write_environment() {
     # The Neuron driver exposes the UltraServer topology in sysfs per node configuration
     # (4 = all four nodes); the EKS UltraServer init script reads the same files.
     local cfg=$CDK_TRN_ULTRASERVER_SIZE server node
-    server=$(cat "/sys/class/neuron_device/server_id_$cfg" 2>/dev/null || echo "")
-    node=$(cat "/sys/class/neuron_device/node_id_$cfg" 2>/dev/null || echo "-1")
-    if [ -z "$server" ] || [ "$server" = "0000000000000000" ] || [ "$node" -lt 0 ] || [ "$node" -ge "$cfg" ]; then
+    server=$(cat "$ROOT/sys/class/neuron_device/server_id_$cfg" 2>/dev/null || echo "")
+    node=$(cat "$ROOT/sys/class/neuron_device/node_id_$cfg" 2>/dev/null || echo "-1")
+    if [ -z "$server" ] || [ "$server" = "0000000000000000" ] || ! [[ $node =~ ^[0-9]+$ ]] || [ "$node" -ge "$cfg" ]; then
       fail "not part of a $cfg-node UltraServer (server_id='$server', node_id='$node')"
     fi
     {
@@ -163,7 +174,7 @@ write_environment() {
   fi
   chmod 0644 "$ENV_FILE"
   # KEY=VALUE lines serve docker --env-file and systemd EnvironmentFile; shells export them too.
-  printf 'set -a\n. %s\nset +a\n' "$ENV_FILE" > /etc/profile.d/cdk-trn-env.sh
+  printf 'set -a\n. %s\nset +a\n' "$ENV_FILE" > "$ROOT/etc/profile.d/cdk-trn-env.sh"
 }
 
 log "bootstrapping $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
