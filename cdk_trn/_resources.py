@@ -1,11 +1,14 @@
 """Small resource recipes that several constructs share, written once.
 
 * ``allow_cloudwatch_logs(key)``: let CloudWatch Logs of this account use a KMS key for log groups.
+* ``encrypted_bucket(...)``: a private, versioned, TLS-only bucket encrypted with a KMS key.
 * ``access_log_bucket(...)`` / ``deliver_access_logs(...)``: an SSE-S3 bucket that receives S3
   server access logs, and the logging setup of a bucket that sends them there.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
@@ -43,6 +46,31 @@ def allow_cloudwatch_logs(key: kms.Key) -> None:
                 }
             },
         )
+    )
+
+
+def encrypted_bucket(
+    scope: Construct,
+    id: str,
+    *,
+    key: kms.IKey,
+    removal_policy: cdk.RemovalPolicy,
+    lifecycle_rules: Sequence[s3.LifecycleRule] = (),
+) -> s3.Bucket:
+    """SSE-KMS with ``key`` and S3 Bucket Keys, public access blocked, object ownership enforced
+    (no ACLs), versioned, TLS-only."""
+    return s3.Bucket(
+        scope,
+        id,
+        encryption=s3.BucketEncryption.KMS,
+        encryption_key=key,
+        bucket_key_enabled=True,
+        block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+        object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+        versioned=True,
+        enforce_ssl=True,
+        removal_policy=removal_policy,
+        lifecycle_rules=list(lifecycle_rules) or None,
     )
 
 

@@ -22,7 +22,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from cdk_trn._acknowledge import acknowledge
+from cdk_trn._acknowledge import acknowledge, acknowledge_regulated
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import InstanceSpec, instance_spec
 from cdk_trn.errors import CdkTrnError, invalid
@@ -32,12 +32,6 @@ from cdk_trn.network import TrainingNetwork
 from cdk_trn.security import EfaSecurityGroup
 
 CLUSTER_TAG = "cdk-trn:cluster"
-#: Packs that ask for managed instead of inline policies.
-INLINE_POLICY_RULES = (
-    "NIST.800.53.R5-IAMNoInlinePolicy",
-    "HIPAA.Security-IAMNoInlinePolicy",
-    "PCI.DSS.321-IAMNoInlinePolicy",
-)
 MAX_NODES = 1024
 _CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}$")
 
@@ -273,14 +267,13 @@ class TrainiumCluster(Construct):
             "(Run Command for the acceptance run, Session Manager instead of SSH); a copy "
             "would drift from what the agent needs.",
         )
-        for rule_id in INLINE_POLICY_RULES:
-            acknowledge(
-                role,
-                rule_id,
-                "the node role's policy is the sum of the grants of the constructs that use the "
-                "nodes (signals, storage, image pulls, acceptance results), each naming its "
-                "resources; it belongs to this role alone and is deleted with it",
-            )
+        acknowledge_regulated(
+            role,
+            "IAMNoInlinePolicy",
+            "the node role's policy is the sum of the grants of the constructs that use the "
+            "nodes (signals, storage, image pulls, acceptance results), each naming its "
+            "resources; it belongs to this role alone and is deleted with it",
+        )
         # The node reports its own health to the creation policy: only to this stack.
         role.add_to_policy(
             iam.PolicyStatement(

@@ -18,7 +18,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from cdk_trn._acknowledge import acknowledge
+from cdk_trn._acknowledge import acknowledge_regulated
 from cdk_trn._resources import allow_cloudwatch_logs
 from cdk_trn.errors import CdkTrnError, invalid
 
@@ -231,17 +231,12 @@ class TrainingNetwork(Construct):
             destination=ec2.FlowLogDestination.to_cloud_watch_logs(log_group),
             traffic_type=ec2.FlowLogTrafficType.ALL,
         )
-        for rule_id in (
-            "NIST.800.53.R5-IAMNoInlinePolicy",
-            "HIPAA.Security-IAMNoInlinePolicy",
-            "PCI.DSS.321-IAMNoInlinePolicy",
-        ):
-            acknowledge(
-                flow_log,
-                rule_id,
-                "aws-cdk-lib's FlowLog writes its delivery role's policy inline; it grants only "
-                "writing to this VPC's flow-log group and passing that role",
-            )
+        acknowledge_regulated(
+            flow_log,
+            "IAMNoInlinePolicy",
+            "aws-cdk-lib's FlowLog writes its delivery role's policy inline; it grants only "
+            "writing to this VPC's flow-log group and passing that role",
+        )
         self._drop_redundant_depends_on()
         for subnet in vpc.public_subnets + vpc.private_subnets + vpc.isolated_subnets:
             self._pin_subnet_zone(subnet, az)

@@ -12,14 +12,7 @@ from __future__ import annotations
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
-from cdk_trn._acknowledge import acknowledge
-
-#: Packs whose "restricted common ports" rule flags any all-traffic ingress, whatever its source.
-_COMMON_PORT_RULES = (
-    "NIST.800.53.R5-EC2RestrictedCommonPorts",
-    "HIPAA.Security-EC2RestrictedCommonPorts",
-    "PCI.DSS.321-EC2RestrictedCommonPorts",
-)
+from cdk_trn._acknowledge import acknowledge_regulated
 
 
 class EfaSecurityGroup(ec2.SecurityGroup):
@@ -44,14 +37,17 @@ class EfaSecurityGroup(ec2.SecurityGroup):
     ) -> None:
         super().__init__(scope, id, vpc=vpc, description=description, allow_all_outbound=False)
         self.add_ingress_rule(self, ec2.Port.all_traffic(), "EFA and collectives within the group")
-        self_ingress = [c for c in self.node.children if isinstance(c, ec2.CfnSecurityGroupIngress)]
-        for rule_id in _COMMON_PORT_RULES:
-            acknowledge(
-                self_ingress[0],
-                rule_id,
-                "EFA requires all traffic between the nodes; the only source of this rule is "
-                "the group itself, never an address range",
-            )
+        (self_ingress,) = [
+            c for c in self.node.children if isinstance(c, ec2.CfnSecurityGroupIngress)
+        ]
+        # The regulated packs' "restricted common ports" rule flags any all-traffic ingress,
+        # whatever its source.
+        acknowledge_regulated(
+            self_ingress,
+            "EC2RestrictedCommonPorts",
+            "EFA requires all traffic between the nodes; the only source of this rule is "
+            "the group itself, never an address range",
+        )
         self.add_egress_rule(self, ec2.Port.all_traffic(), "EFA and collectives within the group")
         self.add_egress_rule(
             https_egress_peer or ec2.Peer.any_ipv4(),

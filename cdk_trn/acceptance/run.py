@@ -28,8 +28,13 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import custom_resources as cr
 from constructs import Construct, IConstruct, IValidation
 
-from cdk_trn._acknowledge import acknowledge
-from cdk_trn._resources import access_log_bucket, allow_cloudwatch_logs, deliver_access_logs
+from cdk_trn._acknowledge import acknowledge, acknowledge_regulated
+from cdk_trn._resources import (
+    access_log_bucket,
+    allow_cloudwatch_logs,
+    deliver_access_logs,
+    encrypted_bucket,
+)
 from cdk_trn.acceptance.document import DOCUMENT_PARAMETERS, acceptance_document
 from cdk_trn.acceptance.image import BoundNeuronTrainingImage, NeuronTrainingImage
 from cdk_trn.cluster import CLUSTER_TAG, TrainiumCluster
@@ -522,16 +527,10 @@ class AcceptanceRun(Construct):
             removal_policy=cdk.RemovalPolicy.RETAIN,
             serves="the acceptance results bucket",
         )
-        results = s3.Bucket(
+        results = encrypted_bucket(
             self,
             "Results",
-            encryption=s3.BucketEncryption.KMS,
-            encryption_key=self.encryption_key,
-            bucket_key_enabled=True,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            enforce_ssl=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            versioned=True,
+            key=self.encryption_key,
             removal_policy=cdk.RemovalPolicy.RETAIN,
             lifecycle_rules=[
                 s3.LifecycleRule(
@@ -545,14 +544,13 @@ class AcceptanceRun(Construct):
             results, to=access_logs, prefix="results/", sid="S3ServerAccessLogsOfAcceptanceResults"
         )
         for bucket in (results, access_logs):
-            for pack in ("NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321"):
-                acknowledge(
-                    bucket,
-                    f"{pack}-S3BucketReplicationEnabled",
-                    "Acceptance results are test output that the next deploy can reproduce; "
-                    "a replica in another region would add a bucket and a role for nothing "
-                    "that could not be measured again.",
-                )
+            acknowledge_regulated(
+                bucket,
+                "S3BucketReplicationEnabled",
+                "Acceptance results are test output that the next deploy can reproduce; "
+                "a replica in another region would add a bucket and a role for nothing "
+                "that could not be measured again.",
+            )
         return results
 
     def _results_objects_arn(self) -> str:
@@ -738,22 +736,20 @@ class AcceptanceRun(Construct):
                 "the results prefix, whose run ids and pass markers are known only at deploy "
                 "time.",
             )
-        for pack in ("NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321"):
-            acknowledge(
-                self,
-                f"{pack}-LambdaInsideVPC",
-                "The acceptance handlers only call AWS control-plane APIs (Auto Scaling, EC2, "
-                "SSM, S3, Step Functions, Lambda) and reach no private resource; the cluster's "
-                "isolated subnet has no endpoint for several of them.",
-            )
-        for pack in ("NIST.800.53.R5", "HIPAA.Security"):
-            acknowledge(
-                self,
-                f"{pack}-LambdaDLQ",
-                "The handlers run inside the custom-resource protocol: a failed invocation is "
-                "reported to CloudFormation (failing the deploy) or retried by the waiter, so a "
-                "dead-letter queue would hold events nobody may replay.",
-            )
+        acknowledge_regulated(
+            self,
+            "LambdaInsideVPC",
+            "The acceptance handlers only call AWS control-plane APIs (Auto Scaling, EC2, "
+            "SSM, S3, Step Functions, Lambda) and reach no private resource; the cluster's "
+            "isolated subnet has no endpoint for several of them.",
+        )
+        acknowledge_regulated(
+            self,
+            "LambdaDLQ",
+            "The handlers run inside the custom-resource protocol: a failed invocation is "
+            "reported to CloudFormation (failing the deploy) or retried by the waiter, so a "
+            "dead-letter queue would hold events nobody may replay.",
+        )
 
     def _provider(
         self,
@@ -865,13 +861,12 @@ class AcceptanceRun(Construct):
             "it only polls the is-complete handler, whose own logs and the ALL-level state "
             "machine log cover each attempt.",
         )
-        for pack in ("NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321"):
-            acknowledge(
-                waiter_role_construct,
-                f"{pack}-IAMNoInlinePolicy",
-                "The CDK Provider framework creates the waiter state machine's role and writes "
-                "its permissions inline; it accepts no role of ours for the state machine.",
-            )
+        acknowledge_regulated(
+            waiter_role_construct,
+            "IAMNoInlinePolicy",
+            "The CDK Provider framework creates the waiter state machine's role and writes "
+            "its permissions inline; it accepts no role of ours for the state machine.",
+        )
         return provider, policies
 
     def _suite_args(self, spec: Any, devices_per_chip: int) -> str:

@@ -39,7 +39,12 @@ from cdk_trn._acknowledge import (
     acknowledge_deploy_time_functions,
     acknowledge_regulated,
 )
-from cdk_trn._resources import access_log_bucket, allow_cloudwatch_logs, deliver_access_logs
+from cdk_trn._resources import (
+    access_log_bucket,
+    allow_cloudwatch_logs,
+    deliver_access_logs,
+    encrypted_bucket,
+)
 from cdk_trn.catalog import EnclaveHostSpec, enclave_host_spec
 from cdk_trn.enclave.image import BoundEnclaveImage, EnclaveImage, depend_on_role_policy_only
 from cdk_trn.errors import invalid
@@ -389,17 +394,11 @@ class EnclaveKeyVault(Construct):
             removal_policy=removal_policy,
             serves="the vault state bucket",
         )
-        state = s3.Bucket(
+        # Versioned: the hosts may overwrite the key state; versions keep every earlier one.
+        state = encrypted_bucket(
             self,
             "State",
-            encryption=s3.BucketEncryption.KMS,
-            encryption_key=self.storage_key,
-            bucket_key_enabled=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            enforce_ssl=True,
-            # The hosts may overwrite the key state; versions keep every earlier one.
-            versioned=True,
+            key=self.storage_key,
             removal_policy=removal_policy,
         )
         deliver_access_logs(
@@ -433,40 +432,25 @@ class EnclaveKeyVault(Construct):
                 resources=["*"],
                 conditions={"StringEqualsIgnoreCase": allow_conditions},
             ),
-            iam.PolicyStatement(
-                sid="DenyCryptographicUseWithoutAttestation",
-                effect=iam.Effect.DENY,
-                principals=[iam.AnyPrincipal()],
-                actions=list(CRYPTO_ACTIONS),
-                resources=["*"],
-                conditions={"Null": {IMAGE_SHA384: "true"}},
+            _deny_everyone(
+                "DenyCryptographicUseWithoutAttestation",
+                CRYPTO_ACTIONS,
+                {"Null": {IMAGE_SHA384: "true"}},
             ),
             # Also closes grants and IAM policies: any use must come from this exact image.
-            iam.PolicyStatement(
-                sid="DenyCryptographicUseFromOtherImages",
-                effect=iam.Effect.DENY,
-                principals=[iam.AnyPrincipal()],
-                actions=list(CRYPTO_ACTIONS),
-                resources=["*"],
-                conditions={"StringNotEqualsIgnoreCase": {IMAGE_SHA384: image.pcr0}},
+            _deny_everyone(
+                "DenyCryptographicUseFromOtherImages",
+                CRYPTO_ACTIONS,
+                {"StringNotEqualsIgnoreCase": {IMAGE_SHA384: image.pcr0}},
             ),
-            iam.PolicyStatement(
-                sid="DenyGrantsAndReEncryptionToEveryone",
-                effect=iam.Effect.DENY,
-                principals=[iam.AnyPrincipal()],
-                actions=list(DENIED_TO_EVERYONE_ACTIONS),
-                resources=["*"],
-            ),
+            _deny_everyone("DenyGrantsAndReEncryptionToEveryone", DENIED_TO_EVERYONE_ACTIONS),
         ]
         if image.pcr8 is not None:
             statements.append(
-                iam.PolicyStatement(
-                    sid="DenyCryptographicUseFromOtherSigners",
-                    effect=iam.Effect.DENY,
-                    principals=[iam.AnyPrincipal()],
-                    actions=list(CRYPTO_ACTIONS),
-                    resources=["*"],
-                    conditions={"StringNotEqualsIgnoreCase": {PCR8: image.pcr8}},
+                _deny_everyone(
+                    "DenyCryptographicUseFromOtherSigners",
+                    CRYPTO_ACTIONS,
+                    {"StringNotEqualsIgnoreCase": {PCR8: image.pcr8}},
                 )
             )
         if key_admins:
@@ -674,3 +658,17 @@ __all__ = [
     "VaultClient",
     "VaultEndpoint",
 ]
+
+
+def _deny_everyone(
+    sid: str, actions: Sequence[str], conditions: dict[str, Any] | None = None
+) -> iam.PolicyStatement:
+    """A key-policy Deny that binds every principal, administrators and grants included."""
+    return iam.PolicyStatement(
+        sid=sid,
+        effect=iam.Effect.DENY,
+        principals=[iam.AnyPrincipal()],
+        actions=list(actions),
+        resources=["*"],
+        conditions=conditions,
+    )

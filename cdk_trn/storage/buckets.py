@@ -14,8 +14,8 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from cdk_trn._acknowledge import acknowledge
-from cdk_trn._resources import access_log_bucket, deliver_access_logs
+from cdk_trn._acknowledge import acknowledge, acknowledge_regulated
+from cdk_trn._resources import access_log_bucket, deliver_access_logs, encrypted_bucket
 from cdk_trn.errors import invalid
 
 # FSx creates one service-linked role per file system for its S3 data repository associations,
@@ -53,10 +53,6 @@ def storage_key(scope: Construct, id: str, *, description: str | None = None) ->
         enable_key_rotation=True,
         removal_policy=cdk.RemovalPolicy.RETAIN,
     )
-
-
-#: Packs whose S3 rules ask for replication and SSE-KMS on every bucket.
-_REGULATED_PACKS = ("NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321")
 
 
 class TrainingBuckets(Construct):
@@ -141,14 +137,13 @@ class TrainingBuckets(Construct):
         )
         self._allow_fsx_data_repositories()
         for bucket in (self._access_log_bucket, self._dataset_bucket, self._checkpoint_bucket):
-            for pack in _REGULATED_PACKS:
-                acknowledge(
-                    bucket,
-                    f"{pack}-S3BucketReplicationEnabled",
-                    "cross-region replication needs a destination bucket and key in a second "
-                    "region, which this single-region stack cannot create; versioning, retention "
-                    "on delete and FSx backups cover recovery inside the region",
-                )
+            acknowledge_regulated(
+                bucket,
+                "S3BucketReplicationEnabled",
+                "cross-region replication needs a destination bucket and key in a second "
+                "region, which this single-region stack cannot create; versioning, retention "
+                "on delete and FSx backups cover recovery inside the region",
+            )
 
     # -- validation -----------------------------------------------------------------------------
 
@@ -177,16 +172,10 @@ class TrainingBuckets(Construct):
         removal_policy: cdk.RemovalPolicy,
         lifecycle_rules: list[s3.LifecycleRule],
     ) -> s3.Bucket:
-        bucket = s3.Bucket(
+        bucket = encrypted_bucket(
             self,
             id,
-            encryption=s3.BucketEncryption.KMS,
-            encryption_key=self._key,
-            bucket_key_enabled=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            versioned=True,
-            enforce_ssl=True,
+            key=self._key,
             removal_policy=removal_policy,
             lifecycle_rules=lifecycle_rules,
         )
