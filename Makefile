@@ -25,7 +25,7 @@ lint: $(VENV)/.test
 	ruff format --check .
 
 typecheck: $(VENV)/.test
-	mypy cdk_trn stacks app.py
+	mypy cdk_trn cdk_trn_runtime stacks app.py
 
 unit: $(VENV)/.test
 	PJRT_DEVICE=CPU pytest
@@ -46,8 +46,8 @@ $(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-$(VENV)/.test: pyproject.toml cdk_trn/neuron_container/pyproject.toml $(VENV)/.runtime
-	$(BIN)/pip install --quiet -e '.[test,dev]' -e cdk_trn/neuron_container
+$(VENV)/.test: pyproject.toml $(VENV)/.runtime
+	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $@
 
 node_modules/.installed: package.json package-lock.json

@@ -1,12 +1,12 @@
 """Run cdk-trn's container acceptance suite on this machine's CPU and print its report.
 
-The suite runs exactly as on a Trainium node (``torchrun ... -m trn_acceptance run``), with
+The suite runs exactly as on a Trainium node (``torchrun ... -m cdk_trn_runtime.suite run``), with
 ``PJRT_DEVICE=CPU`` and sizes a CPU finishes in a minute or two; the report printed at the end is
-the one rank 0 prints on Trainium (``trn_acceptance.summary.format_report``). CPU figures say
+the one rank 0 prints on Trainium (``cdk_trn_runtime.suite.summary.format_report``). CPU figures say
 nothing about Trainium performance; no peaks are passed, so no fraction is judged.
 
 Usage: python benchmarks/acceptance_cpu.py [--nproc 2] [--keep DIR]
-Needs: torch 2.9.0, torch-xla 2.9.0 and ``pip install -e cdk_trn/neuron_container``.
+Needs: torch 2.9.0, torch-xla 2.9.0 (the test extras).
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def main() -> int:
     parser.add_argument("--keep", help="write results and the cache here instead of a temp dir")
     args = parser.parse_args()
 
-    from trn_acceptance.schema import validate_summary
-    from trn_acceptance.summary import format_report
+    from cdk_trn_runtime.suite.schema import validate_summary
+    from cdk_trn_runtime.suite.summary import format_report
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.keep or scratch)
@@ -74,7 +74,7 @@ def main() -> int:
             "--nproc-per-node",
             str(args.nproc),
             "-m",
-            "trn_acceptance",
+            "cdk_trn_runtime.suite",
             "run",
             "--out-dir",
             str(out_dir),

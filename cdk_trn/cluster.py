@@ -3,15 +3,15 @@
 Composes the building blocks: the catalog's ``InstanceSpec``, an ``EfaSecurityGroup``, the node
 role, the EFA launch template, the ``Capacity`` choice (placement group, reservation or capacity
 block) and an Auto Scaling group with min = max = desired = N whose creation policy waits for N
-success signals. Each node sends its signal only after ``bootstrap/node_bootstrap.sh`` verified the
-catalog's Neuron and EFA device counts, Docker, the FSx mount and its UltraServer ids.
+success signals. Each node sends its signal only after
+``cdk_trn_runtime/node/node_bootstrap.sh`` verified the catalog's Neuron and EFA device counts,
+Docker, the FSx mount and its UltraServer ids.
 The template's size does not depend on N: one launch template and one group serve 1 or 256 nodes.
 """
 
 from __future__ import annotations
 
 import re
-from importlib import resources
 from typing import Any, Protocol
 
 import aws_cdk as cdk
@@ -23,6 +23,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from cdk_trn._acknowledge import acknowledge, acknowledge_regulated
+from cdk_trn._runtime import runtime_file
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import InstanceSpec, instance_spec
 from cdk_trn.errors import CdkTrnError, invalid
@@ -30,8 +31,8 @@ from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
 from cdk_trn.machine_image import NeuronMachineImage
 from cdk_trn.network import TrainingNetwork
 from cdk_trn.security import EfaSecurityGroup
+from cdk_trn_runtime.contract import CLUSTER_TAG
 
-CLUSTER_TAG = "cdk-trn:cluster"
 MAX_NODES = 1024
 _CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}$")
 
@@ -303,7 +304,7 @@ class TrainiumCluster(Construct):
             "CDK_TRN_COMPILE_CACHE": self.compile_cache_path,
         }
         header = "\n".join(f"{k}='{v}'" for k, v in variables.items())
-        script = resources.files("cdk_trn.bootstrap").joinpath("node_bootstrap.sh").read_text()
+        script = runtime_file("node", "node_bootstrap.sh").read_text()
         return "#!/bin/bash\n" + header + "\n" + script
 
     def _wait_for_signals(self, timeout: cdk.Duration, replace_nodes_on_update: bool) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-#: The container's contract: ``python -m trn_acceptance`` is the entrypoint; torchrun replaces it.
-SUITE_MODULE = "trn_acceptance"
+#: The container's entrypoint, ``python -m cdk_trn_runtime.suite``; torchrun replaces it.
+SUITE_MODULE = "cdk_trn_runtime.suite"
 #: Where the suite writes inside the container; mounted from the node's work directory.
 CONTAINER_RESULTS_DIR = "/results"
 #: Label on every acceptance container, so that a later run finds one a stopped run left behind.
@@ -63,7 +63,7 @@ DOCUMENT_PARAMETERS: dict[str, tuple[str, str]] = {
     "ExpectedNeuronDevices": ("Neuron devices (/dev/neuron*) the node must have", _INT),
     "ExpectedEfaDevices": ("EFA devices (/dev/infiniband/uverbs*) the node must have", _INT),
     "SuiteArgs": (
-        "Extra arguments of 'trn_acceptance run' (peaks, thresholds, sizes)",
+        "Extra arguments of 'cdk_trn_runtime.suite run' (peaks, thresholds, sizes)",
         r"^[A-Za-z0-9 ._=,:/-]{0,2000}$",
     ),
     "ExecutionTimeout": ("Seconds before the node's run is stopped", _INT),

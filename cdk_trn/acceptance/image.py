@@ -1,6 +1,6 @@
 """NeuronTrainingImage: which container image the acceptance run (or a user's job) runs.
 
-Three sources: the bundled acceptance container (``cdk_trn/neuron_container``, built and pushed to
+Three sources: the bundled training container (``cdk_trn_runtime/container``, built and pushed to
 the bootstrap ECR repository by ``cdk deploy`` as a ``DockerImageAsset``), another directory with a
 Dockerfile, or an image already in ECR. Like ``aws_ecs.ContainerImage``, the value is created
 without a scope and bound to one by the construct that uses it (``bind``), which is where the asset
@@ -20,10 +20,13 @@ from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from cdk_trn._runtime import RUNTIME_ROOT, runtime_excludes
 from cdk_trn.errors import invalid
 
-#: The bundled acceptance container (owned by the container's own package).
-BUNDLED_DIRECTORY = Path(__file__).resolve().parent.parent / "neuron_container"
+#: The bundled container's Dockerfile, relative to its build context (:data:`RUNTIME_ROOT`).
+BUNDLED_DOCKERFILE = "cdk_trn_runtime/container/Dockerfile"
+#: The subpackages of cdk_trn_runtime the bundled container ships.
+BUNDLED_SUBPACKAGES = ("container", "suite")
 #: Files in an image directory that never belong in the build context (or the asset hash).
 ASSET_EXCLUDES = (
     "**/__pycache__",
@@ -85,8 +88,14 @@ class NeuronTrainingImage:
         tag_or_digest: str | None = None,
         platform: ecr_assets.Platform | None = None,
         build_args: dict[str, str] | None = None,
+        file: str | None = None,
+        exclude: list[str] | None = None,
+        ignore_mode: cdk.IgnoreMode | None = None,
     ) -> None:
         self._directory = directory
+        self._file = file
+        self._exclude = list(exclude or ASSET_EXCLUDES)
+        self._ignore_mode = ignore_mode
         self._repository = repository
         self._tag_or_digest = tag_or_digest
         self._platform = platform or ecr_assets.Platform.LINUX_AMD64
@@ -95,8 +104,14 @@ class NeuronTrainingImage:
 
     @classmethod
     def bundled(cls) -> NeuronTrainingImage:
-        """The bundled acceptance container, ``cdk_trn/neuron_container`` (linux/amd64)."""
-        return cls.from_directory(BUNDLED_DIRECTORY)
+        """The bundled training container, ``cdk_trn_runtime/container/Dockerfile`` (linux/amd64),
+        built from cdk_trn_runtime's suite and job tooling."""
+        return cls(
+            directory=RUNTIME_ROOT,
+            file=BUNDLED_DOCKERFILE,
+            exclude=runtime_excludes(*BUNDLED_SUBPACKAGES),
+            ignore_mode=cdk.IgnoreMode.GIT,
+        )
 
     @classmethod
     def from_directory(
@@ -157,7 +172,9 @@ class NeuronTrainingImage:
                 directory=str(self._directory),
                 platform=self._platform,
                 build_args=self._build_args or None,
-                exclude=list(ASSET_EXCLUDES),
+                file=self._file,
+                exclude=self._exclude,
+                ignore_mode=self._ignore_mode,
             )
             bound = BoundNeuronTrainingImage(
                 image_uri=asset.image_uri, repository=asset.repository, asset=asset

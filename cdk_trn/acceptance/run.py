@@ -14,7 +14,6 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aws_cdk as cdk
@@ -35,13 +34,14 @@ from cdk_trn._resources import (
     deliver_access_logs,
     encrypted_bucket,
 )
+from cdk_trn._runtime import runtime_lambda_code
 from cdk_trn.acceptance.document import DOCUMENT_PARAMETERS, acceptance_document
 from cdk_trn.acceptance.image import BoundNeuronTrainingImage, NeuronTrainingImage
-from cdk_trn.cluster import CLUSTER_TAG, TrainiumCluster
+from cdk_trn.cluster import TrainiumCluster
 from cdk_trn.errors import invalid
+from cdk_trn_runtime.contract import CLUSTER_TAG, FIGURES
 
-HANDLER_DIRECTORY = Path(__file__).resolve().parent / "handler"
-HANDLER_MODULE = "acceptance_handler"
+HANDLER_MODULE = "cdk_trn_runtime.acceptance.handler"
 #: Bump when the meaning of the run changes without any property changing (forces a re-run).
 RUN_CONFIG_VERSION = 1
 #: CloudFormation waits at most one hour for a custom resource (ServiceTimeout is 1-3600 s), and
@@ -55,31 +55,6 @@ _DEADLINE_MARGIN_SECONDS = 120
 #: and the waiter polls sequentially, so two leaves room for a retry and bounds a runaway.
 _HANDLER_CONCURRENCY = 2
 
-#: Figures the suite reports (``trn_acceptance/summary.py``) plus the ones the handler derives.
-#: name -> (unit, description). A test keeps this list equal to the container's.
-FIGURES: dict[str, tuple[str, str]] = {
-    "gemm_bf16_tflops_per_chip": (
-        "TFLOPS",
-        "BF16 GEMM TFLOPS per chip (worst device x devices per chip)",
-    ),
-    "gemm_bf16_tflops_per_device": ("TFLOPS", "BF16 GEMM TFLOPS per device (worst rank)"),
-    "gemm_fraction_of_peak": ("fraction", "BF16 GEMM throughput as a fraction of the catalog peak"),
-    "gemm_max_rel_error": ("relative error", "largest BF16 GEMM error against float64"),
-    "hbm_copy_gbps": ("GB/s", "device memory copy bandwidth (worst rank)"),
-    "hbm_fraction_of_peak": ("fraction", "device copy bandwidth as a fraction of the catalog peak"),
-    "allreduce_algbw_gbps": ("GB/s", "all-reduce algorithm bandwidth at the largest size"),
-    "allreduce_busbw_gbps": ("GB/s", "all-reduce bus bandwidth at the largest size (worst rank)"),
-    "allgather_algbw_gbps": ("GB/s", "all-gather algorithm bandwidth at the largest size"),
-    "allgather_busbw_gbps": ("GB/s", "all-gather bus bandwidth at the largest size (worst rank)"),
-    "train_tokens_per_s": ("tokens/s", "training throughput over all ranks"),
-    "train_step_ms": ("ms", "steady-state training step time (slowest rank)"),
-    "train_loss_drop_fraction": ("fraction", "training loss drop"),
-    "compile_seconds": ("s", "graph compile time (slowest rank)"),
-    "graph_compilations_after_warmup": ("count", "graph compilations after warm-up"),
-    "new_compilations_with_warm_cache": ("count", "new compilations with a warm cache"),
-    "world_size": ("ranks", "ranks in the run"),
-    "nodes": ("nodes", "nodes in the run"),
-}
 DEFAULT_FIGURES: tuple[str, ...] = (
     "gemm_bf16_tflops_per_chip",
     "gemm_fraction_of_peak",
@@ -166,7 +141,7 @@ class AcceptanceThresholds:
         return out
 
     def suite_args(self, peak_bf16_tflops: float, peak_hbm_gbps: float) -> list[str]:
-        """``trn_acceptance run`` flags for these thresholds and the per-device peaks."""
+        """``cdk_trn_runtime.suite run`` flags for these thresholds and the per-device peaks."""
         args = [
             "--peak-bf16-tflops", _flag_number(peak_bf16_tflops),
             "--peak-hbm-gbps", _flag_number(peak_hbm_gbps),
@@ -205,7 +180,7 @@ class AcceptanceWorkload:
     warmup_steps: int = 3
     """Steps before graph compilations must stop. Default: 3."""
     extra_args: tuple[str, ...] = field(default=())
-    """More ``trn_acceptance run`` arguments, word by word (e.g. ``("--layers", "8")``).
+    """More ``cdk_trn_runtime.suite run`` arguments, word by word (e.g. ``("--layers", "8")``).
     Default: none."""
 
     def validate(self) -> None:
@@ -632,9 +607,7 @@ class AcceptanceRun(Construct):
             runtime=lambda_.Runtime.PYTHON_3_14,
             architecture=lambda_.Architecture.ARM_64,
             handler=f"{HANDLER_MODULE}.{entry}",
-            code=lambda_.Code.from_asset(
-                str(HANDLER_DIRECTORY), exclude=["__pycache__", "*.pyc", "__init__.py"]
-            ),
+            code=runtime_lambda_code("acceptance"),
             role=role.without_policy_updates(),
             timeout=cdk.Duration.minutes(5),
             memory_size=256,

@@ -35,12 +35,12 @@ from cdk_trn._acknowledge import (
     acknowledge_deploy_time_functions,
     acknowledge_regulated,
 )
-from cdk_trn.enclave.eif_builder.buildspec import eif_buildspec
-from cdk_trn.enclave.eif_builder.handler import EIF_NAME, MEASUREMENTS_NAME
+from cdk_trn._runtime import RUNTIME_ROOT, runtime_excludes, runtime_lambda_code
 from cdk_trn.errors import invalid
+from cdk_trn_runtime.eif_builder.buildspec import eif_buildspec
+from cdk_trn_runtime.eif_builder.handler import EIF_NAME, MEASUREMENTS_NAME
 
 _PCR = re.compile(r"^[0-9a-fA-F]{96}$")
-_HANDLER_DIR = Path(__file__).parent / "eif_builder"
 # CloudFormation waits at most an hour for a custom resource (ServiceTimeout <= 3600 s), and the
 # waiter needs some of it; an EIF build takes about 10 minutes.
 _BUILD_TIMEOUT_RANGE = (10, 45)
@@ -87,19 +87,6 @@ def _validate_pcr(prop: str, value: str) -> str:
     return value.lower()
 
 
-#: Files beside the bundled Dockerfile that are not part of the enclave image.
-_BUNDLED_EXCLUDES = (
-    "vault.py",
-    "image.py",
-    "parent.py",
-    "attestation.py",
-    "host_bootstrap.sh",
-    "eif_builder",
-    "__pycache__",
-    "*.pyc",
-)
-
-
 class EnclaveImage(abc.ABC):
     """The enclave image a vault runs; build one with a ``from_*`` method."""
 
@@ -120,14 +107,13 @@ class EnclaveImage(abc.ABC):
 
     @staticmethod
     def bundled(*, build_timeout: cdk.Duration | None = None) -> EnclaveImage:
-        """cdk-trn's own manifest signer (``enclave.Dockerfile`` beside this module), built into an
-        EIF during the deploy. Only the files the Dockerfile copies are uploaded."""
-        here = Path(__file__).resolve().parent
+        """cdk-trn's own manifest signer (``cdk_trn_runtime/enclave``, its ``Dockerfile`` there),
+        built into an EIF during the deploy. Only that subpackage is uploaded."""
         return EnclaveImage.from_directory(
-            here,
-            dockerfile="enclave.Dockerfile",
+            RUNTIME_ROOT,
+            dockerfile="cdk_trn_runtime/enclave/Dockerfile",
             build_timeout=build_timeout,
-            exclude=_BUNDLED_EXCLUDES,
+            exclude=tuple(runtime_excludes("enclave")),
         )
 
     @staticmethod
@@ -145,7 +131,7 @@ class EnclaveImage(abc.ABC):
             copy files from anywhere in the context). Default: ``Dockerfile``.
         :param build_timeout: CodeBuild timeout, 10 to 45 minutes (CloudFormation waits at most an
             hour for the custom resource). Default: 40 minutes.
-        :param exclude: glob patterns left out of the asset (as ``aws_s3_assets.Asset``).
+        :param exclude: gitignore-style patterns left out of the asset (``IgnoreMode.GIT``).
             Default: none besides ``__pycache__``.
         """
         directory = Path(path)
@@ -239,7 +225,11 @@ class EifBuild(Construct):
         super().__init__(scope, id)
         stack = cdk.Stack.of(self)
         self.source = s3_assets.Asset(
-            self, "Source", path=str(directory), exclude=["**/__pycache__", *exclude]
+            self,
+            "Source",
+            path=str(directory),
+            exclude=["__pycache__/", *exclude],
+            ignore_mode=cdk.IgnoreMode.GIT,
         )
         # Deterministic per source: the same context always lands under the same prefix.
         self.prefix = f"eif/{self.source.asset_hash}"
@@ -320,8 +310,12 @@ class EifBuild(Construct):
         ):
             acknowledge(self.project, f"AwsSolutions::AwsSolutions-IAM5[{finding}]", reason)
 
-        on_event = self._handler("OnEvent", "handler.on_event", encryption_key)
-        is_complete = self._handler("IsComplete", "handler.is_complete", encryption_key)
+        on_event = self._handler(
+            "OnEvent", "cdk_trn_runtime.eif_builder.handler.on_event", encryption_key
+        )
+        is_complete = self._handler(
+            "IsComplete", "cdk_trn_runtime.eif_builder.handler.is_complete", encryption_key
+        )
         on_event.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["codebuild:StartBuild", "codebuild:BatchGetBuilds", "codebuild:StopBuild"],
@@ -478,7 +472,7 @@ class EifBuild(Construct):
             role=self._role(f"{id}Role", log_group),
             runtime=lambda_.Runtime.PYTHON_3_14,
             handler=handler,
-            code=lambda_.Code.from_asset(str(_HANDLER_DIR), exclude=["__pycache__", "*.pyc"]),
+            code=runtime_lambda_code("eif_builder"),
             timeout=cdk.Duration.seconds(60),
             log_group=log_group,
         )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import aws_cdk as cdk
@@ -45,12 +44,13 @@ from cdk_trn._resources import (
     deliver_access_logs,
     encrypted_bucket,
 )
+from cdk_trn._runtime import RUNTIME_ROOT, runtime_excludes, runtime_file
 from cdk_trn.catalog import EnclaveHostSpec, enclave_host_spec
 from cdk_trn.enclave.image import BoundEnclaveImage, EnclaveImage, depend_on_role_policy_only
 from cdk_trn.errors import invalid
+from cdk_trn_runtime.contract import VAULT_DISCOVERY_TAG
 
-BOOTSTRAP_SCRIPT = Path(__file__).with_name("host_bootstrap.sh")
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the cdk_trn package
+BOOTSTRAP_SCRIPT = runtime_file("vault", "host_bootstrap.sh")
 
 #: Operations that honour the ``kms:RecipientAttestation:*`` condition keys (KMS developer guide).
 #: ``kms:GenerateRandom`` is not scoped to a key: a key policy cannot grant it, but listing it keeps
@@ -105,7 +105,7 @@ KEY_STATE_OBJECT = "signing-key/key-state.json"
 # Construct id of the one Lambda function behind every AwsCustomResource of a stack.
 _AWS_CUSTOM_RESOURCE_SINGLETON = "AWS679f53fac002430cb0da5b7982bd2287"
 PURPOSE_TAG = ("cdk-trn:purpose", "enclave")
-DISCOVERY_TAG_KEY = "cdk-trn:enclave-vault"
+DISCOVERY_TAG_KEY = VAULT_DISCOVERY_TAG
 
 
 class VaultClient(Protocol):
@@ -236,22 +236,13 @@ class EnclaveKeyVault(Construct):
             )
         self._restrict_egress(vpc)
 
+        # The parent server and what it imports: cdk_trn_runtime's vault and enclave subpackages.
         self.package = s3_assets.Asset(
             self,
             "HostPackage",
-            path=str(_PACKAGE_DIR),
+            path=str(RUNTIME_ROOT),
             ignore_mode=cdk.IgnoreMode.GIT,
-            exclude=[
-                "/*",
-                "!/enclave/",
-                "!/errors.py",
-                "/enclave/vault.py",
-                "/enclave/image.py",
-                "/enclave/eif_builder/",
-                "/enclave/host_bootstrap.sh",
-                "__pycache__/",
-                "*.pyc",
-            ],
+            exclude=runtime_excludes("vault", "enclave"),
         )
         self._grant_host_access(stack)
 

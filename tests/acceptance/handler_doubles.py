@@ -7,7 +7,6 @@ import datetime as dt
 import importlib.util
 import io
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -18,8 +17,6 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 ROOT = Path(__file__).resolve().parents[2]
-HANDLER_FILE = ROOT / "cdk_trn" / "acceptance" / "handler" / "acceptance_handler.py"
-CONTAINER_DIR = ROOT / "cdk_trn" / "neuron_container"
 REGION = "us-east-2"
 RUN_ID = "acceptancerunresource-0123456789ab"
 ASG = "Test-ClusterNodes-1A2B3C4D5E6F"
@@ -34,20 +31,13 @@ NOW = 1_800_000_000.0
 
 
 def load_handler() -> ModuleType:
-    """The handler module on its own, as the Lambda runtime imports it (no cdk_trn package)."""
-    spec = importlib.util.spec_from_file_location("acceptance_handler", HANDLER_FILE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["acceptance_handler"] = module
-    spec.loader.exec_module(module)
-    return module
+    """The handler module, as the Lambda runtime imports it."""
+    return importlib.import_module("cdk_trn_runtime.acceptance.handler")
 
 
 def container_summary_module() -> ModuleType:
-    """The container's ``trn_acceptance.summary`` (plain Python, no torch)."""
-    if str(CONTAINER_DIR) not in sys.path:
-        sys.path.insert(0, str(CONTAINER_DIR))
-    import trn_acceptance.summary as summary
+    """The container's ``cdk_trn_runtime.suite.summary`` (plain Python, no torch)."""
+    import cdk_trn_runtime.suite.summary as summary
 
     return summary
 
@@ -320,7 +310,7 @@ def rank_result(rank: int, world: int, node_ip: str, *, tflops: float = 120.0) -
 def summary(*, slow_rank: int | None = None, world: int = 4) -> dict[str, Any]:
     """A summary for ``world`` ranks on ``NODES`` (2 per node), built by the container's code."""
     module = container_summary_module()
-    from trn_acceptance.thresholds import Thresholds
+    from cdk_trn_runtime.suite.thresholds import Thresholds
 
     results = [
         rank_result(

@@ -4,7 +4,6 @@ with cfn-lint (us-east-2) and cdk-nag AwsSolutions as the judges of validity and
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import aws_cdk as cdk
@@ -13,6 +12,7 @@ from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_s3 as s3
 from aws_cdk.assertions import Match, Template
 
+from cdk_trn._runtime import RUNTIME_PACKAGE
 from cdk_trn.acceptance import (
     DEFAULT_FIGURES,
     FIGURES,
@@ -21,7 +21,6 @@ from cdk_trn.acceptance import (
     AcceptanceWorkload,
     NeuronTrainingImage,
 )
-from cdk_trn.acceptance.image import BUNDLED_DIRECTORY
 from cdk_trn.acceptance.run import _flatten_cfn_reference
 from cdk_trn.compliance import enable_compliance, findings_of
 from cdk_trn.errors import CdkTrnError
@@ -48,8 +47,15 @@ def test_stack_contains_the_bundled_image_as_a_linux_amd64_docker_asset(default)
     (image,) = manifest["dockerImages"].values()
     assert image["source"]["platform"] == "linux/amd64"
     context = Path(assembly.directory) / image["source"]["directory"]
-    assert (context / "Dockerfile").read_text() == (BUNDLED_DIRECTORY / "Dockerfile").read_text()
-    assert (context / "trn_acceptance" / "__main__.py").is_file()
+    dockerfile = image["source"]["dockerFile"]
+    assert dockerfile == "cdk_trn_runtime/container/Dockerfile"
+    assert (context / dockerfile).read_text() == (
+        RUNTIME_PACKAGE / "container" / "Dockerfile"
+    ).read_text()
+    assert (context / "cdk_trn_runtime" / "suite" / "__main__.py").is_file()
+    # Only what the image needs: no construct code, no handler, no enclave.
+    assert not (context / "cdk_trn").exists()
+    assert not (context / "cdk_trn_runtime" / "enclave").exists()
     assert not list(context.rglob("__pycache__"))
 
 
@@ -90,7 +96,7 @@ def test_handlers_are_python_lambdas_from_the_handler_directory(default):
     for entry in ("on_event", "is_complete"):
         template.has_resource_properties(
             "AWS::Lambda::Function",
-            {"Runtime": "python3.14", "Handler": f"acceptance_handler.{entry}"},
+            {"Runtime": "python3.14", "Handler": f"cdk_trn_runtime.acceptance.handler.{entry}"},
         )
 
 
@@ -361,8 +367,7 @@ def test_config_hash_changes_with_thresholds_but_not_with_exported_figures():
 
 
 def test_figures_match_the_ones_the_suite_reports():
-    sys.path.insert(0, str(BUNDLED_DIRECTORY))
-    from trn_acceptance import summary
+    from cdk_trn_runtime.suite import summary
 
     reported = set(summary._FIGURES) | {"world_size", "nodes"}
     derived = {"gemm_bf16_tflops_per_chip"}

@@ -33,7 +33,7 @@ def render(params: dict[str, str]) -> str:
 
 
 def test_handler_checks_the_same_cluster_tag_the_nodes_carry():
-    from cdk_trn.cluster import CLUSTER_TAG
+    from cdk_trn_runtime.contract import CLUSTER_TAG
 
     assert handler.CLUSTER_TAG == CLUSTER_TAG
 
@@ -219,7 +219,7 @@ def test_script_runs_the_suite_under_torchrun_and_uploads_the_results(node):
         "--nnodes 2 --nproc-per-node 2 --node-rank 1",
         f"--rdzv-backend c10d --rdzv-endpoint 10.64.0.12:29400 --rdzv-id {RUN_ID}",
         "--local-addr 10.64.0.9",
-        f"-m trn_acceptance run --out-dir /results --run-id {RUN_ID} --node 10.64.0.9",
+        f"-m cdk_trn_runtime.suite run --out-dir /results --run-id {RUN_ID} --node 10.64.0.9",
         "--peak-bf16-tflops 166.75 --peak-hbm-gbps 725 --min-gemm-fraction 0.5",
     ):
         assert expected in run, expected

@@ -1,6 +1,6 @@
 """Fixtures for the container suite: tiny sizes, XLA CPU, and runs shared by several tests.
 
-The suite runs as the container runs it, in subprocesses (``python -m trn_acceptance`` and
+The suite runs as the container runs it, in subprocesses (``python -m cdk_trn_runtime.suite`` and
 ``torchrun``), so every run gets a fresh XLA runtime; module-scoped fixtures keep the number of
 runs (each compiles real graphs) small enough for two cores.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-CONTAINER_DIR = Path(__file__).resolve().parents[2] / "cdk_trn" / "neuron_container"
+CONTAINER_DIR = Path(__file__).resolve().parents[2] / "cdk_trn_runtime" / "container"
 
 # Every size tiny: a whole run compiles a handful of small graphs and takes seconds.
 TINY_ARGS = [
@@ -81,7 +81,7 @@ class SuiteRun:
 
 def run_suite(out_dir: Path, run_id: str, *extra: str, nproc: int = 1) -> SuiteRun:
     if nproc == 1:
-        launcher = [sys.executable, "-m", "trn_acceptance"]
+        launcher = [sys.executable, "-m", "cdk_trn_runtime.suite"]
     else:
         # --standalone: c10d rendezvous on a free local port.
         launcher = [
@@ -92,7 +92,7 @@ def run_suite(out_dir: Path, run_id: str, *extra: str, nproc: int = 1) -> SuiteR
             "--nproc-per-node",
             str(nproc),
             "-m",
-            "trn_acceptance",
+            "cdk_trn_runtime.suite",
         ]
     command = [*launcher, "run", "--out-dir", str(out_dir), "--run-id", run_id, *TINY_ARGS, *extra]
     done = subprocess.run(
@@ -104,7 +104,7 @@ def run_suite(out_dir: Path, run_id: str, *extra: str, nproc: int = 1) -> SuiteR
 @pytest.fixture(scope="session")
 def torch_xla_available() -> None:
     pytest.importorskip("torch_xla", reason="the container suite needs torch-xla 2.9.0")
-    pytest.importorskip("trn_acceptance", reason="pip install -e cdk_trn/neuron_container")
+    pytest.importorskip("cdk_trn_runtime.suite", reason="cdk_trn_runtime is not importable")
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from trn_acceptance.cli import build_parser, main, parse_size, parse_size_list
-from trn_acceptance.summary import build_summary
-from trn_acceptance.thresholds import Thresholds
+
+from cdk_trn_runtime.suite.cli import build_parser, main, parse_size, parse_size_list
+from cdk_trn_runtime.suite.summary import build_summary
+from cdk_trn_runtime.suite.thresholds import Thresholds
 
 from .rank_results import rank_result
 
@@ -71,7 +72,7 @@ def test_report_of_failed_summary_exits_1_and_prints_the_failure(tmp_path, capsy
 def test_help_works_without_importing_torch():
     code = (
         "import sys\n"
-        "from trn_acceptance.cli import main\n"
+        "from cdk_trn_runtime.suite.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )

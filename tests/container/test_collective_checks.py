@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trn_acceptance import checks  # noqa: E402
-from trn_acceptance.device import Collectives  # noqa: E402
+from cdk_trn_runtime.suite import checks  # noqa: E402
+from cdk_trn_runtime.suite.device import Collectives  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -1,8 +1,9 @@
 """Device choice, process placement and the compile-cache layout (no torch needed)."""
 
 import pytest
-from trn_acceptance import compile_cache
-from trn_acceptance.device import choose_platform, process_info, standalone_environment
+
+from cdk_trn_runtime.suite import compile_cache
+from cdk_trn_runtime.suite.device import choose_platform, process_info, standalone_environment
 
 
 def test_pjrt_device_cpu_chooses_cpu_in_any_case():

@@ -3,7 +3,8 @@
 import math
 
 import pytest
-from trn_acceptance import formulas
+
+from cdk_trn_runtime.suite import formulas
 
 
 def test_gemm_flops_counts_one_multiply_and_one_add_per_term():

@@ -20,7 +20,7 @@ def test_import_cdk_trn_does_not_import_torch():
     "module", ["schema", "formulas", "thresholds", "summary", "cli", "device", "compile_cache"]
 )
 def test_pure_module_of_the_suite_does_not_import_torch(module):
-    done = _imports_torch(f"import trn_acceptance.{module}")
+    done = _imports_torch(f"import cdk_trn_runtime.suite.{module}")
     assert done.returncode == 0, done.stderr
 
 
@@ -29,7 +29,7 @@ def test_suite_does_not_import_cdk_trn():
         [
             sys.executable,
             "-c",
-            "import sys, trn_acceptance.cli, trn_acceptance.summary\n"
+            "import sys, cdk_trn_runtime.suite.cli, cdk_trn_runtime.suite.summary\n"
             "assert not any(m == 'cdk_trn' or m.startswith('cdk_trn.') for m in sys.modules)",
         ],
         capture_output=True,

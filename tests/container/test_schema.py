@@ -1,7 +1,8 @@
 """The summary / rank-result schemas and the stdlib validator."""
 
 import pytest
-from trn_acceptance.schema import (
+
+from cdk_trn_runtime.suite.schema import (
     SCHEMA_VERSION,
     SchemaError,
     validate_rank_result,

@@ -1,7 +1,8 @@
 """The whole suite on the XLA CPU device, as the container runs it (tiny sizes)."""
 
 import pytest
-from trn_acceptance.schema import validate_rank_result, validate_summary
+
+from cdk_trn_runtime.suite.schema import validate_rank_result, validate_summary
 
 from .conftest import run_suite
 

@@ -1,8 +1,8 @@
 """Rank 0's summary: figures from all ranks, failures, and the printed report."""
 
-from trn_acceptance.schema import validate_summary
-from trn_acceptance.summary import build_summary, format_report
-from trn_acceptance.thresholds import Thresholds
+from cdk_trn_runtime.suite.schema import validate_summary
+from cdk_trn_runtime.suite.summary import build_summary, format_report
+from cdk_trn_runtime.suite.thresholds import Thresholds
 
 from .rank_results import rank_result
 

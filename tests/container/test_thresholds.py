@@ -1,7 +1,8 @@
 """Thresholds as fractions of peaks passed in, and the failures they produce."""
 
 import pytest
-from trn_acceptance.thresholds import Thresholds, evaluate
+
+from cdk_trn_runtime.suite.thresholds import Thresholds, evaluate
 
 from .rank_results import rank_result
 

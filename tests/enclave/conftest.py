@@ -29,11 +29,7 @@ def pki() -> TestPki:
 
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
-    if not (VECTORS / VECTOR_FILES[0]).is_file():
-        pytest.skip(
-            f"real Nitro attestation documents not found at {VECTORS} "
-            "(../shared/vectors/nitro-attestation beside the repo)"
-        )
+    assert (VECTORS / VECTOR_FILES[0]).is_file(), f"test data missing: {VECTORS}"
     return VECTORS
 
 

@@ -44,7 +44,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
-from cdk_trn.enclave.attestation import AttestationError, cose_sig_structure, verify_attestation
+from cdk_trn_runtime.enclave.attestation import (
+    AttestationError,
+    cose_sig_structure,
+    verify_attestation,
+)
 
 UTC = dt.UTC
 IMAGE_PCR0 = hashlib.sha384(b"cdk-trn test enclave image").digest()
@@ -253,7 +257,7 @@ class TestPkiNsm:
 
 
 def subject_key_identifier_sha1(public_key: rsa.RSAPublicKey) -> bytes:
-    """RFC 5280 method 1, computed independently of cdk_trn.enclave.cms."""
+    """RFC 5280 method 1, computed independently of cdk_trn_runtime.enclave.cms."""
     return x509.SubjectKeyIdentifier.from_public_key(public_key).digest
 
 

@@ -16,18 +16,19 @@ from enclave_doubles import (
     TestPkiNsm,
 )
 
-from cdk_trn.enclave.parent import (
+from cdk_trn_runtime.enclave.service import ChannelAddress, EnclaveSigner, serve
+from cdk_trn_runtime.vault.protocol import sts_url_for_region
+from cdk_trn_runtime.vault.server import (
     CallerVerifier,
     EnclaveClient,
     KeyStateFile,
     ParentLimits,
     ParentServer,
-    sts_url_for_region,
 )
-from cdk_trn.enclave.service import ChannelAddress, EnclaveSigner, serve
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-VECTORS = REPO_ROOT.parent / "shared" / "vectors" / "nitro-attestation"
+# Public AWS data carried in the repository (provenance in its README), so every test runs.
+VECTORS = REPO_ROOT / "tests" / "data" / "nitro-attestation"
 VECTOR_FILES = ("doc-2023-05-17.b64", "doc-2022-07-26-debug.b64")
 
 

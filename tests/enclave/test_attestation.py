@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from enclave_doubles import IMAGE_PCR0, OTHER_PCR0, TestPki
 from enclave_harness import VECTOR_FILES, load_vector
 
-from cdk_trn.enclave.attestation import (
+from cdk_trn_runtime.enclave.attestation import (
     AWS_NITRO_ROOT_G1_PEM,
     AWS_NITRO_ROOT_G1_SHA256,
     AttestationError,

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from enclave_doubles import kms_enveloped_data
 
-from cdk_trn.enclave.cms import CmsError, open_enveloped_data, subject_key_identifiers
+from cdk_trn_runtime.enclave.cms import CmsError, open_enveloped_data, subject_key_identifiers
 
 SECRET = b"-----the P-384 private key a KMS data key pair would carry-----" * 3
 

@@ -16,11 +16,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from enclave_doubles import IMAGE_PCR0, OTHER_PCR0
 from enclave_harness import NODE_SESSION_ARN, OTHER_KEY, start_vault, stop_vault
 
-from cdk_trn.enclave.attestation import verify_attestation
-from cdk_trn.enclave.parent import EnclaveError, VaultClient
-from cdk_trn.enclave.service import signing_key_user_data
-from cdk_trn.provenance import sign_with_private_key
-from cdk_trn.provenance.cli import main
+from cdk_trn_runtime.enclave.attestation import verify_attestation
+from cdk_trn_runtime.enclave.service import signing_key_user_data
+from cdk_trn_runtime.provenance import sign_with_private_key
+from cdk_trn_runtime.provenance.cli import main
+from cdk_trn_runtime.vault.client import VaultClient
+from cdk_trn_runtime.vault.server import EnclaveError
 
 
 def _checkpoint(root: Path) -> Path:

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from enclave_doubles import IMAGE_PCR0, OTHER_PCR0, KmsTestDouble, TestPkiNsm
 from enclave_harness import HOST_CREDENTIALS, KEY_ID, REGION, RunningEnclave
 
-from cdk_trn.enclave.attestation import verify_attestation
-from cdk_trn.enclave.kms_recipient import KmsRecipientError, StoredKey, generate_signing_key
-from cdk_trn.enclave.service import (
+from cdk_trn_runtime.enclave.attestation import verify_attestation
+from cdk_trn_runtime.enclave.kms_recipient import KmsRecipientError, StoredKey, generate_signing_key
+from cdk_trn_runtime.enclave.service import (
     ChannelAddress,
     EnclaveSigner,
     NsmDevice,
@@ -216,7 +216,7 @@ def test_forwarder_carries_a_byte_stream_both_ways_to_its_target():
 
 
 def test_kms_host_is_pointed_at_the_local_forwarder_once(tmp_path):
-    from cdk_trn.enclave.service import _resolve_locally
+    from cdk_trn_runtime.enclave.service import _resolve_locally
 
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n")

@@ -27,7 +27,9 @@ from enclave_harness import (
     stop_vault,
 )
 
-from cdk_trn.enclave.parent import (
+from cdk_trn_runtime.vault.client import VaultClient, VaultError, build_caller_proof
+from cdk_trn_runtime.vault.protocol import sts_url_for_region
+from cdk_trn_runtime.vault.server import (
     CallerVerifier,
     EnclaveClient,
     EnclaveError,
@@ -35,10 +37,6 @@ from cdk_trn.enclave.parent import (
     ParentLimits,
     ProofError,
     RateLimiter,
-    VaultClient,
-    VaultError,
-    build_caller_proof,
-    sts_url_for_region,
 )
 
 DIGEST = hashlib.sha384(b"a manifest").hexdigest()

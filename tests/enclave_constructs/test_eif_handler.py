@@ -12,8 +12,8 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
-from cdk_trn.enclave.eif_builder import handler
-from cdk_trn.enclave.eif_builder.buildspec import eif_buildspec
+from cdk_trn_runtime.eif_builder import handler
+from cdk_trn_runtime.eif_builder.buildspec import eif_buildspec
 
 PROJECT = "VaultEifBuildProject-abc123"
 BUILD_ID = f"{PROJECT}:0f6a5b9e-1234-4e1f-9a1b-6c2d3e4f5a6b"

@@ -59,7 +59,7 @@ if [ -n "$PARENT_IMPORT_FAILS" ]; then
   echo "ModuleNotFoundError: No module named 'cbor2'" >&2
   exit 1
 fi
-{sys.executable} -S -c 'import cdk_trn.enclave.parent as m; print("imported", m.__file__)' \\
+{sys.executable} -S -c 'import cdk_trn_runtime.vault.server as m; print("imported", m.__file__)' \\
   >> "$CALLS"
 exec {sys.executable} -S "$@"
 """
@@ -207,7 +207,7 @@ def test_first_host_starts_the_enclave_stores_the_key_state_and_signals_success(
         ).decode()
         == public_key
     )
-    assert "imported /opt/cdk-trn/src/cdk_trn/enclave/parent.py" in host.calls
+    assert "imported /opt/cdk-trn/src/cdk_trn_runtime/vault/server.py" in host.calls
     name = (tmp_path / "published.pem.name").read_text().strip()
     assert name == synthesized[0].vault.public_key_parameter
 
@@ -228,7 +228,7 @@ def test_boot_writes_allocator_kms_only_proxy_and_production_enclave_unit(tmp_pa
     assert "--cpu-count 2 --memory 4096 --enclave-cid 16" in enclave
     assert "--debug-mode" not in enclave and "--attach-console" not in enclave
     parent = host.file("/etc/systemd/system/cdk-trn-enclave-parent.service")
-    assert "-m cdk_trn.enclave.parent --listen 0.0.0.0:8443 --enclave-cid 16" in parent
+    assert "-m cdk_trn_runtime.vault.server --listen 0.0.0.0:8443 --enclave-cid 16" in parent
     assert "--allowed-role-arn cfn-" in parent and "User=cdktrn-vault" in parent
     assert (
         "dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel python3.11 unzip"
@@ -255,7 +255,7 @@ def test_enclave_in_debug_mode_signals_failure(tmp_path, synthesized):
 def test_parent_that_cannot_import_signals_failure_with_the_reason(tmp_path, synthesized):
     host = _boot(tmp_path, synthesized, PARENT_IMPORT_FAILS="1")
     assert host.result.returncode == 1
-    assert "cdk_trn.enclave.parent does not import with python3.11" in host.signals[0]
+    assert "cdk_trn_runtime.vault.server does not import with python3.11" in host.signals[0]
 
 
 def test_later_host_loads_the_stored_key_state_and_does_not_overwrite_it(tmp_path, synthesized):
@@ -294,13 +294,13 @@ class _ParsedArguments(Exception):
 def test_parent_unit_command_line_is_accepted_by_the_parent_server(
     tmp_path, synthesized, monkeypatch
 ):
-    from cdk_trn.enclave import parent
+    from cdk_trn_runtime.vault import server as parent
 
     host = _boot(tmp_path, synthesized)
     unit = host.file("/etc/systemd/system/cdk-trn-enclave-parent.service")
     (exec_start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
     argv = shlex.split(exec_start.removeprefix("ExecStart="))
-    assert argv[:3] == ["/usr/bin/python3.11", "-m", "cdk_trn.enclave.parent"]
+    assert argv[:3] == ["/usr/bin/python3.11", "-m", "cdk_trn_runtime.vault.server"]
     parse = argparse.ArgumentParser.parse_args
     parsed = {}
 

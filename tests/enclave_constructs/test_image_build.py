@@ -103,11 +103,11 @@ def test_build_role_reads_only_its_source_and_writes_only_its_two_objects(templa
 def test_handlers_run_python_with_the_handler_module(template):
     handlers = template.find_resources(
         "AWS::Lambda::Function",
-        {"Properties": {"Handler": Match.string_like_regexp(r"^handler\.")}},
+        {"Properties": {"Handler": Match.string_like_regexp(r"^cdk_trn_runtime\.eif_builder\.")}},
     )
     assert sorted(h["Properties"]["Handler"] for h in handlers.values()) == [
-        "handler.is_complete",
-        "handler.on_event",
+        "cdk_trn_runtime.eif_builder.handler.is_complete",
+        "cdk_trn_runtime.eif_builder.handler.on_event",
     ]
     assert {h["Properties"]["Runtime"] for h in handlers.values()} == {"python3.14"}
 
@@ -120,15 +120,16 @@ def test_hosts_fetch_the_eif_the_build_wrote(template, built):
     assert f"EIF_KEY='{prefix}/enclave.eif'" in user_data
 
 
-def test_host_package_holds_the_enclave_runtime_but_no_cdk_code(built):
+def test_host_package_holds_the_vault_and_enclave_runtime_but_no_cdk_code(built):
     staged = Path(built.stack.node.root.outdir) / built.vault.package.asset_path
     files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
-    assert "enclave/parent.py" in files and "errors.py" in files
-    assert "__init__.py" not in files  # cdk_trn becomes a namespace package on the host
-    for excluded in ("enclave/vault.py", "enclave/image.py", "enclave/host_bootstrap.sh"):
-        assert excluded not in files
-    assert not [f for f in files if f.startswith("enclave/eif_builder") or "__pycache__" in f]
-    assert not [f for f in files if not (f.startswith("enclave/") or f == "errors.py")]
+    assert "cdk_trn_runtime/vault/server.py" in files
+    assert "cdk_trn_runtime/enclave/channel.py" in files
+    assert "cdk_trn_runtime/__init__.py" in files
+    assert not [f for f in files if f.startswith("cdk_trn/") or "__pycache__" in f]
+    allowed = ("cdk_trn_runtime/vault/", "cdk_trn_runtime/enclave/")
+    top = {"cdk_trn_runtime/__init__.py", "cdk_trn_runtime/contract.py"}
+    assert not [f for f in files if not (f.startswith(allowed) or f in top)]
 
 
 def test_build_starts_only_after_the_project_role_policy_exists(template):

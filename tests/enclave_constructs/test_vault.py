@@ -339,7 +339,9 @@ def test_user_data_signals_success_only_after_the_enclave_runs_in_production_mod
 def test_user_data_pins_the_expected_pcr0_and_starts_the_parent_server(template):
     user_data = _user_data(template)
     assert f"EXPECTED_PCR0='{PCR0}'" in user_data
-    assert "python3.11 -m cdk_trn.enclave.parent --listen 0.0.0.0:${SERVICE_PORT}" in user_data
+    assert (
+        "python3.11 -m cdk_trn_runtime.vault.server --listen 0.0.0.0:${SERVICE_PORT}" in user_data
+    )
     assert "SERVICE_PORT='8443'" in user_data
 
 

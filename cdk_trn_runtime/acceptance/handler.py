@@ -33,12 +33,12 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cdk_trn_runtime.contract import CLUSTER_TAG
+
 LOG = logging.getLogger(__name__)
 LOG.setLevel(logging.INFO)
 
 SCHEMA_VERSION = 1
-#: Tag every cluster node carries; SendCommand is allowed only on instances with this tag.
-CLUSTER_TAG = "cdk-trn:cluster"
 #: Properties whose change means a new run (everything else, e.g. the exported figures or the
 #: timeout, only changes how a run is waited for or reported).
 RUN_PROPERTIES = (

@@ -101,14 +101,14 @@ print(f"EIF PCR0 {found}")
 sys.exit(0 if found == sys.argv[2].lower() else 1)
 EOF
 
-# --- the parent server's code: cdk_trn.enclave from the host package asset -------------------
+# --- the parent server's code: cdk_trn_runtime (vault, enclave) from the host package asset ---
 retry aws s3 cp "s3://${PACKAGE_BUCKET}/${PACKAGE_KEY}" "$ROOT/package.zip" --region "$AWS_REGION" --only-show-errors
 rm -rf "$ROOT/src"
-install -d -m 0755 "$ROOT/src/cdk_trn"
-unzip -q "$ROOT/package.zip" -d "$ROOT/src/cdk_trn"
+install -d -m 0755 "$ROOT/src"
+unzip -q "$ROOT/package.zip" -d "$ROOT/src"
 chmod -R a+rX "$ROOT/src"
-PYTHONPATH="$ROOT/src" python3.11 -c "import cdk_trn.enclave.parent" \
-  || fail "cdk_trn.enclave.parent does not import with python3.11 on this host"
+PYTHONPATH="$ROOT/src" python3.11 -c "import cdk_trn_runtime.vault.server" \
+  || fail "cdk_trn_runtime.vault.server does not import with python3.11 on this host"
 
 # --- the enclave, in production mode (no console; attestation carries the real PCRs) ---------
 cat > /etc/systemd/system/cdk-trn-enclave.service <<EOF
@@ -159,7 +159,7 @@ User=${SERVICE_USER}
 Group=${SERVICE_USER}
 Environment=PYTHONPATH=${ROOT}/src
 Environment=PYTHONDONTWRITEBYTECODE=1
-ExecStart=/usr/bin/python3.11 -m cdk_trn.enclave.parent --listen 0.0.0.0:${SERVICE_PORT} --enclave-cid ${ENCLAVE_CID} --key-id ${KMS_KEY_ARN} --region ${AWS_REGION} --state ${STATE}${ROLE_ARGS}
+ExecStart=/usr/bin/python3.11 -m cdk_trn_runtime.vault.server --listen 0.0.0.0:${SERVICE_PORT} --enclave-cid ${ENCLAVE_CID} --key-id ${KMS_KEY_ARN} --region ${AWS_REGION} --state ${STATE}${ROLE_ARGS}
 Restart=always
 RestartSec=2
 NoNewPrivileges=yes

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from cdk_trn.enclave.cms import CmsError, open_enveloped_data
+from cdk_trn_runtime.enclave.cms import CmsError, open_enveloped_data
 
 __all__ = [
     "KEY_ENCRYPTION_ALGORITHM",
@@ -224,7 +224,8 @@ def boto3_kms_client(
 
     The enclave has no network and no instance metadata: the parent passes the host role's
     temporary credentials over vsock, and KMS is reached through ``vsock-proxy`` on the parent
-    (CID 3, port 8000 by default) by way of :class:`cdk_trn.enclave.service.StreamForwarder`, with
+    (CID 3, port 8000 by default) by way of
+    :class:`cdk_trn_runtime.enclave.service.StreamForwarder`, with
     ``kms.<region>.amazonaws.com`` resolved to 127.0.0.1 in the image. TLS still terminates at KMS,
     not at the parent. Not exercised by the tests (no enclave, no KMS here).
     """

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from cdk_trn.provenance.manifest import (
+from cdk_trn_runtime.provenance.manifest import (
     ManifestError,
     build_manifest,
     load_public_key,
@@ -42,7 +42,7 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cdk_trn.provenance", description="Signed checkpoint manifests"
+        prog="python -m cdk_trn_runtime.provenance", description="Signed checkpoint manifests"
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -125,7 +125,7 @@ def _sign(args: argparse.Namespace) -> int:
         except ManifestError as exc:
             return _fail(str(exc), 2)
     else:
-        from cdk_trn.enclave.parent import VaultClient, VaultError  # noqa: PLC0415
+        from cdk_trn_runtime.vault.client import VaultClient, VaultError  # noqa: PLC0415
 
         try:
             reply = VaultClient(args.vault).sign_digest(manifest_digest(manifest))
@@ -177,7 +177,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _public_key(args: argparse.Namespace) -> int:
     if not args.vault:
         return _fail("give --vault URL (or CDK_TRN_VAULT_URL)", 2)
-    from cdk_trn.enclave.parent import VaultClient, VaultError  # noqa: PLC0415
+    from cdk_trn_runtime.vault.client import VaultClient, VaultError  # noqa: PLC0415
 
     try:
         info = VaultClient(args.vault).info()

@@ -186,7 +186,7 @@ class XlaCollectives(Collectives):
         self.wait()
         # Not dist.barrier(): the xla process group's barrier returns without waiting.
         # xm.rendezvous all-gathers over the devices and reads the result back, so it blocks.
-        xm.rendezvous("trn_acceptance")
+        xm.rendezvous("cdk_trn_runtime.suite")
 
     def flush(self) -> None:
         import torch_xla

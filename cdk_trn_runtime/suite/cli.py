@@ -1,4 +1,4 @@
-"""Command line: ``python -m trn_acceptance run|warm-cache|report``.
+"""Command line: ``python -m cdk_trn_runtime.suite run|warm-cache|report``.
 
 Parsing is plain Python; torch is imported only when a command needs the device, so ``--help``,
 ``report`` and argument errors work anywhere.
@@ -83,7 +83,8 @@ def _add_cache(parser: argparse.ArgumentParser, required: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m trn_acceptance", description="Acceptance suite for Trainium clusters."
+        prog="python -m cdk_trn_runtime.suite",
+        description="Acceptance suite for Trainium clusters.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -104,7 +104,7 @@ def warm_pass_command(config: RunConfig, output: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "trn_acceptance",
+        "cdk_trn_runtime.suite",
         "warm-cache",
         "--cache-dir",
         str(config.cache_dir),

@@ -2,7 +2,7 @@
 
 This module owns:
 
-- the enclave end of the channel in :mod:`cdk_trn.enclave.channel` (vsock in production,
+- the enclave end of the channel in :mod:`cdk_trn_runtime.enclave.channel` (vsock in production,
   loopback TCP in tests; length-prefixed JSON frames);
 - the attestation source in production, :class:`NsmDevice`, which asks ``/dev/nsm`` for
   attestation documents through the NSM driver's raw ioctl;
@@ -15,7 +15,7 @@ This module owns:
   to ``vsock-proxy`` on the parent.
 
 The private key never leaves this process: no request returns it and the key state the parent
-stores is KMS ciphertext. Run in the enclave image as ``python -m cdk_trn.enclave.service``.
+stores is KMS ciphertext. Run in the enclave image as ``python -m cdk_trn_runtime.enclave.service``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from cdk_trn.enclave.channel import (
+from cdk_trn_runtime.enclave.channel import (
     DEFAULT_ENCLAVE_PORT,
     PARENT_CID,
     ChannelAddress,
@@ -46,7 +46,7 @@ from cdk_trn.enclave.channel import (
     recv_frame,
     send_frame,
 )
-from cdk_trn.enclave.kms_recipient import (
+from cdk_trn_runtime.enclave.kms_recipient import (
     AttestationSource,
     KmsClient,
     KmsRecipientError,
@@ -72,7 +72,7 @@ __all__ = [
     "signing_key_user_data",
 ]
 
-LOG = logging.getLogger("cdk_trn.enclave.service")
+LOG = logging.getLogger("cdk_trn_runtime.enclave.service")
 
 SIGNATURE_ALGORITHM = "ECDSA_P384_SHA384"
 _SHA384_HEX = 96

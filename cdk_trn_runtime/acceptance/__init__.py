@@ -1,0 +1,1 @@
+"""The acceptance run's custom-resource handler (a Lambda function; boto3 only)."""

@@ -1,0 +1,1 @@
+"""The bundled training container's Dockerfile (its build context is the runtime package)."""

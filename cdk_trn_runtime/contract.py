@@ -1,0 +1,40 @@
+"""Every name the constructs and the runtime must agree on, defined once.
+
+The constructs (``cdk_trn``) import this module; the runtime reads it where it runs (every
+runtime asset ships it). Standard library only.
+"""
+
+from __future__ import annotations
+
+#: Tag on every resource of a cluster, value the cluster's name; the acceptance handler sends
+#: commands only to instances that carry it with the expected value.
+CLUSTER_TAG = "cdk-trn:cluster"
+#: Tag on the enclave vault's hosts (value: the vault's path), so nodes can find them.
+VAULT_DISCOVERY_TAG = "cdk-trn:enclave-vault"
+
+#: Figures of an acceptance run: the suite reports them (``cdk_trn_runtime.suite.summary``), the
+#: handler derives ``gemm_bf16_tflops_per_chip`` and returns them, the construct exports them.
+#: name -> (unit, description).
+FIGURES: dict[str, tuple[str, str]] = {
+    "gemm_bf16_tflops_per_chip": (
+        "TFLOPS",
+        "BF16 GEMM TFLOPS per chip (worst device x devices per chip)",
+    ),
+    "gemm_bf16_tflops_per_device": ("TFLOPS", "BF16 GEMM TFLOPS per device (worst rank)"),
+    "gemm_fraction_of_peak": ("fraction", "BF16 GEMM throughput as a fraction of the catalog peak"),
+    "gemm_max_rel_error": ("relative error", "largest BF16 GEMM error against float64"),
+    "hbm_copy_gbps": ("GB/s", "device memory copy bandwidth (worst rank)"),
+    "hbm_fraction_of_peak": ("fraction", "device copy bandwidth as a fraction of the catalog peak"),
+    "allreduce_algbw_gbps": ("GB/s", "all-reduce algorithm bandwidth at the largest size"),
+    "allreduce_busbw_gbps": ("GB/s", "all-reduce bus bandwidth at the largest size (worst rank)"),
+    "allgather_algbw_gbps": ("GB/s", "all-gather algorithm bandwidth at the largest size"),
+    "allgather_busbw_gbps": ("GB/s", "all-gather bus bandwidth at the largest size (worst rank)"),
+    "train_tokens_per_s": ("tokens/s", "training throughput over all ranks"),
+    "train_step_ms": ("ms", "steady-state training step time (slowest rank)"),
+    "train_loss_drop_fraction": ("fraction", "training loss drop"),
+    "compile_seconds": ("s", "graph compile time (slowest rank)"),
+    "graph_compilations_after_warmup": ("count", "graph compilations after warm-up"),
+    "new_compilations_with_warm_cache": ("count", "new compilations with a warm cache"),
+    "world_size": ("ranks", "ranks in the run"),
+    "nodes": ("nodes", "nodes in the run"),
+}
