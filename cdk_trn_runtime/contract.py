@@ -38,3 +38,34 @@ FIGURES: dict[str, tuple[str, str]] = {
     "world_size": ("ranks", "ranks in the run"),
     "nodes": ("nodes", "nodes in the run"),
 }
+
+
+# --- Slurm: names the scheduler construct, the node and controller scripts, the local cluster and
+# the ``cdk-trn`` command agree on ------------------------------------------------------------
+
+#: Slurm cluster name written into slurm.conf when none is given.
+SLURM_DEFAULT_CLUSTER_NAME = "trn"
+#: The non-root user jobs run as (same uid on controller, nodes and the local cluster's jobs).
+SLURM_JOB_USER = "trn"
+SLURM_JOB_UID = 2000
+#: Docker containers that run the Slurm daemons from the bundled training image.
+SLURM_CONTROLLER_CONTAINER = "cdk-trn-slurmctld"
+SLURM_NODE_CONTAINER = "cdk-trn-slurmd"
+#: slurmctld's port (the Slurm default) and slurmd's.
+SLURMCTLD_PORT = 6817
+SLURMD_PORT = 6818
+#: Rendezvous ports torchrun may use; reserved on every node (net.ipv4.ip_local_reserved_ports).
+RENDEZVOUS_PORTS = (29400, 29499)
+#: Paths under the shared file system's mount (``/fsx`` on the cloud, a local directory locally).
+SHARED_SLURM_STATE = "slurm/state"  # StateSaveLocation: survives a controller replacement
+SHARED_HOMES = "home"  # /fsx/home/<user>: scripts and job logs
+SHARED_JOB_LOGS = "slurm/logs"  # job completion log and per-job logs
+SHARED_CHECKPOINTS = "checkpoints"
+SHARED_COMPILE_CACHE = "neuron-compile-cache"
+
+#: Cluster stack outputs the ``cdk-trn`` command reads (keys of CloudFormation ``Outputs``).
+OUTPUT_CONTROLLER_GROUP = "SlurmControllerGroup"  # Auto Scaling group of the controller
+OUTPUT_NODE_GROUP = "SlurmNodeGroup"  # Auto Scaling group of the Trainium nodes
+OUTPUT_JOB_USER = "SlurmJobUser"
+OUTPUT_SHARED_ROOT = "SlurmSharedRoot"  # the shared file system's mount path, e.g. /fsx
+OUTPUT_SLURM_CLUSTER = "SlurmClusterName"
