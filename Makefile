@@ -11,7 +11,7 @@ export AWS_EC2_METADATA_DISABLED := true
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 
-.PHONY: synth test lint typecheck unit bench deploy clean
+.PHONY: synth test lint typecheck unit bench deploy clean compat
 
 synth: $(VENV)/.runtime node_modules/.installed
 	rm -rf cdk.out
@@ -30,6 +30,16 @@ typecheck: $(VENV)/.test
 unit: $(VENV)/.test
 	PJRT_DEVICE=CPU pytest
 
+# The default app synthesized (all packs, cfn-lint) with the oldest aws-cdk-lib pyproject admits.
+COMPAT := .venv-oldest
+compat: node_modules/.installed
+	test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/pip install --quiet -c constraints-oldest.txt -e .
+	rm -rf cdk.out.oldest
+	CDK_OUTDIR=cdk.out.oldest $(COMPAT)/bin/python app.py
+	$(COMPAT)/bin/python -m cdk_trn.compliance cdk.out.oldest
+	$(COMPAT)/bin/pip show aws-cdk-lib | grep '^Version'
+
 # The real deployment: needs AWS credentials (and Docker for the image assets).
 deploy: $(VENV)/.runtime node_modules/.installed
 	cdk deploy --all $(CONTEXT)
@@ -42,12 +52,12 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet -e .
+$(VENV)/.runtime: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -c constraints.txt -e .
 	touch $@
 
 $(VENV)/.test: pyproject.toml $(VENV)/.runtime
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,dev]'
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -55,4 +65,4 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 clean:
-	rm -rf cdk.out $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf cdk.out cdk.out.oldest $(COMPAT) $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
