@@ -1,0 +1,334 @@
+"""``cdk-trn``: submit and watch Slurm jobs on a deployed cdk-trn cluster, through SSM only."""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, NoCredentialsError
+
+from cdk_trn_runtime.cli import remote
+from cdk_trn_runtime.cli.aws import (
+    Aws,
+    CliError,
+    exit_code,
+    failure_message,
+    find_controller,
+    run_script,
+    session_argv,
+)
+
+#: The default app's cluster stack: ``<prefix>-cluster`` with the default prefix (``stacks.config``;
+#: a test keeps the two equal).
+DEFAULT_STACK = "trn-cluster"
+#: Seconds a submit, queue, status or log read may take on the controller.
+COMMAND_TIMEOUT_SECONDS = 120
+#: Seconds between two reads of a followed job's output when nothing new came.
+FOLLOW_INTERVAL_SECONDS = 5.0
+PLUGIN_INSTALL_URL = (
+    "https://docs.aws.amazon.com/systems-manager/latest/userguide/"
+    "session-manager-working-with-install-plugin.html"
+)
+
+MakeAws = Callable[[str | None, str | None], Aws]
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # The subcommands repeat the global options with SUPPRESS defaults so that they may come
+    # before or after the subcommand's name without the subparser resetting them.
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--stack",
+        default=default(DEFAULT_STACK),
+        help=f"the cluster's CloudFormation stack (default: {DEFAULT_STACK})",
+    )
+    parser.add_argument("--region", default=default(None), help="AWS region of the stack")
+    parser.add_argument("--profile", default=default(None), help="AWS profile to use")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdk-trn",
+        description=(
+            "Run Slurm jobs on a deployed cdk-trn cluster. Finds the controller from the stack's "
+            "outputs and works through AWS Systems Manager only (no SSH, no open port)."
+        ),
+    )
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    submit = commands.add_parser(
+        "submit",
+        parents=[common],
+        help="copy a job script to the cluster and sbatch it; prints the job id",
+        description=(
+            "Copy SCRIPT to <shared root>/home/<user>/jobs/ on the cluster and submit it with "
+            "sbatch --parsable, with --requeue unless --no-requeue is given. Arguments after "
+            "SCRIPT go to sbatch; arguments after -- go to the script."
+        ),
+    )
+    submit.add_argument("script", type=Path, help="the local job script (text, at most 64 KiB)")
+    submit.add_argument(
+        "sbatch_args",
+        nargs=argparse.REMAINDER,
+        metavar="SBATCH_ARGS",
+        help="sbatch options (e.g. -N 2 --time 1:00:00), then -- and the script's arguments",
+    )
+
+    commands.add_parser(
+        "queue", parents=[common], help="the jobs Slurm knows (squeue)", description="squeue"
+    )
+
+    logs = commands.add_parser(
+        "logs",
+        parents=[common],
+        help="print a job's output file",
+        description="Print the job's output file (its StdOut), found with scontrol show job.",
+    )
+    logs.add_argument("job", type=_job_id, help="Slurm job id (1234, or 1234_5 for an array task)")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing until the job ends"
+    )
+    logs.add_argument(
+        "-n",
+        "--lines",
+        type=_lines,
+        default=200,
+        help="start from the last LINES lines, or 'all' (default: 200)",
+    )
+
+    commands.add_parser(
+        "shell",
+        parents=[common],
+        help="interactive shell on the controller as the job user (Session Manager)",
+        description=(
+            "An interactive login shell in the controller's Slurm container, as the job user. "
+            "Needs the AWS CLI and the Session Manager plugin."
+        ),
+    )
+    commands.add_parser(
+        "status",
+        parents=[common],
+        help="node states, drain reasons and running jobs",
+        description="sinfo -N with states and reasons, then the running jobs.",
+    )
+    return parser
+
+
+def _job_id(value: str) -> str:
+    try:
+        return remote.job_id(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _lines(value: str) -> int | None:
+    if value == "all":
+        return None
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"lines must be a positive number or 'all', got {value!r}")
+
+
+def read_job_script(path: Path) -> bytes:
+    """The script's bytes, if it is a text file of at most 64 KiB."""
+    if not path.is_file():
+        raise CliError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size > remote.MAX_SCRIPT_BYTES:
+        raise CliError(
+            f"{path} is {size} bytes; job scripts are limited to {remote.MAX_SCRIPT_BYTES} "
+            "(put data and code on the shared file system or in the image)"
+        )
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        text = b"\0" not in data
+    except UnicodeDecodeError:
+        text = False
+    if not text:
+        raise CliError(f"{path} is not a text file (NUL bytes or not UTF-8); sbatch takes a script")
+    return data
+
+
+def _split_script_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    if "--" in args:
+        at = list(args).index("--")
+        return list(args[:at]), list(args[at + 1 :])
+    return list(args), []
+
+
+def cmd_submit(aws: Aws, args: argparse.Namespace) -> int:
+    script = read_job_script(args.script)
+    sbatch_args, script_args = _split_script_args(args.sbatch_args)
+    controller = find_controller(aws, args.stack)
+    name = remote.script_file_name(args.script.name, aws.now().strftime("%Y%m%dT%H%M%SZ"))
+    result = run_script(
+        aws,
+        controller.instance_id,
+        remote.submit_script(controller, script, name, sbatch_args, script_args),
+        comment=f"cdk-trn submit {name}",
+        timeout_seconds=COMMAND_TIMEOUT_SECONDS,
+    )
+    if not result.ok:
+        raise CliError(failure_message(result, "sbatch"), exit_code(result))
+    try:
+        job = remote.parse_job_id(result.stdout)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    print(job)
+    print(
+        f"cdk-trn: submitted {controller.jobs_dir}/{name} as job {job}; "
+        f"follow it with: cdk-trn logs {job} --follow",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _print_remote(aws: Aws, args: argparse.Namespace, what: str, build: Callable[..., str]) -> int:
+    controller = find_controller(aws, args.stack)
+    result = run_script(
+        aws,
+        controller.instance_id,
+        build(controller),
+        comment=f"cdk-trn {what}",
+        timeout_seconds=COMMAND_TIMEOUT_SECONDS,
+    )
+    if not result.ok:
+        raise CliError(failure_message(result, what), exit_code(result))
+    sys.stdout.write(result.stdout)
+    return 0
+
+
+def cmd_queue(aws: Aws, args: argparse.Namespace) -> int:
+    return _print_remote(aws, args, "queue", remote.queue_script)
+
+
+def cmd_status(aws: Aws, args: argparse.Namespace) -> int:
+    return _print_remote(aws, args, "status", remote.status_script)
+
+
+def cmd_logs(aws: Aws, args: argparse.Namespace) -> int:
+    controller = find_controller(aws, args.stack)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    offset: int | None = None
+    wait = 0.0
+    while True:
+        if wait:
+            aws.sleep(wait)
+        result = run_script(
+            aws,
+            controller.instance_id,
+            remote.log_chunk_script(controller, args.job, offset=offset, lines=args.lines),
+            comment=f"cdk-trn logs {args.job}",
+            timeout_seconds=COMMAND_TIMEOUT_SECONDS,
+        )
+        if not result.ok:
+            raise CliError(failure_message(result, "logs"), exit_code(result))
+        try:
+            chunk = remote.parse_log_chunk(result.stdout)
+        except ValueError as error:
+            raise CliError(str(error)) from None
+        if chunk.size < 0:
+            if not chunk.state:
+                raise CliError(
+                    f"job {args.job} is not known to Slurm and has no output at {chunk.path}",
+                    exit_code=remote.EXIT_NO_FILE,
+                )
+            if not (args.follow and chunk.active):
+                print(f"cdk-trn: job {args.job} is {chunk.state}; no output yet", file=sys.stderr)
+                return 0
+        elif offset is not None and chunk.size < offset:
+            # A requeued job starts its output file again.
+            print(f"cdk-trn: {chunk.path} restarted (job {chunk.state})", file=sys.stderr)
+            offset, wait = 0, 0.0
+            continue
+        if chunk.data:
+            sys.stdout.write(decoder.decode(chunk.data))
+            sys.stdout.flush()
+        offset = chunk.start + len(chunk.data)
+        if chunk.size >= 0 and offset < chunk.size:
+            wait = 0.0  # more to read now
+            continue
+        if not (args.follow and chunk.active):
+            sys.stdout.write(decoder.decode(b"", final=True))
+            return 0
+        wait = FOLLOW_INTERVAL_SECONDS
+
+
+def cmd_shell(
+    aws: Aws,
+    args: argparse.Namespace,
+    *,
+    which: Callable[[str], str | None],
+    run_interactive: Callable[[Sequence[str]], int],
+) -> int:
+    aws_cli = which("aws")
+    if not aws_cli:
+        raise CliError(
+            "cdk-trn shell needs the AWS CLI v2 (aws) on PATH: "
+            "https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html"
+        )
+    if not which("session-manager-plugin"):
+        raise CliError(
+            "cdk-trn shell needs the Session Manager plugin (session-manager-plugin) on PATH; "
+            f"install it as described at {PLUGIN_INSTALL_URL}"
+        )
+    controller = find_controller(aws, args.stack)
+    argv = session_argv(
+        aws, controller.instance_id, remote.shell_command(controller), aws_cli=aws_cli
+    )
+    return run_interactive(argv)
+
+
+def _run_interactive(argv: Sequence[str]) -> int:
+    return subprocess.call(list(argv))
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    make_aws: MakeAws = Aws.from_session,
+    which: Callable[[str], str | None] = shutil.which,
+    run_interactive: Callable[[Sequence[str]], int] = _run_interactive,
+) -> int:
+    """Run ``cdk-trn`` with ``argv`` (default: the process's arguments); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        aws = make_aws(args.profile, args.region)
+        if args.command == "submit":
+            return cmd_submit(aws, args)
+        if args.command == "queue":
+            return cmd_queue(aws, args)
+        if args.command == "logs":
+            return cmd_logs(aws, args)
+        if args.command == "status":
+            return cmd_status(aws, args)
+        return cmd_shell(aws, args, which=which, run_interactive=run_interactive)
+    except CliError as error:
+        print(f"cdk-trn: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except NoCredentialsError:
+        print(
+            "cdk-trn: error: no AWS credentials (aws configure, aws sso login, or --profile)",
+            file=sys.stderr,
+        )
+        return 1
+    except BotoCoreError as error:
+        print(f"cdk-trn: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
