@@ -21,8 +21,9 @@ MUNGE_KEY="$ROOT/etc/cdk-trn/munge.key"
 #: Runs inside the Slurm containers before the daemon: munged with the shared key, then the
 #: daemon in the foreground ("$@").
 # shellcheck disable=SC2016
-IN_CONTAINER='install -o munge -g munge -m 0400 /run/cdk-trn/munge.key /etc/munge/munge.key \
-  && install -d -o munge -g munge -m 0755 /run/munge && runuser -u munge -- munged && exec "$@"'
+IN_CONTAINER='install -o munge -g munge -m 0400 /run/cdk-trn/munge.key /etc/munge/munge.key'
+IN_CONTAINER+=' && install -d -o munge -g munge -m 0755 /run/munge && runuser -u munge -- munged'
+IN_CONTAINER+=' && exec "$@"'
 INSTANCE_ID=""
 
 log() { echo "[$LOG_TAG] $*" | tee -a "$ROOT/dev/console" | logger -t "$LOG_TAG" || true; }
