@@ -74,6 +74,21 @@ class SlurmNodeSettings:
     registration_seconds: int
 
 
+def boot_user_data(variables: dict[str, Any], script: str) -> str:
+    """User data: the variables (each quoted with ``shlex.quote``), ``node/boot_common.sh``, then
+    ``node/<script>``, without comment lines and blank lines (EC2 takes at most 16 KiB)."""
+    # Tokens (ARNs, image URIs) resolve to account ids, regions and names, which hold no quote.
+    header = [f"{k}={shlex.quote(str(v))}" for k, v in variables.items()]
+    body = (
+        runtime_file("node", "boot_common.sh").read_text()
+        + runtime_file("node", script).read_text()
+    )
+    lines = [
+        line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
+    return "\n".join(["#!/bin/bash", *header, *lines]) + "\n"
+
+
 @jsii.implements(cdk.IStableStringProducer)
 class _UserData:
     """The node user data, rendered at synth so that a scheduler attached after the cluster's
@@ -356,11 +371,7 @@ class TrainiumCluster(Construct):
             "CDK_TRN_SLURM_FEATURES": slurm.features if slurm else "",
             "CDK_TRN_SLURM_REGISTER_SECONDS": slurm.registration_seconds if slurm else 0,
         }
-        # Tokens (ARNs, image URIs) resolve to account ids, regions and names, which hold no quote.
-        header = "\n".join(f"{k}={shlex.quote(str(v))}" for k, v in variables.items())
-        common = runtime_file("node", "boot_common.sh").read_text()
-        script = runtime_file("node", "node_bootstrap.sh").read_text()
-        return "#!/bin/bash\n" + header + "\n" + common + script
+        return boot_user_data(variables, "node_bootstrap.sh")
 
     def _wait_for_signals(self, timeout: cdk.Duration, replace_nodes_on_update: bool) -> None:
         iso = timeout.to_iso_string()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from typing import Any
 
 import aws_cdk as cdk
@@ -44,9 +43,8 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from cdk_trn._acknowledge import acknowledge, acknowledge_regulated
-from cdk_trn._runtime import runtime_file
 from cdk_trn.acceptance.image import NeuronTrainingImage
-from cdk_trn.cluster import SlurmNodeSettings, TrainiumCluster
+from cdk_trn.cluster import SlurmNodeSettings, TrainiumCluster, boot_user_data
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn_runtime.contract import (
     CLUSTER_TAG,
@@ -474,10 +472,7 @@ class SlurmScheduler(Construct):
             "CDK_TRN_SLURM_CONTROLLER_PARAMETER": self.controller_address.parameter_name,
             "CDK_TRN_SLURM_SPEC": json.dumps(self.slurm_cluster_document(), sort_keys=True),
         }
-        header = "\n".join(f"{k}={shlex.quote(str(v))}" for k, v in variables.items())
-        common = runtime_file("node", "boot_common.sh").read_text()
-        script = runtime_file("node", "controller_bootstrap.sh").read_text()
-        return "#!/bin/bash\n" + header + "\n" + common + script
+        return boot_user_data(variables, "controller_bootstrap.sh")
 
 
 @jsii.implements(cdk.IStableStringProducer)

@@ -557,5 +557,8 @@ def test_ultraserver_node_adds_its_server_id_as_a_feature(node, trn2u_slurm):
     node.ultraserver_ids(SERVER_ID, "1")
     result = node.boot(trn2u_slurm)
     assert result.returncode == 0, result.output
-    identity = (node.root / "etc/cdk-trn/slurmd.conf").read_text()
-    assert f"FEATURES=trn2u.48xlarge,efa,us-{SERVER_ID}" in identity.splitlines()
+    identity = node.root / "etc/cdk-trn/slurmd.conf"
+    sourced = subprocess.run(
+        ["bash", "-c", f'. "{identity}"; echo "$FEATURES"'], capture_output=True, text=True
+    )
+    assert sourced.stdout.strip() == f"trn2u.48xlarge,efa,us-{SERVER_ID}"

@@ -104,7 +104,8 @@ def test_every_ingress_of_the_controller_comes_from_a_security_group(synth):
 def test_user_data_quotes_every_value_and_carries_no_key(synth):
     scheduler, _ = synth
     user_data = scheduler._user_data()
-    header = user_data.split("\n# cdk-trn boot library")[0].splitlines()[1:]
+    header = [line for line in user_data.splitlines()[1:] if line.startswith("CDK_TRN_")]
+    assert len(header) == 13
     for line in header:
         name, _, value = line.partition("=")
         assert re.fullmatch(r"CDK_TRN_[A-Z_]+", name), line
@@ -186,3 +187,10 @@ def test_controller_memory_comes_from_family_and_size():
     assert controller_memory_gib("r6i.large") == 16
     assert controller_memory_gib("c7i.large") == 4
     assert controller_memory_gib("trn2.48xlarge") is None
+
+
+def test_node_and_controller_user_data_fit_the_ec2_16_kib_limit():
+    stack, cluster = cluster_stack("trn2u.48xlarge", nodes=4, file_system=FileSystemStandIn())
+    scheduler = SlurmScheduler(stack, "Slurm", cluster=cluster)
+    assert len(cluster._user_data().encode()) < 16 * 1024
+    assert len(scheduler._user_data().encode()) < 16 * 1024
