@@ -5,16 +5,20 @@ role, the EFA launch template, the ``Capacity`` choice (placement group, reserva
 block) and an Auto Scaling group with min = max = desired = N whose creation policy waits for N
 success signals. Each node sends its signal only after
 ``cdk_trn_runtime/node/node_bootstrap.sh`` verified the catalog's Neuron and EFA device counts,
-Docker, the FSx mount and its UltraServer ids.
+Docker, the FSx mount and its UltraServer ids and, when a ``SlurmScheduler`` (``cdk_trn.scheduler``)
+serves the cluster, after its slurmd registered with the controller.
 The template's size does not depend on N: one launch template and one group serve 1 or 256 nodes.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aws_cdk as cdk
+import jsii
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -49,6 +53,52 @@ class MountableFileSystem(Protocol):
     @property
     def efa_enabled(self) -> bool: ...
     def allow_clients(self, clients: ec2.IConnectable) -> None: ...
+
+
+@dataclass(frozen=True)
+class SlurmNodeSettings:
+    """What a node needs to run slurmd; ``SlurmScheduler`` hands it to the cluster it serves.
+
+    :param image_uri: the image slurmd (and every job) runs in.
+    :param key_secret_arn: the Secrets Manager secret holding the munge key.
+    :param controller_parameter: the SSM parameter holding the controller's current address.
+    :param features: the node's static Slurm features (instance type, ``efa``); the node adds its
+        UltraServer id itself.
+    :param registration_seconds: how long a booting node waits for its slurmd to register.
+    """
+
+    image_uri: str
+    key_secret_arn: str
+    controller_parameter: str
+    features: str
+    registration_seconds: int
+
+
+def boot_user_data(variables: dict[str, Any], script: str) -> str:
+    """User data: the variables (each quoted with ``shlex.quote``), ``node/boot_common.sh``, then
+    ``node/<script>``, without comment lines and blank lines (EC2 takes at most 16 KiB)."""
+    # Tokens (ARNs, image URIs) resolve to account ids, regions and names, which hold no quote.
+    header = [f"{k}={shlex.quote(str(v))}" for k, v in variables.items()]
+    body = (
+        runtime_file("node", "boot_common.sh").read_text()
+        + runtime_file("node", script).read_text()
+    )
+    lines = [
+        line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
+    return "\n".join(["#!/bin/bash", *header, *lines]) + "\n"
+
+
+@jsii.implements(cdk.IStableStringProducer)
+class _UserData:
+    """The node user data, rendered at synth so that a scheduler attached after the cluster's
+    construction (``SlurmScheduler(cluster=...)``) is part of it."""
+
+    def __init__(self, cluster: TrainiumCluster) -> None:
+        self._cluster = cluster
+
+    def produce(self) -> str:
+        return self._cluster._user_data()
 
 
 class TrainiumCluster(Construct):
@@ -119,6 +169,8 @@ class TrainiumCluster(Construct):
         self.subnet = network.subnet
         self.machine_image = machine_image
         self.file_system = file_system
+        #: Set by ``SlurmScheduler`` when it serves this cluster.
+        self.slurm: SlurmNodeSettings | None = None
         self.compile_cache_path = (
             f"{file_system.mount_path}/neuron-compile-cache"
             if file_system is not None
@@ -177,7 +229,7 @@ class TrainiumCluster(Construct):
             node_os=machine_image.os,
             instance_profile_arn=profile.instance_profile_arn,
             security_group_ids=[self.security_group.security_group_id],
-            user_data=self._user_data(),
+            user_data=cdk.Lazy.string(_UserData(self)),
             capacity=capacity,
             tags={CLUSTER_TAG: name},
             interface_mode=interface_mode,
@@ -248,6 +300,16 @@ class TrainiumCluster(Construct):
             cleaned = "c-" + cleaned
         return cleaned[:39].rstrip("-")
 
+    # --- scheduler ----------------------------------------------------------------------------
+
+    def _attach_slurm(self, settings: SlurmNodeSettings) -> None:
+        """Run slurmd on every node (called by ``SlurmScheduler``; one scheduler per cluster)."""
+        if self.slurm is not None:
+            raise CdkTrnError(
+                f"{self.node.path} already has a scheduler: one SlurmScheduler per cluster"
+            )
+        self.slurm = settings
+
     # --- resources ----------------------------------------------------------------------------
 
     def _node_role(self) -> iam.Role:
@@ -285,6 +347,7 @@ class TrainiumCluster(Construct):
 
     def _user_data(self) -> str:
         fs = self.file_system
+        slurm = self.slurm
         variables: dict[str, Any] = {
             "CDK_TRN_REGION": cdk.Stack.of(self).region,
             "CDK_TRN_STACK": cdk.Stack.of(self).stack_name,
@@ -302,10 +365,13 @@ class TrainiumCluster(Construct):
             "CDK_TRN_FSX_MOUNT_PATH": fs.mount_path if fs else "",
             "CDK_TRN_FSX_EFA": "1" if fs and fs.efa_enabled else "0",
             "CDK_TRN_COMPILE_CACHE": self.compile_cache_path,
+            "CDK_TRN_SLURM_IMAGE": slurm.image_uri if slurm else "",
+            "CDK_TRN_SLURM_KEY_SECRET": slurm.key_secret_arn if slurm else "",
+            "CDK_TRN_SLURM_CONTROLLER_PARAMETER": slurm.controller_parameter if slurm else "",
+            "CDK_TRN_SLURM_FEATURES": slurm.features if slurm else "",
+            "CDK_TRN_SLURM_REGISTER_SECONDS": slurm.registration_seconds if slurm else 0,
         }
-        header = "\n".join(f"{k}='{v}'" for k, v in variables.items())
-        script = runtime_file("node", "node_bootstrap.sh").read_text()
-        return "#!/bin/bash\n" + header + "\n" + script
+        return boot_user_data(variables, "node_bootstrap.sh")
 
     def _wait_for_signals(self, timeout: cdk.Duration, replace_nodes_on_update: bool) -> None:
         iso = timeout.to_iso_string()

@@ -3,7 +3,7 @@
 EFA traffic cannot cross Availability Zones and capacity reservations/blocks live in one AZ, so the
 network is built around a single AZ chosen by the user. Nodes sit in an isolated subnet and reach
 AWS through VPC endpoints (S3 gateway; SSM, SSM messages, EC2 messages, ECR api/dkr, KMS, CloudWatch
-Logs, STS, CloudFormation interface endpoints). NAT egress is an explicit opt-in.
+Logs, STS, CloudFormation, Secrets Manager interface endpoints). NAT egress is an explicit opt-in.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def is_az_id(value: str) -> bool:
 
 #: Interface endpoints the nodes need with no internet path: SSM agent (ssm, ssmmessages,
 #: ec2messages), image pulls (ecr.api, ecr.dkr; layers come from S3), KMS (encrypted volumes and
-#: data), CloudWatch Logs, STS (IAM identities for the enclave vault), CloudFormation (cfn-signal).
+#: data), CloudWatch Logs, STS (IAM identities for the enclave vault), CloudFormation (cfn-signal),
+#: Secrets Manager (the Slurm authentication key).
 INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
     "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
     "SsmMessages": ec2.InterfaceVpcEndpointAwsService.SSM_MESSAGES,
@@ -60,6 +61,7 @@ INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
     "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
     "Sts": ec2.InterfaceVpcEndpointAwsService.STS,
     "CloudFormation": ec2.InterfaceVpcEndpointAwsService.CLOUDFORMATION,
+    "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
 }
 
 

@@ -9,6 +9,14 @@ from cdk_trn.acceptance import AcceptanceRun, NeuronTrainingImage
 from cdk_trn.capacity import Capacity
 from cdk_trn.cluster import TrainiumCluster
 from cdk_trn.machine_image import NeuronMachineImage
+from cdk_trn.scheduler import SlurmScheduler
+from cdk_trn_runtime.contract import (
+    OUTPUT_CONTROLLER_GROUP,
+    OUTPUT_JOB_USER,
+    OUTPUT_NODE_GROUP,
+    OUTPUT_SHARED_ROOT,
+    OUTPUT_SLURM_CLUSTER,
+)
 from stacks.config import AppConfig
 from stacks.storage_stack import StorageStack
 
@@ -40,13 +48,17 @@ class ClusterStack(cdk.Stack):
             file_system=storage.file_system,
         )
         storage.buckets.grant_read_write(self.cluster.role)
+        # One image for the acceptance run, slurmd, slurmctld and users' jobs.
+        image = NeuronTrainingImage.bundled()
+        self.scheduler: SlurmScheduler | None = None
+        if config.scheduler == "slurm":
+            self.scheduler = SlurmScheduler(self, "Slurm", cluster=self.cluster, image=image)
+            self._scheduler_outputs(self.scheduler)
         # During the deploy, the bundled container proves the nodes: the deploy fails if they
         # are broken or slow, and the figures become stack outputs.
         self.acceptance: AcceptanceRun | None = None
         if config.acceptance:
-            self.acceptance = AcceptanceRun(
-                self, "Acceptance", cluster=self.cluster, image=NeuronTrainingImage.bundled()
-            )
+            self.acceptance = AcceptanceRun(self, "Acceptance", cluster=self.cluster, image=image)
         summary = self.cluster.summary()
         for key, label in (
             ("instance_type", "InstanceType"),
@@ -63,3 +75,23 @@ class ClusterStack(cdk.Stack):
             value=self.cluster.auto_scaling_group.ref,
             description="Auto Scaling group of the nodes",
         )
+
+    def _scheduler_outputs(self, scheduler: SlurmScheduler) -> None:
+        """The outputs the ``cdk-trn`` command finds the cluster by (contract keys)."""
+        for key, value, description in (
+            (
+                OUTPUT_CONTROLLER_GROUP,
+                scheduler.auto_scaling_group.auto_scaling_group_name,
+                "Auto Scaling group of the Slurm controller",
+            ),
+            (
+                OUTPUT_NODE_GROUP,
+                self.cluster.auto_scaling_group.ref,
+                "Auto Scaling group of the Slurm nodes",
+            ),
+            (OUTPUT_JOB_USER, scheduler.job_user, "user Slurm jobs run as"),
+            (OUTPUT_SHARED_ROOT, scheduler.shared_root, "mount path of the shared file system"),
+            (OUTPUT_SLURM_CLUSTER, scheduler.slurm_cluster_name, "Slurm cluster name"),
+        ):
+            output = cdk.CfnOutput(self, key, value=value, description=description)
+            output.override_logical_id(key)

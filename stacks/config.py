@@ -38,6 +38,16 @@ def _str(key: str, value: Any) -> str:
     return value
 
 
+#: Values of the ``scheduler`` context key.
+SCHEDULERS = ("slurm", "none")
+
+
+def _scheduler(key: str, value: Any) -> str:
+    if not isinstance(value, str) or value not in SCHEDULERS:
+        raise invalid(key, value, " or ".join(SCHEDULERS))
+    return value
+
+
 @dataclass(frozen=True)
 class AppConfig:
     """What the default app builds. Context keys are in camelCase."""
@@ -57,6 +67,7 @@ class AppConfig:
     fsx_efa: bool = False
     acceptance: bool = True
     enclave_vault: bool = True
+    scheduler: str = "slurm"
 
     @classmethod
     def from_context(cls, node: Node) -> AppConfig:
@@ -80,6 +91,7 @@ class AppConfig:
             "fsxEfa": ("fsx_efa", _bool),
             "acceptance": ("acceptance", _bool),
             "enclaveVault": ("enclave_vault", _bool),
+            "scheduler": ("scheduler", _scheduler),
         }
         for key, (field, convert) in conversions.items():
             raw = ctx(key)

@@ -26,7 +26,7 @@ from cdk_trn.errors import invalid
 #: The bundled container's Dockerfile, relative to its build context (:data:`RUNTIME_ROOT`).
 BUNDLED_DOCKERFILE = "cdk_trn_runtime/container/Dockerfile"
 #: The subpackages of cdk_trn_runtime the bundled container ships.
-BUNDLED_SUBPACKAGES = ("container", "suite")
+BUNDLED_SUBPACKAGES = ("container", "suite", "slurm")
 #: Files in an image directory that never belong in the build context (or the asset hash).
 ASSET_EXCLUDES = (
     "**/__pycache__",
@@ -105,7 +105,7 @@ class NeuronTrainingImage:
     @classmethod
     def bundled(cls) -> NeuronTrainingImage:
         """The bundled training container, ``cdk_trn_runtime/container/Dockerfile`` (linux/amd64),
-        built from cdk_trn_runtime's suite and job tooling."""
+        built from cdk_trn_runtime's suite, job tooling and Slurm scripts."""
         return cls(
             directory=RUNTIME_ROOT,
             file=BUNDLED_DOCKERFILE,

@@ -39,6 +39,7 @@ LUSTRE_SERVER_PORTS = (1018, 1023)
 
 _BACKUP_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _MAINTENANCE_TIME = re.compile(r"^[1-7]:([01]\d|2[0-3]):[0-5]\d$")
+_MOUNT_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 
 
 class DeploymentType(StrEnum):
@@ -592,9 +593,15 @@ class TrainingFileSystem(Construct):
             or path == "/"
             or path.endswith("/")
             or "//" in path
-            or any(c.isspace() for c in path)
+            # Clients render the path into their boot scripts and fstab: letters, digits and
+            # ._- only, so no quote or shell metacharacter reaches a shell.
+            or not _MOUNT_PATH.fullmatch(path)
         ):
-            raise invalid("mount_path", path, "an absolute directory such as /fsx")
+            raise invalid(
+                "mount_path",
+                path,
+                "an absolute directory such as /fsx (letters, digits, '.', '_', '-' and '/')",
+            )
 
     # -- resources ------------------------------------------------------------------------------
 

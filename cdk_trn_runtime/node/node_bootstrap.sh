@@ -1,46 +1,23 @@
 # cdk-trn node bootstrap. Runs once at first boot (cloud-init user data), after the variables
-# CDK_TRN_* that the TrainiumCluster construct writes above this line.
+# CDK_TRN_* that the TrainiumCluster construct writes and boot_common.sh.
 #
 # The node signals SUCCESS to its Auto Scaling group's creation policy only after it has
 # verified itself: the catalog's Neuron device count, the catalog's EFA device count, Docker, the
-# FSx for Lustre mount (when configured) and, on UltraServers, its server and node ids. Any failed
-# check signals FAILURE at once (the deploy fails fast) and the reason goes to the journal and the
-# serial console (`aws ec2 get-console-output`).
-set -Eeuo pipefail
-
-# Tests only (tests/foundation/test_node_bootstrap_run.py): a directory that stands in for / and
-# a shorter device wait. Both unset on a node, where every path and wait is the real one.
-ROOT="${NODE_BOOTSTRAP_TEST_ROOT:-}"
+# FSx for Lustre mount (when configured), on UltraServers its server and node ids and, with a
+# Slurm scheduler, that its slurmd registered with the controller. Any failed check signals
+# FAILURE at once (the deploy fails fast) and the reason goes to the journal and the serial
+# console (`aws ec2 get-console-output`).
+#
+# Subcommands (the rendered user data is installed as /usr/local/sbin/cdk-trn-node):
+#   (none)              boot
+#   slurmd-run          run slurmd in the training image in the foreground (cdk-trn-slurmd.service)
+#   slurmd-leave        remove this node from Slurm, then stop slurmd (the unit's ExecStop)
+#   resolve-controller  point the controller's name at its current address (a timer)
+# Tests only: a shorter wait for devices and registration.
 DEVICE_WAIT_SECONDS="${NODE_BOOTSTRAP_TEST_WAIT_SECONDS:-300}"
-
-LOG_TAG=cdk-trn-bootstrap
-ENV_FILE="$ROOT/etc/cdk-trn/env"
-
-log() { echo "[$LOG_TAG] $*" | tee -a "$ROOT/dev/console" | logger -t "$LOG_TAG" || true; }
-
-imds() {
-  local token
-  token=$(curl -fsS -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 300" \
-    http://169.254.169.254/latest/api/token)
-  curl -fsS -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/meta-data/$1"
-}
-
-INSTANCE_ID=$(imds instance-id)
-
-signal() {
-  aws cloudformation signal-resource --region "$CDK_TRN_REGION" \
-    --stack-name "$CDK_TRN_STACK" --logical-resource-id "$CDK_TRN_RESOURCE" \
-    --unique-id "$INSTANCE_ID" --status "$1"
-}
-
-fail() {
-  log "FAILED on $INSTANCE_ID: $*"
-  signal FAILURE || log "could not send the FAILURE signal"
-  exit 1
-}
-# set -E hands this trap to command substitutions too: only the main shell fails (and signals),
-# once, when the substitution's non-zero status reaches it.
-trap '[ "$BASH_SUBSHELL" -eq 0 ] && fail "unexpected error at line $LINENO"' ERR
+HELPER=cdk-trn-node
+SLURMD_CONTAINER=cdk-trn-slurmd
+ULTRASERVER_ID=""
 
 count_matches() {
   local n=0 f
@@ -57,16 +34,6 @@ wait_for_count() {
     [ "$SECONDS" -ge "$deadline" ] && { echo "$got"; return 1; }
     sleep 5
   done
-}
-
-install_packages() {
-  case "$CDK_TRN_NODE_OS" in
-    # Only AL2023's own repositories are reachable (S3 gateway endpoint); repositories the AMI
-    # adds (Neuron, EFA) are skipped rather than failing the install.
-    amazon-linux-2023) dnf install -y --setopt='*.skip_if_unavailable=True' "$@" ;;
-    # Ubuntu mirrors are not reachable without NAT egress; everything must be on the AMI.
-    ubuntu-24.04) apt-get install -y --no-download "$@" ;;
-  esac
 }
 
 check_neuron() {
@@ -87,64 +54,6 @@ check_efa() {
     fail "libfabric does not offer the efa provider (fi_info -p efa)"
   fi
   log "EFA devices: $CDK_TRN_EXPECTED_EFA_DEVICES"
-}
-
-check_docker() {
-  # Ubuntu's package named "docker" is a KDE system-tray tool; its Docker engine is docker.io.
-  local package=docker
-  [ "$CDK_TRN_NODE_OS" = ubuntu-24.04 ] && package=docker.io
-  command -v docker >/dev/null || install_packages "$package" || fail "docker is not installed and could not be installed"
-  systemctl enable --now docker || fail "docker did not start"
-}
-
-install_lustre_client() {
-  modinfo lustre >/dev/null 2>&1 && return 0
-  case "$CDK_TRN_NODE_OS" in
-    # AL2023 ships the client in its own repositories (S3 buckets: the gateway endpoint serves them).
-    amazon-linux-2023) install_packages lustre-client ;;
-    # The FSx Ubuntu repository is not reachable through VPC endpoints: bake the client into the
-    # AMI or opt into NAT egress (FACTS.md "Air-gapped nodes").
-    ubuntu-24.04) apt-get install -y "lustre-client-modules-$(uname -r)" ;;
-  esac
-}
-
-# EFA-enabled FSx: LNet must use the kefalnd driver over the node's EFA devices before the mount
-# (EKS user guide, "FSx for Lustre with EFA"; needs the efa kernel module >= 2.12.1).
-configure_lustre_efa() {
-  local eth dev
-  eth=$(ip -br -4 addr show | awk -v ip="$(hostname -i | awk '{print $1}')/" 'index($3, ip) == 1 {print $1}')
-  [ -n "$eth" ] || fail "could not find the primary interface for LNet"
-  { modprobe lnet && modprobe kefalnd ipif_name="$eth" && modprobe ksocklnd; } || fail "LNet EFA modules did not load"
-  lnetctl lnet configure
-  lnetctl net del --net tcp 2>/dev/null || true
-  lnetctl net add --net tcp --if "$eth"
-  for dev in "$ROOT"/sys/class/infiniband/*; do
-    lnetctl net add --net efa --if "$(basename "$dev")" --peer-credits 32
-  done
-  lnetctl set discovery 1
-  lnetctl udsp add --src efa --priority 0
-  modprobe lustre
-  log "LNet configured over EFA"
-}
-
-mount_fsx() {
-  [ -z "$CDK_TRN_FSX_DNS" ] && { log "no FSx for Lustre file system configured"; return; }
-  install_lustre_client || fail "the Lustre client is not on the AMI and could not be installed"
-  [ "$CDK_TRN_FSX_EFA" = "1" ] && configure_lustre_efa
-  local mnt="$ROOT$CDK_TRN_FSX_MOUNT_PATH"
-  mkdir -p "$mnt"
-  local source="$CDK_TRN_FSX_DNS@tcp:/$CDK_TRN_FSX_MOUNT_NAME"
-  grep -q " $mnt lustre " "$ROOT/etc/fstab" || echo \
-    "$source $mnt lustre relatime,flock,_netdev,x-systemd.automount,x-systemd.requires=network-online.target 0 0" \
-    >> "$ROOT/etc/fstab"
-  systemctl daemon-reload
-  local tries=0
-  until mountpoint -q "$mnt" || mount "$mnt"; do
-    tries=$((tries + 1)); [ $tries -ge 12 ] && fail "could not mount $source at $mnt"
-    sleep 10
-  done
-  ls "$mnt" >/dev/null || fail "$mnt is mounted but not readable"
-  log "FSx for Lustre mounted at $mnt"
 }
 
 write_environment() {
@@ -170,6 +79,7 @@ write_environment() {
       echo "NEURON_RT_ULTRASERVER_SERVER_ID=$server"
       echo "NEURON_RT_ULTRASERVER_NODE_ID=$node"
     } >> "$ENV_FILE"
+    ULTRASERVER_ID=$server
     log "UltraServer $server node $node"
   fi
   chmod 0644 "$ENV_FILE"
@@ -177,11 +87,132 @@ write_environment() {
   printf 'set -a\n. %s\nset +a\n' "$ENV_FILE" > "$ROOT/etc/profile.d/cdk-trn-env.sh"
 }
 
-log "bootstrapping $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
-check_neuron
-check_efa
-check_docker
-mount_fsx
-write_environment
-signal SUCCESS
-log "node ready"
+# --- Slurm: a dynamic node (slurmd -Z) in the training image -----------------------------------
+
+node_name() { hostname -s; }
+
+slurm_features() {
+  local features=$CDK_TRN_SLURM_FEATURES
+  [ -n "$ULTRASERVER_ID" ] && features="$features,us-$ULTRASERVER_ID"
+  echo "$features"
+}
+
+# The node's Slurm identity, fixed at boot: its name and features (with its UltraServer id).
+write_slurm_identity() {
+  {
+    printf 'NODE_NAME=%q\n' "$(node_name)"
+    printf 'FEATURES=%q\n' "$(slurm_features)"
+  } >"$ROOT/etc/cdk-trn/slurmd.conf"
+}
+
+slurmd_run() {
+  local mnt=$CDK_TRN_FSX_MOUNT_PATH NODE_NAME FEATURES
+  # shellcheck source=/dev/null
+  . "$ROOT/etc/cdk-trn/slurmd.conf"
+  docker rm --force "$SLURMD_CONTAINER" >/dev/null 2>&1 || true
+  # Host network and PID namespace, every Neuron and EFA device (privileged), the host's cgroups
+  # for job containment, the shared file system (and its home/ as /home), the munge key.
+  exec docker run --rm --name "$SLURMD_CONTAINER" \
+    --network host --pid host --ipc host --privileged --cgroupns host \
+    --ulimit memlock=-1:-1 --ulimit nofile=65536:65536 --ulimit stack=67108864:67108864 \
+    --env-file "$ENV_FILE" \
+    --volume /etc/hosts:/etc/hosts:ro \
+    --volume "$MUNGE_KEY:/run/cdk-trn/munge.key:ro" \
+    --volume "$mnt:$mnt:rshared" --volume "$mnt/home:/home" \
+    --entrypoint /bin/bash "$CDK_TRN_SLURM_IMAGE" -c "$IN_CONTAINER" "$SLURMD_CONTAINER" \
+    slurmd -D -Z -N "$NODE_NAME" --conf-server "$SLURMCTLD_NAME:6817" --conf "Feature=$FEATURES"
+}
+
+# A terminating node leaves Slurm: EC2 shuts the OS down before it terminates an instance, and
+# systemd stops this unit first (it is ordered after docker and the network). A node running a
+# job cannot be deleted; it is marked DOWN instead, so the controller requeues the job at once
+# rather than after SlurmdTimeout.
+slurmd_leave() {
+  local name
+  name=$(node_name)
+  docker exec "$SLURMD_CONTAINER" scontrol delete nodename="$name" \
+    || docker exec "$SLURMD_CONTAINER" scontrol update nodename="$name" state=down \
+      reason="instance shutting down" \
+    || true
+  docker stop --time 60 "$SLURMD_CONTAINER" >/dev/null 2>&1 || true
+}
+
+install_slurmd_unit() {
+  mkdir -p "$ROOT/etc/systemd/system"
+  cat >"$ROOT/etc/systemd/system/cdk-trn-slurmd.service" <<UNIT
+[Unit]
+Description=cdk-trn: slurmd (dynamic Slurm node) in the training image
+Requires=docker.service
+After=docker.service network-online.target remote-fs.target cdk-trn-controller-address.service
+Wants=network-online.target
+
+[Service]
+ExecStart=/usr/local/sbin/$HELPER slurmd-run
+ExecStop=/usr/local/sbin/$HELPER slurmd-leave
+Restart=always
+RestartSec=10
+TimeoutStopSec=120
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+}
+
+wait_for_registration() {
+  local name seconds=${NODE_BOOTSTRAP_TEST_WAIT_SECONDS:-$CDK_TRN_SLURM_REGISTER_SECONDS} out
+  local deadline
+  name=$(node_name)
+  deadline=$((SECONDS + seconds))
+  while :; do
+    if out=$(docker exec "$SLURMD_CONTAINER" scontrol show node "$name" 2>&1) \
+      && [[ $out == *"NodeName=$name "* ]] && [[ $out != *NOT_RESPONDING* ]]; then
+      log "slurmd registered as $name ($(slurm_features))"
+      return 0
+    fi
+    [ "$SECONDS" -ge "$deadline" ] && \
+      fail "slurmd did not register as $name with the controller ($SLURMCTLD_NAME) within ${seconds}s: ${out:-no answer}"
+    sleep 10
+  done
+}
+
+start_slurmd() {
+  [ -z "$CDK_TRN_SLURM_IMAGE" ] && { log "no Slurm scheduler configured"; return; }
+  [ -n "$CDK_TRN_FSX_MOUNT_PATH" ] || fail "Slurm needs the shared file system, none is configured"
+  fetch_munge_key || fail "could not read the Slurm authentication key from Secrets Manager"
+  local tries=0 address
+  until address=$(resolve_controller); do
+    tries=$((tries + 1))
+    [ $tries -ge 60 ] && fail "no controller address in $CDK_TRN_SLURM_CONTROLLER_PARAMETER"
+    sleep 10
+  done
+  log "Slurm controller at $address"
+  pull_image "$CDK_TRN_SLURM_IMAGE" || fail "could not pull $CDK_TRN_SLURM_IMAGE"
+  install_helper "$HELPER"
+  write_slurm_identity
+  install_controller_watch "$HELPER"
+  install_slurmd_unit
+  systemctl daemon-reload
+  systemctl enable --now cdk-trn-slurmd.service || fail "cdk-trn-slurmd.service did not start"
+  wait_for_registration
+}
+
+boot() {
+  begin_boot
+  log "bootstrapping $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
+  check_neuron
+  check_efa
+  start_docker
+  mount_fsx
+  write_environment
+  start_slurmd
+  signal SUCCESS
+  log "node ready"
+}
+
+case "${1:-}" in
+  "") boot ;;
+  slurmd-run) slurmd_run ;;
+  slurmd-leave) slurmd_leave ;;
+  resolve-controller) resolve_controller >/dev/null ;;
+  *) echo "usage: $0 [slurmd-run|slurmd-leave|resolve-controller]" >&2; exit 2 ;;
+esac

@@ -1,4 +1,5 @@
-"""The bundled container's Dockerfile, parsed: pinned base, no secrets, only the suite copied."""
+"""The bundled container's Dockerfile, parsed: pinned base, no secrets, only the runtime copied,
+Slurm and munge installed, the job user of the contract."""
 
 from __future__ import annotations
 
@@ -77,3 +78,28 @@ def test_entrypoint_runs_the_suite(dockerfile):
 def test_workdir_is_not_root_or_home(dockerfile):
     [workdir] = [args for kw, args in dockerfile if kw == "WORKDIR"]
     assert workdir not in ("/", "/root") and workdir.startswith("/")
+
+
+def test_installs_slurm_and_munge_from_the_ubuntu_archive(dockerfile):
+    runs = " ".join(" ".join(args.split()) for kw, args in dockerfile if kw == "RUN")
+    assert "apt-get install -y --no-install-recommends slurm-wlm munge" in runs
+    # The package lists go with the layer that used them.
+    assert runs.index("apt-get update") < runs.index("rm -rf /var/lib/apt/lists/*")
+
+
+def test_job_user_has_the_contract_name_and_uid(dockerfile):
+    from cdk_trn_runtime.contract import SLURM_JOB_UID, SLURM_JOB_USER
+
+    runs = " ".join(" ".join(args.split()) for kw, args in dockerfile if kw == "RUN")
+    match = re.search(r"useradd (.*?) (\w+) (&&|$)", runs)
+    assert match, runs
+    options, user = match.group(1), match.group(2)
+    assert user == SLURM_JOB_USER
+    assert f"--uid {SLURM_JOB_UID} " in options + " "
+    assert f"--home-dir /home/{SLURM_JOB_USER}" in options
+
+
+def test_image_ships_the_slurm_subpackage():
+    from cdk_trn.acceptance.image import BUNDLED_SUBPACKAGES
+
+    assert "slurm" in BUNDLED_SUBPACKAGES

@@ -29,6 +29,7 @@ def test_script_passes_shellcheck(script):
 
 def test_node_bootstrap_reads_only_variables_the_cluster_writes():
     script = (RUNTIME / "node" / "node_bootstrap.sh").read_text()
+    script += (RUNTIME / "node" / "boot_common.sh").read_text()
     used = set(re.findall(r"\$\{?(CDK_TRN_[A-Z_]+)", script))
     written = set(re.findall(r'"(CDK_TRN_[A-Z_]+)"', (PACKAGE / "cluster.py").read_text()))
     assert used <= written, used - written

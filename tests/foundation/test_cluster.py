@@ -100,19 +100,19 @@ def test_capacity_block_targets_the_reservation_without_placement_group():
 
 def test_ultraserver_nodes_are_told_their_ultraserver_size():
     _, cluster = cluster_stack("trn2u.48xlarge", nodes=8)
-    assert "CDK_TRN_ULTRASERVER_SIZE='4'" in cluster._user_data()
+    assert "CDK_TRN_ULTRASERVER_SIZE=4" in cluster._user_data()
 
 
 def test_other_nodes_skip_the_ultraserver_environment():
     _, cluster = cluster_stack("trn2.48xlarge")
-    assert "CDK_TRN_ULTRASERVER_SIZE='0'" in cluster._user_data()
+    assert "CDK_TRN_ULTRASERVER_SIZE=0" in cluster._user_data()
 
 
 def test_bootstrap_checks_the_catalog_device_counts():
     _, cluster = cluster_stack("trn1.32xlarge")
     user_data = cluster._user_data()
-    assert "CDK_TRN_EXPECTED_NEURON_DEVICES='16'" in user_data
-    assert "CDK_TRN_EXPECTED_EFA_DEVICES='8'" in user_data
+    assert "CDK_TRN_EXPECTED_NEURON_DEVICES=16" in user_data
+    assert "CDK_TRN_EXPECTED_EFA_DEVICES=8" in user_data
 
 
 def test_every_resource_is_tagged_with_the_cluster_name(default_template):

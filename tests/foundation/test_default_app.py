@@ -69,8 +69,11 @@ def test_nodes_mount_the_file_system_and_reach_it_on_lustre_ports_only(default_a
     default, _, assembly = default_app
     assert default.cluster.compile_cache_path == "/fsx/neuron-compile-cache"
     resources = template(assembly, default.cluster_stack)["Resources"]
+    nodes = default.cluster_stack.resolve(default.cluster.security_group.security_group_id)
     egress = [
-        r["Properties"] for r in resources.values() if r["Type"] == "AWS::EC2::SecurityGroupEgress"
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::EC2::SecurityGroupEgress" and r["Properties"]["GroupId"] == nodes
     ]
     lustre = sorted(
         (e["FromPort"], e["ToPort"]) for e in egress if e.get("FromPort") in (988, 1018)

@@ -406,3 +406,159 @@ def test_doubles_are_executable_scripts_with_a_shebang():
             continue
         assert double.read_text().startswith("#!/bin/bash\n"), double.name
         assert os.access(double, os.X_OK), double.name
+
+
+# --- Slurm: slurmd as a dynamic node ---------------------------------------------------------
+
+MUNGE_KEY_DOUBLE = "munge-key-double-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _with_slurm(instance_type: str) -> Rendered:
+    from cdk_trn.scheduler import SlurmScheduler
+
+    stack, cluster = cluster_stack(instance_type, file_system=FileSystemStandIn())
+    SlurmScheduler(stack, "Slurm", cluster=cluster)
+    return _render(cluster)
+
+
+@pytest.fixture(scope="module")
+def trn2_slurm() -> Rendered:
+    return _with_slurm("trn2.48xlarge")
+
+
+@pytest.fixture(scope="module")
+def trn2u_slurm() -> Rendered:
+    return _with_slurm("trn2u.48xlarge")
+
+
+def test_slurm_node_signals_success_only_after_slurmd_registered(node, trn2_slurm):
+    result = node.boot(trn2_slurm)
+    assert result.returncode == 0, result.output
+    assert result.signals() == [_signal(trn2_slurm, "SUCCESS")]
+    show_node = [c for c in result.calls_to("docker") if c[:2] == ["exec", "cdk-trn-slurmd"]]
+    assert show_node == [["exec", "cdk-trn-slurmd", "scontrol", "show", "node", "ip-10-0-1-23"]]
+    assert ["enable", "--now", "cdk-trn-slurmd.service"] in result.calls_to("systemctl")
+    lines = [" ".join(c) for c in result.calls]
+    registered = lines.index("docker exec cdk-trn-slurmd scontrol show node ip-10-0-1-23")
+    assert registered < next(i for i, line in enumerate(lines) if "signal-resource" in line)
+    assert "slurmd registered as ip-10-0-1-23 (trn2.48xlarge,efa)" in result.messages()
+
+
+def test_slurmd_that_never_registers_signals_failure_with_the_reason(node, trn2_slurm):
+    result = node.boot(trn2_slurm, SLURMD_DOUBLE_UNREGISTERED="1")
+    assert result.returncode == 1
+    assert result.statuses() == ["FAILURE"]
+    assert "slurmd did not register as ip-10-0-1-23 with the controller" in result.messages()
+    assert "Node ip-10-0-1-23 not found" in result.messages()
+
+
+def test_slurm_node_without_a_controller_address_signals_failure(node, trn2_slurm):
+    result = node.boot(trn2_slurm, AWS_DOUBLE_CONTROLLER_ADDRESS="none")
+    assert result.returncode == 1
+    assert result.statuses() == ["FAILURE"]
+    assert "no controller address in" in result.messages()
+    assert not (node.root / "etc/systemd/system/cdk-trn-slurmd.service").exists()
+
+
+def test_unreadable_munge_key_signals_failure_and_leaves_no_key_file(node, trn2_slurm):
+    result = node.boot(trn2_slurm, DOUBLES_FAILING="aws")
+    assert result.returncode == 1
+    assert "could not read the Slurm authentication key" in result.messages()
+    assert not list((node.root / "etc/cdk-trn").glob("munge.key*"))
+
+
+def test_munge_key_is_root_only_and_never_logged(node, trn2_slurm):
+    result = node.boot(trn2_slurm)
+    key = node.root / "etc/cdk-trn/munge.key"
+    assert key.read_text().strip() == MUNGE_KEY_DOUBLE
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert MUNGE_KEY_DOUBLE not in result.output
+    assert MUNGE_KEY_DOUBLE not in node.log.read_text()
+    assert MUNGE_KEY_DOUBLE not in (node.root / "dev/console").read_text()
+    assert MUNGE_KEY_DOUBLE not in trn2_slurm.user_data
+
+
+def test_controller_name_points_at_the_published_address(node, trn2_slurm):
+    (node.root / "etc/hosts").write_text("127.0.0.1 localhost\n10.64.9.9 cdk-trn-slurmctld\n")
+    result = node.boot(trn2_slurm, AWS_DOUBLE_CONTROLLER_ADDRESS="10.64.0.77")
+    assert result.returncode == 0, result.output
+    hosts = (node.root / "etc/hosts").read_text().splitlines()
+    assert hosts == ["127.0.0.1 localhost", "10.64.0.77 cdk-trn-slurmctld"]
+    assert ["enable", "--now", "cdk-trn-controller-address.timer"] in result.calls_to("systemctl")
+
+
+def test_slurmd_unit_runs_the_installed_helper_and_leaves_on_stop(node, trn2_slurm):
+    node.boot(trn2_slurm)
+    unit = (node.root / "etc/systemd/system/cdk-trn-slurmd.service").read_text()
+    assert "ExecStart=/usr/local/sbin/cdk-trn-node slurmd-run" in unit
+    assert "ExecStop=/usr/local/sbin/cdk-trn-node slurmd-leave" in unit
+    helper = node.root / "usr/local/sbin/cdk-trn-node"
+    assert helper.read_text() == trn2_slurm.user_data
+
+
+def _helper(node: FakeNode, rendered: Rendered, command: str, **env: str) -> BootResult:
+    node.boot(rendered)
+    node.log.write_text("")
+    run_env = {
+        "PATH": f"{node.bin}:/usr/bin:/bin",
+        "NODE_BOOTSTRAP_TEST_ROOT": str(node.root),
+        "DOUBLES_LOG": str(node.log),
+        **env,
+    }
+    helper = node.root / "usr/local/sbin/cdk-trn-node"
+    result = subprocess.run(
+        ["bash", str(helper), command], env=run_env, capture_output=True, text=True, timeout=30
+    )
+    calls = [line.split() for line in node.log.read_text().splitlines() if line.strip()]
+    return BootResult(result.returncode, result.stdout + result.stderr, calls, node.root)
+
+
+def test_slurmd_run_starts_a_dynamic_node_with_its_features(node, trn2_slurm):
+    result = _helper(node, trn2_slurm, "slurmd-run")
+    assert result.returncode == 0, result.output
+    [run] = [c for c in result.calls_to("docker") if c[0] == "run"]
+    assert run[run.index("--name") + 1] == "cdk-trn-slurmd"
+    for flag in ("--privileged", "--pid", "--network"):
+        assert flag in run
+    tail = run[run.index("slurmd") :]
+    assert tail == [
+        "slurmd",
+        "-D",
+        "-Z",
+        "-N",
+        "ip-10-0-1-23",
+        "--conf-server",
+        "cdk-trn-slurmctld:6817",
+        "--conf",
+        "Feature=trn2.48xlarge,efa",
+    ]
+    assert result.signals() == []
+
+
+def test_leaving_node_is_deleted_from_slurm(node, trn2_slurm):
+    result = _helper(node, trn2_slurm, "slurmd-leave")
+    assert result.returncode == 0, result.output
+    execs = [c[2:] for c in result.calls_to("docker") if c[0] == "exec"]
+    assert execs == [["scontrol", "delete", "nodename=ip-10-0-1-23"]]
+    assert result.signals() == []
+
+
+def test_leaving_node_that_runs_a_job_is_marked_down(node, trn2_slurm):
+    result = _helper(node, trn2_slurm, "slurmd-leave", DOUBLES_FAILING="docker")
+    assert result.returncode == 0, result.output
+    execs = [c[2:5] for c in result.calls_to("docker") if c[0] == "exec"]
+    assert execs == [
+        ["scontrol", "delete", "nodename=ip-10-0-1-23"],
+        ["scontrol", "update", "nodename=ip-10-0-1-23"],
+    ]
+
+
+def test_ultraserver_node_adds_its_server_id_as_a_feature(node, trn2u_slurm):
+    node.ultraserver_ids(SERVER_ID, "1")
+    result = node.boot(trn2u_slurm)
+    assert result.returncode == 0, result.output
+    identity = node.root / "etc/cdk-trn/slurmd.conf"
+    sourced = subprocess.run(
+        ["bash", "-c", f'. "{identity}"; echo "$FEATURES"'], capture_output=True, text=True
+    )
+    assert sourced.stdout.strip() == f"trn2u.48xlarge,efa,us-{SERVER_ID}"

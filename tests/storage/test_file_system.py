@@ -437,6 +437,8 @@ def test_snapshot_removal_policy_is_refused_because_cloudformation_has_none_for_
         ({"data_compression": "GZIP"}, "data_compression must be LZ4 or NONE"),
         ({"mount_path": "fsx"}, "mount_path must be an absolute directory"),
         ({"mount_path": "/"}, "mount_path must be an absolute directory"),
+        ({"mount_path": "/fsx'$(touch${IFS}/tmp/x)'"}, "mount_path must be an absolute directory"),
+        ({"mount_path": "/fsx data"}, "mount_path must be an absolute directory"),
     ],
 )
 def test_other_bad_props_are_refused_with_the_prop_named(props, message):

@@ -1,0 +1,486 @@
+"""SlurmScheduler: Slurm on a TrainiumCluster, from the bundled training image.
+
+The controller is one small instance in an Auto Scaling group of exactly one (min = max = 1, so the
+group replaces it when it dies) in the cluster's isolated subnet, running ``slurmctld`` from the
+training image with host networking; its StateSaveLocation is on the shared file system
+(``<mount>/slurm/state``), so a replacement resumes the queue. Every node runs ``slurmd`` from the
+same image as a dynamic node (``slurmd -Z``, configless) whose features are the instance type,
+``efa`` and, on trn2u, its UltraServer id (``us-<id>``); a node signals success only after its
+slurmd registered.
+
+Finding the controller: its address changes on replacement, and Route 53's API has no VPC
+endpoint, so the controller writes its address into an SSM parameter at boot (through the SSM
+endpoint); a timer on every instance points the name ``cdk-trn-slurmctld`` (SlurmctldAddr,
+``slurmd --conf-server``) at that address in ``/etc/hosts``. The munge key is generated at deploy
+time into Secrets Manager under a customer-managed key and read by the instances through the
+Secrets Manager endpoint; it never appears in a template, user data or log.
+
+slurm.conf is rendered on the controller at boot by the shared generator::
+
+    python3 -m cdk_trn_runtime.slurm.config --spec /etc/slurm/cluster.json \\
+        --output /etc/slurm/slurm.conf
+
+from the cluster document this construct writes into the controller's user data
+(``CDK_TRN_SLURM_SPEC``, see :func:`slurm_cluster_document` for its keys), plus two keys the
+controller adds at boot: ``controller_host`` (its ``hostname -s``, for SlurmctldHost) and
+``controller_addr`` (``cdk-trn-slurmctld``, for SlurmctldAddr).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import aws_cdk as cdk
+import jsii
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_ssm as ssm
+from constructs import Construct
+
+from cdk_trn._acknowledge import acknowledge, acknowledge_regulated
+from cdk_trn.acceptance.image import NeuronTrainingImage
+from cdk_trn.cluster import SlurmNodeSettings, TrainiumCluster, boot_user_data
+from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn_runtime.contract import (
+    CLUSTER_TAG,
+    SHARED_COMPILE_CACHE,
+    SHARED_HOMES,
+    SHARED_JOB_LOGS,
+    SHARED_SLURM_STATE,
+    SLURM_DEFAULT_CLUSTER_NAME,
+    SLURM_JOB_UID,
+    SLURM_JOB_USER,
+    SLURMCTLD_PORT,
+    SLURMD_PORT,
+)
+
+#: The controller runs slurmctld, munged and Docker and pulls the Neuron image: below this it
+#: swaps or is killed by the OOM killer while pulling.
+MIN_CONTROLLER_MEMORY_GIB = 8
+#: Ports srun listens on (SrunPortRange) for its tasks' connections back to the submit host.
+SRUN_PORT_RANGE = (60001, 63000)
+#: slurmstepd's ports on the nodes: the Linux ephemeral range (ip_local_port_range default).
+STEP_PORT_RANGE = (32768, 60999)
+
+_SIZES = {
+    "medium": 1,
+    "large": 2,
+    "xlarge": 4,
+    "2xlarge": 8,
+    "4xlarge": 16,
+    "8xlarge": 32,
+    "12xlarge": 48,
+    "16xlarge": 64,
+    "24xlarge": 96,
+    "48xlarge": 192,
+}
+#: GiB per vCPU of the general-purpose, compute and memory families (EC2 instance types guide).
+_GIB_PER_VCPU = {"c": 2, "m": 4, "r": 8}
+_CONTROLLER_TYPE = re.compile(r"^([cmr])([5-8])([a-z]*)\.([0-9]*x?large|medium)$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+def controller_memory_gib(instance_type: str) -> int | None:
+    """Memory of a c/m/r type of generation 5-8 (``m7i.xlarge`` -> 16), None if unknown."""
+    match = _CONTROLLER_TYPE.match(instance_type)
+    if not match or match.group(4) not in _SIZES:
+        return None
+    return _SIZES[match.group(4)] * _GIB_PER_VCPU[match.group(1)]
+
+
+class SlurmScheduler(Construct):
+    """Slurm for a ``TrainiumCluster``: the controller, the munge key and slurmd on every node.
+
+    Create it before the app synthesizes; the cluster's node user data then starts slurmd.
+
+    :param cluster: the cluster to schedule; it must have a shared file system.
+    :param image: the image slurmctld, slurmd and every job run in. Default:
+        ``NeuronTrainingImage.bundled()`` (Slurm 23.11 from Ubuntu 24.04).
+    :param controller_instance_type: a c, m or r type of generation 5 to 8 with at least
+        ``MIN_CONTROLLER_MEMORY_GIB`` GiB. Default: ``m7i.xlarge`` (4 vCPUs, 16 GiB).
+    :param controller_machine_image: the controller's AMI. Default: the latest Amazon Linux 2023,
+        resolved from its public SSM parameter at deploy time.
+    :param slurm_cluster_name: ClusterName in slurm.conf. Default: ``trn``.
+    :param partition: the partition of the cluster's nodes (whole-node ``--exclusive``
+        scheduling). Default: ``trn``.
+    :param max_nodes_per_job: MaxNodes of the partition. On UltraServer types a multiple of the
+        UltraServer size, so a job never splits one. Default: the cluster's node count.
+    :param controller_root_volume_gib: the controller's root volume (encrypted gp3), which holds
+        the training image. Default: 100 GiB.
+    :param registration_timeout: how long a booting node waits for its slurmd to register.
+        Default: 15 minutes.
+    :param controller_signal_timeout: how long the deploy waits for slurmctld. Default: 30 min.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        cluster: TrainiumCluster,
+        image: NeuronTrainingImage | None = None,
+        controller_instance_type: str = "m7i.xlarge",
+        controller_machine_image: ec2.IMachineImage | None = None,
+        slurm_cluster_name: str = SLURM_DEFAULT_CLUSTER_NAME,
+        partition: str = "trn",
+        max_nodes_per_job: int | None = None,
+        controller_root_volume_gib: int = 100,
+        registration_timeout: cdk.Duration | None = None,
+        controller_signal_timeout: cdk.Duration | None = None,
+    ) -> None:
+        super().__init__(scope, id)
+        registration_timeout = registration_timeout or cdk.Duration.minutes(15)
+        controller_signal_timeout = controller_signal_timeout or cdk.Duration.minutes(30)
+        max_nodes_per_job = cluster.nodes if max_nodes_per_job is None else max_nodes_per_job
+        self._validate_file_system(cluster)
+        self._validate_controller_type(controller_instance_type)
+        self._validate_name("slurm_cluster_name", slurm_cluster_name)
+        self._validate_name("partition", partition)
+        self._validate_layout(cluster, max_nodes_per_job)
+        self._validate_root_volume(controller_root_volume_gib)
+        self._validate_minutes("registration_timeout", registration_timeout, 2, 60)
+        self._validate_minutes("controller_signal_timeout", controller_signal_timeout, 5, 120)
+        assert cluster.file_system is not None
+
+        self.cluster = cluster
+        self.slurm_cluster_name = slurm_cluster_name
+        self.partition = partition
+        self.max_nodes_per_job = max_nodes_per_job
+        self.shared_root = cluster.file_system.mount_path
+        self.job_user = SLURM_JOB_USER
+        self.image = (image or NeuronTrainingImage.bundled()).bind(self)
+
+        #: Encrypts the munge key; only the controller and node roles may decrypt (via grants).
+        self.key = kms.Key(
+            self,
+            "AuthKeyEncryption",
+            description=f"Encrypts the Slurm authentication key of {cluster.cluster_name}",
+            enable_key_rotation=True,
+            removal_policy=cdk.RemovalPolicy.DESTROY,
+        )
+        #: The munge key: generated by Secrets Manager at deploy time, never in the template.
+        self.auth_key = secretsmanager.Secret(
+            self,
+            "AuthKey",
+            description=f"munge key of the Slurm cluster {cluster.cluster_name}",
+            encryption_key=self.key,
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=128, exclude_punctuation=True, include_space=False
+            ),
+            removal_policy=cdk.RemovalPolicy.DESTROY,
+        )
+        acknowledge(
+            self.auth_key,
+            "AwsSolutions-SMG4",
+            "a munge key cannot rotate under running daemons: every slurmctld, slurmd and job "
+            "step must change it at once; replace the secret and roll the instances instead",
+        )
+        acknowledge_regulated(
+            self.auth_key,
+            "SecretsManagerRotationEnabled",
+            "a munge key cannot rotate under running daemons: every slurmctld, slurmd and job "
+            "step must change it at once; replace the secret and roll the instances instead",
+        )
+        #: The controller's current private address, written by the controller at each boot.
+        self.controller_address = ssm.StringParameter(
+            self,
+            "ControllerAddress",
+            description=f"Address of the Slurm controller of {cluster.cluster_name} "
+            "(written by the controller at boot)",
+            string_value="none",
+        )
+
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "ControllerSecurityGroup",
+            vpc=cluster.vpc,
+            description="Slurm controller: slurmctld from the nodes, HTTPS to AWS",
+            allow_all_outbound=False,
+        )
+        self.security_group.add_egress_rule(
+            ec2.Peer.any_ipv4(),
+            ec2.Port.tcp(443),
+            "HTTPS to AWS endpoints (VPC interface endpoints and the S3 gateway)",
+        )
+        self.connections = ec2.Connections(security_groups=[self.security_group])
+        self._allow_slurm_traffic()
+        cluster.file_system.allow_clients(self)
+
+        self.role = self._controller_role()
+        self.auto_scaling_group = self._controller_group(
+            controller_instance_type,
+            controller_machine_image or ec2.MachineImage.latest_amazon_linux2023(),
+            controller_root_volume_gib,
+            controller_signal_timeout,
+        )
+        for role in (self.role, cluster.role):
+            self.auth_key.grant_read(role)
+            self.image.grant_pull(role)
+        self.controller_address.grant_write(self.role)
+        self.controller_address.grant_read(cluster.role)
+        self._acknowledge_pull_wildcard(self.role)
+        self._acknowledge_pull_wildcard(cluster.role)
+
+        cluster._attach_slurm(
+            SlurmNodeSettings(
+                image_uri=self.image.image_uri,
+                key_secret_arn=self.auth_key.secret_arn,
+                controller_parameter=self.controller_address.parameter_name,
+                features=",".join(self._static_features()),
+                registration_seconds=int(registration_timeout.to_seconds()),
+            )
+        )
+        # Nodes register with a running controller: they boot after it signalled.
+        cluster.auto_scaling_group.node.add_dependency(self.auto_scaling_group)
+        cdk.Tags.of(self).add(CLUSTER_TAG, cluster.cluster_name)
+
+    # --- validation -------------------------------------------------------------------------
+
+    def _validate_file_system(self, cluster: TrainiumCluster) -> None:
+        if cluster.file_system is None:
+            raise CdkTrnError(
+                f"{self.node.path}: cluster must have a file_system: Slurm keeps its state, the "
+                f"job user's home and the job logs on it, got {cluster.node.path} without one"
+            )
+
+    def _validate_controller_type(self, instance_type: str) -> None:
+        memory = controller_memory_gib(instance_type)
+        if memory is None:
+            raise invalid(
+                f"{self.node.path}: controller_instance_type",
+                instance_type,
+                "a c, m or r instance type of generation 5 to 8, such as m7i.xlarge",
+            )
+        if memory < MIN_CONTROLLER_MEMORY_GIB:
+            raise invalid(
+                f"{self.node.path}: controller_instance_type",
+                instance_type,
+                f"a type with at least {MIN_CONTROLLER_MEMORY_GIB} GiB of memory "
+                f"({instance_type} has {memory} GiB), such as m7i.xlarge",
+            )
+
+    def _validate_name(self, prop: str, value: str) -> None:
+        if not isinstance(value, str) or not _NAME.match(value):
+            raise invalid(
+                f"{self.node.path}: {prop}",
+                value,
+                "1-40 lower-case letters, digits or '_', starting with a letter",
+            )
+
+    def _validate_layout(self, cluster: TrainiumCluster, max_nodes: int) -> None:
+        prop = f"{self.node.path}: max_nodes_per_job"
+        if isinstance(max_nodes, bool) or not isinstance(max_nodes, int):
+            raise invalid(prop, max_nodes, "an integer")
+        if not 1 <= max_nodes <= cluster.nodes:
+            raise invalid(
+                prop, max_nodes, f"from 1 to the cluster's {cluster.nodes} nodes (partition size)"
+            )
+        size = cluster.spec.ultraserver_size
+        if cluster.capacity.is_ultraserver and size and max_nodes % size:
+            raise invalid(
+                prop,
+                max_nodes,
+                f"a multiple of {size} on {cluster.spec.instance_type}, so that a job never "
+                f"splits an UltraServer of {size} nodes",
+            )
+
+    def _validate_root_volume(self, gib: int) -> None:
+        if isinstance(gib, bool) or not isinstance(gib, int) or not 64 <= gib <= 16384:
+            raise invalid(
+                f"{self.node.path}: controller_root_volume_gib",
+                gib,
+                "an integer from 64 to 16384 GiB (the training image needs about 60 GiB)",
+            )
+
+    def _validate_minutes(self, prop: str, value: cdk.Duration, low: int, high: int) -> None:
+        minutes = value.to_minutes()
+        if not low <= minutes <= high:
+            raise invalid(
+                f"{self.node.path}: {prop}", f"{minutes} minutes", f"{low} to {high} minutes"
+            )
+
+    # --- resources ----------------------------------------------------------------------------
+
+    def _static_features(self) -> list[str]:
+        spec = self.cluster.spec
+        return [spec.instance_type, *(["efa"] if spec.efa_devices else [])]
+
+    def _allow_slurm_traffic(self) -> None:
+        nodes = self.cluster.connections
+        self.connections.allow_from(nodes, ec2.Port.tcp(SLURMCTLD_PORT), "slurmd to slurmctld")
+        self.connections.allow_from(
+            nodes,
+            ec2.Port.tcp_range(*SRUN_PORT_RANGE),
+            "job steps to srun on the controller (SrunPortRange)",
+        )
+        self.connections.allow_to(nodes, ec2.Port.tcp(SLURMD_PORT), "slurmctld to slurmd")
+        self.connections.allow_to(
+            nodes,
+            ec2.Port.tcp_range(*STEP_PORT_RANGE),
+            "srun on the controller to slurmstepd (ephemeral ports)",
+        )
+
+    def _controller_role(self) -> iam.Role:
+        role = iam.Role(
+            self,
+            "ControllerRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description=f"Slurm controller of {self.cluster.node.path}",
+            managed_policies=[
+                iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")
+            ],
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/"
+            "AmazonSSMManagedInstanceCore]",
+            "AmazonSSMManagedInstanceCore is the SSM agent's AWS-maintained permission set "
+            "(Session Manager for cdk-trn shell and submit, instead of SSH); a copy would drift "
+            "from what the agent needs.",
+        )
+        acknowledge_regulated(
+            role,
+            "IAMNoInlinePolicy",
+            "the controller role's policy is the sum of its grants (the munge key secret, the "
+            "image pull, its address parameter, its creation-policy signal), each naming its "
+            "resources; it belongs to this role alone and is deleted with it",
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["cloudformation:SignalResource"], resources=[cdk.Aws.STACK_ID]
+            )
+        )
+        return role
+
+    def _acknowledge_pull_wildcard(self, role: iam.Role) -> None:
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "ecr:GetAuthorizationToken (the registry login before pulling the Slurm image) "
+            "supports no resource-level permission: its Resource must be '*'",
+        )
+
+    def _controller_group(
+        self,
+        instance_type: str,
+        machine_image: ec2.IMachineImage,
+        root_volume_gib: int,
+        signal_timeout: cdk.Duration,
+    ) -> autoscaling.AutoScalingGroup:
+        template = ec2.LaunchTemplate(
+            self,
+            "ControllerLaunchTemplate",
+            instance_type=ec2.InstanceType(instance_type),
+            machine_image=machine_image,
+            role=self.role,
+            security_group=self.security_group,
+            require_imdsv2=True,
+            http_put_response_hop_limit=1,
+            detailed_monitoring=True,
+            user_data=ec2.UserData.custom(cdk.Lazy.string(_ControllerUserData(self))),
+            block_devices=[
+                ec2.BlockDevice(
+                    device_name="/dev/xvda",
+                    volume=ec2.BlockDeviceVolume.ebs(
+                        root_volume_gib,
+                        encrypted=True,
+                        volume_type=ec2.EbsDeviceVolumeType.GP3,
+                        delete_on_termination=True,
+                    ),
+                )
+            ],
+        )
+        self.launch_template = template
+        group = autoscaling.AutoScalingGroup(
+            self,
+            "Controller",
+            vpc=self.cluster.vpc,
+            vpc_subnets=ec2.SubnetSelection(subnets=[self.cluster.subnet]),
+            launch_template=template,
+            min_capacity=1,
+            max_capacity=1,
+            signals=autoscaling.Signals.wait_for_count(1, timeout=signal_timeout),
+            notifications=[autoscaling.NotificationConfiguration(topic=self.cluster.events_topic)],
+        )
+        for endpoint in self.cluster.network.endpoints:
+            group.node.add_dependency(endpoint)
+        return group
+
+    def slurm_cluster_document(self) -> dict[str, Any]:
+        """The cluster document the controller hands to the slurm.conf generator.
+
+        Keys: ``cluster_name`` (ClusterName), ``partition`` (PartitionName, whole nodes,
+        ``OverSubscribe=EXCLUSIVE``), ``node_cpus`` and ``node_real_memory_mib`` (the catalog's
+        vCPUs and memory of one node, RealMemory with 5% kept for the OS and daemons),
+        ``node_features`` (static features: instance type, ``efa``; nodes add ``us-<id>`` on
+        UltraServers), ``ultraserver_size`` (0 when not an UltraServer type), ``max_node_count``
+        (MaxNodeCount for dynamic nodes), ``max_nodes_per_job`` (the partition's MaxNodes),
+        ``shared_root`` (the shared file system's mount path), ``state_save_location``,
+        ``job_log_dir`` (jobcomp log and job logs), ``home_dir``, ``compile_cache``,
+        ``slurmctld_port``, ``slurmd_port``, ``srun_port_range`` ([low, high]), ``job_user`` and
+        ``job_uid``. At boot the controller adds ``controller_host`` and ``controller_addr``.
+        """
+        spec = self.cluster.spec
+        root = self.shared_root
+        return {
+            "cluster_name": self.slurm_cluster_name,
+            "partition": self.partition,
+            "node_cpus": spec.vcpus,
+            "node_real_memory_mib": int(spec.memory_gib * 1024 * 0.95),
+            "node_features": self._static_features(),
+            "ultraserver_size": spec.ultraserver_size
+            if self.cluster.capacity.is_ultraserver and spec.ultraserver_size
+            else 0,
+            "max_node_count": self.cluster.nodes,
+            "max_nodes_per_job": self.max_nodes_per_job,
+            "shared_root": root,
+            "state_save_location": f"{root}/{SHARED_SLURM_STATE}",
+            "job_log_dir": f"{root}/{SHARED_JOB_LOGS}",
+            "home_dir": f"{root}/{SHARED_HOMES}",
+            "compile_cache": f"{root}/{SHARED_COMPILE_CACHE}",
+            "slurmctld_port": SLURMCTLD_PORT,
+            "slurmd_port": SLURMD_PORT,
+            "srun_port_range": list(SRUN_PORT_RANGE),
+            "job_user": SLURM_JOB_USER,
+            "job_uid": SLURM_JOB_UID,
+        }
+
+    def _user_data(self) -> str:
+        stack = cdk.Stack.of(self)
+        fs = self.cluster.file_system
+        assert fs is not None
+        group = self.auto_scaling_group.node.default_child
+        assert isinstance(group, cdk.CfnResource)
+        variables: dict[str, Any] = {
+            "CDK_TRN_REGION": stack.region,
+            "CDK_TRN_STACK": stack.stack_name,
+            "CDK_TRN_RESOURCE": stack.get_logical_id(group),
+            "CDK_TRN_CLUSTER": self.cluster.cluster_name,
+            "CDK_TRN_NODE_OS": "amazon-linux-2023",
+            "CDK_TRN_FSX_DNS": fs.dns_name,
+            "CDK_TRN_FSX_MOUNT_NAME": fs.mount_name,
+            "CDK_TRN_FSX_MOUNT_PATH": fs.mount_path,
+            # A controller is a TCP Lustre client: EFA-enabled file systems serve those too.
+            "CDK_TRN_FSX_EFA": "0",
+            "CDK_TRN_SLURM_IMAGE": self.image.image_uri,
+            "CDK_TRN_SLURM_KEY_SECRET": self.auth_key.secret_arn,
+            "CDK_TRN_SLURM_CONTROLLER_PARAMETER": self.controller_address.parameter_name,
+            "CDK_TRN_SLURM_SPEC": json.dumps(self.slurm_cluster_document(), sort_keys=True),
+        }
+        return boot_user_data(variables, "controller_bootstrap.sh")
+
+
+@jsii.implements(cdk.IStableStringProducer)
+class _ControllerUserData:
+    """The controller's user data, rendered at synth (its logical id is known by then)."""
+
+    def __init__(self, scheduler: SlurmScheduler) -> None:
+        self._scheduler = scheduler
+
+    def produce(self) -> str:
+        return self._scheduler._user_data()

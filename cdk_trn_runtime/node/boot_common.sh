@@ -1,0 +1,202 @@
+# cdk-trn boot library: what the Trainium node (node_bootstrap.sh) and the Slurm controller
+# (controller_bootstrap.sh) boot scripts share. The constructs render user data as
+#   the CDK_TRN_* variables, this file, then the instance's own script.
+# The rendered user data is also installed as the instance's helper command (install_helper), so
+# that systemd units run the same, shellchecked code as the boot.
+# shellcheck disable=SC2034  # variables read by the instance scripts that follow this file
+set -Eeuo pipefail
+
+# Tests only (tests/foundation/test_node_bootstrap_run.py): a directory that stands in for /.
+# Unset on an instance, where every path is the real one.
+ROOT="${NODE_BOOTSTRAP_TEST_ROOT:-}"
+
+LOG_TAG=cdk-trn-bootstrap
+ENV_FILE="$ROOT/etc/cdk-trn/env"
+#: The name every Slurm daemon uses for the controller (SlurmctldAddr, slurmd --conf-server). It
+#: resolves through /etc/hosts, which watch_controller keeps pointing at the controller's current
+#: address (published in an SSM parameter), so a replaced controller is found again.
+SLURMCTLD_NAME=cdk-trn-slurmctld
+#: The munge key, readable by root only; containers get it read-only and copy it for munged.
+MUNGE_KEY="$ROOT/etc/cdk-trn/munge.key"
+#: Runs inside the Slurm containers before the daemon: munged with the shared key, then the
+#: daemon in the foreground ("$@").
+# shellcheck disable=SC2016
+IN_CONTAINER='install -o munge -g munge -m 0400 /run/cdk-trn/munge.key /etc/munge/munge.key'
+IN_CONTAINER+=' && install -d -o munge -g munge -m 0755 /run/munge && runuser -u munge -- munged'
+IN_CONTAINER+=' && exec "$@"'
+INSTANCE_ID=""
+
+log() { echo "[$LOG_TAG] $*" | tee -a "$ROOT/dev/console" | logger -t "$LOG_TAG" || true; }
+
+imds() {
+  local token
+  token=$(curl -fsS -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 300" \
+    http://169.254.169.254/latest/api/token)
+  curl -fsS -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/meta-data/$1"
+}
+
+signal() {
+  aws cloudformation signal-resource --region "$CDK_TRN_REGION" \
+    --stack-name "$CDK_TRN_STACK" --logical-resource-id "$CDK_TRN_RESOURCE" \
+    --unique-id "$INSTANCE_ID" --status "$1"
+}
+
+fail() {
+  log "FAILED on $INSTANCE_ID: $*"
+  signal FAILURE || log "could not send the FAILURE signal"
+  exit 1
+}
+
+# The boot, and only the boot, reports to the creation policy: the helper commands never signal.
+begin_boot() {
+  INSTANCE_ID=$(imds instance-id)
+  # set -E hands this trap to command substitutions too: only the main shell fails (and
+  # signals), once, when the substitution's non-zero status reaches it.
+  trap '[ "$BASH_SUBSHELL" -eq 0 ] && fail "unexpected error at line $LINENO"' ERR
+}
+
+install_packages() {
+  case "$CDK_TRN_NODE_OS" in
+    # Only AL2023's own repositories are reachable (S3 gateway endpoint); repositories the AMI
+    # adds (Neuron, EFA) are skipped rather than failing the install.
+    amazon-linux-2023) dnf install -y --setopt='*.skip_if_unavailable=True' "$@" ;;
+    # Ubuntu mirrors are not reachable without NAT egress; everything must be on the AMI.
+    ubuntu-24.04) apt-get install -y --no-download "$@" ;;
+  esac
+}
+
+install_lustre_client() {
+  modinfo lustre >/dev/null 2>&1 && return 0
+  case "$CDK_TRN_NODE_OS" in
+    # AL2023 ships the client in its own repositories (S3 buckets: the gateway endpoint serves them).
+    amazon-linux-2023) install_packages lustre-client ;;
+    # The FSx Ubuntu repository is not reachable through VPC endpoints: bake the client into the
+    # AMI or opt into NAT egress (FACTS.md "Air-gapped nodes").
+    ubuntu-24.04) apt-get install -y "lustre-client-modules-$(uname -r)" ;;
+  esac
+}
+
+# EFA-enabled FSx: LNet must use the kefalnd driver over the node's EFA devices before the mount
+# (EKS user guide, "FSx for Lustre with EFA"; needs the efa kernel module >= 2.12.1).
+configure_lustre_efa() {
+  local eth dev
+  eth=$(ip -br -4 addr show | awk -v ip="$(hostname -i | awk '{print $1}')/" 'index($3, ip) == 1 {print $1}')
+  [ -n "$eth" ] || fail "could not find the primary interface for LNet"
+  { modprobe lnet && modprobe kefalnd ipif_name="$eth" && modprobe ksocklnd; } || fail "LNet EFA modules did not load"
+  lnetctl lnet configure
+  lnetctl net del --net tcp 2>/dev/null || true
+  lnetctl net add --net tcp --if "$eth"
+  for dev in "$ROOT"/sys/class/infiniband/*; do
+    lnetctl net add --net efa --if "$(basename "$dev")" --peer-credits 32
+  done
+  lnetctl set discovery 1
+  lnetctl udsp add --src efa --priority 0
+  modprobe lustre
+  log "LNet configured over EFA"
+}
+
+mount_fsx() {
+  [ -z "$CDK_TRN_FSX_DNS" ] && { log "no FSx for Lustre file system configured"; return; }
+  install_lustre_client || fail "the Lustre client is not on the AMI and could not be installed"
+  [ "$CDK_TRN_FSX_EFA" = "1" ] && configure_lustre_efa
+  local mnt="$ROOT$CDK_TRN_FSX_MOUNT_PATH"
+  mkdir -p "$mnt"
+  local source="$CDK_TRN_FSX_DNS@tcp:/$CDK_TRN_FSX_MOUNT_NAME"
+  grep -q " $mnt lustre " "$ROOT/etc/fstab" || echo \
+    "$source $mnt lustre relatime,flock,_netdev,x-systemd.automount,x-systemd.requires=network-online.target 0 0" \
+    >> "$ROOT/etc/fstab"
+  systemctl daemon-reload
+  local tries=0
+  until mountpoint -q "$mnt" || mount "$mnt"; do
+    tries=$((tries + 1)); [ $tries -ge 12 ] && fail "could not mount $source at $mnt"
+    sleep 10
+  done
+  ls "$mnt" >/dev/null || fail "$mnt is mounted but not readable"
+  log "FSx for Lustre mounted at $mnt"
+}
+
+start_docker() {
+  # Ubuntu's package named "docker" is a KDE system-tray tool; its Docker engine is docker.io.
+  local package=docker
+  [ "$CDK_TRN_NODE_OS" = ubuntu-24.04 ] && package=docker.io
+  command -v docker >/dev/null || install_packages "$package" || fail "docker is not installed and could not be installed"
+  systemctl enable --now docker || fail "docker did not start"
+}
+
+# The rendered user data becomes /usr/local/sbin/<name>: the systemd units call its subcommands.
+install_helper() {
+  mkdir -p "$ROOT/usr/local/sbin"
+  install -m 0700 "$0" "$ROOT/usr/local/sbin/$1"
+}
+
+# The munge key from Secrets Manager (through its VPC endpoint), root-only from the first byte;
+# it is never echoed, logged or passed on a command line.
+fetch_munge_key() {
+  mkdir -p "$(dirname "$MUNGE_KEY")"
+  if ! (umask 077 && aws secretsmanager get-secret-value --region "$CDK_TRN_REGION" \
+    --secret-id "$CDK_TRN_SLURM_KEY_SECRET" --query SecretString --output text >"$MUNGE_KEY.new"); then
+    rm -f "$MUNGE_KEY.new"
+    return 1
+  fi
+  mv -f "$MUNGE_KEY.new" "$MUNGE_KEY"
+}
+
+# Pull the Slurm image (from the bootstrap ECR repository through its VPC endpoints).
+pull_image() {
+  local image=$1 registry=${1%%/*} tries=0
+  case "$registry" in
+    *.dkr.ecr.*)
+      aws ecr get-login-password --region "$CDK_TRN_REGION" \
+        | docker login --username AWS --password-stdin "$registry" >/dev/null || return 1 ;;
+  esac
+  until docker pull --quiet "$image" >/dev/null; do
+    tries=$((tries + 1)); [ $tries -ge 5 ] && return 1
+    sleep 30
+  done
+}
+
+# Point $SLURMCTLD_NAME at the address in the controller's SSM parameter. /etc/hosts is rewritten
+# in place (same inode), so the containers that bind-mount it see the change at once. Prints the
+# address; fails while the parameter holds no address yet.
+resolve_controller() {
+  local address hosts="$ROOT/etc/hosts" kept
+  address=$(aws ssm get-parameter --region "$CDK_TRN_REGION" \
+    --name "$CDK_TRN_SLURM_CONTROLLER_PARAMETER" --query Parameter.Value --output text) || return 1
+  [[ $address =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || return 1
+  touch "$hosts"
+  if ! grep -qx "$address $SLURMCTLD_NAME" "$hosts"; then
+    kept=$(grep -v " $SLURMCTLD_NAME\$" "$hosts" || true)
+    printf '%s\n%s %s\n' "$kept" "$address" "$SLURMCTLD_NAME" | sed '/^$/d' >"$hosts.cdk-trn"
+    cat "$hosts.cdk-trn" >"$hosts"
+    rm -f "$hosts.cdk-trn"
+  fi
+  echo "$address"
+}
+
+# A timer re-resolves the controller every minute: slurmd looks the name up again for each
+# connection, so nodes follow a replaced controller without restarting (and without losing jobs).
+install_controller_watch() {
+  local helper=$1 units="$ROOT/etc/systemd/system"
+  mkdir -p "$units"
+  cat >"$units/cdk-trn-controller-address.service" <<UNIT
+[Unit]
+Description=cdk-trn: point $SLURMCTLD_NAME at the Slurm controller's current address
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/$helper resolve-controller
+UNIT
+  cat >"$units/cdk-trn-controller-address.timer" <<UNIT
+[Unit]
+Description=cdk-trn: follow a replaced Slurm controller
+
+[Timer]
+OnBootSec=30s
+OnUnitActiveSec=60s
+
+[Install]
+WantedBy=timers.target
+UNIT
+  systemctl daemon-reload
+  systemctl enable --now cdk-trn-controller-address.timer
+}

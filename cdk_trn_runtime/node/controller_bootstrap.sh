@@ -1,0 +1,134 @@
+# cdk-trn Slurm controller bootstrap. Runs at first boot (cloud-init user data) of the controller
+# (an Auto Scaling group of one, so a dead controller is replaced), after the CDK_TRN_* variables
+# that the SlurmScheduler construct writes and boot_common.sh.
+#
+# It mounts the shared file system (StateSaveLocation lives there, so a replacement resumes the
+# queue), renders slurm.conf with the shared generator, starts slurmctld in the training image,
+# publishes its address in an SSM parameter for the nodes, and signals SUCCESS only once
+# `scontrol ping` answers. Any failure signals FAILURE with the reason.
+#
+# Subcommands (the rendered user data is installed as /usr/local/sbin/cdk-trn-controller):
+#   (none)              boot
+#   slurmctld-run       run slurmctld in the training image in the foreground (a systemd unit)
+#   resolve-controller  point the controller's name at its current address (a timer)
+
+HELPER=cdk-trn-controller
+CONTAINER=cdk-trn-slurmctld
+SLURM_ETC="$ROOT/etc/cdk-trn/slurm"
+
+# The cluster document (CDK_TRN_SLURM_SPEC, written at synth) plus what only the instance knows:
+# its host name (SlurmctldHost) and the stable controller name (SlurmctldAddr).
+write_cluster_document() {
+  mkdir -p "$SLURM_ETC"
+  python3 -c 'import json, sys
+spec = json.loads(sys.argv[1])
+spec.update(controller_host=sys.argv[2], controller_addr=sys.argv[3])
+json.dump(spec, sys.stdout, indent=2, sort_keys=True)' \
+    "$CDK_TRN_SLURM_SPEC" "$(hostname -s)" "$SLURMCTLD_NAME" >"$SLURM_ETC/cluster.json"
+}
+
+# slurm.conf from the shared generator (cdk_trn_runtime.slurm.config, shipped in the image), the
+# same one the local cluster uses.
+render_slurm_conf() {
+  docker run --rm --network none --volume "$SLURM_ETC:/etc/slurm" \
+    --entrypoint python3 "$CDK_TRN_SLURM_IMAGE" -m cdk_trn_runtime.slurm.config \
+    --spec /etc/slurm/cluster.json --output /etc/slurm/slurm.conf
+}
+
+# Directories the cluster keeps on the shared file system; the job user's home.
+prepare_shared_directories() {
+  local mnt="$ROOT$CDK_TRN_FSX_MOUNT_PATH" user uid
+  user=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["job_user"])' "$CDK_TRN_SLURM_SPEC")
+  uid=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["job_uid"])' "$CDK_TRN_SLURM_SPEC")
+  mkdir -p "$mnt/slurm/state" "$mnt/slurm/logs" "$mnt/home/$user" "$mnt/checkpoints" \
+    "$mnt/neuron-compile-cache"
+  chown "$uid:$uid" "$mnt/home/$user" "$mnt/checkpoints" "$mnt/neuron-compile-cache"
+  chmod 0700 "$mnt/slurm/state"
+}
+
+slurmctld_run() {
+  local mnt=$CDK_TRN_FSX_MOUNT_PATH
+  docker rm --force "$CONTAINER" >/dev/null 2>&1 || true
+  # The state and log directories belong to the SlurmUser the generated slurm.conf names.
+  # shellcheck disable=SC2016
+  local prepare='owner=$(sed -n "s/^SlurmUser=//p" /etc/slurm/slurm.conf); owner=${owner:-root}
+chown -R "$owner" "$1" "$2"; shift 2; '"$IN_CONTAINER"
+  exec docker run --rm --name "$CONTAINER" --network host \
+    --volume /etc/hosts:/etc/hosts:ro \
+    --volume "$SLURM_ETC:/etc/slurm" \
+    --volume "$MUNGE_KEY:/run/cdk-trn/munge.key:ro" \
+    --volume "$mnt:$mnt" --volume "$mnt/home:/home" \
+    --entrypoint /bin/bash "$CDK_TRN_SLURM_IMAGE" -c "$prepare" "$CONTAINER" \
+    "$mnt/slurm/state" "$mnt/slurm/logs" slurmctld -D
+}
+
+install_slurmctld_unit() {
+  mkdir -p "$ROOT/etc/systemd/system"
+  cat >"$ROOT/etc/systemd/system/cdk-trn-slurmctld.service" <<UNIT
+[Unit]
+Description=cdk-trn: slurmctld in the training image
+Requires=docker.service
+After=docker.service network-online.target remote-fs.target
+Wants=network-online.target
+
+[Service]
+ExecStart=/usr/local/sbin/$HELPER slurmctld-run
+ExecStop=/usr/bin/docker stop --time 60 $CONTAINER
+Restart=always
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+}
+
+publish_address() {
+  local address
+  address=$(imds local-ipv4)
+  aws ssm put-parameter --region "$CDK_TRN_REGION" --name "$CDK_TRN_SLURM_CONTROLLER_PARAMETER" \
+    --type String --overwrite --value "$address" >/dev/null
+  echo "$address"
+}
+
+wait_for_slurmctld() {
+  local deadline=$((SECONDS + ${NODE_BOOTSTRAP_TEST_WAIT_SECONDS:-300})) out
+  while :; do
+    if out=$(docker exec "$CONTAINER" scontrol ping 2>&1) && [[ $out == *UP* ]]; then
+      log "slurmctld answers: $out"
+      return 0
+    fi
+    [ "$SECONDS" -ge "$deadline" ] && fail "slurmctld does not answer scontrol ping: ${out:-no answer}"
+    sleep 10
+  done
+}
+
+boot() {
+  begin_boot
+  log "bootstrapping Slurm controller $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
+  start_docker
+  mount_fsx
+  [ -n "$CDK_TRN_FSX_MOUNT_PATH" ] || fail "the controller needs the shared file system"
+  fetch_munge_key || fail "could not read the Slurm authentication key from Secrets Manager"
+  pull_image "$CDK_TRN_SLURM_IMAGE" || fail "could not pull $CDK_TRN_SLURM_IMAGE"
+  prepare_shared_directories
+  write_cluster_document
+  render_slurm_conf || fail "could not render slurm.conf from $SLURM_ETC/cluster.json"
+  local address
+  address=$(publish_address) || fail "could not publish the controller address"
+  resolve_controller >/dev/null || fail "could not resolve $SLURMCTLD_NAME"
+  install_helper "$HELPER"
+  install_controller_watch "$HELPER"
+  install_slurmctld_unit
+  systemctl daemon-reload
+  systemctl enable --now cdk-trn-slurmctld.service || fail "cdk-trn-slurmctld.service did not start"
+  wait_for_slurmctld
+  signal SUCCESS
+  log "controller ready at $address"
+}
+
+case "${1:-}" in
+  "") boot ;;
+  slurmctld-run) slurmctld_run ;;
+  resolve-controller) resolve_controller >/dev/null ;;
+  *) echo "usage: $0 [slurmctld-run|resolve-controller]" >&2; exit 2 ;;
+esac

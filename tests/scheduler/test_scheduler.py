@@ -1,0 +1,196 @@
+"""SlurmScheduler: the controller group of one, the munge key under a CMK, the Slurm security group
+rules, the controller's user data and the validation errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk.assertions import Match, Template
+
+from cdk_trn.errors import CdkTrnError
+from cdk_trn.scheduler import SlurmScheduler, controller_memory_gib
+from tests.foundation.stacks_for_tests import cluster_stack
+from tests.foundation.test_node_bootstrap_run import FileSystemStandIn
+
+
+def _scheduler(instance_type: str = "trn2.48xlarge", **props) -> tuple[cdk.Stack, SlurmScheduler]:
+    stack, cluster = cluster_stack(instance_type, file_system=FileSystemStandIn())
+    return stack, SlurmScheduler(stack, "Slurm", cluster=cluster, **props)
+
+
+@pytest.fixture(scope="module")
+def synth() -> tuple[SlurmScheduler, Template]:
+    stack, scheduler = _scheduler()
+    return scheduler, Template.from_stack(stack)
+
+
+def test_controller_is_a_group_of_exactly_one_waiting_for_one_signal(synth):
+    _, template = synth
+    groups = template.find_resources(
+        "AWS::AutoScaling::AutoScalingGroup", {"Properties": {"MinSize": "1", "MaxSize": "1"}}
+    )
+    [(_, group)] = groups.items()
+    assert group["CreationPolicy"]["ResourceSignal"]["Count"] == 1
+
+
+def test_controller_launch_template_requires_imdsv2_hop_one_and_encrypts_its_volume(synth):
+    _, template = synth
+    template.has_resource_properties(
+        "AWS::EC2::LaunchTemplate",
+        {
+            "LaunchTemplateData": Match.object_like(
+                {
+                    "InstanceType": "m7i.xlarge",
+                    "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
+                    "BlockDeviceMappings": [
+                        Match.object_like(
+                            {"Ebs": Match.object_like({"Encrypted": True, "VolumeSize": 100})}
+                        )
+                    ],
+                }
+            )
+        },
+    )
+
+
+def test_munge_key_is_generated_under_a_rotating_customer_managed_key(synth):
+    scheduler, template = synth
+    key_id = cdk.Stack.of(scheduler).get_logical_id(scheduler.key.node.default_child)
+    assert template.to_json()["Resources"][key_id]["Properties"]["EnableKeyRotation"] is True
+    template.has_resource_properties(
+        "AWS::SecretsManager::Secret",
+        {
+            "GenerateSecretString": Match.object_like({"PasswordLength": 128}),
+            "KmsKeyId": {"Fn::GetAtt": [key_id, "Arn"]},
+        },
+    )
+    secret = template.find_resources("AWS::SecretsManager::Secret")
+    assert all("SecretString" not in r["Properties"] for r in secret.values())
+
+
+def test_slurmctld_port_is_open_to_the_nodes_only(synth):
+    scheduler, template = synth
+    stack = cdk.Stack.of(scheduler)
+    controller = stack.resolve(scheduler.security_group.security_group_id)
+    nodes = stack.resolve(scheduler.cluster.security_group.security_group_id)
+    rules = template.find_resources(
+        "AWS::EC2::SecurityGroupIngress", {"Properties": {"FromPort": 6817}}
+    )
+    [(_, rule)] = rules.items()
+    assert rule["Properties"]["GroupId"] == controller
+    assert rule["Properties"]["SourceSecurityGroupId"] == nodes
+    template.has_resource_properties(
+        "AWS::EC2::SecurityGroupIngress",
+        {"FromPort": 6818, "ToPort": 6818, "GroupId": nodes, "SourceSecurityGroupId": controller},
+    )
+
+
+def test_every_ingress_of_the_controller_comes_from_a_security_group(synth):
+    scheduler, template = synth
+    stack = cdk.Stack.of(scheduler)
+    controller = stack.resolve(scheduler.security_group.security_group_id)
+    group_id = controller["Fn::GetAtt"][0]
+    group = template.to_json()["Resources"][group_id]
+    assert "SecurityGroupIngress" not in group["Properties"]
+    ingress = template.find_resources("AWS::EC2::SecurityGroupIngress")
+    for rule in ingress.values():
+        if rule["Properties"]["GroupId"] == controller:
+            assert "SourceSecurityGroupId" in rule["Properties"]
+
+
+def test_user_data_quotes_every_value_and_carries_no_key(synth):
+    scheduler, _ = synth
+    user_data = scheduler._user_data()
+    header = [line for line in user_data.splitlines()[1:] if line.startswith("CDK_TRN_")]
+    assert len(header) == 13
+    for line in header:
+        name, _, value = line.partition("=")
+        assert re.fullmatch(r"CDK_TRN_[A-Z_]+", name), line
+        assert value.startswith("'") or re.fullmatch(r"[\w@%+=:,./-]+", value), line
+    assert "munge-key" not in user_data.lower().replace("munge.key", "")
+
+
+def test_cluster_document_carries_the_catalog_and_shared_paths(synth):
+    scheduler, _ = synth
+    doc = scheduler.slurm_cluster_document()
+    assert doc["node_cpus"] == 192
+    assert doc["node_features"] == ["trn2.48xlarge", "efa"]
+    assert doc["state_save_location"] == "/fsx/slurm/state"
+    assert doc["max_node_count"] == 2 and doc["max_nodes_per_job"] == 2
+    [spec] = re.findall(r"^CDK_TRN_SLURM_SPEC='(.*)'$", scheduler._user_data(), re.M)
+    assert json.loads(spec) == doc
+
+
+def test_node_user_data_starts_slurmd_and_references_the_secret(synth):
+    scheduler, _ = synth
+    user_data = scheduler.cluster._user_data()
+    assert "CDK_TRN_SLURM_FEATURES=trn2.48xlarge,efa" in user_data
+    assert "CDK_TRN_SLURM_KEY_SECRET='${Token[" in user_data
+
+
+def test_nodes_boot_after_the_controller(synth):
+    scheduler, template = synth
+    stack = cdk.Stack.of(scheduler)
+    nodes = stack.get_logical_id(scheduler.cluster.auto_scaling_group)
+    controller = stack.get_logical_id(scheduler.auto_scaling_group.node.default_child)
+    assert controller in template.to_json()["Resources"][nodes]["DependsOn"]
+
+
+def test_a_cluster_takes_one_scheduler():
+    stack, scheduler = _scheduler()
+    with pytest.raises(CdkTrnError, match="one SlurmScheduler per cluster"):
+        SlurmScheduler(stack, "Second", cluster=scheduler.cluster)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("props", "message"),
+    [
+        (
+            {"controller_instance_type": "c7i.large"},
+            r"Test/Slurm: controller_instance_type must be a type with at least 8 GiB .*"
+            r"got 'c7i.large'",
+        ),
+        (
+            {"controller_instance_type": "t2.nano"},
+            r"Test/Slurm: controller_instance_type must be a c, m or r instance type",
+        ),
+        ({"max_nodes_per_job": 3}, r"max_nodes_per_job must be from 1 to the cluster's 2 nodes"),
+        ({"partition": "Trn;"}, r"partition must be 1-40 lower-case"),
+        ({"controller_root_volume_gib": 10}, r"controller_root_volume_gib must be an integer"),
+    ],
+)
+def test_bad_props_are_refused_naming_construct_prop_and_value(props, message):
+    with pytest.raises(CdkTrnError, match=message):
+        _scheduler(**props)
+
+
+def test_trn2u_partition_that_splits_an_ultraserver_is_refused():
+    stack, cluster = cluster_stack("trn2u.48xlarge", nodes=8, file_system=FileSystemStandIn())
+    with pytest.raises(CdkTrnError, match="multiple of 4 .* never splits an UltraServer"):
+        SlurmScheduler(stack, "Slurm", cluster=cluster, max_nodes_per_job=6)
+
+
+def test_cluster_without_a_file_system_is_refused():
+    stack, cluster = cluster_stack("trn2.48xlarge")
+    with pytest.raises(CdkTrnError, match="cluster must have a file_system"):
+        SlurmScheduler(stack, "Slurm", cluster=cluster)
+
+
+def test_controller_memory_comes_from_family_and_size():
+    assert controller_memory_gib("m7i.xlarge") == 16
+    assert controller_memory_gib("r6i.large") == 16
+    assert controller_memory_gib("c7i.large") == 4
+    assert controller_memory_gib("trn2.48xlarge") is None
+
+
+def test_node_and_controller_user_data_fit_the_ec2_16_kib_limit():
+    stack, cluster = cluster_stack("trn2u.48xlarge", nodes=4, file_system=FileSystemStandIn())
+    scheduler = SlurmScheduler(stack, "Slurm", cluster=cluster)
+    assert len(cluster._user_data().encode()) < 16 * 1024
+    assert len(scheduler._user_data().encode()) < 16 * 1024
