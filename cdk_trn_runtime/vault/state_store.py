@@ -110,7 +110,7 @@ def put_if_absent(
         headers={"If-None-Match": "*", "Content-Type": "application/json"},
         now=dt.datetime.now(dt.UTC),
     )
-    request = urllib.request.Request(url, data=body, method="PUT", headers=headers)  # noqa: S310 - https URL built by s3_object_url
+    request = urllib.request.Request(url, data=body, method="PUT", headers=headers)  # noqa: S310 - S3 URL from s3_object_url or --endpoint-url
     # No proxy: the host reaches S3 through the VPC's gateway endpoint.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
