@@ -60,7 +60,10 @@ COMMAND_DOUBLES = Path(__file__).with_name("host_command_doubles")
 PYTHON_DOUBLE = f"""#!/bin/bash
 if [ "$1 $2" = "-m cdk_trn_runtime.vault.state_store" ]; then
   echo "python3.11 $*" >> "$CALLS"
-  arg() {{ local name=$1; shift; while [ $# -gt 0 ]; do [ "$1" = "$name" ] && {{ echo "$2"; return; }}; shift; done; }}
+  arg() {{
+    local name=$1; shift
+    while [ $# -gt 0 ]; do [ "$1" = "$name" ] && {{ echo "$2"; return; }}; shift; done
+  }}
   key=$(arg --key "$@"); file=$(arg --file "$@")
   [ -z "$STORE_FAILS" ] || {{ echo "S3 PUT answered HTTP 403: AccessDenied" >&2; exit 1; }}
   if [ -n "$OTHER_HOST_STATE" ]; then
