@@ -6,8 +6,10 @@
 * ``Capacity.capacity_block(id)``: an EC2 Capacity Block for ML (market type ``capacity-block``
   plus the targeted reservation, never a placement group: AWS ParallelCluster, eksctl and
   terraform-aws-eks users hit InsufficientInstanceCapacity with one).
-* ``Capacity.ultraserver_block(id)``: a Capacity Block of Trn2 UltraServers (trn2u.48xlarge only;
-  nodes a multiple of 4; each node writes the NEURON_RT_ULTRASERVER_* environment).
+* ``Capacity.ultraserver_block(id or [ids])``: Capacity Blocks of Trn2 UltraServers (trn2u.48xlarge
+  only; nodes a multiple of 4; each node writes the NEURON_RT_ULTRASERVER_* environment). Several
+  UltraServers come as several reservations; the launch template then targets them together
+  through a Capacity Reservation resource group (EC2 user guide, capacity-blocks-launch.html).
 
 There is no CloudFormation resource that buys a capacity block; the user buys it (API
 ``PurchaseCapacityBlock``) and passes the reservation id it returns.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cdk_trn.catalog import INSTANCE_SPECS, InstanceSpec
@@ -38,7 +41,8 @@ class Capacity:
     """Where nodes come from. Build it with the class methods, not the constructor."""
 
     kind: CapacityKind
-    reservation_id: str | None = None
+    #: The reservations the nodes launch into (several only for UltraServer blocks).
+    reservation_ids: tuple[str, ...] = ()
     #: Create a new cluster placement group for the nodes.
     placement_group: bool = True
     #: Launch into this existing placement group (the one a reservation was made in).
@@ -46,7 +50,7 @@ class Capacity:
 
     @classmethod
     def on_demand(cls) -> Capacity:
-        return cls(CapacityKind.ON_DEMAND, None, placement_group=True)
+        return cls(CapacityKind.ON_DEMAND, (), placement_group=True)
 
     @classmethod
     def reservation(
@@ -67,7 +71,7 @@ class Capacity:
             )
         return cls(
             CapacityKind.RESERVATION,
-            reservation_id,
+            (reservation_id,),
             placement_group=False,
             placement_group_name=placement_group_name,
         )
@@ -80,20 +84,39 @@ class Capacity:
                 "placement_group must be False for a capacity block, got True: capacity blocks "
                 "are already co-located and a placement group causes InsufficientInstanceCapacity"
             )
-        return cls(CapacityKind.CAPACITY_BLOCK, reservation_id, placement_group=False)
+        return cls(CapacityKind.CAPACITY_BLOCK, (reservation_id,), placement_group=False)
 
     @classmethod
-    def ultraserver_block(cls, reservation_id: str) -> Capacity:
-        _check_reservation_id("reservation_id", reservation_id)
-        return cls(CapacityKind.ULTRASERVER_BLOCK, reservation_id, placement_group=False)
+    def ultraserver_block(cls, reservation_ids: str | Sequence[str]) -> Capacity:
+        """One UltraServer capacity block, or several (one reservation id each), used together."""
+        single = isinstance(reservation_ids, str)
+        ids = (reservation_ids,) if isinstance(reservation_ids, str) else tuple(reservation_ids)
+        if not ids:
+            raise invalid("reservation_ids", list(ids), "at least one capacity reservation id")
+        for value in ids:
+            _check_reservation_id("reservation_id" if single else "reservation_ids", value)
+        if len(set(ids)) != len(ids):
+            raise invalid("reservation_ids", list(ids), "distinct capacity reservation ids")
+        return cls(CapacityKind.ULTRASERVER_BLOCK, ids, placement_group=False)
 
     @classmethod
-    def from_name(cls, name: str, reservation_id: str | None = None) -> Capacity:
-        """Build from the app's context values (``capacity`` and ``reservationId``)."""
+    def from_name(
+        cls, name: str, reservation_id: str | None = None, reservation_ids: Sequence[str] = ()
+    ) -> Capacity:
+        """Build from the app's context values (``capacity``, ``reservationId`` and
+        ``reservationIds``, the latter only for ``ultraserver-block``)."""
         kinds = {k.value: k for k in CapacityKind}
         if name not in kinds:
             raise invalid("capacity", name, "one of " + ", ".join(kinds))
         kind = kinds[name]
+        if reservation_ids:
+            if kind is not CapacityKind.ULTRASERVER_BLOCK or reservation_id:
+                raise invalid(
+                    "reservationIds",
+                    ",".join(reservation_ids),
+                    "set only with capacity 'ultraserver-block' and without reservationId",
+                )
+            return cls.ultraserver_block(reservation_ids)
         if kind is CapacityKind.ON_DEMAND:
             if reservation_id:
                 raise invalid("reservationId", reservation_id, "unset with capacity 'on-demand'")
@@ -107,6 +130,16 @@ class Capacity:
         if kind is CapacityKind.CAPACITY_BLOCK:
             return cls.capacity_block(reservation_id)
         return cls.ultraserver_block(reservation_id)
+
+    @property
+    def reservation_id(self) -> str | None:
+        """The reservation when there is exactly one (several are targeted as a group)."""
+        return self.reservation_ids[0] if len(self.reservation_ids) == 1 else None
+
+    @property
+    def targets_reservation_group(self) -> bool:
+        """Several reservations: launches target a Capacity Reservation resource group."""
+        return len(self.reservation_ids) > 1
 
     @property
     def is_block(self) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_resourcegroups as resourcegroups
 from constructs import Construct
 
 from cdk_trn.capacity import Capacity
@@ -97,6 +98,16 @@ def node_launch_template(
     aspects) see the encryption and IMDS settings.
     """
     lt = ec2.CfnLaunchTemplate
+    target: ec2.CfnLaunchTemplate.CapacityReservationTargetProperty | None = None
+    if capacity.targets_reservation_group:
+        group = capacity_reservation_group(scope, f"{id}ReservationGroup", capacity.reservation_ids)
+        target = lt.CapacityReservationTargetProperty(
+            capacity_reservation_resource_group_arn=group.attr_arn
+        )
+    elif capacity.reservation_id is not None:
+        target = lt.CapacityReservationTargetProperty(
+            capacity_reservation_id=capacity.reservation_id
+        )
     tag_list = [cdk.CfnTag(key=k, value=v) for k, v in sorted(tags.items())]
     data = lt.LaunchTemplateDataProperty(
         image_id=image_id,
@@ -135,11 +146,9 @@ def node_launch_template(
             for kind in ("instance", "volume", "network-interface")
         ],
         capacity_reservation_specification=lt.CapacityReservationSpecificationProperty(
-            capacity_reservation_target=lt.CapacityReservationTargetProperty(
-                capacity_reservation_id=capacity.reservation_id
-            )
+            capacity_reservation_target=target
         )
-        if capacity.reservation_id is not None
+        if target is not None
         else None,
         instance_market_options=lt.InstanceMarketOptionsProperty(market_type="capacity-block")
         if capacity.is_block
@@ -157,6 +166,43 @@ def node_launch_template(
             },
         }
     return template
+
+
+def capacity_reservation_group(
+    scope: Construct, id: str, reservation_ids: Sequence[str]
+) -> resourcegroups.CfnGroup:
+    """A Capacity Reservation resource group holding ``reservation_ids``, so that one launch
+    template targets them together (several UltraServer blocks). The two configuration items are
+    the ones EC2 documents for such a group (EC2 user guide, create-group.html): the
+    ``CapacityReservationPool`` makes it a launch target, ``allowed-resource-types`` admits only
+    Capacity Reservations."""
+    stack = cdk.Stack.of(scope)
+    group = resourcegroups.CfnGroup(
+        scope,
+        id,
+        name="placeholder",  # set below, from the group's own path
+        description="cdk-trn capacity reservations the nodes launch into",  # no colon (E3031)
+        configuration=[
+            resourcegroups.CfnGroup.ConfigurationItemProperty(
+                type="AWS::EC2::CapacityReservationPool"
+            ),
+            resourcegroups.CfnGroup.ConfigurationItemProperty(
+                type="AWS::ResourceGroups::Generic",
+                parameters=[
+                    resourcegroups.CfnGroup.ConfigurationParameterProperty(
+                        name="allowed-resource-types", values=["AWS::EC2::CapacityReservation"]
+                    )
+                ],
+            ),
+        ],
+        resources=[
+            stack.format_arn(service="ec2", resource="capacity-reservation", resource_name=rid)
+            for rid in reservation_ids
+        ],
+    )
+    # Group names are unique per account and region: stack name, path and a hash.
+    group.name = cdk.Names.unique_resource_name(group, max_length=128, separator="-")
+    return group
 
 
 _SNAKE = {

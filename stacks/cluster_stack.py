@@ -38,7 +38,9 @@ class ClusterStack(cdk.Stack):
             network=storage.network,
             instance_type=config.instance_type,
             nodes=config.nodes,
-            capacity=Capacity.from_name(config.capacity, config.reservation_id),
+            capacity=Capacity.from_name(
+                config.capacity, config.reservation_id, config.reservation_ids
+            ),
             machine_image=NeuronMachineImage.from_ami_id(
                 config.ami_id, NeuronMachineImage.from_name(config.node_os).os
             )

@@ -32,6 +32,10 @@ def _int(key: str, value: Any) -> int:
     raise invalid(key, value, "an integer")
 
 
+def _ids(key: str, value: Any) -> tuple[str, ...]:
+    return tuple(part.strip() for part in _str(key, value).split(",") if part.strip())
+
+
 def _str(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise invalid(key, value, "a non-empty string")
@@ -59,6 +63,8 @@ class AppConfig:
     nodes: int = 2
     capacity: str = "on-demand"
     reservation_id: str | None = None
+    #: Several UltraServer blocks (capacity ultraserver-block), comma-separated in context.
+    reservation_ids: tuple[str, ...] = ()
     node_os: str = "amazon-linux-2023"
     ami_id: str | None = None
     nat_egress: bool = False
@@ -83,6 +89,7 @@ class AppConfig:
             "nodes": ("nodes", _int),
             "capacity": ("capacity", _str),
             "reservationId": ("reservation_id", _str),
+            "reservationIds": ("reservation_ids", _ids),
             "nodeOs": ("node_os", _str),
             "amiId": ("ami_id", _str),
             "natEgress": ("nat_egress", _bool),

@@ -199,11 +199,17 @@ wait_for_parent() {
 wait_for_parent || fail "parent server did not listen on ${SERVICE_PORT} with a key state within 120 s"
 
 # --- keep the key state; the first host to store it wins (hosts > 1 start together) ----------
+# S3's conditional create (If-None-Match: *) decides the winner atomically. The write goes through
+# cdk_trn_runtime.vault.state_store (python3.11, standard library, SigV4 with the host role), not
+# `aws s3api put-object --if-none-match`: AL2023's awscli-2 may predate that option (aws-cli
+# 8863), and a head-object check before an unconditional put would let two hosts both "win".
 if [ "$STATE_FROM_S3" = no ]; then
-  if ! aws s3api put-object --bucket "$STATE_BUCKET" --key "$KEY_STATE_OBJECT" --body "$STATE" \
-      --if-none-match '*' --region "$AWS_REGION" >/dev/null 2>"$ROOT/put.err"; then
-    grep -q "PreconditionFailed\|412" "$ROOT/put.err" \
-      || fail "cannot store the key state: $(cat "$ROOT/put.err")"
+  store_status=0
+  PYTHONPATH="$ROOT/src" python3.11 -m cdk_trn_runtime.vault.state_store \
+    --bucket "$STATE_BUCKET" --key "$KEY_STATE_OBJECT" --file "$STATE" \
+    --region "$AWS_REGION" 2>"$ROOT/put.err" || store_status=$?
+  if [ "$store_status" -ne 0 ]; then
+    [ "$store_status" -eq 3 ] || fail "cannot store the key state: $(cat "$ROOT/put.err")"
     # Another host stored its key first: load that one, so that every host signs with one key.
     # The enclave still holds this host's key in memory and would keep answering init with it,
     # so it restarts empty and decrypts the stored key when the parent sends init again.

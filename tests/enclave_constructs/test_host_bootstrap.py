@@ -54,7 +54,24 @@ COMMAND_DOUBLES = Path(__file__).with_name("host_command_doubles")
 # This interpreter without site processing: the standard library only, as AL2023's python3.11
 # package gives the host (no PyPI behind an isolated subnet), and cdk_trn only from the unzipped
 # host package.
+# The key-state write (cdk_trn_runtime.vault.state_store, S3 If-None-Match: *) is emulated on
+# $FAKE_S3 with S3's semantics: exit 0 stored, 3 an object exists, 1 S3 refused (STORE_FAILS).
+# The module itself is tested against an S3 test double server in test_state_store.py.
 PYTHON_DOUBLE = f"""#!/bin/bash
+if [ "$1 $2" = "-m cdk_trn_runtime.vault.state_store" ]; then
+  echo "python3.11 $*" >> "$CALLS"
+  arg() {{
+    local name=$1; shift
+    while [ $# -gt 0 ]; do [ "$1" = "$name" ] && {{ echo "$2"; return; }}; shift; done
+  }}
+  key=$(arg --key "$@"); file=$(arg --file "$@")
+  [ -z "$STORE_FAILS" ] || {{ echo "S3 PUT answered HTTP 403: AccessDenied" >&2; exit 1; }}
+  if [ -n "$OTHER_HOST_STATE" ]; then
+    mkdir -p "$(dirname "$FAKE_S3/$key")"; printf '%s' "$OTHER_HOST_STATE" > "$FAKE_S3/$key"
+  fi
+  [ ! -f "$FAKE_S3/$key" ] || {{ echo "exists (PreconditionFailed)" >&2; exit 3; }}
+  mkdir -p "$(dirname "$FAKE_S3/$key")"; cp "$file" "$FAKE_S3/$key"; exit 0
+fi
 if [ -n "$PARENT_IMPORT_FAILS" ]; then
   echo "ModuleNotFoundError: No module named 'cbor2'" >&2
   exit 1
@@ -262,10 +279,28 @@ def test_later_host_loads_the_stored_key_state_and_does_not_overwrite_it(tmp_pat
     stored, pem = _key_state()
     host = _boot(tmp_path, synthesized, s3_state=stored)
     assert host.result.returncode == 0, host.result.stdout[-3000:]
-    assert not [c for c in host.calls if c.startswith("aws s3api put-object")]
+    assert not [c for c in host.calls if "state_store" in c or "put-object" in c]
     assert host.file("/var/lib/cdk-trn/signing-key.json") == stored
     assert host.published_key is not None and host.published_key.strip() == pem.strip()
     assert "--exit-code 0" in host.signals[0]
+
+
+def test_first_host_stores_the_key_state_with_the_conditional_write_not_the_cli(
+    tmp_path, synthesized
+):
+    host = _boot(tmp_path, synthesized)
+    assert host.result.returncode == 0, host.result.stdout[-3000:]
+    (store,) = [c for c in host.calls if "state_store" in c]
+    assert store.startswith("python3.11 -m cdk_trn_runtime.vault.state_store --bucket ")
+    assert f"--key {KEY_STATE_OBJECT} --file /var/lib/cdk-trn/signing-key.json" in store
+    assert not [c for c in host.calls if c.startswith("aws s3api put-object")]
+
+
+def test_a_refused_key_state_write_signals_failure_with_the_reason(tmp_path, synthesized):
+    host = _boot(tmp_path, synthesized, STORE_FAILS="1")
+    assert host.result.returncode == 1
+    assert len(host.signals) == 1 and "--exit-code 1" in host.signals[0]
+    assert "cannot store the key state: S3 PUT answered HTTP 403" in host.signals[0]
 
 
 def test_host_that_loses_the_first_write_race_restarts_its_enclave_with_the_winning_key(

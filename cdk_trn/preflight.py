@@ -1,0 +1,195 @@
+"""Preflight: a deploy-time check that the nodes can launch, run before their Auto Scaling group.
+
+A wrong AZ, an On-Demand Trn vCPU quota of 0 (the default of many accounts) or a capacity
+reservation that is missing, too small, for another type or AZ, or a capacity block that has not
+started all end today in a 45-minute creation-policy timeout with no reason (FACTS.md
+"First-deploy traps"). ``Preflight`` is a custom resource whose handler
+(``cdk_trn_runtime/preflight/handler.py``) asks EC2 and Service Quotas first and fails the deploy
+within a minute with the reason and the fix in the stack event.
+
+Make the nodes wait for it::
+
+    preflight = Preflight(stack, "Preflight", instance_type="trn2.48xlarge",
+                          availability_zone_id="use2-az3", nodes=2, capacity=Capacity.on_demand())
+    cluster.auto_scaling_group.node.add_dependency(preflight)
+
+A plain Lambda-backed custom resource (no Provider framework: one function, one role, one log
+group); the handler answers CloudFormation itself.
+"""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from cdk_trn._acknowledge import acknowledge, acknowledge_deploy_time_functions
+from cdk_trn._resources import allow_cloudwatch_logs
+from cdk_trn._runtime import runtime_lambda_code
+from cdk_trn.capacity import Capacity
+from cdk_trn.catalog import INSTANCE_SPECS
+from cdk_trn.errors import CdkTrnError, invalid
+
+HANDLER = "cdk_trn_runtime.preflight.handler.on_event"
+#: Without waiting the checks take seconds; a waiting handler re-invokes itself every 15 minutes
+#: and CloudFormation gives a custom resource at most one hour.
+_CHECK_TIMEOUT = cdk.Duration.minutes(2)
+_WAIT_INVOCATION_TIMEOUT = cdk.Duration.minutes(15)
+_CHECK_SERVICE_TIMEOUT = cdk.Duration.minutes(10)
+_WAIT_SERVICE_TIMEOUT = cdk.Duration.hours(1)
+
+
+class Preflight(Construct):
+    """Fails the deploy early, with the fix, when ``nodes`` x ``instance_type`` cannot launch.
+
+    :param instance_type: a catalog instance type (``cdk_trn.catalog.INSTANCE_SPECS``).
+    :param availability_zone_id: the nodes' AZ id (``use2-az3``), the same in every account.
+    :param nodes: how many nodes the cluster launches.
+    :param capacity: where they come from; reservations and blocks are checked by id, on-demand
+        by the type's offering in the AZ and the account's On-Demand Trn vCPU quota
+        (L-2C3B7624).
+    :param wait_for_capacity_block: when a capacity block starts within 55 minutes, let the
+        deploy wait for it instead of failing. Default: False (the deploy fails and says when
+        the block starts).
+    :param encryption_key: KMS key of the handler's log group. Default: a new key with rotation.
+    :param log_retention: Default: one year.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        instance_type: str,
+        availability_zone_id: str,
+        nodes: int,
+        capacity: Capacity,
+        wait_for_capacity_block: bool = False,
+        encryption_key: kms.IKey | None = None,
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
+    ) -> None:
+        super().__init__(scope, id)
+        spec = INSTANCE_SPECS.get(instance_type)
+        if spec is None:
+            raise invalid("instance_type", instance_type, "one of " + ", ".join(INSTANCE_SPECS))
+        if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
+            raise invalid("nodes", nodes, "a positive integer")
+        if not isinstance(capacity, Capacity):
+            raise invalid("capacity", capacity, "a Capacity (Capacity.on_demand(), ...)")
+        if wait_for_capacity_block and not capacity.is_block:
+            raise CdkTrnError(
+                "wait_for_capacity_block must be False unless capacity is a capacity block, got "
+                f"True with {capacity.kind.value}"
+            )
+        self.instance_type = instance_type
+        self.nodes = nodes
+        self.capacity = capacity
+
+        if encryption_key is None:
+            key = kms.Key(
+                self,
+                "Key",
+                description=f"cdk-trn preflight logs of {self.node.path}",
+                enable_key_rotation=True,
+                removal_policy=cdk.RemovalPolicy.RETAIN,
+            )
+            allow_cloudwatch_logs(key)
+            encryption_key = key
+        self.log_group = logs.LogGroup(
+            self,
+            "Logs",
+            retention=log_retention,
+            encryption_key=encryption_key,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"cdk-trn preflight of {self.node.path}",
+        )
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            runtime=lambda_.Runtime.PYTHON_3_14,
+            architecture=lambda_.Architecture.ARM_64,
+            handler=HANDLER,
+            code=runtime_lambda_code("preflight"),
+            role=self.role.without_policy_updates(),
+            timeout=_WAIT_INVOCATION_TIMEOUT if wait_for_capacity_block else _CHECK_TIMEOUT,
+            memory_size=256,
+            log_group=self.log_group,
+            description="cdk-trn preflight: AZ offering, Trn quota, capacity reservations",
+        )
+        # The function's GetAtt of the role already orders the two (cfn-lint W3005); what the
+        # handler needs before it runs is the managed policy, a dependency of the resource below.
+        cfn_function = self.function.node.default_child
+        assert isinstance(cfn_function, lambda_.CfnFunction)
+        cfn_function.add_deletion_override("DependsOn")
+        # Everything the handler may do is in this one managed policy (no inline policy, no
+        # AWSLambdaBasicExecutionRole).
+        statements = [
+            iam.PolicyStatement(
+                sid="WriteOwnLogs",
+                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                resources=[self.log_group.log_group_arn],
+            ),
+            iam.PolicyStatement(
+                sid="ReadOfferingsQuotaAndReservations",
+                actions=[
+                    "ec2:DescribeInstanceTypeOfferings",
+                    "ec2:DescribeCapacityReservations",
+                    "servicequotas:GetServiceQuota",
+                    "servicequotas:GetAWSDefaultServiceQuota",
+                ],
+                resources=["*"],
+            ),
+        ]
+        if wait_for_capacity_block:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="ContinueWaitingInANewInvocation",
+                    actions=["lambda:InvokeFunction"],
+                    resources=[self.function.function_arn],
+                )
+            )
+        self.policy = iam.ManagedPolicy(
+            self,
+            "Policy",
+            description="cdk-trn preflight: read AZ offerings, the Trn quota and reservations",
+            roles=[self.role],
+            statements=statements,
+        )
+        acknowledge(
+            self.policy,
+            "AwsSolutions-IAM5[Resource::*]",
+            "ec2:DescribeInstanceTypeOfferings, ec2:DescribeCapacityReservations, "
+            "servicequotas:GetServiceQuota and servicequotas:GetAWSDefaultServiceQuota support "
+            "no resource-level permission (the Service Authorization Reference lists no resource "
+            "type for them), so their Resource must be '*'; all four are read-only.",
+        )
+        acknowledge_deploy_time_functions(self, "preflight of AZ, quota and reservations")
+
+        self.resource = cdk.CustomResource(
+            self,
+            "Resource",
+            service_token=self.function.function_arn,
+            resource_type="Custom::TrnPreflight",
+            service_timeout=_WAIT_SERVICE_TIMEOUT
+            if wait_for_capacity_block
+            else _CHECK_SERVICE_TIMEOUT,
+            properties={
+                "InstanceType": instance_type,
+                "AvailabilityZoneId": availability_zone_id,
+                "Nodes": str(nodes),
+                "VcpusPerNode": str(spec.vcpus),
+                "Capacity": capacity.kind.value,
+                "ReservationIds": list(capacity.reservation_ids),
+                "WaitForCapacityBlock": "true" if wait_for_capacity_block else "false",
+            },
+        )
+        # The handler needs its permissions before CloudFormation invokes it.
+        self.resource.node.add_dependency(self.policy)

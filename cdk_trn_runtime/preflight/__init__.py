@@ -1,0 +1,1 @@
+"""The deploy-time preflight: checks the AZ, quota and reservations before any node launches."""

@@ -1,0 +1,510 @@
+"""Custom-resource handler of ``Preflight``: refuse a deploy that could never get its nodes.
+
+Runs before the nodes' Auto Scaling group. Without it, a wrong AZ, a zero Trainium quota or a
+reservation that is not there surfaces as a 45-minute creation-policy timeout with no reason
+(FACTS.md "First-deploy traps"); with it the deploy fails within a minute and the status reason
+says what is wrong and what to do.
+
+Checks, by capacity:
+
+* on-demand: the instance type is offered in the AZ (``DescribeInstanceTypeOfferings`` by AZ id)
+  and the account's On-Demand Trn vCPU quota holds ``nodes x vCPUs``.
+* reservation, capacity block, UltraServer block: every reservation exists, is for the instance
+  type and the AZ, is of the right kind (a capacity block needs market type ``capacity-block``),
+  is active (a block that starts later is reported with its start time and, if asked, waited for),
+  is not within the last 30 minutes of a block, and together they hold ``nodes`` instances.
+  The On-Demand quota is not checked here: an On-Demand Capacity Reservation was admitted
+  against that quota when it was created, and a Capacity Block is capacity bought apart from it;
+  the reservation's own count is what limits the launch.
+
+Delete makes no AWS call and always succeeds. This is a plain Lambda-backed custom resource (no
+Provider framework): the handler sends its response to CloudFormation's pre-signed URL itself.
+Waiting for a block longer than one invocation re-invokes the function asynchronously with the
+same event and the wait's deadline, inside the one hour CloudFormation gives a custom resource.
+
+The decision functions (``offering_refusal``, ``quota_refusal``, ``reservation_refusals``,
+``judge``) are plain Python over API responses; ``check`` makes the AWS calls. Lambda Python
+runtime: standard library and boto3 only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+LOG = logging.getLogger(__name__)
+LOG.setLevel(logging.INFO)
+
+#: Service Quotas code of "Running On-Demand Trn instances" (vCPUs) for service ``ec2``. Sources:
+#: the Service Quotas console's EC2 list and public quota tables that read it back with
+#: ``aws service-quotas list-service-quotas --service-code ec2`` (the spot quota for Trn is
+#: L-6B0D517C, which does not apply here). New accounts often have 0 (FACTS.md).
+TRN_ON_DEMAND_QUOTA_CODE = "L-2C3B7624"
+TRN_ON_DEMAND_QUOTA_NAME = "Running On-Demand Trn instances"
+#: CloudFormation waits at most one hour for a custom resource; the wait for a capacity block
+#: ends earlier so that our own message, not a generic timeout, reaches the stack events.
+WAIT_BUDGET = dt.timedelta(minutes=55)
+#: EC2 stops a capacity block's instances 30 minutes before the block ends (capacity-blocks docs).
+BLOCK_END_MARGIN = dt.timedelta(minutes=30)
+#: How often a waiting handler looks at the block again, and how long before its Lambda timeout
+#: it hands the wait over to a new invocation.
+POLL_SECONDS = 60
+HANDOVER_MARGIN_SECONDS = 90
+#: CloudFormation caps the response body at 4 KB; the reason is kept well inside that.
+REASON_LIMIT = 2000
+DEADLINE_KEY = "CdkTrnPreflightWaitDeadline"
+
+ON_DEMAND = "on-demand"
+RESERVATION = "reservation"
+CAPACITY_BLOCK = "capacity-block"
+ULTRASERVER_BLOCK = "ultraserver-block"
+CAPACITY_KINDS = (ON_DEMAND, RESERVATION, CAPACITY_BLOCK, ULTRASERVER_BLOCK)
+#: Reservation states that will become active without the user doing anything.
+_NOT_YET_ACTIVE = frozenset({"scheduled", "pending", "payment-pending", "assessing", "delayed"})
+
+
+class PreflightError(Exception):
+    """The event cannot be checked (bad properties); the message is the status reason."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the deploy asks for (the custom resource's properties)."""
+
+    instance_type: str
+    availability_zone_id: str
+    nodes: int
+    vcpus_per_node: int
+    capacity: str
+    reservation_ids: tuple[str, ...]
+    wait_for_capacity_block: bool
+    region: str
+
+    @classmethod
+    def from_properties(cls, props: Mapping[str, Any], region: str) -> Request:
+        try:
+            request = cls(
+                instance_type=str(props["InstanceType"]),
+                availability_zone_id=str(props["AvailabilityZoneId"]),
+                nodes=int(props["Nodes"]),
+                vcpus_per_node=int(props["VcpusPerNode"]),
+                capacity=str(props["Capacity"]),
+                reservation_ids=tuple(str(i) for i in props.get("ReservationIds") or ()),
+                wait_for_capacity_block=str(props.get("WaitForCapacityBlock", "false")).lower()
+                == "true",
+                region=region,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PreflightError(f"preflight properties are malformed: {exc!r}") from exc
+        if request.capacity not in CAPACITY_KINDS:
+            raise PreflightError(f"preflight Capacity must be one of {CAPACITY_KINDS}")
+        if (request.capacity == ON_DEMAND) != (not request.reservation_ids):
+            raise PreflightError("preflight ReservationIds must be given exactly for reservations")
+        return request
+
+    @property
+    def is_block(self) -> bool:
+        return self.capacity in (CAPACITY_BLOCK, ULTRASERVER_BLOCK)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome: pass, refuse with ``reason``, or (``wait_until``) wait for a block's start."""
+
+    ok: bool
+    reason: str
+    wait_until: dt.datetime | None = None
+
+
+# --- decisions (plain Python over API responses) -----------------------------------------------
+
+
+def offering_refusal(request: Request, offered_zone_ids: Sequence[str]) -> str | None:
+    """``offered_zone_ids``: the region's AZ ids that offer the instance type."""
+    if request.availability_zone_id in offered_zone_ids:
+        return None
+    where = f"AZ {request.availability_zone_id} of {request.region}"
+    if offered_zone_ids:
+        return (
+            f"{request.instance_type} is not offered in {where}. Fix: set availabilityZone to an "
+            f"AZ id that offers it: {', '.join(sorted(offered_zone_ids))}."
+        )
+    return (
+        f"{request.instance_type} is not offered in any AZ of {request.region} for on-demand "
+        f"launches. Fix: deploy to a region that offers it, or buy a capacity block and pass its "
+        "reservation id."
+    )
+
+
+def quota_refusal(request: Request, quota_vcpus: float) -> str | None:
+    """The On-Demand Trn vCPU quota must hold every node (on-demand capacity only)."""
+    needed = request.nodes * request.vcpus_per_node
+    if quota_vcpus >= needed:
+        return None
+    fits = int(quota_vcpus // request.vcpus_per_node)
+    lower = f"set nodes to {fits} or fewer; " if fits >= 1 else ""
+    return (
+        f"{request.nodes} x {request.instance_type} need {needed} vCPUs, but the quota "
+        f"{TRN_ON_DEMAND_QUOTA_CODE} ({TRN_ON_DEMAND_QUOTA_NAME}) of this account in "
+        f"{request.region} is {quota_vcpus:g} vCPUs. Fix: request an increase (aws "
+        f"service-quotas request-service-quota-increase --service-code ec2 --quota-code "
+        f"{TRN_ON_DEMAND_QUOTA_CODE} --desired-value {needed} --region {request.region}); or "
+        f"{lower}or use a capacity reservation or block."
+    )
+
+
+def _kind_refusal(request: Request, rid: str, reservation_type: str) -> str | None:
+    if request.is_block and reservation_type != "capacity-block":
+        return (
+            f"{rid} is an On-Demand Capacity Reservation, not a capacity block. Fix: set "
+            "capacity to reservation."
+        )
+    if not request.is_block and reservation_type == "capacity-block":
+        return (
+            f"{rid} is a capacity block, which launches only with market type capacity-block. "
+            f"Fix: set capacity to capacity-block (ultraserver-block for UltraServers)."
+        )
+    return None
+
+
+def _state_refusal(
+    request: Request, reservation: Mapping[str, Any], now: dt.datetime
+) -> str | None:
+    rid = reservation["CapacityReservationId"]
+    state = reservation.get("State", "unknown")
+    end = reservation.get("EndDate")
+    if state == "active":
+        if request.is_block and isinstance(end, dt.datetime) and now >= end - BLOCK_END_MARGIN:
+            return (
+                f"{rid} ends at {_utc(end)}; EC2 stops a capacity block's instances 30 minutes "
+                "before its end, so nodes cannot launch now. Fix: buy a new block and pass its "
+                "reservation id."
+            )
+        return None
+    if state == "scheduled" and request.is_block:
+        return None  # judged by when it starts (judge)
+    if state in _NOT_YET_ACTIVE:
+        return (
+            f"{rid} is {state}, not active yet. Fix: deploy again once 'aws ec2 "
+            f"describe-capacity-reservations --capacity-reservation-ids {rid} --region "
+            f"{request.region}' shows it active."
+        )
+    new = "buy a new capacity block" if request.is_block else "create a new reservation"
+    return f"{rid} is {state} and can no longer launch instances. Fix: {new} and pass its id."
+
+
+def reservation_refusals(
+    request: Request,
+    reservations: Sequence[Mapping[str, Any]],
+    *,
+    now: dt.datetime,
+    creating: bool,
+) -> list[str]:
+    """Everything that keeps these reservations from holding the nodes (besides a later start).
+
+    On Create the reservations must have ``nodes`` instances *available*; on Update the
+    cluster's own running nodes already use some, so their *total* must hold ``nodes``.
+    """
+    refusals: list[str] = []
+    for reservation in reservations:
+        rid = reservation["CapacityReservationId"]
+        rtype = reservation.get("InstanceType")
+        zone = reservation.get("AvailabilityZoneId")
+        if rtype != request.instance_type:
+            refusals.append(
+                f"{rid} reserves {rtype}, not {request.instance_type}. Fix: set instanceType to "
+                f"{rtype}, or pass a reservation for {request.instance_type}."
+            )
+        if zone != request.availability_zone_id:
+            refusals.append(
+                f"{rid} is in AZ {zone}, not {request.availability_zone_id}. Fix: set "
+                f"availabilityZone to {zone} (the nodes' subnet must be in the reservation's AZ)."
+            )
+        kind = _kind_refusal(request, rid, str(reservation.get("ReservationType", "default")))
+        if kind:
+            refusals.append(kind)
+        state = _state_refusal(request, reservation, now)
+        if state:
+            refusals.append(state)
+    total = sum(int(r.get("TotalInstanceCount", 0)) for r in reservations)
+    usable = sum(
+        int(r.get("AvailableInstanceCount", 0))
+        if creating and r.get("State") == "active"
+        else int(r.get("TotalInstanceCount", 0))
+        for r in reservations
+    )
+    if usable < request.nodes:
+        ids = ", ".join(r["CapacityReservationId"] for r in reservations)
+        in_use = f" ({total - usable} of {total} are in use)" if usable < total else ""
+        refusals.append(
+            f"{ids} can hold {usable} x {request.instance_type}{in_use}, fewer than nodes = "
+            f"{request.nodes}. Fix: set nodes to {usable} or fewer, free the instances running "
+            "in the reservation, or add a reservation."
+        )
+    return refusals
+
+
+def judge(
+    request: Request,
+    reservations: Sequence[Mapping[str, Any]],
+    *,
+    now: dt.datetime,
+    deadline: dt.datetime,
+    creating: bool,
+) -> Verdict:
+    """The verdict on reservations/blocks, including one that starts later."""
+    refusals = reservation_refusals(request, reservations, now=now, creating=creating)
+    if refusals:
+        return Verdict(False, " ".join(refusals))
+    starts = [
+        (r["CapacityReservationId"], r["StartDate"])
+        for r in reservations
+        if r.get("State") == "scheduled" and isinstance(r.get("StartDate"), dt.datetime)
+    ]
+    if not starts:
+        if any(r.get("State") == "scheduled" for r in reservations):
+            return Verdict(
+                False,
+                "a capacity block is scheduled without a start date. Fix: "
+                "deploy again once it is active.",
+            )
+        return Verdict(True, _passed(request, reservations))
+    rid, start = max(starts, key=lambda item: item[1])
+    in_minutes = max(0, int((start - now).total_seconds() // 60))
+    when = f"capacity block {rid} starts at {_utc(start)} (in {_duration(in_minutes)})"
+    budget = int(WAIT_BUDGET.total_seconds() // 60)
+    if not request.wait_for_capacity_block:
+        return Verdict(
+            False,
+            f"{when}; instances cannot launch before. Fix: deploy after {_utc(start)}, or "
+            f"construct Preflight with wait_for_capacity_block=True to let the deploy wait for "
+            f"a block that starts within {budget} minutes.",
+        )
+    if start > deadline:
+        return Verdict(
+            False,
+            f"{when}, later than the {budget} minutes a deploy can wait for it (CloudFormation "
+            f"gives a custom resource one hour). Fix: deploy again after "
+            f"{_utc(start - WAIT_BUDGET)}.",
+        )
+    return Verdict(False, f"waiting: {when}", wait_until=start)
+
+
+def _passed(request: Request, reservations: Sequence[Mapping[str, Any]]) -> str:
+    where = f"{request.nodes} x {request.instance_type} in {request.availability_zone_id}"
+    if not reservations:
+        return f"preflight passed: {where} (on-demand)"
+    ids = ", ".join(r["CapacityReservationId"] for r in reservations)
+    return f"preflight passed: {where} in {ids}"
+
+
+def _utc(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _duration(minutes: int) -> str:
+    days, rest = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    parts = [f"{days} d"] if days else []
+    parts += [f"{hours} h"] if hours else []
+    return " ".join([*parts, f"{mins} min"])
+
+
+# --- AWS calls ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Clients:
+    """The AWS clients and the clock the handler uses; tests pass stubbed clients."""
+
+    ec2: Any
+    quotas: Any
+    lambda_: Any = None
+    now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+    sleep: Callable[[float], None] = field(default=time.sleep)
+
+    @property
+    def region(self) -> str:
+        return str(self.ec2.meta.region_name)
+
+
+def default_clients() -> Clients:
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 6}, connect_timeout=5, read_timeout=30
+    )
+    return Clients(
+        ec2=boto3.client("ec2", config=config),
+        quotas=boto3.client("service-quotas", config=config),
+        lambda_=boto3.client("lambda", config=config),
+    )
+
+
+def offered_zone_ids(ec2: Any, instance_type: str) -> list[str]:
+    zones: list[str] = []
+    paginator = ec2.get_paginator("describe_instance_type_offerings")
+    for page in paginator.paginate(
+        LocationType="availability-zone-id",
+        Filters=[{"Name": "instance-type", "Values": [instance_type]}],
+    ):
+        zones += [o["Location"] for o in page.get("InstanceTypeOfferings", [])]
+    return zones
+
+
+def trn_quota_vcpus(quotas: Any) -> float:
+    """The applied quota value; the AWS default when the account has no applied value."""
+    try:
+        quota = quotas.get_service_quota(ServiceCode="ec2", QuotaCode=TRN_ON_DEMAND_QUOTA_CODE)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchResourceException":
+            raise
+        quota = quotas.get_aws_default_service_quota(
+            ServiceCode="ec2", QuotaCode=TRN_ON_DEMAND_QUOTA_CODE
+        )
+    return float(quota["Quota"]["Value"])
+
+
+def describe_reservations(ec2: Any, request: Request) -> list[dict[str, Any]] | str:
+    """The reservations, or the refusal when one does not exist."""
+    try:
+        response = ec2.describe_capacity_reservations(
+            CapacityReservationIds=list(request.reservation_ids)
+        )
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        if str(error.get("Code", "")).startswith("InvalidCapacityReservationId"):
+            return (
+                f"capacity reservation {', '.join(request.reservation_ids)} not found in "
+                f"{request.region} for this account ({error.get('Message', error.get('Code'))}). "
+                f"Fix: check the id with 'aws ec2 describe-capacity-reservations --region "
+                f"{request.region}'; a capacity block must be bought in this account and region "
+                "(or shared with it) before the deploy."
+            )
+        raise
+    found = list(response.get("CapacityReservations", []))
+    missing = set(request.reservation_ids) - {r["CapacityReservationId"] for r in found}
+    if missing:
+        return (
+            f"capacity reservation {', '.join(sorted(missing))} not found in {request.region}. "
+            "Fix: pass the id of a reservation of this account and region."
+        )
+    return found
+
+
+def check(request: Request, clients: Clients, *, creating: bool, deadline: dt.datetime) -> Verdict:
+    """Make the AWS calls for ``request`` and judge them."""
+    now = clients.now()
+    if request.capacity == ON_DEMAND:
+        refusal = offering_refusal(request, offered_zone_ids(clients.ec2, request.instance_type))
+        if refusal is None:
+            refusal = quota_refusal(request, trn_quota_vcpus(clients.quotas))
+        return Verdict(False, refusal) if refusal else Verdict(True, _passed(request, []))
+    reservations = describe_reservations(clients.ec2, request)
+    if isinstance(reservations, str):
+        return Verdict(False, reservations)
+    return judge(request, reservations, now=now, deadline=deadline, creating=creating)
+
+
+# --- the custom-resource protocol ---------------------------------------------------------------
+
+
+def send_response(
+    event: Mapping[str, Any], status: str, reason: str, physical_id: str, data: Mapping[str, str]
+) -> None:
+    """PUT the result to CloudFormation's pre-signed URL (what cfn-response does)."""
+    body = json.dumps(
+        {
+            "Status": status,
+            "Reason": reason[:REASON_LIMIT],
+            "PhysicalResourceId": physical_id,
+            "StackId": event["StackId"],
+            "RequestId": event["RequestId"],
+            "LogicalResourceId": event["LogicalResourceId"],
+            "Data": dict(data),
+        }
+    ).encode()
+    url = str(event["ResponseURL"])
+    if not url.startswith("https://"):
+        raise PreflightError("ResponseURL must be an https URL")
+    request = urllib.request.Request(  # noqa: S310 - CloudFormation's pre-signed https URL
+        url, data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - checked above
+        LOG.info("CloudFormation response: HTTP %s", response.status)
+
+
+Respond = Callable[[Mapping[str, Any], str, str, str, Mapping[str, str]], None]
+
+
+def handle(
+    event: Mapping[str, Any],
+    remaining_ms: Callable[[], int],
+    function_arn: str,
+    clients: Clients,
+    respond: Respond = send_response,
+) -> None:
+    """Answer one event: respond to CloudFormation, or hand a wait over to a new invocation."""
+    request_type = event["RequestType"]
+    physical_id = str(event.get("PhysicalResourceId") or f"{event['LogicalResourceId']}-preflight")
+    if request_type == "Delete":
+        respond(event, "SUCCESS", "preflight: nothing to delete", physical_id, {})
+        return
+    try:
+        request = Request.from_properties(event["ResourceProperties"], clients.region)
+        deadline = (
+            dt.datetime.fromisoformat(event[DEADLINE_KEY])
+            if DEADLINE_KEY in event
+            else clients.now() + WAIT_BUDGET
+        )
+        creating = request_type == "Create"
+        while True:
+            verdict = check(request, clients, creating=creating, deadline=deadline)
+            LOG.info("preflight verdict: %s", verdict)
+            if verdict.wait_until is None:
+                break
+            if remaining_ms() < (POLL_SECONDS + HANDOVER_MARGIN_SECONDS) * 1000:
+                # Hand the wait over: the same event, the same deadline, a fresh 15 minutes.
+                clients.lambda_.invoke(
+                    FunctionName=function_arn,
+                    InvocationType="Event",
+                    Payload=json.dumps({**event, DEADLINE_KEY: deadline.isoformat()}).encode(),
+                )
+                return
+            clients.sleep(POLL_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - any failure must reach CloudFormation, not a timeout
+        LOG.exception("preflight could not check the deploy")
+        respond(
+            event,
+            "FAILED",
+            f"preflight could not check the deploy: {exc}. Fix: check the preflight function's "
+            "permissions and the properties, then deploy again.",
+            physical_id,
+            {},
+        )
+        return
+    if verdict.ok:
+        respond(event, "SUCCESS", verdict.reason, physical_id, {"Summary": verdict.reason})
+    else:
+        respond(event, "FAILED", f"preflight refused the deploy: {verdict.reason}", physical_id, {})
+
+
+def on_event(event: Mapping[str, Any], context: Any) -> None:
+    """Lambda entry point (the function's service token is the custom resource's)."""
+    safe = {k: v for k, v in event.items() if k != "ResponseURL"}
+    LOG.info("event: %s", json.dumps(safe, default=str))
+    try:
+        clients = default_clients()
+    except Exception as exc:  # noqa: BLE001 - CloudFormation must hear of any failure
+        physical_id = str(event.get("PhysicalResourceId") or "preflight")
+        send_response(event, "FAILED", f"preflight could not start: {exc}", physical_id, {})
+        return
+    handle(event, context.get_remaining_time_in_millis, context.invoked_function_arn, clients)

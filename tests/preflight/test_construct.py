@@ -1,0 +1,161 @@
+"""The Preflight construct: one Python 3.14 function answering a Custom::TrnPreflight, least
+privilege, encrypted logs, no reserved concurrency, compliant and lint-clean."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk import assertions
+
+from cdk_trn.capacity import Capacity
+from cdk_trn.compliance import enable_compliance, findings_of, lint_template
+from cdk_trn.errors import CdkTrnError
+from cdk_trn.preflight import HANDLER, Preflight
+
+CR_A = "cr-0123456789abcdef0"
+CR_B = "cr-0fedcba9876543210"
+
+
+def preflight_stack(**props) -> tuple[cdk.Stack, Preflight]:
+    app = cdk.App()
+    stack = cdk.Stack(app, "Test", env=cdk.Environment(region="us-east-2"))
+    props.setdefault("instance_type", "trn2.48xlarge")
+    props.setdefault("availability_zone_id", "use2-az3")
+    props.setdefault("nodes", 2)
+    props.setdefault("capacity", Capacity.on_demand())
+    return stack, Preflight(stack, "Preflight", **props)
+
+
+@pytest.fixture(scope="module")
+def on_demand():
+    stack, preflight = preflight_stack()
+    return stack, preflight, assertions.Template.from_stack(stack)
+
+
+def test_the_custom_resource_carries_what_the_handler_checks(on_demand):
+    _, _, template = on_demand
+    template.has_resource_properties(
+        "Custom::TrnPreflight",
+        {
+            "InstanceType": "trn2.48xlarge",
+            "AvailabilityZoneId": "use2-az3",
+            "Nodes": "2",
+            "VcpusPerNode": "192",
+            "Capacity": "on-demand",
+            "ReservationIds": [],
+            "WaitForCapacityBlock": "false",
+            "ServiceTimeout": "600",
+        },
+    )
+
+
+def test_the_function_runs_the_runtime_handler_without_reserved_concurrency(on_demand):
+    _, _, template = on_demand
+    (function,) = template.find_resources("AWS::Lambda::Function").values()
+    props = function["Properties"]
+    assert props["Runtime"] == "python3.14"
+    assert props["Handler"] == HANDLER == "cdk_trn_runtime.preflight.handler.on_event"
+    assert "ReservedConcurrentExecutions" not in props
+
+
+def test_the_log_group_is_encrypted_and_retained(on_demand):
+    _, _, template = on_demand
+    template.has_resource(
+        "AWS::Logs::LogGroup",
+        {
+            "Properties": {"KmsKeyId": assertions.Match.any_value()},
+            "DeletionPolicy": "Retain",
+        },
+    )
+
+
+def test_the_policy_reads_only_offerings_quotas_and_reservations(on_demand):
+    _, _, template = on_demand
+    (policy,) = template.find_resources("AWS::IAM::ManagedPolicy").values()
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    actions = sorted(a for s in statements for a in assertions_list(s["Action"]))
+    assert actions == [
+        "ec2:DescribeCapacityReservations",
+        "ec2:DescribeInstanceTypeOfferings",
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "servicequotas:GetAWSDefaultServiceQuota",
+        "servicequotas:GetServiceQuota",
+    ]
+    template.resource_count_is("AWS::IAM::Policy", 0)  # no inline policy
+
+
+def assertions_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def test_the_resource_waits_for_its_permissions(on_demand):
+    stack, preflight, template = on_demand
+    (resource_id,) = template.find_resources("Custom::TrnPreflight")
+    policy_id = stack.get_logical_id(preflight.policy.node.default_child)
+    assert policy_id in template.to_json()["Resources"][resource_id]["DependsOn"]
+
+
+def test_waiting_for_a_block_lets_the_function_reinvoke_itself_within_the_hour():
+    stack, preflight = preflight_stack(
+        capacity=Capacity.capacity_block(CR_A), wait_for_capacity_block=True
+    )
+    template = assertions.Template.from_stack(stack)
+    function_id = stack.get_logical_id(preflight.function.node.default_child)
+    template.has_resource_properties(
+        "AWS::IAM::ManagedPolicy",
+        {
+            "PolicyDocument": {
+                "Statement": assertions.Match.array_with(
+                    [
+                        assertions.Match.object_like(
+                            {
+                                "Action": "lambda:InvokeFunction",
+                                "Resource": {"Fn::GetAtt": [function_id, "Arn"]},
+                            }
+                        )
+                    ]
+                )
+            }
+        },
+    )
+    template.has_resource_properties(
+        "Custom::TrnPreflight",
+        {"ServiceTimeout": "3600", "WaitForCapacityBlock": "true", "ReservationIds": [CR_A]},
+    )
+    template.has_resource_properties("AWS::Lambda::Function", {"Timeout": 900})
+
+
+def test_ultraserver_reservations_are_all_checked():
+    stack, _ = preflight_stack(
+        instance_type="trn2u.48xlarge", nodes=8, capacity=Capacity.ultraserver_block([CR_A, CR_B])
+    )
+    assertions.Template.from_stack(stack).has_resource_properties(
+        "Custom::TrnPreflight", {"Capacity": "ultraserver-block", "ReservationIds": [CR_A, CR_B]}
+    )
+
+
+@pytest.mark.parametrize(
+    ("props", "message"),
+    [
+        ({"instance_type": "p5.48xlarge"}, "instance_type must be one of"),
+        ({"nodes": 0}, "nodes must be a positive integer"),
+        ({"wait_for_capacity_block": True}, "wait_for_capacity_block must be False unless"),
+    ],
+)
+def test_bad_props_are_refused_at_synth(props, message):
+    with pytest.raises(CdkTrnError, match=message):
+        preflight_stack(**props)
+
+
+def test_synthesizes_with_no_open_finding_and_lint_clean():
+    stack, preflight = preflight_stack(
+        capacity=Capacity.capacity_block(CR_A), wait_for_capacity_block=True
+    )
+    enable_compliance(stack.node.root)
+    findings = findings_of(preflight)
+    assert [f for f in findings if not f.acknowledged] == []
+    iam5 = [f for f in findings if f.rule_id.startswith("AwsSolutions-IAM5")]
+    assert [f.rule_id for f in iam5] == ["AwsSolutions-IAM5[Resource::*]"]
+    template = assertions.Template.from_stack(stack).to_json()
+    assert lint_template(template, "us-east-2") == []

@@ -1,0 +1,443 @@
+"""The preflight handler against stubbed AWS clients (botocore Stubber on real ec2 and
+service-quotas clients, so every request and response is checked against the API model; no
+network). Each refusal must name its fix."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from cdk_trn_runtime.preflight import handler
+
+REGION = "us-east-2"
+AZ = "use2-az3"
+TYPE = "trn2.48xlarge"
+CR_A = "cr-0123456789abcdef0"
+CR_B = "cr-0fedcba9876543210"
+NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+FUNCTION_ARN = f"arn:aws:lambda:{REGION}:123456789012:function:preflight"
+
+
+@dataclass
+class RecordedResponses:
+    """Test double for ``send_response``: records what would go to CloudFormation."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, event, status, reason, physical_id, data) -> None:
+        self.calls.append(
+            {"status": status, "reason": reason, "physical_id": physical_id, "data": dict(data)}
+        )
+
+    @property
+    def only(self) -> dict[str, Any]:
+        assert len(self.calls) == 1, self.calls
+        return self.calls[0]
+
+
+@dataclass
+class FakeClock:
+    """A clock the test moves; ``sleep`` advances it."""
+
+    now: dt.datetime = NOW
+    slept: list[float] = field(default_factory=list)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += dt.timedelta(seconds=seconds)
+
+
+@dataclass
+class StubbedAws:
+    clients: handler.Clients
+    ec2: Stubber
+    quotas: Stubber
+    lambda_: Stubber
+    clock: FakeClock
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-double-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-double-secret")
+    ec2 = boto3.client("ec2", region_name=REGION)
+    quotas = boto3.client("service-quotas", region_name=REGION)
+    lambda_ = boto3.client("lambda", region_name=REGION)
+    clock = FakeClock()
+    stubs = StubbedAws(
+        handler.Clients(ec2=ec2, quotas=quotas, lambda_=lambda_, now=clock, sleep=clock.sleep),
+        Stubber(ec2),
+        Stubber(quotas),
+        Stubber(lambda_),
+        clock,
+    )
+    for stub in (stubs.ec2, stubs.quotas, stubs.lambda_):
+        stub.activate()
+    yield stubs
+    for stub in (stubs.ec2, stubs.quotas, stubs.lambda_):
+        stub.assert_no_pending_responses()
+
+
+def event(request_type="Create", **overrides) -> dict[str, Any]:
+    props = {
+        "ServiceToken": FUNCTION_ARN,
+        "InstanceType": TYPE,
+        "AvailabilityZoneId": AZ,
+        "Nodes": "2",
+        "VcpusPerNode": "192",
+        "Capacity": "on-demand",
+        "ReservationIds": [],
+        "WaitForCapacityBlock": "false",
+    }
+    props.update(overrides)
+    result = {
+        "RequestType": request_type,
+        "ResponseURL": "https://cloudformation-custom-resource-response.example/test-double",
+        "StackId": f"arn:aws:cloudformation:{REGION}:123456789012:stack/trn-cluster/guid",
+        "RequestId": "request-1",
+        "LogicalResourceId": "Preflight",
+        "ResourceType": "Custom::TrnPreflight",
+        "ResourceProperties": props,
+    }
+    if request_type != "Create":
+        result["PhysicalResourceId"] = "Preflight-preflight"
+    return result
+
+
+def run(aws: StubbedAws, ev: dict[str, Any], remaining_ms: int = 600_000) -> RecordedResponses:
+    responses = RecordedResponses()
+    handler.handle(ev, lambda: remaining_ms, FUNCTION_ARN, aws.clients, responses)
+    return responses
+
+
+def stub_offerings(aws: StubbedAws, zones: list[str]) -> None:
+    aws.ec2.add_response(
+        "describe_instance_type_offerings",
+        {
+            "InstanceTypeOfferings": [
+                {"InstanceType": TYPE, "LocationType": "availability-zone-id", "Location": z}
+                for z in zones
+            ]
+        },
+        {
+            "LocationType": "availability-zone-id",
+            "Filters": [{"Name": "instance-type", "Values": [TYPE]}],
+        },
+    )
+
+
+def stub_quota(aws: StubbedAws, value: float) -> None:
+    aws.quotas.add_response(
+        "get_service_quota",
+        {
+            "Quota": {
+                "ServiceCode": "ec2",
+                "QuotaCode": "L-2C3B7624",
+                "QuotaName": "Running On-Demand Trn instances",
+                "Value": value,
+            }
+        },
+        {"ServiceCode": "ec2", "QuotaCode": "L-2C3B7624"},
+    )
+
+
+def reservation(rid=CR_A, **overrides) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "CapacityReservationId": rid,
+        "InstanceType": TYPE,
+        "AvailabilityZoneId": AZ,
+        "AvailabilityZone": "us-east-2c",
+        "TotalInstanceCount": 2,
+        "AvailableInstanceCount": 2,
+        "State": "active",
+        "ReservationType": "capacity-block",
+        "StartDate": NOW - dt.timedelta(hours=1),
+        "EndDate": NOW + dt.timedelta(days=2),
+    }
+    value.update(overrides)
+    return value
+
+
+def stub_reservations(aws: StubbedAws, ids: list[str], found: list[dict[str, Any]]) -> None:
+    aws.ec2.add_response(
+        "describe_capacity_reservations",
+        {"CapacityReservations": found},
+        {"CapacityReservationIds": ids},
+    )
+
+
+def block_event(ids=(CR_A,), **overrides) -> dict[str, Any]:
+    return event(Capacity="capacity-block", ReservationIds=list(ids), **overrides)
+
+
+# --- on-demand ----------------------------------------------------------------------------------
+
+
+def test_on_demand_passes_when_offered_and_the_quota_holds_every_node(aws):
+    stub_offerings(aws, ["use2-az1", AZ])
+    stub_quota(aws, 384.0)
+    result = run(aws, event()).only
+    assert result["status"] == "SUCCESS"
+    assert result["physical_id"] == "Preflight-preflight"
+    assert "2 x trn2.48xlarge in use2-az3" in result["data"]["Summary"]
+
+
+def test_type_not_offered_in_the_az_names_the_azs_that_offer_it(aws):
+    stub_offerings(aws, ["use2-az1", "use2-az2"])
+    result = run(aws, event()).only
+    assert result["status"] == "FAILED"
+    assert "not offered in AZ use2-az3" in result["reason"]
+    assert (
+        "Fix: set availabilityZone to an AZ id that offers it: use2-az1, use2-az2"
+        in (result["reason"])
+    )
+
+
+def test_type_offered_nowhere_in_the_region_says_to_change_region(aws):
+    stub_offerings(aws, [])
+    reason = run(aws, event()).only["reason"]
+    assert "not offered in any AZ of us-east-2" in reason
+    assert "Fix: deploy to a region that offers it" in reason
+
+
+def test_quota_below_nodes_times_vcpus_refuses_with_the_increase_command(aws):
+    stub_offerings(aws, [AZ])
+    stub_quota(aws, 192.0)
+    result = run(aws, event()).only
+    assert result["status"] == "FAILED"
+    assert "need 384 vCPUs" in result["reason"]
+    assert "L-2C3B7624 (Running On-Demand Trn instances)" in result["reason"]
+    assert "is 192 vCPUs" in result["reason"]
+    assert (
+        "request-service-quota-increase --service-code ec2 --quota-code L-2C3B7624 "
+        "--desired-value 384 --region us-east-2" in result["reason"]
+    )
+    assert "set nodes to 1 or fewer" in result["reason"]
+
+
+def test_zero_quota_without_an_applied_value_reads_the_aws_default(aws):
+    stub_offerings(aws, [AZ])
+    aws.quotas.add_client_error(
+        "get_service_quota",
+        service_error_code="NoSuchResourceException",
+        expected_params={"ServiceCode": "ec2", "QuotaCode": "L-2C3B7624"},
+    )
+    aws.quotas.add_response(
+        "get_aws_default_service_quota",
+        {"Quota": {"QuotaCode": "L-2C3B7624", "Value": 0.0}},
+        {"ServiceCode": "ec2", "QuotaCode": "L-2C3B7624"},
+    )
+    reason = run(aws, event()).only["reason"]
+    assert "is 0 vCPUs" in reason
+    assert "set nodes to" not in reason
+    assert "Fix: request an increase" in reason
+
+
+def test_a_denied_call_fails_with_the_error_instead_of_hanging(aws):
+    aws.ec2.add_client_error(
+        "describe_instance_type_offerings",
+        service_error_code="UnauthorizedOperation",
+        service_message="not authorized",
+    )
+    result = run(aws, event()).only
+    assert result["status"] == "FAILED"
+    assert "UnauthorizedOperation" in result["reason"]
+    assert "Fix: check the preflight function's permissions" in result["reason"]
+
+
+# --- reservations and blocks -------------------------------------------------------------------
+
+
+def test_an_active_block_with_room_for_every_node_passes_without_a_quota_check(aws):
+    stub_reservations(aws, [CR_A], [reservation()])
+    result = run(aws, block_event()).only
+    assert result["status"] == "SUCCESS"
+    assert CR_A in result["reason"]
+
+
+def test_a_missing_reservation_refuses_with_how_to_find_the_id(aws):
+    aws.ec2.add_client_error(
+        "describe_capacity_reservations",
+        service_error_code="InvalidCapacityReservationId.NotFound",
+        service_message=f"The capacity reservation ID '{CR_A}' does not exist",
+        expected_params={"CapacityReservationIds": [CR_A]},
+    )
+    reason = run(aws, block_event()).only["reason"]
+    assert f"capacity reservation {CR_A} not found in us-east-2" in reason
+    assert "Fix: check the id with 'aws ec2 describe-capacity-reservations --region us-east-2'" in (
+        reason
+    )
+
+
+def test_a_reservation_for_another_type_names_the_type_to_set(aws):
+    stub_reservations(aws, [CR_A], [reservation(InstanceType="trn1.32xlarge")])
+    reason = run(aws, block_event()).only["reason"]
+    assert f"{CR_A} reserves trn1.32xlarge, not trn2.48xlarge" in reason
+    assert "Fix: set instanceType to trn1.32xlarge" in reason
+
+
+def test_a_reservation_in_another_az_names_the_az_to_set(aws):
+    stub_reservations(aws, [CR_A], [reservation(AvailabilityZoneId="use2-az1")])
+    reason = run(aws, block_event()).only["reason"]
+    assert f"{CR_A} is in AZ use2-az1, not use2-az3" in reason
+    assert "Fix: set availabilityZone to use2-az1" in reason
+
+
+def test_fewer_available_instances_than_nodes_refuses_on_create(aws):
+    stub_reservations(aws, [CR_A], [reservation(TotalInstanceCount=2, AvailableInstanceCount=1)])
+    reason = run(aws, block_event()).only["reason"]
+    assert "can hold 1 x trn2.48xlarge (1 of 2 are in use), fewer than nodes = 2" in reason
+    assert "Fix: set nodes to 1 or fewer" in reason
+
+
+def test_an_update_counts_the_clusters_own_running_nodes_as_usable(aws):
+    # On Update our two nodes already run in the block: available 0, total 2.
+    stub_reservations(aws, [CR_A], [reservation(AvailableInstanceCount=0)])
+    assert run(aws, block_event(request_type="Update")).only["status"] == "SUCCESS"
+
+
+def test_a_block_smaller_than_nodes_refuses_on_update_too(aws):
+    stub_reservations(aws, [CR_A], [reservation(TotalInstanceCount=2, AvailableInstanceCount=0)])
+    reason = run(aws, block_event(request_type="Update", Nodes="4")).only["reason"]
+    assert "can hold 2 x trn2.48xlarge, fewer than nodes = 4" in reason
+
+
+@pytest.mark.parametrize("state", ["expired", "cancelled", "payment-failed"])
+def test_a_block_that_can_no_longer_launch_says_to_buy_a_new_one(aws, state):
+    stub_reservations(aws, [CR_A], [reservation(State=state, AvailableInstanceCount=0)])
+    reason = run(aws, block_event()).only["reason"]
+    assert f"{CR_A} is {state} and can no longer launch instances" in reason
+    assert "Fix: buy a new capacity block and pass its id" in reason
+
+
+def test_a_reservation_still_pending_says_to_deploy_once_active(aws):
+    found = reservation(State="payment-pending", ReservationType="default")
+    stub_reservations(aws, [CR_A], [found])
+    reason = run(aws, event(Capacity="reservation", ReservationIds=[CR_A])).only["reason"]
+    assert f"{CR_A} is payment-pending, not active yet" in reason
+    assert "Fix: deploy again once" in reason
+
+
+def test_a_block_in_its_last_30_minutes_refuses(aws):
+    stub_reservations(aws, [CR_A], [reservation(EndDate=NOW + dt.timedelta(minutes=20))])
+    reason = run(aws, block_event()).only["reason"]
+    assert "30 minutes before its end" in reason
+    assert "Fix: buy a new block" in reason
+
+
+def test_a_capacity_block_passed_as_a_plain_reservation_names_the_capacity_to_set(aws):
+    stub_reservations(aws, [CR_A], [reservation()])
+    reason = run(aws, event(Capacity="reservation", ReservationIds=[CR_A])).only["reason"]
+    assert "is a capacity block" in reason
+    assert "Fix: set capacity to capacity-block" in reason
+
+
+def test_a_plain_reservation_passed_as_a_block_names_the_capacity_to_set(aws):
+    stub_reservations(aws, [CR_A], [reservation(ReservationType="default")])
+    reason = run(aws, block_event()).only["reason"]
+    assert "is an On-Demand Capacity Reservation, not a capacity block" in reason
+    assert "Fix: set capacity to reservation" in reason
+
+
+def test_ultraserver_blocks_are_counted_together(aws):
+    found = [
+        reservation(
+            CR_A, InstanceType="trn2u.48xlarge", TotalInstanceCount=4, AvailableInstanceCount=4
+        ),
+        reservation(
+            CR_B, InstanceType="trn2u.48xlarge", TotalInstanceCount=4, AvailableInstanceCount=4
+        ),
+    ]
+    stub_reservations(aws, [CR_A, CR_B], found)
+    ev = event(
+        Capacity="ultraserver-block",
+        ReservationIds=[CR_A, CR_B],
+        InstanceType="trn2u.48xlarge",
+        Nodes="8",
+    )
+    assert run(aws, ev).only["status"] == "SUCCESS"
+
+
+# --- a block that starts later ------------------------------------------------------------------
+
+
+def scheduled(start: dt.datetime) -> dict[str, Any]:
+    return reservation(State="scheduled", StartDate=start, EndDate=start + dt.timedelta(days=1))
+
+
+def test_a_block_that_starts_later_says_when_and_offers_waiting(aws):
+    stub_reservations(aws, [CR_A], [scheduled(NOW + dt.timedelta(hours=3, minutes=20))])
+    reason = run(aws, block_event()).only["reason"]
+    assert f"capacity block {CR_A} starts at 2026-11-29 15:20 UTC (in 3 h 20 min)" in reason
+    assert "Fix: deploy after 2026-11-29 15:20 UTC" in reason
+    assert "wait_for_capacity_block=True" in reason
+
+
+def test_waiting_for_a_block_beyond_the_custom_resource_hour_refuses_with_when_to_retry(aws):
+    stub_reservations(aws, [CR_A], [scheduled(NOW + dt.timedelta(hours=2))])
+    reason = run(aws, block_event(WaitForCapacityBlock="true")).only["reason"]
+    assert "later than the 55 minutes a deploy can wait" in reason
+    assert "Fix: deploy again after 2026-11-29 13:05 UTC" in reason
+
+
+def test_waiting_polls_until_the_block_is_active_then_passes(aws):
+    start = NOW + dt.timedelta(minutes=2)
+    stub_reservations(aws, [CR_A], [scheduled(start)])
+    stub_reservations(aws, [CR_A], [scheduled(start)])
+    stub_reservations(aws, [CR_A], [reservation(StartDate=start)])
+    responses = run(aws, block_event(WaitForCapacityBlock="true"))
+    assert responses.only["status"] == "SUCCESS"
+    assert aws.clock.slept == [60, 60]
+
+
+def test_a_wait_longer_than_the_invocation_is_handed_to_a_new_invocation(aws):
+    stub_reservations(aws, [CR_A], [scheduled(NOW + dt.timedelta(minutes=40))])
+    ev = block_event(WaitForCapacityBlock="true")
+    deadline = (NOW + handler.WAIT_BUDGET).isoformat()
+    aws.lambda_.add_response(
+        "invoke",
+        {"StatusCode": 202},
+        {
+            "FunctionName": FUNCTION_ARN,
+            "InvocationType": "Event",
+            "Payload": json.dumps({**ev, handler.DEADLINE_KEY: deadline}).encode(),
+        },
+    )
+    responses = run(aws, ev, remaining_ms=100_000)
+    assert responses.calls == []  # the next invocation answers CloudFormation
+
+
+def test_a_handed_over_wait_keeps_the_first_deadline(aws):
+    stub_reservations(aws, [CR_A], [scheduled(NOW + dt.timedelta(minutes=10))])
+    ev = block_event(WaitForCapacityBlock="true")
+    ev[handler.DEADLINE_KEY] = (NOW + dt.timedelta(minutes=5)).isoformat()
+    reason = run(aws, ev).only["reason"]
+    assert "later than the 55 minutes" in reason
+
+
+# --- protocol -----------------------------------------------------------------------------------
+
+
+def test_delete_makes_no_aws_call_and_succeeds(aws):
+    result = run(aws, event("Delete")).only
+    assert result == {
+        "status": "SUCCESS",
+        "reason": "preflight: nothing to delete",
+        "physical_id": "Preflight-preflight",
+        "data": {},
+    }
+
+
+def test_malformed_properties_fail_with_a_reason(aws):
+    result = run(aws, event(Nodes="two")).only
+    assert result["status"] == "FAILED"
+    assert "preflight properties are malformed" in result["reason"]
