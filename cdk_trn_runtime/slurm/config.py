@@ -23,6 +23,7 @@ from cdk_trn_runtime import contract
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_SCHEDULER_PARAMETER = re.compile(r"^[a-z_]+(=[A-Za-z0-9_.:-]+)?$")
 _FEATURE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Paths Slurm expands: %n (node name), %h (host). Nothing that ends a line, splits a value or
 # starts a comment.
@@ -171,7 +172,7 @@ def _validate(c: SlurmConfig) -> None:
         if not isinstance(feature, str) or not _FEATURE.match(feature):
             raise _bad("features", feature, "1-64 letters, digits, '_', '.' or '-'")
     for parameter in c.extra_scheduler_parameters:
-        if not isinstance(parameter, str) or not re.match(r"^[a-z_]+(=[A-Za-z0-9_.:-]+)?$", parameter):
+        if not isinstance(parameter, str) or not _SCHEDULER_PARAMETER.match(parameter):
             raise _bad("extra_scheduler_parameters", parameter, "name or name=value items")
     if c.auth not in AUTH_TYPES:
         raise _bad("auth", c.auth, " or ".join(AUTH_TYPES))
@@ -180,7 +181,8 @@ def _validate(c: SlurmConfig) -> None:
     if c.proctrack not in ("proctrack/cgroup", "proctrack/linuxproc"):
         raise _bad("proctrack", c.proctrack, "proctrack/cgroup or proctrack/linuxproc")
     if c.task_plugin not in ("task/cgroup,task/affinity", "task/affinity", "task/none"):
-        raise _bad("task_plugin", c.task_plugin, "task/cgroup,task/affinity, task/affinity or task/none")
+        allowed = "task/cgroup,task/affinity, task/affinity or task/none"
+        raise _bad("task_plugin", c.task_plugin, allowed)
     if bool(c.nodes) == (c.dynamic is not None):
         raise ValueError("give either nodes (static) or dynamic (slurmd -Z), exactly one of them")
     if c.dynamic is not None:

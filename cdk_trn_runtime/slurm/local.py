@@ -178,7 +178,7 @@ def _wrapper(layout: Layout, script: str) -> str:
         "# Local cluster: one slurm.conf for all nodes, so the node's environment file is chosen\n"
         "# by the node name slurmd passes.\n"
         f"export CDK_TRN_SLURM_ENV={env}\n"
-        f"exec {shlex.quote(str(SCRIPTS / script))} \"$@\"\n"
+        f'exec {shlex.quote(str(SCRIPTS / script))} "$@"\n'
     )
 
 
@@ -393,9 +393,12 @@ def down(layout: Layout) -> None:
         if jobs:
             subprocess.run(["scancel", *jobs], env=env, capture_output=True)
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and subprocess.run(
-                ["squeue", "-h", "-o", "%A"], env=env, capture_output=True, text=True
-            ).stdout.split():
+            while (
+                time.monotonic() < deadline
+                and subprocess.run(
+                    ["squeue", "-h", "-o", "%A"], env=env, capture_output=True, text=True
+                ).stdout.split()
+            ):
                 time.sleep(0.5)
     for daemon in reversed(DAEMONS):
         _stop(layout, daemon)
