@@ -33,7 +33,7 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Make ``path`` hold what ``write`` writes, completely or not at all."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -62,7 +62,7 @@ def latest(directory: Path) -> Path | None:
     return path
 
 
-def save(directory: Path, step: int, write: Callable[[BinaryIO], None], keep: int = 2) -> Path:
+def save(directory: Path, step: int, write: Callable[[BinaryIO], object], keep: int = 2) -> Path:
     """Write the checkpoint of ``step``, then point ``latest`` at it; keep the newest ``keep``."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")

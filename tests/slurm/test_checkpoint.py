@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -24,7 +24,7 @@ def test_no_latest_before_the_first_checkpoint(tmp_path: Path):
 def test_a_crash_while_writing_leaves_the_previous_latest_and_no_temp_file(tmp_path: Path):
     good = checkpoint.save(tmp_path, 5, lambda f: f.write(b"five"))
 
-    def crash(handle: io.BufferedWriter) -> None:
+    def crash(handle: BinaryIO) -> None:
         handle.write(b"half of ten")
         raise KeyboardInterrupt  # killed mid-write
 

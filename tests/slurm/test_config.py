@@ -18,7 +18,7 @@ from cdk_trn_runtime.slurm.config import (
 
 
 def _lines(text: str) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for line in text.splitlines():
         if line and not line.startswith("#") and "=" in line:
             key, value = line.split("=", 1)
