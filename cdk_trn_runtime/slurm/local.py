@@ -250,6 +250,9 @@ def _prepare(layout: Layout) -> dict[str, object]:
             contract.SLURM_ENV_SHARED_FS_TYPE: "",
             contract.SLURM_ENV_DEVICE_ROOT: str(layout.node_root(node)),
             "CDK_TRN_HOST_NODES": " ".join(NODES),
+            # This host is not the cluster's alone (other local clusters, other work may run as
+            # the same user): the epilog kills only processes that carry the job's id.
+            "CDK_TRN_EPILOG_USER_SWEEP": "0",
             "SLURM_CONF": str(layout.conf),
         }
         _write(layout.node_env(node), "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))

@@ -10,6 +10,7 @@ started is left.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -113,7 +114,7 @@ def cluster() -> Iterator[Cluster]:
     handle = Cluster(layout, env, job_user="")
     try:
         handle.up()
-        handle.job_user = local.json.loads(layout.state_file.read_text())["job_user"]
+        handle.job_user = json.loads(layout.state_file.read_text())["job_user"]
         yield handle
     finally:
         handle.record_pids()

@@ -245,3 +245,16 @@ def test_epilog_never_kills_root_processes(node, processes):
     result = node.run("epilog.sh", SLURM_JOB_ID="7", SLURM_JOB_UID="0", SLURM_JOB_USER="root")
     assert result.returncode == 0
     assert mine.poll() is None
+
+
+@needs_root
+def test_epilog_without_user_sweep_kills_only_the_jobs_processes(node, processes):
+    leftover = _as_test_user({"SLURM_JOB_ID": "7"})
+    stray = _as_test_user({})
+    processes += [leftover, stray]
+    node.jobs.write_text("7\n")
+    with node.env_file.open("a") as handle:
+        handle.write("CDK_TRN_EPILOG_USER_SWEEP=0\n")
+    assert _epilog(node, "7").returncode == 0
+    assert _wait_exit(leftover) == -signal.SIGKILL
+    assert stray.poll() is None

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Slurm Epilog: kills what the job left behind, so the next job finds its NeuronCores free.
 # Processes of the job's user that carry this job's SLURM_JOB_ID always; every process of the
-# user when no other job of the user runs on this host's nodes. Never root's processes.
+# user when no other job of the user runs on this host's nodes (unless CDK_TRN_EPILOG_USER_SWEEP=0).
+# Never root's processes.
 set -uo pipefail
 # shellcheck source=node_checks.sh
 . "$(dirname "${BASH_SOURCE[0]}")/node_checks.sh"
@@ -23,6 +24,9 @@ for dir in /proc/[0-9]*; do
 done
 [ -n "$killed" ] && log "job $job left processes, killed:$killed"
 
+if [ "${CDK_TRN_EPILOG_USER_SWEEP:-1}" != 1 ]; then
+  exit 0
+fi
 if others=$(jobs_on_host -u "$user"); then
   others=$(grep -vx "$job" <<< "$others" || true)
   if [ -z "$others" ] && pgrep -U "$uid" > /dev/null; then

@@ -8,6 +8,8 @@
 #   CDK_TRN_DEVICE_ROOT              prefix of /dev and /sys (the local cluster's fake device trees)
 #   CDK_TRN_DEVICE_HOLDERS_ALLOWED   process names that may hold Neuron devices outside jobs
 #   CDK_TRN_HOST_NODES               Slurm nodes that share this host (default: this node)
+#   CDK_TRN_EPILOG_USER_SWEEP        1 (default): the epilog may kill all of the job user's
+#                                    processes; 0 where the host is not the cluster's alone
 #   SLURM_CONF                       slurm.conf for scontrol and squeue, when not the default
 # slurmd starts these scripts with an almost empty environment; system paths come last so
 # test doubles earlier on PATH win.
