@@ -89,6 +89,9 @@ class SlurmConfig:
     #: Seconds a node may take to boot and register after it was asked for (cloud) or restarted.
     resume_timeout: int = 1800
     kill_wait: int = 30
+    #: Seconds slurmctld waits for a daemon's answer (Slurm's default 10); a dead slurmd is
+    #: noticed after about SlurmdTimeout plus twice this.
+    message_timeout: int = 10
     auth: str = "auth/munge"
     munge_socket: str | None = None
     proctrack: str = "proctrack/cgroup"
@@ -154,6 +157,7 @@ def _validate(c: SlurmConfig) -> None:
     _check_int("slurmctld_timeout", c.slurmctld_timeout, 5, 86_400)
     _check_int("resume_timeout", c.resume_timeout, 30, 86_400)
     _check_int("kill_wait", c.kill_wait, 1, 3600)
+    _check_int("message_timeout", c.message_timeout, 1, 600)
     for name in (
         "shared_root",
         "state_save_location",
@@ -266,6 +270,7 @@ def render_slurm_conf(c: SlurmConfig) -> str:
         f"SlurmctldTimeout={c.slurmctld_timeout}",
         f"ResumeTimeout={c.resume_timeout}",
         f"KillWait={c.kill_wait}",
+        f"MessageTimeout={c.message_timeout}",
         "InactiveLimit=0",
         "MinJobAge=300",
         "",

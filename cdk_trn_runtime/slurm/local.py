@@ -47,7 +47,7 @@ NODES = ("n1", "n2")
 FAKE_NEURON_DEVICES = 2
 REAL_MEMORY_MB = 1024
 #: Locally a dead slurmd is noticed within this many seconds (the cloud uses 180).
-SLURMD_TIMEOUT = 10
+SLURMD_TIMEOUT = 8
 HEALTH_CHECK_INTERVAL = 5
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -287,6 +287,7 @@ def _prepare(layout: Layout) -> dict[str, object]:
         slurmctld_timeout=30,
         resume_timeout=60,
         kill_wait=5,
+        message_timeout=4,
         munge_socket=str(layout.munge_socket),
         # One host runs every slurmd: no cgroup hierarchy per node.
         proctrack="proctrack/linuxproc",

@@ -110,6 +110,7 @@ def test_local_nodes_share_a_host_on_their_own_ports_with_short_timeout():
     keys = _lines(conf)
     assert keys["SlurmctldHost"] == "vm(127.0.0.1)"
     assert keys["SlurmdTimeout"] == "10"
+    assert keys["MessageTimeout"] == "10"
     assert keys["SlurmdSpoolDir"] == "/tmp/x/spool/slurmd-%n"
     assert keys["ProctrackType"] == "proctrack/linuxproc"
     assert "PartitionName=trn Nodes=n1,n2 " in conf
