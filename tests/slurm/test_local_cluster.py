@@ -218,7 +218,9 @@ def test_killed_slurmd_is_noticed_and_up_replaces_it(cluster):
     pid_file = cluster.layout.pid_file("slurmd-n2")
     pid = local._alive(pid_file)
     assert pid is not None
-    others = {d: local._alive(cluster.layout.pid_file(d)) for d in local.DAEMONS if d != "slurmd-n2"}
+    others = {
+        d: local._alive(cluster.layout.pid_file(d)) for d in local.DAEMONS if d != "slurmd-n2"
+    }
     os.kill(pid, signal.SIGKILL)
     noticed = _wait(
         "n2 marked down", lambda: cluster.node_state("n2").startswith("down"), timeout=60
