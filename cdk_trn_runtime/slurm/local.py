@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -186,17 +187,17 @@ def _task_prolog(layout: Layout, user: str) -> str:
     venv_bin = _venv_bin()
     home = layout.shared / contract.SHARED_HOMES / user
     lines = {
-        "PATH": f"{venv_bin}:$PATH",
         "CDK_TRN_PYTHON": str(venv_bin / "python"),
         "PYTHONPATH": str(PACKAGE_ROOT),
         "CDK_TRN_SHARED_ROOT": str(layout.shared),
         "HOME": str(home),
     }
-    body = "".join(f'echo "export {k}={v}"\n' for k, v in lines.items())
+    # Values are single-quoted for the shell; only PATH appends the task's own $PATH.
+    body = "".join(f"printf 'export %s=%s\\n' {k} {shlex.quote(v)}\n" for k, v in lines.items())
     return (
         "#!/bin/bash\n"
         "# Slurm TaskProlog: 'export NAME=value' lines on stdout set the task's environment.\n"
-        + body
+        f"printf 'export PATH=%s:%s\\n' {shlex.quote(str(venv_bin))} \"$PATH\"\n" + body
     )
 
 
@@ -230,7 +231,7 @@ def _prepare(layout: Layout) -> dict[str, object]:
     for sub in (f"{contract.SHARED_HOMES}/{user}", contract.SHARED_CHECKPOINTS):
         path = shared / sub
         path.mkdir(parents=True, exist_ok=True)
-        os.chown(path, uid, uid)
+        os.chown(path, uid, pwd.getpwuid(uid).pw_gid)
     shared.chmod(0o755)
 
     host = socket.gethostname().split(".")[0]

@@ -258,3 +258,11 @@ def test_epilog_without_user_sweep_kills_only_the_jobs_processes(node, processes
     assert _epilog(node, "7").returncode == 0
     assert _wait_exit(leftover) == -signal.SIGKILL
     assert stray.poll() is None
+
+
+def test_proc_scan_finds_device_holders_where_fuser_is_missing(node, processes):
+    holder = _holder(node.root / "dev" / "neuron2")
+    processes.append(holder)
+    script = f". {SCRIPTS / 'node_checks.sh'}; proc_holders {node.root / 'dev' / 'neuron'}"
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == [str(holder.pid)]

@@ -55,11 +55,28 @@ job_of_pid() {
   tr '\0' '\n' < "/proc/$1/environ" 2>/dev/null | sed -n 's/^SLURM_JOB_ID=//p' | head -n1
 }
 
+# Pids with a file whose path starts with $1 open, from /proc (where fuser is not installed).
+proc_holders() {
+  local fd target
+  for fd in /proc/[0-9]*/fd/*; do
+    target=$(readlink "$fd" 2>/dev/null) || continue
+    case "$target" in "$1"*)
+      fd="${fd#/proc/}"
+      echo "${fd%%/*}"
+      ;;
+    esac
+  done | sort -u | tr '\n' ' '
+}
+
 # Processes holding a Neuron device that no running job on this host owns.
 stale_device_holders() {
   local devices=("$DEVICE_ROOT"/dev/neuron[0-9]*) pids pid job name running stale=""
   [ -e "${devices[0]}" ] || return 0
-  pids=$(fuser "${devices[@]}" 2>/dev/null | tr -cs '0-9' ' ') || true
+  if command -v fuser > /dev/null; then
+    pids=$(fuser "${devices[@]}" 2>/dev/null | tr -cs '0-9' ' ') || true
+  else
+    pids=$(proc_holders "$DEVICE_ROOT/dev/neuron")
+  fi
   [ -n "${pids// /}" ] || return 0
   if ! running=$(jobs_on_host); then
     running=""
