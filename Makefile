@@ -11,7 +11,7 @@ export AWS_EC2_METADATA_DISABLED := true
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 
-.PHONY: synth test lint typecheck unit bench deploy clean compat
+.PHONY: synth test lint typecheck unit bench deploy clean compat local-cluster local-cluster-down
 
 synth: $(VENV)/.runtime node_modules/.installed
 	rm -rf cdk.out
@@ -47,6 +47,24 @@ deploy: $(VENV)/.runtime node_modules/.installed
 bench: $(VENV)/.test
 	python benchmarks/synth_scaling.py
 	PJRT_DEVICE=CPU python benchmarks/acceptance_cpu.py
+
+# A real Slurm cluster on this machine (slurmctld, slurmd n1 and n2, munged) in .local-cluster/;
+# prints `export SLURM_CONF=...`. Needs root and the Debian packages slurm-wlm and munge.
+LOCAL_CLUSTER := $(CURDIR)/.local-cluster
+local-cluster: $(VENV)/.test
+	@if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then \
+	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y slurm-wlm munge; \
+	  else \
+	    echo "local-cluster: needs slurm-wlm and munge; as root run: apt-get install slurm-wlm munge" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	@if [ "$$(id -u)" -ne 0 ]; then echo "local-cluster: slurmd needs root" >&2; exit 1; fi
+	python -m cdk_trn_runtime.slurm.local up --dir $(LOCAL_CLUSTER)
+
+local-cluster-down: $(VENV)/.runtime
+	python -m cdk_trn_runtime.slurm.local down --dir $(LOCAL_CLUSTER)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

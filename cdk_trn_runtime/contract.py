@@ -69,3 +69,14 @@ OUTPUT_NODE_GROUP = "SlurmNodeGroup"  # Auto Scaling group of the Trainium nodes
 OUTPUT_JOB_USER = "SlurmJobUser"
 OUTPUT_SHARED_ROOT = "SlurmSharedRoot"  # the shared file system's mount path, e.g. /fsx
 OUTPUT_SLURM_CLUSTER = "SlurmClusterName"
+
+#: The environment file the Slurm node scripts (health check, prolog, epilog) read: shell
+#: ``NAME=value`` lines with the names below. ``CDK_TRN_SLURM_ENV`` overrides its path.
+SLURM_NODE_ENV_FILE = "/etc/cdk-trn/slurm-node.env"
+SLURM_ENV_EXPECTED_NEURON = "CDK_TRN_EXPECTED_NEURON_DEVICES"  # /dev/neuron* count; 0 = CPU node
+SLURM_ENV_EXPECTED_EFA = "CDK_TRN_EXPECTED_EFA_DEVICES"  # /sys/class/infiniband/* count
+SLURM_ENV_SHARED_ROOT = "CDK_TRN_SHARED_ROOT"  # the shared file system's mount path
+SLURM_ENV_SHARED_FS_TYPE = "CDK_TRN_SHARED_FS_TYPE"  # e.g. lustre; empty: a writable directory
+SLURM_ENV_DEVICE_ROOT = "CDK_TRN_DEVICE_ROOT"  # prefix of /dev and /sys (tests, local cluster)
+#: Prefix of the drain reasons the node scripts set, so operators (and the CLI) can tell them apart.
+SLURM_DRAIN_REASON_PREFIX = "cdk-trn:"

@@ -1,2 +1,2 @@
-"""Slurm on cdk-trn clusters: the slurm.conf generator and the prolog, epilog and health-check
-scripts, shared by the cloud (shipped in the bundled training image) and the local cluster."""
+"""Slurm's runtime side: the one slurm.conf generator (cloud and local), the node scripts
+(health check, prolog, epilog) and the local cluster used in development and tests."""

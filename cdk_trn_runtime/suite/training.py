@@ -172,3 +172,8 @@ def train(config: TrainConfig, device: Any) -> dict[str, Any]:
         "compilations_after_warmup": after["compilations"] - before["compilations"],
         "compile_seconds_after_warmup": after["compile_seconds"] - before["compile_seconds"],
     }
+
+
+def decoder_model(config: TrainConfig) -> Any:
+    """The decoder-only transformer ``train`` uses, untrained (for other training loops)."""
+    return _model(config)

@@ -1,0 +1,178 @@
+"""python -m cdk_trn_runtime.train: data-parallel training of the suite's small transformer.
+
+Run once per rank by torchrun (``examples/slurm/train.sbatch``), or alone. Every rank trains the
+same model (same seed) on its own batches; gradients and the loss are averaged over all ranks
+each step through the suite's collectives (``suite.device.Runtime``: torch_xla's on Neuron,
+gloo on host tensors with several XLA CPU processes). Rank 0 checkpoints every
+``CHECKPOINT_EVERY`` steps and at the end, crash-safely (``checkpoint.py``); every rank resumes
+from ``latest`` when present.
+
+Environment: ``TRAIN_STEPS`` (total steps, default 20), ``CHECKPOINT_DIR`` (default
+``$CDK_TRN_SHARED_ROOT/checkpoints/train``, or ``./checkpoints/train`` without a shared root),
+``CHECKPOINT_EVERY`` (default 5). On XLA CPU the model is made smaller so a run takes seconds.
+
+Rank 0 prints ``train: resumed step=<K> from=<path>`` when it resumed and ends with exactly one
+``train: done step=<N> loss_first=<a> loss_last=<b> checkpoint=<path>`` line; the losses are the
+rank-averaged losses of the first and last step this run trained (of the checkpoint's last step
+when there was nothing left to train).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cdk_trn_runtime import contract
+from cdk_trn_runtime.train import checkpoint
+
+
+@dataclass(frozen=True)
+class Settings:
+    steps: int
+    checkpoint_dir: Path
+    checkpoint_every: int
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip() or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+def settings(env: Mapping[str, str]) -> Settings:
+    default_root = Path(env.get("CDK_TRN_SHARED_ROOT") or ".")
+    directory = env.get("CHECKPOINT_DIR") or str(
+        default_root / contract.SHARED_CHECKPOINTS / "train"
+    )
+    return Settings(
+        steps=_positive(env, "TRAIN_STEPS", 20),
+        checkpoint_dir=Path(directory).resolve(),
+        checkpoint_every=_positive(env, "CHECKPOINT_EVERY", 5),
+    )
+
+
+def _to_cpu(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def main() -> int:
+    import torch
+
+    from cdk_trn_runtime.suite import device as suite_device
+    from cdk_trn_runtime.suite.training import TrainConfig, decoder_model, synthetic_batches
+
+    run = settings(os.environ)
+    platform = suite_device.choose_platform()
+    info = suite_device.process_info()
+    runtime = suite_device.Runtime(platform, info, xla_cache_dir=None)
+    collectives = runtime.collectives
+    rank, world = collectives.rank, collectives.world_size
+
+    if platform == suite_device.CPU:
+        config = TrainConfig(batch=8, sequence=64, vocab=256, d_model=64, layers=2, heads=4)
+    else:
+        config = TrainConfig()
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model = decoder_model(config).to(runtime.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    # Each rank its own data: the batches' seed differs per rank.
+    rank_config = TrainConfig(**{**config.as_dict(), "seed": config.seed + 1 + rank})
+    batches = [b.to(runtime.device) for b in synthetic_batches(rank_config, 8)]
+
+    start_step = 0
+    previous_losses: list[float] = []
+    resumed_from = checkpoint.latest(run.checkpoint_dir)
+    if resumed_from is not None:
+        state = torch.load(resumed_from, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = int(state["step"])
+        previous_losses = [float(v) for v in state["losses"]]
+        if rank == 0:
+            print(f"train: resumed step={start_step} from={resumed_from}", flush=True)
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    losses: list[Any] = []
+    last_saved: Path | None = resumed_from
+
+    def save(step: int) -> Path | None:
+        values = previous_losses + [float(v) for v in losses]
+        path = None
+        if rank == 0:
+            state = {
+                "step": step,
+                "model": _to_cpu(model.state_dict()),
+                "optimizer": _to_cpu(optimizer.state_dict()),
+                "losses": values[-10:],
+                "config": config.as_dict(),
+                "world_size": world,
+            }
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            path = checkpoint.save(
+                run.checkpoint_dir, step, lambda handle: handle.write(buffer.getvalue())
+            )
+        collectives.barrier()  # nobody runs ahead of (or exits before) a checkpoint
+        return path
+
+    for step in range(start_step, run.steps):
+        batch = batches[step % len(batches)]
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(inputs).reshape(-1, config.vocab), targets.reshape(-1))
+        loss.backward()
+        # One all-reduce per step: every gradient and the loss, flattened together.
+        flat = torch.cat([p.grad.reshape(-1) for p in parameters] + [loss.detach().reshape(1)])
+        if collectives.backend == "gloo":
+            reduced = collectives.all_reduce_sum(flat.cpu()).to(runtime.device)
+        else:
+            reduced = collectives.all_reduce_sum(flat)
+        reduced = reduced / world
+        offset = 0
+        for p in parameters:
+            count = p.numel()
+            p.grad.copy_(reduced[offset : offset + count].view_as(p))
+            offset += count
+        optimizer.step()
+        losses.append(reduced[-1])
+        runtime.sync()
+        done = step + 1
+        if done % run.checkpoint_every == 0 or done == run.steps:
+            saved = save(done)
+            last_saved = saved if saved is not None else last_saved
+
+    runtime.wait()
+    trained = [float(v) for v in losses]
+    first, last = (trained[0], trained[-1]) if trained else (previous_losses or [0.0])[-1:] * 2
+    if rank == 0:
+        where = last_saved if last_saved is not None else run.checkpoint_dir
+        print(
+            f"train: done step={max(run.steps, start_step)} loss_first={first:.4f} "
+            f"loss_last={last:.4f} checkpoint={where}",
+            flush=True,
+        )
+    runtime.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
