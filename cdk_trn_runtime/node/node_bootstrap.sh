@@ -64,6 +64,11 @@ write_environment() {
     echo "FI_EFA_USE_DEVICE_RDMA=1"
     echo "NEURON_LOGICAL_NC_CONFIG=$CDK_TRN_LOGICAL_NC"
     echo "NEURON_COMPILE_CACHE_URL=$CDK_TRN_COMPILE_CACHE"
+    # What the Slurm health check, prolog and epilog (cdk_trn_runtime/slurm/scripts) verify.
+    echo "CDK_TRN_EXPECTED_NEURON_DEVICES=$CDK_TRN_EXPECTED_NEURON_DEVICES"
+    echo "CDK_TRN_EXPECTED_EFA_DEVICES=$CDK_TRN_EXPECTED_EFA_DEVICES"
+    echo "CDK_TRN_SHARED_ROOT=$CDK_TRN_FSX_MOUNT_PATH"
+    echo "CDK_TRN_SHARED_FS_TYPE=lustre"
   } > "$ENV_FILE"
   if [ "$CDK_TRN_ULTRASERVER_SIZE" -gt 0 ]; then
     # The Neuron driver exposes the UltraServer topology in sysfs per node configuration
@@ -116,6 +121,7 @@ slurmd_run() {
     --network host --pid host --ipc host --privileged --cgroupns host \
     --ulimit memlock=-1:-1 --ulimit nofile=65536:65536 --ulimit stack=67108864:67108864 \
     --env-file "$ENV_FILE" \
+    --volume "$ENV_FILE:/etc/cdk-trn/slurm-node.env:ro" \
     --volume /etc/hosts:/etc/hosts:ro \
     --volume "$MUNGE_KEY:/run/cdk-trn/munge.key:ro" \
     --volume "$mnt:$mnt:rshared" --volume "$mnt/home:/home" \

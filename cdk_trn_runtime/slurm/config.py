@@ -17,6 +17,7 @@ end a line or start a comment in slurm.conf is refused with ValueError naming th
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 
 from cdk_trn_runtime import contract
@@ -98,6 +99,10 @@ class SlurmConfig:
     task_plugin: str = "task/cgroup,task/affinity"
     configless: bool = False
     extra_scheduler_parameters: tuple[str, ...] = field(default=())
+    #: The partition's MaxNodes (a job's largest allocation); None: no limit.
+    max_nodes_per_job: int | None = None
+    #: Ports srun listens on for its tasks (SrunPortRange), opened to the nodes by the construct.
+    srun_port_range: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -193,6 +198,12 @@ def _validate(c: SlurmConfig) -> None:
         _check_int("dynamic.max_node_count", c.dynamic.max_node_count, 1, 65_533)
         if not c.configless:
             raise ValueError("dynamic nodes fetch their configuration: set configless=True")
+    if c.max_nodes_per_job is not None:
+        _check_int("max_nodes_per_job", c.max_nodes_per_job, 1, 65_533)
+    if c.srun_port_range is not None:
+        low, high = c.srun_port_range
+        _check_int("srun_port_range[0]", low, 1024, 65_535)
+        _check_int("srun_port_range[1]", high, low, 65_535)
     seen: set[str] = set()
     addresses: set[tuple[str, int]] = set()
     for node in c.nodes:
@@ -297,21 +308,24 @@ def render_slurm_conf(c: SlurmConfig) -> str:
         ]
     if c.configless:
         lines.append("SlurmctldParameters=enable_configless")
+    if c.srun_port_range is not None:
+        lines.append(f"SrunPortRange={c.srun_port_range[0]}-{c.srun_port_range[1]}")
     lines.append("")
+    max_nodes = f" MaxNodes={c.max_nodes_per_job}" if c.max_nodes_per_job else ""
     if c.dynamic is not None:
         lines += [
             "# Dynamic nodes: each registers with slurmd -Z --conf (see dynamic_node_conf).",
             f"MaxNodeCount={c.dynamic.max_node_count}",
             "TreeWidth=65533",
             f"PartitionName={c.partition} Nodes=ALL Default=YES MaxTime=INFINITE "
-            "OverSubscribe=EXCLUSIVE State=UP",
+            f"OverSubscribe=EXCLUSIVE State=UP{max_nodes}",
         ]
     else:
         lines += [_node_line(c, node) for node in c.nodes]
         names = ",".join(node.name for node in c.nodes)
         lines.append(
             f"PartitionName={c.partition} Nodes={names} Default=YES MaxTime=INFINITE "
-            "OverSubscribe=EXCLUSIVE State=UP"
+            f"OverSubscribe=EXCLUSIVE State=UP{max_nodes}"
         )
     return "\n".join(lines) + "\n"
 
@@ -341,3 +355,109 @@ def dynamic_node_conf(cpus: int, real_memory_mb: int, features: tuple[str, ...] 
     if features:
         conf += " Feature=" + ",".join(features)
     return conf
+
+
+#: Where the bundled training image keeps the node scripts (``cdk_trn_runtime`` under
+#: ``/opt/cdk-trn``, see ``cdk_trn_runtime/container/Dockerfile``).
+IMAGE_SCRIPTS = "/opt/cdk-trn/cdk_trn_runtime/slurm/scripts"
+
+
+def cloud_config(document: dict[str, object]) -> SlurmConfig:
+    """The cloud cluster's configuration from the cluster document the ``SlurmScheduler``
+    construct writes at synth (keys: ``cdk_trn.scheduler.SlurmScheduler.slurm_cluster_document``)
+    plus ``controller_host`` and ``controller_addr``, which the controller adds at boot.
+
+    Dynamic nodes register with ``slurmd -Z`` through the configless controller; the node scripts
+    are the image's. Process tracking is ``linuxproc`` and tasks are not bound: slurmd runs in a
+    container, jobs own whole nodes, and the epilog sweeps what a job left behind, so no cgroup
+    delegation into the container is needed.
+    """
+
+    def value(key: str) -> object:
+        if key not in document:
+            raise ValueError(f"cluster document: missing key {key!r}")
+        return document[key]
+
+    def text(key: str) -> str:
+        got = value(key)
+        if not isinstance(got, str):
+            raise ValueError(f"cluster document: {key!r} must be a string, got {got!r}")
+        return got
+
+    def number(key: str) -> int:
+        got = value(key)
+        if not isinstance(got, int) or isinstance(got, bool):
+            raise ValueError(f"cluster document: {key!r} must be an integer, got {got!r}")
+        return got
+
+    def numbers(key: str) -> list[int]:
+        got = value(key)
+        if not isinstance(got, list) or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in got
+        ):
+            raise ValueError(f"cluster document: {key!r} must be a list of integers, got {got!r}")
+        return got
+
+    def texts(key: str) -> list[str]:
+        got = value(key)
+        if not isinstance(got, list) or not all(isinstance(x, str) for x in got):
+            raise ValueError(f"cluster document: {key!r} must be a list of strings, got {got!r}")
+        return got
+
+    srun = numbers("srun_port_range")
+    if len(srun) != 2:
+        raise ValueError(f"cluster document: 'srun_port_range' must be [low, high], got {srun!r}")
+    return SlurmConfig(
+        controller_host=text("controller_host"),
+        controller_address=text("controller_addr"),
+        shared_root=text("shared_root"),
+        cpus=number("node_cpus"),
+        real_memory_mb=number("node_real_memory_mib"),
+        dynamic=DynamicNodes(max_node_count=number("max_node_count")),
+        cluster_name=text("cluster_name"),
+        controller_port=number("slurmctld_port"),
+        slurmd_port=number("slurmd_port"),
+        features=tuple(texts("node_features")),
+        partition=text("partition"),
+        state_save_location=text("state_save_location"),
+        prolog=f"{IMAGE_SCRIPTS}/prolog.sh",
+        epilog=f"{IMAGE_SCRIPTS}/epilog.sh",
+        health_check_program=f"{IMAGE_SCRIPTS}/healthcheck.sh",
+        proctrack="proctrack/linuxproc",
+        task_plugin="task/none",
+        configless=True,
+        max_nodes_per_job=number("max_nodes_per_job"),
+        srun_port_range=(srun[0], srun[1]),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cdk_trn_runtime.slurm.config --spec cluster.json --output slurm.conf``: the
+    controller renders its slurm.conf (and cgroup.conf when needed) at boot."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m cdk_trn_runtime.slurm.config")
+    parser.add_argument("--spec", required=True, help="the cluster document (JSON)")
+    parser.add_argument("--output", required=True, help="where to write slurm.conf")
+    args = parser.parse_args(argv)
+    try:
+        document = json.loads(Path(args.spec).read_text())
+        if not isinstance(document, dict):
+            raise ValueError("cluster document: not a JSON object")
+        config = cloud_config(document)
+    except (OSError, ValueError) as error:
+        print(f"slurm.config: {error}", file=sys.stderr)
+        return 2
+    output = Path(args.output)
+    output.write_text(render_slurm_conf(config))
+    cgroup = render_cgroup_conf(config)
+    if cgroup is not None:
+        output.with_name("cgroup.conf").write_text(cgroup)
+    print(f"slurm.config: wrote {output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

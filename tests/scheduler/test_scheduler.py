@@ -194,3 +194,66 @@ def test_node_and_controller_user_data_fit_the_ec2_16_kib_limit():
     scheduler = SlurmScheduler(stack, "Slurm", cluster=cluster)
     assert len(cluster._user_data().encode()) < 16 * 1024
     assert len(scheduler._user_data().encode()) < 16 * 1024
+
+
+def test_controller_renders_slurm_conf_from_the_synthesized_cluster_document(synth, tmp_path):
+    """The document the construct writes at synth is what the runtime generator accepts: the
+    controller's `python -m cdk_trn_runtime.slurm.config --spec ... --output ...` call."""
+    import json
+    import subprocess
+    import sys
+
+    scheduler, _ = synth
+    document = dict(scheduler.slurm_cluster_document())
+    document.update(controller_host="ip-10-0-0-5", controller_addr="cdk-trn-slurmctld")
+    spec = tmp_path / "cluster.json"
+    spec.write_text(json.dumps(document))
+    out = tmp_path / "slurm.conf"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdk_trn_runtime.slurm.config",
+            "--spec",
+            str(spec),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    conf = out.read_text().splitlines()
+    assert "SlurmctldHost=ip-10-0-0-5(cdk-trn-slurmctld)" in conf
+    assert "SlurmctldParameters=enable_configless" in conf
+    assert f"MaxNodeCount={document['max_node_count']}" in conf
+    assert "SrunPortRange=60001-63000" in conf
+    assert "Prolog=/opt/cdk-trn/cdk_trn_runtime/slurm/scripts/prolog.sh" in conf
+    assert "HealthCheckProgram=/opt/cdk-trn/cdk_trn_runtime/slurm/scripts/healthcheck.sh" in conf
+    assert f"StateSaveLocation={document['state_save_location']}" in conf
+    [partition] = [line for line in conf if line.startswith("PartitionName=")]
+    assert "Nodes=ALL" in partition and "OverSubscribe=EXCLUSIVE" in partition
+    assert f"MaxNodes={document['max_nodes_per_job']}" in partition
+
+
+def test_generator_refuses_a_document_with_a_missing_key(tmp_path):
+    import subprocess
+    import sys
+
+    spec = tmp_path / "cluster.json"
+    spec.write_text('{"cluster_name": "trn"}')
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdk_trn_runtime.slurm.config",
+            "--spec",
+            str(spec),
+            "--output",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert "missing key" in done.stderr
