@@ -1,11 +1,11 @@
-"""cdk_trn._acknowledge: short rule ids become the qualified ids CDK records in its report."""
+"""cdk_trn.compliance.acknowledge: qualified rule ids, computed wildcard ids, cfn-lint silences."""
 
 from __future__ import annotations
 
 import aws_cdk as cdk
 import pytest
 
-from cdk_trn._acknowledge import acknowledge, qualified_rule_id
+from cdk_trn.compliance.acknowledge import acknowledge, qualified_rule_id
 from cdk_trn.errors import CdkTrnError
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import aws_cdk as cdk
 import pytest
 
-from cdk_trn._acknowledge import acknowledge
-from cdk_trn.compliance import Pack, TrainiumChecks, findings_of
+from cdk_trn.compliance import Pack, TrainiumChecks, acknowledge, findings_of
 from cdk_trn.compliance.trainium_checks import RULES
 from tests.compliance import templates as t
 
