@@ -82,7 +82,11 @@ def build_clean_stack(app: cdk.App, stack_id: str = "Clean") -> cdk.Stack:
         {
             "InstanceType": spec.instance_type,
             "ImageId": "ami-0123456789abcdef0",
-            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+            "MetadataOptions": {
+                "HttpTokens": "required",
+                "HttpEndpoint": "enabled",
+                "HttpPutResponseHopLimit": 1,
+            },
             "BlockDeviceMappings": [
                 {
                     "DeviceName": "/dev/xvda",
