@@ -1,11 +1,12 @@
 """AcceptanceRun: the deploy-time proof that a new cluster computes, communicates and trains.
 
-Owns the custom resource (``aws_cdk.custom_resources.Provider`` with the on-event and is-complete
-handlers in ``handler/``), the SSM document it runs on every node (``document.py``), the results
-bucket (unless one is given), the node permissions the run needs (pull the image, write its results)
-and one stack output per exported figure. The resource runs after the cluster's Auto Scaling group
-is complete (all health signals received), re-runs on Update only when the image or the run
-configuration changed, and never blocks a stack delete.
+Owns the custom resource (cdk-trn's one deploy-time provider, ``cdk_trn._provider``, with the
+on-event and is-complete handlers of ``cdk_trn_runtime.acceptance.handler``), the SSM document it
+runs on every node (``document.py``, its script ``cdk_trn_runtime/acceptance/run_suite.sh``), the
+results bucket (unless one is given), the node permissions the run needs (pull the image, write
+its results) and one stack output per exported figure. The resource runs after the cluster's Auto
+Scaling group is complete (all health signals received), re-runs on Update only when the image or
+the run configuration changed, and never blocks a stack delete.
 """
 
 from __future__ import annotations
