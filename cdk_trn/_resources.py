@@ -16,7 +16,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from cdk_trn._acknowledge import acknowledge, acknowledge_regulated
+from cdk_trn.compliance import acknowledge, acknowledge_regulated
 
 
 def allow_cloudwatch_logs(key: kms.Key) -> None:

@@ -197,10 +197,6 @@ def instance_spec(instance_type: str) -> InstanceSpec:
         raise CdkTrnError(f"instance_type must be one of {known}, got {instance_type!r}") from None
 
 
-def regions_offering(instance_type: str) -> tuple[str, ...]:
-    return instance_spec(instance_type).regions
-
-
 # --- Enclave hosts ---------------------------------------------------------------------------
 
 

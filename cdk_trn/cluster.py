@@ -26,10 +26,10 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from cdk_trn._acknowledge import acknowledge, acknowledge_regulated
 from cdk_trn._runtime import runtime_file
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import InstanceSpec, instance_spec
+from cdk_trn.compliance import acknowledge, acknowledge_regulated
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
 from cdk_trn.machine_image import NeuronMachineImage

@@ -26,6 +26,7 @@ from constructs import Construct
 
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import InstanceSpec
+from cdk_trn.compliance import silence_cfn_lint
 from cdk_trn.errors import CdkTrnError
 from cdk_trn.machine_image import NodeOs
 
@@ -159,12 +160,11 @@ def node_launch_template(
         # cfn-lint judges instance types by the EC2 pricing data, which does not list types sold
         # only as Capacity Blocks (trn2u.48xlarge) or not yet in it (trn2.3xlarge). The type is
         # real; the check is silenced for this one resource and says why.
-        template.cfn_options.metadata = {
-            "cfn-lint": {"config": {"ignore_checks": ["E3628"]}},
-            "cdk-trn:acknowledged": {
-                "E3628": f"{spec.instance_type} is absent from the EC2 pricing data cfn-lint uses"
-            },
-        }
+        silence_cfn_lint(
+            template,
+            "E3628",
+            f"{spec.instance_type} is absent from the EC2 pricing data cfn-lint uses",
+        )
     return template
 
 

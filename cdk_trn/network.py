@@ -18,8 +18,8 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from cdk_trn._acknowledge import acknowledge_regulated
 from cdk_trn._resources import allow_cloudwatch_logs
+from cdk_trn.compliance import acknowledge_regulated, drop_implied_depends_on, silence_cfn_lint
 from cdk_trn.errors import CdkTrnError, invalid
 
 _AZ_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
@@ -239,21 +239,14 @@ class TrainingNetwork(Construct):
             "aws-cdk-lib's FlowLog writes its delivery role's policy inline; it grants only "
             "writing to this VPC's flow-log group and passing that role",
         )
-        self._drop_redundant_depends_on()
+        # The provider aws-cdk-lib adds for restrict_default_security_group declares DependsOn on
+        # its role although its GetAtt already orders them (cfn-lint W3005): one pass per stack
+        # drops such edges without naming CDK-internal constructs.
+        drop_implied_depends_on(self)
         for subnet in vpc.public_subnets + vpc.private_subnets + vpc.isolated_subnets:
             self._pin_subnet_zone(subnet, az)
         node_subnet = vpc.select_subnets(subnet_type=node_type).subnets[0]
         return vpc, node_subnet
-
-    def _drop_redundant_depends_on(self) -> None:
-        # The provider aws-cdk-lib adds for restrict_default_security_group declares DependsOn
-        # on its role although its GetAtt already orders them (cfn-lint W3005).
-        provider = cdk.Stack.of(self).node.try_find_child(
-            "Custom::VpcRestrictDefaultSGCustomResourceProvider"
-        )
-        handler = provider.node.try_find_child("Handler") if provider is not None else None
-        if isinstance(handler, cdk.CfnResource):
-            handler.add_deletion_override("DependsOn")
 
     @staticmethod
     def _pin_subnet_zone(subnet: ec2.ISubnet, az: str) -> None:
@@ -264,13 +257,12 @@ class TrainingNetwork(Construct):
             cfn_subnet.add_property_override("AvailabilityZoneId", az)
             return
         # A single, fixed AZ is the design (EFA cannot cross AZs; reservations live in one AZ).
-        metadata = dict(cfn_subnet.cfn_options.metadata or {})
-        metadata["cfn-lint"] = {"config": {"ignore_checks": ["W3010"]}}
-        metadata["cdk-trn:acknowledged"] = {
-            "W3010": "the cluster lives in one chosen AZ by design: EFA cannot cross AZs and "
-            "capacity reservations and blocks live in one AZ"
-        }
-        cfn_subnet.cfn_options.metadata = metadata
+        silence_cfn_lint(
+            cfn_subnet,
+            "W3010",
+            "the cluster lives in one chosen AZ by design: EFA cannot cross AZs and "
+            "capacity reservations and blocks live in one AZ",
+        )
 
     def _flow_log_key(self) -> kms.Key:
         key = kms.Key(

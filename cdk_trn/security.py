@@ -12,7 +12,7 @@ from __future__ import annotations
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
-from cdk_trn._acknowledge import acknowledge_regulated
+from cdk_trn.compliance import acknowledge_regulated
 
 
 class EfaSecurityGroup(ec2.SecurityGroup):

@@ -1,13 +1,17 @@
-"""Test helpers: synthesize a stack to a template and lint it with cfn-lint as a library."""
+"""Test helpers: synthesize a stack to a template, and lint it the way the compliance gate does.
+
+Linting goes through ``cdk_trn.compliance.lint_template`` (the function behind
+``python -m cdk_trn.compliance``), so the tests and the gate judge templates by one configuration.
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import aws_cdk as cdk
 from aws_cdk import assertions
-from cfnlint.api import ManualArgs, lint
+
+from cdk_trn.compliance import lint_template
 
 
 def template_of(stack: cdk.Stack) -> assertions.Template:
@@ -15,13 +19,6 @@ def template_of(stack: cdk.Stack) -> assertions.Template:
 
 
 def lint_findings(template: dict[str, Any], region: str) -> list[str]:
-    """cfn-lint errors and warnings for ``region`` (informational findings excluded)."""
-    matches = lint(
-        json.dumps(template),
-        config=ManualArgs(regions=[region], include_checks=["I"], mandatory_checks=[]),
-    )
-    return [
-        f"{m.rule.id} {m.message[:200]} ({'/'.join(str(p) for p in m.path)})"
-        for m in matches
-        if m.rule.id[0] in ("E", "W")
-    ]
+    """cfn-lint errors and warnings for ``region`` (informational findings excluded), one line
+    each, so that a failing ``== []`` shows them."""
+    return [str(issue) for issue in lint_template(template, region)]

@@ -1,11 +1,12 @@
 """AcceptanceRun: the deploy-time proof that a new cluster computes, communicates and trains.
 
-Owns the custom resource (``aws_cdk.custom_resources.Provider`` with the on-event and is-complete
-handlers in ``handler/``), the SSM document it runs on every node (``document.py``), the results
-bucket (unless one is given), the node permissions the run needs (pull the image, write its results)
-and one stack output per exported figure. The resource runs after the cluster's Auto Scaling group
-is complete (all health signals received), re-runs on Update only when the image or the run
-configuration changed, and never blocks a stack delete.
+Owns the custom resource (cdk-trn's one deploy-time provider, ``cdk_trn._provider``, with the
+on-event and is-complete handlers of ``cdk_trn_runtime.acceptance.handler``), the SSM document it
+runs on every node (``document.py``, its script ``cdk_trn_runtime/acceptance/run_suite.sh``), the
+results bucket (unless one is given), the node permissions the run needs (pull the image, write
+its results) and one stack output per exported figure. The resource runs after the cluster's Auto
+Scaling group is complete (all health signals received), re-runs on Update only when the image or
+the run configuration changed, and never blocks a stack delete.
 """
 
 from __future__ import annotations
@@ -17,27 +18,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aws_cdk as cdk
-import jsii
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_stepfunctions as sfn
-from aws_cdk import custom_resources as cr
-from constructs import Construct, IConstruct, IValidation
+from constructs import Construct
 
-from cdk_trn._acknowledge import acknowledge, acknowledge_regulated
+from cdk_trn._provider import DeployTimeProvider
 from cdk_trn._resources import (
     access_log_bucket,
     allow_cloudwatch_logs,
     deliver_access_logs,
     encrypted_bucket,
 )
-from cdk_trn._runtime import runtime_lambda_code
 from cdk_trn.acceptance.document import DOCUMENT_PARAMETERS, acceptance_document
 from cdk_trn.acceptance.image import BoundNeuronTrainingImage, NeuronTrainingImage
 from cdk_trn.cluster import TrainiumCluster
+from cdk_trn.compliance import acknowledge_regulated, acknowledge_wildcards
 from cdk_trn.errors import invalid
 from cdk_trn_runtime.contract import CLUSTER_TAG, FIGURES
 
@@ -51,9 +48,6 @@ MIN_TOTAL_TIMEOUT = cdk.Duration.minutes(10)
 #: Time kept back from the Provider's total timeout so our own deadline (with a clear reason)
 #: always fires before the framework's generic "Operation timed out".
 _DEADLINE_MARGIN_SECONDS = 120
-#: Reserved concurrency of each handler: CloudFormation sends one event at a time per resource
-#: and the waiter polls sequentially, so two leaves room for a retry and bounds a runaway.
-_HANDLER_CONCURRENCY = 2
 
 DEFAULT_FIGURES: tuple[str, ...] = (
     "gemm_bf16_tflops_per_chip",
@@ -331,21 +325,25 @@ class AcceptanceRun(Construct):
             json.dumps(static_config, sort_keys=True, default=str).encode()
         ).hexdigest()
 
-        on_event, on_event_policy = self._handler_function(
-            "OnEvent", "on_event", log_retention, self._on_event_statements()
-        )
-        is_complete, is_complete_policy = self._handler_function(
-            "IsComplete", "is_complete", log_retention, self._is_complete_statements()
-        )
-        self.provider, provider_policies = self._provider(
-            on_event, is_complete, total_timeout, query_interval, log_retention
+        self.provider = DeployTimeProvider(
+            self,
+            "Provider",
+            purpose="acceptance run",
+            subpackage="acceptance",
+            handler_module=HANDLER_MODULE,
+            on_event_statements=self._on_event_statements(),
+            is_complete_statements=self._is_complete_statements(),
+            encryption_key=self.encryption_key,
+            total_timeout=total_timeout,
+            query_interval=query_interval,
+            handler_timeout=cdk.Duration.minutes(5),
+            log_retention=log_retention,
         )
         self._acknowledge_handler_findings()
 
-        self.resource = cdk.CustomResource(
+        self.resource = self.provider.custom_resource(
             self,
             "Resource",
-            service_token=self.provider.service_token,
             resource_type="Custom::TrnAcceptanceRun",
             service_timeout=total_timeout,
             properties={
@@ -370,24 +368,10 @@ class AcceptanceRun(Construct):
                 "ConfigHash": self.config_hash,
             },
         )
-        # Run only once every node has signalled health, and once every permission it needs is
-        # attached (managed policies attach beside the roles, so nothing else orders them).
-        self.resource.node.add_dependency(cluster.auto_scaling_group)
-        for policy in (self.node_policy, on_event_policy, is_complete_policy, *provider_policies):
-            self.resource.node.add_dependency(policy)
-        cfn_resource = self.resource.node.default_child
-        assert isinstance(cfn_resource, cdk.CfnResource)
-        # The Ref to the group already orders the run after it; the explicit DependsOn states
-        # the contract (all health signals received) in the template, so cfn-lint's W3005 is
-        # silenced here only, with the reason beside it.
-        cfn_resource.add_metadata("cfn-lint", {"config": {"ignore_checks": ["W3005"]}})
-        cfn_resource.add_metadata(
-            "cdk-trn:acknowledged",
-            {
-                "W3005": "DependsOn the Auto Scaling group states that the acceptance run starts "
-                "only after the group's creation policy received every node's health signal."
-            },
-        )
+        # The Ref to the Auto Scaling group orders the run after the group is complete, which
+        # with its creation policy means after every node's health signal. The nodes' policy
+        # attaches beside their role, so only an explicit dependency orders it.
+        self.resource.node.add_dependency(self.node_policy)
 
         self.figure_outputs: dict[str, cdk.CfnOutput] = {}
         for name in exported:
@@ -568,55 +552,11 @@ class AcceptanceRun(Construct):
             policy,
             "ecr:GetAuthorizationToken supports no resource-level permission (Resource must be "
             "'*'); s3:PutObject is limited to the acceptance results prefix, under which each "
-            "deploy writes a new run id only known at deploy time.",
+            "deploy writes a new run id only known at deploy time (and denied on the pass "
+            "markers).",
+            resources=["*", self._results_objects_arn(), self._pass_markers_arn()],
         )
         return policy
-
-    def _handler_function(
-        self,
-        id: str,
-        entry: str,
-        retention: logs.RetentionDays,
-        statements: list[iam.PolicyStatement],
-    ) -> tuple[lambda_.Function, iam.ManagedPolicy]:
-        log_group = logs.LogGroup(
-            self,
-            f"{id}Logs",
-            retention=retention,
-            encryption_key=self.encryption_key,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
-        role = iam.Role(
-            self,
-            f"{id}Role",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description=f"cdk-trn acceptance run {entry} handler of {self.node.path}",
-        )
-        # Everything the handler may do is in this one managed policy (no inline policy, no
-        # AWSLambdaBasicExecutionRole): writing its own log group, and ``statements``.
-        policy = iam.ManagedPolicy(
-            self,
-            f"{id}Policy",
-            description=f"cdk-trn acceptance run: the {entry} handler",
-            roles=[role],
-            statements=[_write_logs(log_group), *statements],
-        )
-        function = lambda_.Function(
-            self,
-            id,
-            runtime=lambda_.Runtime.PYTHON_3_14,
-            architecture=lambda_.Architecture.ARM_64,
-            handler=f"{HANDLER_MODULE}.{entry}",
-            code=runtime_lambda_code("acceptance"),
-            role=role.without_policy_updates(),
-            timeout=cdk.Duration.minutes(5),
-            memory_size=256,
-            reserved_concurrent_executions=_HANDLER_CONCURRENCY,
-            log_group=log_group,
-            description=f"cdk-trn acceptance run: {entry}",
-        )
-        _depend_on(function, policy)
-        return function, policy
 
     def _on_event_statements(self) -> list[iam.PolicyStatement]:
         instances = cdk.Stack.of(self).format_arn(
@@ -699,148 +639,27 @@ class AcceptanceRun(Construct):
         return [iam.PolicyStatement(actions=list(actions), resources=[key.key_arn])]
 
     def _acknowledge_handler_findings(self) -> None:
-        for name in ("OnEventPolicy", "IsCompletePolicy"):
-            acknowledge_wildcards(
-                self.node.find_child(name),
-                "autoscaling:DescribeAutoScalingGroups, ec2:DescribeInstances, ssm:ListCommands, "
-                "ssm:ListCommandInvocations, ssm:GetCommandInvocation and ssm:CancelCommand "
-                "support no resource-level permission; ssm:SendCommand on instance/* is limited "
-                "to instances tagged cdk-trn:cluster with this cluster's name; S3 object access to "
-                "the results prefix, whose run ids and pass markers are known only at deploy "
-                "time.",
-            )
-        acknowledge_regulated(
-            self,
-            "LambdaInsideVPC",
-            "The acceptance handlers only call AWS control-plane APIs (Auto Scaling, EC2, "
-            "SSM, S3, Step Functions, Lambda) and reach no private resource; the cluster's "
-            "isolated subnet has no endpoint for several of them.",
+        control_plane = (
+            "autoscaling:DescribeAutoScalingGroups, ec2:DescribeInstances, ssm:ListCommands, "
+            "ssm:ListCommandInvocations, ssm:GetCommandInvocation and ssm:CancelCommand support "
+            "no resource-level permission (Resource '*')"
         )
-        acknowledge_regulated(
-            self,
-            "LambdaDLQ",
-            "The handlers run inside the custom-resource protocol: a failed invocation is "
-            "reported to CloudFormation (failing the deploy) or retried by the waiter, so a "
-            "dead-letter queue would hold events nobody may replay.",
+        instances = cdk.Stack.of(self).format_arn(
+            service="ec2", resource="instance", resource_name="*"
         )
-
-    def _provider(
-        self,
-        on_event: lambda_.Function,
-        is_complete: lambda_.Function,
-        total_timeout: cdk.Duration,
-        query_interval: cdk.Duration,
-        retention: logs.RetentionDays,
-    ) -> tuple[cr.Provider, list[iam.ManagedPolicy]]:
-        waiter_logs = logs.LogGroup(
-            self,
-            "WaiterLogs",
-            retention=retention,
-            encryption_key=self.encryption_key,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
-        framework_logs = logs.LogGroup(
-            self,
-            "ProviderLogs",
-            retention=retention,
-            encryption_key=self.encryption_key,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
-        # Our own roles for the framework functions, closed to the framework's grants: what they
-        # may do is in the managed policies below (instead of AWSLambdaBasicExecutionRole and
-        # inline policies).
-        on_event_role, waiter_role = (
-            iam.Role(
-                self,
-                role_id,
-                assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-                description=f"cdk-trn acceptance run provider framework of {self.node.path}",
-            )
-            for role_id in ("ProviderOnEventRole", "ProviderIsCompleteRole")
-        )
-        provider = cr.Provider(
-            self,
-            "Provider",
-            on_event_handler=on_event,
-            is_complete_handler=is_complete,
-            query_interval=query_interval,
-            total_timeout=total_timeout,
-            log_group=framework_logs,
-            framework_on_event_role=on_event_role.without_policy_updates(),
-            framework_complete_and_timeout_role=waiter_role.without_policy_updates(),
-            disable_waiter_state_machine_logging=False,
-            waiter_state_machine_log_options=cr.LogOptions(
-                destination=waiter_logs,
-                level=sfn.LogLevel.ALL,
-                # The waiter's input carries CloudFormation's pre-signed response URL.
-                include_execution_data=False,
-            ),
-        )
-        waiter = provider.node.find_child("waiter-state-machine")
-        assert isinstance(waiter, cr.WaiterStateMachine)
-        policies = [
-            iam.ManagedPolicy(
-                self,
-                "ProviderOnEventPolicy",
-                description="cdk-trn acceptance run: the provider framework's on-event function",
-                roles=[on_event_role],
-                statements=[
-                    _write_logs(framework_logs),
-                    _invoke(on_event),
-                    iam.PolicyStatement(
-                        actions=["states:StartExecution"], resources=[waiter.state_machine_arn]
-                    ),
-                ],
-            ),
-            iam.ManagedPolicy(
-                self,
-                "ProviderIsCompletePolicy",
-                description="cdk-trn acceptance run: the provider framework's is-complete and "
-                "timeout functions",
-                roles=[waiter_role],
-                statements=[_write_logs(framework_logs), _invoke(is_complete)],
-            ),
-        ]
-        for name, policy in (
-            ("framework-onEvent", policies[0]),
-            ("framework-isComplete", policies[1]),
-            ("framework-onTimeout", policies[1]),
-        ):
-            function = provider.node.find_child(name)
-            assert isinstance(function, lambda_.Function)
-            _depend_on(function, policy)
-            cfn_function = function.node.default_child
-            assert isinstance(cfn_function, lambda_.CfnFunction)
-            # L1: the Provider has no prop for the concurrency of its own functions.
-            cfn_function.reserved_concurrent_executions = _HANDLER_CONCURRENCY
-        for policy in policies:
-            acknowledge_wildcards(
-                policy,
-                "The provider framework invokes the handler functions and their versions "
-                "(<function ARN>:*).",
-            )
-        waiter_role_construct = waiter.node.find_child("Role")
-        _depend_on_role_policy(waiter.node.find_child("Resource"), waiter_role_construct)
         acknowledge_wildcards(
-            waiter,
-            "The Step Functions log delivery actions (logs:CreateLogDelivery and others) support "
-            "no resource-level permission; the waiter invokes the framework functions and their "
-            "versions (<function ARN>:*).",
+            self.provider.on_event_policy,
+            f"{control_plane}; ssm:SendCommand on instance/* is limited to instances tagged "
+            f"{CLUSTER_TAG} with this cluster's name; the pass markers under the results prefix "
+            "are named by deploy-time run ids.",
+            resources=["*", instances, self._pass_markers_arn()],
         )
-        acknowledge(
-            waiter,
-            "AwsSolutions-SF2",
-            "The CDK Provider framework's waiter state machine offers no X-Ray tracing option; "
-            "it only polls the is-complete handler, whose own logs and the ALL-level state "
-            "machine log cover each attempt.",
+        acknowledge_wildcards(
+            self.provider.is_complete_policy,
+            f"{control_plane}; S3 object access to the results prefix, whose run ids and pass "
+            "markers are known only at deploy time.",
+            resources=["*", self._results_objects_arn(), self._pass_markers_arn()],
         )
-        acknowledge_regulated(
-            waiter_role_construct,
-            "IAMNoInlinePolicy",
-            "The CDK Provider framework creates the waiter state machine's role and writes "
-            "its permissions inline; it accepts no role of ours for the state machine.",
-        )
-        return provider, policies
 
     def _suite_args(self, spec: Any, devices_per_chip: int) -> str:
         args = self.thresholds.suite_args(
@@ -852,115 +671,6 @@ class AcceptanceRun(Construct):
         if not re.fullmatch(pattern, text):
             raise invalid("workload", text, "suite arguments that fit the document's SuiteArgs")
         return text
-
-
-@jsii.implements(IValidation)
-class _WildcardAcknowledgment:
-    """Acknowledges AwsSolutions-IAM5 for each wildcard in the IAM policies under ``scope``.
-
-    cdk-nag 3 reports one finding per wildcard (``AwsSolutions-IAM5[Resource::<flat ARN>]``)
-    and CDK matches acknowledgments by exact id; the flat ARN names logical ids and export names
-    only final after ``prepare``. Construct validation runs after ``prepare`` and before the
-    policy-validation plugins, so the ids are computed here, with cdk-nag's own flattening.
-    """
-
-    def __init__(self, scope: IConstruct, reason: str) -> None:
-        self._scope = scope
-        self._reason = reason
-        self._done: set[tuple[str, str]] = set()  # an app may be synthesized more than once
-
-    def validate(self) -> list[str]:
-        stack = cdk.Stack.of(self._scope)
-        for construct in self._scope.node.find_all():
-            if not isinstance(construct, (iam.CfnPolicy, iam.CfnManagedPolicy)):
-                continue
-            document = stack.resolve(construct.policy_document)
-            for rule_id in _wildcard_rule_ids(document):
-                if (construct.node.path, rule_id) not in self._done:
-                    self._done.add((construct.node.path, rule_id))
-                    acknowledge(construct, rule_id, self._reason)
-        return []
-
-
-def _depend_on(function: lambda_.Function, policy: iam.ManagedPolicy) -> None:
-    """The function runs only once its managed policy is attached. CDK also adds a DependsOn on
-    the role, which the function's GetAtt of the role already implies (cfn-lint W3005)."""
-    cfn_function = function.node.default_child
-    assert isinstance(cfn_function, cdk.CfnResource)
-    cfn_policy = policy.node.default_child
-    assert isinstance(cfn_policy, cdk.CfnResource)
-    cfn_function.add_override("DependsOn", [cdk.Stack.of(function).get_logical_id(cfn_policy)])
-
-
-def _depend_on_role_policy(resource: IConstruct | None, role: IConstruct | None) -> None:
-    """Like ``_depend_on`` for a resource whose role (made by CDK) has an inline DefaultPolicy."""
-    assert isinstance(resource, cdk.CfnResource) and role is not None
-    default_policy = role.node.try_find_child("DefaultPolicy")
-    cfn_policy = default_policy.node.default_child if default_policy is not None else None
-    if isinstance(cfn_policy, cdk.CfnResource):
-        resource.add_override("DependsOn", [cdk.Stack.of(resource).get_logical_id(cfn_policy)])
-    else:
-        resource.add_deletion_override("DependsOn")
-
-
-def _write_logs(log_group: logs.LogGroup) -> iam.PolicyStatement:
-    # The log group's Arn attribute ends in ":*", which covers its streams.
-    return iam.PolicyStatement(
-        actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[log_group.log_group_arn]
-    )
-
-
-def _invoke(function: lambda_.IFunction) -> iam.PolicyStatement:
-    return iam.PolicyStatement(
-        actions=["lambda:InvokeFunction"],
-        resources=[function.function_arn, f"{function.function_arn}:*"],
-    )
-
-
-def acknowledge_wildcards(scope: IConstruct, reason: str) -> None:
-    """Acknowledge every IAM5 wildcard finding of the policies under ``scope`` with ``reason``."""
-    scope.node.add_validation(_WildcardAcknowledgment(scope, reason))
-
-
-def _wildcard_rule_ids(document: Any) -> list[str]:
-    ids: list[str] = []
-    for statement in _as_list((document or {}).get("Statement")):
-        for action in _as_list(statement.get("Action")):
-            if isinstance(action, str) and "*" in action:
-                ids.append(f"AwsSolutions-IAM5[Action::{action}]")
-        for resource in _as_list(statement.get("Resource")):
-            flat = _flatten_cfn_reference(resource)
-            if "*" in flat:
-                ids.append(f"AwsSolutions-IAM5[Resource::{flat}]")
-    return list(dict.fromkeys(ids))
-
-
-def _flatten_cfn_reference(node: Any) -> str:
-    """cdk-nag's ``flattenCfnReference`` (src/utils/flatten-cfn-reference.ts), in Python."""
-    if node is None:
-        return ""
-    if isinstance(node, str):
-        return node.replace("${", "<").replace("}", ">")
-    if isinstance(node, dict):
-        if "Fn::Join" in node:
-            delimiter, items = node["Fn::Join"]
-            return str(delimiter).join(_flatten_cfn_reference(i) for i in items)
-        if "Fn::Sub" in node:
-            return _flatten_cfn_reference(node["Fn::Sub"])
-        if "Fn::GetAtt" in node:
-            resource, attribute = node["Fn::GetAtt"]
-            return f"<{_flatten_cfn_reference(resource)}.{_flatten_cfn_reference(attribute)}>"
-        if "Fn::ImportValue" in node:
-            return _flatten_cfn_reference(node["Fn::ImportValue"])
-        if "Ref" in node:
-            return f"<{_flatten_cfn_reference(node['Ref'])}>"
-    return json.dumps(node, separators=(",", ":"))
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list) else [value]
 
 
 def _check(

@@ -96,7 +96,9 @@ def _synthesize(app: cdk.App) -> ComplianceReport:
         directory = app.synth().directory
     except RuntimeError as error:
         # aws-cdk-lib raises after writing the assembly and the report; we judge the report.
-        if "ValidationFailed" not in str(error):
+        # Construct validation errors (``ValidationFailedWithErrors``) come before anything is
+        # written: those are the app's errors and propagate.
+        if "ValidationFailed" not in str(error) or "ValidationFailedWithErrors" in str(error):
             raise
         directory = app.outdir
     packs = [pack.value for pack in state.packs]

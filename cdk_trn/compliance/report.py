@@ -3,9 +3,10 @@
 aws-cdk-lib 2.275 writes ``validation-report.json`` into the assembly directory whenever a
 validation plugin ran (the built-in "CloudFormation Validate" plugin always runs unless
 ``CDK_VALIDATION=false``). Each plugin report lists its open ``violations`` and, for findings
-acknowledged with a qualified id (see ``cdk_trn._acknowledge``), ``suppressedViolations`` with
-``reason`` and ``acknowledgedAt``. Plugins with nothing to say are left out of the file, so the
-packs that ran are recorded beside it in ``cdk-trn-compliance.json`` by ``synth_checked``.
+acknowledged with a qualified id (see ``cdk_trn.compliance.acknowledge``),
+``suppressedViolations`` with ``reason`` and ``acknowledgedAt``. Plugins with nothing to say are
+left out of the file, so the packs that ran are recorded beside it in ``cdk-trn-compliance.json``
+by ``synth_checked``.
 The legacy ``policy-validation-report.json`` (context ``@aws-cdk/core:validationReportJson``)
 is read too; it has no acknowledgments.
 
@@ -140,7 +141,9 @@ class ComplianceReport:
         lines += [f"  {f.line()}" for f in findings]
         lines.append(
             "Fix the resource, or acknowledge next to the construct with "
-            "cdk_trn._acknowledge.acknowledge(construct, '<rule id>', '<specific reason>')."
+            "`from cdk_trn.compliance import acknowledge`; "
+            "acknowledge(construct, '<rule id>', '<specific reason>') (IAM5 wildcards: "
+            "acknowledge_wildcards(policy, '<reason>', actions=[...], resources=[...]))."
         )
         if self.source:
             lines.append(f"Full report: {self.source}")

@@ -10,8 +10,10 @@ acknowledgments. One trap: the ``IApplyRule`` object handed to ``_apply_rule`` m
 fields as Python *properties*; plain instance attributes reach JavaScript as ``undefined``.
 
 The rules read the synthesized template (cdk-nag's validation runs after the templates are
-written), because cdk-trn writes several resources with ``add_property_override`` and the typed
-L1 attributes of those are empty.
+written) rather than the typed L1 attributes cdk-nag's own rules read: a rule then judges exactly
+what CloudFormation and cfn-lint receive (escape-hatch overrides included), finds the neighbours it
+needs (the security groups an interface names, the launch template of a group) by logical id, and
+stays a pure function of dicts that tests call without jsii.
 """
 
 from __future__ import annotations
@@ -78,8 +80,9 @@ class _AppliedRule:
 
 
 class TrainiumChecks(NagPack):  # type: ignore[misc]
-    """Checks for Trainium training clusters that no cdk-nag pack covers: EFA wiring, IMDSv2 and
-    encryption of launch templates, public IPs, capacity blocks, FSx for Lustre and enclave keys.
+    """Checks for Trainium training clusters that no cdk-nag pack covers: EFA wiring, the IMDS hop
+    limit and encryption of launch templates, public IPs, capacity blocks, FSx for Lustre and
+    enclave keys.
     """
 
     def __init__(self, scope: IConstruct | None = None, *, verbose: bool | None = None) -> None:

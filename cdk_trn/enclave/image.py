@@ -5,8 +5,8 @@ is turned into an EIF during the deploy), ``EifLocation`` and ``BoundEnclaveImag
 receives once the image is bound into its scope: PCRs, possibly deploy-time tokens, and the EIF's
 S3 object). The deploy-time build is ``EifBuild``: an S3 asset of the build context, a privileged
 CodeBuild project that runs ``docker build`` + ``nitro-cli build-enclave``, and a custom resource
-(``aws_cdk.custom_resources.Provider`` with the handler in ``eif_builder/handler.py``) that starts
-the build and returns PCR0/PCR1/PCR2 as attributes. Measurement facts: Nitro Enclaves user guide,
+(cdk-trn's deploy-time provider with the handler in ``eif_builder/handler.py``) that starts the
+build and returns PCR0/PCR1/PCR2 as attributes. Measurement facts: Nitro Enclaves user guide,
 "Cryptographic attestation" (PCR0 image, PCR1 kernel+bootstrap, PCR2 application, PCR8 signing
 certificate; SHA-384, so 96 hex characters).
 """
@@ -22,20 +22,14 @@ import aws_cdk as cdk
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
-from aws_cdk import aws_stepfunctions as sfn
-from aws_cdk import custom_resources as cr
-from constructs import Construct, IConstruct
+from constructs import Construct
 
-from cdk_trn._acknowledge import (
-    acknowledge,
-    acknowledge_deploy_time_functions,
-    acknowledge_regulated,
-)
-from cdk_trn._runtime import RUNTIME_ROOT, runtime_excludes, runtime_lambda_code
+from cdk_trn._provider import DeployTimeProvider
+from cdk_trn._runtime import RUNTIME_ROOT, runtime_excludes
+from cdk_trn.compliance import acknowledge, acknowledge_regulated, acknowledge_wildcards
 from cdk_trn.errors import invalid
 from cdk_trn_runtime.eif_builder.buildspec import eif_buildspec
 from cdk_trn_runtime.eif_builder.handler import EIF_NAME, MEASUREMENTS_NAME
@@ -282,126 +276,71 @@ class EifBuild(Construct):
             "nitro-cli build-enclave drives a Docker daemon inside the build, which CodeBuild "
             "provides only in privileged mode; the project has no VPC access and no vault secrets.",
         )
-        project_id = self._logical_id(self.project)
-        region, account = _nag_env(stack.region), _nag_env(stack.account)
-        for finding, reason in (
-            (
-                f"Resource::arn:<AWS::Partition>:logs:{region}:{account}:log-group:"
-                f"/aws/codebuild/<{project_id}>:*",
-                "CDK's CodeBuild L2 always grants its default /aws/codebuild/<project> log group "
-                "(log streams need ':*'); the build logs to its own KMS-encrypted group.",
-            ),
-            (
-                f"Resource::arn:<AWS::Partition>:codebuild:{region}:{account}:"
-                f"report-group/<{project_id}>-*",
-                "CDK's CodeBuild L2 always grants test-report groups named after this project; "
-                "the buildspec declares no reports, so none is ever created.",
-            ),
-            (
-                "Action::kms:ReEncrypt*",
-                "CDK's CodeBuild encryptionKey grant on the one storage key of this vault, "
-                "which encrypts the build's artifacts and logs.",
-            ),
-            (
-                "Action::kms:GenerateDataKey*",
-                "CDK's CodeBuild encryptionKey grant on the one storage key of this vault, "
-                "which encrypts the build's artifacts and logs.",
-            ),
-        ):
-            acknowledge(self.project, f"AwsSolutions::AwsSolutions-IAM5[{finding}]", reason)
-
-        on_event = self._handler(
-            "OnEvent", "cdk_trn_runtime.eif_builder.handler.on_event", encryption_key
+        acknowledge_wildcards(
+            self.project,
+            "CDK's CodeBuild L2 always grants its default /aws/codebuild/<project> log group "
+            "(log streams need ':*') and test-report groups named after the project; the build "
+            "logs to its own KMS-encrypted group and its buildspec declares no reports.",
+            resources=[
+                stack.format_arn(
+                    service="logs",
+                    resource="log-group",
+                    resource_name=f"/aws/codebuild/{self.project.project_name}:*",
+                    arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+                ),
+                stack.format_arn(
+                    service="codebuild",
+                    resource="report-group",
+                    resource_name=f"{self.project.project_name}-*",
+                ),
+            ],
         )
-        is_complete = self._handler(
-            "IsComplete", "cdk_trn_runtime.eif_builder.handler.is_complete", encryption_key
-        )
-        on_event.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["codebuild:StartBuild", "codebuild:BatchGetBuilds", "codebuild:StopBuild"],
-                resources=[self.project.project_arn],
-            )
-        )
-        is_complete.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["codebuild:BatchGetBuilds"], resources=[self.project.project_arn]
-            )
-        )
-        is_complete.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject"], resources=[bucket.arn_for_objects(measurements_key)]
-            )
-        )
-        is_complete.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["kms:Decrypt"],
-                resources=[encryption_key.key_arn],
-                conditions={"StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}},
-            )
+        acknowledge_wildcards(
+            self.project,
+            "CDK's CodeBuild encryptionKey grant on the one storage key of this vault, which "
+            "encrypts the build's artifacts and logs.",
+            actions=["kms:ReEncrypt*", "kms:GenerateDataKey*"],
         )
 
-        framework_logs = self._log_group("FrameworkLogs", encryption_key)
-        framework_on_event_role = self._role("FrameworkOnEventRole", framework_logs)
-        framework_wait_role = self._role("FrameworkWaitRole", framework_logs)
-        provider = cr.Provider(
+        self.provider = DeployTimeProvider(
             self,
             "Provider",
-            on_event_handler=on_event,
-            is_complete_handler=is_complete,
-            framework_on_event_role=framework_on_event_role,
-            framework_complete_and_timeout_role=framework_wait_role,
-            log_group=framework_logs,
-            disable_waiter_state_machine_logging=False,
-            query_interval=cdk.Duration.seconds(30),
+            purpose="enclave image build",
+            subpackage="eif_builder",
+            handler_module="cdk_trn_runtime.eif_builder.handler",
+            on_event_statements=[
+                iam.PolicyStatement(
+                    actions=[
+                        "codebuild:StartBuild",
+                        "codebuild:BatchGetBuilds",
+                        "codebuild:StopBuild",
+                    ],
+                    resources=[self.project.project_arn],
+                )
+            ],
+            is_complete_statements=[
+                iam.PolicyStatement(
+                    actions=["codebuild:BatchGetBuilds"], resources=[self.project.project_arn]
+                ),
+                iam.PolicyStatement(
+                    actions=["s3:GetObject"], resources=[bucket.arn_for_objects(measurements_key)]
+                ),
+                iam.PolicyStatement(
+                    actions=["kms:Decrypt"],
+                    resources=[encryption_key.key_arn],
+                    conditions={
+                        "StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}
+                    },
+                ),
+            ],
+            encryption_key=encryption_key,
             total_timeout=cdk.Duration.minutes(timeout.to_minutes() + _WAIT_MARGIN_MINUTES),
-            waiter_state_machine_log_options=cr.LogOptions(
-                destination=self._log_group("WaiterLogs", encryption_key),
-                level=sfn.LogLevel.ALL,
-            ),
+            query_interval=cdk.Duration.seconds(30),
+            handler_timeout=cdk.Duration.minutes(1),
         )
-        for function in (on_event, is_complete):
-            acknowledge(
-                self,  # the framework roles are created here, outside the Provider
-                f"AwsSolutions::AwsSolutions-IAM5[Resource::<{self._logical_id(function)}.Arn>:*]",
-                "CDK's Provider framework may invoke its handler function by any version "
-                "(ARN:*); that is the one function of this build and nothing else.",
-            )
-        for function_id in ("framework-isComplete", "framework-onTimeout"):
-            framework = provider.node.find_child(function_id)
-            acknowledge(
-                provider,
-                f"AwsSolutions::AwsSolutions-IAM5[Resource::<{self._logical_id(framework)}.Arn>:*]",
-                "The Provider framework's waiter state machine invokes its own framework "
-                "functions by any version (ARN:*); nothing else.",
-            )
-        acknowledge(
-            provider,
-            "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-            "Step Functions log delivery (logs:CreateLogDelivery, ...) supports no "
-            "resource-level permissions; the waiter state machine logs to its own encrypted group.",
-        )
-        acknowledge(
-            provider,
-            "AwsSolutions-SF2",
-            "The waiter state machine is CDK's Provider framework, which offers no X-Ray "
-            "option; it only polls is_complete, whose runs are in the logged execution history.",
-        )
-        waiter = provider.node.find_child("waiter-state-machine")
-        for resource, role in (
-            (on_event, on_event.role),
-            (is_complete, is_complete.role),
-            (provider.node.find_child("framework-onEvent"), framework_on_event_role),
-            (provider.node.find_child("framework-isComplete"), framework_wait_role),
-            (provider.node.find_child("framework-onTimeout"), framework_wait_role),
-            (waiter.node.find_child("Resource"), waiter.node.find_child("Role")),
-        ):
-            assert role is not None
-            depend_on_role_policy_only(resource, role)
-
-        self.resource = cdk.CustomResource(
+        self.resource = self.provider.custom_resource(
             self,
             "Resource",
-            service_token=provider.service_token,
             resource_type="Custom::CdkTrnEifBuild",
             service_timeout=cdk.Duration.hours(1),
             properties={
@@ -417,7 +356,13 @@ class EifBuild(Construct):
         project_policy = self.project.role.node.try_find_child("DefaultPolicy")
         assert project_policy is not None
         self.resource.node.add_dependency(project_policy)
-        acknowledge_deploy_time_functions(self, "enclave image build")
+        acknowledge_regulated(
+            self.project,
+            "IAMNoInlinePolicy",
+            "aws-cdk-lib's CodeBuild project writes its role's grants inline: read the one "
+            "source object, write the EIF and its measurements, its log and report groups and "
+            "the vault's storage key; the role belongs to this project alone",
+        )
         acknowledge_regulated(
             self.project,
             "CodeBuildProjectSourceRepoUrl",
@@ -427,76 +372,3 @@ class EifBuild(Construct):
         self.pcr0 = self.resource.get_att_string("PCR0")
         self.pcr1 = self.resource.get_att_string("PCR1")
         self.pcr2 = self.resource.get_att_string("PCR2")
-
-    @staticmethod
-    def _logical_id(element: object) -> str:
-        resource = element
-        if not isinstance(resource, cdk.CfnElement) and isinstance(resource, Construct):
-            resource = resource.node.default_child
-        assert isinstance(resource, cdk.CfnElement)
-        return cdk.Stack.of(resource).get_logical_id(resource)
-
-    def _log_group(self, id: str, key: kms.IKey) -> logs.LogGroup:
-        return logs.LogGroup(
-            self,
-            id,
-            encryption_key=key,
-            retention=logs.RetentionDays.ONE_YEAR,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
-
-    def _role(self, id: str, log_group: logs.LogGroup) -> iam.Role:
-        # Write access to one log group only, instead of the managed AWSLambdaBasicExecutionRole
-        # (which allows writing to every log group of the account).
-        return iam.Role(
-            self,
-            id,
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            inline_policies={
-                "Logs": iam.PolicyDocument(
-                    statements=[
-                        iam.PolicyStatement(
-                            actions=["logs:CreateLogStream", "logs:PutLogEvents"],
-                            resources=[log_group.log_group_arn],
-                        )
-                    ]
-                )
-            },
-        )
-
-    def _handler(self, id: str, handler: str, key: kms.IKey) -> lambda_.Function:
-        log_group = self._log_group(f"{id}Logs", key)
-        return lambda_.Function(
-            self,
-            id,
-            role=self._role(f"{id}Role", log_group),
-            runtime=lambda_.Runtime.PYTHON_3_14,
-            handler=handler,
-            code=runtime_lambda_code("eif_builder"),
-            timeout=cdk.Duration.seconds(60),
-            log_group=log_group,
-        )
-
-
-def _nag_env(value: str) -> str:
-    """How cdk-nag spells a stack's region/account inside a finding id (a token as <AWS::...>)."""
-    if not cdk.Token.is_unresolved(value):
-        return value
-    return "<AWS::Region>" if "Region" in str(value) else "<AWS::AccountId>"
-
-
-def depend_on_role_policy_only(resource: IConstruct, role: IConstruct) -> None:
-    """Drop the DependsOn on ``role`` that CDK adds although a GetAtt already orders it (W3005).
-
-    The DependsOn on the role's DefaultPolicy stays: nothing references the policy, and the
-    resource must not run before its permissions exist. Call after the last policy was added.
-    """
-    cfn = resource if isinstance(resource, cdk.CfnResource) else resource.node.default_child
-    assert isinstance(cfn, cdk.CfnResource)
-    policy = role.node.try_find_child("DefaultPolicy")
-    if policy is None:
-        cfn.add_deletion_override("DependsOn")
-        return
-    policy_resource = policy.node.default_child
-    assert isinstance(policy_resource, cdk.CfnResource)
-    cfn.add_override("DependsOn", [cdk.Stack.of(cfn).get_logical_id(policy_resource)])

@@ -33,11 +33,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
-from cdk_trn._acknowledge import (
-    acknowledge,
-    acknowledge_deploy_time_functions,
-    acknowledge_regulated,
-)
+from cdk_trn._provider import acknowledge_deploy_time_functions
 from cdk_trn._resources import (
     access_log_bucket,
     allow_cloudwatch_logs,
@@ -46,7 +42,13 @@ from cdk_trn._resources import (
 )
 from cdk_trn._runtime import RUNTIME_ROOT, runtime_excludes, runtime_file
 from cdk_trn.catalog import EnclaveHostSpec, enclave_host_spec
-from cdk_trn.enclave.image import BoundEnclaveImage, EnclaveImage, depend_on_role_policy_only
+from cdk_trn.compliance import (
+    acknowledge,
+    acknowledge_regulated,
+    acknowledge_wildcards,
+    drop_implied_depends_on,
+)
+from cdk_trn.enclave.image import BoundEnclaveImage, EnclaveImage
 from cdk_trn.errors import invalid
 from cdk_trn_runtime.contract import VAULT_DISCOVERY_TAG
 
@@ -102,8 +104,6 @@ MIN_ENCLAVE_MEMORY_MIB = 512
 MAX_HOSTS = 8
 #: The parent server's key state (KMS ciphertext of the signing key + public key; nothing secret).
 KEY_STATE_OBJECT = "signing-key/key-state.json"
-# Construct id of the one Lambda function behind every AwsCustomResource of a stack.
-_AWS_CUSTOM_RESOURCE_SINGLETON = "AWS679f53fac002430cb0da5b7982bd2287"
 PURPOSE_TAG = ("cdk-trn:purpose", "enclave")
 DISCOVERY_TAG_KEY = VAULT_DISCOVERY_TAG
 
@@ -511,23 +511,24 @@ class EnclaveKeyVault(Construct):
             ),
             install_latest_aws_sdk=False,
         )
-        acknowledge(
+        acknowledge_wildcards(
             prefix_list,
-            "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
             "ec2:DescribeManagedPrefixLists supports no resource-level permissions, so its "
             "Resource must be '*'; the call is read-only and the role can do nothing else.",
+            resources=["*"],
         )
-        lookup_function = stack.node.try_find_child(_AWS_CUSTOM_RESOURCE_SINGLETON)
-        if lookup_function is not None and lookup_function.node.try_find_child("Resource"):
-            cfn_function = lookup_function.node.find_child("Resource")
-            if isinstance(cfn_function, lambda_.CfnFunction) and stack.resolve(
-                cfn_function.role
-            ) == stack.resolve(lookup_role.role_arn):
-                depend_on_role_policy_only(cfn_function, lookup_role)
-        acknowledge_deploy_time_functions(prefix_list, "S3 prefix-list lookup")
-        acknowledge_deploy_time_functions(lookup_role, "S3 prefix-list lookup")
-        if lookup_function is not None:
-            acknowledge_deploy_time_functions(lookup_function, "S3 prefix-list lookup")
+        # The AwsCustomResource's function is a singleton at stack level; it is the one that
+        # runs as our lookup role.
+        lookup_functions = [
+            child
+            for child in stack.node.children
+            if isinstance(child, lambda_.Function)
+            and child.role is not None
+            and stack.resolve(child.role.role_arn) == stack.resolve(lookup_role.role_arn)
+        ]
+        for scope in (prefix_list, lookup_role, *lookup_functions):
+            acknowledge_deploy_time_functions(scope, "S3 prefix-list lookup")
+        drop_implied_depends_on(self)
         self.s3_prefix_list_id = prefix_list.get_response_field("PrefixLists.0.PrefixListId")
         self.security_group.add_egress_rule(
             ec2.Peer.prefix_list(self.s3_prefix_list_id),

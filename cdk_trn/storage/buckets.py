@@ -14,8 +14,8 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from cdk_trn._acknowledge import acknowledge, acknowledge_regulated
 from cdk_trn._resources import access_log_bucket, deliver_access_logs, encrypted_bucket
+from cdk_trn.compliance import acknowledge_regulated, acknowledge_wildcards
 from cdk_trn.errors import invalid
 
 # FSx creates one service-linked role per file system for its S3 data repository associations,
@@ -274,7 +274,7 @@ class TrainingBuckets(Construct):
     def _access_policy(self, *, write_checkpoints: bool) -> iam.ManagedPolicy:
         # A managed policy beside the buckets, attached from the role's side: the cluster stack
         # then depends on the storage stack (never the reverse), and the policy's resources stay
-        # local references, so the acknowledgment below can name them exactly.
+        # local references, so the acknowledgment below computes their flattened ARNs.
         name = "NodeReadWritePolicy" if write_checkpoints else "NodeReadPolicy"
         existing = self.node.try_find_child(name)
         if isinstance(existing, iam.ManagedPolicy):
@@ -324,15 +324,11 @@ class TrainingBuckets(Construct):
             ),
             statements=statements,
         )
-        for bucket in buckets:
-            cfn_bucket = bucket.node.default_child
-            assert isinstance(cfn_bucket, s3.CfnBucket)
-            logical_id = stack.resolve(stack.get_logical_id(cfn_bucket))
-            acknowledge(
-                policy,
-                f"AwsSolutions-IAM5[Resource::<{logical_id}.Arn>/*]",
-                "Object actions (GetObject, PutObject, ...) act on object ARNs, so the resource is "
-                "this training bucket's object ARN pattern <bucket-arn>/*; every action is named "
-                "and the KMS statement is limited to calls made through S3.",
-            )
+        acknowledge_wildcards(
+            policy,
+            "Object actions (GetObject, PutObject, ...) act on object ARNs, so the resource is "
+            "this training bucket's object ARN pattern <bucket-arn>/*; every action is named "
+            "and the KMS statement is limited to calls made through S3.",
+            resources=[b.arn_for_objects("*") for b in buckets],
+        )
         return policy

@@ -725,11 +725,6 @@ class TrainingFileSystem(Construct):
         return self._mount_path
 
     @property
-    def mount_source(self) -> str:
-        """``<dns>@tcp:/<mount name>``, the device argument of ``mount -t lustre``."""
-        return f"{self.dns_name}@tcp:/{self.mount_name}"
-
-    @property
     def deployment_type(self) -> DeploymentType:
         return self._deployment_type
 

@@ -312,3 +312,16 @@ def _exits_within(pid: int, *, seconds: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_script_is_the_shellchecked_runtime_file_with_every_marker_replaced():
+    from cdk_trn._runtime import runtime_file
+
+    source = runtime_file("acceptance", "run_suite.sh").read_text(encoding="utf-8")
+    script = acceptance_script()
+    assert source.startswith("#!/bin/bash\n") and script.startswith("#!/bin/bash\n")
+    assert len(script.splitlines()) == len(source.splitlines())
+    assert "__" not in re.sub(r"\w__\w", "", script)  # no __MARKER__ left for the node
+    # Run Command substitutes only declared parameters: the script names no other placeholder.
+    placeholders = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", script))
+    assert placeholders == set(DOCUMENT_PARAMETERS) - {"ExecutionTimeout"}  # timeoutSeconds

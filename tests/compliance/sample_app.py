@@ -15,9 +15,8 @@ import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 
-from cdk_trn._acknowledge import acknowledge
 from cdk_trn.catalog import instance_spec
-from cdk_trn.compliance import ComplianceError, enable_compliance, synth_checked
+from cdk_trn.compliance import ComplianceError, acknowledge, enable_compliance, synth_checked
 
 ENV = cdk.Environment(account="111111111111", region="us-east-2")
 VPC_ID = "vpc-0123456789abcdef0"
@@ -83,7 +82,11 @@ def build_clean_stack(app: cdk.App, stack_id: str = "Clean") -> cdk.Stack:
         {
             "InstanceType": spec.instance_type,
             "ImageId": "ami-0123456789abcdef0",
-            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+            "MetadataOptions": {
+                "HttpTokens": "required",
+                "HttpEndpoint": "enabled",
+                "HttpPutResponseHopLimit": 1,
+            },
             "BlockDeviceMappings": [
                 {
                     "DeviceName": "/dev/xvda",

@@ -72,7 +72,11 @@ def launch_template_data(group: str, **overrides: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
         "InstanceType": "trn2.48xlarge",
         "ImageId": AMI_ID,
-        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        "MetadataOptions": {
+            "HttpTokens": "required",
+            "HttpEndpoint": "enabled",
+            "HttpPutResponseHopLimit": 1,
+        },
         "BlockDeviceMappings": [
             {"DeviceName": "/dev/xvda", "Ebs": {"Encrypted": True, "VolumeSize": 200}}
         ],
@@ -225,8 +229,13 @@ def bad_resources() -> dict[str, tuple[Resources, str]]:
                 "MissingCardLt",
             ),
             "TRN3": (
-                {"ImdsV1Lt": launch_template("EfaSg", MetadataOptions={"HttpTokens": "optional"})},
-                "ImdsV1Lt",
+                {
+                    "TwoHopLt": launch_template(
+                        "EfaSg",
+                        MetadataOptions={"HttpTokens": "required", "HttpPutResponseHopLimit": 2},
+                    )
+                },
+                "TwoHopLt",
             ),
             "TRN4": (
                 {

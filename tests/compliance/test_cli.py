@@ -110,3 +110,24 @@ def test_directory_that_is_not_an_assembly_exits_two(tmp_path):
     done = check(tmp_path)
     assert done.returncode == 2
     assert "no manifest.json" in done.stderr
+
+
+def test_each_cfn_lint_silence_is_listed_with_its_reason(clean, tmp_path):
+    target = copy_of(clean, tmp_path)
+    reason = "the reason recorded beside the silence by silence_cfn_lint"
+    silenced = []
+
+    def silence(template):
+        logical_id, resource = next(iter(template["Resources"].items()))
+        resource.setdefault("Metadata", {}).update(
+            {
+                "cfn-lint": {"config": {"ignore_checks": ["W3005"]}},
+                "cdk-trn:acknowledged": {"W3005": reason},
+            }
+        )
+        silenced.append(logical_id)
+
+    edit_json(target / "Clean.template.json", silence)
+    result = check(target)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert f"silenced W3005 on {silenced[0]}: {reason}" in result.stdout

@@ -117,9 +117,24 @@ def test_trn2_does_not_apply_to_a_type_without_efa():
 
 
 def test_trn3_fails_a_launch_template_without_metadata_options():
+    # EC2's default hop limit depends on the AMI (AL2023 sets 2): unset is not compliant.
     resources = {"Lt": t.launch_template("Sg")}
     del resources["Lt"]["Properties"]["LaunchTemplateData"]["MetadataOptions"]
     assert verdict(TRN3, resources, "Lt") is NON_COMPLIANT
+
+
+def test_trn3_passes_hop_limit_one_or_a_disabled_endpoint_whatever_the_tokens():
+    # IMDSv2 (HttpTokens) is cdk-nag's EC2IMDSv2Enabled; TRN3 judges only the hop limit.
+    one = {"Lt": t.launch_template("Sg", MetadataOptions={"HttpPutResponseHopLimit": 1})}
+    off = {"Lt": t.launch_template("Sg", MetadataOptions={"HttpEndpoint": "disabled"})}
+    two = {
+        "Lt": t.launch_template(
+            "Sg", MetadataOptions={"HttpTokens": "required", "HttpPutResponseHopLimit": 2}
+        )
+    }
+    assert verdict(TRN3, one, "Lt") is COMPLIANT
+    assert verdict(TRN3, off, "Lt") is COMPLIANT
+    assert verdict(TRN3, two, "Lt") is NON_COMPLIANT
 
 
 def test_trn4_fails_a_launch_template_that_does_not_declare_its_root_volume():

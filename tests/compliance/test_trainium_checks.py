@@ -5,8 +5,7 @@ from __future__ import annotations
 import aws_cdk as cdk
 import pytest
 
-from cdk_trn._acknowledge import acknowledge
-from cdk_trn.compliance import Pack, TrainiumChecks, findings_of
+from cdk_trn.compliance import Pack, TrainiumChecks, acknowledge, findings_of
 from cdk_trn.compliance.trainium_checks import RULES
 from tests.compliance import templates as t
 
@@ -30,7 +29,9 @@ def findings():
     bad = t.good_resources()
     for resources, _ in t.bad_resources().values():
         bad.update(resources)
-    bad["AckedLt"] = t.launch_template("EfaSg", MetadataOptions={"HttpTokens": "optional"})
+    bad["AckedLt"] = t.launch_template(
+        "EfaSg", MetadataOptions={"HttpTokens": "required", "HttpPutResponseHopLimit": 2}
+    )
     constructs = add_resources(cdk.Stack(app, "Bad", env=env), bad)
     acknowledge(constructs["AckedLt"], "TRN3", ACK_REASON)
     elsewhere = cdk.Environment(account="111111111111", region="eu-west-1")
@@ -59,7 +60,7 @@ def test_pack_reports_nothing_on_the_compliant_stack(findings):
 
 
 def test_pack_finding_description_is_the_rule_info(findings):
-    [finding] = fired(findings, "TRN3", "Bad/ImdsV1Lt")
+    [finding] = fired(findings, "TRN3", "Bad/TwoHopLt")
     assert finding.description == next(r.info for r in RULES if r.id == "TRN3")
 
 

@@ -2,9 +2,9 @@
 
 Shaped like cdk-nag's ``src/rules/<service>/*.ts``: each rule is one small pure function of one
 resource, returning :class:`Compliance`. Unlike cdk-nag's rules, ours read the *synthesized*
-CloudFormation (the dict cfn-lint and CloudFormation see), because several cdk-trn resources are
-written with ``add_property_override`` and their typed L1 attributes are empty. A rule that must
-look at neighbours (the security group an interface names, the subnets of a group) finds them in
+CloudFormation (the dict cfn-lint and CloudFormation see, escape-hatch overrides included) instead
+of typed L1 attributes, so that a rule judges what is deployed. A rule that must look at
+neighbours (the security group an interface names, the subnets of a group) finds them in
 ``resource.template``; nothing here imports aws-cdk-lib, so rules are testable on plain dicts.
 """
 

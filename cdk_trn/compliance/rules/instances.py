@@ -1,8 +1,10 @@
-"""Node rules: IMDSv2 (TRN3), encrypted volumes (TRN4), no public IP (TRN5), capacity blocks
-without placement groups (TRN6) and the instance type's region (TRN10).
+"""Node rules: IMDS hop limit 1 (TRN3), encrypted volumes (TRN4), no public IP (TRN5), capacity
+blocks without placement groups (TRN6) and the instance type's region (TRN10).
 
-cdk-nag's own IMDSv2 and EBS rules look at ``AWS::EC2::Instance`` and skip bare launch
-templates, which is all a Trainium Auto Scaling group has; these rules close that gap.
+IMDSv2 itself is cdk-nag's ``EC2IMDSv2Enabled`` (NIST, HIPAA, PCI), which follows an Auto Scaling
+group to its launch template; TRN3 checks what that rule does not: the PUT response hop limit,
+which decides whether a container on a docker bridge (one hop more) can fetch the node role's
+credentials.
 Sources: EC2 user guide configuring-IMDS-new-instances.html, capacity-blocks-using.html
 (no placement group with a capacity block); FACTS.md "Capacity"; regions from cdk_trn.catalog.
 """
@@ -31,12 +33,16 @@ AUTO_SCALING_GROUP = "AWS::AutoScaling::AutoScalingGroup"
 INSTANCE = "AWS::EC2::Instance"
 
 
-def launch_template_requires_imdsv2(launch_template: TemplateResource) -> Compliance:
-    """TRN3: ``MetadataOptions.HttpTokens`` is ``required`` (or the metadata endpoint is off)."""
+def launch_template_imds_hop_limit_one(launch_template: TemplateResource) -> Compliance:
+    """TRN3: ``MetadataOptions.HttpPutResponseHopLimit`` is 1 (or the metadata endpoint is off).
+
+    Unset means EC2's default, which is 1 only for some AMIs (AL2023 sets 2), so it must be stated.
+    """
     options = launch_template_data(launch_template).get("MetadataOptions") or {}
     if options.get("HttpEndpoint") == "disabled":
         return COMPLIANT
-    return COMPLIANT if options.get("HttpTokens") == "required" else NON_COMPLIANT
+    hop_limit = options.get("HttpPutResponseHopLimit")
+    return COMPLIANT if hop_limit in (1, "1") else NON_COMPLIANT
 
 
 def launch_template_volumes_encrypted(launch_template: TemplateResource) -> Compliance:
@@ -128,14 +134,16 @@ def instance_type_offered_in_region(resource: TemplateResource) -> Compliance:
 
 TRN3 = Rule(
     id="TRN3",
-    info="The launch template does not require IMDSv2 (MetadataOptions.HttpTokens: required).",
+    info="The launch template does not limit IMDS responses to one hop "
+    "(MetadataOptions.HttpPutResponseHopLimit: 1).",
     explanation=(
-        "IMDSv1 answers any request from the node, so an SSRF in anything running there (a data "
-        "loader, a notebook) reads the node role's credentials. cdk-nag's IMDSv2 rules look at "
-        "instances and skip the launch templates an Auto Scaling group uses."
+        "With a hop limit above 1, the IMDSv2 token reaches containers on a docker bridge, so any "
+        "container on the node (a data loader, a notebook, a pulled image) reads the node role's "
+        "credentials. Containers that need AWS access run with host networking or get their own "
+        "credentials. cdk-nag's EC2IMDSv2Enabled checks HttpTokens, not the hop limit."
     ),
     resource_types=(LAUNCH_TEMPLATE,),
-    check=launch_template_requires_imdsv2,
+    check=launch_template_imds_hop_limit_one,
 )
 
 TRN4 = Rule(
