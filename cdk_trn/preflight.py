@@ -26,11 +26,12 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from cdk_trn._acknowledge import acknowledge, acknowledge_deploy_time_functions
+from cdk_trn._provider import acknowledge_deploy_time_functions
 from cdk_trn._resources import allow_cloudwatch_logs
 from cdk_trn._runtime import runtime_lambda_code
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import INSTANCE_SPECS
+from cdk_trn.compliance.acknowledge import acknowledge_wildcards
 from cdk_trn.errors import CdkTrnError, invalid
 
 HANDLER = "cdk_trn_runtime.preflight.handler.on_event"
@@ -163,13 +164,13 @@ class Preflight(Construct):
             roles=[self.role],
             statements=statements,
         )
-        acknowledge(
+        acknowledge_wildcards(
             self.policy,
-            "AwsSolutions-IAM5[Resource::*]",
             "ec2:DescribeInstanceTypeOfferings, ec2:DescribeCapacityReservations, "
             "servicequotas:GetServiceQuota and servicequotas:GetAWSDefaultServiceQuota support "
             "no resource-level permission (the Service Authorization Reference lists no resource "
             "type for them), so their Resource must be '*'; all four are read-only.",
+            resources=["*"],
         )
         acknowledge_deploy_time_functions(self, "preflight of AZ, quota and reservations")
 

@@ -42,9 +42,13 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from cdk_trn._acknowledge import acknowledge, acknowledge_regulated
 from cdk_trn.acceptance.image import NeuronTrainingImage
 from cdk_trn.cluster import SlurmNodeSettings, TrainiumCluster, boot_user_data
+from cdk_trn.compliance.acknowledge import (
+    acknowledge,
+    acknowledge_regulated,
+    acknowledge_wildcards,
+)
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn_runtime.contract import (
     CLUSTER_TAG,
@@ -358,11 +362,11 @@ class SlurmScheduler(Construct):
         return role
 
     def _acknowledge_pull_wildcard(self, role: iam.Role) -> None:
-        acknowledge(
+        acknowledge_wildcards(
             role,
-            "AwsSolutions-IAM5[Resource::*]",
             "ecr:GetAuthorizationToken (the registry login before pulling the Slurm image) "
             "supports no resource-level permission: its Resource must be '*'",
+            resources=["*"],
         )
 
     def _controller_group(
