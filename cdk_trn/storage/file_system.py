@@ -370,7 +370,7 @@ class TrainingFileSystem(Construct):
             allow_all_outbound=True,
         )
         self._connections = ec2.Connections(security_groups=[self._security_group])
-        self._allow_servers()
+        self_rules = self._allow_servers()
 
         # L1 because the L2 LustreFileSystem opens TCP 988-1023 inside its security group (Lustre
         # needs only 988 and 1018-1023) and has no props for EFA or the metadata configuration.
@@ -399,6 +399,8 @@ class TrainingFileSystem(Construct):
             ),
         )
         self._file_system.apply_removal_policy(removal_policy)
+        for rule in self_rules:
+            self._file_system.add_dependency(rule)
 
         self._associations = associations
         self._cfn_associations = [
@@ -604,24 +606,56 @@ class TrainingFileSystem(Construct):
             ec2.Port.tcp_range(*LUSTRE_SERVER_PORTS),
         ]
 
-    def _allow_servers(self) -> None:
-        """Self rules: Lustre servers talk to each other; EFA needs all traffic within the group."""
-        group = self._security_group
+    def _allow_servers(self) -> list[cdk.CfnResource]:
+        """Self rules: Lustre servers talk to each other; EFA needs all traffic within the group.
+
+        Written as L1 rules so that the file system can depend on each one: FSx checks the group
+        when it creates the file system, and a rule that does not exist yet fails the creation
+        intermittently (ParallelCluster issue 6181, fixed the same way in PR 6342).
+        """
+        group_id = self._security_group.security_group_id
+        rules: list[cdk.CfnResource] = []
         if self._efa_enabled:
-            group.add_ingress_rule(group, ec2.Port.all_traffic(), "EFA between FSx servers")
-            # EFA checks for an explicit self egress rule even when all outbound is allowed;
-            # the L2 skips egress rules on an allow-all group, so this one is written directly.
-            ec2.CfnSecurityGroupEgress(
-                self,
-                "EfaSelfEgress",
-                group_id=group.security_group_id,
-                ip_protocol="-1",
-                destination_security_group_id=group.security_group_id,
-                description="EFA between FSx servers",
+            rules.append(
+                ec2.CfnSecurityGroupIngress(
+                    self,
+                    "EfaSelfIngress",
+                    group_id=group_id,
+                    ip_protocol="-1",
+                    source_security_group_id=group_id,
+                    description="EFA between FSx servers",
+                )
             )
-            return
-        for port in self._lustre_ports():
-            group.add_ingress_rule(group, port, f"Lustre {port.to_string()} between FSx servers")
+            # EFA checks for an explicit self egress rule even when all outbound is allowed.
+            rules.append(
+                ec2.CfnSecurityGroupEgress(
+                    self,
+                    "EfaSelfEgress",
+                    group_id=group_id,
+                    ip_protocol="-1",
+                    destination_security_group_id=group_id,
+                    description="EFA between FSx servers",
+                )
+            )
+            return rules
+        for name, (from_port, to_port) in (
+            ("LustreSelfIngress", (LUSTRE_PORT, LUSTRE_PORT)),
+            ("LustreServersSelfIngress", LUSTRE_SERVER_PORTS),
+        ):
+            ports = f"{from_port}" if from_port == to_port else f"{from_port}-{to_port}"
+            rules.append(
+                ec2.CfnSecurityGroupIngress(
+                    self,
+                    name,
+                    group_id=group_id,
+                    ip_protocol="tcp",
+                    from_port=from_port,
+                    to_port=to_port,
+                    source_security_group_id=group_id,
+                    description=f"Lustre {ports} between FSx servers",
+                )
+            )
+        return rules
 
     def _association(
         self, index: int, association: DataRepositoryAssociation, removal_policy: cdk.RemovalPolicy

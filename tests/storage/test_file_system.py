@@ -253,6 +253,30 @@ def test_efa_security_group_allows_all_traffic_to_and_from_itself_and_clients(ef
     )
 
 
+def self_rules(template: Template, group: ec2.ISecurityGroup) -> set[str]:
+    """Logical ids of the group's rules whose other side is the group itself."""
+    own = group_ref(group)
+    found = set()
+    for kind, other in (
+        ("AWS::EC2::SecurityGroupIngress", "SourceSecurityGroupId"),
+        ("AWS::EC2::SecurityGroupEgress", "DestinationSecurityGroupId"),
+    ):
+        for logical, rule in template.find_resources(kind).items():
+            if rule["Properties"]["GroupId"] == own and rule["Properties"].get(other) == own:
+                found.add(logical)
+    return found
+
+
+@pytest.mark.parametrize("variant", ["default", "efa"])
+def test_file_system_waits_for_every_self_rule_of_its_security_group(variant, request):
+    under_test, template = request.getfixturevalue(variant)
+    rules = self_rules(template, under_test.file_system.security_group)
+    # Lustre: 988 and 1018-1023 in; EFA: all traffic in and out.
+    assert len(rules) == 2
+    (file_system,) = template.find_resources("AWS::FSx::FileSystem").values()
+    assert rules <= set(file_system.get("DependsOn", []))
+
+
 # -- sizing ---------------------------------------------------------------------------------------
 
 
