@@ -21,9 +21,11 @@ from constructs import Construct
 from cdk_trn._acknowledge import acknowledge_regulated
 from cdk_trn._resources import allow_cloudwatch_logs
 from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn.interfaces import ITrainingNetwork
 
 _AZ_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
 _AZ_ID = re.compile(r"^([a-z]+\d)-az\d+$")
+_RESOURCE_ID = "^{}-[0-9a-f]{{8}}([0-9a-f]{{9}})?$"
 _DIRECTIONS = {
     "east": "e",
     "west": "w",
@@ -132,6 +134,35 @@ class TrainingNetwork(Construct):
             # A literal CIDR for a new VPC, so that rule checkers can read the source range.
             source = self.vpc.vpc_cidr_block if existing_vpc is not None else cidr
             self.endpoint_security_group = self._add_endpoints(source)
+
+    @classmethod
+    def from_attributes(
+        cls,
+        scope: Construct,
+        id: str,
+        *,
+        vpc_id: str,
+        subnet_id: str,
+        availability_zone: str,
+        route_table_id: str | None = None,
+    ) -> ITrainingNetwork:
+        """A network another app created, by its ids: no lookup, no resource, no endpoint.
+
+        :param vpc_id: ``vpc-...``.
+        :param subnet_id: the node subnet, ``subnet-...``, in ``availability_zone``.
+        :param availability_zone: that subnet's AZ, as an AZ id (``use2-az3``) or name, checked
+            as for a new network.
+        :param route_table_id: the subnet's route table (``rtb-...``), needed only by constructs
+            that add routes or gateway endpoints. Default: none.
+        """
+        return ImportedTrainingNetwork(
+            scope,
+            id,
+            vpc_id=vpc_id,
+            subnet_id=subnet_id,
+            availability_zone=availability_zone,
+            route_table_id=route_table_id,
+        )
 
     # --- validation -------------------------------------------------------------------------
 
@@ -346,3 +377,66 @@ class TrainingNetwork(Construct):
                 resources=[f"arn:{stack.partition}:s3:::{bucket}/*" for bucket in aws_buckets],
             )
         )
+
+
+def _validate_resource_id(prop: str, value: str | None, kind: str) -> None:
+    if value is None or (isinstance(value, str) and cdk.Token.is_unresolved(value)):
+        return
+    if not isinstance(value, str) or not re.match(_RESOURCE_ID.format(kind), value):
+        raise invalid(prop, value, f"an id such as '{kind}-0123456789abcdef0'")
+
+
+class ImportedTrainingNetwork(Construct):
+    """A training network created elsewhere, from :meth:`TrainingNetwork.from_attributes`.
+
+    Creates nothing: the VPC and the node subnet are referenced by id, and the endpoints are
+    assumed to exist already (the nodes of an imported network do not wait for any).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        vpc_id: str,
+        subnet_id: str,
+        availability_zone: str,
+        route_table_id: str | None = None,
+    ) -> None:
+        _validate_resource_id("vpc_id", vpc_id, "vpc")
+        _validate_resource_id("subnet_id", subnet_id, "subnet")
+        _validate_resource_id("route_table_id", route_table_id, "rtb")
+        TrainingNetwork._validate_availability_zone(availability_zone, cdk.Stack.of(scope).region)
+        super().__init__(scope, id)
+        self._availability_zone = availability_zone
+        self._vpc = ec2.Vpc.from_vpc_attributes(
+            self,
+            "Vpc",
+            vpc_id=vpc_id,
+            availability_zones=[availability_zone],
+            isolated_subnet_ids=[subnet_id],
+            isolated_subnet_route_table_ids=[route_table_id] if route_table_id else None,
+        )
+        self._subnet = ec2.Subnet.from_subnet_attributes(
+            self,
+            "Subnet",
+            subnet_id=subnet_id,
+            availability_zone=availability_zone,
+            route_table_id=route_table_id,
+        )
+
+    @property
+    def vpc(self) -> ec2.IVpc:
+        return self._vpc
+
+    @property
+    def subnet(self) -> ec2.ISubnet:
+        return self._subnet
+
+    @property
+    def availability_zone(self) -> str:
+        return self._availability_zone
+
+    @property
+    def endpoints(self) -> Sequence[ec2.IVpcEndpoint]:
+        return ()

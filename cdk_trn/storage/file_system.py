@@ -28,6 +28,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn.interfaces import ITrainingFileSystem
 from cdk_trn.storage import sizing
 
 if TYPE_CHECKING:
@@ -39,6 +40,19 @@ LUSTRE_SERVER_PORTS = (1018, 1023)
 
 _BACKUP_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _MAINTENANCE_TIME = re.compile(r"^[1-7]:([01]\d|2[0-3]):[0-5]\d$")
+_FILE_SYSTEM_ID = re.compile(r"^fs-[0-9a-f]{8,21}$")
+_SECURITY_GROUP_ID = re.compile(r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$")
+_MOUNT_NAME = re.compile(r"^[a-z0-9]{1,8}$")
+_DNS_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
+
+
+def client_ports(efa_enabled: bool) -> list[ec2.Port]:
+    """What Lustre clients and servers open to each other: TCP 988 and 1018-1023 (FSx for Lustre
+    user guide, "File system access control with Amazon VPC"), or all traffic when the file
+    system is EFA-enabled (user guide, "EFA-enabled security groups")."""
+    if efa_enabled:
+        return [ec2.Port.all_traffic()]
+    return [ec2.Port.tcp(LUSTRE_PORT), ec2.Port.tcp_range(*LUSTRE_SERVER_PORTS)]
 
 
 class DeploymentType(StrEnum):
@@ -408,6 +422,41 @@ class TrainingFileSystem(Construct):
             for index, association in enumerate(associations)
         ]
 
+    @classmethod
+    def from_attributes(
+        cls,
+        scope: Construct,
+        id: str,
+        *,
+        file_system_id: str,
+        dns_name: str,
+        mount_name: str,
+        security_group_id: str,
+        mount_path: str = "/fsx",
+        efa_enabled: bool = False,
+    ) -> ITrainingFileSystem:
+        """A file system another app created (and retains), by its attributes: no lookup.
+
+        :param file_system_id: ``fs-...``.
+        :param dns_name: the file system's DNS name (``DNSName`` of ``describe-file-systems``).
+        :param mount_name: its Lustre mount name (``LustreConfiguration.MountName``).
+        :param security_group_id: the file system's security group. It is not modified by this
+            app except for the inbound rules :meth:`allow_clients` adds for the clients (written
+            beside the clients, so they are deleted with them).
+        :param mount_path: where clients mount it. Default: ``/fsx``.
+        :param efa_enabled: whether the file system was created EFA-enabled. Default: False.
+        """
+        return ImportedTrainingFileSystem(
+            scope,
+            id,
+            file_system_id=file_system_id,
+            dns_name=dns_name,
+            mount_name=mount_name,
+            security_group_id=security_group_id,
+            mount_path=mount_path,
+            efa_enabled=efa_enabled,
+        )
+
     # -- validation (before any resource) ------------------------------------------------------
 
     @staticmethod
@@ -600,12 +649,6 @@ class TrainingFileSystem(Construct):
 
     # -- resources ------------------------------------------------------------------------------
 
-    def _lustre_ports(self) -> list[ec2.Port]:
-        return [
-            ec2.Port.tcp(LUSTRE_PORT),
-            ec2.Port.tcp_range(*LUSTRE_SERVER_PORTS),
-        ]
-
     def _allow_servers(self) -> list[cdk.CfnResource]:
         """Self rules: Lustre servers talk to each other; EFA needs all traffic within the group.
 
@@ -700,7 +743,7 @@ class TrainingFileSystem(Construct):
         The rules are written from the clients' side, so when the clients live in another stack
         (the cluster stack) the rules live there too, and that stack depends on this one.
         """
-        ports = [ec2.Port.all_traffic()] if self._efa_enabled else self._lustre_ports()
+        ports = client_ports(self._efa_enabled)
         for port in ports:
             ports_text = port.to_string()
             clients.connections.allow_to(
@@ -790,3 +833,115 @@ class TrainingFileSystem(Construct):
     @property
     def kms_key(self) -> kms.IKey:
         return self._key
+
+
+@jsii.implements(ec2.IConnectable)
+class ImportedTrainingFileSystem(Construct):
+    """A file system created elsewhere, from :meth:`TrainingFileSystem.from_attributes`.
+
+    Its security group is imported immutable: nothing in this app changes its rules through the
+    group itself. :meth:`allow_clients` writes the clients' inbound rules on that group as
+    ``AWS::EC2::SecurityGroupIngress`` resources beside the clients (in the cluster's stack), so
+    they come and go with the cluster and the app that owns the file system never sees them.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        file_system_id: str,
+        dns_name: str,
+        mount_name: str,
+        security_group_id: str,
+        mount_path: str = "/fsx",
+        efa_enabled: bool = False,
+    ) -> None:
+        _validate_attribute("file_system_id", file_system_id, _FILE_SYSTEM_ID, "an id fs-...")
+        _validate_attribute(
+            "security_group_id", security_group_id, _SECURITY_GROUP_ID, "an id sg-..."
+        )
+        _validate_attribute(
+            "mount_name", mount_name, _MOUNT_NAME, "the Lustre mount name, 1-8 of a-z 0-9"
+        )
+        _validate_attribute("dns_name", dns_name, _DNS_NAME, "the file system's DNS name")
+        TrainingFileSystem._validate_mount_path(mount_path)
+        if not isinstance(efa_enabled, bool):
+            raise invalid("efa_enabled", efa_enabled, "True or False")
+        super().__init__(scope, id)
+        self._file_system_id = file_system_id
+        self._dns_name = dns_name
+        self._mount_name = mount_name
+        self._mount_path = mount_path
+        self._efa_enabled = efa_enabled
+        self._security_group = ec2.SecurityGroup.from_security_group_id(
+            self, "SecurityGroup", security_group_id, mutable=False
+        )
+        self._connections = ec2.Connections(security_groups=[self._security_group])
+
+    def allow_clients(self, clients: ec2.IConnectable) -> None:
+        """Let ``clients`` mount the file system: the Lustre ports (all traffic when EFA-enabled)
+        into the file system's group from each of the clients' groups, and the clients' side
+        (outbound to and inbound from the file system's group) on the clients' groups."""
+        scope = clients if isinstance(clients, Construct) else self
+        group_id = self._security_group.security_group_id
+        for group in clients.connections.security_groups:
+            for port in client_ports(self._efa_enabled):
+                rule = port.to_rule_json()
+                rule_id = f"FsxIngress{cdk.Names.unique_id(self)}{cdk.Names.unique_id(group)}"
+                rule_id += f"{rule.get('fromPort', 'All')}"
+                if scope.node.try_find_child(rule_id) is not None:
+                    continue
+                ec2.CfnSecurityGroupIngress(
+                    scope,
+                    rule_id,
+                    group_id=group_id,
+                    source_security_group_id=group.security_group_id,
+                    ip_protocol=rule["ipProtocol"],
+                    from_port=rule.get("fromPort"),
+                    to_port=rule.get("toPort"),
+                    description=f"Lustre clients to FSx {port.to_string()}",
+                )
+        for port in client_ports(self._efa_enabled):
+            # The file system's own group is immutable, so only the clients' rules are written.
+            clients.connections.allow_to(
+                self._connections, port, f"Lustre clients to FSx {port.to_string()}"
+            )
+            clients.connections.allow_from(
+                self._connections, port, f"FSx to Lustre clients {port.to_string()}"
+            )
+
+    @property
+    def connections(self) -> ec2.Connections:
+        return self._connections
+
+    @property
+    def security_group(self) -> ec2.ISecurityGroup:
+        return self._security_group
+
+    @property
+    def file_system_id(self) -> str:
+        return self._file_system_id
+
+    @property
+    def dns_name(self) -> str:
+        return self._dns_name
+
+    @property
+    def mount_name(self) -> str:
+        return self._mount_name
+
+    @property
+    def mount_path(self) -> str:
+        return self._mount_path
+
+    @property
+    def efa_enabled(self) -> bool:
+        return self._efa_enabled
+
+
+def _validate_attribute(prop: str, value: str, pattern: re.Pattern[str], allowed: str) -> None:
+    if isinstance(value, str) and cdk.Token.is_unresolved(value):
+        return
+    if not isinstance(value, str) or not pattern.match(value):
+        raise invalid(prop, value, allowed)
