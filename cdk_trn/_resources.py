@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import aws_cdk as cdk
+import jsii
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
@@ -144,3 +145,68 @@ def deliver_access_logs(bucket: s3.Bucket, *, to: s3.Bucket, prefix: str, sid: s
             },
         )
     )
+
+
+@jsii.implements(iam.IPrincipal)
+class _ManagedPolicyOf:
+    """``principal`` as seen through ``policy``: statements granted to it go into the policy."""
+
+    def __init__(self, policy: iam.ManagedPolicy, principal: iam.IPrincipal) -> None:
+        self._policy = policy
+        self._principal = principal
+
+    @property
+    def grant_principal(self) -> iam.IPrincipal:
+        return self  # type: ignore[return-value]
+
+    @property
+    def assume_role_action(self) -> str:
+        return self._principal.assume_role_action
+
+    @property
+    def policy_fragment(self) -> iam.PrincipalPolicyFragment:
+        return self._principal.policy_fragment
+
+    @property
+    def principal_account(self) -> str | None:
+        return self._principal.principal_account
+
+    def add_to_policy(self, statement: iam.PolicyStatement) -> bool:
+        return self.add_to_principal_policy(statement).statement_added
+
+    def add_to_principal_policy(
+        self, statement: iam.PolicyStatement
+    ) -> iam.AddToPrincipalPolicyResult:
+        self._policy.add_statements(statement)  # identical statements are rendered once
+        return iam.AddToPrincipalPolicyResult(statement_added=True, policy_dependable=self._policy)
+
+
+def grant_through_managed_policy(
+    policy: iam.ManagedPolicy,
+    grantee: iam.IGrantable,
+    statements: Sequence[iam.PolicyStatement],
+) -> iam.Grant:
+    """Grant ``statements`` to ``grantee`` through ``policy``, which is attached to its principal.
+
+    The policy lives beside the resources it names, so a grantee in another stack makes that
+    stack depend on the resources' stack (never the reverse) and the policy's resources stay local
+    references. A principal that takes no managed policy (a service principal, an account) gets
+    the statements the way aws-cdk-lib's own grants give them.
+    """
+    principal = grantee.grant_principal
+    attach = getattr(principal, "add_managed_policy", None)
+    target: iam.IGrantable = grantee
+    if attach is not None:
+        attach(policy)
+        target = _ManagedPolicyOf(policy, principal)  # type: ignore[assignment]
+    grant: iam.Grant | None = None
+    for statement in statements:
+        one = iam.Grant.add_to_principal(
+            grantee=target,
+            actions=statement.actions,
+            resource_arns=statement.resources,
+            conditions=statement.conditions or None,
+        )
+        grant = one if grant is None else grant.combine(one)
+    assert grant is not None, "a grant names at least one statement"
+    return grant

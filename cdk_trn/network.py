@@ -77,7 +77,8 @@ class TrainingNetwork(Construct):
         (isolated subnet, VPC endpoints only). Opt in only when the node bootstrap must reach
         package mirrors that no endpoint serves (Ubuntu DLAMIs).
     :param flow_log_retention: retention of the VPC flow-log group. Default: one year.
-    :param log_key: KMS key for the flow-log group. Default: a new key with rotation, retained.
+    :param encryption_key: KMS key for the flow-log group. Default: a new key with rotation,
+        retained.
     :param existing_vpc: use this VPC instead of creating one (then ``existing_subnet`` is required
         and no endpoints are created unless ``create_endpoints`` is true).
     :param existing_subnet: the node subnet inside ``existing_vpc``, in ``availability_zone``.
@@ -97,7 +98,7 @@ class TrainingNetwork(Construct):
         cidr: str = "10.64.0.0/16",
         nat_egress: bool = False,
         flow_log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
-        log_key: kms.IKey | None = None,
+        encryption_key: kms.IKey | None = None,
         existing_vpc: ec2.IVpc | None = None,
         existing_subnet: ec2.ISubnet | None = None,
         create_endpoints: bool | None = None,
@@ -123,7 +124,7 @@ class TrainingNetwork(Construct):
                 cidr,
                 nat_egress,
                 flow_log_retention,
-                log_key,
+                encryption_key,
                 extra_s3_read_buckets,
             )
 
@@ -224,7 +225,7 @@ class TrainingNetwork(Construct):
         cidr: str,
         nat_egress: bool,
         retention: logs.RetentionDays,
-        log_key: kms.IKey | None,
+        encryption_key: kms.IKey | None,
         extra_s3_read_buckets: Sequence[str],
     ) -> tuple[ec2.Vpc, ec2.ISubnet]:
         node_type = (
@@ -249,7 +250,7 @@ class TrainingNetwork(Construct):
         s3_endpoint = vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
         self._limit_s3_endpoint(s3_endpoint, extra_s3_read_buckets)
         self.endpoints.append(s3_endpoint)
-        key = log_key or self._flow_log_key()
+        key = encryption_key or self._flow_log_key()
         log_group = logs.LogGroup(
             self,
             "FlowLogs",

@@ -15,7 +15,12 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk_trn._acknowledge import acknowledge, acknowledge_regulated
-from cdk_trn._resources import access_log_bucket, deliver_access_logs, encrypted_bucket
+from cdk_trn._resources import (
+    access_log_bucket,
+    deliver_access_logs,
+    encrypted_bucket,
+    grant_through_managed_policy,
+)
 from cdk_trn.errors import invalid
 
 # FSx creates one service-linked role per file system for its S3 data repository associations,
@@ -65,7 +70,7 @@ class TrainingBuckets(Construct):
     encryption S3 server access logging delivers to (S3 user guide, "Enabling Amazon S3 server
     access logging"), and is versioned, blocked and TLS-only too.
 
-    :param kms_key: key for SSE-KMS on the data buckets.
+    :param encryption_key: key for SSE-KMS on the data buckets.
         Default: a new key from :func:`storage_key`. An imported key's policy cannot be changed
         here: add the FSx statement yourself (see :meth:`_allow_fsx_data_repositories`); a
         warning annotation says so.
@@ -83,7 +88,7 @@ class TrainingBuckets(Construct):
         scope: Construct,
         id: str,
         *,
-        kms_key: kms.IKey | None = None,
+        encryption_key: kms.IKey | None = None,
         noncurrent_checkpoint_days: int = 30,
         noncurrent_dataset_days: int | None = None,
         access_log_retention_days: int = 365,
@@ -96,7 +101,9 @@ class TrainingBuckets(Construct):
         self._validate_removal_policy(removal_policy)
         super().__init__(scope, id)
 
-        self._key: kms.IKey = kms_key if kms_key is not None else storage_key(self, "Key")
+        self._key: kms.IKey = (
+            encryption_key if encryption_key is not None else storage_key(self, "Key")
+        )
 
         self._access_log_bucket = access_log_bucket(
             self,
@@ -231,7 +238,7 @@ class TrainingBuckets(Construct):
     # -- properties -----------------------------------------------------------------------------
 
     @property
-    def kms_key(self) -> kms.IKey:
+    def encryption_key(self) -> kms.IKey:
         """The key that encrypts the dataset and checkpoint buckets."""
         return self._key
 
@@ -252,43 +259,37 @@ class TrainingBuckets(Construct):
 
     # -- grants ---------------------------------------------------------------------------------
 
-    def grant_read(self, role: iam.IRole) -> iam.ManagedPolicy:
-        """Let ``role`` read datasets and checkpoints (for example to resume training).
+    def grant_read(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` read datasets and checkpoints (for example to resume training).
 
-        Attaches, and returns, this construct's read policy. Actions are listed one by one and the
-        key can be used only through S3.
+        The statements go into this construct's read policy, a managed policy attached to the
+        grantee's role. Actions are listed one by one and the key can be used only through S3.
         """
-        policy = self._access_policy(write_checkpoints=False)
-        role.add_managed_policy(policy)
-        return policy
+        return self._grant(grantee, write_checkpoints=False)
 
-    def grant_read_write(self, role: iam.IRole) -> iam.ManagedPolicy:
-        """Let ``role`` read datasets and read and write checkpoints.
+    def grant_read_write(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` read datasets and read and write checkpoints.
 
         Datasets stay read-only for training nodes: training reads them, writes go to checkpoints.
         """
-        policy = self._access_policy(write_checkpoints=True)
-        role.add_managed_policy(policy)
-        return policy
+        return self._grant(grantee, write_checkpoints=True)
 
-    def _access_policy(self, *, write_checkpoints: bool) -> iam.ManagedPolicy:
-        # A managed policy beside the buckets, attached from the role's side: the cluster stack
-        # then depends on the storage stack (never the reverse), and the policy's resources stay
-        # local references, so the acknowledgment below can name them exactly.
-        name = "NodeReadWritePolicy" if write_checkpoints else "NodeReadPolicy"
-        existing = self.node.try_find_child(name)
-        if isinstance(existing, iam.ManagedPolicy):
-            return existing
+    def _grant(self, grantee: iam.IGrantable, *, write_checkpoints: bool) -> iam.Grant:
+        return grant_through_managed_policy(
+            self._access_policy(write_checkpoints=write_checkpoints),
+            grantee,
+            self._access_statements(write_checkpoints=write_checkpoints),
+        )
+
+    def _access_statements(self, *, write_checkpoints: bool) -> list[iam.PolicyStatement]:
         stack = cdk.Stack.of(self)
         buckets = (self._dataset_bucket, self._checkpoint_bucket)
         statements = [
             iam.PolicyStatement(
-                sid="ReadTrainingObjects",
                 actions=list(_READ_OBJECT_ACTIONS),
                 resources=[b.arn_for_objects("*") for b in buckets],
             ),
             iam.PolicyStatement(
-                sid="ListTrainingBuckets",
                 actions=list(_READ_BUCKET_ACTIONS),
                 resources=[b.bucket_arn for b in buckets],
             ),
@@ -296,24 +297,33 @@ class TrainingBuckets(Construct):
         if write_checkpoints:
             statements += [
                 iam.PolicyStatement(
-                    sid="WriteCheckpoints",
                     actions=list(_WRITE_OBJECT_ACTIONS),
                     resources=[self._checkpoint_bucket.arn_for_objects("*")],
                 ),
                 iam.PolicyStatement(
-                    sid="ListCheckpointUploads",
                     actions=list(_WRITE_BUCKET_ACTIONS),
                     resources=[self._checkpoint_bucket.bucket_arn],
                 ),
             ]
         statements.append(
             iam.PolicyStatement(
-                sid="UseStorageKeyViaS3",
                 actions=list(_KMS_WRITE_ACTIONS if write_checkpoints else _KMS_READ_ACTIONS),
                 resources=[self._key.key_arn],
                 conditions={"StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}},
             )
         )
+        return statements
+
+    def _access_policy(self, *, write_checkpoints: bool) -> iam.ManagedPolicy:
+        # A managed policy beside the buckets, attached from the role's side: the cluster stack
+        # then depends on the storage stack (never the reverse), and the policy's resources stay
+        # local references, so the acknowledgment below can name them exactly. The grants fill it.
+        name = "NodeReadWritePolicy" if write_checkpoints else "NodeReadPolicy"
+        existing = self.node.try_find_child(name)
+        if isinstance(existing, iam.ManagedPolicy):
+            return existing
+        stack = cdk.Stack.of(self)
+        buckets = (self._dataset_bucket, self._checkpoint_bucket)
         policy = iam.ManagedPolicy(
             self,
             name,
@@ -322,7 +332,6 @@ class TrainingBuckets(Construct):
                 if write_checkpoints
                 else "cdk-trn nodes: read datasets and checkpoints"
             ),
-            statements=statements,
         )
         for bucket in buckets:
             cfn_bucket = bucket.node.default_child

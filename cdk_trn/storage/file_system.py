@@ -304,7 +304,7 @@ class TrainingFileSystem(Construct):
     :param min_capacity_gib: capacity floor for ``target_throughput_gbps`` (the data must fit).
         Default: 1200.
     :param deployment_type: Default: PERSISTENT_2.
-    :param kms_key: key for data at rest. Default: a new key, rotation on, retained.
+    :param encryption_key: key for data at rest. Default: a new key, rotation on, retained.
     :param data_compression: ``LZ4`` or ``NONE``. Default: ``LZ4``.
     :param automatic_backup_retention_days: 0 (off) to 90. Default: 7.
     :param daily_automatic_backup_start_time: ``HH:MM`` UTC. Default: None (FSx picks one).
@@ -335,7 +335,7 @@ class TrainingFileSystem(Construct):
         target_throughput_gbps: float | None = None,
         min_capacity_gib: int = sizing.MIN_CAPACITY_GIB,
         deployment_type: DeploymentType | str = DeploymentType.PERSISTENT_2,
-        kms_key: kms.IKey | None = None,
+        encryption_key: kms.IKey | None = None,
         data_compression: DataCompression | str = DataCompression.LZ4,
         automatic_backup_retention_days: int = 7,
         daily_automatic_backup_start_time: str | None = None,
@@ -367,7 +367,7 @@ class TrainingFileSystem(Construct):
         self._deployment_type = deployment
         self._efa_enabled = efa_enabled
         self._mount_path = mount_path
-        self._key: kms.IKey = kms_key or kms.Key(
+        self._key: kms.IKey = encryption_key or kms.Key(
             self,
             "Key",
             description="cdk-trn FSx for Lustre file system key",
@@ -831,7 +831,7 @@ class TrainingFileSystem(Construct):
         return sizing.throughput_per_node_gbps(self._sizing, nodes)
 
     @property
-    def kms_key(self) -> kms.IKey:
+    def encryption_key(self) -> kms.IKey:
         return self._key
 
 

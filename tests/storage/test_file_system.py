@@ -61,7 +61,7 @@ def ingress_rules_into(template: Template, group: ec2.ISecurityGroup) -> set[tup
 
 def test_file_system_is_persistent_2_lustre_2_15_encrypted_with_a_customer_managed_key(default):
     under_test, template = default
-    key_id = logical_id(under_test.buckets.kms_key)
+    key_id = logical_id(under_test.buckets.encryption_key)
     template.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
     template.has_resource_properties(
         "AWS::FSx::FileSystem",
@@ -163,7 +163,7 @@ def test_file_system_exposes_mount_facts_and_size(default):
     # 1200 GiB / 1024 x 250 MB/s/TiB = 292.97 MB/s.
     assert fs.throughput_gbps == pytest.approx(0.29296875)
     assert fs.throughput_per_node_gbps(2) == pytest.approx(0.146484375)
-    assert fs.kms_key is under_test.buckets.kms_key
+    assert fs.encryption_key is under_test.buckets.encryption_key
 
 
 # -- network access -----------------------------------------------------------------------------
@@ -313,7 +313,7 @@ def test_without_a_key_the_file_system_gets_its_own_rotating_retained_key():
     template.has_resource_properties(
         "AWS::FSx::FileSystem",
         {
-            "KmsKeyId": {"Ref": logical_id(fs.kms_key)},
+            "KmsKeyId": {"Ref": logical_id(fs.encryption_key)},
             "LustreConfiguration": Match.object_like(
                 {"DailyAutomaticBackupStartTime": "03:30", "WeeklyMaintenanceStartTime": "7:04:00"}
             ),
