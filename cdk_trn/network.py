@@ -19,7 +19,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk_trn._acknowledge import acknowledge_regulated
-from cdk_trn._resources import allow_cloudwatch_logs
+from cdk_trn._resources import allow_cloudwatch_logs, log_retention_period
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.interfaces import ITrainingNetwork
 
@@ -76,7 +76,8 @@ class TrainingNetwork(Construct):
     :param nat_egress: give nodes an internet path through a NAT gateway. Default: ``False``
         (isolated subnet, VPC endpoints only). Opt in only when the node bootstrap must reach
         package mirrors that no endpoint serves (Ubuntu DLAMIs).
-    :param flow_log_retention: retention of the VPC flow-log group. Default: one year.
+    :param flow_log_retention: retention of the VPC flow-log group, one of CloudWatch Logs'
+        periods. Default: 365 days.
     :param encryption_key: KMS key for the flow-log group. Default: a new key with rotation,
         retained.
     :param existing_vpc: use this VPC instead of creating one (then ``existing_subnet`` is required
@@ -97,7 +98,7 @@ class TrainingNetwork(Construct):
         availability_zone: str,
         cidr: str = "10.64.0.0/16",
         nat_egress: bool = False,
-        flow_log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
+        flow_log_retention: cdk.Duration | None = None,
         encryption_key: kms.IKey | None = None,
         existing_vpc: ec2.IVpc | None = None,
         existing_subnet: ec2.ISubnet | None = None,
@@ -107,6 +108,9 @@ class TrainingNetwork(Construct):
         super().__init__(scope, id)
         region = cdk.Stack.of(self).region
         self._validate_availability_zone(availability_zone, region)
+        retention = log_retention_period(
+            "flow_log_retention", flow_log_retention or cdk.Duration.days(365)
+        )
         self._validate_existing(existing_vpc, existing_subnet, cidr, nat_egress)
 
         self.availability_zone = availability_zone
@@ -123,7 +127,7 @@ class TrainingNetwork(Construct):
                 availability_zone,
                 cidr,
                 nat_egress,
-                flow_log_retention,
+                retention,
                 encryption_key,
                 extra_s3_read_buckets,
             )

@@ -33,6 +33,7 @@ from cdk_trn._resources import (
     allow_cloudwatch_logs,
     deliver_access_logs,
     encrypted_bucket,
+    log_retention_period,
 )
 from cdk_trn._runtime import runtime_lambda_code
 from cdk_trn.acceptance.document import DOCUMENT_PARAMETERS, acceptance_document
@@ -248,7 +249,8 @@ class AcceptanceRun(Construct):
     :param exported_figures: figures returned as attributes and stack outputs.
         Default: ``DEFAULT_FIGURES`` (GEMM TFLOPS per chip and fraction of peak, all-reduce bus
         bandwidth, training tokens/s, compile seconds).
-    :param log_retention: retention of the handlers' log groups. Default: one year.
+    :param log_retention: retention of the handlers' log groups, one of CloudWatch Logs'
+        periods. Default: 365 days.
     """
 
     def __init__(
@@ -270,8 +272,11 @@ class AcceptanceRun(Construct):
         rendezvous_port: int = 29400,
         neuron_comm_port: int = 46820,
         exported_figures: tuple[str, ...] | list[str] = DEFAULT_FIGURES,
-        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
+        log_retention: cdk.Duration | None = None,
     ) -> None:
+        log_retention_days = log_retention_period(
+            "log_retention", log_retention or cdk.Duration.days(365)
+        )
         super().__init__(scope, id)
         thresholds = thresholds or AcceptanceThresholds()
         workload = workload or AcceptanceWorkload()
@@ -332,13 +337,13 @@ class AcceptanceRun(Construct):
         ).hexdigest()
 
         on_event, on_event_policy = self._handler_function(
-            "OnEvent", "on_event", log_retention, self._on_event_statements()
+            "OnEvent", "on_event", log_retention_days, self._on_event_statements()
         )
         is_complete, is_complete_policy = self._handler_function(
-            "IsComplete", "is_complete", log_retention, self._is_complete_statements()
+            "IsComplete", "is_complete", log_retention_days, self._is_complete_statements()
         )
         self.provider, provider_policies = self._provider(
-            on_event, is_complete, total_timeout, query_interval, log_retention
+            on_event, is_complete, total_timeout, query_interval, log_retention_days
         )
         self._acknowledge_handler_findings()
 

@@ -27,6 +27,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from cdk_trn._resources import stateful_removal_policy, whole_days
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.interfaces import ITrainingFileSystem
 from cdk_trn.storage import sizing
@@ -306,7 +307,8 @@ class TrainingFileSystem(Construct):
     :param deployment_type: Default: PERSISTENT_2.
     :param encryption_key: key for data at rest. Default: a new key, rotation on, retained.
     :param data_compression: ``LZ4`` or ``NONE``. Default: ``LZ4``.
-    :param automatic_backup_retention_days: 0 (off) to 90. Default: 7.
+    :param automatic_backup_retention: how long automatic backups are kept, whole days from 0
+        (no automatic backups) to 90. Default: 7 days.
     :param daily_automatic_backup_start_time: ``HH:MM`` UTC. Default: None (FSx picks one).
     :param weekly_maintenance_start_time: ``d:HH:MM`` UTC, d = 1 (Monday) to 7.
         Default: None (FSx picks one).
@@ -315,8 +317,9 @@ class TrainingFileSystem(Construct):
     :param efa_enabled: EFA (and GPUDirect Storage) support; PERSISTENT_2 with a metadata
         configuration only, fixed at creation. AWS recommends it above 10 GB/s. Default: False.
     :param metadata_configuration: PERSISTENT_2 metadata IOPS. Default: None (FSx default).
-    :param removal_policy: RETAIN, RETAIN_ON_UPDATE_OR_DELETE or DESTROY (an explicit opt-out that
-        deletes the file system's data with the stack). Default: RETAIN.
+    :param destroy_on_delete: the explicit opt-out from retention: delete the file system, its
+        data repository associations and a key this construct creates with the stack (the data
+        not exported to S3 is lost). Default: False (retained on stack delete).
     :param mount_path: where clients mount the file system. Default: ``/fsx``.
     :param security_group: the file system's security group. Default: a new one, whose only
         inbound rules are the Lustre ports from itself (FSx servers talk to each other) and from
@@ -337,13 +340,13 @@ class TrainingFileSystem(Construct):
         deployment_type: DeploymentType | str = DeploymentType.PERSISTENT_2,
         encryption_key: kms.IKey | None = None,
         data_compression: DataCompression | str = DataCompression.LZ4,
-        automatic_backup_retention_days: int = 7,
+        automatic_backup_retention: cdk.Duration | None = None,
         daily_automatic_backup_start_time: str | None = None,
         weekly_maintenance_start_time: str | None = None,
         data_repository_associations: Sequence[DataRepositoryAssociation] = (),
         efa_enabled: bool = False,
         metadata_configuration: MetadataConfiguration | None = None,
-        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
+        destroy_on_delete: bool = False,
         mount_path: str = "/fsx",
         security_group: ec2.ISecurityGroup | None = None,
     ) -> None:
@@ -356,11 +359,19 @@ class TrainingFileSystem(Construct):
             min_capacity_gib,
         )
         compression = self._validate_compression(data_compression)
+        automatic_backup_retention_days = whole_days(
+            "automatic_backup_retention",
+            automatic_backup_retention
+            if automatic_backup_retention is not None
+            else cdk.Duration.days(7),
+            minimum=0,
+            maximum=90,
+        )
         self._validate_backups(automatic_backup_retention_days, daily_automatic_backup_start_time)
         self._validate_maintenance_time(weekly_maintenance_start_time)
         associations = self._validate_associations(data_repository_associations)
         self._validate_efa(deployment, efa_enabled, metadata_configuration)
-        self._validate_removal_policy(removal_policy)
+        removal_policy = stateful_removal_policy(destroy_on_delete)
         self._validate_mount_path(mount_path)
         super().__init__(scope, id)
 
@@ -372,7 +383,7 @@ class TrainingFileSystem(Construct):
             "Key",
             description="cdk-trn FSx for Lustre file system key",
             enable_key_rotation=True,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
         )
         self._security_group = security_group or ec2.SecurityGroup(
             self,
@@ -527,14 +538,6 @@ class TrainingFileSystem(Construct):
 
     @staticmethod
     def _validate_backups(retention_days: int, start_time: str | None) -> None:
-        if (
-            isinstance(retention_days, bool)
-            or not isinstance(retention_days, int)
-            or not 0 <= retention_days <= 90
-        ):
-            raise invalid(
-                "automatic_backup_retention_days", retention_days, "0 (no automatic backups) to 90"
-            )
         if start_time is not None:
             if not isinstance(start_time, str) or not _BACKUP_TIME.match(start_time):
                 raise invalid("daily_automatic_backup_start_time", start_time, "HH:MM (UTC)")
@@ -542,7 +545,7 @@ class TrainingFileSystem(Construct):
                 raise invalid(
                     "daily_automatic_backup_start_time",
                     start_time,
-                    "unset when automatic_backup_retention_days is 0",
+                    "unset when automatic_backup_retention is 0 days",
                 )
 
     @staticmethod
@@ -618,21 +621,6 @@ class TrainingFileSystem(Construct):
                 efa_enabled,
                 "False unless metadata_configuration is set (EFA needs PERSISTENT_2 with a "
                 "metadata configuration, e.g. MetadataConfiguration.automatic())",
-            )
-
-    @staticmethod
-    def _validate_removal_policy(policy: cdk.RemovalPolicy) -> None:
-        allowed = (
-            cdk.RemovalPolicy.RETAIN,
-            cdk.RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
-            cdk.RemovalPolicy.DESTROY,
-        )
-        if policy not in allowed:
-            raise invalid(
-                "removal_policy",
-                policy,
-                "RETAIN, RETAIN_ON_UPDATE_OR_DELETE or DESTROY (CloudFormation has no Snapshot "
-                "deletion policy for AWS::FSx::FileSystem; automatic backups cover restores)",
             )
 
     @staticmethod

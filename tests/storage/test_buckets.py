@@ -266,13 +266,47 @@ def test_an_imported_key_is_used_and_a_warning_says_its_policy_was_not_changed()
     )
 
 
+def test_buckets_and_their_key_are_deleted_only_when_destroy_on_delete_is_named():
+    stack = cdk.Stack(cdk.App(), "Disposable", env=cdk.Environment(region="us-east-2"))
+    TrainingBuckets(
+        stack,
+        "Buckets",
+        destroy_on_delete=True,
+        noncurrent_checkpoint_retention=cdk.Duration.days(7),
+        access_log_retention=cdk.Duration.days(90),
+    )
+    template = Template.from_stack(stack)
+    for kind in ("AWS::S3::Bucket", "AWS::KMS::Key"):
+        for resource in template.find_resources(kind).values():
+            assert resource["DeletionPolicy"] == "Delete", kind
+    template.has_resource_properties(
+        "AWS::S3::Bucket",
+        {
+            "LifecycleConfiguration": {
+                "Rules": Match.array_with(
+                    [Match.object_like({"NoncurrentVersionExpiration": {"NoncurrentDays": 7}})]
+                )
+            }
+        },
+    )
+
+
 @pytest.mark.parametrize(
     ("props", "message"),
     [
-        ({"noncurrent_checkpoint_days": 0}, "noncurrent_checkpoint_days must be a whole number"),
-        ({"noncurrent_dataset_days": -1}, "noncurrent_dataset_days must be a whole number"),
-        ({"access_log_retention_days": 1.5}, "access_log_retention_days must be a whole number"),
-        ({"removal_policy": cdk.RemovalPolicy.DESTROY}, "removal_policy must be RETAIN"),
+        (
+            {"noncurrent_checkpoint_retention": cdk.Duration.days(0)},
+            "noncurrent_checkpoint_retention must be a cdk.Duration of whole days from 1",
+        ),
+        (
+            {"noncurrent_dataset_retention": 30},
+            "noncurrent_dataset_retention must be a cdk.Duration of whole days",
+        ),
+        (
+            {"access_log_retention": cdk.Duration.hours(36)},
+            "access_log_retention must be a cdk.Duration of whole days",
+        ),
+        ({"destroy_on_delete": "yes"}, "destroy_on_delete must be True or False"),
     ],
 )
 def test_bad_bucket_props_are_refused_before_any_resource(props, message):

@@ -441,15 +441,38 @@ def test_target_throughput_with_an_explicit_capacity_is_refused():
         build(target_throughput_gbps=2.0, storage_capacity_gib=2400)
 
 
-def test_snapshot_removal_policy_is_refused_because_cloudformation_has_none_for_fsx():
-    with pytest.raises(CdkTrnError, match=r"removal_policy must be RETAIN.*no Snapshot"):
-        build(removal_policy=cdk.RemovalPolicy.SNAPSHOT)
+def test_the_file_system_is_deleted_only_when_destroy_on_delete_is_named():
+    stack = build(
+        destroy_on_delete=True,
+        automatic_backup_retention=cdk.Duration.days(0),
+        data_repository_associations=[repo()],
+    )
+    template = Template.from_stack(stack)
+    for kind in ("AWS::FSx::FileSystem", "AWS::FSx::DataRepositoryAssociation", "AWS::KMS::Key"):
+        (resource,) = template.find_resources(kind).values()
+        assert resource["DeletionPolicy"] == "Delete", kind
+    template.has_resource_properties(
+        "AWS::FSx::FileSystem",
+        {"LustreConfiguration": Match.object_like({"AutomaticBackupRetentionDays": 0})},
+    )
+
+
+def test_destroy_on_delete_must_be_a_bool():
+    with pytest.raises(CdkTrnError, match=r"destroy_on_delete must be True or False"):
+        build(destroy_on_delete="yes")
 
 
 @pytest.mark.parametrize(
     ("props", "message"),
     [
-        ({"automatic_backup_retention_days": 91}, "automatic_backup_retention_days must be 0"),
+        (
+            {"automatic_backup_retention": cdk.Duration.days(91)},
+            "automatic_backup_retention must be a cdk.Duration of whole days from 0 to 90",
+        ),
+        (
+            {"automatic_backup_retention": 7},
+            "automatic_backup_retention must be a cdk.Duration of whole days",
+        ),
         (
             {"daily_automatic_backup_start_time": "3:30"},
             "daily_automatic_backup_start_time must be HH:MM",
