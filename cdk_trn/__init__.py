@@ -15,6 +15,7 @@ from cdk_trn.catalog import INSTANCE_SPECS, InstanceSpec, instance_spec
 from cdk_trn.cluster import TrainiumCluster
 from cdk_trn.enclave import EnclaveImage, EnclaveKeyVault
 from cdk_trn.errors import CdkTrnError
+from cdk_trn.interfaces import ITrainingFileSystem, ITrainingNetwork
 from cdk_trn.launch_template import EfaInterfaceMode, efa_network_interfaces
 from cdk_trn.machine_image import NeuronMachineImage, NodeOs
 from cdk_trn.network import TrainingNetwork
@@ -42,6 +43,8 @@ __all__ = [
     "EnclaveImage",
     "EnclaveKeyVault",
     "INSTANCE_SPECS",
+    "ITrainingFileSystem",
+    "ITrainingNetwork",
     "InstanceSpec",
     "MetadataConfiguration",
     "NeuronMachineImage",

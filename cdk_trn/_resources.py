@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import aws_cdk as cdk
+import jsii
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk_trn.compliance import acknowledge, acknowledge_regulated
+from cdk_trn.errors import invalid
 
 
 def allow_cloudwatch_logs(key: kms.Key) -> None:
@@ -144,3 +147,136 @@ def deliver_access_logs(bucket: s3.Bucket, *, to: s3.Bucket, prefix: str, sid: s
             },
         )
     )
+
+
+@jsii.implements(iam.IPrincipal)
+class _ManagedPolicyOf:
+    """``principal`` as seen through ``policy``: statements granted to it go into the policy."""
+
+    def __init__(self, policy: iam.ManagedPolicy, principal: iam.IPrincipal) -> None:
+        self._policy = policy
+        self._principal = principal
+
+    @property
+    def grant_principal(self) -> iam.IPrincipal:
+        return self  # type: ignore[return-value]
+
+    @property
+    def assume_role_action(self) -> str:
+        return self._principal.assume_role_action
+
+    @property
+    def policy_fragment(self) -> iam.PrincipalPolicyFragment:
+        return self._principal.policy_fragment
+
+    @property
+    def principal_account(self) -> str | None:
+        return self._principal.principal_account
+
+    def add_to_policy(self, statement: iam.PolicyStatement) -> bool:
+        return self.add_to_principal_policy(statement).statement_added
+
+    def add_to_principal_policy(
+        self, statement: iam.PolicyStatement
+    ) -> iam.AddToPrincipalPolicyResult:
+        self._policy.add_statements(statement)  # identical statements are rendered once
+        return iam.AddToPrincipalPolicyResult(statement_added=True, policy_dependable=self._policy)
+
+
+def grant_through_managed_policy(
+    policy: iam.ManagedPolicy,
+    grantee: iam.IGrantable,
+    statements: Sequence[iam.PolicyStatement],
+) -> iam.Grant:
+    """Grant ``statements`` to ``grantee`` through ``policy``, which is attached to its principal.
+
+    The policy lives beside the resources it names, so a grantee in another stack makes that
+    stack depend on the resources' stack (never the reverse) and the policy's resources stay local
+    references. A principal that takes no managed policy (a service principal, an account) gets
+    the statements the way aws-cdk-lib's own grants give them.
+    """
+    principal = grantee.grant_principal
+    attach = getattr(principal, "add_managed_policy", None)
+    target: iam.IGrantable = grantee
+    if attach is not None:
+        attach(policy)
+        target = _ManagedPolicyOf(policy, principal)  # type: ignore[assignment]
+    grant: iam.Grant | None = None
+    for statement in statements:
+        one = iam.Grant.add_to_principal(
+            grantee=target,
+            actions=statement.actions,
+            resource_arns=statement.resources,
+            conditions=statement.conditions or None,
+        )
+        grant = one if grant is None else grant.combine(one)
+    assert grant is not None, "a grant names at least one statement"
+    return grant
+
+
+#: CloudWatch Logs' retention periods (``PutRetentionPolicy``), in days.
+_LOG_RETENTION = {
+    1: logs.RetentionDays.ONE_DAY,
+    3: logs.RetentionDays.THREE_DAYS,
+    5: logs.RetentionDays.FIVE_DAYS,
+    7: logs.RetentionDays.ONE_WEEK,
+    14: logs.RetentionDays.TWO_WEEKS,
+    30: logs.RetentionDays.ONE_MONTH,
+    60: logs.RetentionDays.TWO_MONTHS,
+    90: logs.RetentionDays.THREE_MONTHS,
+    120: logs.RetentionDays.FOUR_MONTHS,
+    150: logs.RetentionDays.FIVE_MONTHS,
+    180: logs.RetentionDays.SIX_MONTHS,
+    365: logs.RetentionDays.ONE_YEAR,
+    400: logs.RetentionDays.THIRTEEN_MONTHS,
+    545: logs.RetentionDays.EIGHTEEN_MONTHS,
+    731: logs.RetentionDays.TWO_YEARS,
+    1096: logs.RetentionDays.THREE_YEARS,
+    1827: logs.RetentionDays.FIVE_YEARS,
+    2192: logs.RetentionDays.SIX_YEARS,
+    2557: logs.RetentionDays.SEVEN_YEARS,
+    2922: logs.RetentionDays.EIGHT_YEARS,
+    3288: logs.RetentionDays.NINE_YEARS,
+    3653: logs.RetentionDays.TEN_YEARS,
+}
+
+
+def whole_days(
+    prop: str, retention: cdk.Duration, *, minimum: int = 1, maximum: int | None = None
+) -> int:
+    """``retention`` (every retention prop is a ``cdk.Duration``) as whole days, checked."""
+    allowed = f"a cdk.Duration of whole days from {minimum}" + (
+        f" to {maximum}" if maximum is not None else ""
+    )
+    if not isinstance(retention, cdk.Duration) or retention.is_unresolved():
+        raise invalid(prop, retention, allowed)
+    hours = retention.to_hours(integral=False)
+    if hours % 24:
+        raise invalid(prop, retention.to_human_string(), allowed)
+    days = int(hours // 24)
+    if days < minimum or (maximum is not None and days > maximum):
+        raise invalid(prop, retention.to_human_string(), allowed)
+    return days
+
+
+def log_retention_period(prop: str, retention: cdk.Duration) -> logs.RetentionDays:
+    """A log group's retention from a ``cdk.Duration``: one of CloudWatch Logs' periods."""
+    days = whole_days(prop, retention)
+    if days not in _LOG_RETENTION:
+        raise invalid(
+            prop,
+            retention.to_human_string(),
+            "a CloudWatch Logs retention period: "
+            + ", ".join(str(d) for d in _LOG_RETENTION)
+            + " days",
+        )
+    return _LOG_RETENTION[days]
+
+
+def stateful_removal_policy(destroy_on_delete: bool) -> cdk.RemovalPolicy:
+    """The one removal rule for the stateful resources a cdk-trn construct creates (data, keys,
+    state buckets, log groups): retained on stack delete and on replacement, unless the caller
+    named the opt-out ``destroy_on_delete=True``."""
+    if not isinstance(destroy_on_delete, bool):
+        raise invalid("destroy_on_delete", destroy_on_delete, "True or False")
+    return cdk.RemovalPolicy.DESTROY if destroy_on_delete else cdk.RemovalPolicy.RETAIN

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import aws_cdk as cdk
 import jsii
@@ -31,28 +31,14 @@ from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import InstanceSpec, instance_spec
 from cdk_trn.compliance import acknowledge, acknowledge_regulated
 from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn.interfaces import ITrainingFileSystem, ITrainingNetwork
 from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
 from cdk_trn.machine_image import NeuronMachineImage
-from cdk_trn.network import TrainingNetwork
 from cdk_trn.security import EfaSecurityGroup
 from cdk_trn_runtime.contract import CLUSTER_TAG
 
 MAX_NODES = 1024
 _CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}$")
-
-
-class MountableFileSystem(Protocol):
-    """What the cluster needs of a shared file system (``cdk_trn.storage.TrainingFileSystem``)."""
-
-    @property
-    def dns_name(self) -> str: ...
-    @property
-    def mount_name(self) -> str: ...
-    @property
-    def mount_path(self) -> str: ...
-    @property
-    def efa_enabled(self) -> bool: ...
-    def allow_clients(self, clients: ec2.IConnectable) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -104,20 +90,22 @@ class _UserData:
 class TrainiumCluster(Construct):
     """A Trainium training cluster.
 
-    :param network: the single-AZ ``TrainingNetwork`` the nodes live in.
+    :param network: the single-AZ network the nodes live in: a ``TrainingNetwork``, or one
+        another app created, from ``TrainingNetwork.from_attributes``.
     :param instance_type: a catalog type. Default: ``trn2.48xlarge``.
     :param nodes: node count, 1..1024. Default: 2.
     :param capacity: where capacity comes from. Default: ``Capacity.on_demand()`` (cluster
         placement group).
     :param machine_image: node AMI. Default: the Neuron base DLAMI on Amazon Linux 2023,
         resolved from its public SSM parameter at deploy time.
-    :param file_system: shared file system to mount on every node (and to hold the compile cache).
-        Default: none (compile cache on the root volume).
+    :param file_system: shared file system to mount on every node (and to hold the compile cache):
+        a ``TrainingFileSystem``, or one another app created, from
+        ``TrainingFileSystem.from_attributes``. Default: none (compile cache on the root volume).
     :param cluster_name: name tagged on every resource (``cdk-trn:cluster``). Default: the
         construct path, lower-cased.
     :param interface_mode: EFA interface layout. Default: ``EfaInterfaceMode.EFA_ONLY``.
     :param root_volume_gib: root volume size (gp3, encrypted). Default: 512 GiB.
-    :param volume_key: customer-managed KMS key for the root volumes. Its key policy must let
+    :param encryption_key: customer-managed KMS key for the root volumes. Its key policy must let
         the Auto Scaling service-linked role (AWSServiceRoleForAutoScaling) use it (CreateGrant,
         Decrypt, GenerateDataKey*, ReEncrypt*; EC2 Auto Scaling user guide, key policy for
         encrypted volumes), or launches fail. Default: the account's default EBS key.
@@ -133,16 +121,16 @@ class TrainiumCluster(Construct):
         scope: Construct,
         id: str,
         *,
-        network: TrainingNetwork,
+        network: ITrainingNetwork,
         instance_type: str = "trn2.48xlarge",
         nodes: int = 2,
         capacity: Capacity | None = None,
         machine_image: NeuronMachineImage | None = None,
-        file_system: MountableFileSystem | None = None,
+        file_system: ITrainingFileSystem | None = None,
         cluster_name: str | None = None,
         interface_mode: EfaInterfaceMode = EfaInterfaceMode.EFA_ONLY,
         root_volume_gib: int = 512,
-        volume_key: kms.IKey | None = None,
+        encryption_key: kms.IKey | None = None,
         signal_timeout: cdk.Duration | None = None,
         replace_nodes_on_update: bool = False,
     ) -> None:
@@ -160,30 +148,27 @@ class TrainiumCluster(Construct):
         name = cluster_name or self._default_name()
         self._validate_cluster_name(name)
 
-        self.spec: InstanceSpec = spec
-        self.nodes = nodes
-        self.capacity = capacity
-        self.cluster_name = name
-        self.network = network
-        self.vpc = network.vpc
-        self.subnet = network.subnet
-        self.machine_image = machine_image
-        self.file_system = file_system
-        #: Set by ``SlurmScheduler`` when it serves this cluster.
-        self.slurm: SlurmNodeSettings | None = None
-        self.compile_cache_path = (
+        self._spec: InstanceSpec = spec
+        self._nodes = nodes
+        self._capacity = capacity
+        self._cluster_name = name
+        self._network = network
+        self._machine_image = machine_image
+        self._file_system = file_system
+        #: Set by ``SlurmScheduler`` when it serves this cluster (see ``slurm``).
+        self._slurm: SlurmNodeSettings | None = None
+        self._compile_cache_path = (
             f"{file_system.mount_path}/neuron-compile-cache"
             if file_system is not None
             else "/var/cache/neuron-compile-cache"
         )
 
-        self.security_group = EfaSecurityGroup(self, "SecurityGroup", vpc=network.vpc)
-        self.connections = ec2.Connections(security_groups=[self.security_group])
-        self.role = self._node_role()
+        self._security_group = EfaSecurityGroup(self, "SecurityGroup", vpc=network.vpc)
+        self._connections = ec2.Connections(security_groups=[self._security_group])
+        self._role = self._node_role()
         profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
 
-        #: Node launches, terminations and their errors (subscribe your on-call to it).
-        self.events_topic = sns.Topic(
+        self._events_topic = sns.Topic(
             self,
             "NodeEvents",
             display_name=f"{name} node events",
@@ -193,12 +178,14 @@ class TrainiumCluster(Construct):
             enforce_ssl=True,
         )
 
-        self.placement_group: ec2.CfnPlacementGroup | None = None
+        self._placement_group: ec2.CfnPlacementGroup | None = None
         if capacity.placement_group:
-            self.placement_group = ec2.CfnPlacementGroup(self, "PlacementGroup", strategy="cluster")
+            self._placement_group = ec2.CfnPlacementGroup(
+                self, "PlacementGroup", strategy="cluster"
+            )
 
         # L1: the L2 AutoScalingGroup cannot take a launch template with several network cards.
-        self.auto_scaling_group = autoscaling.CfnAutoScalingGroup(
+        self._auto_scaling_group = autoscaling.CfnAutoScalingGroup(
             self,
             "Nodes",
             min_size=str(nodes),
@@ -221,20 +208,20 @@ class TrainiumCluster(Construct):
                 )
             ],
         )
-        self.launch_template = node_launch_template(
+        self._launch_template = node_launch_template(
             self,
             "LaunchTemplate",
             spec=spec,
             image_id=machine_image.image_id(self),
             node_os=machine_image.os,
             instance_profile_arn=profile.instance_profile_arn,
-            security_group_ids=[self.security_group.security_group_id],
+            security_group_ids=[self._security_group.security_group_id],
             user_data=cdk.Lazy.string(_UserData(self)),
             capacity=capacity,
             tags={CLUSTER_TAG: name},
             interface_mode=interface_mode,
             root_volume_gib=root_volume_gib,
-            volume_key=volume_key,
+            encryption_key=encryption_key,
         )
         self.auto_scaling_group.launch_template = (
             autoscaling.CfnAutoScalingGroup.LaunchTemplateSpecificationProperty(
@@ -304,11 +291,11 @@ class TrainiumCluster(Construct):
 
     def _attach_slurm(self, settings: SlurmNodeSettings) -> None:
         """Run slurmd on every node (called by ``SlurmScheduler``; one scheduler per cluster)."""
-        if self.slurm is not None:
+        if self._slurm is not None:
             raise CdkTrnError(
                 f"{self.node.path} already has a scheduler: one SlurmScheduler per cluster"
             )
-        self.slurm = settings
+        self._slurm = settings
 
     # --- resources ----------------------------------------------------------------------------
 
@@ -405,6 +392,89 @@ class TrainiumCluster(Construct):
                 ],
             )
         )
+
+    # --- attributes (read-only) -----------------------------------------------------------------
+
+    @property
+    def spec(self) -> InstanceSpec:
+        """The catalog entry of the node type."""
+        return self._spec
+
+    @property
+    def nodes(self) -> int:
+        return self._nodes
+
+    @property
+    def capacity(self) -> Capacity:
+        return self._capacity
+
+    @property
+    def cluster_name(self) -> str:
+        """The name tagged on every resource (``cdk-trn:cluster``)."""
+        return self._cluster_name
+
+    @property
+    def network(self) -> ITrainingNetwork:
+        return self._network
+
+    @property
+    def vpc(self) -> ec2.IVpc:
+        return self._network.vpc
+
+    @property
+    def subnet(self) -> ec2.ISubnet:
+        """The node subnet."""
+        return self._network.subnet
+
+    @property
+    def machine_image(self) -> NeuronMachineImage:
+        return self._machine_image
+
+    @property
+    def file_system(self) -> ITrainingFileSystem | None:
+        return self._file_system
+
+    @property
+    def slurm(self) -> SlurmNodeSettings | None:
+        """What the nodes need to run slurmd, when a ``SlurmScheduler`` serves this cluster."""
+        return self._slurm
+
+    @property
+    def compile_cache_path(self) -> str:
+        """The Neuron compile cache: on the shared file system when there is one."""
+        return self._compile_cache_path
+
+    @property
+    def security_group(self) -> EfaSecurityGroup:
+        return self._security_group
+
+    @property
+    def connections(self) -> ec2.Connections:
+        """The nodes' security group (all traffic within it for EFA)."""
+        return self._connections
+
+    @property
+    def role(self) -> iam.Role:
+        """The node role; grant the nodes access through it (``grant_*(cluster.role)``)."""
+        return self._role
+
+    @property
+    def events_topic(self) -> sns.Topic:
+        """Node launches, terminations and their errors (subscribe your on-call to it)."""
+        return self._events_topic
+
+    @property
+    def placement_group(self) -> ec2.CfnPlacementGroup | None:
+        """The cluster placement group this construct created, if any."""
+        return self._placement_group
+
+    @property
+    def auto_scaling_group(self) -> autoscaling.CfnAutoScalingGroup:
+        return self._auto_scaling_group
+
+    @property
+    def launch_template(self) -> ec2.CfnLaunchTemplate:
+        return self._launch_template
 
     # --- derived figures -------------------------------------------------------------------------
 

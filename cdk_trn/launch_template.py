@@ -91,7 +91,7 @@ def node_launch_template(
     tags: dict[str, str],
     interface_mode: EfaInterfaceMode = EfaInterfaceMode.EFA_ONLY,
     root_volume_gib: int = 512,
-    volume_key: kms.IKey | None = None,
+    encryption_key: kms.IKey | None = None,
 ) -> ec2.CfnLaunchTemplate:
     """Write the node launch template. ``user_data`` is the raw script (base64 is applied here).
 
@@ -133,7 +133,7 @@ def node_launch_template(
                     throughput=250,
                     encrypted=True,
                     delete_on_termination=True,
-                    kms_key_id=volume_key.key_arn if volume_key is not None else None,
+                    kms_key_id=encryption_key.key_arn if encryption_key is not None else None,
                 ),
             )
         ],

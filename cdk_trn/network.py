@@ -18,12 +18,14 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from cdk_trn._resources import allow_cloudwatch_logs
+from cdk_trn._resources import allow_cloudwatch_logs, log_retention_period
 from cdk_trn.compliance import acknowledge_regulated, drop_implied_depends_on, silence_cfn_lint
 from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn.interfaces import ITrainingNetwork
 
 _AZ_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
 _AZ_ID = re.compile(r"^([a-z]+\d)-az\d+$")
+_RESOURCE_ID = "^{}-[0-9a-f]{{8}}([0-9a-f]{{9}})?$"
 _DIRECTIONS = {
     "east": "e",
     "west": "w",
@@ -76,8 +78,10 @@ class TrainingNetwork(Construct):
     :param nat_egress: give nodes an internet path through a NAT gateway. Default: ``False``
         (isolated subnet, VPC endpoints only). Opt in only when the node bootstrap must reach
         package mirrors that no endpoint serves (Ubuntu DLAMIs).
-    :param flow_log_retention: retention of the VPC flow-log group. Default: one year.
-    :param log_key: KMS key for the flow-log group. Default: a new key with rotation, retained.
+    :param flow_log_retention: retention of the VPC flow-log group, one of CloudWatch Logs'
+        periods. Default: 365 days.
+    :param encryption_key: KMS key for the flow-log group. Default: a new key with rotation,
+        retained.
     :param existing_vpc: use this VPC instead of creating one (then ``existing_subnet`` is required
         and no endpoints are created unless ``create_endpoints`` is true).
     :param existing_subnet: the node subnet inside ``existing_vpc``, in ``availability_zone``.
@@ -96,8 +100,8 @@ class TrainingNetwork(Construct):
         availability_zone: str,
         cidr: str = "10.64.0.0/16",
         nat_egress: bool = False,
-        flow_log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
-        log_key: kms.IKey | None = None,
+        flow_log_retention: cdk.Duration | None = None,
+        encryption_key: kms.IKey | None = None,
         existing_vpc: ec2.IVpc | None = None,
         existing_subnet: ec2.ISubnet | None = None,
         create_endpoints: bool | None = None,
@@ -106,6 +110,9 @@ class TrainingNetwork(Construct):
         super().__init__(scope, id)
         region = cdk.Stack.of(self).region
         self._validate_availability_zone(availability_zone, region)
+        retention = log_retention_period(
+            "flow_log_retention", flow_log_retention or cdk.Duration.days(365)
+        )
         self._validate_existing(existing_vpc, existing_subnet, cidr, nat_egress)
 
         self.availability_zone = availability_zone
@@ -122,8 +129,8 @@ class TrainingNetwork(Construct):
                 availability_zone,
                 cidr,
                 nat_egress,
-                flow_log_retention,
-                log_key,
+                retention,
+                encryption_key,
                 extra_s3_read_buckets,
             )
 
@@ -134,6 +141,35 @@ class TrainingNetwork(Construct):
             # A literal CIDR for a new VPC, so that rule checkers can read the source range.
             source = self.vpc.vpc_cidr_block if existing_vpc is not None else cidr
             self.endpoint_security_group = self._add_endpoints(source)
+
+    @classmethod
+    def from_attributes(
+        cls,
+        scope: Construct,
+        id: str,
+        *,
+        vpc_id: str,
+        subnet_id: str,
+        availability_zone: str,
+        route_table_id: str | None = None,
+    ) -> ITrainingNetwork:
+        """A network another app created, by its ids: no lookup, no resource, no endpoint.
+
+        :param vpc_id: ``vpc-...``.
+        :param subnet_id: the node subnet, ``subnet-...``, in ``availability_zone``.
+        :param availability_zone: that subnet's AZ, as an AZ id (``use2-az3``) or name, checked
+            as for a new network.
+        :param route_table_id: the subnet's route table (``rtb-...``), needed only by constructs
+            that add routes or gateway endpoints. Default: none.
+        """
+        return ImportedTrainingNetwork(
+            scope,
+            id,
+            vpc_id=vpc_id,
+            subnet_id=subnet_id,
+            availability_zone=availability_zone,
+            route_table_id=route_table_id,
+        )
 
     # --- validation -------------------------------------------------------------------------
 
@@ -195,7 +231,7 @@ class TrainingNetwork(Construct):
         cidr: str,
         nat_egress: bool,
         retention: logs.RetentionDays,
-        log_key: kms.IKey | None,
+        encryption_key: kms.IKey | None,
         extra_s3_read_buckets: Sequence[str],
     ) -> tuple[ec2.Vpc, ec2.ISubnet]:
         node_type = (
@@ -220,7 +256,7 @@ class TrainingNetwork(Construct):
         s3_endpoint = vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
         self._limit_s3_endpoint(s3_endpoint, extra_s3_read_buckets)
         self.endpoints.append(s3_endpoint)
-        key = log_key or self._flow_log_key()
+        key = encryption_key or self._flow_log_key()
         log_group = logs.LogGroup(
             self,
             "FlowLogs",
@@ -340,3 +376,66 @@ class TrainingNetwork(Construct):
                 resources=[f"arn:{stack.partition}:s3:::{bucket}/*" for bucket in aws_buckets],
             )
         )
+
+
+def _validate_resource_id(prop: str, value: str | None, kind: str) -> None:
+    if value is None or (isinstance(value, str) and cdk.Token.is_unresolved(value)):
+        return
+    if not isinstance(value, str) or not re.match(_RESOURCE_ID.format(kind), value):
+        raise invalid(prop, value, f"an id such as '{kind}-0123456789abcdef0'")
+
+
+class ImportedTrainingNetwork(Construct):
+    """A training network created elsewhere, from :meth:`TrainingNetwork.from_attributes`.
+
+    Creates nothing: the VPC and the node subnet are referenced by id, and the endpoints are
+    assumed to exist already (the nodes of an imported network do not wait for any).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        vpc_id: str,
+        subnet_id: str,
+        availability_zone: str,
+        route_table_id: str | None = None,
+    ) -> None:
+        _validate_resource_id("vpc_id", vpc_id, "vpc")
+        _validate_resource_id("subnet_id", subnet_id, "subnet")
+        _validate_resource_id("route_table_id", route_table_id, "rtb")
+        TrainingNetwork._validate_availability_zone(availability_zone, cdk.Stack.of(scope).region)
+        super().__init__(scope, id)
+        self._availability_zone = availability_zone
+        self._vpc = ec2.Vpc.from_vpc_attributes(
+            self,
+            "Vpc",
+            vpc_id=vpc_id,
+            availability_zones=[availability_zone],
+            isolated_subnet_ids=[subnet_id],
+            isolated_subnet_route_table_ids=[route_table_id] if route_table_id else None,
+        )
+        self._subnet = ec2.Subnet.from_subnet_attributes(
+            self,
+            "Subnet",
+            subnet_id=subnet_id,
+            availability_zone=availability_zone,
+            route_table_id=route_table_id,
+        )
+
+    @property
+    def vpc(self) -> ec2.IVpc:
+        return self._vpc
+
+    @property
+    def subnet(self) -> ec2.ISubnet:
+        return self._subnet
+
+    @property
+    def availability_zone(self) -> str:
+        return self._availability_zone
+
+    @property
+    def endpoints(self) -> Sequence[ec2.IVpcEndpoint]:
+        return ()

@@ -36,7 +36,7 @@ class StorageStack(cdk.Stack):
             subnet=self.network.subnet,
             storage_capacity_gib=config.fsx_capacity_gib,
             per_unit_storage_throughput=config.fsx_throughput,
-            kms_key=self.buckets.kms_key,
+            encryption_key=self.buckets.encryption_key,
             data_repository_associations=default_data_repository_associations(self.buckets),
             efa_enabled=config.fsx_efa,
             metadata_configuration=MetadataConfiguration.automatic() if config.fsx_efa else None,

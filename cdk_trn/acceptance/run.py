@@ -20,7 +20,6 @@ from typing import Any
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
@@ -30,6 +29,7 @@ from cdk_trn._resources import (
     allow_cloudwatch_logs,
     deliver_access_logs,
     encrypted_bucket,
+    log_retention_period,
 )
 from cdk_trn.acceptance.document import DOCUMENT_PARAMETERS, acceptance_document
 from cdk_trn.acceptance.image import BoundNeuronTrainingImage, NeuronTrainingImage
@@ -242,7 +242,8 @@ class AcceptanceRun(Construct):
     :param exported_figures: figures returned as attributes and stack outputs.
         Default: ``DEFAULT_FIGURES`` (GEMM TFLOPS per chip and fraction of peak, all-reduce bus
         bandwidth, training tokens/s, compile seconds).
-    :param log_retention: retention of the handlers' log groups. Default: one year.
+    :param log_retention: retention of the handlers' log groups, one of CloudWatch Logs'
+        periods. Default: 365 days.
     """
 
     def __init__(
@@ -264,8 +265,11 @@ class AcceptanceRun(Construct):
         rendezvous_port: int = 29400,
         neuron_comm_port: int = 46820,
         exported_figures: tuple[str, ...] | list[str] = DEFAULT_FIGURES,
-        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
+        log_retention: cdk.Duration | None = None,
     ) -> None:
+        log_retention_days = log_retention_period(
+            "log_retention", log_retention or cdk.Duration.days(365)
+        )
         super().__init__(scope, id)
         thresholds = thresholds or AcceptanceThresholds()
         workload = workload or AcceptanceWorkload()
@@ -337,7 +341,7 @@ class AcceptanceRun(Construct):
             total_timeout=total_timeout,
             query_interval=query_interval,
             handler_timeout=cdk.Duration.minutes(5),
-            log_retention=log_retention,
+            log_retention=log_retention_days,
         )
         self._acknowledge_handler_findings()
 

@@ -39,6 +39,7 @@ from cdk_trn._resources import (
     allow_cloudwatch_logs,
     deliver_access_logs,
     encrypted_bucket,
+    stateful_removal_policy,
 )
 from cdk_trn._runtime import RUNTIME_ROOT, runtime_excludes, runtime_file
 from cdk_trn.catalog import EnclaveHostSpec, enclave_host_spec
@@ -152,7 +153,9 @@ class EnclaveKeyVault(Construct):
     :param hosts: number of enclave hosts, 1-8. Default: 1.
     :param key_admins: principals that administer the key (no cryptographic use). Default: none
         besides IAM administration through the account (also without cryptographic use).
-    :param removal_policy: for the KMS keys and the state bucket. Default: RETAIN.
+    :param destroy_on_delete: the explicit opt-out from retention: delete the KMS keys (after
+        KMS's waiting period) and the state bucket (only when empty) with the stack.
+        Default: False (retained on stack delete).
     :param machine_image: host AMI (Amazon Linux 2023 is assumed by the boot script). Default: the
         latest AL2023 from its public SSM parameter, resolved at deploy time.
     """
@@ -172,7 +175,7 @@ class EnclaveKeyVault(Construct):
         port: int = 8443,
         hosts: int = 1,
         key_admins: Sequence[iam.IPrincipal] = (),
-        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
+        destroy_on_delete: bool = False,
         machine_image: ec2.IMachineImage | None = None,
     ) -> None:
         spec = self._validate_instance_type(instance_type)
@@ -182,6 +185,7 @@ class EnclaveKeyVault(Construct):
         self._validate_hosts(hosts)
         self._validate_clients(clients)
         self._validate_image(image)
+        removal_policy = stateful_removal_policy(destroy_on_delete)
         super().__init__(scope, id)
         stack = cdk.Stack.of(self)
         self.spec = spec

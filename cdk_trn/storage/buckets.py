@@ -14,9 +14,15 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from cdk_trn._resources import access_log_bucket, deliver_access_logs, encrypted_bucket
+from cdk_trn._resources import (
+    access_log_bucket,
+    deliver_access_logs,
+    encrypted_bucket,
+    grant_through_managed_policy,
+    stateful_removal_policy,
+    whole_days,
+)
 from cdk_trn.compliance import acknowledge_regulated, acknowledge_wildcards
-from cdk_trn.errors import invalid
 
 # FSx creates one service-linked role per file system for its S3 data repository associations,
 # named AWSServiceRoleForFSxS3Access_<file-system-id> (FSx for Lustre user guide,
@@ -38,7 +44,13 @@ _KMS_READ_ACTIONS = ("kms:Decrypt",)
 _KMS_WRITE_ACTIONS = ("kms:Decrypt", "kms:GenerateDataKey")
 
 
-def storage_key(scope: Construct, id: str, *, description: str | None = None) -> kms.Key:
+def storage_key(
+    scope: Construct,
+    id: str,
+    *,
+    description: str | None = None,
+    removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
+) -> kms.Key:
     """The customer-managed storage key: rotation on, retained on stack delete.
 
     The key policy is CDK's default (the account may delegate use through IAM, which also keeps the
@@ -51,7 +63,7 @@ def storage_key(scope: Construct, id: str, *, description: str | None = None) ->
         id,
         description=description or "cdk-trn storage key: datasets, checkpoints and FSx for Lustre",
         enable_key_rotation=True,
-        removal_policy=cdk.RemovalPolicy.RETAIN,
+        removal_policy=removal_policy,
     )
 
 
@@ -61,21 +73,23 @@ class TrainingBuckets(Construct):
     Both data buckets: SSE-KMS with the storage key and S3 Bucket Keys, block public access,
     versioning, TLS-only bucket policy, server access logs to ``access_log_bucket``, retained on
     stack delete. The checkpoint bucket expires non-current versions after
-    ``noncurrent_checkpoint_days``. The access-log bucket uses SSE-S3, which is the only default
-    encryption S3 server access logging delivers to (S3 user guide, "Enabling Amazon S3 server
-    access logging"), and is versioned, blocked and TLS-only too.
+    ``noncurrent_checkpoint_retention``. The access-log bucket uses SSE-S3, which is the only
+    default encryption S3 server access logging delivers to (S3 user guide, "Enabling Amazon S3
+    server access logging"), and is versioned, blocked and TLS-only too.
 
-    :param kms_key: key for SSE-KMS on the data buckets.
+    :param encryption_key: key for SSE-KMS on the data buckets.
         Default: a new key from :func:`storage_key`. An imported key's policy cannot be changed
         here: add the FSx statement yourself (see :meth:`_allow_fsx_data_repositories`); a
         warning annotation says so.
-    :param noncurrent_checkpoint_days: days a replaced or deleted checkpoint version is kept.
-        Default: 30.
-    :param noncurrent_dataset_days: days a replaced or deleted dataset object version is kept.
-        Default: None (kept until deleted by hand).
-    :param access_log_retention_days: days server access logs are kept. Default: 365.
-    :param removal_policy: what happens to the buckets when the stack is deleted.
-        Default: RETAIN (DESTROY is refused: the buckets hold the only copy of checkpoints).
+    :param noncurrent_checkpoint_retention: how long a replaced or deleted checkpoint version is
+        kept (whole days). Default: 30 days.
+    :param noncurrent_dataset_retention: how long a replaced or deleted dataset object version is
+        kept (whole days). Default: None (kept until deleted by hand).
+    :param access_log_retention: how long server access logs are kept (whole days).
+        Default: 365 days.
+    :param destroy_on_delete: the explicit opt-out from retention: delete the buckets (and a key
+        this construct creates) with the stack. CloudFormation deletes only empty buckets, so
+        objects are never deleted. Default: False (retained on stack delete).
     """
 
     def __init__(
@@ -83,20 +97,32 @@ class TrainingBuckets(Construct):
         scope: Construct,
         id: str,
         *,
-        kms_key: kms.IKey | None = None,
-        noncurrent_checkpoint_days: int = 30,
-        noncurrent_dataset_days: int | None = None,
-        access_log_retention_days: int = 365,
-        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
+        encryption_key: kms.IKey | None = None,
+        noncurrent_checkpoint_retention: cdk.Duration | None = None,
+        noncurrent_dataset_retention: cdk.Duration | None = None,
+        access_log_retention: cdk.Duration | None = None,
+        destroy_on_delete: bool = False,
     ) -> None:
-        self._validate_days("noncurrent_checkpoint_days", noncurrent_checkpoint_days)
-        if noncurrent_dataset_days is not None:
-            self._validate_days("noncurrent_dataset_days", noncurrent_dataset_days)
-        self._validate_days("access_log_retention_days", access_log_retention_days)
-        self._validate_removal_policy(removal_policy)
+        noncurrent_checkpoint_days = whole_days(
+            "noncurrent_checkpoint_retention",
+            noncurrent_checkpoint_retention or cdk.Duration.days(30),
+        )
+        noncurrent_dataset_days = (
+            whole_days("noncurrent_dataset_retention", noncurrent_dataset_retention)
+            if noncurrent_dataset_retention is not None
+            else None
+        )
+        access_log_retention_days = whole_days(
+            "access_log_retention", access_log_retention or cdk.Duration.days(365)
+        )
+        removal_policy = stateful_removal_policy(destroy_on_delete)
         super().__init__(scope, id)
 
-        self._key: kms.IKey = kms_key if kms_key is not None else storage_key(self, "Key")
+        self._key: kms.IKey = (
+            encryption_key
+            if encryption_key is not None
+            else storage_key(self, "Key", removal_policy=removal_policy)
+        )
 
         self._access_log_bucket = access_log_bucket(
             self,
@@ -146,21 +172,6 @@ class TrainingBuckets(Construct):
             )
 
     # -- validation -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _validate_days(prop: str, days: int) -> None:
-        if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-            raise invalid(prop, days, "a whole number of days >= 1")
-
-    @staticmethod
-    def _validate_removal_policy(policy: cdk.RemovalPolicy) -> None:
-        if policy not in (cdk.RemovalPolicy.RETAIN, cdk.RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE):
-            raise invalid(
-                "removal_policy",
-                policy,
-                "RETAIN or RETAIN_ON_UPDATE_OR_DELETE (the buckets hold the only copy of datasets "
-                "and checkpoints)",
-            )
 
     # -- resources ------------------------------------------------------------------------------
 
@@ -231,7 +242,7 @@ class TrainingBuckets(Construct):
     # -- properties -----------------------------------------------------------------------------
 
     @property
-    def kms_key(self) -> kms.IKey:
+    def encryption_key(self) -> kms.IKey:
         """The key that encrypts the dataset and checkpoint buckets."""
         return self._key
 
@@ -252,43 +263,37 @@ class TrainingBuckets(Construct):
 
     # -- grants ---------------------------------------------------------------------------------
 
-    def grant_read(self, role: iam.IRole) -> iam.ManagedPolicy:
-        """Let ``role`` read datasets and checkpoints (for example to resume training).
+    def grant_read(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` read datasets and checkpoints (for example to resume training).
 
-        Attaches, and returns, this construct's read policy. Actions are listed one by one and the
-        key can be used only through S3.
+        The statements go into this construct's read policy, a managed policy attached to the
+        grantee's role. Actions are listed one by one and the key can be used only through S3.
         """
-        policy = self._access_policy(write_checkpoints=False)
-        role.add_managed_policy(policy)
-        return policy
+        return self._grant(grantee, write_checkpoints=False)
 
-    def grant_read_write(self, role: iam.IRole) -> iam.ManagedPolicy:
-        """Let ``role`` read datasets and read and write checkpoints.
+    def grant_read_write(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` read datasets and read and write checkpoints.
 
         Datasets stay read-only for training nodes: training reads them, writes go to checkpoints.
         """
-        policy = self._access_policy(write_checkpoints=True)
-        role.add_managed_policy(policy)
-        return policy
+        return self._grant(grantee, write_checkpoints=True)
 
-    def _access_policy(self, *, write_checkpoints: bool) -> iam.ManagedPolicy:
-        # A managed policy beside the buckets, attached from the role's side: the cluster stack
-        # then depends on the storage stack (never the reverse), and the policy's resources stay
-        # local references, so the acknowledgment below computes their flattened ARNs.
-        name = "NodeReadWritePolicy" if write_checkpoints else "NodeReadPolicy"
-        existing = self.node.try_find_child(name)
-        if isinstance(existing, iam.ManagedPolicy):
-            return existing
+    def _grant(self, grantee: iam.IGrantable, *, write_checkpoints: bool) -> iam.Grant:
+        return grant_through_managed_policy(
+            self._access_policy(write_checkpoints=write_checkpoints),
+            grantee,
+            self._access_statements(write_checkpoints=write_checkpoints),
+        )
+
+    def _access_statements(self, *, write_checkpoints: bool) -> list[iam.PolicyStatement]:
         stack = cdk.Stack.of(self)
         buckets = (self._dataset_bucket, self._checkpoint_bucket)
         statements = [
             iam.PolicyStatement(
-                sid="ReadTrainingObjects",
                 actions=list(_READ_OBJECT_ACTIONS),
                 resources=[b.arn_for_objects("*") for b in buckets],
             ),
             iam.PolicyStatement(
-                sid="ListTrainingBuckets",
                 actions=list(_READ_BUCKET_ACTIONS),
                 resources=[b.bucket_arn for b in buckets],
             ),
@@ -296,24 +301,32 @@ class TrainingBuckets(Construct):
         if write_checkpoints:
             statements += [
                 iam.PolicyStatement(
-                    sid="WriteCheckpoints",
                     actions=list(_WRITE_OBJECT_ACTIONS),
                     resources=[self._checkpoint_bucket.arn_for_objects("*")],
                 ),
                 iam.PolicyStatement(
-                    sid="ListCheckpointUploads",
                     actions=list(_WRITE_BUCKET_ACTIONS),
                     resources=[self._checkpoint_bucket.bucket_arn],
                 ),
             ]
         statements.append(
             iam.PolicyStatement(
-                sid="UseStorageKeyViaS3",
                 actions=list(_KMS_WRITE_ACTIONS if write_checkpoints else _KMS_READ_ACTIONS),
                 resources=[self._key.key_arn],
                 conditions={"StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}},
             )
         )
+        return statements
+
+    def _access_policy(self, *, write_checkpoints: bool) -> iam.ManagedPolicy:
+        # A managed policy beside the buckets, attached from the role's side: the cluster stack
+        # then depends on the storage stack (never the reverse), and the policy's resources stay
+        # local references, so the acknowledgment below can name them exactly. The grants fill it.
+        name = "NodeReadWritePolicy" if write_checkpoints else "NodeReadPolicy"
+        existing = self.node.try_find_child(name)
+        if isinstance(existing, iam.ManagedPolicy):
+            return existing
+        buckets = (self._dataset_bucket, self._checkpoint_bucket)
         policy = iam.ManagedPolicy(
             self,
             name,
@@ -322,7 +335,6 @@ class TrainingBuckets(Construct):
                 if write_checkpoints
                 else "cdk-trn nodes: read datasets and checkpoints"
             ),
-            statements=statements,
         )
         acknowledge_wildcards(
             policy,

@@ -27,7 +27,9 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from cdk_trn._resources import stateful_removal_policy, whole_days
 from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn.interfaces import ITrainingFileSystem
 from cdk_trn.storage import sizing
 
 if TYPE_CHECKING:
@@ -40,6 +42,19 @@ LUSTRE_SERVER_PORTS = (1018, 1023)
 _BACKUP_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _MAINTENANCE_TIME = re.compile(r"^[1-7]:([01]\d|2[0-3]):[0-5]\d$")
 _MOUNT_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
+_FILE_SYSTEM_ID = re.compile(r"^fs-[0-9a-f]{8,21}$")
+_SECURITY_GROUP_ID = re.compile(r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$")
+_MOUNT_NAME = re.compile(r"^[a-z0-9]{1,8}$")
+_DNS_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
+
+
+def client_ports(efa_enabled: bool) -> list[ec2.Port]:
+    """What Lustre clients and servers open to each other: TCP 988 and 1018-1023 (FSx for Lustre
+    user guide, "File system access control with Amazon VPC"), or all traffic when the file
+    system is EFA-enabled (user guide, "EFA-enabled security groups")."""
+    if efa_enabled:
+        return [ec2.Port.all_traffic()]
+    return [ec2.Port.tcp(LUSTRE_PORT), ec2.Port.tcp_range(*LUSTRE_SERVER_PORTS)]
 
 
 class DeploymentType(StrEnum):
@@ -291,9 +306,10 @@ class TrainingFileSystem(Construct):
     :param min_capacity_gib: capacity floor for ``target_throughput_gbps`` (the data must fit).
         Default: 1200.
     :param deployment_type: Default: PERSISTENT_2.
-    :param kms_key: key for data at rest. Default: a new key, rotation on, retained.
+    :param encryption_key: key for data at rest. Default: a new key, rotation on, retained.
     :param data_compression: ``LZ4`` or ``NONE``. Default: ``LZ4``.
-    :param automatic_backup_retention_days: 0 (off) to 90. Default: 7.
+    :param automatic_backup_retention: how long automatic backups are kept, whole days from 0
+        (no automatic backups) to 90. Default: 7 days.
     :param daily_automatic_backup_start_time: ``HH:MM`` UTC. Default: None (FSx picks one).
     :param weekly_maintenance_start_time: ``d:HH:MM`` UTC, d = 1 (Monday) to 7.
         Default: None (FSx picks one).
@@ -302,8 +318,9 @@ class TrainingFileSystem(Construct):
     :param efa_enabled: EFA (and GPUDirect Storage) support; PERSISTENT_2 with a metadata
         configuration only, fixed at creation. AWS recommends it above 10 GB/s. Default: False.
     :param metadata_configuration: PERSISTENT_2 metadata IOPS. Default: None (FSx default).
-    :param removal_policy: RETAIN, RETAIN_ON_UPDATE_OR_DELETE or DESTROY (an explicit opt-out that
-        deletes the file system's data with the stack). Default: RETAIN.
+    :param destroy_on_delete: the explicit opt-out from retention: delete the file system, its
+        data repository associations and a key this construct creates with the stack (the data
+        not exported to S3 is lost). Default: False (retained on stack delete).
     :param mount_path: where clients mount the file system. Default: ``/fsx``.
     :param security_group: the file system's security group. Default: a new one, whose only
         inbound rules are the Lustre ports from itself (FSx servers talk to each other) and from
@@ -322,15 +339,15 @@ class TrainingFileSystem(Construct):
         target_throughput_gbps: float | None = None,
         min_capacity_gib: int = sizing.MIN_CAPACITY_GIB,
         deployment_type: DeploymentType | str = DeploymentType.PERSISTENT_2,
-        kms_key: kms.IKey | None = None,
+        encryption_key: kms.IKey | None = None,
         data_compression: DataCompression | str = DataCompression.LZ4,
-        automatic_backup_retention_days: int = 7,
+        automatic_backup_retention: cdk.Duration | None = None,
         daily_automatic_backup_start_time: str | None = None,
         weekly_maintenance_start_time: str | None = None,
         data_repository_associations: Sequence[DataRepositoryAssociation] = (),
         efa_enabled: bool = False,
         metadata_configuration: MetadataConfiguration | None = None,
-        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
+        destroy_on_delete: bool = False,
         mount_path: str = "/fsx",
         security_group: ec2.ISecurityGroup | None = None,
     ) -> None:
@@ -343,23 +360,31 @@ class TrainingFileSystem(Construct):
             min_capacity_gib,
         )
         compression = self._validate_compression(data_compression)
+        automatic_backup_retention_days = whole_days(
+            "automatic_backup_retention",
+            automatic_backup_retention
+            if automatic_backup_retention is not None
+            else cdk.Duration.days(7),
+            minimum=0,
+            maximum=90,
+        )
         self._validate_backups(automatic_backup_retention_days, daily_automatic_backup_start_time)
         self._validate_maintenance_time(weekly_maintenance_start_time)
         associations = self._validate_associations(data_repository_associations)
         self._validate_efa(deployment, efa_enabled, metadata_configuration)
-        self._validate_removal_policy(removal_policy)
+        removal_policy = stateful_removal_policy(destroy_on_delete)
         self._validate_mount_path(mount_path)
         super().__init__(scope, id)
 
         self._deployment_type = deployment
         self._efa_enabled = efa_enabled
         self._mount_path = mount_path
-        self._key: kms.IKey = kms_key or kms.Key(
+        self._key: kms.IKey = encryption_key or kms.Key(
             self,
             "Key",
             description="cdk-trn FSx for Lustre file system key",
             enable_key_rotation=True,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
         )
         self._security_group = security_group or ec2.SecurityGroup(
             self,
@@ -371,7 +396,7 @@ class TrainingFileSystem(Construct):
             allow_all_outbound=True,
         )
         self._connections = ec2.Connections(security_groups=[self._security_group])
-        self._allow_servers()
+        self_rules = self._allow_servers()
 
         # L1 because the L2 LustreFileSystem opens TCP 988-1023 inside its security group (Lustre
         # needs only 988 and 1018-1023) and has no props for EFA or the metadata configuration.
@@ -400,12 +425,49 @@ class TrainingFileSystem(Construct):
             ),
         )
         self._file_system.apply_removal_policy(removal_policy)
+        for rule in self_rules:
+            self._file_system.add_dependency(rule)
 
         self._associations = associations
         self._cfn_associations = [
             self._association(index, association, removal_policy)
             for index, association in enumerate(associations)
         ]
+
+    @classmethod
+    def from_attributes(
+        cls,
+        scope: Construct,
+        id: str,
+        *,
+        file_system_id: str,
+        dns_name: str,
+        mount_name: str,
+        security_group_id: str,
+        mount_path: str = "/fsx",
+        efa_enabled: bool = False,
+    ) -> ITrainingFileSystem:
+        """A file system another app created (and retains), by its attributes: no lookup.
+
+        :param file_system_id: ``fs-...``.
+        :param dns_name: the file system's DNS name (``DNSName`` of ``describe-file-systems``).
+        :param mount_name: its Lustre mount name (``LustreConfiguration.MountName``).
+        :param security_group_id: the file system's security group. It is not modified by this
+            app except for the inbound rules :meth:`allow_clients` adds for the clients (written
+            beside the clients, so they are deleted with them).
+        :param mount_path: where clients mount it. Default: ``/fsx``.
+        :param efa_enabled: whether the file system was created EFA-enabled. Default: False.
+        """
+        return ImportedTrainingFileSystem(
+            scope,
+            id,
+            file_system_id=file_system_id,
+            dns_name=dns_name,
+            mount_name=mount_name,
+            security_group_id=security_group_id,
+            mount_path=mount_path,
+            efa_enabled=efa_enabled,
+        )
 
     # -- validation (before any resource) ------------------------------------------------------
 
@@ -477,14 +539,6 @@ class TrainingFileSystem(Construct):
 
     @staticmethod
     def _validate_backups(retention_days: int, start_time: str | None) -> None:
-        if (
-            isinstance(retention_days, bool)
-            or not isinstance(retention_days, int)
-            or not 0 <= retention_days <= 90
-        ):
-            raise invalid(
-                "automatic_backup_retention_days", retention_days, "0 (no automatic backups) to 90"
-            )
         if start_time is not None:
             if not isinstance(start_time, str) or not _BACKUP_TIME.match(start_time):
                 raise invalid("daily_automatic_backup_start_time", start_time, "HH:MM (UTC)")
@@ -492,7 +546,7 @@ class TrainingFileSystem(Construct):
                 raise invalid(
                     "daily_automatic_backup_start_time",
                     start_time,
-                    "unset when automatic_backup_retention_days is 0",
+                    "unset when automatic_backup_retention is 0 days",
                 )
 
     @staticmethod
@@ -571,21 +625,6 @@ class TrainingFileSystem(Construct):
             )
 
     @staticmethod
-    def _validate_removal_policy(policy: cdk.RemovalPolicy) -> None:
-        allowed = (
-            cdk.RemovalPolicy.RETAIN,
-            cdk.RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
-            cdk.RemovalPolicy.DESTROY,
-        )
-        if policy not in allowed:
-            raise invalid(
-                "removal_policy",
-                policy,
-                "RETAIN, RETAIN_ON_UPDATE_OR_DELETE or DESTROY (CloudFormation has no Snapshot "
-                "deletion policy for AWS::FSx::FileSystem; automatic backups cover restores)",
-            )
-
-    @staticmethod
     def _validate_mount_path(path: str) -> None:
         if (
             not isinstance(path, str)
@@ -605,30 +644,56 @@ class TrainingFileSystem(Construct):
 
     # -- resources ------------------------------------------------------------------------------
 
-    def _lustre_ports(self) -> list[ec2.Port]:
-        return [
-            ec2.Port.tcp(LUSTRE_PORT),
-            ec2.Port.tcp_range(*LUSTRE_SERVER_PORTS),
-        ]
+    def _allow_servers(self) -> list[cdk.CfnResource]:
+        """Self rules: Lustre servers talk to each other; EFA needs all traffic within the group.
 
-    def _allow_servers(self) -> None:
-        """Self rules: Lustre servers talk to each other; EFA needs all traffic within the group."""
-        group = self._security_group
+        Written as L1 rules so that the file system can depend on each one: FSx checks the group
+        when it creates the file system, and a rule that does not exist yet fails the creation
+        intermittently (ParallelCluster issue 6181, fixed the same way in PR 6342).
+        """
+        group_id = self._security_group.security_group_id
+        rules: list[cdk.CfnResource] = []
         if self._efa_enabled:
-            group.add_ingress_rule(group, ec2.Port.all_traffic(), "EFA between FSx servers")
-            # EFA checks for an explicit self egress rule even when all outbound is allowed;
-            # the L2 skips egress rules on an allow-all group, so this one is written directly.
-            ec2.CfnSecurityGroupEgress(
-                self,
-                "EfaSelfEgress",
-                group_id=group.security_group_id,
-                ip_protocol="-1",
-                destination_security_group_id=group.security_group_id,
-                description="EFA between FSx servers",
+            rules.append(
+                ec2.CfnSecurityGroupIngress(
+                    self,
+                    "EfaSelfIngress",
+                    group_id=group_id,
+                    ip_protocol="-1",
+                    source_security_group_id=group_id,
+                    description="EFA between FSx servers",
+                )
             )
-            return
-        for port in self._lustre_ports():
-            group.add_ingress_rule(group, port, f"Lustre {port.to_string()} between FSx servers")
+            # EFA checks for an explicit self egress rule even when all outbound is allowed.
+            rules.append(
+                ec2.CfnSecurityGroupEgress(
+                    self,
+                    "EfaSelfEgress",
+                    group_id=group_id,
+                    ip_protocol="-1",
+                    destination_security_group_id=group_id,
+                    description="EFA between FSx servers",
+                )
+            )
+            return rules
+        for name, (from_port, to_port) in (
+            ("LustreSelfIngress", (LUSTRE_PORT, LUSTRE_PORT)),
+            ("LustreServersSelfIngress", LUSTRE_SERVER_PORTS),
+        ):
+            ports = f"{from_port}" if from_port == to_port else f"{from_port}-{to_port}"
+            rules.append(
+                ec2.CfnSecurityGroupIngress(
+                    self,
+                    name,
+                    group_id=group_id,
+                    ip_protocol="tcp",
+                    from_port=from_port,
+                    to_port=to_port,
+                    source_security_group_id=group_id,
+                    description=f"Lustre {ports} between FSx servers",
+                )
+            )
+        return rules
 
     def _association(
         self, index: int, association: DataRepositoryAssociation, removal_policy: cdk.RemovalPolicy
@@ -673,7 +738,7 @@ class TrainingFileSystem(Construct):
         The rules are written from the clients' side, so when the clients live in another stack
         (the cluster stack) the rules live there too, and that stack depends on this one.
         """
-        ports = [ec2.Port.all_traffic()] if self._efa_enabled else self._lustre_ports()
+        ports = client_ports(self._efa_enabled)
         for port in ports:
             ports_text = port.to_string()
             clients.connections.allow_to(
@@ -756,5 +821,117 @@ class TrainingFileSystem(Construct):
         return sizing.throughput_per_node_gbps(self._sizing, nodes)
 
     @property
-    def kms_key(self) -> kms.IKey:
+    def encryption_key(self) -> kms.IKey:
         return self._key
+
+
+@jsii.implements(ec2.IConnectable)
+class ImportedTrainingFileSystem(Construct):
+    """A file system created elsewhere, from :meth:`TrainingFileSystem.from_attributes`.
+
+    Its security group is imported immutable: nothing in this app changes its rules through the
+    group itself. :meth:`allow_clients` writes the clients' inbound rules on that group as
+    ``AWS::EC2::SecurityGroupIngress`` resources beside the clients (in the cluster's stack), so
+    they come and go with the cluster and the app that owns the file system never sees them.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        file_system_id: str,
+        dns_name: str,
+        mount_name: str,
+        security_group_id: str,
+        mount_path: str = "/fsx",
+        efa_enabled: bool = False,
+    ) -> None:
+        _validate_attribute("file_system_id", file_system_id, _FILE_SYSTEM_ID, "an id fs-...")
+        _validate_attribute(
+            "security_group_id", security_group_id, _SECURITY_GROUP_ID, "an id sg-..."
+        )
+        _validate_attribute(
+            "mount_name", mount_name, _MOUNT_NAME, "the Lustre mount name, 1-8 of a-z 0-9"
+        )
+        _validate_attribute("dns_name", dns_name, _DNS_NAME, "the file system's DNS name")
+        TrainingFileSystem._validate_mount_path(mount_path)
+        if not isinstance(efa_enabled, bool):
+            raise invalid("efa_enabled", efa_enabled, "True or False")
+        super().__init__(scope, id)
+        self._file_system_id = file_system_id
+        self._dns_name = dns_name
+        self._mount_name = mount_name
+        self._mount_path = mount_path
+        self._efa_enabled = efa_enabled
+        self._security_group = ec2.SecurityGroup.from_security_group_id(
+            self, "SecurityGroup", security_group_id, mutable=False
+        )
+        self._connections = ec2.Connections(security_groups=[self._security_group])
+
+    def allow_clients(self, clients: ec2.IConnectable) -> None:
+        """Let ``clients`` mount the file system: the Lustre ports (all traffic when EFA-enabled)
+        into the file system's group from each of the clients' groups, and the clients' side
+        (outbound to and inbound from the file system's group) on the clients' groups."""
+        scope = clients if isinstance(clients, Construct) else self
+        group_id = self._security_group.security_group_id
+        for group in clients.connections.security_groups:
+            for port in client_ports(self._efa_enabled):
+                rule = port.to_rule_json()
+                rule_id = f"FsxIngress{cdk.Names.unique_id(self)}{cdk.Names.unique_id(group)}"
+                rule_id += f"{rule.get('fromPort', 'All')}"
+                if scope.node.try_find_child(rule_id) is not None:
+                    continue
+                ec2.CfnSecurityGroupIngress(
+                    scope,
+                    rule_id,
+                    group_id=group_id,
+                    source_security_group_id=group.security_group_id,
+                    ip_protocol=rule["ipProtocol"],
+                    from_port=rule.get("fromPort"),
+                    to_port=rule.get("toPort"),
+                    description=f"Lustre clients to FSx {port.to_string()}",
+                )
+        for port in client_ports(self._efa_enabled):
+            # The file system's own group is immutable, so only the clients' rules are written.
+            clients.connections.allow_to(
+                self._connections, port, f"Lustre clients to FSx {port.to_string()}"
+            )
+            clients.connections.allow_from(
+                self._connections, port, f"FSx to Lustre clients {port.to_string()}"
+            )
+
+    @property
+    def connections(self) -> ec2.Connections:
+        return self._connections
+
+    @property
+    def security_group(self) -> ec2.ISecurityGroup:
+        return self._security_group
+
+    @property
+    def file_system_id(self) -> str:
+        return self._file_system_id
+
+    @property
+    def dns_name(self) -> str:
+        return self._dns_name
+
+    @property
+    def mount_name(self) -> str:
+        return self._mount_name
+
+    @property
+    def mount_path(self) -> str:
+        return self._mount_path
+
+    @property
+    def efa_enabled(self) -> bool:
+        return self._efa_enabled
+
+
+def _validate_attribute(prop: str, value: str, pattern: re.Pattern[str], allowed: str) -> None:
+    if isinstance(value, str) and cdk.Token.is_unresolved(value):
+        return
+    if not isinstance(value, str) or not pattern.match(value):
+        raise invalid(prop, value, allowed)

@@ -54,7 +54,7 @@ def storage_stack(*, app: cdk.App | None = None, **file_system_props: Any) -> St
     file_system_props.setdefault(
         "data_repository_associations", default_data_repository_associations(buckets)
     )
-    file_system_props.setdefault("kms_key", buckets.kms_key)
+    file_system_props.setdefault("encryption_key", buckets.encryption_key)
     fs = TrainingFileSystem(stack, "Fsx", vpc=vpc, subnet=subnet, **file_system_props)
     clients = ec2.SecurityGroup(
         stack, "ClientGroup", vpc=vpc, description="Test double of the cluster node group"

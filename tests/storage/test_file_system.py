@@ -61,7 +61,7 @@ def ingress_rules_into(template: Template, group: ec2.ISecurityGroup) -> set[tup
 
 def test_file_system_is_persistent_2_lustre_2_15_encrypted_with_a_customer_managed_key(default):
     under_test, template = default
-    key_id = logical_id(under_test.buckets.kms_key)
+    key_id = logical_id(under_test.buckets.encryption_key)
     template.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
     template.has_resource_properties(
         "AWS::FSx::FileSystem",
@@ -163,7 +163,7 @@ def test_file_system_exposes_mount_facts_and_size(default):
     # 1200 GiB / 1024 x 250 MB/s/TiB = 292.97 MB/s.
     assert fs.throughput_gbps == pytest.approx(0.29296875)
     assert fs.throughput_per_node_gbps(2) == pytest.approx(0.146484375)
-    assert fs.kms_key is under_test.buckets.kms_key
+    assert fs.encryption_key is under_test.buckets.encryption_key
 
 
 # -- network access -----------------------------------------------------------------------------
@@ -253,6 +253,30 @@ def test_efa_security_group_allows_all_traffic_to_and_from_itself_and_clients(ef
     )
 
 
+def self_rules(template: Template, group: ec2.ISecurityGroup) -> set[str]:
+    """Logical ids of the group's rules whose other side is the group itself."""
+    own = group_ref(group)
+    found = set()
+    for kind, other in (
+        ("AWS::EC2::SecurityGroupIngress", "SourceSecurityGroupId"),
+        ("AWS::EC2::SecurityGroupEgress", "DestinationSecurityGroupId"),
+    ):
+        for logical, rule in template.find_resources(kind).items():
+            if rule["Properties"]["GroupId"] == own and rule["Properties"].get(other) == own:
+                found.add(logical)
+    return found
+
+
+@pytest.mark.parametrize("variant", ["default", "efa"])
+def test_file_system_waits_for_every_self_rule_of_its_security_group(variant, request):
+    under_test, template = request.getfixturevalue(variant)
+    rules = self_rules(template, under_test.file_system.security_group)
+    # Lustre: 988 and 1018-1023 in; EFA: all traffic in and out.
+    assert len(rules) == 2
+    (file_system,) = template.find_resources("AWS::FSx::FileSystem").values()
+    assert rules <= set(file_system.get("DependsOn", []))
+
+
 # -- sizing ---------------------------------------------------------------------------------------
 
 
@@ -289,7 +313,7 @@ def test_without_a_key_the_file_system_gets_its_own_rotating_retained_key():
     template.has_resource_properties(
         "AWS::FSx::FileSystem",
         {
-            "KmsKeyId": {"Ref": logical_id(fs.kms_key)},
+            "KmsKeyId": {"Ref": logical_id(fs.encryption_key)},
             "LustreConfiguration": Match.object_like(
                 {"DailyAutomaticBackupStartTime": "03:30", "WeeklyMaintenanceStartTime": "7:04:00"}
             ),
@@ -417,15 +441,38 @@ def test_target_throughput_with_an_explicit_capacity_is_refused():
         build(target_throughput_gbps=2.0, storage_capacity_gib=2400)
 
 
-def test_snapshot_removal_policy_is_refused_because_cloudformation_has_none_for_fsx():
-    with pytest.raises(CdkTrnError, match=r"removal_policy must be RETAIN.*no Snapshot"):
-        build(removal_policy=cdk.RemovalPolicy.SNAPSHOT)
+def test_the_file_system_is_deleted_only_when_destroy_on_delete_is_named():
+    stack = build(
+        destroy_on_delete=True,
+        automatic_backup_retention=cdk.Duration.days(0),
+        data_repository_associations=[repo()],
+    )
+    template = Template.from_stack(stack)
+    for kind in ("AWS::FSx::FileSystem", "AWS::FSx::DataRepositoryAssociation", "AWS::KMS::Key"):
+        (resource,) = template.find_resources(kind).values()
+        assert resource["DeletionPolicy"] == "Delete", kind
+    template.has_resource_properties(
+        "AWS::FSx::FileSystem",
+        {"LustreConfiguration": Match.object_like({"AutomaticBackupRetentionDays": 0})},
+    )
+
+
+def test_destroy_on_delete_must_be_a_bool():
+    with pytest.raises(CdkTrnError, match=r"destroy_on_delete must be True or False"):
+        build(destroy_on_delete="yes")
 
 
 @pytest.mark.parametrize(
     ("props", "message"),
     [
-        ({"automatic_backup_retention_days": 91}, "automatic_backup_retention_days must be 0"),
+        (
+            {"automatic_backup_retention": cdk.Duration.days(91)},
+            "automatic_backup_retention must be a cdk.Duration of whole days from 0 to 90",
+        ),
+        (
+            {"automatic_backup_retention": 7},
+            "automatic_backup_retention must be a cdk.Duration of whole days",
+        ),
         (
             {"daily_automatic_backup_start_time": "3:30"},
             "daily_automatic_backup_start_time must be HH:MM",

@@ -41,7 +41,7 @@ def composed(tmp_path_factory):
         "Fsx",
         vpc=network.vpc,
         subnet=network.subnet,
-        kms_key=buckets.kms_key,
+        encryption_key=buckets.encryption_key,
         data_repository_associations=default_data_repository_associations(buckets),
     )
     cluster_stack = cdk.Stack(app, "cluster", env=env)
