@@ -382,21 +382,27 @@ def serve(
                 return
             raise
         with conn:
-            conn.settimeout(connection_timeout)
             try:
-                request = recv_frame(conn)
-            except (FrameError, OSError) as exc:
-                _reply_quietly(
-                    conn, {"ok": False, "error": {"code": "bad_frame", "message": str(exc)}}
-                )
-                continue
-            _reply_quietly(conn, signer.handle(request))
+                _answer(conn, signer, connection_timeout)
+            except Exception:
+                # Whatever one connection sends, the loop goes on to the next.
+                LOG.exception("a request on the enclave channel failed")
+
+
+def _answer(conn: socket.socket, signer: EnclaveSigner, timeout: float) -> None:
+    conn.settimeout(timeout)
+    try:
+        request = recv_frame(conn)
+    except (FrameError, OSError) as exc:
+        _reply_quietly(conn, {"ok": False, "error": {"code": "bad_frame", "message": str(exc)}})
+        return
+    _reply_quietly(conn, signer.handle(request))
 
 
 def _reply_quietly(conn: socket.socket, message: dict[str, Any]) -> None:
     try:
         send_frame(conn, message)
-    except (OSError, FrameError):
+    except (OSError, FrameError, ValueError, TypeError):
         LOG.warning("could not send a reply to the parent")
 
 

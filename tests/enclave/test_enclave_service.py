@@ -188,6 +188,24 @@ def test_serve_loop_answers_garbage_and_oversized_frames_and_keeps_serving(pki):
         enclave.close()
 
 
+def test_deeply_nested_frame_gets_an_error_reply_and_the_loop_keeps_serving(pki):
+    # Finding: "[" * 200000 raised RecursionError in json.loads and ended the serve loop.
+    kms = _kms(pki)
+    enclave = RunningEnclave(EnclaveSigner(TestPkiNsm(pki), lambda r, c: kms))
+    try:
+        nested = b"[" * 200000
+        for _ in range(2):
+            with socket.create_connection(enclave.address.address, timeout=5) as sock:
+                sock.sendall(struct.pack(">I", len(nested)) + nested)
+                reply = recv_frame(sock)
+            assert reply["ok"] is False and reply["error"]["code"] == "bad_frame"
+            assert "nests too deeply" in reply["error"]["message"]
+        assert enclave.thread.is_alive()
+        assert enclave.address.request({"op": "public_key"})["error"]["code"] == "not_initialised"
+    finally:
+        enclave.close()
+
+
 def test_nsm_ioctl_number_is_iowr_0x0a_0_of_two_iovecs():
     # _IOWR(NSM_MAGIC=0x0A, 0, struct nsm_raw) with struct nsm_raw = 2 x {u64 addr; u64 len}.
     assert NsmDevice.IOCTL_RAW == 0xC0200A00
