@@ -1,11 +1,13 @@
 """Command line for signed checkpoint manifests.
 
-- ``sign DIR [--run-id ID] [--cluster NAME] [--vault URL | --private-key PEM] [--output FILE]``:
+- ``sign DIR [--run-id ID] [--cluster NAME] [--step N] [--checkpoint-path P]
+  [--vault URL | --private-key PEM] [--output FILE]``:
   builds the manifest, has the enclave vault sign its SHA-384 (the node proves its IAM role with a
   presigned ``sts:GetCallerIdentity``), checks the returned signature, writes the signed manifest
   (default ``DIR.manifest.json`` beside the directory).
-- ``verify MANIFEST DIR --public-key KEY``: offline; prints every tampered, missing and extra file
-  and exits 1 on any problem.
+- ``verify MANIFEST DIR --public-key KEY [--run-id ID] [--cluster NAME] [--step N] [--path P]``:
+  offline; prints the signed identity and every tampered, missing and extra file and every
+  identity field that differs from the expected one, and exits 1 on any problem.
 - ``public-key --vault URL``: prints the vault's signing public key (PEM) for verifiers.
 
 Exit codes: 0 success, 1 verification failed or signing refused, 2 usage error.
@@ -18,6 +20,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,18 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("CDK_TRN_CLUSTER"),
         help="cluster name (default: $CDK_TRN_CLUSTER)",
     )
+    sign.add_argument(
+        "--step",
+        type=int,
+        default=_env_int("CDK_TRN_STEP"),
+        help="training step of the checkpoint (default: $CDK_TRN_STEP, else the number the "
+        "directory name ends with, e.g. step-1000)",
+    )
+    sign.add_argument(
+        "--checkpoint-path",
+        default=None,
+        help="the checkpoint's path as the job knows it (default: the absolute DIR)",
+    )
     source = sign.add_mutually_exclusive_group()
     source.add_argument(
         "--vault",
@@ -87,10 +102,29 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--public-key", type=Path, required=True, help="the signer's P-384 public key, PEM or DER"
     )
+    verify.add_argument("--run-id", default=None, help="fail unless the manifest names this run")
+    verify.add_argument("--cluster", default=None, help="fail unless it names this cluster")
+    verify.add_argument("--step", type=int, default=None, help="fail unless it is this step")
+    verify.add_argument(
+        "--path",
+        dest="checkpoint_path",
+        default=None,
+        help="fail unless the checkpoint was signed at this path (e.g. /fsx/ckpt/step-1000)",
+    )
 
     public_key = commands.add_parser("public-key", help="print the vault's public key (PEM)")
     public_key.add_argument("--vault", default=os.environ.get("CDK_TRN_VAULT_URL"), required=False)
     return parser
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value and value.isdigit() else None
+
+
+def _step_from_name(directory: Path) -> int | None:
+    match = re.search(r"(\d+)$", directory.resolve().name)
+    return int(match.group(1)) if match else None
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -107,11 +141,19 @@ def _sign(args: argparse.Namespace) -> int:
         return _fail("--cluster is required (or set CDK_TRN_CLUSTER)", 2)
     if not args.vault and not args.private_key:
         return _fail("give --vault URL (or CDK_TRN_VAULT_URL) or --private-key PEM", 2)
+    step = args.step if args.step is not None else _step_from_name(directory)
+    if step is None:
+        return _fail(
+            f"give --step (or CDK_TRN_STEP): {directory.name!r} does not end with a step number",
+            2,
+        )
     try:
         manifest = build_manifest(
             directory,
             run_id=args.run_id or directory.resolve().name,
             cluster=args.cluster,
+            step=step,
+            checkpoint_path=args.checkpoint_path,
             exclude=[output],
         )
     except ManifestError as exc:
@@ -137,8 +179,9 @@ def _sign(args: argparse.Namespace) -> int:
         signed = checked
     output.write_text(json.dumps(signed, indent=2, sort_keys=True) + "\n")
     print(
-        f"signed {len(manifest['files'])} files -> {output} "
-        f"(key sha256 {signed['signature']['key_sha256']})"
+        f"signed {len(manifest['files'])} files of run {manifest['run_id']} on "
+        f"{manifest['cluster']}, step {manifest['step']} at {manifest['checkpoint_path']} "
+        f"-> {output} (key sha256 {signed['signature']['key_sha256']})"
     )
     return 0
 
@@ -168,9 +211,30 @@ def _verify(args: argparse.Namespace) -> int:
         signed = json.loads(args.manifest.read_text())
     except (OSError, ValueError) as exc:
         return _fail(f"cannot read manifest {args.manifest}: {exc}", 2)
-    report = verify_signed_manifest(signed, args.directory, public_key, exclude=[args.manifest])
+    expected = {
+        "run_id": args.run_id,
+        "cluster": args.cluster,
+        "step": args.step,
+        "checkpoint_path": args.checkpoint_path,
+    }
+    try:
+        report = verify_signed_manifest(
+            signed,
+            args.directory,
+            public_key,
+            expected=expected,
+            exclude=[args.manifest],
+        )
+    except ManifestError as exc:
+        return _fail(str(exc), 2)
     for line in report.lines():
         print(line)
+    if all(value is None for value in expected.values()):
+        print(
+            "warning: no --run-id, --cluster, --step or --path given; the identity above was "
+            "signed but not compared with what you expect (an older checkpoint would pass)",
+            file=sys.stderr,
+        )
     return 0 if report.ok else 1
 
 

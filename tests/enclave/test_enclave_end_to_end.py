@@ -59,7 +59,9 @@ def _public_key(vault_url: str, tmp_path: Path, capsys) -> Path:
 
 def _verify(manifest: Path, directory: Path, key: Path, capsys) -> tuple[int, str]:
     capsys.readouterr()
-    code = main(["verify", str(manifest), str(directory), "--public-key", str(key)])
+    code = main(
+        ["verify", str(manifest), str(directory), "--public-key", str(key), "--run-id", "run-42"]
+    )
     return code, capsys.readouterr().out
 
 
@@ -72,6 +74,10 @@ def test_signed_checkpoint_verifies_and_a_flipped_byte_is_named(
     signed = json.loads(manifest.read_text())
     assert signed["manifest"]["run_id"] == "run-42"
     assert signed["manifest"]["cluster"] == "trn-test"
+    assert (signed["manifest"]["step"], signed["manifest"]["checkpoint_path"]) == (
+        1000,
+        str(directory.resolve()),
+    )
     assert [f["path"] for f in signed["manifest"]["files"]] == [
         "config.json",
         "model.safetensors",
