@@ -432,6 +432,8 @@ class EnclaveClient:
     def initialise(self) -> dict[str, Any]:
         with self._init_lock:
             stored = self._state.load()
+            if stored is not None:
+                self._require_configured_key(stored, f"the key state in {self._state.path}")
             reply = self._raw(
                 {
                     "op": "init",
@@ -441,12 +443,25 @@ class EnclaveClient:
                     "stored_key": stored,
                 }
             )
+            self._require_configured_key(reply.get("stored_key"), "the enclave's key state")
             if stored is not None:
                 self._require_stored_key(stored, reply)
             if reply.get("created") or stored is None:
                 self._state.save(reply["stored_key"])
             LOG.info("enclave ready, signing key sha256 %s", reply.get("key_sha256"))
             return reply
+
+    def _require_configured_key(self, state: Any, what: str) -> None:
+        # Key substitution: state naming another KMS key (one whose policy someone else controls)
+        # would let that someone decrypt the signing key outside the enclave. Never load it,
+        # never store it.
+        key_id = state.get("key_id") if isinstance(state, Mapping) else None
+        if key_id != self._key_id:
+            raise EnclaveError(
+                "key_mismatch",
+                f"{what} names KMS key {key_id!r}, but this vault is configured for "
+                f"{self._key_id}; refusing it",
+            )
 
     def _require_stored_key(self, stored: Mapping[str, Any], reply: Mapping[str, Any]) -> None:
         # An enclave that kept its own key in memory answers init with that key (created=False);

@@ -14,10 +14,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from enclave_doubles import IMAGE_PCR0, OTHER_PCR0
-from enclave_harness import NODE_SESSION_ARN, OTHER_KEY, start_vault, stop_vault
+from enclave_harness import KEY_ID, NODE_SESSION_ARN, OTHER_KEY, start_vault, stop_vault
 
 from cdk_trn_runtime.enclave.attestation import verify_attestation
-from cdk_trn_runtime.enclave.service import signing_key_user_data
+from cdk_trn_runtime.enclave.vault_attestation import vault_user_data
 from cdk_trn_runtime.provenance import sign_with_private_key
 from cdk_trn_runtime.provenance.cli import main
 from cdk_trn_runtime.vault.client import VaultClient
@@ -181,5 +181,6 @@ def test_attestation_endpoint_binds_the_signing_key_to_the_enclave_image(vault, 
         expected_pcrs={0: IMAGE_PCR0},
     )
     public_der = base64.b64decode(answer["public_key"])
-    assert document.user_data == signing_key_user_data(public_der)
+    assert document.public_key == public_der
+    assert document.user_data == vault_user_data(KEY_ID, public_der)
     assert document.nonce == b"nonce"

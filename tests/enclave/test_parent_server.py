@@ -651,3 +651,40 @@ def test_deeply_nested_request_body_is_a_clean_client_error(vault):
     status, body = _post(vault.url, "/v1/sign", b"[" * 30000)
     assert (status, body["error"]["code"]) == (400, "bad_json")
     assert _healthy(vault.url)
+
+
+OTHER_KEY_ID = "arn:aws:kms:us-east-2:444455556666:key/99999999-aaaa-bbbb-cccc-dddddddddddd"
+
+
+def test_parent_refuses_key_state_naming_another_kms_key(tmp_path):
+    # Finding (key substitution): a planted state file naming the attacker's key was loaded.
+    public_der = _public_key_der()
+    state = KeyStateFile(tmp_path / "signing-key.json")
+    planted = dict(_stored_key(public_der), key_id=OTHER_KEY_ID)
+    state.save(planted)
+    enclave = KeptKeyEnclaveDouble(public_der)
+    with pytest.raises(EnclaveError, match="configured for") as caught:
+        _client(enclave, state).initialise()
+    assert caught.value.code == "key_mismatch"
+    assert enclave.requests == []  # never sent to the enclave
+    assert state.load() == planted
+
+
+class OtherKeyEnclaveDouble(KeptKeyEnclaveDouble):
+    """An enclave (or something on its port) answering with key state under another KMS key."""
+
+    def request(self, message: dict, *, timeout: float = 30.0) -> dict:
+        reply = super().request(message, timeout=timeout)
+        return {
+            **reply,
+            "stored_key": {**reply["stored_key"], "key_id": OTHER_KEY_ID},
+            "created": True,
+        }
+
+
+def test_parent_refuses_to_store_state_under_another_kms_key(tmp_path):
+    state = KeyStateFile(tmp_path / "signing-key.json")
+    with pytest.raises(EnclaveError, match="enclave's key state") as caught:
+        _client(OtherKeyEnclaveDouble(_public_key_der()), state).initialise()
+    assert caught.value.code == "key_mismatch"
+    assert state.load() is None
