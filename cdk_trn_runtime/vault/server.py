@@ -959,6 +959,7 @@ def main(argv: list[str] | None = None) -> int:
         allowed_role_arns=args.allowed_role_arn,
         server_id=args.server_id or socket.getfqdn(),
         transport=urllib_sts_transport(),
+        region=args.region,
     )
     host, _, port = args.listen.rpartition(":")
     limits = ParentLimits(allowed_networks=tuple(args.allowed_network))
