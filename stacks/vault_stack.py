@@ -37,5 +37,13 @@ class VaultStack(cdk.Stack):
                 self.vault.public_key_parameter,
                 "SSM parameter holding the manifest-signing public key (PEM)",
             ),
+            # What an auditor passes to `provenance public-key` / `verify --vault`.
+            ("VaultImagePcr0", self.vault.image.pcr0, "PCR0 (SHA-384) of the enclave image"),
+            ("VaultKeyArn", self.vault.key.key_arn, "KMS key the enclave's signing key comes from"),
+            (
+                "VaultKeyPolicyAlertsTopic",
+                self.vault.key_policy_alerts.topic_arn,
+                "SNS topic notified of every attempt to change the vault key's policy",
+            ),
         ):
             cdk.CfnOutput(self, label, value=value, description=description)

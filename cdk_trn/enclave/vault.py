@@ -17,6 +17,7 @@ defeats attestation, hence the Deny).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,12 +25,15 @@ from typing import Any, Protocol
 import aws_cdk as cdk
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as events_targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import aws_sns as sns
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
@@ -82,7 +86,6 @@ ADMIN_ACTIONS = (
     "kms:ListKeyPolicies",
     "kms:ListKeyRotations",
     "kms:ListResourceTags",
-    "kms:PutKeyPolicy",
     "kms:RevokeGrant",
     "kms:RotateKeyOnDemand",
     "kms:ScheduleKeyDeletion",
@@ -91,6 +94,11 @@ ADMIN_ACTIONS = (
     "kms:UpdateAlias",
     "kms:UpdateKeyDescription",
 )
+#: Changing the key policy could drop the Deny statements; only the deployment's CloudFormation
+#: execution role and the break-glass role may, and every attempt notifies the alerts topic.
+KEY_POLICY_ACTION = "kms:PutKeyPolicy"
+#: The CDK bootstrap's default qualifier (``cdk bootstrap`` without ``--qualifier``).
+DEFAULT_BOOTSTRAP_QUALIFIER = "hnb659fds"
 #: Denied to every principal without condition: the enclave needs neither, a grant could hand
 #: Decrypt to another principal, and ReEncrypt would move the ciphertext under another key.
 DENIED_TO_EVERYONE_ACTIONS = ("kms:CreateGrant", "kms:ReEncrypt*")
@@ -107,6 +115,7 @@ MAX_HOSTS = 8
 KEY_STATE_OBJECT = "signing-key/key-state.json"
 PURPOSE_TAG = ("cdk-trn:purpose", "enclave")
 DISCOVERY_TAG_KEY = VAULT_DISCOVERY_TAG
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 
 
 class VaultClient(Protocol):
@@ -151,8 +160,16 @@ class EnclaveKeyVault(Construct):
         2048 MiB. Default: 4096.
     :param port: TCP port of the parent server, 1024-65535. Default: 8443.
     :param hosts: number of enclave hosts, 1-8. Default: 1.
-    :param key_admins: principals that administer the key (no cryptographic use). Default: none
-        besides IAM administration through the account (also without cryptographic use).
+    :param key_admins: principals that administer the key (no cryptographic use, no policy
+        changes). Default: none besides IAM administration through the account (also without
+        cryptographic use or policy changes).
+    :param deployment_role_arn: the role CloudFormation deploys this stack with, the only
+        principal besides the break-glass role that may change the key policy. Default: the
+        CDK bootstrap's execution role of this stack's synthesizer
+        (``cdk-hnb659fds-cfn-exec-role-<account>-<region>`` unless bootstrapped with another
+        qualifier).
+    :param break_glass_role_arn: an IAM role ARN that may also change the key policy, for
+        recovery. Default: none.
     :param destroy_on_delete: the explicit opt-out from retention: delete the KMS keys (after
         KMS's waiting period) and the state bucket (only when empty) with the stack.
         Default: False (retained on stack delete).
@@ -175,6 +192,8 @@ class EnclaveKeyVault(Construct):
         port: int = 8443,
         hosts: int = 1,
         key_admins: Sequence[iam.IPrincipal] = (),
+        deployment_role_arn: str | None = None,
+        break_glass_role_arn: str | None = None,
         destroy_on_delete: bool = False,
         machine_image: ec2.IMachineImage | None = None,
     ) -> None:
@@ -186,6 +205,16 @@ class EnclaveKeyVault(Construct):
         self._validate_clients(clients)
         self._validate_image(image)
         removal_policy = stateful_removal_policy(destroy_on_delete)
+        for prop, arn in (
+            ("deployment_role_arn", deployment_role_arn),
+            ("break_glass_role_arn", break_glass_role_arn),
+        ):
+            self._validate_role_arn(prop, arn)
+        #: The roles that may change the key policy: the deployment's and the break-glass one.
+        self.key_policy_roles = [
+            deployment_role_arn or self._bootstrap_execution_role(cdk.Stack.of(scope)),
+            *([break_glass_role_arn] if break_glass_role_arn else []),
+        ]
         super().__init__(scope, id)
         stack = cdk.Stack.of(self)
         self.spec = spec
@@ -223,6 +252,7 @@ class EnclaveKeyVault(Construct):
             policy=self._key_policy(list(key_admins)),
         )
         cdk.Tags.of(self.key).add(*PURPOSE_TAG)
+        self.key_policy_alerts = self._alert_on_key_policy_changes(removal_policy)
 
         self.security_group = ec2.SecurityGroup(
             self,
@@ -308,6 +338,26 @@ class EnclaveKeyVault(Construct):
     # --- validation (before any resource exists) -------------------------------------------
 
     @staticmethod
+    def _validate_role_arn(prop: str, arn: str | None) -> None:
+        if arn is None or cdk.Token.is_unresolved(arn):
+            return
+        if not _ROLE_ARN.match(arn):
+            raise invalid(prop, arn, "an IAM role ARN (arn:aws:iam::<account>:role/<name>)")
+
+    @staticmethod
+    def _bootstrap_execution_role(stack: cdk.Stack) -> str:
+        synthesizer = stack.synthesizer
+        if not isinstance(synthesizer, cdk.DefaultStackSynthesizer):
+            raise invalid(
+                "deployment_role_arn",
+                None,
+                "the ARN of the role CloudFormation deploys this stack with (the stack's "
+                f"synthesizer, {type(synthesizer).__name__}, names no bootstrap execution role)",
+            )
+        # e.g. arn:${AWS::Partition}:iam::${AWS::AccountId}:role/cdk-hnb659fds-cfn-exec-role-...
+        return cdk.Fn.sub(synthesizer.cloud_formation_execution_role_arn)
+
+    @staticmethod
     def _validate_instance_type(instance_type: str) -> EnclaveHostSpec:
         spec = enclave_host_spec(instance_type)
         if spec.vcpus < 4:
@@ -376,6 +426,7 @@ class EnclaveKeyVault(Construct):
             description="cdk-trn enclave vault storage: state bucket, EIF build and its logs",
             enable_key_rotation=True,
             removal_policy=removal_policy,
+            policy=iam.PolicyDocument(statements=self._account_key_policy()),
         )
         # CloudWatch Logs encrypts the build's log groups with this key.
         allow_cloudwatch_logs(key)
@@ -408,11 +459,44 @@ class EnclaveKeyVault(Construct):
             )
         return state
 
+    def _policy_change_statements(self) -> list[iam.PolicyStatement]:
+        """PutKeyPolicy for the deployment and break-glass roles only, denied to all others."""
+        policy_roles = {"aws:PrincipalArn": self.key_policy_roles}
+        return [
+            iam.PolicyStatement(
+                sid="OnlyDeploymentAndBreakGlassRolesChangeKeyPolicy",
+                principals=[iam.AccountRootPrincipal()],
+                actions=[KEY_POLICY_ACTION],
+                resources=["*"],
+                conditions={"ArnEquals": policy_roles},
+            ),
+            # Whatever IAM or a future statement allows: nobody else rewrites the policy.
+            _deny_everyone(
+                "DenyKeyPolicyChangesToOtherPrincipals",
+                [KEY_POLICY_ACTION],
+                {"ArnNotEquals": policy_roles},
+            ),
+        ]
+
+    def _account_key_policy(self) -> list[iam.PolicyStatement]:
+        """The vault's supporting keys (storage, alerts): the account's IAM policies govern
+        every use as with a default key policy, except changing the policy itself."""
+        return [
+            iam.PolicyStatement(
+                sid="AccountUsesKeyThroughIamExceptPolicyChanges",
+                principals=[iam.AccountRootPrincipal()],
+                not_actions=[KEY_POLICY_ACTION],
+                resources=["*"],
+            ),
+            *self._policy_change_statements(),
+        ]
+
     def _key_policy(self, key_admins: list[iam.IPrincipal]) -> iam.PolicyDocument:
         image = self.image
         allow_conditions: dict[str, str] = {IMAGE_SHA384: image.pcr0}
         if image.pcr8 is not None:
             allow_conditions[PCR8] = image.pcr8
+        change_policy, deny_policy_changes = self._policy_change_statements()
         statements = [
             iam.PolicyStatement(
                 sid="AccountAdministersKeyWithoutCryptographicUse",
@@ -420,6 +504,7 @@ class EnclaveKeyVault(Construct):
                 actions=list(ADMIN_ACTIONS),
                 resources=["*"],
             ),
+            change_policy,
             iam.PolicyStatement(
                 sid="EnclaveHostUsesKeyOnlyFromAttestedEnclave",
                 principals=[iam.ArnPrincipal(self.host_role.role_arn)],
@@ -439,6 +524,7 @@ class EnclaveKeyVault(Construct):
                 {"StringNotEqualsIgnoreCase": {IMAGE_SHA384: image.pcr0}},
             ),
             _deny_everyone("DenyGrantsAndReEncryptionToEveryone", DENIED_TO_EVERYONE_ACTIONS),
+            deny_policy_changes,
         ]
         if image.pcr8 is not None:
             statements.append(
@@ -450,7 +536,7 @@ class EnclaveKeyVault(Construct):
             )
         if key_admins:
             statements.insert(
-                1,
+                2,
                 iam.PolicyStatement(
                     sid="KeyAdministratorsWithoutCryptographicUse",
                     principals=key_admins,
@@ -459,6 +545,51 @@ class EnclaveKeyVault(Construct):
                 ),
             )
         return iam.PolicyDocument(statements=statements)
+
+    def _alert_on_key_policy_changes(self, removal_policy: cdk.RemovalPolicy) -> sns.Topic:
+        """An EventBridge rule on CloudTrail's PutKeyPolicy for the vault key (allowed or
+        denied) that notifies an encrypted SNS topic; subscribe the security team to it.
+
+        EventBridge sees CloudTrail management events only where a trail records them (an
+        account or organisation trail); it cannot publish to a topic under the AWS-managed SNS
+        key, hence a customer-managed key.
+        """
+        alerts_key = kms.Key(
+            self,
+            "AlertsKey",
+            description="cdk-trn enclave vault: encrypts the key-policy alerts topic",
+            enable_key_rotation=True,
+            removal_policy=removal_policy,
+            policy=iam.PolicyDocument(statements=self._account_key_policy()),
+        )
+        topic = sns.Topic(
+            self,
+            "KeyPolicyAlerts",
+            display_name="cdk-trn enclave vault key policy changes",
+            master_key=alerts_key,
+            enforce_ssl=True,
+        )
+        rule = events.Rule(
+            self,
+            "KeyPolicyChangeRule",
+            description="Any attempt to change the enclave vault key's policy (CloudTrail)",
+            event_pattern=events.EventPattern(
+                source=["aws.kms"],
+                detail_type=["AWS API Call via CloudTrail"],
+                detail={
+                    "eventSource": ["kms.amazonaws.com"],
+                    "eventName": [KEY_POLICY_ACTION.removeprefix("kms:")],
+                    # Denied calls may carry no resources; their request still names the key.
+                    "$or": [
+                        {"resources": {"ARN": [self.key.key_arn]}},
+                        {"requestParameters": {"keyId": [self.key.key_arn, self.key.key_id]}},
+                    ],
+                },
+            ),
+        )
+        rule.add_target(events_targets.SnsTopic(topic))
+        # The SnsTopic target grants EventBridge kms:Decrypt / GenerateDataKey* on this key.
+        return topic
 
     def _restrict_egress(self, vpc: ec2.IVpc) -> None:
         stack = cdk.Stack.of(self)

@@ -59,6 +59,9 @@ def recv_frame(sock: socket.socket, max_bytes: int = MAX_FRAME_BYTES) -> dict[st
         message = json.loads(_recv_exact(sock, size))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FrameError(f"frame is not UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:
+        # json's decoder recurses per nesting level: "[" * 200000 must not take the reader down.
+        raise FrameError("frame nests too deeply") from exc
     if not isinstance(message, dict):
         raise FrameError("frame must hold a JSON object")
     return message

@@ -31,6 +31,7 @@ __all__ = [
     "KEY_ENCRYPTION_ALGORITHM",
     "AttestationSource",
     "KmsClient",
+    "KeyMismatchError",
     "KmsRecipientError",
     "SigningKey",
     "StoredKey",
@@ -48,6 +49,10 @@ _EPHEMERAL_RSA_BITS = 2048
 
 class KmsRecipientError(Exception):
     """A KMS call with a Recipient did not yield a usable signing key; says why."""
+
+
+class KeyMismatchError(KmsRecipientError):
+    """Key state or a KMS answer names another KMS key than the configured one."""
 
 
 class AttestationSource(Protocol):
@@ -176,8 +181,21 @@ def _call(operation: str, method: Any, **params: Any) -> dict[str, Any]:
     return response
 
 
+def _require_key_id(response: dict[str, Any], key_id: str, operation: str) -> None:
+    # KMS answers with the ARN of the key it used. Anything else means the ciphertext (or the
+    # answer) belongs to another key than the one this enclave is configured for.
+    answered = response.get("KeyId")
+    if answered != key_id:
+        raise KeyMismatchError(
+            f"{operation} used KMS key {answered!r}, not the configured key {key_id}"
+        )
+
+
 def generate_signing_key(kms: KmsClient, key_id: str, attestation: AttestationSource) -> SigningKey:
-    """First start: a new P-384 key pair from ``GenerateDataKeyPair`` with a Recipient."""
+    """First start: a new P-384 key pair from ``GenerateDataKeyPair`` with a Recipient.
+
+    ``key_id`` is the configured key's ARN; KMS must answer that it used exactly that key.
+    """
     recipient = _EphemeralRecipient(attestation)
     response = _call(
         "GenerateDataKeyPair",
@@ -186,6 +204,7 @@ def generate_signing_key(kms: KmsClient, key_id: str, attestation: AttestationSo
         KeyPairSpec=KEY_PAIR_SPEC,
         Recipient=recipient.param,
     )
+    _require_key_id(response, key_id, "GenerateDataKeyPair")
     public = response.get("PublicKey")
     encrypted = response.get("PrivateKeyCiphertextBlob")
     if not isinstance(public, bytes) or not isinstance(encrypted, bytes) or not encrypted:
@@ -193,7 +212,7 @@ def generate_signing_key(kms: KmsClient, key_id: str, attestation: AttestationSo
     private_der = recipient.open(response, "GenerateDataKeyPair")
     private_key = _load_p384(private_der, public, "GenerateDataKeyPair")
     stored = StoredKey(
-        key_id=str(response.get("KeyId") or key_id),
+        key_id=key_id,
         encrypted_private_key=encrypted,
         public_key=public,
     )
@@ -201,17 +220,27 @@ def generate_signing_key(kms: KmsClient, key_id: str, attestation: AttestationSo
 
 
 def decrypt_signing_key(
-    kms: KmsClient, stored: StoredKey, attestation: AttestationSource
+    kms: KmsClient, stored: StoredKey, attestation: AttestationSource, key_id: str
 ) -> SigningKey:
-    """Later starts: the stored encrypted private key, opened by ``Decrypt`` with a Recipient."""
+    """Later starts: the stored encrypted private key, opened by ``Decrypt`` with a Recipient.
+
+    Key state naming any key but the configured ``key_id`` is refused before KMS is asked, and
+    Decrypt is pinned to ``key_id`` and must answer that it used it: state written under a key
+    someone else controls (whose policy lets them decrypt it outside the enclave) never loads.
+    """
+    if stored.key_id != key_id:
+        raise KeyMismatchError(
+            f"key state names KMS key {stored.key_id}, but this enclave is configured for {key_id}"
+        )
     recipient = _EphemeralRecipient(attestation)
     response = _call(
         "Decrypt",
         kms.decrypt,
         CiphertextBlob=stored.encrypted_private_key,
-        KeyId=stored.key_id,
+        KeyId=key_id,
         Recipient=recipient.param,
     )
+    _require_key_id(response, key_id, "Decrypt")
     private_der = recipient.open(response, "Decrypt")
     private_key = _load_p384(private_der, stored.public_key, "Decrypt")
     return SigningKey(private_key=private_key, stored=stored)

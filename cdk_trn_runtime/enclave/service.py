@@ -7,9 +7,11 @@ This module owns:
 - the attestation source in production, :class:`NsmDevice`, which asks ``/dev/nsm`` for
   attestation documents through the NSM driver's raw ioctl;
 - :class:`EnclaveSigner`, the request handler: ``init`` (obtain the P-384 key through KMS with a
-  Recipient), ``public_key``, ``sign`` (ECDSA P-384 over a SHA-384 digest) and ``attest`` (an
-  attestation document whose ``user_data`` is the SHA-384 of the signing public key, so anyone can
-  check that key lives in an enclave with the expected PCRs);
+  Recipient, from the configured KMS key only), ``public_key``, ``sign`` (ECDSA P-384 over a
+  SHA-384 digest) and ``attest`` (an attestation document whose ``public_key`` is the signing key
+  and whose ``user_data`` names the KMS key ARN, see
+  :mod:`cdk_trn_runtime.enclave.vault_attestation`, so anyone can check that key lives in an
+  enclave with the expected PCRs and came from the expected KMS key);
 - :func:`serve`, the accept loop, one request per connection;
 - :class:`StreamForwarder`, which carries boto3's TLS to KMS from a loopback port in the enclave
   to ``vsock-proxy`` on the parent.
@@ -48,6 +50,7 @@ from cdk_trn_runtime.enclave.channel import (
 )
 from cdk_trn_runtime.enclave.kms_recipient import (
     AttestationSource,
+    KeyMismatchError,
     KmsClient,
     KmsRecipientError,
     SigningKey,
@@ -56,6 +59,7 @@ from cdk_trn_runtime.enclave.kms_recipient import (
     decrypt_signing_key,
     generate_signing_key,
 )
+from cdk_trn_runtime.enclave.vault_attestation import KMS_KEY_ARN, vault_user_data
 
 __all__ = [
     "DEFAULT_ENCLAVE_PORT",
@@ -69,7 +73,6 @@ __all__ = [
     "recv_frame",
     "send_frame",
     "serve",
-    "signing_key_user_data",
 ]
 
 LOG = logging.getLogger("cdk_trn_runtime.enclave.service")
@@ -236,11 +239,6 @@ class StreamForwarder:
         self._slots.release()
 
 
-def signing_key_user_data(public_key_der: bytes) -> bytes:
-    """What ``attest`` puts in ``user_data``: the SHA-384 of the signing key's DER SPKI."""
-    return hashlib.sha384(public_key_der).digest()
-
-
 class RequestError(Exception):
     """A request to the enclave is invalid; ``code`` is machine-readable."""
 
@@ -278,6 +276,8 @@ class EnclaveSigner:
             return {"ok": True, **handlers[str(op)](request)}
         except RequestError as exc:
             return {"ok": False, "error": {"code": exc.code, "message": str(exc)}}
+        except KeyMismatchError as exc:
+            return {"ok": False, "error": {"code": "key_mismatch", "message": str(exc)}}
         except KmsRecipientError as exc:
             return {"ok": False, "error": {"code": "kms", "message": str(exc)}}
         except Exception as exc:
@@ -300,6 +300,8 @@ class EnclaveSigner:
         credentials = request.get("credentials")
         if not isinstance(key_id, str) or not key_id or not isinstance(region, str) or not region:
             raise RequestError("bad_request", "init needs key_id and region strings")
+        if not KMS_KEY_ARN.match(key_id):
+            raise RequestError("bad_request", f"key_id must be a KMS key ARN, got {key_id!r}")
         if not isinstance(credentials, dict) or not all(
             isinstance(credentials.get(k), str) for k in ("access_key_id", "secret_access_key")
         ):
@@ -309,7 +311,12 @@ class EnclaveSigner:
         stored_json = request.get("stored_key")
         with self._lock:
             if self._key is not None:
-                # A restarted parent re-sends init; the key already in memory stays.
+                # A restarted parent re-sends init; the key already in memory stays, and only
+                # for the key it came from.
+                if key_id != self._key.stored.key_id:
+                    raise KeyMismatchError(
+                        f"this enclave holds a key from {self._key.stored.key_id}, not {key_id}"
+                    )
                 return {
                     **self._key_info(self._key),
                     "stored_key": self._key.stored.to_json(),
@@ -320,7 +327,9 @@ class EnclaveSigner:
                 key = generate_signing_key(kms, key_id, self._attestation)
                 created = True
             else:
-                key = decrypt_signing_key(kms, StoredKey.from_json(stored_json), self._attestation)
+                key = decrypt_signing_key(
+                    kms, StoredKey.from_json(stored_json), self._attestation, key_id
+                )
                 created = False
             self._key = key
         LOG.info("signing key loaded (created=%s)", created)
@@ -356,8 +365,12 @@ class EnclaveSigner:
                 raise RequestError("bad_request", "nonce must be base64") from exc
             if len(nonce_bytes) > 512:
                 raise RequestError("bad_request", "nonce must be at most 512 bytes")
+        # The signing key in public_key, the KMS key it came from in user_data: a verifier
+        # learns both from the NSM, not from the host that relays the answer.
         document = self._attestation.attest(
-            user_data=signing_key_user_data(key.public_key_der), nonce=nonce_bytes
+            public_key=key.public_key_der,
+            user_data=vault_user_data(key.stored.key_id, key.public_key_der),
+            nonce=nonce_bytes,
         )
         return {"attestation_document": base64.b64encode(document).decode(), **self._key_info(key)}
 
@@ -382,21 +395,27 @@ def serve(
                 return
             raise
         with conn:
-            conn.settimeout(connection_timeout)
             try:
-                request = recv_frame(conn)
-            except (FrameError, OSError) as exc:
-                _reply_quietly(
-                    conn, {"ok": False, "error": {"code": "bad_frame", "message": str(exc)}}
-                )
-                continue
-            _reply_quietly(conn, signer.handle(request))
+                _answer(conn, signer, connection_timeout)
+            except Exception:
+                # Whatever one connection sends, the loop goes on to the next.
+                LOG.exception("a request on the enclave channel failed")
+
+
+def _answer(conn: socket.socket, signer: EnclaveSigner, timeout: float) -> None:
+    conn.settimeout(timeout)
+    try:
+        request = recv_frame(conn)
+    except (FrameError, OSError) as exc:
+        _reply_quietly(conn, {"ok": False, "error": {"code": "bad_frame", "message": str(exc)}})
+        return
+    _reply_quietly(conn, signer.handle(request))
 
 
 def _reply_quietly(conn: socket.socket, message: dict[str, Any]) -> None:
     try:
         send_frame(conn, message)
-    except (OSError, FrameError):
+    except (OSError, FrameError, ValueError, TypeError):
         LOG.warning("could not send a reply to the parent")
 
 

@@ -1,12 +1,13 @@
 """Signed checkpoint manifests: build, sign (through the enclave vault) and verify offline.
 
 ``python -m cdk_trn_runtime.provenance sign DIR`` on a node,
-``python -m cdk_trn_runtime.provenance verify MANIFEST DIR --public-key KEY`` anywhere.
+``python -m cdk_trn_runtime.provenance verify MANIFEST DIR --public-key KEY --step N`` anywhere.
 Imports neither aws_cdk nor torch.
 """
 
 from cdk_trn_runtime.provenance.manifest import (
     FORMAT,
+    IDENTITY_FIELDS,
     ManifestError,
     VerificationReport,
     build_manifest,
@@ -20,6 +21,7 @@ from cdk_trn_runtime.provenance.manifest import (
 
 __all__ = [
     "FORMAT",
+    "IDENTITY_FIELDS",
     "ManifestError",
     "VerificationReport",
     "build_manifest",

@@ -1,12 +1,19 @@
 """Command line for signed checkpoint manifests.
 
-- ``sign DIR [--run-id ID] [--cluster NAME] [--vault URL | --private-key PEM] [--output FILE]``:
+- ``sign DIR [--run-id ID] [--cluster NAME] [--step N] [--checkpoint-path P]
+  [--vault URL | --private-key PEM] [--output FILE]``:
   builds the manifest, has the enclave vault sign its SHA-384 (the node proves its IAM role with a
   presigned ``sts:GetCallerIdentity``), checks the returned signature, writes the signed manifest
   (default ``DIR.manifest.json`` beside the directory).
-- ``verify MANIFEST DIR --public-key KEY``: offline; prints every tampered, missing and extra file
-  and exits 1 on any problem.
-- ``public-key --vault URL``: prints the vault's signing public key (PEM) for verifiers.
+- ``verify MANIFEST DIR --public-key KEY [--run-id ID] [--cluster NAME] [--step N] [--path P]``:
+  offline; prints the signed identity and every tampered, missing and extra file and every
+  identity field that differs from the expected one, and exits 1 on any problem.
+- ``public-key --vault URL --pcr0 HEX [--pcr8 HEX] [--pcr3 HEX] [--kms-key-arn ARN]``: asks the
+  vault for an attestation document over a fresh nonce and prints the public key (PEM) only if
+  the document chains to the AWS Nitro root and is valid now, carries the nonce and the expected
+  PCRs, attests exactly the key the vault returned and (when given) names the expected KMS key;
+  otherwise exits 1 naming the failed check. ``verify --vault URL --pcr0 HEX`` does the same and
+  verifies with that key. No host is trusted: the NSM signs what the key is.
 
 Exit codes: 0 success, 1 verification failed or signing refused, 2 usage error.
 """
@@ -18,9 +25,11 @@ import base64
 import hashlib
 import json
 import os
+import re
+import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -36,6 +45,9 @@ from cdk_trn_runtime.provenance.manifest import (
     signed_manifest,
     verify_signed_manifest,
 )
+
+if TYPE_CHECKING:
+    from cdk_trn_runtime.enclave.vault_attestation import VaultAttestation
 
 __all__ = ["main"]
 
@@ -57,6 +69,18 @@ def _parser() -> argparse.ArgumentParser:
         "--cluster",
         default=os.environ.get("CDK_TRN_CLUSTER"),
         help="cluster name (default: $CDK_TRN_CLUSTER)",
+    )
+    sign.add_argument(
+        "--step",
+        type=int,
+        default=_env_int("CDK_TRN_STEP"),
+        help="training step of the checkpoint (default: $CDK_TRN_STEP, else the number the "
+        "directory name ends with, e.g. step-1000)",
+    )
+    sign.add_argument(
+        "--checkpoint-path",
+        default=None,
+        help="the checkpoint's path as the job knows it (default: the absolute DIR)",
     )
     source = sign.add_mutually_exclusive_group()
     source.add_argument(
@@ -84,13 +108,56 @@ def _parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="verify a checkpoint dir against a manifest")
     verify.add_argument("manifest", type=Path)
     verify.add_argument("directory", type=Path)
+    key_source = verify.add_mutually_exclusive_group(required=True)
+    key_source.add_argument(
+        "--public-key", type=Path, help="the signer's P-384 public key, PEM or DER"
+    )
+    key_source.add_argument(
+        "--vault",
+        help="take the key from the vault's attestation instead (needs --pcr0; see public-key)",
+    )
+    _attestation_arguments(verify, required=False)
+    verify.add_argument("--run-id", default=None, help="fail unless the manifest names this run")
+    verify.add_argument("--cluster", default=None, help="fail unless it names this cluster")
+    verify.add_argument("--step", type=int, default=None, help="fail unless it is this step")
     verify.add_argument(
-        "--public-key", type=Path, required=True, help="the signer's P-384 public key, PEM or DER"
+        "--path",
+        dest="checkpoint_path",
+        default=None,
+        help="fail unless the checkpoint was signed at this path (e.g. /fsx/ckpt/step-1000)",
     )
 
-    public_key = commands.add_parser("public-key", help="print the vault's public key (PEM)")
+    public_key = commands.add_parser(
+        "public-key",
+        help="verify the vault enclave's attestation and print its attested public key (PEM)",
+    )
     public_key.add_argument("--vault", default=os.environ.get("CDK_TRN_VAULT_URL"), required=False)
+    _attestation_arguments(public_key, required=True)
     return parser
+
+
+def _attestation_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument(
+        "--pcr0",
+        required=required,
+        help="expected PCR0 (hex SHA-384 of the enclave image; the vault stack's output)",
+    )
+    parser.add_argument("--pcr8", help="expected PCR8 (hex; the signing certificate of the EIF)")
+    parser.add_argument("--pcr3", help="expected PCR3 (hex; the SHA-384 of the host's IAM role)")
+    parser.add_argument(
+        "--kms-key-arn",
+        help="expected KMS key ARN the enclave's key came from (the vault stack's key)",
+    )
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value and value.isdigit() else None
+
+
+def _step_from_name(directory: Path) -> int | None:
+    match = re.search(r"(\d+)$", directory.resolve().name)
+    return int(match.group(1)) if match else None
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -107,11 +174,19 @@ def _sign(args: argparse.Namespace) -> int:
         return _fail("--cluster is required (or set CDK_TRN_CLUSTER)", 2)
     if not args.vault and not args.private_key:
         return _fail("give --vault URL (or CDK_TRN_VAULT_URL) or --private-key PEM", 2)
+    step = args.step if args.step is not None else _step_from_name(directory)
+    if step is None:
+        return _fail(
+            f"give --step (or CDK_TRN_STEP): {directory.name!r} does not end with a step number",
+            2,
+        )
     try:
         manifest = build_manifest(
             directory,
             run_id=args.run_id or directory.resolve().name,
             cluster=args.cluster,
+            step=step,
+            checkpoint_path=args.checkpoint_path,
             exclude=[output],
         )
     except ManifestError as exc:
@@ -137,8 +212,9 @@ def _sign(args: argparse.Namespace) -> int:
         signed = checked
     output.write_text(json.dumps(signed, indent=2, sort_keys=True) + "\n")
     print(
-        f"signed {len(manifest['files'])} files -> {output} "
-        f"(key sha256 {signed['signature']['key_sha256']})"
+        f"signed {len(manifest['files'])} files of run {manifest['run_id']} on "
+        f"{manifest['cluster']}, step {manifest['step']} at {manifest['checkpoint_path']} "
+        f"-> {output} (key sha256 {signed['signature']['key_sha256']})"
     )
     return 0
 
@@ -159,31 +235,111 @@ def _checked_vault_signature(
     return signed_manifest(manifest, signature, public_der)
 
 
-def _verify(args: argparse.Namespace) -> int:
+def _attested_key(args: argparse.Namespace) -> VaultAttestation | int:
+    """Fetch the vault's attestation with a fresh nonce and check it; an exit code on failure."""
+    from cdk_trn_runtime.enclave.vault_attestation import (  # noqa: PLC0415
+        VaultAttestationError,
+        verify_vault_attestation,
+    )
+    from cdk_trn_runtime.vault.client import VaultClient, VaultError  # noqa: PLC0415
+
+    if not args.vault:
+        return _fail("give --vault URL (or CDK_TRN_VAULT_URL)", 2)
+    if not args.pcr0:
+        return _fail("give --pcr0 HEX: the enclave image the key must live in", 2)
+    pcrs: dict[int, bytes] = {}
+    for index, value in ((0, args.pcr0), (3, args.pcr3), (8, args.pcr8)):
+        if value is None:
+            continue
+        try:
+            pcrs[index] = bytes.fromhex(value)
+        except ValueError:
+            return _fail(f"--pcr{index} is not hex: {value!r}", 2)
+        if len(pcrs[index]) != 48:
+            return _fail(f"--pcr{index} must be 96 hex digits (SHA-384)", 2)
+    nonce = secrets.token_bytes(32)
     try:
-        public_key = load_public_key(args.public_key.read_bytes())
-    except (OSError, ManifestError) as exc:
-        return _fail(f"cannot read public key {args.public_key}: {exc}", 2)
+        answer = VaultClient(args.vault).attestation(nonce)
+        document = base64.b64decode(answer["attestation_document"], validate=True)
+        public_der = base64.b64decode(answer["public_key"], validate=True)
+    except VaultError as exc:
+        return _fail(f"cannot get the vault's attestation: {exc}")
+    except (KeyError, ValueError, TypeError) as exc:
+        return _fail(f"the vault's attestation answer is malformed: {type(exc).__name__} {exc}")
+    try:
+        attested = verify_vault_attestation(
+            document,
+            public_key_der=public_der,
+            nonce=nonce,
+            expected_pcrs=pcrs,
+            kms_key_arn=args.kms_key_arn,
+        )
+        load_public_key(attested.public_key_der)
+    except VaultAttestationError as exc:
+        return _fail(f"attestation check failed: {exc}")
+    except ManifestError as exc:
+        return _fail(f"attestation check failed: public_key: {exc}")
+    pinned = ", ".join(f"PCR{i}={v.hex()[:16]}..." for i, v in sorted(pcrs.items()))
+    print(
+        f"attested: chain to the AWS Nitro root valid now, fresh nonce, {pinned}, "
+        f"key sha256 {attested.key_sha256} from KMS key {attested.kms_key_arn}",
+        file=sys.stderr,
+    )
+    if not args.kms_key_arn:
+        print(
+            "warning: no --kms-key-arn given; check the KMS key above is the vault stack's key",
+            file=sys.stderr,
+        )
+    return attested
+
+
+def _verify(args: argparse.Namespace) -> int:
+    if args.vault:
+        attested = _attested_key(args)
+        if isinstance(attested, int):
+            return attested
+        public_key = load_public_key(attested.public_key_der)
+    else:
+        try:
+            public_key = load_public_key(args.public_key.read_bytes())
+        except (OSError, ManifestError) as exc:
+            return _fail(f"cannot read public key {args.public_key}: {exc}", 2)
     try:
         signed = json.loads(args.manifest.read_text())
     except (OSError, ValueError) as exc:
         return _fail(f"cannot read manifest {args.manifest}: {exc}", 2)
-    report = verify_signed_manifest(signed, args.directory, public_key, exclude=[args.manifest])
+    expected = {
+        "run_id": args.run_id,
+        "cluster": args.cluster,
+        "step": args.step,
+        "checkpoint_path": args.checkpoint_path,
+    }
+    try:
+        report = verify_signed_manifest(
+            signed,
+            args.directory,
+            public_key,
+            expected=expected,
+            exclude=[args.manifest],
+        )
+    except ManifestError as exc:
+        return _fail(str(exc), 2)
     for line in report.lines():
         print(line)
+    if all(value is None for value in expected.values()):
+        print(
+            "warning: no --run-id, --cluster, --step or --path given; the identity above was "
+            "signed but not compared with what you expect (an older checkpoint would pass)",
+            file=sys.stderr,
+        )
     return 0 if report.ok else 1
 
 
 def _public_key(args: argparse.Namespace) -> int:
-    if not args.vault:
-        return _fail("give --vault URL (or CDK_TRN_VAULT_URL)", 2)
-    from cdk_trn_runtime.vault.client import VaultClient, VaultError  # noqa: PLC0415
-
-    try:
-        info = VaultClient(args.vault).info()
-        key = load_public_key(base64.b64decode(info["public_key"], validate=True))
-    except (VaultError, KeyError, ValueError, ManifestError) as exc:
-        return _fail(f"cannot get the vault's public key: {exc}")
+    attested = _attested_key(args)
+    if isinstance(attested, int):
+        return attested
+    key = load_public_key(attested.public_key_der)
     sys.stdout.write(
         key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -1,10 +1,15 @@
 """Checkpoint manifests: what a signed manifest holds, how it is hashed, signed and verified.
 
 A manifest lists every regular file under a checkpoint directory with its SHA-384 and size, plus
-the run id, the cluster and a UTC timestamp. Its signed form is the canonical JSON of the manifest
-(sorted keys, no insignificant whitespace, ASCII only, integers and strings only), signed with
-ECDSA P-384 over SHA-384. So a verifier needs only the public key and
-``openssl dgst -sha384 -verify`` would agree with :func:`verify_signed_manifest`.
+the checkpoint's identity: the run id, the cluster, the checkpoint's path where it was written and
+its training step, and a UTC timestamp. The identity is signed with the files, so a genuinely
+signed older checkpoint copied over a newer one is caught by a verifier that states which run,
+cluster, step or path it expects (:func:`verify_signed_manifest` ``expected``).
+
+Its signed form is the canonical JSON of the manifest (sorted keys, no insignificant whitespace,
+ASCII only, integers and strings only), signed with ECDSA P-384 over SHA-384. So a verifier
+needs only the public key and ``openssl dgst -sha384 -verify`` would agree with
+:func:`verify_signed_manifest`.
 
 The file written to disk is ``{"manifest": {...}, "signature": {...}}``; only ``manifest`` is
 signed, through its canonical bytes, so pretty-printing the outer file changes nothing.
@@ -18,7 +23,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 __all__ = [
     "FORMAT",
+    "IDENTITY_FIELDS",
     "ManifestError",
     "VerificationReport",
     "build_manifest",
@@ -42,10 +48,14 @@ __all__ = [
     "verify_signed_manifest",
 ]
 
-FORMAT = "cdk-trn.checkpoint-manifest/1"
+# /2 added checkpoint_path and step to the signed identity; /1 manifests are not accepted.
+FORMAT = "cdk-trn.checkpoint-manifest/2"
+IDENTITY_FIELDS = ("run_id", "cluster", "step", "checkpoint_path")
 SIGNATURE_ALGORITHM = "ECDSA_P384_SHA384"
 _CHUNK = 1024 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9._:@+=/-]{1,256}$")
+_CHECKPOINT_PATH = re.compile(r"^/[A-Za-z0-9._:@+=,/-]{0,1023}$")
+_MAX_STEP = 2**53 - 1  # an integer every JSON reader holds exactly
 
 
 class ManifestError(Exception):
@@ -128,13 +138,16 @@ def build_manifest(
     *,
     run_id: str,
     cluster: str,
+    step: int,
+    checkpoint_path: str | None = None,
     created: datetime | None = None,
     exclude: Iterable[str | Path] = (),
 ) -> dict[str, Any]:
-    """List every regular file under ``directory`` with its SHA-384 and size.
+    """List every regular file under ``directory`` with its SHA-384 and size, and the identity.
 
-    Symbolic links and special files are refused: a checkpoint whose content can change through a
-    link target cannot be pinned by a manifest.
+    ``checkpoint_path`` is where the checkpoint lives for the training job (default: the absolute
+    path of ``directory``); ``step`` is its training step. Symbolic links and special files are
+    refused: a checkpoint whose content can change through a link target cannot be pinned.
     """
     root = Path(directory)
     if not root.is_dir():
@@ -144,6 +157,11 @@ def build_manifest(
             raise ManifestError(
                 f"{name} must be 1-256 characters of A-Z a-z 0-9 . _ : @ + = / -, got {value!r}"
             )
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= _MAX_STEP:
+        raise ManifestError(f"step must be a non-negative integer, got {step!r}")
+    signed_path = normalise_checkpoint_path(
+        checkpoint_path if checkpoint_path is not None else str(root.resolve())
+    )
     files, others = _walk(root, {Path(p).resolve() for p in exclude})
     if others:
         raise ManifestError(f"not regular files (links or special files): {sorted(others)}")
@@ -156,9 +174,24 @@ def build_manifest(
         "format": FORMAT,
         "run_id": run_id,
         "cluster": cluster,
+        "step": step,
+        "checkpoint_path": signed_path,
         "created": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "files": entries,
     }
+
+
+def normalise_checkpoint_path(path: str) -> str:
+    """An absolute POSIX path without ``.``/``..`` parts or a trailing slash; refused otherwise."""
+    if not isinstance(path, str) or not _CHECKPOINT_PATH.match(path):
+        raise ManifestError(
+            "checkpoint path must be an absolute path of A-Z a-z 0-9 . _ : @ + = , / -"
+            f" (at most 1024 characters), got {path!r}"
+        )
+    parts = [part for part in path.split("/") if part]
+    if any(part in (".", "..") for part in parts):
+        raise ManifestError(f"checkpoint path must not contain . or .. parts, got {path!r}")
+    return "/" + "/".join(parts)
 
 
 def signed_manifest(
@@ -207,6 +240,8 @@ class VerificationReport:
     """Everything wrong with a checkpoint directory against a signed manifest."""
 
     signature_valid: bool = False
+    identity: dict[str, Any] = field(default_factory=dict)
+    mismatches: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     tampered: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -217,6 +252,7 @@ class VerificationReport:
     def ok(self) -> bool:
         return (
             self.signature_valid
+            and not self.mismatches
             and not self.problems
             and not self.tampered
             and not self.missing
@@ -225,6 +261,10 @@ class VerificationReport:
 
     def lines(self) -> list[str]:
         out = [f"SIGNATURE {'valid' if self.signature_valid else 'INVALID'}"]
+        if self.identity:
+            shown = " ".join(f"{k}={self.identity.get(k)}" for k in (*IDENTITY_FIELDS, "created"))
+            out.append(f"IDENTITY {shown}")
+        out += [f"MISMATCH {m}" for m in self.mismatches]
         out += [f"PROBLEM {p}" for p in self.problems]
         out += [f"TAMPERED {p}" for p in self.tampered]
         out += [f"MISSING {p}" for p in self.missing]
@@ -267,12 +307,15 @@ def verify_signed_manifest(
     directory: str | Path,
     public_key: ec.EllipticCurvePublicKey,
     *,
+    expected: Mapping[str, Any] | None = None,
     exclude: Iterable[str | Path] = (),
     hash_file: Callable[[Path], tuple[str, int]] = _file_digest,
 ) -> VerificationReport:
-    """Check the signature, then every listed file; report tampered, missing and extra files.
+    """Check the signature, the signed identity against ``expected``, then every listed file.
 
-    Files are compared even when the signature fails, so one run says everything that is wrong.
+    ``expected`` maps identity fields (``run_id``, ``cluster``, ``step``, ``checkpoint_path``) to
+    the values the verifier requires; each differing field is a mismatch. Files are compared even
+    when the signature fails, so one run says everything that is wrong.
     """
     report = VerificationReport()
     manifest = _check_signature(signed, public_key, report) if isinstance(signed, dict) else None
@@ -280,6 +323,7 @@ def verify_signed_manifest(
         if not report.problems:
             report.problems.append("file is not a signed manifest")
         return report
+    _check_identity(manifest, expected or {}, report)
     root = Path(directory)
     if not root.is_dir():
         report.problems.append(f"checkpoint directory {root} does not exist")
@@ -306,3 +350,26 @@ def verify_signed_manifest(
             report.tampered.append(path)
     report.extra = sorted([p for p in present if p not in listed] + others)
     return report
+
+
+def _check_identity(
+    manifest: Mapping[str, Any], expected: Mapping[str, Any], report: VerificationReport
+) -> None:
+    unknown = sorted(set(expected) - set(IDENTITY_FIELDS))
+    if unknown:
+        raise ManifestError(f"cannot expect {unknown}; identity fields are {IDENTITY_FIELDS}")
+    identity = {name: manifest.get(name) for name in (*IDENTITY_FIELDS, "created")}
+    kinds = {"run_id": str, "cluster": str, "step": int, "checkpoint_path": str, "created": str}
+    for name, kind in kinds.items():
+        value = identity[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            report.problems.append(f"manifest {name} is missing or not a {kind.__name__}")
+    report.identity = identity
+    for name, want in expected.items():
+        if want is None:
+            continue
+        got = identity.get(name)
+        if name == "checkpoint_path":
+            want = normalise_checkpoint_path(str(want))
+        if got != want:
+            report.mismatches.append(f"{name}: manifest says {got!r}, expected {want!r}")

@@ -4,8 +4,10 @@ Runs wherever botocore is installed with the node role's credentials (the traini
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -69,6 +71,13 @@ class VaultClient:
 
     def info(self) -> dict[str, Any]:
         return self._request("GET", "/v1/info")
+
+    def attestation(self, nonce: bytes) -> dict[str, Any]:
+        """``GET /v1/attestation``: the enclave's attestation document over ``nonce``, and the
+        public key the vault says it signs with (unverified until checked against the document,
+        see :func:`cdk_trn_runtime.enclave.vault_attestation.verify_vault_attestation`)."""
+        query = urllib.parse.urlencode({"nonce": base64.b64encode(nonce).decode()})
+        return self._request("GET", f"/v1/attestation?{query}")
 
     def sign_digest(self, digest: bytes) -> dict[str, Any]:
         info = self.info()

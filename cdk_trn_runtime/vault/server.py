@@ -12,8 +12,12 @@ The server owns everything between the cluster's nodes and the enclave:
   that the signature covers the server id and the digest to sign (so a captured proof is useless
   against another server or for another digest), forwards it to STS itself and accepts the caller
   only if STS answers with an assumed-role ARN of an allowed role (:class:`CallerVerifier`);
-- bounded request sizes, per-address rate limits, a cap on concurrent connections, socket timeouts,
-  and JSON errors for every failure; no request can stop the server (:class:`ParentServer`);
+- admission before a byte is parsed (source network, connection caps in total and per address,
+  rate limit), a wall-clock deadline per request on top of per-read socket timeouts, bounded
+  sizes, only an allowlist of headers forwarded to STS, a strictly parsed SigV4 Authorization
+  header (one Credential for ``sts`` in the configured region, one SignedHeaders, one
+  Signature), and JSON errors for every failure; no request can stop the server
+  (:class:`ParentServer`);
 - forwarding ``sign`` (and ``public_key`` / ``attest``) to the enclave over vsock.
 
 The security group in front of the hosts admits only the cluster's nodes; this server adds the
@@ -83,6 +87,76 @@ _MAX_PROOF_FIELD = 8192
 
 StsTransport = Callable[[str, str, Mapping[str, str], bytes], tuple[int, bytes]]
 
+# RFC 9110 token: what a header name may be. "Host " (trailing space) is not one.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+_STS_HOST = re.compile(r"^sts\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
+# The only headers a proof may carry, and so the only ones that reach STS. Host and
+# Content-Length come from the pinned URL and the body, never from the caller.
+_FORWARDED_HEADERS = frozenset(
+    {
+        "accept",
+        "authorization",
+        "content-type",
+        "x-amz-content-sha256",
+        "x-amz-date",
+        "x-amz-security-token",
+        SERVER_ID_HEADER.lower(),
+        DIGEST_HEADER.lower(),
+    }
+)
+_SIGV4_PREFIX = "AWS4-HMAC-SHA256 "
+_CREDENTIAL = re.compile(
+    r"^([A-Z0-9]{1,128})/(\d{8})/([a-z0-9-]{1,32})/([a-z0-9-]{1,32})/aws4_request$"
+)
+_SIGNED_HEADERS = re.compile(r"^[a-z0-9-]+(?:;[a-z0-9-]+)*$")
+_SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class _Authorization:
+    access_key_id: str
+    date: str
+    region: str
+    service: str
+    signed_headers: frozenset[str]
+    signature: str
+
+
+def _parse_authorization(value: str | None) -> _Authorization:
+    """Strict SigV4 ``Authorization``: exactly one Credential, SignedHeaders and Signature."""
+    if not value or not value.startswith(_SIGV4_PREFIX):
+        raise ProofError("auth must carry a SigV4 (AWS4-HMAC-SHA256) Authorization header")
+    fields: dict[str, str] = {}
+    for part in value[len(_SIGV4_PREFIX) :].split(","):
+        name, sep, field_value = part.strip().partition("=")
+        if not sep or name not in ("Credential", "SignedHeaders", "Signature"):
+            raise ProofError(f"auth Authorization has an unexpected component {part.strip()!r}")
+        if name in fields:
+            raise ProofError(f"auth Authorization repeats {name}")
+        fields[name] = field_value
+    missing = [n for n in ("Credential", "SignedHeaders", "Signature") if n not in fields]
+    if missing:
+        raise ProofError(f"auth Authorization lacks {', '.join(missing)}")
+    credential = _CREDENTIAL.match(fields["Credential"])
+    if not credential:
+        raise ProofError("auth Credential is not KEY/DATE/REGION/SERVICE/aws4_request")
+    if not _SIGNED_HEADERS.match(fields["SignedHeaders"]):
+        raise ProofError("auth SignedHeaders is not a ;-separated list of lower-case names")
+    names = fields["SignedHeaders"].split(";")
+    if names != sorted(set(names)):
+        raise ProofError("auth SignedHeaders must be sorted and name each header once")
+    if not _SIGNATURE.match(fields["Signature"]):
+        raise ProofError("auth Signature is not 64 lower-case hex digits")
+    access_key_id, date, region, service = credential.groups()
+    return _Authorization(
+        access_key_id=access_key_id,
+        date=date,
+        region=region,
+        service=service,
+        signed_headers=frozenset(names),
+        signature=fields["Signature"],
+    )
+
 
 class ProofError(Exception):
     """The caller's identity proof is invalid (401) or names a role that is not allowed (403)."""
@@ -138,6 +212,7 @@ class CallerVerifier:
         allowed_role_arns: Iterable[str],
         server_id: str,
         transport: StsTransport,
+        region: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         parsed = urllib.parse.urlsplit(sts_url)
@@ -145,6 +220,10 @@ class CallerVerifier:
             raise ValueError(f"sts_url must be an https URL, got {sts_url!r}")
         self.sts_url = sts_url
         self._sts_host = parsed.hostname.lower()
+        region_match = _STS_HOST.match(self._sts_host)
+        if region is None and region_match is None:
+            raise ValueError(f"cannot tell the region of {sts_url!r}; pass region")
+        self.region = region or (region_match.group(1) if region_match else "")
         self._allowed = {_parse_role_arn(arn) for arn in allowed_role_arns}
         if not self._allowed:
             raise ValueError("allowed_role_arns must name at least one IAM role")
@@ -155,15 +234,13 @@ class CallerVerifier:
     def verify(self, proof: Any, *, request_digest: str) -> CallerIdentity:
         method, url, headers, body = self._shape(proof)
         self._check_target(method, url, body)
-        self._check_binding(headers, request_digest)
-        forward = {
-            name: value
-            for name, value in headers.items()
-            if name.lower() not in ("host", "content-length", "connection", "transfer-encoding")
-        }
-        signed = self._signed_headers(headers)
-        if "accept" not in signed:
-            forward = {k: v for k, v in forward.items() if k.lower() != "accept"}
+        authorization = _parse_authorization(headers.get("authorization"))
+        self._check_credential_scope(authorization, headers)
+        self._check_binding(authorization.signed_headers, headers, request_digest)
+        # Only the allowlisted headers reach STS (``_shape`` refused every other name); urllib
+        # adds Host and Content-Length itself from the pinned URL and the body.
+        forward = {name: value for name, value in headers.items() if name in _FORWARDED_HEADERS}
+        if "accept" not in authorization.signed_headers:
             forward["accept"] = "application/json"
         try:
             # Sent to the configured endpoint, not the caller's spelling of it.
@@ -193,6 +270,11 @@ class CallerVerifier:
                 raise ProofError("auth headers must be short strings")
             if any(c in name + value for c in "\r\n\x00") or not name.isascii():
                 raise ProofError("auth headers must not contain line breaks or NUL")
+            if not _HEADER_NAME.match(name):
+                raise ProofError(f"auth header name {name[:64]!r} is not an HTTP token")
+            if name.lower() not in _FORWARDED_HEADERS:
+                allowed = ", ".join(sorted(_FORWARDED_HEADERS))
+                raise ProofError(f"auth header {name!r} is not one of: {allowed}")
             # One spelling per header: what is checked here is exactly what STS receives, so a
             # second "X-Cdk-Trn-Request-Digest" cannot shadow the signed one.
             key = name.lower()
@@ -204,11 +286,17 @@ class CallerVerifier:
     def _check_target(self, method: str, url: str, body: str) -> None:
         if method != "POST":
             raise ProofError(f"auth method must be POST, got {method!r}")
-        parsed = urllib.parse.urlsplit(url)
+        try:
+            parsed = urllib.parse.urlsplit(url)
+            port = parsed.port
+        except ValueError as exc:
+            raise ProofError(
+                f"auth url is not a URL: {exc}", status=400, code="bad_request"
+            ) from exc
         if (
             parsed.scheme != "https"
             or (parsed.hostname or "").lower() != self._sts_host
-            or parsed.port not in (None, 443)
+            or port not in (None, 443)
             or parsed.username
             or parsed.password
             or parsed.path not in ("", "/")
@@ -220,32 +308,32 @@ class CallerVerifier:
         if fields != {"Action": ["GetCallerIdentity"], "Version": ["2011-06-15"]}:
             raise ProofError(f"auth body must be exactly {STS_BODY}")
 
-    @staticmethod
-    def _header(headers: Mapping[str, str], name: str) -> str | None:
-        for key, value in headers.items():
-            if key.lower() == name.lower():
-                return value
-        return None
+    def _check_credential_scope(
+        self, authorization: _Authorization, headers: Mapping[str, str]
+    ) -> None:
+        if authorization.service != "sts":
+            raise ProofError(f"auth is signed for service {authorization.service!r}, not sts")
+        if authorization.region != self.region:
+            raise ProofError(
+                f"auth is signed for region {authorization.region!r}, not {self.region!r}"
+            )
+        missing = sorted(n for n in authorization.signed_headers - {"host"} if n not in headers)
+        if missing:
+            raise ProofError(f"auth signs headers it does not carry: {missing}")
+        if authorization.date != headers.get("x-amz-date", "")[:8]:
+            raise ProofError("auth credential scope date differs from X-Amz-Date")
 
-    def _signed_headers(self, headers: Mapping[str, str]) -> set[str]:
-        authorization = self._header(headers, "authorization") or ""
-        if not authorization.startswith("AWS4-HMAC-SHA256 "):
-            raise ProofError("auth must carry a SigV4 (AWS4-HMAC-SHA256) Authorization header")
-        match = re.search(r"SignedHeaders=([a-z0-9;-]+)", authorization)
-        if not match:
-            raise ProofError("auth Authorization header names no SignedHeaders")
-        return set(match.group(1).split(";"))
-
-    def _check_binding(self, headers: Mapping[str, str], request_digest: str) -> None:
-        signed = self._signed_headers(headers)
+    def _check_binding(
+        self, signed: frozenset[str], headers: Mapping[str, str], request_digest: str
+    ) -> None:
         for name in ("host", "x-amz-date", SERVER_ID_HEADER.lower(), DIGEST_HEADER.lower()):
             if name not in signed:
                 raise ProofError(f"auth signature must cover the {name} header")
-        if self._header(headers, SERVER_ID_HEADER) != self.server_id:
+        if headers.get(SERVER_ID_HEADER.lower()) != self.server_id:
             raise ProofError(f"auth is bound to another server (expected {self.server_id!r})")
-        if self._header(headers, DIGEST_HEADER) != request_digest:
+        if headers.get(DIGEST_HEADER.lower()) != request_digest:
             raise ProofError("auth is bound to another digest than the one to sign")
-        stamp = self._header(headers, "x-amz-date") or ""
+        stamp = headers.get("x-amz-date") or ""
         try:
             signed_at = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         except ValueError as exc:
@@ -344,6 +432,8 @@ class EnclaveClient:
     def initialise(self) -> dict[str, Any]:
         with self._init_lock:
             stored = self._state.load()
+            if stored is not None:
+                self._require_configured_key(stored, f"the key state in {self._state.path}")
             reply = self._raw(
                 {
                     "op": "init",
@@ -353,12 +443,25 @@ class EnclaveClient:
                     "stored_key": stored,
                 }
             )
+            self._require_configured_key(reply.get("stored_key"), "the enclave's key state")
             if stored is not None:
                 self._require_stored_key(stored, reply)
             if reply.get("created") or stored is None:
                 self._state.save(reply["stored_key"])
             LOG.info("enclave ready, signing key sha256 %s", reply.get("key_sha256"))
             return reply
+
+    def _require_configured_key(self, state: Any, what: str) -> None:
+        # Key substitution: state naming another KMS key (one whose policy someone else controls)
+        # would let that someone decrypt the signing key outside the enclave. Never load it,
+        # never store it.
+        key_id = state.get("key_id") if isinstance(state, Mapping) else None
+        if key_id != self._key_id:
+            raise EnclaveError(
+                "key_mismatch",
+                f"{what} names KMS key {key_id!r}, but this vault is configured for "
+                f"{self._key_id}; refusing it",
+            )
 
     def _require_stored_key(self, stored: Mapping[str, Any], reply: Mapping[str, Any]) -> None:
         # An enclave that kept its own key in memory answers init with that key (created=False);
@@ -433,19 +536,32 @@ class RateLimiter:
 
 @dataclass
 class ParentLimits:
-    """Bounds that keep one caller from exhausting the server."""
+    """Bounds that keep one caller from exhausting the server.
+
+    ``socket_timeout`` bounds each wait for bytes; ``request_deadline`` bounds the whole request
+    by the wall clock, so a client trickling one byte at a time cannot hold a slot;
+    ``max_connections_per_address`` keeps one address from taking every one of
+    ``max_connections``.
+    """
 
     max_body_bytes: int = 32 * 1024
     rate_per_second: float = 5.0
     burst: int = 20
     max_connections: int = 32
+    max_connections_per_address: int = 4
     socket_timeout: float = 10.0
+    request_deadline: float = 20.0
     allowed_networks: tuple[str, ...] = field(default_factory=tuple)
 
 
 class ParentServer(ThreadingHTTPServer):
     """HTTP API on the enclave host: ``GET /v1/health``, ``GET /v1/info``,
-    ``GET /v1/attestation?nonce=...``, ``POST /v1/sign``."""
+    ``GET /v1/attestation?nonce=...``, ``POST /v1/sign``.
+
+    Admission happens on the accepting thread before a byte of the request is read: the source
+    network, the per-address and total connection caps and the rate limit. Each admitted
+    connection then has ``request_deadline`` seconds of wall-clock time to send its request.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
@@ -467,16 +583,41 @@ class ParentServer(ThreadingHTTPServer):
         self.rate_limiter = RateLimiter(self.limits.rate_per_second, self.limits.burst)
         self.networks = [ipaddress.ip_network(n) for n in self.limits.allowed_networks]
         self._active = 0
+        self._per_address: dict[str, int] = {}
         self._active_lock = threading.Lock()
         super().__init__(address, _Handler)
 
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        # Runs before any parsing; a refused connection gets a fixed answer and is closed.
+        client = str(client_address[0])
+        if self.networks:
+            try:
+                address = ipaddress.ip_address(client)
+            except ValueError:
+                address = None
+            if address is None or not any(address in network for network in self.networks):
+                _refuse(request, 403, "forbidden", "caller address is not allowed")
+                return False
+        if not self.rate_limiter.allow(client):
+            _refuse(request, 429, "rate_limited", "too many requests; slow down")
+            return False
+        return True
+
     def process_request(self, request: Any, client_address: Any) -> None:
+        client = str(client_address[0])
         with self._active_lock:
-            full = self._active >= self.limits.max_connections
-            if not full:
+            busy = self._active >= self.limits.max_connections
+            crowded = self._per_address.get(client, 0) >= self.limits.max_connections_per_address
+            if not busy and not crowded:
                 self._active += 1
-        if full:
-            _refuse_busy(request)
+                self._per_address[client] = self._per_address.get(client, 0) + 1
+        if busy or crowded:
+            message = (
+                "too many connections; retry"
+                if busy
+                else "too many connections from this address; retry"
+            )
+            _refuse(request, 503, "busy", message)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -486,23 +627,39 @@ class ParentServer(ThreadingHTTPServer):
         LOG.warning("connection from %s ended with an error", client_address, exc_info=True)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        client = str(client_address[0])
         try:
             super().process_request_thread(request, client_address)
         finally:
             with self._active_lock:
                 self._active -= 1
+                left = self._per_address.get(client, 1) - 1
+                if left > 0:
+                    self._per_address[client] = left
+                else:
+                    self._per_address.pop(client, None)
 
 
-def _refuse_busy(sock: socket.socket) -> None:
-    body = json.dumps({"error": {"code": "busy", "message": "too many connections; retry"}})
+_PHRASES = {403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}
+
+
+def _refuse(sock: socket.socket, status: int, code: str, message: str) -> None:
+    """Answer a connection that is not admitted, without reading its request."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = (
+        f"HTTP/1.0 {status} {_PHRASES[status]}\r\nContent-Type: application/json\r\n"
+        f"Retry-After: 1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     with contextlib.suppress(OSError):
-        sock.sendall(
-            b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            b"Retry-After: 1\r\nContent-Length: "
-            + str(len(body)).encode()
-            + b"\r\n\r\n"
-            + body.encode()
-        )
+        # Non-blocking: the accepting thread never waits on a refused client.
+        sock.setblocking(False)
+        sock.sendall(head.encode() + body)
+        sock.shutdown(socket.SHUT_WR)
+        # Take what the client already sent, so that closing does not reset the connection
+        # (and discard the answer) because of unread data.
+        for _ in range(16):
+            if not sock.recv(65536):
+                break
 
 
 class _HttpError(Exception):
@@ -523,9 +680,56 @@ class _Handler(BaseHTTPRequestHandler):
     default_request_version = "HTTP/1.0"
 
     def setup(self) -> None:
-        # StreamRequestHandler applies `timeout` to the socket: a slow or silent client is cut off.
+        # StreamRequestHandler applies `timeout` to the socket: a silent client is cut off. A
+        # client that trickles bytes is cut off by the wall-clock deadline: the watchdog closes
+        # the reading side, the pending read returns, and the handler answers 408.
         self.request.settimeout(self.server.limits.socket_timeout)
+        self._expired = threading.Event()
+        self._watchdog = threading.Timer(self.server.limits.request_deadline, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
         super().setup()
+
+    def _expire(self) -> None:
+        self._expired.set()
+        with contextlib.suppress(OSError):
+            self.request.shutdown(socket.SHUT_RD)
+
+    def finish(self) -> None:
+        self._watchdog.cancel()
+        super().finish()
+
+    def handle_one_request(self) -> None:
+        super().handle_one_request()
+        if self._expired.is_set() and not self._answered:
+            self._request_timeout()
+
+    _answered = False
+
+    def _request_timeout(self) -> None:
+        # The request line may not even be complete: give the stdlib what send_response needs.
+        self.command = getattr(self, "command", None) or "GET"
+        self.requestline = getattr(self, "requestline", "") or "(incomplete request)"
+        self.request_version = "HTTP/1.0"
+        deadline = self.server.limits.request_deadline
+        with contextlib.suppress(OSError):
+            self._json(
+                408,
+                {
+                    "error": {
+                        "code": "request_timeout",
+                        "message": f"request not received within {deadline:g} seconds",
+                    }
+                },
+            )
+
+    def parse_request(self) -> bool:
+        if self._expired.is_set():
+            # What arrived before the deadline is incomplete: do not act on it.
+            return False
+        parsed = super().parse_request()
+        # The headers may have been cut short by the deadline; nothing incomplete is acted on.
+        return parsed and not self._expired.is_set()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         LOG.info("%s %s", self.client_address[0], format % args)
@@ -557,6 +761,7 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
+        self._answered = True
         if self.command != "HEAD":
             self.wfile.write(body)
         self.close_connection = True
@@ -564,7 +769,6 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, routes: Mapping[str, Callable[[], dict[str, Any]]]) -> None:
         headers: dict[str, str] = {}
         try:
-            self._admit()
             path = urllib.parse.urlsplit(self.path).path
             route = routes.get(path)
             if route is None:
@@ -581,17 +785,6 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             # The caller hung up before reading its answer; nothing to tell it.
             self.close_connection = True
-
-    def _admit(self) -> None:
-        client = self.client_address[0]
-        if self.server.networks:
-            address = ipaddress.ip_address(client)
-            if not any(address in network for network in self.server.networks):
-                raise _HttpError(403, "forbidden", "caller address is not allowed")
-        if not self.server.rate_limiter.allow(client):
-            raise _HttpError(
-                429, "rate_limited", "too many requests; slow down", {"Retry-After": "1"}
-            )
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         self._dispatch(
@@ -645,11 +838,18 @@ class _Handler(BaseHTTPRequestHandler):
         except TimeoutError as exc:
             raise _HttpError(408, "request_timeout", "body not received in time") from exc
         if len(raw) != length:
+            if self._expired.is_set():
+                deadline = self.server.limits.request_deadline
+                raise _HttpError(
+                    408, "request_timeout", f"request not received within {deadline:g} seconds"
+                )
             raise _HttpError(400, "bad_request", "body shorter than Content-Length")
         try:
             body = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise _HttpError(400, "bad_json", f"body is not JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise _HttpError(400, "bad_json", "body nests too deeply") from exc
         if not isinstance(body, dict):
             raise _HttpError(400, "bad_request", "body must be a JSON object")
         return body
@@ -759,6 +959,7 @@ def main(argv: list[str] | None = None) -> int:
         allowed_role_arns=args.allowed_role_arn,
         server_id=args.server_id or socket.getfqdn(),
         transport=urllib_sts_transport(),
+        region=args.region,
     )
     host, _, port = args.listen.rpartition(":")
     limits = ParentLimits(allowed_networks=tuple(args.allowed_network))

@@ -3,6 +3,7 @@ on loopback and the node role's credentials."""
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 
@@ -24,7 +25,20 @@ from enclave_harness import (  # noqa: E402
 
 @pytest.fixture(scope="session")
 def pki() -> TestPki:
-    return TestPki()
+    # Valid around the wall clock (valid_at is today), so the verifier CLI, which checks the
+    # chain at the current time, accepts its documents in any year these tests run.
+    today = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return TestPki(
+        not_before=today - dt.timedelta(days=30), not_after=today + dt.timedelta(days=30)
+    )
+
+
+@pytest.fixture
+def trust_test_root(pki, monkeypatch):
+    """Make the test PKI's root the trusted root in place of the AWS Nitro root."""
+    monkeypatch.setattr(
+        "cdk_trn_runtime.enclave.attestation.AWS_NITRO_ROOT_G1_SHA256", pki.root_sha256
+    )
 
 
 @pytest.fixture(scope="session")

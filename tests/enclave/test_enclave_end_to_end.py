@@ -14,10 +14,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from enclave_doubles import IMAGE_PCR0, OTHER_PCR0
-from enclave_harness import NODE_SESSION_ARN, OTHER_KEY, start_vault, stop_vault
+from enclave_harness import KEY_ID, NODE_SESSION_ARN, OTHER_KEY, start_vault, stop_vault
 
 from cdk_trn_runtime.enclave.attestation import verify_attestation
-from cdk_trn_runtime.enclave.service import signing_key_user_data
+from cdk_trn_runtime.enclave.vault_attestation import vault_user_data
 from cdk_trn_runtime.provenance import sign_with_private_key
 from cdk_trn_runtime.provenance.cli import main
 from cdk_trn_runtime.vault.client import VaultClient
@@ -51,7 +51,7 @@ def _sign(vault_url: str, directory: Path) -> int:
 
 def _public_key(vault_url: str, tmp_path: Path, capsys) -> Path:
     capsys.readouterr()
-    assert main(["public-key", "--vault", vault_url]) == 0
+    assert main(["public-key", "--vault", vault_url, "--pcr0", IMAGE_PCR0.hex()]) == 0
     path = tmp_path / "vault-public.pem"
     path.write_text(capsys.readouterr().out)
     return path
@@ -59,12 +59,14 @@ def _public_key(vault_url: str, tmp_path: Path, capsys) -> Path:
 
 def _verify(manifest: Path, directory: Path, key: Path, capsys) -> tuple[int, str]:
     capsys.readouterr()
-    code = main(["verify", str(manifest), str(directory), "--public-key", str(key)])
+    code = main(
+        ["verify", str(manifest), str(directory), "--public-key", str(key), "--run-id", "run-42"]
+    )
     return code, capsys.readouterr().out
 
 
 def test_signed_checkpoint_verifies_and_a_flipped_byte_is_named(
-    vault, node_credentials, tmp_path, capsys
+    trust_test_root, vault, node_credentials, tmp_path, capsys
 ):
     directory = _checkpoint(tmp_path)
     assert _sign(vault.url, directory) == 0
@@ -72,6 +74,10 @@ def test_signed_checkpoint_verifies_and_a_flipped_byte_is_named(
     signed = json.loads(manifest.read_text())
     assert signed["manifest"]["run_id"] == "run-42"
     assert signed["manifest"]["cluster"] == "trn-test"
+    assert (signed["manifest"]["step"], signed["manifest"]["checkpoint_path"]) == (
+        1000,
+        str(directory.resolve()),
+    )
     assert [f["path"] for f in signed["manifest"]["files"]] == [
         "config.json",
         "model.safetensors",
@@ -104,7 +110,9 @@ def test_signing_used_kms_only_with_a_recipient_and_sts_for_the_caller(
     assert vault.state.load() is not None
 
 
-def test_forged_signature_fails_verification(vault, node_credentials, tmp_path, capsys):
+def test_forged_signature_fails_verification(
+    trust_test_root, vault, node_credentials, tmp_path, capsys
+):
     directory = _checkpoint(tmp_path)
     assert _sign(vault.url, directory) == 0
     manifest = tmp_path / "step-001000.manifest.json"
@@ -125,7 +133,7 @@ def test_forged_signature_fails_verification(vault, node_credentials, tmp_path, 
 
 
 def test_restarted_enclave_reloads_the_same_key_through_decrypt(
-    vault, node_credentials, tmp_path, capsys
+    trust_test_root, vault, node_credentials, tmp_path, capsys
 ):
     first_key = _public_key(vault.url, tmp_path, capsys).read_text()
     # The enclave restarts (a fresh signer, nothing in memory) behind the same parent.
@@ -175,5 +183,35 @@ def test_attestation_endpoint_binds_the_signing_key_to_the_enclave_image(vault, 
         expected_pcrs={0: IMAGE_PCR0},
     )
     public_der = base64.b64decode(answer["public_key"])
-    assert document.user_data == signing_key_user_data(public_der)
+    assert document.public_key == public_der
+    assert document.user_data == vault_user_data(KEY_ID, public_der)
     assert document.nonce == b"nonce"
+
+
+def test_auditor_verifies_with_the_key_the_running_enclave_attests(
+    trust_test_root, vault, node_credentials, tmp_path, capsys
+):
+    directory = _checkpoint(tmp_path)
+    assert _sign(vault.url, directory) == 0
+    capsys.readouterr()
+    code = main(
+        [
+            "verify",
+            str(tmp_path / "step-001000.manifest.json"),
+            str(directory),
+            "--vault",
+            vault.url,
+            "--pcr0",
+            IMAGE_PCR0.hex(),
+            "--kms-key-arn",
+            KEY_ID,
+            "--run-id",
+            "run-42",
+            "--step",
+            "1000",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "IDENTITY run_id=run-42 cluster=trn-test step=1000" in out
+    assert f"from KMS key {KEY_ID}" in err

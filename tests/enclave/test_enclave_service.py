@@ -24,8 +24,8 @@ from cdk_trn_runtime.enclave.service import (
     NsmDevice,
     StreamForwarder,
     recv_frame,
-    signing_key_user_data,
 )
+from cdk_trn_runtime.enclave.vault_attestation import vault_user_data
 
 
 def _kms(pki) -> KmsTestDouble:
@@ -99,6 +99,7 @@ def test_kms_answer_with_plaintext_is_refused(pki):
                 "PublicKey": b"x",
                 "PrivateKeyCiphertextBlob": b"y",
                 "PrivateKeyPlaintext": b"secret",
+                "KeyId": kwargs["KeyId"],
             }
 
         def decrypt(self, **kwargs):
@@ -130,7 +131,7 @@ def test_sign_returns_an_ecdsa_p384_signature_over_the_digest(pki):
         public.verify(base64.b64decode(reply["signature"]), b"other", ec.ECDSA(hashes.SHA384()))
 
 
-def test_attest_binds_the_signing_key_in_user_data(pki):
+def test_attest_binds_the_signing_key_and_the_kms_key(pki):
     kms = _kms(pki)
     signer = EnclaveSigner(TestPkiNsm(pki), lambda r, c: kms)
     public_der = base64.b64decode(_init(signer)["public_key"])
@@ -142,8 +143,83 @@ def test_attest_binds_the_signing_key_in_user_data(pki):
         root_sha256=pki.root_sha256,
         expected_pcrs={0: IMAGE_PCR0},
     )
-    assert doc.user_data == signing_key_user_data(public_der)
+    assert doc.public_key == public_der
+    assert doc.user_data == vault_user_data(KEY_ID, public_der)
+    assert KEY_ID.encode() in doc.user_data
     assert doc.nonce == b"verifier-nonce"
+
+
+OTHER_KEY_ID = "arn:aws:kms:us-east-2:444455556666:key/99999999-aaaa-bbbb-cccc-dddddddddddd"
+
+
+def test_key_state_for_another_kms_key_is_refused_before_kms_is_asked(pki):
+    # Finding (key substitution): the enclave decrypted with whatever key the state file named.
+    kms = _kms(pki)
+    stored = _init(EnclaveSigner(TestPkiNsm(pki), lambda r, c: kms))["stored_key"]
+    planted = dict(stored, key_id=OTHER_KEY_ID)
+    kms.calls.clear()
+    reply = _init(EnclaveSigner(TestPkiNsm(pki), lambda r, c: kms), planted)
+    assert reply["ok"] is False and reply["error"]["code"] == "key_mismatch"
+    assert OTHER_KEY_ID in reply["error"]["message"]
+    assert kms.calls == []
+
+
+class OtherKeyKmsDouble(KmsTestDouble):
+    """KMS that honours the Recipient but answers with another key's ARN (the ciphertext was
+    made under a key the attacker controls; KMS decrypts with the key the blob names)."""
+
+    def decrypt(self, **params):
+        return {**super().decrypt(**params), "KeyId": OTHER_KEY_ID}
+
+    def generate_data_key_pair(self, **params):
+        return {**super().generate_data_key_pair(**params), "KeyId": OTHER_KEY_ID}
+
+
+def test_kms_answer_naming_another_key_is_refused(pki):
+    kms = _kms(pki)
+    stored = _init(EnclaveSigner(TestPkiNsm(pki), lambda r, c: kms))["stored_key"]
+    other = OtherKeyKmsDouble(
+        key_id=KEY_ID,
+        image_sha384=IMAGE_PCR0,
+        trusted_root_sha256=pki.root_sha256,
+        clock=lambda: pki.valid_at,
+    )
+    other._sealing_key = kms._sealing_key  # same ciphertexts, another key's ARN in the answer
+    for state in (None, stored):
+        signer = EnclaveSigner(TestPkiNsm(pki), lambda r, c: other)
+        reply = _init(signer, state)
+        assert reply["ok"] is False and reply["error"]["code"] == "key_mismatch"
+        assert "not the configured key" in reply["error"]["message"]
+        assert not signer.ready
+
+
+def test_enclave_holding_a_key_refuses_init_for_another_kms_key(pki):
+    kms = _kms(pki)
+    signer = EnclaveSigner(TestPkiNsm(pki), lambda r, c: kms)
+    assert _init(signer)["ok"]
+    reply = signer.handle(
+        {
+            "op": "init",
+            "key_id": OTHER_KEY_ID,
+            "region": REGION,
+            "credentials": HOST_CREDENTIALS,
+            "stored_key": None,
+        }
+    )
+    assert reply["error"]["code"] == "key_mismatch"
+
+
+def test_init_needs_a_kms_key_arn_not_an_alias(pki):
+    signer = EnclaveSigner(TestPkiNsm(pki), lambda r, c: _kms(pki))
+    reply = signer.handle(
+        {
+            "op": "init",
+            "key_id": "alias/cdk-trn-vault",
+            "region": REGION,
+            "credentials": HOST_CREDENTIALS,
+        }
+    )
+    assert reply["error"]["code"] == "bad_request" and "key ARN" in reply["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -183,6 +259,24 @@ def test_serve_loop_answers_garbage_and_oversized_frames_and_keeps_serving(pki):
                 assert recv_frame(sock)["error"]["code"] == "bad_frame"
         with socket.create_connection(enclave.address.address, timeout=5) as sock:
             sock.sendall(b"\x00\x00")  # truncated header, then hang up
+        assert enclave.address.request({"op": "public_key"})["error"]["code"] == "not_initialised"
+    finally:
+        enclave.close()
+
+
+def test_deeply_nested_frame_gets_an_error_reply_and_the_loop_keeps_serving(pki):
+    # Finding: "[" * 200000 raised RecursionError in json.loads and ended the serve loop.
+    kms = _kms(pki)
+    enclave = RunningEnclave(EnclaveSigner(TestPkiNsm(pki), lambda r, c: kms))
+    try:
+        nested = b"[" * 200000
+        for _ in range(2):
+            with socket.create_connection(enclave.address.address, timeout=5) as sock:
+                sock.sendall(struct.pack(">I", len(nested)) + nested)
+                reply = recv_frame(sock)
+            assert reply["ok"] is False and reply["error"]["code"] == "bad_frame"
+            assert "nests too deeply" in reply["error"]["message"]
+        assert enclave.thread.is_alive()
         assert enclave.address.request({"op": "public_key"})["error"]["code"] == "not_initialised"
     finally:
         enclave.close()

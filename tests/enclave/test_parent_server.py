@@ -432,3 +432,259 @@ def test_initialise_accepts_an_enclave_holding_the_stored_key(tmp_path):
     reply = _client(KeptKeyEnclaveDouble(public_der), state).initialise()
     assert reply["key_sha256"] == hashlib.sha256(public_der).hexdigest()
     assert state.load() == _stored_key(public_der)
+
+
+# --- findings of the security review, each reproduced -----------------------------------------
+
+
+class SlowClient:
+    """A slowloris connection: sends a request header one byte per ``pause`` seconds."""
+
+    def __init__(self, url: str, *, source: str = "127.0.0.1") -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection(
+            (host, int(port)), timeout=10, source_address=(source, 0)
+        )
+        self.request = b"GET /v1/health HTTP/1.1\r\nX-Padding: " + b"a" * 10000
+
+    def trickle(self, index: int) -> bool:
+        try:
+            self.sock.sendall(self.request[index : index + 1])
+            return True
+        except OSError:
+            return False
+
+    def answer(self) -> bytes:
+        self.sock.settimeout(5)
+        data = b""
+        try:
+            while chunk := self.sock.recv(4096):
+                data += chunk
+        except OSError:
+            pass
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _health_from(url: str, source: str) -> tuple[int, dict]:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5, source_address=(source, 0)) as s:
+        s.sendall(b"GET /v1/health HTTP/1.1\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def test_slow_connections_are_cut_off_by_the_wall_clock_deadline(pki, tmp_path):
+    # Finding: 32 connections sending one header byte every 5 s held every slot indefinitely
+    # (each byte reset the per-read socket timeout). Here: every slot is held by a trickling
+    # client whose pace (0.2 s) stays well inside the per-read timeout (3 s); the deadline (2 s)
+    # still frees all of them.
+    limits = ParentLimits(
+        max_connections=8,
+        max_connections_per_address=8,
+        socket_timeout=3.0,
+        request_deadline=2.0,
+        rate_per_second=1000,
+        burst=1000,
+    )
+    running = start_vault(pki, tmp_path, limits=limits)
+    slow = [SlowClient(running.url) for _ in range(8)]
+    try:
+        for index in range(2):
+            for client in slow:
+                client.trickle(index)
+            time.sleep(0.2)
+        status, body = _health_from(running.url, "127.0.0.2")
+        assert (status, body["error"]["code"]) == (503, "busy")  # every slot is held...
+        started = time.monotonic()
+        index = 2
+        while time.monotonic() - started < 2.5:
+            for client in slow:
+                client.trickle(index)
+            index += 1
+            time.sleep(0.2)
+        # ...until the deadline: each slow client got a 408 and its slot back.
+        for client in slow:
+            answer = client.answer()
+            assert answer.startswith(b"HTTP/1.0 408") and b"request_timeout" in answer
+        assert _health_from(running.url, "127.0.0.2") == (200, {"status": "ok"})
+    finally:
+        for client in slow:
+            client.close()
+        stop_vault(running)
+
+
+def test_one_address_cannot_take_every_connection_slot(pki, tmp_path):
+    limits = ParentLimits(
+        max_connections=32,
+        max_connections_per_address=4,
+        request_deadline=30.0,
+        rate_per_second=1000,
+        burst=1000,
+    )
+    running = start_vault(pki, tmp_path, limits=limits)
+    slow = [SlowClient(running.url) for _ in range(32)]
+    try:
+        for client in slow:
+            client.trickle(0)
+        time.sleep(0.3)
+        refused = [c for c in slow[4:] if c.answer().startswith(b"HTTP/1.0 503")]
+        assert len(refused) == 28  # refused at once, before any parsing
+        # Another address is served although 4 connections are still trickling.
+        assert _health_from(running.url, "127.0.0.2") == (200, {"status": "ok"})
+        assert _health_from(running.url, "127.0.0.1")[0] == 503
+    finally:
+        for client in slow:
+            client.close()
+        stop_vault(running)
+
+
+def test_network_check_answers_before_reading_the_request(pki, tmp_path):
+    running = start_vault(pki, tmp_path, limits=ParentLimits(allowed_networks=("10.0.0.0/16",)))
+    try:
+        host, port = running.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            # Not a byte sent: the answer comes from the address alone.
+            data = sock.recv(65536)
+        assert data.startswith(b"HTTP/1.0 403") and b'"forbidden"' in data
+    finally:
+        stop_vault(running)
+
+
+@pytest.mark.parametrize("name", ["Host ", "Content-Length ", "Host\t", "X-Forwarded-For"])
+def test_headers_outside_the_allowlist_never_reach_sts(verifier, sts, name):
+    # Finding: a name with a trailing space passed the filter and went to STS next to urllib's
+    # own Host and Content-Length.
+    proof = _proof()
+    proof["headers"][name] = "evil.example"
+    with pytest.raises(ProofError, match="auth header") as caught:
+        verifier.verify(proof, request_digest=DIGEST)
+    assert caught.value.status == 401
+    assert sts.requests == []
+
+
+def test_only_allowlisted_headers_are_forwarded(verifier, sts):
+    verifier.verify(_proof(), request_digest=DIGEST)
+    forwarded = set(sts.requests[-1][2])
+    assert forwarded <= {
+        "accept",
+        "authorization",
+        "content-type",
+        "x-amz-date",
+        "x-amz-security-token",
+        "x-cdk-trn-server-id",
+        "x-cdk-trn-request-digest",
+    }
+    assert "host" not in forwarded and "content-length" not in forwarded
+
+
+def _with_authorization(edit) -> dict:
+    proof = _proof()
+    proof["headers"]["Authorization"] = edit(proof["headers"]["Authorization"])
+    return proof
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # Finding: SignedHeaders= was taken from its first match; a second one is now refused.
+        (
+            lambda a: a.replace(
+                "SignedHeaders=", "SignedHeaders=host;x-amz-date, SignedHeaders=", 1
+            ),
+            "repeats SignedHeaders",
+        ),
+        (lambda a: a + ", Signature=" + "0" * 64, "repeats Signature"),
+        (
+            lambda a: a.replace(
+                "Credential=",
+                "Credential=AKIAX/20260101/us-east-2/sts/aws4_request, Credential=",
+                1,
+            ),
+            "repeats Credential",
+        ),
+        (lambda a: a.replace("/sts/", "/iam/"), "service 'iam'"),
+        (lambda a: a.replace(f"/{REGION}/", "/eu-west-1/"), "region 'eu-west-1'"),
+        (lambda a: a.split(", Signature=")[0], "lacks Signature"),
+        (lambda a: a + ", Extra=1", "unexpected component"),
+        (
+            lambda a: a.replace(
+                "SignedHeaders=content-type;host", "SignedHeaders=host;content-type"
+            ),
+            "sorted",
+        ),
+        (lambda a: a.replace("AWS4-HMAC-SHA256", "AWS4-HMAC-SHA512"), "SigV4"),
+    ],
+)
+def test_authorization_header_is_parsed_strictly(verifier, sts, edit, message):
+    with pytest.raises(ProofError, match=message):
+        verifier.verify(_with_authorization(edit), request_digest=DIGEST)
+    assert sts.requests == []
+
+
+def test_proof_signing_a_header_it_does_not_carry_is_rejected(verifier):
+    proof = _proof()
+    del proof["headers"]["Content-Type"]
+    with pytest.raises(ProofError, match="does not carry"):
+        verifier.verify(proof, request_digest=DIGEST)
+
+
+@pytest.mark.parametrize("url", ["https://[::1/", "https://sts.us-east-2.amazonaws.com:99999/"])
+def test_unparseable_proof_url_is_a_clean_client_error(vault, url):
+    # Finding: "https://[::1/" raised ValueError in urlsplit and gave a 500 with a traceback.
+    proof = _proof()
+    proof["url"] = url
+    status, body = _post(
+        vault.url, "/v1/sign", json.dumps({"digest": DIGEST, "auth": proof}).encode()
+    )
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    assert "not a URL" in body["error"]["message"]
+    assert _healthy(vault.url)
+
+
+def test_deeply_nested_request_body_is_a_clean_client_error(vault):
+    status, body = _post(vault.url, "/v1/sign", b"[" * 30000)
+    assert (status, body["error"]["code"]) == (400, "bad_json")
+    assert _healthy(vault.url)
+
+
+OTHER_KEY_ID = "arn:aws:kms:us-east-2:444455556666:key/99999999-aaaa-bbbb-cccc-dddddddddddd"
+
+
+def test_parent_refuses_key_state_naming_another_kms_key(tmp_path):
+    # Finding (key substitution): a planted state file naming the attacker's key was loaded.
+    public_der = _public_key_der()
+    state = KeyStateFile(tmp_path / "signing-key.json")
+    planted = dict(_stored_key(public_der), key_id=OTHER_KEY_ID)
+    state.save(planted)
+    enclave = KeptKeyEnclaveDouble(public_der)
+    with pytest.raises(EnclaveError, match="configured for") as caught:
+        _client(enclave, state).initialise()
+    assert caught.value.code == "key_mismatch"
+    assert enclave.requests == []  # never sent to the enclave
+    assert state.load() == planted
+
+
+class OtherKeyEnclaveDouble(KeptKeyEnclaveDouble):
+    """An enclave (or something on its port) answering with key state under another KMS key."""
+
+    def request(self, message: dict, *, timeout: float = 30.0) -> dict:
+        reply = super().request(message, timeout=timeout)
+        return {
+            **reply,
+            "stored_key": {**reply["stored_key"], "key_id": OTHER_KEY_ID},
+            "created": True,
+        }
+
+
+def test_parent_refuses_to_store_state_under_another_kms_key(tmp_path):
+    state = KeyStateFile(tmp_path / "signing-key.json")
+    with pytest.raises(EnclaveError, match="enclave's key state") as caught:
+        _client(OtherKeyEnclaveDouble(_public_key_der()), state).initialise()
+    assert caught.value.code == "key_mismatch"
+    assert state.load() is None

@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 from aws_cdk import assertions
+from aws_cdk import aws_kms as kms
 from aws_cdk.assertions import Match
 
 from cdk_trn.enclave.vault import ADMIN_ACTIONS, CRYPTO_ACTIONS, KEY_STATE_OBJECT
+from cdk_trn.errors import CdkTrnError
 from tests.enclave_constructs.vault_stacks import (
     EIF_BUCKET,
     EIF_KEY,
@@ -114,11 +116,13 @@ def test_key_policy_denies_grants_and_re_encryption_to_everyone_without_conditio
 def test_key_policy_statements_are_exactly_the_documented_set(template, built):
     assert [s["Sid"] for s in _key_statements(template, built)] == [
         "AccountAdministersKeyWithoutCryptographicUse",
+        "OnlyDeploymentAndBreakGlassRolesChangeKeyPolicy",
         "KeyAdministratorsWithoutCryptographicUse",
         "EnclaveHostUsesKeyOnlyFromAttestedEnclave",
         "DenyCryptographicUseWithoutAttestation",
         "DenyCryptographicUseFromOtherImages",
         "DenyGrantsAndReEncryptionToEveryone",
+        "DenyKeyPolicyChangesToOtherPrincipals",
     ]
 
 
@@ -367,3 +371,120 @@ def test_vault_exposes_connections_port_and_endpoint(built):
 def test_user_data_fits_the_16_kib_ec2_limit_with_room_for_deploy_time_values(template):
     # Deploy-time values (ARNs, names) are rendered as JSON here, longer than most real values.
     assert len(_user_data(template).encode()) < 14 * 1024
+
+
+# --- who may change the key policy (issue 13, item 4) ------------------------------------------
+
+BOOTSTRAP_EXEC_ROLE = {
+    "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/"
+    "cdk-hnb659fds-cfn-exec-role-${AWS::AccountId}-us-east-2"
+}
+BREAK_GLASS = "arn:aws:iam::111122223333:role/security/VaultBreakGlass"
+
+
+def _listed(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _may_put_key_policy(statement: dict) -> bool:
+    if "NotAction" in statement:
+        return not any(
+            a in ("kms:PutKeyPolicy", "kms:*", "*") for a in _listed(statement["NotAction"])
+        )
+    return any(a in ("kms:PutKeyPolicy", "kms:*", "*") for a in _listed(statement["Action"]))
+
+
+def _vault_keys(template: assertions.Template, built: VaultStack) -> list[dict]:
+    """Every KMS key the vault construct creates (the test stack also holds a stand-in cluster)."""
+    resources = template.to_json()["Resources"]
+    ids = [
+        built.stack.get_logical_id(child)
+        for child in built.vault.node.find_all()
+        if isinstance(child, kms.CfnKey)
+    ]
+    return [resources[i] for i in ids]
+
+
+def _put_key_policy_allows(template: assertions.Template, built: VaultStack) -> list[dict]:
+    return [
+        statement
+        for key in _vault_keys(template, built)
+        for statement in key["Properties"]["KeyPolicy"]["Statement"]
+        if statement["Effect"] == "Allow" and _may_put_key_policy(statement)
+    ]
+
+
+def test_no_key_in_the_vault_lets_the_account_root_change_its_policy_unconditionally(
+    template, built
+):
+    # Finding: account root held kms:PutKeyPolicy, so any principal with kms:* could rewrite the
+    # policy, drop the Deny statements and decrypt the key state. Every key of the vault counts.
+    allows = _put_key_policy_allows(template, built)
+    assert len(allows) == len(_vault_keys(template, built)) == 3  # vault, storage, alerts
+    for statement in allows:
+        assert statement["Action"] == "kms:PutKeyPolicy"
+        assert statement["Condition"] == {"ArnEquals": {"aws:PrincipalArn": [BOOTSTRAP_EXEC_ROLE]}}
+
+
+def test_every_vault_key_denies_policy_changes_to_all_other_principals(template, built):
+    for key in _vault_keys(template, built):
+        statements = {s.get("Sid"): s for s in key["Properties"]["KeyPolicy"]["Statement"]}
+        assert statements["DenyKeyPolicyChangesToOtherPrincipals"] == {
+            "Sid": "DenyKeyPolicyChangesToOtherPrincipals",
+            "Effect": "Deny",
+            "Principal": {"AWS": "*"},
+            "Action": "kms:PutKeyPolicy",
+            "Resource": "*",
+            "Condition": {"ArnNotEquals": {"aws:PrincipalArn": [BOOTSTRAP_EXEC_ROLE]}},
+        }
+
+
+def test_key_administrators_cannot_change_the_key_policy(template, built):
+    for statement in _key_statements(template, built):
+        if statement["Effect"] == "Allow" and statement.get("Sid") != (
+            "OnlyDeploymentAndBreakGlassRolesChangeKeyPolicy"
+        ):
+            assert not _may_put_key_policy(statement)
+
+
+def test_named_deployment_and_break_glass_roles_are_the_only_ones_allowed():
+    deployer = "arn:aws:iam::111122223333:role/cdk-custom1-cfn-exec-role-111122223333-us-east-2"
+    built = vault_stack(deployment_role_arn=deployer, break_glass_role_arn=BREAK_GLASS)
+    template = assertions.Template.from_stack(built.stack)
+    for statement in _put_key_policy_allows(template, built):
+        assert statement["Condition"] == {
+            "ArnEquals": {"aws:PrincipalArn": [deployer, BREAK_GLASS]}
+        }
+
+
+@pytest.mark.parametrize(
+    "prop, value",
+    [
+        ("break_glass_role_arn", "BreakGlass"),
+        ("break_glass_role_arn", "arn:aws:iam::111122223333:user/alice"),
+        ("deployment_role_arn", "arn:aws:iam::1234:role/x"),
+    ],
+)
+def test_role_props_must_be_iam_role_arns(prop, value):
+    with pytest.raises(CdkTrnError, match=prop):
+        vault_stack(**{prop: value})
+
+
+def test_policy_change_attempts_on_the_vault_key_notify_an_encrypted_topic(template, built):
+    key = built.logical_id(built.vault.key)
+    rules = template.find_resources("AWS::Events::Rule")
+    (rule,) = [r for r in rules.values() if "PutKeyPolicy" in json.dumps(r)]
+    pattern = rule["Properties"]["EventPattern"]
+    assert pattern["source"] == ["aws.kms"]
+    assert pattern["detail-type"] == ["AWS API Call via CloudTrail"]
+    assert pattern["detail"]["eventName"] == ["PutKeyPolicy"]
+    assert pattern["detail"]["$or"] == [
+        {"resources": {"ARN": [{"Fn::GetAtt": [key, "Arn"]}]}},
+        {"requestParameters": {"keyId": [{"Fn::GetAtt": [key, "Arn"]}, {"Ref": key}]}},
+    ]
+    topic_id = built.logical_id(built.vault.key_policy_alerts)
+    assert rule["Properties"]["Targets"][0]["Arn"] == {"Ref": topic_id}
+    topic = template.to_json()["Resources"][topic_id]
+    alerts_key = topic["Properties"]["KmsMasterKeyId"]["Fn::GetAtt"][0]
+    assert alerts_key != key  # not the vault key: its Deny statements would stop EventBridge
+    assert template.to_json()["Resources"][alerts_key]["Properties"]["EnableKeyRotation"]
