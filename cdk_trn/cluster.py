@@ -34,6 +34,7 @@ from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.interfaces import ITrainingFileSystem, ITrainingNetwork
 from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
 from cdk_trn.machine_image import NeuronMachineImage
+from cdk_trn.preflight import Preflight
 from cdk_trn.security import EfaSecurityGroup
 from cdk_trn_runtime.contract import CLUSTER_TAG
 
@@ -114,6 +115,12 @@ class TrainiumCluster(Construct):
         again) when a deploy changes the launch template, for example when the floating DLAMI
         parameter points at a new AMI. Default: False: a deploy never terminates running nodes;
         pin the AMI (``NeuronMachineImage.from_ami_id``) for identical nodes over time.
+    :param preflight: check, before any node launches, that the type is offered in the AZ, the
+        account's Trn vCPU quota holds the nodes, and the reservations or blocks exist, match and
+        are active, and fail the deploy within minutes with the fix otherwise
+        (``cdk_trn.preflight.Preflight``). Default: True.
+    :param wait_for_capacity_block: with a capacity block that starts within 55 minutes, let the
+        preflight wait for its start instead of failing. Default: False.
     """
 
     def __init__(
@@ -133,6 +140,8 @@ class TrainiumCluster(Construct):
         encryption_key: kms.IKey | None = None,
         signal_timeout: cdk.Duration | None = None,
         replace_nodes_on_update: bool = False,
+        preflight: bool = True,
+        wait_for_capacity_block: bool = False,
     ) -> None:
         super().__init__(scope, id)
         # Validate everything before the first resource exists.
@@ -230,6 +239,20 @@ class TrainiumCluster(Construct):
             )
         )
         self._wait_for_signals(signal_timeout, replace_nodes_on_update)
+        self._preflight: Preflight | None = None
+        if preflight:
+            # Before the group: a deploy that cannot launch fails in minutes with the reason,
+            # not after the creation policy's timeout with none.
+            self._preflight = Preflight(
+                self,
+                "Preflight",
+                instance_type=spec.instance_type,
+                availability_zone=network.availability_zone,
+                nodes=nodes,
+                capacity=capacity,
+                wait_for_capacity_block=wait_for_capacity_block,
+            )
+            self.auto_scaling_group.node.add_dependency(self._preflight)
         # Nodes signal through the CloudFormation endpoint and pull through the others.
         for endpoint in network.endpoints:
             self.auto_scaling_group.node.add_dependency(endpoint)
@@ -438,6 +461,11 @@ class TrainiumCluster(Construct):
     def slurm(self) -> SlurmNodeSettings | None:
         """What the nodes need to run slurmd, when a ``SlurmScheduler`` serves this cluster."""
         return self._slurm
+
+    @property
+    def preflight(self) -> Preflight | None:
+        """The deploy-time preflight that runs before the nodes (None when turned off)."""
+        return self._preflight
 
     @property
     def compile_cache_path(self) -> str:

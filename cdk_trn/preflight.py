@@ -10,7 +10,7 @@ within a minute with the reason and the fix in the stack event.
 Make the nodes wait for it::
 
     preflight = Preflight(stack, "Preflight", instance_type="trn2.48xlarge",
-                          availability_zone_id="use2-az3", nodes=2, capacity=Capacity.on_demand())
+                          availability_zone="use2-az3", nodes=2, capacity=Capacity.on_demand())
     cluster.auto_scaling_group.node.add_dependency(preflight)
 
 A plain Lambda-backed custom resource (no Provider framework: one function, one role, one log
@@ -47,7 +47,8 @@ class Preflight(Construct):
     """Fails the deploy early, with the fix, when ``nodes`` x ``instance_type`` cannot launch.
 
     :param instance_type: a catalog instance type (``cdk_trn.catalog.INSTANCE_SPECS``).
-    :param availability_zone_id: the nodes' AZ id (``use2-az3``), the same in every account.
+    :param availability_zone: the nodes' AZ, an id (``use2-az3``) or a name (``us-east-2b``,
+        resolved to its id in the deploying account by the handler).
     :param nodes: how many nodes the cluster launches.
     :param capacity: where they come from; reservations and blocks are checked by id, on-demand
         by the type's offering in the AZ and the account's On-Demand Trn vCPU quota
@@ -65,7 +66,7 @@ class Preflight(Construct):
         id: str,
         *,
         instance_type: str,
-        availability_zone_id: str,
+        availability_zone: str,
         nodes: int,
         capacity: Capacity,
         wait_for_capacity_block: bool = False,
@@ -141,6 +142,7 @@ class Preflight(Construct):
             iam.PolicyStatement(
                 sid="ReadOfferingsQuotaAndReservations",
                 actions=[
+                    "ec2:DescribeAvailabilityZones",
                     "ec2:DescribeInstanceTypeOfferings",
                     "ec2:DescribeCapacityReservations",
                     "servicequotas:GetServiceQuota",
@@ -166,10 +168,11 @@ class Preflight(Construct):
         )
         acknowledge_wildcards(
             self.policy,
-            "ec2:DescribeInstanceTypeOfferings, ec2:DescribeCapacityReservations, "
+            "ec2:DescribeAvailabilityZones, ec2:DescribeInstanceTypeOfferings, "
+            "ec2:DescribeCapacityReservations, "
             "servicequotas:GetServiceQuota and servicequotas:GetAWSDefaultServiceQuota support "
             "no resource-level permission (the Service Authorization Reference lists no resource "
-            "type for them), so their Resource must be '*'; all four are read-only.",
+            "type for them), so their Resource must be '*'; all five are read-only.",
             resources=["*"],
         )
         acknowledge_deploy_time_functions(self, "preflight of AZ, quota and reservations")
@@ -184,7 +187,7 @@ class Preflight(Construct):
             else _CHECK_SERVICE_TIMEOUT,
             properties={
                 "InstanceType": instance_type,
-                "AvailabilityZoneId": availability_zone_id,
+                "AvailabilityZone": availability_zone,
                 "Nodes": str(nodes),
                 "VcpusPerNode": str(spec.vcpus),
                 "Capacity": capacity.kind.value,

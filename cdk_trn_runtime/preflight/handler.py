@@ -29,9 +29,11 @@ runtime: standard library and boto3 only.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
+import re
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -95,7 +97,7 @@ class Request:
         try:
             request = cls(
                 instance_type=str(props["InstanceType"]),
-                availability_zone_id=str(props["AvailabilityZoneId"]),
+                availability_zone_id=str(props["AvailabilityZone"]),
                 nodes=int(props["Nodes"]),
                 vcpus_per_node=int(props["VcpusPerNode"]),
                 capacity=str(props["Capacity"]),
@@ -400,9 +402,26 @@ def describe_reservations(ec2: Any, request: Request) -> list[dict[str, Any]] | 
     return found
 
 
+_ZONE_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
+
+
+def zone_id_of(ec2: Any, zone: str) -> str:
+    """The AZ id of ``zone``: ids (``use2-az3``) are the same in every account and pass as they
+    are; a name (``us-east-2b``) maps to a different id in each account, so ask EC2."""
+    if not _ZONE_NAME.match(zone):
+        return zone
+    zones = ec2.describe_availability_zones(ZoneNames=[zone]).get("AvailabilityZones", [])
+    if not zones:
+        raise PreflightError(f"AZ {zone} does not exist in this account and region")
+    return str(zones[0]["ZoneId"])
+
+
 def check(request: Request, clients: Clients, *, creating: bool, deadline: dt.datetime) -> Verdict:
     """Make the AWS calls for ``request`` and judge them."""
     now = clients.now()
+    request = dataclasses.replace(
+        request, availability_zone_id=zone_id_of(clients.ec2, request.availability_zone_id)
+    )
     if request.capacity == ON_DEMAND:
         refusal = offering_refusal(request, offered_zone_ids(clients.ec2, request.instance_type))
         if refusal is None:

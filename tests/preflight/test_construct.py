@@ -20,7 +20,7 @@ def preflight_stack(**props) -> tuple[cdk.Stack, Preflight]:
     app = cdk.App()
     stack = cdk.Stack(app, "Test", env=cdk.Environment(region="us-east-2"))
     props.setdefault("instance_type", "trn2.48xlarge")
-    props.setdefault("availability_zone_id", "use2-az3")
+    props.setdefault("availability_zone", "use2-az3")
     props.setdefault("nodes", 2)
     props.setdefault("capacity", Capacity.on_demand())
     return stack, Preflight(stack, "Preflight", **props)
@@ -38,7 +38,7 @@ def test_the_custom_resource_carries_what_the_handler_checks(on_demand):
         "Custom::TrnPreflight",
         {
             "InstanceType": "trn2.48xlarge",
-            "AvailabilityZoneId": "use2-az3",
+            "AvailabilityZone": "use2-az3",
             "Nodes": "2",
             "VcpusPerNode": "192",
             "Capacity": "on-demand",
@@ -75,6 +75,7 @@ def test_the_policy_reads_only_offerings_quotas_and_reservations(on_demand):
     statements = policy["Properties"]["PolicyDocument"]["Statement"]
     actions = sorted(a for s in statements for a in assertions_list(s["Action"]))
     assert actions == [
+        "ec2:DescribeAvailabilityZones",
         "ec2:DescribeCapacityReservations",
         "ec2:DescribeInstanceTypeOfferings",
         "logs:CreateLogStream",

@@ -91,7 +91,7 @@ def event(request_type="Create", **overrides) -> dict[str, Any]:
     props = {
         "ServiceToken": FUNCTION_ARN,
         "InstanceType": TYPE,
-        "AvailabilityZoneId": AZ,
+        "AvailabilityZone": AZ,
         "Nodes": "2",
         "VcpusPerNode": "192",
         "Capacity": "on-demand",
@@ -441,3 +441,16 @@ def test_malformed_properties_fail_with_a_reason(aws):
     result = run(aws, event(Nodes="two")).only
     assert result["status"] == "FAILED"
     assert "preflight properties are malformed" in result["reason"]
+
+
+def test_an_az_name_is_resolved_to_its_id_in_the_deploying_account(aws):
+    aws.ec2.add_response(
+        "describe_availability_zones",
+        {"AvailabilityZones": [{"ZoneName": "us-east-2c", "ZoneId": AZ}]},
+        {"ZoneNames": ["us-east-2c"]},
+    )
+    stub_offerings(aws, [AZ])
+    stub_quota(aws, 384.0)
+    result = run(aws, event(AvailabilityZone="us-east-2c")).only
+    assert result["status"] == "SUCCESS", result
+    assert f"2 x trn2.48xlarge in {AZ}" in result["data"]["Summary"]
