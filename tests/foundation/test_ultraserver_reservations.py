@@ -91,8 +91,12 @@ def test_launch_template_targets_a_resource_group_holding_both_reservations(two_
     } in props["Configuration"]
     resources = [r["Fn::Join"][1][-1] for r in props["Resources"]]
     assert resources == [f":capacity-reservation/{CR_A}", f":capacity-reservation/{CR_B}"]
-    (launch_template,) = _of_type(template, "AWS::EC2::LaunchTemplate").values()
-    data = launch_template["Properties"]["LaunchTemplateData"]
+    # The nodes' launch template (the Slurm controller has its own, with no reservation).
+    (data,) = [
+        lt["Properties"]["LaunchTemplateData"]
+        for lt in _of_type(template, "AWS::EC2::LaunchTemplate").values()
+        if "InstanceMarketOptions" in lt["Properties"]["LaunchTemplateData"]
+    ]
     assert data["CapacityReservationSpecification"] == {
         "CapacityReservationTarget": {
             "CapacityReservationResourceGroupArn": {"Fn::GetAtt": [group_id, "Arn"]}
