@@ -36,7 +36,7 @@ from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
 from cdk_trn.machine_image import NeuronMachineImage
 from cdk_trn.preflight import Preflight
 from cdk_trn.security import EfaSecurityGroup
-from cdk_trn_runtime.contract import CLUSTER_TAG
+from cdk_trn_runtime.contract import CLUSTER_TAG, RENDEZVOUS_PORTS
 
 MAX_NODES = 1024
 _CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}$")
@@ -375,6 +375,7 @@ class TrainiumCluster(Construct):
             "CDK_TRN_FSX_MOUNT_PATH": fs.mount_path if fs else "",
             "CDK_TRN_FSX_EFA": "1" if fs and fs.efa_enabled else "0",
             "CDK_TRN_COMPILE_CACHE": self.compile_cache_path,
+            "CDK_TRN_RENDEZVOUS_PORTS": "{}-{}".format(*RENDEZVOUS_PORTS),
             "CDK_TRN_SLURM_IMAGE": slurm.image_uri if slurm else "",
             "CDK_TRN_SLURM_KEY_SECRET": slurm.key_secret_arn if slurm else "",
             "CDK_TRN_SLURM_CONTROLLER_PARAMETER": slurm.controller_parameter if slurm else "",

@@ -202,6 +202,16 @@ start_slurmd() {
   wait_for_registration
 }
 
+# torchrun's rendezvous ports (contract.RENDEZVOUS_PORTS) never go to ephemeral connections, so
+# a job's c10d store can always bind its port; kept across reboots in sysctl.d.
+reserve_rendezvous_ports() {
+  mkdir -p "$ROOT/etc/sysctl.d"
+  echo "net.ipv4.ip_local_reserved_ports = $CDK_TRN_RENDEZVOUS_PORTS" \
+    >"$ROOT/etc/sysctl.d/90-cdk-trn-rendezvous.conf"
+  sysctl -q -w "net.ipv4.ip_local_reserved_ports=$CDK_TRN_RENDEZVOUS_PORTS" \
+    || fail "could not reserve the rendezvous ports $CDK_TRN_RENDEZVOUS_PORTS"
+}
+
 boot() {
   begin_boot
   log "bootstrapping $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
@@ -210,6 +220,7 @@ boot() {
   start_docker
   mount_fsx
   write_environment
+  reserve_rendezvous_ports
   start_slurmd
   signal SUCCESS
   log "node ready"

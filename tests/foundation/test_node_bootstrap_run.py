@@ -18,6 +18,7 @@ from aws_cdk import aws_ec2 as ec2
 
 from cdk_trn.cluster import TrainiumCluster
 from cdk_trn.machine_image import NeuronMachineImage, NodeOs
+from cdk_trn_runtime.contract import RENDEZVOUS_PORTS
 from tests.foundation.stacks_for_tests import cluster_stack
 
 DOUBLES = Path(__file__).parent / "node_command_doubles"
@@ -208,6 +209,21 @@ def test_healthy_node_writes_efa_and_logical_nc_environment(node, trn2):
     assert (node.root / "var/cache/neuron-compile-cache").is_dir()
     profile = (node.root / "etc/profile.d/cdk-trn-env.sh").read_text()
     assert f". {node.root}/etc/cdk-trn/env" in profile
+
+
+def test_healthy_node_reserves_the_rendezvous_ports_now_and_across_reboots(node, trn2):
+    result = node.boot(trn2)
+    assert result.returncode == 0, result.output
+    ports = "{}-{}".format(*RENDEZVOUS_PORTS)
+    assert ["-q", "-w", f"net.ipv4.ip_local_reserved_ports={ports}"] in result.calls_to("sysctl")
+    persisted = (node.root / "etc/sysctl.d/90-cdk-trn-rendezvous.conf").read_text()
+    assert persisted.strip() == f"net.ipv4.ip_local_reserved_ports = {ports}"
+
+
+def test_node_that_cannot_reserve_the_rendezvous_ports_signals_failure(node, trn2):
+    result = node.boot(trn2, DOUBLES_FAILING="sysctl")
+    assert result.statuses() == ["FAILURE"]
+    assert "could not reserve the rendezvous ports" in result.messages()
 
 
 def test_healthy_node_starts_docker_and_checks_the_efa_provider(node, trn2):
