@@ -102,7 +102,9 @@ def main() -> int:
     previous_losses: list[float] = []
     resumed_from = checkpoint.latest(run.checkpoint_dir)
     if resumed_from is not None:
-        state = torch.load(resumed_from, map_location="cpu", weights_only=False)
+        # Tensors and plain containers only: a checkpoint on the shared file system is never
+        # unpickled as code.
+        state = torch.load(resumed_from, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
