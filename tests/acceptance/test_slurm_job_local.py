@@ -139,7 +139,7 @@ def test_the_controller_script_runs_the_suite_as_a_slurm_job_and_uploads_its_res
                 "CompileCacheDir": f"{shared}/neuron-compile-cache",
                 "ExpectedNeuronDevices": "0",
                 "ExpectedEfaDevices": "0",
-                "SuiteArgs": " ".join([*TINY_ARGS, "--no-warm-pass"]),
+                "SuiteArgs": " ".join(TINY_ARGS),
                 "ExecutionTimeout": "900",
             }
         )
