@@ -60,7 +60,14 @@ class ClusterStack(cdk.Stack):
         # are broken or slow, and the figures become stack outputs.
         self.acceptance: AcceptanceRun | None = None
         if config.acceptance:
-            self.acceptance = AcceptanceRun(self, "Acceptance", cluster=self.cluster, image=image)
+            # With Slurm the run is a Slurm job in the scheduler's image (the same one).
+            self.acceptance = AcceptanceRun(
+                self,
+                "Acceptance",
+                cluster=self.cluster,
+                scheduler=self.scheduler,
+                image=None if self.scheduler else image,
+            )
         summary = self.cluster.summary()
         for key, label in (
             ("instance_type", "InstanceType"),

@@ -1,4 +1,14 @@
-"""The SSM Command document that runs the acceptance suite on one node.
+"""The SSM Command documents of the acceptance run: the suite on one node, or as a Slurm job.
+
+Two launchers, one per kind of cluster. On a cluster with a ``SlurmScheduler`` the run is a Slurm
+job like any user's: the Slurm document (``slurm_acceptance_document``, script
+``cdk_trn_runtime/acceptance/submit_suite.sh``) runs on the controller only, writes the job script
+``cdk_trn_runtime/acceptance/acceptance.sbatch`` (embedded here at synth, base64) to the shared file
+system, submits it with ``sbatch --parsable -N <nodes> --exclusive`` as the job user, waits for it
+and uploads the results. On a cluster without a scheduler the node document below runs on every
+node.
+
+The node document:
 
 Owns the document's parameters (each with an ``allowedPattern``: Run Command substitutes
 ``{{ Parameter }}`` into the script text, so the patterns are what keeps a parameter from becoming
@@ -14,6 +24,7 @@ The custom-resource handler fills the parameters (``handler/acceptance_handler.p
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from aws_cdk import aws_ssm as ssm
@@ -72,6 +83,42 @@ DOCUMENT_PARAMETERS: dict[str, tuple[str, str]] = {
 }
 
 
+#: The Slurm launcher's parameters (same rules as ``DOCUMENT_PARAMETERS``); the handler fills them
+#: in ``slurm_command_parameters``.
+SLURM_DOCUMENT_PARAMETERS: dict[str, tuple[str, str]] = {
+    **{
+        name: DOCUMENT_PARAMETERS[name]
+        for name in (
+            "Region",
+            "RunId",
+            "Nodes",
+            "ProcsPerNode",
+            "RendezvousPort",
+            "NeuronCommPort",
+            "CompileCacheDir",
+            "ExpectedNeuronDevices",
+            "ExpectedEfaDevices",
+            "SuiteArgs",
+            "ExecutionTimeout",
+        )
+    },
+    "Partition": ("Slurm partition the job runs in", r"^[a-z][a-z0-9_]{0,39}$"),
+    "JobUser": ("User the job is submitted as", r"^[a-z_][a-z0-9_-]{0,31}$"),
+    "ControllerContainer": (
+        "Docker container running slurmctld on the controller",
+        r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+    ),
+    "RunsDir": (
+        "Directory on the shared file system that holds one directory per run",
+        r"^/[A-Za-z0-9._/-]{1,255}$",
+    ),
+    "ResultsUri": (
+        "s3:// prefix of the run; the results of node index N go to <ResultsUri>N/",
+        DOCUMENT_PARAMETERS["ResultsUri"][1],
+    ),
+}
+
+
 def acceptance_script() -> str:
     """The node script (``cdk_trn_runtime/acceptance/run_suite.sh``, shellchecked like every
     runtime script), with ``{{ Parameter }}`` placeholders for Run Command to fill."""
@@ -84,23 +131,61 @@ def acceptance_script() -> str:
     )
 
 
+def job_script() -> str:
+    """The Slurm job script (``cdk_trn_runtime/acceptance/acceptance.sbatch``)."""
+    return runtime_file("acceptance", "acceptance.sbatch").read_text(encoding="utf-8")
+
+
+def submit_script() -> str:
+    """The controller script (``cdk_trn_runtime/acceptance/submit_suite.sh``) with the job script
+    embedded as one base64 line (no ``{{`` can reach Run Command from it)."""
+    encoded = base64.b64encode(job_script().encode("utf-8")).decode("ascii")
+    return (
+        runtime_file("acceptance", "submit_suite.sh")
+        .read_text(encoding="utf-8")
+        .replace("__SBATCH_BASE64__", encoded)
+    )
+
+
+def slurm_document_content() -> dict[str, Any]:
+    """Content of the Slurm launcher's Command document (runs on the controller only)."""
+    return _content(
+        "cdk-trn: submit the Neuron acceptance suite as a Slurm job from the controller, wait "
+        "for it, and upload its results from the shared file system to S3.",
+        SLURM_DOCUMENT_PARAMETERS,
+        "submitAcceptanceJob",
+        submit_script(),
+    )
+
+
 def document_content() -> dict[str, Any]:
-    """Content of the Command document (schemaVersion 2.2, one aws:runShellScript step)."""
+    """Content of the node document (schemaVersion 2.2, one aws:runShellScript step)."""
+    return _content(
+        "cdk-trn: run the Neuron acceptance suite on one node of the training cluster under "
+        "torchrun, and upload its results to S3.",
+        DOCUMENT_PARAMETERS,
+        "runAcceptanceSuite",
+        acceptance_script(),
+    )
+
+
+def _content(
+    description: str, parameters: dict[str, tuple[str, str]], step: str, script: str
+) -> dict[str, Any]:
     return {
         "schemaVersion": "2.2",
-        "description": "cdk-trn: run the Neuron acceptance suite on one node of the training "
-        "cluster under torchrun, and upload its results to S3.",
+        "description": description,
         "parameters": {
-            name: {"type": "String", "description": description, "allowedPattern": pattern}
-            for name, (description, pattern) in DOCUMENT_PARAMETERS.items()
+            name: {"type": "String", "description": text, "allowedPattern": pattern}
+            for name, (text, pattern) in parameters.items()
         },
         "mainSteps": [
             {
                 "action": "aws:runShellScript",
-                "name": "runAcceptanceSuite",
+                "name": step,
                 "precondition": {"StringEquals": ["platformType", "Linux"]},
                 "inputs": {
-                    "runCommand": acceptance_script().splitlines(),
+                    "runCommand": script.splitlines(),
                     "timeoutSeconds": "{{ ExecutionTimeout }}",
                 },
             }
@@ -108,8 +193,9 @@ def document_content() -> dict[str, Any]:
     }
 
 
-def acceptance_document(scope: Construct, id: str) -> ssm.CfnDocument:
-    """The document as a stack resource. L1: there is no L2 for SSM documents.
+def acceptance_document(scope: Construct, id: str, *, slurm: bool = False) -> ssm.CfnDocument:
+    """The document as a stack resource (the Slurm launcher's when ``slurm``). L1: there is no
+    L2 for SSM documents.
 
     Unnamed, so CloudFormation names it and replaces it (under a new name, which the handler
     treats as a changed run) when the content changes.
@@ -117,7 +203,7 @@ def acceptance_document(scope: Construct, id: str) -> ssm.CfnDocument:
     return ssm.CfnDocument(
         scope,
         id,
-        content=document_content(),
+        content=slurm_document_content() if slurm else document_content(),
         document_type="Command",
         document_format="JSON",
         target_type="/AWS::EC2::Instance",

@@ -1,12 +1,18 @@
 """AcceptanceRun: the deploy-time proof that a new cluster computes, communicates and trains.
 
 Owns the custom resource (cdk-trn's one deploy-time provider, ``cdk_trn._provider``, with the
-on-event and is-complete handlers of ``cdk_trn_runtime.acceptance.handler``), the SSM document it
-runs on every node (``document.py``, its script ``cdk_trn_runtime/acceptance/run_suite.sh``), the
-results bucket (unless one is given), the node permissions the run needs (pull the image, write
-its results) and one stack output per exported figure. The resource runs after the cluster's Auto
-Scaling group is complete (all health signals received), re-runs on Update only when the image or
-the run configuration changed, and never blocks a stack delete.
+on-event and is-complete handlers of ``cdk_trn_runtime.acceptance.handler``), the SSM document that
+launches the suite (``document.py``), the results bucket (unless one is given), the permissions
+the launcher needs (write the results) and one stack output per exported figure. The resource
+runs after the cluster's Auto Scaling group is complete (all health signals received) and, with
+Slurm, after the controller's, re-runs on Update only when the image or the run configuration
+changed, and never blocks a stack delete.
+
+Two launchers. With a ``SlurmScheduler`` the run is a Slurm job like any user's (one launcher for
+the deploy-time run and users' jobs): the document runs on the controller only, submits
+``cdk_trn_runtime/acceptance/acceptance.sbatch`` and uploads the results from the shared file
+system. Without one the document runs ``cdk_trn_runtime/acceptance/run_suite.sh`` on every node,
+which starts the container under torchrun itself.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
@@ -35,12 +41,18 @@ from cdk_trn.acceptance.document import DOCUMENT_PARAMETERS, acceptance_document
 from cdk_trn.acceptance.image import BoundNeuronTrainingImage, NeuronTrainingImage
 from cdk_trn.cluster import TrainiumCluster
 from cdk_trn.compliance import acknowledge_regulated, acknowledge_wildcards
-from cdk_trn.errors import invalid
-from cdk_trn_runtime.contract import CLUSTER_TAG, FIGURES
+from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn_runtime.contract import CLUSTER_TAG, FIGURES, SHARED_HOMES, SLURM_CONTROLLER_CONTAINER
+
+if TYPE_CHECKING:  # cdk_trn.scheduler imports cdk_trn.acceptance.image: no import at load time.
+    from cdk_trn.scheduler import SlurmScheduler
 
 HANDLER_MODULE = "cdk_trn_runtime.acceptance.handler"
 #: Bump when the meaning of the run changes without any property changing (forces a re-run).
-RUN_CONFIG_VERSION = 1
+RUN_CONFIG_VERSION = 2
+#: With Slurm, each run's directory is ``<shared root>/home/<job user>/<RUNS_SUBDIR>/<run id>``:
+#: the job script, the job's log and the results, on the shared file system.
+RUNS_SUBDIR = "acceptance"
 #: CloudFormation waits at most one hour for a custom resource (ServiceTimeout is 1-3600 s), and
 #: the CDK Provider's totalTimeout documents the same maximum.
 MAX_TOTAL_TIMEOUT = cdk.Duration.hours(1)
@@ -220,8 +232,21 @@ class AcceptanceWorkload:
 class AcceptanceRun(Construct):
     """Runs the acceptance suite on every node of ``cluster`` during ``cdk deploy``.
 
+    With a ``SlurmScheduler`` (the default app's), the run is a Slurm job: the deploy submits it
+    from the controller (``sbatch --parsable -N <nodes> --exclusive`` as the job user, through
+    SSM to the controller only), so the deploy-time run and users' jobs share one launcher, one
+    image and one job environment, and Slurm owns the nodes while it runs (no user job can land
+    on them, and the acceptance job cannot start on a node Slurm drained). Without a scheduler
+    (``-c scheduler=none``) there is no slurmd to launch anything, so the run keeps the SSM
+    launcher: the document runs the container under torchrun on every node itself.
+
     :param cluster: the ``TrainiumCluster`` to prove.
-    :param image: the suite's image. Default: ``NeuronTrainingImage.bundled()``.
+    :param scheduler: the ``SlurmScheduler`` serving ``cluster``; the run becomes a Slurm job.
+        Default: the scheduler of ``cluster`` when one exists in the app (create it first), else
+        none (the SSM launcher).
+    :param image: the suite's image, without a scheduler. Default:
+        ``NeuronTrainingImage.bundled()``. With a scheduler the job runs in the scheduler's image
+        (``SlurmScheduler(image=...)``), so giving one here is an error.
     :param thresholds: pass/fail limits. Default: ``AcceptanceThresholds()``.
     :param workload: sizes and steps of the checks. Default: ``AcceptanceWorkload()``.
     :param results_bucket: where per-rank results and the summary go. Default: a new bucket
@@ -252,6 +277,7 @@ class AcceptanceRun(Construct):
         id: str,
         *,
         cluster: TrainiumCluster,
+        scheduler: SlurmScheduler | None = None,
         image: NeuronTrainingImage | None = None,
         thresholds: AcceptanceThresholds | None = None,
         workload: AcceptanceWorkload | None = None,
@@ -293,8 +319,27 @@ class AcceptanceRun(Construct):
         self._validate_figures(exported)
         self._validate_retention(results_retention)
         self._validate_cache_path(cluster.compile_cache_path)
+        scheduler = self._scheduler(cluster, scheduler)
+        if scheduler is not None and image is not None:
+            raise invalid(
+                "image",
+                image,
+                "None when the cluster has a SlurmScheduler: the run is a Slurm job and runs in "
+                "the scheduler's image (SlurmScheduler(image=...))",
+            )
+        runs_dir = (
+            f"{scheduler.shared_root}/{SHARED_HOMES}/{scheduler.job_user}/{RUNS_SUBDIR}"
+            if scheduler is not None
+            else ""
+        )
+        if scheduler is not None:
+            self._validate_runs_dir(runs_dir)
 
         self.cluster = cluster
+        #: The scheduler the run is submitted to, or None (the SSM launcher).
+        self.scheduler = scheduler
+        #: ``slurm`` or ``ssm``.
+        self.launcher = "slurm" if scheduler is not None else "ssm"
         self.thresholds = thresholds
         self.workload = workload
         self.procs_per_node = procs_per_node
@@ -303,14 +348,21 @@ class AcceptanceRun(Construct):
         suite_args = self._suite_args(spec, devices_per_chip)
         stack = cdk.Stack.of(self)
 
-        self.image: BoundNeuronTrainingImage = (image or NeuronTrainingImage.bundled()).bind(self)
+        self.image: BoundNeuronTrainingImage = (
+            scheduler.image
+            if scheduler is not None
+            else (image or NeuronTrainingImage.bundled()).bind(self)
+        )
         self.encryption_key: kms.IKey = encryption_key or self._encryption_key()
         self.results_bucket = results_bucket or self._results_bucket(results_retention)
-        self.document = acceptance_document(self, "Document")
+        self.document = acceptance_document(self, "Document", slurm=scheduler is not None)
         self.document_arn = stack.format_arn(
             service="ssm", resource="document", resource_name=self.document.ref
         )
-        self.node_policy = self._node_policy()
+        #: The launcher's permissions: the controller's (Slurm) or the nodes' (SSM).
+        self.launcher_policy = (
+            self._controller_policy(scheduler) if scheduler is not None else self._node_policy()
+        )
 
         run_timeout = int(total_timeout.to_seconds()) - 2 * int(query_interval.to_seconds())
         run_timeout -= _DEADLINE_MARGIN_SECONDS
@@ -324,6 +376,7 @@ class AcceptanceRun(Construct):
             "suite_args": suite_args,
             "ports": [rendezvous_port, neuron_comm_port],
             "document": sorted(DOCUMENT_PARAMETERS),
+            "launcher": self.launcher,
         }
         self.config_hash = hashlib.sha256(
             json.dumps(static_config, sort_keys=True, default=str).encode()
@@ -370,12 +423,19 @@ class AcceptanceRun(Construct):
                 "Checks": thresholds.checks(),
                 "ExportedFigures": list(exported),
                 "ConfigHash": self.config_hash,
+                "Launcher": self.launcher,
+                **(self._slurm_properties(scheduler, runs_dir) if scheduler else {}),
             },
         )
         # The Ref to the Auto Scaling group orders the run after the group is complete, which
-        # with its creation policy means after every node's health signal. The nodes' policy
-        # attaches beside their role, so only an explicit dependency orders it.
-        self.resource.node.add_dependency(self.node_policy)
+        # with its creation policy means after every node's health signal; with Slurm the nodes
+        # signal only once their slurmd registered. The launcher's policy attaches beside its
+        # role, so only an explicit dependency orders it.
+        self.resource.node.add_dependency(self.launcher_policy)
+        if scheduler is not None:
+            # The controller's group is complete once slurmctld signalled (also implied by the
+            # Ref in ControllerGroupName; explicit because the run cannot start without it).
+            self.resource.node.add_dependency(scheduler.auto_scaling_group)
 
         self.figure_outputs: dict[str, cdk.CfnOutput] = {}
         for name in exported:
@@ -403,7 +463,52 @@ class AcceptanceRun(Construct):
         """Let ``grantee`` read the runs' per-rank results and summaries."""
         return self.results_bucket.grant_read(grantee, f"{self.results_prefix}*")
 
+    @property
+    def node_policy(self) -> iam.ManagedPolicy:
+        """The launcher's policy (kept under its former name; see ``launcher_policy``)."""
+        return self.launcher_policy
+
+    @staticmethod
+    def _slurm_properties(scheduler: SlurmScheduler, runs_dir: str) -> dict[str, str]:
+        return {
+            "ControllerGroupName": scheduler.auto_scaling_group.auto_scaling_group_name,
+            "Partition": scheduler.partition,
+            "JobUser": scheduler.job_user,
+            "ControllerContainer": SLURM_CONTROLLER_CONTAINER,
+            "RunsDir": runs_dir,
+        }
+
+    def _scheduler(
+        self, cluster: TrainiumCluster, scheduler: SlurmScheduler | None
+    ) -> SlurmScheduler | None:
+        from cdk_trn.scheduler import SlurmScheduler
+
+        if scheduler is not None:
+            if not isinstance(scheduler, SlurmScheduler) or scheduler.cluster is not cluster:
+                raise invalid("scheduler", scheduler, f"the SlurmScheduler of {cluster.node.path}")
+            return scheduler
+        found = [
+            c
+            for c in cluster.node.root.node.find_all()
+            if isinstance(c, SlurmScheduler) and c.cluster is cluster
+        ]
+        if found:
+            return found[0]
+        if cluster.slurm is not None:
+            raise CdkTrnError(
+                f"{self.node.path}: {cluster.node.path} runs slurmd but its SlurmScheduler was "
+                "not found in this app; pass it as scheduler="
+            )
+        return None
+
     # --- validation -------------------------------------------------------------------------
+
+    @staticmethod
+    def _validate_runs_dir(path: str) -> None:
+        if cdk.Token.is_unresolved(path):
+            return
+        if not re.fullmatch(r"/[A-Za-z0-9._/-]{1,255}", path):
+            raise invalid("scheduler.shared_root", path, "an absolute path of A-Z a-z 0-9 . _ / -")
 
     @staticmethod
     def _validate_timeouts(total: cdk.Duration, interval: cdk.Duration) -> None:
@@ -559,6 +664,48 @@ class AcceptanceRun(Construct):
             "deploy writes a new run id only known at deploy time (and denied on the pass "
             "markers).",
             resources=["*", self._results_objects_arn(), self._pass_markers_arn()],
+        )
+        return policy
+
+    def _controller_policy(self, scheduler: SlurmScheduler) -> iam.ManagedPolicy:
+        """The controller uploads the job's results from the shared file system (the nodes need
+        nothing more: the scheduler already lets them pull its image)."""
+        statements = [
+            iam.PolicyStatement(
+                sid="WriteAcceptanceResults",
+                actions=["s3:PutObject"],
+                resources=[self._results_objects_arn()],
+            ),
+            # Only the handler may vouch that a run passed (see _node_policy).
+            iam.PolicyStatement(
+                sid="DenyWritingPassMarkers",
+                effect=iam.Effect.DENY,
+                actions=["s3:PutObject"],
+                resources=[self._pass_markers_arn()],
+            ),
+        ]
+        key = self.results_bucket.encryption_key
+        if key is not None:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="EncryptAcceptanceResults",
+                    # Decrypt too: the CLI's multipart uploads (large logs) need it.
+                    actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                    resources=[key.key_arn],
+                )
+            )
+        policy = iam.ManagedPolicy(
+            self,
+            "ControllerPolicy",
+            description="cdk-trn acceptance run: the Slurm controller uploads the job's results",
+            roles=[scheduler.role],
+            statements=statements,
+        )
+        acknowledge_wildcards(
+            policy,
+            "s3:PutObject is limited to the acceptance results prefix, under which each deploy "
+            "writes a new run id only known at deploy time (and denied on the pass markers).",
+            resources=[self._results_objects_arn(), self._pass_markers_arn()],
         )
         return policy
 

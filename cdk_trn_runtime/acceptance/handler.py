@@ -1,10 +1,20 @@
-"""Custom-resource handlers of ``AcceptanceRun``: start the suite on every node, wait, judge.
+"""Custom-resource handlers of ``AcceptanceRun``: start the suite, wait, judge.
 
-``on_event`` (Create, or Update when the image or run configuration changed) finds the Auto Scaling
-group's InService nodes, ranks them the way torchrun's c10d rendezvous will (``rank_nodes``), makes
-node 0 the rendezvous host and sends the stack's SSM document to each node with its rank.
-``is_complete`` polls those commands; when every node succeeded it reads rank 0's ``summary.json``
-from S3, checks it and returns the figures as ``Data``. A failed node, a failed threshold, missing
+``on_event`` (Create, or Update when the image or run configuration changed) starts the run with
+one of two launchers (property ``Launcher``):
+
+- ``slurm`` (a cluster with a ``SlurmScheduler``): finds the controller, the one InService
+  instance of the controller's Auto Scaling group, checks its cluster tag and sends it the stack's
+  Slurm document, which submits the suite as one Slurm job (``sbatch --parsable -N <nodes>
+  --exclusive`` as the job user), waits for it and uploads the results (``submit_suite.sh``).
+- ``ssm`` (no scheduler): finds the Auto Scaling group's InService nodes, ranks them the way
+  torchrun's c10d rendezvous will (``rank_nodes``), makes node 0 the rendezvous host and sends
+  the stack's node document to each node with its rank.
+
+``is_complete`` polls those commands (one, the controller's, with Slurm); when every command
+succeeded it reads rank 0's ``summary.json`` from S3, checks it and returns the figures as
+``Data``. Both launchers upload the same layout (``<run>/<node index>/rank-<N>.json``), so the
+judging is the same. A failed node, a failed threshold, missing
 results or the deadline raise :class:`AcceptanceRunError`, which the Provider framework turns into
 a FAILED response whose reason is our (short) message. Delete makes no AWS call, so it cannot
 block a stack delete.
@@ -46,11 +56,14 @@ RUN_PROPERTIES = (
     "ClusterName",
     "CompileCacheDir",
     "ConfigHash",
+    "ControllerGroupName",
     "DocumentName",
     "ImageUri",
+    "Launcher",
     "ResultsBucket",
     "ResultsPrefix",
 )
+LAUNCHERS = ("slurm", "ssm")
 #: Figures the handler derives from the suite's per-device figures (a device is one rank).
 PER_CHIP_FIGURES = {"gemm_bf16_tflops_per_chip": "gemm_bf16_tflops_per_device"}
 _RUNNING = frozenset({"Pending", "InProgress", "Delayed", "Cancelling"})
@@ -119,6 +132,16 @@ class RunProps:
     devices_per_chip: int = 1
     checks: tuple[Check, ...] = ()
     exported_figures: tuple[str, ...] = ()
+    launcher: str = "ssm"
+    controller_group_name: str = ""
+    partition: str = ""
+    job_user: str = ""
+    controller_container: str = ""
+    runs_dir: str = ""
+
+    @property
+    def slurm(self) -> bool:
+        return self.launcher == "slurm"
 
     @classmethod
     def from_properties(cls, p: Mapping[str, Any]) -> RunProps:
@@ -127,7 +150,21 @@ class RunProps:
                 raise AcceptanceRunError(f"resource property {key} is missing")
             return p[key]
 
+        launcher = str(p.get("Launcher", "ssm"))
+        if launcher not in LAUNCHERS:
+            raise AcceptanceRunError(f"resource property Launcher {launcher!r} is not slurm or ssm")
+        slurm = launcher == "slurm"
+
+        def need_slurm(key: str) -> str:
+            return str(need(key)) if slurm else str(p.get(key, ""))
+
         return cls(
+            launcher=launcher,
+            controller_group_name=need_slurm("ControllerGroupName"),
+            partition=need_slurm("Partition"),
+            job_user=need_slurm("JobUser"),
+            controller_container=need_slurm("ControllerContainer"),
+            runs_dir=need_slurm("RunsDir"),
             auto_scaling_group_name=str(need("AutoScalingGroupName")),
             cluster_name=str(need("ClusterName")),
             nodes=int(need("Nodes")),
@@ -164,8 +201,12 @@ class Node:
     instance_id: str
     private_ip: str
     command_id: str = ""
+    #: ``node`` (runs the suite itself) or ``controller`` (submits it to Slurm).
+    kind: str = "node"
 
     def describe(self) -> str:
+        if self.kind == "controller":
+            return f"the Slurm job (controller {self.instance_id}, {self.private_ip})"
         return f"node {self.rank} ({self.instance_id}, {self.private_ip})"
 
 
@@ -232,9 +273,11 @@ def on_event(
         if previous is not None:
             return _reuse(props, previous)
     run_id = make_run_id(event)
-    nodes = discover_nodes(clients, props)
     started = clients.clock()
-    nodes = send_commands(clients, props, run_id, nodes)
+    if props.slurm:
+        nodes = [send_slurm_command(clients, props, run_id, discover_controller(clients, props))]
+    else:
+        nodes = send_commands(clients, props, run_id, discover_nodes(clients, props))
     return {
         "PhysicalResourceId": run_id,
         "Data": {"RunId": run_id, "ResultsUri": props.results_uri(run_id)},
@@ -357,6 +400,84 @@ def discover_nodes(clients: Clients, props: RunProps) -> list[Node]:
     return rank_nodes(nodes)
 
 
+def discover_controller(clients: Clients, props: RunProps) -> Node:
+    """The Slurm controller: the one InService instance of its group, tagged with the cluster."""
+    name = props.controller_group_name
+    groups = clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
+        "AutoScalingGroups"
+    ]
+    if not groups:
+        raise AcceptanceRunError(f"Slurm controller group {name} not found")
+    ids = sorted(
+        i["InstanceId"] for i in groups[0]["Instances"] if i["LifecycleState"] == "InService"
+    )
+    if len(ids) != 1:
+        raise AcceptanceRunError(
+            f"Slurm controller group {name} has {len(ids)} InService instances, expected 1"
+        )
+    reservations = clients.ec2.describe_instances(InstanceIds=ids)["Reservations"]
+    instance = next((i for r in reservations for i in r["Instances"]), None)
+    if instance is None or not instance.get("PrivateIpAddress"):
+        raise AcceptanceRunError(f"Slurm controller {ids[0]} has no private IP address")
+    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+    if tags.get(CLUSTER_TAG) != props.cluster_name:
+        raise AcceptanceRunError(
+            f"Slurm controller {ids[0]} is not tagged {CLUSTER_TAG}={props.cluster_name}"
+        )
+    return Node(0, ids[0], instance["PrivateIpAddress"], kind="controller")
+
+
+def slurm_command_parameters(props: RunProps, run_id: str, region: str) -> dict[str, list[str]]:
+    return {
+        "Region": [region],
+        "RunId": [run_id],
+        "Nodes": [str(props.nodes)],
+        "ProcsPerNode": [str(props.procs_per_node)],
+        "Partition": [props.partition],
+        "JobUser": [props.job_user],
+        "ControllerContainer": [props.controller_container],
+        "RunsDir": [props.runs_dir],
+        "RendezvousPort": [str(props.rendezvous_port)],
+        "NeuronCommPort": [str(props.neuron_comm_port)],
+        "ResultsUri": [props.results_uri(run_id)],
+        "CompileCacheDir": [props.compile_cache_dir],
+        "ExpectedNeuronDevices": [str(props.expected_neuron_devices)],
+        "ExpectedEfaDevices": [str(props.expected_efa_devices)],
+        "SuiteArgs": [props.suite_args],
+        "ExecutionTimeout": [str(props.run_timeout_seconds)],
+    }
+
+
+def send_slurm_command(clients: Clients, props: RunProps, run_id: str, controller: Node) -> Node:
+    """Send the Slurm document to the controller: it submits, waits for and uploads the job."""
+    try:
+        response = clients.ssm.send_command(
+            InstanceIds=[controller.instance_id],
+            DocumentName=props.document_name,
+            Parameters=slurm_command_parameters(props, run_id, clients.region),
+            TimeoutSeconds=DELIVERY_TIMEOUT_SECONDS,
+            Comment=f"cdk-trn acceptance {run_id} as a Slurm job"[:100],
+        )
+    except ClientError as error:
+        code = _error_code(error) or "error"
+        hint = (
+            " (is the SSM agent registered? check the SSM VPC endpoints and the controller role)"
+            if code == "InvalidInstanceId"
+            else ""
+        )
+        raise AcceptanceRunError(
+            f"SendCommand to the Slurm controller {controller.instance_id} failed: {code}{hint}: "
+            f"{_error_message(error)}"
+        ) from None
+    return Node(
+        0,
+        controller.instance_id,
+        controller.private_ip,
+        response["Command"]["CommandId"],
+        kind="controller",
+    )
+
+
 def command_parameters(
     props: RunProps, run_id: str, node: Node, rendezvous: Node, region: str
 ) -> dict[str, list[str]]:
@@ -459,7 +580,9 @@ def is_complete(
         summary = read_summary(clients, props, run_id)
         if summary is not None and not summary.get("passed", False):
             raise AcceptanceRunError(
-                failure_reason(run_id, summary_failures(summary, props, nodes, run_id), props)
+                failure_reason(
+                    run_id, summary_failures(summary, props, _suite_nodes(nodes), run_id), props
+                )
             )
         raise AcceptanceRunError(
             failure_reason(
@@ -488,7 +611,7 @@ def is_complete(
             f"acceptance run {run_id}: every node succeeded but the results are missing: "
             f"s3://{props.results_bucket}/{props.summary_key(run_id)} not found"
         )
-    failures = summary_failures(summary, props, nodes, run_id)
+    failures = summary_failures(summary, props, _suite_nodes(nodes), run_id)
     if failures:
         raise AcceptanceRunError(failure_reason(run_id, failures, props))
     record_pass(clients, props, run_fingerprint(event["ResourceProperties"]), run_id)
@@ -729,6 +852,12 @@ def _where(failure: Mapping[str, Any], nodes: Mapping[int, Node], procs_per_node
     if has_rank:
         where = f"{where} rank {rank}".strip()
     return where
+
+
+def _suite_nodes(nodes: Sequence[Node]) -> list[Node]:
+    """The nodes the suite ran on, as far as we know them: with Slurm, the job's nodes are
+    Slurm's choice and the results name each by its address (``--node``)."""
+    return [n for n in nodes if n.kind == "node"]
 
 
 def _is_failed(status: str) -> bool:

@@ -1,0 +1,140 @@
+#!/bin/bash
+# cdk-trn acceptance on a Slurm cluster: submit the suite as one Slurm job from the controller,
+# wait for it, upload its results. The body of the SSM Command document that
+# cdk_trn/acceptance/document.py defines for clusters with a SlurmScheduler; it runs as root on the
+# controller instance, and every Slurm command runs in the controller's container as the job user
+# (docker exec -u), exactly as `cdk-trn submit` does. Run Command substitutes the double-brace
+# parameter placeholders (each has an allowedPattern, which keeps a value from becoming shell
+# code); document.py replaces the double-underscore markers at synth (the job script, base64).
+#
+# The job (cdk_trn_runtime/acceptance/acceptance.sbatch) writes its results to the shared file
+# system under RunsDir/RunId/results/<node index>/; this script uploads them to
+# ResultsUri<node index>/, so the results have the same layout as the SSM launcher's.
+# Exit status: 0 the job COMPLETED; 69 the controller container is not running; 70 sbatch
+# failed; 124 the job did not end before the deadline (cancelled); 1 the job ended otherwise.
+[ -n "${BASH_VERSION:-}" ] || exec /bin/bash "$0" "$@"
+set -euo pipefail
+
+REGION='{{ Region }}'
+RUN_ID='{{ RunId }}'
+NODES='{{ Nodes }}'
+PROCS_PER_NODE='{{ ProcsPerNode }}'
+PARTITION='{{ Partition }}'
+JOB_USER='{{ JobUser }}'
+CONTAINER='{{ ControllerContainer }}'
+RUNS_DIR='{{ RunsDir }}'
+RDZV_PORT='{{ RendezvousPort }}'
+COMM_PORT='{{ NeuronCommPort }}'
+RESULTS_URI='{{ ResultsUri }}'
+CACHE_DIR='{{ CompileCacheDir }}'
+EXPECTED_NEURON='{{ ExpectedNeuronDevices }}'
+EXPECTED_EFA='{{ ExpectedEfaDevices }}'
+SUITE_ARGS='{{ SuiteArgs }}'
+TIMEOUT='{{ ExecutionTimeout }}'
+POLL_SECONDS="${CDK_TRN_ACCEPTANCE_POLL_SECONDS:-15}"
+JOB_NAME=cdk-trn-acceptance
+
+started=$(date +%s)
+# Our own deadline comes before Run Command's (which kills without a trap), so that a job that
+# waits or runs too long is cancelled, its partial results uploaded and the reason reported.
+deadline=$((started + TIMEOUT - 90))
+RUN_DIR="${RUNS_DIR}/${RUN_ID}"
+OUT_DIR="${RUN_DIR}/results"
+SCRIPT="${RUN_DIR}/acceptance.sbatch"
+
+log() { echo "cdk-trn acceptance: $*" >&2; }
+slurm() { docker exec -u "$JOB_USER" "$CONTAINER" "$@"; }
+
+# (docker ps, not docker inspect --format: Run Command would read its braces as a parameter.)
+running=$(docker ps -q --filter "name=^${CONTAINER}\$" --filter status=running 2>/dev/null || true)
+if [ -z "$running" ]; then
+  log "the Slurm controller container $CONTAINER is not running on this instance" \
+    "(see: docker ps -a; journalctl -u docker)"
+  exit 69
+fi
+
+# A run that an earlier deploy gave up on may still hold the nodes.
+leftover=$(slurm squeue -h --name="$JOB_NAME" --user="$JOB_USER" -o %i || true)
+if [ -n "$leftover" ]; then
+  log "cancelling acceptance jobs left by an earlier run: ${leftover//$'\n'/ }"
+  slurm scancel --name="$JOB_NAME" --user="$JOB_USER" || true
+fi
+
+slurm mkdir -p "$OUT_DIR"
+# The job script, written by the job user onto the shared file system beside its results.
+echo '__SBATCH_BASE64__' | docker exec -i -u "$JOB_USER" "$CONTAINER" \
+  sh -c 'base64 -d > "$1"' sh "$SCRIPT"
+
+JOB=""
+finish() {
+  local code=$?
+  if [ -n "$JOB" ]; then
+    # No-op when the job already ended; stops it when this script is stopped or gave up.
+    slurm scancel "$JOB" >/dev/null 2>&1 || true
+  fi
+  if [ -d "$OUT_DIR" ]; then
+    aws s3 cp --region "$REGION" --recursive --only-show-errors "$OUT_DIR/" "$RESULTS_URI" \
+      || log "upload of $OUT_DIR to $RESULTS_URI failed"
+  fi
+  if [ -n "$JOB" ] && [ -f "$RUN_DIR/slurm-$JOB.out" ]; then
+    aws s3 cp --region "$REGION" --only-show-errors "$RUN_DIR/slurm-$JOB.out" \
+      "${RESULTS_URI}slurm-$JOB.out" || true
+  fi
+  exit "$code"
+}
+trap finish EXIT
+trap 'log "stopped by a signal"; exit 143' TERM INT
+
+minutes=$(((TIMEOUT - 120) / 60))
+if [ "$minutes" -lt 1 ]; then minutes=1; fi
+# SUITE_ARGS is a word list, left unquoted on purpose; its allowedPattern excludes globs, quotes
+# and every other shell metacharacter.
+# shellcheck disable=SC2086
+if ! submitted=$(docker exec -u "$JOB_USER" -w "$RUN_DIR" "$CONTAINER" \
+  sbatch --parsable -N "$NODES" --exclusive --partition "$PARTITION" --job-name "$JOB_NAME" \
+  --time "$minutes" --output "$RUN_DIR/slurm-%j.out" "$SCRIPT" \
+  --run-id "$RUN_ID" --out-dir "$OUT_DIR" --procs-per-node "$PROCS_PER_NODE" \
+  --rendezvous-port "$RDZV_PORT" --neuron-comm-port "$COMM_PORT" --cache-dir "$CACHE_DIR" \
+  --expected-neuron-devices "$EXPECTED_NEURON" --expected-efa-devices "$EXPECTED_EFA" \
+  -- ${SUITE_ARGS} 2>&1); then
+  log "sbatch failed: ${submitted}"
+  exit 70
+fi
+JOB=$(printf '%s\n' "$submitted" | tail -n 1)
+JOB="${JOB%%;*}"
+case "$JOB" in
+  '' | *[!0-9]*) log "sbatch printed no job id: ${submitted}"; JOB=""; exit 70 ;;
+esac
+echo "cdk-trn acceptance: submitted Slurm job $JOB: $NODES nodes x $PROCS_PER_NODE processes," \
+  "partition $PARTITION, results $OUT_DIR"
+
+# squeue lists a job until it ended (no accounting database needed); scontrol then still knows
+# its final state and exit code for MinJobAge (300 s by default), far longer than one poll.
+last=""
+while state=$(slurm squeue -h -j "$JOB" -o '%T %r' 2>/dev/null) && [ -n "$state" ]; do
+  if [ "$state" != "$last" ]; then
+    echo "cdk-trn acceptance: job $JOB $state after $(($(date +%s) - started)) s"
+    last="$state"
+  fi
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    log "Slurm job $JOB still ${state} after $(($(date +%s) - started)) s; cancelled" \
+      "(results so far: $RESULTS_URI)"
+    exit 124
+  fi
+  sleep "$POLL_SECONDS"
+done
+
+info=$(slurm scontrol show job -o "$JOB" 2>/dev/null || true)
+final=$(printf '%s\n' "$info" | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p' | head -n 1)
+exit_code=$(printf '%s\n' "$info" | sed -n 's/.* ExitCode=\([0-9:]*\).*/\1/p' | head -n 1)
+job_log="$RUN_DIR/slurm-$JOB.out"
+if [ "$final" = COMPLETED ]; then
+  if [ -f "$job_log" ]; then tail -n 40 "$job_log"; fi
+  exit 0
+fi
+# The reason first, then the job's own last lines: the handler reports the last telling line,
+# which is the most specific one (the suite's FAILED line, torchrun's error, a device count).
+log "Slurm job $JOB ended in state ${final:-unknown} with exit code ${exit_code:-unknown};" \
+  "log: ${RESULTS_URI}slurm-$JOB.out"
+if [ -f "$job_log" ]; then tail -n 25 "$job_log" >&2; fi
+exit 1

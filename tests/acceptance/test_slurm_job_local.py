@@ -1,0 +1,196 @@
+"""The Slurm launcher end to end on a real local Slurm cluster: the controller script that the SSM
+document runs (rendered as Run Command renders it) submits the real job script with sbatch, the
+suite runs under torchrun across both nodes on XLA CPU, the script waits for the job and uploads
+the results in the layout the handler reads (``<run>/0/summary.json``).
+
+Only the two things the local machine has no stand-in for are doubles: ``docker`` (a test double
+that runs ``docker exec``'s command here, as remote.py's docstring describes) and ``aws`` (a test
+double whose ``s3 cp`` copies into a directory standing in for the bucket). Needs root, slurm-wlm,
+munge and torch-xla, like tests/slurm/test_local_cluster.py and tests/container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from cdk_trn.acceptance.document import SLURM_DOCUMENT_PARAMETERS, submit_script
+from cdk_trn_runtime.slurm import local
+from tests.container.conftest import TINY_ARGS
+from tests.slurm.test_local_cluster import _daemon_running
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.torch,
+    pytest.mark.skipif(os.geteuid() != 0, reason="slurmd needs root (CI runs as root)"),
+]
+
+DOCKER_DOUBLE = """#!/bin/bash
+# Test double of docker: `ps` names a running container, `exec` runs its command here.
+set -euo pipefail
+case "$1" in
+  ps) echo c0ffee00 ;;
+  exec)
+    shift
+    dir=""
+    while [ "$#" -gt 0 ]; do
+      case "$1" in
+        -i | -it) shift ;;
+        -u) shift 2 ;;
+        -w) dir="$2"; shift 2 ;;
+        *) break ;;
+      esac
+    done
+    shift  # the container
+    if [ -n "$dir" ]; then cd "$dir"; fi
+    exec "$@"
+    ;;
+  *) echo "docker double: unexpected $*" >&2; exit 64 ;;
+esac
+"""
+
+AWS_DOUBLE = """#!/bin/bash
+# Test double of the AWS CLI: `s3 cp [--recursive] SRC s3://bucket/key` copies under $FAKE_S3.
+set -euo pipefail
+[ "$1 $2" = "s3 cp" ] || { echo "aws double: unexpected $*" >&2; exit 64; }
+shift 2
+args=()
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --region) shift 2 ;;
+    --recursive | --only-show-errors) shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+dest="$FAKE_S3/${args[1]#s3://}"
+if [ -d "${args[0]}" ]; then
+  mkdir -p "$dest" && cp -r "${args[0]}/." "$dest"
+else
+  mkdir -p "$(dirname "$dest")" && cp "${args[0]}" "$dest"
+fi
+"""
+
+
+def _render(values: dict[str, str]) -> str:
+    """The controller script with every parameter filled, as Run Command fills it."""
+    assert set(values) == set(SLURM_DOCUMENT_PARAMETERS)
+    for name, value in values.items():
+        assert re.fullmatch(SLURM_DOCUMENT_PARAMETERS[name][1], value), (name, value)
+    return re.sub(r"\{\{ (\w+) \}\}", lambda m: values[m.group(1)], submit_script())
+
+
+def _daemon_pids(layout: local.Layout) -> set[int]:
+    pids = (local._alive(layout.pid_file(d)) for d in local.DAEMONS)
+    return {p for p in pids if p is not None}
+
+
+def test_the_controller_script_runs_the_suite_as_a_slurm_job_and_uploads_its_results():
+    pytest.importorskip("torch_xla", reason="the suite needs torch-xla on XLA CPU")
+    assert shutil.which("slurmctld") and shutil.which("munged"), "install slurm-wlm and munge"
+    root = Path(tempfile.mkdtemp(prefix="cdk-trn-acceptance-slurm-"))
+    root.chmod(0o755)
+    layout = local.Layout(root)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("SLURM_JOB_ID", None)
+    started: set[int] = set()
+    try:
+        up = subprocess.run(
+            [sys.executable, "-m", "cdk_trn_runtime.slurm.local", "up", "--dir", str(root)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=180,
+        )
+        started |= _daemon_pids(layout)
+        assert up.returncode == 0, up.stderr
+        doubles = root / "doubles"
+        doubles.mkdir()
+        for name, text in (("docker", DOCKER_DOUBLE), ("aws", AWS_DOUBLE)):
+            (doubles / name).write_text(text)
+            (doubles / name).chmod(0o755)
+        fake_s3 = root / "fake-s3"
+        shared = layout.shared
+        run_id = "acceptance-0123456789ab"
+        script = _render(
+            {
+                "Region": "us-east-2",
+                "RunId": run_id,
+                "Nodes": "2",
+                "ProcsPerNode": "1",
+                "Partition": "local",
+                "JobUser": "trn",
+                "ControllerContainer": "cdk-trn-slurmctld",
+                "RunsDir": f"{shared}/acceptance",
+                "RendezvousPort": "29455",
+                "NeuronCommPort": "46820",
+                "ResultsUri": f"s3://results-bucket/acceptance-runs/{run_id}/",
+                "CompileCacheDir": f"{shared}/neuron-compile-cache",
+                "ExpectedNeuronDevices": "0",
+                "ExpectedEfaDevices": "0",
+                "SuiteArgs": " ".join(TINY_ARGS),
+                "ExecutionTimeout": "900",
+            }
+        )
+        (root / "submit.sh").write_text(script)
+        run_env = {
+            **env,
+            "PATH": f"{doubles}:{env['PATH']}",
+            "SLURM_CONF": str(layout.conf),
+            "FAKE_S3": str(fake_s3),
+            "CDK_TRN_ACCEPTANCE_POLL_SECONDS": "2",
+            "OMP_NUM_THREADS": "1",
+        }
+        done = subprocess.run(
+            ["bash", str(root / "submit.sh")],
+            capture_output=True,
+            text=True,
+            env=run_env,
+            timeout=600,
+            cwd="/",
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        job = re.search(r"submitted Slurm job (\d+): 2 nodes x 1 processes", done.stdout)
+        assert job, done.stdout
+        uploaded = fake_s3 / "results-bucket" / "acceptance-runs" / run_id
+        summary = json.loads((uploaded / "0" / "summary.json").read_text())
+        assert summary["passed"] is True, summary.get("failures")
+        assert summary["run_id"] == run_id
+        assert summary["world_size"] == 2
+        assert (uploaded / "1" / "rank-1.json").is_file()
+        assert (uploaded / "1" / "node-1.log").is_file()
+        job_log = (uploaded / f"slurm-{job.group(1)}.out").read_text()
+        assert "acceptance.sbatch: the suite exited with status 0" in job_log
+        # The job script beside the results is the one shipped in the document.
+        assert (shared / "acceptance" / run_id / "acceptance.sbatch").read_text() == (
+            REPO / "cdk_trn_runtime" / "acceptance" / "acceptance.sbatch"
+        ).read_text()
+    finally:
+        started |= _daemon_pids(layout)
+        down = subprocess.run(
+            [sys.executable, "-m", "cdk_trn_runtime.slurm.local", "down", "--dir", str(root)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        deadline = time.monotonic() + 15
+        while any(_daemon_running(pid) for pid in started) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = sorted(pid for pid in started if _daemon_running(pid))
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
+        assert down.returncode == 0, down.stderr
+        assert not left, f"daemons left running after down: {left}: {down.stderr}"
