@@ -34,7 +34,9 @@ def _actions(statement: dict) -> list[str]:
 def test_node_role_uses_no_aws_managed_policy():
     template = _template()
     roles = [r for r in template["Resources"].values() if r["Type"] == "AWS::IAM::Role"]
-    node_roles = [r for r in roles if "Trainium training nodes" in r["Properties"].get("Description", "")]
+    node_roles = [
+        r for r in roles if "Trainium training nodes" in r["Properties"].get("Description", "")
+    ]
     assert node_roles
     assert all("ManagedPolicyArns" not in r["Properties"] for r in node_roles)
     assert "AmazonSSMManagedInstanceCore" not in json.dumps(template)
