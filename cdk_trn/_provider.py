@@ -31,6 +31,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import custom_resources as cr
 from constructs import Construct, IConstruct
@@ -61,9 +62,10 @@ def acknowledge_deploy_time_functions(construct: IConstruct, purpose: str) -> No
     acknowledge_regulated(
         construct,
         "LambdaDLQ",
-        f"deploy-time handler ({purpose}) invoked synchronously by the CloudFormation "
-        "custom-resource framework, which reports every failure to CloudFormation; a dead-letter "
-        "queue would never receive an event",
+        f"deploy-time handler ({purpose}) invoked synchronously (by the provider framework or "
+        "its waiter state machine), which reports every failure to CloudFormation; a dead-letter "
+        "queue receives only failed asynchronous events, so it would never receive one (the "
+        "function CloudFormation invokes asynchronously has one)",
     )
     acknowledge_regulated(
         construct,
@@ -137,6 +139,9 @@ class DeployTimeProvider(Construct):
             is_complete_statements,
         )  # fmt: skip
 
+        #: CloudFormation invokes the framework's on-event function asynchronously: an event
+        #: that fails every retry lands here instead of vanishing.
+        self.dead_letters = dead_letter_queue(self, "DeadLetters", encryption_key)
         framework_logs = self._log_group("FrameworkLogs")
         waiter_logs = self._log_group("WaiterLogs")
         on_event_role = self._role("FrameworkOnEventRole", "the framework's on-event function")
@@ -171,6 +176,7 @@ class DeployTimeProvider(Construct):
                 iam.PolicyStatement(
                     actions=["states:StartExecution"], resources=[waiter.state_machine_arn]
                 ),
+                *send_dead_letters(self.dead_letters, encryption_key),
             ],
         )
         self.framework_wait_policy = iam.ManagedPolicy(
@@ -202,6 +208,8 @@ class DeployTimeProvider(Construct):
             )
             function.node.add_dependency(policy)
             self._reserve(function)
+            if policy is self.framework_on_event_policy:
+                _set_dead_letter_queue(function, self.dead_letters)
         self._acknowledge(waiter, framework_functions, wait_role)
         drop_implied_depends_on(self)
 
@@ -337,6 +345,39 @@ class DeployTimeProvider(Construct):
             "machine log cover each attempt.",
         )
         acknowledge_deploy_time_functions(self, self.purpose)
+
+
+def dead_letter_queue(scope: Construct, id: str, encryption_key: kms.IKey) -> sqs.Queue:
+    """The dead-letter queue of a function CloudFormation invokes asynchronously: encrypted with
+    ``encryption_key``, TLS only, events kept 14 days (SQS's longest)."""
+    return sqs.Queue(
+        scope,
+        id,
+        encryption=sqs.QueueEncryption.KMS,
+        encryption_master_key=encryption_key,
+        enforce_ssl=True,
+        retention_period=cdk.Duration.days(14),
+    )
+
+
+def send_dead_letters(queue: sqs.IQueue, encryption_key: kms.IKey) -> list[iam.PolicyStatement]:
+    """What a function's role needs to deliver failed events to ``queue`` (Lambda checks
+    ``sqs:SendMessage`` when the function is created)."""
+    return [
+        iam.PolicyStatement(actions=["sqs:SendMessage"], resources=[queue.queue_arn]),
+        iam.PolicyStatement(
+            actions=["kms:GenerateDataKey", "kms:Decrypt"], resources=[encryption_key.key_arn]
+        ),
+    ]
+
+
+def _set_dead_letter_queue(function: lambda_.Function, queue: sqs.IQueue) -> None:
+    # L1: the Provider has no prop for its own functions' dead-letter queue.
+    cfn_function = function.node.default_child
+    assert isinstance(cfn_function, lambda_.CfnFunction)
+    cfn_function.dead_letter_config = lambda_.CfnFunction.DeadLetterConfigProperty(
+        target_arn=queue.queue_arn
+    )
 
 
 def _write_logs(log_group: logs.LogGroup) -> iam.PolicyStatement:

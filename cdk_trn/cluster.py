@@ -29,13 +29,13 @@ from constructs import Construct
 from cdk_trn._runtime import runtime_file
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import InstanceSpec, instance_spec
-from cdk_trn.compliance import acknowledge, acknowledge_regulated
+from cdk_trn.compliance import acknowledge_regulated
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.interfaces import ITrainingFileSystem, ITrainingNetwork
 from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
 from cdk_trn.machine_image import NeuronMachineImage
 from cdk_trn.preflight import Preflight
-from cdk_trn.security import EfaSecurityGroup
+from cdk_trn.security import EfaSecurityGroup, ssm_agent_policy
 from cdk_trn_runtime.contract import CLUSTER_TAG, RENDEZVOUS_PORTS
 
 MAX_NODES = 1024
@@ -328,18 +328,8 @@ class TrainiumCluster(Construct):
             "NodeRole",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description=f"Trainium training nodes of {self.node.path}",
-            managed_policies=[
-                iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")
-            ],
         )
-        acknowledge(
-            role,
-            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/"
-            "AmazonSSMManagedInstanceCore]",
-            "AmazonSSMManagedInstanceCore is the SSM agent's AWS-maintained permission set "
-            "(Run Command for the acceptance run, Session Manager instead of SSH); a copy "
-            "would drift from what the agent needs.",
-        )
+        ssm_agent_policy(self, "NodeSsmAgentPolicy", role)
         acknowledge_regulated(
             role,
             "IAMNoInlinePolicy",
@@ -349,6 +339,9 @@ class TrainiumCluster(Construct):
         )
         # The node reports its own health to the creation policy: only to this stack.
         role.add_to_policy(
+            # As narrow as IAM allows: SignalResource's only resource type is the stack, and
+            # no condition key names the logical resource or the unique id, so an instance of
+            # this stack could signal for another resource of it; nothing outside the stack.
             iam.PolicyStatement(
                 actions=["cloudformation:SignalResource"], resources=[cdk.Aws.STACK_ID]
             )

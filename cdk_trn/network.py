@@ -240,8 +240,13 @@ class TrainingNetwork(Construct):
         subnets = [ec2.SubnetConfiguration(name="nodes", subnet_type=node_type, cidr_mask=20)]
         if nat_egress:
             subnets.append(
+                # Only the NAT gateway lives here, with its own Elastic IP: nothing launched in
+                # this subnet gets a public address.
                 ec2.SubnetConfiguration(
-                    name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24
+                    name="public",
+                    subnet_type=ec2.SubnetType.PUBLIC,
+                    cidr_mask=24,
+                    map_public_ip_on_launch=False,
                 )
             )
         vpc = ec2.Vpc(
@@ -281,6 +286,14 @@ class TrainingNetwork(Construct):
         drop_implied_depends_on(self)
         for subnet in vpc.public_subnets + vpc.private_subnets + vpc.isolated_subnets:
             self._pin_subnet_zone(subnet, az)
+        for subnet in vpc.public_subnets:
+            acknowledge_regulated(
+                subnet,
+                "VPCNoUnrestrictedRouteToIGW",
+                "nat_egress=True (the default app's -c natEgress=true) asks for internet egress: "
+                "the NAT gateway's subnet needs its 0.0.0.0/0 route to the internet gateway; it "
+                "holds only the NAT gateway, and the nodes' subnet routes to the NAT, not the IGW",
+            )
         node_subnet = vpc.select_subnets(subnet_type=node_type).subnets[0]
         return vpc, node_subnet
 

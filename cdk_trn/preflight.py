@@ -26,12 +26,17 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from cdk_trn._provider import acknowledge_deploy_time_functions
+from cdk_trn._provider import (
+    acknowledge_deploy_time_functions,
+    dead_letter_queue,
+    send_dead_letters,
+)
 from cdk_trn._resources import allow_cloudwatch_logs
 from cdk_trn._runtime import runtime_lambda_code
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import INSTANCE_SPECS
 from cdk_trn.compliance.acknowledge import acknowledge_wildcards
+from cdk_trn.compliance.depends_on import drop_implied_depends_on
 from cdk_trn.errors import CdkTrnError, invalid
 
 HANDLER = "cdk_trn_runtime.preflight.handler.on_event"
@@ -113,9 +118,13 @@ class Preflight(Construct):
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
             description=f"cdk-trn preflight of {self.node.path}",
         )
+        # CloudFormation (and a waiting preflight, itself) invoke the function asynchronously: an
+        # event that fails every retry lands here instead of vanishing.
+        self.dead_letters = dead_letter_queue(self, "DeadLetters", encryption_key)
         self.function = lambda_.Function(
             self,
             "Function",
+            dead_letter_queue=self.dead_letters,
             runtime=lambda_.Runtime.PYTHON_3_14,
             architecture=lambda_.Architecture.ARM_64,
             handler=HANDLER,
@@ -126,11 +135,6 @@ class Preflight(Construct):
             log_group=self.log_group,
             description="cdk-trn preflight: AZ offering, Trn quota, capacity reservations",
         )
-        # The function's GetAtt of the role already orders the two (cfn-lint W3005); what the
-        # handler needs before it runs is the managed policy, a dependency of the resource below.
-        cfn_function = self.function.node.default_child
-        assert isinstance(cfn_function, lambda_.CfnFunction)
-        cfn_function.add_deletion_override("DependsOn")
         # Everything the handler may do is in this one managed policy (no inline policy, no
         # AWSLambdaBasicExecutionRole).
         statements = [
@@ -150,15 +154,8 @@ class Preflight(Construct):
                 ],
                 resources=["*"],
             ),
+            *send_dead_letters(self.dead_letters, encryption_key),
         ]
-        if wait_for_capacity_block:
-            statements.append(
-                iam.PolicyStatement(
-                    sid="ContinueWaitingInANewInvocation",
-                    actions=["lambda:InvokeFunction"],
-                    resources=[self.function.function_arn],
-                )
-            )
         self.policy = iam.ManagedPolicy(
             self,
             "Policy",
@@ -166,6 +163,26 @@ class Preflight(Construct):
             roles=[self.role],
             statements=statements,
         )
+        #: Every policy the custom resource needs attached before it runs.
+        self.policies: list[iam.ManagedPolicy] = [self.policy]
+        if wait_for_capacity_block:
+            # Apart from the policy the function is created after (that one may not name the
+            # function without a dependency cycle).
+            self.policies.append(
+                iam.ManagedPolicy(
+                    self,
+                    "InvokeSelfPolicy",
+                    description="cdk-trn preflight: continue waiting in a new invocation",
+                    roles=[self.role],
+                    statements=[
+                        iam.PolicyStatement(
+                            sid="ContinueWaitingInANewInvocation",
+                            actions=["lambda:InvokeFunction"],
+                            resources=[self.function.function_arn],
+                        )
+                    ],
+                )
+            )
         acknowledge_wildcards(
             self.policy,
             "ec2:DescribeAvailabilityZones, ec2:DescribeInstanceTypeOfferings, "
@@ -175,6 +192,10 @@ class Preflight(Construct):
             "type for them), so their Resource must be '*'; all five are read-only.",
             resources=["*"],
         )
+        # Lambda checks sqs:SendMessage on the dead-letter queue when it creates the function,
+        # so the function waits for the policy; the role edge its GetAtt implies is dropped.
+        self.function.node.add_dependency(self.policy)
+        drop_implied_depends_on(self)
         acknowledge_deploy_time_functions(self, "preflight of AZ, quota and reservations")
 
         self.resource = cdk.CustomResource(
@@ -196,4 +217,4 @@ class Preflight(Construct):
             },
         )
         # The handler needs its permissions before CloudFormation invokes it.
-        self.resource.node.add_dependency(self.policy)
+        self.resource.node.add_dependency(*self.policies)

@@ -50,6 +50,7 @@ from cdk_trn.compliance.acknowledge import (
     acknowledge_wildcards,
 )
 from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn.security import ssm_agent_policy
 from cdk_trn_runtime.contract import (
     CLUSTER_TAG,
     SHARED_COMPILE_CACHE,
@@ -335,18 +336,8 @@ class SlurmScheduler(Construct):
             "ControllerRole",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description=f"Slurm controller of {self.cluster.node.path}",
-            managed_policies=[
-                iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")
-            ],
         )
-        acknowledge(
-            role,
-            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/"
-            "AmazonSSMManagedInstanceCore]",
-            "AmazonSSMManagedInstanceCore is the SSM agent's AWS-maintained permission set "
-            "(Session Manager for cdk-trn shell and submit, instead of SSH); a copy would drift "
-            "from what the agent needs.",
-        )
+        ssm_agent_policy(self, "ControllerSsmAgentPolicy", role)
         acknowledge_regulated(
             role,
             "IAMNoInlinePolicy",
@@ -355,6 +346,9 @@ class SlurmScheduler(Construct):
             "resources; it belongs to this role alone and is deleted with it",
         )
         role.add_to_policy(
+            # As narrow as IAM allows: SignalResource's only resource type is the stack, and
+            # no condition key names the logical resource or the unique id, so an instance of
+            # this stack could signal for another resource of it; nothing outside the stack.
             iam.PolicyStatement(
                 actions=["cloudformation:SignalResource"], resources=[cdk.Aws.STACK_ID]
             )

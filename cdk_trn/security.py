@@ -10,9 +10,10 @@ other egress (FSx ports, the enclave vault) is added by the constructs that need
 from __future__ import annotations
 
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from cdk_trn.compliance import acknowledge_regulated
+from cdk_trn.compliance import acknowledge_regulated, acknowledge_wildcards
 
 
 class EfaSecurityGroup(ec2.SecurityGroup):
@@ -54,3 +55,57 @@ class EfaSecurityGroup(ec2.SecurityGroup):
             ec2.Port.tcp(443),
             "HTTPS to AWS endpoints (VPC interface endpoints and the S3 gateway)",
         )
+
+
+#: What the SSM agent calls (Session Manager, Run Command, its heartbeat): the statements of the
+#: AWS managed policy AmazonSSMManagedInstanceCore without ``ssm:GetParameter`` and
+#: ``ssm:GetParameters``, which that policy grants on every parameter of the account. The
+#: instance's own parameter reads are granted by the constructs that own those parameters.
+SSM_AGENT_ACTIONS = (
+    "ssm:DescribeAssociation",
+    "ssm:GetDeployablePatchSnapshotForInstance",
+    "ssm:GetDocument",
+    "ssm:DescribeDocument",
+    "ssm:GetManifest",
+    "ssm:ListAssociations",
+    "ssm:ListInstanceAssociations",
+    "ssm:PutInventory",
+    "ssm:PutComplianceItems",
+    "ssm:PutConfigurePackageResult",
+    "ssm:UpdateAssociationStatus",
+    "ssm:UpdateInstanceAssociationStatus",
+    "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+)
+
+
+def ssm_agent_policy(scope: Construct, id: str, role: iam.IRole) -> iam.ManagedPolicy:
+    """A customer-managed policy with :data:`SSM_AGENT_ACTIONS`, attached to ``role``.
+
+    Created beside the role (not under it), so the role's own wildcard acknowledgments do not
+    cover it.
+    """
+    policy = iam.ManagedPolicy(
+        scope,
+        id,
+        description="SSM agent (Session Manager, Run Command) without parameter reads",
+        statements=[iam.PolicyStatement(actions=list(SSM_AGENT_ACTIONS), resources=["*"])],
+        roles=[role],
+    )
+    acknowledge_wildcards(
+        policy,
+        "the SSM agent's calls (AmazonSSMManagedInstanceCore's list minus ssm:GetParameter(s)) "
+        "act on the calling instance or on documents chosen at run time; the ssmmessages and "
+        "ec2messages actions support no resource-level permission, so the resource is '*'",
+        resources=["*"],
+    )
+    return policy

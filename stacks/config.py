@@ -6,6 +6,7 @@ is created.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,28 @@ def _ids(key: str, value: Any) -> tuple[str, ...]:
 def _str(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise invalid(key, value, "a non-empty string")
+    return value
+
+
+#: Stack names are ``<prefix>-storage`` etc. and the cluster is named ``<prefix>-cluster``
+#: (lower-case, at most 39 characters), so the prefix is lower-case and at most 31 characters.
+_PREFIX = re.compile(r"[a-z][a-z0-9-]{0,30}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+
+
+def _prefix(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _PREFIX.fullmatch(value) or value.endswith("-"):
+        raise invalid(
+            key,
+            value,
+            "1-31 lower-case letters, digits or '-', starting with a letter, not ending in '-'",
+        )
+    return value
+
+
+def _region(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _REGION.fullmatch(value):
+        raise invalid(key, value, "an AWS Region name such as 'us-east-2'")
     return value
 
 
@@ -82,8 +105,8 @@ class AppConfig:
 
         values: dict[str, Any] = {}
         conversions = {
-            "prefix": ("prefix", _str),
-            "region": ("region", _str),
+            "prefix": ("prefix", _prefix),
+            "region": ("region", _region),
             "availabilityZone": ("availability_zone", _str),
             "instanceType": ("instance_type", _str),
             "nodes": ("nodes", _int),

@@ -28,6 +28,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk_trn._resources import stateful_removal_policy, whole_days
+from cdk_trn.compliance import acknowledge_regulated
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.interfaces import ITrainingFileSystem
 from cdk_trn.storage import sizing
@@ -46,6 +47,34 @@ _FILE_SYSTEM_ID = re.compile(r"^fs-[0-9a-f]{8,21}$")
 _SECURITY_GROUP_ID = re.compile(r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$")
 _MOUNT_NAME = re.compile(r"^[a-z0-9]{1,8}$")
 _DNS_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
+
+
+_EFA_ALL_TRAFFIC_REASON = (
+    "efa_enabled=True (the default app's -c fsxEfa=true): FSx for Lustre requires all traffic "
+    "between the EFA-enabled file system and its clients' security groups (user guide, "
+    "'EFA-enabled security groups'); the rule's peer is a security group, never a CIDR, so no "
+    "port is open beyond the file system and the cluster"
+)
+
+
+def _acknowledge_efa_rules(rules: Iterable[Construct]) -> None:
+    """EFA needs all-traffic rules, which the regulated packs read as open common ports."""
+    for rule in rules:
+        acknowledge_regulated(rule, "EC2RestrictedCommonPorts", _EFA_ALL_TRAFFIC_REASON)
+
+
+def _new_rules(groups: Sequence[ec2.ISecurityGroup], before: set[str]) -> list[Construct]:
+    """Ingress rules added under ``groups`` since ``before`` (construct paths) was taken."""
+    return [
+        child
+        for group in groups
+        for child in group.node.find_all()
+        if isinstance(child, ec2.CfnSecurityGroupIngress) and child.node.path not in before
+    ]
+
+
+def _paths(groups: Sequence[ec2.ISecurityGroup]) -> set[str]:
+    return {child.node.path for group in groups for child in group.node.find_all()}
 
 
 def client_ports(efa_enabled: bool) -> list[ec2.Port]:
@@ -664,6 +693,7 @@ class TrainingFileSystem(Construct):
                     description="EFA between FSx servers",
                 )
             )
+            _acknowledge_efa_rules(rules)
             # EFA checks for an explicit self egress rule even when all outbound is allowed.
             rules.append(
                 ec2.CfnSecurityGroupEgress(
@@ -738,6 +768,8 @@ class TrainingFileSystem(Construct):
         The rules are written from the clients' side, so when the clients live in another stack
         (the cluster stack) the rules live there too, and that stack depends on this one.
         """
+        groups = [*clients.connections.security_groups, self._security_group]
+        before = _paths(groups)
         ports = client_ports(self._efa_enabled)
         for port in ports:
             ports_text = port.to_string()
@@ -747,6 +779,8 @@ class TrainingFileSystem(Construct):
             clients.connections.allow_from(
                 self._connections, port, f"FSx to Lustre clients {ports_text}"
             )
+        if self._efa_enabled:
+            _acknowledge_efa_rules(_new_rules(groups, before))
 
     # -- properties -----------------------------------------------------------------------------
 
@@ -875,6 +909,8 @@ class ImportedTrainingFileSystem(Construct):
         (outbound to and inbound from the file system's group) on the clients' groups."""
         scope = clients if isinstance(clients, Construct) else self
         group_id = self._security_group.security_group_id
+        groups = list(clients.connections.security_groups)
+        before = _paths(groups) | {child.node.path for child in scope.node.find_all()}
         for group in clients.connections.security_groups:
             for port in client_ports(self._efa_enabled):
                 rule = port.to_rule_json()
@@ -900,6 +936,14 @@ class ImportedTrainingFileSystem(Construct):
             clients.connections.allow_from(
                 self._connections, port, f"FSx to Lustre clients {port.to_string()}"
             )
+        if self._efa_enabled:
+            added = _new_rules(groups, before)
+            added += [
+                child
+                for child in scope.node.find_all()
+                if isinstance(child, ec2.CfnSecurityGroupIngress) and child.node.path not in before
+            ]
+            _acknowledge_efa_rules(dict.fromkeys(added))
 
     @property
     def connections(self) -> ec2.Connections:

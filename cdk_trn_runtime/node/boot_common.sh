@@ -47,6 +47,14 @@ fail() {
   exit 1
 }
 
+# In the boot: fail (signal FAILURE). In a helper command run by systemd, which must never
+# signal: log the reason and exit non-zero, so the unit fails with it in the journal.
+fail_or_exit() {
+  [ -n "$INSTANCE_ID" ] && fail "$*"
+  log "$*"
+  exit 1
+}
+
 # The boot, and only the boot, reports to the creation policy: the helper commands never signal.
 begin_boot() {
   INSTANCE_ID=$(imds instance-id)
@@ -55,34 +63,50 @@ begin_boot() {
   trap '[ "$BASH_SUBSHELL" -eq 0 ] && fail "unexpected error at line $LINENO"' ERR
 }
 
+#: AL2023's own package repository (dnf's repo id; `dnf repolist` names it "Amazon Linux 2023
+#: repository"). It is served from S3, which the VPC's gateway endpoint reaches.
+AL2023_REPOSITORY=amazonlinux
+
 install_packages() {
   case "$CDK_TRN_NODE_OS" in
-    # Only AL2023's own repositories are reachable (S3 gateway endpoint); repositories the AMI
-    # adds (Neuron, EFA) are skipped rather than failing the install.
-    amazon-linux-2023) dnf install -y --setopt='*.skip_if_unavailable=True' "$@" ;;
+    # In the isolated subnet only AL2023's own repository is reachable: every other repository
+    # (the DLAMI adds Neuron and EFA ones) is disabled, so dnf neither waits on nor fails for it.
+    amazon-linux-2023) dnf install -y --disablerepo='*' --enablerepo="$AL2023_REPOSITORY" "$@" ;;
     # Ubuntu mirrors are not reachable without NAT egress; everything must be on the AMI.
     ubuntu-24.04) apt-get install -y --no-download "$@" ;;
   esac
 }
 
+# The Lustre client is the kernel module and the tools: on AL2023 the module is in the kernel
+# (`modinfo lustre` succeeds) while mount.lustre, lctl and lnetctl come from lustre-client.
+lustre_tools_present() {
+  local tool
+  for tool in mount.lustre lctl lnetctl; do
+    command -v "$tool" >/dev/null 2>&1 || return 1
+  done
+}
+
 install_lustre_client() {
-  modinfo lustre >/dev/null 2>&1 && return 0
+  modinfo lustre >/dev/null 2>&1 && lustre_tools_present && return 0
   case "$CDK_TRN_NODE_OS" in
-    # AL2023 ships the client in its own repositories (S3 buckets: the gateway endpoint serves them).
-    amazon-linux-2023) install_packages lustre-client ;;
+    # AL2023 ships the client in its own repository.
+    amazon-linux-2023) install_packages lustre-client || return 1 ;;
     # The FSx Ubuntu repository is not reachable through VPC endpoints: bake the client into the
     # AMI or opt into NAT egress (FACTS.md "Air-gapped nodes").
-    ubuntu-24.04) apt-get install -y "lustre-client-modules-$(uname -r)" ;;
+    ubuntu-24.04) apt-get install -y "lustre-client-modules-$(uname -r)" || return 1 ;;
   esac
+  lustre_tools_present || { log "lustre-client installed, but mount.lustre, lctl or lnetctl is missing"; return 1; }
 }
 
 # EFA-enabled FSx: LNet must use the kefalnd driver over the node's EFA devices before the mount
-# (EKS user guide, "FSx for Lustre with EFA"; needs the efa kernel module >= 2.12.1).
+# (EKS user guide, "FSx for Lustre with EFA"; needs the efa kernel module >= 2.12.1). LNet set
+# up at runtime is gone after a reboot, so cdk-trn-lnet-efa.service redoes it before remote-fs
+# (this function, through the helper's configure-lnet subcommand).
 configure_lustre_efa() {
   local eth dev
   eth=$(ip -br -4 addr show | awk -v ip="$(hostname -i | awk '{print $1}')/" 'index($3, ip) == 1 {print $1}')
-  [ -n "$eth" ] || fail "could not find the primary interface for LNet"
-  { modprobe lnet && modprobe kefalnd ipif_name="$eth" && modprobe ksocklnd; } || fail "LNet EFA modules did not load"
+  [ -n "$eth" ] || fail_or_exit "could not find the primary interface for LNet"
+  { modprobe lnet && modprobe kefalnd ipif_name="$eth" && modprobe ksocklnd; } || fail_or_exit "LNet EFA modules did not load"
   lnetctl lnet configure
   lnetctl net del --net tcp 2>/dev/null || true
   lnetctl net add --net tcp --if "$eth"
@@ -95,16 +119,47 @@ configure_lustre_efa() {
   log "LNet configured over EFA"
 }
 
+#: The unit that redoes the EFA LNet setup at every later boot, before the Lustre mount.
+LNET_EFA_UNIT=cdk-trn-lnet-efa.service
+
+install_lnet_efa_unit() {
+  local helper=$1 units="$ROOT/etc/systemd/system"
+  install_helper "$helper"
+  mkdir -p "$units"
+  cat >"$units/$LNET_EFA_UNIT" <<UNIT
+[Unit]
+Description=cdk-trn: LNet over EFA for the EFA-enabled FSx for Lustre file system
+Wants=network-online.target
+After=network-online.target
+Before=remote-fs-pre.target remote-fs.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/$helper configure-lnet
+
+[Install]
+WantedBy=remote-fs.target
+UNIT
+  systemctl daemon-reload
+  # Enabled for later boots only: this boot configures LNet itself, once.
+  systemctl enable "$LNET_EFA_UNIT"
+}
+
 mount_fsx() {
+  local helper=$1
   [ -z "$CDK_TRN_FSX_DNS" ] && { log "no FSx for Lustre file system configured"; return; }
-  install_lustre_client || fail "the Lustre client is not on the AMI and could not be installed"
-  [ "$CDK_TRN_FSX_EFA" = "1" ] && configure_lustre_efa
+  install_lustre_client || fail "the Lustre client (mount.lustre, lctl, lnetctl) is not on the AMI and could not be installed"
+  local options="relatime,flock,_netdev,x-systemd.automount,x-systemd.requires=network-online.target"
+  if [ "$CDK_TRN_FSX_EFA" = "1" ]; then
+    configure_lustre_efa
+    install_lnet_efa_unit "$helper"
+    options+=",x-systemd.requires=$LNET_EFA_UNIT"
+  fi
   local mnt="$ROOT$CDK_TRN_FSX_MOUNT_PATH"
   mkdir -p "$mnt"
   local source="$CDK_TRN_FSX_DNS@tcp:/$CDK_TRN_FSX_MOUNT_NAME"
-  grep -q " $mnt lustre " "$ROOT/etc/fstab" || echo \
-    "$source $mnt lustre relatime,flock,_netdev,x-systemd.automount,x-systemd.requires=network-online.target 0 0" \
-    >> "$ROOT/etc/fstab"
+  grep -q " $mnt lustre " "$ROOT/etc/fstab" || echo "$source $mnt lustre $options 0 0" >> "$ROOT/etc/fstab"
   systemctl daemon-reload
   local tries=0
   until mountpoint -q "$mnt" || mount "$mnt"; do

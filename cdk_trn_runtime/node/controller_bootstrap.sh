@@ -106,7 +106,7 @@ boot() {
   begin_boot
   log "bootstrapping Slurm controller $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
   start_docker
-  mount_fsx
+  mount_fsx "$HELPER"
   [ -n "$CDK_TRN_FSX_MOUNT_PATH" ] || fail "the controller needs the shared file system"
   fetch_munge_key || fail "could not read the Slurm authentication key from Secrets Manager"
   pull_image "$CDK_TRN_SLURM_IMAGE" || fail "could not pull $CDK_TRN_SLURM_IMAGE"

@@ -13,6 +13,7 @@
 #   slurmd-run          run slurmd in the training image in the foreground (cdk-trn-slurmd.service)
 #   slurmd-leave        remove this node from Slurm, then stop slurmd (the unit's ExecStop)
 #   resolve-controller  point the controller's name at its current address (a timer)
+#   configure-lnet      LNet over EFA for an EFA-enabled FSx, at every later boot (a unit)
 # Tests only: a shorter wait for devices and registration.
 DEVICE_WAIT_SECONDS="${NODE_BOOTSTRAP_TEST_WAIT_SECONDS:-300}"
 HELPER=cdk-trn-node
@@ -218,7 +219,7 @@ boot() {
   check_neuron
   check_efa
   start_docker
-  mount_fsx
+  mount_fsx "$HELPER"
   write_environment
   reserve_rendezvous_ports
   start_slurmd
@@ -231,5 +232,6 @@ case "${1:-}" in
   slurmd-run) slurmd_run ;;
   slurmd-leave) slurmd_leave ;;
   resolve-controller) resolve_controller >/dev/null ;;
-  *) echo "usage: $0 [slurmd-run|slurmd-leave|resolve-controller]" >&2; exit 2 ;;
+  configure-lnet) configure_lustre_efa ;;
+  *) echo "usage: $0 [slurmd-run|slurmd-leave|resolve-controller|configure-lnet]" >&2; exit 2 ;;
 esac

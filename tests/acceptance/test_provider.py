@@ -83,3 +83,28 @@ def test_custom_resource_runs_after_every_policy_and_template_is_lint_clean():
     managed = {k for k, r in resources.items() if r["Type"] == "AWS::IAM::ManagedPolicy"}
     assert set(resource["DependsOn"]) == managed
     assert lint_findings(template, "us-east-2") == []
+
+
+def test_the_function_cloudformation_invokes_asynchronously_has_an_encrypted_dead_letter_queue():
+    template = provider_template()
+    resources = template["Resources"]
+    [(queue_id, queue)] = [(k, r) for k, r in resources.items() if r["Type"] == "AWS::SQS::Queue"]
+    assert "KmsMasterKeyId" in queue["Properties"]
+    functions = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Function"]
+    with_dlq = [f for f in functions if "DeadLetterConfig" in f["Properties"]]
+    # The framework's on-event function, the one CloudFormation invokes (asynchronously).
+    assert len(with_dlq) == 1
+    [dlq_function] = with_dlq
+    target = dlq_function["Properties"]["DeadLetterConfig"]["TargetArn"]
+    assert target == {"Fn::GetAtt": [queue_id, "Arn"]}
+    # Lambda checks sqs:SendMessage when it creates the function: its policy comes first.
+    sends = [
+        k
+        for k, r in resources.items()
+        if r["Type"] == "AWS::IAM::ManagedPolicy"
+        and any(
+            "sqs:SendMessage" in str(s["Action"])
+            for s in r["Properties"]["PolicyDocument"]["Statement"]
+        )
+    ]
+    assert len(sends) == 1 and sends[0] in dlq_function["DependsOn"]

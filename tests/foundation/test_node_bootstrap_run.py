@@ -24,6 +24,9 @@ from tests.foundation.stacks_for_tests import cluster_stack
 DOUBLES = Path(__file__).parent / "node_command_doubles"
 INSTANCE_ID = "i-0123456789abcdef0"
 SERVER_ID = "4b1d2c3e5f607182"
+#: dnf in the isolated subnet: AL2023's own repository only (the DLAMI's are unreachable).
+AL2023_ONLY = ["install", "-y", "--disablerepo=*", "--enablerepo=amazonlinux"]
+LUSTRE_TOOLS = ("mount.lustre", "lctl", "lnetctl")
 
 
 @dataclass
@@ -283,9 +286,7 @@ def test_docker_missing_from_the_ami_is_installed_from_the_os_repositories(node,
     (node.bin / "docker").unlink()
     result = node.boot(trn2)
     assert result.returncode == 0, result.output
-    assert result.calls_to("dnf") == [
-        ["install", "-y", "--setopt=*.skip_if_unavailable=True", "docker"]
-    ]
+    assert result.calls_to("dnf") == [AL2023_ONLY + ["docker"]]
 
 
 def test_docker_missing_from_an_ubuntu_ami_is_installed_as_docker_io(node, trn2_ubuntu):
@@ -339,9 +340,38 @@ def test_fsx_mount_that_keeps_failing_signals_failure_after_twelve_tries(node, t
 def test_fsx_node_without_lustre_client_installs_it(node, trn2_with_fsx):
     result = node.boot(trn2_with_fsx, DOUBLES_FAILING="modinfo")
     assert result.returncode == 0, result.output
-    assert ["install", "-y", "--setopt=*.skip_if_unavailable=True", "lustre-client"] in (
-        result.calls_to("dnf")
-    )
+    assert result.calls_to("dnf") == [AL2023_ONLY + ["lustre-client"]]
+
+
+def test_fsx_node_with_the_lustre_module_but_not_its_tools_installs_lustre_client(
+    node, trn2_with_fsx
+):
+    # AL2023: `modinfo lustre` succeeds (the module is in the kernel), the tools are missing.
+    for tool in LUSTRE_TOOLS:
+        (node.bin / tool).unlink()
+    result = node.boot(trn2_with_fsx)
+    assert result.returncode == 0, result.output
+    assert result.calls_to("dnf") == [AL2023_ONLY + ["lustre-client"]]
+    assert result.statuses() == ["SUCCESS"]
+
+
+def test_fsx_node_with_the_lustre_client_installs_nothing(node, trn2_with_fsx):
+    result = node.boot(trn2_with_fsx)
+    assert result.returncode == 0, result.output
+    assert result.calls_to("dnf") == []
+
+
+def test_fsx_node_whose_lustre_client_lacks_a_tool_after_install_signals_failure(
+    node, trn2_with_fsx
+):
+    (node.bin / "lctl").unlink()
+    # A dnf that "succeeds" without installing anything (a repository with an empty package).
+    (node.bin / "dnf").write_text('#!/bin/bash\n. "$(dirname "$0")/_record.sh"\n')
+    result = node.boot(trn2_with_fsx)
+    assert result.returncode == 1
+    assert result.statuses() == ["FAILURE"]
+    assert "mount.lustre, lctl or lnetctl is missing" in result.messages()
+    assert result.calls_to("mount") == []
 
 
 def test_fsx_node_whose_lustre_client_cannot_be_installed_signals_failure(node, trn2_with_fsx):
@@ -367,6 +397,49 @@ def test_efa_fsx_whose_lnet_modules_do_not_load_signals_failure(node, trn2_with_
     assert result.returncode == 1
     assert result.statuses() == ["FAILURE"]
     assert "LNet EFA modules did not load" in result.messages()
+
+
+def test_efa_fsx_lnet_setup_is_redone_by_a_unit_before_remote_fs_at_every_boot(
+    node, trn2_with_efa_fsx
+):
+    result = node.boot(trn2_with_efa_fsx)
+    assert result.returncode == 0, result.output
+    unit = (node.root / "etc/systemd/system/cdk-trn-lnet-efa.service").read_text()
+    assert "ExecStart=/usr/local/sbin/cdk-trn-node configure-lnet" in unit
+    assert "Before=remote-fs-pre.target remote-fs.target" in unit
+    assert "WantedBy=remote-fs.target" in unit
+    assert "Type=oneshot" in unit and "RemainAfterExit=yes" in unit
+    # Enabled for later boots, not started now: this boot configured LNet itself, once.
+    assert ["enable", "cdk-trn-lnet-efa.service"] in result.calls_to("systemctl")
+    assert len([c for c in result.calls_to("lnetctl") if c[:2] == ["lnet", "configure"]]) == 1
+    [fstab] = [
+        line for line in (node.root / "etc/fstab").read_text().splitlines() if "lustre" in line
+    ]
+    assert "x-systemd.requires=cdk-trn-lnet-efa.service" in fstab.split()[3].split(",")
+
+
+def test_tcp_fsx_installs_no_lnet_unit(node, trn2_with_fsx):
+    node.boot(trn2_with_fsx)
+    assert not (node.root / "etc/systemd/system/cdk-trn-lnet-efa.service").exists()
+    assert "cdk-trn-lnet-efa" not in (node.root / "etc/fstab").read_text()
+
+
+def test_configure_lnet_helper_redoes_the_setup_and_never_signals(node, trn2_with_efa_fsx):
+    result = _helper(node, trn2_with_efa_fsx, "configure-lnet")
+    assert result.returncode == 0, result.output
+    efa_nets = [c for c in result.calls_to("lnetctl") if c[:4] == ["net", "add", "--net", "efa"]]
+    assert len(efa_nets) == 16
+    assert ["lustre"] in result.calls_to("modprobe")
+    assert result.signals() == []
+
+
+def test_configure_lnet_helper_that_fails_exits_non_zero_without_signalling(
+    node, trn2_with_efa_fsx
+):
+    result = _helper(node, trn2_with_efa_fsx, "configure-lnet", DOUBLES_FAILING="modprobe")
+    assert result.returncode == 1
+    assert "LNet EFA modules did not load" in result.messages()
+    assert result.signals() == []
 
 
 def test_unexpected_command_failure_signals_failure_through_the_err_trap(node, trn2_with_efa_fsx):

@@ -78,10 +78,13 @@ def test_the_policy_reads_only_offerings_quotas_and_reservations(on_demand):
         "ec2:DescribeAvailabilityZones",
         "ec2:DescribeCapacityReservations",
         "ec2:DescribeInstanceTypeOfferings",
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
         "logs:CreateLogStream",
         "logs:PutLogEvents",
         "servicequotas:GetAWSDefaultServiceQuota",
         "servicequotas:GetServiceQuota",
+        "sqs:SendMessage",
     ]
     template.resource_count_is("AWS::IAM::Policy", 0)  # no inline policy
 
@@ -160,3 +163,19 @@ def test_synthesizes_with_no_open_finding_and_lint_clean():
     assert [f.rule_id for f in iam5] == ["AwsSolutions-IAM5[Resource::*]"]
     template = assertions.Template.from_stack(stack).to_json()
     assert lint_template(template, "us-east-2") == []
+
+
+def test_the_asynchronously_invoked_function_has_an_encrypted_dead_letter_queue(on_demand):
+    stack, preflight, template = on_demand
+    queue_id = stack.get_logical_id(preflight.dead_letters.node.default_child)
+    template.has_resource_properties(
+        "AWS::SQS::Queue", {"KmsMasterKeyId": assertions.Match.any_value()}
+    )
+    template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {"DeadLetterConfig": {"TargetArn": {"Fn::GetAtt": [queue_id, "Arn"]}}},
+    )
+    function = template.to_json()["Resources"][
+        stack.get_logical_id(preflight.function.node.default_child)
+    ]
+    assert stack.get_logical_id(preflight.policy.node.default_child) in function["DependsOn"]

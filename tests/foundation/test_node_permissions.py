@@ -1,0 +1,69 @@
+"""The node and controller roles: the SSM agent's actions without reading every parameter, and
+creation-policy signals limited to their own stack."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from aws_cdk.assertions import Template
+
+from cdk_trn.security import SSM_AGENT_ACTIONS
+from tests.foundation.stacks_for_tests import cluster_stack
+
+
+@functools.cache
+def _template() -> dict:
+    stack, _ = cluster_stack("trn2.48xlarge")
+    return Template.from_stack(stack).to_json()
+
+
+def _statements(template: dict) -> list[dict]:
+    statements = []
+    for resource in template["Resources"].values():
+        if resource["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            statements += resource["Properties"]["PolicyDocument"]["Statement"]
+    return statements
+
+
+def _actions(statement: dict) -> list[str]:
+    actions = statement["Action"]
+    return actions if isinstance(actions, list) else [actions]
+
+
+def test_node_role_uses_no_aws_managed_policy():
+    template = _template()
+    roles = [r for r in template["Resources"].values() if r["Type"] == "AWS::IAM::Role"]
+    node_roles = [
+        r for r in roles if "Trainium training nodes" in r["Properties"].get("Description", "")
+    ]
+    assert node_roles
+    assert all("ManagedPolicyArns" not in r["Properties"] for r in node_roles)
+    assert "AmazonSSMManagedInstanceCore" not in json.dumps(template)
+
+
+def test_ssm_agent_policy_has_the_agent_actions_and_no_parameter_reads_on_every_parameter():
+    template = _template()
+    [agent] = [
+        r
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::IAM::ManagedPolicy"
+        and "SSM agent" in r["Properties"].get("Description", "")
+    ]
+    [statement] = agent["Properties"]["PolicyDocument"]["Statement"]
+    assert set(_actions(statement)) == set(SSM_AGENT_ACTIONS)
+    assert {"ssmmessages:OpenDataChannel", "ssm:UpdateInstanceInformation"} <= set(
+        SSM_AGENT_ACTIONS
+    )
+    assert len(agent["Properties"]["Roles"]) == 1
+    for st in _statements(template):
+        if {"ssm:GetParameter", "ssm:GetParameters"} & set(_actions(st)):
+            assert st["Resource"] != "*", st
+
+
+def test_signal_resource_is_limited_to_the_nodes_own_stack():
+    signals = [
+        st for st in _statements(_template()) if "cloudformation:SignalResource" in _actions(st)
+    ]
+    assert signals
+    assert all(st["Resource"] == {"Ref": "AWS::StackId"} for st in signals)
