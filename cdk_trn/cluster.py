@@ -29,7 +29,7 @@ from constructs import Construct
 from cdk_trn._runtime import runtime_file
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import InstanceSpec, instance_spec
-from cdk_trn.compliance import acknowledge, acknowledge_regulated
+from cdk_trn.compliance import acknowledge, acknowledge_regulated, acknowledge_wildcards
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.interfaces import ITrainingFileSystem, ITrainingNetwork
 from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
@@ -205,6 +205,10 @@ class TrainiumCluster(Construct):
             if self.placement_group
             else capacity.placement_group_name,
             health_check_type="EC2",
+            # Nodes in service (and the rest of the group's size) for the dashboard.
+            metrics_collection=[
+                autoscaling.CfnAutoScalingGroup.MetricsCollectionProperty(granularity="1Minute")
+            ],
             notification_configurations=[
                 autoscaling.CfnAutoScalingGroup.NotificationConfigurationProperty(
                     topic_arn=self.events_topic.topic_arn,
@@ -319,6 +323,43 @@ class TrainiumCluster(Construct):
                 f"{self.node.path} already has a scheduler: one SlurmScheduler per cluster"
             )
         self._slurm = settings
+        self._allow_replacement()
+
+    def _allow_replacement(self) -> None:
+        """Let a node drained for a hardware reason mark itself Unhealthy in this group alone,
+        so the group replaces it (``cdk_trn_runtime/slurm/scripts/node_checks.sh``).
+
+        A policy of its own, not the role's default policy: it names the group, and the group's
+        instances need the default policy (their boot signal) before the group exists."""
+        group_arn = cdk.Stack.of(self).format_arn(
+            service="autoscaling",
+            resource="autoScalingGroup",
+            resource_name=f"*:autoScalingGroupName/{self.auto_scaling_group.ref}",
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )
+        policy = iam.Policy(
+            self,
+            "ReplaceOnHardwareFailure",
+            roles=[self.role],
+            statements=[
+                iam.PolicyStatement(
+                    actions=["autoscaling:SetInstanceHealth"], resources=[group_arn]
+                )
+            ],
+        )
+        acknowledge_regulated(
+            policy,
+            "IAMNoInlinePolicy",
+            "one statement of the node role (SetInstanceHealth on the nodes' own Auto Scaling "
+            "group), apart from the role's default policy because it names the group, which is "
+            "created after the role; it belongs to this role alone and is deleted with it",
+        )
+        acknowledge_wildcards(
+            policy,
+            "an Auto Scaling group's ARN contains a generated id that CloudFormation does not "
+            "return; the group name (the Ref) is exact, so the statement covers this group only",
+            resources=[group_arn],
+        )
 
     # --- resources ----------------------------------------------------------------------------
 

@@ -80,3 +80,8 @@ SLURM_ENV_SHARED_FS_TYPE = "CDK_TRN_SHARED_FS_TYPE"  # e.g. lustre; empty: a wri
 SLURM_ENV_DEVICE_ROOT = "CDK_TRN_DEVICE_ROOT"  # prefix of /dev and /sys (tests, local cluster)
 #: Prefix of the drain reasons the node scripts set, so operators (and the CLI) can tell them apart.
 SLURM_DRAIN_REASON_PREFIX = "cdk-trn:"
+#: Set to 1 on the cloud (node_bootstrap.sh): a node drained for a hardware reason (Neuron or EFA
+#: device count) marks its instance Unhealthy in its Auto Scaling group, which replaces it.
+SLURM_ENV_REPLACE_ON_HARDWARE_FAILURE = "CDK_TRN_REPLACE_ON_HARDWARE_FAILURE"
+SLURM_ENV_INSTANCE_ID = "CDK_TRN_INSTANCE_ID"  # the instance to mark Unhealthy
+SLURM_ENV_REGION = "CDK_TRN_REGION"  # its region

@@ -69,6 +69,10 @@ write_environment() {
     echo "CDK_TRN_EXPECTED_EFA_DEVICES=$CDK_TRN_EXPECTED_EFA_DEVICES"
     echo "CDK_TRN_SHARED_ROOT=$CDK_TRN_FSX_MOUNT_PATH"
     echo "CDK_TRN_SHARED_FS_TYPE=lustre"
+    # A node drained for a hardware reason asks its Auto Scaling group to replace it.
+    echo "CDK_TRN_REPLACE_ON_HARDWARE_FAILURE=1"
+    echo "CDK_TRN_INSTANCE_ID=$INSTANCE_ID"
+    echo "CDK_TRN_REGION=$CDK_TRN_REGION"
   } > "$ENV_FILE"
   if [ "$CDK_TRN_ULTRASERVER_SIZE" -gt 0 ]; then
     # The Neuron driver exposes the UltraServer topology in sysfs per node configuration

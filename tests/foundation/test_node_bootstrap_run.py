@@ -205,6 +205,10 @@ def test_healthy_node_writes_efa_and_logical_nc_environment(node, trn2):
     assert env["NEURON_LOGICAL_NC_CONFIG"] == "2"
     assert env["NEURON_COMPILE_CACHE_URL"] == "/var/cache/neuron-compile-cache"
     assert "NEURON_RT_ULTRASERVER_MODE" not in env
+    # The Slurm health check's replacement request names this instance in its region.
+    assert env["CDK_TRN_REPLACE_ON_HARDWARE_FAILURE"] == "1"
+    assert env["CDK_TRN_INSTANCE_ID"] == INSTANCE_ID
+    assert env["CDK_TRN_REGION"] == "us-east-2"
     assert (node.root / "var/cache/neuron-compile-cache").is_dir()
     profile = (node.root / "etc/profile.d/cdk-trn-env.sh").read_text()
     assert f". {node.root}/etc/cdk-trn/env" in profile
