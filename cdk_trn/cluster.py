@@ -26,6 +26,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
+from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
 from cdk_trn._runtime import runtime_file
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import InstanceSpec, instance_spec
@@ -36,7 +37,7 @@ from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
 from cdk_trn.machine_image import NeuronMachineImage
 from cdk_trn.preflight import Preflight
 from cdk_trn.security import EfaSecurityGroup
-from cdk_trn_runtime.contract import CLUSTER_TAG
+from cdk_trn_runtime.contract import CLUSTER_TAG, METRICS_NAMESPACE_NODE
 
 MAX_NODES = 1024
 _CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}$")
@@ -327,7 +328,9 @@ class TrainiumCluster(Construct):
 
     def _allow_replacement(self) -> None:
         """Let a node drained for a hardware reason mark itself Unhealthy in this group alone,
-        so the group replaces it (``cdk_trn_runtime/slurm/scripts/node_checks.sh``).
+        so the group replaces it (``cdk_trn_runtime/slurm/scripts/node_checks.sh``), and let the
+        nodes publish their metrics (``cdk_trn_runtime/monitoring/node_metrics.sh``, run in the
+        Slurm container) into their namespace only.
 
         A policy of its own, not the role's default policy: it names the group, and the group's
         instances need the default policy (their boot signal) before the group exists."""
@@ -339,20 +342,22 @@ class TrainiumCluster(Construct):
         )
         policy = iam.Policy(
             self,
-            "ReplaceOnHardwareFailure",
+            "SlurmNodePolicy",
             roles=[self.role],
             statements=[
                 iam.PolicyStatement(
                     actions=["autoscaling:SetInstanceHealth"], resources=[group_arn]
-                )
+                ),
+                put_metric_data_statement(METRICS_NAMESPACE_NODE),
             ],
         )
         acknowledge_regulated(
             policy,
             "IAMNoInlinePolicy",
-            "one statement of the node role (SetInstanceHealth on the nodes' own Auto Scaling "
-            "group), apart from the role's default policy because it names the group, which is "
-            "created after the role; it belongs to this role alone and is deleted with it",
+            "statements of the node role (SetInstanceHealth on the nodes' own Auto Scaling "
+            "group, PutMetricData into the nodes' namespace), apart from the role's default "
+            "policy because they name the group, which is created after the role; it belongs "
+            "to this role alone and is deleted with it",
         )
         acknowledge_wildcards(
             policy,
@@ -360,6 +365,7 @@ class TrainiumCluster(Construct):
             "return; the group name (the Ref) is exact, so the statement covers this group only",
             resources=[group_arn],
         )
+        acknowledge_wildcards(policy, PUT_METRIC_DATA_WILDCARD_REASON, resources=["*"])
 
     # --- resources ----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@
 #   slurmd-run          run slurmd in the training image in the foreground (cdk-trn-slurmd.service)
 #   slurmd-leave        remove this node from Slurm, then stop slurmd (the unit's ExecStop)
 #   resolve-controller  point the controller's name at its current address (a timer)
+#   publish-metrics     NeuronCore, device memory and EFA metrics to CloudWatch (a timer)
 # Tests only: a shorter wait for devices and registration.
 DEVICE_WAIT_SECONDS="${NODE_BOOTSTRAP_TEST_WAIT_SECONDS:-300}"
 HELPER=cdk-trn-node
@@ -204,6 +205,7 @@ start_slurmd() {
   systemctl daemon-reload
   systemctl enable --now cdk-trn-slurmd.service || fail "cdk-trn-slurmd.service did not start"
   wait_for_registration
+  install_metrics_timer "$HELPER" || fail "could not start the metrics timer"
 }
 
 boot() {
@@ -224,5 +226,6 @@ case "${1:-}" in
   slurmd-run) slurmd_run ;;
   slurmd-leave) slurmd_leave ;;
   resolve-controller) resolve_controller >/dev/null ;;
-  *) echo "usage: $0 [slurmd-run|slurmd-leave|resolve-controller]" >&2; exit 2 ;;
+  publish-metrics) publish_metrics cdk-trn/Node "$SLURMD_CONTAINER" node_metrics.sh ;;
+  *) echo "usage: $0 [slurmd-run|slurmd-leave|resolve-controller|publish-metrics]" >&2; exit 2 ;;
 esac
