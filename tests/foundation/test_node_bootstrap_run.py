@@ -566,3 +566,52 @@ def test_ultraserver_node_adds_its_server_id_as_a_feature(node, trn2u_slurm):
         ["bash", "-c", f'. "{identity}"; echo "$FEATURES"'], capture_output=True, text=True
     )
     assert sourced.stdout.strip() == f"trn2u.48xlarge,efa,us-{SERVER_ID}"
+
+
+# --- metrics: a timer publishes what the collector in the Slurm container prints -------------
+
+METRIC_DATA = '[{"MetricName":"NeuronCoreUtilization","Value":50,"Unit":"Percent"}]'
+
+
+def test_slurm_node_starts_the_metrics_timer_that_runs_the_helper(node, trn2_slurm):
+    result = node.boot(trn2_slurm)
+    assert result.returncode == 0, result.output
+    assert ["enable", "--now", "cdk-trn-metrics.timer"] in result.calls_to("systemctl")
+    unit = (node.root / "etc/systemd/system/cdk-trn-metrics.service").read_text()
+    assert "ExecStart=/usr/local/sbin/cdk-trn-node publish-metrics" in unit
+    timer = (node.root / "etc/systemd/system/cdk-trn-metrics.timer").read_text()
+    assert "OnUnitActiveSec=60s" in timer
+
+
+def test_publish_metrics_puts_the_collectors_output_into_the_node_namespace(node, trn2_slurm):
+    result = _helper(node, trn2_slurm, "publish-metrics", DOCKER_DOUBLE_EXEC_OUTPUT=METRIC_DATA)
+    assert result.returncode == 0, result.output
+    execs = [c for c in result.calls_to("docker") if c[0] == "exec"]
+    assert execs == [
+        [
+            "exec",
+            "cdk-trn-slurmd",
+            "/opt/cdk-trn/cdk_trn_runtime/monitoring/node_metrics.sh",
+            "test-cluster",
+        ]
+    ]
+    puts = [c for c in result.calls_to("aws") if c[:2] == ["cloudwatch", "put-metric-data"]]
+    assert puts == [
+        [
+            "cloudwatch",
+            "put-metric-data",
+            "--region",
+            "us-east-2",
+            "--namespace",
+            "cdk-trn/Node",
+            "--metric-data",
+            METRIC_DATA,
+        ]
+    ]
+
+
+@pytest.mark.parametrize("failing", ["docker", ""])
+def test_publish_metrics_with_nothing_collected_puts_nothing(node, trn2_slurm, failing):
+    result = _helper(node, trn2_slurm, "publish-metrics", DOUBLES_FAILING=failing)
+    assert result.returncode == 0, result.output
+    assert [c for c in result.calls_to("aws") if c[:1] == ["cloudwatch"]] == []

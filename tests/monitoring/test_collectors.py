@@ -230,3 +230,18 @@ def test_collectors_pass_shellcheck():
         text=True,
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_the_training_image_ships_the_collectors_where_the_hosts_run_them():
+    from cdk_trn.acceptance.image import BUNDLED_SUBPACKAGES
+
+    assert "monitoring" in BUNDLED_SUBPACKAGES
+    repo = MONITORING.parents[1]
+    dockerfile = (repo / "cdk_trn_runtime" / "container" / "Dockerfile").read_text()
+    assert "COPY cdk_trn_runtime /opt/cdk-trn/cdk_trn_runtime" in dockerfile
+    boot = (repo / "cdk_trn_runtime" / "node" / "boot_common.sh").read_text()
+    assert "IMAGE_MONITORING=/opt/cdk-trn/cdk_trn_runtime/monitoring\n" in boot
+    node = (repo / "cdk_trn_runtime" / "node" / "node_bootstrap.sh").read_text()
+    controller = (repo / "cdk_trn_runtime" / "node" / "controller_bootstrap.sh").read_text()
+    assert f"publish_metrics {contract.METRICS_NAMESPACE_NODE} " in node
+    assert f"publish_metrics {contract.METRICS_NAMESPACE_SLURM} " in controller
