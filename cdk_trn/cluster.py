@@ -26,17 +26,18 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
+from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
 from cdk_trn._runtime import runtime_file
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import InstanceSpec, instance_spec
-from cdk_trn.compliance import acknowledge_regulated
+from cdk_trn.compliance import acknowledge_regulated, acknowledge_wildcards
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.interfaces import ITrainingFileSystem, ITrainingNetwork
 from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
 from cdk_trn.machine_image import NeuronMachineImage
 from cdk_trn.preflight import Preflight
 from cdk_trn.security import EfaSecurityGroup, ssm_agent_policy
-from cdk_trn_runtime.contract import CLUSTER_TAG, RENDEZVOUS_PORTS
+from cdk_trn_runtime.contract import CLUSTER_TAG, METRICS_NAMESPACE_NODE, RENDEZVOUS_PORTS
 
 MAX_NODES = 1024
 _CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}$")
@@ -205,6 +206,10 @@ class TrainiumCluster(Construct):
             if self.placement_group
             else capacity.placement_group_name,
             health_check_type="EC2",
+            # Nodes in service (and the rest of the group's size) for the dashboard.
+            metrics_collection=[
+                autoscaling.CfnAutoScalingGroup.MetricsCollectionProperty(granularity="1Minute")
+            ],
             notification_configurations=[
                 autoscaling.CfnAutoScalingGroup.NotificationConfigurationProperty(
                     topic_arn=self.events_topic.topic_arn,
@@ -319,6 +324,48 @@ class TrainiumCluster(Construct):
                 f"{self.node.path} already has a scheduler: one SlurmScheduler per cluster"
             )
         self._slurm = settings
+        self._allow_replacement()
+
+    def _allow_replacement(self) -> None:
+        """Let a node drained for a hardware reason mark itself Unhealthy in this group alone,
+        so the group replaces it (``cdk_trn_runtime/slurm/scripts/node_checks.sh``), and let the
+        nodes publish their metrics (``cdk_trn_runtime/monitoring/node_metrics.sh``, run in the
+        Slurm container) into their namespace only.
+
+        A policy of its own, not the role's default policy: it names the group, and the group's
+        instances need the default policy (their boot signal) before the group exists."""
+        group_arn = cdk.Stack.of(self).format_arn(
+            service="autoscaling",
+            resource="autoScalingGroup",
+            resource_name=f"*:autoScalingGroupName/{self.auto_scaling_group.ref}",
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )
+        policy = iam.Policy(
+            self,
+            "SlurmNodePolicy",
+            roles=[self.role],
+            statements=[
+                iam.PolicyStatement(
+                    actions=["autoscaling:SetInstanceHealth"], resources=[group_arn]
+                ),
+                put_metric_data_statement(METRICS_NAMESPACE_NODE),
+            ],
+        )
+        acknowledge_regulated(
+            policy,
+            "IAMNoInlinePolicy",
+            "statements of the node role (SetInstanceHealth on the nodes' own Auto Scaling "
+            "group, PutMetricData into the nodes' namespace), apart from the role's default "
+            "policy because they name the group, which is created after the role; it belongs "
+            "to this role alone and is deleted with it",
+        )
+        acknowledge_wildcards(
+            policy,
+            "an Auto Scaling group's ARN contains a generated id that CloudFormation does not "
+            "return; the group name (the Ref) is exact, so the statement covers this group only",
+            resources=[group_arn],
+        )
+        acknowledge_wildcards(policy, PUT_METRIC_DATA_WILDCARD_REASON, resources=["*"])
 
     # --- resources ----------------------------------------------------------------------------
 

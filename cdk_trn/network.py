@@ -3,7 +3,8 @@
 EFA traffic cannot cross Availability Zones and capacity reservations/blocks live in one AZ, so the
 network is built around a single AZ chosen by the user. Nodes sit in an isolated subnet and reach
 AWS through VPC endpoints (S3 gateway; SSM, SSM messages, EC2 messages, ECR api/dkr, KMS, CloudWatch
-Logs, STS, CloudFormation, Secrets Manager interface endpoints). NAT egress is an explicit opt-in.
+Logs, STS, CloudFormation, Secrets Manager, CloudWatch metrics, Auto Scaling interface endpoints).
+NAT egress is an explicit opt-in.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def is_az_id(value: str) -> bool:
 #: Interface endpoints the nodes need with no internet path: SSM agent (ssm, ssmmessages,
 #: ec2messages), image pulls (ecr.api, ecr.dkr; layers come from S3), KMS (encrypted volumes and
 #: data), CloudWatch Logs, STS (IAM identities for the enclave vault), CloudFormation (cfn-signal),
-#: Secrets Manager (the Slurm authentication key).
+#: Secrets Manager (the Slurm authentication key), CloudWatch metrics (monitoring: the nodes' and
+#: the controller's metric publishers), Auto Scaling (a node drained for a hardware failure marks
+#: itself Unhealthy).
 INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
     "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
     "SsmMessages": ec2.InterfaceVpcEndpointAwsService.SSM_MESSAGES,
@@ -64,6 +67,8 @@ INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
     "Sts": ec2.InterfaceVpcEndpointAwsService.STS,
     "CloudFormation": ec2.InterfaceVpcEndpointAwsService.CLOUDFORMATION,
     "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
+    "Monitoring": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING,
+    "AutoScaling": ec2.InterfaceVpcEndpointAwsService.AUTOSCALING,
 }
 
 

@@ -42,6 +42,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
 from cdk_trn.acceptance.image import NeuronTrainingImage
 from cdk_trn.cluster import SlurmNodeSettings, TrainiumCluster, boot_user_data
 from cdk_trn.compliance.acknowledge import (
@@ -53,6 +54,7 @@ from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.security import ssm_agent_policy
 from cdk_trn_runtime.contract import (
     CLUSTER_TAG,
+    METRICS_NAMESPACE_SLURM,
     SHARED_COMPILE_CACHE,
     SHARED_HOMES,
     SHARED_JOB_LOGS,
@@ -229,6 +231,7 @@ class SlurmScheduler(Construct):
         self.controller_address.grant_write(self.role)
         self.controller_address.grant_read(cluster.role)
         self._acknowledge_pull_wildcard(self.role)
+        self._allow_metrics()
         self._acknowledge_pull_wildcard(cluster.role)
 
         cluster._attach_slurm(
@@ -354,6 +357,25 @@ class SlurmScheduler(Construct):
             )
         )
         return role
+
+    def _allow_metrics(self) -> None:
+        """The controller publishes Slurm's node states and queue depth (controller_bootstrap.sh
+        publish-metrics) into the Slurm namespace only; a policy of its own, so that its '*' is
+        acknowledged for this reason alone."""
+        policy = iam.Policy(
+            self,
+            "ControllerMetricsPolicy",
+            roles=[self.role],
+            statements=[put_metric_data_statement(METRICS_NAMESPACE_SLURM)],
+        )
+        acknowledge_regulated(
+            policy,
+            "IAMNoInlinePolicy",
+            "one statement of the controller role (PutMetricData into the Slurm namespace), "
+            "apart from the default policy so that its wildcard carries its own reason; it "
+            "belongs to this role alone and is deleted with it",
+        )
+        acknowledge_wildcards(policy, PUT_METRIC_DATA_WILDCARD_REASON, resources=["*"])
 
     def _acknowledge_pull_wildcard(self, role: iam.Role) -> None:
         acknowledge_wildcards(

@@ -80,3 +80,33 @@ SLURM_ENV_SHARED_FS_TYPE = "CDK_TRN_SHARED_FS_TYPE"  # e.g. lustre; empty: a wri
 SLURM_ENV_DEVICE_ROOT = "CDK_TRN_DEVICE_ROOT"  # prefix of /dev and /sys (tests, local cluster)
 #: Prefix of the drain reasons the node scripts set, so operators (and the CLI) can tell them apart.
 SLURM_DRAIN_REASON_PREFIX = "cdk-trn:"
+#: Set to 1 on the cloud (node_bootstrap.sh): a node drained for a hardware reason (Neuron or EFA
+#: device count) marks its instance Unhealthy in its Auto Scaling group, which replaces it.
+SLURM_ENV_REPLACE_ON_HARDWARE_FAILURE = "CDK_TRN_REPLACE_ON_HARDWARE_FAILURE"
+SLURM_ENV_INSTANCE_ID = "CDK_TRN_INSTANCE_ID"  # the instance to mark Unhealthy
+SLURM_ENV_REGION = "CDK_TRN_REGION"  # its region
+
+# --- Metrics: what the publishers on the instances send and the dashboard (cdk_trn.observability)
+# shows. Every metric carries one dimension, the cluster's name.
+METRIC_DIMENSION_CLUSTER = "Cluster"
+#: Slurm node states and queue depth, from sinfo/squeue in the controller's container
+#: (cdk_trn_runtime/monitoring/slurm_metrics.sh, every minute).
+METRICS_NAMESPACE_SLURM = "cdk-trn/Slurm"
+SLURM_NODE_STATE_METRICS = (
+    "NodesIdle",
+    "NodesAllocated",
+    "NodesMixed",
+    "NodesDrained",
+    "NodesDown",
+)
+SLURM_JOB_METRICS = ("JobsRunning", "JobsPending")
+#: NeuronCore utilization (percent, mean over the node's cores), device memory in use (bytes) from
+#: neuron-monitor, and EFA traffic and errors (bytes or counts since the last sample) from the EFA
+#: devices' hardware counters (cdk_trn_runtime/monitoring/node_metrics.sh, every minute).
+METRICS_NAMESPACE_NODE = "cdk-trn/Node"
+NODE_NEURON_METRICS = ("NeuronCoreUtilization", "NeuronDeviceMemoryUsed")
+#: EFA hardware counters (/sys/class/infiniband/<dev>/ports/1/hw_counters/<counter>) -> metric.
+NODE_EFA_COUNTERS = {"tx_bytes": "EfaTxBytes", "rx_bytes": "EfaRxBytes", "rx_drops": "EfaRxDrops"}
+#: The acceptance run's figures (FIGURES' names as metric names) and whether it passed (1 or 0).
+METRICS_NAMESPACE_ACCEPTANCE = "cdk-trn/Acceptance"
+ACCEPTANCE_PASSED_METRIC = "Passed"

@@ -9,6 +9,7 @@ from cdk_trn.acceptance import AcceptanceRun, NeuronTrainingImage
 from cdk_trn.capacity import Capacity
 from cdk_trn.cluster import TrainiumCluster
 from cdk_trn.machine_image import NeuronMachineImage
+from cdk_trn.observability import ClusterDashboard
 from cdk_trn.scheduler import SlurmScheduler
 from cdk_trn_runtime.contract import (
     OUTPUT_CONTROLLER_GROUP,
@@ -67,6 +68,16 @@ class ClusterStack(cdk.Stack):
                 cluster=self.cluster,
                 scheduler=self.scheduler,
                 image=None if self.scheduler else image,
+            )
+        # The cluster at a glance, and alarms (drained node, failed acceptance run) to its topic.
+        self.dashboard: ClusterDashboard | None = None
+        if config.dashboard:
+            self.dashboard = ClusterDashboard(
+                self,
+                "Dashboard",
+                cluster=self.cluster,
+                scheduler=self.scheduler,
+                acceptance=self.acceptance,
             )
         summary = self.cluster.summary()
         for key, label in (

@@ -96,6 +96,8 @@ class AppConfig:
     fsx_efa: bool = False
     acceptance: bool = True
     enclave_vault: bool = True
+    #: The cluster's CloudWatch dashboard and alarms (cdk_trn.observability.ClusterDashboard).
+    dashboard: bool = True
     scheduler: str = "slurm"
 
     @classmethod
@@ -121,6 +123,7 @@ class AppConfig:
             "fsxEfa": ("fsx_efa", _bool),
             "acceptance": ("acceptance", _bool),
             "enclaveVault": ("enclave_vault", _bool),
+            "dashboard": ("dashboard", _bool),
             "scheduler": ("scheduler", _scheduler),
         }
         for key, (field, convert) in conversions.items():

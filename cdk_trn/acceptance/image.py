@@ -26,7 +26,7 @@ from cdk_trn.errors import invalid
 #: The bundled container's Dockerfile, relative to its build context (:data:`RUNTIME_ROOT`).
 BUNDLED_DOCKERFILE = "cdk_trn_runtime/container/Dockerfile"
 #: The subpackages of cdk_trn_runtime the bundled container ships.
-BUNDLED_SUBPACKAGES = ("container", "suite", "slurm", "train")
+BUNDLED_SUBPACKAGES = ("container", "suite", "slurm", "train", "monitoring")
 #: Files in an image directory that never belong in the build context (or the asset hash).
 ASSET_EXCLUDES = (
     "**/__pycache__",

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from cdk_trn_runtime.contract import SHARED_HOMES
+from cdk_trn_runtime.contract import SHARED_HOMES, SLURM_DRAIN_REASON_PREFIX
 
 #: ``sbatch`` scripts larger than this are refused (a job script is a few lines; data and code
 #: belong on the shared file system or in the image).
@@ -173,11 +173,19 @@ def queue_script(controller: Controller) -> str:
 
 
 def status_script(controller: Controller) -> str:
-    """Node states with drain reasons (``sinfo -N``), then the running jobs."""
+    """Node states with drain reasons (``sinfo -N``), the nodes the cdk-trn health checks
+    drained (reasons starting with ``SLURM_DRAIN_REASON_PREFIX``; a hardware reason also replaces
+    the node), then the running jobs."""
+    prefix = shlex.quote(" " + SLURM_DRAIN_REASON_PREFIX)
     return _preamble(controller) + textwrap.dedent(
         f"""\
         echo "NODES"
         docker exec -u "$user" "$container" sinfo -N --format={shlex.quote(NODE_FORMAT)}
+        echo
+        echo "DRAINED BY HEALTH CHECKS"
+        reasons=$(docker exec -u "$user" "$container" sinfo --list-reasons --noheader \\
+          --format='%N %E')
+        printf '%s\\n' "$reasons" | grep -F -- {prefix} || echo "none"
         echo
         echo "RUNNING JOBS"
         docker exec -u "$user" "$container" \\

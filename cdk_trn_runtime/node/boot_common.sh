@@ -255,3 +255,35 @@ UNIT
   systemctl daemon-reload
   systemctl enable --now cdk-trn-controller-address.timer
 }
+
+# --- Metrics: every minute the collector in the Slurm container prints CloudWatch metric data
+# (cdk_trn_runtime/monitoring/*.sh in the image) and the host publishes it under the cluster's
+# name through the monitoring VPC endpoint. A collector with nothing to say publishes nothing.
+IMAGE_MONITORING=/opt/cdk-trn/cdk_trn_runtime/monitoring
+
+publish_metrics() { # namespace container collector
+  local data
+  data=$(docker exec "$2" "$IMAGE_MONITORING/$3" "$CDK_TRN_CLUSTER") && [ -n "$data" ] || return 0
+  aws cloudwatch put-metric-data --region "$CDK_TRN_REGION" --namespace "$1" --metric-data "$data"
+}
+
+install_metrics_timer() {
+  local helper=$1 units="$ROOT/etc/systemd/system"
+  mkdir -p "$units"
+  cat >"$units/cdk-trn-metrics.service" <<UNIT
+[Unit]
+Description=cdk-trn: publish this instance's metrics to CloudWatch
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/$helper publish-metrics
+UNIT
+  cat >"$units/cdk-trn-metrics.timer" <<UNIT
+[Timer]
+OnBootSec=60s
+OnUnitActiveSec=60s
+[Install]
+WantedBy=timers.target
+UNIT
+  systemctl daemon-reload
+  systemctl enable --now cdk-trn-metrics.timer
+}

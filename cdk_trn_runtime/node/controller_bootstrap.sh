@@ -11,6 +11,7 @@
 #   (none)              boot
 #   slurmctld-run       run slurmctld in the training image in the foreground (a systemd unit)
 #   resolve-controller  point the controller's name at its current address (a timer)
+#   publish-metrics     Slurm node states and queue depth to CloudWatch (a timer)
 
 HELPER=cdk-trn-controller
 CONTAINER=cdk-trn-slurmctld
@@ -122,6 +123,7 @@ boot() {
   systemctl daemon-reload
   systemctl enable --now cdk-trn-slurmctld.service || fail "cdk-trn-slurmctld.service did not start"
   wait_for_slurmctld
+  install_metrics_timer "$HELPER" || fail "could not start the metrics timer"
   signal SUCCESS
   log "controller ready at $address"
 }
@@ -130,5 +132,6 @@ case "${1:-}" in
   "") boot ;;
   slurmctld-run) slurmctld_run ;;
   resolve-controller) resolve_controller >/dev/null ;;
-  *) echo "usage: $0 [slurmctld-run|resolve-controller]" >&2; exit 2 ;;
+  publish-metrics) publish_metrics cdk-trn/Slurm "$CONTAINER" slurm_metrics.sh ;;
+  *) echo "usage: $0 [slurmctld-run|resolve-controller|publish-metrics]" >&2; exit 2 ;;
 esac

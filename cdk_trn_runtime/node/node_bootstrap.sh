@@ -14,6 +14,7 @@
 #   slurmd-leave        remove this node from Slurm, then stop slurmd (the unit's ExecStop)
 #   resolve-controller  point the controller's name at its current address (a timer)
 #   configure-lnet      LNet over EFA for an EFA-enabled FSx, at every later boot (a unit)
+#   publish-metrics     NeuronCore, device memory and EFA metrics to CloudWatch (a timer)
 # Tests only: a shorter wait for devices and registration.
 DEVICE_WAIT_SECONDS="${NODE_BOOTSTRAP_TEST_WAIT_SECONDS:-300}"
 HELPER=cdk-trn-node
@@ -70,6 +71,10 @@ write_environment() {
     echo "CDK_TRN_EXPECTED_EFA_DEVICES=$CDK_TRN_EXPECTED_EFA_DEVICES"
     echo "CDK_TRN_SHARED_ROOT=$CDK_TRN_FSX_MOUNT_PATH"
     echo "CDK_TRN_SHARED_FS_TYPE=lustre"
+    # A node drained for a hardware reason asks its Auto Scaling group to replace it.
+    echo "CDK_TRN_REPLACE_ON_HARDWARE_FAILURE=1"
+    echo "CDK_TRN_INSTANCE_ID=$INSTANCE_ID"
+    echo "CDK_TRN_REGION=$CDK_TRN_REGION"
   } > "$ENV_FILE"
   if [ "$CDK_TRN_ULTRASERVER_SIZE" -gt 0 ]; then
     # The Neuron driver exposes the UltraServer topology in sysfs per node configuration
@@ -201,6 +206,7 @@ start_slurmd() {
   systemctl daemon-reload
   systemctl enable --now cdk-trn-slurmd.service || fail "cdk-trn-slurmd.service did not start"
   wait_for_registration
+  install_metrics_timer "$HELPER" || fail "could not start the metrics timer"
 }
 
 # torchrun's rendezvous ports (contract.RENDEZVOUS_PORTS) never go to ephemeral connections, so
@@ -233,5 +239,6 @@ case "${1:-}" in
   slurmd-leave) slurmd_leave ;;
   resolve-controller) resolve_controller >/dev/null ;;
   configure-lnet) configure_lustre_efa ;;
-  *) echo "usage: $0 [slurmd-run|slurmd-leave|resolve-controller|configure-lnet]" >&2; exit 2 ;;
+  publish-metrics) publish_metrics cdk-trn/Node "$SLURMD_CONTAINER" node_metrics.sh ;;
+  *) echo "usage: $0 [slurmd-run|slurmd-leave|resolve-controller|configure-lnet|publish-metrics]" >&2; exit 2 ;;
 esac

@@ -9,7 +9,9 @@ from ``latest`` when present.
 
 Environment: ``TRAIN_STEPS`` (total steps, default 20), ``CHECKPOINT_DIR`` (default
 ``$CDK_TRN_SHARED_ROOT/checkpoints/train``, or ``./checkpoints/train`` without a shared root),
-``CHECKPOINT_EVERY`` (default 5). On XLA CPU the model is made smaller so a run takes seconds.
+``CHECKPOINT_EVERY`` (default 5), ``TRAIN_STEP_SLEEP`` (seconds every rank waits after each step,
+default 0: tests slow a run down to fail a node mid-run). On XLA CPU the model is made smaller so
+a run takes seconds.
 
 Rank 0 prints ``train: resumed step=<K> from=<path>`` when it resumed and ends with exactly one
 ``train: done step=<N> loss_first=<a> loss_last=<b> checkpoint=<path>`` line; the losses are the
@@ -22,6 +24,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,7 @@ class Settings:
     steps: int
     checkpoint_dir: Path
     checkpoint_every: int
+    step_sleep: float = 0.0
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:
@@ -49,6 +53,17 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _seconds(env: Mapping[str, str], name: str) -> float:
+    raw = env.get(name, "").strip() or "0"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds from 0 to 60, got {raw!r}") from None
+    if not 0 <= value <= 60:
+        raise ValueError(f"{name} must be a number of seconds from 0 to 60, got {raw!r}")
+    return value
+
+
 def settings(env: Mapping[str, str]) -> Settings:
     default_root = Path(env.get("CDK_TRN_SHARED_ROOT") or ".")
     directory = env.get("CHECKPOINT_DIR") or str(
@@ -58,6 +73,7 @@ def settings(env: Mapping[str, str]) -> Settings:
         steps=_positive(env, "TRAIN_STEPS", 20),
         checkpoint_dir=Path(directory).resolve(),
         checkpoint_every=_positive(env, "CHECKPOINT_EVERY", 5),
+        step_sleep=_seconds(env, "TRAIN_STEP_SLEEP"),
     )
 
 
@@ -161,6 +177,8 @@ def main() -> int:
         if done % run.checkpoint_every == 0 or done == run.steps:
             saved = save(done)
             last_saved = saved if saved is not None else last_saved
+        if run.step_sleep:
+            time.sleep(run.step_sleep)
 
     runtime.wait()
     trained = [float(v) for v in losses]

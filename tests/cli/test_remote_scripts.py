@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 
 from cdk_trn_runtime.cli import remote
-from cdk_trn_runtime.contract import SLURM_CONTROLLER_CONTAINER, SLURM_JOB_USER
+from cdk_trn_runtime.contract import (
+    SLURM_CONTROLLER_CONTAINER,
+    SLURM_DRAIN_REASON_PREFIX,
+    SLURM_JOB_USER,
+)
 
 DOUBLES = Path(__file__).parent / "controller_command_doubles"
 SHELLS = ["bash", "dash"]
@@ -240,15 +244,34 @@ def test_queue_runs_squeue_with_the_fixed_format_as_the_job_user(fake, shell):
 def test_status_lists_nodes_with_reasons_then_running_jobs(fake, shell):
     ran = fake.run(remote.status_script(fake.controller), shell)
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout == "NODES\nsinfo double\n\nRUNNING JOBS\nsqueue double\n"
+    assert ran.stdout == (
+        "NODES\nsinfo double\n\nDRAINED BY HEALTH CHECKS\nnone\n\nRUNNING JOBS\nsqueue double\n"
+    )
     slurm_calls = [c[5:] for c in _docker_execs(ran)]
     assert slurm_calls == [
         ["sinfo", "-N", f"--format={remote.NODE_FORMAT}"],
+        ["sinfo", "--list-reasons", "--noheader", "--format=%N %E"],
         ["squeue", "--states=RUNNING", f"--format={remote.QUEUE_FORMAT}"],
     ]
     # the node's state (%T: drained, draining, idle...) and its reason (%E)
     assert re.search(r"%-?[0-9]*T", remote.NODE_FORMAT)
     assert remote.NODE_FORMAT.endswith("%E")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_status_lists_the_nodes_the_health_checks_drained_by_their_reason_prefix(fake, shell):
+    reasons = (
+        f"trn-1 {SLURM_DRAIN_REASON_PREFIX} neuron devices 15 of 16\n"
+        "trn-2 maintenance by the operator\n"
+        f"trn-3 {SLURM_DRAIN_REASON_PREFIX} shared fs /fsx missing"
+    )
+    ran = fake.run(remote.status_script(fake.controller), shell, SINFO_DOUBLE_REASONS=reasons)
+    assert ran.returncode == 0, ran.stderr
+    section = ran.stdout.split("DRAINED BY HEALTH CHECKS\n")[1].split("\n\n")[0]
+    assert section.splitlines() == [
+        "trn-1 cdk-trn: neuron devices 15 of 16",
+        "trn-3 cdk-trn: shared fs /fsx missing",
+    ]
 
 
 # --- logs ------------------------------------------------------------------------------------

@@ -209,6 +209,10 @@ def test_healthy_node_writes_efa_and_logical_nc_environment(node, trn2):
     assert env["NEURON_LOGICAL_NC_CONFIG"] == "2"
     assert env["NEURON_COMPILE_CACHE_URL"] == "/var/cache/neuron-compile-cache"
     assert "NEURON_RT_ULTRASERVER_MODE" not in env
+    # The Slurm health check's replacement request names this instance in its region.
+    assert env["CDK_TRN_REPLACE_ON_HARDWARE_FAILURE"] == "1"
+    assert env["CDK_TRN_INSTANCE_ID"] == INSTANCE_ID
+    assert env["CDK_TRN_REGION"] == "us-east-2"
     assert (node.root / "var/cache/neuron-compile-cache").is_dir()
     profile = (node.root / "etc/profile.d/cdk-trn-env.sh").read_text()
     assert f". {node.root}/etc/cdk-trn/env" in profile
@@ -651,3 +655,52 @@ def test_ultraserver_node_adds_its_server_id_as_a_feature(node, trn2u_slurm):
         ["bash", "-c", f'. "{identity}"; echo "$FEATURES"'], capture_output=True, text=True
     )
     assert sourced.stdout.strip() == f"trn2u.48xlarge,efa,us-{SERVER_ID}"
+
+
+# --- metrics: a timer publishes what the collector in the Slurm container prints -------------
+
+METRIC_DATA = '[{"MetricName":"NeuronCoreUtilization","Value":50,"Unit":"Percent"}]'
+
+
+def test_slurm_node_starts_the_metrics_timer_that_runs_the_helper(node, trn2_slurm):
+    result = node.boot(trn2_slurm)
+    assert result.returncode == 0, result.output
+    assert ["enable", "--now", "cdk-trn-metrics.timer"] in result.calls_to("systemctl")
+    unit = (node.root / "etc/systemd/system/cdk-trn-metrics.service").read_text()
+    assert "ExecStart=/usr/local/sbin/cdk-trn-node publish-metrics" in unit
+    timer = (node.root / "etc/systemd/system/cdk-trn-metrics.timer").read_text()
+    assert "OnUnitActiveSec=60s" in timer
+
+
+def test_publish_metrics_puts_the_collectors_output_into_the_node_namespace(node, trn2_slurm):
+    result = _helper(node, trn2_slurm, "publish-metrics", DOCKER_DOUBLE_EXEC_OUTPUT=METRIC_DATA)
+    assert result.returncode == 0, result.output
+    execs = [c for c in result.calls_to("docker") if c[0] == "exec"]
+    assert execs == [
+        [
+            "exec",
+            "cdk-trn-slurmd",
+            "/opt/cdk-trn/cdk_trn_runtime/monitoring/node_metrics.sh",
+            "test-cluster",
+        ]
+    ]
+    puts = [c for c in result.calls_to("aws") if c[:2] == ["cloudwatch", "put-metric-data"]]
+    assert puts == [
+        [
+            "cloudwatch",
+            "put-metric-data",
+            "--region",
+            "us-east-2",
+            "--namespace",
+            "cdk-trn/Node",
+            "--metric-data",
+            METRIC_DATA,
+        ]
+    ]
+
+
+@pytest.mark.parametrize("failing", ["docker", ""])
+def test_publish_metrics_with_nothing_collected_puts_nothing(node, trn2_slurm, failing):
+    result = _helper(node, trn2_slurm, "publish-metrics", DOUBLES_FAILING=failing)
+    assert result.returncode == 0, result.output
+    assert [c for c in result.calls_to("aws") if c[:1] == ["cloudwatch"]] == []

@@ -57,3 +57,13 @@ def test_settings_refuse_bad_steps():
     assert settings({"CDK_TRN_SHARED_ROOT": "/fsx"}).checkpoint_dir == Path(
         "/fsx/checkpoints/train"
     )
+
+
+def test_settings_take_a_step_sleep_and_refuse_bad_ones():
+    from cdk_trn_runtime.train.__main__ import settings
+
+    assert settings({}).step_sleep == 0
+    assert settings({"TRAIN_STEP_SLEEP": "1.5"}).step_sleep == 1.5
+    for bad in ("-1", "soon", "61"):
+        with pytest.raises(ValueError, match="TRAIN_STEP_SLEEP must be a number of seconds"):
+            settings({"TRAIN_STEP_SLEEP": bad})

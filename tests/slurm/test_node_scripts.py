@@ -266,3 +266,86 @@ def test_proc_scan_finds_device_holders_where_fuser_is_missing(node, processes):
     script = f". {SCRIPTS / 'node_checks.sh'}; proc_holders {node.root / 'dev' / 'neuron'}"
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == [str(holder.pid)]
+
+
+# --- replacement: a hardware failure marks the instance Unhealthy in its Auto Scaling group ---
+
+
+@pytest.fixture
+def aws_calls(node: FakeNode) -> Path:
+    """A test double of the AWS CLI that records its arguments (one call a line)."""
+    calls = node.root.parent / "aws.calls"
+    _double(node.bin / "aws", f'echo "$*" >> {calls}\n')
+    return calls
+
+
+def _on_the_cloud(node: FakeNode) -> None:
+    with node.env_file.open("a") as env:
+        env.write(
+            f"{contract.SLURM_ENV_REPLACE_ON_HARDWARE_FAILURE}=1\n"
+            f"{contract.SLURM_ENV_INSTANCE_ID}=i-0123456789abcdef0\n"
+            f"{contract.SLURM_ENV_REGION}=us-east-2\n"
+        )
+
+
+SET_UNHEALTHY = (
+    "autoscaling set-instance-health --region us-east-2 --instance-id i-0123456789abcdef0 "
+    "--health-status Unhealthy --no-should-respect-grace-period"
+)
+
+
+@pytest.mark.parametrize("script", ["healthcheck.sh", "prolog.sh"])
+def test_missing_neuron_device_on_the_cloud_drains_and_asks_for_a_replacement(
+    node, aws_calls, script
+):
+    _on_the_cloud(node)
+    (node.root / "dev" / "neuron3").unlink()
+    result = node.run(script, SLURM_JOB_ID="7")
+    assert result.returncode == 1
+    assert node.scontrol_calls() == [
+        "update nodename=n1 state=drain reason=cdk-trn: neuron devices 3 of 4"
+    ]
+    assert aws_calls.read_text().splitlines() == [SET_UNHEALTHY]
+
+
+def test_missing_efa_device_on_the_cloud_asks_for_a_replacement(node, aws_calls):
+    _on_the_cloud(node)
+    (node.root / "sys" / "class" / "infiniband" / "rdmap1s0").rmdir()
+    assert node.run("healthcheck.sh").returncode == 1
+    assert aws_calls.read_text().splitlines() == [SET_UNHEALTHY]
+
+
+def test_shared_fs_failure_drains_but_does_not_replace(node, aws_calls):
+    # A file system outage would fail every node alike: new instances would not help.
+    _on_the_cloud(node)
+    node.shared.rmdir()
+    assert node.run("healthcheck.sh").returncode == 1
+    assert node.scontrol_calls() == [
+        f"update nodename=n1 state=drain reason=cdk-trn: shared fs {node.shared} missing"
+    ]
+    assert not aws_calls.exists()
+
+
+def test_stale_holder_drains_but_does_not_replace(node, aws_calls, processes):
+    _on_the_cloud(node)
+    processes.append(_holder(node.root / "dev" / "neuron0"))
+    assert node.run("healthcheck.sh").returncode == 1
+    assert "stale neuron device holders" in node.scontrol_calls()[0]
+    assert not aws_calls.exists()
+
+
+def test_hardware_failure_off_the_cloud_never_calls_aws(node, aws_calls):
+    # The local cluster's environment has no replacement flag.
+    (node.root / "dev" / "neuron3").unlink()
+    assert node.run("healthcheck.sh").returncode == 1
+    assert not aws_calls.exists()
+
+
+def test_a_failed_replacement_request_is_logged_and_the_node_stays_drained(node):
+    _on_the_cloud(node)
+    _double(node.bin / "aws", "echo 'AccessDenied' >&2\nexit 254\n")
+    (node.root / "dev" / "neuron3").unlink()
+    result = node.run("healthcheck.sh")
+    assert result.returncode == 1
+    assert "set-instance-health failed for i-0123456789abcdef0" in result.stderr
+    assert len(node.scontrol_calls()) == 1

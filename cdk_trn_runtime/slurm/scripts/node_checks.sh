@@ -11,6 +11,10 @@
 #   CDK_TRN_EPILOG_USER_SWEEP        1 (default): the epilog may kill all of the job user's
 #                                    processes; 0 where the host is not the cluster's alone
 #   SLURM_CONF                       slurm.conf for scontrol and squeue, when not the default
+#   CDK_TRN_REPLACE_ON_HARDWARE_FAILURE  1 on the cloud (node_bootstrap.sh): a node drained for a
+#                                    hardware reason also asks its Auto Scaling group to replace
+#                                    it; unset on the local cluster
+#   CDK_TRN_INSTANCE_ID, CDK_TRN_REGION  the instance to mark Unhealthy, and its region
 # slurmd starts these scripts with an almost empty environment; system paths come last so
 # test doubles earlier on PATH win.
 PATH="${PATH:+$PATH:}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -135,4 +139,32 @@ node_problem() {
 drain_node() {
   log "draining: $1"
   scontrol update nodename="$NODE" state=drain reason="cdk-trn: $1"
+}
+
+# Hardware reasons: a Neuron or EFA device count below the catalog's. A new instance fixes these;
+# it does not fix a shared file system that is down (every node would be replaced, and the new
+# ones would fail the same check) nor a stale process (the epilog or an operator ends those).
+is_hardware_problem() {
+  case "$1" in "neuron devices "* | "efa devices "*) return 0 ;; esac
+  return 1
+}
+
+# On the cloud, a node drained for a hardware reason marks its instance Unhealthy; its Auto
+# Scaling group terminates and replaces it (the node role may do this for its own group only).
+# The terminating node leaves Slurm (node_bootstrap.sh slurmd-leave); the new one registers as a
+# dynamic node and takes jobs. Repeated on every failed check until the group acts (idempotent).
+replace_if_hardware() {
+  [ "${CDK_TRN_REPLACE_ON_HARDWARE_FAILURE:-0}" = 1 ] || return 0
+  is_hardware_problem "$1" || return 0
+  if [ -z "${CDK_TRN_INSTANCE_ID:-}" ]; then
+    log "cannot request a replacement: CDK_TRN_INSTANCE_ID is not set"
+    return 1
+  fi
+  log "hardware failure ($1): asking the Auto Scaling group to replace $CDK_TRN_INSTANCE_ID"
+  if ! aws autoscaling set-instance-health ${CDK_TRN_REGION:+--region "$CDK_TRN_REGION"} \
+    --instance-id "$CDK_TRN_INSTANCE_ID" --health-status Unhealthy \
+    --no-should-respect-grace-period; then
+    log "set-instance-health failed for $CDK_TRN_INSTANCE_ID; the next check tries again"
+    return 1
+  fi
 }

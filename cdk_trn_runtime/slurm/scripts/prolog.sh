@@ -9,6 +9,7 @@ load_node_env
 problem=$(node_problem)
 if [ -n "$problem" ]; then
   drain_node "$problem" || true
+  replace_if_hardware "$problem" || true
   log "prolog of job ${SLURM_JOB_ID:-?} failed: $problem"
   exit 1
 fi

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Slurm node states and queue depth as CloudWatch metric data (the JSON list that
+# `aws cloudwatch put-metric-data --namespace cdk-trn/Slurm --metric-data` takes) on stdout.
+#
+#   slurm_metrics.sh <cluster name>
+#
+# Runs where sinfo and squeue reach slurmctld (the controller's container); the controller's
+# timer publishes the output (controller_bootstrap.sh publish-metrics). Each node counts once, in
+# one of: NodesIdle, NodesAllocated (allocated or completing), NodesMixed, NodesDrained (drained
+# or draining), NodesDown (down, failed, not responding); JobsRunning and JobsPending. Exits
+# non-zero and prints nothing when Slurm does not answer: no sample beats a wrong zero.
+# Metric names: cdk_trn_runtime/contract.py SLURM_NODE_STATE_METRICS, SLURM_JOB_METRICS.
+set -euo pipefail
+
+cluster="${1:-}"
+if ! [[ $cluster =~ ^[a-z][a-z0-9-]{0,38}$ ]]; then
+  echo "usage: $0 <cluster name: lower-case letters, digits, '-'>" >&2
+  exit 2
+fi
+
+# One line per node and partition: "<node> <compact state>", e.g. "trn-1 drng" or "trn-2 idle*".
+nodes=$(sinfo -h -N -o '%N %t') || { echo "sinfo failed" >&2; exit 1; }
+running=$(squeue -h -t RUNNING -o %A) || { echo "squeue failed" >&2; exit 1; }
+pending=$(squeue -h -t PENDING -o %A) || { echo "squeue failed" >&2; exit 1; }
+
+idle=0 allocated=0 mixed=0 drained=0 down=0
+while read -r node state; do
+  [ -n "$node" ] || continue
+  # '*' not responding, '~' powered off, '#' powering up, '%' powering down, '$' maintenance,
+  # '@' reboot pending, '^' reboot issued, '!' pending power down, '-' planned.
+  responding=1
+  [[ $state == *'*' ]] && responding=0
+  state="${state%%[*~#%\$@^!-]*}"
+  case "$state" in
+    drain | drng | drained | draining) drained=$((drained + 1)) ;;
+    down | fail | failg | boot) down=$((down + 1)) ;;
+    *) if [ "$responding" = 0 ]; then down=$((down + 1)); else
+      case "$state" in
+        idle) idle=$((idle + 1)) ;;
+        alloc | comp) allocated=$((allocated + 1)) ;;
+        mix) mixed=$((mixed + 1)) ;;
+        *) down=$((down + 1)) ;;
+      esac
+    fi ;;
+  esac
+done < <(sort -u -k1,1 <<< "$nodes")
+
+count() { grep -c . <<< "$1" || true; }
+
+metric() {
+  printf '{"MetricName":"%s","Value":%d,"Unit":"Count","Dimensions":[{"Name":"Cluster","Value":"%s"}]}' \
+    "$1" "$2" "$cluster"
+}
+
+printf '[%s,%s,%s,%s,%s,%s,%s]\n' \
+  "$(metric NodesIdle "$idle")" \
+  "$(metric NodesAllocated "$allocated")" \
+  "$(metric NodesMixed "$mixed")" \
+  "$(metric NodesDrained "$drained")" \
+  "$(metric NodesDown "$down")" \
+  "$(metric JobsRunning "$(count "$running")")" \
+  "$(metric JobsPending "$(count "$pending")")"
