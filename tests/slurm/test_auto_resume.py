@@ -120,6 +120,9 @@ def test_job_on_a_failed_node_is_requeued_and_resumes_after_up_replaces_the_node
         "CHECKPOINT_EVERY": str(CHECKPOINT_EVERY),
         "CHECKPOINT_DIR": str(checkpoints),
         "TRAIN_STEP_SLEEP": STEP_SLEEP,
+        # Not the port the job id picks: another local cluster on this host (the other test
+        # module's, under xdist) numbers its jobs alike.
+        "TRAIN_MASTER_PORT": str(local._free_ports(1)[0]),
     }
     result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=60, cwd="/")
     assert result.returncode == 0, result.stderr
@@ -161,6 +164,7 @@ def test_job_on_a_failed_node_is_requeued_and_resumes_after_up_replaces_the_node
         if _job_state(cluster, job) not in ("COMPLETED", "FAILED", "CANCELLED", ""):
             cluster.run("scancel", job)
 
+    assert f"master=127.0.0.1:{env['TRAIN_MASTER_PORT']} " in text
     assert "train.sbatch: job=" + job + " restart=0" in text
     assert "train.sbatch: job=" + job + " restart=1" in text
     resumed = re.findall(r"^train: resumed step=(\d+) from=(\S+)$", text, re.MULTILINE)
