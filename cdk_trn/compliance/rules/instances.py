@@ -68,9 +68,9 @@ def is_trainium(resource: TemplateResource) -> bool:
     return False
 
 
-def trainium_only(check: Callable[[TemplateResource], Compliance]) -> Callable[
-    [TemplateResource], Compliance
-]:
+def trainium_only(
+    check: Callable[[TemplateResource], Compliance],
+) -> Callable[[TemplateResource], Compliance]:
     """``check`` on Trainium nodes, NOT_APPLICABLE on everything else."""
 
     def checked(resource: TemplateResource) -> Compliance:
