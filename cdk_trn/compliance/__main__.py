@@ -139,7 +139,8 @@ def run(
         if evidence.report.findings:
             lines += [evidence.report.format_table(), ""]
         lines += evidence.summary_lines()
-        lines += [f"linted: {', '.join(evidence.linted)}"] if evidence.linted else []
+        if evidence.linted:
+            lines += ["cfn-lint:", *(f"  {stack}" for stack in evidence.linted)]
         lines += [f"  {p}" for p in evidence.problems]
         text = "\n".join(lines)
     print(text, file=stream)  # type: ignore[call-overload]

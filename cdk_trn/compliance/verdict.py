@@ -36,6 +36,10 @@ from cdk_trn.compliance.report import (
 )
 
 NO_PACK_RAN = "no compliance pack ran on this assembly: call enable_compliance(app) before synth"
+NO_REPORT = (
+    "No validation report in the assembly although packs ran: the packs' findings are missing "
+    "(was validation-report.json deleted, or CDK_VALIDATION=false set?)"
+)
 #: Namespaces of the regulated packs; one ``acknowledge_regulated`` call writes one per pack.
 _REGULATED = ("NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321")
 _ANNOTATION = "Annotation::"
@@ -107,6 +111,8 @@ class Evidence:
     unused: tuple[UnusedAcknowledgment, ...] = ()
     silences: tuple[Silence, ...] = ()
     linted: tuple[str, ...] = field(default=())
+    #: Packs were recorded at synth but the assembly holds no validation report.
+    report_missing: bool = False
 
     @property
     def blocking(self) -> list[Finding]:
@@ -116,6 +122,7 @@ class Evidence:
     def problems(self) -> list[str]:
         """One line per reason the verdict is FAIL."""
         lines = [] if self.packs_ran else [NO_PACK_RAN]
+        lines += [NO_REPORT] if self.report_missing else []
         lines += [f.line() for f in self.blocking]
         if self.policy.fail_on_unused_acknowledgments:
             lines += [u.line() for u in self.unused]
@@ -303,8 +310,8 @@ def _lint_findings(
     linted: list[str] = []
     for stack in stack_templates(directory):
         region = stack.region or DEFAULT_REGION
-        linted.append(f"{stack.name} [{region}]")
         template = str(stack.template_path.relative_to(directory))
+        before = len(findings)
         for issue in lint_template(stack.template_path, region):
             if issue.rule_id in ignores:
                 continue
@@ -322,6 +329,9 @@ def _lint_findings(
                     template=template,
                 )
             )
+        issues = findings[before:]
+        errors = sum(1 for f in issues if f.is_error)
+        linted.append(f"{stack.name} [{region}]: {errors} errors, {len(issues) - errors} warnings")
         for logical_id, rule, reason in ignored_checks(stack.template_path):
             silences.append(Silence(rule, logical_id, stack.name, reason))
     for rule, reason in ignores.items():
@@ -359,7 +369,8 @@ def evaluate(
     policy = policy or Policy()
     ignores = dict(ignore_cfn_lint or {})
     recorded, acknowledgments = read_record(directory)
-    report = load_report(directory) or ComplianceReport((), ())
+    loaded = load_report(directory)
+    report = loaded or ComplianceReport((), ())
     by_path = {path: key for key, path in logical_ids(directory).items()}
     findings = [_with_logical_id(f, by_path) for f in report.findings]
     ran = tuple(p for p in recorded)
@@ -377,8 +388,16 @@ def evaluate(
     shown = tuple(dict.fromkeys([*ran, *(f.pack for f in findings)]))
     judged = ComplianceReport(tuple(findings), shown, report.source)
     unused = unused_acknowledgments(acknowledgments, judged.findings, ran)
+    recorded_ran = [p for p in recorded if p in ran]
     return Evidence(
-        judged, policy, ran, acknowledgments, tuple(unused), tuple(silences), tuple(linted)
+        judged,
+        policy,
+        ran,
+        acknowledgments,
+        tuple(unused),
+        tuple(silences),
+        tuple(linted),
+        report_missing=loaded is None and bool(recorded_ran),
     )
 
 
