@@ -20,7 +20,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from cdk_trn.compliance.acknowledge import MIN_REASON_LENGTH
 from cdk_trn.compliance.packs import Pack
@@ -117,7 +117,7 @@ def sarif(evidence: Evidence) -> dict[str, Any]:
 
 def run(
     assembly_dir: Path,
-    out: object = None,
+    out: TextIO | None = None,
     *,
     packs: Sequence[str] | None = None,
     ignores: dict[str, str] | None = None,
@@ -143,7 +143,7 @@ def run(
             lines += ["cfn-lint:", *(f"  {stack}" for stack in evidence.linted)]
         lines += [f"  {p}" for p in evidence.problems]
         text = "\n".join(lines)
-    print(text, file=stream)  # type: ignore[call-overload]
+    print(text, file=stream)
     return 0 if evidence.passed else 1
 
 
