@@ -26,10 +26,11 @@ def main() -> int:
         print(f"cdk-trn: invalid configuration: {error}", file=sys.stderr)
         return 2
     try:
-        report = synth_checked(app)
+        # Unused acknowledgments in cdk_trn's own constructs are listed, not yet fatal: see
+        # issue 11 (the constructs' stale acknowledgments are being removed by their owners).
+        report = synth_checked(app, fail_on_unused_acknowledgments=False)
     except ComplianceError as error:
-        print(error.report.format_summary(), file=sys.stderr)
-        print(f"cdk-trn: {error}", file=sys.stderr)
+        print(f"cdk-trn: {error}", file=sys.stderr)  # one line per problem, printed once
         return 1
     summary = format_cluster_summary(default.cluster, default.storage_stack.file_system)
     print(summary, file=sys.stderr)

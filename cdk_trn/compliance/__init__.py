@@ -6,7 +6,7 @@ In an app::
     enable_compliance(app)            # AwsSolutions, NIST R5, HIPAA, PCI DSS, TrainiumChecks
     ...                               # stacks
     report = synth_checked(app)       # raises ComplianceError on an unacknowledged error finding
-    print(report.format_summary())
+    print(report.format_summary(), file=sys.stderr)   # stdout stays the template
 
 In tests: ``findings_of(stack)`` returns :class:`Finding` records; ``lint_template(template,
 region)`` returns cfn-lint's errors and warnings. On the command line:

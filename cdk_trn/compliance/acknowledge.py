@@ -12,7 +12,9 @@ silence_cfn_lint``:
   wildcard it covers. The granular finding ids are computed at synth time from the policies, so no
   id is written by hand; a wildcard that is not listed stays a finding and fails the synth.
 * :func:`silence_cfn_lint` ``(resource, rule, reason)``: a cfn-lint check on one resource, with
-  the reason recorded next to it; ``python -m cdk_trn.compliance cdk.out`` lists each silence.
+  the reason recorded next to it, for cfn-lint and aws-cdk-lib's validator alike (also what
+  ``acknowledge`` does with an ``E``/``W`` id); the gate and ``python -m cdk_trn.compliance``
+  list each silence with its reason.
 
 Why the qualified ids: aws-cdk-lib (2.275) records ``Validations.of(c).acknowledge(...)`` as
 construct metadata keyed by a *qualified* id, ``<plugin namespace>::<rule id>``; an id without a
@@ -92,16 +94,27 @@ def _check_reason(subject: str, reason: str) -> None:
 
 
 def acknowledge(construct: IConstruct, rule_id: str, reason: str) -> None:
-    """Acknowledge ``rule_id`` on ``construct`` (and its children) with a specific ``reason``."""
+    """Acknowledge ``rule_id`` on ``construct`` (and its children) with a specific ``reason``.
+
+    A cfn-lint id (``W3010``, ``E3628``) is the same thing as :func:`silence_cfn_lint`: one
+    mechanism for template checks, honoured by cfn-lint and by aws-cdk-lib's validator alike.
+    """
     _check_reason(f"acknowledging {rule_id}", reason)
+    if re.fullmatch(r"[EW]\d{4}", rule_id):
+        silence_cfn_lint(construct, rule_id, reason)
+        return
     cdk.Validations.of(construct).acknowledge(
         cdk.Acknowledgment(id=qualified_rule_id(rule_id), reason=reason)
     )
 
 
 def acknowledge_regulated(construct: IConstruct, rule: str, reason: str) -> None:
-    """Acknowledge ``<pack>-<rule>`` for each regulated pack (one reason for all); a pack without
-    that rule never reports it, so its acknowledgment stays unused."""
+    """Acknowledge ``<pack>-<rule>`` for NIST 800-53 R5, HIPAA Security and PCI DSS 3.2.1 with
+    one call and one reason: the one way to cover a rule the regulated packs share
+    (``acknowledge_regulated(fn, "LambdaInsideVPC", "...")``).
+
+    The three acknowledgments count as used together: the call is unused only when none of the
+    enabled regulated packs that have the rule reports it on ``construct`` or its children."""
     for pack in REGULATED_PACKS:
         acknowledge(construct, f"{pack}-{rule}", reason)
 
@@ -265,3 +278,8 @@ def silence_cfn_lint(resource: IConstruct, rule: str, reason: str) -> None:
     reasons = dict(cfn.get_metadata(SILENCE_REASONS_METADATA) or {})
     reasons[rule] = reason
     cfn.add_metadata(SILENCE_REASONS_METADATA, reasons)
+    # aws-cdk-lib's own template validator reports some of cfn-lint's rules under the same id
+    # and does not read the metadata above: the same silence, with the same reason, for it.
+    cdk.Validations.of(cfn).acknowledge(
+        cdk.Acknowledgment(id=f"{CFN_VALIDATE_NAMESPACE}::{rule}", reason=reason)
+    )

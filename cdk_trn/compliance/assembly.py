@@ -83,3 +83,32 @@ def stack_templates(assembly_dir: str | Path) -> list[StackTemplate]:
         elif kind == "cdk:cloud-assembly":
             templates += stack_templates(directory / props["directoryName"])
     return templates
+
+
+def logical_ids(assembly_dir: str | Path) -> dict[tuple[str, str], str]:
+    """``(template file, logical id) -> construct path`` for every resource of the assembly.
+
+    From the ``aws:cdk:logicalId`` metadata of each stack artifact (in ``manifest.json`` or, in
+    newer assemblies, the artifact's ``additionalMetadataFile``).
+    """
+    directory = Path(assembly_dir)
+    found: dict[tuple[str, str], str] = {}
+    artifacts: dict[str, Any] = _manifest(directory).get("artifacts", {})
+    for artifact in artifacts.values():
+        props = artifact.get("properties", {})
+        if artifact.get("type") == "cdk:cloud-assembly":
+            nested = props["directoryName"]
+            for (template, logical_id), path in logical_ids(directory / nested).items():
+                found[(f"{nested}/{template}", logical_id)] = path
+            continue
+        if artifact.get("type") != "aws:cloudformation:stack":
+            continue
+        metadata = dict(artifact.get("metadata") or {})
+        extra = artifact.get("additionalMetadataFile")
+        if extra and (directory / extra).is_file():
+            metadata.update(json.loads((directory / extra).read_text(encoding="utf-8")))
+        for path, entries in metadata.items():
+            for entry in entries or []:
+                if entry.get("type") == "aws:cdk:logicalId":
+                    found[(props["templateFile"], str(entry.get("data")))] = path.lstrip("/")
+    return found

@@ -19,30 +19,107 @@ asked), naming the rule, the resource path and the pack.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import aws_cdk as cdk
+import jsii
 from constructs import IConstruct
 
+from cdk_trn.compliance.depends_on import drop_implied_depends_on
 from cdk_trn.compliance.packs import CLOUDFORMATION_VALIDATE, DEFAULT_PACKS, Pack, create_pack
-from cdk_trn.compliance.report import ComplianceReport, Finding, load_report, write_packs_file
+from cdk_trn.compliance.report import PACKS_FILE, ComplianceReport, Finding
+from cdk_trn.compliance.verdict import Evidence, Policy, evaluate
 from cdk_trn.errors import CdkTrnError
+
+#: Construct metadata aws-cdk-lib records each ``Validations.of(c).acknowledge`` under.
+ACKNOWLEDGED_RULES = "aws:cdk:acknowledged-rules"
+#: Name of the recording plugin; it never reports a finding.
+RECORDER_NAME = "cdk-trn-record"
+#: ``Finding.pack`` of the entries ``findings_of`` adds for acknowledgments that cover nothing.
+UNUSED_ACKNOWLEDGMENT = "unused acknowledgment"
 
 
 class ComplianceError(CdkTrnError):
-    """The synthesized app has unacknowledged findings; ``report`` holds all of them."""
+    """The synthesized app fails the verdict; ``report`` holds every finding, ``evidence`` the
+    unused acknowledgments and cfn-lint silences too."""
 
-    def __init__(self, message: str, report: ComplianceReport) -> None:
+    def __init__(self, message: str, report: ComplianceReport, evidence: Evidence) -> None:
         super().__init__(message)
         self.report = report
+        self.evidence = evidence
 
 
 @dataclass
 class _AppCompliance:
     packs: list[Pack] = field(default_factory=list)
     report: ComplianceReport | None = None
+    evidence: Evidence | None = None
+    recorder: bool = False
+
+
+def under_cdk_cli() -> bool:
+    """Whether the CDK CLI (``cdk synth``/``deploy``) runs this app; it judges the report itself."""
+    return "CDK_CLI_VERSION" in os.environ or "CDK_CLI_ASM_VERSION" in os.environ
+
+
+def recorded_acknowledgments(app: cdk.App) -> list[dict[str, str]]:
+    """Every acknowledgment in the tree: ``{"path", "id", "reason"}`` as aws-cdk-lib stored it."""
+    found = []
+    for construct in app.node.find_all():
+        for entry in construct.node.metadata:
+            if entry.type == ACKNOWLEDGED_RULES and isinstance(entry.data, Mapping):
+                for rule_id, reason in entry.data.items():
+                    found.append({"path": construct.node.path, "id": rule_id, "reason": reason})
+    return found
+
+
+@jsii.implements(cdk.IPolicyValidationPlugin)
+class _Recorder:
+    """Writes ``cdk-trn-compliance.json`` (packs that ran, every acknowledgment) into the
+    assembly during validation, so any synthesis (``cdk synth`` too) leaves the record the
+    verdict needs. Reports nothing itself."""
+
+    def __init__(self, app: cdk.App) -> None:
+        self._app = weakref.ref(app)
+
+    @property
+    def name(self) -> str:
+        return RECORDER_NAME
+
+    @property
+    def version(self) -> str | None:
+        return None
+
+    @property
+    def rule_ids(self) -> list[str] | None:
+        return None
+
+    def validate(self, context: Any) -> cdk.PolicyValidationPluginReport:
+        app = self._app()
+        if app is not None:
+            record = {
+                "packs": [p.value for p in _state(app).packs],
+                "acknowledgments": recorded_acknowledgments(app),
+            }
+            path = Path(app.outdir) / PACKS_FILE
+            path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        return cdk.PolicyValidationPluginReport(success=True, violations=[])
+
+
+@jsii.implements(cdk.IAspect)
+class _DropImpliedDependsOn:
+    """CDK's own redundant DependsOn (cfn-lint W3005 on every ``lambda.Function``), once."""
+
+    def visit(self, node: IConstruct) -> None:
+        if cdk.Stack.is_stack(node):
+            drop_implied_depends_on(node)
 
 
 # Keyed by the App object itself: jsii hands back the same Python object for the same app, and
@@ -75,12 +152,14 @@ def enable_compliance(
             "enable_compliance needs the cdk.App itself (validation plugins live on it)"
         )
     state = _state(app)
-    if state.report is not None:
-        raise CdkTrnError("enable_compliance must be called before the app is synthesized")
     for pack in Pack.parse_all(packs):
         if pack not in state.packs:
             cdk.Validations.of(app).add_plugins(create_pack(pack, app, verbose=verbose))
             state.packs.append(pack)
+    if not state.recorder:
+        state.recorder = True
+        cdk.Validations.of(app).add_plugins(_Recorder(app))
+        cdk.Aspects.of(app).add(_DropImpliedDependsOn())
     return tuple(state.packs)
 
 
@@ -88,12 +167,11 @@ def enabled_packs(app: cdk.App) -> tuple[Pack, ...]:
     return tuple(_state(app).packs)
 
 
-def _synthesize(app: cdk.App) -> ComplianceReport:
-    state = _state(app)
-    if state.report is not None:
-        return state.report
+def _synthesize(app: cdk.App, *, fresh: bool) -> str:
+    """Synthesize ``app`` (again, with ``fresh``: every plugin runs on the current tree) and
+    return the assembly directory."""
     try:
-        directory = app.synth().directory
+        directory: str = app.synth(force=fresh, error_on_duplicate_synth=False).directory
     except RuntimeError as error:
         # aws-cdk-lib raises after writing the assembly and the report; we judge the report.
         # Construct validation errors (``ValidationFailedWithErrors``) come before anything is
@@ -101,25 +179,49 @@ def _synthesize(app: cdk.App) -> ComplianceReport:
         if "ValidationFailed" not in str(error) or "ValidationFailedWithErrors" in str(error):
             raise
         directory = app.outdir
-    packs = [pack.value for pack in state.packs]
-    write_packs_file(directory, packs)
-    state.report = load_report(directory) or ComplianceReport((), tuple(packs))
-    return state.report
+    return directory
 
 
-def synth_checked(app: cdk.App, *, fail_on_warnings: bool = False) -> ComplianceReport:
-    """Synthesize ``app`` and return its :class:`ComplianceReport`.
+def synth_checked(
+    app: cdk.App,
+    *,
+    fail_on_warnings: bool = True,
+    fail_on_unused_acknowledgments: bool = True,
+    cfn_lint: bool = True,
+    ignore_cfn_lint: Mapping[str, str] | None = None,
+) -> ComplianceReport:
+    """Synthesize ``app``, judge it as ``python -m cdk_trn.compliance`` does, and return the
+    :class:`ComplianceReport` (pack findings, and cfn-lint's when ``cfn_lint``).
 
-    Raises :class:`ComplianceError` if any finding of level error (or warning, with
-    ``fail_on_warnings``) is not acknowledged, whatever aws-cdk-lib does by default.
+    Raises :class:`ComplianceError` on an open error, an open warning (unless
+    ``fail_on_warnings=False``), an unused acknowledgment (unless
+    ``fail_on_unused_acknowledgments=False``), whatever aws-cdk-lib does by default.
+    ``ignore_cfn_lint`` maps a cfn-lint rule to the reason it is ignored in every template
+    (the command line's ``--ignore-cfn-lint RULE=REASON``).
+
+    Under the CDK CLI (``cdk synth``), findings the CLI itself reports are left to it, so its
+    per-finding ids are what the user sees; the rest (unused acknowledgments, cfn-lint) ends the
+    process with exit code 1 and one line each on stderr, without a traceback.
     """
-    if not _state(app).packs:
+    state = _state(app)
+    if not state.packs:
         raise CdkTrnError("synth_checked needs enable_compliance(app) before it")
-    report = _synthesize(app)
-    blocking = report.blocking(fail_on_warnings=fail_on_warnings)
-    if blocking:
-        raise ComplianceError(report.failure_message(blocking), report)
-    return report
+    if state.evidence is None:
+        directory = _synthesize(app, fresh=state.report is None)
+        policy = Policy(fail_on_warnings, fail_on_unused_acknowledgments)
+        state.evidence = evaluate(
+            directory, policy=policy, cfn_lint=cfn_lint, ignore_cfn_lint=ignore_cfn_lint
+        )
+        state.report = state.evidence.report
+    evidence = state.evidence
+    if evidence.passed:
+        return evidence.report
+    if under_cdk_cli():
+        print("\n".join(evidence.summary_lines()), file=sys.stderr)
+        if any(f.pack in evidence.packs_ran for f in evidence.blocking):
+            return evidence.report  # the CDK CLI fails the synth with its own ids
+        raise SystemExit(1)
+    raise ComplianceError(evidence.failure_message(), evidence.report, evidence)
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -129,10 +231,13 @@ def _under(path: str, prefix: str) -> bool:
 def findings_of(scope: IConstruct, packs: Iterable[Pack | str] | None = None) -> list[Finding]:
     """Findings (open and acknowledged) on ``scope`` and its children, for tests.
 
-    Synthesizes the app once (later calls reuse the result). ``packs`` limits the result to
-    those packs (plugin names such as ``"CloudFormation Validate"`` are accepted too) and enables
-    any that are missing, which is possible only before the first synthesis. Default: the
-    findings of every plugin that ran (enabling :data:`DEFAULT_PACKS` if no pack was enabled).
+    Each call synthesizes the app afresh (``force``), so the packs judge the tree as it is now,
+    whatever synthesized it before (``assertions.Template.from_stack`` included): never fewer
+    findings. ``packs`` limits the result to those packs (plugin names such as ``"CloudFormation
+    Validate"`` are accepted too) and enables any that are missing. Default: the findings of
+    every plugin that ran (enabling :data:`DEFAULT_PACKS` if no pack was enabled), plus one
+    error finding of pack ``"unused acknowledgment"`` per acknowledgment that covers nothing
+    (its ``rule_id`` is the acknowledged id, its ``description`` says why).
     """
     app = _root_app(scope)
     state = _state(app)
@@ -144,16 +249,25 @@ def findings_of(scope: IConstruct, packs: Iterable[Pack | str] | None = None) ->
         names = {p.value for p in chosen} | {str(p) for p in plugins}
         missing = [p for p in dict.fromkeys(chosen) if p not in state.packs]
         if missing:
-            if state.report is not None:
-                raise CdkTrnError(
-                    f"packs {[p.value for p in missing]} were not enabled before the app was "
-                    "synthesized; call enable_compliance(app, packs=...) first"
-                )
             enable_compliance(app, missing)
-    elif not state.packs and state.report is None:
+    elif not state.packs:
         enable_compliance(app)
-    report = _synthesize(app)
+    directory = _synthesize(app, fresh=True)
+    evidence = evaluate(directory, cfn_lint=False)
+    state.report, state.evidence = evidence.report, None
     prefix = scope.node.path
+    unused = [
+        Finding(
+            rule_id=u.acknowledgment.rule,
+            pack=UNUSED_ACKNOWLEDGMENT,
+            level="error",
+            path=u.acknowledgment.path,
+            description=u.why,
+        )
+        for u in evidence.unused
+    ]
     return [
-        f for f in report.findings if _under(f.path, prefix) and (names is None or f.pack in names)
+        f
+        for f in [*evidence.report.findings, *unused]
+        if _under(f.path, prefix) and (names is None or f.pack in names)
     ]

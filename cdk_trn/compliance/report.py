@@ -16,6 +16,7 @@ Pure Python: the command line reads assemblies with it without starting jsii.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -54,9 +55,30 @@ class Finding:
     def is_error(self) -> bool:
         return self.level in _ERROR_LEVELS
 
+    @property
+    def acknowledgment_id(self) -> str:
+        """The exact id to pass to ``acknowledge`` (or ``silence_cfn_lint``) for this finding."""
+        return self.rule_id
+
     def line(self) -> str:
+        """One line: level, rule, where, a short description and the id that acknowledges it."""
         where = self.path or "(no resource)"
-        return f"{self.rule_id} [{self.pack}, {self.level}] at {where}: {self.description}"
+        if self.logical_id:
+            where += f" ({self.logical_id})"
+        status = "acknowledged" if self.acknowledged else self.level
+        note = self.reason if self.acknowledged else short_text(self.description)
+        return f"{status} {self.rule_id} [{self.pack}] at {where}: {note}"
+
+    def __repr__(self) -> str:
+        status = "acknowledged" if self.acknowledged else f"OPEN {self.level}"
+        return f"Finding({self.rule_id} {status} at {self.path or '-'})"
+
+
+def short_text(text: str, limit: int = 120) -> str:
+    """The first sentence of ``text`` (control-id lists cut), at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    text = re.split(r" - \(Control IDs?:", text, maxsplit=1)[0]
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from constructs import Construct
 
 from cdk_trn._provider import DeployTimeProvider
 from cdk_trn._runtime import RUNTIME_ROOT, runtime_excludes
-from cdk_trn.compliance import acknowledge, acknowledge_regulated, acknowledge_wildcards
+from cdk_trn.compliance import acknowledge_regulated, acknowledge_wildcards
 from cdk_trn.errors import invalid
 from cdk_trn_runtime.eif_builder.buildspec import eif_buildspec
 from cdk_trn_runtime.eif_builder.handler import EIF_NAME, MEASUREMENTS_NAME
@@ -270,12 +270,8 @@ class EifBuild(Construct):
                 ],
             )
         )
-        acknowledge(
-            self.project,
-            "AwsSolutions-CB3",
-            "nitro-cli build-enclave drives a Docker daemon inside the build, which CodeBuild "
-            "provides only in privileged mode; the project has no VPC access and no vault secrets.",
-        )
+        # Privileged mode (nitro-cli build-enclave drives a Docker daemon): cdk-nag 3's
+        # AwsSolutions has no CB3 rule any more, so there is nothing to acknowledge.
         acknowledge_wildcards(
             self.project,
             "CDK's CodeBuild L2 always grants its default /aws/codebuild/<project> log group "

@@ -37,7 +37,6 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
-from cdk_trn._provider import acknowledge_deploy_time_functions
 from cdk_trn._resources import (
     access_log_bucket,
     allow_cloudwatch_logs,
@@ -116,6 +115,17 @@ KEY_STATE_OBJECT = "signing-key/key-state.json"
 PURPOSE_TAG = ("cdk-trn:purpose", "enclave")
 DISCOVERY_TAG_KEY = VAULT_DISCOVERY_TAG
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+
+
+#: Regulated packs' Lambda rules on the S3 prefix-list lookup function (AwsCustomResource's).
+_LOOKUP_FUNCTION_REASONS = {
+    "LambdaInsideVPC": "deploy-time S3 prefix-list lookup that calls only the EC2 control-plane "
+    "API and never touches vault data; the vault subnet has no route to that API",
+    "LambdaDLQ": "deploy-time S3 prefix-list lookup invoked synchronously by CloudFormation, "
+    "which reports every failure; a dead-letter queue would never receive an event",
+    "LambdaConcurrency": "deploy-time S3 prefix-list lookup that runs once per deploy; reserved "
+    "concurrency would only take capacity from the account's pool",
+}
 
 
 class VaultClient(Protocol):
@@ -661,8 +671,17 @@ class EnclaveKeyVault(Construct):
             and child.role is not None
             and stack.resolve(child.role.role_arn) == stack.resolve(lookup_role.role_arn)
         ]
-        for scope in (prefix_list, lookup_role, *lookup_functions):
-            acknowledge_deploy_time_functions(scope, "S3 prefix-list lookup")
+        # The Lambda rules fire on the function only; the role's policy is the inline one.
+        for function in lookup_functions:
+            for rule, reason in _LOOKUP_FUNCTION_REASONS.items():
+                acknowledge_regulated(function, rule, reason)
+        for scope in (prefix_list, lookup_role):
+            acknowledge_regulated(
+                scope,
+                "IAMNoInlinePolicy",
+                "aws-cdk-lib's AwsCustomResource writes the lookup role's single statement "
+                "(ec2:DescribeManagedPrefixLists) inline; the role serves this lookup alone",
+            )
         drop_implied_depends_on(self)
         self.s3_prefix_list_id = prefix_list.get_response_field("PrefixLists.0.PrefixListId")
         self.security_group.add_egress_rule(

@@ -242,7 +242,7 @@ def bad_resources() -> dict[str, tuple[Resources, str]]:
                     "PlainEbsLt": launch_template(
                         "EfaSg",
                         BlockDeviceMappings=[
-                            {"DeviceName": "/dev/xvda", "Ebs": {"Encrypted": False}}
+                            {"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 200}}
                         ],
                     )
                 },

@@ -130,4 +130,4 @@ def test_each_cfn_lint_silence_is_listed_with_its_reason(clean, tmp_path):
     edit_json(target / "Clean.template.json", silence)
     result = check(target)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert f"silenced W3005 on {silenced[0]}: {reason}" in result.stdout
+    assert f"silenced cfn-lint W3005 on Clean/{silenced[0]}: {reason}" in result.stdout

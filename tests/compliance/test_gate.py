@@ -25,13 +25,11 @@ def test_synth_with_ssh_open_to_the_world_exits_non_zero(broken):
 
 
 def test_failed_synth_names_the_rule_the_pack_and_the_resource(broken):
-    assert "AwsSolutions-EC23 [AwsSolutions, error] at Clean/OpenSsh" in broken.stderr
+    assert "AwsSolutions-EC23 [AwsSolutions] at Clean/OpenSsh" in broken.stderr
 
 
 def test_failed_synth_lists_every_open_finding_of_the_resource(broken):
-    assert (
-        "NIST.800.53.R5-EC2RestrictedSSH [NIST.800.53.R5, error] at Clean/OpenSsh" in broken.stderr
-    )
+    assert "NIST.800.53.R5-EC2RestrictedSSH [NIST.800.53.R5] at Clean/OpenSsh" in broken.stderr
 
 
 def test_clean_synth_has_no_open_finding_in_any_of_the_five_packs(clean):
@@ -66,17 +64,12 @@ def test_findings_of_filters_by_pack(clean):
     assert findings_of(clean.stack, packs=[Pack.AWS_SOLUTIONS]) == []
 
 
-def test_findings_of_rejects_a_pack_that_was_not_enabled_before_synthesis(clean):
-    with pytest.raises(CdkTrnError, match="Serverless"):
-        findings_of(clean.stack, packs=[Pack.SERVERLESS])
-
-
 def test_synth_checked_raises_compliance_error_with_the_report():
     app = cdk.App()
     assert enable_compliance(app, packs=["AwsSolutions"]) == (Pack.AWS_SOLUTIONS,)
     add_open_ssh(cdk.Stack(app, "Ssh"))
     with pytest.raises(
-        ComplianceError, match=r"AwsSolutions-EC23 \[AwsSolutions, error\] at Ssh/OpenSsh"
+        ComplianceError, match=r"AwsSolutions-EC23 \[AwsSolutions\] at Ssh/OpenSsh"
     ) as raised:
         synth_checked(app)
     assert "AwsSolutions-EC23" in {f.rule_id for f in raised.value.report.blocking()}
@@ -123,4 +116,4 @@ def test_default_app_with_ssh_open_to_the_world_fails_naming_rule_and_resource()
     with pytest.raises(ComplianceError) as raised:
         synth_checked(app)
     message = str(raised.value)
-    assert f"AwsSolutions-EC23 [AwsSolutions, error] at {group.node.path}" in message
+    assert f"AwsSolutions-EC23 [AwsSolutions] at {group.node.path}" in message

@@ -227,3 +227,21 @@ def test_every_rule_has_an_id_info_and_explanation():
 )
 def test_referenced_logical_id_reads_ref_and_getatt_only(value, expected):
     assert referenced_logical_id(value) == expected
+
+
+def test_node_rules_do_not_apply_to_a_t2_micro_launch_template():
+    plain = {
+        "Lt": {
+            "Type": "AWS::EC2::LaunchTemplate",
+            "Properties": {"LaunchTemplateData": {"InstanceType": "t2.micro"}},
+        }
+    }
+    for rule_id in ("TRN3", "TRN4", "TRN5", "TRN6", "TRN10"):
+        assert verdict(RULES_BY_ID[rule_id], plain, "Lt") is NOT_APPLICABLE
+
+
+def test_explicitly_unencrypted_volume_is_left_to_aws_solutions_ec26():
+    lt = t.launch_template(
+        "EfaSg", BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"Encrypted": False}}]
+    )
+    assert verdict(RULES_BY_ID["TRN4"], with_good({"Lt": lt}), "Lt") is COMPLIANT

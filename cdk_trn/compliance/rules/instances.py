@@ -1,5 +1,11 @@
-"""Node rules: IMDS hop limit 1 (TRN3), encrypted volumes (TRN4), no public IP (TRN5), capacity
-blocks without placement groups (TRN6) and the instance type's region (TRN10).
+"""Node rules: IMDS hop limit 1 (TRN3), a declared root volume (TRN4), no public IP (TRN5),
+capacity blocks without placement groups (TRN6) and the instance type's region (TRN10).
+
+Every rule here looks only at Trainium nodes: a launch template, Auto Scaling group or instance
+whose instance type is ``trn*`` (a launch template also counts when a group launching from it
+names a ``trn*`` override). Anything else is NOT_APPLICABLE, so the pack adds nothing on an
+ordinary app. No rule repeats one of the bundled cdk-nag packs: IMDSv2 itself is
+``EC2IMDSv2Enabled`` and an explicitly unencrypted EBS mapping is ``AwsSolutions-EC26``.
 
 IMDSv2 itself is cdk-nag's ``EC2IMDSv2Enabled`` (NIST, HIPAA, PCI), which follows an Auto Scaling
 group to its launch template; TRN3 checks what that rule does not: the PUT response hop limit,
@@ -11,7 +17,7 @@ Sources: EC2 user guide configuring-IMDS-new-instances.html, capacity-blocks-usi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from cdk_trn.catalog import INSTANCE_SPECS
 from cdk_trn.compliance.rules import (
@@ -33,6 +39,47 @@ AUTO_SCALING_GROUP = "AWS::AutoScaling::AutoScalingGroup"
 INSTANCE = "AWS::EC2::Instance"
 
 
+def _trainium_types(resource: TemplateResource) -> list[str]:
+    if resource.type == LAUNCH_TEMPLATE:
+        candidates = [launch_template_data(resource).get("InstanceType")]
+    elif resource.type == INSTANCE:
+        candidates = [resource.properties.get("InstanceType")]
+    else:
+        mixed = resource.properties.get("MixedInstancesPolicy") or {}
+        overrides = as_list((mixed.get("LaunchTemplate") or {}).get("Overrides"))
+        candidates = [o.get("InstanceType") for o in overrides if isinstance(o, Mapping)]
+    names = [literal_str(c) for c in candidates]
+    return [n for n in names if n is not None and n.startswith("trn")]
+
+
+def is_trainium(resource: TemplateResource) -> bool:
+    """Whether ``resource`` launches Trainium instances (its own type, or for a launch template,
+    the overrides of a group launching from it; for a group, its launch templates' type)."""
+    if _trainium_types(resource):
+        return True
+    if resource.type == LAUNCH_TEMPLATE:
+        return any(
+            _trainium_types(group)
+            and any(t.logical_id == resource.logical_id for t in launch_templates_of_group(group))
+            for group in resource.resources(AUTO_SCALING_GROUP)
+        )
+    if resource.type == AUTO_SCALING_GROUP:
+        return any(_trainium_types(t) for t in launch_templates_of_group(resource))
+    return False
+
+
+def trainium_only(
+    check: Callable[[TemplateResource], Compliance],
+) -> Callable[[TemplateResource], Compliance]:
+    """``check`` on Trainium nodes, NOT_APPLICABLE on everything else."""
+
+    def checked(resource: TemplateResource) -> Compliance:
+        return check(resource) if is_trainium(resource) else NOT_APPLICABLE
+
+    checked.__doc__ = check.__doc__
+    return checked
+
+
 def launch_template_imds_hop_limit_one(launch_template: TemplateResource) -> Compliance:
     """TRN3: ``MetadataOptions.HttpPutResponseHopLimit`` is 1 (or the metadata endpoint is off).
 
@@ -45,8 +92,13 @@ def launch_template_imds_hop_limit_one(launch_template: TemplateResource) -> Com
     return COMPLIANT if hop_limit in (1, "1") else NON_COMPLIANT
 
 
-def launch_template_volumes_encrypted(launch_template: TemplateResource) -> Compliance:
-    """TRN4: every EBS mapping is ``Encrypted: true``, and the root volume is declared at all."""
+def launch_template_root_volume_declared(launch_template: TemplateResource) -> Compliance:
+    """TRN4: the launch template declares its EBS volumes, and none is left unencrypted by default.
+
+    An explicit ``Encrypted: false`` is AwsSolutions-EC26's finding, not repeated here. What that
+    rule does not see: a launch template with no EBS mapping at all, whose root volume then takes
+    whatever encryption the AMI snapshot has, and a mapping that omits ``Encrypted``.
+    """
     mappings = [
         m
         for m in as_list(launch_template_data(launch_template).get("BlockDeviceMappings"))
@@ -54,9 +106,8 @@ def launch_template_volumes_encrypted(launch_template: TemplateResource) -> Comp
     ]
     ebs = [m["Ebs"] for m in mappings if isinstance(m.get("Ebs"), Mapping)]
     if not ebs:
-        # Without a mapping the root volume takes the AMI snapshot's encryption, whatever it is.
         return NON_COMPLIANT
-    return COMPLIANT if all(is_true(volume.get("Encrypted")) for volume in ebs) else NON_COMPLIANT
+    return COMPLIANT if all("Encrypted" in volume for volume in ebs) else NON_COMPLIANT
 
 
 def _primary_interface_public_ip(launch_template: TemplateResource) -> bool | None:
@@ -107,19 +158,6 @@ def capacity_block_without_placement_group(resource: TemplateResource) -> Compli
     return NON_COMPLIANT if resource.properties.get("PlacementGroup") else COMPLIANT
 
 
-def _trainium_types(resource: TemplateResource) -> list[str]:
-    if resource.type == LAUNCH_TEMPLATE:
-        candidates = [launch_template_data(resource).get("InstanceType")]
-    elif resource.type == INSTANCE:
-        candidates = [resource.properties.get("InstanceType")]
-    else:
-        mixed = resource.properties.get("MixedInstancesPolicy") or {}
-        overrides = as_list((mixed.get("LaunchTemplate") or {}).get("Overrides"))
-        candidates = [o.get("InstanceType") for o in overrides if isinstance(o, Mapping)]
-    names = [literal_str(c) for c in candidates]
-    return [n for n in names if n is not None and n.startswith("trn")]
-
-
 def instance_type_offered_in_region(resource: TemplateResource) -> Compliance:
     """TRN10: each Trainium type is in the catalog and offered in the stack's region."""
     types = _trainium_types(resource)
@@ -143,19 +181,19 @@ TRN3 = Rule(
         "credentials. cdk-nag's EC2IMDSv2Enabled checks HttpTokens, not the hop limit."
     ),
     resource_types=(LAUNCH_TEMPLATE,),
-    check=launch_template_imds_hop_limit_one,
+    check=trainium_only(launch_template_imds_hop_limit_one),
 )
 
 TRN4 = Rule(
     id="TRN4",
-    info="The launch template has an unencrypted or undeclared EBS volume.",
+    info="The Trainium launch template leaves its root volume or a volume's encryption undeclared.",
     explanation=(
-        "Checkpoints, datasets and compile caches pass through the root volume. Each EBS "
-        "mapping must say Encrypted: true, and the root volume must be declared; otherwise it "
-        "takes whatever encryption the AMI snapshot has."
+        "Checkpoints, datasets and compile caches pass through the root volume. It must be "
+        "declared, and each EBS mapping must state Encrypted; otherwise the volume takes "
+        "whatever encryption the AMI snapshot has. Encrypted: false is AwsSolutions-EC26."
     ),
     resource_types=(LAUNCH_TEMPLATE,),
-    check=launch_template_volumes_encrypted,
+    check=trainium_only(launch_template_root_volume_declared),
 )
 
 TRN5 = Rule(
@@ -168,7 +206,7 @@ TRN5 = Rule(
         "subnets must not MapPublicIpOnLaunch unless the primary interface turns it off."
     ),
     resource_types=(LAUNCH_TEMPLATE, AUTO_SCALING_GROUP),
-    check=nodes_get_no_public_ip,
+    check=trainium_only(nodes_get_no_public_ip),
 )
 
 TRN6 = Rule(
@@ -180,7 +218,7 @@ TRN6 = Rule(
         "InsufficientInstanceCapacity although the block is paid for."
     ),
     resource_types=(LAUNCH_TEMPLATE, AUTO_SCALING_GROUP),
-    check=capacity_block_without_placement_group,
+    check=trainium_only(capacity_block_without_placement_group),
 )
 
 TRN10 = Rule(
