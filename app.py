@@ -26,9 +26,8 @@ def main() -> int:
         print(f"cdk-trn: invalid configuration: {error}", file=sys.stderr)
         return 2
     try:
-        # Unused acknowledgments in cdk_trn's own constructs are listed, not yet fatal: see
-        # issue 11 (the constructs' stale acknowledgments are being removed by their owners).
-        report = synth_checked(app, fail_on_unused_acknowledgments=False)
+        # One verdict with the CLI: open findings, warnings and unused acknowledgments fail.
+        report = synth_checked(app)
     except ComplianceError as error:
         print(f"cdk-trn: {error}", file=sys.stderr)  # one line per problem, printed once
         return 1

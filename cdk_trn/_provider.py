@@ -46,11 +46,20 @@ from cdk_trn.compliance.depends_on import drop_implied_depends_on
 from cdk_trn.errors import invalid
 
 
-def acknowledge_deploy_time_functions(construct: IConstruct, purpose: str) -> None:
+def acknowledge_deploy_time_functions(
+    construct: IConstruct,
+    purpose: str,
+    *,
+    framework_inline_policies: bool = True,
+    synchronous_functions: bool = True,
+) -> None:
     """Acknowledge the regulated packs' Lambda rules on a custom resource's functions.
 
     ``construct`` is the custom resource's scope (its provider and handler functions);
-    ``purpose`` says what the functions do, for the reasons.
+    ``purpose`` says what the functions do, for the reasons; ``framework_inline_policies``:
+    whether aws-cdk-lib's provider framework (which writes inline policies) is part of it;
+    ``synchronous_functions``: whether it has functions invoked synchronously (without a
+    dead-letter queue).
     """
     acknowledge_regulated(
         construct,
@@ -59,14 +68,15 @@ def acknowledge_deploy_time_functions(construct: IConstruct, purpose: str) -> No
         "touches training data; it runs outside the isolated node subnet, which has no route to "
         "those APIs' endpoints",
     )
-    acknowledge_regulated(
-        construct,
-        "LambdaDLQ",
-        f"deploy-time handler ({purpose}) invoked synchronously (by the provider framework or "
-        "its waiter state machine), which reports every failure to CloudFormation; a dead-letter "
-        "queue receives only failed asynchronous events, so it would never receive one (the "
-        "function CloudFormation invokes asynchronously has one)",
-    )
+    if synchronous_functions:
+        acknowledge_regulated(
+            construct,
+            "LambdaDLQ",
+            f"deploy-time handler ({purpose}) invoked synchronously (by the provider framework "
+            "or its waiter state machine), which reports every failure to CloudFormation; a "
+            "dead-letter queue receives only failed asynchronous events, so it would never "
+            "receive one (the function CloudFormation invokes asynchronously has one)",
+        )
     acknowledge_regulated(
         construct,
         "LambdaConcurrency",
@@ -74,6 +84,8 @@ def acknowledge_deploy_time_functions(construct: IConstruct, purpose: str) -> No
         "would only take capacity from the account's pool, and fails the deploy in accounts "
         "whose Lambda concurrency limit is low",
     )
+    if not framework_inline_policies:
+        return
     acknowledge_regulated(
         construct,
         "IAMNoInlinePolicy",

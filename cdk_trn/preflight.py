@@ -196,7 +196,12 @@ class Preflight(Construct):
         # so the function waits for the policy; the role edge its GetAtt implies is dropped.
         self.function.node.add_dependency(self.policy)
         drop_implied_depends_on(self)
-        acknowledge_deploy_time_functions(self, "preflight of AZ, quota and reservations")
+        acknowledge_deploy_time_functions(
+            self,
+            "preflight of AZ, quota and reservations",
+            framework_inline_policies=False,
+            synchronous_functions=False,
+        )
 
         self.resource = cdk.CustomResource(
             self,

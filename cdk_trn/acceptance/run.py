@@ -662,8 +662,8 @@ class AcceptanceRun(Construct):
             "ecr:GetAuthorizationToken supports no resource-level permission (Resource must be "
             "'*'); s3:PutObject is limited to the acceptance results prefix, under which each "
             "deploy writes a new run id only known at deploy time (and denied on the pass "
-            "markers).",
-            resources=["*", self._results_objects_arn(), self._pass_markers_arn()],
+            "markers, a Deny that cdk-nag does not report).",
+            resources=["*", self._results_objects_arn()],
         )
         return policy
 
@@ -704,8 +704,9 @@ class AcceptanceRun(Construct):
         acknowledge_wildcards(
             policy,
             "s3:PutObject is limited to the acceptance results prefix, under which each deploy "
-            "writes a new run id only known at deploy time (and denied on the pass markers).",
-            resources=[self._results_objects_arn(), self._pass_markers_arn()],
+            "writes a new run id only known at deploy time (and denied on the pass markers, a "
+            "Deny that cdk-nag does not report).",
+            resources=[self._results_objects_arn()],
         )
         return policy
 

@@ -14,7 +14,7 @@ def default_app():
     app = cdk.App()
     enable_compliance(app)
     default = build_default_app(app, AppConfig())
-    report = synth_checked(app, fail_on_unused_acknowledgments=False)  # as app.py, issue 11
+    report = synth_checked(app)
     assembly = app.synth()
     return default, report, assembly
 

@@ -64,6 +64,7 @@ CONTEXTS = {
         "availabilityZone": "aps2-az1",
         "capacity": "reservation",
         "reservationId": RESERVATION,
+        "dashboard": "false",
     },
 }
 

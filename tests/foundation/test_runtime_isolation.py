@@ -7,7 +7,6 @@ import sys
 
 import cdk_trn_runtime
 
-
 BLOCKER = """
 import importlib.abc, sys
 class _NoCdk(importlib.abc.MetaPathFinder):

@@ -67,7 +67,7 @@ def two_ultraservers():
     )
     enable_compliance(app)
     default = build_default_app(app)
-    report = synth_checked(app, fail_on_unused_acknowledgments=False)  # as app.py, issue 11
+    report = synth_checked(app)
     stack = default.cluster_stack
     return stack, app.synth().get_stack_by_name(stack.stack_name).template, report
 
