@@ -36,7 +36,7 @@ from cdk_trn.interfaces import ITrainingFileSystem, ITrainingNetwork
 from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
 from cdk_trn.machine_image import NeuronMachineImage
 from cdk_trn.preflight import Preflight
-from cdk_trn.security import EfaSecurityGroup, ssm_agent_policy
+from cdk_trn.security import EfaSecurityGroup, signalling_instance_role
 from cdk_trn_runtime.contract import CLUSTER_TAG, METRICS_NAMESPACE_NODE, RENDEZVOUS_PORTS
 
 MAX_NODES = 1024
@@ -370,30 +370,12 @@ class TrainiumCluster(Construct):
     # --- resources ----------------------------------------------------------------------------
 
     def _node_role(self) -> iam.Role:
-        role = iam.Role(
+        return signalling_instance_role(
             self,
             "NodeRole",
-            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description=f"Trainium training nodes of {self.node.path}",
+            grants_reason="signals, storage, image pulls, acceptance results",
         )
-        ssm_agent_policy(self, "NodeSsmAgentPolicy", role)
-        acknowledge_regulated(
-            role,
-            "IAMNoInlinePolicy",
-            "the node role's policy is the sum of the grants of the constructs that use the "
-            "nodes (signals, storage, image pulls, acceptance results), each naming its "
-            "resources; it belongs to this role alone and is deleted with it",
-        )
-        # The node reports its own health to the creation policy: only to this stack.
-        role.add_to_policy(
-            # As narrow as IAM allows: SignalResource's only resource type is the stack, and
-            # no condition key names the logical resource or the unique id, so an instance of
-            # this stack could signal for another resource of it; nothing outside the stack.
-            iam.PolicyStatement(
-                actions=["cloudformation:SignalResource"], resources=[cdk.Aws.STACK_ID]
-            )
-        )
-        return role
 
     def _user_data(self) -> str:
         fs = self.file_system

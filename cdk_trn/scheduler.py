@@ -51,7 +51,7 @@ from cdk_trn.compliance.acknowledge import (
     acknowledge_wildcards,
 )
 from cdk_trn.errors import CdkTrnError, invalid
-from cdk_trn.security import ssm_agent_policy
+from cdk_trn.security import signalling_instance_role
 from cdk_trn_runtime.contract import (
     CLUSTER_TAG,
     METRICS_NAMESPACE_SLURM,
@@ -334,29 +334,15 @@ class SlurmScheduler(Construct):
         )
 
     def _controller_role(self) -> iam.Role:
-        role = iam.Role(
+        return signalling_instance_role(
             self,
             "ControllerRole",
-            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description=f"Slurm controller of {self.cluster.node.path}",
+            grants_reason=(
+                "the munge key secret, the image pull, its address parameter, its "
+                "creation-policy signal"
+            ),
         )
-        ssm_agent_policy(self, "ControllerSsmAgentPolicy", role)
-        acknowledge_regulated(
-            role,
-            "IAMNoInlinePolicy",
-            "the controller role's policy is the sum of its grants (the munge key secret, the "
-            "image pull, its address parameter, its creation-policy signal), each naming its "
-            "resources; it belongs to this role alone and is deleted with it",
-        )
-        role.add_to_policy(
-            # As narrow as IAM allows: SignalResource's only resource type is the stack, and
-            # no condition key names the logical resource or the unique id, so an instance of
-            # this stack could signal for another resource of it; nothing outside the stack.
-            iam.PolicyStatement(
-                actions=["cloudformation:SignalResource"], resources=[cdk.Aws.STACK_ID]
-            )
-        )
-        return role
 
     def _allow_metrics(self) -> None:
         """The controller publishes Slurm's node states and queue depth (controller_bootstrap.sh

@@ -9,6 +9,7 @@ other egress (FSx ports, the enclave vault) is added by the constructs that need
 
 from __future__ import annotations
 
+import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
@@ -109,3 +110,29 @@ def ssm_agent_policy(scope: Construct, id: str, role: iam.IRole) -> iam.ManagedP
         resources=["*"],
     )
     return policy
+
+
+def signalling_instance_role(
+    scope: Construct, id: str, *, description: str, grants_reason: str
+) -> iam.Role:
+    """The role of an instance that boots, signals its creation policy and runs the SSM agent
+    (Trainium nodes, the Slurm controller): the agent's policy beside it, SignalResource on this
+    stack only, and the regulated packs' inline-policy rule acknowledged with ``grants_reason``
+    (what the grants other constructs add to the role are)."""
+    role = iam.Role(
+        scope, id, assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"), description=description
+    )
+    ssm_agent_policy(scope, f"{id.removesuffix('Role')}SsmAgentPolicy", role)
+    acknowledge_regulated(
+        role,
+        "IAMNoInlinePolicy",
+        f"the role's policy is the sum of its grants ({grants_reason}), each naming its "
+        "resources; it belongs to this role alone and is deleted with it",
+    )
+    role.add_to_policy(
+        # As narrow as IAM allows: SignalResource's only resource type is the stack, and no
+        # condition key names the logical resource or the unique id, so an instance of this
+        # stack could signal for another resource of it; nothing outside the stack.
+        iam.PolicyStatement(actions=["cloudformation:SignalResource"], resources=[cdk.Aws.STACK_ID])
+    )
+    return role

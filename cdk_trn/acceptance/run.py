@@ -624,16 +624,17 @@ class AcceptanceRun(Construct):
     def _results_objects_arn(self) -> str:
         return self.results_bucket.arn_for_objects(f"{self.results_prefix}*")
 
-    def _node_policy(self) -> iam.ManagedPolicy:
+    def _result_writer_statements(self) -> list[iam.PolicyStatement]:
+        """What whoever uploads a run's results (the nodes, or the Slurm controller) may do:
+        write under the results prefix, never a pass marker, with the results bucket's key."""
         statements = [
-            *self.image.pull_statements(),
             iam.PolicyStatement(
                 sid="WriteAcceptanceResults",
                 actions=["s3:PutObject"],
                 resources=[self._results_objects_arn()],
             ),
             # The pass markers sit under the results prefix, but only the handler may vouch that
-            # a run passed: a node writing one would let a later deploy skip the suite.
+            # a run passed: an uploader writing one would let a later deploy skip the suite.
             iam.PolicyStatement(
                 sid="DenyWritingPassMarkers",
                 effect=iam.Effect.DENY,
@@ -646,10 +647,15 @@ class AcceptanceRun(Construct):
             statements.append(
                 iam.PolicyStatement(
                     sid="EncryptAcceptanceResults",
+                    # Decrypt too: the AWS CLI's multipart uploads (large logs) need it.
                     actions=["kms:GenerateDataKey", "kms:Decrypt"],
                     resources=[key.key_arn],
                 )
             )
+        return statements
+
+    def _node_policy(self) -> iam.ManagedPolicy:
+        statements = [*self.image.pull_statements(), *self._result_writer_statements()]
         policy = iam.ManagedPolicy(
             self,
             "NodePolicy",
@@ -670,30 +676,7 @@ class AcceptanceRun(Construct):
     def _controller_policy(self, scheduler: SlurmScheduler) -> iam.ManagedPolicy:
         """The controller uploads the job's results from the shared file system (the nodes need
         nothing more: the scheduler already lets them pull its image)."""
-        statements = [
-            iam.PolicyStatement(
-                sid="WriteAcceptanceResults",
-                actions=["s3:PutObject"],
-                resources=[self._results_objects_arn()],
-            ),
-            # Only the handler may vouch that a run passed (see _node_policy).
-            iam.PolicyStatement(
-                sid="DenyWritingPassMarkers",
-                effect=iam.Effect.DENY,
-                actions=["s3:PutObject"],
-                resources=[self._pass_markers_arn()],
-            ),
-        ]
-        key = self.results_bucket.encryption_key
-        if key is not None:
-            statements.append(
-                iam.PolicyStatement(
-                    sid="EncryptAcceptanceResults",
-                    # Decrypt too: the CLI's multipart uploads (large logs) need it.
-                    actions=["kms:GenerateDataKey", "kms:Decrypt"],
-                    resources=[key.key_arn],
-                )
-            )
+        statements = self._result_writer_statements()
         policy = iam.ManagedPolicy(
             self,
             "ControllerPolicy",
