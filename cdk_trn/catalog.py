@@ -10,16 +10,19 @@ Sources are in ``../shared/FACTS.md``; each value that is not confirmed there sa
   what ``cfn-lint --regions`` judges a template by. Types that are sold only as Capacity Blocks
   (trn2u.48xlarge, trn2.3xlarge) are absent from that data; their regions come from AWS launch
   announcements and are marked unconfirmed (``regions_confirmed=False``).
-* Enclave hosts: the Nitro Enclaves user guide (``nitro-enclave.html#nitro-enclave-reqs``): Nitro
-  based Intel/AMD/Graviton instances with at least 4 vCPUs, except the listed exclusions (which
-  include Trn1/Trn1n, see FACTS.md).
+* Hosts beside the cluster (the Slurm controller, enclave hosts): vCPUs and memory from the EC2
+  instance types guide (``instancetypes/gp.html``, ``co.html``, ``mo.html``: c6i/c7i have 2 GiB,
+  m6i/m7i 4 GiB and r6i/r7i 8 GiB per vCPU); every type is checked against cfn-lint's EC2
+  instance-type data by the tests. Nitro Enclaves support from the Nitro Enclaves user guide
+  (``nitro-enclave.html#nitro-enclave-reqs``): Nitro based Intel/AMD instances with at least 4
+  vCPUs, except the listed exclusions (which include Trn1/Trn1n, see FACTS.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cdk_trn.errors import CdkTrnError
+from cdk_trn.errors import CdkTrnError, invalid
 
 
 @dataclass(frozen=True)
@@ -197,40 +200,59 @@ def instance_spec(instance_type: str) -> InstanceSpec:
         raise CdkTrnError(f"instance_type must be one of {known}, got {instance_type!r}") from None
 
 
-# --- Enclave hosts ---------------------------------------------------------------------------
+# --- Hosts beside the cluster ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class EnclaveHostSpec:
-    """An instance type that can host a Nitro Enclave beside the cluster."""
+class HostSpec:
+    """An x86_64 instance type that runs beside the Trainium nodes: the Slurm controller (which
+    runs the x86_64 training image) or an enclave host."""
 
     instance_type: str
     vcpus: int
     memory_gib: int
+    #: It can be a Nitro Enclaves parent (an Intel Nitro type with at least 4 vCPUs).
+    nitro_enclaves: bool
 
 
-def _enclave_hosts() -> dict[str, EnclaveHostSpec]:
-    # Intel Nitro families documented as enclave-capable; sizes with at least 4 vCPUs
-    # (the parent keeps 2, the enclave gets whole cores).
-    memory_per_vcpu = {"c": 2, "m": 4, "r": 8}
-    sizes = {"xlarge": 4, "2xlarge": 8, "4xlarge": 16, "8xlarge": 32}
-    hosts: dict[str, EnclaveHostSpec] = {}
-    for family in ("c6i", "m6i", "r6i", "c7i", "m7i", "r7i"):
-        for size, vcpus in sizes.items():
+#: Intel/AMD Nitro Enclaves parents need at least this many vCPUs (the enclave takes whole cores,
+#: the parent keeps 2).
+MIN_ENCLAVE_HOST_VCPUS = 4
+#: GiB of memory per vCPU of each family (general purpose m, compute optimized c, memory
+#: optimized r); all six are Intel Nitro types that can host an enclave.
+_GIB_PER_VCPU = {"c6i": 2, "c7i": 2, "m6i": 4, "m7i": 4, "r6i": 8, "r7i": 8}
+#: vCPUs per size, the same in these families; the sizes every one of them has up to 8xlarge
+#: (larger hosts buy neither a controller nor an enclave anything).
+_VCPUS = {"large": 2, "xlarge": 4, "2xlarge": 8, "4xlarge": 16, "8xlarge": 32}
+
+
+def _hosts() -> dict[str, HostSpec]:
+    hosts: dict[str, HostSpec] = {}
+    for family, gib_per_vcpu in _GIB_PER_VCPU.items():
+        for size, vcpus in _VCPUS.items():
             name = f"{family}.{size}"
-            hosts[name] = EnclaveHostSpec(name, vcpus, vcpus * memory_per_vcpu[family[0]])
+            hosts[name] = HostSpec(
+                name, vcpus, vcpus * gib_per_vcpu, nitro_enclaves=vcpus >= MIN_ENCLAVE_HOST_VCPUS
+            )
     return hosts
 
 
-ENCLAVE_HOST_SPECS: dict[str, EnclaveHostSpec] = _enclave_hosts()
+#: Every host type the library launches beside the cluster, by name.
+HOST_SPECS: dict[str, HostSpec] = _hosts()
+#: The host types that can run a Nitro Enclave (a view of ``HOST_SPECS``).
+ENCLAVE_HOST_SPECS: dict[str, HostSpec] = {
+    name: spec for name, spec in HOST_SPECS.items() if spec.nitro_enclaves
+}
 
 
-def enclave_host_spec(instance_type: str) -> EnclaveHostSpec:
+def enclave_host_spec(instance_type: str) -> HostSpec:
+    """The host entry of an enclave-capable type; any other type is an error listing them."""
     try:
         return ENCLAVE_HOST_SPECS[instance_type]
     except KeyError:
-        known = ", ".join(sorted(ENCLAVE_HOST_SPECS))
-        raise CdkTrnError(
-            "enclave instance_type must be an enclave-capable type with at least 4 vCPUs "
-            f"({known}), got {instance_type!r}"
+        raise invalid(
+            "instance_type",
+            instance_type,
+            f"an enclave-capable host type with at least {MIN_ENCLAVE_HOST_VCPUS} vCPUs, one of "
+            + ", ".join(ENCLAVE_HOST_SPECS),
         ) from None

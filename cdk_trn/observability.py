@@ -28,6 +28,9 @@ scheduler) and a failed acceptance run (its handlers' ``Errors`` > 0, with an ac
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
@@ -51,6 +54,118 @@ from cdk_trn_runtime.contract import (
 PERIOD = cdk.Duration.minutes(5)
 WIDTH = 12
 HEIGHT = 6
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """One graph of the dashboard: its lines (metric name, statistic, label) and its y axis,
+    which starts at 0."""
+
+    title: str
+    lines: tuple[tuple[str, str, str], ...]
+    y_label: str | None = None
+    y_max: int | None = None
+    #: False for counts (nodes, jobs, packets, operations): the axis shows no unit.
+    units: bool = True
+    stacked: bool = False
+    width: int = WIDTH
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where the metrics of a row of graphs come from."""
+
+    namespace: str
+    dimensions: Mapping[str, str]
+    period: cdk.Duration = PERIOD
+
+
+#: The dashboard's graphs, row by row; each row's metrics come from one source: the nodes' Auto
+#: Scaling group, the controller's and the nodes' publishers (with a scheduler), the file system.
+_ROWS: tuple[tuple[str, tuple[_Graph, ...]], ...] = (
+    (
+        "group",
+        (
+            _Graph(
+                "Nodes in service",
+                (
+                    ("GroupInServiceInstances", "Minimum", "in service"),
+                    ("GroupDesiredCapacity", "Minimum", "desired"),
+                ),
+                y_label="nodes",
+                units=False,
+                width=2 * WIDTH,
+            ),
+        ),
+    ),
+    (
+        "slurm",
+        (
+            _Graph(
+                "Slurm node states",
+                tuple((n, "Maximum", n.removeprefix("Nodes")) for n in SLURM_NODE_STATE_METRICS),
+                y_label="nodes",
+                units=False,
+                stacked=True,
+            ),
+            _Graph(
+                "Slurm queue depth",
+                tuple((n, "Maximum", n.removeprefix("Jobs")) for n in SLURM_JOB_METRICS),
+                y_label="jobs",
+                units=False,
+            ),
+        ),
+    ),
+    (
+        "node",
+        (
+            _Graph(
+                "NeuronCore utilization (%)",
+                (
+                    ("NeuronCoreUtilization", "Average", "mean of nodes"),
+                    ("NeuronCoreUtilization", "Minimum", "lowest node"),
+                ),
+                y_max=100,
+                units=False,
+            ),
+            _Graph(
+                "Neuron device memory in use",
+                (
+                    ("NeuronDeviceMemoryUsed", "Maximum", "fullest node"),
+                    ("NeuronDeviceMemoryUsed", "Average", "mean of nodes"),
+                ),
+            ),
+        ),
+    ),
+    (
+        "node",
+        (
+            _Graph(
+                "EFA traffic (all nodes)",
+                (("EfaTxBytes", "Sum", "sent"), ("EfaRxBytes", "Sum", "received")),
+            ),
+            _Graph(
+                "EFA receive drops (all nodes)",
+                (("EfaRxDrops", "Sum", "dropped packets"),),
+                units=False,
+            ),
+        ),
+    ),
+    (
+        "fsx",
+        (
+            _Graph(
+                "FSx for Lustre throughput",
+                (("DataReadBytes", "Sum", "read"), ("DataWriteBytes", "Sum", "written")),
+            ),
+            _Graph(
+                "FSx for Lustre metadata operations",
+                (("MetadataOperations", "Sum", "operations"),),
+                units=False,
+            ),
+        ),
+    ),
+)
 
 
 class ClusterDashboard(Construct):
@@ -85,7 +200,6 @@ class ClusterDashboard(Construct):
         if acceptance is not None and acceptance.cluster is not cluster:
             raise invalid("acceptance", acceptance.node.path, f"the run of {cluster.node.path}")
         self.cluster = cluster
-        self._dimensions = {METRIC_DIMENSION_CLUSTER: cluster.cluster_name}
         file_system = file_system or cluster.file_system
         name = dashboard_name or f"{cluster.cluster_name}-cluster"
 
@@ -101,173 +215,48 @@ class ClusterDashboard(Construct):
                 height=1,
             )
         )
-        self.dashboard.add_widgets(self._nodes_in_service())
+        in_cluster = {METRIC_DIMENSION_CLUSTER: cluster.cluster_name}
+        sources = {
+            "group": _Source(
+                "AWS/AutoScaling",
+                {"AutoScalingGroupName": cluster.auto_scaling_group.ref},
+                period=cdk.Duration.minutes(1),
+            )
+        }
         if scheduler is not None:
-            self._slurm()
-            self._node_metrics()
+            sources["slurm"] = _Source(METRICS_NAMESPACE_SLURM, in_cluster)
+            sources["node"] = _Source(METRICS_NAMESPACE_NODE, in_cluster)
         if file_system is not None:
-            self._file_system(file_system)
+            sources["fsx"] = _Source("AWS/FSx", {"FileSystemId": file_system.file_system_id})
+        for source, graphs in _ROWS:
+            if source in sources:
+                self.dashboard.add_widgets(*(_graph(g, sources[source]) for g in graphs))
+        if scheduler is not None:
+            self._alarm(
+                "NodesDrained",
+                _metric(sources["slurm"], "NodesDrained", "Maximum", "drained"),
+                "a Slurm node is drained (cdk-trn status shows the reason; a hardware reason "
+                "also replaces the node)",
+            )
         if acceptance is not None:
             self._acceptance(acceptance)
 
-    # --- metrics ------------------------------------------------------------------------------
-
-    def _custom(self, namespace: str, name: str, statistic: str, label: str) -> cloudwatch.Metric:
-        return cloudwatch.Metric(
-            namespace=namespace,
-            metric_name=name,
-            dimensions_map=self._dimensions,
-            statistic=statistic,
-            period=PERIOD,
-            label=label,
+    def _alarm(
+        self, id: str, metric: cloudwatch.Metric | cloudwatch.MathExpression, description: str
+    ) -> None:
+        """An alarm ``<id>Alarm`` to the cluster's topic when ``metric`` is above 0; no data is
+        no alarm."""
+        alarm = metric.create_alarm(
+            self,
+            f"{id}Alarm",
+            alarm_description=f"{self.cluster.cluster_name}: {description}",
+            threshold=0,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
-
-    def _alarm(self, id: str, alarm: cloudwatch.Alarm) -> None:
         alarm.add_alarm_action(cloudwatch_actions.SnsAction(self.cluster.events_topic))
         self.alarms[id] = alarm
-
-    # --- widgets ------------------------------------------------------------------------------
-
-    def _nodes_in_service(self) -> cloudwatch.IWidget:
-        group = {"AutoScalingGroupName": self.cluster.auto_scaling_group.ref}
-
-        def metric(name: str, label: str) -> cloudwatch.Metric:
-            return cloudwatch.Metric(
-                namespace="AWS/AutoScaling",
-                metric_name=name,
-                dimensions_map=group,
-                statistic="Minimum",
-                period=cdk.Duration.minutes(1),
-                label=label,
-            )
-
-        return cloudwatch.GraphWidget(
-            title="Nodes in service",
-            left=[
-                metric("GroupInServiceInstances", "in service"),
-                metric("GroupDesiredCapacity", "desired"),
-            ],
-            left_y_axis=cloudwatch.YAxisProps(min=0, label="nodes", show_units=False),
-            width=2 * WIDTH,
-            height=HEIGHT,
-        )
-
-    def _slurm(self) -> None:
-        states = [
-            self._custom(METRICS_NAMESPACE_SLURM, name, "Maximum", name.removeprefix("Nodes"))
-            for name in SLURM_NODE_STATE_METRICS
-        ]
-        jobs = [
-            self._custom(METRICS_NAMESPACE_SLURM, name, "Maximum", name.removeprefix("Jobs"))
-            for name in SLURM_JOB_METRICS
-        ]
-        self.dashboard.add_widgets(
-            cloudwatch.GraphWidget(
-                title="Slurm node states",
-                left=states,
-                stacked=True,
-                left_y_axis=cloudwatch.YAxisProps(min=0, label="nodes", show_units=False),
-                width=WIDTH,
-                height=HEIGHT,
-            ),
-            cloudwatch.GraphWidget(
-                title="Slurm queue depth",
-                left=jobs,
-                left_y_axis=cloudwatch.YAxisProps(min=0, label="jobs", show_units=False),
-                width=WIDTH,
-                height=HEIGHT,
-            ),
-        )
-        drained = self._custom(METRICS_NAMESPACE_SLURM, "NodesDrained", "Maximum", "drained")
-        self._alarm(
-            "NodesDrained",
-            drained.create_alarm(
-                self,
-                "NodesDrainedAlarm",
-                alarm_description=(
-                    f"{self.cluster.cluster_name}: a Slurm node is drained (cdk-trn status shows "
-                    "the reason; a hardware reason also replaces the node)"
-                ),
-                threshold=0,
-                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-                evaluation_periods=1,
-                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-            ),
-        )
-
-    def _node_metrics(self) -> None:
-        def node(name: str, statistic: str, label: str) -> cloudwatch.Metric:
-            return self._custom(METRICS_NAMESPACE_NODE, name, statistic, label)
-
-        self.dashboard.add_widgets(
-            cloudwatch.GraphWidget(
-                title="NeuronCore utilization (%)",
-                left=[
-                    node("NeuronCoreUtilization", "Average", "mean of nodes"),
-                    node("NeuronCoreUtilization", "Minimum", "lowest node"),
-                ],
-                left_y_axis=cloudwatch.YAxisProps(min=0, max=100, show_units=False),
-                width=WIDTH,
-                height=HEIGHT,
-            ),
-            cloudwatch.GraphWidget(
-                title="Neuron device memory in use",
-                left=[
-                    node("NeuronDeviceMemoryUsed", "Maximum", "fullest node"),
-                    node("NeuronDeviceMemoryUsed", "Average", "mean of nodes"),
-                ],
-                left_y_axis=cloudwatch.YAxisProps(min=0),
-                width=WIDTH,
-                height=HEIGHT,
-            ),
-        )
-        self.dashboard.add_widgets(
-            cloudwatch.GraphWidget(
-                title="EFA traffic (all nodes)",
-                left=[
-                    node("EfaTxBytes", "Sum", "sent"),
-                    node("EfaRxBytes", "Sum", "received"),
-                ],
-                left_y_axis=cloudwatch.YAxisProps(min=0),
-                width=WIDTH,
-                height=HEIGHT,
-            ),
-            cloudwatch.GraphWidget(
-                title="EFA receive drops (all nodes)",
-                left=[node("EfaRxDrops", "Sum", "dropped packets")],
-                left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False),
-                width=WIDTH,
-                height=HEIGHT,
-            ),
-        )
-
-    def _file_system(self, file_system: ITrainingFileSystem) -> None:
-        def fsx(name: str, label: str) -> cloudwatch.Metric:
-            return cloudwatch.Metric(
-                namespace="AWS/FSx",
-                metric_name=name,
-                dimensions_map={"FileSystemId": file_system.file_system_id},
-                statistic="Sum",
-                period=PERIOD,
-                label=label,
-            )
-
-        self.dashboard.add_widgets(
-            cloudwatch.GraphWidget(
-                title="FSx for Lustre throughput",
-                left=[fsx("DataReadBytes", "read"), fsx("DataWriteBytes", "written")],
-                left_y_axis=cloudwatch.YAxisProps(min=0),
-                width=WIDTH,
-                height=HEIGHT,
-            ),
-            cloudwatch.GraphWidget(
-                title="FSx for Lustre metadata operations",
-                left=[fsx("MetadataOperations", "operations")],
-                left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False),
-                width=WIDTH,
-                height=HEIGHT,
-            ),
-        )
 
     def _acceptance(self, acceptance: AcceptanceRun) -> None:
         rows = "\n".join(
@@ -297,16 +286,34 @@ class ClusterDashboard(Construct):
         )
         self._alarm(
             "AcceptanceFailed",
-            errors.create_alarm(
-                self,
-                "AcceptanceFailedAlarm",
-                alarm_description=(
-                    f"{self.cluster.cluster_name}: the acceptance run failed (its reason is in "
-                    "the stack events and the handlers' logs)"
-                ),
-                threshold=0,
-                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-                evaluation_periods=1,
-                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-            ),
+            errors,
+            "the acceptance run failed (its reason is in the stack events and the handlers' logs)",
         )
+
+
+def _metric(source: _Source, name: str, statistic: str, label: str) -> cloudwatch.Metric:
+    return cloudwatch.Metric(
+        namespace=source.namespace,
+        metric_name=name,
+        dimensions_map=dict(source.dimensions),
+        statistic=statistic,
+        period=source.period,
+        label=label,
+    )
+
+
+def _graph(graph: _Graph, source: _Source) -> cloudwatch.GraphWidget:
+    return cloudwatch.GraphWidget(
+        title=graph.title,
+        left=[_metric(source, *line) for line in graph.lines],
+        # None leaves a setting out of the widget (CloudWatch's default) rather than writing it.
+        stacked=graph.stacked or None,
+        left_y_axis=cloudwatch.YAxisProps(
+            min=0,
+            max=graph.y_max,
+            label=graph.y_label,
+            show_units=None if graph.units else False,
+        ),
+        width=graph.width,
+        height=HEIGHT,
+    )

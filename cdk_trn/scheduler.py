@@ -44,6 +44,7 @@ from constructs import Construct
 
 from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
 from cdk_trn.acceptance.image import NeuronTrainingImage
+from cdk_trn.catalog import HOST_SPECS
 from cdk_trn.cluster import SlurmNodeSettings, TrainiumCluster, boot_user_data
 from cdk_trn.compliance.acknowledge import (
     acknowledge,
@@ -74,30 +75,7 @@ SRUN_PORT_RANGE = (60001, 63000)
 #: slurmstepd's ports on the nodes: the Linux ephemeral range (ip_local_port_range default).
 STEP_PORT_RANGE = (32768, 60999)
 
-_SIZES = {
-    "medium": 1,
-    "large": 2,
-    "xlarge": 4,
-    "2xlarge": 8,
-    "4xlarge": 16,
-    "8xlarge": 32,
-    "12xlarge": 48,
-    "16xlarge": 64,
-    "24xlarge": 96,
-    "48xlarge": 192,
-}
-#: GiB per vCPU of the general-purpose, compute and memory families (EC2 instance types guide).
-_GIB_PER_VCPU = {"c": 2, "m": 4, "r": 8}
-_CONTROLLER_TYPE = re.compile(r"^([cmr])([5-8])([a-z]*)\.([0-9]*x?large|medium)$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-
-
-def controller_memory_gib(instance_type: str) -> int | None:
-    """Memory of a c/m/r type of generation 5-8 (``m7i.xlarge`` -> 16), None if unknown."""
-    match = _CONTROLLER_TYPE.match(instance_type)
-    if not match or match.group(4) not in _SIZES:
-        return None
-    return _SIZES[match.group(4)] * _GIB_PER_VCPU[match.group(1)]
 
 
 class SlurmScheduler(Construct):
@@ -108,7 +86,8 @@ class SlurmScheduler(Construct):
     :param cluster: the cluster to schedule; it must have a shared file system.
     :param image: the image slurmctld, slurmd and every job run in. Default:
         ``NeuronTrainingImage.bundled()`` (Slurm 23.11 from Ubuntu 24.04).
-    :param controller_instance_type: a c, m or r type of generation 5 to 8 with at least
+    :param controller_instance_type: a host type of the catalog (``cdk_trn.catalog.HOST_SPECS``:
+        c6i, c7i, m6i, m7i, r6i and r7i from large to 8xlarge) with at least
         ``MIN_CONTROLLER_MEMORY_GIB`` GiB. Default: ``m7i.xlarge`` (4 vCPUs, 16 GiB).
     :param controller_machine_image: the controller's AMI. Default: the latest Amazon Linux 2023,
         resolved from its public SSM parameter at deploy time.
@@ -257,19 +236,21 @@ class SlurmScheduler(Construct):
             )
 
     def _validate_controller_type(self, instance_type: str) -> None:
-        memory = controller_memory_gib(instance_type)
-        if memory is None:
+        prop = f"{self.node.path}: controller_instance_type"
+        spec = HOST_SPECS.get(instance_type) if isinstance(instance_type, str) else None
+        if spec is None:
             raise invalid(
-                f"{self.node.path}: controller_instance_type",
+                prop,
                 instance_type,
-                "a c, m or r instance type of generation 5 to 8, such as m7i.xlarge",
+                "a host type of the catalog (cdk_trn.catalog.HOST_SPECS), one of "
+                + ", ".join(HOST_SPECS),
             )
-        if memory < MIN_CONTROLLER_MEMORY_GIB:
+        if spec.memory_gib < MIN_CONTROLLER_MEMORY_GIB:
             raise invalid(
-                f"{self.node.path}: controller_instance_type",
+                prop,
                 instance_type,
                 f"a type with at least {MIN_CONTROLLER_MEMORY_GIB} GiB of memory "
-                f"({instance_type} has {memory} GiB), such as m7i.xlarge",
+                f"({instance_type} has {spec.memory_gib} GiB), such as m7i.xlarge",
             )
 
     def _validate_name(self, prop: str, value: str) -> None:

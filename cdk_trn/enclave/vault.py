@@ -45,7 +45,7 @@ from cdk_trn._resources import (
     stateful_removal_policy,
 )
 from cdk_trn._runtime import RUNTIME_ROOT, runtime_excludes, runtime_file
-from cdk_trn.catalog import EnclaveHostSpec, enclave_host_spec
+from cdk_trn.catalog import HostSpec, enclave_host_spec
 from cdk_trn.compliance import (
     acknowledge,
     acknowledge_regulated,
@@ -368,14 +368,12 @@ class EnclaveKeyVault(Construct):
         return cdk.Fn.sub(synthesizer.cloud_formation_execution_role_arn)
 
     @staticmethod
-    def _validate_instance_type(instance_type: str) -> EnclaveHostSpec:
-        spec = enclave_host_spec(instance_type)
-        if spec.vcpus < 4:
-            raise invalid("instance_type", instance_type, "an enclave host with at least 4 vCPUs")
-        return spec
+    def _validate_instance_type(instance_type: str) -> HostSpec:
+        # The catalog's enclave hosts have at least 4 vCPUs: 2 for the enclave, 2 for the parent.
+        return enclave_host_spec(instance_type)
 
     @staticmethod
-    def _validate_cpu_count(spec: EnclaveHostSpec, cpu_count: int) -> None:
+    def _validate_cpu_count(spec: HostSpec, cpu_count: int) -> None:
         high = spec.vcpus - PARENT_RESERVED_VCPUS
         if not isinstance(cpu_count, int) or cpu_count < 2 or cpu_count > high or cpu_count % 2:
             raise invalid(
@@ -386,7 +384,7 @@ class EnclaveKeyVault(Construct):
             )
 
     @staticmethod
-    def _validate_memory(spec: EnclaveHostSpec, memory_mib: int) -> None:
+    def _validate_memory(spec: HostSpec, memory_mib: int) -> None:
         high = spec.memory_gib * 1024 - PARENT_RESERVED_MIB
         if not isinstance(memory_mib, int) or not MIN_ENCLAVE_MEMORY_MIB <= memory_mib <= high:
             raise invalid(

@@ -5,37 +5,24 @@ the results in the layout the handler reads (``<run>/0/summary.json``).
 
 Only the two things the local machine has no stand-in for are doubles: ``docker`` (a test double
 that runs ``docker exec``'s command here, as remote.py's docstring describes) and ``aws`` (a test
-double whose ``s3 cp`` copies into a directory standing in for the bucket). Needs root, slurm-wlm,
-munge and torch-xla, like tests/slurm/test_local_cluster.py and tests/container.
+double whose ``s3 cp`` copies into a directory standing in for the bucket). The cluster and its
+rendezvous port come from the Slurm test harness (tests/slurm/harness.py), which stops it and
+checks, by pid, that no daemon is left. Needs root, slurm-wlm, munge and torch-xla.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 
 from cdk_trn.acceptance.document import SLURM_DOCUMENT_PARAMETERS, submit_script
-from cdk_trn_runtime.slurm import local
 from tests.container.conftest import TINY_ARGS
-from tests.slurm.test_local_cluster import _daemon_running
+from tests.slurm.harness import NEEDS_ROOT_AND_SLURM, REPO, local_cluster
 
-REPO = Path(__file__).resolve().parents[2]
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.torch,
-    pytest.mark.skipif(os.geteuid() != 0, reason="slurmd needs root (CI runs as root)"),
-]
+pytestmark = [*NEEDS_ROOT_AND_SLURM, pytest.mark.torch]
 
 DOCKER_DOUBLE = """#!/bin/bash
 # Test double of docker: `ps` names a running container, `exec` runs its command here.
@@ -91,37 +78,16 @@ def _render(values: dict[str, str]) -> str:
     return re.sub(r"\{\{ (\w+) \}\}", lambda m: values[m.group(1)], submit_script())
 
 
-def _daemon_pids(layout: local.Layout) -> set[int]:
-    pids = (local._alive(layout.pid_file(d)) for d in local.DAEMONS)
-    return {p for p in pids if p is not None}
-
-
 def test_the_controller_script_runs_the_suite_as_a_slurm_job_and_uploads_its_results():
     pytest.importorskip("torch_xla", reason="the suite needs torch-xla on XLA CPU")
-    assert shutil.which("slurmctld") and shutil.which("munged"), "install slurm-wlm and munge"
-    root = Path(tempfile.mkdtemp(prefix="cdk-trn-acceptance-slurm-"))
-    root.chmod(0o755)
-    layout = local.Layout(root)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("SLURM_JOB_ID", None)
-    started: set[int] = set()
-    try:
-        up = subprocess.run(
-            [sys.executable, "-m", "cdk_trn_runtime.slurm.local", "up", "--dir", str(root)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=180,
-        )
-        started |= _daemon_pids(layout)
-        assert up.returncode == 0, up.stderr
+    with local_cluster(prefix="cdk-trn-acceptance-slurm-") as cluster:
+        root, shared = cluster.root, cluster.layout.shared
         doubles = root / "doubles"
         doubles.mkdir()
         for name, text in (("docker", DOCKER_DOUBLE), ("aws", AWS_DOUBLE)):
             (doubles / name).write_text(text)
             (doubles / name).chmod(0o755)
         fake_s3 = root / "fake-s3"
-        shared = layout.shared
         run_id = "acceptance-0123456789ab"
         script = _render(
             {
@@ -133,7 +99,7 @@ def test_the_controller_script_runs_the_suite_as_a_slurm_job_and_uploads_its_res
                 "JobUser": "trn",
                 "ControllerContainer": "cdk-trn-slurmctld",
                 "RunsDir": f"{shared}/acceptance",
-                "RendezvousPort": "29455",
+                "RendezvousPort": str(cluster.rendezvous_port()),
                 "NeuronCommPort": "46820",
                 "ResultsUri": f"s3://results-bucket/acceptance-runs/{run_id}/",
                 "CompileCacheDir": f"{shared}/neuron-compile-cache",
@@ -145,9 +111,9 @@ def test_the_controller_script_runs_the_suite_as_a_slurm_job_and_uploads_its_res
         )
         (root / "submit.sh").write_text(script)
         run_env = {
-            **env,
-            "PATH": f"{doubles}:{env['PATH']}",
-            "SLURM_CONF": str(layout.conf),
+            **cluster.env,
+            "PYTHONPATH": str(REPO),
+            "PATH": f"{doubles}:{cluster.env['PATH']}",
             "FAKE_S3": str(fake_s3),
             "CDK_TRN_ACCEPTANCE_POLL_SECONDS": "2",
             "OMP_NUM_THREADS": "1",
@@ -176,21 +142,3 @@ def test_the_controller_script_runs_the_suite_as_a_slurm_job_and_uploads_its_res
         assert (shared / "acceptance" / run_id / "acceptance.sbatch").read_text() == (
             REPO / "cdk_trn_runtime" / "acceptance" / "acceptance.sbatch"
         ).read_text()
-    finally:
-        started |= _daemon_pids(layout)
-        down = subprocess.run(
-            [sys.executable, "-m", "cdk_trn_runtime.slurm.local", "down", "--dir", str(root)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
-        deadline = time.monotonic() + 15
-        while any(_daemon_running(pid) for pid in started) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = sorted(pid for pid in started if _daemon_running(pid))
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(root, ignore_errors=True)
-        assert down.returncode == 0, down.stderr
-        assert not left, f"daemons left running after down: {left}: {down.stderr}"

@@ -1,10 +1,24 @@
+import inspect
 import json
+import re
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
-from cdk_trn.catalog import INSTANCE_SPECS, instance_spec
+from cdk_trn.catalog import (
+    ENCLAVE_HOST_SPECS,
+    HOST_SPECS,
+    INSTANCE_SPECS,
+    MIN_ENCLAVE_HOST_VCPUS,
+    enclave_host_spec,
+    instance_spec,
+)
+from cdk_trn.enclave.vault import EnclaveKeyVault
 from cdk_trn.errors import CdkTrnError
+from cdk_trn.scheduler import SlurmScheduler
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cfn_lint_regions(instance_type: str) -> set[str]:
@@ -75,3 +89,51 @@ def test_unconfirmed_regions_are_types_missing_from_cfn_lint_data(name):
 def test_logical_cores_per_chip_follow_the_default_lnc():
     assert instance_spec("trn2.48xlarge").logical_cores_per_chip == 4  # 8 physical, LNC=2
     assert instance_spec("trn1.32xlarge").logical_cores_per_chip == 2  # 2 physical, LNC=1
+
+
+# --- hosts beside the cluster -----------------------------------------------------------------
+
+
+def test_host_sizes_follow_the_family_memory_per_vcpu():
+    facts = {n: (s.vcpus, s.memory_gib, s.nitro_enclaves) for n, s in HOST_SPECS.items()}
+    assert facts["m7i.xlarge"] == (4, 16, True)
+    assert facts["c7i.large"] == (2, 4, False)
+    assert facts["r6i.large"] == (2, 16, False)
+    assert facts["c6i.8xlarge"] == (32, 64, True)
+    assert facts["r7i.2xlarge"] == (8, 64, True)
+
+
+@pytest.mark.parametrize("name", sorted(HOST_SPECS))
+def test_every_host_type_is_an_ec2_instance_type_in_cfn_lint_data(name):
+    assert cfn_lint_regions(name), f"{name} is in no region of cfn-lint's EC2 data"
+
+
+def test_enclave_hosts_are_the_hosts_with_enough_vcpus_for_an_enclave():
+    assert set(ENCLAVE_HOST_SPECS) == {
+        n for n, s in HOST_SPECS.items() if s.vcpus >= MIN_ENCLAVE_HOST_VCPUS
+    }
+    assert enclave_host_spec("m7i.xlarge") is HOST_SPECS["m7i.xlarge"]
+
+
+@pytest.mark.parametrize("name", ["m7i.large", "trn1.32xlarge", "m7g.xlarge"])
+def test_a_type_that_cannot_host_an_enclave_is_refused_listing_those_that_can(name):
+    with pytest.raises(CdkTrnError) as error:
+        enclave_host_spec(name)
+    message = str(error.value)
+    assert message.startswith("instance_type must be an enclave-capable host type")
+    assert message.endswith(f"got {name!r}")
+    assert all(known in message for known in ENCLAVE_HOST_SPECS)
+
+
+@pytest.mark.parametrize(
+    ("construct", "prop"),
+    [(SlurmScheduler, "controller_instance_type"), (EnclaveKeyVault, "instance_type")],
+)
+def test_the_default_host_types_are_in_the_host_table(construct, prop):
+    assert inspect.signature(construct.__init__).parameters[prop].default in HOST_SPECS
+
+
+def test_every_host_type_the_readme_names_is_in_the_host_table():
+    readme = (REPO / "README.md").read_text()
+    named = set(re.findall(r"\b[cmr][5-8][a-z]*\.[0-9]*x?large\b", readme))
+    assert named and named <= set(HOST_SPECS)

@@ -10,8 +10,9 @@ import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Match, Template
 
+from cdk_trn.catalog import HOST_SPECS
 from cdk_trn.errors import CdkTrnError
-from cdk_trn.scheduler import SlurmScheduler, controller_memory_gib
+from cdk_trn.scheduler import MIN_CONTROLLER_MEMORY_GIB, SlurmScheduler
 from tests.foundation.stacks_for_tests import cluster_stack
 from tests.foundation.test_node_bootstrap_run import FileSystemStandIn
 
@@ -158,7 +159,17 @@ def test_a_cluster_takes_one_scheduler():
         ),
         (
             {"controller_instance_type": "t2.nano"},
-            r"Test/Slurm: controller_instance_type must be a c, m or r instance type",
+            r"Test/Slurm: controller_instance_type must be a host type of the catalog "
+            r"\(cdk_trn.catalog.HOST_SPECS\), one of c6i.large, .*m7i.xlarge.*, got 't2.nano'",
+        ),
+        (
+            # Graviton: the controller runs the x86_64 training image.
+            {"controller_instance_type": "m7g.xlarge"},
+            r"controller_instance_type must be a host type of the catalog .*, got 'm7g.xlarge'",
+        ),
+        (
+            {"controller_instance_type": ["m7i.xlarge"]},
+            r"controller_instance_type must be a host type .*, got \['m7i.xlarge'\]",
         ),
         ({"max_nodes_per_job": 3}, r"max_nodes_per_job must be from 1 to the cluster's 2 nodes"),
         ({"partition": "Trn;"}, r"partition must be 1-40 lower-case"),
@@ -182,11 +193,12 @@ def test_cluster_without_a_file_system_is_refused():
         SlurmScheduler(stack, "Slurm", cluster=cluster)
 
 
-def test_controller_memory_comes_from_family_and_size():
-    assert controller_memory_gib("m7i.xlarge") == 16
-    assert controller_memory_gib("r6i.large") == 16
-    assert controller_memory_gib("c7i.large") == 4
-    assert controller_memory_gib("trn2.48xlarge") is None
+@pytest.mark.parametrize("instance_type", ["c7i.xlarge", "m6i.large", "r7i.8xlarge"])
+def test_a_catalog_host_with_enough_memory_runs_the_controller(instance_type):
+    assert HOST_SPECS[instance_type].memory_gib >= MIN_CONTROLLER_MEMORY_GIB  # 8, 8 and 256 GiB
+    _, scheduler = _scheduler(controller_instance_type=instance_type)
+    assert scheduler.launch_template.instance_type is not None
+    assert scheduler.launch_template.instance_type.to_string() == instance_type
 
 
 def test_node_and_controller_user_data_fit_the_ec2_16_kib_limit():

@@ -4,95 +4,36 @@ first checkpoint is requeued by Slurm; once ``python -m cdk_trn_runtime.slurm.lo
 ``make local-cluster`` runs) has brought the node back, the job runs again, resumes from its
 latest checkpoint and completes.
 
-Needs root and the packages slurm-wlm and munge. The cluster (its own, module-scoped) is stopped
-with ``local down``; every daemon it started is checked, by pid, to be gone.
+Needs root and the packages slurm-wlm and munge. The cluster is the module's own (``cluster``
+fixture, tests/slurm/harness.py), stopped with ``local down`` and checked, by pid, to have left
+no daemon.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from cdk_trn_runtime.slurm import local
 from cdk_trn_runtime.train import checkpoint
-from tests.slurm.test_local_cluster import (
+from tests.slurm.harness import (
+    NEEDS_ROOT_AND_SLURM,
     TRAIN_SBATCH,
     Cluster,
-    _daemon_running,
-    _python_env,
-    _wait,
+    daemon_running,
+    wait,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="slurmd needs root (CI runs as root)"),
-]
+pytestmark = NEEDS_ROOT_AND_SLURM
 
 STEPS = 40
 CHECKPOINT_EVERY = 4
 #: Slow enough that the run outlasts the ~10 s Slurm takes to notice the dead slurmd (the job's
 #: tasks on that node keep running meanwhile), fast enough for a quick test.
 STEP_SLEEP = "1"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    assert shutil.which("slurmctld") and shutil.which("munged"), (
-        "install the packages slurm-wlm and munge (.ci/run does)"
-    )
-    root = Path(tempfile.mkdtemp(prefix="cdk-trn-resume-"))
-    root.chmod(0o755)
-    layout = local.Layout(root)
-    env = {**os.environ, "SLURM_CONF": str(layout.conf)}
-    env.pop("SLURM_JOB_ID", None)
-    handle = Cluster(layout, env, job_user="")
-    try:
-        handle.up()
-        handle.job_user = json.loads(layout.state_file.read_text())["job_user"]
-        yield handle
-    finally:
-        handle.record_pids()
-        down = subprocess.run(
-            [sys.executable, "-m", "cdk_trn_runtime.slurm.local", "down", "--dir", str(root)],
-            capture_output=True,
-            text=True,
-            env=_python_env(),
-            timeout=120,
-        )
-        left = sorted(pid for pid in handle.started if _daemon_running(pid))
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        # A failed run may leave the killed node's job step behind (only a new slurmd ends it).
-        for pid in _step_daemons(layout):
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(root, ignore_errors=True)
-        assert down.returncode == 0, down.stderr
-        assert not left, f"daemons left running after down: {left}"
-
-
-def _step_daemons(layout: local.Layout) -> list[int]:
-    """slurmstepd processes of this cluster (their environment names its slurm.conf)."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if (proc / "comm").read_text().strip() != "slurmstepd":
-                continue
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"SLURM_CONF={layout.conf}".encode() in environ:
-            found.append(int(proc.name))
-    return found
 
 
 def _job_state(cluster: Cluster, job: str) -> str:
@@ -108,21 +49,14 @@ def _restart_count(cluster: Cluster, job: str) -> int:
 
 
 def test_job_on_a_failed_node_is_requeued_and_resumes_after_up_replaces_the_node(cluster):
-    workdir = cluster.layout.shared / "home" / cluster.job_user
-    workdir = workdir if cluster.job_user != "root" else cluster.layout.shared
+    workdir = cluster.job_dir
     checkpoints = cluster.layout.shared / "checkpoints" / "test-resume"
-    submit = ["sbatch", "-N2", "--requeue", "--parsable", f"--chdir={workdir}", str(TRAIN_SBATCH)]
-    if cluster.job_user != "root":
-        submit = ["runuser", "-u", cluster.job_user, "--", *submit]
+    submit = cluster.as_job_user(
+        "sbatch", "-N2", "--requeue", "--parsable", f"--chdir={workdir}", str(TRAIN_SBATCH)
+    )
     env = {
-        **cluster.env,
-        "TRAIN_STEPS": str(STEPS),
-        "CHECKPOINT_EVERY": str(CHECKPOINT_EVERY),
-        "CHECKPOINT_DIR": str(checkpoints),
+        **cluster.train_env(STEPS, CHECKPOINT_EVERY, checkpoints),
         "TRAIN_STEP_SLEEP": STEP_SLEEP,
-        # Not the port the job id picks: another local cluster on this host (the other test
-        # module's, under xdist) numbers its jobs alike.
-        "TRAIN_MASTER_PORT": str(local._free_ports(1)[0]),
     }
     result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=60, cwd="/")
     assert result.returncode == 0, result.stderr
@@ -133,7 +67,7 @@ def test_job_on_a_failed_node_is_requeued_and_resumes_after_up_replaces_the_node
         return log.read_text() if log.exists() else "(no log)"
 
     try:
-        _wait("the first checkpoint", lambda: checkpoint.latest(checkpoints) is not None, 300)
+        wait("the first checkpoint", lambda: checkpoint.latest(checkpoints) is not None, 300)
         first = checkpoint.latest(checkpoints)
         assert first is not None
         assert _job_state(cluster, job) == "RUNNING", output()
@@ -142,9 +76,9 @@ def test_job_on_a_failed_node_is_requeued_and_resumes_after_up_replaces_the_node
         pid = local._alive(cluster.layout.pid_file("slurmd-n2"))
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        _wait("the killed slurmd gone", lambda: not _daemon_running(pid), timeout=10)
-        _wait("n2 down", lambda: cluster.node_state("n2").startswith("down"), timeout=60)
-        _wait(
+        wait("the killed slurmd gone", lambda: not daemon_running(pid), timeout=10)
+        wait("n2 down", lambda: cluster.node_state("n2").startswith("down"), timeout=60)
+        wait(
             "the job requeued",
             lambda: _restart_count(cluster, job) == 1 and _job_state(cluster, job) == "PENDING",
             timeout=120,
@@ -153,7 +87,7 @@ def test_job_on_a_failed_node_is_requeued_and_resumes_after_up_replaces_the_node
 
         # make local-cluster: up starts the missing slurmd, the node returns to service.
         cluster.up()
-        _wait(
+        wait(
             f"job {job} completed after the node came back",
             lambda: _job_state(cluster, job) in ("COMPLETED", "FAILED", "CANCELLED"),
             timeout=600,
@@ -164,7 +98,8 @@ def test_job_on_a_failed_node_is_requeued_and_resumes_after_up_replaces_the_node
         if _job_state(cluster, job) not in ("COMPLETED", "FAILED", "CANCELLED", ""):
             cluster.run("scancel", job)
 
-    assert f"master=127.0.0.1:{env['TRAIN_MASTER_PORT']} " in text
+    # Both runs of the job rendezvous on the port this cluster handed it.
+    assert text.count(f"master=127.0.0.1:{env['TRAIN_MASTER_PORT']} ") == 2, text
     assert "train.sbatch: job=" + job + " restart=0" in text
     assert "train.sbatch: job=" + job + " restart=1" in text
     resumed = re.findall(r"^train: resumed step=(\d+) from=(\S+)$", text, re.MULTILINE)
