@@ -4,6 +4,8 @@
 * ``encrypted_bucket(...)``: a private, versioned, TLS-only bucket encrypted with a KMS key.
 * ``access_log_bucket(...)`` / ``deliver_access_logs(...)``: an SSE-S3 bucket that receives S3
   server access logs, and the logging setup of a bucket that sends them there.
+* ``ManagedPolicyRole``: an IAM role whose statements, grants included, live in a customer-managed
+  policy attached to it, never in an inline policy.
 """
 
 from __future__ import annotations
@@ -143,6 +145,49 @@ def deliver_access_logs(bucket: s3.Bucket, *, to: s3.Bucket, prefix: str, sid: s
             },
         )
     )
+
+
+#: The id of a ``ManagedPolicyRole``'s policy, a child of the role.
+ROLE_POLICY_ID = "Policy"
+
+
+class ManagedPolicyRole(iam.Role):
+    """An IAM role whose own statements live in a customer-managed policy, never inline.
+
+    Whatever lands in an ``iam.Role``'s inline ``DefaultPolicy`` (``role.add_to_policy(...)``
+    and the statements aws-cdk-lib's grants add: ``bucket.grant_read_write(role)``,
+    ``key.grant_decrypt(role)``, ``secret.grant_read(role)``, a flow log's delivery grants)
+    goes into ``<role>/Policy`` instead: an ``AWS::IAM::ManagedPolicy`` attached to this role
+    alone, created with the first statement and deleted with the role (the regulated packs'
+    IAMNoInlinePolicy). The statements are merged as in a default policy; a managed policy
+    holds at most 6,144 characters.
+
+    Ordering is kept: the policy is a child of the role, so whatever depends on the role (an L2
+    ``ec2.LaunchTemplate`` with ``role=`` does) waits for the policy too, and grants report the
+    policy as their dependable, so ``grant.apply_before(resource)`` orders ``resource`` after it.
+    An L1 resource that launches instances must depend on the role itself
+    (``resource.node.add_dependency(role)``).
+    """
+
+    def add_to_principal_policy(
+        self, statement: iam.PolicyStatement
+    ) -> iam.AddToPrincipalPolicyResult:
+        policy = self.managed_policy
+        if policy is None:
+            policy = iam.ManagedPolicy(
+                self,
+                ROLE_POLICY_ID,
+                description=f"Permissions of the role {self.node.path} (its grants)",
+                roles=[self],
+            )
+        policy.add_statements(statement)  # identical statements are rendered once
+        return iam.AddToPrincipalPolicyResult(statement_added=True, policy_dependable=policy)
+
+    @property
+    def managed_policy(self) -> iam.ManagedPolicy | None:
+        """The policy holding the role's statements; None until the first one is added."""
+        policy = self.node.try_find_child(ROLE_POLICY_ID)
+        return policy if isinstance(policy, iam.ManagedPolicy) else None
 
 
 @jsii.implements(iam.IPrincipal)

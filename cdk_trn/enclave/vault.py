@@ -38,6 +38,7 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from cdk_trn._resources import (
+    ManagedPolicyRole,
     access_log_bucket,
     allow_cloudwatch_logs,
     deliver_access_logs,
@@ -241,17 +242,12 @@ class EnclaveKeyVault(Construct):
             self, bucket=self.state_bucket, encryption_key=self.storage_key
         )
 
-        self.host_role = iam.Role(
+        #: Its statements (and any grant to it) live in its customer-managed policy.
+        self.host_role = ManagedPolicyRole(
             self,
             "HostRole",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description="Enclave vault host: fetches the EIF, relays KMS for the enclave",
-        )
-        acknowledge_regulated(
-            self.host_role,
-            "IAMNoInlinePolicy",
-            "the host role's policy names this vault's EIF, state objects and public-key "
-            "parameter only; it belongs to this role alone and is deleted with it",
         )
         self.key = kms.Key(
             self,
@@ -741,8 +737,8 @@ class EnclaveKeyVault(Construct):
                     },
                 )
             )
-        # Into the role's default policy: the launch template depends on it, so no host boots
-        # before its permissions exist.
+        # Into the role's managed policy, under the role: the launch template depends on the
+        # role, so no host boots before its permissions exist.
         for statement in statements:
             self.host_role.add_to_principal_policy(statement)
 
