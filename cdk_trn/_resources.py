@@ -2,14 +2,16 @@
 
 * ``allow_cloudwatch_logs(key)``: let CloudWatch Logs of this account use a KMS key for log groups.
 * ``encrypted_bucket(...)``: a private, versioned, TLS-only bucket encrypted with a KMS key.
-* ``access_log_bucket(...)`` / ``deliver_access_logs(...)``: an SSE-S3 bucket that receives S3
-  server access logs, and the logging setup of a bucket that sends them there.
+* ``access_log_bucket(...)`` / ``deliver_access_logs(...)`` / ``admit_account_access_logs(...)``:
+  an SSE-S3 bucket that receives S3 server access logs, the logging setup of a bucket that sends
+  them there, and the admission of this account's buckets under one prefix.
 * ``ManagedPolicyRole``: an IAM role whose statements, grants included, live in a customer-managed
   policy attached to it, never in an inline policy.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import aws_cdk as cdk
@@ -123,8 +125,62 @@ def access_log_bucket(
     return bucket
 
 
-def deliver_access_logs(bucket: s3.Bucket, *, to: s3.Bucket, prefix: str, sid: str) -> None:
-    """Send ``bucket``'s server access logs to ``to`` under ``prefix``."""
+#: What S3 server access logging requires of a destination bucket (S3 user guide, "Logging
+#: requests with server access logging" and the ``LoggingEnabled`` API reference), for docstrings.
+ACCESS_LOG_DESTINATION_REQUIREMENTS = (
+    "in the same Region and owned by the same account as the logged bucket; default encryption "
+    "SSE-S3 (never SSE-KMS or DSSE-KMS); no S3 Object Lock default retention; no Requester "
+    "Pays; with object ownership enforced (no ACLs), delivery is granted by a bucket policy "
+    "statement for the logging service principal logging.s3.amazonaws.com"
+)
+_LOG_PREFIX = re.compile(r"[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*/")
+
+
+def validate_access_log_prefix(prop: str, prefix: str) -> None:
+    """A key prefix for server access logs: lower-case path segments ending in ``/``."""
+    if isinstance(prefix, str) and cdk.Token.is_unresolved(prefix):
+        return
+    if not isinstance(prefix, str) or len(prefix) > 100 or not _LOG_PREFIX.fullmatch(prefix):
+        raise invalid(
+            prop,
+            prefix,
+            "a key prefix of at most 100 characters: lower-case letters, digits, '.', '_' or "
+            "'-' in segments separated by '/', ending in '/' (for example 'vault-state/')",
+        )
+
+
+def validate_access_log_bucket(prop: str, scope: Construct, bucket: s3.IBucket) -> None:
+    """``bucket`` can receive ``scope``'s server access logs: an ``s3.IBucket`` in the same
+    Region and account, where both are known at synth."""
+    if not all(hasattr(bucket, a) for a in ("bucket_name", "arn_for_objects", "env")):
+        raise invalid(prop, bucket, "an s3.IBucket (for example TrainingBuckets.access_log_bucket)")
+    stack = cdk.Stack.of(scope)
+    for what, mine, theirs in (
+        ("Region", stack.region, bucket.env.region),
+        ("account", stack.account, bucket.env.account),
+    ):
+        known = not cdk.Token.is_unresolved(mine) and not cdk.Token.is_unresolved(theirs)
+        if known and mine != theirs:
+            raise invalid(
+                prop,
+                f"a bucket in {what} {theirs}",
+                f"a bucket in this stack's {what} ({mine}): S3 delivers server access logs "
+                "only within one Region and account",
+            )
+
+
+def deliver_access_logs(bucket: s3.Bucket, *, to: s3.IBucket, prefix: str, sid: str) -> None:
+    """Send ``bucket``'s server access logs to ``to`` under ``prefix``.
+
+    ``to`` must meet S3's requirements for a destination
+    (:data:`ACCESS_LOG_DESTINATION_REQUIREMENTS`): same Region and account as ``bucket``,
+    SSE-S3 default encryption, no Object Lock default retention, no Requester Pays, and a
+    bucket policy admitting ``logging.s3.amazonaws.com``.
+    When ``to`` is an ``s3.Bucket`` of the same stack, this adds that statement for ``bucket``
+    alone (``aws:SourceArn`` is its ARN). A bucket of another stack or an imported one is only
+    named here: its owner admits the logs (``TrainingBuckets.admit_access_logs(prefix)``), so
+    that no stack has to refer to a later one.
+    """
     # L1 because the L2's server_access_logs_bucket depends on a feature flag: without
     # @aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy it puts an ACL on the log bucket, which
     # BucketOwnerEnforced forbids. S3 documents the bucket policy below instead.
@@ -133,6 +189,8 @@ def deliver_access_logs(bucket: s3.Bucket, *, to: s3.Bucket, prefix: str, sid: s
     cfn_bucket.logging_configuration = s3.CfnBucket.LoggingConfigurationProperty(
         destination_bucket_name=to.bucket_name, log_file_prefix=prefix
     )
+    if not isinstance(to, s3.Bucket) or cdk.Stack.of(to) is not cdk.Stack.of(bucket):
+        return
     to.add_to_resource_policy(
         iam.PolicyStatement(
             sid=sid,
@@ -143,6 +201,26 @@ def deliver_access_logs(bucket: s3.Bucket, *, to: s3.Bucket, prefix: str, sid: s
                 "ArnLike": {"aws:SourceArn": bucket.bucket_arn},
                 "StringEquals": {"aws:SourceAccount": cdk.Stack.of(bucket).account},
             },
+        )
+    )
+
+
+def admit_account_access_logs(to: s3.Bucket, *, prefix: str, sid: str) -> None:
+    """Let S3 server access logging of buckets of this account deliver to ``to`` under
+    ``prefix``, and nowhere else in it.
+
+    For logged buckets that ``to``'s stack cannot name: buckets of later stacks (naming them
+    would make the stacks depend on each other both ways). The statement is limited by
+    ``aws:SourceAccount``; ``aws:SourceArn`` cannot narrow it further, because CloudFormation
+    generates those buckets' names and documents no pattern for them.
+    """
+    to.add_to_resource_policy(
+        iam.PolicyStatement(
+            sid=sid,
+            principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")],
+            actions=["s3:PutObject"],
+            resources=[to.arn_for_objects(f"{prefix}*")],
+            conditions={"StringEquals": {"aws:SourceAccount": cdk.Stack.of(to).account}},
         )
     )
 
