@@ -230,7 +230,13 @@ class SlurmScheduler(Construct):
             self.auth_key.grant_read(role)
             self.image.grant_pull(role)
         self.controller_address.grant_write(self.role)
-        self.controller_address.grant_read(cluster.role)
+        # The nodes only read the address (boot_common.sh resolve_controller: ssm get-parameter),
+        # so not grant_read's GetParameters, GetParameterHistory and DescribeParameters.
+        iam.Grant.add_to_principal(
+            grantee=cluster.role,
+            actions=["ssm:GetParameter"],
+            resource_arns=[self.controller_address.parameter_arn],
+        )
         self._acknowledge_pull_wildcard(self.role)
         self._allow_metrics()
         self._acknowledge_pull_wildcard(cluster.role)

@@ -692,9 +692,16 @@ class AcceptanceRun(Construct):
             statements.append(
                 iam.PolicyStatement(
                     sid="EncryptAcceptanceResults",
-                    # Decrypt too: the AWS CLI's multipart uploads (large logs) need it.
+                    # Decrypt too: the AWS CLI's multipart uploads (large logs) need it. Only
+                    # for S3's calls on the uploader's behalf: the key encrypts the handlers'
+                    # logs too, which the uploader has no business with.
                     actions=["kms:GenerateDataKey", "kms:Decrypt"],
                     resources=[key.key_arn],
+                    conditions={
+                        "StringEquals": {
+                            "kms:ViaService": f"s3.{cdk.Stack.of(self).region}.amazonaws.com"
+                        }
+                    },
                 )
             )
         return statements

@@ -748,10 +748,10 @@ class EnclaveKeyVault(Construct):
                 actions=["ssm:PutParameter", "ssm:GetParameter"],
                 resources=[self._parameter_arn()],
             ),
+            # The statement the Auto Scaling group's signals add too, written alike (no Sid), so
+            # the policy holds it once.
             iam.PolicyStatement(
-                sid="SignalBootstrapResult",
-                actions=["cloudformation:SignalResource"],
-                resources=[stack.stack_id],
+                actions=["cloudformation:SignalResource"], resources=[cdk.Aws.STACK_ID]
             ),
         ]
         eif_key = image.eif.bucket.encryption_key

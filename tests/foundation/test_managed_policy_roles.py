@@ -202,3 +202,63 @@ def test_flow_log_role_trusts_only_this_accounts_flow_logs():
         "aws:SourceAccount": {"Ref": "AWS::AccountId"}
     }
     assert "vpc-flow-log/*" in str(statement["Condition"]["ArnLike"]["aws:SourceArn"])
+
+
+# --- narrowed statements --------------------------------------------------------------------
+
+
+def _statements_of(stack_name: str, role: ManagedPolicyRole) -> list[dict]:
+    _, templates = _default_app()
+    role_ref = {"Ref": _resource_of(stack_name, role)[0]}
+    return [
+        s
+        for r in templates[stack_name].values()
+        if r["Type"] == "AWS::IAM::ManagedPolicy" and role_ref in r["Properties"].get("Roles", [])
+        for s in r["Properties"]["PolicyDocument"]["Statement"]
+    ]
+
+
+def _actions(statement: dict) -> list[str]:
+    actions = statement["Action"]
+    return actions if isinstance(actions, list) else [actions]
+
+
+def test_nodes_only_get_the_controller_address_parameter():
+    default, _ = _default_app()
+    stack = default.cluster_stack.stack_name
+    parameter_reads = [
+        s
+        for s in _statements_of(stack, default.cluster.role)
+        if any(a.startswith("ssm:") and "Parameter" in a for a in _actions(s))
+    ]
+    assert [_actions(s) for s in parameter_reads] == [["ssm:GetParameter"]]
+
+
+def test_the_results_uploader_uses_the_results_key_only_through_s3():
+    default, _ = _default_app()
+    stack = default.cluster_stack.stack_name
+    [kms_statement] = [
+        s
+        for s in _statements_of(stack, default.cluster_stack.scheduler.role)
+        if s.get("Sid") == "EncryptAcceptanceResults"
+    ]
+    assert kms_statement["Condition"] == {
+        "StringEquals": {"kms:ViaService": "s3.us-east-2.amazonaws.com"}
+    }
+
+
+def test_vault_hosts_hold_one_signal_statement_for_their_own_stack():
+    default, _ = _default_app()
+    stack = default.vault_stack.stack_name
+    signals = [
+        s
+        for s in _statements_of(stack, default.vault_stack.vault.host_role)
+        if "cloudformation:SignalResource" in _actions(s)
+    ]
+    assert signals == [
+        {
+            "Action": "cloudformation:SignalResource",
+            "Effect": "Allow",
+            "Resource": {"Ref": "AWS::StackId"},
+        }
+    ]
