@@ -2,12 +2,16 @@
 
 * ``allow_cloudwatch_logs(key)``: let CloudWatch Logs of this account use a KMS key for log groups.
 * ``encrypted_bucket(...)``: a private, versioned, TLS-only bucket encrypted with a KMS key.
-* ``access_log_bucket(...)`` / ``deliver_access_logs(...)``: an SSE-S3 bucket that receives S3
-  server access logs, and the logging setup of a bucket that sends them there.
+* ``access_log_bucket(...)`` / ``deliver_access_logs(...)`` / ``admit_account_access_logs(...)``:
+  an SSE-S3 bucket that receives S3 server access logs, the logging setup of a bucket that sends
+  them there, and the admission of this account's buckets under one prefix.
+* ``ManagedPolicyRole``: an IAM role whose statements, grants included, live in a customer-managed
+  policy attached to it, never in an inline policy.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import aws_cdk as cdk
@@ -121,8 +125,62 @@ def access_log_bucket(
     return bucket
 
 
-def deliver_access_logs(bucket: s3.Bucket, *, to: s3.Bucket, prefix: str, sid: str) -> None:
-    """Send ``bucket``'s server access logs to ``to`` under ``prefix``."""
+#: What S3 server access logging requires of a destination bucket (S3 user guide, "Logging
+#: requests with server access logging" and the ``LoggingEnabled`` API reference), for docstrings.
+ACCESS_LOG_DESTINATION_REQUIREMENTS = (
+    "in the same Region and owned by the same account as the logged bucket; default encryption "
+    "SSE-S3 (never SSE-KMS or DSSE-KMS); no S3 Object Lock default retention; no Requester "
+    "Pays; with object ownership enforced (no ACLs), delivery is granted by a bucket policy "
+    "statement for the logging service principal logging.s3.amazonaws.com"
+)
+_LOG_PREFIX = re.compile(r"[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*/")
+
+
+def validate_access_log_prefix(prop: str, prefix: str) -> None:
+    """A key prefix for server access logs: lower-case path segments ending in ``/``."""
+    if isinstance(prefix, str) and cdk.Token.is_unresolved(prefix):
+        return
+    if not isinstance(prefix, str) or len(prefix) > 100 or not _LOG_PREFIX.fullmatch(prefix):
+        raise invalid(
+            prop,
+            prefix,
+            "a key prefix of at most 100 characters: lower-case letters, digits, '.', '_' or "
+            "'-' in segments separated by '/', ending in '/' (for example 'vault-state/')",
+        )
+
+
+def validate_access_log_bucket(prop: str, scope: Construct, bucket: s3.IBucket) -> None:
+    """``bucket`` can receive ``scope``'s server access logs: an ``s3.IBucket`` in the same
+    Region and account, where both are known at synth."""
+    if not all(hasattr(bucket, a) for a in ("bucket_name", "arn_for_objects", "env")):
+        raise invalid(prop, bucket, "an s3.IBucket (for example TrainingBuckets.access_log_bucket)")
+    stack = cdk.Stack.of(scope)
+    for what, mine, theirs in (
+        ("Region", stack.region, bucket.env.region),
+        ("account", stack.account, bucket.env.account),
+    ):
+        known = not cdk.Token.is_unresolved(mine) and not cdk.Token.is_unresolved(theirs)
+        if known and mine != theirs:
+            raise invalid(
+                prop,
+                f"a bucket in {what} {theirs}",
+                f"a bucket in this stack's {what} ({mine}): S3 delivers server access logs "
+                "only within one Region and account",
+            )
+
+
+def deliver_access_logs(bucket: s3.Bucket, *, to: s3.IBucket, prefix: str, sid: str) -> None:
+    """Send ``bucket``'s server access logs to ``to`` under ``prefix``.
+
+    ``to`` must meet S3's requirements for a destination
+    (:data:`ACCESS_LOG_DESTINATION_REQUIREMENTS`): same Region and account as ``bucket``,
+    SSE-S3 default encryption, no Object Lock default retention, no Requester Pays, and a
+    bucket policy admitting ``logging.s3.amazonaws.com``.
+    When ``to`` is an ``s3.Bucket`` of the same stack, this adds that statement for ``bucket``
+    alone (``aws:SourceArn`` is its ARN). A bucket of another stack or an imported one is only
+    named here: its owner admits the logs (``TrainingBuckets.admit_access_logs(prefix)``), so
+    that no stack has to refer to a later one.
+    """
     # L1 because the L2's server_access_logs_bucket depends on a feature flag: without
     # @aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy it puts an ACL on the log bucket, which
     # BucketOwnerEnforced forbids. S3 documents the bucket policy below instead.
@@ -131,6 +189,8 @@ def deliver_access_logs(bucket: s3.Bucket, *, to: s3.Bucket, prefix: str, sid: s
     cfn_bucket.logging_configuration = s3.CfnBucket.LoggingConfigurationProperty(
         destination_bucket_name=to.bucket_name, log_file_prefix=prefix
     )
+    if not isinstance(to, s3.Bucket) or cdk.Stack.of(to) is not cdk.Stack.of(bucket):
+        return
     to.add_to_resource_policy(
         iam.PolicyStatement(
             sid=sid,
@@ -143,6 +203,69 @@ def deliver_access_logs(bucket: s3.Bucket, *, to: s3.Bucket, prefix: str, sid: s
             },
         )
     )
+
+
+def admit_account_access_logs(to: s3.Bucket, *, prefix: str, sid: str) -> None:
+    """Let S3 server access logging of buckets of this account deliver to ``to`` under
+    ``prefix``, and nowhere else in it.
+
+    For logged buckets that ``to``'s stack cannot name: buckets of later stacks (naming them
+    would make the stacks depend on each other both ways). The statement is limited by
+    ``aws:SourceAccount``; ``aws:SourceArn`` cannot narrow it further, because CloudFormation
+    generates those buckets' names and documents no pattern for them.
+    """
+    to.add_to_resource_policy(
+        iam.PolicyStatement(
+            sid=sid,
+            principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")],
+            actions=["s3:PutObject"],
+            resources=[to.arn_for_objects(f"{prefix}*")],
+            conditions={"StringEquals": {"aws:SourceAccount": cdk.Stack.of(to).account}},
+        )
+    )
+
+
+#: The id of a ``ManagedPolicyRole``'s policy, a child of the role.
+ROLE_POLICY_ID = "Policy"
+
+
+class ManagedPolicyRole(iam.Role):
+    """An IAM role whose own statements live in a customer-managed policy, never inline.
+
+    Whatever lands in an ``iam.Role``'s inline ``DefaultPolicy`` (``role.add_to_policy(...)``
+    and the statements aws-cdk-lib's grants add: ``bucket.grant_read_write(role)``,
+    ``key.grant_decrypt(role)``, ``secret.grant_read(role)``, a flow log's delivery grants)
+    goes into ``<role>/Policy`` instead: an ``AWS::IAM::ManagedPolicy`` attached to this role
+    alone, created with the first statement and deleted with the role (the regulated packs'
+    IAMNoInlinePolicy). The statements are merged as in a default policy; a managed policy
+    holds at most 6,144 characters.
+
+    Ordering is kept: the policy is a child of the role, so whatever depends on the role (an L2
+    ``ec2.LaunchTemplate`` with ``role=`` does) waits for the policy too, and grants report the
+    policy as their dependable, so ``grant.apply_before(resource)`` orders ``resource`` after it.
+    An L1 resource that launches instances must depend on the role itself
+    (``resource.node.add_dependency(role)``).
+    """
+
+    def add_to_principal_policy(
+        self, statement: iam.PolicyStatement
+    ) -> iam.AddToPrincipalPolicyResult:
+        policy = self.managed_policy
+        if policy is None:
+            policy = iam.ManagedPolicy(
+                self,
+                ROLE_POLICY_ID,
+                description=f"Permissions of the role {self.node.path} (its grants)",
+                roles=[self],
+            )
+        policy.add_statements(statement)  # identical statements are rendered once
+        return iam.AddToPrincipalPolicyResult(statement_added=True, policy_dependable=policy)
+
+    @property
+    def managed_policy(self) -> iam.ManagedPolicy | None:
+        """The policy holding the role's statements; None until the first one is added."""
+        policy = self.node.try_find_child(ROLE_POLICY_ID)
+        return policy if isinstance(policy, iam.ManagedPolicy) else None
 
 
 @jsii.implements(iam.IPrincipal)

@@ -27,10 +27,11 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
+from cdk_trn._resources import ManagedPolicyRole
 from cdk_trn._runtime import runtime_file
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import InstanceSpec, instance_spec
-from cdk_trn.compliance import acknowledge_regulated, acknowledge_wildcards
+from cdk_trn.compliance import acknowledge_wildcards
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.interfaces import ITrainingFileSystem, ITrainingNetwork
 from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
@@ -258,6 +259,9 @@ class TrainiumCluster(Construct):
                 wait_for_capacity_block=wait_for_capacity_block,
             )
             self.auto_scaling_group.node.add_dependency(self._preflight)
+        # No node boots before its permissions exist: the role and every policy under it (its
+        # grants, the SSM agent's). The L1 group does not depend on them by itself.
+        self.auto_scaling_group.node.add_dependency(self.role)
         # Nodes signal through the CloudFormation endpoint and pull through the others.
         for endpoint in network.endpoints:
             self.auto_scaling_group.node.add_dependency(endpoint)
@@ -332,17 +336,21 @@ class TrainiumCluster(Construct):
         nodes publish their metrics (``cdk_trn_runtime/monitoring/node_metrics.sh``, run in the
         Slurm container) into their namespace only.
 
-        A policy of its own, not the role's default policy: it names the group, and the group's
-        instances need the default policy (their boot signal) before the group exists."""
+        A customer-managed policy beside the role, not under it: it names the group, and the
+        group waits for everything under the role (the instances' boot permissions), so a
+        policy under it would be a dependency cycle. Nothing at boot needs these two actions:
+        the health checks and the metrics timer start once slurmd runs."""
         group_arn = cdk.Stack.of(self).format_arn(
             service="autoscaling",
             resource="autoScalingGroup",
             resource_name=f"*:autoScalingGroupName/{self.auto_scaling_group.ref}",
             arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
         )
-        policy = iam.Policy(
+        policy = iam.ManagedPolicy(
             self,
             "SlurmNodePolicy",
+            description=f"cdk-trn nodes of {self.cluster_name}: mark themselves unhealthy in "
+            "their own Auto Scaling group, publish their metrics",
             roles=[self.role],
             statements=[
                 iam.PolicyStatement(
@@ -350,14 +358,6 @@ class TrainiumCluster(Construct):
                 ),
                 put_metric_data_statement(METRICS_NAMESPACE_NODE),
             ],
-        )
-        acknowledge_regulated(
-            policy,
-            "IAMNoInlinePolicy",
-            "statements of the node role (SetInstanceHealth on the nodes' own Auto Scaling "
-            "group, PutMetricData into the nodes' namespace), apart from the role's default "
-            "policy because they name the group, which is created after the role; it belongs "
-            "to this role alone and is deleted with it",
         )
         acknowledge_wildcards(
             policy,
@@ -369,12 +369,9 @@ class TrainiumCluster(Construct):
 
     # --- resources ----------------------------------------------------------------------------
 
-    def _node_role(self) -> iam.Role:
+    def _node_role(self) -> ManagedPolicyRole:
         return signalling_instance_role(
-            self,
-            "NodeRole",
-            description=f"Trainium training nodes of {self.node.path}",
-            grants_reason="signals, storage, image pulls, acceptance results",
+            self, "NodeRole", description=f"Trainium training nodes of {self.node.path}"
         )
 
     def _user_data(self) -> str:
@@ -505,8 +502,9 @@ class TrainiumCluster(Construct):
         return self._connections
 
     @property
-    def role(self) -> iam.Role:
-        """The node role; grant the nodes access through it (``grant_*(cluster.role)``)."""
+    def role(self) -> ManagedPolicyRole:
+        """The node role; grant the nodes access through it (``grant_*(cluster.role)``): the
+        statements land in its customer-managed policy, which exists before any node boots."""
         return self._role
 
     @property

@@ -19,7 +19,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from cdk_trn._resources import allow_cloudwatch_logs, log_retention_period
+from cdk_trn._resources import ManagedPolicyRole, allow_cloudwatch_logs, log_retention_period
 from cdk_trn.compliance import acknowledge_regulated, drop_implied_depends_on, silence_cfn_lint
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.interfaces import ITrainingNetwork
@@ -124,6 +124,9 @@ class TrainingNetwork(Construct):
         self.nat_egress = nat_egress
         #: The VPC endpoints this construct created; nodes must not boot before they exist.
         self.endpoints: list[ec2.IVpcEndpoint] = []
+        #: The flow log's delivery role (its grants in a customer-managed policy), when this
+        #: construct created the VPC.
+        self.flow_log_role: ManagedPolicyRole | None = None
         self.vpc: ec2.IVpc
         self.subnet: ec2.ISubnet
         if existing_vpc is not None and existing_subnet is not None:
@@ -274,17 +277,15 @@ class TrainingNetwork(Construct):
             encryption_key=key,
             removal_policy=cdk.RemovalPolicy.RETAIN,
         )
+        delivery_role = self.flow_log_role = self._flow_log_role()
         flow_log = vpc.add_flow_log(
             "FlowLog",
-            destination=ec2.FlowLogDestination.to_cloud_watch_logs(log_group),
+            destination=ec2.FlowLogDestination.to_cloud_watch_logs(log_group, delivery_role),
             traffic_type=ec2.FlowLogTrafficType.ALL,
         )
-        acknowledge_regulated(
-            flow_log,
-            "IAMNoInlinePolicy",
-            "aws-cdk-lib's FlowLog writes its delivery role's policy inline; it grants only "
-            "writing to this VPC's flow-log group and passing that role",
-        )
+        # The flow log's grants (write to its log group) land in the role's managed policy;
+        # delivery starts only once it exists.
+        flow_log.node.add_dependency(delivery_role)
         # The provider aws-cdk-lib adds for restrict_default_security_group declares DependsOn on
         # its role although its GetAtt already orders them (cfn-lint W3005): one pass per stack
         # drops such edges without naming CDK-internal constructs.
@@ -316,6 +317,29 @@ class TrainingNetwork(Construct):
             "W3010",
             "the cluster lives in one chosen AZ by design: EFA cannot cross AZs and "
             "capacity reservations and blocks live in one AZ",
+        )
+
+    def _flow_log_role(self) -> ManagedPolicyRole:
+        """The flow log's delivery role: trusted by VPC Flow Logs for this account's flow logs
+        only (the confused-deputy conditions of the VPC user guide, flow-logs-iam-role.html;
+        the flow log's id is not known before it exists, hence ``vpc-flow-log/*``), its
+        permissions in a customer-managed policy."""
+        stack = cdk.Stack.of(self)
+        return ManagedPolicyRole(
+            self,
+            "FlowLogRole",
+            description="VPC Flow Logs delivery to the training VPC's flow-log group",
+            assumed_by=iam.ServicePrincipal(
+                "vpc-flow-logs.amazonaws.com",
+                conditions={
+                    "StringEquals": {"aws:SourceAccount": stack.account},
+                    "ArnLike": {
+                        "aws:SourceArn": stack.format_arn(
+                            service="ec2", resource="vpc-flow-log", resource_name="*"
+                        )
+                    },
+                },
+            ),
         )
 
     def _flow_log_key(self) -> kms.Key:

@@ -43,6 +43,7 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
+from cdk_trn._resources import ManagedPolicyRole
 from cdk_trn.acceptance.image import NeuronTrainingImage
 from cdk_trn.catalog import HOST_SPECS
 from cdk_trn.cluster import SlurmNodeSettings, TrainiumCluster, boot_user_data
@@ -208,7 +209,13 @@ class SlurmScheduler(Construct):
             self.auth_key.grant_read(role)
             self.image.grant_pull(role)
         self.controller_address.grant_write(self.role)
-        self.controller_address.grant_read(cluster.role)
+        # The nodes only read the address (boot_common.sh resolve_controller: ssm get-parameter),
+        # so not grant_read's GetParameters, GetParameterHistory and DescribeParameters.
+        iam.Grant.add_to_principal(
+            grantee=cluster.role,
+            actions=["ssm:GetParameter"],
+            resource_arns=[self.controller_address.parameter_arn],
+        )
         self._acknowledge_pull_wildcard(self.role)
         self._allow_metrics()
         self._acknowledge_pull_wildcard(cluster.role)
@@ -314,39 +321,31 @@ class SlurmScheduler(Construct):
             "srun on the controller to slurmstepd (ephemeral ports)",
         )
 
-    def _controller_role(self) -> iam.Role:
+    def _controller_role(self) -> ManagedPolicyRole:
         return signalling_instance_role(
-            self,
-            "ControllerRole",
-            description=f"Slurm controller of {self.cluster.node.path}",
-            grants_reason=(
-                "the munge key secret, the image pull, its address parameter, its "
-                "creation-policy signal"
-            ),
+            self, "ControllerRole", description=f"Slurm controller of {self.cluster.node.path}"
         )
 
     def _allow_metrics(self) -> None:
         """The controller publishes Slurm's node states and queue depth (controller_bootstrap.sh
-        publish-metrics) into the Slurm namespace only; a policy of its own, so that its '*' is
-        acknowledged for this reason alone."""
-        policy = iam.Policy(
-            self,
-            "ControllerMetricsPolicy",
+        publish-metrics) into the Slurm namespace only; a policy of its own under the role (so
+        the controller's launch template waits for it), so that its '*' is acknowledged for
+        this reason alone."""
+        policy = iam.ManagedPolicy(
+            self.role,
+            "MetricsPolicy",
+            description=f"Slurm controller of {self.cluster.cluster_name}: publish Slurm metrics",
             roles=[self.role],
             statements=[put_metric_data_statement(METRICS_NAMESPACE_SLURM)],
         )
-        acknowledge_regulated(
-            policy,
-            "IAMNoInlinePolicy",
-            "one statement of the controller role (PutMetricData into the Slurm namespace), "
-            "apart from the default policy so that its wildcard carries its own reason; it "
-            "belongs to this role alone and is deleted with it",
-        )
         acknowledge_wildcards(policy, PUT_METRIC_DATA_WILDCARD_REASON, resources=["*"])
 
-    def _acknowledge_pull_wildcard(self, role: iam.Role) -> None:
+    def _acknowledge_pull_wildcard(self, role: ManagedPolicyRole) -> None:
+        # On the role's own policy, not the role: the SSM agent's and the metrics policies under
+        # the role have their own '*' with their own reasons.
+        assert role.managed_policy is not None, "the pull grant fills the role's policy"
         acknowledge_wildcards(
-            role,
+            role.managed_policy,
             "ecr:GetAuthorizationToken (the registry login before pulling the Slurm image) "
             "supports no resource-level permission: its Resource must be '*'",
             resources=["*"],

@@ -14,6 +14,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from cdk_trn._resources import ManagedPolicyRole
 from cdk_trn.compliance import acknowledge_regulated, acknowledge_wildcards
 
 
@@ -89,12 +90,14 @@ SSM_AGENT_ACTIONS = (
 )
 
 
-def ssm_agent_policy(scope: Construct, id: str, role: iam.IRole) -> iam.ManagedPolicy:
-    """A customer-managed policy with :data:`SSM_AGENT_ACTIONS`, attached to ``role``.
+#: The id of the SSM agent's policy under a :func:`signalling_instance_role`.
+SSM_AGENT_POLICY_ID = "SsmAgentPolicy"
 
-    Created beside the role (not under it), so the role's own wildcard acknowledgments do not
-    cover it.
-    """
+
+def ssm_agent_policy(scope: Construct, id: str, role: iam.IRole) -> iam.ManagedPolicy:
+    """A customer-managed policy with :data:`SSM_AGENT_ACTIONS`, attached to ``role``, with its
+    own wildcard acknowledgment (acknowledge the role's other wildcards on its own policy,
+    ``role.managed_policy``, not on the role, or they would cover this one too)."""
     policy = iam.ManagedPolicy(
         scope,
         id,
@@ -112,23 +115,20 @@ def ssm_agent_policy(scope: Construct, id: str, role: iam.IRole) -> iam.ManagedP
     return policy
 
 
-def signalling_instance_role(
-    scope: Construct, id: str, *, description: str, grants_reason: str
-) -> iam.Role:
+def signalling_instance_role(scope: Construct, id: str, *, description: str) -> ManagedPolicyRole:
     """The role of an instance that boots, signals its creation policy and runs the SSM agent
-    (Trainium nodes, the Slurm controller): the agent's policy beside it, SignalResource on this
-    stack only, and the regulated packs' inline-policy rule acknowledged with ``grants_reason``
-    (what the grants other constructs add to the role are)."""
-    role = iam.Role(
+    (Trainium nodes, the Slurm controller): a ``ManagedPolicyRole``, so SignalResource on this
+    stack and every grant other constructs add land in its customer-managed policy, and the
+    agent's policy is a second one, under the role too.
+
+    Everything an instance needs from boot on is under the role, so whatever launches the
+    instances depends on the role: an L2 ``ec2.LaunchTemplate(role=...)`` does by itself, an L1
+    group or template needs ``node.add_dependency(role)``. A policy that names the group (its
+    ARN) must live beside the role instead, or the dependency would be a cycle."""
+    role = ManagedPolicyRole(
         scope, id, assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"), description=description
     )
-    ssm_agent_policy(scope, f"{id.removesuffix('Role')}SsmAgentPolicy", role)
-    acknowledge_regulated(
-        role,
-        "IAMNoInlinePolicy",
-        f"the role's policy is the sum of its grants ({grants_reason}), each naming its "
-        "resources; it belongs to this role alone and is deleted with it",
-    )
+    ssm_agent_policy(role, SSM_AGENT_POLICY_ID, role)
     role.add_to_policy(
         # As narrow as IAM allows: SignalResource's only resource type is the stack, and no
         # condition key names the logical resource or the unique id, so an instance of this

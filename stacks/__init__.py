@@ -53,6 +53,7 @@ def build_default_app(app: cdk.App, config: AppConfig | None = None) -> DefaultA
             app,
             f"{config.prefix}-vault",
             cluster=cluster.cluster,
+            access_log_bucket=storage.buckets.access_log_bucket,
             env=env,
             description="cdk-trn: Nitro Enclave key vault that signs checkpoint manifests",
         )

@@ -68,6 +68,7 @@ class ClusterStack(cdk.Stack):
                 cluster=self.cluster,
                 scheduler=self.scheduler,
                 image=None if self.scheduler else image,
+                access_log_bucket=storage.buckets.access_log_bucket,
             )
         # The cluster at a glance, and alarms (drained node, failed acceptance run) to its topic.
         self.dashboard: ClusterDashboard | None = None

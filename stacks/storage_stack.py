@@ -2,6 +2,9 @@
 
 Keys, buckets and the FSx for Lustre file system are retained on delete (and the stack has
 termination protection); the cluster stack can be destroyed and recreated without touching this one.
+Its access-log bucket also receives the server access logs of the later stacks' buckets (the
+acceptance results, the vault state), each under its own prefix, so those logs outlive the stacks
+they describe and every S3 access log of the app is in one bucket.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import aws_cdk as cdk
 from constructs import Construct
 
+from cdk_trn.acceptance import RESULTS_ACCESS_LOG_PREFIX
+from cdk_trn.enclave.vault import STATE_ACCESS_LOG_PREFIX
 from cdk_trn.network import TrainingNetwork
 from cdk_trn.storage import (
     MetadataConfiguration,
@@ -29,6 +34,11 @@ class StorageStack(cdk.Stack):
             nat_egress=config.nat_egress,
         )
         self.buckets = TrainingBuckets(self, "Buckets")
+        # The later stacks' buckets log here; this stack cannot name them (they depend on it).
+        if config.acceptance:
+            self.buckets.admit_access_logs(RESULTS_ACCESS_LOG_PREFIX)
+        if config.enclave_vault:
+            self.buckets.admit_access_logs(STATE_ACCESS_LOG_PREFIX)
         self.file_system = TrainingFileSystem(
             self,
             "FileSystem",

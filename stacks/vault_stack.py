@@ -8,6 +8,7 @@ node must not be able to report the vault hosts healthy. The vault's key and sta
 from __future__ import annotations
 
 import aws_cdk as cdk
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk_trn.cluster import TrainiumCluster
@@ -17,7 +18,13 @@ from cdk_trn.enclave.vault import EnclaveKeyVault
 
 class VaultStack(cdk.Stack):
     def __init__(
-        self, scope: Construct, id: str, *, cluster: TrainiumCluster, **kwargs: object
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        cluster: TrainiumCluster,
+        access_log_bucket: s3.IBucket | None = None,
+        **kwargs: object,
     ) -> None:
         super().__init__(scope, id, **kwargs)  # type: ignore[arg-type]
         self.vault = EnclaveKeyVault(
@@ -27,6 +34,7 @@ class VaultStack(cdk.Stack):
             subnet=cluster.subnet,
             clients=[cluster],
             image=EnclaveImage.bundled(),
+            access_log_bucket=access_log_bucket,
         )
         endpoint = self.vault.endpoint
         for label, value, description in (

@@ -10,6 +10,7 @@ from cdk_trn.acceptance.image import BoundNeuronTrainingImage, NeuronTrainingIma
 from cdk_trn.acceptance.run import (
     DEFAULT_FIGURES,
     FIGURES,
+    RESULTS_ACCESS_LOG_PREFIX,
     AcceptanceRun,
     AcceptanceThresholds,
     AcceptanceWorkload,
@@ -18,6 +19,7 @@ from cdk_trn.acceptance.run import (
 __all__ = [
     "DEFAULT_FIGURES",
     "FIGURES",
+    "RESULTS_ACCESS_LOG_PREFIX",
     "AcceptanceRun",
     "AcceptanceThresholds",
     "AcceptanceWorkload",

@@ -36,6 +36,8 @@ from cdk_trn._resources import (
     deliver_access_logs,
     encrypted_bucket,
     log_retention_period,
+    validate_access_log_bucket,
+    validate_access_log_prefix,
 )
 from cdk_trn.acceptance.document import DOCUMENT_PARAMETERS, acceptance_document
 from cdk_trn.acceptance.image import BoundNeuronTrainingImage, NeuronTrainingImage
@@ -53,6 +55,8 @@ RUN_CONFIG_VERSION = 2
 #: With Slurm, each run's directory is ``<shared root>/home/<job user>/<RUNS_SUBDIR>/<run id>``:
 #: the job script, the job's log and the results, on the shared file system.
 RUNS_SUBDIR = "acceptance"
+#: Where the results bucket's server access logs go in their bucket, by default.
+RESULTS_ACCESS_LOG_PREFIX = "acceptance-results/"
 #: CloudFormation waits at most one hour for a custom resource (ServiceTimeout is 1-3600 s), and
 #: the CDK Provider's totalTimeout documents the same maximum.
 MAX_TOTAL_TIMEOUT = cdk.Duration.hours(1)
@@ -255,6 +259,18 @@ class AcceptanceRun(Construct):
     :param results_prefix: key prefix of the runs in the bucket. Default: ``acceptance-runs/``.
     :param results_retention: lifetime of results in a bucket this construct creates.
         Default: 365 days.
+    :param access_log_bucket: where the results bucket this construct creates sends its S3
+        server access logs, for example the storage stack's
+        ``TrainingBuckets.access_log_bucket``. S3 requires the destination to be in the same
+        Region and account, encrypted with SSE-S3 (not SSE-KMS), without Object Lock default
+        retention or Requester Pays; with ACLs disabled its bucket policy must admit
+        ``logging.s3.amazonaws.com`` for ``access_log_prefix``: a bucket of this stack gets that
+        statement from this construct, any other bucket's owner adds it
+        (``TrainingBuckets.admit_access_logs(access_log_prefix)``). Not with ``results_bucket``
+        (a bucket given is logged, or not, by its owner). Default: a new SSE-S3 bucket of this
+        construct, retained, logs kept as long as the results.
+    :param access_log_prefix: key prefix of the results bucket's access logs in that bucket.
+        Default: ``acceptance-results/`` (:data:`RESULTS_ACCESS_LOG_PREFIX`).
     :param encryption_key: KMS key of the results bucket this construct creates and of the
         handlers' log groups. Default: a new key with rotation, retained.
     :param total_timeout: how long the deploy waits for the run, 10 to 60 minutes (the most
@@ -284,6 +300,8 @@ class AcceptanceRun(Construct):
         results_bucket: s3.IBucket | None = None,
         results_prefix: str = "acceptance-runs/",
         results_retention: cdk.Duration | None = None,
+        access_log_bucket: s3.IBucket | None = None,
+        access_log_prefix: str = RESULTS_ACCESS_LOG_PREFIX,
         encryption_key: kms.IKey | None = None,
         total_timeout: cdk.Duration | None = None,
         query_interval: cdk.Duration | None = None,
@@ -316,6 +334,7 @@ class AcceptanceRun(Construct):
         self._validate_procs_per_node(procs_per_node)
         self._validate_ports(rendezvous_port, neuron_comm_port)
         self._validate_prefix(results_prefix)
+        self._validate_access_logs(scope, results_bucket, access_log_bucket, access_log_prefix)
         self._validate_figures(exported)
         self._validate_retention(results_retention)
         self._validate_cache_path(cluster.compile_cache_path)
@@ -354,7 +373,9 @@ class AcceptanceRun(Construct):
             else (image or NeuronTrainingImage.bundled()).bind(self)
         )
         self.encryption_key: kms.IKey = encryption_key or self._encryption_key()
-        self.results_bucket = results_bucket or self._results_bucket(results_retention)
+        self.results_bucket = results_bucket or self._results_bucket(
+            results_retention, access_log_bucket, access_log_prefix
+        )
         self.document = acceptance_document(self, "Document", slurm=scheduler is not None)
         self.document_arn = stack.format_arn(
             service="ssm", resource="document", resource_name=self.document.ref
@@ -551,6 +572,25 @@ class AcceptanceRun(Construct):
             )
 
     @staticmethod
+    def _validate_access_logs(
+        scope: Construct,
+        results_bucket: s3.IBucket | None,
+        access_log_bucket: s3.IBucket | None,
+        access_log_prefix: str,
+    ) -> None:
+        validate_access_log_prefix("access_log_prefix", access_log_prefix)
+        if access_log_bucket is None:
+            return
+        validate_access_log_bucket("access_log_bucket", scope, access_log_bucket)
+        if results_bucket is not None:
+            raise invalid(
+                "access_log_bucket",
+                access_log_bucket.node.path,
+                "None when results_bucket is given: the construct logs only a results bucket it "
+                "creates; the owner of a given bucket sets its logging",
+            )
+
+    @staticmethod
     def _validate_figures(figures: tuple[str, ...]) -> None:
         unknown = [f for f in figures if f not in FIGURES]
         if unknown or len(set(figures)) != len(figures):
@@ -587,14 +627,19 @@ class AcceptanceRun(Construct):
         allow_cloudwatch_logs(key)
         return key
 
-    def _results_bucket(self, retention: cdk.Duration) -> s3.Bucket:
-        access_logs = access_log_bucket(
-            self,
-            "ResultsAccessLogs",
-            expiration=retention,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-            serves="the acceptance results bucket",
-        )
+    def _results_bucket(
+        self, retention: cdk.Duration, logs_to: s3.IBucket | None, log_prefix: str
+    ) -> s3.Bucket:
+        created: list[s3.Bucket] = []
+        if logs_to is None:
+            logs_to = access_log_bucket(
+                self,
+                "ResultsAccessLogs",
+                expiration=retention,
+                removal_policy=cdk.RemovalPolicy.RETAIN,
+                serves="the acceptance results bucket",
+            )
+            created.append(logs_to)
         results = encrypted_bucket(
             self,
             "Results",
@@ -609,9 +654,9 @@ class AcceptanceRun(Construct):
             ],
         )
         deliver_access_logs(
-            results, to=access_logs, prefix="results/", sid="S3ServerAccessLogsOfAcceptanceResults"
+            results, to=logs_to, prefix=log_prefix, sid="S3ServerAccessLogsOfAcceptanceResults"
         )
-        for bucket in (results, access_logs):
+        for bucket in (results, *created):
             acknowledge_regulated(
                 bucket,
                 "S3BucketReplicationEnabled",
@@ -647,9 +692,16 @@ class AcceptanceRun(Construct):
             statements.append(
                 iam.PolicyStatement(
                     sid="EncryptAcceptanceResults",
-                    # Decrypt too: the AWS CLI's multipart uploads (large logs) need it.
+                    # Decrypt too: the AWS CLI's multipart uploads (large logs) need it. Only
+                    # for S3's calls on the uploader's behalf: the key encrypts the handlers'
+                    # logs too, which the uploader has no business with.
                     actions=["kms:GenerateDataKey", "kms:Decrypt"],
                     resources=[key.key_arn],
+                    conditions={
+                        "StringEquals": {
+                            "kms:ViaService": f"s3.{cdk.Stack.of(self).region}.amazonaws.com"
+                        }
+                    },
                 )
             )
         return statements

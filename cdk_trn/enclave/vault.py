@@ -38,11 +38,14 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from cdk_trn._resources import (
+    ManagedPolicyRole,
     access_log_bucket,
     allow_cloudwatch_logs,
     deliver_access_logs,
     encrypted_bucket,
     stateful_removal_policy,
+    validate_access_log_bucket,
+    validate_access_log_prefix,
 )
 from cdk_trn._runtime import RUNTIME_ROOT, runtime_excludes, runtime_file
 from cdk_trn.catalog import HostSpec, enclave_host_spec
@@ -104,6 +107,8 @@ DENIED_TO_EVERYONE_ACTIONS = ("kms:CreateGrant", "kms:ReEncrypt*")
 IMAGE_SHA384 = "kms:RecipientAttestation:ImageSha384"
 PCR8 = "kms:RecipientAttestation:PCR8"
 
+#: Where the state bucket's server access logs go in their bucket, by default.
+STATE_ACCESS_LOG_PREFIX = "vault-state/"
 ENCLAVE_CID = 16  # fixed so the parent server knows where to forward
 KMS_PROXY_VSOCK_PORT = 8000  # vsock-proxy's port on the parent (CID 3)
 PARENT_RESERVED_VCPUS = 2
@@ -185,6 +190,16 @@ class EnclaveKeyVault(Construct):
         Default: False (retained on stack delete).
     :param machine_image: host AMI (Amazon Linux 2023 is assumed by the boot script). Default: the
         latest AL2023 from its public SSM parameter, resolved at deploy time.
+    :param access_log_bucket: where the state bucket's S3 server access logs go, for example the
+        storage stack's ``TrainingBuckets.access_log_bucket``. S3 requires the destination to be
+        in the same Region and account, encrypted with SSE-S3 (not SSE-KMS), without Object Lock
+        default retention or Requester Pays; with ACLs disabled its bucket policy must admit
+        ``logging.s3.amazonaws.com`` for ``access_log_prefix``: a bucket of this stack gets that
+        statement from the vault, any other bucket's owner adds it
+        (``TrainingBuckets.admit_access_logs(access_log_prefix)``). Default: a new SSE-S3 bucket
+        of the vault, retained like the state bucket, logs kept 365 days.
+    :param access_log_prefix: key prefix of the state bucket's access logs in that bucket.
+        Default: ``vault-state/`` (:data:`STATE_ACCESS_LOG_PREFIX`).
     """
 
     def __init__(
@@ -206,8 +221,13 @@ class EnclaveKeyVault(Construct):
         break_glass_role_arn: str | None = None,
         destroy_on_delete: bool = False,
         machine_image: ec2.IMachineImage | None = None,
+        access_log_bucket: s3.IBucket | None = None,
+        access_log_prefix: str = STATE_ACCESS_LOG_PREFIX,
     ) -> None:
         spec = self._validate_instance_type(instance_type)
+        validate_access_log_prefix("access_log_prefix", access_log_prefix)
+        if access_log_bucket is not None:
+            validate_access_log_bucket("access_log_bucket", scope, access_log_bucket)
         self._validate_cpu_count(spec, enclave_cpu_count)
         self._validate_memory(spec, enclave_memory_mib)
         self._validate_port(port)
@@ -236,22 +256,17 @@ class EnclaveKeyVault(Construct):
         )
 
         self.storage_key = self._storage_key(removal_policy)
-        self.state_bucket = self._state_bucket(removal_policy)
+        self.state_bucket = self._state_bucket(removal_policy, access_log_bucket, access_log_prefix)
         self.image: BoundEnclaveImage = image.bind(
             self, bucket=self.state_bucket, encryption_key=self.storage_key
         )
 
-        self.host_role = iam.Role(
+        #: Its statements (and any grant to it) live in its customer-managed policy.
+        self.host_role = ManagedPolicyRole(
             self,
             "HostRole",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description="Enclave vault host: fetches the EIF, relays KMS for the enclave",
-        )
-        acknowledge_regulated(
-            self.host_role,
-            "IAMNoInlinePolicy",
-            "the host role's policy names this vault's EIF, state objects and public-key "
-            "parameter only; it belongs to this role alone and is deleted with it",
         )
         self.key = kms.Key(
             self,
@@ -440,14 +455,24 @@ class EnclaveKeyVault(Construct):
         allow_cloudwatch_logs(key)
         return key
 
-    def _state_bucket(self, removal_policy: cdk.RemovalPolicy) -> s3.Bucket:
-        access_logs = access_log_bucket(
-            self,
-            "AccessLogs",
-            expiration=cdk.Duration.days(365),
-            removal_policy=removal_policy,
-            serves="the vault state bucket",
-        )
+    def _state_bucket(
+        self,
+        removal_policy: cdk.RemovalPolicy,
+        logs_to: s3.IBucket | None,
+        log_prefix: str,
+    ) -> s3.Bucket:
+        created: list[s3.Bucket] = []
+        if logs_to is None:
+            logs_to = access_log_bucket(
+                self,
+                "AccessLogs",
+                expiration=cdk.Duration.days(365),
+                removal_policy=removal_policy,
+                serves="the vault state bucket",
+            )
+            created.append(logs_to)
+        #: Where the state bucket's server access logs go (given, or the vault's own).
+        self.access_log_bucket: s3.IBucket = logs_to
         # Versioned: the hosts may overwrite the key state; versions keep every earlier one.
         state = encrypted_bucket(
             self,
@@ -456,9 +481,9 @@ class EnclaveKeyVault(Construct):
             removal_policy=removal_policy,
         )
         deliver_access_logs(
-            state, to=access_logs, prefix="state/", sid="S3ServerAccessLogsOfVaultState"
+            state, to=logs_to, prefix=log_prefix, sid="S3ServerAccessLogsOfVaultState"
         )
-        for bucket in (access_logs, state):
+        for bucket in (*created, state):
             acknowledge_regulated(
                 bucket,
                 "S3BucketReplicationEnabled",
@@ -721,10 +746,10 @@ class EnclaveKeyVault(Construct):
                 actions=["ssm:PutParameter", "ssm:GetParameter"],
                 resources=[self._parameter_arn()],
             ),
+            # The statement the Auto Scaling group's signals add too, written alike (no Sid), so
+            # the policy holds it once.
             iam.PolicyStatement(
-                sid="SignalBootstrapResult",
-                actions=["cloudformation:SignalResource"],
-                resources=[stack.stack_id],
+                actions=["cloudformation:SignalResource"], resources=[cdk.Aws.STACK_ID]
             ),
         ]
         eif_key = image.eif.bucket.encryption_key
@@ -739,8 +764,8 @@ class EnclaveKeyVault(Construct):
                     },
                 )
             )
-        # Into the role's default policy: the launch template depends on it, so no host boots
-        # before its permissions exist.
+        # Into the role's managed policy, under the role: the launch template depends on the
+        # role, so no host boots before its permissions exist.
         for statement in statements:
             self.host_role.add_to_principal_policy(statement)
 
@@ -798,6 +823,7 @@ class EnclaveKeyVault(Construct):
 __all__ = [
     "ADMIN_ACTIONS",
     "CRYPTO_ACTIONS",
+    "STATE_ACCESS_LOG_PREFIX",
     "EnclaveKeyVault",
     "VaultClient",
     "VaultEndpoint",

@@ -8,6 +8,8 @@ on them. Everything here is retained when the stack is deleted.
 
 from __future__ import annotations
 
+import re
+
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -16,19 +18,26 @@ from constructs import Construct
 
 from cdk_trn._resources import (
     access_log_bucket,
+    admit_account_access_logs,
     deliver_access_logs,
     encrypted_bucket,
     grant_through_managed_policy,
     stateful_removal_policy,
+    validate_access_log_prefix,
     whole_days,
 )
 from cdk_trn.compliance import acknowledge_regulated, acknowledge_wildcards
+from cdk_trn.errors import invalid
 
 # FSx creates one service-linked role per file system for its S3 data repository associations,
 # named AWSServiceRoleForFSxS3Access_<file-system-id> (FSx for Lustre user guide,
 # "Working with server-side encrypted Amazon S3 buckets").
 FSX_S3_ACCESS_ROLE_PATH = "role/aws-service-role/s3.data-source.lustre.fsx.amazonaws.com/"
 FSX_S3_ACCESS_ROLE_PREFIX = "AWSServiceRoleForFSxS3Access_fs-"
+
+#: Where the data buckets' server access logs go in the access-log bucket.
+DATASETS_LOG_PREFIX = "datasets/"
+CHECKPOINTS_LOG_PREFIX = "checkpoints/"
 
 _READ_OBJECT_ACTIONS = ("s3:GetObject", "s3:GetObjectVersion")
 _READ_BUCKET_ACTIONS = ("s3:ListBucket", "s3:GetBucketLocation")
@@ -75,7 +84,9 @@ class TrainingBuckets(Construct):
     stack delete. The checkpoint bucket expires non-current versions after
     ``noncurrent_checkpoint_retention``. The access-log bucket uses SSE-S3, which is the only
     default encryption S3 server access logging delivers to (S3 user guide, "Enabling Amazon S3
-    server access logging"), and is versioned, blocked and TLS-only too.
+    server access logging"), and is versioned, blocked and TLS-only too. Buckets of other
+    stacks (the enclave vault's state, the acceptance results) can log into it as well, each
+    under a prefix this construct admits with :meth:`admit_access_logs`.
 
     :param encryption_key: key for SSE-KMS on the data buckets.
         Default: a new key from :func:`storage_key`. An imported key's policy cannot be changed
@@ -117,6 +128,8 @@ class TrainingBuckets(Construct):
         )
         removal_policy = stateful_removal_policy(destroy_on_delete)
         super().__init__(scope, id)
+        #: Key prefixes of the access-log bucket in use: the data buckets' and admitted ones.
+        self._log_prefixes: list[str] = [DATASETS_LOG_PREFIX, CHECKPOINTS_LOG_PREFIX]
 
         self._key: kms.IKey = (
             encryption_key
@@ -134,7 +147,7 @@ class TrainingBuckets(Construct):
 
         self._dataset_bucket = self._data_bucket(
             "Datasets",
-            log_prefix="datasets/",
+            log_prefix=DATASETS_LOG_PREFIX,
             removal_policy=removal_policy,
             lifecycle_rules=[
                 s3.LifecycleRule(
@@ -151,7 +164,7 @@ class TrainingBuckets(Construct):
         )
         self._checkpoint_bucket = self._data_bucket(
             "Checkpoints",
-            log_prefix="checkpoints/",
+            log_prefix=CHECKPOINTS_LOG_PREFIX,
             removal_policy=removal_policy,
             lifecycle_rules=[
                 s3.LifecycleRule(
@@ -260,6 +273,35 @@ class TrainingBuckets(Construct):
     def access_log_bucket(self) -> s3.Bucket:
         """Server access logs of the two data buckets (SSE-S3)."""
         return self._access_log_bucket
+
+    def admit_access_logs(self, prefix: str) -> None:
+        """Let S3 server access logging of this account's buckets deliver into
+        :attr:`access_log_bucket` under ``prefix`` (and nowhere else in it).
+
+        For buckets in stacks that depend on this one, which the bucket policy here cannot name
+        without a dependency cycle: the statement admits the logging service
+        (``logging.s3.amazonaws.com``) for ``aws:SourceAccount`` = this account and objects under
+        ``prefix`` only (CloudFormation-generated bucket names follow no documented pattern, so
+        no ``aws:SourceArn`` narrows it). Point the other bucket's logging here with the same
+        prefix, e.g. ``EnclaveKeyVault(access_log_bucket=buckets.access_log_bucket)``. The
+        bucket meets S3's destination requirements: same Region and account as the logged
+        buckets, SSE-S3, no Object Lock, no Requester Pays, delivery by bucket policy.
+
+        :param prefix: lower-case segments ending in ``/``; it may not overlap the data buckets'
+            prefixes (``datasets/``, ``checkpoints/``) or another admitted one.
+        """
+        validate_access_log_prefix("prefix", prefix)
+        in_use = ", ".join(self._log_prefixes)
+        for used in self._log_prefixes:
+            if prefix.startswith(used) or used.startswith(prefix):
+                raise invalid(
+                    "prefix", prefix, f"a prefix that does not overlap the ones in use ({in_use})"
+                )
+        self._log_prefixes.append(prefix)
+        sid = "S3ServerAccessLogsOfAccountUnder" + "".join(
+            part.capitalize() for part in re.split(r"[^a-z0-9]+", prefix) if part
+        )
+        admit_account_access_logs(self._access_log_bucket, prefix=prefix, sid=sid)
 
     # -- grants ---------------------------------------------------------------------------------
 

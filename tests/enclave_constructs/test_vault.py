@@ -62,7 +62,7 @@ def _user_data(template: assertions.Template) -> str:
 def _host_policy_statements(template: assertions.Template, built: VaultStack) -> list[dict]:
     role_id = built.logical_id(built.vault.host_role)
     policies = template.find_resources(
-        "AWS::IAM::Policy", {"Properties": {"Roles": [{"Ref": role_id}]}}
+        "AWS::IAM::ManagedPolicy", {"Properties": {"Roles": [{"Ref": role_id}]}}
     )
     return [s for p in policies.values() for s in p["Properties"]["PolicyDocument"]["Statement"]]
 

@@ -181,7 +181,7 @@ def test_reservation_without_a_group_gets_no_new_placement_group():
 
 def test_node_may_signal_only_its_own_stack(default_template):
     default_template.has_resource_properties(
-        "AWS::IAM::Policy",
+        "AWS::IAM::ManagedPolicy",
         {
             "PolicyDocument": {
                 "Statement": Match.array_with(

@@ -140,7 +140,7 @@ def test_alarms_on_drained_nodes_and_failed_acceptance_go_to_the_encrypted_topic
 
 def _put_metric_statements(template: Template) -> dict[str, dict]:
     found = {}
-    for policy in template.find_resources("AWS::IAM::Policy").values():
+    for policy in template.find_resources("AWS::IAM::ManagedPolicy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             if statement["Action"] == "cloudwatch:PutMetricData":
                 [role] = policy["Properties"]["Roles"]

@@ -12,7 +12,7 @@ from tests.foundation.test_node_bootstrap_run import FileSystemStandIn
 
 def _set_health_statements(template: Template) -> list[dict]:
     found = []
-    for policy in template.find_resources("AWS::IAM::Policy").values():
+    for policy in template.find_resources("AWS::IAM::ManagedPolicy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             actions = statement["Action"]
             actions = [actions] if isinstance(actions, str) else actions
@@ -46,14 +46,20 @@ def test_node_role_may_set_instance_health_on_its_own_group_only():
 
 
 def test_the_nodes_boot_signal_never_waits_for_the_group():
-    # The default policy (which lets nodes signal) must not name the group the nodes belong to.
+    # The role's own policy (which lets nodes signal, and which the group waits for) must not
+    # name the group the nodes belong to; the policy that does is not one the group waits for.
     stack, cluster = cluster_stack("trn2.48xlarge", file_system=FileSystemStandIn())
     SlurmScheduler(stack, "Slurm", cluster=cluster)
     group = stack.get_logical_id(cluster.auto_scaling_group)
     resources = Template.from_stack(stack).to_json()["Resources"]
-    policies = {k: r for k, r in resources.items() if r["Type"] == "AWS::IAM::Policy"}
-    default = [r for k, r in policies.items() if "NodeRoleDefault" in k]
-    assert default and group not in str(default)
+    assert cluster.role.managed_policy is not None
+    own = resources[stack.get_logical_id(cluster.role.managed_policy.node.default_child)]
+    assert "cloudformation:SignalResource" in str(own) and group not in str(own)
+    naming_the_group = [
+        k for k, r in resources.items() if r["Type"].startswith("AWS::IAM::") and group in str(r)
+    ]
+    assert naming_the_group  # the SetInstanceHealth policy
+    assert not set(naming_the_group) & set(resources[group]["DependsOn"])
 
 
 def test_nodes_without_a_scheduler_get_no_set_instance_health():
