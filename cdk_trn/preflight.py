@@ -13,13 +13,17 @@ Make the nodes wait for it::
                           availability_zone="use2-az3", nodes=2, capacity=Capacity.on_demand())
     cluster.auto_scaling_group.node.add_dependency(preflight)
 
-A plain Lambda-backed custom resource (no Provider framework: one function, one role, one log
-group); the handler answers CloudFormation itself.
+A plain Lambda-backed custom resource (one function, one role with one managed policy, one log
+group, a dead-letter queue); the handler answers CloudFormation itself. Like every deploy-time
+function of cdk-trn it runs in the nodes' subnet with the stack's deploy-time security group
+(``cdk_trn._provider.DeployTimeNetwork``) and reaches EC2, Service Quotas and Lambda through the
+network's interface endpoints.
 """
 
 from __future__ import annotations
 
 import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
@@ -27,8 +31,11 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk_trn._provider import (
+    DeployTimeNetwork,
     acknowledge_deploy_time_functions,
     dead_letter_queue,
+    network_interface_arns,
+    network_interface_statements,
     send_dead_letters,
 )
 from cdk_trn._resources import allow_cloudwatch_logs
@@ -55,6 +62,8 @@ class Preflight(Construct):
     :param availability_zone: the nodes' AZ, an id (``use2-az3``) or a name (``us-east-2b``,
         resolved to its id in the deploying account by the handler).
     :param nodes: how many nodes the cluster launches.
+    :param vpc: the VPC the check runs in (the cluster's).
+    :param subnet: the subnet it runs in (the nodes').
     :param capacity: where they come from; reservations and blocks are checked by id, on-demand
         by the type's offering in the AZ and the account's On-Demand Trn vCPU quota
         (L-2C3B7624).
@@ -74,6 +83,8 @@ class Preflight(Construct):
         availability_zone: str,
         nodes: int,
         capacity: Capacity,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
         wait_for_capacity_block: bool = False,
         encryption_key: kms.IKey | None = None,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
@@ -121,22 +132,14 @@ class Preflight(Construct):
         # CloudFormation (and a waiting preflight, itself) invoke the function asynchronously: an
         # event that fails every retry lands here instead of vanishing.
         self.dead_letters = dead_letter_queue(self, "DeadLetters", encryption_key)
-        self.function = lambda_.Function(
-            self,
-            "Function",
-            dead_letter_queue=self.dead_letters,
-            runtime=lambda_.Runtime.PYTHON_3_14,
-            architecture=lambda_.Architecture.ARM_64,
-            handler=HANDLER,
-            code=runtime_lambda_code("preflight"),
-            role=self.role.without_policy_updates(),
-            timeout=_WAIT_INVOCATION_TIMEOUT if wait_for_capacity_block else _CHECK_TIMEOUT,
-            memory_size=256,
-            log_group=self.log_group,
-            description="cdk-trn preflight: AZ offering, Trn quota, capacity reservations",
+        placement = DeployTimeNetwork.of(
+            self, vpc=vpc, subnet=subnet, encryption_key=encryption_key
         )
+        # Named, so that its own policy can let a waiting preflight invoke it again.
+        function_name = cdk.Names.unique_resource_name(self, max_length=64, separator="-")
+        stack = cdk.Stack.of(self)
         # Everything the handler may do is in this one managed policy (no inline policy, no
-        # AWSLambdaBasicExecutionRole).
+        # AWS managed policy).
         statements = [
             iam.PolicyStatement(
                 sid="WriteOwnLogs",
@@ -155,7 +158,23 @@ class Preflight(Construct):
                 resources=["*"],
             ),
             *send_dead_letters(self.dead_letters, encryption_key),
+            *network_interface_statements(stack, vpc, subnet, placement.security_group),
         ]
+        if wait_for_capacity_block:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="ContinueWaitingInANewInvocation",
+                    actions=["lambda:InvokeFunction"],
+                    resources=[
+                        stack.format_arn(
+                            service="lambda",
+                            resource="function",
+                            resource_name=function_name,
+                            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+                        )
+                    ],
+                )
+            )
         self.policy = iam.ManagedPolicy(
             self,
             "Policy",
@@ -165,43 +184,45 @@ class Preflight(Construct):
         )
         #: Every policy the custom resource needs attached before it runs.
         self.policies: list[iam.ManagedPolicy] = [self.policy]
-        if wait_for_capacity_block:
-            # Apart from the policy the function is created after (that one may not name the
-            # function without a dependency cycle).
-            self.policies.append(
-                iam.ManagedPolicy(
-                    self,
-                    "InvokeSelfPolicy",
-                    description="cdk-trn preflight: continue waiting in a new invocation",
-                    roles=[self.role],
-                    statements=[
-                        iam.PolicyStatement(
-                            sid="ContinueWaitingInANewInvocation",
-                            actions=["lambda:InvokeFunction"],
-                            resources=[self.function.function_arn],
-                        )
-                    ],
-                )
-            )
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            function_name=function_name,
+            dead_letter_queue=self.dead_letters,
+            runtime=lambda_.Runtime.PYTHON_3_14,
+            architecture=lambda_.Architecture.ARM_64,
+            handler=HANDLER,
+            code=runtime_lambda_code("preflight"),
+            role=self.role.without_policy_updates(),
+            timeout=_WAIT_INVOCATION_TIMEOUT if wait_for_capacity_block else _CHECK_TIMEOUT,
+            memory_size=256,
+            log_group=self.log_group,
+            description="cdk-trn preflight: AZ offering, Trn quota, capacity reservations",
+            vpc=vpc,
+            vpc_subnets=ec2.SubnetSelection(subnets=[subnet]),
+            security_groups=[placement.security_group],
+            # A retried check would answer twice; a lost event ends in the dead-letter queue.
+            retry_attempts=0,
+            max_event_age=cdk.Duration.hours(1),
+        )
         acknowledge_wildcards(
             self.policy,
             "ec2:DescribeAvailabilityZones, ec2:DescribeInstanceTypeOfferings, "
             "ec2:DescribeCapacityReservations, "
             "servicequotas:GetServiceQuota and servicequotas:GetAWSDefaultServiceQuota support "
             "no resource-level permission (the Service Authorization Reference lists no resource "
-            "type for them), so their Resource must be '*'; all five are read-only.",
-            resources=["*"],
+            "type for them), so their Resource must be '*'; all five are read-only. So does "
+            "ec2:DescribeNetworkInterfaces, for the network interfaces Lambda manages for the "
+            "function in its VPC; those are created in its subnet with its security group only "
+            "and get ids at run time (network-interface/*, limited by the ec2:Subnet condition).",
+            resources=["*", network_interface_arns(stack)],
         )
-        # Lambda checks sqs:SendMessage on the dead-letter queue when it creates the function,
-        # so the function waits for the policy; the role edge its GetAtt implies is dropped.
+        # Lambda checks sqs:SendMessage on the dead-letter queue and the network-interface
+        # permissions when it creates the function, so the function waits for the policy; the
+        # role edge its GetAtt implies is dropped.
         self.function.node.add_dependency(self.policy)
         drop_implied_depends_on(self)
-        acknowledge_deploy_time_functions(
-            self,
-            "preflight of AZ, quota and reservations",
-            framework_inline_policies=False,
-            synchronous_functions=False,
-        )
+        acknowledge_deploy_time_functions(self, "preflight of AZ, quota and reservations")
 
         self.resource = cdk.CustomResource(
             self,
@@ -221,5 +242,8 @@ class Preflight(Construct):
                 "WaitForCapacityBlock": "true" if wait_for_capacity_block else "false",
             },
         )
-        # The handler needs its permissions before CloudFormation invokes it.
+        # The handler needs its permissions and the VPC's endpoints before CloudFormation
+        # invokes it.
         self.resource.node.add_dependency(*self.policies)
+        for endpoint in placement.endpoints:
+            self.resource.node.add_dependency(endpoint)

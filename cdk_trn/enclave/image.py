@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aws_cdk as cdk
 from aws_cdk import aws_codebuild as codebuild
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -35,8 +36,9 @@ from cdk_trn_runtime.eif_builder.buildspec import eif_buildspec
 from cdk_trn_runtime.eif_builder.handler import EIF_NAME, MEASUREMENTS_NAME
 
 _PCR = re.compile(r"^[0-9a-fA-F]{96}$")
-# CloudFormation waits at most an hour for a custom resource (ServiceTimeout <= 3600 s), and the
-# waiter needs some of it; an EIF build takes about 10 minutes.
+# CloudFormation waits at most an hour for a custom resource (ServiceTimeout <= 3600 s); the
+# provider waits for the build's timeout plus a margin (queueing), at most 55 minutes. An EIF build
+# takes about 10 minutes.
 _BUILD_TIMEOUT_RANGE = (10, 45)
 _WAIT_MARGIN_MINUTES = 10
 
@@ -149,9 +151,16 @@ class EnclaveImage(abc.ABC):
 
     @abc.abstractmethod
     def bind(
-        self, scope: Construct, *, bucket: s3.IBucket, encryption_key: kms.IKey
+        self,
+        scope: Construct,
+        *,
+        bucket: s3.IBucket,
+        encryption_key: kms.IKey,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
     ) -> BoundEnclaveImage:
-        """Create what the image needs in ``scope``; ``bucket``/``encryption_key`` hold builds."""
+        """Create what the image needs in ``scope``; ``bucket``/``encryption_key`` hold builds,
+        and deploy-time functions run in ``subnet`` of ``vpc``."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +170,13 @@ class _MeasuredImage(EnclaveImage):
     eif: EifLocation
 
     def bind(
-        self, scope: Construct, *, bucket: s3.IBucket, encryption_key: kms.IKey
+        self,
+        scope: Construct,
+        *,
+        bucket: s3.IBucket,
+        encryption_key: kms.IKey,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
     ) -> BoundEnclaveImage:
         return BoundEnclaveImage(pcr0=self.pcr0, pcr8=self.pcr8, eif=self.eif)
 
@@ -174,7 +189,13 @@ class _DirectoryImage(EnclaveImage):
     exclude: tuple[str, ...]
 
     def bind(
-        self, scope: Construct, *, bucket: s3.IBucket, encryption_key: kms.IKey
+        self,
+        scope: Construct,
+        *,
+        bucket: s3.IBucket,
+        encryption_key: kms.IKey,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
     ) -> BoundEnclaveImage:
         build = EifBuild(
             scope,
@@ -183,6 +204,8 @@ class _DirectoryImage(EnclaveImage):
             dockerfile=self.dockerfile,
             bucket=bucket,
             encryption_key=encryption_key,
+            vpc=vpc,
+            subnet=subnet,
             timeout=self.timeout,
             exclude=self.exclude,
         )
@@ -212,6 +235,8 @@ class EifBuild(Construct):
         directory: Path,
         bucket: s3.IBucket,
         encryption_key: kms.IKey,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
         timeout: cdk.Duration,
         dockerfile: str = "Dockerfile",
         exclude: tuple[str, ...] = (),
@@ -304,24 +329,23 @@ class EifBuild(Construct):
             purpose="enclave image build",
             subpackage="eif_builder",
             handler_module="cdk_trn_runtime.eif_builder.handler",
-            on_event_statements=[
+            statements=[
                 iam.PolicyStatement(
+                    sid="RunTheBuild",
                     actions=[
                         "codebuild:StartBuild",
                         "codebuild:BatchGetBuilds",
                         "codebuild:StopBuild",
                     ],
                     resources=[self.project.project_arn],
-                )
-            ],
-            is_complete_statements=[
-                iam.PolicyStatement(
-                    actions=["codebuild:BatchGetBuilds"], resources=[self.project.project_arn]
                 ),
                 iam.PolicyStatement(
-                    actions=["s3:GetObject"], resources=[bucket.arn_for_objects(measurements_key)]
+                    sid="ReadTheMeasurements",
+                    actions=["s3:GetObject"],
+                    resources=[bucket.arn_for_objects(measurements_key)],
                 ),
                 iam.PolicyStatement(
+                    sid="DecryptTheMeasurementsThroughS3",
                     actions=["kms:Decrypt"],
                     resources=[encryption_key.key_arn],
                     conditions={
@@ -330,15 +354,15 @@ class EifBuild(Construct):
                 ),
             ],
             encryption_key=encryption_key,
+            vpc=vpc,
+            subnet=subnet,
             total_timeout=cdk.Duration.minutes(timeout.to_minutes() + _WAIT_MARGIN_MINUTES),
             query_interval=cdk.Duration.seconds(30),
-            handler_timeout=cdk.Duration.minutes(1),
         )
         self.resource = self.provider.custom_resource(
             self,
             "Resource",
             resource_type="Custom::CdkTrnEifBuild",
-            service_timeout=cdk.Duration.hours(1),
             properties={
                 "ProjectName": self.project.project_name,
                 "SourceBucket": self.source.s3_bucket_name,
