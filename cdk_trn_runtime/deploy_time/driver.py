@@ -38,6 +38,7 @@ import importlib
 import json
 import logging
 import os
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -180,8 +181,9 @@ def _fit(text: str, room: int) -> str:
     return text[:low] + marker if low else ""
 
 
-def put_response(url: str, body: bytes) -> int:
-    """One HTTPS PUT of ``body`` to the pre-signed ``url``; the HTTP status (raises on errors)."""
+def put_response(url: str, body: bytes, *, context: ssl.SSLContext | None = None) -> int:
+    """One HTTPS PUT of ``body`` to the pre-signed ``url``; the HTTP status (raises on errors).
+    ``context``: the TLS settings. Default: Python's (system CAs, hostname checked)."""
     if not url.startswith("https://"):
         raise ProtocolError("ResponseURL must be an https URL")
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
@@ -191,7 +193,9 @@ def put_response(url: str, body: bytes) -> int:
         # The pre-signed URL is signed without a content type (CloudFormation's documentation).
         headers={"Content-Type": "", "Content-Length": str(len(body))},
     )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - https only
+    with urllib.request.urlopen(  # noqa: S310 - https only
+        request, timeout=30, context=context
+    ) as response:
         return int(response.status)
 
 

@@ -70,7 +70,7 @@ def test_every_log_group_of_the_build_is_kms_encrypted_and_retained(template, bu
     storage_key = built.logical_id(built.vault.storage_key)
     groups = template.find_resources("AWS::Logs::LogGroup")
     vault_groups = {k: v for k, v in groups.items() if k.startswith("Vault")}
-    assert len(vault_groups) >= 5  # build, on-event, is-complete, framework, waiter (+ lookup)
+    assert len(vault_groups) == 2  # the build's and the custom resource function's
     for group in vault_groups.values():
         assert group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [storage_key, "Arn"]}
         assert group["DeletionPolicy"] == "Retain"
@@ -100,16 +100,26 @@ def test_build_role_reads_only_its_source_and_writes_only_its_two_objects(templa
     assert "/enclave.eif" in rendered and "/measurements.json" in rendered and "*" not in rendered
 
 
-def test_handlers_run_python_with_the_handler_module(template):
+def test_one_function_runs_the_driver_with_the_handler_module_in_the_vault_subnet(template, built):
     handlers = template.find_resources(
         "AWS::Lambda::Function",
-        {"Properties": {"Handler": Match.string_like_regexp(r"^cdk_trn_runtime\.eif_builder\.")}},
+        {
+            "Properties": {
+                "Environment": {
+                    "Variables": Match.object_like(
+                        {"CDK_TRN_HANDLER_MODULE": "cdk_trn_runtime.eif_builder.handler"}
+                    )
+                }
+            }
+        },
     )
-    assert sorted(h["Properties"]["Handler"] for h in handlers.values()) == [
-        "cdk_trn_runtime.eif_builder.handler.is_complete",
-        "cdk_trn_runtime.eif_builder.handler.on_event",
+    (function,) = [h["Properties"] for h in handlers.values()]
+    assert function["Handler"] == "cdk_trn_runtime.deploy_time.driver.handler"
+    assert function["Runtime"] == "python3.14"
+    assert function["VpcConfig"]["SubnetIds"] == [
+        built.stack.resolve(built.network.subnet.subnet_id)
     ]
-    assert {h["Properties"]["Runtime"] for h in handlers.values()} == {"python3.14"}
+    template.resource_count_is("AWS::StepFunctions::StateMachine", 0)
 
 
 def test_hosts_fetch_the_eif_the_build_wrote(template, built):
