@@ -10,6 +10,7 @@ which run in the same subnet. NAT egress is an explicit opt-in.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Sequence
 
@@ -179,6 +180,7 @@ class TrainingNetwork(Construct):
         subnet_id: str,
         availability_zone: str,
         route_table_id: str | None = None,
+        vpc_cidr_block: str | None = None,
     ) -> ITrainingNetwork:
         """A network another app created, by its ids: no lookup, no resource, no endpoint.
 
@@ -188,6 +190,9 @@ class TrainingNetwork(Construct):
             as for a new network.
         :param route_table_id: the subnet's route table (``rtb-...``), needed only by constructs
             that add routes or gateway endpoints. Default: none.
+        :param vpc_cidr_block: the VPC's IPv4 CIDR; deploy-time functions then allow HTTPS to
+            that range (the VPC's endpoints) only. Default: none (they allow HTTPS to any IPv4
+            address, and the subnet's routes decide where it can go).
         """
         return ImportedTrainingNetwork(
             scope,
@@ -196,6 +201,7 @@ class TrainingNetwork(Construct):
             subnet_id=subnet_id,
             availability_zone=availability_zone,
             route_table_id=route_table_id,
+            vpc_cidr_block=vpc_cidr_block,
         )
 
     # --- validation -------------------------------------------------------------------------
@@ -439,6 +445,15 @@ def _validate_resource_id(prop: str, value: str | None, kind: str) -> None:
         raise invalid(prop, value, f"an id such as '{kind}-0123456789abcdef0'")
 
 
+def _validate_cidr(value: str) -> None:
+    try:
+        network = ipaddress.IPv4Network(value)
+    except ValueError:
+        raise invalid("vpc_cidr_block", value, "an IPv4 CIDR such as '10.64.0.0/16'") from None
+    if str(network) != value:
+        raise invalid("vpc_cidr_block", value, f"the network address form {network}")
+
+
 class ImportedTrainingNetwork(Construct):
     """A training network created elsewhere, from :meth:`TrainingNetwork.from_attributes`.
 
@@ -455,8 +470,11 @@ class ImportedTrainingNetwork(Construct):
         subnet_id: str,
         availability_zone: str,
         route_table_id: str | None = None,
+        vpc_cidr_block: str | None = None,
     ) -> None:
         _validate_resource_id("vpc_id", vpc_id, "vpc")
+        if vpc_cidr_block is not None and not cdk.Token.is_unresolved(vpc_cidr_block):
+            _validate_cidr(vpc_cidr_block)
         _validate_resource_id("subnet_id", subnet_id, "subnet")
         _validate_resource_id("route_table_id", route_table_id, "rtb")
         TrainingNetwork._validate_availability_zone(availability_zone, cdk.Stack.of(scope).region)
@@ -466,6 +484,7 @@ class ImportedTrainingNetwork(Construct):
             self,
             "Vpc",
             vpc_id=vpc_id,
+            vpc_cidr_block=vpc_cidr_block,
             availability_zones=[availability_zone],
             isolated_subnet_ids=[subnet_id],
             isolated_subnet_route_table_ids=[route_table_id] if route_table_id else None,
