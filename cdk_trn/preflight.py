@@ -13,11 +13,10 @@ Make the nodes wait for it::
                           availability_zone="use2-az3", nodes=2, capacity=Capacity.on_demand())
     cluster.auto_scaling_group.node.add_dependency(preflight)
 
-A plain Lambda-backed custom resource (one function, one role with one managed policy, one log
-group, a dead-letter queue); the handler answers CloudFormation itself. Like every deploy-time
-function of cdk-trn it runs in the nodes' subnet with the stack's deploy-time security group
-(``cdk_trn._provider.DeployTimeNetwork``) and reaches EC2, Service Quotas and Lambda through the
-network's interface endpoints.
+Served by cdk-trn's deploy-time provider (``cdk_trn._provider``): one function in the nodes'
+subnet, with one managed policy and a dead-letter queue, reaching EC2, Service Quotas and Lambda
+through the network's interface endpoints. Waiting for a capacity block that starts later is the
+provider's poll of the handler's ``is_complete``.
 """
 
 from __future__ import annotations
@@ -26,33 +25,25 @@ import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from cdk_trn._provider import (
-    DeployTimeNetwork,
-    acknowledge_deploy_time_functions,
-    dead_letter_queue,
-    network_interface_arns,
-    network_interface_statements,
-    send_dead_letters,
-)
+from cdk_trn._provider import DeployTimeProvider
 from cdk_trn._resources import allow_cloudwatch_logs
-from cdk_trn._runtime import runtime_lambda_code
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import INSTANCE_SPECS
-from cdk_trn.compliance.acknowledge import acknowledge_wildcards
-from cdk_trn.compliance.depends_on import drop_implied_depends_on
 from cdk_trn.errors import CdkTrnError, invalid
 
-HANDLER = "cdk_trn_runtime.preflight.handler.on_event"
-#: Without waiting the checks take seconds; a waiting handler re-invokes itself every 15 minutes
-#: and CloudFormation gives a custom resource at most one hour.
-_CHECK_TIMEOUT = cdk.Duration.minutes(2)
+HANDLER_MODULE = "cdk_trn_runtime.preflight.handler"
+#: Without waiting the checks take seconds; a waiting preflight continues in a new invocation every
+#: 15 minutes, and CloudFormation gives a custom resource at most one hour.
+_CHECK_TIMEOUT = cdk.Duration.minutes(3)
 _WAIT_INVOCATION_TIMEOUT = cdk.Duration.minutes(15)
 _CHECK_SERVICE_TIMEOUT = cdk.Duration.minutes(10)
-_WAIT_SERVICE_TIMEOUT = cdk.Duration.hours(1)
+#: The handler's wait budget and poll (``cdk_trn_runtime.preflight.handler.WAIT_BUDGET`` and
+#: ``POLL_SECONDS``; a test keeps them equal) are the provider's total timeout and query interval.
+WAIT_BUDGET = cdk.Duration.minutes(55)
+POLL_SECONDS = 60
 
 
 class Preflight(Construct):
@@ -116,122 +107,51 @@ class Preflight(Construct):
             )
             allow_cloudwatch_logs(key)
             encryption_key = key
-        self.log_group = logs.LogGroup(
+        self.provider = DeployTimeProvider(
             self,
-            "Logs",
-            retention=log_retention,
-            encryption_key=encryption_key,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
-        self.role = iam.Role(
-            self,
-            "Role",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description=f"cdk-trn preflight of {self.node.path}",
-        )
-        # CloudFormation (and a waiting preflight, itself) invoke the function asynchronously: an
-        # event that fails every retry lands here instead of vanishing.
-        self.dead_letters = dead_letter_queue(self, "DeadLetters", encryption_key)
-        placement = DeployTimeNetwork.of(
-            self, vpc=vpc, subnet=subnet, encryption_key=encryption_key
-        )
-        # Named, so that its own policy can let a waiting preflight invoke it again.
-        function_name = cdk.Names.unique_resource_name(self, max_length=64, separator="-")
-        stack = cdk.Stack.of(self)
-        # Everything the handler may do is in this one managed policy (no inline policy, no
-        # AWS managed policy).
-        statements = [
-            iam.PolicyStatement(
-                sid="WriteOwnLogs",
-                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
-                resources=[self.log_group.log_group_arn],
-            ),
-            iam.PolicyStatement(
-                sid="ReadOfferingsQuotaAndReservations",
-                actions=[
-                    "ec2:DescribeAvailabilityZones",
-                    "ec2:DescribeInstanceTypeOfferings",
-                    "ec2:DescribeCapacityReservations",
-                    "servicequotas:GetServiceQuota",
-                    "servicequotas:GetAWSDefaultServiceQuota",
-                ],
-                resources=["*"],
-            ),
-            *send_dead_letters(self.dead_letters, encryption_key),
-            *network_interface_statements(stack, vpc, subnet, placement.security_group),
-        ]
-        if wait_for_capacity_block:
-            statements.append(
+            "Provider",
+            purpose="preflight of AZ, quota and reservations",
+            subpackage="preflight",
+            handler_module=HANDLER_MODULE,
+            statements=[
                 iam.PolicyStatement(
-                    sid="ContinueWaitingInANewInvocation",
-                    actions=["lambda:InvokeFunction"],
-                    resources=[
-                        stack.format_arn(
-                            service="lambda",
-                            resource="function",
-                            resource_name=function_name,
-                            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
-                        )
+                    sid="ReadOfferingsQuotaAndReservations",
+                    actions=[
+                        "ec2:DescribeAvailabilityZones",
+                        "ec2:DescribeInstanceTypeOfferings",
+                        "ec2:DescribeCapacityReservations",
+                        "servicequotas:GetServiceQuota",
+                        "servicequotas:GetAWSDefaultServiceQuota",
                     ],
+                    resources=["*"],
                 )
-            )
-        self.policy = iam.ManagedPolicy(
-            self,
-            "Policy",
-            description="cdk-trn preflight: read AZ offerings, the Trn quota and reservations",
-            roles=[self.role],
-            statements=statements,
-        )
-        #: Every policy the custom resource needs attached before it runs.
-        self.policies: list[iam.ManagedPolicy] = [self.policy]
-        self.function = lambda_.Function(
-            self,
-            "Function",
-            function_name=function_name,
-            dead_letter_queue=self.dead_letters,
-            runtime=lambda_.Runtime.PYTHON_3_14,
-            architecture=lambda_.Architecture.ARM_64,
-            handler=HANDLER,
-            code=runtime_lambda_code("preflight"),
-            role=self.role.without_policy_updates(),
-            timeout=_WAIT_INVOCATION_TIMEOUT if wait_for_capacity_block else _CHECK_TIMEOUT,
-            memory_size=256,
-            log_group=self.log_group,
-            description="cdk-trn preflight: AZ offering, Trn quota, capacity reservations",
+            ],
+            wildcard_reason="ec2:DescribeAvailabilityZones, ec2:DescribeInstanceTypeOfferings, "
+            "ec2:DescribeCapacityReservations, servicequotas:GetServiceQuota and "
+            "servicequotas:GetAWSDefaultServiceQuota support no resource-level permission (the "
+            "Service Authorization Reference lists no resource type for them), so their "
+            "Resource must be '*'; all five are read-only.",
+            wildcard_resources=["*"],
+            encryption_key=encryption_key,
             vpc=vpc,
-            vpc_subnets=ec2.SubnetSelection(subnets=[subnet]),
-            security_groups=[placement.security_group],
-            # A retried check would answer twice; a lost event ends in the dead-letter queue.
-            retry_attempts=0,
-            max_event_age=cdk.Duration.hours(1),
+            subnet=subnet,
+            total_timeout=WAIT_BUDGET,
+            query_interval=cdk.Duration.seconds(POLL_SECONDS),
+            handler_timeout=_WAIT_INVOCATION_TIMEOUT if wait_for_capacity_block else _CHECK_TIMEOUT,
+            log_retention=log_retention,
         )
-        acknowledge_wildcards(
-            self.policy,
-            "ec2:DescribeAvailabilityZones, ec2:DescribeInstanceTypeOfferings, "
-            "ec2:DescribeCapacityReservations, "
-            "servicequotas:GetServiceQuota and servicequotas:GetAWSDefaultServiceQuota support "
-            "no resource-level permission (the Service Authorization Reference lists no resource "
-            "type for them), so their Resource must be '*'; all five are read-only. So does "
-            "ec2:DescribeNetworkInterfaces, for the network interfaces Lambda manages for the "
-            "function in its VPC; those are created in its subnet with its security group only "
-            "and get ids at run time (network-interface/*, limited by the ec2:Subnet condition).",
-            resources=["*", network_interface_arns(stack)],
-        )
-        # Lambda checks sqs:SendMessage on the dead-letter queue and the network-interface
-        # permissions when it creates the function, so the function waits for the policy; the
-        # role edge its GetAtt implies is dropped.
-        self.function.node.add_dependency(self.policy)
-        drop_implied_depends_on(self)
-        acknowledge_deploy_time_functions(self, "preflight of AZ, quota and reservations")
-
-        self.resource = cdk.CustomResource(
+        self.function = self.provider.function
+        self.role = self.provider.role
+        self.policy = self.provider.policy
+        self.log_group = self.provider.log_group
+        self.dead_letters = self.provider.dead_letters
+        #: Every policy the custom resource needs attached before it runs.
+        self.policies = list(self.provider.policies)
+        self.resource = self.provider.custom_resource(
             self,
             "Resource",
-            service_token=self.function.function_arn,
             resource_type="Custom::TrnPreflight",
-            service_timeout=_WAIT_SERVICE_TIMEOUT
-            if wait_for_capacity_block
-            else _CHECK_SERVICE_TIMEOUT,
+            service_timeout=None if wait_for_capacity_block else _CHECK_SERVICE_TIMEOUT,
             properties={
                 "InstanceType": instance_type,
                 "AvailabilityZone": availability_zone,
@@ -242,8 +162,3 @@ class Preflight(Construct):
                 "WaitForCapacityBlock": "true" if wait_for_capacity_block else "false",
             },
         )
-        # The handler needs its permissions and the VPC's endpoints before CloudFormation
-        # invokes it.
-        self.resource.node.add_dependency(*self.policies)
-        for endpoint in placement.endpoints:
-            self.resource.node.add_dependency(endpoint)

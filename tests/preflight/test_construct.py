@@ -12,7 +12,7 @@ from cdk_trn.compliance import enable_compliance, findings_of, lint_template
 from cdk_trn.compliance.gate import UNUSED_ACKNOWLEDGMENT
 from cdk_trn.errors import CdkTrnError
 from cdk_trn.network import TrainingNetwork
-from cdk_trn.preflight import HANDLER, Preflight
+from cdk_trn.preflight import HANDLER_MODULE, Preflight
 
 CR_A = "cr-0123456789abcdef0"
 CR_B = "cr-0fedcba9876543210"
@@ -63,7 +63,10 @@ def test_the_function_runs_the_runtime_handler_without_reserved_concurrency(on_d
     stack, preflight, template = on_demand
     props = function_of(stack, preflight, template)["Properties"]
     assert props["Runtime"] == "python3.14"
-    assert props["Handler"] == HANDLER == "cdk_trn_runtime.preflight.handler.on_event"
+    assert props["Handler"] == "cdk_trn_runtime.deploy_time.driver.handler"
+    variables = props["Environment"]["Variables"]
+    assert variables["CDK_TRN_HANDLER_MODULE"] == HANDLER_MODULE
+    assert HANDLER_MODULE == "cdk_trn_runtime.preflight.handler"
     assert "ReservedConcurrentExecutions" not in props
 
 
@@ -104,6 +107,7 @@ def test_the_policy_reads_only_offerings_quotas_and_reservations(on_demand):
         "ec2:UnassignPrivateIpAddresses",
         "kms:Decrypt",
         "kms:GenerateDataKey",
+        "lambda:InvokeFunction",  # itself, to continue a wait in a new invocation
         "logs:CreateLogStream",
         "logs:PutLogEvents",
         "servicequotas:GetAWSDefaultServiceQuota",
