@@ -1,7 +1,7 @@
 """The one deploy-time custom-resource provider of cdk-trn (internal).
 
-Used by ``AcceptanceRun``, the enclave image build (``EifBuild``) and the S3 prefix-list lookup of
-:class:`DeployTimeNetwork`: a handler module in ``cdk_trn_runtime`` (``on_event`` and, when it
+Used by ``AcceptanceRun``, ``Preflight``, the enclave image build (``EifBuild``) and the S3
+prefix-list lookup of :class:`DeployTimeNetwork`: a handler module in ``cdk_trn_runtime`` (``on_event`` and, when it
 waits, ``is_complete``) served by ONE Lambda function per custom resource, which speaks
 CloudFormation's custom-resource protocol itself (``cdk_trn_runtime/deploy_time/driver.py``).
 
@@ -27,7 +27,9 @@ here:
   gateway endpoint's prefix list (CloudFormation's response bucket) only; see
   :class:`DeployTimeNetwork`. Every custom resource waits for the VPC endpoints of its VPC that
   this app creates.
-* Logs: one log group per function, encrypted with the caller's KMS key, retained.
+* Logs: one log group per function, encrypted with the caller's KMS key, retained. The driver
+  answers a handler's exception itself, so Lambda's Errors metric never counts it:
+  :meth:`DeployTimeProvider.metric_failures` counts FAILED answers from the log instead.
 * Runtime: Python 3.14 on arm64, code from ``cdk_trn._runtime.runtime_lambda_code``.
 * No reserved concurrency unless asked for: reserving it fails the deploy in accounts whose
   Lambda concurrency limit is low (new accounts), for functions that run a few times per deploy.
