@@ -105,14 +105,17 @@ def test_the_function_runs_in_the_node_subnet_with_https_only_egress(single):
     assert config["SubnetIds"] == [stack.resolve(network.subnet.subnet_id)]
     [group] = config["SecurityGroupIds"]
     group_id = group["Fn::GetAtt"][0]
-    egress = of_type(template, "AWS::EC2::SecurityGroup")[group_id]["Properties"][
+    inline = of_type(template, "AWS::EC2::SecurityGroup")[group_id]["Properties"][
         "SecurityGroupEgress"
     ]
     # The prefix list is a deploy-time value, so its rule is a resource of its own.
-    egress += [
-        r["Properties"]
-        for r in of_type(template, "AWS::EC2::SecurityGroupEgress").values()
-        if r["Properties"]["GroupId"] == {"Fn::GetAtt": [group_id, "GroupId"]}
+    egress = [
+        *inline,
+        *(
+            r["Properties"]
+            for r in of_type(template, "AWS::EC2::SecurityGroupEgress").values()
+            if r["Properties"]["GroupId"] == {"Fn::GetAtt": [group_id, "GroupId"]}
+        ),
     ]
     assert [(e["IpProtocol"], e["FromPort"], e["ToPort"]) for e in egress] == [
         ("tcp", 443, 443)
