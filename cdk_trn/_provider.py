@@ -1,9 +1,10 @@
 """The one deploy-time custom-resource provider of cdk-trn (internal).
 
 Used by ``AcceptanceRun``, ``Preflight``, the enclave image build (``EifBuild``) and the S3
-prefix-list lookup of :class:`DeployTimeNetwork`: a handler module in ``cdk_trn_runtime`` (``on_event`` and, when it
-waits, ``is_complete``) served by ONE Lambda function per custom resource, which speaks
-CloudFormation's custom-resource protocol itself (``cdk_trn_runtime/deploy_time/driver.py``).
+prefix-list lookup of :class:`DeployTimeNetwork`: a handler module in ``cdk_trn_runtime``
+(``on_event`` and, when it waits, ``is_complete``) served by ONE Lambda function per custom
+resource, which speaks CloudFormation's custom-resource protocol itself
+(``cdk_trn_runtime/deploy_time/driver.py``).
 
 Why not aws-cdk-lib's ``custom_resources.Provider``: for each custom resource it deploys five
 functions (our two handlers and three framework functions) and a Step Functions waiter, with
