@@ -1,23 +1,42 @@
 """The one deploy-time custom-resource provider of cdk-trn (internal).
 
-Used by ``AcceptanceRun`` and the enclave image build (``EifBuild``): two Python handlers
-(on-event and is-complete) in ``cdk_trn_runtime.<subpackage>``, behind aws-cdk-lib's
-``custom_resources.Provider`` and its waiter state machine. Decided once, here:
+Used by ``AcceptanceRun``, ``Preflight``, the enclave image build (``EifBuild``) and the S3
+prefix-list lookup of :class:`DeployTimeNetwork`: a handler module in ``cdk_trn_runtime``
+(``on_event`` and, when it waits, ``is_complete``) served by ONE Lambda function per custom
+resource, which speaks CloudFormation's custom-resource protocol itself
+(``cdk_trn_runtime/deploy_time/driver.py``).
 
-* Permissions: every function runs as a role of ours whose only permissions are one customer
-  managed policy (no inline policy, no ``AWSLambdaBasicExecutionRole``): write its own log group,
-  plus what the caller lists. The framework's roles are closed to CDK's grants
-  (``without_policy_updates``); what the framework may do is in our policies too. The one
-  exception is the waiter state machine's role, which the Provider builds itself.
-* Logs: one log group per function and one for the waiter, encrypted with the caller's KMS key,
-  retained, with one retention type (``logs.RetentionDays``).
+Why not aws-cdk-lib's ``custom_resources.Provider``: for each custom resource it deploys five
+functions (our two handlers and three framework functions) and a Step Functions waiter, with
+inline policies we cannot replace, a waiter that has no X-Ray option, and functions outside the
+VPC invoked synchronously. The waiting it does is a poll of ``is_complete`` every query interval
+until a total timeout; the driver does that same poll inside the function's own invocation and,
+when the invocation runs short of time, continues in a new asynchronous invocation of itself with
+the deadline. The handler API stays the framework's, so handlers did not change. Decided once,
+here:
+
+* Permissions: the function runs as a role of ours whose only permission is one customer managed
+  policy (no inline policy, no AWS managed policy): write its log group, invoke itself (by name,
+  so the policy need not wait for the function), send to its dead-letter queue, manage its
+  network interfaces in its subnet, plus what the caller lists.
+* Invocation: CloudFormation invokes the function asynchronously, and so does the function
+  itself, so the function has an encrypted SQS dead-letter queue, no automatic retry (a retried
+  first invocation would start the work twice; a lost event ends in the queue and the resource's
+  ``ServiceTimeout`` fails it) and events older than an hour are dropped (CloudFormation gave up).
+* Network: the function runs in the VPC's node subnet (isolated unless the user opted into NAT)
+  with a security group that allows HTTPS to the VPC (its interface endpoints) and to the S3
+  gateway endpoint's prefix list (CloudFormation's response bucket) only; see
+  :class:`DeployTimeNetwork`. Every custom resource waits for the VPC endpoints of its VPC that
+  this app creates.
+* Logs: one log group per function, encrypted with the caller's KMS key, retained. The driver
+  answers a handler's exception itself, so Lambda's Errors metric never counts it:
+  :meth:`DeployTimeProvider.metric_failures` counts FAILED answers from the log instead.
 * Runtime: Python 3.14 on arm64, code from ``cdk_trn._runtime.runtime_lambda_code``.
 * No reserved concurrency unless asked for: reserving it fails the deploy in accounts whose
   Lambda concurrency limit is low (new accounts), for functions that run a few times per deploy.
-* Ordering: the custom resource runs only once every policy is attached (managed policies attach
-  beside the roles, so nothing else orders them); the ``DependsOn`` edges a ``GetAtt`` already
-  implies are dropped by ``cdk_trn.compliance.drop_implied_depends_on``.
-* The regulated packs' Lambda rules are acknowledged once, in
+* Ordering: the function is created after its policy (Lambda checks the queue and network
+  permissions when it creates a function); the custom resource runs after the function.
+* The regulated packs' one remaining Lambda rule is acknowledged once, in
   :func:`acknowledge_deploy_time_functions`.
 """
 
@@ -27,89 +46,203 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
-from aws_cdk import aws_stepfunctions as sfn
-from aws_cdk import custom_resources as cr
 from constructs import Construct, IConstruct
 
 from cdk_trn._runtime import runtime_lambda_code
-from cdk_trn.compliance.acknowledge import (
-    acknowledge,
-    acknowledge_regulated,
-    acknowledge_wildcards,
-)
+from cdk_trn.compliance.acknowledge import acknowledge_regulated, acknowledge_wildcards
 from cdk_trn.compliance.depends_on import drop_implied_depends_on
 from cdk_trn.errors import invalid
+from cdk_trn_runtime.contract import (
+    DEPLOY_TIME_ENV_HANDLER,
+    DEPLOY_TIME_ENV_PURPOSE,
+    DEPLOY_TIME_ENV_QUERY_INTERVAL,
+    DEPLOY_TIME_ENV_TOTAL_TIMEOUT,
+    DEPLOY_TIME_FAILURE_MARK,
+    METRICS_NAMESPACE_DEPLOY_TIME,
+)
+
+DRIVER = "cdk_trn_runtime.deploy_time.driver.handler"
+#: CloudFormation waits at most one hour for a custom resource (``ServiceTimeout`` 1-3600 s).
+MAX_SERVICE_TIMEOUT = cdk.Duration.hours(1)
+#: Each invocation's time kept back for the last poll, the answer or the hand-over (the driver's
+#: ``HANDOVER_MARGIN_SECONDS``), plus a margin of its own.
+_HANDOVER_SECONDS = 90
+#: Time between the driver's own deadline and CloudFormation's ``ServiceTimeout``, so that our
+#: reason ("timed out after N minutes waiting for ..."), not a generic one, reaches the stack.
+SERVICE_TIMEOUT_MARGIN = cdk.Duration.minutes(5)
 
 
-def acknowledge_deploy_time_functions(
-    construct: IConstruct,
-    purpose: str,
-    *,
-    framework_inline_policies: bool = True,
-    synchronous_functions: bool = True,
-) -> None:
-    """Acknowledge the regulated packs' Lambda rules on a custom resource's functions.
-
-    ``construct`` is the custom resource's scope (its provider and handler functions);
-    ``purpose`` says what the functions do, for the reasons; ``framework_inline_policies``:
-    whether aws-cdk-lib's provider framework (which writes inline policies) is part of it;
-    ``synchronous_functions``: whether it has functions invoked synchronously (without a
-    dead-letter queue).
-    """
-    acknowledge_regulated(
-        construct,
-        "LambdaInsideVPC",
-        f"deploy-time handler ({purpose}) that calls only AWS control-plane APIs and never "
-        "touches training data; it runs outside the isolated node subnet, which has no route to "
-        "those APIs' endpoints",
-    )
-    if synchronous_functions:
-        acknowledge_regulated(
-            construct,
-            "LambdaDLQ",
-            f"deploy-time handler ({purpose}) invoked synchronously (by the provider framework "
-            "or its waiter state machine), which reports every failure to CloudFormation; a "
-            "dead-letter queue receives only failed asynchronous events, so it would never "
-            "receive one (the function CloudFormation invokes asynchronously has one)",
-        )
+def acknowledge_deploy_time_functions(construct: IConstruct, purpose: str) -> None:
+    """Acknowledge the regulated packs' Lambda rules that still apply to deploy-time functions
+    under ``construct``: only reserved concurrency (the functions are in the VPC and have a
+    dead-letter queue). ``purpose`` says what the functions do, for the reason."""
     acknowledge_regulated(
         construct,
         "LambdaConcurrency",
         f"deploy-time handler ({purpose}) that runs a few times per deploy; reserved concurrency "
         "would only take capacity from the account's pool, and fails the deploy in accounts "
-        "whose Lambda concurrency limit is low",
+        "whose Lambda concurrency limit is low (DeployTimeProvider's reserved_concurrency opts "
+        "in)",
     )
-    if not framework_inline_policies:
-        return
-    acknowledge_regulated(
-        construct,
-        "IAMNoInlinePolicy",
-        f"aws-cdk-lib's custom-resource framework ({purpose}) writes its roles' policies inline, "
-        "each scoped to this custom resource's functions and the resources it manages",
-    )
+
+
+class DeployTimeNetwork(Construct):
+    """Where the deploy-time functions of one stack run in one subnet (one per stack and subnet,
+    from :meth:`of`).
+
+    Owns the functions' security group: HTTPS to the VPC's CIDR (the interface endpoints: Lambda,
+    EC2, SSM, Auto Scaling, CodeBuild, Service Quotas, ... from ``TrainingNetwork``) and HTTPS to
+    the S3 gateway endpoint by the region's S3 managed prefix list, which CloudFormation's
+    response bucket is reached through. The prefix list's id has no CloudFormation attribute, so
+    a deploy-time lookup (a function of the same provider) finds it; that one function cannot
+    name the list it looks up, so its own group allows HTTPS to any IPv4 address: in an
+    isolated subnet the only routes are the VPC and the S3 gateway endpoint. The same holds for
+    every function when the VPC's CIDR is unknown (an imported VPC without it).
+
+    With an imported network (``TrainingNetwork.from_attributes``, or ``create_endpoints=False``)
+    the endpoints are the user's to provide: interface endpoints with private DNS for ``lambda``,
+    ``ec2``, ``ssm``, ``autoscaling``, ``codebuild`` (enclave image build) and ``servicequotas``
+    (preflight), and an S3 gateway endpoint whose policy allows ``s3:PutObject`` to
+    ``cloudformation-custom-resource-response-<region without dashes>``.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
+        encryption_key: kms.IKey,
+    ) -> None:
+        super().__init__(scope, id)
+        self.vpc = vpc
+        self.subnet = subnet
+        cidr = _cidr_of(vpc)
+        https = ec2.Port.tcp(443)
+        #: VPC endpoints of ``vpc`` created in this app; every custom resource waits for them.
+        self.endpoints: list[ec2.IVpcEndpoint] = [
+            c for c in vpc.node.find_all() if isinstance(c, ec2.VpcEndpoint)
+        ]
+        lookup_group = ec2.SecurityGroup(
+            self,
+            "LookupSecurityGroup",
+            vpc=vpc,
+            allow_all_outbound=False,
+            description="cdk-trn S3 prefix-list lookup: HTTPS to the VPC endpoints and S3",
+        )
+        lookup_group.add_egress_rule(
+            ec2.Peer.any_ipv4(),
+            https,
+            "HTTPS: the EC2 endpoint, and S3 by the prefix list this function looks up",
+        )
+        self.lookup = DeployTimeProvider(
+            self,
+            "S3PrefixListLookup",
+            purpose="S3 prefix-list lookup",
+            subpackage="deploy_time",
+            handler_module="cdk_trn_runtime.deploy_time.prefix_list",
+            statements=[
+                iam.PolicyStatement(
+                    sid="FindTheS3PrefixList",
+                    actions=["ec2:DescribeManagedPrefixLists"],
+                    resources=["*"],
+                )
+            ],
+            encryption_key=encryption_key,
+            vpc=vpc,
+            subnet=subnet,
+            security_group=lookup_group,
+            handler_timeout=cdk.Duration.minutes(2),
+            wildcard_reason="ec2:DescribeManagedPrefixLists supports no resource-level "
+            "permission (Resource '*'); the call is read-only.",
+            wildcard_resources=["*"],
+        )
+        lookup = self.lookup.custom_resource(
+            self,
+            "S3PrefixList",
+            resource_type="Custom::CdkTrnS3PrefixList",
+            properties={},
+            service_timeout=cdk.Duration.minutes(10),
+        )
+        #: The region's S3 managed prefix list (``pl-...``), a deploy-time value.
+        self.s3_prefix_list_id = lookup.get_att_string("PrefixListId")
+
+        #: The security group of every other deploy-time function in ``subnet``.
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=vpc,
+            allow_all_outbound=False,
+            description="cdk-trn deploy-time functions: HTTPS to the VPC endpoints and S3 only",
+        )
+        if cidr is None:
+            self.security_group.add_egress_rule(
+                ec2.Peer.any_ipv4(), https, "HTTPS: the VPC's CIDR is unknown (imported VPC)"
+            )
+        else:
+            self.security_group.add_egress_rule(
+                ec2.Peer.ipv4(cidr), https, "HTTPS to the VPC's interface endpoints"
+            )
+        self.security_group.add_egress_rule(
+            ec2.Peer.prefix_list(self.s3_prefix_list_id),
+            https,
+            "HTTPS to S3 through the gateway endpoint: CloudFormation's response bucket",
+        )
+
+    @classmethod
+    def of(
+        cls, scope: Construct, *, vpc: ec2.IVpc, subnet: ec2.ISubnet, encryption_key: kms.IKey
+    ) -> DeployTimeNetwork:
+        """The stack's placement in ``subnet``, created on first use (its lookup's log group and
+        dead-letter queue then use ``encryption_key``)."""
+        stack = cdk.Stack.of(scope)
+        id = f"CdkTrnDeployTime{subnet.node.addr[:10]}"
+        found = stack.node.try_find_child(id)
+        if isinstance(found, DeployTimeNetwork):
+            return found
+        return cls(stack, id, vpc=vpc, subnet=subnet, encryption_key=encryption_key)
+
+
+def _cidr_of(vpc: ec2.IVpc) -> str | None:
+    try:
+        return vpc.vpc_cidr_block
+    except RuntimeError:  # jsii: imported without vpc_cidr_block
+        return None
 
 
 class DeployTimeProvider(Construct):
-    """On-event and is-complete handlers behind a ``custom_resources.Provider``.
+    """One Lambda function serving a custom resource with a ``cdk_trn_runtime`` handler module.
 
-    :param purpose: what the handlers do, for descriptions and acknowledgment reasons.
+    :param purpose: what the handlers do, for descriptions, reasons and timeout messages.
     :param subpackage: the ``cdk_trn_runtime`` subpackage holding the handler module.
     :param handler_module: the module, e.g. ``cdk_trn_runtime.acceptance.handler``; its
-        ``on_event`` and ``is_complete`` functions are the handlers.
-    :param on_event_statements: what the on-event handler may do besides writing its logs.
-    :param is_complete_statements: what the is-complete handler may do besides writing its logs.
-    :param encryption_key: KMS key of every log group (must allow CloudWatch Logs).
-    :param total_timeout: how long the framework waits for is-complete.
-    :param query_interval: how often is-complete is called.
-    :param handler_timeout: each handler invocation's timeout. Default: 1 minute.
-    :param log_retention: retention of every log group. Default: one year.
-    :param reserved_concurrency: reserved concurrent executions of each function. Default: none
+        ``on_event`` and (optional) ``is_complete`` functions are the handlers.
+    :param statements: what the handlers may do besides what every function needs.
+    :param encryption_key: KMS key of the log group and the dead-letter queue (must allow
+        CloudWatch Logs).
+    :param vpc: the VPC the function runs in.
+    :param subnet: the subnet it runs in (the node subnet, isolated by default).
+    :param total_timeout: how long the driver waits for ``is_complete``, at most 55 minutes
+        (CloudFormation's hour less :data:`SERVICE_TIMEOUT_MARGIN`). Default: 55 minutes.
+    :param query_interval: how often ``is_complete`` is called. Default: 30 seconds.
+    :param handler_timeout: each invocation's timeout; a wait longer than that continues in a new
+        invocation. Default: 15 minutes (Lambda's longest).
+    :param log_retention: retention of the log group. Default: one year.
+    :param reserved_concurrency: reserved concurrent executions of the function. Default: none
         (reserving fails the deploy in accounts with a low Lambda concurrency limit).
+    :param security_group: the function's security group. Default: the stack's
+        :class:`DeployTimeNetwork` group for ``subnet``.
+    :param wildcard_reason: why ``statements`` have the wildcard resources
+        ``wildcard_resources`` (as for ``acknowledge_wildcards``); ``"*"`` shares one
+        acknowledgment with the provider's own. Default: no wildcard in ``statements``.
     """
 
     def __init__(
@@ -120,114 +253,198 @@ class DeployTimeProvider(Construct):
         purpose: str,
         subpackage: str,
         handler_module: str,
-        on_event_statements: Sequence[iam.PolicyStatement],
-        is_complete_statements: Sequence[iam.PolicyStatement],
+        statements: Sequence[iam.PolicyStatement],
         encryption_key: kms.IKey,
-        total_timeout: cdk.Duration,
-        query_interval: cdk.Duration,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
+        total_timeout: cdk.Duration | None = None,
+        query_interval: cdk.Duration | None = None,
         handler_timeout: cdk.Duration | None = None,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
         reserved_concurrency: int | None = None,
+        security_group: ec2.ISecurityGroup | None = None,
+        wildcard_reason: str | None = None,
+        wildcard_resources: Sequence[str] = (),
     ) -> None:
+        total_timeout = total_timeout or MAX_SERVICE_TIMEOUT.minus(SERVICE_TIMEOUT_MARGIN)
+        query_interval = query_interval or cdk.Duration.seconds(30)
+        handler_timeout = handler_timeout or cdk.Duration.minutes(15)
+        self._validate(reserved_concurrency, total_timeout, query_interval, handler_timeout)
         super().__init__(scope, id)
-        if reserved_concurrency is not None and (
-            isinstance(reserved_concurrency, bool)
-            or not isinstance(reserved_concurrency, int)
-            or not 1 <= reserved_concurrency <= 1000
-        ):
-            raise invalid("reserved_concurrency", reserved_concurrency, "None or 1 to 1000")
+        stack = cdk.Stack.of(self)
         self.purpose = purpose
-        self._key = encryption_key
-        self._retention = log_retention
-        self._reserved = reserved_concurrency
-        handler_timeout = handler_timeout or cdk.Duration.minutes(1)
-
-        self.on_event, self.on_event_policy = self._handler(
-            "OnEvent", f"{handler_module}.on_event", subpackage, handler_timeout,
-            on_event_statements,
-        )  # fmt: skip
-        self.is_complete, self.is_complete_policy = self._handler(
-            "IsComplete", f"{handler_module}.is_complete", subpackage, handler_timeout,
-            is_complete_statements,
-        )  # fmt: skip
-
-        #: CloudFormation invokes the framework's on-event function asynchronously: an event
-        #: that fails every retry lands here instead of vanishing.
-        self.dead_letters = dead_letter_queue(self, "DeadLetters", encryption_key)
-        framework_logs = self._log_group("FrameworkLogs")
-        waiter_logs = self._log_group("WaiterLogs")
-        on_event_role = self._role("FrameworkOnEventRole", "the framework's on-event function")
-        wait_role = self._role("FrameworkWaitRole", "the framework's is-complete and timeout")
-        self.provider = cr.Provider(
-            self,
-            "Provider",
-            on_event_handler=self.on_event,
-            is_complete_handler=self.is_complete,
-            query_interval=query_interval,
-            total_timeout=total_timeout,
-            log_group=framework_logs,
-            framework_on_event_role=on_event_role.without_policy_updates(),
-            framework_complete_and_timeout_role=wait_role.without_policy_updates(),
-            disable_waiter_state_machine_logging=False,
-            waiter_state_machine_log_options=cr.LogOptions(
-                destination=waiter_logs,
-                level=sfn.LogLevel.ALL,
-                # The waiter's input carries CloudFormation's pre-signed response URL.
-                include_execution_data=False,
-            ),
+        self.total_timeout = total_timeout
+        network: DeployTimeNetwork | None = None
+        if security_group is None:
+            network = DeployTimeNetwork.of(
+                self, vpc=vpc, subnet=subnet, encryption_key=encryption_key
+            )
+            security_group = network.security_group
+        #: The VPC endpoints the custom resources wait for.
+        self.endpoints: Sequence[ec2.IVpcEndpoint] = (
+            network.endpoints
+            if network is not None
+            else [c for c in vpc.node.find_all() if isinstance(c, ec2.VpcEndpoint)]
         )
-        waiter = self._waiter()
-        self.framework_on_event_policy = iam.ManagedPolicy(
+        self.security_group = security_group
+
+        self.log_group = logs.LogGroup(
             self,
-            "FrameworkOnEventPolicy",
-            description=f"cdk-trn {purpose}: the provider framework's on-event function",
-            roles=[on_event_role],
+            "Logs",
+            retention=log_retention,
+            encryption_key=encryption_key,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"cdk-trn {purpose}: the custom resource's function",
+        )
+        #: Every invocation is asynchronous: an event the function could not handle lands here.
+        self.dead_letters = dead_letter_queue(self, "DeadLetters", encryption_key)
+        # Named, so that its own policy can let it invoke itself without waiting for it.
+        self.function_name = cdk.Names.unique_resource_name(self, max_length=64, separator="-")
+        own_arn = stack.format_arn(
+            service="lambda",
+            resource="function",
+            resource_name=self.function_name,
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )
+        self.policy = iam.ManagedPolicy(
+            self,
+            "Policy",
+            description=f"cdk-trn {purpose}: the custom resource's function",
+            roles=[self.role],
             statements=[
-                _write_logs(framework_logs),
-                _invoke(self.on_event),
                 iam.PolicyStatement(
-                    actions=["states:StartExecution"], resources=[waiter.state_machine_arn]
+                    sid="WriteOwnLogs",
+                    actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                    # The log group's Arn attribute ends in ":*", which covers its streams.
+                    resources=[self.log_group.log_group_arn],
+                ),
+                iam.PolicyStatement(
+                    sid="ContinueWaitingInANewInvocation",
+                    actions=["lambda:InvokeFunction"],
+                    resources=[own_arn],
                 ),
                 *send_dead_letters(self.dead_letters, encryption_key),
+                *network_interface_statements(stack, vpc, subnet, security_group),
+                *statements,
             ],
         )
-        self.framework_wait_policy = iam.ManagedPolicy(
+        code = ("deploy_time",) if subpackage == "deploy_time" else ("deploy_time", subpackage)
+        self.function = lambda_.Function(
             self,
-            "FrameworkWaitPolicy",
-            description=f"cdk-trn {purpose}: the provider framework's is-complete and timeout "
-            "functions",
-            roles=[wait_role],
-            statements=[_write_logs(framework_logs), _invoke(self.is_complete)],
+            "Function",
+            function_name=self.function_name,
+            runtime=lambda_.Runtime.PYTHON_3_14,
+            architecture=lambda_.Architecture.ARM_64,
+            handler=DRIVER,
+            code=runtime_lambda_code(*code),
+            role=self.role.without_policy_updates(),
+            timeout=handler_timeout,
+            memory_size=256,
+            log_group=self.log_group,
+            description=f"cdk-trn {purpose}: custom resource (on-event, then is-complete polls)",
+            environment={
+                DEPLOY_TIME_ENV_HANDLER: handler_module,
+                DEPLOY_TIME_ENV_PURPOSE: purpose,
+                DEPLOY_TIME_ENV_QUERY_INTERVAL: str(int(query_interval.to_seconds())),
+                DEPLOY_TIME_ENV_TOTAL_TIMEOUT: str(int(total_timeout.to_seconds())),
+            },
+            vpc=vpc,
+            vpc_subnets=ec2.SubnetSelection(subnets=[subnet]),
+            security_groups=[security_group],
+            dead_letter_queue=self.dead_letters,
+            retry_attempts=0,
+            max_event_age=cdk.Duration.hours(1),
+            reserved_concurrent_executions=reserved_concurrency,
         )
+        # Lambda checks the queue and network-interface permissions when it creates the function.
+        self.function.node.add_dependency(self.policy)
         #: Every policy the custom resource needs attached before it runs.
-        self.policies: tuple[iam.ManagedPolicy, ...] = (
-            self.on_event_policy,
-            self.is_complete_policy,
-            self.framework_on_event_policy,
-            self.framework_wait_policy,
-        )
-        framework_functions = [
-            c for c in self.provider.node.find_all() if isinstance(c, lambda_.Function)
-        ]
-        for function in framework_functions:
-            # A framework function runs only once its role's policy is attached.
-            role_arn = function.role.role_arn if function.role is not None else None
-            policy = (
-                self.framework_on_event_policy
-                if cdk.Stack.of(self).resolve(role_arn)
-                == cdk.Stack.of(self).resolve(on_event_role.role_arn)
-                else self.framework_wait_policy
-            )
-            function.node.add_dependency(policy)
-            self._reserve(function)
-            if policy is self.framework_on_event_policy:
-                _set_dead_letter_queue(function, self.dead_letters)
-        self._acknowledge(waiter, framework_functions, wait_role)
+        self.policies: tuple[iam.ManagedPolicy, ...] = (self.policy,)
+        self._acknowledge_wildcards(stack, wildcard_reason, wildcard_resources)
+        if reserved_concurrency is None:
+            acknowledge_deploy_time_functions(self, purpose)
         drop_implied_depends_on(self)
+
+    def _acknowledge_wildcards(
+        self, stack: cdk.Stack, reason: str | None, resources: Sequence[str]
+    ) -> None:
+        if resources and not reason:
+            raise invalid("wildcard_reason", reason, "a reason for the wildcard_resources")
+        own = (
+            "ec2:DescribeNetworkInterfaces supports no resource-level permission (Resource "
+            "'*'); the network interfaces Lambda manages for the function are created in its "
+            "subnet with its security group only and get their ids at run time "
+            "(network-interface/*, limited to the subnet by the ec2:Subnet condition)."
+        )
+        shares_star = "*" in resources
+        acknowledge_wildcards(
+            self.policy,
+            f"{own} {reason}" if shares_star else own,
+            resources=["*", network_interface_arns(stack)],
+        )
+        others = [r for r in resources if r != "*"]
+        if others:
+            assert reason is not None
+            acknowledge_wildcards(self.policy, reason, resources=others)
+
+    @staticmethod
+    def _validate(
+        reserved: int | None,
+        total: cdk.Duration,
+        interval: cdk.Duration,
+        handler_timeout: cdk.Duration,
+    ) -> None:
+        if reserved is not None and (
+            isinstance(reserved, bool) or not isinstance(reserved, int) or not 1 <= reserved <= 1000
+        ):
+            raise invalid("reserved_concurrency", reserved, "None or 1 to 1000")
+        longest = MAX_SERVICE_TIMEOUT.minus(SERVICE_TIMEOUT_MARGIN).to_seconds()
+        if not 60 <= total.to_seconds() <= longest:
+            raise invalid(
+                "total_timeout",
+                f"{total.to_seconds():g} seconds",
+                f"from 60 to {longest:g} seconds (CloudFormation waits at most an hour for a "
+                f"custom resource, less {SERVICE_TIMEOUT_MARGIN.to_minutes():g} minutes for our "
+                "own timeout message)",
+            )
+        if not 5 <= interval.to_seconds() <= 300:
+            raise invalid("query_interval", f"{interval.to_seconds():g} seconds", "5 to 300")
+        seconds = handler_timeout.to_seconds()
+        if not interval.to_seconds() + _HANDOVER_SECONDS <= seconds <= 900:
+            raise invalid(
+                "handler_timeout",
+                f"{seconds:g} seconds",
+                f"from query_interval + {_HANDOVER_SECONDS} s to 900 s (Lambda's longest)",
+            )
 
     @property
     def service_token(self) -> str:
-        return self.provider.service_token
+        return self.function.function_arn
+
+    def metric_failures(self, *, period: cdk.Duration | None = None) -> cloudwatch.Metric:
+        """FAILED answers to CloudFormation (sum per ``period``, default 5 minutes). The driver
+        answers a handler's exception itself, so Lambda's Errors metric does not count them: a
+        metric filter on the function's log group counts the driver's failure mark."""
+        if self.log_group.node.try_find_child("FailureCount") is None:
+            self.log_group.add_metric_filter(
+                "FailureCount",
+                filter_pattern=logs.FilterPattern.literal(f'"{DEPLOY_TIME_FAILURE_MARK}"'),
+                metric_namespace=METRICS_NAMESPACE_DEPLOY_TIME,
+                metric_name=self.function_name,
+                metric_value="1",
+                default_value=0,
+            )
+        return cloudwatch.Metric(
+            namespace=METRICS_NAMESPACE_DEPLOY_TIME,
+            metric_name=self.function_name,
+            statistic="Sum",
+            period=period or cdk.Duration.minutes(5),
+        )
 
     def custom_resource(
         self,
@@ -236,9 +453,19 @@ class DeployTimeProvider(Construct):
         *,
         resource_type: str,
         properties: Mapping[str, Any],
-        service_timeout: cdk.Duration,
+        service_timeout: cdk.Duration | None = None,
     ) -> cdk.CustomResource:
-        """A custom resource served by this provider, run once every policy is attached."""
+        """A custom resource served by this provider, run once the function may do its work and
+        the VPC's endpoints exist.
+
+        :param service_timeout: CloudFormation's own limit (its backstop when no answer comes).
+            Default: the provider's total timeout plus :data:`SERVICE_TIMEOUT_MARGIN`.
+        """
+        service_timeout = service_timeout or self.total_timeout.plus(SERVICE_TIMEOUT_MARGIN)
+        if service_timeout.to_seconds() > MAX_SERVICE_TIMEOUT.to_seconds():
+            raise invalid(
+                "service_timeout", f"{service_timeout.to_seconds():g} seconds", "at most 3600"
+            )
         resource = cdk.CustomResource(
             scope,
             id,
@@ -248,119 +475,56 @@ class DeployTimeProvider(Construct):
             properties=dict(properties),
         )
         resource.node.add_dependency(*self.policies)
+        for endpoint in self.endpoints:
+            resource.node.add_dependency(endpoint)
         return resource
 
-    # --- parts ----------------------------------------------------------------------------
 
-    def _log_group(self, id: str) -> logs.LogGroup:
-        return logs.LogGroup(
-            self,
-            id,
-            retention=self._retention,
-            encryption_key=self._key,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
+def network_interface_arns(stack: cdk.Stack) -> str:
+    return stack.format_arn(service="ec2", resource="network-interface", resource_name="*")
 
-    def _role(self, id: str, what: str) -> iam.Role:
-        return iam.Role(
-            self,
-            id,
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description=f"cdk-trn {self.purpose}: {what}",
-        )
 
-    def _handler(
-        self,
-        id: str,
-        handler: str,
-        subpackage: str,
-        timeout: cdk.Duration,
-        statements: Sequence[iam.PolicyStatement],
-    ) -> tuple[lambda_.Function, iam.ManagedPolicy]:
-        entry = handler.rsplit(".", 1)[1]
-        log_group = self._log_group(f"{id}Logs")
-        role = self._role(f"{id}Role", f"the {entry} handler")
-        policy = iam.ManagedPolicy(
-            self,
-            f"{id}Policy",
-            description=f"cdk-trn {self.purpose}: the {entry} handler",
-            roles=[role],
-            statements=[_write_logs(log_group), *statements],
-        )
-        function = lambda_.Function(
-            self,
-            id,
-            runtime=lambda_.Runtime.PYTHON_3_14,
-            architecture=lambda_.Architecture.ARM_64,
-            handler=handler,
-            code=runtime_lambda_code(subpackage),
-            role=role.without_policy_updates(),
-            timeout=timeout,
-            memory_size=256,
-            log_group=log_group,
-            description=f"cdk-trn {self.purpose}: {entry}",
-        )
-        function.node.add_dependency(policy)
-        self._reserve(function)
-        return function, policy
-
-    def _reserve(self, function: lambda_.Function) -> None:
-        if self._reserved is None:
-            return
-        cfn_function = function.node.default_child
-        assert isinstance(cfn_function, lambda_.CfnFunction)
-        # L1: the Provider has no prop for the concurrency of its own functions.
-        cfn_function.reserved_concurrent_executions = self._reserved
-
-    def _waiter(self) -> cr.WaiterStateMachine:
-        waiters = [c for c in self.provider.node.find_all() if isinstance(c, cr.WaiterStateMachine)]
-        assert len(waiters) == 1, "a Provider with an is-complete handler has one waiter"
-        return waiters[0]
-
-    def _acknowledge(
-        self,
-        waiter: cr.WaiterStateMachine,
-        framework_functions: list[lambda_.Function],
-        wait_role: iam.Role,
-    ) -> None:
-        stack = cdk.Stack.of(self)
-        acknowledge_wildcards(
-            self.framework_on_event_policy,
-            "The provider framework invokes the on-event handler by any version (<ARN>:*); "
-            "that is this provider's one function.",
-            resources=[f"{self.on_event.function_arn}:*"],
-        )
-        acknowledge_wildcards(
-            self.framework_wait_policy,
-            "The provider framework invokes the is-complete handler by any version (<ARN>:*); "
-            "that is this provider's one function.",
-            resources=[f"{self.is_complete.function_arn}:*"],
-        )
-        waited_on = [
-            f
-            for f in framework_functions
-            if f.role is not None
-            and stack.resolve(f.role.role_arn) == stack.resolve(wait_role.role_arn)
-        ]
-        acknowledge_wildcards(
-            waiter,
-            "Step Functions log delivery (logs:CreateLogDelivery and the others) supports no "
-            "resource-level permission; the waiter invokes its own framework functions by any "
-            "version (<ARN>:*) and nothing else.",
-            resources=["*", *(f"{f.function_arn}:*" for f in waited_on)],
-        )
-        acknowledge(
-            waiter,
-            "AwsSolutions-SF2",
-            "The CDK Provider framework's waiter state machine offers no X-Ray tracing option; "
-            "it only polls the is-complete handler, whose own logs and the ALL-level state "
-            "machine log cover each attempt.",
-        )
-        acknowledge_deploy_time_functions(self, self.purpose)
+def network_interface_statements(
+    stack: cdk.Stack, vpc: ec2.IVpc, subnet: ec2.ISubnet, group: ec2.ISecurityGroup
+) -> list[iam.PolicyStatement]:
+    """What Lambda needs of the function's role to connect it to ``subnet`` (Lambda developer
+    guide, "Giving Lambda functions access to resources in an Amazon VPC": the actions of
+    AWSLambdaVPCAccessExecutionRole besides logs), scoped to that subnet and group.
+    DescribeNetworkInterfaces works only on ``*`` (same page)."""
+    subnet_arn = stack.format_arn(service="ec2", resource="subnet", resource_name=subnet.subnet_id)
+    interfaces = network_interface_arns(stack)
+    return [
+        iam.PolicyStatement(
+            sid="CreateNetworkInterfacesInTheSubnet",
+            actions=["ec2:CreateNetworkInterface"],
+            resources=[
+                interfaces,
+                subnet_arn,
+                stack.format_arn(
+                    service="ec2", resource="security-group", resource_name=group.security_group_id
+                ),
+            ],
+        ),
+        iam.PolicyStatement(
+            sid="ManageNetworkInterfacesInTheSubnet",
+            actions=[
+                "ec2:DeleteNetworkInterface",
+                "ec2:AssignPrivateIpAddresses",
+                "ec2:UnassignPrivateIpAddresses",
+            ],
+            resources=[interfaces],
+            conditions={"ArnEquals": {"ec2:Subnet": subnet_arn}},
+        ),
+        iam.PolicyStatement(
+            sid="DescribeNetworkInterfaces",
+            actions=["ec2:DescribeNetworkInterfaces"],
+            resources=["*"],
+        ),
+    ]
 
 
 def dead_letter_queue(scope: Construct, id: str, encryption_key: kms.IKey) -> sqs.Queue:
-    """The dead-letter queue of a function CloudFormation invokes asynchronously: encrypted with
+    """The dead-letter queue of a function invoked asynchronously: encrypted with
     ``encryption_key``, TLS only, events kept 14 days (SQS's longest)."""
     return sqs.Queue(
         scope,
@@ -381,26 +545,3 @@ def send_dead_letters(queue: sqs.IQueue, encryption_key: kms.IKey) -> list[iam.P
             actions=["kms:GenerateDataKey", "kms:Decrypt"], resources=[encryption_key.key_arn]
         ),
     ]
-
-
-def _set_dead_letter_queue(function: lambda_.Function, queue: sqs.IQueue) -> None:
-    # L1: the Provider has no prop for its own functions' dead-letter queue.
-    cfn_function = function.node.default_child
-    assert isinstance(cfn_function, lambda_.CfnFunction)
-    cfn_function.dead_letter_config = lambda_.CfnFunction.DeadLetterConfigProperty(
-        target_arn=queue.queue_arn
-    )
-
-
-def _write_logs(log_group: logs.LogGroup) -> iam.PolicyStatement:
-    # The log group's Arn attribute ends in ":*", which covers its streams.
-    return iam.PolicyStatement(
-        actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[log_group.log_group_arn]
-    )
-
-
-def _invoke(function: lambda_.IFunction) -> iam.PolicyStatement:
-    return iam.PolicyStatement(
-        actions=["lambda:InvokeFunction"],
-        resources=[function.function_arn, f"{function.function_arn}:*"],
-    )

@@ -256,6 +256,8 @@ class TrainiumCluster(Construct):
                 availability_zone=network.availability_zone,
                 nodes=nodes,
                 capacity=capacity,
+                vpc=network.vpc,
+                subnet=network.subnet,
                 wait_for_capacity_block=wait_for_capacity_block,
             )
             self.auto_scaling_group.node.add_dependency(self._preflight)

@@ -3,12 +3,14 @@
 EFA traffic cannot cross Availability Zones and capacity reservations/blocks live in one AZ, so the
 network is built around a single AZ chosen by the user. Nodes sit in an isolated subnet and reach
 AWS through VPC endpoints (S3 gateway; SSM, SSM messages, EC2 messages, ECR api/dkr, KMS, CloudWatch
-Logs, STS, CloudFormation, Secrets Manager, CloudWatch metrics, Auto Scaling interface endpoints).
-NAT egress is an explicit opt-in.
+Logs, STS, CloudFormation, Secrets Manager, CloudWatch metrics, Auto Scaling, Lambda, EC2, Service
+Quotas, CodeBuild interface endpoints), and so do the deploy-time functions (custom resources),
+which run in the same subnet. NAT egress is an explicit opt-in.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Sequence
 
@@ -40,6 +42,16 @@ _DIRECTIONS = {
 }
 
 
+def custom_resource_response_bucket(region: str) -> str:
+    """The AWS-owned bucket CloudFormation's pre-signed custom-resource response URLs point into,
+    ``cloudformation-custom-resource-response-<region without dashes>`` (``useast2``)."""
+    if cdk.Token.is_unresolved(region):
+        return "cloudformation-custom-resource-response-" + cdk.Fn.join(
+            "", cdk.Fn.split("-", region)
+        )
+    return "cloudformation-custom-resource-response-" + region.replace("-", "")
+
+
 def az_id_prefix(region: str) -> str:
     """The prefix of a region's Availability Zone ids: ``us-east-2`` -> ``use2``."""
     parts = region.split("-")
@@ -55,7 +67,11 @@ def is_az_id(value: str) -> bool:
 #: data), CloudWatch Logs, STS (IAM identities for the enclave vault), CloudFormation (cfn-signal),
 #: Secrets Manager (the Slurm authentication key), CloudWatch metrics (monitoring: the nodes' and
 #: the controller's metric publishers), Auto Scaling (a node drained for a hardware failure marks
-#: itself Unhealthy).
+#: itself Unhealthy). The deploy-time functions (``cdk_trn._provider``, preflight), which run in
+#: the node subnet too, also need Lambda (a waiting function continues in a new invocation of
+#: itself), EC2 (instances, offerings, reservations, prefix lists, network interfaces), Service
+#: Quotas (the preflight's Trn quota) and CodeBuild (the enclave image build); SSM, Auto Scaling
+#: and S3 serve the acceptance run.
 INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
     "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
     "SsmMessages": ec2.InterfaceVpcEndpointAwsService.SSM_MESSAGES,
@@ -69,6 +85,10 @@ INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
     "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
     "Monitoring": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING,
     "AutoScaling": ec2.InterfaceVpcEndpointAwsService.AUTOSCALING,
+    "Lambda": ec2.InterfaceVpcEndpointAwsService.LAMBDA_,
+    "Ec2": ec2.InterfaceVpcEndpointAwsService.EC2,
+    "ServiceQuotas": ec2.InterfaceVpcEndpointAwsService("servicequotas"),
+    "CodeBuild": ec2.InterfaceVpcEndpointAwsService.CODEBUILD,
 }
 
 
@@ -91,7 +111,10 @@ class TrainingNetwork(Construct):
         and no endpoints are created unless ``create_endpoints`` is true).
     :param existing_subnet: the node subnet inside ``existing_vpc``, in ``availability_zone``.
     :param create_endpoints: create the VPC endpoints. Default: true for a new VPC, false for an
-        existing one (which usually has them already).
+        existing one (which usually has them already). Without them, the endpoints of
+        :data:`INTERFACE_ENDPOINTS` and an S3 gateway endpoint that lets the subnet answer
+        CloudFormation (``s3:PutObject`` to ``cloudformation-custom-resource-response-<region
+        without dashes>``) are the user's to provide: the deploy-time functions need them.
     :param extra_s3_read_buckets: names of buckets outside this account that nodes may read
         through the S3 endpoint, besides AL2023's repositories, ECR layers and SSM's buckets.
         Default: none. (Endpoints serve only this account's principals and buckets.)
@@ -160,6 +183,7 @@ class TrainingNetwork(Construct):
         subnet_id: str,
         availability_zone: str,
         route_table_id: str | None = None,
+        vpc_cidr_block: str | None = None,
     ) -> ITrainingNetwork:
         """A network another app created, by its ids: no lookup, no resource, no endpoint.
 
@@ -169,6 +193,9 @@ class TrainingNetwork(Construct):
             as for a new network.
         :param route_table_id: the subnet's route table (``rtb-...``), needed only by constructs
             that add routes or gateway endpoints. Default: none.
+        :param vpc_cidr_block: the VPC's IPv4 CIDR; deploy-time functions then allow HTTPS to
+            that range (the VPC's endpoints) only. Default: none (they allow HTTPS to any IPv4
+            address, and the subnet's routes decide where it can go).
         """
         return ImportedTrainingNetwork(
             scope,
@@ -177,6 +204,7 @@ class TrainingNetwork(Construct):
             subnet_id=subnet_id,
             availability_zone=availability_zone,
             route_table_id=route_table_id,
+            vpc_cidr_block=vpc_cidr_block,
         )
 
     # --- validation -------------------------------------------------------------------------
@@ -391,7 +419,11 @@ class TrainingNetwork(Construct):
     ) -> None:
         """The S3 endpoint reaches this account's buckets, plus read access to the AWS-owned
         buckets nodes need: AL2023's package repositories (FACTS.md), ECR image layers (ECR user
-        guide, "Amazon S3 gateway endpoint") and the SSM agent's buckets."""
+        guide, "Amazon S3 gateway endpoint") and the SSM agent's buckets, and writes to
+        CloudFormation's custom-resource response bucket of the region (the deploy-time
+        functions answer through it: CloudFormation user guide, "Setting up VPC endpoints for
+        AWS CloudFormation", names ``cloudformation-custom-resource-response-<region without
+        dashes>``). Nothing here uses a wait condition, so its bucket is not listed."""
         stack = cdk.Stack.of(self)
         endpoint.add_to_policy(
             iam.PolicyStatement(
@@ -418,6 +450,16 @@ class TrainingNetwork(Construct):
                 resources=[f"arn:{stack.partition}:s3:::{bucket}/*" for bucket in aws_buckets],
             )
         )
+        endpoint.add_to_policy(
+            iam.PolicyStatement(
+                sid="AnswerCloudFormationCustomResources",
+                principals=[iam.AnyPrincipal()],
+                actions=["s3:PutObject"],
+                resources=[
+                    f"arn:{stack.partition}:s3:::{custom_resource_response_bucket(region)}/*"
+                ],
+            )
+        )
 
 
 def _validate_resource_id(prop: str, value: str | None, kind: str) -> None:
@@ -425,6 +467,15 @@ def _validate_resource_id(prop: str, value: str | None, kind: str) -> None:
         return
     if not isinstance(value, str) or not re.match(_RESOURCE_ID.format(kind), value):
         raise invalid(prop, value, f"an id such as '{kind}-0123456789abcdef0'")
+
+
+def _validate_cidr(value: str) -> None:
+    try:
+        network = ipaddress.IPv4Network(value)
+    except ValueError:
+        raise invalid("vpc_cidr_block", value, "an IPv4 CIDR such as '10.64.0.0/16'") from None
+    if str(network) != value:
+        raise invalid("vpc_cidr_block", value, f"the network address form {network}")
 
 
 class ImportedTrainingNetwork(Construct):
@@ -443,8 +494,11 @@ class ImportedTrainingNetwork(Construct):
         subnet_id: str,
         availability_zone: str,
         route_table_id: str | None = None,
+        vpc_cidr_block: str | None = None,
     ) -> None:
         _validate_resource_id("vpc_id", vpc_id, "vpc")
+        if vpc_cidr_block is not None and not cdk.Token.is_unresolved(vpc_cidr_block):
+            _validate_cidr(vpc_cidr_block)
         _validate_resource_id("subnet_id", subnet_id, "subnet")
         _validate_resource_id("route_table_id", route_table_id, "rtb")
         TrainingNetwork._validate_availability_zone(availability_zone, cdk.Stack.of(scope).region)
@@ -454,6 +508,7 @@ class ImportedTrainingNetwork(Construct):
             self,
             "Vpc",
             vpc_id=vpc_id,
+            vpc_cidr_block=vpc_cidr_block,
             availability_zones=[availability_zone],
             isolated_subnet_ids=[subnet_id],
             isolated_subnet_route_table_ids=[route_table_id] if route_table_id else None,

@@ -13,39 +13,37 @@ Make the nodes wait for it::
                           availability_zone="use2-az3", nodes=2, capacity=Capacity.on_demand())
     cluster.auto_scaling_group.node.add_dependency(preflight)
 
-A plain Lambda-backed custom resource (no Provider framework: one function, one role, one log
-group); the handler answers CloudFormation itself.
+Served by cdk-trn's deploy-time provider (``cdk_trn._provider``): one function in the nodes'
+subnet, with one managed policy and a dead-letter queue, reaching EC2, Service Quotas and Lambda
+through the network's interface endpoints. Waiting for a capacity block that starts later is the
+provider's poll of the handler's ``is_complete``.
 """
 
 from __future__ import annotations
 
 import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from cdk_trn._provider import (
-    acknowledge_deploy_time_functions,
-    dead_letter_queue,
-    send_dead_letters,
-)
+from cdk_trn._provider import DeployTimeProvider
 from cdk_trn._resources import allow_cloudwatch_logs
-from cdk_trn._runtime import runtime_lambda_code
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import INSTANCE_SPECS
-from cdk_trn.compliance.acknowledge import acknowledge_wildcards
-from cdk_trn.compliance.depends_on import drop_implied_depends_on
 from cdk_trn.errors import CdkTrnError, invalid
 
-HANDLER = "cdk_trn_runtime.preflight.handler.on_event"
-#: Without waiting the checks take seconds; a waiting handler re-invokes itself every 15 minutes
-#: and CloudFormation gives a custom resource at most one hour.
-_CHECK_TIMEOUT = cdk.Duration.minutes(2)
+HANDLER_MODULE = "cdk_trn_runtime.preflight.handler"
+#: Without waiting the checks take seconds; a waiting preflight continues in a new invocation every
+#: 15 minutes, and CloudFormation gives a custom resource at most one hour.
+_CHECK_TIMEOUT = cdk.Duration.minutes(3)
 _WAIT_INVOCATION_TIMEOUT = cdk.Duration.minutes(15)
 _CHECK_SERVICE_TIMEOUT = cdk.Duration.minutes(10)
-_WAIT_SERVICE_TIMEOUT = cdk.Duration.hours(1)
+#: The handler's wait budget and poll (``cdk_trn_runtime.preflight.handler.WAIT_BUDGET`` and
+#: ``POLL_SECONDS``; a test keeps them equal) are the provider's total timeout and query interval.
+WAIT_BUDGET = cdk.Duration.minutes(55)
+POLL_SECONDS = 60
 
 
 class Preflight(Construct):
@@ -55,6 +53,8 @@ class Preflight(Construct):
     :param availability_zone: the nodes' AZ, an id (``use2-az3``) or a name (``us-east-2b``,
         resolved to its id in the deploying account by the handler).
     :param nodes: how many nodes the cluster launches.
+    :param vpc: the VPC the check runs in (the cluster's).
+    :param subnet: the subnet it runs in (the nodes').
     :param capacity: where they come from; reservations and blocks are checked by id, on-demand
         by the type's offering in the AZ and the account's On-Demand Trn vCPU quota
         (L-2C3B7624).
@@ -74,6 +74,8 @@ class Preflight(Construct):
         availability_zone: str,
         nodes: int,
         capacity: Capacity,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
         wait_for_capacity_block: bool = False,
         encryption_key: kms.IKey | None = None,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
@@ -105,112 +107,51 @@ class Preflight(Construct):
             )
             allow_cloudwatch_logs(key)
             encryption_key = key
-        self.log_group = logs.LogGroup(
+        self.provider = DeployTimeProvider(
             self,
-            "Logs",
-            retention=log_retention,
-            encryption_key=encryption_key,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
-        self.role = iam.Role(
-            self,
-            "Role",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description=f"cdk-trn preflight of {self.node.path}",
-        )
-        # CloudFormation (and a waiting preflight, itself) invoke the function asynchronously: an
-        # event that fails every retry lands here instead of vanishing.
-        self.dead_letters = dead_letter_queue(self, "DeadLetters", encryption_key)
-        self.function = lambda_.Function(
-            self,
-            "Function",
-            dead_letter_queue=self.dead_letters,
-            runtime=lambda_.Runtime.PYTHON_3_14,
-            architecture=lambda_.Architecture.ARM_64,
-            handler=HANDLER,
-            code=runtime_lambda_code("preflight"),
-            role=self.role.without_policy_updates(),
-            timeout=_WAIT_INVOCATION_TIMEOUT if wait_for_capacity_block else _CHECK_TIMEOUT,
-            memory_size=256,
-            log_group=self.log_group,
-            description="cdk-trn preflight: AZ offering, Trn quota, capacity reservations",
-        )
-        # Everything the handler may do is in this one managed policy (no inline policy, no
-        # AWSLambdaBasicExecutionRole).
-        statements = [
-            iam.PolicyStatement(
-                sid="WriteOwnLogs",
-                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
-                resources=[self.log_group.log_group_arn],
-            ),
-            iam.PolicyStatement(
-                sid="ReadOfferingsQuotaAndReservations",
-                actions=[
-                    "ec2:DescribeAvailabilityZones",
-                    "ec2:DescribeInstanceTypeOfferings",
-                    "ec2:DescribeCapacityReservations",
-                    "servicequotas:GetServiceQuota",
-                    "servicequotas:GetAWSDefaultServiceQuota",
-                ],
-                resources=["*"],
-            ),
-            *send_dead_letters(self.dead_letters, encryption_key),
-        ]
-        self.policy = iam.ManagedPolicy(
-            self,
-            "Policy",
-            description="cdk-trn preflight: read AZ offerings, the Trn quota and reservations",
-            roles=[self.role],
-            statements=statements,
-        )
-        #: Every policy the custom resource needs attached before it runs.
-        self.policies: list[iam.ManagedPolicy] = [self.policy]
-        if wait_for_capacity_block:
-            # Apart from the policy the function is created after (that one may not name the
-            # function without a dependency cycle).
-            self.policies.append(
-                iam.ManagedPolicy(
-                    self,
-                    "InvokeSelfPolicy",
-                    description="cdk-trn preflight: continue waiting in a new invocation",
-                    roles=[self.role],
-                    statements=[
-                        iam.PolicyStatement(
-                            sid="ContinueWaitingInANewInvocation",
-                            actions=["lambda:InvokeFunction"],
-                            resources=[self.function.function_arn],
-                        )
+            "Provider",
+            purpose="preflight of AZ, quota and reservations",
+            subpackage="preflight",
+            handler_module=HANDLER_MODULE,
+            statements=[
+                iam.PolicyStatement(
+                    sid="ReadOfferingsQuotaAndReservations",
+                    actions=[
+                        "ec2:DescribeAvailabilityZones",
+                        "ec2:DescribeInstanceTypeOfferings",
+                        "ec2:DescribeCapacityReservations",
+                        "servicequotas:GetServiceQuota",
+                        "servicequotas:GetAWSDefaultServiceQuota",
                     ],
+                    resources=["*"],
                 )
-            )
-        acknowledge_wildcards(
-            self.policy,
-            "ec2:DescribeAvailabilityZones, ec2:DescribeInstanceTypeOfferings, "
-            "ec2:DescribeCapacityReservations, "
-            "servicequotas:GetServiceQuota and servicequotas:GetAWSDefaultServiceQuota support "
-            "no resource-level permission (the Service Authorization Reference lists no resource "
-            "type for them), so their Resource must be '*'; all five are read-only.",
-            resources=["*"],
+            ],
+            wildcard_reason="ec2:DescribeAvailabilityZones, ec2:DescribeInstanceTypeOfferings, "
+            "ec2:DescribeCapacityReservations, servicequotas:GetServiceQuota and "
+            "servicequotas:GetAWSDefaultServiceQuota support no resource-level permission (the "
+            "Service Authorization Reference lists no resource type for them), so their "
+            "Resource must be '*'; all five are read-only.",
+            wildcard_resources=["*"],
+            encryption_key=encryption_key,
+            vpc=vpc,
+            subnet=subnet,
+            total_timeout=WAIT_BUDGET,
+            query_interval=cdk.Duration.seconds(POLL_SECONDS),
+            handler_timeout=_WAIT_INVOCATION_TIMEOUT if wait_for_capacity_block else _CHECK_TIMEOUT,
+            log_retention=log_retention,
         )
-        # Lambda checks sqs:SendMessage on the dead-letter queue when it creates the function,
-        # so the function waits for the policy; the role edge its GetAtt implies is dropped.
-        self.function.node.add_dependency(self.policy)
-        drop_implied_depends_on(self)
-        acknowledge_deploy_time_functions(
-            self,
-            "preflight of AZ, quota and reservations",
-            framework_inline_policies=False,
-            synchronous_functions=False,
-        )
-
-        self.resource = cdk.CustomResource(
+        self.function = self.provider.function
+        self.role = self.provider.role
+        self.policy = self.provider.policy
+        self.log_group = self.provider.log_group
+        self.dead_letters = self.provider.dead_letters
+        #: Every policy the custom resource needs attached before it runs.
+        self.policies = list(self.provider.policies)
+        self.resource = self.provider.custom_resource(
             self,
             "Resource",
-            service_token=self.function.function_arn,
             resource_type="Custom::TrnPreflight",
-            service_timeout=_WAIT_SERVICE_TIMEOUT
-            if wait_for_capacity_block
-            else _CHECK_SERVICE_TIMEOUT,
+            service_timeout=None if wait_for_capacity_block else _CHECK_SERVICE_TIMEOUT,
             properties={
                 "InstanceType": instance_type,
                 "AvailabilityZone": availability_zone,
@@ -221,5 +162,3 @@ class Preflight(Construct):
                 "WaitForCapacityBlock": "true" if wait_for_capacity_block else "false",
             },
         )
-        # The handler needs its permissions before CloudFormation invokes it.
-        self.resource.node.add_dependency(*self.policies)

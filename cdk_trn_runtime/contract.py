@@ -110,3 +110,21 @@ NODE_EFA_COUNTERS = {"tx_bytes": "EfaTxBytes", "rx_bytes": "EfaRxBytes", "rx_dro
 #: The acceptance run's figures (FIGURES' names as metric names) and whether it passed (1 or 0).
 METRICS_NAMESPACE_ACCEPTANCE = "cdk-trn/Acceptance"
 ACCEPTANCE_PASSED_METRIC = "Passed"
+
+# --- Deploy-time custom resources: the construct (cdk_trn._provider) configures the one function
+# of each custom resource through these environment variables; the driver
+# (cdk_trn_runtime.deploy_time.driver) reads them.
+#: The handler module, e.g. ``cdk_trn_runtime.acceptance.handler`` (its ``on_event`` and, if it
+#: waits, ``is_complete``).
+DEPLOY_TIME_ENV_HANDLER = "CDK_TRN_HANDLER_MODULE"
+#: Seconds between two ``is_complete`` polls.
+DEPLOY_TIME_ENV_QUERY_INTERVAL = "CDK_TRN_QUERY_INTERVAL_SECONDS"
+#: Seconds from the first invocation until the wait fails with a timeout.
+DEPLOY_TIME_ENV_TOTAL_TIMEOUT = "CDK_TRN_TOTAL_TIMEOUT_SECONDS"
+#: What the handler does, for status reasons ("acceptance run").
+DEPLOY_TIME_ENV_PURPOSE = "CDK_TRN_PURPOSE"
+#: The word the driver logs with every FAILED answer; a metric filter on the function's log group
+#: counts them (the driver answers failures itself, so Lambda's Errors metric never sees them).
+DEPLOY_TIME_FAILURE_MARK = "CDK_TRN_CUSTOM_RESOURCE_FAILED"
+#: Namespace of those counts (one metric per function, named after it).
+METRICS_NAMESPACE_DEPLOY_TIME = "cdk-trn/DeployTime"

@@ -29,7 +29,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from cdk_trn._provider import DeployTimeProvider
+from cdk_trn._provider import SERVICE_TIMEOUT_MARGIN, DeployTimeProvider
 from cdk_trn._resources import (
     access_log_bucket,
     allow_cloudwatch_logs,
@@ -57,12 +57,12 @@ RUN_CONFIG_VERSION = 2
 RUNS_SUBDIR = "acceptance"
 #: Where the results bucket's server access logs go in their bucket, by default.
 RESULTS_ACCESS_LOG_PREFIX = "acceptance-results/"
-#: CloudFormation waits at most one hour for a custom resource (ServiceTimeout is 1-3600 s), and
-#: the CDK Provider's totalTimeout documents the same maximum.
-MAX_TOTAL_TIMEOUT = cdk.Duration.hours(1)
+#: CloudFormation waits at most one hour for a custom resource (ServiceTimeout is 1-3600 s); the
+#: provider keeps 5 minutes of it so that its own timeout message, not a generic one, ends a run.
+MAX_TOTAL_TIMEOUT = cdk.Duration.hours(1).minus(SERVICE_TIMEOUT_MARGIN)
 MIN_TOTAL_TIMEOUT = cdk.Duration.minutes(10)
-#: Time kept back from the Provider's total timeout so our own deadline (with a clear reason)
-#: always fires before the framework's generic "Operation timed out".
+#: Time kept back from the provider's total timeout so the handler's own deadline (naming the
+#: nodes still running) fires before the provider's.
 _DEADLINE_MARGIN_SECONDS = 120
 
 DEFAULT_FIGURES: tuple[str, ...] = (
@@ -273,8 +273,9 @@ class AcceptanceRun(Construct):
         Default: ``acceptance-results/`` (:data:`RESULTS_ACCESS_LOG_PREFIX`).
     :param encryption_key: KMS key of the results bucket this construct creates and of the
         handlers' log groups. Default: a new key with rotation, retained.
-    :param total_timeout: how long the deploy waits for the run, 10 to 60 minutes (the most
-        CloudFormation waits for a custom resource). Default: 60 minutes.
+    :param total_timeout: how long the deploy waits for the run, 10 to 55 minutes
+        (CloudFormation waits at most an hour for a custom resource, and the provider keeps 5
+        minutes for a clear timeout message). Default: 55 minutes.
     :param query_interval: how often the run is polled. Default: 30 seconds.
     :param procs_per_node: worker processes per node. Default: one per logical NeuronCore
         (``neuron_cores / default_logical_nc_config`` of the catalog entry).
@@ -317,7 +318,7 @@ class AcceptanceRun(Construct):
         super().__init__(scope, id)
         thresholds = thresholds or AcceptanceThresholds()
         workload = workload or AcceptanceWorkload()
-        total_timeout = total_timeout or cdk.Duration.minutes(60)
+        total_timeout = total_timeout or MAX_TOTAL_TIMEOUT
         query_interval = query_interval or cdk.Duration.seconds(30)
         results_retention = results_retention or cdk.Duration.days(365)
         spec = cluster.spec
@@ -403,27 +404,28 @@ class AcceptanceRun(Construct):
             json.dumps(static_config, sort_keys=True, default=str).encode()
         ).hexdigest()
 
+        wildcard_reason, wildcard_resources = self._wildcards()
         self.provider = DeployTimeProvider(
             self,
             "Provider",
             purpose="acceptance run",
             subpackage="acceptance",
             handler_module=HANDLER_MODULE,
-            on_event_statements=self._on_event_statements(),
-            is_complete_statements=self._is_complete_statements(),
+            statements=[*self._on_event_statements(), *self._is_complete_statements()],
             encryption_key=self.encryption_key,
+            vpc=cluster.vpc,
+            subnet=cluster.subnet,
             total_timeout=total_timeout,
             query_interval=query_interval,
-            handler_timeout=cdk.Duration.minutes(5),
             log_retention=log_retention_days,
+            wildcard_reason=wildcard_reason,
+            wildcard_resources=wildcard_resources,
         )
-        self._acknowledge_handler_findings()
 
         self.resource = self.provider.custom_resource(
             self,
             "Resource",
             resource_type="Custom::TrnAcceptanceRun",
-            service_timeout=total_timeout,
             properties={
                 "AutoScalingGroupName": cluster.auto_scaling_group.ref,
                 "ClusterName": cluster.cluster_name,
@@ -538,8 +540,8 @@ class AcceptanceRun(Construct):
             raise invalid(
                 "total_timeout",
                 f"{seconds / 60:g} minutes",
-                "from 10 to 60 minutes (CloudFormation waits at most one hour for a custom "
-                "resource)",
+                "from 10 to 55 minutes (CloudFormation waits at most one hour for a custom "
+                "resource, 5 minutes of which are kept for a clear timeout message)",
             )
         poll = interval.to_seconds()
         if not 10 <= poll <= 300 or poll * 10 > seconds:
@@ -825,7 +827,8 @@ class AcceptanceRun(Construct):
             return []
         return [iam.PolicyStatement(actions=list(actions), resources=[key.key_arn])]
 
-    def _acknowledge_handler_findings(self) -> None:
+    def _wildcards(self) -> tuple[str, list[str]]:
+        """Why the handler's statements have wildcard resources, and which."""
         control_plane = (
             "autoscaling:DescribeAutoScalingGroups, ec2:DescribeInstances, ssm:ListCommands, "
             "ssm:ListCommandInvocations, ssm:GetCommandInvocation and ssm:CancelCommand support "
@@ -834,18 +837,11 @@ class AcceptanceRun(Construct):
         instances = cdk.Stack.of(self).format_arn(
             service="ec2", resource="instance", resource_name="*"
         )
-        acknowledge_wildcards(
-            self.provider.on_event_policy,
+        return (
             f"{control_plane}; ssm:SendCommand on instance/* is limited to instances tagged "
-            f"{CLUSTER_TAG} with this cluster's name; the pass markers under the results prefix "
-            "are named by deploy-time run ids.",
-            resources=["*", instances, self._pass_markers_arn()],
-        )
-        acknowledge_wildcards(
-            self.provider.is_complete_policy,
-            f"{control_plane}; S3 object access to the results prefix, whose run ids and pass "
-            "markers are known only at deploy time.",
-            resources=["*", self._results_objects_arn(), self._pass_markers_arn()],
+            f"{CLUSTER_TAG} with this cluster's name; S3 object access to the results prefix, "
+            "whose run ids and pass markers are known only at deploy time.",
+            ["*", instances, self._results_objects_arn(), self._pass_markers_arn()],
         )
 
     def _suite_args(self, spec: Any, devices_per_chip: int) -> str:

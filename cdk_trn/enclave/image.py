@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aws_cdk as cdk
 from aws_cdk import aws_codebuild as codebuild
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -29,14 +30,15 @@ from constructs import Construct
 
 from cdk_trn._provider import DeployTimeProvider
 from cdk_trn._runtime import RUNTIME_ROOT, runtime_excludes
-from cdk_trn.compliance import acknowledge_regulated, acknowledge_wildcards
+from cdk_trn.compliance import acknowledge_regulated
 from cdk_trn.errors import invalid
 from cdk_trn_runtime.eif_builder.buildspec import eif_buildspec
 from cdk_trn_runtime.eif_builder.handler import EIF_NAME, MEASUREMENTS_NAME
 
 _PCR = re.compile(r"^[0-9a-fA-F]{96}$")
-# CloudFormation waits at most an hour for a custom resource (ServiceTimeout <= 3600 s), and the
-# waiter needs some of it; an EIF build takes about 10 minutes.
+# CloudFormation waits at most an hour for a custom resource (ServiceTimeout <= 3600 s); the
+# provider waits for the build's timeout plus a margin (queueing), at most 55 minutes. An EIF build
+# takes about 10 minutes.
 _BUILD_TIMEOUT_RANGE = (10, 45)
 _WAIT_MARGIN_MINUTES = 10
 
@@ -149,9 +151,16 @@ class EnclaveImage(abc.ABC):
 
     @abc.abstractmethod
     def bind(
-        self, scope: Construct, *, bucket: s3.IBucket, encryption_key: kms.IKey
+        self,
+        scope: Construct,
+        *,
+        bucket: s3.IBucket,
+        encryption_key: kms.IKey,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
     ) -> BoundEnclaveImage:
-        """Create what the image needs in ``scope``; ``bucket``/``encryption_key`` hold builds."""
+        """Create what the image needs in ``scope``; ``bucket``/``encryption_key`` hold builds,
+        and deploy-time functions run in ``subnet`` of ``vpc``."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +170,13 @@ class _MeasuredImage(EnclaveImage):
     eif: EifLocation
 
     def bind(
-        self, scope: Construct, *, bucket: s3.IBucket, encryption_key: kms.IKey
+        self,
+        scope: Construct,
+        *,
+        bucket: s3.IBucket,
+        encryption_key: kms.IKey,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
     ) -> BoundEnclaveImage:
         return BoundEnclaveImage(pcr0=self.pcr0, pcr8=self.pcr8, eif=self.eif)
 
@@ -174,7 +189,13 @@ class _DirectoryImage(EnclaveImage):
     exclude: tuple[str, ...]
 
     def bind(
-        self, scope: Construct, *, bucket: s3.IBucket, encryption_key: kms.IKey
+        self,
+        scope: Construct,
+        *,
+        bucket: s3.IBucket,
+        encryption_key: kms.IKey,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
     ) -> BoundEnclaveImage:
         build = EifBuild(
             scope,
@@ -183,6 +204,8 @@ class _DirectoryImage(EnclaveImage):
             dockerfile=self.dockerfile,
             bucket=bucket,
             encryption_key=encryption_key,
+            vpc=vpc,
+            subnet=subnet,
             timeout=self.timeout,
             exclude=self.exclude,
         )
@@ -212,6 +235,8 @@ class EifBuild(Construct):
         directory: Path,
         bucket: s3.IBucket,
         encryption_key: kms.IKey,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
         timeout: cdk.Duration,
         dockerfile: str = "Dockerfile",
         exclude: tuple[str, ...] = (),
@@ -237,66 +262,70 @@ class EifBuild(Construct):
             retention=logs.RetentionDays.ONE_YEAR,
             removal_policy=cdk.RemovalPolicy.RETAIN,
         )
+        # The build's role is ours, with one customer managed policy: CDK's CodeBuild L2 would
+        # write its grants inline, including its default /aws/codebuild/<project> log group,
+        # report groups and wildcard KMS actions this build does not use.
+        self.build_role = iam.Role(
+            self,
+            "BuildRole",
+            assumed_by=iam.ServicePrincipal("codebuild.amazonaws.com"),
+            description="cdk-trn enclave image build: read the build context, write the EIF",
+        )
+        self.build_policy = iam.ManagedPolicy(
+            self,
+            "BuildPolicy",
+            description="cdk-trn enclave image build: read the build context, write the EIF",
+            roles=[self.build_role],
+            statements=[
+                iam.PolicyStatement(
+                    sid="WriteBuildLogs",
+                    actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                    # The log group's Arn attribute ends in ":*", which covers its streams.
+                    resources=[build_logs.log_group_arn],
+                ),
+                # No CodeBuild source: the buildspec fetches the one asset object itself, so the
+                # role needs s3:GetObject on that object instead of Source.s3's read-everything set.
+                iam.PolicyStatement(
+                    sid="ReadTheBuildContext",
+                    actions=["s3:GetObject"],
+                    resources=[self.source.bucket.arn_for_objects(self.source.s3_object_key)],
+                ),
+                iam.PolicyStatement(
+                    sid="WriteTheEifAndItsMeasurements",
+                    actions=["s3:PutObject"],
+                    resources=[
+                        bucket.arn_for_objects(self.eif_key),
+                        bucket.arn_for_objects(measurements_key),
+                    ],
+                ),
+                # The vault's storage key encrypts the state bucket (the two objects written
+                # through S3) and the project's own build output.
+                iam.PolicyStatement(
+                    sid="EncryptWithTheVaultsStorageKey",
+                    actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+                    resources=[encryption_key.key_arn],
+                ),
+            ],
+        )
         self.project = codebuild.Project(
             self,
             "Project",
             description="Builds the cdk-trn enclave image (docker build + nitro-cli build-enclave)",
-            # No CodeBuild source: the buildspec fetches the one asset object itself, so the role
-            # needs s3:GetObject on that object instead of Source.s3's read-everything set.
             build_spec=codebuild.BuildSpec.from_object(eif_buildspec(dockerfile)),
             environment=codebuild.BuildEnvironment(
                 build_image=codebuild.LinuxBuildImage.AMAZON_LINUX_2023_5,
                 compute_type=codebuild.ComputeType.MEDIUM,
                 privileged=True,
             ),
+            role=self.build_role.without_policy_updates(),
             encryption_key=encryption_key,
             logging=codebuild.LoggingOptions(
                 cloud_watch=codebuild.CloudWatchLoggingOptions(log_group=build_logs)
             ),
             timeout=timeout,
         )
-        self.project.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject"],
-                resources=[self.source.bucket.arn_for_objects(self.source.s3_object_key)],
-            )
-        )
-        self.project.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["s3:PutObject"],
-                resources=[
-                    bucket.arn_for_objects(self.eif_key),
-                    bucket.arn_for_objects(measurements_key),
-                ],
-            )
-        )
         # Privileged mode (nitro-cli build-enclave drives a Docker daemon): cdk-nag 3's
         # AwsSolutions has no CB3 rule any more, so there is nothing to acknowledge.
-        acknowledge_wildcards(
-            self.project,
-            "CDK's CodeBuild L2 always grants its default /aws/codebuild/<project> log group "
-            "(log streams need ':*') and test-report groups named after the project; the build "
-            "logs to its own KMS-encrypted group and its buildspec declares no reports.",
-            resources=[
-                stack.format_arn(
-                    service="logs",
-                    resource="log-group",
-                    resource_name=f"/aws/codebuild/{self.project.project_name}:*",
-                    arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
-                ),
-                stack.format_arn(
-                    service="codebuild",
-                    resource="report-group",
-                    resource_name=f"{self.project.project_name}-*",
-                ),
-            ],
-        )
-        acknowledge_wildcards(
-            self.project,
-            "CDK's CodeBuild encryptionKey grant on the one storage key of this vault, which "
-            "encrypts the build's artifacts and logs.",
-            actions=["kms:ReEncrypt*", "kms:GenerateDataKey*"],
-        )
 
         self.provider = DeployTimeProvider(
             self,
@@ -304,24 +333,23 @@ class EifBuild(Construct):
             purpose="enclave image build",
             subpackage="eif_builder",
             handler_module="cdk_trn_runtime.eif_builder.handler",
-            on_event_statements=[
+            statements=[
                 iam.PolicyStatement(
+                    sid="RunTheBuild",
                     actions=[
                         "codebuild:StartBuild",
                         "codebuild:BatchGetBuilds",
                         "codebuild:StopBuild",
                     ],
                     resources=[self.project.project_arn],
-                )
-            ],
-            is_complete_statements=[
-                iam.PolicyStatement(
-                    actions=["codebuild:BatchGetBuilds"], resources=[self.project.project_arn]
                 ),
                 iam.PolicyStatement(
-                    actions=["s3:GetObject"], resources=[bucket.arn_for_objects(measurements_key)]
+                    sid="ReadTheMeasurements",
+                    actions=["s3:GetObject"],
+                    resources=[bucket.arn_for_objects(measurements_key)],
                 ),
                 iam.PolicyStatement(
+                    sid="DecryptTheMeasurementsThroughS3",
                     actions=["kms:Decrypt"],
                     resources=[encryption_key.key_arn],
                     conditions={
@@ -330,15 +358,15 @@ class EifBuild(Construct):
                 ),
             ],
             encryption_key=encryption_key,
+            vpc=vpc,
+            subnet=subnet,
             total_timeout=cdk.Duration.minutes(timeout.to_minutes() + _WAIT_MARGIN_MINUTES),
             query_interval=cdk.Duration.seconds(30),
-            handler_timeout=cdk.Duration.minutes(1),
         )
         self.resource = self.provider.custom_resource(
             self,
             "Resource",
             resource_type="Custom::CdkTrnEifBuild",
-            service_timeout=cdk.Duration.hours(1),
             properties={
                 "ProjectName": self.project.project_name,
                 "SourceBucket": self.source.s3_bucket_name,
@@ -348,17 +376,7 @@ class EifBuild(Construct):
             },
         )
         # The build runs as the project's role: start it only once that role's policy exists.
-        assert self.project.role is not None
-        project_policy = self.project.role.node.try_find_child("DefaultPolicy")
-        assert project_policy is not None
-        self.resource.node.add_dependency(project_policy)
-        acknowledge_regulated(
-            self.project,
-            "IAMNoInlinePolicy",
-            "aws-cdk-lib's CodeBuild project writes its role's grants inline: read the one "
-            "source object, write the EIF and its measurements, its log and report groups and "
-            "the vault's storage key; the role belongs to this project alone",
-        )
+        self.resource.node.add_dependency(self.build_policy)
         acknowledge_regulated(
             self.project,
             "CodeBuildProjectSourceRepoUrl",

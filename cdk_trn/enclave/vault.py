@@ -29,14 +29,12 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as events_targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_sns as sns
-from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from cdk_trn._provider import DeployTimeNetwork
 from cdk_trn._resources import (
     ManagedPolicyRole,
     access_log_bucket,
@@ -52,8 +50,6 @@ from cdk_trn.catalog import HostSpec, enclave_host_spec
 from cdk_trn.compliance import (
     acknowledge,
     acknowledge_regulated,
-    acknowledge_wildcards,
-    drop_implied_depends_on,
 )
 from cdk_trn.enclave.image import BoundEnclaveImage, EnclaveImage
 from cdk_trn.errors import invalid
@@ -120,17 +116,6 @@ KEY_STATE_OBJECT = "signing-key/key-state.json"
 PURPOSE_TAG = ("cdk-trn:purpose", "enclave")
 DISCOVERY_TAG_KEY = VAULT_DISCOVERY_TAG
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
-
-
-#: Regulated packs' Lambda rules on the S3 prefix-list lookup function (AwsCustomResource's).
-_LOOKUP_FUNCTION_REASONS = {
-    "LambdaInsideVPC": "deploy-time S3 prefix-list lookup that calls only the EC2 control-plane "
-    "API and never touches vault data; the vault subnet has no route to that API",
-    "LambdaDLQ": "deploy-time S3 prefix-list lookup invoked synchronously by CloudFormation, "
-    "which reports every failure; a dead-letter queue would never receive an event",
-    "LambdaConcurrency": "deploy-time S3 prefix-list lookup that runs once per deploy; reserved "
-    "concurrency would only take capacity from the account's pool",
-}
 
 
 class VaultClient(Protocol):
@@ -258,7 +243,11 @@ class EnclaveKeyVault(Construct):
         self.storage_key = self._storage_key(removal_policy)
         self.state_bucket = self._state_bucket(removal_policy, access_log_bucket, access_log_prefix)
         self.image: BoundEnclaveImage = image.bind(
-            self, bucket=self.state_bucket, encryption_key=self.storage_key
+            self,
+            bucket=self.state_bucket,
+            encryption_key=self.storage_key,
+            vpc=vpc,
+            subnet=subnet,
         )
 
         #: Its statements (and any grant to it) live in its customer-managed policy.
@@ -293,7 +282,7 @@ class EnclaveKeyVault(Construct):
             self._connections.allow_default_port_from(
                 client.connections, "cdk-trn vault client to the enclave parent server"
             )
-        self._restrict_egress(vpc)
+        self._restrict_egress(vpc, subnet)
 
         # The parent server and what it imports: cdk_trn_runtime's vault and enclave subpackages.
         self.package = s3_assets.Asset(
@@ -624,8 +613,7 @@ class EnclaveKeyVault(Construct):
         # The SnsTopic target grants EventBridge kms:Decrypt / GenerateDataKey* on this key.
         return topic
 
-    def _restrict_egress(self, vpc: ec2.IVpc) -> None:
-        stack = cdk.Stack.of(self)
+    def _restrict_egress(self, vpc: ec2.IVpc, subnet: ec2.ISubnet) -> None:
         https = ec2.Port.tcp(443)
         self.security_group.add_egress_rule(
             ec2.Peer.ipv4(vpc.vpc_cidr_block),
@@ -634,79 +622,12 @@ class EnclaveKeyVault(Construct):
         )
         # S3 (EIF, package, dnf repositories) goes through the gateway endpoint, whose addresses
         # are the regional managed prefix list; its id differs per region and is looked up at
-        # deploy time (a synth-time lookup is not allowed).
-        lookup_logs = logs.LogGroup(
-            self,
-            "S3PrefixListLookupLogs",
-            encryption_key=self.storage_key,
-            retention=logs.RetentionDays.ONE_YEAR,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+        # deploy time (a synth-time lookup is not allowed), once per stack and subnet for every
+        # deploy-time function there.
+        placement = DeployTimeNetwork.of(
+            self, vpc=vpc, subnet=subnet, encryption_key=self.storage_key
         )
-        # Own role: the default one carries the managed AWSLambdaBasicExecutionRole.
-        lookup_role = iam.Role(
-            self,
-            "S3PrefixListLookupRole",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            inline_policies={
-                "Logs": iam.PolicyDocument(
-                    statements=[
-                        iam.PolicyStatement(
-                            actions=["logs:CreateLogStream", "logs:PutLogEvents"],
-                            resources=[lookup_logs.log_group_arn],
-                        )
-                    ]
-                )
-            },
-        )
-        prefix_list = cr.AwsCustomResource(
-            self,
-            "S3PrefixList",
-            role=lookup_role,
-            log_group=lookup_logs,
-            on_update=cr.AwsSdkCall(
-                service="EC2",
-                action="describeManagedPrefixLists",
-                parameters={
-                    "Filters": [
-                        {"Name": "prefix-list-name", "Values": [f"com.amazonaws.{stack.region}.s3"]}
-                    ]
-                },
-                physical_resource_id=cr.PhysicalResourceId.of(f"com.amazonaws.{stack.region}.s3"),
-                output_paths=["PrefixLists.0.PrefixListId"],
-            ),
-            policy=cr.AwsCustomResourcePolicy.from_statements(
-                [iam.PolicyStatement(actions=["ec2:DescribeManagedPrefixLists"], resources=["*"])]
-            ),
-            install_latest_aws_sdk=False,
-        )
-        acknowledge_wildcards(
-            prefix_list,
-            "ec2:DescribeManagedPrefixLists supports no resource-level permissions, so its "
-            "Resource must be '*'; the call is read-only and the role can do nothing else.",
-            resources=["*"],
-        )
-        # The AwsCustomResource's function is a singleton at stack level; it is the one that
-        # runs as our lookup role.
-        lookup_functions = [
-            child
-            for child in stack.node.children
-            if isinstance(child, lambda_.Function)
-            and child.role is not None
-            and stack.resolve(child.role.role_arn) == stack.resolve(lookup_role.role_arn)
-        ]
-        # The Lambda rules fire on the function only; the role's policy is the inline one.
-        for function in lookup_functions:
-            for rule, reason in _LOOKUP_FUNCTION_REASONS.items():
-                acknowledge_regulated(function, rule, reason)
-        for scope in (prefix_list, lookup_role):
-            acknowledge_regulated(
-                scope,
-                "IAMNoInlinePolicy",
-                "aws-cdk-lib's AwsCustomResource writes the lookup role's single statement "
-                "(ec2:DescribeManagedPrefixLists) inline; the role serves this lookup alone",
-            )
-        drop_implied_depends_on(self)
-        self.s3_prefix_list_id = prefix_list.get_response_field("PrefixLists.0.PrefixListId")
+        self.s3_prefix_list_id = placement.s3_prefix_list_id
         self.security_group.add_egress_rule(
             ec2.Peer.prefix_list(self.s3_prefix_list_id),
             https,

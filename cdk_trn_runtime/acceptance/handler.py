@@ -15,7 +15,8 @@ one of two launchers (property ``Launcher``):
 succeeded it reads rank 0's ``summary.json`` from S3, checks it and returns the figures as
 ``Data``. Both launchers upload the same layout (``<run>/<node index>/rank-<N>.json``), so the
 judging is the same. A failed node, a failed threshold, missing
-results or the deadline raise :class:`AcceptanceRunError`, which the Provider framework turns into
+results or the deadline raise :class:`AcceptanceRunError`, which the deploy-time driver
+(``cdk_trn_runtime.deploy_time.driver``) turns into
 a FAILED response whose reason is our (short) message. Delete makes no AWS call, so it cannot
 block a stack delete.
 
@@ -252,7 +253,7 @@ def default_clients() -> Clients:
 def on_event(
     event: Mapping[str, Any], context: Any = None, *, clients: Clients | None = None
 ) -> dict[str, Any]:
-    """Provider framework on-event handler."""
+    """On-event handler (the deploy-time driver's API, the Provider framework's)."""
     request_type = event["RequestType"]
     LOG.info("on_event %s %s", request_type, event.get("LogicalResourceId"))
     if request_type == "Delete":
@@ -551,7 +552,7 @@ def cancel_commands(clients: Clients, nodes: Sequence[Node]) -> None:
 def is_complete(
     event: Mapping[str, Any], context: Any = None, *, clients: Clients | None = None
 ) -> dict[str, Any]:
-    """Provider framework is-complete handler."""
+    """Is-complete handler (the deploy-time driver's API, the Provider framework's)."""
     if event["RequestType"] == "Delete":
         return {"IsComplete": True}
     props = RunProps.from_properties(event["ResourceProperties"])

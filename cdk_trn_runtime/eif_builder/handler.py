@@ -1,6 +1,7 @@
 """Custom-resource handler that builds an enclave image (EIF) with CodeBuild during the deploy.
 
-Used through ``aws_cdk.custom_resources.Provider`` (on-event + is-complete). On Create/Update,
+Served by cdk-trn's deploy-time driver (``cdk_trn_runtime.deploy_time.driver``: on-event, then
+is-complete polls). On Create/Update,
 ``on_event`` starts the CodeBuild project on the exact source object named in the properties
 (``SOURCE_BUCKET``/``SOURCE_KEY``; the project has no CodeBuild source of its own), and
 the build id becomes the physical resource id (every source change is a new build, so CloudFormation
@@ -92,8 +93,10 @@ def is_complete(
     build = builds[0]
     status = build.get("buildStatus", "IN_PROGRESS")
     if status in _RUNNING:
-        LOG.info("EIF build %s still running (phase %s)", build_id, build.get("currentPhase"))
-        return {"IsComplete": False}
+        phase = build.get("currentPhase")
+        LOG.info("EIF build %s still running (phase %s)", build_id, phase)
+        # Named in the reason if the wait times out.
+        return {"IsComplete": False, "Status": f"EIF build {build_id} in phase {phase}"}
     if status in _FAILED:
         raise EifBuildError(_failure_reason(build_id, status, build))
     if status != "SUCCEEDED":

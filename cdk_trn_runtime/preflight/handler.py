@@ -17,10 +17,10 @@ Checks, by capacity:
   against that quota when it was created, and a Capacity Block is capacity bought apart from it;
   the reservation's own count is what limits the launch.
 
-Delete makes no AWS call and always succeeds. This is a plain Lambda-backed custom resource (no
-Provider framework): the handler sends its response to CloudFormation's pre-signed URL itself.
-Waiting for a block longer than one invocation re-invokes the function asynchronously with the
-same event and the wait's deadline, inside the one hour CloudFormation gives a custom resource.
+Delete makes no AWS call and always succeeds. Served like every cdk-trn custom resource by the
+deploy-time driver (``cdk_trn_runtime.deploy_time.driver``): ``on_event`` checks once; waiting for
+a block that starts later is ``is_complete`` checking again every poll, within the 55 minutes the
+driver waits (CloudFormation gives a custom resource one hour).
 
 The decision functions (``offering_refusal``, ``quota_refusal``, ``reservation_refusals``,
 ``judge``) are plain Python over API responses; ``check`` makes the AWS calls. Lambda Python
@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 import re
-import time
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,13 +55,8 @@ TRN_ON_DEMAND_QUOTA_NAME = "Running On-Demand Trn instances"
 WAIT_BUDGET = dt.timedelta(minutes=55)
 #: EC2 stops a capacity block's instances 30 minutes before the block ends (capacity-blocks docs).
 BLOCK_END_MARGIN = dt.timedelta(minutes=30)
-#: How often a waiting handler looks at the block again, and how long before its Lambda timeout
-#: it hands the wait over to a new invocation.
+#: How often a waiting preflight looks at the block again (the driver's query interval).
 POLL_SECONDS = 60
-HANDOVER_MARGIN_SECONDS = 90
-#: CloudFormation caps the response body at 4 KB; the reason is kept well inside that.
-REASON_LIMIT = 2000
-DEADLINE_KEY = "CdkTrnPreflightWaitDeadline"
 
 ON_DEMAND = "on-demand"
 RESERVATION = "reservation"
@@ -331,9 +323,7 @@ class Clients:
 
     ec2: Any
     quotas: Any
-    lambda_: Any = None
     now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
-    sleep: Callable[[float], None] = field(default=time.sleep)
 
     @property
     def region(self) -> str:
@@ -347,7 +337,6 @@ def default_clients() -> Clients:
     return Clients(
         ec2=boto3.client("ec2", config=config),
         quotas=boto3.client("service-quotas", config=config),
-        lambda_=boto3.client("lambda", config=config),
     )
 
 
@@ -433,97 +422,64 @@ def check(request: Request, clients: Clients, *, creating: bool, deadline: dt.da
     return judge(request, reservations, now=now, deadline=deadline, creating=creating)
 
 
-# --- the custom-resource protocol ---------------------------------------------------------------
+# --- the custom-resource handlers (served by cdk_trn_runtime.deploy_time.driver) ----------------
+
+#: Key of the handler's own state in the on-event result (passed to ``is_complete``).
+STATE_KEY = "Preflight"
 
 
-def send_response(
-    event: Mapping[str, Any], status: str, reason: str, physical_id: str, data: Mapping[str, str]
-) -> None:
-    """PUT the result to CloudFormation's pre-signed URL (what cfn-response does)."""
-    body = json.dumps(
-        {
-            "Status": status,
-            "Reason": reason[:REASON_LIMIT],
-            "PhysicalResourceId": physical_id,
-            "StackId": event["StackId"],
-            "RequestId": event["RequestId"],
-            "LogicalResourceId": event["LogicalResourceId"],
-            "Data": dict(data),
-        }
-    ).encode()
-    url = str(event["ResponseURL"])
-    if not url.startswith("https://"):
-        raise PreflightError("ResponseURL must be an https URL")
-    request = urllib.request.Request(  # noqa: S310 - CloudFormation's pre-signed https URL
-        url, data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - checked above
-        LOG.info("CloudFormation response: HTTP %s", response.status)
+class PreflightRefusal(Exception):
+    """The deploy cannot succeed; the message is the status reason, with the fix."""
 
 
-Respond = Callable[[Mapping[str, Any], str, str, str, Mapping[str, str]], None]
+def _physical_id(event: Mapping[str, Any]) -> str:
+    return str(event.get("PhysicalResourceId") or f"{event['LogicalResourceId']}-preflight")
 
 
-def handle(
-    event: Mapping[str, Any],
-    remaining_ms: Callable[[], int],
-    function_arn: str,
-    clients: Clients,
-    respond: Respond = send_response,
-) -> None:
-    """Answer one event: respond to CloudFormation, or hand a wait over to a new invocation."""
-    request_type = event["RequestType"]
-    physical_id = str(event.get("PhysicalResourceId") or f"{event['LogicalResourceId']}-preflight")
-    if request_type == "Delete":
-        respond(event, "SUCCESS", "preflight: nothing to delete", physical_id, {})
-        return
+def _judge(event: Mapping[str, Any], clients: Clients, deadline: dt.datetime) -> Verdict:
+    """Check the deploy; anything but a verdict (bad properties, a denied call) is re-raised as a
+    refusal that says what to fix."""
     try:
         request = Request.from_properties(event["ResourceProperties"], clients.region)
-        deadline = (
-            dt.datetime.fromisoformat(event[DEADLINE_KEY])
-            if DEADLINE_KEY in event
-            else clients.now() + WAIT_BUDGET
+        verdict = check(
+            request, clients, creating=event["RequestType"] == "Create", deadline=deadline
         )
-        creating = request_type == "Create"
-        while True:
-            verdict = check(request, clients, creating=creating, deadline=deadline)
-            LOG.info("preflight verdict: %s", verdict)
-            if verdict.wait_until is None:
-                break
-            if remaining_ms() < (POLL_SECONDS + HANDOVER_MARGIN_SECONDS) * 1000:
-                # Hand the wait over: the same event, the same deadline, a fresh 15 minutes.
-                clients.lambda_.invoke(
-                    FunctionName=function_arn,
-                    InvocationType="Event",
-                    Payload=json.dumps({**event, DEADLINE_KEY: deadline.isoformat()}).encode(),
-                )
-                return
-            clients.sleep(POLL_SECONDS)
-    except Exception as exc:  # noqa: BLE001 - any failure must reach CloudFormation, not a timeout
+    except Exception as exc:  # noqa: BLE001 - any failure must reach CloudFormation with a fix
         LOG.exception("preflight could not check the deploy")
-        respond(
-            event,
-            "FAILED",
+        raise PreflightRefusal(
             f"preflight could not check the deploy: {exc}. Fix: check the preflight function's "
-            "permissions and the properties, then deploy again.",
-            physical_id,
-            {},
-        )
-        return
+            "permissions and the properties, then deploy again."
+        ) from None
+    LOG.info("preflight verdict: %s", verdict)
+    if not verdict.ok and verdict.wait_until is None:
+        raise PreflightRefusal(f"preflight refused the deploy: {verdict.reason}")
+    return verdict
+
+
+def on_event(
+    event: Mapping[str, Any], context: Any = None, *, clients: Clients | None = None
+) -> dict[str, Any]:
+    """Check once; a block that starts within the wait budget is left to ``is_complete``."""
+    physical_id = _physical_id(event)
+    if event["RequestType"] == "Delete":
+        return {"PhysicalResourceId": physical_id}
+    clients = clients or default_clients()
+    deadline = clients.now() + WAIT_BUDGET
+    verdict = _judge(event, clients, deadline)
+    state: dict[str, Any] = {"Deadline": deadline.isoformat(), "Passed": verdict.ok}
+    data = {"Summary": verdict.reason} if verdict.ok else {}
+    return {"PhysicalResourceId": physical_id, "Data": data, STATE_KEY: state}
+
+
+def is_complete(
+    event: Mapping[str, Any], context: Any = None, *, clients: Clients | None = None
+) -> dict[str, Any]:
+    """Done once the check passed; while waiting for a block, check again."""
+    state = event.get(STATE_KEY) or {}
+    if event["RequestType"] == "Delete" or state.get("Passed"):
+        return {"IsComplete": True}
+    clients = clients or default_clients()
+    verdict = _judge(event, clients, dt.datetime.fromisoformat(str(state["Deadline"])))
     if verdict.ok:
-        respond(event, "SUCCESS", verdict.reason, physical_id, {"Summary": verdict.reason})
-    else:
-        respond(event, "FAILED", f"preflight refused the deploy: {verdict.reason}", physical_id, {})
-
-
-def on_event(event: Mapping[str, Any], context: Any) -> None:
-    """Lambda entry point (the function's service token is the custom resource's)."""
-    safe = {k: v for k, v in event.items() if k != "ResponseURL"}
-    LOG.info("event: %s", json.dumps(safe, default=str))
-    try:
-        clients = default_clients()
-    except Exception as exc:  # noqa: BLE001 - CloudFormation must hear of any failure
-        physical_id = str(event.get("PhysicalResourceId") or "preflight")
-        send_response(event, "FAILED", f"preflight could not start: {exc}", physical_id, {})
-        return
-    handle(event, context.get_remaining_time_in_millis, context.invoked_function_arn, clients)
+        return {"IsComplete": True, "Data": {"Summary": verdict.reason}}
+    return {"IsComplete": False, "Status": verdict.reason}

@@ -73,7 +73,7 @@ def test_stack_contains_a_command_document_that_runs_the_suite(default):
     )
 
 
-def test_custom_resource_is_provider_backed_and_runs_after_the_group_and_every_policy(default):
+def test_custom_resource_is_served_by_one_function_and_runs_after_the_group_and_policies(default):
     under_test, _, template = default
     asg = under_test.stack.get_logical_id(under_test.cluster.auto_scaling_group)
     (resource,) = template.find_resources("Custom::TrnAcceptanceRun").values()
@@ -84,37 +84,41 @@ def test_custom_resource_is_provider_backed_and_runs_after_the_group_and_every_p
     assert asg not in resource.get("DependsOn", [])
     provider = under_test.run.provider
     policies = [under_test.run.node_policy, *provider.policies]
-    assert sorted(resource["DependsOn"]) == sorted(logical_id(under_test, p) for p in policies)
-    # Served by the Provider framework's on-event function, which runs as our framework role.
+    assert set(resource["DependsOn"]) >= {logical_id(under_test, p) for p in policies}
+    # Served by the provider's one function, which runs as its own role.
     (target, attribute) = props["ServiceToken"]["Fn::GetAtt"]
-    framework = template.find_resources("AWS::Lambda::Function")[target]
-    role = logical_id(under_test, provider.node.find_child("FrameworkOnEventRole"))
-    assert attribute == "Arn" and framework["Properties"]["Role"] == {"Fn::GetAtt": [role, "Arn"]}
+    assert target == logical_id(under_test, provider.function) and attribute == "Arn"
     assert props["ClusterName"] == under_test.cluster.cluster_name
     assert props["Nodes"] == "2" and props["ProcsPerNode"] == "64"
     assert props["ExpectedNeuronDevices"] == "16" and props["ExpectedEfaDevices"] == "16"
     assert "--peak-bf16-tflops 166.75 --peak-hbm-gbps 725" in props["SuiteArgs"]
     assert props["ExportedFigures"] == list(DEFAULT_FIGURES)
+    # 55 minutes of waiting, then CloudFormation's own backstop at the hour.
     assert props["ServiceTimeout"] == "3600"
-    assert props["RunTimeoutSeconds"] == str(3600 - 2 * 30 - 120)
+    assert props["RunTimeoutSeconds"] == str(55 * 60 - 2 * 30 - 120)
 
 
-def test_handlers_are_python_lambdas_from_the_handler_directory(default):
+def test_the_function_runs_the_driver_with_the_acceptance_handler_in_the_node_subnet(default):
+    under_test, _, template = default
+    function = template.find_resources("AWS::Lambda::Function")[
+        logical_id(under_test, under_test.run.provider.function)
+    ]["Properties"]
+    assert function["Runtime"] == "python3.14"
+    assert function["Handler"] == "cdk_trn_runtime.deploy_time.driver.handler"
+    assert function["Environment"]["Variables"] == {
+        "CDK_TRN_HANDLER_MODULE": "cdk_trn_runtime.acceptance.handler",
+        "CDK_TRN_PURPOSE": "acceptance run",
+        "CDK_TRN_QUERY_INTERVAL_SECONDS": "30",
+        "CDK_TRN_TOTAL_TIMEOUT_SECONDS": str(55 * 60),
+    }
+    subnet = under_test.stack.resolve(under_test.cluster.subnet.subnet_id)
+    assert function["VpcConfig"]["SubnetIds"] == [subnet]
+    assert "DeadLetterConfig" in function
+
+
+def test_no_step_functions_waiter_remains(default):
     _, _, template = default
-    for entry in ("on_event", "is_complete"):
-        template.has_resource_properties(
-            "AWS::Lambda::Function",
-            {"Runtime": "python3.14", "Handler": f"cdk_trn_runtime.acceptance.handler.{entry}"},
-        )
-
-
-def test_waiter_polls_every_30_seconds_for_at_most_the_total_timeout(default):
-    _, _, template = default
-    (machine,) = template.find_resources("AWS::StepFunctions::StateMachine").values()
-    definition = json.dumps(machine["Properties"]["DefinitionString"])
-    assert '\\"IntervalSeconds\\":30' in definition
-    assert '\\"MaxAttempts\\":120' in definition  # 60 minutes / 30 seconds
-    assert machine["Properties"]["LoggingConfiguration"]["Level"] == "ALL"
+    template.resource_count_is("AWS::StepFunctions::StateMachine", 0)
 
 
 def test_outputs_expose_every_default_figure_from_the_custom_resource(default):
@@ -223,8 +227,7 @@ def test_send_command_is_limited_to_the_document_and_the_clusters_tagged_instanc
 def test_handlers_have_no_inline_or_aws_managed_policy(default):
     _, _, template = default
     inline = [k for k in template.find_resources("AWS::IAM::Policy") if k.startswith("Acceptance")]
-    # The Provider's waiter state machine role is the one CDK builds itself (acknowledged).
-    assert inline == [k for k in inline if "waiterstatemachine" in k] and len(inline) == 1
+    assert inline == []
     for logical_id, role in template.find_resources("AWS::IAM::Role").items():
         if logical_id.startswith("Acceptance"):
             assert "ManagedPolicyArns" not in role["Properties"], logical_id
@@ -238,7 +241,7 @@ def test_no_acceptance_lambda_reserves_concurrency(default):
         for k, v in template.find_resources("AWS::Lambda::Function").items()
         if k.startswith("Acceptance")
     }
-    assert len(functions) == 5
+    assert len(functions) == 1
     assert all("ReservedConcurrentExecutions" not in f["Properties"] for f in functions.values())
 
 
@@ -296,12 +299,13 @@ def test_acceptance_run_has_no_unacknowledged_finding_in_any_default_pack():
 # --- validation ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("minutes", [61, 121])
-def test_total_timeout_over_one_hour_raises_before_any_resource_exists(minutes):
+@pytest.mark.parametrize("minutes", [56, 60, 121])
+def test_total_timeout_over_55_minutes_raises_before_any_resource_exists(minutes):
+    # CloudFormation's hour, less the provider's 5 minutes for a clear timeout message.
     stack, cluster = cluster_only()
     with pytest.raises(
         CdkTrnError,
-        match=rf"total_timeout must be from 10 to 60 minutes .*, got '{minutes} minutes'",
+        match=rf"total_timeout must be from 10 to 55 minutes .*, got '{minutes} minutes'",
     ):
         AcceptanceRun(
             stack, "Acceptance", cluster=cluster, total_timeout=cdk.Duration.minutes(minutes)

@@ -1,7 +1,9 @@
-"""cdk_trn._provider.DeployTimeProvider: the one provider behind the acceptance run and the EIF
-build (its use in each is tested with those constructs)."""
+"""cdk_trn._provider: one Lambda function per deploy-time custom resource, in the VPC (its use by
+the acceptance run, the EIF build and the preflight is tested with those constructs)."""
 
 from __future__ import annotations
+
+import json
 
 import aws_cdk as cdk
 import pytest
@@ -9,102 +11,217 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 
 from cdk_trn._provider import DeployTimeProvider
+from cdk_trn._resources import allow_cloudwatch_logs
 from cdk_trn.errors import CdkTrnError
+from cdk_trn.network import TrainingNetwork
 from tests.cfn import lint_findings
 
+REGION = "us-east-2"
 
-def provider_template(**props):
+
+def provider_stack(providers: int = 1, **props):
     app = cdk.App()
-    stack = cdk.Stack(app, "P", env=cdk.Environment(account="111111111111", region="us-east-2"))
-    provider = DeployTimeProvider(
-        stack,
-        "Provider",
-        purpose="test provider",
-        subpackage="acceptance",
-        handler_module="cdk_trn_runtime.acceptance.handler",
-        on_event_statements=[
-            iam.PolicyStatement(actions=["ec2:DescribeInstances"], resources=["*"])
-        ],
-        is_complete_statements=[],
-        encryption_key=kms.Key(stack, "Key"),
-        total_timeout=cdk.Duration.minutes(30),
-        query_interval=cdk.Duration.seconds(30),
-        **props,
+    stack = cdk.Stack(app, "P", env=cdk.Environment(account="111111111111", region=REGION))
+    network = TrainingNetwork(stack, "Network", availability_zone="use2-az3")
+    key = kms.Key(stack, "Key", enable_key_rotation=True)
+    allow_cloudwatch_logs(key)
+    built = []
+    for index in range(providers):
+        provider = DeployTimeProvider(
+            stack,
+            f"Provider{index}",
+            purpose="test provider",
+            subpackage="acceptance",
+            handler_module="cdk_trn_runtime.acceptance.handler",
+            statements=[
+                iam.PolicyStatement(
+                    actions=["autoscaling:DescribeAutoScalingGroups"], resources=["*"]
+                )
+            ],
+            wildcard_reason="autoscaling:DescribeAutoScalingGroups supports no resource-level "
+            "permission (test).",
+            wildcard_resources=["*"],
+            encryption_key=key,
+            vpc=network.vpc,
+            subnet=network.subnet,
+            **{
+                "total_timeout": cdk.Duration.minutes(30),
+                "query_interval": cdk.Duration.seconds(30),
+                **props,
+            },
+        )
+        provider.custom_resource(
+            stack, f"Resource{index}", resource_type="Custom::Test", properties={"A": "1"}
+        )
+        built.append(provider)
+    template = app.synth().get_stack_by_name("P").template
+    return stack, network, built, template
+
+
+@pytest.fixture(scope="module")
+def single():
+    return provider_stack()
+
+
+def of_type(template, kind):
+    return {k: r for k, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def deploy_time_functions(template):
+    """Functions of ours (not aws-cdk-lib's restrict-default-security-group provider)."""
+    return {
+        k: r
+        for k, r in of_type(template, "AWS::Lambda::Function").items()
+        if not k.startswith("CustomVpcRestrictDefaultSG")
+    }
+
+
+def logical(stack, construct):
+    return stack.get_logical_id(construct.node.default_child)
+
+
+def test_one_function_per_custom_resource_and_no_state_machine(single):
+    stack, _, [provider], template = single
+    functions = deploy_time_functions(template)
+    # The custom resource's function, and the stack's S3 prefix-list lookup.
+    assert set(functions) == {
+        logical(stack, provider.function),
+        *(k for k in functions if "S3PrefixListLookup" in k),
+    }
+    assert len(functions) == 2
+    assert of_type(template, "AWS::StepFunctions::StateMachine") == {}
+    (resource,) = of_type(template, "Custom::Test").values()
+    assert resource["Properties"]["ServiceToken"] == {
+        "Fn::GetAtt": [logical(stack, provider.function), "Arn"]
+    }
+    # CloudFormation's backstop: the driver's 30 minutes plus 5 for its own timeout message.
+    assert resource["Properties"]["ServiceTimeout"] == "2100"
+
+
+def test_the_function_runs_in_the_node_subnet_with_https_only_egress(single):
+    stack, network, [provider], template = single
+    function = of_type(template, "AWS::Lambda::Function")[logical(stack, provider.function)]
+    config = function["Properties"]["VpcConfig"]
+    assert config["SubnetIds"] == [stack.resolve(network.subnet.subnet_id)]
+    [group] = config["SecurityGroupIds"]
+    group_id = group["Fn::GetAtt"][0]
+    inline = of_type(template, "AWS::EC2::SecurityGroup")[group_id]["Properties"][
+        "SecurityGroupEgress"
+    ]
+    # The prefix list is a deploy-time value, so its rule is a resource of its own.
+    egress = [
+        *inline,
+        *(
+            r["Properties"]
+            for r in of_type(template, "AWS::EC2::SecurityGroupEgress").values()
+            if r["Properties"]["GroupId"] == {"Fn::GetAtt": [group_id, "GroupId"]}
+        ),
+    ]
+    assert [(e["IpProtocol"], e["FromPort"], e["ToPort"]) for e in egress] == [
+        ("tcp", 443, 443)
+    ] * 2
+    assert egress[0]["CidrIp"] == stack.resolve(network.vpc.vpc_cidr_block)
+    (lookup,) = of_type(template, "Custom::CdkTrnS3PrefixList")
+    assert egress[1]["DestinationPrefixListId"] == {"Fn::GetAtt": [lookup, "PrefixListId"]}
+
+
+def test_every_invocation_is_asynchronous_so_the_function_has_an_encrypted_dead_letter_queue(
+    single,
+):
+    stack, _, [provider], template = single
+    function = of_type(template, "AWS::Lambda::Function")[logical(stack, provider.function)]
+    queue = logical(stack, provider.dead_letters)
+    assert function["Properties"]["DeadLetterConfig"] == {
+        "TargetArn": {"Fn::GetAtt": [queue, "Arn"]}
+    }
+    assert "KmsMasterKeyId" in of_type(template, "AWS::SQS::Queue")[queue]["Properties"]
+    # Lambda checks the queue and network permissions when it creates the function.
+    assert logical(stack, provider.policy) in function["DependsOn"]
+    (config,) = [
+        c["Properties"]
+        for c in of_type(template, "AWS::Lambda::EventInvokeConfig").values()
+        if c["Properties"]["FunctionName"] == {"Ref": logical(stack, provider.function)}
+    ]
+    assert config["MaximumRetryAttempts"] == 0 and config["MaximumEventAgeInSeconds"] == 3600
+
+
+def test_one_managed_policy_holds_everything_and_no_role_has_an_inline_or_aws_managed_one(single):
+    stack, network, [provider], template = single
+    assert {k for k in of_type(template, "AWS::IAM::Policy") if "Provider" in k} == set()
+    role = of_type(template, "AWS::IAM::Role")[logical(stack, provider.role)]["Properties"]
+    assert "ManagedPolicyArns" not in role and "Policies" not in role
+    policy = of_type(template, "AWS::IAM::ManagedPolicy")[logical(stack, provider.policy)]
+    assert policy["Properties"]["Roles"] == [{"Ref": logical(stack, provider.role)}]
+    statements = {
+        s.get("Sid", s["Action"] if isinstance(s["Action"], str) else s["Action"][0]): s
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]
+    }
+    invoke = statements["ContinueWaitingInANewInvocation"]
+    assert invoke["Action"] == "lambda:InvokeFunction"
+    function_name = of_type(template, "AWS::Lambda::Function")[logical(stack, provider.function)][
+        "Properties"
+    ]["FunctionName"]
+    assert json.dumps(invoke["Resource"]).endswith(f':function:{function_name}"]]}}')
+    assert statements["sqs:SendMessage"]["Resource"] == {
+        "Fn::GetAtt": [logical(stack, provider.dead_letters), "Arn"]
+    }
+    create = statements["CreateNetworkInterfacesInTheSubnet"]
+    assert create["Action"] == "ec2:CreateNetworkInterface"
+    subnet = json.dumps(stack.resolve(network.subnet.subnet_id))
+    assert subnet in json.dumps(create["Resource"]) and "security-group/" in json.dumps(
+        create["Resource"]
     )
-    provider.custom_resource(
-        stack, "Resource", resource_type="Custom::Test", properties={},
-        service_timeout=cdk.Duration.minutes(30),
-    )  # fmt: skip
-    return app.synth().get_stack_by_name("P").template
+    manage = statements["ManageNetworkInterfacesInTheSubnet"]
+    assert set(manage["Action"]) == {
+        "ec2:DeleteNetworkInterface",
+        "ec2:AssignPrivateIpAddresses",
+        "ec2:UnassignPrivateIpAddresses",
+    }
+    assert list(manage["Condition"]["ArnEquals"]) == ["ec2:Subnet"]
+    assert statements["DescribeNetworkInterfaces"]["Resource"] == "*"
 
 
-def functions(template):
-    return [r for r in template["Resources"].values() if r["Type"] == "AWS::Lambda::Function"]
+def test_custom_resources_wait_for_their_policy_and_the_vpc_endpoints(single):
+    stack, network, [provider], template = single
+    (resource,) = of_type(template, "Custom::Test").values()
+    endpoints = {stack.get_logical_id(e.node.default_child) for e in network.endpoints}
+    assert set(resource["DependsOn"]) == {logical(stack, provider.policy), *endpoints}
 
 
-def test_no_function_reserves_concurrency_unless_asked():
-    template = provider_template()
-    assert len(functions(template)) == 5  # two handlers, three framework functions
-    assert all("ReservedConcurrentExecutions" not in f["Properties"] for f in functions(template))
+def test_the_stack_is_lint_clean(single):
+    assert lint_findings(single[3], REGION) == []
 
 
-def test_reserved_concurrency_is_an_explicit_opt_in_for_every_function():
-    template = provider_template(reserved_concurrency=3)
-    assert {f["Properties"].get("ReservedConcurrentExecutions") for f in functions(template)} == {3}
+def test_providers_of_one_stack_share_one_placement_and_lookup():
+    _, _, providers, template = provider_stack(providers=2)
+    assert len(of_type(template, "Custom::CdkTrnS3PrefixList")) == 1
+    assert providers[0].security_group is providers[1].security_group
+    assert len(deploy_time_functions(template)) == 3
+
+
+def test_no_function_reserves_concurrency_unless_asked(single):
+    template = single[3]
+    functions = of_type(template, "AWS::Lambda::Function").values()
+    assert all("ReservedConcurrentExecutions" not in f["Properties"] for f in functions)
+
+
+def test_reserved_concurrency_is_an_explicit_opt_in():
+    stack, _, [provider], template = provider_stack(reserved_concurrency=3)
+    function = of_type(template, "AWS::Lambda::Function")[logical(stack, provider.function)]
+    assert function["Properties"]["ReservedConcurrentExecutions"] == 3
 
 
 @pytest.mark.parametrize("value", [0, -1, True, 2.5])
 def test_invalid_reserved_concurrency_is_refused(value):
     with pytest.raises(CdkTrnError, match="reserved_concurrency"):
-        provider_template(reserved_concurrency=value)
+        provider_stack(reserved_concurrency=value)
 
 
-def test_handlers_are_python_314_arm64_with_retained_encrypted_logs_and_managed_policies():
-    template = provider_template()
-    resources = template["Resources"]
-    handlers = [f for f in functions(template) if f["Properties"].get("Runtime") == "python3.14"]
-    assert len(handlers) == 2
-    assert all(f["Properties"]["Architectures"] == ["arm64"] for f in handlers)
-    groups = [r for r in resources.values() if r["Type"] == "AWS::Logs::LogGroup"]
-    assert len(groups) == 4  # each handler, the framework functions, the waiter
-    assert all(g["DeletionPolicy"] == "Retain" and "KmsKeyId" in g["Properties"] for g in groups)
-    assert all(g["Properties"]["RetentionInDays"] == 365 for g in groups)
-    inline = [k for k, r in resources.items() if r["Type"] == "AWS::IAM::Policy"]
-    # Only the waiter state machine's role, which the Provider builds itself, has an inline one.
-    assert len(inline) == 1 and "waiterstatemachine" in inline[0]
-    managed = [r for r in resources.values() if r["Type"] == "AWS::IAM::ManagedPolicy"]
-    assert len(managed) == 4
+def test_a_total_timeout_beyond_55_minutes_is_refused():
+    with pytest.raises(CdkTrnError, match=r"total_timeout must be from 60 to 3300 seconds"):
+        provider_stack(total_timeout=cdk.Duration.minutes(56))
 
 
-def test_custom_resource_runs_after_every_policy_and_template_is_lint_clean():
-    template = provider_template()
-    resources = template["Resources"]
-    (resource,) = [r for r in resources.values() if r["Type"] == "Custom::Test"]
-    managed = {k for k, r in resources.items() if r["Type"] == "AWS::IAM::ManagedPolicy"}
-    assert set(resource["DependsOn"]) == managed
-    assert lint_findings(template, "us-east-2") == []
-
-
-def test_the_function_cloudformation_invokes_asynchronously_has_an_encrypted_dead_letter_queue():
-    template = provider_template()
-    resources = template["Resources"]
-    [(queue_id, queue)] = [(k, r) for k, r in resources.items() if r["Type"] == "AWS::SQS::Queue"]
-    assert "KmsMasterKeyId" in queue["Properties"]
-    functions = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Function"]
-    with_dlq = [f for f in functions if "DeadLetterConfig" in f["Properties"]]
-    # The framework's on-event function, the one CloudFormation invokes (asynchronously).
-    assert len(with_dlq) == 1
-    [dlq_function] = with_dlq
-    target = dlq_function["Properties"]["DeadLetterConfig"]["TargetArn"]
-    assert target == {"Fn::GetAtt": [queue_id, "Arn"]}
-    # Lambda checks sqs:SendMessage when it creates the function: its policy comes first.
-    sends = [
-        k
-        for k, r in resources.items()
-        if r["Type"] == "AWS::IAM::ManagedPolicy"
-        and any(
-            "sqs:SendMessage" in str(s["Action"])
-            for s in r["Properties"]["PolicyDocument"]["Statement"]
-        )
-    ]
-    assert len(sends) == 1 and sends[0] in dlq_function["DependsOn"]
+def test_a_handler_timeout_shorter_than_a_poll_and_the_handover_is_refused():
+    with pytest.raises(CdkTrnError, match=r"handler_timeout must be from query_interval \+ 90"):
+        provider_stack(handler_timeout=cdk.Duration.minutes(1))

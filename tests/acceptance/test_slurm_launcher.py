@@ -129,7 +129,7 @@ def test_the_controller_may_write_results_but_not_pass_markers(synth):
 
 def test_send_command_reaches_only_instances_tagged_with_the_cluster(synth):
     stack, _, run, template = synth
-    policy_id = stack.get_logical_id(run.provider.on_event_policy.node.default_child)
+    policy_id = stack.get_logical_id(run.provider.policy.node.default_child)
     statements = template.to_json()["Resources"][policy_id]["Properties"]["PolicyDocument"][
         "Statement"
     ]

@@ -116,7 +116,10 @@ def test_running_build_is_not_complete(codebuild):
         "batch_get_builds", _build("IN_PROGRESS", currentPhase="BUILD"), {"ids": [BUILD_ID]}
     )
     event = _event("Create", PhysicalResourceId=BUILD_ID, Data={"BuildId": BUILD_ID})
-    assert handler.is_complete(event, codebuild=client) == {"IsComplete": False}
+    assert handler.is_complete(event, codebuild=client) == {
+        "IsComplete": False,
+        "Status": f"EIF build {BUILD_ID} in phase BUILD",
+    }
 
 
 def test_succeeded_build_returns_pcrs_and_eif_key_from_measurements_json(codebuild, s3):

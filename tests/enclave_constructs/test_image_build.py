@@ -70,7 +70,7 @@ def test_every_log_group_of_the_build_is_kms_encrypted_and_retained(template, bu
     storage_key = built.logical_id(built.vault.storage_key)
     groups = template.find_resources("AWS::Logs::LogGroup")
     vault_groups = {k: v for k, v in groups.items() if k.startswith("Vault")}
-    assert len(vault_groups) >= 5  # build, on-event, is-complete, framework, waiter (+ lookup)
+    assert len(vault_groups) == 2  # the build's and the custom resource function's
     for group in vault_groups.values():
         assert group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [storage_key, "Arn"]}
         assert group["DeletionPolicy"] == "Retain"
@@ -87,29 +87,51 @@ def test_custom_resource_names_the_source_asset_and_a_per_source_output_prefix(t
 def test_build_role_reads_only_its_source_and_writes_only_its_two_objects(template):
     project = next(iter(template.find_resources("AWS::CodeBuild::Project").values()))
     role_id = project["Properties"]["ServiceRole"]["Fn::GetAtt"][0]
-    policies = template.find_resources(
-        "AWS::IAM::Policy", {"Properties": {"Roles": [{"Ref": role_id}]}}
+    # One customer managed policy, nothing inline, nothing AWS managed.
+    assert (
+        template.find_resources("AWS::IAM::Policy", {"Properties": {"Roles": [{"Ref": role_id}]}})
+        == {}
     )
-    statements = [
-        s for p in policies.values() for s in p["Properties"]["PolicyDocument"]["Statement"]
-    ]
+    role = template.to_json()["Resources"][role_id]["Properties"]
+    assert "ManagedPolicyArns" not in role and "Policies" not in role
+    (policy,) = template.find_resources(
+        "AWS::IAM::ManagedPolicy", {"Properties": {"Roles": [{"Ref": role_id}]}}
+    ).values()
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
     s3_statements = [s for s in statements if str(s["Action"]).startswith("s3:")]
     assert sorted(s["Action"] for s in s3_statements) == ["s3:GetObject", "s3:PutObject"]
     put = next(s for s in s3_statements if s["Action"] == "s3:PutObject")
     rendered = json.dumps(put["Resource"])
     assert "/enclave.eif" in rendered and "/measurements.json" in rendered and "*" not in rendered
+    actions = [
+        a
+        for s in statements
+        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    ]
+    assert not [a for a in actions if "*" in a]
+    assert "/aws/codebuild/" not in json.dumps(statements)
 
 
-def test_handlers_run_python_with_the_handler_module(template):
+def test_one_function_runs_the_driver_with_the_handler_module_in_the_vault_subnet(template, built):
     handlers = template.find_resources(
         "AWS::Lambda::Function",
-        {"Properties": {"Handler": Match.string_like_regexp(r"^cdk_trn_runtime\.eif_builder\.")}},
+        {
+            "Properties": {
+                "Environment": {
+                    "Variables": Match.object_like(
+                        {"CDK_TRN_HANDLER_MODULE": "cdk_trn_runtime.eif_builder.handler"}
+                    )
+                }
+            }
+        },
     )
-    assert sorted(h["Properties"]["Handler"] for h in handlers.values()) == [
-        "cdk_trn_runtime.eif_builder.handler.is_complete",
-        "cdk_trn_runtime.eif_builder.handler.on_event",
+    (function,) = [h["Properties"] for h in handlers.values()]
+    assert function["Handler"] == "cdk_trn_runtime.deploy_time.driver.handler"
+    assert function["Runtime"] == "python3.14"
+    assert function["VpcConfig"]["SubnetIds"] == [
+        built.stack.resolve(built.network.subnet.subnet_id)
     ]
-    assert {h["Properties"]["Runtime"] for h in handlers.values()} == {"python3.14"}
+    template.resource_count_is("AWS::StepFunctions::StateMachine", 0)
 
 
 def test_hosts_fetch_the_eif_the_build_wrote(template, built):
@@ -136,7 +158,7 @@ def test_build_starts_only_after_the_project_role_policy_exists(template):
     project = next(iter(template.find_resources("AWS::CodeBuild::Project").values()))
     role_id = project["Properties"]["ServiceRole"]["Fn::GetAtt"][0]
     (policy_id,) = template.find_resources(
-        "AWS::IAM::Policy", {"Properties": {"Roles": [{"Ref": role_id}]}}
+        "AWS::IAM::ManagedPolicy", {"Properties": {"Roles": [{"Ref": role_id}]}}
     ).keys()
     build = template.to_json()["Resources"][_build_resource_id(template)]
     assert policy_id in build["DependsOn"]

@@ -120,7 +120,7 @@ def test_malformed_pcr8_is_rejected():
 def test_upper_case_pcr_is_accepted_and_normalised_to_lower_case():
     image = EnclaveImage.from_measurements(PCR0.upper(), eif=_eif())
     stack = cdk.Stack(cdk.App(), "S2")
-    bound = image.bind(stack, bucket=None, encryption_key=None)  # type: ignore[arg-type]
+    bound = image.bind(stack, bucket=None, encryption_key=None, vpc=None, subnet=None)  # type: ignore[arg-type]
     assert bound.pcr0 == PCR0 and not bound.signed
 
 
@@ -128,7 +128,8 @@ def test_pcr0_token_is_not_validated_at_synth():
     stack = cdk.Stack(cdk.App(), "S3")
     token = cdk.CfnParameter(stack, "Pcr0").value_as_string
     image = EnclaveImage.from_measurements(token, eif=_eif())
-    assert image.bind(stack, bucket=None, encryption_key=None).pcr0 == token  # type: ignore[arg-type]
+    bound = image.bind(stack, bucket=None, encryption_key=None, vpc=None, subnet=None)  # type: ignore[arg-type]
+    assert bound.pcr0 == token
 
 
 def test_build_context_without_dockerfile_is_rejected(tmp_path: Path):

@@ -292,18 +292,18 @@ def test_host_security_group_egress_is_https_to_vpc_endpoints_and_s3_only(templa
     destinations = [r.get("CidrIp") or r.get("DestinationPrefixListId") for r in egress]
     assert len(destinations) == 2
     assert {"Fn::GetAtt": [vpc_id, "CidrBlock"]} in destinations
-    assert any("PrefixLists.0.PrefixListId" in json.dumps(d) for d in destinations)
+    (lookup,) = template.find_resources("Custom::CdkTrnS3PrefixList")
+    assert {"Fn::GetAtt": [lookup, "PrefixListId"]} in destinations
 
 
-def test_s3_prefix_list_is_looked_up_at_deploy_time_for_the_stack_region(template):
-    template.has_resource_properties(
-        "Custom::AWS",
-        {
-            "Create": Match.string_like_regexp(
-                r"describeManagedPrefixLists.*com\.amazonaws\.us-east-2\.s3"
-            )
-        },
+def test_s3_prefix_list_is_looked_up_at_deploy_time_by_the_stacks_deploy_time_function(template):
+    (lookup,) = template.find_resources("Custom::CdkTrnS3PrefixList").values()
+    (target, _) = lookup["Properties"]["ServiceToken"]["Fn::GetAtt"]
+    function = template.to_json()["Resources"][target]["Properties"]
+    assert function["Environment"]["Variables"]["CDK_TRN_HANDLER_MODULE"] == (
+        "cdk_trn_runtime.deploy_time.prefix_list"
     )
+    assert "VpcConfig" in function and "DeadLetterConfig" in function
 
 
 # --- boot script ----------------------------------------------------------------------------

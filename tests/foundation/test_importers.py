@@ -14,7 +14,7 @@ from typing import Any
 
 import aws_cdk as cdk
 import pytest
-from aws_cdk.assertions import Template
+from aws_cdk.assertions import Match, Template
 
 from cdk_trn.cluster import TrainiumCluster
 from cdk_trn.errors import CdkTrnError
@@ -148,6 +148,7 @@ def test_an_efa_file_system_admits_all_traffic_from_the_nodes():
         ({"route_table_id": "rtb-xyz"}, "route_table_id must be an id such as 'rtb-"),
         ({"availability_zone": "usw2-az1"}, "availability_zone must be an Availability Zone of"),
         ({"availability_zone": "somewhere"}, "availability_zone must be an Availability Zone id"),
+        ({"vpc_cidr_block": "10.64.0.1/16"}, "vpc_cidr_block must be an IPv4 CIDR"),
     ],
 )
 def test_bad_network_attributes_are_refused(props, message):
@@ -156,6 +157,51 @@ def test_bad_network_attributes_are_refused(props, message):
     with pytest.raises(CdkTrnError, match=message):
         TrainingNetwork.from_attributes(stack, "Network", **{**attributes, **props})
     assert stack.node.try_find_child("Network") is None
+
+
+def _deploy_time_egress(template: Template) -> list[dict[str, Any]]:
+    groups = template.find_resources(
+        "AWS::EC2::SecurityGroup",
+        {"Properties": {"GroupDescription": Match.string_like_regexp("deploy-time functions")}},
+    )
+    ((group_id, group),) = groups.items()
+    separate = template.find_resources(
+        "AWS::EC2::SecurityGroupEgress",
+        {"Properties": {"GroupId": {"Fn::GetAtt": [group_id, "GroupId"]}}},
+    )
+    return [
+        *group["Properties"]["SecurityGroupEgress"],
+        *(r["Properties"] for r in separate.values()),
+    ]
+
+
+def test_deploy_time_functions_of_an_imported_network_without_its_cidr_allow_https_anywhere(
+    imported,
+):
+    # The preflight runs in the imported subnet; the VPC's range is unknown.
+    egress = _deploy_time_egress(imported["template"])
+    assert [(e.get("CidrIp"), e["FromPort"]) for e in egress][0] == ("0.0.0.0/0", 443)
+    assert "DestinationPrefixListId" in egress[1]
+
+
+def test_deploy_time_functions_of_an_imported_network_with_its_cidr_reach_only_that_range():
+    stack = cdk.Stack(cdk.App(), "WithCidr", env=cdk.Environment(region="us-east-2"))
+    network = TrainingNetwork.from_attributes(
+        stack,
+        "Network",
+        vpc_id=VPC_ID,
+        subnet_id=SUBNET_ID,
+        availability_zone="use2-az3",
+        vpc_cidr_block="10.1.0.0/16",
+    )
+    TrainiumCluster(stack, "Cluster", network=network)
+    egress = _deploy_time_egress(Template.from_stack(stack))
+    assert [(e.get("CidrIp"), e["FromPort"], e["ToPort"]) for e in egress][0] == (
+        "10.1.0.0/16",
+        443,
+        443,
+    )
+    assert len(egress) == 2
 
 
 def test_an_availability_zone_name_is_accepted():

@@ -1,10 +1,17 @@
 """TrainingNetwork: one AZ, no internet path, endpoints only for this account."""
 
+import json
+
 import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Match
 
-from cdk_trn.network import INTERFACE_ENDPOINTS, TrainingNetwork, az_id_prefix
+from cdk_trn.network import (
+    INTERFACE_ENDPOINTS,
+    TrainingNetwork,
+    az_id_prefix,
+    custom_resource_response_bucket,
+)
 from tests.cfn import template_of
 
 
@@ -79,6 +86,66 @@ def test_s3_endpoint_reaches_this_accounts_buckets_and_reads_named_aws_buckets(n
             },
         },
     )
+
+
+def test_deploy_time_functions_find_the_endpoints_they_call(network_template):
+    # Self-invocation (lambda), preflight (ec2, servicequotas), EIF build (codebuild).
+    services = [
+        endpoint["Properties"]["ServiceName"]
+        for endpoint in network_template.find_resources(
+            "AWS::EC2::VPCEndpoint", {"Properties": {"VpcEndpointType": "Interface"}}
+        ).values()
+    ]
+    rendered = [json.dumps(service) for service in services]
+    for suffix in ("lambda", "ec2", "servicequotas", "codebuild", "ssm", "autoscaling"):
+        assert any(f'.{suffix}"' in text for text in rendered), suffix
+
+
+def test_s3_endpoint_lets_functions_answer_cloudformation_in_this_region(network_template):
+    network_template.has_resource_properties(
+        "AWS::EC2::VPCEndpoint",
+        {
+            "VpcEndpointType": "Gateway",
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [
+                        {
+                            "Sid": "AnswerCloudFormationCustomResources",
+                            "Effect": "Allow",
+                            "Principal": {"AWS": "*"},
+                            "Action": "s3:PutObject",
+                            "Resource": {
+                                "Fn::Join": [
+                                    "",
+                                    [
+                                        "arn:",
+                                        {"Ref": "AWS::Partition"},
+                                        ":s3:::cloudformation-custom-resource-response-useast2/*",
+                                    ],
+                                ]
+                            },
+                        }
+                    ]
+                )
+            },
+        },
+    )
+
+
+def test_the_response_bucket_name_drops_the_dashes_of_the_region():
+    assert custom_resource_response_bucket("ap-southeast-4") == (
+        "cloudformation-custom-resource-response-apsoutheast4"
+    )
+    stack = cdk.Stack(cdk.App(), "Agnostic")
+    assert stack.resolve(custom_resource_response_bucket(stack.region)) == {
+        "Fn::Join": [
+            "",
+            [
+                "cloudformation-custom-resource-response-",
+                {"Fn::Join": ["", {"Fn::Split": ["-", {"Ref": "AWS::Region"}]}]},
+            ],
+        ]
+    }
 
 
 def test_flow_logs_go_to_a_retained_kms_encrypted_group(network_template):

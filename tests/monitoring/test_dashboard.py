@@ -75,7 +75,8 @@ def test_dashboard_shows_every_published_and_aws_metric(default_app, template):
     assert ("AWS/AutoScaling", "GroupInServiceInstances") in named
     assert {("AWS/FSx", "DataReadBytes"), ("AWS/FSx", "DataWriteBytes")} <= named
     assert ("AWS/FSx", "MetadataOperations") in named
-    assert ("AWS/Lambda", "Errors") in named
+    provider = default_app.cluster_stack.acceptance.provider
+    assert (contract.METRICS_NAMESPACE_DEPLOY_TIME, provider.function_name) in named
 
 
 def test_custom_metrics_carry_the_cluster_dimension_aws_metrics_their_resources(
@@ -121,7 +122,7 @@ def test_alarms_on_drained_nodes_and_failed_acceptance_go_to_the_encrypted_topic
         assert props["Threshold"] == 0
         assert props["TreatMissingData"] == "notBreaching"
         if "MetricName" in props:
-            used = [{k: props[k] for k in ("Namespace", "MetricName", "Dimensions")}]
+            used = [{k: props[k] for k in ("Namespace", "MetricName", "Dimensions") if k in props}]
         else:
             used = [m["MetricStat"]["Metric"] for m in props["Metrics"] if "MetricStat" in m]
         by_metric["+".join(sorted(m["MetricName"] for m in used))] = used
@@ -130,12 +131,23 @@ def test_alarms_on_drained_nodes_and_failed_acceptance_go_to_the_encrypted_topic
     assert drained["Dimensions"] == [
         {"Name": contract.METRIC_DIMENSION_CLUSTER, "Value": stack.cluster.cluster_name}
     ]
-    handlers = by_metric["Errors+Errors"]
-    functions = {
-        stack.get_logical_id(f.node.default_child)
-        for f in (stack.acceptance.provider.on_event, stack.acceptance.provider.is_complete)
-    }
-    assert {m["Dimensions"][0]["Value"]["Ref"] for m in handlers} == functions
+    # The acceptance function answers failures itself: the alarm counts its FAILED answers
+    # (a metric filter on its log group), not Lambda's Errors.
+    provider = stack.acceptance.provider
+    [failures] = by_metric[provider.function_name]
+    assert failures["Namespace"] == contract.METRICS_NAMESPACE_DEPLOY_TIME
+    filters = template.find_resources(
+        "AWS::Logs::MetricFilter",
+        {
+            "Properties": {
+                "LogGroupName": {
+                    "Ref": stack.get_logical_id(provider.log_group.node.default_child)
+                },
+                "FilterPattern": f'"{contract.DEPLOY_TIME_FAILURE_MARK}"',
+            }
+        },
+    )
+    assert len(filters) == 1
 
 
 def _put_metric_statements(template: Template) -> dict[str, dict]:

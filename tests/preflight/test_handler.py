@@ -1,18 +1,22 @@
-"""The preflight handler against stubbed AWS clients (botocore Stubber on real ec2 and
-service-quotas clients, so every request and response is checked against the API model; no
-network). Each refusal must name its fix."""
+"""The preflight handler against stubbed AWS clients (botocore Stubber on real ec2,
+service-quotas and lambda clients, so every request and response is checked against the API
+model; no network), served by the deploy-time driver as on Lambda. Each refusal must name its
+fix."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
 import pytest
-from botocore.stub import Stubber
+from botocore.stub import ANY, Stubber
 
+from cdk_trn_runtime.deploy_time import driver
 from cdk_trn_runtime.preflight import handler
 
 REGION = "us-east-2"
@@ -26,14 +30,22 @@ FUNCTION_ARN = f"arn:aws:lambda:{REGION}:123456789012:function:preflight"
 
 @dataclass
 class RecordedResponses:
-    """Test double for ``send_response``: records what would go to CloudFormation."""
+    """Test double for the driver's PUT to the response URL: records what would go to
+    CloudFormation."""
 
     calls: list[dict[str, Any]] = field(default_factory=list)
 
-    def __call__(self, event, status, reason, physical_id, data) -> None:
+    def __call__(self, url: str, body: bytes) -> int:
+        answer = json.loads(body)
         self.calls.append(
-            {"status": status, "reason": reason, "physical_id": physical_id, "data": dict(data)}
+            {
+                "status": answer["Status"],
+                "reason": answer["Reason"],
+                "physical_id": answer["PhysicalResourceId"],
+                "data": answer["Data"],
+            }
         )
+        return 200
 
     @property
     def only(self) -> dict[str, Any]:
@@ -63,6 +75,7 @@ class StubbedAws:
     quotas: Stubber
     lambda_: Stubber
     clock: FakeClock
+    clients_lambda: Any = None
 
 
 @pytest.fixture
@@ -74,11 +87,12 @@ def aws(monkeypatch):
     lambda_ = boto3.client("lambda", region_name=REGION)
     clock = FakeClock()
     stubs = StubbedAws(
-        handler.Clients(ec2=ec2, quotas=quotas, lambda_=lambda_, now=clock, sleep=clock.sleep),
+        handler.Clients(ec2=ec2, quotas=quotas, now=clock),
         Stubber(ec2),
         Stubber(quotas),
         Stubber(lambda_),
         clock,
+        lambda_,
     )
     for stub in (stubs.ec2, stubs.quotas, stubs.lambda_):
         stub.activate()
@@ -113,9 +127,29 @@ def event(request_type="Create", **overrides) -> dict[str, Any]:
     return result
 
 
+SETTINGS = driver.Settings(
+    handler_module="cdk_trn_runtime.preflight.handler",
+    query_interval=handler.POLL_SECONDS,
+    total_timeout=handler.WAIT_BUDGET.total_seconds(),
+    purpose="preflight",
+)
+
+
 def run(aws: StubbedAws, ev: dict[str, Any], remaining_ms: int = 600_000) -> RecordedResponses:
+    """Serve ``ev`` as the function would: the driver around the handler, whose clients are the
+    stubbed ones (a handler module double binding them)."""
     responses = RecordedResponses()
-    handler.handle(ev, lambda: remaining_ms, FUNCTION_ARN, aws.clients, responses)
+    bound = types.SimpleNamespace(
+        on_event=functools.partial(handler.on_event, clients=aws.clients),
+        is_complete=functools.partial(handler.is_complete, clients=aws.clients),
+    )
+    runtime = driver.Runtime(
+        lambda_client=aws.clients_lambda,
+        clock=lambda: aws.clock.now.timestamp(),
+        sleep=aws.clock.sleep,
+        put=responses,
+    )
+    driver.run(ev, bound, SETTINGS, driver.Invocation(FUNCTION_ARN, lambda: remaining_ms), runtime)
     return responses
 
 
@@ -261,7 +295,7 @@ def test_an_active_block_with_room_for_every_node_passes_without_a_quota_check(a
     stub_reservations(aws, [CR_A], [reservation()])
     result = run(aws, block_event()).only
     assert result["status"] == "SUCCESS"
-    assert CR_A in result["reason"]
+    assert CR_A in result["data"]["Summary"]
 
 
 def test_a_missing_reservation_refuses_with_how_to_find_the_id(aws):
@@ -391,37 +425,53 @@ def test_waiting_for_a_block_beyond_the_custom_resource_hour_refuses_with_when_t
 
 def test_waiting_polls_until_the_block_is_active_then_passes(aws):
     start = NOW + dt.timedelta(minutes=2)
-    stub_reservations(aws, [CR_A], [scheduled(start)])
-    stub_reservations(aws, [CR_A], [scheduled(start)])
-    stub_reservations(aws, [CR_A], [reservation(StartDate=start)])
+    stub_reservations(aws, [CR_A], [scheduled(start)])  # on_event
+    stub_reservations(aws, [CR_A], [scheduled(start)])  # the first poll, at once
+    stub_reservations(aws, [CR_A], [reservation(StartDate=start)])  # a minute later
     responses = run(aws, block_event(WaitForCapacityBlock="true"))
     assert responses.only["status"] == "SUCCESS"
-    assert aws.clock.slept == [60, 60]
+    assert f"in {CR_A}" in responses.only["data"]["Summary"]
+    assert aws.clock.slept == [60]
 
 
 def test_a_wait_longer_than_the_invocation_is_handed_to_a_new_invocation(aws):
     stub_reservations(aws, [CR_A], [scheduled(NOW + dt.timedelta(minutes=40))])
+    stub_reservations(aws, [CR_A], [scheduled(NOW + dt.timedelta(minutes=40))])
     ev = block_event(WaitForCapacityBlock="true")
-    deadline = (NOW + handler.WAIT_BUDGET).isoformat()
+    # The payload's exact form is the driver's (tested with it).
     aws.lambda_.add_response(
         "invoke",
         {"StatusCode": 202},
-        {
-            "FunctionName": FUNCTION_ARN,
-            "InvocationType": "Event",
-            "Payload": json.dumps({**ev, handler.DEADLINE_KEY: deadline}).encode(),
-        },
+        {"FunctionName": FUNCTION_ARN, "InvocationType": "Event", "Payload": ANY},
     )
     responses = run(aws, ev, remaining_ms=100_000)
     assert responses.calls == []  # the next invocation answers CloudFormation
 
 
-def test_a_handed_over_wait_keeps_the_first_deadline(aws):
+def test_a_continued_wait_keeps_the_first_deadline(aws):
     stub_reservations(aws, [CR_A], [scheduled(NOW + dt.timedelta(minutes=10))])
     ev = block_event(WaitForCapacityBlock="true")
-    ev[handler.DEADLINE_KEY] = (NOW + dt.timedelta(minutes=5)).isoformat()
+    first_deadline = NOW + dt.timedelta(minutes=5)
+    resource = {k: v for k, v in ev.items() if k != "ResponseURL"}
+    resource.update(
+        PhysicalResourceId="Preflight-preflight",
+        Data={},
+        Preflight={"Deadline": first_deadline.isoformat(), "Passed": False},
+    )
+    ev[driver.CONTINUATION_KEY] = {
+        "Resource": resource,
+        "Started": (NOW - dt.timedelta(minutes=50)).timestamp(),
+        "Deadline": first_deadline.timestamp(),
+    }
     reason = run(aws, ev).only["reason"]
     assert "later than the 55 minutes" in reason
+
+
+def test_the_constructs_wait_and_poll_are_the_handlers():
+    from cdk_trn import preflight
+
+    assert preflight.WAIT_BUDGET.to_seconds() == handler.WAIT_BUDGET.total_seconds()
+    assert preflight.POLL_SECONDS == handler.POLL_SECONDS
 
 
 # --- protocol -----------------------------------------------------------------------------------
@@ -431,7 +481,7 @@ def test_delete_makes_no_aws_call_and_succeeds(aws):
     result = run(aws, event("Delete")).only
     assert result == {
         "status": "SUCCESS",
-        "reason": "preflight: nothing to delete",
+        "reason": "",
         "physical_id": "Preflight-preflight",
         "data": {},
     }

@@ -1,0 +1,415 @@
+"""The one Lambda function of a deploy-time custom resource: CloudFormation's protocol, in Python.
+
+CloudFormation invokes the function asynchronously with a request (Create, Update, Delete) and
+waits for a JSON answer PUT to the request's pre-signed ``ResponseURL``. The driver keeps the
+handler API of aws-cdk-lib's Provider framework, so a handler module written for it runs
+unchanged:
+
+* ``on_event(event)`` returns ``{"PhysicalResourceId": ..., "Data": {...}, ...}`` (any other keys
+  are passed on to ``is_complete``), or raises;
+* ``is_complete(event)`` (optional) gets the request merged with that result and returns
+  ``{"IsComplete": bool, "Data": {...}}`` (``Data`` only when complete; an optional ``Status``
+  string says what it is waiting for), or raises.
+
+What the driver does with them:
+
+1. ``on_event``. A Delete, or a handler without ``is_complete``, is answered at once.
+2. ``is_complete`` right away, then every query interval while the invocation has time left for
+   another poll; then the wait continues in a new asynchronous invocation of this same function
+   (``InvocationType=Event`` on its own ARN) carrying the request, the on-event result and the
+   absolute deadline. Past the deadline the answer is FAILED: "timed out after N minutes waiting
+   for ...". This is the poll the framework's waiter state machine does, without the state
+   machine and the four extra functions.
+3. Any exception is a FAILED answer with its message. A Create that failed answers with a marker
+   physical id, and the Delete CloudFormation then sends for it succeeds without calling the
+   handler (the framework does the same).
+
+The answer is an HTTPS PUT with an empty Content-Type (CloudFormation's documentation), retried on
+network errors and 5xx/429, and kept under CloudFormation's 4096-byte limit. The response URL is
+a credential for this one resource: it is never logged and the handlers never see it.
+
+Lambda Python runtime: standard library and boto3 only. Settings come from the environment
+(``cdk_trn_runtime.contract.DEPLOY_TIME_ENV_*``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from cdk_trn_runtime.contract import (
+    DEPLOY_TIME_ENV_HANDLER,
+    DEPLOY_TIME_ENV_PURPOSE,
+    DEPLOY_TIME_ENV_QUERY_INTERVAL,
+    DEPLOY_TIME_ENV_TOTAL_TIMEOUT,
+    DEPLOY_TIME_FAILURE_MARK,
+)
+
+LOG = logging.getLogger(__name__)
+LOG.setLevel(logging.INFO)
+
+#: CloudFormation rejects a response body above 4096 bytes (custom resource response objects).
+RESPONSE_LIMIT = 4096
+#: Physical id of a Create that failed: its Delete has nothing to undo.
+CREATE_FAILED_MARKER = "cdk-trn::create-failed"
+#: Key of the continuation state in a self-invocation's payload.
+CONTINUATION_KEY = "CdkTrnContinuation"
+#: Time an invocation keeps back for the last poll, the answer or the hand-over.
+HANDOVER_MARGIN_SECONDS = 60
+#: Attempts at the PUT to the response URL, and the first back-off (doubling).
+PUT_ATTEMPTS = 4
+PUT_BACKOFF_SECONDS = 2.0
+_HANDLER_PREFIX = "cdk_trn_runtime."
+#: Keys the driver owns in the merged event; never passed to or taken from a handler result.
+_PRIVATE_KEYS = ("ResponseURL", CONTINUATION_KEY)
+
+
+class ProtocolError(Exception):
+    """A handler returned something the protocol does not allow; the message says what."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the function waits (from its environment)."""
+
+    handler_module: str
+    query_interval: float
+    total_timeout: float
+    purpose: str
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        module = env.get(DEPLOY_TIME_ENV_HANDLER, "")
+        if not module.startswith(_HANDLER_PREFIX):
+            raise ProtocolError(f"{DEPLOY_TIME_ENV_HANDLER} must name a {_HANDLER_PREFIX} module")
+        return cls(
+            handler_module=module,
+            query_interval=float(env.get(DEPLOY_TIME_ENV_QUERY_INTERVAL, "30")),
+            total_timeout=float(env.get(DEPLOY_TIME_ENV_TOTAL_TIMEOUT, "3300")),
+            purpose=env.get(DEPLOY_TIME_ENV_PURPOSE, "custom resource"),
+        )
+
+
+@dataclass
+class Runtime:
+    """What the driver does to the world; tests replace every part."""
+
+    lambda_client: Any = None
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    put: Callable[[str, bytes], int] | None = None
+
+    def invoker(self) -> Any:
+        if self.lambda_client is None:
+            import boto3
+            from botocore.config import Config
+
+            self.lambda_client = boto3.client(
+                "lambda", config=Config(retries={"mode": "standard", "max_attempts": 6})
+            )
+        return self.lambda_client
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """This invocation: its own ARN and how much time it has left."""
+
+    function_arn: str
+    remaining_ms: Callable[[], int] = field(default=lambda: 900_000)
+
+
+# --- the answer --------------------------------------------------------------------------------
+
+
+def response_body(
+    event: Mapping[str, Any],
+    status: str,
+    reason: str,
+    physical_id: str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    no_echo: bool = False,
+) -> bytes:
+    """The JSON answer, within :data:`RESPONSE_LIMIT`: the reason is shortened first; Data that
+    cannot fit turns a SUCCESS into a FAILED saying so."""
+    base = {
+        "Status": status,
+        "Reason": "",
+        "PhysicalResourceId": physical_id or CREATE_FAILED_MARKER,
+        "StackId": event["StackId"],
+        "RequestId": event["RequestId"],
+        "LogicalResourceId": event["LogicalResourceId"],
+        "NoEcho": bool(no_echo),
+        "Data": {str(k): v for k, v in (data or {}).items()},
+    }
+    empty = len(json.dumps(base).encode())
+    room = RESPONSE_LIMIT - empty
+    if room < 0:
+        return response_body(
+            event,
+            "FAILED",
+            f"the response Data is {empty} bytes, more than CloudFormation's {RESPONSE_LIMIT}",
+            physical_id,
+        )
+    base["Reason"] = _fit(reason, room)
+    return json.dumps(base).encode()
+
+
+def _fit(text: str, room: int) -> str:
+    """``text`` cut so that its JSON encoding takes at most ``room`` bytes."""
+    if len(json.dumps(text).encode()) - 2 <= room:
+        return text
+    marker = " ... (truncated)"
+    low, high = 0, len(text)
+    while low < high:  # the longest prefix that fits with the marker
+        middle = (low + high + 1) // 2
+        if len(json.dumps(text[:middle] + marker).encode()) - 2 <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low] + marker if low else ""
+
+
+def put_response(url: str, body: bytes, *, context: ssl.SSLContext | None = None) -> int:
+    """One HTTPS PUT of ``body`` to the pre-signed ``url``; the HTTP status (raises on errors).
+    ``context``: the TLS settings. Default: Python's (system CAs, hostname checked)."""
+    if not url.startswith("https://"):
+        raise ProtocolError("ResponseURL must be an https URL")
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+        url,
+        data=body,
+        method="PUT",
+        # The pre-signed URL is signed without a content type (CloudFormation's documentation).
+        headers={"Content-Type": "", "Content-Length": str(len(body))},
+    )
+    with urllib.request.urlopen(  # noqa: S310 - https only
+        request, timeout=30, context=context
+    ) as response:
+        return int(response.status)
+
+
+def _retryable(error: Exception) -> bool:
+    if isinstance(error, urllib.error.HTTPError):
+        return error.code >= 500 or error.code in (408, 429)
+    return isinstance(error, (urllib.error.URLError, TimeoutError, ConnectionError))
+
+
+def send(
+    event: Mapping[str, Any],
+    status: str,
+    reason: str,
+    physical_id: str,
+    data: Mapping[str, Any] | None,
+    runtime: Runtime,
+    *,
+    no_echo: bool = False,
+) -> None:
+    """Answer CloudFormation; transient failures are retried with back-off."""
+    body = response_body(event, status, reason, physical_id, data, no_echo=no_echo)
+    put = runtime.put or put_response
+    answered = json.loads(body)
+    if answered["Status"] == "FAILED":
+        # The mark is what the function's failure metric counts.
+        LOG.error(
+            "%s %s: %s",
+            DEPLOY_TIME_FAILURE_MARK,
+            answered["PhysicalResourceId"],
+            answered["Reason"],
+        )
+    else:
+        LOG.info("answering SUCCESS %s", answered["PhysicalResourceId"])
+    delay = PUT_BACKOFF_SECONDS
+    for attempt in range(1, PUT_ATTEMPTS + 1):
+        try:
+            code = put(str(event["ResponseURL"]), body)
+        except Exception as error:  # noqa: BLE001 - classified below
+            # The message of an HTTPError carries no URL; a URLError's reason neither.
+            LOG.warning("answer attempt %d failed: %s", attempt, type(error).__name__)
+            if attempt == PUT_ATTEMPTS or not _retryable(error):
+                raise ProtocolError(
+                    f"could not answer CloudFormation after {attempt} attempts "
+                    f"({type(error).__name__}: {getattr(error, 'code', '')})"
+                ) from None
+            runtime.sleep(delay)
+            delay *= 2
+            continue
+        LOG.info("CloudFormation took the answer: HTTP %s", code)
+        return
+
+
+# --- the request -------------------------------------------------------------------------------
+
+
+def _sanitized(event: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k not in _PRIVATE_KEYS}
+
+
+def merge_on_event_result(event: Mapping[str, Any], result: Any) -> dict[str, Any]:
+    """The request merged with ``on_event``'s result, as the framework merges them."""
+    if result is None:
+        result = {}
+    if not isinstance(result, Mapping):
+        raise ProtocolError(f"on_event must return a dict or None, got {type(result).__name__}")
+    request_type = event["RequestType"]
+    default = event["RequestId"] if request_type == "Create" else event.get("PhysicalResourceId")
+    physical_id = result.get("PhysicalResourceId") or default
+    if request_type == "Delete" and physical_id != event.get("PhysicalResourceId"):
+        raise ProtocolError("on_event may not change the physical resource id on Delete")
+    data = result.get("Data") or {}
+    if not isinstance(data, Mapping):
+        raise ProtocolError("on_event's Data must be a dict")
+    merged = {**_sanitized(event), **_sanitized(result)}
+    merged["PhysicalResourceId"] = str(physical_id)
+    merged["Data"] = dict(data)
+    return merged
+
+
+def _waiting_for(settings: Settings, resource: Mapping[str, Any], status: str) -> str:
+    what = f"{settings.purpose} {resource.get('PhysicalResourceId', '')}".strip()
+    return f"{what} ({status})" if status else what
+
+
+def run(
+    event: Mapping[str, Any],
+    handler: ModuleType,
+    settings: Settings,
+    invocation: Invocation,
+    runtime: Runtime,
+) -> None:
+    """Serve one invocation: answer CloudFormation, or hand the wait to a new invocation."""
+    request_type = event.get("RequestType")
+    physical_id = str(event.get("PhysicalResourceId") or "")
+    if request_type == "Delete" and physical_id == CREATE_FAILED_MARKER:
+        send(event, "SUCCESS", "nothing to delete: the create had failed", physical_id, {}, runtime)
+        return
+    continuation = event.get(CONTINUATION_KEY)
+    try:
+        if continuation is None:
+            result = handler.on_event(_sanitized(event))
+            resource = merge_on_event_result(event, result)
+            physical_id = resource["PhysicalResourceId"]
+            waits = hasattr(handler, "is_complete") and request_type != "Delete"
+            if not waits:
+                send(
+                    event, "SUCCESS", "", physical_id, resource["Data"], runtime,
+                    no_echo=bool(resource.get("NoEcho")),
+                )  # fmt: skip
+                return
+            deadline = runtime.clock() + settings.total_timeout
+            started = runtime.clock()
+        else:
+            resource = dict(continuation["Resource"])
+            physical_id = str(resource["PhysicalResourceId"])
+            deadline = float(continuation["Deadline"])
+            started = float(continuation["Started"])
+        _wait(event, handler, settings, invocation, runtime, resource, started, deadline)
+    except Exception as error:  # noqa: BLE001 - every failure must reach CloudFormation
+        LOG.exception("%s failed", settings.purpose)
+        if not physical_id:
+            physical_id = CREATE_FAILED_MARKER if request_type == "Create" else ""
+        send(event, "FAILED", str(error) or type(error).__name__, physical_id, {}, runtime)
+
+
+def _wait(
+    event: Mapping[str, Any],
+    handler: ModuleType,
+    settings: Settings,
+    invocation: Invocation,
+    runtime: Runtime,
+    resource: dict[str, Any],
+    started: float,
+    deadline: float,
+) -> None:
+    physical_id = resource["PhysicalResourceId"]
+    while True:
+        result = handler.is_complete(dict(resource))
+        if not isinstance(result, Mapping) or not isinstance(result.get("IsComplete"), bool):
+            raise ProtocolError("is_complete must return a dict with a boolean IsComplete")
+        if result["IsComplete"]:
+            data = {**resource.get("Data", {}), **(result.get("Data") or {})}
+            send(
+                event, "SUCCESS", "", physical_id, data, runtime,
+                no_echo=bool(resource.get("NoEcho")),
+            )  # fmt: skip
+            return
+        if result.get("Data"):
+            raise ProtocolError("is_complete may return Data only with IsComplete true")
+        status = str(result.get("Status") or "")
+        now = runtime.clock()
+        if now >= deadline:
+            minutes = (now - started) / 60
+            send(
+                event,
+                "FAILED",
+                f"timed out after {minutes:.0f} minutes waiting for "
+                + _waiting_for(settings, resource, status),
+                physical_id,
+                {},
+                runtime,
+            )
+            return
+        pause = min(settings.query_interval, max(0.0, deadline - now))
+        if invocation.remaining_ms() / 1000 < pause + HANDOVER_MARGIN_SECONDS:
+            _continue_in_new_invocation(event, invocation, runtime, resource, started, deadline)
+            return
+        runtime.sleep(pause)
+
+
+def _continue_in_new_invocation(
+    event: Mapping[str, Any],
+    invocation: Invocation,
+    runtime: Runtime,
+    resource: Mapping[str, Any],
+    started: float,
+    deadline: float,
+) -> None:
+    payload = {
+        **{k: v for k, v in event.items() if k != CONTINUATION_KEY},
+        CONTINUATION_KEY: {"Resource": dict(resource), "Started": started, "Deadline": deadline},
+    }
+    runtime.invoker().invoke(
+        FunctionName=invocation.function_arn,
+        InvocationType="Event",
+        Payload=json.dumps(payload, default=str).encode(),
+    )
+    LOG.info("the wait continues in a new invocation (deadline %.0f)", deadline)
+
+
+# --- Lambda entry point --------------------------------------------------------------------------
+
+
+def handler(event: dict[str, Any], context: Any) -> None:
+    """Lambda entry point; the function's ARN is the custom resource's service token."""
+    LOG.info(
+        "request %s %s%s",
+        event.get("RequestType"),
+        event.get("LogicalResourceId"),
+        " (continued)" if CONTINUATION_KEY in event else "",
+    )
+    runtime = Runtime()
+    try:
+        settings = Settings.from_environment()
+        module = importlib.import_module(settings.handler_module)
+    except Exception as error:  # noqa: BLE001 - CloudFormation must hear of it, not time out
+        LOG.exception("the function is misconfigured")
+        physical_id = str(event.get("PhysicalResourceId") or CREATE_FAILED_MARKER)
+        send(event, "FAILED", f"the function is misconfigured: {error}", physical_id, {}, runtime)
+        return
+    run(
+        event,
+        module,
+        settings,
+        Invocation(context.invoked_function_arn, context.get_remaining_time_in_millis),
+        runtime,
+    )
