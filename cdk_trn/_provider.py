@@ -101,10 +101,10 @@ class DeployTimeNetwork(Construct):
     EC2, SSM, Auto Scaling, CodeBuild, Service Quotas, ... from ``TrainingNetwork``) and HTTPS to
     the S3 gateway endpoint by the region's S3 managed prefix list, which CloudFormation's
     response bucket is reached through. The prefix list's id has no CloudFormation attribute, so
-    a deploy-time lookup (a function of the same provider) finds it; that one function cannot
-    name the list it looks up, so its own group allows HTTPS to any IPv4 address: in an
-    isolated subnet the only routes are the VPC and the S3 gateway endpoint. The same holds for
-    every function when the VPC's CIDR is unknown (an imported VPC without it).
+    a deploy-time lookup (:class:`S3PrefixListLookup`) finds it: once for the app when the VPC
+    is a ``TrainingNetwork``'s (its ``s3_prefix_list_id``), otherwise once here. When the VPC's
+    CIDR is unknown (an imported VPC without it), HTTPS goes to any IPv4 address: in an isolated
+    subnet the only routes are the VPC and the S3 gateway endpoint.
 
     With an imported network (``TrainingNetwork.from_attributes``, or ``create_endpoints=False``)
     the endpoints are the user's to provide: interface endpoints with private DNS for ``lambda``,
@@ -121,6 +121,7 @@ class DeployTimeNetwork(Construct):
         vpc: ec2.IVpc,
         subnet: ec2.ISubnet,
         encryption_key: kms.IKey,
+        s3_prefix_list_id: str | None = None,
     ) -> None:
         super().__init__(scope, id)
         self.vpc = vpc
@@ -131,49 +132,12 @@ class DeployTimeNetwork(Construct):
         self.endpoints: list[ec2.IVpcEndpoint] = [
             c for c in vpc.node.find_all() if isinstance(c, ec2.VpcEndpoint)
         ]
-        lookup_group = ec2.SecurityGroup(
-            self,
-            "LookupSecurityGroup",
-            vpc=vpc,
-            allow_all_outbound=False,
-            description="cdk-trn S3 prefix-list lookup: HTTPS to the VPC endpoints and S3",
-        )
-        lookup_group.add_egress_rule(
-            ec2.Peer.any_ipv4(),
-            https,
-            "HTTPS: the EC2 endpoint, and S3 by the prefix list this function looks up",
-        )
-        self.lookup = DeployTimeProvider(
-            self,
-            "S3PrefixListLookup",
-            purpose="S3 prefix-list lookup",
-            subpackage="deploy_time",
-            handler_module="cdk_trn_runtime.deploy_time.prefix_list",
-            statements=[
-                iam.PolicyStatement(
-                    sid="FindTheS3PrefixList",
-                    actions=["ec2:DescribeManagedPrefixLists"],
-                    resources=["*"],
-                )
-            ],
-            encryption_key=encryption_key,
-            vpc=vpc,
-            subnet=subnet,
-            security_group=lookup_group,
-            handler_timeout=cdk.Duration.minutes(2),
-            wildcard_reason="ec2:DescribeManagedPrefixLists supports no resource-level "
-            "permission (Resource '*'); the call is read-only.",
-            wildcard_resources=["*"],
-        )
-        lookup = self.lookup.custom_resource(
-            self,
-            "S3PrefixList",
-            resource_type="Custom::CdkTrnS3PrefixList",
-            properties={},
-            service_timeout=cdk.Duration.minutes(10),
-        )
+        if s3_prefix_list_id is None:
+            s3_prefix_list_id = S3PrefixListLookup(
+                self, "Lookup", vpc=vpc, subnet=subnet, encryption_key=encryption_key
+            ).prefix_list_id
         #: The region's S3 managed prefix list (``pl-...``), a deploy-time value.
-        self.s3_prefix_list_id = lookup.get_att_string("PrefixListId")
+        self.s3_prefix_list_id = s3_prefix_list_id
 
         #: The security group of every other deploy-time function in ``subnet``.
         self.security_group = ec2.SecurityGroup(
@@ -208,7 +172,81 @@ class DeployTimeNetwork(Construct):
         found = stack.node.try_find_child(id)
         if isinstance(found, DeployTimeNetwork):
             return found
-        return cls(stack, id, vpc=vpc, subnet=subnet, encryption_key=encryption_key)
+        # The construct that made the VPC (``TrainingNetwork``) may know the prefix list already:
+        # one lookup for the app instead of one per stack.
+        known = getattr(vpc.node.scope, "s3_prefix_list_id", None)
+        return cls(
+            stack,
+            id,
+            vpc=vpc,
+            subnet=subnet,
+            encryption_key=encryption_key,
+            s3_prefix_list_id=known if isinstance(known, str) else None,
+        )
+
+
+class S3PrefixListLookup(Construct):
+    """The region's S3 managed prefix list id, found at deploy time.
+
+    The id has no CloudFormation attribute, so a deploy-time function (one
+    :class:`DeployTimeProvider`) looks it up. That function cannot name the list it looks up, so
+    its security group allows HTTPS to any IPv4 address: in an isolated subnet the only routes
+    are the VPC (its endpoints) and the S3 gateway endpoint.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        vpc: ec2.IVpc,
+        subnet: ec2.ISubnet,
+        encryption_key: kms.IKey,
+    ) -> None:
+        super().__init__(scope, id)
+        group = ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=vpc,
+            allow_all_outbound=False,
+            description="cdk-trn S3 prefix-list lookup: HTTPS to the VPC endpoints and S3",
+        )
+        group.add_egress_rule(
+            ec2.Peer.any_ipv4(),
+            ec2.Port.tcp(443),
+            "HTTPS: the EC2 endpoint, and S3 by the prefix list this function looks up",
+        )
+        provider = DeployTimeProvider(
+            self,
+            "Provider",
+            purpose="S3 prefix-list lookup",
+            subpackage="deploy_time",
+            handler_module="cdk_trn_runtime.deploy_time.prefix_list",
+            statements=[
+                iam.PolicyStatement(
+                    sid="FindTheS3PrefixList",
+                    actions=["ec2:DescribeManagedPrefixLists"],
+                    resources=["*"],
+                )
+            ],
+            encryption_key=encryption_key,
+            vpc=vpc,
+            subnet=subnet,
+            security_group=group,
+            handler_timeout=cdk.Duration.minutes(2),
+            wildcard_reason="ec2:DescribeManagedPrefixLists supports no resource-level "
+            "permission (Resource '*'); the call is read-only.",
+            wildcard_resources=["*"],
+        )
+        lookup = provider.custom_resource(
+            self,
+            "S3PrefixList",
+            resource_type="Custom::CdkTrnS3PrefixList",
+            properties={},
+            service_timeout=cdk.Duration.minutes(10),
+        )
+        #: The region's S3 managed prefix list (``pl-...``), a deploy-time value.
+        self.prefix_list_id = lookup.get_att_string("PrefixListId")
 
 
 def _cidr_of(vpc: ec2.IVpc) -> str | None:

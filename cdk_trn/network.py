@@ -21,6 +21,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from cdk_trn._provider import S3PrefixListLookup
 from cdk_trn._resources import ManagedPolicyRole, allow_cloudwatch_logs, log_retention_period
 from cdk_trn.compliance import acknowledge_regulated, drop_implied_depends_on, silence_cfn_lint
 from cdk_trn.errors import CdkTrnError, invalid
@@ -150,6 +151,8 @@ class TrainingNetwork(Construct):
         #: The flow log's delivery role (its grants in a customer-managed policy), when this
         #: construct created the VPC.
         self.flow_log_role: ManagedPolicyRole | None = None
+        self._key: kms.IKey | None = None
+        self._s3_prefix_list_id: str | None = None
         self.vpc: ec2.IVpc
         self.subnet: ec2.ISubnet
         if existing_vpc is not None and existing_subnet is not None:
@@ -259,6 +262,23 @@ class TrainingNetwork(Construct):
                 "existing_subnet", subnet.subnet_id, f"a subnet in availability_zone {az}"
             )
 
+    @property
+    def s3_prefix_list_id(self) -> str | None:
+        """The region's S3 managed prefix list id (a deploy-time value) when this construct
+        created the VPC, else ``None``.
+
+        Found once, on first use, by a deploy-time function in the node subnet of this stack;
+        the deploy-time functions of every stack in this VPC (preflight, acceptance run, enclave
+        image build) name it in their HTTPS egress to S3 instead of looking it up again.
+        """
+        if self._key is None:
+            return None
+        if self._s3_prefix_list_id is None:
+            self._s3_prefix_list_id = S3PrefixListLookup(
+                self, "S3PrefixList", vpc=self.vpc, subnet=self.subnet, encryption_key=self._key
+            ).prefix_list_id
+        return self._s3_prefix_list_id
+
     # --- resources ----------------------------------------------------------------------------
 
     def _new_vpc(
@@ -297,7 +317,7 @@ class TrainingNetwork(Construct):
         s3_endpoint = vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
         self._limit_s3_endpoint(s3_endpoint, extra_s3_read_buckets)
         self.endpoints.append(s3_endpoint)
-        key = encryption_key or self._flow_log_key()
+        key = self._key = encryption_key or self._flow_log_key()
         log_group = logs.LogGroup(
             self,
             "FlowLogs",

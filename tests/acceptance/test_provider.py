@@ -86,7 +86,7 @@ def test_one_function_per_custom_resource_and_no_state_machine(single):
     # The custom resource's function, and the stack's S3 prefix-list lookup.
     assert set(functions) == {
         logical(stack, provider.function),
-        *(k for k in functions if "S3PrefixListLookup" in k),
+        *(k for k in functions if "S3PrefixList" in k),
     }
     assert len(functions) == 2
     assert of_type(template, "AWS::StepFunctions::StateMachine") == {}
