@@ -162,7 +162,9 @@ class EnclaveKeyVault(Construct):
         CloudFormation and an S3 gateway endpoint (no internet path is needed).
     :param clients: who may call the vault (objects with ``connections`` and ``role``, such as
         ``TrainiumCluster``); their security groups get the service port, their roles are the
-        identities the parent server accepts.
+        identities the parent server accepts. A client with ``vault_url_parameter`` (a
+        ``TrainiumCluster``: ``/cdk-trn/<cluster name>/vault-url``, which its nodes may read)
+        gets the vault's URL published there; the others share one under the vault's path.
     :param image: the enclave image (``EnclaveImage.from_measurements`` or ``from_directory``).
     :param instance_type: enclave-capable host type from ``cdk_trn.catalog.ENCLAVE_HOST_SPECS``.
         Default: ``m7i.xlarge`` (4 vCPUs: 2 for the enclave, 2 for the parent).
