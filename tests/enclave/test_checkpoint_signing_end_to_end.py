@@ -1,30 +1,35 @@
 """End to end on loopback: ``python -m cdk_trn_runtime.train`` commits checkpoints, its hook has
 the vault (parent server -> enclave signer -> KMS test double, the node role checked through the
 STS test double) sign each one, and ``provenance verify`` with the attested key and the expected
-run id and step accepts the newest and refuses an older one in its place."""
+run id and step accepts the newest and refuses an older one in its place. With the vault
+unreachable the run still commits loadable checkpoints, and the next run signs them."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from enclave_doubles import IMAGE_PCR0
 from enclave_harness import KEY_ID, NODE_KEY, REPO_ROOT
 
 from cdk_trn_runtime.provenance.cli import main
 from cdk_trn_runtime.train import checkpoint
 
+pytestmark = pytest.mark.slow  # trains on XLA CPU
 
-def _train(tmp_path: Path, vault_url: str) -> subprocess.CompletedProcess[str]:
+
+def _train(tmp_path: Path, vault_url: str, steps: int = 4) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ["PATH"],
         "PYTHONPATH": str(REPO_ROOT),
         "PJRT_DEVICE": "CPU",
-        "TRAIN_STEPS": "4",
+        "TRAIN_STEPS": str(steps),
         "CHECKPOINT_EVERY": "2",
         "CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
         "CDK_TRN_SLURM_ENV": str(tmp_path / "no-node.env"),
@@ -103,3 +108,34 @@ def test_training_checkpoints_are_signed_by_the_hook_and_verify(
     out = capsys.readouterr().out
     assert "SIGNATURE valid" in out and "MISMATCH step: manifest says 2, expected 4" in out
     assert json.loads(manifest.read_text())["manifest"]["step"] == 2
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there any more
+
+
+def test_an_unreachable_vault_leaves_loadable_checkpoints_that_the_next_run_signs(
+    trust_test_root, vault, tmp_path, capsys
+):
+    first = _train(tmp_path, _closed_port_url(), steps=2)
+    assert first.returncode == 0, first.stderr
+    checkpoints = tmp_path / "checkpoints"
+    assert checkpoint.latest(checkpoints) == checkpoints / "step-00000002"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000002"]
+    assert "WARNING" in first.stderr and "committed but not signed" in first.stderr
+
+    # The vault is back: the next run resumes from the unsigned checkpoint (it loads) and signs
+    # it at its own first checkpoint, together with that one.
+    second = _train(tmp_path, vault.url, steps=4)
+    assert second.returncode == 0, second.stderr
+    assert f"train: resumed step=2 from={checkpoints / 'step-00000002'}" in second.stdout
+    for step in (2, 4):
+        directory = checkpoints / f"step-{step:08d}"
+        capsys.readouterr()
+        code = _verify(
+            vault.url, checkpoint.manifest_path(directory), directory, "--step", str(step)
+        )
+        assert code == 0, capsys.readouterr().out

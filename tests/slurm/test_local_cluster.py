@@ -157,6 +157,9 @@ def _submit_training(cluster: Cluster, steps: int, checkpoints: Path) -> str:
         "TRAIN_STEPS": str(steps),
         "CHECKPOINT_EVERY": "2",
         "CHECKPOINT_DIR": str(checkpoints),
+        # Not the port the job id picks: another local cluster on this host (the other test
+        # module's, under xdist, or another checkout's) numbers its jobs alike.
+        "TRAIN_MASTER_PORT": str(local._free_ports(1)[0]),
     }
     result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900, cwd="/")
     job = result.stdout.strip().split(";")[0]
