@@ -38,7 +38,12 @@ from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
 from cdk_trn.machine_image import NeuronMachineImage
 from cdk_trn.preflight import Preflight
 from cdk_trn.security import EfaSecurityGroup, signalling_instance_role
-from cdk_trn_runtime.contract import CLUSTER_TAG, METRICS_NAMESPACE_NODE, RENDEZVOUS_PORTS
+from cdk_trn_runtime.contract import (
+    CLUSTER_TAG,
+    METRICS_NAMESPACE_NODE,
+    RENDEZVOUS_PORTS,
+    vault_url_parameter,
+)
 
 MAX_NODES = 1024
 _CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}$")
@@ -177,6 +182,7 @@ class TrainiumCluster(Construct):
         self._security_group = EfaSecurityGroup(self, "SecurityGroup", vpc=network.vpc)
         self._connections = ec2.Connections(security_groups=[self._security_group])
         self._role = self._node_role()
+        self._allow_vault_discovery()
         profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
 
         self._events_topic = sns.Topic(
@@ -376,6 +382,25 @@ class TrainiumCluster(Construct):
             self, "NodeRole", description=f"Trainium training nodes of {self.node.path}"
         )
 
+    def _allow_vault_discovery(self) -> None:
+        """Let the nodes read the URL of an enclave vault that serves this cluster, and nothing
+        else of SSM's parameters: ``ssm:GetParameter`` on the one parameter whose name the
+        contract derives from the cluster's name (:attr:`vault_url_parameter`).
+
+        Granted here by that name, not by the vault: an ``EnclaveKeyVault`` is deployed after the
+        cluster (in the default app, a stack that depends on this one), so a grant referring to
+        the vault's resources would make this stack depend on that one, a cycle. Both sides
+        compute the same name instead and neither refers to the other. Without a vault the read
+        answers ParameterNotFound, which the signing hook takes as "no vault"
+        (``cdk_trn_runtime.provenance.signing``)."""
+        self.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ReadEnclaveVaultUrl",
+                actions=["ssm:GetParameter"],
+                resources=[self.vault_url_parameter_arn],
+            )
+        )
+
     def _user_data(self) -> str:
         fs = self.file_system
         slurm = self.slurm
@@ -457,6 +482,20 @@ class TrainiumCluster(Construct):
     def cluster_name(self) -> str:
         """The name tagged on every resource (``cdk-trn:cluster``)."""
         return self._cluster_name
+
+    @property
+    def vault_url_parameter(self) -> str:
+        """The SSM parameter a vault serving this cluster publishes its URL in; the nodes may
+        read it (``contract.vault_url_parameter``)."""
+        return vault_url_parameter(self.cluster_name)
+
+    @property
+    def vault_url_parameter_arn(self) -> str:
+        return cdk.Stack.of(self).format_arn(
+            service="ssm",
+            resource="parameter",
+            resource_name=self.vault_url_parameter.lstrip("/"),
+        )
 
     @property
     def network(self) -> ITrainingNetwork:

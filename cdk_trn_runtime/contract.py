@@ -12,6 +12,36 @@ CLUSTER_TAG = "cdk-trn:cluster"
 #: Tag on the enclave vault's hosts (value: the vault's path), so nodes can find them.
 VAULT_DISCOVERY_TAG = "cdk-trn:enclave-vault"
 
+# --- Signed checkpoints: where nodes find the enclave vault, what auditors read -------------------
+
+#: SSM parameter (String) holding the URL of the enclave vault that serves a cluster,
+#: ``http://<vault host private IP>:<port>``: created by the vault stack, written by each vault
+#: host when it starts, readable by that cluster's node role alone. Its name derives from the
+#: cluster's name only, so the cluster stack grants it without referring to the vault stack.
+VAULT_URL_PARAMETER_FORMAT = "/cdk-trn/{cluster}/vault-url"
+#: The parameter's value until a vault host has published its address (not a URL).
+VAULT_URL_PENDING = "pending: no vault host has published its address yet"
+
+
+def vault_url_parameter(cluster_name: str) -> str:
+    """The name of the SSM parameter holding the vault URL of the cluster ``cluster_name``."""
+    return VAULT_URL_PARAMETER_FORMAT.format(cluster=cluster_name)
+
+
+#: Environment of training jobs: the vault URL (overrides the SSM parameter), the run id signed
+#: into each manifest (default: the Slurm job id) and the cluster's name (default: the node
+#: environment file's, written by the node bootstrap).
+ENV_VAULT_URL = "CDK_TRN_VAULT_URL"
+ENV_RUN_ID = "CDK_TRN_RUN_ID"
+ENV_CLUSTER = "CDK_TRN_CLUSTER"
+
+#: Vault stack outputs an auditor (``cdk-trn vault-key`` / ``cdk-trn verify``) reads.
+OUTPUT_VAULT_IMAGE_PCR0 = "VaultImagePcr0"  # PCR0 (SHA-384) of the enclave image
+OUTPUT_VAULT_KEY_ARN = "VaultKeyArn"  # the KMS key the enclave's signing key comes from
+OUTPUT_VAULT_URL_PARAMETER = "VaultUrlParameter"  # the SSM parameter above
+#: Cluster stack output: the cluster's name, signed into every manifest as ``cluster``.
+OUTPUT_CLUSTER_NAME = "ClusterName"
+
 #: Figures of an acceptance run: the suite reports them (``cdk_trn_runtime.suite.summary``), the
 #: handler derives ``gemm_bf16_tflops_per_chip`` and returns them, the construct exports them.
 #: name -> (unit, description).

@@ -12,6 +12,7 @@ from cdk_trn.machine_image import NeuronMachineImage
 from cdk_trn.observability import ClusterDashboard
 from cdk_trn.scheduler import SlurmScheduler
 from cdk_trn_runtime.contract import (
+    OUTPUT_CLUSTER_NAME,
     OUTPUT_CONTROLLER_GROUP,
     OUTPUT_JOB_USER,
     OUTPUT_NODE_GROUP,
@@ -96,6 +97,13 @@ class ClusterStack(cdk.Stack):
             value=self.cluster.auto_scaling_group.ref,
             description="Auto Scaling group of the nodes",
         )
+        # Signed into every checkpoint manifest as its cluster; `cdk-trn verify` expects it.
+        cdk.CfnOutput(
+            self,
+            OUTPUT_CLUSTER_NAME,
+            value=self.cluster.cluster_name,
+            description="the cluster's name (tag cdk-trn:cluster, signed checkpoints' cluster)",
+        ).override_logical_id(OUTPUT_CLUSTER_NAME)
 
     def _scheduler_outputs(self, scheduler: SlurmScheduler) -> None:
         """The outputs the ``cdk-trn`` command finds the cluster by (contract keys)."""

@@ -25,8 +25,19 @@ from cdk_trn.errors import invalid
 
 #: The bundled container's Dockerfile, relative to its build context (:data:`RUNTIME_ROOT`).
 BUNDLED_DOCKERFILE = "cdk_trn_runtime/container/Dockerfile"
-#: The subpackages of cdk_trn_runtime the bundled container ships.
-BUNDLED_SUBPACKAGES = ("container", "suite", "slurm", "train", "monitoring")
+#: The subpackages of cdk_trn_runtime the bundled container ships: the suite, the Slurm and
+#: training tooling, and the checkpoint signer (``provenance`` with the vault's node-side client in
+#: ``vault``; its ``cryptography`` and ``botocore`` come with the base image). Not ``enclave``:
+#: verifying attestations happens off the cluster, by whoever audits it.
+BUNDLED_SUBPACKAGES = (
+    "container",
+    "suite",
+    "slurm",
+    "train",
+    "monitoring",
+    "provenance",
+    "vault",
+)
 #: Files in an image directory that never belong in the build context (or the asset hash).
 ASSET_EXCLUDES = (
     "**/__pycache__",

@@ -5,8 +5,9 @@ whose PCR0, and PCR8 for signed images, match the image; an explicit Deny for ev
 the attestation is absent, and on grants and re-encryption always), the enclave hosts (an Auto
 Scaling group of enclave-capable instances with ``EnclaveOptions``, IMDSv2, no public IP, encrypted
 root volume), their role, security group and boot script (``host_bootstrap.sh``), the state
-bucket that keeps the signing key's ciphertext, and the SSM parameter name under which the host
-publishes the manifest-signing public key.
+bucket that keeps the signing key's ciphertext, the SSM parameter name under which the host
+publishes the manifest-signing public key, and the SSM parameters in which the hosts publish their
+URL for the client clusters' nodes (``contract.vault_url_parameter``).
 
 The enclave hosts run beside the Trainium nodes, not on them: enclaves cannot reach Trainium or
 EFA, and Trn1/Trn1n cannot host enclaves (see FACTS.md "Nitro Enclaves"). Policy facts: AWS KMS
@@ -32,6 +33,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from cdk_trn._provider import DeployTimeNetwork
@@ -53,7 +55,7 @@ from cdk_trn.compliance import (
 )
 from cdk_trn.enclave.image import BoundEnclaveImage, EnclaveImage
 from cdk_trn.errors import invalid
-from cdk_trn_runtime.contract import VAULT_DISCOVERY_TAG
+from cdk_trn_runtime.contract import VAULT_DISCOVERY_TAG, VAULT_URL_PENDING
 
 BOOTSTRAP_SCRIPT = runtime_file("vault", "host_bootstrap.sh")
 
@@ -150,7 +152,9 @@ class EnclaveKeyVault(Construct):
         CloudFormation and an S3 gateway endpoint (no internet path is needed).
     :param clients: who may call the vault (objects with ``connections`` and ``role``, such as
         ``TrainiumCluster``); their security groups get the service port, their roles are the
-        identities the parent server accepts.
+        identities the parent server accepts. A client with ``vault_url_parameter`` (a
+        ``TrainiumCluster``: ``/cdk-trn/<cluster name>/vault-url``, which its nodes may read)
+        gets the vault's URL published there; the others share one under the vault's path.
     :param image: the enclave image (``EnclaveImage.from_measurements`` or ``from_directory``).
     :param instance_type: enclave-capable host type from ``cdk_trn.catalog.ENCLAVE_HOST_SPECS``.
         Default: ``m7i.xlarge`` (4 vCPUs: 2 for the enclave, 2 for the parent).
@@ -292,6 +296,16 @@ class EnclaveKeyVault(Construct):
             ignore_mode=cdk.IgnoreMode.GIT,
             exclude=runtime_excludes("vault", "enclave"),
         )
+        #: Where the hosts publish their URL: per client cluster, the parameter that cluster's
+        #: nodes may read (``TrainiumCluster.vault_url_parameter``).
+        self.url_parameter_names = sorted(
+            {
+                name
+                for client in clients
+                if isinstance(name := getattr(client, "vault_url_parameter", None), str)
+            }
+        ) or [f"/cdk-trn/enclave/{cdk.Names.unique_id(self)}/vault-url"]
+        self.url_parameters = self._url_parameters(self.url_parameter_names)
         self._grant_host_access(stack)
 
         user_data = ec2.UserData.for_linux()
@@ -333,6 +347,9 @@ class EnclaveKeyVault(Construct):
             # signalled a running enclave; the old ones keep serving until then.
             update_policy=autoscaling.UpdatePolicy.replacing_update(),
         )
+        # A host overwrites the parameters CloudFormation created; it must not create them first.
+        for parameter in self.url_parameters:
+            self.auto_scaling_group.node.add_dependency(parameter)
         discovery_value = cdk.Names.unique_id(self)
         cdk.Tags.of(self.auto_scaling_group).add(DISCOVERY_TAG_KEY, discovery_value)
         acknowledge(
@@ -480,6 +497,24 @@ class EnclaveKeyVault(Construct):
                 "which this single-region stack cannot create; the state is versioned and retained",
             )
         return state
+
+    def _url_parameters(self, names: Sequence[str]) -> list[ssm.StringParameter]:
+        """One String parameter per client cluster (clients without ``vault_url_parameter``
+        share one under this vault's own path). CloudFormation creates each with a placeholder
+        and deletes it with the vault; each host writes ``http://<its private IP>:<port>`` when
+        it has started, so the parameter names the host that started last (all hosts sign with
+        the one stored key). Its properties never change, so an update never resets it."""
+        return [
+            ssm.StringParameter(
+                self,
+                "UrlParameter" if index == 0 else f"UrlParameter{index + 1}",
+                parameter_name=name,
+                string_value=VAULT_URL_PENDING,
+                description="URL of the cdk-trn enclave vault (written by its hosts at start)",
+                tier=ssm.ParameterTier.STANDARD,
+            )
+            for index, name in enumerate(names)
+        ]
 
     def _policy_change_statements(self) -> list[iam.PolicyStatement]:
         """PutKeyPolicy for the deployment and break-glass roles only, denied to all others."""
@@ -672,6 +707,11 @@ class EnclaveKeyVault(Construct):
             iam.PolicyStatement(
                 actions=["cloudformation:SignalResource"], resources=[cdk.Aws.STACK_ID]
             ),
+            iam.PolicyStatement(
+                sid="PublishVaultUrl",
+                actions=["ssm:PutParameter"],
+                resources=[self._parameter_arn(name) for name in self.url_parameter_names],
+            ),
         ]
         eif_key = image.eif.bucket.encryption_key
         if eif_key is not None and eif_key is not self.storage_key:
@@ -690,11 +730,11 @@ class EnclaveKeyVault(Construct):
         for statement in statements:
             self.host_role.add_to_principal_policy(statement)
 
-    def _parameter_arn(self) -> str:
+    def _parameter_arn(self, name: str | None = None) -> str:
         return cdk.Stack.of(self).format_arn(
             service="ssm",
             resource="parameter",
-            resource_name=self.public_key_parameter.lstrip("/"),
+            resource_name=(name or self.public_key_parameter).lstrip("/"),
         )
 
     def grant_read_public_key(self, grantee: iam.IGrantable) -> iam.Grant:
@@ -729,6 +769,7 @@ class EnclaveKeyVault(Construct):
             "STATE_BUCKET": self.state_bucket.bucket_name,
             "KEY_STATE_OBJECT": KEY_STATE_OBJECT,
             "PUBLIC_KEY_PARAMETER": self.public_key_parameter,
+            "URL_PARAMETERS": " ".join(self.url_parameter_names),
         }
         script = BOOTSTRAP_SCRIPT.read_text().split("\n", 1)[1]  # without its shebang
         user_data.add_commands(

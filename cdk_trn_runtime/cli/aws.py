@@ -144,13 +144,19 @@ def find_controller(aws: Aws, stack: str) -> Controller:
 
 def controller_instance(aws: Aws, group: str) -> str:
     """The InService instance of the controller's Auto Scaling group (a group of one)."""
+    return in_service_instance(aws, group, what="controller")
+
+
+def in_service_instance(aws: Aws, group: str, *, what: str) -> str:
+    """An InService instance of ``group`` (healthy first, then by id); ``what`` names it in
+    errors."""
     try:
         response = aws.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])
     except ClientError as error:
         raise CliError(f"cannot read Auto Scaling group {group}: {_message(error)}") from None
     groups = response.get("AutoScalingGroups", [])
     if not groups:
-        raise CliError(f"the controller's Auto Scaling group {group} does not exist")
+        raise CliError(f"the {what}'s Auto Scaling group {group} does not exist")
     instances = groups[0].get("Instances", [])
     in_service = sorted(
         (i for i in instances if i.get("LifecycleState") == "InService"),
@@ -159,7 +165,7 @@ def controller_instance(aws: Aws, group: str) -> str:
     if not in_service:
         seen = ", ".join(f"{i['InstanceId']} {i.get('LifecycleState')}" for i in instances)
         raise CliError(
-            f"no InService controller in Auto Scaling group {group} "
+            f"no InService {what} in Auto Scaling group {group} "
             f"({seen or 'no instances'}): it may be starting or being replaced; see "
             f"aws autoscaling describe-scaling-activities --auto-scaling-group-name {group}"
         )

@@ -1,4 +1,5 @@
-"""``cdk-trn``: submit and watch Slurm jobs on a deployed cdk-trn cluster, through SSM only."""
+"""``cdk-trn``: submit and watch Slurm jobs on a deployed cdk-trn cluster, through SSM only;
+check its signed checkpoints with what its stacks publish (``vault-key``, ``verify``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, NoCredentialsError
 
 from cdk_trn_runtime.cli import remote
+from cdk_trn_runtime.cli import vault as vault_commands
 from cdk_trn_runtime.cli.aws import (
     Aws,
     CliError,
@@ -121,6 +123,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="node states, drain reasons and running jobs",
         description="sinfo -N with states and reasons, then the running jobs.",
     )
+
+    vault_key = commands.add_parser(
+        "vault-key",
+        parents=[common],
+        help="the enclave vault's attested public key (PEM), checked against the stack outputs",
+        description=(
+            "Ask the vault for an attestation over a fresh nonce (relayed by a cluster node "
+            "unless --vault-url) and print its public key only if the document chains to the "
+            "AWS Nitro root, carries the nonce, the vault stack's VaultImagePcr0 and VaultKeyArn "
+            "and this key; otherwise exit 1 naming the failed check."
+        ),
+    )
+    vault_commands.add_arguments(vault_key)
+    verify = commands.add_parser(
+        "verify",
+        parents=[common],
+        help="verify a signed checkpoint with the attested vault key and the stack outputs",
+        description=(
+            "Verify CHECKPOINT (a directory) against its signed manifest (default: "
+            "CHECKPOINT.manifest.json beside it) with the vault's attested key (as vault-key), "
+            "expecting the cluster stack's ClusterName and the step CHECKPOINT's name ends with; "
+            "exit 1 on any tampered, missing or extra file or identity mismatch."
+        ),
+    )
+    verify.add_argument("checkpoint", type=Path, help="the checkpoint directory, e.g. step-1000")
+    verify.add_argument("--manifest", type=Path, default=None, help="the signed manifest")
+    verify.add_argument("--run-id", default=None, help="fail unless the manifest names this run")
+    verify.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="fail unless it is this step (default: the number CHECKPOINT's name ends with)",
+    )
+    verify.add_argument(
+        "--path", default=None, help="fail unless it was signed at this path on the cluster"
+    )
+    vault_commands.add_arguments(verify)
     return parser
 
 
@@ -313,6 +352,10 @@ def main(
             return cmd_logs(aws, args)
         if args.command == "status":
             return cmd_status(aws, args)
+        if args.command == "vault-key":
+            return vault_commands.cmd_vault_key(aws, args)
+        if args.command == "verify":
+            return vault_commands.cmd_verify(aws, args)
         return cmd_shell(aws, args, which=which, run_interactive=run_interactive)
     except CliError as error:
         print(f"cdk-trn: error: {error}", file=sys.stderr)

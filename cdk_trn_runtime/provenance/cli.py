@@ -4,7 +4,8 @@
   [--vault URL | --private-key PEM] [--output FILE]``:
   builds the manifest, has the enclave vault sign its SHA-384 (the node proves its IAM role with a
   presigned ``sts:GetCallerIdentity``), checks the returned signature, writes the signed manifest
-  (default ``DIR.manifest.json`` beside the directory).
+  atomically (default ``DIR.manifest.json`` beside the directory). Without ``--vault`` on a node,
+  the vault is found as the training hook finds it (``provenance.signing.VaultLocator``).
 - ``verify MANIFEST DIR --public-key KEY [--run-id ID] [--cluster NAME] [--step N] [--path P]``:
   offline; prints the signed identity and every tampered, missing and extra file and every
   identity field that differs from the expected one, and exits 1 on any problem.
@@ -22,19 +23,16 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import json
 import os
-import re
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from cdk_trn_runtime.provenance.manifest import (
     ManifestError,
@@ -42,14 +40,26 @@ from cdk_trn_runtime.provenance.manifest import (
     load_public_key,
     manifest_digest,
     sign_with_private_key,
-    signed_manifest,
     verify_signed_manifest,
+)
+from cdk_trn_runtime.provenance.signing import (
+    SigningError,
+    VaultLocator,
+    checked_vault_signature,
+    manifest_path_for,
+    step_from_name,
+    write_signed_manifest,
 )
 
 if TYPE_CHECKING:
     from cdk_trn_runtime.enclave.vault_attestation import VaultAttestation
 
-__all__ = ["main"]
+__all__ = ["AttestationFetcher", "main"]
+
+#: Gets the vault's ``/v1/attestation`` answer for a nonce; the default asks the vault directly
+#: (``VaultClient(url).attestation``). ``cdk-trn`` relays it through a cluster node instead: the
+#: answer is checked here either way, so the path it took is not trusted.
+AttestationFetcher = Callable[[str, bytes], dict[str, Any]]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--vault",
         default=os.environ.get("CDK_TRN_VAULT_URL"),
-        help="vault URL, e.g. http://10.0.1.5:8443 (default: $CDK_TRN_VAULT_URL)",
+        help="vault URL, e.g. http://10.0.1.5:8443 (default: $CDK_TRN_VAULT_URL, else the "
+        "cluster's vault URL parameter, read with the node role)",
     )
     source.add_argument(
         "--private-key",
@@ -155,11 +166,6 @@ def _env_int(name: str) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def _step_from_name(directory: Path) -> int | None:
-    match = re.search(r"(\d+)$", directory.resolve().name)
-    return int(match.group(1)) if match else None
-
-
 def _fail(message: str, code: int = 1) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -167,14 +173,22 @@ def _fail(message: str, code: int = 1) -> int:
 
 def _sign(args: argparse.Namespace) -> int:
     directory: Path = args.directory
-    output: Path = args.output or directory.resolve().with_name(
-        directory.resolve().name + ".manifest.json"
-    )
+    output: Path = args.output or manifest_path_for(directory)
     if not args.cluster:
         return _fail("--cluster is required (or set CDK_TRN_CLUSTER)", 2)
     if not args.vault and not args.private_key:
-        return _fail("give --vault URL (or CDK_TRN_VAULT_URL) or --private-key PEM", 2)
-    step = args.step if args.step is not None else _step_from_name(directory)
+        locator = VaultLocator.from_environment(os.environ)
+        try:
+            args.vault = locator.find() if locator else None
+        except SigningError as exc:
+            return _fail(str(exc))
+        if not args.vault:
+            return _fail(
+                "give --vault URL (or CDK_TRN_VAULT_URL) or --private-key PEM; no vault was "
+                + (f"found ({locator.describe()} does not exist)" if locator else "configured"),
+                2,
+            )
+    step = args.step if args.step is not None else step_from_name(directory)
     if step is None:
         return _fail(
             f"give --step (or CDK_TRN_STEP): {directory.name!r} does not end with a step number",
@@ -206,11 +220,11 @@ def _sign(args: argparse.Namespace) -> int:
             reply = VaultClient(args.vault).sign_digest(manifest_digest(manifest))
         except VaultError as exc:
             return _fail(f"the vault did not sign: {exc}")
-        checked = _checked_vault_signature(manifest, reply, args.expect_key_sha256)
-        if isinstance(checked, str):
-            return _fail(checked)
-        signed = checked
-    output.write_text(json.dumps(signed, indent=2, sort_keys=True) + "\n")
+        try:
+            signed = checked_vault_signature(manifest, reply, args.expect_key_sha256)
+        except SigningError as exc:
+            return _fail(str(exc))
+    write_signed_manifest(output, signed)
     print(
         f"signed {len(manifest['files'])} files of run {manifest['run_id']} on "
         f"{manifest['cluster']}, step {manifest['step']} at {manifest['checkpoint_path']} "
@@ -219,29 +233,21 @@ def _sign(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checked_vault_signature(
-    manifest: dict[str, Any], reply: dict[str, Any], expected_key: str | None
-) -> dict[str, Any] | str:
-    try:
-        public_der = base64.b64decode(reply["public_key"], validate=True)
-        signature = base64.b64decode(reply["signature"], validate=True)
-        key = load_public_key(public_der)
-        key.verify(signature, manifest_digest(manifest), ec.ECDSA(Prehashed(hashes.SHA384())))
-    except (KeyError, ValueError, TypeError, ManifestError, InvalidSignature) as exc:
-        return f"the vault's answer does not hold a valid signature: {type(exc).__name__} {exc}"
-    key_sha256 = hashlib.sha256(public_der).hexdigest()
-    if expected_key and key_sha256 != expected_key.lower():
-        return f"the vault signed with key {key_sha256}, expected {expected_key}"
-    return signed_manifest(manifest, signature, public_der)
+def _fetch_directly(url: str, nonce: bytes) -> dict[str, Any]:
+    from cdk_trn_runtime.vault.client import VaultClient  # noqa: PLC0415
+
+    return VaultClient(url).attestation(nonce)
 
 
-def _attested_key(args: argparse.Namespace) -> VaultAttestation | int:
+def _attested_key(
+    args: argparse.Namespace, fetch: AttestationFetcher = _fetch_directly
+) -> VaultAttestation | int:
     """Fetch the vault's attestation with a fresh nonce and check it; an exit code on failure."""
     from cdk_trn_runtime.enclave.vault_attestation import (  # noqa: PLC0415
         VaultAttestationError,
         verify_vault_attestation,
     )
-    from cdk_trn_runtime.vault.client import VaultClient, VaultError  # noqa: PLC0415
+    from cdk_trn_runtime.vault.client import VaultError  # noqa: PLC0415
 
     if not args.vault:
         return _fail("give --vault URL (or CDK_TRN_VAULT_URL)", 2)
@@ -259,7 +265,7 @@ def _attested_key(args: argparse.Namespace) -> VaultAttestation | int:
             return _fail(f"--pcr{index} must be 96 hex digits (SHA-384)", 2)
     nonce = secrets.token_bytes(32)
     try:
-        answer = VaultClient(args.vault).attestation(nonce)
+        answer = fetch(args.vault, nonce)
         document = base64.b64decode(answer["attestation_document"], validate=True)
         public_der = base64.b64decode(answer["public_key"], validate=True)
     except VaultError as exc:
@@ -293,9 +299,9 @@ def _attested_key(args: argparse.Namespace) -> VaultAttestation | int:
     return attested
 
 
-def _verify(args: argparse.Namespace) -> int:
+def _verify(args: argparse.Namespace, fetch: AttestationFetcher = _fetch_directly) -> int:
     if args.vault:
-        attested = _attested_key(args)
+        attested = _attested_key(args, fetch)
         if isinstance(attested, int):
             return attested
         public_key = load_public_key(attested.public_key_der)
@@ -335,8 +341,8 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _public_key(args: argparse.Namespace) -> int:
-    attested = _attested_key(args)
+def _public_key(args: argparse.Namespace, fetch: AttestationFetcher = _fetch_directly) -> int:
+    attested = _attested_key(args, fetch)
     if isinstance(attested, int):
         return attested
     key = load_public_key(attested.public_key_der)
@@ -348,7 +354,15 @@ def _public_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None, *, fetch_attestation: AttestationFetcher | None = None
+) -> int:
+    """Run the command line; ``fetch_attestation`` replaces how the vault's attestation answer
+    is obtained (``cdk-trn`` relays it), never how it is checked."""
     args = _parser().parse_args(argv)
-    handlers = {"sign": _sign, "verify": _verify, "public-key": _public_key}
-    return handlers[args.command](args)
+    fetch = fetch_attestation or _fetch_directly
+    if args.command == "sign":
+        return _sign(args)
+    if args.command == "verify":
+        return _verify(args, fetch)
+    return _public_key(args, fetch)

@@ -7,6 +7,14 @@ gloo on host tensors with several XLA CPU processes). Rank 0 checkpoints every
 ``CHECKPOINT_EVERY`` steps and at the end, crash-safely (``checkpoint.py``); every rank resumes
 from ``latest`` when present.
 
+Right after each commit, rank 0 has the cluster's enclave vault sign the checkpoint and writes
+``step-<N>.manifest.json`` beside it (``cdk_trn_runtime.provenance.signing``): on by itself where
+the cluster has a vault (its URL parameter exists) or ``CDK_TRN_VAULT_URL`` is set; the run id
+signed is ``CDK_TRN_RUN_ID``, else the Slurm job id. Signing happens before the other ranks go
+on (they wait at the checkpoint's barrier) and costs one read of the checkpoint. A failure to sign
+is logged and never fails the run or touches the checkpoint; the next checkpoint signs what is
+still unsigned.
+
 Environment: ``TRAIN_STEPS`` (total steps, default 20), ``CHECKPOINT_DIR`` (default
 ``$CDK_TRN_SHARED_ROOT/checkpoints/train``, or ``./checkpoints/train`` without a shared root),
 ``CHECKPOINT_EVERY`` (default 5), ``TRAIN_STEP_SLEEP`` (seconds every rank waits after each step,
@@ -31,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from cdk_trn_runtime import contract
+from cdk_trn_runtime.provenance.signing import CheckpointSigner
 from cdk_trn_runtime.train import checkpoint
 
 
@@ -120,7 +129,9 @@ def main() -> int:
     if resumed_from is not None:
         # Tensors and plain containers only: a checkpoint on the shared file system is never
         # unpickled as code.
-        state = torch.load(resumed_from, map_location="cpu", weights_only=True)
+        state = torch.load(
+            checkpoint.state_file(resumed_from), map_location="cpu", weights_only=True
+        )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
@@ -131,6 +142,7 @@ def main() -> int:
     parameters = [p for p in model.parameters() if p.requires_grad]
     losses: list[Any] = []
     last_saved: Path | None = resumed_from
+    signer = CheckpointSigner.from_environment(os.environ) if rank == 0 else None
 
     def save(step: int) -> Path | None:
         values = previous_losses + [float(v) for v in losses]
@@ -149,6 +161,9 @@ def main() -> int:
             path = checkpoint.save(
                 run.checkpoint_dir, step, lambda handle: handle.write(buffer.getvalue())
             )
+            # Committed: ``latest`` names it whatever happens to the signature.
+            if signer is not None:
+                signer.after_commit(path, checkpoint.checkpoints(run.checkpoint_dir))
         collectives.barrier()  # nobody runs ahead of (or exits before) a checkpoint
         return path
 

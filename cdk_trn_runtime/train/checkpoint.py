@@ -1,28 +1,54 @@
-"""Crash-safe checkpoint files: a crash at any instant never leaves a ``latest`` that cannot be
+"""Crash-safe checkpoints: a crash at any instant never leaves a ``latest`` that cannot be
 loaded.
 
-A checkpoint is written to a temporary file in its final directory, flushed and fsynced, then
-renamed into place (``os.replace`` is atomic within a file system) and the directory fsynced.
-Only then does ``latest`` (a one-line file naming the checkpoint) move, by the same
-write-fsync-rename. Readers follow ``latest``; older checkpoints beyond ``keep`` are removed
-after the pointer moved. Standard library only.
+A checkpoint is a directory, ``step-<8 digits>/``, so that it can hold any number of files
+(``state.pt`` here; one shard per rank in sharded formats) and a signed manifest can list them
+(``cdk_trn_runtime.provenance``; the manifest sits beside it as ``step-<8 digits>.manifest.json``).
+It is filled in a temporary directory beside its final place, every file and the directory are
+fsynced, then the directory is renamed into place (``rename`` is atomic within a file system) and
+the parent fsynced. Only then does ``latest`` (a one-line file naming the checkpoint) move, by a
+write-fsync-rename of its own: that rename is the commit. Readers follow ``latest``; checkpoints
+beyond ``keep`` (and their manifests) are removed after the pointer moved. Standard library only.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 LATEST = "latest"
-_NAME = re.compile(r"^step-(\d{8})\.pt$")
+#: The file :func:`save` writes into a checkpoint directory.
+STATE_FILE = "state.pt"
+#: What a signed manifest beside a checkpoint is called (``provenance sign``'s default too).
+MANIFEST_SUFFIX = ".manifest.json"
+_NAME = re.compile(r"^step-(\d{8})$")
+#: Checkpoints of earlier versions were single files; ``latest`` may still name one.
+_FILE_NAME = re.compile(r"^step-(\d{8})\.pt$")
 
 
 def checkpoint_name(step: int) -> str:
-    return f"step-{step:08d}.pt"
+    return f"step-{step:08d}"
+
+
+def step_of(path: Path) -> int | None:
+    """The step a checkpoint path names, or None when it is not a checkpoint's name."""
+    match = _NAME.match(path.name) or _FILE_NAME.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def manifest_path(checkpoint: Path) -> Path:
+    """Where the signed manifest of ``checkpoint`` lives: beside it, never inside it."""
+    return checkpoint.with_name(checkpoint.name + MANIFEST_SUFFIX)
+
+
+def state_file(checkpoint: Path) -> Path:
+    """The file :func:`save` wrote in ``checkpoint`` (the file itself for old single files)."""
+    return checkpoint if checkpoint.is_file() else checkpoint / STATE_FILE
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -31,6 +57,17 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for directory, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_directory(Path(directory))
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -49,29 +86,68 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def latest(directory: Path) -> Path | None:
-    """The checkpoint ``latest`` names, when the pointer and the file exist."""
+    """The checkpoint ``latest`` names, when the pointer and the checkpoint exist."""
     try:
         name = (directory / LATEST).read_text().strip()
     except FileNotFoundError:
         return None
-    if not _NAME.match(name):
-        raise ValueError(f"{directory / LATEST} names {name!r}, not a checkpoint file")
+    if not (_NAME.match(name) or _FILE_NAME.match(name)):
+        raise ValueError(f"{directory / LATEST} names {name!r}, not a checkpoint")
     path = directory / name
-    if not path.is_file():
+    if not (path.is_dir() if _NAME.match(name) else path.is_file()):
         raise FileNotFoundError(f"{directory / LATEST} names {name}, which does not exist")
     return path
 
 
-def save(directory: Path, step: int, write: Callable[[BinaryIO], object], keep: int = 2) -> Path:
-    """Write the checkpoint of ``step``, then point ``latest`` at it; keep the newest ``keep``."""
+def checkpoints(directory: Path) -> list[Path]:
+    """The checkpoint directories under ``directory``, oldest step first."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if _NAME.match(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def save_directory(
+    directory: Path, step: int, fill: Callable[[Path], object], keep: int = 2
+) -> Path:
+    """Commit the checkpoint of ``step``: ``fill`` writes its files into the (temporary)
+    directory it is given; then it moves into place and ``latest`` points at it. Keeps the
+    newest ``keep`` checkpoints. Returns the committed checkpoint directory."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / checkpoint_name(step)
-    write_atomic(path, write)
-    write_atomic(directory / LATEST, lambda handle: handle.write(f"{path.name}\n".encode()))
-    steps = sorted(int(m.group(1)) for f in directory.iterdir() if (m := _NAME.match(f.name)))
-    for old in steps[:-keep]:
-        if old != step:
-            (directory / checkpoint_name(old)).unlink(missing_ok=True)
-    return path
+    final = directory / checkpoint_name(step)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory))
+    try:
+        fill(staging)
+        _fsync_tree(staging)
+        if final.exists():
+            # The same step again (a run restarted from an older checkpoint): the old copy and
+            # its manifest go; ``latest`` never names it here, as a resumed run saves later steps.
+            if latest(directory) == final:
+                raise FileExistsError(f"{final} is the latest checkpoint; it is not overwritten")
+            manifest_path(final).unlink(missing_ok=True)
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=directory))
+            os.replace(final, old / final.name)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_directory(directory)
+    write_atomic(directory / LATEST, lambda handle: handle.write(f"{final.name}\n".encode()))
+    for old_checkpoint in checkpoints(directory)[:-keep]:
+        if old_checkpoint != final:
+            manifest_path(old_checkpoint).unlink(missing_ok=True)
+            shutil.rmtree(old_checkpoint, ignore_errors=True)
+    return final
+
+
+def save(directory: Path, step: int, write: Callable[[BinaryIO], object], keep: int = 2) -> Path:
+    """Commit a checkpoint of one file, ``state.pt``, holding what ``write`` writes."""
+
+    def fill(staging: Path) -> None:
+        with (staging / STATE_FILE).open("wb") as handle:
+            write(handle)
+
+    return save_directory(directory, step, fill, keep)

@@ -5,7 +5,7 @@
 #
 # Order: packages -> enclave allocator -> vsock-proxy (KMS only) -> EIF fetched and its PCR0
 # checked -> enclave started in production mode -> parent server (key state from/to S3) -> public
-# key published to SSM -> cfn-signal. Success is signalled only once the enclave is RUNNING without
+# key and this host's URL published to SSM -> cfn-signal. Success is signalled only once the enclave is RUNNING without
 # debug flags and the parent server listens; any failing command signals failure at once, so the
 # deploy rolls back instead of waiting for the timeout.
 #
@@ -18,7 +18,7 @@ set -euo pipefail
 : "${EXPECTED_PCR0:?}" "${PACKAGE_BUCKET:?}" "${PACKAGE_KEY:?}" "${ENCLAVE_CPU_COUNT:?}"
 : "${ENCLAVE_MEMORY_MIB:?}" "${ENCLAVE_CID:?}" "${KMS_PROXY_PORT:?}" "${SERVICE_PORT:?}"
 : "${KMS_KEY_ARN:?}" "${ALLOWED_ROLE_ARNS:?}" "${STATE_BUCKET:?}" "${KEY_STATE_OBJECT:?}"
-: "${PUBLIC_KEY_PARAMETER:?}"
+: "${PUBLIC_KEY_PARAMETER:?}" "${URL_PARAMETERS:?}"
 
 exec > >(tee -a /var/log/cdk-trn-vault-bootstrap.log) 2>&1
 ROOT=/opt/cdk-trn
@@ -232,4 +232,15 @@ EOF
 aws ssm put-parameter --name "$PUBLIC_KEY_PARAMETER" --type String --overwrite \
   --value "file://$ROOT/manifest-public-key.pem" --region "$AWS_REGION" >/dev/null
 
-signal 0 "enclave running (PCR0 ${EXPECTED_PCR0}); parent server listening on ${SERVICE_PORT}"
+# --- publish this host's URL where the clusters' nodes look (contract.vault_url_parameter) ---
+# The nodes' signing hook reads it at every checkpoint, so a replacement host takes over here.
+imds=http://169.254.169.254/latest
+token=$(curl -sf -X PUT "$imds/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 60")
+address=$(curl -sf -H "X-aws-ec2-metadata-token: $token" "$imds/meta-data/local-ipv4")
+[[ $address =~ ^[0-9]+(\.[0-9]+){3}$ ]] || fail "no private IPv4 address from IMDS: '$address'"
+for name in $URL_PARAMETERS; do
+  retry aws ssm put-parameter --name "$name" --type String --overwrite \
+    --value "http://${address}:${SERVICE_PORT}" --region "$AWS_REGION" >/dev/null
+done
+
+signal 0 "enclave running (PCR0 ${EXPECTED_PCR0}); parent server on http://${address}:${SERVICE_PORT}"

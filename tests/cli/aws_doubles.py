@@ -99,14 +99,14 @@ class StubbedAws:
             expected_params={"StackName": stack},
         )
 
-    def group(self, instances: list[tuple[str, str]] | None = None) -> None:
+    def group(self, instances: list[tuple[str, str]] | None = None, name: str = GROUP) -> None:
         members = [(INSTANCE, "InService")] if instances is None else instances
         self.autoscaling.add_response(
             "describe_auto_scaling_groups",
             {
                 "AutoScalingGroups": [
                     {
-                        "AutoScalingGroupName": GROUP,
+                        "AutoScalingGroupName": name,
                         "MinSize": 1,
                         "MaxSize": 1,
                         "DesiredCapacity": 1,
@@ -127,7 +127,7 @@ class StubbedAws:
                     }
                 ]
             },
-            {"AutoScalingGroupNames": [GROUP]},
+            {"AutoScalingGroupNames": [name]},
         )
 
     def cluster(self) -> None:

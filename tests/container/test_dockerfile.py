@@ -103,3 +103,73 @@ def test_image_ships_the_slurm_subpackage():
     from cdk_trn.acceptance.image import BUNDLED_SUBPACKAGES
 
     assert "slurm" in BUNDLED_SUBPACKAGES
+
+
+# --- the checkpoint signer in the image ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_context(tmp_path_factory) -> list[str]:
+    """The files of the bundled image's build context, as ``cdk synth`` stages them."""
+    import aws_cdk as cdk
+
+    from cdk_trn.acceptance.image import NeuronTrainingImage
+
+    out = tmp_path_factory.mktemp("cdk-out")
+    app = cdk.App(outdir=str(out))
+    stack = cdk.Stack(app, "Image")
+    bound = NeuronTrainingImage.bundled().bind(stack)
+    assert bound.asset is not None
+    app.synth()
+    staged = out / f"asset.{bound.asset.asset_hash}"
+    return sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
+
+
+def test_image_carries_the_checkpoint_signer_and_not_the_enclave(image_context):
+    for module in (
+        "cdk_trn_runtime/provenance/signing.py",
+        "cdk_trn_runtime/provenance/manifest.py",
+        "cdk_trn_runtime/provenance/cli.py",
+        "cdk_trn_runtime/vault/client.py",
+        "cdk_trn_runtime/vault/protocol.py",
+        "cdk_trn_runtime/train/checkpoint.py",
+        "cdk_trn_runtime/container/Dockerfile",
+    ):
+        assert module in image_context
+    assert not [f for f in image_context if f.startswith("cdk_trn_runtime/enclave/")]
+    assert not [f for f in image_context if f.startswith("cdk_trn/") or "__pycache__" in f]
+
+
+def test_image_build_fails_unless_the_signer_imports(dockerfile):
+    runs = [args for kw, args in dockerfile if kw == "RUN"]
+    (check,) = [r for r in runs if "python -c" in r]
+    for module in (
+        "cdk_trn_runtime.provenance.signing",
+        "cdk_trn_runtime.vault.client",
+        "botocore.auth",
+    ):
+        assert module in check
+
+
+def test_signer_and_training_import_only_bundled_subpackages_and_no_cbor2():
+    """What the training entry point pulls in must be in the image: nothing from enclave/ (and so
+    no cbor2, which the base image need not have)."""
+    import subprocess
+    import sys
+
+    from cdk_trn.acceptance.image import BUNDLED_SUBPACKAGES
+
+    probe = (
+        "import sys; sys.modules['cbor2'] = None\n"
+        "import cdk_trn_runtime.train.__main__, cdk_trn_runtime.provenance.signing\n"
+        "import cdk_trn_runtime.provenance.cli, cdk_trn_runtime.vault.client\n"
+        "print(' '.join(sorted({m.split('.')[1] for m in sys.modules\n"
+        "    if m.startswith('cdk_trn_runtime.')})))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    used = set(result.stdout.split()) - {"contract"}
+    assert used <= set(BUNDLED_SUBPACKAGES), used
+    assert {"provenance", "vault", "train"} <= used

@@ -8,6 +8,7 @@ import pytest
 from aws_cdk import assertions
 
 from cdk_trn.enclave.vault import EnclaveKeyVault
+from cdk_trn_runtime.contract import VAULT_URL_PENDING
 from tests.cfn import lint_findings
 from tests.enclave_constructs.vault_stacks import REGION, prebuilt_image
 from tests.foundation.stacks_for_tests import cluster_stack
@@ -58,3 +59,72 @@ def test_cluster_node_role_is_the_identity_the_parent_server_accepts(cluster_and
 
 def test_cluster_with_vault_has_no_cfn_lint_error_or_warning(cluster_and_vault):
     assert lint_findings(cluster_and_vault[3], REGION) == []
+
+
+def test_vault_creates_the_clusters_url_parameter_and_its_hosts_alone_write_it(cluster_and_vault):
+    stack, cluster, vault, template = cluster_and_vault
+    parameters = {
+        k: r["Properties"]
+        for k, r in template["Resources"].items()
+        if r["Type"] == "AWS::SSM::Parameter"
+        and r["Properties"]["Name"] == cluster.vault_url_parameter
+    }
+    ((parameter_id, parameter),) = parameters.items()
+    assert parameter["Type"] == "String" and parameter["Value"] == VAULT_URL_PENDING
+    writes = [
+        st
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::IAM::Policy"
+        for st in r["Properties"]["PolicyDocument"]["Statement"]
+        if "ssm:PutParameter" in json.dumps(st["Action"])
+        and cluster.vault_url_parameter.lstrip("/") in json.dumps(st["Resource"])
+    ]
+    assert [w["Sid"] for w in writes] == ["PublishVaultUrl"]
+    host_role = stack.get_logical_id(vault.host_role.node.default_child)
+    (write_policy,) = [
+        r
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::IAM::Policy"
+        and "PublishVaultUrl" in json.dumps(r["Properties"]["PolicyDocument"])
+    ]
+    assert write_policy["Properties"]["Roles"] == [{"Ref": host_role}]
+    # The hosts start only once the parameter exists (a host must not create it first).
+    hosts = stack.get_logical_id(vault.auto_scaling_group.node.default_child)
+    assert parameter_id in template["Resources"][hosts]["DependsOn"]
+    (launch_template,) = [
+        r
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::EC2::LaunchTemplate"
+        and r["Properties"]["LaunchTemplateData"].get("EnclaveOptions")
+    ]
+    user_data = json.dumps(launch_template["Properties"]["LaunchTemplateData"]["UserData"])
+    assert f"URL_PARAMETERS='{cluster.vault_url_parameter}'" in user_data
+
+
+def test_a_client_without_a_cluster_name_gets_a_parameter_under_the_vaults_path():
+    import aws_cdk as cdk
+    from aws_cdk import aws_ec2 as ec2
+    from aws_cdk import aws_iam as iam
+
+    stack = cdk.Stack(cdk.App(), "Plain", env=cdk.Environment(region=REGION))
+    vpc = ec2.Vpc(stack, "Vpc", max_azs=1)
+    group = ec2.SecurityGroup(stack, "Clients", vpc=vpc)
+    role = iam.Role(stack, "ClientRole", assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"))
+
+    class PlainClient:
+        connections = ec2.Connections(security_groups=[group])
+
+    PlainClient.role = role  # type: ignore[attr-defined]
+    vault = EnclaveKeyVault(
+        stack,
+        "Vault",
+        vpc=vpc,
+        subnet=vpc.private_subnets[0],
+        clients=[PlainClient()],
+        image=prebuilt_image(stack),
+    )
+    assert vault.url_parameter_names[0].startswith("/cdk-trn/enclave/")
+    template = assertions.Template.from_stack(stack)
+    template.has_resource_properties(
+        "AWS::SSM::Parameter", {"Name": vault.url_parameter_names[0], "Type": "String"}
+    )

@@ -2,11 +2,11 @@
 
 Each case runs the rendered user data with bash in a private mount namespace whose /etc, /opt and
 /var are overlays on a temporary directory, so the script writes its files exactly where it would
-on a host while the machine stays untouched. dnf, systemctl, nitro-cli, aws, ss and cfn-signal are
-test doubles (``host_command_doubles/``: shell scripts that record every call and emulate the
-behaviour each case needs); useradd, install, chown and unzip are the real ones, python is this
-interpreter without site processing, and the host package is the real asset zip, so the parent
-module's import from that package runs for real.
+on a host while the machine stays untouched. dnf, systemctl, nitro-cli, aws, ss, curl (IMDS) and
+cfn-signal are test doubles (``host_command_doubles/``: shell scripts that record every call and
+emulate the behaviour each case needs); useradd, install, chown and unzip are the real ones,
+python is this interpreter without site processing, and the host package is the real asset zip,
+so the parent module's import from that package runs for real.
 What cannot run here: the enclave, the allocator, vsock-proxy and KMS (no Nitro hypervisor).
 """
 
@@ -143,6 +143,11 @@ class Host:
         return [c for c in self.calls if c.startswith("cfn-signal ")]
 
     @property
+    def published_urls(self) -> list[str]:
+        path = self.work / "published-urls"
+        return path.read_text().splitlines() if path.exists() else []
+
+    @property
     def published_key(self) -> str | None:
         path = self.work / "published.pem"
         return path.read_text() if path.exists() else None
@@ -177,6 +182,7 @@ def _boot(tmp_path: Path, synthesized, *, s3_state: str | None = None, **env: st
         "CALLS": str(tmp_path / "calls"),
         "FAKE_S3": str(fake_s3),
         "PUBLISHED_KEY": str(tmp_path / "published.pem"),
+        "PUBLISHED_URLS": str(tmp_path / "published-urls"),
         "PARENT_NEW_STATE": new_state,
         "EIF_PCR0": PCR0,
         "ENCLAVE_STATE": "RUNNING",
@@ -350,3 +356,23 @@ def test_parent_unit_command_line_is_accepted_by_the_parent_server(
     assert args.listen == "0.0.0.0:8443" and args.enclave_cid == 16
     assert args.region == "us-east-2" and args.state == "/var/lib/cdk-trn/signing-key.json"
     assert len(args.allowed_role_arn) == 1
+
+
+def test_host_publishes_its_url_in_the_clusters_parameter_before_signalling(tmp_path, synthesized):
+    host = _boot(tmp_path, synthesized, HOST_ADDRESS="10.0.7.21")
+    assert host.result.returncode == 0, host.result.stdout[-3000:]
+    names = synthesized[0].vault.url_parameter_names
+    assert host.published_urls == [f"{name}=http://10.0.7.21:8443" for name in names]
+    # IMDSv2: a session token first, then the address with it.
+    curls = [c for c in host.calls if c.startswith("curl ")]
+    assert len(curls) == 2 and "-X PUT" in curls[0] and "local-ipv4" in curls[1]
+    publish = next(i for i, c in enumerate(host.calls) if "http://10.0.7.21:8443" in c)
+    assert publish < host.calls.index(host.signals[0])
+    assert "parent server on http://10.0.7.21:8443" in host.signals[0]
+
+
+def test_host_without_a_private_address_signals_failure_and_publishes_no_url(tmp_path, synthesized):
+    host = _boot(tmp_path, synthesized, HOST_ADDRESS="")
+    assert host.result.returncode == 1
+    assert host.published_urls == []
+    assert len(host.signals) == 1 and "no private IPv4 address from IMDS" in host.signals[0]

@@ -357,7 +357,10 @@ def test_public_key_parameter_is_a_valid_ssm_name_the_host_may_write(template, b
     writes = [
         s for s in _host_policy_statements(template, built) if "ssm:PutParameter" in s["Action"]
     ]
-    assert len(writes) == 1 and f"parameter{name}" in json.dumps(writes[0]["Resource"])
+    # Its own statement, and the vault URL parameters' (test_cluster_client.py).
+    assert [s["Sid"] for s in writes] == ["PublishManifestSigningPublicKey", "PublishVaultUrl"]
+    assert f"parameter{name}" in json.dumps(writes[0]["Resource"])
+    assert "manifest-public-key" not in json.dumps(writes[1]["Resource"])
 
 
 def test_vault_exposes_connections_port_and_endpoint(built):

@@ -1,5 +1,7 @@
 """The default app (app.py + stacks/): compliant, lint-clean, stateful parts retained."""
 
+import json
+
 import aws_cdk as cdk
 import pytest
 
@@ -95,3 +97,40 @@ def test_vault_lives_apart_from_the_nodes_it_serves(default_app):
 
 def _paths(stack):
     return [c.node.path for c in stack.node.find_all()]
+
+
+def test_vault_publishes_its_url_where_the_cluster_lets_its_nodes_read_without_a_reference(
+    default_app,
+):
+    default, _, assembly = default_app
+    cluster_template = template(assembly, default.cluster_stack)
+    vault_template = template(assembly, default.vault_stack)
+    name = f"/cdk-trn/{default.cluster.cluster_name}/vault-url"
+    (parameter,) = [
+        r["Properties"]
+        for r in vault_template["Resources"].values()
+        if r["Type"] == "AWS::SSM::Parameter" and r["Properties"]["Name"] == name
+    ]
+    assert parameter["Type"] == "String"
+    reads = [
+        st
+        for r in cluster_template["Resources"].values()
+        if r["Type"] == "AWS::IAM::Policy"
+        for st in r["Properties"]["PolicyDocument"]["Statement"]
+        if st.get("Sid") == "ReadEnclaveVaultUrl"
+    ]
+    assert len(reads) == 1
+    assert json.dumps(reads[0]["Resource"]).endswith(f':parameter{name}"]]}}')
+    # The cluster stack names the vault's parameter without referring to the vault stack.
+    assert default.vault_stack.stack_name not in json.dumps(cluster_template)
+    assert default.vault_stack not in default.cluster_stack.dependencies
+    outputs = vault_template["Outputs"]
+    assert outputs["VaultUrlParameter"]["Value"] == {
+        "Ref": next(
+            k
+            for k, r in vault_template["Resources"].items()
+            if r["Type"] == "AWS::SSM::Parameter" and r["Properties"]["Name"] == name
+        )
+    }
+    assert {"VaultImagePcr0", "VaultKeyArn"} <= set(outputs)
+    assert cluster_template["Outputs"]["ClusterName"]["Value"] == default.cluster.cluster_name

@@ -67,3 +67,25 @@ def test_signal_resource_is_limited_to_the_nodes_own_stack():
     ]
     assert signals
     assert all(st["Resource"] == {"Ref": "AWS::StackId"} for st in signals)
+
+
+def test_nodes_may_read_their_clusters_vault_url_parameter_and_no_other():
+    stack, cluster = cluster_stack("trn2.48xlarge")
+    template = Template.from_stack(stack).to_json()
+    (read,) = [st for st in _statements(template) if st.get("Sid") == "ReadEnclaveVaultUrl"]
+    assert _actions(read) == ["ssm:GetParameter"]
+    assert cluster.vault_url_parameter == f"/cdk-trn/{cluster.cluster_name}/vault-url"
+    arn = stack.resolve(read["Resource"])
+    assert arn == {
+        "Fn::Join": [
+            "",
+            [
+                "arn:",
+                {"Ref": "AWS::Partition"},
+                f":ssm:{stack.region}:",
+                {"Ref": "AWS::AccountId"},
+                f":parameter/cdk-trn/{cluster.cluster_name}/vault-url",
+            ],
+        ]
+    }
+    assert "*" not in json.dumps(arn)

@@ -106,7 +106,7 @@ def test_job_on_a_failed_node_is_requeued_and_resumes_after_up_replaces_the_node
     assert len(resumed) == 1, text
     step, path = int(resumed[0][0]), Path(resumed[0][1])
     assert step > 0 and step % CHECKPOINT_EVERY == 0
-    assert step >= int(first.name[len("step-") : -len(".pt")])
+    assert step >= int(first.name[len("step-") :])
     assert path == checkpoints / checkpoint.checkpoint_name(step)
     done = [line for line in text.splitlines() if line.startswith("train: done ")]
     assert done == [line for line in done if line.startswith(f"train: done step={STEPS} ")]

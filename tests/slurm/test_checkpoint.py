@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints: ``latest`` only ever names a complete file."""
+"""Crash-safe checkpoints: ``latest`` only ever names a complete checkpoint directory."""
 
 from __future__ import annotations
 
@@ -10,11 +10,28 @@ import pytest
 from cdk_trn_runtime.train import checkpoint
 
 
-def test_save_writes_the_file_then_points_latest_at_it(tmp_path: Path):
+def test_save_writes_the_directory_then_points_latest_at_it(tmp_path: Path):
     path = checkpoint.save(tmp_path, 5, lambda f: f.write(b"five"))
-    assert path == tmp_path / "step-00000005.pt"
+    assert path == tmp_path / "step-00000005"
     assert checkpoint.latest(tmp_path) == path
-    assert path.read_bytes() == b"five"
+    assert (tmp_path / "latest").read_text() == "step-00000005\n"
+    assert sorted(p.name for p in path.iterdir()) == ["state.pt"]
+    assert checkpoint.state_file(path).read_bytes() == b"five"
+
+
+def test_a_checkpoint_of_several_files_is_committed_whole(tmp_path: Path):
+    def fill(staging: Path) -> None:
+        (staging / "shards").mkdir()
+        for rank in range(3):
+            (staging / "shards" / f"rank-{rank}.pt").write_bytes(bytes([rank]) * 10)
+
+    path = checkpoint.save_directory(tmp_path, 7, fill)
+    assert checkpoint.latest(tmp_path) == path
+    assert sorted(p.name for p in (path / "shards").iterdir()) == [
+        "rank-0.pt",
+        "rank-1.pt",
+        "rank-2.pt",
+    ]
 
 
 def test_no_latest_before_the_first_checkpoint(tmp_path: Path):
@@ -31,22 +48,52 @@ def test_a_crash_while_writing_leaves_the_previous_latest_and_no_temp_file(tmp_p
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save(tmp_path, 10, crash)
     assert checkpoint.latest(tmp_path) == good
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000005.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000005"]
 
 
-def test_only_the_newest_checkpoints_are_kept(tmp_path: Path):
+def test_only_the_newest_checkpoints_and_their_manifests_are_kept(tmp_path: Path):
     for step in (2, 4, 6):
-        checkpoint.save(tmp_path, step, lambda f: f.write(b"x"), keep=2)
+        path = checkpoint.save(tmp_path, step, lambda f: f.write(b"x"), keep=2)
+        checkpoint.manifest_path(path).write_text("{}")
     assert sorted(p.name for p in tmp_path.glob("step-*")) == [
-        "step-00000004.pt",
-        "step-00000006.pt",
+        "step-00000004",
+        "step-00000004.manifest.json",
+        "step-00000006",
+        "step-00000006.manifest.json",
     ]
 
 
-def test_latest_naming_a_missing_file_is_an_error(tmp_path: Path):
-    (tmp_path / "latest").write_text("step-00000009.pt\n")
+def test_saving_a_step_again_replaces_it_and_drops_its_stale_manifest(tmp_path: Path):
+    checkpoint.save(tmp_path, 2, lambda f: f.write(b"first"))
+    again = checkpoint.save(tmp_path, 4, lambda f: f.write(b"four"))
+    (tmp_path / "step-00000002.manifest.json").write_text("{}")
+    (tmp_path / "latest").write_text("step-00000002\n")  # a run resumed from step 2
+    path = checkpoint.save(tmp_path, 4, lambda f: f.write(b"four again"))
+    assert path == again
+    assert checkpoint.state_file(path).read_bytes() == b"four again"
+    assert not checkpoint.manifest_path(path).exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_the_latest_checkpoint_is_never_overwritten(tmp_path: Path):
+    checkpoint.save(tmp_path, 4, lambda f: f.write(b"four"))
+    with pytest.raises(FileExistsError, match="latest checkpoint"):
+        checkpoint.save(tmp_path, 4, lambda f: f.write(b"other"))
+    assert checkpoint.state_file(tmp_path / "step-00000004").read_bytes() == b"four"
+
+
+def test_latest_naming_a_missing_checkpoint_is_an_error(tmp_path: Path):
+    (tmp_path / "latest").write_text("step-00000009\n")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         checkpoint.latest(tmp_path)
+
+
+def test_latest_may_name_a_single_file_checkpoint_of_earlier_versions(tmp_path: Path):
+    (tmp_path / "step-00000003.pt").write_bytes(b"old")
+    (tmp_path / "latest").write_text("step-00000003.pt\n")
+    path = checkpoint.latest(tmp_path)
+    assert path == tmp_path / "step-00000003.pt"
+    assert checkpoint.state_file(path).read_bytes() == b"old"
 
 
 def test_settings_refuse_bad_steps():

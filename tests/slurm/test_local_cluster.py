@@ -69,15 +69,15 @@ def test_training_job_trains_across_both_nodes_checkpoints_and_resumes(cluster):
     done = _done(first)
     assert done.group(1) == "2"
     assert float(done.group(3)) < float(done.group(2)), done.group(0)
-    assert Path(done.group(4)) == checkpoints / "step-00000002.pt"
-    assert Path(done.group(4)).is_file()
-    assert (checkpoints / "latest").read_text() == "step-00000002.pt\n"
+    assert Path(done.group(4)) == checkpoints / "step-00000002"
+    assert (Path(done.group(4)) / "state.pt").is_file()
+    assert (checkpoints / "latest").read_text() == "step-00000002\n"
 
     second = _submit_training(cluster, steps=4, checkpoints=checkpoints)
-    assert f"train: resumed step=2 from={checkpoints / 'step-00000002.pt'}" in second
+    assert f"train: resumed step=2 from={checkpoints / 'step-00000002'}" in second
     resumed = _done(second)
     assert resumed.group(1) == "4"
-    assert (checkpoints / "latest").read_text() == "step-00000004.pt\n"
+    assert (checkpoints / "latest").read_text() == "step-00000004\n"
 
 
 def test_missing_neuron_device_drains_the_node_and_jobs_go_to_the_other(cluster):
