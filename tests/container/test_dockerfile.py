@@ -173,3 +173,17 @@ def test_signer_and_training_import_only_bundled_subpackages_and_no_cbor2():
     used = set(result.stdout.split()) - {"contract"}
     assert used <= set(BUNDLED_SUBPACKAGES), used
     assert {"provenance", "vault", "train"} <= used
+
+
+def test_build_fails_without_the_tools_the_node_scripts_call_in_the_containers(dockerfile):
+    # node_checks.sh (aws autoscaling set-instance-health) and node_metrics.sh (neuron-monitor,
+    # aws cloudwatch put-metric-data) run inside the Slurm containers of this image.
+    scripts = Path(__file__).resolve().parents[2] / "cdk_trn_runtime"
+    assert (
+        "aws autoscaling set-instance-health"
+        in (scripts / "slurm" / "scripts" / "node_checks.sh").read_text()
+    )
+    assert "neuron-monitor" in (scripts / "monitoring" / "node_metrics.sh").read_text()
+    runs = " ".join(" ".join(args.split()) for kw, args in dockerfile if kw == "RUN")
+    assert "aws --version" in runs
+    assert "command -v neuron-monitor" in runs
