@@ -414,10 +414,12 @@ class DeployTimeProvider(Construct):
         if resources and not reason:
             raise invalid("wildcard_reason", reason, "a reason for the wildcard_resources")
         own = (
-            "ec2:DescribeNetworkInterfaces supports no resource-level permission (Resource "
-            "'*'); the network interfaces Lambda manages for the function are created in its "
-            "subnet with its security group only and get their ids at run time "
-            "(network-interface/*, limited to the subnet by the ec2:Subnet condition)."
+            "ec2:DescribeNetworkInterfaces and ec2:DescribeSubnets support no resource-level "
+            "permission (Resource '*'); the network interfaces Lambda creates for the function "
+            "are limited to its subnet and security group, and get their ids at run time "
+            "(network-interface/*); deleting or re-addressing them is granted on every interface "
+            "id, the form the Lambda developer guide requires for DeleteNetworkInterface so the "
+            "function keeps its VPC access."
         )
         shares_star = "*" in resources
         acknowledge_wildcards(
@@ -513,30 +515,43 @@ class DeployTimeProvider(Construct):
             properties=dict(properties),
         )
         resource.node.add_dependency(*self.policies)
+        # CloudFormation's first request must already run under retry_attempts=0 and the
+        # maximum event age: with Lambda's defaults (2 retries) a timed-out invocation would
+        # start the work twice.
+        invoke_config = self.function.node.try_find_child("EventInvokeConfig")
+        if invoke_config is not None:
+            resource.node.add_dependency(invoke_config)
         for endpoint in self.endpoints:
             resource.node.add_dependency(endpoint)
         return resource
 
 
 def network_interface_arns(stack: cdk.Stack) -> str:
+    """Every network interface of the account in the stack's region."""
     return stack.format_arn(service="ec2", resource="network-interface", resource_name="*")
 
 
 def network_interface_statements(
     stack: cdk.Stack, vpc: ec2.IVpc, subnet: ec2.ISubnet, group: ec2.ISecurityGroup
 ) -> list[iam.PolicyStatement]:
-    """What Lambda needs of the function's role to connect it to ``subnet`` (Lambda developer
-    guide, "Giving Lambda functions access to resources in an Amazon VPC": the actions of
-    AWSLambdaVPCAccessExecutionRole besides logs), scoped to that subnet and group.
-    DescribeNetworkInterfaces works only on ``*`` (same page)."""
+    """What Lambda needs of the function's role to connect it to ``subnet``: the actions of
+    AWSLambdaVPCAccessExecutionRole (v3) besides logs.
+
+    Creating an interface is scoped to ``subnet`` and ``group`` (the three resource types
+    CreateNetworkInterface authorizes). The Lambda developer guide ("Giving Lambda functions
+    access to resources in an Amazon VPC") warns that a function may lose its VPC access unless
+    ``ec2:DeleteNetworkInterface`` is granted on a specific interface id or on all resource ids
+    (its example: ``arn:aws:ec2:<region>:<account>:*/*``). Delete, Assign and Unassign act on
+    network interfaces only, so ``network-interface/*`` is that same grant, with no condition key
+    Lambda's own permission check might not evaluate. ``ec2:DescribeNetworkInterfaces`` works
+    only on ``*`` (same page)."""
     subnet_arn = stack.format_arn(service="ec2", resource="subnet", resource_name=subnet.subnet_id)
-    interfaces = network_interface_arns(stack)
     return [
         iam.PolicyStatement(
             sid="CreateNetworkInterfacesInTheSubnet",
             actions=["ec2:CreateNetworkInterface"],
             resources=[
-                interfaces,
+                network_interface_arns(stack),
                 subnet_arn,
                 stack.format_arn(
                     service="ec2", resource="security-group", resource_name=group.security_group_id
@@ -544,18 +559,17 @@ def network_interface_statements(
             ],
         ),
         iam.PolicyStatement(
-            sid="ManageNetworkInterfacesInTheSubnet",
+            sid="ManageTheFunctionsNetworkInterfaces",
             actions=[
                 "ec2:DeleteNetworkInterface",
                 "ec2:AssignPrivateIpAddresses",
                 "ec2:UnassignPrivateIpAddresses",
             ],
-            resources=[interfaces],
-            conditions={"ArnEquals": {"ec2:Subnet": subnet_arn}},
+            resources=[network_interface_arns(stack)],
         ),
         iam.PolicyStatement(
-            sid="DescribeNetworkInterfaces",
-            actions=["ec2:DescribeNetworkInterfaces"],
+            sid="DescribeNetworkInterfacesAndSubnets",
+            actions=["ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"],
             resources=["*"],
         ),
     ]

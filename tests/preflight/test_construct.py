@@ -104,6 +104,7 @@ def test_the_policy_reads_only_offerings_quotas_and_reservations(on_demand):
         "ec2:DescribeCapacityReservations",
         "ec2:DescribeInstanceTypeOfferings",
         "ec2:DescribeNetworkInterfaces",
+        "ec2:DescribeSubnets",
         "ec2:UnassignPrivateIpAddresses",
         "kms:Decrypt",
         "kms:GenerateDataKey",
