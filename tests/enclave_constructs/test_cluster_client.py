@@ -74,7 +74,7 @@ def test_vault_creates_the_clusters_url_parameter_and_its_hosts_alone_write_it(c
     writes = [
         st
         for r in template["Resources"].values()
-        if r["Type"] == "AWS::IAM::Policy"
+        if r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
         for st in r["Properties"]["PolicyDocument"]["Statement"]
         if "ssm:PutParameter" in json.dumps(st["Action"])
         and cluster.vault_url_parameter.lstrip("/") in json.dumps(st["Resource"])
@@ -84,7 +84,7 @@ def test_vault_creates_the_clusters_url_parameter_and_its_hosts_alone_write_it(c
     (write_policy,) = [
         r
         for r in template["Resources"].values()
-        if r["Type"] == "AWS::IAM::Policy"
+        if r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
         and "PublishVaultUrl" in json.dumps(r["Properties"]["PolicyDocument"])
     ]
     assert write_policy["Properties"]["Roles"] == [{"Ref": host_role}]

@@ -115,7 +115,7 @@ def test_vault_publishes_its_url_where_the_cluster_lets_its_nodes_read_without_a
     reads = [
         st
         for r in cluster_template["Resources"].values()
-        if r["Type"] == "AWS::IAM::Policy"
+        if r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
         for st in r["Properties"]["PolicyDocument"]["Statement"]
         if st.get("Sid") == "ReadEnclaveVaultUrl"
     ]

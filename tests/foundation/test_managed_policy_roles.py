@@ -5,6 +5,7 @@ delivers before its policies exist."""
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import aws_cdk as cdk
@@ -223,7 +224,7 @@ def _actions(statement: dict) -> list[str]:
     return actions if isinstance(actions, list) else [actions]
 
 
-def test_nodes_only_get_the_controller_address_parameter():
+def test_nodes_only_get_the_controller_address_and_vault_url_parameters():
     default, _ = _default_app()
     stack = default.cluster_stack.stack_name
     parameter_reads = [
@@ -231,7 +232,12 @@ def test_nodes_only_get_the_controller_address_parameter():
         for s in _statements_of(stack, default.cluster.role)
         if any(a.startswith("ssm:") and "Parameter" in a for a in _actions(s))
     ]
-    assert [_actions(s) for s in parameter_reads] == [["ssm:GetParameter"]]
+    # GetParameter only (no GetParameters, history or describe), each on one parameter: the
+    # controller's address (boot) and the vault's URL (checkpoint signing).
+    assert [_actions(s) for s in parameter_reads] == [["ssm:GetParameter"], ["ssm:GetParameter"]]
+    resources = [json.dumps(s["Resource"]) for s in parameter_reads]
+    assert all("*" not in r for r in resources)
+    assert any(r.endswith(f'{default.cluster.vault_url_parameter}"]]}}') for r in resources)
 
 
 def test_the_results_uploader_uses_the_results_key_only_through_s3():
