@@ -110,3 +110,24 @@ def test_an_http_error_keeps_the_servers_code(server):
         _client(server).info()
     assert (caught.value.status, caught.value.code) == (503, "enclave_unavailable")
 
+
+def test_the_signing_hook_survives_a_vault_answering_no_json(server, tmp_path):
+    from cdk_trn_runtime.provenance.signing import CheckpointSigner, VaultLocator
+    from cdk_trn_runtime.train import checkpoint
+
+    server.answers["/v1/info"] = (200, b"<html>captive portal</html>")
+    host, port = server.server_address[:2]
+    lines: list[str] = []
+    signer = CheckpointSigner(
+        locator=VaultLocator(url=f"http://{host}:{port}"),
+        cluster="trn-test",
+        run_id="1",
+        make_signer=lambda url: _client(server),
+        log=lines.append,
+    )
+    path = checkpoint.save(tmp_path, 5, lambda handle: handle.write(b"five"))
+
+    assert signer.after_commit(path, signer.manifest_of(path, path)) == []
+
+    assert checkpoint.latest(tmp_path) == path
+    assert any("answered no JSON" in line and "retried" in line for line in lines), lines
