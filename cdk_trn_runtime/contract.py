@@ -34,6 +34,10 @@ def vault_url_parameter(cluster_name: str) -> str:
 ENV_VAULT_URL = "CDK_TRN_VAULT_URL"
 ENV_RUN_ID = "CDK_TRN_RUN_ID"
 ENV_CLUSTER = "CDK_TRN_CLUSTER"
+#: Optional: the SHA-256 (hex) of the vault's public key (DER) every signature of a job must be
+#: made with, e.g. ``cdk-trn vault-key``'s attested key; without it, the key the vault publishes
+#: when the job first signs.
+ENV_VAULT_KEY_SHA256 = "CDK_TRN_VAULT_KEY_SHA256"
 
 #: Vault stack outputs an auditor (``cdk-trn vault-key`` / ``cdk-trn verify``) reads.
 OUTPUT_VAULT_IMAGE_PCR0 = "VaultImagePcr0"  # PCR0 (SHA-384) of the enclave image

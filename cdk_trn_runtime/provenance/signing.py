@@ -8,11 +8,26 @@ the node role in the cluster's region (both from the environment or the node env
 node bootstrap writes). No such parameter means the cluster has no vault: checkpoints stay
 unsigned and the hook says so once.
 
-:class:`CheckpointSigner` builds the manifest of a committed checkpoint directory (run id,
-cluster, step and path signed with the files), has the vault sign its SHA-384, checks the
-signature and writes ``<checkpoint>.manifest.json`` beside the checkpoint, atomically. It never
-raises and never touches the checkpoint: a failure is logged and the next call signs every kept
-checkpoint that still has no manifest, so one unreachable moment costs no signature.
+:class:`CheckpointSigner` signs only what this process committed. The training entry point has
+it build each checkpoint's manifest (every file's SHA-384 and size, plus the run id, cluster, step
+and path) from the files it has just written, in the staged directory before the commit's rename
+(:meth:`CheckpointSigner.manifest_of`); after the commit, :meth:`CheckpointSigner.after_commit`
+has the vault sign that manifest's SHA-384, checks the signature and writes
+``<checkpoint>.manifest.json`` beside the checkpoint, atomically. A checkpoint directory is never
+hashed at signing time: a ``step-<N>/`` that another job, or anyone with write access to the
+shared directory, put there is never signed with this run's id. A resumed run does not sign its
+predecessor's checkpoints either: the job that wrote one signs it; one it could not sign stays
+unsigned, visible to an auditor.
+
+Every signature must be made with one key per job: the vault's public key, read once
+(``/v1/info``, the key the enclave attests; checked against ``$CDK_TRN_VAULT_KEY_SHA256`` when
+set, e.g. the output of ``cdk-trn vault-key``). A vault answering with another key (a wrong URL, a
+replaced vault with another key) does not sign: a manifest ``verify`` would reject is never
+written and logged as signed.
+
+The hook never raises and never touches the checkpoint: a failure is logged with its type and
+message, the manifest stays in memory and the next commit retries it (while the checkpoint is
+kept), so one unreachable moment costs no signature.
 
 Needs ``cryptography`` and ``botocore`` (both in the training image); imports no AWS SDK until a
 parameter is read.
@@ -27,7 +42,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,7 +82,10 @@ class SigningError(Exception):
 
 
 class DigestSigner(Protocol):
-    """What signs a SHA-384 digest: the vault client (``vault.client.VaultClient``)."""
+    """What publishes its public key (``info()["public_key"]``, base64 DER) and signs a SHA-384
+    digest: the vault client (``vault.client.VaultClient``)."""
+
+    def info(self) -> dict[str, Any]: ...
 
     def sign_digest(self, digest: bytes) -> dict[str, Any]: ...
 
@@ -236,8 +254,13 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 class CheckpointSigner:
-    """Signs committed checkpoint directories through the vault; see the module docstring."""
+    """Signs the checkpoints this process committed, through the vault; see the module
+    docstring."""
 
     def __init__(
         self,
@@ -246,14 +269,20 @@ class CheckpointSigner:
         cluster: str,
         run_id: str | None = None,
         make_signer: Callable[[str], DigestSigner] = _vault_client,
+        expected_key_sha256: str | None = None,
         log: Callable[[str], None] = _stderr,
     ) -> None:
         self.locator = locator
         self.cluster = cluster
         self.run_id = run_id
+        self.expected_key_sha256 = (expected_key_sha256 or "").strip().lower() or None
         self._make_signer = make_signer
         self._log = log
         self._said_off = False
+        #: The SHA-256 of the vault's public key (DER), established once per job.
+        self.key_sha256: str | None = None
+        #: Manifests built at commit time and not signed yet, by checkpoint path, oldest first.
+        self.pending: dict[Path, dict[str, Any]] = {}
 
     @classmethod
     def from_environment(
@@ -266,7 +295,8 @@ class CheckpointSigner:
     ) -> CheckpointSigner | None:
         """The signer a job on the cluster gets: the vault from ``$CDK_TRN_VAULT_URL`` or the
         cluster's parameter, the cluster's name, the run id ``$CDK_TRN_RUN_ID`` or the Slurm
-        job id. None (and one line saying so) when no vault can be found this way."""
+        job id, the key ``$CDK_TRN_VAULT_KEY_SHA256`` when set. None (and one line saying so)
+        when no vault can be found this way."""
         env = node_environment(os.environ if env is None else env)
         locator = VaultLocator.from_environment(env, ssm_client=ssm_client)
         cluster = (env.get(contract.ENV_CLUSTER) or env.get("SLURM_CLUSTER_NAME") or "").strip()
@@ -278,16 +308,58 @@ class CheckpointSigner:
             return None
         run_id = (env.get(contract.ENV_RUN_ID) or env.get("SLURM_JOB_ID") or "").strip() or None
         return cls(
-            locator=locator, cluster=cluster, run_id=run_id, make_signer=make_signer, log=log
+            locator=locator,
+            cluster=cluster,
+            run_id=run_id,
+            make_signer=make_signer,
+            expected_key_sha256=env.get(contract.ENV_VAULT_KEY_SHA256),
+            log=log,
         )
 
+    def manifest_of(
+        self, directory: Path, checkpoint: Path, step: int | None = None
+    ) -> dict[str, Any] | None:
+        """The unsigned manifest of the files in ``directory`` (the staged copy, just written and
+        not yet renamed), identified as the checkpoint ``checkpoint`` at ``step``. Never raises:
+        None, logged, when the files cannot be listed (the checkpoint then stays unsigned)."""
+        try:
+            checkpoint = checkpoint.resolve()
+            step = step if step is not None else step_from_name(checkpoint)
+            if step is None:
+                raise SigningError(f"{checkpoint.name} does not end with a step number")
+            return build_manifest(
+                directory,
+                run_id=self.run_id or checkpoint.parent.name,
+                cluster=self.cluster,
+                step=step,
+                checkpoint_path=str(checkpoint),
+            )
+        except Exception as exc:  # noqa: BLE001 - never fail the checkpoint for its manifest
+            self._log(f"provenance: WARNING {checkpoint} will not be signed: {_why(exc)}")
+            return None
+
     def sign(self, checkpoint: Path, step: int | None = None) -> Path | None:
-        """Sign one committed checkpoint directory; the manifest's path, or None when the cluster
-        has no vault. :class:`SigningError` (or ManifestError) on failure."""
+        """Sign one checkpoint directory as it is now: the caller's explicit choice, as with
+        ``provenance sign DIR`` (the hook never does this). The manifest's path, or None when
+        the cluster has no vault. :class:`SigningError` (or ManifestError) on failure."""
         checkpoint = checkpoint.resolve()
         step = step if step is not None else step_from_name(checkpoint)
         if step is None:
             raise SigningError(f"{checkpoint.name} does not end with a step number")
+        manifest = build_manifest(
+            checkpoint,
+            run_id=self.run_id or checkpoint.parent.name,
+            cluster=self.cluster,
+            step=step,
+            checkpoint_path=str(checkpoint),
+            exclude=[manifest_path_for(checkpoint)],
+        )
+        return self.sign_manifest(checkpoint, manifest)
+
+    def sign_manifest(self, checkpoint: Path, manifest: dict[str, Any]) -> Path | None:
+        """Have the vault sign ``manifest`` (built when ``checkpoint`` was committed; the
+        directory is not read) with the job's key, and write it beside ``checkpoint``. None when
+        the cluster has no vault; :class:`SigningError` when it cannot be signed now."""
         url = self.locator.find()
         if url is None:
             if not self._said_off:
@@ -297,53 +369,86 @@ class CheckpointSigner:
                 )
                 self._said_off = True
             return None
-        output = manifest_path_for(checkpoint)
-        manifest = build_manifest(
-            checkpoint,
-            run_id=self.run_id or checkpoint.parent.name,
-            cluster=self.cluster,
-            step=step,
-            checkpoint_path=str(checkpoint),
-            exclude=[output],
-        )
         from cdk_trn_runtime.vault.client import VaultError  # noqa: PLC0415
 
+        client = self._make_signer(url)
         try:
-            reply = self._make_signer(url).sign_digest(manifest_digest(manifest))
+            key_sha256 = self._job_key(url, client)
+            reply = client.sign_digest(manifest_digest(manifest))
         except VaultError as exc:
             raise SigningError(f"the vault at {url} did not sign: {exc}") from exc
-        signed = checked_vault_signature(manifest, reply)
+        signed = checked_vault_signature(manifest, reply, key_sha256)
+        output = manifest_path_for(checkpoint)
         write_signed_manifest(output, signed)
         self._log(
-            f"provenance: signed {checkpoint} (run {manifest['run_id']}, step {step}, "
-            f"{len(manifest['files'])} files) -> {output.name}, key sha256 "
+            f"provenance: signed {checkpoint} (run {manifest['run_id']}, step "
+            f"{manifest['step']}, {len(manifest['files'])} files) -> {output.name}, key sha256 "
             f"{signed['signature']['key_sha256'][:16]}..."
         )
         return output
 
-    def after_commit(self, committed: Path, kept: Iterable[Path] = ()) -> list[Path]:
-        """Call after a checkpoint's commit: signs it, then every kept checkpoint that has no
-        manifest yet (an earlier failure). Never raises; returns the manifests written."""
+    def _job_key(self, url: str, client: DigestSigner) -> str:
+        """The SHA-256 of the key every signature of this job must be made with: the public key
+        the vault publishes (``/v1/info``, the key its enclave attests), read once per job and
+        checked against ``$CDK_TRN_VAULT_KEY_SHA256`` when that is set. :class:`SigningError`
+        (nothing pinned, retried at the next checkpoint) when it cannot be established."""
+        if self.key_sha256 is not None:
+            return self.key_sha256
+        try:
+            info = client.info()
+            der = base64.b64decode(info["public_key"], validate=True)
+            load_public_key(der)
+        except (KeyError, ValueError, TypeError, ManifestError) as exc:
+            raise SigningError(
+                f"the vault at {url} publishes no usable public key: {_why(exc)}"
+            ) from exc
+        key_sha256 = hashlib.sha256(der).hexdigest()
+        if self.expected_key_sha256 and key_sha256 != self.expected_key_sha256:
+            raise SigningError(
+                f"the vault at {url} has key sha256 {key_sha256}, but "
+                f"${contract.ENV_VAULT_KEY_SHA256} expects {self.expected_key_sha256}"
+            )
+        self.key_sha256 = key_sha256
+        self._log(f"provenance: this job signs with the vault key sha256 {key_sha256}")
+        return key_sha256
+
+    def after_commit(self, committed: Path, manifest: dict[str, Any] | None) -> list[Path]:
+        """Call right after this process committed ``committed``, with the manifest it built of
+        the files it wrote (:meth:`manifest_of` on the staged copy; None when that failed).
+        Signs it, then the manifests of this process's earlier commits that are still unsigned
+        and still kept, oldest first; never lists a directory and never signs a checkpoint
+        another process committed (a resumed run's predecessor's included). Never raises;
+        returns the manifests written."""
         written: list[Path] = []
-        pending = [committed.resolve()] + [
-            p.resolve()
-            for p in kept
-            if p.resolve() != committed.resolve() and not manifest_path_for(p).exists()
-        ]
-        for checkpoint in pending:
+        try:
+            committed = committed.resolve()
+            if manifest is not None:
+                self.pending.pop(committed, None)
+                self.pending[committed] = manifest  # the newest last
+        except Exception as exc:  # noqa: BLE001 - signing must never stop training
+            self._log(f"provenance: WARNING {committed} will not be signed: {_why(exc)}")
+        for checkpoint, unsigned in list(self.pending.items()):
             try:
-                manifest = self.sign(checkpoint)
-            except (ManifestError, OSError) as exc:
-                # This checkpoint cannot be listed (a link, a vanished file): the others still can.
-                self._log(f"provenance: WARNING {checkpoint} is committed but not signed: {exc}")
-                continue
-            except SigningError as exc:
+                if not checkpoint.is_dir():
+                    del self.pending[checkpoint]  # removed by the retention: nothing to sign
+                    continue
+                output = self.sign_manifest(checkpoint, unsigned)
+            except ManifestError as exc:
+                del self.pending[checkpoint]  # this manifest can never be signed
                 self._log(
-                    f"provenance: WARNING {checkpoint} is committed but not signed: {exc}; "
+                    f"provenance: WARNING {checkpoint} is committed but not signed: {_why(exc)}"
+                )
+                continue
+            except Exception as exc:  # noqa: BLE001 - signing must never stop training
+                self._log(
+                    f"provenance: WARNING {checkpoint} is committed but not signed: {_why(exc)}; "
                     "signing is retried at the next checkpoint"
                 )
-                break  # the vault is unreachable now: the others wait for the next checkpoint
-            if manifest is None:
+                if isinstance(exc, OSError):
+                    continue  # this manifest could not be written: the others still can
+                break  # the vault cannot sign now: the others wait for the next checkpoint
+            if output is None:
                 break  # no vault
-            written.append(manifest)
+            del self.pending[checkpoint]
+            written.append(output)
         return written

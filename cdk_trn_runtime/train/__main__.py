@@ -7,13 +7,18 @@ gloo on host tensors with several XLA CPU processes). Rank 0 checkpoints every
 ``CHECKPOINT_EVERY`` steps and at the end, crash-safely (``checkpoint.py``); every rank resumes
 from ``latest`` when present.
 
-Right after each commit, rank 0 has the cluster's enclave vault sign the checkpoint and writes
+Rank 0 has the cluster's enclave vault sign each checkpoint it commits and writes
 ``step-<N>.manifest.json`` beside it (``cdk_trn_runtime.provenance.signing``): on by itself where
 the cluster has a vault (its URL parameter exists) or ``CDK_TRN_VAULT_URL`` is set; the run id
-signed is ``CDK_TRN_RUN_ID``, else the Slurm job id. Signing happens before the other ranks go
-on (they wait at the checkpoint's barrier) and costs one read of the checkpoint. A failure to sign
-is logged and never fails the run or touches the checkpoint; the next checkpoint signs what is
-still unsigned.
+signed is ``CDK_TRN_RUN_ID``, else the Slurm job id. The manifest lists the files as this process
+wrote them: they are hashed in the staged directory, after their fsync and before the commit's
+rename, and only this process's commits are ever signed, never another ``step-*`` directory in
+the checkpoint directory. A resumed run does not sign its predecessor's checkpoints (that job
+signs its own; one it could not sign stays unsigned, for the auditor to see). Signing happens
+before the other ranks go on (they wait at the checkpoint's barrier). A failure to sign is
+logged and never fails the run or touches the checkpoint; the next checkpoint retries the
+manifests this run could not have signed yet, while their checkpoints are kept. At start-up rank
+0 removes the staging directories (``.step-*.tmp``, ``.step-*.old``) an aborted save left behind.
 
 Environment: ``TRAIN_STEPS`` (total steps, default 20), ``CHECKPOINT_DIR`` (default
 ``$CDK_TRN_SHARED_ROOT/checkpoints/train``, or ``./checkpoints/train`` without a shared root),
@@ -123,6 +128,11 @@ def main() -> int:
     rank_config = TrainConfig(**{**config.as_dict(), "seed": config.seed + 1 + rank})
     batches = [b.to(runtime.device) for b in synthetic_batches(rank_config, 8)]
 
+    if rank == 0:
+        # A save killed mid-way leaves its staging directory; nobody else saves here now.
+        for stale in checkpoint.remove_stale_staging(run.checkpoint_dir):
+            print(f"train: removed {stale.name}, left by an aborted save", flush=True)
+
     start_step = 0
     previous_losses: list[float] = []
     resumed_from = checkpoint.latest(run.checkpoint_dir)
@@ -158,12 +168,22 @@ def main() -> int:
             }
             buffer = io.BytesIO()
             torch.save(state, buffer)
+            manifests: list[dict[str, Any]] = []
+
+            def measure(staging: Path, final: Path) -> None:
+                # The files just written and fsynced, before the rename makes them the checkpoint.
+                if signer is not None and (manifest := signer.manifest_of(staging, final, step)):
+                    manifests.append(manifest)
+
             path = checkpoint.save(
-                run.checkpoint_dir, step, lambda handle: handle.write(buffer.getvalue())
+                run.checkpoint_dir,
+                step,
+                lambda handle: handle.write(buffer.getvalue()),
+                before_commit=measure,
             )
             # Committed: ``latest`` names it whatever happens to the signature.
             if signer is not None:
-                signer.after_commit(path, checkpoint.checkpoints(run.checkpoint_dir))
+                signer.after_commit(path, manifests[0] if manifests else None)
         collectives.barrier()  # nobody runs ahead of (or exits before) a checkpoint
         return path
 

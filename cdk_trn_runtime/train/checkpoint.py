@@ -8,7 +8,15 @@ It is filled in a temporary directory beside its final place, every file and the
 fsynced, then the directory is renamed into place (``rename`` is atomic within a file system) and
 the parent fsynced. Only then does ``latest`` (a one-line file naming the checkpoint) move, by a
 write-fsync-rename of its own: that rename is the commit. Readers follow ``latest``; checkpoints
-beyond ``keep`` (and their manifests) are removed after the pointer moved. Standard library only.
+beyond ``keep`` (and their manifests) are removed after the pointer moved.
+
+``before_commit`` sees the staged directory, complete and fsynced, just before its rename: the
+training entry point hashes the files it just wrote there, so what it signs later is what this
+process wrote, never what the shared directory holds at signing time.
+
+A crash mid-save leaves its staging directory (``.step-<N>.<random>.tmp``, or ``.old`` while a
+step is replaced) behind; :func:`remove_stale_staging` deletes those, and only those, at start-up.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ STATE_FILE = "state.pt"
 #: What a signed manifest beside a checkpoint is called (``provenance sign``'s default too).
 MANIFEST_SUFFIX = ".manifest.json"
 _NAME = re.compile(r"^step-(\d{8})$")
+#: What :func:`save_directory` stages in (``mkdtemp`` names): never a committed checkpoint.
+_STAGING = re.compile(r"^\.step-\d{8}\.[A-Za-z0-9_]+\.(tmp|old)$")
 #: Checkpoints of earlier versions were single files; ``latest`` may still name one.
 _FILE_NAME = re.compile(r"^step-(\d{8})\.pt$")
 
@@ -107,12 +117,37 @@ def checkpoints(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def remove_stale_staging(directory: Path) -> list[Path]:
+    """Delete the staging directories an aborted save left in ``directory`` (``.step-<N>.*.tmp``
+    and ``.step-<N>.*.old``); never a committed ``step-<N>``, a file or a link. Call it once at
+    start-up, from the one process that saves, before it saves: a save in flight elsewhere in the
+    same directory would lose its staging. Returns what was removed."""
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in sorted(directory.iterdir()):
+        if _STAGING.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+            removed.append(entry)
+    if removed:
+        _fsync_directory(directory)
+    return removed
+
+
 def save_directory(
-    directory: Path, step: int, fill: Callable[[Path], object], keep: int = 2
+    directory: Path,
+    step: int,
+    fill: Callable[[Path], object],
+    keep: int = 2,
+    *,
+    before_commit: Callable[[Path, Path], object] | None = None,
 ) -> Path:
     """Commit the checkpoint of ``step``: ``fill`` writes its files into the (temporary)
     directory it is given; then it moves into place and ``latest`` points at it. Keeps the
-    newest ``keep`` checkpoints. Returns the committed checkpoint directory."""
+    newest ``keep`` checkpoints. Returns the committed checkpoint directory.
+
+    ``before_commit(staging, final)`` runs once the staged files are complete and fsynced, just
+    before the rename; if it raises, nothing is committed."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     directory.mkdir(parents=True, exist_ok=True)
@@ -121,6 +156,8 @@ def save_directory(
     try:
         fill(staging)
         _fsync_tree(staging)
+        if before_commit is not None:
+            before_commit(staging, final)
         if final.exists():
             # The same step again (a run restarted from an older checkpoint): the old copy and
             # its manifest go; ``latest`` never names it here, as a resumed run saves later steps.
@@ -143,11 +180,18 @@ def save_directory(
     return final
 
 
-def save(directory: Path, step: int, write: Callable[[BinaryIO], object], keep: int = 2) -> Path:
+def save(
+    directory: Path,
+    step: int,
+    write: Callable[[BinaryIO], object],
+    keep: int = 2,
+    *,
+    before_commit: Callable[[Path, Path], object] | None = None,
+) -> Path:
     """Commit a checkpoint of one file, ``state.pt``, holding what ``write`` writes."""
 
     def fill(staging: Path) -> None:
         with (staging / STATE_FILE).open("wb") as handle:
             write(handle)
 
-    return save_directory(directory, step, fill, keep)
+    return save_directory(directory, step, fill, keep, before_commit=before_commit)

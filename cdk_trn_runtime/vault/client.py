@@ -80,15 +80,32 @@ class VaultClient:
         return self._request("GET", f"/v1/attestation?{query}")
 
     def sign_digest(self, digest: bytes) -> dict[str, Any]:
+        """``POST /v1/sign``; :class:`VaultError` for every failure, a malformed ``/v1/info``
+        and missing or unusable node credentials included."""
         info = self.info()
         digest_hex = digest.hex()
-        proof = build_caller_proof(
-            sts_url=info["sts_url"],
-            region=info["region"],
-            server_id=info["server_id"],
-            request_digest=digest_hex,
-            credentials=self._resolve_credentials(),
-        )
+        try:
+            sts_url, region, server_id = (
+                str(info["sts_url"]),
+                str(info["region"]),
+                str(info["server_id"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise VaultError(
+                200, "bad_response", f"vault {self.base_url} /v1/info lacks {exc}"
+            ) from exc
+        from botocore.exceptions import BotoCoreError  # noqa: PLC0415
+
+        try:
+            proof = build_caller_proof(
+                sts_url=sts_url,
+                region=region,
+                server_id=server_id,
+                request_digest=digest_hex,
+                credentials=self._resolve_credentials(),
+            )
+        except BotoCoreError as exc:
+            raise VaultError(0, "no_credentials", f"cannot prove the node role: {exc}") from exc
         return self._request("POST", "/v1/sign", {"digest": digest_hex, "auth": proof})
 
     def _resolve_credentials(self) -> Any:
@@ -112,7 +129,7 @@ class VaultClient:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             with opener.open(request, timeout=self._timeout) as response:
-                return dict(json.loads(response.read()))
+                status, raw = response.status, response.read()
         except urllib.error.HTTPError as exc:
             try:
                 error = json.loads(exc.read())["error"]
@@ -121,3 +138,16 @@ class VaultClient:
                 raise VaultError(exc.code, "http_error", str(exc)) from exc
         except (urllib.error.URLError, OSError) as exc:
             raise VaultError(0, "unreachable", f"vault {self.base_url} unreachable: {exc}") from exc
+        try:
+            answer = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise VaultError(
+                status, "bad_response", f"vault {self.base_url}{path} answered no JSON: {exc}"
+            ) from exc
+        if not isinstance(answer, dict):
+            raise VaultError(
+                status,
+                "bad_response",
+                f"vault {self.base_url}{path} answered a {type(answer).__name__}, not an object",
+            )
+        return answer

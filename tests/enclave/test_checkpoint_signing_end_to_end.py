@@ -2,7 +2,9 @@
 the vault (parent server -> enclave signer -> KMS test double, the node role checked through the
 STS test double) sign each one, and ``provenance verify`` with the attested key and the expected
 run id and step accepts the newest and refuses an older one in its place. With the vault
-unreachable the run still commits loadable checkpoints, and the next run signs them."""
+unreachable the run still commits loadable checkpoints; the next run resumes from them but signs
+only its own. A directory planted among the checkpoints is never signed, and the staging an
+aborted save left behind is removed at start-up."""
 
 from __future__ import annotations
 
@@ -117,7 +119,7 @@ def _closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"  # nothing listens there any more
 
 
-def test_an_unreachable_vault_leaves_loadable_checkpoints_that_the_next_run_signs(
+def test_an_unreachable_vault_leaves_loadable_checkpoints_the_next_run_resumes_but_does_not_sign(
     trust_test_root, vault, tmp_path, capsys
 ):
     first = _train(tmp_path, _closed_port_url(), steps=2)
@@ -128,14 +130,49 @@ def test_an_unreachable_vault_leaves_loadable_checkpoints_that_the_next_run_sign
     assert "WARNING" in first.stderr and "committed but not signed" in first.stderr
 
     # The vault is back: the next run resumes from the unsigned checkpoint (it loads) and signs
-    # it at its own first checkpoint, together with that one.
+    # its own checkpoint only; the one its predecessor could not sign stays unsigned.
     second = _train(tmp_path, vault.url, steps=4)
     assert second.returncode == 0, second.stderr
     assert f"train: resumed step=2 from={checkpoints / 'step-00000002'}" in second.stdout
-    for step in (2, 4):
-        directory = checkpoints / f"step-{step:08d}"
-        capsys.readouterr()
-        code = _verify(
-            vault.url, checkpoint.manifest_path(directory), directory, "--step", str(step)
-        )
-        assert code == 0, capsys.readouterr().out
+    assert second.stderr.count("provenance: signed ") == 1, second.stderr
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "latest",
+        "step-00000002",
+        "step-00000004",
+        "step-00000004.manifest.json",
+    ]
+    newest = checkpoints / "step-00000004"
+    capsys.readouterr()
+    code = _verify(vault.url, checkpoint.manifest_path(newest), newest, "--step", "4")
+    assert code == 0, capsys.readouterr().out
+
+
+def test_a_planted_checkpoint_is_never_signed_and_stale_staging_is_removed(
+    trust_test_root, vault, tmp_path, capsys
+):
+    checkpoints = tmp_path / "checkpoints"
+    planted = checkpoints / "step-99999999"
+    planted.mkdir(parents=True)
+    (planted / "state.pt").write_bytes(b"not trained by this run")
+    (checkpoints / ".step-00000006.abcd_123.tmp").mkdir()  # a save killed mid-way
+    (checkpoints / ".step-00000006.abcd_123.tmp" / "state.pt").write_bytes(b"half")
+
+    result = _train(tmp_path, vault.url, steps=4)
+
+    assert result.returncode == 0, result.stderr
+    assert str(planted) not in result.stderr
+    assert not checkpoint.manifest_path(planted).exists()
+    assert result.stderr.count("provenance: signed ") == 2, result.stderr
+    assert "train: removed .step-00000006.abcd_123.tmp" in result.stdout
+    # The retention keeps the two newest names: the planted one outranks step 2.
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "latest",
+        "step-00000004",
+        "step-00000004.manifest.json",
+        "step-99999999",
+    ]
+    assert checkpoint.latest(checkpoints) == checkpoints / "step-00000004"
+    newest = checkpoints / "step-00000004"
+    capsys.readouterr()
+    code = _verify(vault.url, checkpoint.manifest_path(newest), newest, "--step", "4")
+    assert code == 0, capsys.readouterr().out

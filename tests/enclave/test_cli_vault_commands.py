@@ -123,7 +123,7 @@ def _signed_checkpoint(vault_url: str, tmp_path, cluster: str = "trn-test"):
         make_signer=lambda url: VaultClient(url, credentials=node_role),
         log=lambda line: None,
     )
-    assert signer.after_commit(path)
+    assert signer.after_commit(path, signer.manifest_of(path, path))
     return path
 
 

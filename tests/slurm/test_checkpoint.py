@@ -114,3 +114,82 @@ def test_settings_take_a_step_sleep_and_refuse_bad_ones():
     for bad in ("-1", "soon", "61"):
         with pytest.raises(ValueError, match="TRAIN_STEP_SLEEP must be a number of seconds"):
             settings({"TRAIN_STEP_SLEEP": bad})
+
+
+def test_stale_staging_directories_are_removed_and_nothing_else(tmp_path: Path):
+    kept = checkpoint.save(tmp_path, 4, lambda f: f.write(b"four"))
+    checkpoint.manifest_path(kept).write_text("{}")
+    # What saves killed mid-way leave: a half-filled staging directory, a replaced step's copy.
+    (tmp_path / ".step-00000006.k2j_x9ab.tmp").mkdir()
+    (tmp_path / ".step-00000006.k2j_x9ab.tmp" / "state.pt").write_bytes(b"half")
+    (tmp_path / ".step-00000002.q1w2e3r4.old" / "step-00000002").mkdir(parents=True)
+    # Not staging: a committed step, a file and a link with staging-like names, others' files.
+    (tmp_path / ".step-00000008.abcdefgh.tmp").write_bytes(b"a file")
+    (tmp_path / ".step-00000009.abcdefgh.tmp").symlink_to(kept)
+    (tmp_path / ".latest.abcdefgh.tmp").write_bytes(b"step-00000004\n")
+    (tmp_path / "notes.tmp").mkdir()
+
+    removed = checkpoint.remove_stale_staging(tmp_path)
+
+    assert [p.name for p in removed] == [
+        ".step-00000002.q1w2e3r4.old",
+        ".step-00000006.k2j_x9ab.tmp",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".latest.abcdefgh.tmp",
+        ".step-00000008.abcdefgh.tmp",
+        ".step-00000009.abcdefgh.tmp",
+        "latest",
+        "notes.tmp",
+        "step-00000004",
+        "step-00000004.manifest.json",
+    ]
+    assert checkpoint.latest(tmp_path) == kept
+    assert checkpoint.state_file(kept).read_bytes() == b"four"
+    assert checkpoint.remove_stale_staging(tmp_path / "absent") == []
+
+
+def test_a_save_killed_before_its_rename_leaves_staging_that_start_up_removes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    good = checkpoint.save(tmp_path, 5, lambda f: f.write(b"five"))
+
+    def killed(staging: Path, final: Path) -> None:
+        raise SystemExit  # killed just before the rename
+
+    with monkeypatch.context() as sigkill:
+        sigkill.setattr(checkpoint.shutil, "rmtree", lambda *a, **k: None)  # no cleanup runs
+        with pytest.raises(SystemExit):
+            checkpoint.save(tmp_path, 10, lambda f: f.write(b"ten"), before_commit=killed)
+    (staged,) = [p for p in tmp_path.iterdir() if p.name.startswith(".step-00000010.")]
+    assert checkpoint.latest(tmp_path) == good
+
+    assert checkpoint.remove_stale_staging(tmp_path) == [staged]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000005"]
+    assert checkpoint.latest(tmp_path) == good
+
+
+def test_before_commit_sees_the_complete_staged_files_before_the_rename(tmp_path: Path):
+    seen: list[tuple[str, bytes, str | None]] = []
+
+    def measure(staging: Path, final: Path) -> None:
+        latest = checkpoint.latest(tmp_path)
+        seen.append((final.name, (staging / "state.pt").read_bytes(), latest and latest.name))
+        assert not final.exists()
+
+    checkpoint.save(tmp_path, 2, lambda f: f.write(b"two"))
+    path = checkpoint.save(tmp_path, 4, lambda f: f.write(b"four"), before_commit=measure)
+    assert seen == [("step-00000004", b"four", "step-00000002")]
+    assert checkpoint.latest(tmp_path) == path
+
+
+def test_a_failing_before_commit_commits_nothing(tmp_path: Path):
+    good = checkpoint.save(tmp_path, 2, lambda f: f.write(b"two"))
+
+    def refuse(staging: Path, final: Path) -> None:
+        raise OSError("cannot hash")
+
+    with pytest.raises(OSError, match="cannot hash"):
+        checkpoint.save(tmp_path, 4, lambda f: f.write(b"four"), before_commit=refuse)
+    assert checkpoint.latest(tmp_path) == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000002"]
