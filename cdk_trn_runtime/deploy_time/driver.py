@@ -358,6 +358,12 @@ class Answering:
     def doing(self, activity: str) -> None:
         self.activity, self.since = activity, self._clock()
 
+    @property
+    def claimed(self) -> bool:
+        """Whether this invocation has answered (or handed over) already."""
+        with self._lock:
+            return self._claimed
+
     def claim(self) -> bool:
         with self._lock:
             if self._claimed:
@@ -535,6 +541,10 @@ def _wait(
                 + _waiting_for(settings, resource, status),
                 physical_id,
             )
+        if answering.claimed:
+            # The watchdog answered while is_complete ran: no hand-over, no further poll.
+            LOG.warning("the wait ends: this invocation has answered already")
+            return None
         pause = min(settings.query_interval, max(0.0, deadline - now))
         if invocation.remaining_ms() / 1000 < pause + HANDOVER_MARGIN_SECONDS:
             answering.doing("continuing in a new invocation")

@@ -574,6 +574,25 @@ def test_a_hanging_is_complete_gets_a_failed_answer_naming_it_and_the_resource(b
     assert bucket.only["PhysicalResourceId"] == "run-1"
 
 
+def test_a_wait_the_watchdog_answered_is_not_handed_over(bucket):
+    clock = FakeClock()
+    handler = handler_double(on_event=STARTED, polls=[])
+
+    def hanging_is_complete(event: dict[str, Any]) -> dict[str, Any]:
+        _wait_for_puts(bucket, 1)
+        return {"IsComplete": False}  # would continue in a new invocation: little time is left
+
+    handler.is_complete = hanging_is_complete
+    lambda_double = HangingLambdaDouble(bucket)
+    driver.run(
+        request(bucket), handler, SETTINGS, _almost_out_of_time(),
+        runtime_for(bucket, clock, lambda_double),
+    )  # fmt: skip
+    assert bucket.only["Status"] == "FAILED"
+    assert lambda_double.invoked == []
+    assert clock.slept == []
+
+
 @dataclass
 class HangingLambdaDouble:
     """A Lambda client double whose ``invoke`` takes until the bucket got an answer."""
