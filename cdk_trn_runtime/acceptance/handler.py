@@ -41,10 +41,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cdk_trn_runtime.contract import CLUSTER_TAG
+from cdk_trn_runtime.deploy_time.clients import bounded_config
 
 LOG = logging.getLogger(__name__)
 LOG.setLevel(logging.INFO)
@@ -235,9 +235,8 @@ class Clients:
 
 
 def default_clients() -> Clients:
-    config = Config(
-        retries={"mode": "standard", "max_attempts": 6}, connect_timeout=5, read_timeout=30
-    )
+    # Bounded so that one is_complete call cannot outlast the driver's hand-over margin.
+    config = bounded_config()
     return Clients(
         ssm=boto3.client("ssm", config=config),
         autoscaling=boto3.client("autoscaling", config=config),

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from cdk_trn_runtime.deploy_time.clients import bounded_client
+
 
 class PrefixListError(Exception):
     """The prefix list was not found; the message is the status reason."""
@@ -24,9 +26,7 @@ def on_event(event: Mapping[str, Any], context: Any = None, *, ec2: Any = None) 
     if event["RequestType"] == "Delete":
         return {"PhysicalResourceId": event["PhysicalResourceId"]}
     if ec2 is None:
-        import boto3
-
-        ec2 = boto3.client("ec2")
+        ec2 = bounded_client("ec2")
     name = prefix_list_name(str(ec2.meta.region_name))
     found = ec2.describe_managed_prefix_lists(
         Filters=[{"Name": "prefix-list-name", "Values": [name]}]

@@ -23,6 +23,8 @@ import logging
 import re
 from typing import Any
 
+from cdk_trn_runtime.deploy_time.clients import bounded_client
+
 LOG = logging.getLogger()
 LOG.setLevel(logging.INFO)
 
@@ -40,9 +42,7 @@ class EifBuildError(RuntimeError):
 def _client(name: str, given: Any) -> Any:
     if given is not None:
         return given
-    import boto3  # imported lazily so the module loads without boto3 in unit tests
-
-    return boto3.client(name)
+    return bounded_client(name)
 
 
 def _props(event: dict[str, Any]) -> dict[str, str]:

@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
+
+from cdk_trn_runtime.deploy_time.clients import bounded_config
 
 LOG = logging.getLogger(__name__)
 LOG.setLevel(logging.INFO)
@@ -331,9 +332,8 @@ class Clients:
 
 
 def default_clients() -> Clients:
-    config = Config(
-        retries={"mode": "standard", "max_attempts": 6}, connect_timeout=5, read_timeout=30
-    )
+    # Bounded so that one is_complete call cannot outlast the driver's hand-over margin.
+    config = bounded_config()
     return Clients(
         ec2=boto3.client("ec2", config=config),
         quotas=boto3.client("service-quotas", config=config),

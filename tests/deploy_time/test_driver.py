@@ -14,6 +14,7 @@ import json
 import logging
 import ssl
 import threading
+import time
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from cdk_trn_runtime.contract import DEPLOY_TIME_ENV_HANDLER
 from cdk_trn_runtime.deploy_time import driver, prefix_list
 
 REGION = "us-east-2"
@@ -436,7 +438,7 @@ def test_a_transient_server_error_is_retried_with_back_off(bucket):
     handler = handler_double(on_event={"PhysicalResourceId": "x"})
     driver.run(request(bucket), handler, SETTINGS, invocation(), runtime_for(bucket, clock))
     assert [put.body["Status"] for put in bucket.received] == ["SUCCESS"] * 3
-    assert clock.slept == [2.0, 4.0]
+    assert clock.slept == [1.0, 2.0]
 
 
 def test_a_forbidden_put_is_not_retried(bucket):
@@ -446,10 +448,216 @@ def test_a_forbidden_put_is_not_retried(bucket):
         driver.run(
             request(bucket), handler, SETTINGS, invocation(), runtime_for(bucket, FakeClock())
         )
-    # One SUCCESS, then one FAILED attempt to say so; neither retried.
-    assert [put.body["Status"] for put in bucket.received] == ["SUCCESS", "FAILED"]
+    # One SUCCESS, not retried, and no FAILED after it: the event goes to the dead-letter queue.
+    assert [put.body["Status"] for put in bucket.received] == ["SUCCESS"]
 
 
 def test_settings_refuse_a_handler_outside_the_runtime_package():
     with pytest.raises(driver.ProtocolError, match="cdk_trn_runtime"):
         driver.Settings.from_environment({"CDK_TRN_HANDLER_MODULE": "os"})
+
+
+# --- one answer, in time ------------------------------------------------------------------------
+
+
+def test_a_put_that_landed_before_a_failed_retry_is_never_followed_by_a_failed_answer(bucket):
+    # The first PUT is stored but answered 500; the retry is refused: the answer stands as SUCCESS.
+    bucket.statuses = [500, 403]
+    handler = handler_double(on_event={"PhysicalResourceId": "x"})
+    with pytest.raises(driver.ProtocolError, match="could not answer CloudFormation"):
+        driver.run(
+            request(bucket), handler, SETTINGS, invocation(), runtime_for(bucket, FakeClock())
+        )
+    assert [put.body["Status"] for put in bucket.received] == ["SUCCESS", "SUCCESS"]
+
+
+def test_the_answer_gives_up_within_the_hand_over_margin_when_every_put_times_out(bucket):
+    clock = FakeClock()
+    timeouts: list[float] = []
+
+    def put_timing_out(url: str, body: bytes, *, timeout: float) -> int:
+        timeouts.append(timeout)
+        clock.now += timeout
+        raise TimeoutError("the response bucket does not answer")
+
+    runtime = driver.Runtime(clock=clock, sleep=clock.sleep, put=put_timing_out)
+    handler = handler_double(on_event={"PhysicalResourceId": "x"})
+    started = clock.now
+    with pytest.raises(driver.ProtocolError, match="after 3 attempts"):
+        driver.run(request(bucket), handler, SETTINGS, invocation(), runtime)
+    assert timeouts == [10.0, 10.0, 10.0]
+    assert clock.now - started <= driver.ANSWER_BUDGET_SECONDS < driver.HANDOVER_MARGIN_SECONDS
+
+
+def test_an_answer_with_less_time_left_shortens_its_attempts_to_fit(bucket):
+    clock = FakeClock()
+    timeouts: list[float] = []
+
+    def put_timing_out(url: str, body: bytes, *, timeout: float) -> int:
+        timeouts.append(timeout)
+        clock.now += timeout
+        raise TimeoutError
+
+    runtime = driver.Runtime(clock=clock, sleep=clock.sleep, put=put_timing_out)
+    with pytest.raises(driver.ProtocolError):
+        driver.send(request(bucket), "FAILED", "late", "x", {}, runtime, budget=18)
+    assert clock.now - 1_800_000_000.0 <= 18
+    assert timeouts[0] == 10.0 and len(timeouts) == 2
+
+
+def test_the_deadline_counts_from_the_first_invocation_not_from_the_end_of_on_event(bucket):
+    clock = FakeClock()
+
+    def slow_on_event(event: dict[str, Any]) -> dict[str, Any]:
+        clock.now += SETTINGS.total_timeout  # on_event alone used up the whole wait
+        return STARTED
+
+    handler = handler_double(on_event=STARTED, polls=[{"IsComplete": False, "Status": "pending"}])
+    handler.on_event = slow_on_event
+    driver.run(request(bucket), handler, SETTINGS, invocation(), runtime_for(bucket, clock))
+    assert bucket.only["Status"] == "FAILED"
+    assert bucket.only["Reason"] == (
+        "timed out after 55 minutes waiting for acceptance run run-1 (pending)"
+    )
+    assert clock.slept == []
+
+
+def _wait_for_puts(bucket: ResponseBucketDouble, count: int, seconds: float = 10) -> None:
+    limit = time.monotonic() + seconds
+    while len(bucket.received) < count and time.monotonic() < limit:
+        time.sleep(0.05)
+
+
+def _almost_out_of_time() -> driver.Invocation:
+    """An invocation whose watchdog fires 0.3 s after it starts."""
+    return invocation(int((driver.WATCHDOG_MARGIN_SECONDS + 0.3) * 1000))
+
+
+def test_a_hanging_on_event_gets_one_failed_answer_before_lambdas_timeout(bucket):
+    clock = FakeClock()
+
+    def hanging_on_event(event: dict[str, Any]) -> dict[str, Any]:
+        clock.now += 200
+        _wait_for_puts(bucket, 1)  # returns once the watchdog has answered
+        return {"PhysicalResourceId": "late", "Data": {"A": "1"}}
+
+    handler = types.SimpleNamespace(on_event=hanging_on_event)
+    driver.run(
+        request(bucket), handler, SETTINGS, _almost_out_of_time(), runtime_for(bucket, clock)
+    )
+    # The watchdog's FAILED, and not the SUCCESS on_event returned after it.
+    assert bucket.only["Status"] == "FAILED"
+    assert bucket.only["Reason"] == (
+        "acceptance run: on_event was still running after 200 s, 20 s before the function's "
+        "timeout; no answer would have reached CloudFormation"
+    )
+    assert bucket.only["PhysicalResourceId"] == driver.CREATE_FAILED_MARKER
+
+
+def test_a_hanging_is_complete_gets_a_failed_answer_naming_it_and_the_resource(bucket):
+    clock = FakeClock()
+    handler = handler_double(on_event=STARTED, polls=[])
+
+    def hanging_is_complete(event: dict[str, Any]) -> dict[str, Any]:
+        clock.now += 45
+        _wait_for_puts(bucket, 1)
+        return {"IsComplete": True}
+
+    handler.is_complete = hanging_is_complete
+    driver.run(
+        request(bucket), handler, SETTINGS, _almost_out_of_time(), runtime_for(bucket, clock)
+    )
+    assert bucket.only["Status"] == "FAILED"
+    assert bucket.only["Reason"].startswith(
+        "acceptance run: is_complete was still running after 45 s"
+    )
+    assert bucket.only["PhysicalResourceId"] == "run-1"
+
+
+def test_a_wait_the_watchdog_answered_is_not_handed_over(bucket):
+    clock = FakeClock()
+    handler = handler_double(on_event=STARTED, polls=[])
+
+    def hanging_is_complete(event: dict[str, Any]) -> dict[str, Any]:
+        _wait_for_puts(bucket, 1)
+        return {"IsComplete": False}  # would continue in a new invocation: little time is left
+
+    handler.is_complete = hanging_is_complete
+    lambda_double = HangingLambdaDouble(bucket)
+    driver.run(
+        request(bucket), handler, SETTINGS, _almost_out_of_time(),
+        runtime_for(bucket, clock, lambda_double),
+    )  # fmt: skip
+    assert bucket.only["Status"] == "FAILED"
+    assert lambda_double.invoked == []
+    assert clock.slept == []
+
+
+@dataclass
+class HangingLambdaDouble:
+    """A Lambda client double whose ``invoke`` takes until the bucket got an answer."""
+
+    bucket: ResponseBucketDouble
+    invoked: list[dict[str, Any]] = field(default_factory=list)
+
+    def invoke(self, **kwargs: Any) -> dict[str, Any]:
+        _wait_for_puts(self.bucket, 1)
+        self.invoked.append(kwargs)
+        return {"StatusCode": 202}
+
+
+def test_a_hanging_hand_over_gets_a_failed_answer_saying_it_was_continuing(bucket):
+    clock = FakeClock()
+    handler = handler_double(on_event=STARTED, polls=[{"IsComplete": False}])
+    lambda_double = HangingLambdaDouble(bucket)
+    runtime = runtime_for(bucket, clock, lambda_double)
+    driver.run(request(bucket), handler, SETTINGS, _almost_out_of_time(), runtime)
+    assert bucket.only["Status"] == "FAILED"
+    assert "continuing in a new invocation was still running" in bucket.only["Reason"]
+    assert len(lambda_double.invoked) == 1
+
+
+def test_an_invocation_that_answers_in_time_leaves_the_watchdog_silent(bucket):
+    handler = handler_double(on_event={"PhysicalResourceId": "x"})
+    driver.run(
+        request(bucket), handler, SETTINGS, _almost_out_of_time(), runtime_for(bucket, FakeClock())
+    )
+    time.sleep(0.6)  # past the moment the watchdog would have fired
+    assert bucket.only["Status"] == "SUCCESS"
+
+
+# --- the Lambda entry point ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def trusting_put(bucket, monkeypatch):
+    """The entry point builds its own Runtime: its PUTs trust the test's certificate."""
+    monkeypatch.setattr(
+        driver, "put_response", functools.partial(driver.put_response, context=bucket.context)
+    )
+
+
+def _lambda_context() -> types.SimpleNamespace:
+    return types.SimpleNamespace(
+        invoked_function_arn=FUNCTION_ARN, get_remaining_time_in_millis=lambda: 900_000
+    )
+
+
+def test_the_delete_of_a_failed_create_succeeds_even_if_the_handler_module_cannot_load(
+    bucket, trusting_put, monkeypatch
+):
+    monkeypatch.setenv(DEPLOY_TIME_ENV_HANDLER, "cdk_trn_runtime.no_such_handler")
+    event = request(bucket, "Delete", PhysicalResourceId=driver.CREATE_FAILED_MARKER)
+    driver.handler(event, _lambda_context())
+    assert bucket.only["Status"] == "SUCCESS"
+    assert bucket.only["PhysicalResourceId"] == driver.CREATE_FAILED_MARKER
+
+
+def test_a_create_whose_handler_module_cannot_load_fails_with_the_marker(
+    bucket, trusting_put, monkeypatch
+):
+    monkeypatch.setenv(DEPLOY_TIME_ENV_HANDLER, "cdk_trn_runtime.no_such_handler")
+    driver.handler(request(bucket), _lambda_context())
+    assert bucket.only["Status"] == "FAILED"
+    assert bucket.only["Reason"].startswith("the function is misconfigured: No module named")
+    assert bucket.only["PhysicalResourceId"] == driver.CREATE_FAILED_MARKER

@@ -35,7 +35,7 @@ class RecordedResponses:
 
     calls: list[dict[str, Any]] = field(default_factory=list)
 
-    def __call__(self, url: str, body: bytes) -> int:
+    def __call__(self, url: str, body: bytes, *, timeout: float) -> int:
         answer = json.loads(body)
         self.calls.append(
             {
