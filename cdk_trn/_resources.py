@@ -191,17 +191,14 @@ def deliver_access_logs(bucket: s3.Bucket, *, to: s3.IBucket, prefix: str, sid: 
     )
     if not isinstance(to, s3.Bucket) or cdk.Stack.of(to) is not cdk.Stack.of(bucket):
         return
-    to.add_to_resource_policy(
-        iam.PolicyStatement(
-            sid=sid,
-            principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")],
-            actions=["s3:PutObject"],
-            resources=[to.arn_for_objects(f"{prefix}*")],
-            conditions={
-                "ArnLike": {"aws:SourceArn": bucket.bucket_arn},
-                "StringEquals": {"aws:SourceAccount": cdk.Stack.of(bucket).account},
-            },
-        )
+    _admit_access_logs(
+        to,
+        prefix=prefix,
+        sid=sid,
+        conditions={
+            "ArnLike": {"aws:SourceArn": bucket.bucket_arn},
+            "StringEquals": {"aws:SourceAccount": cdk.Stack.of(bucket).account},
+        },
     )
 
 
@@ -214,13 +211,26 @@ def admit_account_access_logs(to: s3.Bucket, *, prefix: str, sid: str) -> None:
     ``aws:SourceAccount``; ``aws:SourceArn`` cannot narrow it further, because CloudFormation
     generates those buckets' names and documents no pattern for them.
     """
+    _admit_access_logs(
+        to,
+        prefix=prefix,
+        sid=sid,
+        conditions={"StringEquals": {"aws:SourceAccount": cdk.Stack.of(to).account}},
+    )
+
+
+def _admit_access_logs(
+    to: s3.Bucket, *, prefix: str, sid: str, conditions: dict[str, dict[str, str]]
+) -> None:
+    """The S3 logging service may put objects under ``prefix`` of ``to`` when ``conditions``
+    hold (S3 user guide, server access logging: bucket policy, not ACLs)."""
     to.add_to_resource_policy(
         iam.PolicyStatement(
             sid=sid,
             principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")],
             actions=["s3:PutObject"],
             resources=[to.arn_for_objects(f"{prefix}*")],
-            conditions={"StringEquals": {"aws:SourceAccount": cdk.Stack.of(to).account}},
+            conditions=conditions,
         )
     )
 

@@ -281,6 +281,23 @@ def test_the_wait_polls_every_interval_and_merges_the_data_of_both_handlers(buck
     assert polled["ResourceProperties"]["Nodes"] == "2"
 
 
+def continued(bucket, *, started: float, deadline: float) -> dict:
+    """A self-invocation's event: the request plus the wait's state (on-event result merged,
+    no response URL in the resource, as the driver hands it over)."""
+    resource = {**request(bucket), **STARTED}
+    del resource["ResponseURL"]
+    return request(
+        bucket,
+        **{
+            driver.CONTINUATION_KEY: {
+                "Resource": resource,
+                "Started": started,
+                "Deadline": deadline,
+            }
+        },
+    )
+
+
 def test_a_wait_longer_than_the_invocation_continues_in_an_asynchronous_self_invocation(bucket):
     clock = FakeClock()
     handler = handler_double(on_event=STARTED, polls=[{"IsComplete": False}])
@@ -321,18 +338,7 @@ def test_a_continued_wait_keeps_its_deadline_and_skips_on_event(bucket):
     handler = handler_double(on_event=AssertionError("on_event must not run again"), polls=[
         {"IsComplete": False}, {"IsComplete": True, "Data": {"Passed": "true"}},
     ])  # fmt: skip
-    resource = {**request(bucket), **STARTED}
-    del resource["ResponseURL"]
-    event = request(
-        bucket,
-        **{
-            driver.CONTINUATION_KEY: {
-                "Resource": resource,
-                "Started": clock.now - 900,
-                "Deadline": clock.now + 40,
-            }
-        },
-    )
+    event = continued(bucket, started=clock.now - 900, deadline=clock.now + 40)
     driver.run(event, handler, SETTINGS, invocation(), runtime_for(bucket, clock))
     assert [kind for kind, _ in handler.seen] == ["is_complete", "is_complete"]
     assert clock.slept == [30]
@@ -344,18 +350,7 @@ def test_past_the_deadline_the_answer_is_failed_with_the_minutes_and_what_it_wai
     handler = handler_double(
         on_event=STARTED, polls=[{"IsComplete": False, "Status": "node 1 InProgress"}]
     )
-    resource = {**request(bucket), **STARTED}
-    del resource["ResponseURL"]
-    event = request(
-        bucket,
-        **{
-            driver.CONTINUATION_KEY: {
-                "Resource": resource,
-                "Started": clock.now - 55 * 60,
-                "Deadline": clock.now,
-            }
-        },
-    )
+    event = continued(bucket, started=clock.now - 55 * 60, deadline=clock.now)
     driver.run(event, handler, SETTINGS, invocation(), runtime_for(bucket, clock))
     assert bucket.only["Status"] == "FAILED"
     assert bucket.only["Reason"] == (
