@@ -31,6 +31,7 @@ BUNDLED_DOCKERFILE = "cdk_trn_runtime/container/Dockerfile"
 #: verifying attestations happens off the cluster, by whoever audits it.
 BUNDLED_SUBPACKAGES = (
     "container",
+    "launch",
     "suite",
     "slurm",
     "train",
