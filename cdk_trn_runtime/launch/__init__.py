@@ -55,6 +55,12 @@ class LaunchError(RuntimeError):
     """The job cannot be launched; the message says why."""
 
 
+NOT_IN_A_JOB = (
+    "not in a Slurm job (SLURM_JOB_ID and SLURM_NNODES unset): submit with "
+    "sbatch examples/slurm/torchrun.sbatch SCRIPT [ARGS...]"
+)
+
+
 @dataclass(frozen=True)
 class JobPlan:
     """What every node of the job needs to join one torchrun job."""
@@ -99,10 +105,7 @@ def plan_job(
         job_id = int(environ["SLURM_JOB_ID"])
         nnodes = int(environ["SLURM_NNODES"])
     except (KeyError, ValueError):
-        raise LaunchError(
-            "not in a Slurm job (SLURM_JOB_ID and SLURM_NNODES unset): submit with "
-            "sbatch examples/slurm/torchrun.sbatch SCRIPT [ARGS...]"
-        ) from None
+        raise LaunchError(NOT_IN_A_JOB) from None
     port = requested_port if requested_port is not None else master_port(job_id, environ)
     if ultraserver_hosts.strip():
         hosts = topology.parse_hosts(ultraserver_hosts)

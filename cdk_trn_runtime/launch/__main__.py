@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from cdk_trn_runtime.launch import (
     ENV_DEVICE_ROOT,
+    NOT_IN_A_JOB,
     JobPlan,
     LaunchError,
     first_host,
@@ -52,6 +53,8 @@ def _target(args: argparse.Namespace) -> list[str]:
 def run_job(args: argparse.Namespace) -> int:
     """In the batch script: plan the job, then one task per node runs ``--node``."""
     environ = dict(os.environ)
+    if not environ.get("SLURM_JOB_ID") or not environ.get("SLURM_NNODES"):
+        raise LaunchError(NOT_IN_A_JOB)
     target = args.target
     if not args.module:
         path = os.path.abspath(target)
@@ -122,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--procs-per-node must be positive, got {args.procs_per_node}")
     try:
         return run_node(args) if args.node else run_job(args)
-    except LaunchError as error:
+    except (LaunchError, OSError) as error:
         print(f"launch: error: {error}", file=sys.stderr)
         return 2
 
