@@ -28,7 +28,7 @@ typecheck: $(VENV)/.test
 	mypy cdk_trn cdk_trn_runtime stacks app.py
 
 unit: $(VENV)/.test
-	PJRT_DEVICE=CPU pytest
+	pytest
 
 # The default app synthesized (all packs, cfn-lint) with the oldest aws-cdk-lib pyproject admits.
 COMPAT := .venv-oldest
@@ -46,7 +46,7 @@ deploy: $(VENV)/.runtime node_modules/.installed
 
 bench: $(VENV)/.test
 	python benchmarks/synth_scaling.py
-	PJRT_DEVICE=CPU python benchmarks/acceptance_cpu.py
+	python benchmarks/acceptance_cpu.py
 
 # A real Slurm cluster on this machine (slurmctld, slurmd n1 and n2, munged) in .local-cluster/;
 # prints `export SLURM_CONF=...`. Needs root and the Debian packages slurm-wlm and munge.

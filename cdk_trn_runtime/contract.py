@@ -67,8 +67,14 @@ FIGURES: dict[str, tuple[str, str]] = {
     "train_step_ms": ("ms", "steady-state training step time (slowest rank)"),
     "train_loss_drop_fraction": ("fraction", "training loss drop"),
     "compile_seconds": ("s", "graph compile time (slowest rank)"),
-    "graph_compilations_after_warmup": ("count", "graph compilations after warm-up"),
+    "graph_compilations_after_warmup": (
+        "count",
+        "torch.compile graph compilations (recompiles) after warm-up",
+    ),
     "new_compilations_with_warm_cache": ("count", "new compilations with a warm cache"),
+    "compile_cache_hits": ("count", "compile-cache hits in the measured training (all ranks)"),
+    "compile_cache_misses": ("count", "compile-cache misses in the measured training (all ranks)"),
+    "compile_cache_hit_rate": ("fraction", "compile-cache hit rate (worst rank)"),
     "world_size": ("ranks", "ranks in the run"),
     "nodes": ("nodes", "nodes in the run"),
 }

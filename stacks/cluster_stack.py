@@ -6,6 +6,7 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from cdk_trn.acceptance import AcceptanceRun, NeuronTrainingImage
+from cdk_trn.acceptance.image import bundled_versions
 from cdk_trn.capacity import Capacity
 from cdk_trn.cluster import TrainiumCluster
 from cdk_trn.machine_image import NeuronMachineImage
@@ -52,8 +53,14 @@ class ClusterStack(cdk.Stack):
             file_system=storage.file_system,
         )
         storage.buckets.grant_read_write(self.cluster.role)
-        # One image for the acceptance run, slurmd, slurmctld and users' jobs.
-        image = NeuronTrainingImage.bundled()
+        # One image for the acceptance run, slurmd, slurmctld and users' jobs: the bundled one, or
+        # -c trainingImage=<Dockerfile directory or ECR image URI>.
+        image = (
+            NeuronTrainingImage.from_reference(config.training_image)
+            if config.training_image
+            else NeuronTrainingImage.bundled()
+        )
+        self._image_outputs(image)
         self.scheduler: SlurmScheduler | None = None
         if config.scheduler == "slurm":
             self.scheduler = SlurmScheduler(self, "Slurm", cluster=self.cluster, image=image)
@@ -104,6 +111,27 @@ class ClusterStack(cdk.Stack):
             value=self.cluster.cluster_name,
             description="the cluster's name (tag cdk-trn:cluster, signed checkpoints' cluster)",
         ).override_logical_id(OUTPUT_CLUSTER_NAME)
+
+    def _image_outputs(self, image: NeuronTrainingImage) -> None:
+        """Which training image the cluster runs and, for the bundled one, its versions (the
+        acceptance report shows the versions the nodes actually run)."""
+        cdk.CfnOutput(
+            self, "TrainingImage", value=image.description, description="training image source"
+        )
+        if not image.is_bundled:
+            return
+        for key, label in (
+            ("neuron_sdk", "NeuronSdk"),
+            ("torch", "Torch"),
+            ("torch_neuronx", "TorchNeuronx"),
+            ("slurm", "Slurm"),
+        ):
+            cdk.CfnOutput(
+                self,
+                f"TrainingImage{label}",
+                value=bundled_versions()[key],
+                description=f"bundled training image: {key} version",
+            )
 
     def _scheduler_outputs(self, scheduler: SlurmScheduler) -> None:
         """The outputs the ``cdk-trn`` command finds the cluster by (contract keys)."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from constructs import Node
 
+from cdk_trn.acceptance.image import NeuronTrainingImage
 from cdk_trn.errors import invalid
 
 
@@ -69,6 +70,14 @@ def _region(key: str, value: Any) -> str:
 SCHEDULERS = ("slurm", "none")
 
 
+def _training_image(key: str, value: Any) -> str:
+    """A directory with a Dockerfile or an ECR image URI; checked here, at synth."""
+    if not isinstance(value, str):
+        raise invalid(key, value, "a directory with a Dockerfile or an ECR image URI")
+    NeuronTrainingImage.from_reference(value)
+    return value
+
+
 def _scheduler(key: str, value: Any) -> str:
     if not isinstance(value, str) or value not in SCHEDULERS:
         raise invalid(key, value, " or ".join(SCHEDULERS))
@@ -99,6 +108,9 @@ class AppConfig:
     #: The cluster's CloudWatch dashboard and alarms (cdk_trn.observability.ClusterDashboard).
     dashboard: bool = True
     scheduler: str = "slurm"
+    #: The training image of the scheduler, the acceptance run and users' jobs: a directory with a
+    #: Dockerfile (built at deploy) or an ECR image URI. Default: the bundled image.
+    training_image: str | None = None
 
     @classmethod
     def from_context(cls, node: Node) -> AppConfig:
@@ -125,6 +137,7 @@ class AppConfig:
             "enclaveVault": ("enclave_vault", _bool),
             "dashboard": ("dashboard", _bool),
             "scheduler": ("scheduler", _scheduler),
+            "trainingImage": ("training_image", _training_image),
         }
         for key, (field, convert) in conversions.items():
             raw = ctx(key)

@@ -2,9 +2,11 @@
 
 Three sources: the bundled training container (``cdk_trn_runtime/container``, built and pushed to
 the bootstrap ECR repository by ``cdk deploy`` as a ``DockerImageAsset``), another directory with a
-Dockerfile, or an image already in ECR. Like ``aws_ecs.ContainerImage``, the value is created
-without a scope and bound to one by the construct that uses it (``bind``), which is where the asset
-is created; building the asset needs Docker only at deploy time, never at synth.
+Dockerfile (typically ``FROM`` the bundled image plus a researcher's packages), or an image already
+in ECR (by repository, or by its URI: ``from_reference`` takes either a directory or a URI, which
+is what the default app's ``-c trainingImage=`` passes). Like ``aws_ecs.ContainerImage``, the value
+is created without a scope and bound to one by the construct that uses it (``bind``), which is
+where the asset is created; building the asset needs Docker only at deploy time, never at synth.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ BUNDLED_DOCKERFILE = "cdk_trn_runtime/container/Dockerfile"
 #: verifying attestations happens off the cluster, by whoever audits it.
 BUNDLED_SUBPACKAGES = (
     "container",
+    "launch",
     "suite",
     "slurm",
     "train",
@@ -45,6 +48,13 @@ ASSET_EXCLUDES = (
     "**/.pytest_cache",
     "**/.mypy_cache",
     "**/.ruff_cache",
+)
+
+#: An image URI in a private ECR registry, with its tag or digest (never an implicit ``latest``).
+_ECR_URI = re.compile(
+    r"(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\d{1,2})"
+    r"\.amazonaws\.com(?P<cn>\.cn)?/(?P<name>[a-z0-9][a-z0-9._/-]{0,255})"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127})|@(?P<digest>sha256:[a-f0-9]{64}))"
 )
 
 _PULL_ACTIONS = (
@@ -102,7 +112,9 @@ class NeuronTrainingImage:
         file: str | None = None,
         exclude: list[str] | None = None,
         ignore_mode: cdk.IgnoreMode | None = None,
+        uri: str | None = None,
     ) -> None:
+        self._uri = uri
         self._directory = directory
         self._file = file
         self._exclude = list(exclude or ASSET_EXCLUDES)
@@ -149,6 +161,56 @@ class NeuronTrainingImage:
             cls._validate_tag_or_digest(tag_or_digest)
         return cls(repository=repository, tag_or_digest=tag_or_digest)
 
+    @classmethod
+    def from_ecr_uri(cls, uri: str) -> NeuronTrainingImage:
+        """An image in a private ECR registry by its URI,
+        ``<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>`` (or ``@sha256:<digest>``);
+        the nodes get pull permission on that repository."""
+        if not _ECR_URI.fullmatch(uri):
+            raise invalid(
+                "training image URI",
+                uri,
+                "<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag> or "
+                "...@sha256:<64 hex digits>",
+            )
+        return cls(uri=uri)
+
+    @classmethod
+    def from_reference(cls, reference: str) -> NeuronTrainingImage:
+        """A directory with a Dockerfile (built at deploy) or an ECR image URI: the value of the
+        default app's ``-c trainingImage=``."""
+        if not isinstance(reference, str) or not reference.strip():
+            raise invalid(
+                "trainingImage", reference, "a directory with a Dockerfile or an ECR image URI"
+            )
+        if ".dkr.ecr." in reference:
+            return cls.from_ecr_uri(reference)
+        directory = Path(reference).expanduser()
+        if not (directory / "Dockerfile").is_file():
+            raise invalid(
+                "trainingImage",
+                reference,
+                "a directory containing a Dockerfile (e.g. FROM the bundled image plus your "
+                "packages) or an ECR image URI "
+                "<account>.dkr.ecr.<region>.amazonaws.com/<repo>:<tag>",
+            )
+        return cls.from_directory(directory)
+
+    @property
+    def description(self) -> str:
+        """Where the image comes from, for a stack output."""
+        if self._uri:
+            return self._uri
+        if self._repository is not None:
+            return f"ECR repository, {self._tag_or_digest or 'latest'}"
+        if self._file == BUNDLED_DOCKERFILE:
+            return f"bundled ({BUNDLED_DOCKERFILE})"
+        return f"built from {self._directory}"
+
+    @property
+    def is_bundled(self) -> bool:
+        return self._file == BUNDLED_DOCKERFILE and self._uri is None
+
     @staticmethod
     def _validate_tag_or_digest(value: str) -> None:
         if value.startswith("sha256:"):
@@ -167,7 +229,18 @@ class NeuronTrainingImage:
         key = stack.node.path
         if key in self._bound:
             return self._bound[key]
-        if self._repository is not None:
+        if self._uri is not None:
+            match = _ECR_URI.fullmatch(self._uri)
+            assert match is not None
+            partition = "aws-cn" if match["cn"] else "aws"
+            repository = ecr.Repository.from_repository_arn(
+                scope,
+                "TrainingImageRepository",
+                f"arn:{partition}:ecr:{match['region']}:{match['account']}:repository/"
+                f"{match['name']}",
+            )
+            bound = BoundNeuronTrainingImage(image_uri=self._uri, repository=repository)
+        elif self._repository is not None:
             tag = self._tag_or_digest or "latest"
             uri = (
                 self._repository.repository_uri_for_digest(tag)
@@ -192,3 +265,29 @@ class NeuronTrainingImage:
             )
         self._bound[key] = bound
         return bound
+
+
+def bundled_versions() -> dict[str, str]:
+    """The bundled image's versions, read from its Dockerfile at synth: the Neuron SDK release (its
+    label), torch and Python (its base image's tag), torch-neuronx (its label, which the build
+    checks against the installed package) and Slurm (the base distribution's
+    package; its exact version is the image's ``slurmd -V``, which the acceptance report shows)."""
+    text = (RUNTIME_ROOT / BUNDLED_DOCKERFILE).read_text()
+    first = text.splitlines()[0]
+    tag = re.search(
+        r":(?P<torch>\d+\.\d+\.\d+)-neuronx-py(?P<py>\d)(?P<pyminor>\d+)-sdk(?P<sdk>[\d.]+)-"
+        r"(?P<os>ubuntu)(?P<osv>[\d.]+)",
+        first,
+    )
+    release = re.search(r'com\.cdk-trn\.neuron-release="([^"]+)"', text)
+    neuronx = re.search(r'com\.cdk-trn\.torch-neuronx="([^"]+)"', text)
+    if tag is None or release is None or neuronx is None:
+        raise ValueError(f"{BUNDLED_DOCKERFILE}: cannot read the versions of its first FROM")
+    torch = tag["torch"]
+    return {
+        "neuron_sdk": release.group(1),
+        "torch": torch,
+        "torch_neuronx": neuronx.group(1),
+        "python": f"{tag['py']}.{tag['pyminor']}",
+        "slurm": f"slurm-wlm of Ubuntu {tag['osv']} (slurmd -V in the acceptance report)",
+    }

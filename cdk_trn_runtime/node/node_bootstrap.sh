@@ -199,6 +199,7 @@ start_slurmd() {
   done
   log "Slurm controller at $address"
   pull_image "$CDK_TRN_SLURM_IMAGE" || fail "could not pull $CDK_TRN_SLURM_IMAGE"
+  drv=$(docker run --rm --entrypoint python "$CDK_TRN_SLURM_IMAGE" -m cdk_trn_runtime.container.driver_check 2>&1) || fail "$drv"; log "$drv"
   install_helper "$HELPER"
   write_slurm_identity
   install_controller_watch "$HELPER"

@@ -1,9 +1,9 @@
 """The device checks of one rank: discovery, BF16 GEMM, device copy bandwidth, collectives.
 
 Each check takes the initialized ``device.Runtime`` and returns plain data for the rank result.
-Timing on a lazy XLA device: the first execution of a graph compiles it and is not timed;
-the timed iterations are dispatched back to back and the clock stops after all of them finished,
-so dispatch overlaps execution as it does in training.
+Timing: the first iteration (which may compile or allocate) is not timed; the timed iterations
+are dispatched back to back and the clock stops after the device finished all of them, so
+dispatch overlaps execution as it does in training.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import glob
 import importlib.metadata
 import os
 import platform as host_platform
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,15 +24,13 @@ from .thresholds import Thresholds
 
 PACKAGES = (
     "torch",
-    "torch-xla",
     "torch-neuronx",
     "neuronx-cc",
-    "libneuronxla",
-    "neuronx-distributed",
-    "trn-acceptance",
+    "nki",
+    "torchtitan",
 )
 ENVIRONMENT = (
-    "PJRT_DEVICE",
+    "CDK_TRN_DEVICE",
     "NEURON_RT_VISIBLE_CORES",
     "NEURON_LOGICAL_NC_CONFIG",
     "NEURON_RT_ROOT_COMM_ID",
@@ -38,8 +38,10 @@ ENVIRONMENT = (
     "NEURON_CC_FLAGS",
     "FI_PROVIDER",
     "FI_EFA_USE_DEVICE_RDMA",
-    "XLA_PERSISTENT_CACHE_PATH",
+    "TORCHINDUCTOR_CACHE_DIR",
 )
+#: Set by the bundled image (its Dockerfile's ENV): the Neuron SDK release it is built on.
+NEURON_RELEASE_VARIABLE = "CDK_TRN_NEURON_RELEASE"
 
 
 def _version(package: str) -> str | None:
@@ -49,43 +51,63 @@ def _version(package: str) -> str | None:
         return None
 
 
-def discovery(runtime: Runtime) -> dict[str, Any]:
-    import torch_xla.runtime as xr
+def slurm_version() -> str | None:
+    """``slurmd -V`` as ``23.11.4`` (None where Slurm is not installed)."""
+    slurmd = shutil.which("slurmd")
+    if not slurmd:
+        return None
+    try:
+        done = subprocess.run(  # noqa: S603  (a fixed argument list)
+            [slurmd, "-V"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    words = done.stdout.split()
+    return words[-1] if done.returncode == 0 and words else None
 
+
+def versions() -> dict[str, str]:
+    """torch, torch-neuronx (and the rest of PACKAGES), the Neuron release and Slurm, as found."""
+    found = {p: v for p in PACKAGES if (v := _version(p)) is not None}
+    if os.environ.get(NEURON_RELEASE_VARIABLE):
+        found["neuron-sdk"] = os.environ[NEURON_RELEASE_VARIABLE]
+    if slurm := slurm_version():
+        found["slurm"] = slurm
+    found["python"] = host_platform.python_version()
+    return found
+
+
+def discovery(runtime: Runtime) -> dict[str, Any]:
+    import torch
+
+    accelerators = torch.accelerator.device_count() if torch.accelerator.is_available() else 0
     return {
         "platform": runtime.platform,
         "device": str(runtime.device),
-        "addressable_devices": xr.addressable_device_count(),
-        "global_devices": xr.global_runtime_device_count(),
+        "accelerator_devices": accelerators,
         "rank": runtime.info.rank,
         "local_rank": runtime.info.local_rank,
         "world_size": runtime.info.world_size,
         "local_world_size": runtime.info.local_world_size,
         "collective_backend": runtime.collectives.backend,
+        "compile_backend": runtime.compile_backend,
         # Neuron devices the driver exposes on the host (each is one Trainium chip).
         "neuron_devices": len(glob.glob("/dev/neuron[0-9]*")),
         "efa_devices": len(glob.glob("/sys/class/infiniband/*")),
         "host_cpus": os.cpu_count(),
         "python": host_platform.python_version(),
-        "versions": {p: v for p in PACKAGES if (v := _version(p)) is not None},
+        "versions": versions(),
         "environment": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ},
     }
 
 
-def _timed(
-    run_once: Callable[[], Any],
-    flush: Callable[[], None],
-    wait: Callable[[], None],
-    iterations: int,
-) -> float:
-    """Seconds per iteration of ``run_once`` after one untimed (compiling) iteration."""
+def _timed(run_once: Callable[[], Any], wait: Callable[[], None], iterations: int) -> float:
+    """Seconds per iteration of ``run_once`` after one untimed (warm-up) iteration."""
     run_once()
-    flush()
     wait()
     start = time.perf_counter()
     for _ in range(iterations):
         run_once()
-        flush()
     wait()
     return (time.perf_counter() - start) / iterations
 
@@ -108,13 +130,13 @@ def gemm(
         b_host = torch.randn(size, size, generator=generator).to(torch.bfloat16)
         a = a_host.to(runtime.device)
         b = b_host.to(runtime.device)
-        runtime.sync()
+        runtime.wait()
         out: dict[str, Any] = {}
 
         def once(a: Any = a, b: Any = b, out: dict[str, Any] = out) -> None:
             out["c"] = a @ b
 
-        seconds = _timed(once, runtime.sync, runtime.wait, iterations)
+        seconds = _timed(once, runtime.wait, iterations)
         achieved = formulas.tflops(formulas.gemm_flops(size, size, size), seconds)
         numerics: dict[str, Any] = {
             "checked": False,
@@ -152,20 +174,20 @@ def hbm_copy(
 ) -> dict[str, Any]:
     """Device copy bandwidth: y = x + s reads and writes the buffer once each.
 
-    ``s`` is a device scalar (a graph input), so XLA cannot fold the copy away.
+    ``s`` is a device tensor, so no compiler can fold the copy away.
     """
     import torch
 
     count = max(buffer_bytes // 4, 1)
     x = torch.ones(count, dtype=torch.float32, device=runtime.device)
     s = torch.tensor(1.0, dtype=torch.float32).to(runtime.device)
-    runtime.sync()
+    runtime.wait()
     out: dict[str, Any] = {}
 
     def once() -> None:
         out["y"] = x + s
 
-    seconds = _timed(once, runtime.sync, runtime.wait, iterations)
+    seconds = _timed(once, runtime.wait, iterations)
     nbytes = count * 4
     achieved = formulas.gbps(formulas.copy_bytes_moved(nbytes), seconds)
     correct = bool(out["y"][:1].cpu().item() == 2.0)
@@ -224,14 +246,12 @@ def collectives(runtime: Runtime, sizes: Sequence[int], iterations: int) -> list
                     return comm.all_gather(x)
 
                 size_bytes = per_rank * n * 4
-            comm.flush()
             comm.barrier()
             got = run()
             error = (got - expected).abs().max()
-            comm.flush()
             max_abs_error = float(error.cpu().item())
             comm.barrier()
-            seconds = _timed(run, comm.flush, comm.wait, iterations)
+            seconds = _timed(run, comm.wait, iterations)
             algbw = formulas.algorithm_bandwidth_gbps(size_bytes, seconds)
             busbw = (
                 formulas.allreduce_bus_bandwidth_gbps(algbw, n)

@@ -73,11 +73,10 @@ def _add_cache(parser: argparse.ArgumentParser, required: bool) -> None:
         help="persistent compile cache (FSx in the cluster); default: none",
     )
     parser.add_argument(
-        "--xla-cache",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="torch_xla's own persistent cache: auto = on for CPU, off for "
-        "Neuron (which uses its NEFF cache); default: auto",
+        "--device",
+        choices=("neuron", "cuda", "cpu"),
+        help="the device to run on; default: $CDK_TRN_DEVICE, else torch.accelerator's "
+        "(neuron on Trainium), else cpu",
     )
 
 
@@ -186,19 +185,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_report(summary))
         return 0 if summary["passed"] else 1
 
-    from .device import choose_platform, process_info
+    from .device import choose_device, process_info
     from .thresholds import Thresholds
 
     try:
         train_config = _train_config(args)
-        platform = choose_platform()
+        device = choose_device(args.device)
     except ValueError as exc:
         parser.error(str(exc))
 
     if args.command == "warm-cache":
         from .runner import warm_cache
 
-        return warm_cache(train_config, args.cache_dir, args.xla_cache, platform, args.output)
+        return warm_cache(train_config, args.cache_dir, device, args.output)
 
     from .runner import RunConfig, run_rank
 
@@ -231,12 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         collective_sizes=args.collective_sizes,
         collective_iterations=args.collective_iterations,
         cache_dir=args.cache_dir,
-        xla_cache=args.xla_cache,
+        device=device,
         warm_pass=not args.no_warm_pass,
         node=args.node,
         deadline_seconds=args.deadline_seconds,
     )
-    summary, code = run_rank(config, info, platform)
+    summary, code = run_rank(config, info)
     if code and info.rank == 0:
         for item in summary["failures"]:
             print(

@@ -1,56 +1,71 @@
 """The one place that chooses the device, starts the process group and does collectives.
 
-In the bundled container ``PJRT_DEVICE=NEURON``: torch-neuronx registers the Neuron PJRT plugin and
-every rank drives one NeuronCore through torch_xla; collectives go through torch_xla
-(``xm.all_reduce`` / ``xm.all_gather``, the ``xla`` process-group backend), i.e. over
-NeuronLink and EFA. Off Trainium ``PJRT_DEVICE=CPU`` gives the XLA CPU device: the same lazy
-tensors, graph capture, compilation and compile cache.
+Standard PyTorch only, the same code on three devices: ``neuron`` on Trainium (TorchNeuron, the
+native PyTorch backend Neuron ships from 2.33: a PrivateUse1 device that PyTorch autoloads),
+``cuda`` where there is a GPU, ``cpu`` everywhere else. The device comes from ``--device`` (or
+``CDK_TRN_DEVICE``) when given, otherwise from ``torch.accelerator``; the process-group backend is
+the one that device takes (``neuron``, ``nccl``, ``gloo``), and ``torch.compile`` uses Neuron's
+``neuron`` backend on Trainium and PyTorch's default (inductor) elsewhere. Under torchrun the
+process group starts from its environment (``env://``); alone, from an in-memory store, so a
+single process needs no port.
 
-One difference is forced by torch-xla itself: its PJRT CPU client has only in-process
-collectives (XLA's ``InProcessCollectives``), so separate processes on XLA CPU cannot all-reduce
-through XLA. With ``PJRT_DEVICE=CPU`` and more than one rank the collectives check therefore
-runs ``torch.distributed`` with the gloo backend on host tensors; with one rank it uses the
-torch_xla path that Neuron uses. Nothing else in the suite knows which transport is in use.
-
-Functions that need no torch (``choose_platform``, ``process_info``) import none, so the pure
+Functions that need no torch (``resolve_device``, ``process_info``, ...) import none, so the pure
 parts of the package stay importable without it.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-NEURON = "NEURON"
-CPU = "CPU"
-PLATFORMS = (NEURON, CPU)
+NEURON = "neuron"
+CUDA = "cuda"
+CPU = "cpu"
+DEVICES = (NEURON, CUDA, CPU)
+#: torch.distributed backend per device type.
+BACKENDS = {NEURON: "neuron", CUDA: "nccl", CPU: "gloo"}
+#: torch.compile backend per device type: Neuron's compiler on Trainium, inductor elsewhere.
+COMPILE_BACKENDS = {NEURON: "neuron", CUDA: "inductor", CPU: "inductor"}
+#: Environment variable that chooses the device when ``--device`` is not given.
+DEVICE_VARIABLE = "CDK_TRN_DEVICE"
 
 
-def choose_platform(environ: MutableMapping[str, str] | None = None) -> str:
-    """NEURON or CPU, from ``PJRT_DEVICE``; when unset, NEURON only if torch-neuronx imports.
+def platform_name(device: str) -> str:
+    """The device type as results name it (``NEURON``, ``CUDA``, ``CPU``)."""
+    return device.upper()
 
-    The choice is written back to ``PJRT_DEVICE`` so torch_xla starts the same runtime.
+
+def resolve_device(requested: str | None, accelerator: str | None) -> str:
+    """The device type to use: ``requested`` when given, else the accelerator's, else ``cpu``.
+
+    ``accelerator`` is ``torch.accelerator.current_accelerator().type`` (None without one).
+    """
+    if requested:
+        choice = requested.strip().lower()
+        if choice not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {requested!r}")
+        return choice
+    if accelerator in (NEURON, CUDA):
+        return accelerator
+    return CPU
+
+
+def choose_device(requested: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The device for this process: ``requested``, else ``$CDK_TRN_DEVICE``, else the accelerator.
+
+    Imports torch only when it has to ask ``torch.accelerator``.
     """
     env = os.environ if environ is None else environ
-    requested = env.get("PJRT_DEVICE", "").strip().upper()
-    if requested:
-        if requested not in PLATFORMS:
-            raise ValueError(f"PJRT_DEVICE must be one of {', '.join(PLATFORMS)}, got {requested}")
-        platform = requested
-    else:
-        try:
-            # PyPI's torch-neuronx is a placeholder that raises ImportError; the real one is in
-            # the Neuron container.
-            importlib.import_module("torch_neuronx")
-            platform = NEURON
-        except ImportError:
-            platform = CPU
-    env["PJRT_DEVICE"] = platform
-    return platform
+    wanted = requested or env.get(DEVICE_VARIABLE, "").strip() or None
+    if wanted:
+        return resolve_device(wanted, None)
+    import torch
+
+    current = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    return resolve_device(None, current.type if current is not None else None)
 
 
 @dataclass(frozen=True)
@@ -101,48 +116,61 @@ TORCHRUN_VARIABLES = (
     "TORCHELASTIC_MAX_RESTARTS",
     "TORCHELASTIC_USE_AGENT_STORE",
     "TORCHELASTIC_ERROR_FILE",
-    "NEURON_PJRT_WORLD_SIZE",
-    "NEURON_PJRT_PROCESS_INDEX",
-    "NEURON_PJRT_PROCESSES_NUM_DEVICES",
-    "PJRT_LOCAL_PROCESS_COUNT",
-    "PJRT_LOCAL_PROCESS_RANK",
 )
 
 
-def standalone_environment(info: ProcessInfo, platform: str) -> dict[str, str]:
+def standalone_environment(info: ProcessInfo, device: str) -> dict[str, str]:
     """The environment for a single-process helper of this rank (the cache warm pass)."""
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
-    if platform == NEURON and "NEURON_RT_VISIBLE_CORES" not in env:
-        # torch-neuronx maps LOCAL_RANK to a core only under torchrun; pin the same core here.
+    env[DEVICE_VARIABLE] = device
+    if device == NEURON and "NEURON_RT_VISIBLE_CORES" not in env:
+        # The rank's own NeuronCore, which the measured run uses after the warm pass.
         env["NEURON_RT_VISIBLE_CORES"] = str(info.local_rank)
+    if device == CUDA and "CUDA_VISIBLE_DEVICES" not in env:
+        env["CUDA_VISIBLE_DEVICES"] = str(info.local_rank)
     return env
 
 
 class Collectives:
-    """All-reduce, all-gather and barrier over all ranks; subclasses pick the transport."""
+    """All-reduce, all-gather and barrier over all ranks, through ``torch.distributed``.
 
-    backend = ""
+    Tensors live on ``tensor_device`` (the rank's accelerator, or host memory on CPU), which is
+    the path the backend of that device (neuron, nccl, gloo) takes.
+    """
 
-    def __init__(self, rank: int, world_size: int, tensor_device: Any) -> None:
+    def __init__(self, backend: str, rank: int, world_size: int, tensor_device: Any) -> None:
+        self.backend = backend
         self.rank = rank
         self.world_size = world_size
         self.tensor_device = tensor_device
 
     def all_reduce_sum(self, tensor: Any) -> Any:
-        raise NotImplementedError
+        import torch.distributed as dist
+
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
 
     def all_gather(self, tensor: Any) -> Any:
         """The ranks' 1-D tensors concatenated in rank order."""
-        raise NotImplementedError
+        import torch
+        import torch.distributed as dist
+
+        out = torch.empty(
+            tensor.numel() * self.world_size, dtype=tensor.dtype, device=tensor.device
+        )
+        dist.all_gather_single(out, tensor.contiguous())
+        return out
 
     def barrier(self) -> None:
-        raise NotImplementedError
+        import torch.distributed as dist
 
-    def flush(self) -> None:
-        """Start execution of everything recorded so far (lazy devices)."""
+        self.wait()
+        dist.barrier()
 
     def wait(self) -> None:
-        """Block until everything started has finished."""
+        """Block until the device finished everything queued so far."""
+        synchronize(self.tensor_device)
 
     def all_gather_bytes(self, payload: bytes) -> list[bytes]:
         """Every rank's ``payload``, in rank order, on every rank.
@@ -153,138 +181,66 @@ class Collectives:
 
         length = torch.tensor([float(len(payload))], dtype=torch.float32)
         lengths = self.all_gather(length.to(self.tensor_device))
-        self.flush()
         sizes = [int(v) for v in lengths.cpu().tolist()]
         width = max(sizes)
         buffer = torch.zeros(width, dtype=torch.float32)
         if payload:
             buffer[: len(payload)] = torch.tensor(list(payload), dtype=torch.float32)
         gathered = self.all_gather(buffer.to(self.tensor_device))
-        self.flush()
         rows = gathered.cpu().reshape(self.world_size, width).to(torch.uint8)
         return [bytes(rows[i, : sizes[i]].tolist()) for i in range(self.world_size)]
 
 
-class XlaCollectives(Collectives):
-    """torch_xla collectives on XLA device tensors: the path Neuron uses."""
+def synchronize(device: Any) -> None:
+    """Wait for the queued work of ``device`` (nothing to wait for on the host)."""
+    import torch
 
-    backend = "xla"
-
-    def all_reduce_sum(self, tensor: Any) -> Any:
-        import torch_xla.core.xla_model as xm
-
-        return xm.all_reduce(xm.REDUCE_SUM, tensor)
-
-    def all_gather(self, tensor: Any) -> Any:
-        import torch_xla.core.xla_model as xm
-
-        return xm.all_gather(tensor, dim=0)
-
-    def barrier(self) -> None:
-        import torch_xla.core.xla_model as xm
-
-        self.wait()
-        # Not dist.barrier(): the xla process group's barrier returns without waiting.
-        # xm.rendezvous all-gathers over the devices and reads the result back, so it blocks.
-        xm.rendezvous("cdk_trn_runtime.suite")
-
-    def flush(self) -> None:
-        import torch_xla
-
-        torch_xla.sync()
-
-    def wait(self) -> None:
-        import torch_xla.core.xla_model as xm
-
-        xm.wait_device_ops()
-
-
-class HostCollectives(Collectives):
-    """torch.distributed gloo on host tensors: XLA CPU with several processes (see module doc)."""
-
-    backend = "gloo"
-
-    def all_reduce_sum(self, tensor: Any) -> Any:
-        import torch.distributed as dist
-
-        out = tensor.clone()
-        dist.all_reduce(out)
-        return out
-
-    def all_gather(self, tensor: Any) -> Any:
-        import torch
-        import torch.distributed as dist
-
-        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(parts, tensor)
-        return torch.cat(parts)
-
-    def barrier(self) -> None:
-        import torch.distributed as dist
-
-        dist.barrier()
+    if getattr(device, "type", "cpu") != "cpu":
+        torch.accelerator.synchronize(device)
 
 
 class Runtime:
-    """The initialized device of this rank: device, collectives and compile metrics."""
+    """The initialized device of this rank: device, process group and collectives."""
 
-    def __init__(
-        self,
-        platform: str,
-        info: ProcessInfo,
-        xla_cache_dir: str | None,
-        *,
-        distributed: bool = True,
-    ) -> None:
-        self.platform = platform
-        self.info = info
-        os.environ["PJRT_DEVICE"] = platform
-        if platform == NEURON:
-            importlib.import_module("torch_neuronx")
+    def __init__(self, device: str, info: ProcessInfo, *, distributed: bool = True) -> None:
         import torch
         import torch.distributed as dist
-        import torch_xla
-        import torch_xla.runtime as xr
 
-        if xla_cache_dir:
-            # Must come before the first computation of this process.
-            xr.initialize_cache(xla_cache_dir, readonly=False)
-        self.device = torch_xla.device()
-        self.collectives: Collectives
-        if not distributed:
-            self.collectives = XlaCollectives(0, 1, self.device)
-            return
-        if platform == NEURON or info.world_size == 1:
-            import torch_xla.distributed.xla_backend  # noqa: F401  (registers the xla backend)
-
-            if info.under_torchrun:
-                # torchrun's RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (env://), as in
-                # the Neuron documentation.
-                dist.init_process_group("xla")
-            else:
-                # One process: no rendezvous, so no port to collide with other runs.
-                dist.init_process_group("xla", store=dist.HashStore(), rank=0, world_size=1)
-            self.collectives = XlaCollectives(dist.get_rank(), dist.get_world_size(), self.device)
+        self.device_type = device
+        self.platform = platform_name(device)
+        self.info = info
+        self.backend = BACKENDS[device]
+        self.compile_backend = COMPILE_BACKENDS[device]
+        if device == CPU:
+            self.device = torch.device("cpu")
         else:
-            dist.init_process_group("gloo")
-            self.collectives = HostCollectives(
-                dist.get_rank(), dist.get_world_size(), torch.device("cpu")
-            )
+            if not torch.accelerator.is_available():
+                raise RuntimeError(f"device {device} was asked for but torch has no accelerator")
+            count = torch.accelerator.device_count()
+            # One device per rank: the local rank's, unless the runtime shows each process only
+            # its own (NEURON_RT_VISIBLE_CORES, CUDA_VISIBLE_DEVICES).
+            index = info.local_rank if count > info.local_rank else 0
+            torch.accelerator.set_device_index(index)
+            self.device = torch.device(device, index)
+        if not distributed:
+            self.collectives = Collectives(self.backend, 0, 1, self.device)
+            return
+        if info.under_torchrun:
+            # torchrun's RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (env://).
+            dist.init_process_group(self.backend)
+        else:
+            dist.init_process_group(self.backend, store=dist.HashStore(), rank=0, world_size=1)
+        self.collectives = Collectives(
+            self.backend, dist.get_rank(), dist.get_world_size(), self.device
+        )
         if self.collectives.world_size != info.world_size:
             raise RuntimeError(
                 f"the process group has {self.collectives.world_size} ranks but WORLD_SIZE is "
                 f"{info.world_size}"
             )
 
-    def sync(self) -> None:
-        import torch_xla
-
-        torch_xla.sync()
-
     def wait(self) -> None:
-        import torch_xla.core.xla_model as xm
-
-        xm.wait_device_ops()
+        synchronize(self.device)
 
     def shutdown(self) -> None:
         import torch.distributed as dist
@@ -294,17 +250,37 @@ class Runtime:
 
 
 def compile_metrics() -> dict[str, float]:
-    """Compilations so far in this process (torch_xla's CompileTime metric) and their seconds."""
-    import torch_xla.debug.metrics as met
+    """torch.compile's own counters in this process: graphs compiled, recompilations, seconds.
 
-    data = met.metric_data("CompileTime")
-    count, total_ns = (data[0], data[1]) if data else (0, 0.0)
-    return {"compilations": int(count), "compile_seconds": float(total_ns) / 1e9}
+    ``compilations`` is Dynamo's count of graphs it captured and compiled
+    (``counters["stats"]["unique_graphs"]``); ``recompilations`` counts frames compiled again
+    after a guard failed; the seconds are Dynamo's compile-time metrics.
+    """
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    seconds = sum(
+        sum(values)
+        for name, values in compilation_time_metrics.items()
+        if name.endswith("compile_inner")
+    )
+    return {
+        "compilations": int(counters["stats"]["unique_graphs"]),
+        "recompilations": int(sum(counters["recompiles"].values())),
+        "compile_seconds": float(seconds),
+    }
 
 
-def counters(*names: str) -> dict[str, int]:
-    """torch_xla counters by name; an unset counter is 0."""
-    import torch_xla.debug.metrics as met
+#: torch.compile's cache counters: inductor's FX-graph cache and AOTAutograd's cache.
+CACHE_COUNTERS = {
+    "fx_graph_cache_hits": ("inductor", "fxgraph_cache_hit"),
+    "fx_graph_cache_misses": ("inductor", "fxgraph_cache_miss"),
+    "autograd_cache_hits": ("aot_autograd", "autograd_cache_hit"),
+    "autograd_cache_misses": ("aot_autograd", "autograd_cache_miss"),
+}
 
-    present = set(met.counter_names())
-    return {name: int(met.counter_value(name) or 0) if name in present else 0 for name in names}
+
+def cache_counters() -> dict[str, int]:
+    """The compile-cache counters of this process so far (0 for a counter never set)."""
+    from torch._dynamo.utils import counters
+
+    return {name: int(counters[group][key]) for name, (group, key) in CACHE_COUNTERS.items()}

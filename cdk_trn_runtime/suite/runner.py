@@ -22,22 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from . import checks, compile_cache
-from .device import NEURON, ProcessInfo, Runtime, compile_metrics, counters, standalone_environment
+from .device import (
+    NEURON,
+    ProcessInfo,
+    Runtime,
+    cache_counters,
+    compile_metrics,
+    standalone_environment,
+)
 from .schema import SCHEMA_VERSION, validate_rank_result
 from .summary import build_summary, format_report
 from .thresholds import Thresholds, evaluate
 from .training import TrainConfig, train
-
-CPU_CACHE_NOTE = (
-    "torch-xla 2.9 on XLA CPU writes its persistent compile cache and finds every graph in it "
-    "by key, but cannot load the executables back (PersistentCacheDeserializeFailure), so it "
-    "compiles them again in memory; new_compilations_with_warm_cache counts graphs missing from "
-    "the cache. On Neuron the NEFF cache (NEURON_COMPILE_CACHE_URL) is what spares neuronx-cc."
-)
-GLOO_NOTE = (
-    "collectives ran over torch.distributed gloo on host memory: torch-xla's CPU client has no "
-    "cross-process collectives. On Neuron they run through torch_xla (xla backend)."
-)
 
 
 @dataclass(frozen=True)
@@ -54,7 +50,7 @@ class RunConfig:
     collective_sizes: tuple[int, ...] = (1 << 20, 1 << 24, 1 << 28, 1 << 30)
     collective_iterations: int = 5
     cache_dir: str | None = None
-    xla_cache: str = "auto"
+    device: str = "cpu"
     warm_pass: bool = True
     node: str | None = None
     deadline_seconds: float = 3600.0
@@ -108,8 +104,8 @@ def warm_pass_command(config: RunConfig, output: str) -> list[str]:
         "warm-cache",
         "--cache-dir",
         str(config.cache_dir),
-        "--xla-cache",
-        config.xla_cache,
+        "--device",
+        config.device,
         "--output",
         output,
         "--train-steps",
@@ -136,7 +132,7 @@ def warm_pass_command(config: RunConfig, output: str) -> list[str]:
 
 
 def _warm_pass(
-    config: RunConfig, info: ProcessInfo, platform: str, paths: dict[str, str | None]
+    config: RunConfig, info: ProcessInfo, paths: dict[str, str | None]
 ) -> dict[str, Any]:
     """Replay the training in a process of its own so the measured run meets a warm cache."""
     output = str(Path(config.out_dir) / f".warm-pass-rank-{info.rank}.json")
@@ -144,7 +140,7 @@ def _warm_pass(
     start = time.perf_counter()
     completed = subprocess.run(  # noqa: S603  (our own module, argument list)
         warm_pass_command(config, output),
-        env=standalone_environment(info, platform),
+        env=standalone_environment(info, config.device),
         capture_output=True,
         text=True,
         check=False,
@@ -163,19 +159,14 @@ def _warm_pass(
     return record
 
 
-def _cache_counters() -> dict[str, int]:
-    return counters(
-        "PersistentCacheHit", "PersistentCacheMiss", "PersistentCacheDeserializeFailure"
-    )
-
-
-def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[str, Any], int]:
+def run_rank(config: RunConfig, info: ProcessInfo) -> tuple[dict[str, Any], int]:
     """Run every check on this rank; write rank-<N>.json (and summary.json on rank 0)."""
     started = time.time()
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     errors: dict[str, str] = {}
     notes: list[str] = []
+    platform = config.device.upper()
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run_id": config.run_id,
@@ -189,7 +180,7 @@ def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[
         "hbm_copy": None,
         "collectives": [],
         "training": None,
-        "compile": {"compile_seconds": 0.0, "compilations": 0},
+        "compile": {"compile_seconds": 0.0, "compilations": 0, "recompilations": 0},
         "compile_cache": None,
         "errors": errors,
         "notes": notes,
@@ -214,14 +205,14 @@ def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[
     paths: dict[str, str | None] | None = None
     cache: dict[str, Any] | None = None
     if config.cache_dir:
-        paths = compile_cache.cache_paths(config.cache_dir, platform, config.xla_cache)
+        paths = compile_cache.cache_paths(config.cache_dir, config.device)
         compile_cache.configure_environment(paths)
         cache = {
             "dir": paths["dir"],
             "neuron_cache": os.environ.get("NEURON_COMPILE_CACHE_URL")
-            if platform == NEURON
+            if config.device == NEURON
             else None,
-            "xla_cache": paths["xla"],
+            "inductor_cache": paths["inductor"],
         }
         deadline.stage = "compile cache warm pass"
         if config.warm_pass and info.local_rank == 0:
@@ -232,7 +223,7 @@ def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[
             cache["warm_pass"] = _isolated(
                 errors,
                 "compile_cache_warm_pass",
-                lambda: _warm_pass(config, info, platform, warm_paths),
+                lambda: _warm_pass(config, info, warm_paths),
             )
             if cache["warm_pass"] and cache["warm_pass"]["returncode"] != 0:
                 errors["compile_cache_warm_pass"] = (
@@ -248,7 +239,7 @@ def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[
             }
 
     deadline.stage = "device and process group"
-    runtime = Runtime(platform, info, paths["xla"] if paths else None)
+    runtime = Runtime(config.device, info)
     thresholds = config.thresholds
     deadline.stage = "discovery"
     result["discovery"] = _isolated(errors, "discovery", lambda: checks.discovery(runtime)) or {}
@@ -284,27 +275,34 @@ def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[
         )
         or []
     )
-    if runtime.collectives.backend == "gloo":
-        notes.append(GLOO_NOTE)
 
     deadline.stage = "training"
     # Every rank is past its other graphs, so cache files appearing now come from training.
     runtime.collectives.barrier()
     entries_before = compile_cache.entries(paths) if paths else set()
-    counters_before = _cache_counters()
-    result["training"] = _isolated(errors, "training", lambda: train(config.train, runtime.device))
+    counters_before = cache_counters()
+    result["training"] = _isolated(
+        errors,
+        "training",
+        lambda: train(config.train, runtime.device, runtime.compile_backend),
+    )
     runtime.collectives.barrier()
     if cache is not None and paths is not None:
-        counters_after = _cache_counters()
+        counters_after = cache_counters()
         new_entries = sorted(compile_cache.entries(paths) - entries_before)
         delta = {k: counters_after[k] - counters_before[k] for k in counters_after}
         countable = compile_cache.countable(paths)
+        hits = delta["fx_graph_cache_hits"] + delta["autograd_cache_hits"]
+        misses = delta["fx_graph_cache_misses"] + delta["autograd_cache_misses"]
         cache.update(
             {
                 "entries_before_training": len(entries_before),
                 "new_entries_in_training": new_entries[:20],
                 "new_compilations_with_warm_cache": len(new_entries) if countable else None,
-                "persistent_cache_counters_in_training": delta,
+                "cache_counters_in_training": delta,
+                "hits": hits,
+                "misses": misses,
+                "hit_rate": compile_cache.hit_rate(hits, misses),
             }
         )
         if not countable:
@@ -312,9 +310,6 @@ def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[
                 "NEURON_COMPILE_CACHE_URL is not a local path, so new cache entries cannot be "
                 "counted; pass --cache-dir on a shared file system instead."
             )
-        if delta["PersistentCacheDeserializeFailure"] > 0:
-            cache["executables_loaded_from_cache"] = False
-            notes.append(CPU_CACHE_NOTE)
     result["compile_cache"] = cache
     result["compile"] = compile_metrics()
     result["duration_s"] = time.time() - started
@@ -336,16 +331,18 @@ def run_rank(config: RunConfig, info: ProcessInfo, platform: str) -> tuple[dict[
     return summary, 0 if summary["passed"] else 1
 
 
-def warm_cache(
-    train_config: TrainConfig, cache_dir: str, xla_mode: str, platform: str, output: str | None
-) -> int:
+def warm_cache(train_config: TrainConfig, cache_dir: str, device: str, output: str | None) -> int:
     """The warm pass itself: the training graphs once, alone, against the cache."""
-    paths = compile_cache.cache_paths(cache_dir, platform, xla_mode)
+    paths = compile_cache.cache_paths(cache_dir, device)
     compile_cache.configure_environment(paths)
     info = ProcessInfo(0, 1, 0, 1, "warm-pass")
-    runtime = Runtime(platform, info, paths["xla"], distributed=False)
-    trained = train(train_config, runtime.device)
-    record = {"compile": compile_metrics(), "loss_drop_fraction": trained["loss_drop_fraction"]}
+    runtime = Runtime(device, info, distributed=False)
+    trained = train(train_config, runtime.device, runtime.compile_backend)
+    record = {
+        "compile": compile_metrics(),
+        "cache_counters": cache_counters(),
+        "loss_drop_fraction": trained["loss_drop_fraction"],
+    }
     runtime.shutdown()
     if output:
         Path(output).write_text(json.dumps(record))

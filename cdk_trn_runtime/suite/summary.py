@@ -74,9 +74,17 @@ _FIGURES: dict[str, tuple[Getter, Callable[[Iterable[float]], float]]] = {
         lambda r: r["compile_cache"]["new_compilations_with_warm_cache"],
         max,
     ),
+    "compile_cache_hits": (lambda r: r["compile_cache"]["hits"], sum),
+    "compile_cache_misses": (lambda r: r["compile_cache"]["misses"], sum),
+    "compile_cache_hit_rate": (lambda r: r["compile_cache"]["hit_rate"], min),
 }
 
-_INTEGER_FIGURES = {"graph_compilations_after_warmup", "new_compilations_with_warm_cache"}
+_INTEGER_FIGURES = {
+    "graph_compilations_after_warmup",
+    "new_compilations_with_warm_cache",
+    "compile_cache_hits",
+    "compile_cache_misses",
+}
 
 
 def figures(results: Sequence[dict[str, Any]]) -> dict[str, float | int]:
@@ -90,6 +98,15 @@ def figures(results: Sequence[dict[str, Any]]) -> dict[str, float | int]:
     out["world_size"] = len(results)
     out["nodes"] = len({r["node"] for r in results})
     return out
+
+
+def _versions(results: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """The software versions rank 0 found (torch, torch-neuronx, Neuron SDK, Slurm, ...)."""
+    for result in results:
+        found = (result.get("discovery") or {}).get("versions")
+        if isinstance(found, dict):
+            return {str(k): str(v) for k, v in found.items()}
+    return {}
 
 
 def build_summary(
@@ -127,6 +144,7 @@ def build_summary(
         "nodes": sorted({r["node"] for r in ordered}),
         "notes": notes,
         "thresholds": thresholds.as_dict(),
+        "versions": _versions(ordered),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     validate_summary(summary)
@@ -169,11 +187,24 @@ def format_report(summary: dict[str, Any]) -> str:
         _line("tokens/s (all ranks)", fig("train_tokens_per_s", "{:.0f}")),
         _line("steady-state step time (slowest rank)", fig("train_step_ms", unit="ms")),
         _line("loss drop", fig("train_loss_drop_fraction", "{:.1%}")),
-        _line("graph compilations after warm-up", fig("graph_compilations_after_warmup", "{}")),
+        _line(
+            "torch.compile recompiles after warm-up",
+            fig("graph_compilations_after_warmup", "{}"),
+        ),
         "Compilation",
         _line("compile seconds (slowest rank)", fig("compile_seconds", unit="s")),
         _line("new compilations with warm cache", fig("new_compilations_with_warm_cache", "{}")),
+        _line(
+            "compile cache hits / misses",
+            fig("compile_cache_hits", "{}") + " / " + fig("compile_cache_misses", "{}"),
+        ),
+        _line("compile cache hit rate", fig("compile_cache_hit_rate", "{:.1%}")),
     ]
+    versions = summary.get("versions") or {}
+    if versions:
+        lines.append("Versions")
+        for name in sorted(versions):
+            lines.append(_line(name, versions[name]))
     if summary["failures"]:
         lines.append("Failures")
         for item in summary["failures"]:

@@ -1,7 +1,7 @@
 """Pass/fail thresholds, as fractions of peaks that the caller passes in.
 
-The peaks are per device (one XLA device, i.e. one rank) and come from cdk-trn's catalog through
-the command line; this package never imports cdk_trn. A threshold whose peak is not given is
+The peaks are per device (one logical NeuronCore, i.e. one rank) and come from cdk-trn's catalog
+through the command line; this package never imports cdk_trn. A threshold whose peak is not given is
 not checked (its figure is still reported). ``evaluate`` turns one rank's result into failures
 in the contract's shape.
 """

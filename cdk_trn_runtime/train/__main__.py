@@ -1,9 +1,12 @@
 """python -m cdk_trn_runtime.train: data-parallel training of the suite's small transformer.
 
-Run once per rank by torchrun (``examples/slurm/train.sbatch``), or alone. Every rank trains the
-same model (same seed) on its own batches; gradients and the loss are averaged over all ranks
-each step through the suite's collectives (``suite.device.Runtime``: torch_xla's on Neuron,
-gloo on host tensors with several XLA CPU processes). Rank 0 checkpoints every
+Run once per rank by torchrun (``examples/slurm/train.sbatch``), or alone. Standard PyTorch on
+the device ``torch.accelerator`` names (``neuron`` on Trainium, ``cuda``, else ``cpu``;
+``CDK_TRN_DEVICE`` overrides) with that device's process-group backend (``neuron``, ``nccl``,
+``gloo``), through ``suite.device.Runtime``. Every rank trains the same model (same seed) on its
+own batches; gradients and the loss are averaged over all ranks each step. The model runs under
+``torch.compile`` (the ``neuron`` backend on Trainium, inductor on CUDA; on CPU only with
+``TRAIN_COMPILE=1``, as inductor's C++ build takes minutes on a small CPU). Rank 0 checkpoints every
 ``CHECKPOINT_EVERY`` steps and at the end, crash-safely (``checkpoint.py``); every rank resumes
 from ``latest`` when present.
 
@@ -23,8 +26,8 @@ manifests this run could not have signed yet, while their checkpoints are kept. 
 Environment: ``TRAIN_STEPS`` (total steps, default 20), ``CHECKPOINT_DIR`` (default
 ``$CDK_TRN_SHARED_ROOT/checkpoints/train``, or ``./checkpoints/train`` without a shared root),
 ``CHECKPOINT_EVERY`` (default 5), ``TRAIN_STEP_SLEEP`` (seconds every rank waits after each step,
-default 0: tests slow a run down to fail a node mid-run). On XLA CPU the model is made smaller so
-a run takes seconds.
+default 0: tests slow a run down to fail a node mid-run), ``TRAIN_COMPILE`` (1 or 0; default 1 on
+an accelerator, 0 on CPU). On CPU the model is made smaller so a run takes seconds.
 
 Rank 0 prints ``train: resumed step=<K> from=<path>`` when it resumed and ends with exactly one
 ``train: done step=<N> loss_first=<a> loss_last=<b> checkpoint=<path>`` line; the losses are the
@@ -110,18 +113,24 @@ def main() -> int:
     from cdk_trn_runtime.suite.training import TrainConfig, decoder_model, synthetic_batches
 
     run = settings(os.environ)
-    platform = suite_device.choose_platform()
+    device = suite_device.choose_device()
     info = suite_device.process_info()
-    runtime = suite_device.Runtime(platform, info, xla_cache_dir=None)
+    runtime = suite_device.Runtime(device, info)
     collectives = runtime.collectives
     rank, world = collectives.rank, collectives.world_size
 
-    if platform == suite_device.CPU:
+    if device == suite_device.CPU:
         config = TrainConfig(batch=8, sequence=64, vocab=256, d_model=64, layers=2, heads=4)
     else:
         config = TrainConfig()
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = decoder_model(config).to(runtime.device)
+    default_compile = "0" if device == suite_device.CPU else "1"
+    forward = (
+        torch.compile(model, backend=runtime.compile_backend)
+        if os.environ.get("TRAIN_COMPILE", default_compile).strip() == "1"
+        else model
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     loss_fn = torch.nn.CrossEntropyLoss()
     # Each rank its own data: the batches' seed differs per rank.
@@ -191,15 +200,11 @@ def main() -> int:
         batch = batches[step % len(batches)]
         inputs, targets = batch[:, :-1], batch[:, 1:]
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(inputs).reshape(-1, config.vocab), targets.reshape(-1))
+        loss = loss_fn(forward(inputs).reshape(-1, config.vocab), targets.reshape(-1))
         loss.backward()
         # One all-reduce per step: every gradient and the loss, flattened together.
         flat = torch.cat([p.grad.reshape(-1) for p in parameters] + [loss.detach().reshape(1)])
-        if collectives.backend == "gloo":
-            reduced = collectives.all_reduce_sum(flat.cpu()).to(runtime.device)
-        else:
-            reduced = collectives.all_reduce_sum(flat)
-        reduced = reduced / world
+        reduced = collectives.all_reduce_sum(flat) / world
         offset = 0
         for p in parameters:
             count = p.numel()
@@ -207,7 +212,6 @@ def main() -> int:
             offset += count
         optimizer.step()
         losses.append(reduced[-1])
-        runtime.sync()
         done = step + 1
         if done % run.checkpoint_every == 0 or done == run.steps:
             saved = save(done)

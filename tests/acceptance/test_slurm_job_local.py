@@ -7,7 +7,7 @@ Only the two things the local machine has no stand-in for are doubles: ``docker`
 that runs ``docker exec``'s command here, as remote.py's docstring describes) and ``aws`` (a test
 double whose ``s3 cp`` copies into a directory standing in for the bucket). The cluster and its
 rendezvous port come from the Slurm test harness (tests/slurm/harness.py), which stops it and
-checks, by pid, that no daemon is left. Needs root, slurm-wlm, munge and torch-xla.
+checks, by pid, that no daemon is left. Needs root, slurm-wlm, munge and torch.
 """
 
 from __future__ import annotations
@@ -79,7 +79,6 @@ def _render(values: dict[str, str]) -> str:
 
 
 def test_the_controller_script_runs_the_suite_as_a_slurm_job_and_uploads_its_results():
-    pytest.importorskip("torch_xla", reason="the suite needs torch-xla on XLA CPU")
     with local_cluster(prefix="cdk-trn-acceptance-slurm-") as cluster:
         root, shared = cluster.root, cluster.layout.shared
         doubles = root / "doubles"

@@ -1,8 +1,9 @@
-"""Fixtures for the container suite: tiny sizes, XLA CPU, and runs shared by several tests.
+"""Fixtures for the container suite: tiny sizes, the CPU device, and runs shared by tests.
 
 The suite runs as the container runs it, in subprocesses (``python -m cdk_trn_runtime.suite`` and
-``torchrun``), so every run gets a fresh XLA runtime; module-scoped fixtures keep the number of
-runs (each compiles real graphs) small enough for two cores.
+``torchrun``), so every run starts torch.compile afresh and meets only the on-disk cache;
+module-scoped fixtures keep the number of runs (each compiles real graphs with inductor, which
+takes a minute on two cores) small.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ TINY_ARGS = [
 
 def cpu_environment() -> dict[str, str]:
     env = dict(os.environ)
-    env["PJRT_DEVICE"] = "CPU"
+    env["CDK_TRN_DEVICE"] = "cpu"
     env.setdefault("OMP_NUM_THREADS", "1")
     env["TRN_ACCEPTANCE_NODE"] = "test-node"
     return env
@@ -102,9 +103,9 @@ def run_suite(out_dir: Path, run_id: str, *extra: str, nproc: int = 1) -> SuiteR
 
 
 @pytest.fixture(scope="session")
-def torch_xla_available() -> None:
-    pytest.importorskip("torch_xla", reason="the container suite needs torch-xla 2.9.0")
-    pytest.importorskip("cdk_trn_runtime.suite", reason="cdk_trn_runtime is not importable")
+def torch_available() -> None:
+    """torch is a test extra: a missing torch is an error, not a skip."""
+    import torch  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def first_run(
-    torch_xla_available: None, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
+    torch_available: None, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
 ) -> SuiteRun:
     """One process, an empty compile cache."""
     return run_suite(tmp_path_factory.mktemp("first"), "first-run", "--cache-dir", str(cache_dir))
@@ -136,9 +137,15 @@ def second_run(
 
 
 @pytest.fixture(scope="module")
-def two_rank_run(torch_xla_available: None, tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
-    """Two processes under torchrun sharing an empty cache (local rank 0 warms it)."""
-    cache = tmp_path_factory.mktemp("two-rank-cache")
+def two_rank_run(
+    second_run: SuiteRun, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
+) -> SuiteRun:
+    """Two processes under torchrun (gloo) sharing the cache the first run filled, as two jobs
+    share the cluster's cache on FSx (local rank 0 runs the warm pass)."""
     return run_suite(
-        tmp_path_factory.mktemp("two-ranks"), "two-ranks", "--cache-dir", str(cache), nproc=2
+        tmp_path_factory.mktemp("two-ranks"),
+        "two-ranks",
+        "--cache-dir",
+        str(cache_dir),
+        nproc=2,
     )

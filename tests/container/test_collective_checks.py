@@ -15,10 +15,8 @@ pytestmark = pytest.mark.torch
 class SingleRankCollectivesDouble(Collectives):
     """Host tensors, one rank; ``corrupt`` adds an error to every result."""
 
-    backend = "test-double"
-
     def __init__(self, corrupt: float = 0.0) -> None:
-        super().__init__(rank=0, world_size=1, tensor_device=torch.device("cpu"))
+        super().__init__("test-double", rank=0, world_size=1, tensor_device=torch.device("cpu"))
         self.corrupt = corrupt
 
     def all_reduce_sum(self, tensor):

@@ -1,5 +1,6 @@
-"""The bundled container's Dockerfile, parsed: pinned base, no secrets, only the runtime copied,
-Slurm and munge installed, the job user of the contract."""
+"""The bundled container's Dockerfile, parsed: a TorchNeuron base of Neuron 2.33 or later pinned on
+its first line, no secrets, only the runtime copied, Slurm and munge installed, the job user of the
+contract, the tools checked at build time."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from .conftest import CONTAINER_DIR
 
 BASE_IMAGE = (
-    "public.ecr.aws/neuron/pytorch-training-neuronx:2.9.0-neuronx-py312-sdk2.30.0-ubuntu24.04"
+    "public.ecr.aws/neuron/pytorch-training-neuronx:2.14.0-neuronx-py314-sdk2.33.0-ubuntu26.04"
 )
 SECRET_WORDS = re.compile(
     r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|"
@@ -41,6 +42,26 @@ def dockerfile() -> list[tuple[str, str]]:
 
 def test_single_from_is_the_pinned_neuron_training_image(dockerfile):
     assert [args for kw, args in dockerfile if kw == "FROM"] == [BASE_IMAGE]
+
+
+def test_the_first_line_is_a_torchneuron_training_image_of_neuron_2_33_or_later():
+    first = (CONTAINER_DIR / "Dockerfile").read_text().splitlines()[0]
+    match = re.fullmatch(
+        r"FROM public\.ecr\.aws/neuron/pytorch-training-neuronx:"
+        r"(\d+)\.(\d+)\.\d+-neuronx-py3\d+-sdk2\.(\d+)\.\d+-ubuntu\d+\.\d+(@sha256:[0-9a-f]{64})?",
+        first,
+    )
+    assert match, first
+    # TorchNeuron is torch-neuronx for PyTorch 2.13 / 2.14 (2.9 was the PyTorch/XLA one).
+    assert (int(match.group(1)), int(match.group(2))) >= (2, 13)
+    assert int(match.group(3)) >= 33
+
+
+def test_the_neuron_release_is_a_label_and_the_source_is_given(dockerfile):
+    labels = " ".join(args for kw, args in dockerfile if kw == "LABEL")
+    assert 'com.cdk-trn.neuron-release="2.33.0"' in labels
+    text = (CONTAINER_DIR / "Dockerfile").read_text()
+    assert "Source:" in text
 
 
 def test_no_image_reference_uses_latest(dockerfile):
@@ -173,6 +194,13 @@ def test_signer_and_training_import_only_bundled_subpackages_and_no_cbor2():
     used = set(result.stdout.split()) - {"contract"}
     assert used <= set(BUNDLED_SUBPACKAGES), used
     assert {"provenance", "vault", "train"} <= used
+
+
+def test_build_fails_without_torch_torch_neuronx_and_the_tools(dockerfile):
+    runs = " ".join(" ".join(args.split()) for kw, args in dockerfile if kw == "RUN")
+    assert 'python -c "import torch, torch_neuronx;' in runs
+    assert "slurmd -V" in runs and "command -v slurmd" in runs
+    assert "xla" not in runs.lower()
 
 
 def test_build_fails_without_the_tools_the_node_scripts_call_in_the_containers(dockerfile):

@@ -23,14 +23,14 @@ from enclave_harness import KEY_ID, NODE_KEY, REPO_ROOT
 from cdk_trn_runtime.provenance.cli import main
 from cdk_trn_runtime.train import checkpoint
 
-pytestmark = pytest.mark.slow  # trains on XLA CPU
+pytestmark = pytest.mark.slow  # trains on CPU
 
 
 def _train(tmp_path: Path, vault_url: str, steps: int = 4) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ["PATH"],
         "PYTHONPATH": str(REPO_ROOT),
-        "PJRT_DEVICE": "CPU",
+        "CDK_TRN_DEVICE": "cpu",
         "TRAIN_STEPS": str(steps),
         "CHECKPOINT_EVERY": "2",
         "CHECKPOINT_DIR": str(tmp_path / "checkpoints"),

@@ -65,6 +65,8 @@ CONTEXTS = {
         "capacity": "reservation",
         "reservationId": RESERVATION,
         "dashboard": "false",
+        # An image the team pushed: the scheduler, jobs and the acceptance run use it.
+        "trainingImage": "123456789012.dkr.ecr.ap-south-2.amazonaws.com/team/trn-train:v1",
     },
 }
 
@@ -163,6 +165,10 @@ INVALID = [
     ({"acceptance": "maybe"}, "acceptance must be true or false"),
     ({"enclaveVault": "no"}, "enclaveVault must be true or false"),
     ({"scheduler": "pbs"}, "scheduler must be slurm or none"),
+    (
+        {"trainingImage": "/no/such/dir"},
+        "trainingImage must be a directory containing a Dockerfile",
+    ),
     ({"compliancePacks": "Nope"}, "packs must be names among"),
 ]
 
