@@ -135,6 +135,8 @@ class SlurmScheduler(Construct):
         assert cluster.file_system is not None
 
         self.cluster = cluster
+        #: The controller's host type (the cost summary prices it).
+        self.controller_instance_type = controller_instance_type
         self.slurm_cluster_name = slurm_cluster_name
         self.partition = partition
         self.max_nodes_per_job = max_nodes_per_job

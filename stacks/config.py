@@ -12,6 +12,7 @@ from typing import Any
 
 from constructs import Node
 
+from cdk_trn.catalog import validate_hourly_price
 from cdk_trn.errors import invalid
 
 
@@ -35,6 +36,18 @@ def _int(key: str, value: Any) -> int:
 
 def _ids(key: str, value: Any) -> tuple[str, ...]:
     return tuple(part.strip() for part in _str(key, value).split(",") if part.strip())
+
+
+def _price(key: str, value: Any) -> float:
+    """A price in US dollars per instance-hour: a number above 0 (``-c hourlyPrice=35.76``)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise invalid(
+                key, value, "a number of US dollars per instance-hour, such as 35.76"
+            ) from None
+    return validate_hourly_price(key, value)
 
 
 def _str(key: str, value: Any) -> str:
@@ -99,6 +112,9 @@ class AppConfig:
     #: The cluster's CloudWatch dashboard and alarms (cdk_trn.observability.ClusterDashboard).
     dashboard: bool = True
     scheduler: str = "slurm"
+    #: US dollars per node-hour (a capacity block's or negotiated rate); default: the catalog's
+    #: sourced on-demand estimate.
+    hourly_price: float | None = None
 
     @classmethod
     def from_context(cls, node: Node) -> AppConfig:
@@ -125,6 +141,7 @@ class AppConfig:
             "enclaveVault": ("enclave_vault", _bool),
             "dashboard": ("dashboard", _bool),
             "scheduler": ("scheduler", _scheduler),
+            "hourlyPrice": ("hourly_price", _price),
         }
         for key, (field, convert) in conversions.items():
             raw = ctx(key)
