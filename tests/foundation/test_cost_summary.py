@@ -108,6 +108,6 @@ def test_every_catalog_price_names_its_source_and_date():
             assert price.region == region and price.unit == "hour", instance_type
             assert price.source and price.date and price.usd > 0
     # Another region falls back to the us-east-1 figure, which says so when labelled.
-    price = instance_price("trn2.48xlarge", "us-east-2")
-    assert price is not None and "no figure for us-east-2" in price.label("us-east-2")
+    fallback = instance_price("trn2.48xlarge", "us-east-2")
+    assert fallback is not None and "no figure for us-east-2" in fallback.label("us-east-2")
     assert instance_price("trn1n.32xlarge", "us-east-1") is None
