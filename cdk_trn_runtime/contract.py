@@ -162,3 +162,20 @@ DEPLOY_TIME_ENV_PURPOSE = "CDK_TRN_PURPOSE"
 DEPLOY_TIME_FAILURE_MARK = "CDK_TRN_CUSTOM_RESOURCE_FAILED"
 #: Namespace of those counts (one metric per function, named after it).
 METRICS_NAMESPACE_DEPLOY_TIME = "cdk-trn/DeployTime"
+
+# --- Cost (issue 22): what ``cdk-trn cost`` reads and the stack publishes -------------------------
+#: Cluster stack output: one node's price per hour in US dollars (the ``hourly_price`` prop or the
+#: catalog's estimate); absent when unknown.
+OUTPUT_NODE_HOURLY_PRICE = "NodeHourlyPrice"
+#: The read-only SSM document that pages through the job completion log on the controller (and
+#: lists the running jobs on the first page): the stack's researcher documents are named
+#: ``<cluster stack name>-<suffix>``; its name is also the cluster stack output below. Its
+#: commands are ``cdk_trn_runtime.cli.cost.job_completions_commands``; its parameters
+#: ``DOC_PARAM_SINCE`` (``YYYY-MM-DDTHH:MM:SS`` or empty) and ``DOC_PARAM_OFFSET`` (lines
+#: already read).
+DOC_JOB_COMPLETIONS = "JobCompletions"
+OUTPUT_DOC_JOB_COMPLETIONS = "SlurmJobCompletionsDocument"
+DOC_PARAM_SINCE = "Since"
+DOC_PARAM_OFFSET = "Offset"
+#: Environment of training jobs: one node's price per hour (the trainer reports tokens per dollar).
+ENV_HOURLY_PRICE = "CDK_TRN_HOURLY_PRICE"
