@@ -46,6 +46,8 @@ OUTPUT_VAULT_URL_PARAMETER = "VaultUrlParameter"  # the SSM parameter above
 #: Cluster stack output: the cluster's name, signed into every manifest as ``cluster``.
 OUTPUT_CLUSTER_NAME = "ClusterName"
 
+#: Derived by the acceptance handler when the run's price is known: cost per million tokens.
+FIGURE_USD_PER_MILLION_TOKENS = "train_usd_per_million_tokens"
 #: Figures of an acceptance run: the suite reports them (``cdk_trn_runtime.suite.summary``), the
 #: handler derives ``gemm_bf16_tflops_per_chip`` and returns them, the construct exports them.
 #: name -> (unit, description).
@@ -64,6 +66,10 @@ FIGURES: dict[str, tuple[str, str]] = {
     "allgather_algbw_gbps": ("GB/s", "all-gather algorithm bandwidth at the largest size"),
     "allgather_busbw_gbps": ("GB/s", "all-gather bus bandwidth at the largest size (worst rank)"),
     "train_tokens_per_s": ("tokens/s", "training throughput over all ranks"),
+    "train_usd_per_million_tokens": (
+        "USD",
+        "training cost per million tokens at the measured throughput (nodes x node price)",
+    ),
     "train_step_ms": ("ms", "steady-state training step time (slowest rank)"),
     "train_loss_drop_fraction": ("fraction", "training loss drop"),
     "compile_seconds": ("s", "graph compile time (slowest rank)"),

@@ -16,6 +16,7 @@ from cdk_trn_runtime.contract import (
     OUTPUT_CONTROLLER_GROUP,
     OUTPUT_JOB_USER,
     OUTPUT_NODE_GROUP,
+    OUTPUT_NODE_HOURLY_PRICE,
     OUTPUT_SHARED_ROOT,
     OUTPUT_SLURM_CLUSTER,
 )
@@ -92,6 +93,15 @@ class ClusterStack(cdk.Stack):
             ("hbm_gib", "HbmGiB"),
         ):
             cdk.CfnOutput(self, label, value=str(summary[key]), description=f"Cluster {key}")
+        price = self.cluster.node_price
+        if price is not None:
+            # `cdk-trn cost` prices the jobs with it unless given --hourly-price.
+            cdk.CfnOutput(
+                self,
+                OUTPUT_NODE_HOURLY_PRICE,
+                value=f"{price.usd:g}",
+                description=f"US dollars per node-hour ({price.label(self.region)})"[:1000],
+            ).override_logical_id(OUTPUT_NODE_HOURLY_PRICE)
         cdk.CfnOutput(
             self,
             "AutoScalingGroupName",

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+from cdk_trn_runtime import contract
 
 #: ``squeue -h -t RUNNING,COMPLETING -o`` format of running jobs: id, user, node count, start
 #: time, then the name (last: it may contain spaces).
@@ -281,3 +283,28 @@ def usd_per_million_tokens(tokens_per_s: float, hourly_price: float) -> float | 
     if tokens_per_s <= 0:
         return None
     return 1_000_000 / tokens_per_usd(tokens_per_s, hourly_price)
+
+
+def _nodes(env: Mapping[str, str]) -> int:
+    for name in ("SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
+        value = env.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def throughput_fields(tokens: int, seconds: float, env: Mapping[str, str]) -> str:
+    """`` tokens_per_s=<t>`` and, when ``contract.ENV_HOURLY_PRICE`` gives the price of one node
+    per hour, `` tokens_per_usd=<n>`` for the job's nodes (``SLURM_JOB_NUM_NODES``, else 1): what
+    the trainer appends to its ``train: done`` line. Nothing measured (no time): empty."""
+    if seconds <= 0 or tokens <= 0:
+        return ""
+    tokens_per_s = tokens / seconds
+    fields = f" tokens_per_s={tokens_per_s:.1f}"
+    try:
+        price = float(env.get(contract.ENV_HOURLY_PRICE, "") or "nan")
+    except ValueError:
+        price = float("nan")
+    if 0 < price < 10_000:
+        fields += f" tokens_per_usd={tokens_per_usd(tokens_per_s, price * _nodes(env)):.0f}"
+    return fields
