@@ -8,6 +8,7 @@ from constructs import Construct
 from cdk_trn.acceptance import AcceptanceRun, NeuronTrainingImage
 from cdk_trn.capacity import Capacity
 from cdk_trn.cluster import TrainiumCluster
+from cdk_trn.errors import invalid
 from cdk_trn.machine_image import NeuronMachineImage
 from cdk_trn.observability import ClusterDashboard
 from cdk_trn.scheduler import SlurmScheduler
@@ -75,6 +76,13 @@ class ClusterStack(cdk.Stack):
             )
         # The cluster at a glance, and alarms (drained node, failed acceptance run) to its topic.
         self.dashboard: ClusterDashboard | None = None
+        if config.idle_alarm_hours is not None and not (config.dashboard and self.scheduler):
+            raise invalid(
+                "idleAlarmHours",
+                config.idle_alarm_hours,
+                "set only with dashboard=true and scheduler=slurm (the alarm reads Slurm's node "
+                "states on the dashboard)",
+            )
         if config.dashboard:
             self.dashboard = ClusterDashboard(
                 self,
@@ -82,6 +90,7 @@ class ClusterStack(cdk.Stack):
                 cluster=self.cluster,
                 scheduler=self.scheduler,
                 acceptance=self.acceptance,
+                idle_alarm_hours=config.idle_alarm_hours,
             )
         summary = self.cluster.summary()
         for key, label in (

@@ -115,6 +115,9 @@ class AppConfig:
     #: US dollars per node-hour (a capacity block's or negotiated rate); default: the catalog's
     #: sourced on-demand estimate.
     hourly_price: float | None = None
+    #: Alarm when every node has been idle this many hours (off by default; needs the dashboard
+    #: and Slurm).
+    idle_alarm_hours: int | None = None
 
     @classmethod
     def from_context(cls, node: Node) -> AppConfig:
@@ -142,6 +145,7 @@ class AppConfig:
             "dashboard": ("dashboard", _bool),
             "scheduler": ("scheduler", _scheduler),
             "hourlyPrice": ("hourly_price", _price),
+            "idleAlarmHours": ("idle_alarm_hours", _int),
         }
         for key, (field, convert) in conversions.items():
             raw = ctx(key)
