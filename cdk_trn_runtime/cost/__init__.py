@@ -229,20 +229,21 @@ def idle_node_hours(
     return round(max(0.0, served - held), 2)
 
 
-_BOOT = re.compile(r"(?:^|\s)NodeName=(\S+).*?\sBootTime=(\S+)")
+_NODE_NAME = re.compile(r"(?:^|\s)NodeName=(\S+)")
+_NODE_TIME = re.compile(r"\s(BootTime|SlurmdStartTime)=(\S+)")
 
 
 def parse_node_boot_times(text: str) -> list[InService]:
-    """``scontrol show node -o`` (one line per node): each node in service since its BootTime
-    (the node records; a node that has not booted is skipped)."""
+    """``scontrol show node -o`` (one line per node): each node in service since the later of its
+    BootTime and SlurmdStartTime (the node records; several slurmd on one host, as on the local
+    cluster, share the host's BootTime; a slurmd restarted on a node counts from its restart, so
+    the idle time is never overstated). A node with neither time is skipped."""
     spans: list[InService] = []
     for line in text.splitlines():
-        match = _BOOT.search(line)
-        if match is None:
-            continue
-        boot = parse_time(match[2])
-        if boot is not None:
-            spans.append(InService(match[1], boot))
+        name = _NODE_NAME.search(line)
+        times = [t for _, v in _NODE_TIME.findall(line) if (t := parse_time(v)) is not None]
+        if name is not None and times:
+            spans.append(InService(name[1], max(times)))
     return spans
 
 
