@@ -338,3 +338,19 @@ def test_the_document_filters_by_since_and_says_when_it_is_done(tmp_path):
         env=env,
     )
     assert bad.returncode == 2 and "Since must be" in bad.stderr
+
+
+def test_a_stack_without_the_document_says_what_to_do(capsys):
+    class _NoDocument(_CfnDouble):
+        def describe_stacks(self, StackName: str) -> dict[str, Any]:
+            return {"Stacks": [{"Outputs": []}]}
+
+    aws = Aws(
+        cloudformation=_NoDocument(),
+        autoscaling=_AutoScalingDouble(),
+        ssm=None,
+        region="us-east-2",
+    )
+    assert cli_main.main(["cost"], make_aws=lambda p, r: aws) == 1
+    err = capsys.readouterr().err
+    assert "no output SlurmJobCompletionsDocument" in err and "--jobcomp FILE" in err

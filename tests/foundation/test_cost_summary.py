@@ -111,3 +111,15 @@ def test_every_catalog_price_names_its_source_and_date():
     fallback = instance_price("trn2.48xlarge", "us-east-2")
     assert fallback is not None and "no figure for us-east-2" in fallback.label("us-east-2")
     assert instance_price("trn1n.32xlarge", "us-east-1") is None
+
+
+def test_the_cluster_stack_outputs_the_node_price_for_cdk_trn_cost():
+    from aws_cdk.assertions import Template
+
+    from cdk_trn_runtime.contract import OUTPUT_NODE_HOURLY_PRICE
+
+    app = cdk.App(context={"hourlyPrice": "12.5", "enclaveVault": "false", "acceptance": "false"})
+    default = build_default_app(app)
+    outputs = Template.from_stack(default.cluster_stack).to_json()["Outputs"]
+    assert outputs[OUTPUT_NODE_HOURLY_PRICE]["Value"] == "12.5"
+    assert "given price (hourly_price)" in outputs[OUTPUT_NODE_HOURLY_PRICE]["Description"]
