@@ -57,6 +57,9 @@ CONTEXTS = {
         "nodes": "8",
         "enclaveVault": "false",
         "compliancePacks": "AwsSolutions,TrainiumChecks",
+        # A block's price is known only when bought: the team gives it.
+        "hourlyPrice": "40.5",
+        "idleAlarmHours": "24",
     },
     # Another region, by AZ id, on a reservation.
     "other-region": {
