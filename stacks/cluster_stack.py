@@ -58,8 +58,22 @@ class ClusterStack(cdk.Stack):
         # One image for the acceptance run, slurmd, slurmctld and users' jobs.
         image = NeuronTrainingImage.bundled()
         self.scheduler: SlurmScheduler | None = None
+        if config.idle_scale_in_minutes is not None and config.scheduler != "slurm":
+            raise invalid(
+                "idleScaleInMinutes",
+                config.idle_scale_in_minutes,
+                "set only with scheduler=slurm (Slurm's power saving stops idle nodes)",
+            )
         if config.scheduler == "slurm":
-            self.scheduler = SlurmScheduler(self, "Slurm", cluster=self.cluster, image=image)
+            self.scheduler = SlurmScheduler(
+                self,
+                "Slurm",
+                cluster=self.cluster,
+                image=image,
+                idle_scale_in=cdk.Duration.minutes(config.idle_scale_in_minutes)
+                if config.idle_scale_in_minutes is not None
+                else None,
+            )
             self._scheduler_outputs(self.scheduler)
         # During the deploy, the bundled container proves the nodes: the deploy fails if they
         # are broken or slow, and the figures become stack outputs.

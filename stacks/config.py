@@ -118,6 +118,8 @@ class AppConfig:
     #: Alarm when every node has been idle this many hours (off by default; needs the dashboard
     #: and Slurm).
     idle_alarm_hours: int | None = None
+    #: Opt-in idle scale-in (on-demand only): minutes a node may be idle before it stops.
+    idle_scale_in_minutes: int | None = None
 
     @classmethod
     def from_context(cls, node: Node) -> AppConfig:
@@ -146,6 +148,7 @@ class AppConfig:
             "scheduler": ("scheduler", _scheduler),
             "hourlyPrice": ("hourly_price", _price),
             "idleAlarmHours": ("idle_alarm_hours", _int),
+            "idleScaleInMinutes": ("idle_scale_in_minutes", _int),
         }
         for key, (field, convert) in conversions.items():
             raw = ctx(key)

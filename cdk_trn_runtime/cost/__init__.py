@@ -249,23 +249,32 @@ def parse_node_boot_times(text: str) -> list[InService]:
 
 def parse_group_activities(activities: Sequence[dict[str, object]]) -> list[InService]:
     """The Auto Scaling group's activities (``DescribeScalingActivities``): each instance in
-    service from its successful launch to its termination (times as given, UTC)."""
-    launched: dict[str, dt.datetime] = {}
-    ended: dict[str, dt.datetime] = {}
-    pattern = re.compile(r"^(Launching a new|Terminating) EC2 instance: (i-[0-9a-f]+)")
+    service from its successful launch (or its return from Standby) until its termination (or
+    its move to Standby, where idle scale-in stops it); times as given (UTC)."""
+    pattern = re.compile(
+        r"^(Launching a new EC2 instance|Moving EC2 instance out of Standby|"
+        r"Terminating EC2 instance|Moving EC2 instance to Standby): (i-[0-9a-f]+)"
+    )
+    events: list[tuple[dt.datetime, str, bool]] = []
     for activity in activities:
         match = pattern.match(str(activity.get("Description", "")))
         if match is None or activity.get("StatusCode") != "Successful":
             continue
-        when = activity.get("EndTime") or activity.get("StartTime")
-        if not isinstance(when, dt.datetime):
-            continue
-        instance = match[2]
-        if match[1].startswith("Launching"):
-            launched[instance] = when
-        else:
-            ended[instance] = activity.get("StartTime") or when  # type: ignore[assignment]
-    return [InService(i, start, ended.get(i)) for i, start in launched.items()]
+        starts = match[1].startswith(("Launching", "Moving EC2 instance out"))
+        # In service once the launch completed; out of service as the termination began.
+        when = activity.get("EndTime") if starts else activity.get("StartTime")
+        when = when or activity.get("StartTime")
+        if isinstance(when, dt.datetime):
+            events.append((when, match[2], starts))
+    spans: list[InService] = []
+    open_since: dict[str, dt.datetime] = {}
+    for when, instance, starts in sorted(events, key=lambda e: e[0]):
+        if starts:
+            open_since.setdefault(instance, when)
+        elif instance in open_since:
+            spans.append(InService(instance, open_since.pop(instance), when))
+    spans += [InService(i, start) for i, start in open_since.items()]
+    return spans
 
 
 # --- tokens per dollar ---------------------------------------------------------------------------

@@ -199,6 +199,23 @@ def test_group_activities_give_each_instance_its_time_in_service():
         t + dt.timedelta(minutes=5),
         t + dt.timedelta(hours=3),
     )
+    standby = [
+        *activities[:1],
+        {
+            "Description": "Moving EC2 instance to Standby: i-0aaa",
+            "StatusCode": "Successful",
+            "StartTime": t + dt.timedelta(hours=1),
+        },
+        {
+            "Description": "Moving EC2 instance out of Standby: i-0aaa",
+            "StatusCode": "Successful",
+            "StartTime": t + dt.timedelta(hours=2),
+            "EndTime": t + dt.timedelta(hours=2),
+        },
+    ]
+    first, second = cost.parse_group_activities(standby)  # stopped in Standby in between
+    assert (first.start, first.end) == (t + dt.timedelta(minutes=5), t + dt.timedelta(hours=1))
+    assert (second.start, second.end) == (t + dt.timedelta(hours=2), None)
 
 
 def test_tokens_per_dollar():

@@ -38,6 +38,7 @@ CONTEXTS = {
         "nodeOs": "ubuntu-24.04",
         "fsxCapacityGiB": "9600",
         "fsxThroughput": "250",
+        "idleScaleInMinutes": "45",
     },
     # README: `-c nodes=8 -c capacity=capacity-block -c reservationId=cr-…`.
     "capacity-block": {
