@@ -75,7 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: the whole log",
     )
     parser.add_argument("--by", choices=("job", "user"), default="job", help="rows per job or user")
-    parser.add_argument("--format", choices=("text", "json"), default="text", dest="output")
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        dest="output",
+        help="a table (default), or only JSON on stdout",
+    )
     parser.add_argument(
         "--jobcomp",
         type=Path,
