@@ -31,7 +31,12 @@ def main() -> int:
     except ComplianceError as error:
         print(f"cdk-trn: {error}", file=sys.stderr)  # one line per problem, printed once
         return 1
-    summary = format_cluster_summary(default.cluster, default.storage_stack.file_system)
+    summary = format_cluster_summary(
+        default.cluster,
+        default.storage_stack.file_system,
+        scheduler=default.cluster_stack.scheduler,
+        vault=default.vault_stack.vault if default.vault_stack else None,
+    )
     print(summary, file=sys.stderr)
     # The acknowledgments with their reasons are listed by `python -m cdk_trn.compliance cdk.out`.
     print("\n".join(report.summary_lines(details=False)), file=sys.stderr)

@@ -9,7 +9,11 @@ misses and hit rate in the measured run (after the warm pass filled the cache). 
 that matter are printed once more as ``name=value`` lines. CPU figures say nothing about Trainium
 performance; no peaks are passed, so no fraction is judged.
 
-Usage: python benchmarks/acceptance_cpu.py [--nproc 2] [--keep DIR]
+With ``--hourly-price P`` (US dollars per hour of this machine, or of the node it stands for), it
+also prints the cost per million tokens at the measured training throughput
+(``cdk_trn_runtime.cost``).
+
+Usage: python benchmarks/acceptance_cpu.py [--nproc 2] [--keep DIR] [--hourly-price P]
 Needs: torch 2.13 or 2.14 (the test extra).
 """
 
@@ -58,11 +62,35 @@ CPU_SIZES = [
 ]
 
 
+def cost_line(summary: dict[str, object], hourly_price: float) -> str:
+    """``cost: $<x> per million tokens at <t> tokens/s and $<p>/h`` from the run's summary."""
+    from cdk_trn_runtime.cost import tokens_per_usd, usd_per_million_tokens
+
+    figures = summary.get("figures")
+    tokens_per_s = figures.get("train_tokens_per_s") if isinstance(figures, dict) else None
+    if not isinstance(tokens_per_s, int | float) or tokens_per_s <= 0:
+        return "cost: unknown (no training throughput in the summary)"
+    per_million = usd_per_million_tokens(float(tokens_per_s), hourly_price)
+    per_usd = tokens_per_usd(float(tokens_per_s), hourly_price)
+    return (
+        f"cost: ${per_million:.4f} per million tokens ({per_usd:.0f} tokens per dollar) "
+        f"at {tokens_per_s:.1f} tokens/s and ${hourly_price:.2f}/h"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nproc", type=int, default=2, help="ranks (processes); default: 2")
     parser.add_argument("--keep", help="write results and the cache here instead of a temp dir")
+    parser.add_argument(
+        "--hourly-price",
+        type=float,
+        default=None,
+        help="US dollars per hour: also print the cost per million tokens",
+    )
     args = parser.parse_args()
+    if args.hourly_price is not None and not 0 < args.hourly_price < 10_000:
+        parser.error(f"--hourly-price must be above 0, got {args.hourly_price}")
 
     from cdk_trn_runtime.suite.schema import validate_summary
     from cdk_trn_runtime.suite.summary import format_report
@@ -114,6 +142,8 @@ def main() -> int:
             "new_compilations_with_warm_cache",
         ):
             print(f"{name}={figures.get(name, 'not measured')}")
+        if args.hourly_price is not None:
+            print(cost_line(summary, args.hourly_price))
         print(f"(wall time {elapsed:.1f} s for {args.nproc} ranks, exit {done.returncode})")
         return done.returncode
 

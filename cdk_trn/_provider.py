@@ -278,6 +278,8 @@ class DeployTimeProvider(Construct):
         (reserving fails the deploy in accounts with a low Lambda concurrency limit).
     :param security_group: the function's security group. Default: the stack's
         :class:`DeployTimeNetwork` group for ``subnet``.
+    :param extra_subpackages: more ``cdk_trn_runtime`` subpackages the handler imports.
+        Default: none.
     :param wildcard_reason: why ``statements`` have the wildcard resources
         ``wildcard_resources`` (as for ``acknowledge_wildcards``); ``"*"`` shares one
         acknowledgment with the provider's own. Default: no wildcard in ``statements``.
@@ -298,6 +300,7 @@ class DeployTimeProvider(Construct):
         total_timeout: cdk.Duration | None = None,
         query_interval: cdk.Duration | None = None,
         handler_timeout: cdk.Duration | None = None,
+        extra_subpackages: Sequence[str] = (),
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
         reserved_concurrency: int | None = None,
         security_group: ec2.ISecurityGroup | None = None,
@@ -372,6 +375,7 @@ class DeployTimeProvider(Construct):
             ],
         )
         code = ("deploy_time",) if subpackage == "deploy_time" else ("deploy_time", subpackage)
+        code = (*code, *extra_subpackages)
         self.function = lambda_.Function(
             self,
             "Function",

@@ -256,3 +256,92 @@ def enclave_host_spec(instance_type: str) -> HostSpec:
             f"an enclave-capable host type with at least {MIN_ENCLAVE_HOST_VCPUS} vCPUs, one of "
             + ", ".join(ENCLAVE_HOST_SPECS),
         ) from None
+
+
+# --- Prices ------------------------------------------------------------------------------------
+#
+# On-demand list prices (Linux, USD) with the source and its date beside each figure. They are
+# estimates: AWS changes them, capacity blocks and negotiated rates differ, and no figure below
+# comes from AWS's own price list (none is in the stored documents); each names the third-party
+# page that reported it. A given price (``TrainiumCluster(hourly_price=...)``, ``-c hourlyPrice=``)
+# always wins. A type or region without a figure is ``unknown``, never guessed.
+
+#: Hours per month in AWS's monthly prices (365 x 24 / 12).
+HOURS_PER_MONTH = 730.0
+#: The region the figures are for; another region falls back to it, labelled as such.
+PRICE_REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class Price:
+    """One sourced price: ``usd`` per ``unit`` in ``region``, reported by ``source`` on ``date``."""
+
+    usd: float
+    unit: str  # "hour" or "GiB-month"
+    region: str
+    source: str
+    date: str
+    #: False for a price the user gave (``hourly_price``): it is not an estimate.
+    estimate: bool = True
+
+    def label(self, region: str | None = None) -> str:
+        """``estimate, <region> price, <source> (<date>)``, saying so when the figure is for
+        another region than ``region``."""
+        if not self.estimate:
+            return self.source
+        where = f"{self.region} price"
+        if region is not None and region != self.region:
+            where += f" (no figure for {region})"
+        return f"estimate, {where}, {self.source} ({self.date})"
+
+
+_TRN2_REPORT = (
+    "third-party report citing AWS's April 2026 price list (FACTS.md, Prices)",
+    "2026-04",
+)
+_USAGE_AI = ("usage.ai, 'AWS Trainium vs GPU Instances' (third party)", "2026-06-25")
+_C3X_EC2 = ("c3x.dev, 'm5 vs m6i vs m7i: cost and price-performance' (third party)", "2026")
+_C3X_FSX = ("c3x.dev, 'aws_fsx_lustre_file_system cost estimation' (third party)", "2026")
+
+#: Instance type -> region -> on-demand price per hour.
+INSTANCE_PRICES: dict[str, dict[str, Price]] = {
+    "trn2.48xlarge": {"us-east-1": Price(35.76, "hour", "us-east-1", *_TRN2_REPORT)},
+    "trn2.3xlarge": {"us-east-1": Price(2.235, "hour", "us-east-1", *_TRN2_REPORT)},
+    "trn1.32xlarge": {"us-east-1": Price(21.50, "hour", "us-east-1", *_USAGE_AI)},
+    # Hosts beside the cluster (controller, enclave vault).
+    "m7i.xlarge": {"us-east-1": Price(0.2016, "hour", "us-east-1", *_C3X_EC2)},
+    "m6i.xlarge": {"us-east-1": Price(0.192, "hour", "us-east-1", *_C3X_EC2)},
+}
+#: FSx for Lustre PERSISTENT_2 SSD storage, by throughput per unit of storage (MB/s/TiB) ->
+#: region -> price per GiB-month (AWS bills FSx by provisioned GB-month of the GiB capacity).
+FSX_LUSTRE_PRICES: dict[int, dict[str, Price]] = {
+    125: {"us-east-1": Price(0.145, "GiB-month", "us-east-1", *_C3X_FSX)},
+}
+
+
+def _in_region(prices: dict[str, Price] | None, region: str) -> Price | None:
+    if not prices:
+        return None
+    return prices.get(region) or prices.get(PRICE_REGION)
+
+
+def instance_price(instance_type: str, region: str) -> Price | None:
+    """The on-demand price per hour of ``instance_type`` in ``region`` (or, labelled, in
+    ``PRICE_REGION``); None when no sourced figure exists."""
+    return _in_region(INSTANCE_PRICES.get(instance_type), region)
+
+
+def fsx_lustre_price(per_unit_throughput: int, region: str) -> Price | None:
+    """The PERSISTENT_2 SSD price per GiB-month at ``per_unit_throughput`` MB/s/TiB; None when no
+    sourced figure exists."""
+    return _in_region(FSX_LUSTRE_PRICES.get(per_unit_throughput), region)
+
+
+def validate_hourly_price(prop: str, value: object) -> float:
+    """A given price of one instance per hour: a finite number above 0 and below 10,000."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise invalid(prop, value, "a number of US dollars per instance-hour, such as 35.76")
+    price = float(value)
+    if not 0 < price < 10_000 or price != price:
+        raise invalid(prop, value, "a price above 0 and below 10000 US dollars per hour")
+    return price

@@ -30,7 +30,13 @@ from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_
 from cdk_trn._resources import ManagedPolicyRole
 from cdk_trn._runtime import runtime_file
 from cdk_trn.capacity import Capacity
-from cdk_trn.catalog import InstanceSpec, instance_spec
+from cdk_trn.catalog import (
+    InstanceSpec,
+    Price,
+    instance_price,
+    instance_spec,
+    validate_hourly_price,
+)
 from cdk_trn.compliance import acknowledge_wildcards
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.interfaces import ITrainingFileSystem, ITrainingNetwork
@@ -128,6 +134,10 @@ class TrainiumCluster(Construct):
         (``cdk_trn.preflight.Preflight``). Default: True.
     :param wait_for_capacity_block: with a capacity block that starts within 55 minutes, let the
         preflight wait for its start instead of failing. Default: False.
+    :param hourly_price: what one node costs per hour in US dollars (a capacity block's or a
+        negotiated rate), for the synth summary, the dashboard's spend rate and the stack's cost
+        outputs. Default: the catalog's sourced on-demand estimate for the type and region
+        (``cdk_trn.catalog.instance_price``), or unknown when it has none.
     """
 
     def __init__(
@@ -149,6 +159,7 @@ class TrainiumCluster(Construct):
         replace_nodes_on_update: bool = False,
         preflight: bool = True,
         wait_for_capacity_block: bool = False,
+        hourly_price: float | None = None,
     ) -> None:
         super().__init__(scope, id)
         # Validate everything before the first resource exists.
@@ -163,6 +174,11 @@ class TrainiumCluster(Construct):
         self._validate_signal_timeout(signal_timeout)
         name = cluster_name or self._default_name()
         self._validate_cluster_name(name)
+        self._hourly_price = (
+            None
+            if hourly_price is None
+            else validate_hourly_price(f"{self.node.path}: hourly_price", hourly_price)
+        )
 
         self._spec: InstanceSpec = spec
         self._nodes = nodes
@@ -567,6 +583,27 @@ class TrainiumCluster(Construct):
         return self._launch_template
 
     # --- derived figures -------------------------------------------------------------------------
+
+    @property
+    def node_price(self) -> Price | None:
+        """The price of one node per hour: the given ``hourly_price``, else the catalog's sourced
+        on-demand estimate for the type in the stack's region; None when neither exists."""
+        if self._hourly_price is not None:
+            return Price(
+                self._hourly_price,
+                "hour",
+                cdk.Stack.of(self).region,
+                "given price (hourly_price)",
+                "at synth",
+                estimate=False,
+            )
+        return instance_price(self.spec.instance_type, cdk.Stack.of(self).region)
+
+    @property
+    def hourly_price(self) -> float | None:
+        """US dollars per node-hour (``node_price``), None when unknown."""
+        price = self.node_price
+        return None if price is None else price.usd
 
     @property
     def chips(self) -> int:

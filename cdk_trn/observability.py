@@ -22,8 +22,14 @@ Every custom metric carries one dimension, ``Cluster`` = the cluster's name (nam
 ``cdk_trn_runtime.contract``). The instances publish through the ``monitoring`` VPC endpoint
 (``TrainingNetwork``), each role only into its own namespace.
 
-Alarms, both to ``cluster.events_topic``: a node drained (``NodesDrained`` > 0, with a
-scheduler) and a failed acceptance run (its handlers' ``Errors`` > 0, with an acceptance run).
+- **Spend rate and idle node-hours**: nodes in service x the node price (``cluster.node_price``:
+  the given ``hourly_price`` or the catalog's estimate; left out when unknown) in US dollars per
+  hour, and (with a scheduler) the node-hours each hour the nodes were in service without a job
+  (in service less Slurm's allocated and mixed nodes, hourly averages).
+
+Alarms, all to ``cluster.events_topic``: a node drained (``NodesDrained`` > 0, with a
+scheduler), a failed acceptance run (its handlers' ``Errors`` > 0, with an acceptance run) and,
+off by default (``idle_alarm_hours``), every node idle for that many hours.
 """
 
 from __future__ import annotations
@@ -54,6 +60,10 @@ from cdk_trn_runtime.contract import (
 PERIOD = cdk.Duration.minutes(5)
 WIDTH = 12
 HEIGHT = 6
+#: The idle figures and the idle alarm look at whole hours.
+HOUR = cdk.Duration.hours(1)
+#: CloudWatch evaluates at most 7 days of hourly periods.
+MAX_IDLE_ALARM_HOURS = 168
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,9 @@ class ClusterDashboard(Construct):
         ``cluster.file_system``.
     :param acceptance: the ``AcceptanceRun``: its figures and the failed-run alarm. Default: none.
     :param dashboard_name: the dashboard's name. Default: ``<cluster name>-cluster``.
+    :param idle_alarm_hours: alarm when nodes were in service and none ran a job (no Slurm node
+        allocated or mixed) for this many hours in a row, 1 to 168: idle capacity is paid for.
+        Needs ``scheduler``. Default: none (no alarm).
     """
 
     def __init__(
@@ -191,8 +204,26 @@ class ClusterDashboard(Construct):
         file_system: ITrainingFileSystem | None = None,
         acceptance: AcceptanceRun | None = None,
         dashboard_name: str | None = None,
+        idle_alarm_hours: int | None = None,
     ) -> None:
         super().__init__(scope, id)
+        if idle_alarm_hours is not None:
+            if (
+                isinstance(idle_alarm_hours, bool)
+                or not isinstance(idle_alarm_hours, int)
+                or not 1 <= idle_alarm_hours <= MAX_IDLE_ALARM_HOURS
+            ):
+                raise invalid(
+                    f"{self.node.path}: idle_alarm_hours",
+                    idle_alarm_hours,
+                    f"a whole number of hours from 1 to {MAX_IDLE_ALARM_HOURS}",
+                )
+            if scheduler is None:
+                raise invalid(
+                    f"{self.node.path}: idle_alarm_hours",
+                    idle_alarm_hours,
+                    "set only with a scheduler (Slurm's node states tell an idle node)",
+                )
         if not isinstance(cluster, TrainiumCluster):
             raise invalid("cluster", type(cluster).__name__, "a TrainiumCluster")
         if scheduler is not None and scheduler.cluster is not cluster:
@@ -231,6 +262,8 @@ class ClusterDashboard(Construct):
         for source, graphs in _ROWS:
             if source in sources:
                 self.dashboard.add_widgets(*(_graph(g, sources[source]) for g in graphs))
+            if source == "group":
+                self._cost_row(sources, idle_alarm_hours)
         if scheduler is not None:
             self._alarm(
                 "NodesDrained",
@@ -257,6 +290,85 @@ class ClusterDashboard(Construct):
         )
         alarm.add_alarm_action(cloudwatch_actions.SnsAction(self.cluster.events_topic))
         self.alarms[id] = alarm
+
+    def _cost_row(self, sources: Mapping[str, _Source], idle_alarm_hours: int | None) -> None:
+        """Spend rate (nodes in service x node price) and idle node-hours per hour; the idle
+        alarm."""
+        group = _Source(sources["group"].namespace, sources["group"].dimensions, period=HOUR)
+        widgets: list[cloudwatch.IWidget] = []
+        price = self.cluster.node_price
+        if price is not None:
+            spend = cloudwatch.MathExpression(
+                expression=f"in_service * {price.usd:g}",
+                using_metrics={
+                    "in_service": _metric(
+                        sources["group"], "GroupInServiceInstances", "Average", "in service"
+                    )
+                },
+                label=f"US dollars per hour (nodes x ${price.usd:g}, {price.label()})"[:250],
+                period=sources["group"].period,
+            )
+            widgets.append(
+                cloudwatch.GraphWidget(
+                    title="Spend rate of the nodes ($/h)",
+                    left=[spend],
+                    left_y_axis=cloudwatch.YAxisProps(min=0, label="$/h", show_units=False),
+                    width=WIDTH,
+                    height=HEIGHT,
+                )
+            )
+        if "slurm" in sources:
+            hourly = _Source(sources["slurm"].namespace, sources["slurm"].dimensions, period=HOUR)
+            using = {
+                "in_service": _metric(group, "GroupInServiceInstances", "Average", "in service"),
+                "allocated": _metric(hourly, "NodesAllocated", "Average", "allocated"),
+                "mixed": _metric(hourly, "NodesMixed", "Average", "mixed"),
+            }
+            idle = "in_service - FILL(allocated, 0) - FILL(mixed, 0)"
+            idle_hours = cloudwatch.MathExpression(
+                expression=f"IF({idle} > 0, {idle}, 0)",
+                using_metrics=using,
+                label="idle node-hours (in service, no job)",
+                period=HOUR,
+            )
+            widgets.append(
+                cloudwatch.GraphWidget(
+                    title="Idle node-hours per hour",
+                    left=[idle_hours],
+                    left_y_axis=cloudwatch.YAxisProps(min=0, label="node-hours", show_units=False),
+                    width=WIDTH,
+                    height=HEIGHT,
+                )
+            )
+            if idle_alarm_hours is not None:
+                # Busy at any time of the hour (the maximum) keeps the hour from counting.
+                all_idle = cloudwatch.MathExpression(
+                    expression="IF(in_service > 0 AND "
+                    "FILL(busy_a, 0) + FILL(busy_m, 0) == 0, 1, 0)",
+                    using_metrics={
+                        "in_service": _metric(group, "GroupInServiceInstances", "Minimum", "in"),
+                        "busy_a": _metric(hourly, "NodesAllocated", "Maximum", "allocated"),
+                        "busy_m": _metric(hourly, "NodesMixed", "Maximum", "mixed"),
+                    },
+                    label="every node idle this hour",
+                    period=HOUR,
+                )
+                alarm = all_idle.create_alarm(
+                    self,
+                    "IdleAlarm",
+                    alarm_description=f"{self.cluster.cluster_name}: every node has been idle "
+                    f"for {idle_alarm_hours} h while in service (paid for); run jobs, scale "
+                    "the cluster in, or destroy the cluster stack",
+                    threshold=0,
+                    comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                    evaluation_periods=idle_alarm_hours,
+                    datapoints_to_alarm=idle_alarm_hours,
+                    treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+                )
+                alarm.add_alarm_action(cloudwatch_actions.SnsAction(self.cluster.events_topic))
+                self.alarms["Idle"] = alarm
+        if widgets:
+            self.dashboard.add_widgets(*widgets)
 
     def _acceptance(self, acceptance: AcceptanceRun) -> None:
         rows = "\n".join(

@@ -45,6 +45,7 @@ from constructs import Construct
 from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
 from cdk_trn._resources import ManagedPolicyRole
 from cdk_trn.acceptance.image import NeuronTrainingImage
+from cdk_trn.capacity import CapacityKind
 from cdk_trn.catalog import HOST_SPECS
 from cdk_trn.cluster import SlurmNodeSettings, TrainiumCluster, boot_user_data
 from cdk_trn.compliance.acknowledge import (
@@ -102,6 +103,11 @@ class SlurmScheduler(Construct):
     :param registration_timeout: how long a booting node waits for its slurmd to register.
         Default: 15 minutes.
     :param controller_signal_timeout: how long the deploy waits for slurmctld. Default: 30 min.
+    :param idle_scale_in: opt-in idle scale-in of an on-demand cluster, through Slurm's power
+        saving (``cdk_trn_runtime.slurm.power``): a node idle this long (SuspendTime) goes to
+        Standby in its group (desired capacity down) and stops; a job that needs it starts it
+        and returns it to service (desired capacity up). 5 minutes to 24 hours. Refused on
+        reservations and capacity blocks, which are paid for whether used or not. Default: none.
     """
 
     def __init__(
@@ -119,6 +125,7 @@ class SlurmScheduler(Construct):
         controller_root_volume_gib: int = 100,
         registration_timeout: cdk.Duration | None = None,
         controller_signal_timeout: cdk.Duration | None = None,
+        idle_scale_in: cdk.Duration | None = None,
     ) -> None:
         super().__init__(scope, id)
         registration_timeout = registration_timeout or cdk.Duration.minutes(15)
@@ -132,9 +139,16 @@ class SlurmScheduler(Construct):
         self._validate_root_volume(controller_root_volume_gib)
         self._validate_minutes("registration_timeout", registration_timeout, 2, 60)
         self._validate_minutes("controller_signal_timeout", controller_signal_timeout, 5, 120)
+        self._validate_idle_scale_in(cluster, idle_scale_in)
+        #: Seconds a node may be idle before it is suspended (None: never).
+        self.idle_scale_in_seconds = (
+            int(idle_scale_in.to_seconds()) if idle_scale_in is not None else None
+        )
         assert cluster.file_system is not None
 
         self.cluster = cluster
+        #: The controller's host type (the cost summary prices it).
+        self.controller_instance_type = controller_instance_type
         self.slurm_cluster_name = slurm_cluster_name
         self.partition = partition
         self.max_nodes_per_job = max_nodes_per_job
@@ -229,6 +243,8 @@ class SlurmScheduler(Construct):
                 registration_seconds=int(registration_timeout.to_seconds()),
             )
         )
+        if self.idle_scale_in_seconds is not None:
+            self._allow_power_saving()
         # Nodes register with a running controller: they boot after it signalled.
         cluster.auto_scaling_group.node.add_dependency(self.auto_scaling_group)
         cdk.Tags.of(self).add(CLUSTER_TAG, cluster.cluster_name)
@@ -300,7 +316,77 @@ class SlurmScheduler(Construct):
                 f"{self.node.path}: {prop}", f"{minutes} minutes", f"{low} to {high} minutes"
             )
 
+    def _validate_idle_scale_in(
+        self, cluster: TrainiumCluster, idle_scale_in: cdk.Duration | None
+    ) -> None:
+        if idle_scale_in is None:
+            return
+        prop = f"{self.node.path}: idle_scale_in"
+        if cluster.capacity.kind is not CapacityKind.ON_DEMAND:
+            raise invalid(
+                prop,
+                f"{idle_scale_in.to_minutes()} minutes",
+                f"unset on {cluster.capacity.kind.value} capacity: reservations and capacity "
+                "blocks are paid for whether the nodes run or not; only on-demand clusters "
+                "scale in",
+            )
+        self._validate_minutes("idle_scale_in", idle_scale_in, 5, 24 * 60)
+
     # --- resources ----------------------------------------------------------------------------
+
+    def _allow_power_saving(self) -> None:
+        """The controller's SuspendProgram and ResumeProgram move the nodes between service and
+        Standby in their own group and stop or start them (``cdk_trn_runtime.slurm.power``);
+        the group may then hold fewer than its nodes (MinSize 0)."""
+        group = self.cluster.auto_scaling_group
+        group.min_size = "0"
+        # A deploy never puts the desired capacity back while nodes are stopped in Standby (it
+        # would launch replacements beside them).
+        current = group.cfn_options.update_policy
+        group.cfn_options.update_policy = cdk.CfnUpdatePolicy(
+            auto_scaling_rolling_update=current.auto_scaling_rolling_update if current else None,
+            auto_scaling_scheduled_action=cdk.CfnAutoScalingScheduledAction(
+                ignore_unmodified_group_size_properties=True
+            ),
+        )
+        stack = cdk.Stack.of(self)
+        group_arn = stack.format_arn(
+            service="autoscaling",
+            resource="autoScalingGroup",
+            resource_name=f"*:autoScalingGroupName/{group.ref}",
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )
+        instances = stack.format_arn(service="ec2", resource="instance", resource_name="*")
+        policy = iam.ManagedPolicy(
+            self,
+            "PowerSavingPolicy",
+            description=f"Slurm controller of {self.cluster.cluster_name}: suspend and resume "
+            "idle nodes (Standby and stop, start and back in service)",
+            roles=[self.role],
+            statements=[
+                iam.PolicyStatement(
+                    actions=["autoscaling:EnterStandby", "autoscaling:ExitStandby"],
+                    resources=[group_arn],
+                ),
+                iam.PolicyStatement(
+                    actions=["ec2:StartInstances", "ec2:StopInstances"],
+                    resources=[instances],
+                    conditions={
+                        "StringEquals": {
+                            f"aws:ResourceTag/{CLUSTER_TAG}": self.cluster.cluster_name
+                        }
+                    },
+                ),
+                iam.PolicyStatement(actions=["ec2:DescribeInstances"], resources=["*"]),
+            ],
+        )
+        acknowledge_wildcards(
+            policy,
+            "an Auto Scaling group's ARN has a generated id CloudFormation does not return (the "
+            "group name is exact); instances are started and stopped only when tagged with this "
+            "cluster's name; ec2:DescribeInstances supports no resource-level permission",
+            resources=[group_arn, instances, "*"],
+        )
 
     def _static_features(self) -> list[str]:
         spec = self.cluster.spec
@@ -434,6 +520,19 @@ class SlurmScheduler(Construct):
             "srun_port_range": list(SRUN_PORT_RANGE),
             "job_user": SLURM_JOB_USER,
             "job_uid": SLURM_JOB_UID,
+            **(
+                {
+                    # The group's name is not here (the controller boots before the group
+                    # exists): the programs read it from the instances' own tag.
+                    "power_save": {
+                        "idle_seconds": self.idle_scale_in_seconds,
+                        "cluster_tag": [CLUSTER_TAG, self.cluster.cluster_name],
+                        "region": cdk.Stack.of(self).region,
+                    }
+                }
+                if self.idle_scale_in_seconds is not None
+                else {}
+            ),
         }
 
     def _user_data(self) -> str:

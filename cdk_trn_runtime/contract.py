@@ -46,6 +46,8 @@ OUTPUT_VAULT_URL_PARAMETER = "VaultUrlParameter"  # the SSM parameter above
 #: Cluster stack output: the cluster's name, signed into every manifest as ``cluster``.
 OUTPUT_CLUSTER_NAME = "ClusterName"
 
+#: Derived by the acceptance handler when the run's price is known: cost per million tokens.
+FIGURE_USD_PER_MILLION_TOKENS = "train_usd_per_million_tokens"
 #: Figures of an acceptance run: the suite reports them (``cdk_trn_runtime.suite.summary``), the
 #: handler derives ``gemm_bf16_tflops_per_chip`` and returns them, the construct exports them.
 #: name -> (unit, description).
@@ -64,6 +66,10 @@ FIGURES: dict[str, tuple[str, str]] = {
     "allgather_algbw_gbps": ("GB/s", "all-gather algorithm bandwidth at the largest size"),
     "allgather_busbw_gbps": ("GB/s", "all-gather bus bandwidth at the largest size (worst rank)"),
     "train_tokens_per_s": ("tokens/s", "training throughput over all ranks"),
+    "train_usd_per_million_tokens": (
+        "USD",
+        "training cost per million tokens at the measured throughput (nodes x node price)",
+    ),
     "train_step_ms": ("ms", "steady-state training step time (slowest rank)"),
     "train_loss_drop_fraction": ("fraction", "training loss drop"),
     "compile_seconds": ("s", "graph compile time (slowest rank)"),
@@ -168,3 +174,20 @@ DEPLOY_TIME_ENV_PURPOSE = "CDK_TRN_PURPOSE"
 DEPLOY_TIME_FAILURE_MARK = "CDK_TRN_CUSTOM_RESOURCE_FAILED"
 #: Namespace of those counts (one metric per function, named after it).
 METRICS_NAMESPACE_DEPLOY_TIME = "cdk-trn/DeployTime"
+
+# --- Cost (issue 22): what ``cdk-trn cost`` reads and the stack publishes -------------------------
+#: Cluster stack output: one node's price per hour in US dollars (the ``hourly_price`` prop or the
+#: catalog's estimate); absent when unknown.
+OUTPUT_NODE_HOURLY_PRICE = "NodeHourlyPrice"
+#: The read-only SSM document that pages through the job completion log on the controller (and
+#: lists the running jobs on the first page): the stack's researcher documents are named
+#: ``<cluster stack name>-<suffix>``; its name is also the cluster stack output below. Its
+#: commands are ``cdk_trn_runtime.cli.cost.job_completions_commands``; its parameters
+#: ``DOC_PARAM_SINCE`` (``YYYY-MM-DDTHH:MM:SS`` or empty) and ``DOC_PARAM_OFFSET`` (lines
+#: already read).
+DOC_JOB_COMPLETIONS = "JobCompletions"
+OUTPUT_DOC_JOB_COMPLETIONS = "SlurmJobCompletionsDocument"
+DOC_PARAM_SINCE = "Since"
+DOC_PARAM_OFFSET = "Offset"
+#: Environment of training jobs: one node's price per hour (the trainer reports tokens per dollar).
+ENV_HOURLY_PRICE = "CDK_TRN_HOURLY_PRICE"

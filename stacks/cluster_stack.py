@@ -9,6 +9,7 @@ from cdk_trn.acceptance import AcceptanceRun, NeuronTrainingImage
 from cdk_trn.acceptance.image import bundled_versions
 from cdk_trn.capacity import Capacity
 from cdk_trn.cluster import TrainiumCluster
+from cdk_trn.errors import invalid
 from cdk_trn.machine_image import NeuronMachineImage
 from cdk_trn.observability import ClusterDashboard
 from cdk_trn.scheduler import SlurmScheduler
@@ -17,6 +18,7 @@ from cdk_trn_runtime.contract import (
     OUTPUT_CONTROLLER_GROUP,
     OUTPUT_JOB_USER,
     OUTPUT_NODE_GROUP,
+    OUTPUT_NODE_HOURLY_PRICE,
     OUTPUT_SHARED_ROOT,
     OUTPUT_SLURM_CLUSTER,
 )
@@ -51,6 +53,7 @@ class ClusterStack(cdk.Stack):
             else NeuronMachineImage.from_name(config.node_os),
             cluster_name=f"{config.prefix}-cluster",
             file_system=storage.file_system,
+            hourly_price=config.hourly_price,
         )
         storage.buckets.grant_read_write(self.cluster.role)
         # One image for the acceptance run, slurmd, slurmctld and users' jobs: the bundled one, or
@@ -62,8 +65,22 @@ class ClusterStack(cdk.Stack):
         )
         self._image_outputs(image)
         self.scheduler: SlurmScheduler | None = None
+        if config.idle_scale_in_minutes is not None and config.scheduler != "slurm":
+            raise invalid(
+                "idleScaleInMinutes",
+                config.idle_scale_in_minutes,
+                "set only with scheduler=slurm (Slurm's power saving stops idle nodes)",
+            )
         if config.scheduler == "slurm":
-            self.scheduler = SlurmScheduler(self, "Slurm", cluster=self.cluster, image=image)
+            self.scheduler = SlurmScheduler(
+                self,
+                "Slurm",
+                cluster=self.cluster,
+                image=image,
+                idle_scale_in=cdk.Duration.minutes(config.idle_scale_in_minutes)
+                if config.idle_scale_in_minutes is not None
+                else None,
+            )
             self._scheduler_outputs(self.scheduler)
         # During the deploy, the bundled container proves the nodes: the deploy fails if they
         # are broken or slow, and the figures become stack outputs.
@@ -80,6 +97,13 @@ class ClusterStack(cdk.Stack):
             )
         # The cluster at a glance, and alarms (drained node, failed acceptance run) to its topic.
         self.dashboard: ClusterDashboard | None = None
+        if config.idle_alarm_hours is not None and not (config.dashboard and self.scheduler):
+            raise invalid(
+                "idleAlarmHours",
+                config.idle_alarm_hours,
+                "set only with dashboard=true and scheduler=slurm (the alarm reads Slurm's node "
+                "states on the dashboard)",
+            )
         if config.dashboard:
             self.dashboard = ClusterDashboard(
                 self,
@@ -87,6 +111,7 @@ class ClusterStack(cdk.Stack):
                 cluster=self.cluster,
                 scheduler=self.scheduler,
                 acceptance=self.acceptance,
+                idle_alarm_hours=config.idle_alarm_hours,
             )
         summary = self.cluster.summary()
         for key, label in (
@@ -98,6 +123,15 @@ class ClusterStack(cdk.Stack):
             ("hbm_gib", "HbmGiB"),
         ):
             cdk.CfnOutput(self, label, value=str(summary[key]), description=f"Cluster {key}")
+        price = self.cluster.node_price
+        if price is not None:
+            # `cdk-trn cost` prices the jobs with it unless given --hourly-price.
+            cdk.CfnOutput(
+                self,
+                OUTPUT_NODE_HOURLY_PRICE,
+                value=f"{price.usd:g}",
+                description=f"US dollars per node-hour ({price.label(self.region)})"[:1000],
+            ).override_logical_id(OUTPUT_NODE_HOURLY_PRICE)
         cdk.CfnOutput(
             self,
             "AutoScalingGroupName",

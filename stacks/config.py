@@ -13,6 +13,7 @@ from typing import Any
 from constructs import Node
 
 from cdk_trn.acceptance.image import NeuronTrainingImage
+from cdk_trn.catalog import validate_hourly_price
 from cdk_trn.errors import invalid
 
 
@@ -36,6 +37,18 @@ def _int(key: str, value: Any) -> int:
 
 def _ids(key: str, value: Any) -> tuple[str, ...]:
     return tuple(part.strip() for part in _str(key, value).split(",") if part.strip())
+
+
+def _price(key: str, value: Any) -> float:
+    """A price in US dollars per instance-hour: a number above 0 (``-c hourlyPrice=35.76``)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise invalid(
+                key, value, "a number of US dollars per instance-hour, such as 35.76"
+            ) from None
+    return validate_hourly_price(key, value)
 
 
 def _str(key: str, value: Any) -> str:
@@ -111,6 +124,14 @@ class AppConfig:
     #: The training image of the scheduler, the acceptance run and users' jobs: a directory with a
     #: Dockerfile (built at deploy) or an ECR image URI. Default: the bundled image.
     training_image: str | None = None
+    #: US dollars per node-hour (a capacity block's or negotiated rate); default: the catalog's
+    #: sourced on-demand estimate.
+    hourly_price: float | None = None
+    #: Alarm when every node has been idle this many hours (off by default; needs the dashboard
+    #: and Slurm).
+    idle_alarm_hours: int | None = None
+    #: Opt-in idle scale-in (on-demand only): minutes a node may be idle before it stops.
+    idle_scale_in_minutes: int | None = None
 
     @classmethod
     def from_context(cls, node: Node) -> AppConfig:
@@ -138,6 +159,9 @@ class AppConfig:
             "dashboard": ("dashboard", _bool),
             "scheduler": ("scheduler", _scheduler),
             "trainingImage": ("training_image", _training_image),
+            "hourlyPrice": ("hourly_price", _price),
+            "idleAlarmHours": ("idle_alarm_hours", _int),
+            "idleScaleInMinutes": ("idle_scale_in_minutes", _int),
         }
         for key, (field, convert) in conversions.items():
             raw = ctx(key)

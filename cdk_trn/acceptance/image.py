@@ -40,6 +40,7 @@ BUNDLED_SUBPACKAGES = (
     "monitoring",
     "provenance",
     "vault",
+    "cost",  # tokens per dollar in the trainer's ``train: done`` line
 )
 #: Files in an image directory that never belong in the build context (or the asset hash).
 ASSET_EXCLUDES = (

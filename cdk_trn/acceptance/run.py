@@ -44,7 +44,13 @@ from cdk_trn.acceptance.image import BoundNeuronTrainingImage, NeuronTrainingIma
 from cdk_trn.cluster import TrainiumCluster
 from cdk_trn.compliance import acknowledge_regulated, acknowledge_wildcards
 from cdk_trn.errors import CdkTrnError, invalid
-from cdk_trn_runtime.contract import CLUSTER_TAG, FIGURES, SHARED_HOMES, SLURM_CONTROLLER_CONTAINER
+from cdk_trn_runtime.contract import (
+    CLUSTER_TAG,
+    FIGURE_USD_PER_MILLION_TOKENS,
+    FIGURES,
+    SHARED_HOMES,
+    SLURM_CONTROLLER_CONTAINER,
+)
 
 if TYPE_CHECKING:  # cdk_trn.scheduler imports cdk_trn.acceptance.image: no import at load time.
     from cdk_trn.scheduler import SlurmScheduler
@@ -327,6 +333,15 @@ class AcceptanceRun(Construct):
             procs_per_node if procs_per_node is not None else spec.chips * devices_per_chip
         )
         exported = tuple(exported_figures)
+        # The run's price per hour (every node of it), when known: the figures then include the
+        # cost per million tokens at the measured throughput, beside tokens/s.
+        run_price = cluster.hourly_price * cluster.nodes if cluster.hourly_price else None
+        if (
+            run_price
+            and "train_tokens_per_s" in exported
+            and FIGURE_USD_PER_MILLION_TOKENS not in exported
+        ):
+            exported = (*exported, FIGURE_USD_PER_MILLION_TOKENS)
 
         # Validate everything before the first resource exists.
         thresholds.validate()
@@ -411,6 +426,7 @@ class AcceptanceRun(Construct):
             purpose="acceptance run",
             subpackage="acceptance",
             handler_module=HANDLER_MODULE,
+            extra_subpackages=("cost",),
             statements=[*self._on_event_statements(), *self._is_complete_statements()],
             encryption_key=self.encryption_key,
             vpc=cluster.vpc,
@@ -445,6 +461,7 @@ class AcceptanceRun(Construct):
                 "RunTimeoutSeconds": str(run_timeout),
                 "Checks": thresholds.checks(),
                 "ExportedFigures": list(exported),
+                **({"HourlyPrice": f"{run_price:.4f}"} if run_price else {}),
                 "ConfigHash": self.config_hash,
                 "Launcher": self.launcher,
                 **(self._slurm_properties(scheduler, runs_dir) if scheduler else {}),

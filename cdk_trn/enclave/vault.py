@@ -237,6 +237,8 @@ class EnclaveKeyVault(Construct):
         super().__init__(scope, id)
         stack = cdk.Stack.of(self)
         self.spec = spec
+        #: Number of enclave hosts (the cost summary prices them).
+        self.hosts = hosts
         self.port = port
         self.enclave_cpu_count = enclave_cpu_count
         self.enclave_memory_mib = enclave_memory_mib

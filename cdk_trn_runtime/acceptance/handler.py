@@ -43,7 +43,8 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cdk_trn_runtime.contract import CLUSTER_TAG
+from cdk_trn_runtime.contract import CLUSTER_TAG, FIGURE_USD_PER_MILLION_TOKENS
+from cdk_trn_runtime.cost import usd_per_million_tokens
 from cdk_trn_runtime.deploy_time.clients import bounded_config
 
 LOG = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ RUN_PROPERTIES = (
 )
 LAUNCHERS = ("slurm", "ssm")
 #: Figures the handler derives from the suite's per-device figures (a device is one rank).
+#: Derived when the run's price is known (``HourlyPrice``): cost per million tokens.
+COST_FIGURE = FIGURE_USD_PER_MILLION_TOKENS
 PER_CHIP_FIGURES = {"gemm_bf16_tflops_per_chip": "gemm_bf16_tflops_per_device"}
 _RUNNING = frozenset({"Pending", "InProgress", "Delayed", "Cancelling"})
 _SUCCESS = "Success"
@@ -133,6 +136,8 @@ class RunProps:
     devices_per_chip: int = 1
     checks: tuple[Check, ...] = ()
     exported_figures: tuple[str, ...] = ()
+    #: US dollars per hour of the run's nodes together (nodes x node price), when known.
+    hourly_price: float | None = None
     launcher: str = "ssm"
     controller_group_name: str = ""
     partition: str = ""
@@ -184,6 +189,7 @@ class RunProps:
             devices_per_chip=int(p.get("DevicesPerChip", 1)),
             checks=tuple(Check.from_property(c) for c in p.get("Checks", [])),
             exported_figures=tuple(str(f) for f in p.get("ExportedFigures", [])),
+            hourly_price=float(p["HourlyPrice"]) if p.get("HourlyPrice") else None,
         )
 
     def run_prefix(self, run_id: str) -> str:
@@ -769,6 +775,11 @@ def run_figures(summary: Mapping[str, Any] | None, props: RunProps) -> dict[str,
     for derived, per_device in PER_CHIP_FIGURES.items():
         if derived not in figures and per_device in figures:
             figures[derived] = figures[per_device] * props.devices_per_chip
+    tokens_per_s = figures.get("train_tokens_per_s")
+    if props.hourly_price and tokens_per_s is not None:
+        per_million = usd_per_million_tokens(tokens_per_s, props.hourly_price)
+        if per_million is not None:
+            figures[COST_FIGURE] = round(per_million, 4)
     return figures
 
 

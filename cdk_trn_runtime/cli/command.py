@@ -13,6 +13,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, NoCredentialsError
 
+from cdk_trn_runtime.cli import cost as cost_command
 from cdk_trn_runtime.cli import remote
 from cdk_trn_runtime.cli import vault as vault_commands
 from cdk_trn_runtime.cli.aws import (
@@ -123,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="node states, drain reasons and running jobs",
         description="sinfo -N with states and reasons, then the running jobs.",
     )
+
+    cost = commands.add_parser(
+        "cost",
+        parents=[common],
+        help="what each job cost (node-hours x price), per job or user, and idle node-hours",
+        description=(
+            "Read Slurm's job completion log (through the stack's read-only SSM document, or "
+            "--jobcomp FILE) and the running jobs, and print per job: id, user, name, nodes, "
+            "elapsed, node-hours and cost = round(node-hours x price, 2); then the totals and "
+            "the node-hours the nodes were in service without a job. --format json writes only "
+            "JSON on stdout."
+        ),
+    )
+    cost_command.add_arguments(cost)
 
     vault_key = commands.add_parser(
         "vault-key",
@@ -343,7 +358,11 @@ def main(
     """Run ``cdk-trn`` with ``argv`` (default: the process's arguments); returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "cost" and args.jobcomp is not None:
+            return cost_command.cmd_cost_local(args)
         aws = make_aws(args.profile, args.region)
+        if args.command == "cost":
+            return cost_command.cmd_cost(aws, args)
         if args.command == "submit":
             return cmd_submit(aws, args)
         if args.command == "queue":

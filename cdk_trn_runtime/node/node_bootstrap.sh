@@ -140,8 +140,17 @@ slurmd_run() {
 # job cannot be deleted; it is marked DOWN instead, so the controller requeues the job at once
 # rather than after SlurmdTimeout.
 slurmd_leave() {
-  local name
+  local name state
   name=$(node_name)
+  # Stopped by Slurm's power saving (idle scale-in: % powering down, ~ powered down): the node
+  # keeps its record and comes back as itself when a job needs it.
+  state=$(docker exec "$SLURMD_CONTAINER" sinfo -h -N -n "$name" -o %t 2>/dev/null || true)
+  case "$state" in
+    *[%~!]*)
+      docker stop --time 60 "$SLURMD_CONTAINER" >/dev/null 2>&1 || true
+      return 0
+      ;;
+  esac
   docker exec "$SLURMD_CONTAINER" scontrol delete nodename="$name" \
     || docker exec "$SLURMD_CONTAINER" scontrol update nodename="$name" state=down \
       reason="instance shutting down" \

@@ -52,6 +52,19 @@ class DynamicNodes:
 
 
 @dataclass(frozen=True)
+class PowerSave:
+    """Slurm's power saving (issue 22's idle scale-in): nodes idle ``suspend_time`` seconds are
+    suspended by ``suspend_program`` and resumed by ``resume_program`` when a job needs them
+    (``cdk_trn_runtime.slurm.power``: Standby and stop, start and back in service)."""
+
+    suspend_time: int
+    suspend_program: str
+    resume_program: str
+    #: Seconds a suspend (Standby, then stop) may take before the node may be resumed.
+    suspend_timeout: int = 300
+
+
+@dataclass(frozen=True)
 class SlurmConfig:
     """What slurm.conf says. Defaults are the cloud's (ParallelCluster-like timeouts, cgroups).
 
@@ -103,6 +116,8 @@ class SlurmConfig:
     max_nodes_per_job: int | None = None
     #: Ports srun listens on for its tasks (SrunPortRange), opened to the nodes by the construct.
     srun_port_range: tuple[int, int] | None = None
+    #: Idle scale-in through Slurm's power saving; None: nodes are never suspended.
+    power_save: PowerSave | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -200,6 +215,11 @@ def _validate(c: SlurmConfig) -> None:
             raise ValueError("dynamic nodes fetch their configuration: set configless=True")
     if c.max_nodes_per_job is not None:
         _check_int("max_nodes_per_job", c.max_nodes_per_job, 1, 65_533)
+    if c.power_save is not None:
+        _check_int("power_save.suspend_time", c.power_save.suspend_time, 60, 86_400)
+        _check_int("power_save.suspend_timeout", c.power_save.suspend_timeout, 30, 3600)
+        _check_path("power_save.suspend_program", c.power_save.suspend_program)
+        _check_path("power_save.resume_program", c.power_save.resume_program)
     if c.srun_port_range is not None:
         low, high = c.srun_port_range
         _check_int("srun_port_range[0]", low, 1024, 65_535)
@@ -310,6 +330,15 @@ def render_slurm_conf(c: SlurmConfig) -> str:
         lines.append("SlurmctldParameters=enable_configless")
     if c.srun_port_range is not None:
         lines.append(f"SrunPortRange={c.srun_port_range[0]}-{c.srun_port_range[1]}")
+    if c.power_save is not None:
+        p = c.power_save
+        lines += [
+            "# Idle scale-in: idle nodes stop (Standby in their group), jobs start them again.",
+            f"SuspendTime={p.suspend_time}",
+            f"SuspendTimeout={p.suspend_timeout}",
+            f"SuspendProgram={p.suspend_program}",
+            f"ResumeProgram={p.resume_program}",
+        ]
     lines.append("")
     max_nodes = f" MaxNodes={c.max_nodes_per_job}" if c.max_nodes_per_job else ""
     if c.dynamic is not None:
@@ -428,6 +457,24 @@ def cloud_config(document: dict[str, object]) -> SlurmConfig:
         configless=True,
         max_nodes_per_job=number("max_nodes_per_job"),
         srun_port_range=(srun[0], srun[1]),
+        power_save=_power_save(document.get("power_save")),
+    )
+
+
+def _power_save(value: object) -> PowerSave | None:
+    """The cluster document's optional ``power_save`` (``idle_seconds``, ``cluster_tag``,
+    ``region``: the programs read the last two themselves)."""
+    if value is None:
+        return None
+    seconds = value.get("idle_seconds") if isinstance(value, dict) else None
+    if not isinstance(seconds, int) or isinstance(seconds, bool):
+        raise ValueError(
+            f"cluster document: 'power_save' needs integer idle_seconds, got {value!r}"
+        )
+    return PowerSave(
+        suspend_time=seconds,
+        suspend_program=f"{IMAGE_SCRIPTS}/power_suspend.sh",
+        resume_program=f"{IMAGE_SCRIPTS}/power_resume.sh",
     )
 
 

@@ -32,7 +32,10 @@ an accelerator, 0 on CPU). On CPU the model is made smaller so a run takes secon
 Rank 0 prints ``train: resumed step=<K> from=<path>`` when it resumed and ends with exactly one
 ``train: done step=<N> loss_first=<a> loss_last=<b> checkpoint=<path>`` line; the losses are the
 rank-averaged losses of the first and last step this run trained (of the checkpoint's last step
-when there was nothing left to train).
+when there was nothing left to train). After ``checkpoint=`` come ``tokens_per_s=<t>`` (all ranks,
+this run's steps, checkpoints included) and, when ``CDK_TRN_HOURLY_PRICE`` gives one node's price
+per hour, ``tokens_per_usd=<n>`` for the job's nodes (``cdk_trn_runtime.cost``); neither when
+nothing was left to train.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from cdk_trn_runtime import contract
+from cdk_trn_runtime.cost import throughput_fields
 from cdk_trn_runtime.provenance.signing import CheckpointSigner
 from cdk_trn_runtime.train import checkpoint
 
@@ -196,9 +200,11 @@ def main() -> int:
         collectives.barrier()  # nobody runs ahead of (or exits before) a checkpoint
         return path
 
+    started, tokens, slept = time.perf_counter(), 0, 0.0  # throughput: tokens_per_s
     for step in range(start_step, run.steps):
         batch = batches[step % len(batches)]
         inputs, targets = batch[:, :-1], batch[:, 1:]
+        tokens += inputs.numel() * world
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(forward(inputs).reshape(-1, config.vocab), targets.reshape(-1))
         loss.backward()
@@ -218,15 +224,18 @@ def main() -> int:
             last_saved = saved if saved is not None else last_saved
         if run.step_sleep:
             time.sleep(run.step_sleep)
+            slept += run.step_sleep
 
     runtime.wait()
+    seconds = time.perf_counter() - started - slept
     trained = [float(v) for v in losses]
     first, last = (trained[0], trained[-1]) if trained else (previous_losses or [0.0])[-1:] * 2
     if rank == 0:
         where = last_saved if last_saved is not None else run.checkpoint_dir
         print(
             f"train: done step={max(run.steps, start_step)} loss_first={first:.4f} "
-            f"loss_last={last:.4f} checkpoint={where}",
+            f"loss_last={last:.4f} checkpoint={where}"
+            + throughput_fields(tokens, seconds, os.environ),
             flush=True,
         )
     runtime.shutdown()

@@ -92,7 +92,10 @@ def test_custom_resource_is_served_by_one_function_and_runs_after_the_group_and_
     assert props["Nodes"] == "2" and props["ProcsPerNode"] == "64"
     assert props["ExpectedNeuronDevices"] == "16" and props["ExpectedEfaDevices"] == "16"
     assert "--peak-bf16-tflops 166.75 --peak-hbm-gbps 725" in props["SuiteArgs"]
-    assert props["ExportedFigures"] == list(DEFAULT_FIGURES)
+    # The cluster's price is known (the catalog's estimate): the run also reports the cost per
+    # million tokens, priced at every node of it.
+    assert props["ExportedFigures"] == [*DEFAULT_FIGURES, "train_usd_per_million_tokens"]
+    assert props["HourlyPrice"] == "71.5200"
     # 55 minutes of waiting, then CloudFormation's own backstop at the hour.
     assert props["ServiceTimeout"] == "3600"
     assert props["RunTimeoutSeconds"] == str(55 * 60 - 2 * 30 - 120)
@@ -384,5 +387,5 @@ def test_figures_match_the_ones_the_suite_reports():
     from cdk_trn_runtime.suite import summary
 
     reported = set(summary._FIGURES) | {"world_size", "nodes"}
-    derived = {"gemm_bf16_tflops_per_chip"}
+    derived = {"gemm_bf16_tflops_per_chip", "train_usd_per_million_tokens"}
     assert set(FIGURES) == reported | derived

@@ -38,6 +38,7 @@ CONTEXTS = {
         "nodeOs": "ubuntu-24.04",
         "fsxCapacityGiB": "9600",
         "fsxThroughput": "250",
+        "idleScaleInMinutes": "45",
     },
     # README: `-c nodes=8 -c capacity=capacity-block -c reservationId=cr-…`.
     "capacity-block": {
@@ -57,6 +58,9 @@ CONTEXTS = {
         "nodes": "8",
         "enclaveVault": "false",
         "compliancePacks": "AwsSolutions,TrainiumChecks",
+        # A block's price is known only when bought: the team gives it.
+        "hourlyPrice": "40.5",
+        "idleAlarmHours": "24",
     },
     # Another region, by AZ id, on a reservation.
     "other-region": {

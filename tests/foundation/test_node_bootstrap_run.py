@@ -632,8 +632,21 @@ def test_leaving_node_is_deleted_from_slurm(node, trn2_slurm):
     result = _helper(node, trn2_slurm, "slurmd-leave")
     assert result.returncode == 0, result.output
     execs = [c[2:] for c in result.calls_to("docker") if c[0] == "exec"]
-    assert execs == [["scontrol", "delete", "nodename=ip-10-0-1-23"]]
+    assert execs == [
+        ["sinfo", "-h", "-N", "-n", "ip-10-0-1-23", "-o", "%t"],  # not being powered down
+        ["scontrol", "delete", "nodename=ip-10-0-1-23"],
+    ]
     assert result.signals() == []
+
+
+def test_node_stopped_by_power_saving_keeps_its_record(node, trn2_slurm):
+    # Idle scale-in stops the instance while Slurm powers the node down (state "idle%"): it
+    # comes back as the same node, so its record stays.
+    result = _helper(node, trn2_slurm, "slurmd-leave", DOCKER_DOUBLE_EXEC_OUTPUT="idle%")
+    assert result.returncode == 0, result.output
+    execs = [c[2:] for c in result.calls_to("docker") if c[0] == "exec"]
+    assert execs == [["sinfo", "-h", "-N", "-n", "ip-10-0-1-23", "-o", "%t"]]
+    assert ["stop", "--time", "60", "cdk-trn-slurmd"] in result.calls_to("docker")
 
 
 def test_leaving_node_that_runs_a_job_is_marked_down(node, trn2_slurm):
@@ -641,6 +654,7 @@ def test_leaving_node_that_runs_a_job_is_marked_down(node, trn2_slurm):
     assert result.returncode == 0, result.output
     execs = [c[2:5] for c in result.calls_to("docker") if c[0] == "exec"]
     assert execs == [
+        ["sinfo", "-h", "-N"],
         ["scontrol", "delete", "nodename=ip-10-0-1-23"],
         ["scontrol", "update", "nodename=ip-10-0-1-23"],
     ]

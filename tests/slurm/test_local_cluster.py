@@ -55,7 +55,9 @@ def _done(output: str) -> re.Match[str]:
     lines = [line for line in output.splitlines() if line.startswith("train: done ")]
     assert len(lines) == 1, output
     match = re.fullmatch(
-        r"train: done step=(\d+) loss_first=([\d.]+) loss_last=([\d.]+) checkpoint=(\S+)", lines[0]
+        r"train: done step=(\d+) loss_first=([\d.]+) loss_last=([\d.]+) checkpoint=(\S+)"
+        r" tokens_per_s=([\d.]+)(?: tokens_per_usd=\d+)?",
+        lines[0],
     )
     assert match, lines[0]
     return match
