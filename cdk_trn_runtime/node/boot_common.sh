@@ -30,7 +30,12 @@ INSTANCE_ID=""
 # shellcheck source=units.sh
 . "$BOOT_DIR/units.sh"
 
-log() { echo "[$LOG_TAG] $*" | tee -a "$ROOT/dev/console" | logger -t "$LOG_TAG" || true; }
+# To stderr (the launcher sends the boot's output to the serial console and the boot log, the
+# journal keeps a unit's) and to syslog. Never stdout: functions print their results there.
+log() {
+  echo "[$LOG_TAG] $*" >&2
+  echo "[$LOG_TAG] $*" | logger -t "$LOG_TAG" || true
+}
 
 imds() {
   local token

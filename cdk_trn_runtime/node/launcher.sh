@@ -7,7 +7,7 @@
 # archive against the SHA-256 written above before anything in it runs, unpacks it into a
 # root-only directory, writes the variables into the bundle's boot.env and runs the role's entry
 # script (cdk_trn_runtime/node/bundle.py describes the bundle). Everything the boot prints goes to
-# /var/log/cdk-trn-boot.log and, when the boot ends, whatever its outcome, to the role's
+# the serial console, /var/log/cdk-trn-boot.log and, when the boot ends, whatever its outcome, to the role's
 # CloudWatch Logs group (log stream: the instance id) with `aws logs put-log-events`: the
 # CloudWatch agent is not on every AMI this runs on (AL2023 has it only as a package), and a boot
 # that failed before any agent could start is the one whose log matters most.
@@ -92,7 +92,9 @@ tar -xzf "$ARCHIVE" -C "$BOOT" --no-same-owner || fail_launch "could not unpack 
 for name in "${!CDK_TRN_@}"; do printf '%s=%q\n' "$name" "${!name}"; done >"$BOOT/boot.env"
 say "boot bundle $BUNDLE_URL (sha256 $CDK_TRN_BOOT_SHA256) in $BOOT: running $CDK_TRN_BOOT_ENTRY"
 
-bash "$BOOT/$CDK_TRN_BOOT_ENTRY" 2>&1 | tee -a "$LOG"
+# The boot's output (its log lines and every command's errors) to the serial console (read with
+# `aws ec2 get-console-output`) and the boot log.
+bash "$BOOT/$CDK_TRN_BOOT_ENTRY" 2>&1 | tee -a "$LOG" >>"$ROOT/dev/console"
 status=${PIPESTATUS[0]}
 say "$CDK_TRN_BOOT_ENTRY exited with status $status"
 ship_log
