@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from cdk_trn_runtime.node.bundle import bundle_archive, bundle_files, bundle_sha256
-from tests.foundation.test_node_bootstrap_run import BootResult, FakeNode, Rendered, _render
 from tests.foundation.stacks_for_tests import cluster_stack
+from tests.foundation.test_node_bootstrap_run import BootResult, FakeNode, Rendered, _render
 
 
 @pytest.fixture(scope="module")
