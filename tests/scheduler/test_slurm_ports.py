@@ -27,7 +27,7 @@ from tests.foundation.test_node_bootstrap_run import FileSystemStandIn
 def synth() -> tuple[SlurmScheduler, dict[str, Any]]:
     stack, cluster = cluster_stack("trn2.48xlarge", file_system=FileSystemStandIn())
     scheduler = SlurmScheduler(stack, "Slurm", cluster=cluster)
-    return scheduler, Template.from_stack(stack).to_json()
+    return scheduler, dict(Template.from_stack(stack).to_json())
 
 
 def _rendered_conf(scheduler: SlurmScheduler, tmp_path: Path) -> dict[str, str]:
