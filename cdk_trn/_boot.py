@@ -73,6 +73,10 @@ def launcher_user_data(
     missing = {"CDK_TRN_REGION", "CDK_TRN_STACK", "CDK_TRN_RESOURCE"} - set(variables)
     if missing:
         raise ValueError(f"the launcher of {role!r} needs {sorted(missing)}")
+    # The launcher hands exactly the CDK_TRN_* variables to the bundle's boot.env.
+    foreign = [name for name in variables if not name.startswith("CDK_TRN_")]
+    if foreign:
+        raise ValueError(f"boot variables of {role!r} must start with CDK_TRN_, got {foreign}")
     bundle = {
         "CDK_TRN_BOOT_BUCKET": bucket,
         "CDK_TRN_BOOT_KEY": key,
