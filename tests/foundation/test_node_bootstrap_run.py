@@ -166,8 +166,8 @@ class FakeNode:
         if node is not None:
             (sysfs / f"node_id_{size}").write_text(node + "\n")
 
-    def boot(self, rendered: Rendered, **env: str) -> BootResult:
-        script = write_bundle("node", self.bundle, rendered.variables)
+    def boot(self, rendered: Rendered, role: str = "node", **env: str) -> BootResult:
+        script = write_bundle(role, self.bundle, rendered.variables)
         self.log.write_text("")
         run_env = {
             "PATH": f"{self.bin}:/usr/bin:/bin",
