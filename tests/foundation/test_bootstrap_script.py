@@ -54,7 +54,7 @@ def test_every_script_of_a_bundle_keeps_its_comments_and_blank_lines():
     import io
     import tarfile
 
-    from cdk_trn_runtime.node.bundle import ROLES, bundle_archive
+    from cdk_trn_runtime.node.bundle import ROLES, bundle_archive, bundle_files
 
     for role in ROLES:
         with tarfile.open(fileobj=io.BytesIO(bundle_archive(role))) as archive:
@@ -63,4 +63,6 @@ def test_every_script_of_a_bundle_keeps_its_comments_and_blank_lines():
                     data = archive.extractfile(member)
                     assert data is not None
                     text = data.read().decode()
-                    assert "\n#" in text and "\n\n" in text, (role, member.name)
+                    # Byte for byte the package's file: comments and blank lines included.
+                    assert text == bundle_files(role)[member.name].read_text()
+                    assert text.startswith("#") and "\n#" in text, (role, member.name)
