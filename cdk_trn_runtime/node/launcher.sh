@@ -24,7 +24,9 @@ ARCHIVE="$ROOT/opt/cdk-trn/boot.tar.gz"
 BUNDLE_URL="s3://$CDK_TRN_BOOT_BUCKET/$CDK_TRN_BOOT_KEY"
 INSTANCE_ID=""
 
-mkdir -p "$(dirname "$LOG")" "$(dirname "$BOOT")"
+# /opt/cdk-trn stays traversable (the vault host's service user reads its code below it); the
+# bundle directory itself is root-only.
+mkdir -p "$(dirname "$LOG")" && mkdir -p -m 0755 "$(dirname "$BOOT")"
 say() { echo "[cdk-trn-launcher] $*" | tee -a "$LOG" "$ROOT/dev/console" >/dev/null 2>&1 || true; }
 
 instance_id() {

@@ -91,6 +91,7 @@ def test_verified_bundle_runs_from_a_root_only_directory_and_signals_success(tmp
     assert result.statuses() == ["SUCCESS"]
     boot = result.root / "opt/cdk-trn/boot"
     assert stat.S_IMODE(boot.stat().st_mode) == 0o700
+    assert stat.S_IMODE(boot.parent.stat().st_mode) == 0o755
     assert stat.S_IMODE((boot / "boot.env").stat().st_mode) == 0o600
     sourced = subprocess.run(
         ["bash", "-c", f'. "{boot}/boot.env"; echo "$CDK_TRN_CLUSTER $CDK_TRN_REGION"'],
