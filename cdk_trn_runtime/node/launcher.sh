@@ -26,7 +26,8 @@ INSTANCE_ID=""
 
 # /opt/cdk-trn stays traversable (the vault host's service user reads its code below it); the
 # bundle directory itself is root-only.
-mkdir -p "$(dirname "$LOG")" && mkdir -p -m 0755 "$(dirname "$BOOT")"
+mkdir -p "$(dirname "$LOG")" "$ROOT/opt"
+[ -d "$(dirname "$BOOT")" ] || mkdir -m 0755 "$(dirname "$BOOT")"
 say() { echo "[cdk-trn-launcher] $*" | tee -a "$LOG" "$ROOT/dev/console" >/dev/null 2>&1 || true; }
 
 instance_id() {
