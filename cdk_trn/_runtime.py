@@ -1,9 +1,10 @@
 """Where the constructs find ``cdk_trn_runtime``, and the one rule for what an asset ships.
 
 Every asset that carries runtime code (each Lambda handler, the enclave image's build context,
-the vault host bundle, the training container) is rooted at the folder that holds
-``cdk_trn_runtime/`` and ships the package's ``__init__`` and ``contract`` plus the subpackages it
-names, nothing else. No asset keeps a file list of its own.
+the training container) is rooted at the folder that holds ``cdk_trn_runtime/`` and ships the
+package's ``__init__`` and ``contract`` plus the subpackages it names, nothing else. No asset keeps
+a file list of its own; the instances' boot bundles (``cdk_trn._boot``) are laid out by
+``cdk_trn_runtime.node.bundle``, which the tests and the local twin use too.
 """
 
 from __future__ import annotations

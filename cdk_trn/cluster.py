@@ -13,7 +13,6 @@ The template's size does not depend on N: one launch template and one group serv
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +25,9 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
+from cdk_trn._boot import BootBundle
 from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
-from cdk_trn._resources import ManagedPolicyRole
-from cdk_trn._runtime import runtime_file
+from cdk_trn._resources import ManagedPolicyRole, allow_cloudwatch_logs
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import (
     InstanceSpec,
@@ -72,21 +71,6 @@ class SlurmNodeSettings:
     controller_parameter: str
     features: str
     registration_seconds: int
-
-
-def boot_user_data(variables: dict[str, Any], script: str) -> str:
-    """User data: the variables (each quoted with ``shlex.quote``), ``node/boot_common.sh``, then
-    ``node/<script>``, without comment lines and blank lines (EC2 takes at most 16 KiB)."""
-    # Tokens (ARNs, image URIs) resolve to account ids, regions and names, which hold no quote.
-    header = [f"{k}={shlex.quote(str(v))}" for k, v in variables.items()]
-    body = (
-        runtime_file("node", "boot_common.sh").read_text()
-        + runtime_file("node", script).read_text()
-    )
-    lines = [
-        line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#")
-    ]
-    return "\n".join(["#!/bin/bash", *header, *lines]) + "\n"
 
 
 @jsii.implements(cdk.IStableStringProducer)
@@ -199,6 +183,17 @@ class TrainiumCluster(Construct):
         self._connections = ec2.Connections(security_groups=[self._security_group])
         self._role = self._node_role()
         self._allow_vault_discovery()
+        #: Encrypts the boot log groups of this cluster's instance roles (nodes, controller).
+        self._boot_log_key = kms.Key(
+            self,
+            "BootLogKey",
+            description=f"Encrypts the boot logs of the cdk-trn cluster {name}",
+            enable_key_rotation=True,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        allow_cloudwatch_logs(self._boot_log_key)
+        self._boot = BootBundle(self, "Boot", role="node", encryption_key=self._boot_log_key)
+        self._boot.grant_boot(self.role)
         profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
 
         self._events_topic = sns.Topic(
@@ -418,6 +413,11 @@ class TrainiumCluster(Construct):
         )
 
     def _user_data(self) -> str:
+        """The node user data: the launcher of the node's boot bundle with these variables."""
+        return self._boot.user_data(self._boot_variables())
+
+    def _boot_variables(self) -> dict[str, Any]:
+        """The node's ``CDK_TRN_*`` variables (the bundle's ``boot.env``)."""
         fs = self.file_system
         slurm = self.slurm
         variables: dict[str, Any] = {
@@ -444,7 +444,7 @@ class TrainiumCluster(Construct):
             "CDK_TRN_SLURM_FEATURES": slurm.features if slurm else "",
             "CDK_TRN_SLURM_REGISTER_SECONDS": slurm.registration_seconds if slurm else 0,
         }
-        return boot_user_data(variables, "node_bootstrap.sh")
+        return variables
 
     def _wait_for_signals(self, timeout: cdk.Duration, replace_nodes_on_update: bool) -> None:
         iso = timeout.to_iso_string()
@@ -548,6 +548,16 @@ class TrainiumCluster(Construct):
     def compile_cache_path(self) -> str:
         """The Neuron compile cache: on the shared file system when there is one."""
         return self._compile_cache_path
+
+    @property
+    def boot(self) -> BootBundle:
+        """The node's boot bundle (S3 asset) and boot log group."""
+        return self._boot
+
+    @property
+    def boot_log_key(self) -> kms.Key:
+        """Encrypts the boot log groups of the cluster's instance roles."""
+        return self._boot_log_key
 
     @property
     def security_group(self) -> EfaSecurityGroup:

@@ -42,12 +42,13 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from cdk_trn._boot import BootBundle
 from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
 from cdk_trn._resources import ManagedPolicyRole
 from cdk_trn.acceptance.image import NeuronTrainingImage
 from cdk_trn.capacity import CapacityKind
 from cdk_trn.catalog import HOST_SPECS
-from cdk_trn.cluster import SlurmNodeSettings, TrainiumCluster, boot_user_data
+from cdk_trn.cluster import SlurmNodeSettings, TrainiumCluster
 from cdk_trn.compliance.acknowledge import (
     acknowledge,
     acknowledge_regulated,
@@ -72,7 +73,8 @@ from cdk_trn_runtime.contract import (
 #: The controller runs slurmctld, munged and Docker and pulls the Neuron image: below this it
 #: swaps or is killed by the OOM killer while pulling.
 MIN_CONTROLLER_MEMORY_GIB = 8
-#: Ports srun listens on (SrunPortRange) for its tasks' connections back to the submit host.
+#: Ports srun listens on (SrunPortRange) for its tasks' and slurmctld's connections, on the
+#: controller and on every node (a batch script's srun runs on the job's first node).
 SRUN_PORT_RANGE = (60001, 63000)
 #: slurmstepd's ports on the nodes: the Linux ephemeral range (ip_local_port_range default).
 STEP_PORT_RANGE = (32768, 60999)
@@ -213,6 +215,9 @@ class SlurmScheduler(Construct):
         cluster.file_system.allow_clients(self)
 
         self.role = self._controller_role()
+        #: The controller's boot bundle (S3 asset) and boot log group.
+        self.boot = BootBundle(self, "Boot", role="controller", encryption_key=cluster.boot_log_key)
+        self.boot.grant_boot(self.role)
         self.auto_scaling_group = self._controller_group(
             controller_instance_type,
             controller_machine_image or ec2.MachineImage.latest_amazon_linux2023(),
@@ -401,6 +406,14 @@ class SlurmScheduler(Construct):
             "job steps to srun on the controller (SrunPortRange)",
         )
         self.connections.allow_to(nodes, ec2.Port.tcp(SLURMD_PORT), "slurmctld to slurmd")
+        # SrunPortRange applies to every srun, those a batch script starts on a node too:
+        # slurmctld reaches them there (step completion, signals, time limits). Node-to-node
+        # traffic (slurmstepd to an srun on another node) is open within the nodes' group.
+        self.connections.allow_to(
+            nodes,
+            ec2.Port.tcp_range(*SRUN_PORT_RANGE),
+            "slurmctld to srun on the nodes (SrunPortRange)",
+        )
         self.connections.allow_to(
             nodes,
             ec2.Port.tcp_range(*STEP_PORT_RANGE),
@@ -536,6 +549,11 @@ class SlurmScheduler(Construct):
         }
 
     def _user_data(self) -> str:
+        """The controller's user data: the launcher of its boot bundle with these variables."""
+        return self.boot.user_data(self._boot_variables())
+
+    def _boot_variables(self) -> dict[str, Any]:
+        """The controller's ``CDK_TRN_*`` variables (the bundle's ``boot.env``)."""
         stack = cdk.Stack.of(self)
         fs = self.cluster.file_system
         assert fs is not None
@@ -557,7 +575,7 @@ class SlurmScheduler(Construct):
             "CDK_TRN_SLURM_CONTROLLER_PARAMETER": self.controller_address.parameter_name,
             "CDK_TRN_SLURM_SPEC": json.dumps(self.slurm_cluster_document(), sort_keys=True),
         }
-        return boot_user_data(variables, "controller_bootstrap.sh")
+        return variables
 
 
 @jsii.implements(cdk.IStableStringProducer)

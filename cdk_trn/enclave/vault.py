@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aws_cdk as cdk
+import jsii
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_events as events
@@ -31,11 +32,11 @@ from aws_cdk import aws_events_targets as events_targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from cdk_trn._boot import BootBundle
 from cdk_trn._provider import DeployTimeNetwork
 from cdk_trn._resources import (
     ManagedPolicyRole,
@@ -47,7 +48,6 @@ from cdk_trn._resources import (
     validate_access_log_bucket,
     validate_access_log_prefix,
 )
-from cdk_trn._runtime import RUNTIME_ROOT, runtime_excludes, runtime_file
 from cdk_trn.catalog import HostSpec, enclave_host_spec
 from cdk_trn.compliance import (
     acknowledge,
@@ -56,8 +56,6 @@ from cdk_trn.compliance import (
 from cdk_trn.enclave.image import BoundEnclaveImage, EnclaveImage
 from cdk_trn.errors import invalid
 from cdk_trn_runtime.contract import VAULT_DISCOVERY_TAG, VAULT_URL_PENDING
-
-BOOTSTRAP_SCRIPT = runtime_file("vault", "host_bootstrap.sh")
 
 #: Operations that honour the ``kms:RecipientAttestation:*`` condition keys (KMS developer guide).
 #: ``kms:GenerateRandom`` is not scoped to a key: a key policy cannot grant it, but listing it keeps
@@ -290,14 +288,10 @@ class EnclaveKeyVault(Construct):
             )
         self._restrict_egress(vpc, subnet)
 
-        # The parent server and what it imports: cdk_trn_runtime's vault and enclave subpackages.
-        self.package = s3_assets.Asset(
-            self,
-            "HostPackage",
-            path=str(RUNTIME_ROOT),
-            ignore_mode=cdk.IgnoreMode.GIT,
-            exclude=runtime_excludes("vault", "enclave"),
-        )
+        #: The hosts' boot bundle (boot script, units and the parent server's code: the vault and
+        #: enclave subpackages of cdk_trn_runtime), checked by its SHA-256 at boot, and the hosts'
+        #: boot log group under the storage key.
+        self.boot = BootBundle(self, "Boot", role="vault", encryption_key=self.storage_key)
         #: Where the hosts publish their URL: per client cluster, the parameter that cluster's
         #: nodes may read (``TrainiumCluster.vault_url_parameter``).
         self.url_parameter_names = sorted(
@@ -310,7 +304,7 @@ class EnclaveKeyVault(Construct):
         self.url_parameters = self._url_parameters(self.url_parameter_names)
         self._grant_host_access(stack)
 
-        user_data = ec2.UserData.for_linux()
+        user_data = ec2.UserData.custom(cdk.Lazy.string(_HostUserData(self, stack, clients)))
         self.launch_template = ec2.LaunchTemplate(
             self,
             "HostTemplate",
@@ -366,7 +360,6 @@ class EnclaveKeyVault(Construct):
             discovery_tag_key=DISCOVERY_TAG_KEY,
             discovery_tag_value=discovery_value,
         )
-        self._render_user_data(user_data, stack, clients)
 
     # --- validation (before any resource exists) -------------------------------------------
 
@@ -668,19 +661,21 @@ class EnclaveKeyVault(Construct):
         self.security_group.add_egress_rule(
             ec2.Peer.prefix_list(self.s3_prefix_list_id),
             https,
-            "S3 gateway endpoint: EIF, host package, AL2023 package repositories",
+            "S3 gateway endpoint: EIF, boot bundle, AL2023 package repositories",
         )
 
     def _grant_host_access(self, stack: cdk.Stack) -> None:
         image = self.image
         statements = [
             iam.PolicyStatement(
-                sid="ReadEnclaveImageAndHostPackage",
+                sid="ReadEnclaveImageAndBootBundle",
                 actions=["s3:GetObject"],
-                resources=[
-                    image.eif.bucket.arn_for_objects(image.eif.key),
-                    self.package.bucket.arn_for_objects(self.package.s3_object_key),
-                ],
+                resources=[image.eif.bucket.arn_for_objects(image.eif.key), self.boot.object_arn],
+            ),
+            iam.PolicyStatement(
+                sid="WriteBootLog",
+                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                resources=[self.boot.log_group.log_group_arn],
             ),
             iam.PolicyStatement(
                 sid="KeepKeyState",
@@ -747,41 +742,49 @@ class EnclaveKeyVault(Construct):
 
     # --- boot script ---------------------------------------------------------------------------
 
-    def _render_user_data(
-        self, user_data: ec2.UserData, stack: cdk.Stack, clients: Sequence[VaultClient]
-    ) -> None:
+    def _user_data(self, stack: cdk.Stack, clients: Sequence[VaultClient]) -> str:
+        """The hosts' user data: the launcher of their boot bundle with the variables
+        ``host_bootstrap.sh`` checks."""
         asg = self.auto_scaling_group.node.default_child
         assert isinstance(asg, autoscaling.CfnAutoScalingGroup)
-        env = {
-            "AWS_REGION": stack.region,
-            "STACK_NAME": stack.stack_name,
-            "SIGNAL_RESOURCE": stack.get_logical_id(asg),
-            "EIF_BUCKET": self.image.eif.bucket.bucket_name,
-            "EIF_KEY": self.image.eif.key,
-            "EXPECTED_PCR0": self.image.pcr0,
-            "PACKAGE_BUCKET": self.package.s3_bucket_name,
-            "PACKAGE_KEY": self.package.s3_object_key,
-            "ENCLAVE_CPU_COUNT": str(self.enclave_cpu_count),
-            "ENCLAVE_MEMORY_MIB": str(self.enclave_memory_mib),
-            "ENCLAVE_CID": str(ENCLAVE_CID),
-            "KMS_PROXY_PORT": str(KMS_PROXY_VSOCK_PORT),
-            "SERVICE_PORT": str(self.port),
-            "KMS_KEY_ARN": self.key.key_arn,
-            "ALLOWED_ROLE_ARNS": cdk.Fn.join(" ", [client.role.role_arn for client in clients]),
-            "STATE_BUCKET": self.state_bucket.bucket_name,
-            "KEY_STATE_OBJECT": KEY_STATE_OBJECT,
-            "PUBLIC_KEY_PARAMETER": self.public_key_parameter,
-            "URL_PARAMETERS": " ".join(self.url_parameter_names),
-        }
-        script = BOOTSTRAP_SCRIPT.read_text().split("\n", 1)[1]  # without its shebang
-        user_data.add_commands(
-            "install -d -m 0755 /etc/cdk-trn",
-            "cat > /etc/cdk-trn/vault.env <<'CDK_TRN_EOF'",
-            *(f"{name}='{value}'" for name, value in env.items()),
-            "CDK_TRN_EOF",
-            "chmod 0600 /etc/cdk-trn/vault.env",
-            script,
+        return self.boot.user_data(
+            {
+                "CDK_TRN_REGION": stack.region,
+                "CDK_TRN_STACK": stack.stack_name,
+                "CDK_TRN_RESOURCE": stack.get_logical_id(asg),
+                "CDK_TRN_EIF_BUCKET": self.image.eif.bucket.bucket_name,
+                "CDK_TRN_EIF_KEY": self.image.eif.key,
+                "CDK_TRN_EXPECTED_PCR0": self.image.pcr0,
+                "CDK_TRN_ENCLAVE_CPU_COUNT": self.enclave_cpu_count,
+                "CDK_TRN_ENCLAVE_MEMORY_MIB": self.enclave_memory_mib,
+                "CDK_TRN_ENCLAVE_CID": ENCLAVE_CID,
+                "CDK_TRN_KMS_PROXY_PORT": KMS_PROXY_VSOCK_PORT,
+                "CDK_TRN_SERVICE_PORT": self.port,
+                "CDK_TRN_KMS_KEY_ARN": self.key.key_arn,
+                "CDK_TRN_ALLOWED_ROLE_ARNS": cdk.Fn.join(
+                    " ", [client.role.role_arn for client in clients]
+                ),
+                "CDK_TRN_STATE_BUCKET": self.state_bucket.bucket_name,
+                "CDK_TRN_KEY_STATE_OBJECT": KEY_STATE_OBJECT,
+                "CDK_TRN_PUBLIC_KEY_PARAMETER": self.public_key_parameter,
+                "CDK_TRN_URL_PARAMETERS": " ".join(self.url_parameter_names),
+            }
         )
+
+
+@jsii.implements(cdk.IStableStringProducer)
+class _HostUserData:
+    """The hosts' user data, rendered at synth (the group's logical id is known by then)."""
+
+    def __init__(
+        self, vault: EnclaveKeyVault, stack: cdk.Stack, clients: Sequence[VaultClient]
+    ) -> None:
+        self._vault = vault
+        self._stack = stack
+        self._clients = list(clients)
+
+    def produce(self) -> str:
+        return self._vault._user_data(self._stack, self._clients)
 
 
 __all__ = [

@@ -1,9 +1,11 @@
 # cdk-trn boot library: what the Trainium node (node_bootstrap.sh) and the Slurm controller
-# (controller_bootstrap.sh) boot scripts share. The constructs render user data as
-#   the CDK_TRN_* variables, this file, then the instance's own script.
-# The rendered user data is also installed as the instance's helper command (install_helper), so
-# that systemd units run the same, shellchecked code as the boot.
-# shellcheck disable=SC2034  # variables read by the instance scripts that follow this file
+# (controller_bootstrap.sh) boot scripts share. Both ship in the role's boot bundle
+# (cdk_trn_runtime/node/bundle.py) with this file, units.sh and the systemd units (units/); the
+# launcher (launcher.sh, the user data) unpacks the bundle into a root-only directory and writes
+# the CDK_TRN_* variables into its boot.env. The entry script sets BOOT_DIR and ENTRY and sources
+# boot.env, then this file. The systemd units run the entry script from that directory with a
+# subcommand (install_unit), so they run the same, shellchecked code as the boot.
+# shellcheck disable=SC2034  # variables read by the instance scripts that source this file
 set -Eeuo pipefail
 
 # Tests only (tests/foundation/test_node_bootstrap_run.py): a directory that stands in for /.
@@ -25,8 +27,15 @@ IN_CONTAINER='install -o munge -g munge -m 0400 /run/cdk-trn/munge.key /etc/mung
 IN_CONTAINER+=' && install -d -o munge -g munge -m 0755 /run/munge && runuser -u munge -- munged'
 IN_CONTAINER+=' && exec "$@"'
 INSTANCE_ID=""
+# shellcheck source=units.sh
+. "$BOOT_DIR/units.sh"
 
-log() { echo "[$LOG_TAG] $*" | tee -a "$ROOT/dev/console" | logger -t "$LOG_TAG" || true; }
+# To stderr (the launcher sends the boot's output to the serial console and the boot log, the
+# journal keeps a unit's) and to syslog. Never stdout: functions print their results there.
+log() {
+  echo "[$LOG_TAG] $*" >&2
+  echo "[$LOG_TAG] $*" | logger -t "$LOG_TAG" || true
+}
 
 imds() {
   local token
@@ -35,10 +44,23 @@ imds() {
   curl -fsS -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/meta-data/$1"
 }
 
+# Report to the Auto Scaling group's creation (or rolling update) policy. A resource that no
+# longer waits for signals (the group is complete: this instance replaces a node, or the group
+# grew later) refuses any signal with "... is in CREATE_COMPLETE state and cannot be signaled"
+# (a ValidationError): nothing waits for this boot, so that is not a failure. Any other refusal is.
 signal() {
-  aws cloudformation signal-resource --region "$CDK_TRN_REGION" \
+  local out
+  if out=$(aws cloudformation signal-resource --region "$CDK_TRN_REGION" \
     --stack-name "$CDK_TRN_STACK" --logical-resource-id "$CDK_TRN_RESOURCE" \
-    --unique-id "$INSTANCE_ID" --status "$1"
+    --unique-id "$INSTANCE_ID" --status "$1" 2>&1); then
+    return 0
+  fi
+  if [[ $out == *"state and cannot be signaled"* ]]; then
+    log "signal $1 not sent: $CDK_TRN_RESOURCE no longer waits for signals (${out##*: })"
+    return 0
+  fi
+  log "signal $1 refused: $out"
+  return 1
 }
 
 fail() {
@@ -58,9 +80,11 @@ fail_or_exit() {
 # The boot, and only the boot, reports to the creation policy: the helper commands never signal.
 begin_boot() {
   INSTANCE_ID=$(imds instance-id)
-  # set -E hands this trap to command substitutions too: only the main shell fails (and
-  # signals), once, when the substitution's non-zero status reaches it.
-  trap '[ "$BASH_SUBSHELL" -eq 0 ] && fail "unexpected error at line $LINENO"' ERR
+  # set -E hands this trap to functions and command substitutions too: only the main shell
+  # fails (and signals), once, when the substitution's non-zero status reaches it. The trap runs
+  # where the command failed: BASH_SOURCE and LINENO name the shipped file and its line.
+  # shellcheck disable=SC2154  # BASH_COMMAND is bash's
+  trap '[ "$BASH_SUBSHELL" -eq 0 ] && fail "unexpected error at ${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND"' ERR
 }
 
 #: AL2023's own package repository (dnf's repo id; `dnf repolist` names it "Amazon Linux 2023
@@ -123,37 +147,19 @@ configure_lustre_efa() {
 LNET_EFA_UNIT=cdk-trn-lnet-efa.service
 
 install_lnet_efa_unit() {
-  local helper=$1 units="$ROOT/etc/systemd/system"
-  install_helper "$helper"
-  mkdir -p "$units"
-  cat >"$units/$LNET_EFA_UNIT" <<UNIT
-[Unit]
-Description=cdk-trn: LNet over EFA for the EFA-enabled FSx for Lustre file system
-Wants=network-online.target
-After=network-online.target
-Before=remote-fs-pre.target remote-fs.target
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/local/sbin/$helper configure-lnet
-
-[Install]
-WantedBy=remote-fs.target
-UNIT
+  install_unit "$LNET_EFA_UNIT" "ENTRY=$ENTRY"
   systemctl daemon-reload
   # Enabled for later boots only: this boot configures LNet itself, once.
   systemctl enable "$LNET_EFA_UNIT"
 }
 
 mount_fsx() {
-  local helper=$1
   [ -z "$CDK_TRN_FSX_DNS" ] && { log "no FSx for Lustre file system configured"; return; }
   install_lustre_client || fail "the Lustre client (mount.lustre, lctl, lnetctl) is not on the AMI and could not be installed"
   local options="relatime,flock,_netdev,x-systemd.automount,x-systemd.requires=network-online.target"
   if [ "$CDK_TRN_FSX_EFA" = "1" ]; then
     configure_lustre_efa
-    install_lnet_efa_unit "$helper"
+    install_lnet_efa_unit
     options+=",x-systemd.requires=$LNET_EFA_UNIT"
   fi
   local mnt="$ROOT$CDK_TRN_FSX_MOUNT_PATH"
@@ -176,12 +182,6 @@ start_docker() {
   [ "$CDK_TRN_NODE_OS" = ubuntu-24.04 ] && package=docker.io
   command -v docker >/dev/null || install_packages "$package" || fail "docker is not installed and could not be installed"
   systemctl enable --now docker || fail "docker did not start"
-}
-
-# The rendered user data becomes /usr/local/sbin/<name>: the systemd units call its subcommands.
-install_helper() {
-  mkdir -p "$ROOT/usr/local/sbin"
-  install -m 0700 "$0" "$ROOT/usr/local/sbin/$1"
 }
 
 # The munge key from Secrets Manager (through its VPC endpoint), root-only from the first byte;
@@ -231,27 +231,8 @@ resolve_controller() {
 # A timer re-resolves the controller every minute: slurmd looks the name up again for each
 # connection, so nodes follow a replaced controller without restarting (and without losing jobs).
 install_controller_watch() {
-  local helper=$1 units="$ROOT/etc/systemd/system"
-  mkdir -p "$units"
-  cat >"$units/cdk-trn-controller-address.service" <<UNIT
-[Unit]
-Description=cdk-trn: point $SLURMCTLD_NAME at the Slurm controller's current address
-
-[Service]
-Type=oneshot
-ExecStart=/usr/local/sbin/$helper resolve-controller
-UNIT
-  cat >"$units/cdk-trn-controller-address.timer" <<UNIT
-[Unit]
-Description=cdk-trn: follow a replaced Slurm controller
-
-[Timer]
-OnBootSec=30s
-OnUnitActiveSec=60s
-
-[Install]
-WantedBy=timers.target
-UNIT
+  install_unit cdk-trn-controller-address.service "ENTRY=$ENTRY"
+  install_unit cdk-trn-controller-address.timer
   systemctl daemon-reload
   systemctl enable --now cdk-trn-controller-address.timer
 }
@@ -268,22 +249,8 @@ publish_metrics() { # namespace container collector
 }
 
 install_metrics_timer() {
-  local helper=$1 units="$ROOT/etc/systemd/system"
-  mkdir -p "$units"
-  cat >"$units/cdk-trn-metrics.service" <<UNIT
-[Unit]
-Description=cdk-trn: publish this instance's metrics to CloudWatch
-[Service]
-Type=oneshot
-ExecStart=/usr/local/sbin/$helper publish-metrics
-UNIT
-  cat >"$units/cdk-trn-metrics.timer" <<UNIT
-[Timer]
-OnBootSec=60s
-OnUnitActiveSec=60s
-[Install]
-WantedBy=timers.target
-UNIT
+  install_unit cdk-trn-metrics.service "ENTRY=$ENTRY"
+  install_unit cdk-trn-metrics.timer
   systemctl daemon-reload
   systemctl enable --now cdk-trn-metrics.timer
 }

@@ -1,19 +1,26 @@
-# cdk-trn Slurm controller bootstrap. Runs at first boot (cloud-init user data) of the controller
-# (an Auto Scaling group of one, so a dead controller is replaced), after the CDK_TRN_* variables
-# that the SlurmScheduler construct writes and boot_common.sh.
+#!/bin/bash
+# cdk-trn Slurm controller bootstrap: the entry script of the controller's boot bundle
+# (bundle.py), run once at first boot by the launcher (launcher.sh, the user data) from the
+# root-only boot directory, whose boot.env holds the CDK_TRN_* variables the SlurmScheduler
+# construct writes. The controller is an Auto Scaling group of one, so a dead one is replaced.
 #
 # It mounts the shared file system (StateSaveLocation lives there, so a replacement resumes the
 # queue), renders slurm.conf with the shared generator, starts slurmctld in the training image,
 # publishes its address in an SSM parameter for the nodes, and signals SUCCESS only once
 # `scontrol ping` answers. Any failure signals FAILURE with the reason.
 #
-# Subcommands (the rendered user data is installed as /usr/local/sbin/cdk-trn-controller):
+# Subcommands (the systemd units from units/ run this script with one):
 #   (none)              boot
 #   slurmctld-run       run slurmctld in the training image in the foreground (a systemd unit)
 #   resolve-controller  point the controller's name at its current address (a timer)
 #   publish-metrics     Slurm node states and queue depth to CloudWatch (a timer)
+BOOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ENTRY="$BOOT_DIR/controller_bootstrap.sh"
+# shellcheck source=/dev/null  # boot.env: written by the launcher (or the tests, or the twin)
+. "$BOOT_DIR/boot.env"
+# shellcheck source=boot_common.sh
+. "$BOOT_DIR/boot_common.sh"
 
-HELPER=cdk-trn-controller
 CONTAINER=cdk-trn-slurmctld
 SLURM_ETC="$ROOT/etc/cdk-trn/slurm"
 
@@ -63,26 +70,6 @@ chown -R "$owner" "$1" "$2"; shift 2; '"$IN_CONTAINER"
     "$mnt/slurm/state" "$mnt/slurm/logs" slurmctld -D
 }
 
-install_slurmctld_unit() {
-  mkdir -p "$ROOT/etc/systemd/system"
-  cat >"$ROOT/etc/systemd/system/cdk-trn-slurmctld.service" <<UNIT
-[Unit]
-Description=cdk-trn: slurmctld in the training image
-Requires=docker.service
-After=docker.service network-online.target remote-fs.target
-Wants=network-online.target
-
-[Service]
-ExecStart=/usr/local/sbin/$HELPER slurmctld-run
-ExecStop=/usr/bin/docker stop --time 60 $CONTAINER
-Restart=always
-RestartSec=10
-
-[Install]
-WantedBy=multi-user.target
-UNIT
-}
-
 publish_address() {
   local address
   address=$(imds local-ipv4)
@@ -107,7 +94,7 @@ boot() {
   begin_boot
   log "bootstrapping Slurm controller $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
   start_docker
-  mount_fsx "$HELPER"
+  mount_fsx
   [ -n "$CDK_TRN_FSX_MOUNT_PATH" ] || fail "the controller needs the shared file system"
   fetch_munge_key || fail "could not read the Slurm authentication key from Secrets Manager"
   pull_image "$CDK_TRN_SLURM_IMAGE" || fail "could not pull $CDK_TRN_SLURM_IMAGE"
@@ -117,13 +104,12 @@ boot() {
   local address
   address=$(publish_address) || fail "could not publish the controller address"
   resolve_controller >/dev/null || fail "could not resolve $SLURMCTLD_NAME"
-  install_helper "$HELPER"
-  install_controller_watch "$HELPER"
-  install_slurmctld_unit
+  install_controller_watch
+  install_unit cdk-trn-slurmctld.service "ENTRY=$ENTRY"
   systemctl daemon-reload
   systemctl enable --now cdk-trn-slurmctld.service || fail "cdk-trn-slurmctld.service did not start"
   wait_for_slurmctld
-  install_metrics_timer "$HELPER" || fail "could not start the metrics timer"
+  install_metrics_timer || fail "could not start the metrics timer"
   signal SUCCESS
   log "controller ready at $address"
 }

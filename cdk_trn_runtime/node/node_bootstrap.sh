@@ -1,23 +1,31 @@
-# cdk-trn node bootstrap. Runs once at first boot (cloud-init user data), after the variables
-# CDK_TRN_* that the TrainiumCluster construct writes and boot_common.sh.
+#!/bin/bash
+# cdk-trn node bootstrap: the entry script of the node's boot bundle (bundle.py). The launcher
+# (launcher.sh, the user data) runs it once at first boot from the root-only boot directory,
+# whose boot.env holds the CDK_TRN_* variables the TrainiumCluster construct writes.
 #
 # The node signals SUCCESS to its Auto Scaling group's creation policy only after it has
 # verified itself: the catalog's Neuron device count, the catalog's EFA device count, Docker, the
 # FSx for Lustre mount (when configured), on UltraServers its server and node ids and, with a
 # Slurm scheduler, that its slurmd registered with the controller. Any failed check signals
-# FAILURE at once (the deploy fails fast) and the reason goes to the journal and the serial
-# console (`aws ec2 get-console-output`).
+# FAILURE at once (the deploy fails fast) and the reason goes to the journal, the serial
+# console (`aws ec2 get-console-output`) and the cluster's boot log group in CloudWatch Logs.
 #
-# Subcommands (the rendered user data is installed as /usr/local/sbin/cdk-trn-node):
+# Subcommands (the systemd units from units/ run this script with one):
 #   (none)              boot
 #   slurmd-run          run slurmd in the training image in the foreground (cdk-trn-slurmd.service)
 #   slurmd-leave        remove this node from Slurm, then stop slurmd (the unit's ExecStop)
 #   resolve-controller  point the controller's name at its current address (a timer)
 #   configure-lnet      LNet over EFA for an EFA-enabled FSx, at every later boot (a unit)
 #   publish-metrics     NeuronCore, device memory and EFA metrics to CloudWatch (a timer)
+BOOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ENTRY="$BOOT_DIR/node_bootstrap.sh"
+# shellcheck source=/dev/null  # boot.env: written by the launcher (or the tests, or the twin)
+. "$BOOT_DIR/boot.env"
+# shellcheck source=boot_common.sh
+. "$BOOT_DIR/boot_common.sh"
+
 # Tests only: a shorter wait for devices and registration.
 DEVICE_WAIT_SECONDS="${NODE_BOOTSTRAP_TEST_WAIT_SECONDS:-300}"
-HELPER=cdk-trn-node
 SLURMD_CONTAINER=cdk-trn-slurmd
 ULTRASERVER_ID=""
 
@@ -108,16 +116,27 @@ slurm_features() {
   echo "$features"
 }
 
-# The node's Slurm identity, fixed at boot: its name and features (with its UltraServer id).
+# slurmd -Z registers every byte of physical memory unless told otherwise: RealMemory keeps 5%
+# for the OS, Docker and the daemons (the controller's cluster document uses the same 95%).
+real_memory_mib() {
+  awk '/^MemTotal:/ { printf "%d\n", $2 / 1024 * 0.95 }' "$ROOT/proc/meminfo"
+}
+
+# The node's Slurm identity, fixed at boot: its name, features (with its UltraServer id) and the
+# memory it offers to jobs.
 write_slurm_identity() {
+  local memory
+  memory=$(real_memory_mib)
+  [[ $memory =~ ^[1-9][0-9]*$ ]] || fail "could not read MemTotal from /proc/meminfo"
   {
     printf 'NODE_NAME=%q\n' "$(node_name)"
     printf 'FEATURES=%q\n' "$(slurm_features)"
+    printf 'REAL_MEMORY=%q\n' "$memory"
   } >"$ROOT/etc/cdk-trn/slurmd.conf"
 }
 
 slurmd_run() {
-  local mnt=$CDK_TRN_FSX_MOUNT_PATH NODE_NAME FEATURES
+  local mnt=$CDK_TRN_FSX_MOUNT_PATH NODE_NAME FEATURES REAL_MEMORY
   # shellcheck source=/dev/null
   . "$ROOT/etc/cdk-trn/slurmd.conf"
   docker rm --force "$SLURMD_CONTAINER" >/dev/null 2>&1 || true
@@ -132,11 +151,11 @@ slurmd_run() {
     --volume "$MUNGE_KEY:/run/cdk-trn/munge.key:ro" \
     --volume "$mnt:$mnt:rshared" --volume "$mnt/home:/home" \
     --entrypoint /bin/bash "$CDK_TRN_SLURM_IMAGE" -c "$IN_CONTAINER" "$SLURMD_CONTAINER" \
-    slurmd -D -Z -N "$NODE_NAME" --conf-server "$SLURMCTLD_NAME:6817" --conf "Feature=$FEATURES"
+    slurmd -D -Z -N "$NODE_NAME" --conf-server "$SLURMCTLD_NAME:6817" --conf "RealMemory=$REAL_MEMORY Feature=$FEATURES"
 }
 
 # A terminating node leaves Slurm: EC2 shuts the OS down before it terminates an instance, and
-# systemd stops this unit first (it is ordered after docker and the network). A node running a
+# systemd stops cdk-trn-slurmd.service first (it is ordered after docker and the network). A node running a
 # job cannot be deleted; it is marked DOWN instead, so the controller requeues the job at once
 # rather than after SlurmdTimeout.
 slurmd_leave() {
@@ -156,27 +175,6 @@ slurmd_leave() {
       reason="instance shutting down" \
     || true
   docker stop --time 60 "$SLURMD_CONTAINER" >/dev/null 2>&1 || true
-}
-
-install_slurmd_unit() {
-  mkdir -p "$ROOT/etc/systemd/system"
-  cat >"$ROOT/etc/systemd/system/cdk-trn-slurmd.service" <<UNIT
-[Unit]
-Description=cdk-trn: slurmd (dynamic Slurm node) in the training image
-Requires=docker.service
-After=docker.service network-online.target remote-fs.target cdk-trn-controller-address.service
-Wants=network-online.target
-
-[Service]
-ExecStart=/usr/local/sbin/$HELPER slurmd-run
-ExecStop=/usr/local/sbin/$HELPER slurmd-leave
-Restart=always
-RestartSec=10
-TimeoutStopSec=120
-
-[Install]
-WantedBy=multi-user.target
-UNIT
 }
 
 wait_for_registration() {
@@ -209,14 +207,13 @@ start_slurmd() {
   log "Slurm controller at $address"
   pull_image "$CDK_TRN_SLURM_IMAGE" || fail "could not pull $CDK_TRN_SLURM_IMAGE"
   drv=$(docker run --rm --entrypoint python "$CDK_TRN_SLURM_IMAGE" -m cdk_trn_runtime.container.driver_check 2>&1) || fail "$drv"; log "$drv"
-  install_helper "$HELPER"
   write_slurm_identity
-  install_controller_watch "$HELPER"
-  install_slurmd_unit
+  install_controller_watch
+  install_unit cdk-trn-slurmd.service "ENTRY=$ENTRY"
   systemctl daemon-reload
   systemctl enable --now cdk-trn-slurmd.service || fail "cdk-trn-slurmd.service did not start"
   wait_for_registration
-  install_metrics_timer "$HELPER" || fail "could not start the metrics timer"
+  install_metrics_timer || fail "could not start the metrics timer"
 }
 
 # torchrun's rendezvous ports (contract.RENDEZVOUS_PORTS) never go to ephemeral connections, so
@@ -235,7 +232,7 @@ boot() {
   check_neuron
   check_efa
   start_docker
-  mount_fsx "$HELPER"
+  mount_fsx
   write_environment
   reserve_rendezvous_ports
   start_slurmd

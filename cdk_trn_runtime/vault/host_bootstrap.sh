@@ -1,26 +1,32 @@
 #!/bin/bash
-# Boot script of an EnclaveKeyVault host (Amazon Linux 2023), rendered into the launch template's
-# user data by cdk_trn/enclave/vault.py, which writes /etc/cdk-trn/vault.env (the variables checked
-# below) in front of it.
+# Boot script of an EnclaveKeyVault host (Amazon Linux 2023): the entry script of the vault
+# host's boot bundle (cdk_trn_runtime/node/bundle.py), run once at first boot by the launcher
+# (cdk_trn_runtime/node/launcher.sh, the user data), which checked the bundle's SHA-256 and wrote
+# the variables cdk_trn/enclave/vault.py renders (checked below) into boot.env beside this file.
+# The bundle also holds the systemd units (units/) and the parent server's code (src/).
 #
 # Order: packages -> enclave allocator -> vsock-proxy (KMS only) -> EIF fetched and its PCR0
 # checked -> enclave started in production mode -> parent server (key state from/to S3) -> public
-# key and this host's URL published to SSM -> cfn-signal. Success is signalled only once the enclave is RUNNING without
-# debug flags and the parent server listens; any failing command signals failure at once, so the
-# deploy rolls back instead of waiting for the timeout.
+# key and this host's URL published to SSM -> cfn-signal. Success is signalled only once the
+# enclave is RUNNING without debug flags and the parent server listens; any failing command
+# signals failure at once, naming this file and line, so the deploy rolls back instead of waiting
+# for the timeout.
 #
 # The host has no internet path: dnf reaches the AL2023 repositories (S3 buckets) through the S3
-# gateway endpoint; KMS, STS, SSM and CloudFormation are interface endpoints in the VPC.
-set -euo pipefail
-# shellcheck source=/dev/null
-. /etc/cdk-trn/vault.env
-: "${AWS_REGION:?}" "${STACK_NAME:?}" "${SIGNAL_RESOURCE:?}" "${EIF_BUCKET:?}" "${EIF_KEY:?}"
-: "${EXPECTED_PCR0:?}" "${PACKAGE_BUCKET:?}" "${PACKAGE_KEY:?}" "${ENCLAVE_CPU_COUNT:?}"
-: "${ENCLAVE_MEMORY_MIB:?}" "${ENCLAVE_CID:?}" "${KMS_PROXY_PORT:?}" "${SERVICE_PORT:?}"
-: "${KMS_KEY_ARN:?}" "${ALLOWED_ROLE_ARNS:?}" "${STATE_BUCKET:?}" "${KEY_STATE_OBJECT:?}"
-: "${PUBLIC_KEY_PARAMETER:?}" "${URL_PARAMETERS:?}"
+# gateway endpoint; KMS, STS, SSM, CloudFormation and CloudWatch Logs are interface endpoints.
+set -Eeuo pipefail
+BOOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=/dev/null  # boot.env: written by the launcher (or the tests)
+. "$BOOT_DIR/boot.env"
+# shellcheck source=../node/units.sh
+. "$BOOT_DIR/units.sh"
+: "${CDK_TRN_REGION:?}" "${CDK_TRN_STACK:?}" "${CDK_TRN_RESOURCE:?}" "${CDK_TRN_EIF_BUCKET:?}"
+: "${CDK_TRN_EIF_KEY:?}" "${CDK_TRN_EXPECTED_PCR0:?}" "${CDK_TRN_ENCLAVE_CPU_COUNT:?}"
+: "${CDK_TRN_ENCLAVE_MEMORY_MIB:?}" "${CDK_TRN_ENCLAVE_CID:?}" "${CDK_TRN_KMS_PROXY_PORT:?}" "${CDK_TRN_SERVICE_PORT:?}"
+: "${CDK_TRN_KMS_KEY_ARN:?}" "${CDK_TRN_ALLOWED_ROLE_ARNS:?}" "${CDK_TRN_STATE_BUCKET:?}" "${CDK_TRN_KEY_STATE_OBJECT:?}"
+: "${CDK_TRN_PUBLIC_KEY_PARAMETER:?}" "${CDK_TRN_URL_PARAMETERS:?}"
+AWS_REGION=$CDK_TRN_REGION
 
-exec > >(tee -a /var/log/cdk-trn-vault-bootstrap.log) 2>&1
 ROOT=/opt/cdk-trn
 ENCLAVE_NAME=cdk-trn-vault
 SERVICE_USER=cdktrn-vault
@@ -30,8 +36,8 @@ STATE="$STATE_DIR/signing-key.json"
 signal() {
   # cfn-signal comes from aws-cfn-bootstrap; before it is installed a failure waits for the timeout.
   if [ -x /opt/aws/bin/cfn-signal ]; then
-    /opt/aws/bin/cfn-signal --exit-code "$1" --reason "$2" --stack "$STACK_NAME" \
-      --resource "$SIGNAL_RESOURCE" --region "$AWS_REGION" || echo "cfn-signal failed" >&2
+    /opt/aws/bin/cfn-signal --exit-code "$1" --reason "$2" --stack "$CDK_TRN_STACK" \
+      --resource "$CDK_TRN_RESOURCE" --region "$AWS_REGION" || echo "cfn-signal failed" >&2
   fi
 }
 fail() {
@@ -40,7 +46,9 @@ fail() {
   signal 1 "$1"
   exit 1
 }
-trap 'fail "line $LINENO: $BASH_COMMAND"' ERR
+# set -E hands this trap to functions and command substitutions; only the main shell fails and
+# signals. The trap runs where the command failed, so BASH_SOURCE and LINENO name this shipped file.
+trap '[ "$BASH_SUBSHELL" -eq 0 ] && fail "${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND"' ERR
 
 retry() {
   local attempt
@@ -54,14 +62,14 @@ retry() {
 
 # --- packages -------------------------------------------------------------------------------
 retry dnf install -y aws-cfn-bootstrap
-retry dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel python3.11 unzip
+retry dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel python3.11
 
 # --- enclave resources: CPUs and memory taken from the parent at boot -------------------------
 cat > /etc/nitro_enclaves/allocator.yaml <<EOF
 ---
 # Written by cdk-trn: resources reserved for the signing enclave.
-memory_mib: ${ENCLAVE_MEMORY_MIB}
-cpu_count: ${ENCLAVE_CPU_COUNT}
+memory_mib: ${CDK_TRN_ENCLAVE_MEMORY_MIB}
+cpu_count: ${CDK_TRN_ENCLAVE_CPU_COUNT}
 EOF
 systemctl enable --now nitro-enclaves-allocator.service
 
@@ -73,104 +81,58 @@ cat > /etc/nitro_enclaves/vsock-proxy.yaml <<EOF
 allowlist:
 - {address: kms.${AWS_REGION}.amazonaws.com, port: 443}
 EOF
-cat > /etc/systemd/system/cdk-trn-kms-proxy.service <<EOF
-[Unit]
-Description=cdk-trn vsock-proxy from the enclave to kms.${AWS_REGION}.amazonaws.com:443
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-ExecStart=/usr/bin/vsock-proxy ${KMS_PROXY_PORT} kms.${AWS_REGION}.amazonaws.com 443 --config /etc/nitro_enclaves/vsock-proxy.yaml
-Restart=always
-RestartSec=2
-DynamicUser=yes
-NoNewPrivileges=yes
-
-[Install]
-WantedBy=multi-user.target
-EOF
+install_unit cdk-trn-kms-proxy.service "CDK_TRN_REGION=$AWS_REGION" "KMS_PROXY_PORT=$CDK_TRN_KMS_PROXY_PORT"
 
 # --- the enclave image, checked against the PCR0 the key policy trusts -----------------------
 install -d -m 0755 "$ROOT"
-retry aws s3 cp "s3://${EIF_BUCKET}/${EIF_KEY}" "$ROOT/enclave.eif" --region "$AWS_REGION" --only-show-errors
+retry aws s3 cp "s3://${CDK_TRN_EIF_BUCKET}/${CDK_TRN_EIF_KEY}" "$ROOT/enclave.eif" --region "$AWS_REGION" --only-show-errors
 nitro-cli describe-eif --eif-path "$ROOT/enclave.eif" > "$ROOT/eif-measurements.json"
-python3 - "$ROOT/eif-measurements.json" "$EXPECTED_PCR0" <<'EOF' || fail "EIF PCR0 differs from the PCR0 in the key policy"
+python3 - "$ROOT/eif-measurements.json" "$CDK_TRN_EXPECTED_PCR0" <<'EOF' || fail "EIF PCR0 differs from the PCR0 in the key policy"
 import json, sys
 found = json.load(open(sys.argv[1]))["Measurements"]["PCR0"].lower()
 print(f"EIF PCR0 {found}")
 sys.exit(0 if found == sys.argv[2].lower() else 1)
 EOF
 
-# --- the parent server's code: cdk_trn_runtime (vault, enclave) from the host package asset ---
-retry aws s3 cp "s3://${PACKAGE_BUCKET}/${PACKAGE_KEY}" "$ROOT/package.zip" --region "$AWS_REGION" --only-show-errors
+# --- the parent server's code: cdk_trn_runtime (vault, enclave) from the boot bundle ----------
+# Copied out of the root-only boot directory so that the service user can read it.
 rm -rf "$ROOT/src"
 install -d -m 0755 "$ROOT/src"
-unzip -q "$ROOT/package.zip" -d "$ROOT/src"
-chmod -R a+rX "$ROOT/src"
+cp -R "$BOOT_DIR/src/." "$ROOT/src/"
+chmod -R a+rX,go-w "$ROOT/src"
 PYTHONPATH="$ROOT/src" python3.11 -c "import cdk_trn_runtime.vault.server" \
   || fail "cdk_trn_runtime.vault.server does not import with python3.11 on this host"
 
 # --- the enclave, in production mode (no console; attestation carries the real PCRs) ---------
-cat > /etc/systemd/system/cdk-trn-enclave.service <<EOF
-[Unit]
-Description=cdk-trn signing enclave
-Requires=nitro-enclaves-allocator.service cdk-trn-kms-proxy.service
-After=nitro-enclaves-allocator.service cdk-trn-kms-proxy.service
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/bin/nitro-cli run-enclave --enclave-name ${ENCLAVE_NAME} --eif-path ${ROOT}/enclave.eif --cpu-count ${ENCLAVE_CPU_COUNT} --memory ${ENCLAVE_MEMORY_MIB} --enclave-cid ${ENCLAVE_CID}
-ExecStop=/usr/bin/nitro-cli terminate-enclave --enclave-name ${ENCLAVE_NAME}
-
-[Install]
-WantedBy=multi-user.target
-EOF
+install_unit cdk-trn-enclave.service "ENCLAVE_NAME=$ENCLAVE_NAME" "EIF=$ROOT/enclave.eif" \
+  "ENCLAVE_CPU_COUNT=$CDK_TRN_ENCLAVE_CPU_COUNT" "ENCLAVE_MEMORY_MIB=$CDK_TRN_ENCLAVE_MEMORY_MIB" \
+  "ENCLAVE_CID=$CDK_TRN_ENCLAVE_CID"
 
 # --- the key state: KMS ciphertext of the signing key + its public key (nothing secret) -------
 # The parent keeps it on disk; the state bucket keeps the copy that outlives this host.
 id -u "$SERVICE_USER" >/dev/null 2>&1 || useradd --system --no-create-home --shell /sbin/nologin "$SERVICE_USER"
 install -d -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0700 "$STATE_DIR"
 fetch_state() {
-  aws s3 cp "s3://${STATE_BUCKET}/${KEY_STATE_OBJECT}" "$STATE" --region "$AWS_REGION" --only-show-errors
+  aws s3 cp "s3://${CDK_TRN_STATE_BUCKET}/${CDK_TRN_KEY_STATE_OBJECT}" "$STATE" --region "$AWS_REGION" --only-show-errors
   chown "$SERVICE_USER:$SERVICE_USER" "$STATE"
   chmod 0600 "$STATE"
 }
 STATE_FROM_S3=no
-if aws s3api head-object --bucket "$STATE_BUCKET" --key "$KEY_STATE_OBJECT" \
+if aws s3api head-object --bucket "$CDK_TRN_STATE_BUCKET" --key "$CDK_TRN_KEY_STATE_OBJECT" \
     --region "$AWS_REGION" >/dev/null 2>"$ROOT/head.err"; then
   fetch_state
   STATE_FROM_S3=yes
 elif ! grep -q "Not Found\|404" "$ROOT/head.err"; then
-  fail "cannot read s3://${STATE_BUCKET}/${KEY_STATE_OBJECT}: $(cat "$ROOT/head.err")"
+  fail "cannot read s3://${CDK_TRN_STATE_BUCKET}/${CDK_TRN_KEY_STATE_OBJECT}: $(cat "$ROOT/head.err")"
 fi
 
 # --- the parent server: TCP from the cluster's nodes -> vsock to the enclave -----------------
 ROLE_ARGS=""
-for arn in $ALLOWED_ROLE_ARNS; do ROLE_ARGS="$ROLE_ARGS --allowed-role-arn $arn"; done
-cat > /etc/systemd/system/cdk-trn-enclave-parent.service <<EOF
-[Unit]
-Description=cdk-trn enclave parent server on TCP ${SERVICE_PORT}
-Requires=cdk-trn-enclave.service
-After=cdk-trn-enclave.service
-
-[Service]
-User=${SERVICE_USER}
-Group=${SERVICE_USER}
-Environment=PYTHONPATH=${ROOT}/src
-Environment=PYTHONDONTWRITEBYTECODE=1
-ExecStart=/usr/bin/python3.11 -m cdk_trn_runtime.vault.server --listen 0.0.0.0:${SERVICE_PORT} --enclave-cid ${ENCLAVE_CID} --key-id ${KMS_KEY_ARN} --region ${AWS_REGION} --state ${STATE}${ROLE_ARGS}
-Restart=always
-RestartSec=2
-NoNewPrivileges=yes
-ProtectSystem=strict
-ReadWritePaths=${STATE_DIR}
-ProtectHome=yes
-PrivateTmp=yes
-
-[Install]
-WantedBy=multi-user.target
-EOF
+for arn in $CDK_TRN_ALLOWED_ROLE_ARNS; do ROLE_ARGS="$ROLE_ARGS --allowed-role-arn $arn"; done
+install_unit cdk-trn-enclave-parent.service "SERVICE_PORT=$CDK_TRN_SERVICE_PORT" \
+  "SERVICE_USER=$SERVICE_USER" "SRC=$ROOT/src" "ENCLAVE_CID=$CDK_TRN_ENCLAVE_CID" \
+  "KMS_KEY_ARN=$CDK_TRN_KMS_KEY_ARN" "CDK_TRN_REGION=$AWS_REGION" "STATE=$STATE" \
+  "STATE_DIR=$STATE_DIR" "ROLE_ARGS=$ROLE_ARGS"
 
 systemctl daemon-reload
 systemctl enable --now cdk-trn-kms-proxy.service cdk-trn-enclave.service cdk-trn-enclave-parent.service
@@ -189,14 +151,14 @@ EOF
 check_enclave
 wait_for_parent() {
   for _ in $(seq 1 60); do
-    if ss -Hltn "sport = :${SERVICE_PORT}" | grep -q . && [ -s "$STATE" ]; then
+    if ss -Hltn "sport = :${CDK_TRN_SERVICE_PORT}" | grep -q . && [ -s "$STATE" ]; then
       return 0
     fi
     sleep 2
   done
   return 1
 }
-wait_for_parent || fail "parent server did not listen on ${SERVICE_PORT} with a key state within 120 s"
+wait_for_parent || fail "parent server did not listen on ${CDK_TRN_SERVICE_PORT} with a key state within 120 s"
 
 # --- keep the key state; the first host to store it wins (hosts > 1 start together) ----------
 # S3's conditional create (If-None-Match: *) decides the winner atomically. The write goes through
@@ -206,7 +168,7 @@ wait_for_parent || fail "parent server did not listen on ${SERVICE_PORT} with a 
 if [ "$STATE_FROM_S3" = no ]; then
   store_status=0
   PYTHONPATH="$ROOT/src" python3.11 -m cdk_trn_runtime.vault.state_store \
-    --bucket "$STATE_BUCKET" --key "$KEY_STATE_OBJECT" --file "$STATE" \
+    --bucket "$CDK_TRN_STATE_BUCKET" --key "$CDK_TRN_KEY_STATE_OBJECT" --file "$STATE" \
     --region "$AWS_REGION" 2>"$ROOT/put.err" || store_status=$?
   if [ "$store_status" -ne 0 ]; then
     [ "$store_status" -eq 3 ] || fail "cannot store the key state: $(cat "$ROOT/put.err")"
@@ -229,7 +191,7 @@ der = base64.b64decode(json.load(open(sys.argv[1]))["public_key"])
 body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
 print(f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----")
 EOF
-aws ssm put-parameter --name "$PUBLIC_KEY_PARAMETER" --type String --overwrite \
+aws ssm put-parameter --name "$CDK_TRN_PUBLIC_KEY_PARAMETER" --type String --overwrite \
   --value "file://$ROOT/manifest-public-key.pem" --region "$AWS_REGION" >/dev/null
 
 # --- publish this host's URL where the clusters' nodes look (contract.vault_url_parameter) ---
@@ -238,9 +200,9 @@ imds=http://169.254.169.254/latest
 token=$(curl -sf -X PUT "$imds/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 60")
 address=$(curl -sf -H "X-aws-ec2-metadata-token: $token" "$imds/meta-data/local-ipv4")
 [[ $address =~ ^[0-9]+(\.[0-9]+){3}$ ]] || fail "no private IPv4 address from IMDS: '$address'"
-for name in $URL_PARAMETERS; do
+for name in $CDK_TRN_URL_PARAMETERS; do
   retry aws ssm put-parameter --name "$name" --type String --overwrite \
-    --value "http://${address}:${SERVICE_PORT}" --region "$AWS_REGION" >/dev/null
+    --value "http://${address}:${CDK_TRN_SERVICE_PORT}" --region "$AWS_REGION" >/dev/null
 done
 
-signal 0 "enclave running (PCR0 ${EXPECTED_PCR0}); parent server on http://${address}:${SERVICE_PORT}"
+signal 0 "enclave running (PCR0 ${CDK_TRN_EXPECTED_PCR0}); parent server on http://${address}:${CDK_TRN_SERVICE_PORT}"

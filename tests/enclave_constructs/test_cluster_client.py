@@ -53,7 +53,7 @@ def test_cluster_node_role_is_the_identity_the_parent_server_accepts(cluster_and
     ]
     user_data = json.dumps(launch_template["Properties"]["LaunchTemplateData"]["UserData"])
     node_role = stack.get_logical_id(cluster.role.node.default_child)
-    assert "ALLOWED_ROLE_ARNS='" in user_data
+    assert "CDK_TRN_ALLOWED_ROLE_ARNS='" in user_data
     assert json.dumps({"Fn::GetAtt": [node_role, "Arn"]}) in user_data
 
 
@@ -98,7 +98,7 @@ def test_vault_creates_the_clusters_url_parameter_and_its_hosts_alone_write_it(c
         and r["Properties"]["LaunchTemplateData"].get("EnclaveOptions")
     ]
     user_data = json.dumps(launch_template["Properties"]["LaunchTemplateData"]["UserData"])
-    assert f"URL_PARAMETERS='{cluster.vault_url_parameter}'" in user_data
+    assert f"CDK_TRN_URL_PARAMETERS={cluster.vault_url_parameter}\\n" in user_data
 
 
 def test_a_client_without_a_cluster_name_gets_a_parameter_under_the_vaults_path():

@@ -1,12 +1,14 @@
-"""The host boot script, run for real from the synthesized user data against command test doubles.
+"""The host boot, run for real from the synthesized user data against command test doubles: the
+launcher fetches the vault host's real boot archive (``bundle_archive("vault")``) from an S3
+stand-in, checks its digest, unpacks it and runs ``host_bootstrap.sh`` from it.
 
 Each case runs the rendered user data with bash in a private mount namespace whose /etc, /opt and
-/var are overlays on a temporary directory, so the script writes its files exactly where it would
-on a host while the machine stays untouched. dnf, systemctl, nitro-cli, aws, ss, curl (IMDS) and
-cfn-signal are test doubles (``host_command_doubles/``: shell scripts that record every call and
-emulate the behaviour each case needs); useradd, install, chown and unzip are the real ones,
-python is this interpreter without site processing, and the host package is the real asset zip,
-so the parent module's import from that package runs for real.
+/var are overlays on a temporary directory (and /dev/console a file), so the script writes its
+files exactly where it would on a host while the machine stays untouched. dnf, systemctl,
+nitro-cli, aws, ss, curl (IMDS) and cfn-signal are test doubles (``host_command_doubles/``: shell
+scripts that record every call and emulate the behaviour each case needs); useradd, install,
+chown and cp are the real ones, python is this interpreter without site processing, and the
+parent server's code is the bundle's, so the parent module's import from it runs for real.
 What cannot run here: the enclave, the allocator, vsock-proxy and KMS (no Nitro hypervisor).
 """
 
@@ -21,7 +23,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cdk_trn.enclave.vault import KEY_STATE_OBJECT
+from cdk_trn_runtime.node.bundle import bundle_files
 from tests.enclave_constructs.vault_stacks import EIF_KEY, PCR0, VaultStack, vault_stack
 
 
@@ -99,17 +101,12 @@ def _key_state() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def synthesized(tmp_path_factory) -> tuple[VaultStack, Any, Path]:
+def synthesized(tmp_path_factory) -> tuple[VaultStack, Any, bytes]:
     out = tmp_path_factory.mktemp("cdk-out")
     built = vault_stack(app=cdk.App(outdir=str(out)))
     template = cdk.assertions.Template.from_stack(built.stack).to_json()
-    package = tmp_path_factory.mktemp("package") / "package.zip"
-    staged = out / built.vault.package.asset_path
-    with zipfile.ZipFile(package, "w") as archive:
-        for path in staged.rglob("*"):
-            if path.is_file():
-                archive.write(path, path.relative_to(staged))
-    return built, template, package
+    staged = out / built.vault.boot.asset.asset_path
+    return built, template, staged.read_bytes()
 
 
 def _user_data(template: dict) -> str:
@@ -154,11 +151,11 @@ class Host:
 
 
 def _boot(tmp_path: Path, synthesized, *, s3_state: str | None = None, **env: str) -> Host:
-    built, template, package = synthesized
+    built, template, archive = synthesized
     fake_s3 = tmp_path / "s3"
     (fake_s3 / Path(EIF_KEY).parent).mkdir(parents=True)
     (fake_s3 / EIF_KEY).write_bytes(b"EIF test double")
-    (fake_s3 / built.vault.package.s3_object_key).write_bytes(package.read_bytes())
+    (fake_s3 / built.vault.boot.asset.s3_object_key).write_bytes(archive)
     if s3_state is not None:
         (fake_s3 / KEY_STATE_OBJECT).parent.mkdir(parents=True)
         (fake_s3 / KEY_STATE_OBJECT).write_text(s3_state)
@@ -175,6 +172,7 @@ def _boot(tmp_path: Path, synthesized, *, s3_state: str | None = None, **env: st
         f"workdir={tmp_path}/overlay/{d}/work /{d}"
         for d in ("etc", "opt", "var")
     )
+    mounts += f"\ntouch {tmp_path}/console && mount --bind {tmp_path}/console /dev/console"
     new_state, _ = _key_state()
     environment = {
         "PATH": f"{shims}:{os.environ['PATH']}",
@@ -253,9 +251,8 @@ def test_boot_writes_allocator_kms_only_proxy_and_production_enclave_unit(tmp_pa
     parent = host.file("/etc/systemd/system/cdk-trn-enclave-parent.service")
     assert "-m cdk_trn_runtime.vault.server --listen 0.0.0.0:8443 --enclave-cid 16" in parent
     assert "--allowed-role-arn cfn-" in parent and "User=cdktrn-vault" in parent
-    assert (
-        "dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel python3.11 unzip"
-        in (host.calls)
+    assert "dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel python3.11" in (
+        host.calls
     )
 
 
@@ -364,7 +361,8 @@ def test_host_publishes_its_url_in_the_clusters_parameter_before_signalling(tmp_
     names = synthesized[0].vault.url_parameter_names
     assert host.published_urls == [f"{name}=http://10.0.7.21:8443" for name in names]
     # IMDSv2: a session token first, then the address with it.
-    curls = [c for c in host.calls if c.startswith("curl ")]
+    # (The launcher's two calls, for the instance id, come first.)
+    curls = [c for c in host.calls if c.startswith("curl ")][2:]
     assert len(curls) == 2 and "-X PUT" in curls[0] and "local-ipv4" in curls[1]
     publish = next(i for i, c in enumerate(host.calls) if "http://10.0.7.21:8443" in c)
     assert publish < host.calls.index(host.signals[0])
@@ -376,3 +374,25 @@ def test_host_without_a_private_address_signals_failure_and_publishes_no_url(tmp
     assert host.result.returncode == 1
     assert host.published_urls == []
     assert len(host.signals) == 1 and "no private IPv4 address from IMDS" in host.signals[0]
+
+
+def test_unexpected_failure_signals_the_shipped_file_and_line(tmp_path, synthesized):
+    host = _boot(tmp_path, synthesized, NITRO_CLI_FAILS="describe-eif")
+    assert host.result.returncode == 1
+    (signal,) = host.signals
+    shipped = bundle_files("vault")["host_bootstrap.sh"].read_text().splitlines()
+    line = 1 + next(
+        i for i, text in enumerate(shipped) if text.startswith("nitro-cli describe-eif")
+    )
+    assert f"host_bootstrap.sh:{line}: nitro-cli describe-eif" in signal
+
+
+def test_boot_log_goes_to_the_vaults_log_group(tmp_path, synthesized):
+    built, _, _ = synthesized
+    host = _boot(tmp_path, synthesized)
+    assert host.result.returncode == 0, host.result.stdout[-3000:]
+    (put,) = [c for c in host.calls if c.startswith("aws logs put-log-events ")]
+    assert "--log-stream-name i-0fedcba9876543210" in put
+    messages = [e["message"] for e in json.loads((tmp_path / "boot-log-events.json").read_text())]
+    assert any("host_bootstrap.sh exited with status 0" in m for m in messages)
+    assert "[cdk-trn-launcher]" in (tmp_path / "console").read_text()

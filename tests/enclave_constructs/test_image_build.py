@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import aws_cdk as cdk
 import pytest
 from aws_cdk import assertions
 from aws_cdk.assertions import Match
 
+from cdk_trn_runtime.node.bundle import bundle_files
 from tests.enclave_constructs.vault_stacks import VaultStack, vault_stack, write_build_context
 
 
@@ -66,11 +66,12 @@ def test_build_project_is_privileged_al2023_without_vpc_and_encrypted(template):
     )
 
 
-def test_every_log_group_of_the_build_is_kms_encrypted_and_retained(template, built):
+def test_every_log_group_of_the_vault_is_kms_encrypted_and_retained(template, built):
     storage_key = built.logical_id(built.vault.storage_key)
     groups = template.find_resources("AWS::Logs::LogGroup")
     vault_groups = {k: v for k, v in groups.items() if k.startswith("Vault")}
-    assert len(vault_groups) == 2  # the build's and the custom resource function's
+    # The build's, the custom resource function's and the hosts' boot log.
+    assert len(vault_groups) == 3
     for group in vault_groups.values():
         assert group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [storage_key, "Arn"]}
         assert group["DeletionPolicy"] == "Retain"
@@ -139,19 +140,27 @@ def test_hosts_fetch_the_eif_the_build_wrote(template, built):
     prefix = template.to_json()["Resources"][_build_resource_id(template)]["Properties"][
         "OutputPrefix"
     ]
-    assert f"EIF_KEY='{prefix}/enclave.eif'" in user_data
+    assert f"CDK_TRN_EIF_KEY={prefix}/enclave.eif\\n" in user_data
 
 
-def test_host_package_holds_the_vault_and_enclave_runtime_but_no_cdk_code(built):
-    staged = Path(built.stack.node.root.outdir) / built.vault.package.asset_path
-    files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
-    assert "cdk_trn_runtime/vault/server.py" in files
-    assert "cdk_trn_runtime/enclave/channel.py" in files
-    assert "cdk_trn_runtime/__init__.py" in files
-    assert not [f for f in files if f.startswith("cdk_trn/") or "__pycache__" in f]
+def test_host_bundle_holds_the_vault_and_enclave_runtime_but_no_cdk_code():
+    files = sorted(bundle_files("vault"))
+    code = [f.removeprefix("src/") for f in files if f.startswith("src/")]
+    assert "cdk_trn_runtime/vault/server.py" in code
+    assert "cdk_trn_runtime/enclave/channel.py" in code
+    assert "cdk_trn_runtime/__init__.py" in code
+    assert not [f for f in code if f.startswith("cdk_trn/") or "__pycache__" in f]
     allowed = ("cdk_trn_runtime/vault/", "cdk_trn_runtime/enclave/")
     top = {"cdk_trn_runtime/__init__.py", "cdk_trn_runtime/contract.py"}
-    assert not [f for f in files if not (f.startswith(allowed) or f in top)]
+    assert not [f for f in code if not (f.startswith(allowed) or f in top)]
+    rest = {f for f in files if not f.startswith("src/")}
+    assert rest == {
+        "host_bootstrap.sh",
+        "units.sh",
+        "units/cdk-trn-enclave-parent.service",
+        "units/cdk-trn-enclave.service",
+        "units/cdk-trn-kms-proxy.service",
+    }
 
 
 def test_build_starts_only_after_the_project_role_policy_exists(template):

@@ -12,6 +12,7 @@ from aws_cdk.assertions import Match
 
 from cdk_trn.enclave.vault import ADMIN_ACTIONS, CRYPTO_ACTIONS, KEY_STATE_OBJECT
 from cdk_trn.errors import CdkTrnError
+from cdk_trn_runtime.node.bundle import bundle_files, bundle_sha256
 from tests.enclave_constructs.vault_stacks import (
     EIF_BUCKET,
     EIF_KEY,
@@ -309,51 +310,66 @@ def test_s3_prefix_list_is_looked_up_at_deploy_time_by_the_stacks_deploy_time_fu
 # --- boot script ----------------------------------------------------------------------------
 
 
-def test_user_data_never_starts_the_enclave_in_debug_mode(template):
-    user_data = _user_data(template)
-    assert "nitro-cli run-enclave" in user_data
-    assert "--debug-mode" not in user_data and "--attach-console" not in user_data
+def _shipped(name: str) -> str:
+    """A file of the vault host's boot bundle (what the launcher unpacks and runs)."""
+    return bundle_files("vault")[name].read_text()
 
 
-def test_user_data_allows_vsock_proxy_to_regional_kms_only(template):
+def test_user_data_is_the_launcher_of_the_vault_bundle_and_holds_no_script(template):
     user_data = _user_data(template)
-    allowlist = user_data.split("vsock-proxy.yaml <<EOF", 1)[1].split("\nEOF", 1)[0]
+    assert f"CDK_TRN_BOOT_SHA256={bundle_sha256('vault')}" in user_data
+    assert "CDK_TRN_BOOT_ENTRY=host_bootstrap.sh" in user_data
+    assert "nitro-cli" not in user_data
+
+
+def test_enclave_never_starts_in_debug_mode(template):
+    unit = _shipped("units/cdk-trn-enclave.service")
+    assert "nitro-cli run-enclave" in unit
+    assert "--debug-mode" not in unit and "--attach-console" not in unit
+
+
+def test_vsock_proxy_reaches_regional_kms_only(template):
+    script = _shipped("host_bootstrap.sh")
+    allowlist = script.split("vsock-proxy.yaml <<EOF", 1)[1].split("\nEOF", 1)[0]
     assert [line for line in allowlist.splitlines() if line.startswith("- ")] == [
         "- {address: kms.${AWS_REGION}.amazonaws.com, port: 443}"
     ]
-    assert "AWS_REGION='us-east-2'" in user_data
-    assert "vsock-proxy ${KMS_PROXY_PORT} kms.${AWS_REGION}.amazonaws.com 443" in user_data
+    assert "CDK_TRN_REGION=us-east-2" in _user_data(template)
+    assert "AWS_REGION=$CDK_TRN_REGION" in script
+    unit = _shipped("units/cdk-trn-kms-proxy.service")
+    assert "vsock-proxy @KMS_PROXY_PORT@ kms.@CDK_TRN_REGION@.amazonaws.com 443" in unit
 
 
-def test_user_data_writes_the_allocator_with_the_enclave_resources(template):
+def test_allocator_gets_the_enclave_resources(template):
     user_data = _user_data(template)
-    assert "ENCLAVE_CPU_COUNT='2'" in user_data and "ENCLAVE_MEMORY_MIB='4096'" in user_data
-    assert "memory_mib: ${ENCLAVE_MEMORY_MIB}" in user_data
-    assert "cpu_count: ${ENCLAVE_CPU_COUNT}" in user_data
+    assert "CDK_TRN_ENCLAVE_CPU_COUNT=2" in user_data
+    assert "CDK_TRN_ENCLAVE_MEMORY_MIB=4096" in user_data
+    script = _shipped("host_bootstrap.sh")
+    assert "memory_mib: ${CDK_TRN_ENCLAVE_MEMORY_MIB}" in script
+    assert "cpu_count: ${CDK_TRN_ENCLAVE_CPU_COUNT}" in script
 
 
-def test_user_data_signals_success_only_after_the_enclave_runs_in_production_mode(template):
+def test_success_is_signalled_only_after_the_enclave_runs_in_production_mode():
+    script = _shipped("host_bootstrap.sh")
+    success = script.index('signal 0 "enclave running')
+    assert script.index("nitro-cli describe-enclaves") < success
+    assert script.index('get("Flags") == "NONE"') < success
+    assert script.count("signal 0 ") == 1
+
+
+def test_user_data_pins_the_expected_pcr0_and_the_parent_server_listens_on_the_port(template):
     user_data = _user_data(template)
-    success = user_data.index('signal 0 "enclave running')
-    assert user_data.index("nitro-cli describe-enclaves") < success
-    assert user_data.index('get("Flags") == "NONE"') < success
-    assert user_data.count("signal 0 ") == 1
-
-
-def test_user_data_pins_the_expected_pcr0_and_starts_the_parent_server(template):
-    user_data = _user_data(template)
-    assert f"EXPECTED_PCR0='{PCR0}'" in user_data
-    assert (
-        "python3.11 -m cdk_trn_runtime.vault.server --listen 0.0.0.0:${SERVICE_PORT}" in user_data
-    )
-    assert "SERVICE_PORT='8443'" in user_data
+    assert f"CDK_TRN_EXPECTED_PCR0={PCR0}" in user_data
+    assert "CDK_TRN_SERVICE_PORT=8443" in user_data
+    unit = _shipped("units/cdk-trn-enclave-parent.service")
+    assert "python3.11 -m cdk_trn_runtime.vault.server --listen 0.0.0.0:@SERVICE_PORT@" in unit
 
 
 def test_public_key_parameter_is_a_valid_ssm_name_the_host_may_write(template, built):
     name = built.vault.public_key_parameter
     assert name.startswith("/cdk-trn/enclave/") and name.endswith("/manifest-public-key")
     assert all(c.isalnum() or c in "/_.-" for c in name)
-    assert f"PUBLIC_KEY_PARAMETER='{name}'" in _user_data(template)
+    assert f"CDK_TRN_PUBLIC_KEY_PARAMETER={name}" in _user_data(template)
     writes = [
         s for s in _host_policy_statements(template, built) if "ssm:PutParameter" in s["Action"]
     ]
@@ -369,11 +385,6 @@ def test_vault_exposes_connections_port_and_endpoint(built):
     assert vault.connections.security_groups == [vault.security_group]
     assert vault.endpoint.port == 8443
     assert vault.endpoint.discovery_tag_key == "cdk-trn:enclave-vault"
-
-
-def test_user_data_fits_the_16_kib_ec2_limit_with_room_for_deploy_time_values(template):
-    # Deploy-time values (ARNs, names) are rendered as JSON here, longer than most real values.
-    assert len(_user_data(template).encode()) < 14 * 1024
 
 
 # --- who may change the key policy (issue 13, item 4) ------------------------------------------

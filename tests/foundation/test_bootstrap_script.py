@@ -33,3 +33,36 @@ def test_node_bootstrap_reads_only_variables_the_cluster_writes():
     used = set(re.findall(r"\$\{?(CDK_TRN_[A-Z_]+)", script))
     written = set(re.findall(r'"(CDK_TRN_[A-Z_]+)"', (PACKAGE / "cluster.py").read_text()))
     assert used <= written, used - written
+
+
+def test_every_unit_file_ships_in_a_boot_bundle_and_names_only_known_placeholders():
+    from cdk_trn_runtime.node.bundle import ROLES, bundle_files
+
+    shipped = {path.resolve() for role in ROLES for path in bundle_files(role).values()}
+    units = sorted(RUNTIME.glob("*/units/*"))
+    assert units and set(units) <= shipped, set(units) - shipped
+    node_units = [u for u in units if u.parent.parent.name == "node"]
+    for unit in node_units:
+        assert set(re.findall(r"@([A-Z0-9_]+)@", unit.read_text())) <= {"ENTRY"}, unit.name
+    script = (RUNTIME / "vault" / "host_bootstrap.sh").read_text()
+    for unit in set(units) - set(node_units):
+        for name in re.findall(r"@([A-Z0-9_]+)@", unit.read_text()):
+            assert f'"{name}=' in script, (unit.name, name)
+
+
+def test_every_script_of_a_bundle_keeps_its_comments_and_blank_lines():
+    import io
+    import tarfile
+
+    from cdk_trn_runtime.node.bundle import ROLES, bundle_archive, bundle_files
+
+    for role in ROLES:
+        with tarfile.open(fileobj=io.BytesIO(bundle_archive(role))) as archive:
+            for member in archive.getmembers():
+                if member.name.endswith(".sh"):
+                    data = archive.extractfile(member)
+                    assert data is not None
+                    text = data.read().decode()
+                    # Byte for byte the package's file: comments and blank lines included.
+                    assert text == bundle_files(role)[member.name].read_text()
+                    assert text.startswith("#") and "\n#" in text, (role, member.name)

@@ -144,11 +144,6 @@ def test_cfn_lint_is_clean_for_every_catalog_type_in_a_region_offering_it(instan
     assert lint_findings(template_of(stack).to_json(), region) == []
 
 
-def test_node_user_data_fits_the_ec2_16_kib_limit():
-    _, cluster = cluster_stack("trn2u.48xlarge", nodes=4)
-    assert len(cluster._user_data().encode()) < 16 * 1024
-
-
 def test_a_deploy_never_replaces_running_nodes_by_default(default_template):
     (group,) = default_template.find_resources("AWS::AutoScaling::AutoScalingGroup").values()
     assert "UpdatePolicy" not in group

@@ -1,7 +1,10 @@
-"""Runs node_bootstrap.sh as the cluster renders it, on a fake node: a temp directory stands in
-for / (the script's tests-only NODE_BOOTSTRAP_TEST_ROOT) and the command doubles in
-``node_command_doubles/`` stand in for curl (IMDSv2), aws, dnf, systemctl, mount and the rest.
-Every double appends its argv to a call log the tests read."""
+"""Runs the node's boot bundle as the instance does, on a fake node: the shipped files laid out by
+``cdk_trn_runtime.node.bundle.write_bundle`` with the variables the cluster renders as their
+``boot.env``, ``node_bootstrap.sh`` run from there; a temp directory stands in for / (the
+scripts' tests-only NODE_BOOTSTRAP_TEST_ROOT) and the command doubles in ``node_command_doubles/``
+stand in for curl (IMDSv2), aws, dnf, systemctl, mount and the rest. Every double appends its
+argv to a call log the tests read. The launcher in front of the bundle (download, digest) is
+tested in test_launcher.py."""
 
 from __future__ import annotations
 
@@ -19,9 +22,11 @@ from aws_cdk import aws_ec2 as ec2
 from cdk_trn.cluster import TrainiumCluster
 from cdk_trn.machine_image import NeuronMachineImage, NodeOs
 from cdk_trn_runtime.contract import RENDEZVOUS_PORTS
+from cdk_trn_runtime.node.bundle import write_bundle
 from tests.foundation.stacks_for_tests import cluster_stack
 
 DOUBLES = Path(__file__).parent / "node_command_doubles"
+REPO = Path(__file__).resolve().parents[2]
 INSTANCE_ID = "i-0123456789abcdef0"
 SERVER_ID = "4b1d2c3e5f607182"
 #: dnf in the isolated subnet: AL2023's own repository only (the DLAMI's are unreachable).
@@ -46,6 +51,7 @@ class FileSystemStandIn:
 @dataclass
 class Rendered:
     user_data: str
+    variables: dict[str, object]
     stack_name: str
     logical_id: str
 
@@ -54,6 +60,7 @@ def _render(cluster: TrainiumCluster) -> Rendered:
     stack = cdk.Stack.of(cluster)
     return Rendered(
         user_data=cluster._user_data(),
+        variables=cluster._boot_variables(),
         stack_name=stack.stack_name,
         logical_id=stack.get_logical_id(cluster.auto_scaling_group),
     )
@@ -113,15 +120,28 @@ class BootResult:
 class FakeNode:
     """A temp root with Trainium-like /dev and /sys entries, and the command doubles on PATH."""
 
+    #: MemTotal of a trn2.48xlarge as the kernel reports it (2 TiB less what the firmware keeps).
+    MEM_TOTAL_KIB = 2_113_929_216
+
     def __init__(self, base: Path) -> None:
         self.root = base / "root"
+        self.bundle = base / "boot"
         self.bin = base / "bin"
         self.log = base / "calls.log"
         shutil.copytree(DOUBLES, self.bin)
         for double in self.bin.iterdir():
             double.chmod(0o755)
-        for d in ("dev", "etc/profile.d", "sys/class/infiniband", "sys/class/neuron_device"):
+        for d in (
+            "dev",
+            "etc/profile.d",
+            "proc",
+            "sys/class/infiniband",
+            "sys/class/neuron_device",
+        ):
             (self.root / d).mkdir(parents=True)
+        (self.root / "proc/meminfo").write_text(
+            f"MemTotal:       {self.MEM_TOTAL_KIB} kB\nMemFree:        2000000000 kB\n"
+        )
         (self.root / "etc/fstab").write_text("UUID=0000 / xfs defaults 0 0\n")
         self.neuron_devices(16)
         self.efa_devices(16)
@@ -146,9 +166,8 @@ class FakeNode:
         if node is not None:
             (sysfs / f"node_id_{size}").write_text(node + "\n")
 
-    def boot(self, rendered: Rendered, **env: str) -> BootResult:
-        script = self.root.parent / "user-data.sh"
-        script.write_text(rendered.user_data)
+    def boot(self, rendered: Rendered, role: str = "node", **env: str) -> BootResult:
+        script = write_bundle(role, self.bundle, rendered.variables)
         self.log.write_text("")
         run_env = {
             "PATH": f"{self.bin}:/usr/bin:/bin",
@@ -246,11 +265,45 @@ def test_node_without_fsx_neither_mounts_nor_touches_fstab(node, trn2):
     assert (node.root / "etc/fstab").read_text() == "UUID=0000 / xfs defaults 0 0\n"
 
 
-def test_bootstrap_log_reaches_the_console(node, trn2):
-    node.boot(trn2)
-    console = (node.root / "dev/console").read_text()
-    assert f"bootstrapping {INSTANCE_ID} for cluster test-cluster" in console
-    assert "node ready" in console
+def test_bootstrap_log_goes_to_stderr_and_syslog(node, trn2):
+    # The launcher sends stderr on to the serial console and the boot log (test_launcher.py).
+    result = node.boot(trn2)
+    for line in (f"bootstrapping {INSTANCE_ID} for cluster test-cluster", "node ready"):
+        assert f"[cdk-trn-bootstrap] {line}" in result.output
+        assert line in result.messages()
+
+
+# --- signals -------------------------------------------------------------------------------
+
+#: What CloudFormation answers a signal to a group that no longer waits for one (a replacement
+#: node, a later instance): aws-cloudformation-templates issues 34 and 126 quote it.
+ALREADY_COMPLETE = (
+    "An error occurred (ValidationError) when calling the SignalResource operation: Stack "
+    "arn:aws:cloudformation:us-east-2:123456789012:stack/Test/0f1e2d3c is in CREATE_COMPLETE "
+    "state and cannot be signaled"
+)
+
+
+def test_success_signal_to_a_group_that_no_longer_waits_does_not_fail_the_boot(node, trn2):
+    result = node.boot(trn2, AWS_DOUBLE_SIGNAL_ERROR=ALREADY_COMPLETE)
+    assert result.returncode == 0, result.output
+    assert result.statuses() == ["SUCCESS"]
+    assert "signal SUCCESS not sent: " in result.messages()
+    assert "is in CREATE_COMPLETE state and cannot be signaled" in result.messages()
+    assert "FAILED" not in result.messages()
+    assert "node ready" in result.messages()
+
+
+def test_success_signal_refused_for_another_reason_fails_the_boot(node, trn2):
+    denied = (
+        "An error occurred (AccessDenied) when calling the SignalResource operation: User is "
+        "not authorized to perform: cloudformation:SignalResource"
+    )
+    result = node.boot(trn2, AWS_DOUBLE_SIGNAL_ERROR=denied)
+    assert result.returncode == 1
+    assert result.statuses() == ["SUCCESS", "FAILURE"]
+    assert "signal SUCCESS refused" in result.messages()
+    assert "node ready" not in result.messages()
 
 
 # --- failed checks --------------------------------------------------------------------------
@@ -409,7 +462,7 @@ def test_efa_fsx_lnet_setup_is_redone_by_a_unit_before_remote_fs_at_every_boot(
     result = node.boot(trn2_with_efa_fsx)
     assert result.returncode == 0, result.output
     unit = (node.root / "etc/systemd/system/cdk-trn-lnet-efa.service").read_text()
-    assert "ExecStart=/usr/local/sbin/cdk-trn-node configure-lnet" in unit
+    assert f"ExecStart={node.bundle}/node_bootstrap.sh configure-lnet" in unit
     assert "Before=remote-fs-pre.target remote-fs.target" in unit
     assert "WantedBy=remote-fs.target" in unit
     assert "Type=oneshot" in unit and "RemainAfterExit=yes" in unit
@@ -446,11 +499,29 @@ def test_configure_lnet_helper_that_fails_exits_non_zero_without_signalling(
     assert result.signals() == []
 
 
-def test_unexpected_command_failure_signals_failure_through_the_err_trap(node, trn2_with_efa_fsx):
+def test_unexpected_command_failure_names_the_shipped_file_and_line(node, trn2_with_efa_fsx):
     result = node.boot(trn2_with_efa_fsx, DOUBLES_FAILING="lnetctl")
     assert result.returncode == 1
     assert result.statuses() == ["FAILURE"]
-    assert "unexpected error at line" in result.messages()
+    shipped = (node.bundle / "boot_common.sh").read_text().splitlines()
+    line = 1 + next(i for i, text in enumerate(shipped) if text.strip() == "lnetctl lnet configure")
+    assert f"unexpected error at boot_common.sh:{line}: lnetctl lnet configure" in result.messages()
+    # The shipped file is the package's, comments and blank lines included.
+    assert shipped == (REPO / "cdk_trn_runtime/node/boot_common.sh").read_text().splitlines()
+
+
+def test_unexpected_failure_in_the_entry_script_names_it_and_its_line(node, trn2):
+    # A file where the environment's directory belongs: write_environment's mkdir fails.
+    (node.root / "etc/cdk-trn").write_text("")
+    result = node.boot(trn2)
+    assert result.returncode == 1
+    assert result.statuses() == ["FAILURE"]
+    [message] = [m for m in result.messages().splitlines() if "unexpected error at" in m]
+    location = message.split("unexpected error at ", 1)[1].split(":", 2)
+    assert location[0] == "node_bootstrap.sh"
+    shipped = (node.bundle / "node_bootstrap.sh").read_text().splitlines()
+    assert shipped[int(location[1]) - 1].strip().startswith("mkdir -p")
+    assert location[2].startswith(" mkdir -p")
 
 
 def test_failure_inside_a_command_substitution_signals_failure_once(node, trn2_with_efa_fsx):
@@ -567,7 +638,6 @@ def test_munge_key_is_root_only_and_never_logged(node, trn2_slurm):
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     assert MUNGE_KEY_DOUBLE not in result.output
     assert MUNGE_KEY_DOUBLE not in node.log.read_text()
-    assert MUNGE_KEY_DOUBLE not in (node.root / "dev/console").read_text()
     assert MUNGE_KEY_DOUBLE not in trn2_slurm.user_data
 
 
@@ -580,13 +650,13 @@ def test_controller_name_points_at_the_published_address(node, trn2_slurm):
     assert ["enable", "--now", "cdk-trn-controller-address.timer"] in result.calls_to("systemctl")
 
 
-def test_slurmd_unit_runs_the_installed_helper_and_leaves_on_stop(node, trn2_slurm):
+def test_slurmd_unit_runs_the_shipped_entry_script_and_leaves_on_stop(node, trn2_slurm):
     node.boot(trn2_slurm)
     unit = (node.root / "etc/systemd/system/cdk-trn-slurmd.service").read_text()
-    assert "ExecStart=/usr/local/sbin/cdk-trn-node slurmd-run" in unit
-    assert "ExecStop=/usr/local/sbin/cdk-trn-node slurmd-leave" in unit
-    helper = node.root / "usr/local/sbin/cdk-trn-node"
-    assert helper.read_text() == trn2_slurm.user_data
+    assert f"ExecStart={node.bundle}/node_bootstrap.sh slurmd-run" in unit
+    assert f"ExecStop={node.bundle}/node_bootstrap.sh slurmd-leave" in unit
+    shipped = (REPO / "cdk_trn_runtime/node/units/cdk-trn-slurmd.service").read_text()
+    assert unit == shipped.replace("@ENTRY@", f"{node.bundle}/node_bootstrap.sh")
 
 
 def _helper(node: FakeNode, rendered: Rendered, command: str, **env: str) -> BootResult:
@@ -598,9 +668,9 @@ def _helper(node: FakeNode, rendered: Rendered, command: str, **env: str) -> Boo
         "DOUBLES_LOG": str(node.log),
         **env,
     }
-    helper = node.root / "usr/local/sbin/cdk-trn-node"
+    entry = node.bundle / "node_bootstrap.sh"
     result = subprocess.run(
-        ["bash", str(helper), command], env=run_env, capture_output=True, text=True, timeout=30
+        ["bash", str(entry), command], env=run_env, capture_output=True, text=True, timeout=30
     )
     calls = [line.split() for line in node.log.read_text().splitlines() if line.strip()]
     return BootResult(result.returncode, result.stdout + result.stderr, calls, node.root)
@@ -623,9 +693,29 @@ def test_slurmd_run_starts_a_dynamic_node_with_its_features(node, trn2_slurm):
         "--conf-server",
         "cdk-trn-slurmctld:6817",
         "--conf",
+        # One argument (the call log splits at spaces): RealMemory keeps 5% of MemTotal for the
+        # OS and daemons (slurmd -Z would take it all).
+        f"RealMemory={int(FakeNode.MEM_TOTAL_KIB / 1024 * 0.95)}",
         "Feature=trn2.48xlarge,efa",
     ]
     assert result.signals() == []
+
+
+def test_slurmd_real_memory_is_below_the_nodes_memory(node, trn2_slurm):
+    result = _helper(node, trn2_slurm, "slurmd-run")
+    [run] = [c for c in result.calls_to("docker") if c[0] == "run"]
+    conf = run[run.index("--conf") + 1]
+    real_memory = int(conf.removeprefix("RealMemory="))
+    node_mib = FakeNode.MEM_TOTAL_KIB // 1024
+    assert 0.9 * node_mib < real_memory < node_mib
+
+
+def test_node_without_a_readable_meminfo_signals_failure(node, trn2_slurm):
+    (node.root / "proc/meminfo").write_text("")
+    result = node.boot(trn2_slurm)
+    assert result.returncode == 1
+    assert result.statuses() == ["FAILURE"]
+    assert "could not read MemTotal from /proc/meminfo" in result.messages()
 
 
 def test_leaving_node_is_deleted_from_slurm(node, trn2_slurm):
@@ -681,7 +771,7 @@ def test_slurm_node_starts_the_metrics_timer_that_runs_the_helper(node, trn2_slu
     assert result.returncode == 0, result.output
     assert ["enable", "--now", "cdk-trn-metrics.timer"] in result.calls_to("systemctl")
     unit = (node.root / "etc/systemd/system/cdk-trn-metrics.service").read_text()
-    assert "ExecStart=/usr/local/sbin/cdk-trn-node publish-metrics" in unit
+    assert f"ExecStart={node.bundle}/node_bootstrap.sh publish-metrics" in unit
     timer = (node.root / "etc/systemd/system/cdk-trn-metrics.timer").read_text()
     assert "OnUnitActiveSec=60s" in timer
 

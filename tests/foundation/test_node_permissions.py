@@ -89,3 +89,31 @@ def test_nodes_may_read_their_clusters_vault_url_parameter_and_no_other():
         ]
     }
     assert "*" not in json.dumps(arn)
+
+
+def _boot_statements(template: dict, action: str) -> list[dict]:
+    return [s for s in _statements(template) if action in _actions(s)]
+
+
+def test_nodes_read_exactly_their_boot_bundle_object_of_the_assets_bucket():
+    stack, cluster = cluster_stack("trn2.48xlarge")
+    template = Template.from_stack(stack).to_json()
+    object_arn = stack.resolve(cluster.boot.object_arn)
+    reads = _boot_statements(template, "s3:GetObject")
+    assert [s["Resource"] for s in reads] == [object_arn]
+    assert _actions(reads[0]) == ["s3:GetObject"]
+    # The object's key is the archive's content hash: the ARN names one object, no wildcard.
+    assert "*" not in json.dumps(object_arn)
+
+
+def test_nodes_write_their_boot_log_only_into_the_clusters_boot_log_group():
+    stack, cluster = cluster_stack("trn2.48xlarge")
+    template = Template.from_stack(stack).to_json()
+    group_arn = stack.resolve(cluster.boot.log_group.log_group_arn)
+    [write] = [s for s in _statements(template) if s["Resource"] == group_arn]
+    assert set(_actions(write)) == {"logs:CreateLogStream", "logs:PutLogEvents"}
+    group_id = stack.get_logical_id(cluster.boot.log_group.node.default_child)
+    group = template["Resources"][group_id]
+    assert group["DeletionPolicy"] == "Retain"
+    assert group["Properties"]["RetentionInDays"] == 365
+    assert group["Properties"]["KmsKeyId"] == stack.resolve(cluster.boot_log_key.key_arn)

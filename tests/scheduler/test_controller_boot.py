@@ -1,0 +1,76 @@
+"""The Slurm controller's boot bundle, run as the instance runs it: the shipped files laid out by
+``write_bundle("controller", ...)`` with the variables the SlurmScheduler renders, on the fake
+node of test_node_bootstrap_run.py (a test root, command doubles for docker, aws, systemctl,
+curl as IMDSv2, mount and the rest; python3 is this machine's)."""
+
+from __future__ import annotations
+
+import json
+
+import aws_cdk as cdk
+import pytest
+
+from cdk_trn.scheduler import SlurmScheduler
+from tests.foundation.stacks_for_tests import cluster_stack
+from tests.foundation.test_node_bootstrap_run import FakeNode, FileSystemStandIn, Rendered
+
+
+@pytest.fixture(scope="module")
+def controller() -> Rendered:
+    stack, cluster = cluster_stack("trn2.48xlarge", file_system=FileSystemStandIn())
+    scheduler = SlurmScheduler(stack, "Slurm", cluster=cluster)
+    group = scheduler.auto_scaling_group.node.default_child
+    assert isinstance(group, cdk.CfnResource)
+    return Rendered(
+        user_data=scheduler._user_data(),
+        variables=scheduler._boot_variables(),
+        stack_name=stack.stack_name,
+        logical_id=stack.get_logical_id(group),
+    )
+
+
+@pytest.fixture
+def host(tmp_path) -> FakeNode:
+    return FakeNode(tmp_path)
+
+
+def test_controller_boots_from_its_bundle_and_signals_success_once_slurmctld_answers(
+    host, controller
+):
+    result = host.boot(controller, role="controller")
+    assert result.returncode == 0, result.output
+    assert result.statuses() == ["SUCCESS"]
+    lines = [" ".join(c) for c in result.calls]
+    ping = lines.index("docker exec cdk-trn-slurmctld scontrol ping")
+    assert ping < next(i for i, line in enumerate(lines) if "signal-resource" in line)
+    puts = [c for c in result.calls_to("aws") if c[:2] == ["ssm", "put-parameter"]]
+    assert puts and puts[0][puts[0].index("--value") + 1] == "10.0.0.5"
+
+
+def test_controller_units_run_the_shipped_entry_script(host, controller):
+    result = host.boot(controller, role="controller")
+    assert result.returncode == 0, result.output
+    units = host.root / "etc/systemd/system"
+    entry = f"{host.bundle}/controller_bootstrap.sh"
+    assert f"ExecStart={entry} slurmctld-run" in (units / "cdk-trn-slurmctld.service").read_text()
+    watch = (units / "cdk-trn-controller-address.service").read_text()
+    assert f"ExecStart={entry} resolve-controller" in watch
+    assert f"ExecStart={entry} publish-metrics" in (units / "cdk-trn-metrics.service").read_text()
+    assert not list(units.glob("*@*"))
+    assert ["enable", "--now", "cdk-trn-slurmctld.service"] in result.calls_to("systemctl")
+
+
+def test_controller_writes_the_cluster_document_with_its_own_host_name(host, controller):
+    result = host.boot(controller, role="controller")
+    assert result.returncode == 0, result.output
+    document = json.loads((host.root / "etc/cdk-trn/slurm/cluster.json").read_text())
+    assert document["controller_host"] == "ip-10-0-1-23"
+    assert document["controller_addr"] == "cdk-trn-slurmctld"
+    assert document["cluster_name"] == "trn"
+
+
+def test_controller_that_cannot_pull_the_image_signals_failure_with_the_reason(host, controller):
+    result = host.boot(controller, role="controller", DOUBLES_FAILING="docker")
+    assert result.returncode == 1
+    assert result.statuses() == ["FAILURE"]
+    assert "could not pull" in result.messages()
