@@ -82,7 +82,15 @@ def test_launch_template_targets_a_resource_group_holding_both_reservations(two_
     assert len(groups) == 1
     ((group_id, group),) = groups.items()
     props = group["Properties"]
-    assert {"Type": "AWS::EC2::CapacityReservationPool"} in props["Configuration"]
+    # EC2's form for UltraServer Capacity Blocks (cb-group.html), not the On-Demand one.
+    assert {
+        "Type": "AWS::EC2::CapacityReservationPool",
+        "Parameters": [
+            {"Name": "instance-type", "Values": ["trn2u.48xlarge"]},
+            {"Name": "reservation-type", "Values": ["capacity-block"]},
+        ],
+    } in props["Configuration"]
+    assert {"Type": "AWS::EC2::CapacityReservationPool"} not in props["Configuration"]
     assert {
         "Type": "AWS::ResourceGroups::Generic",
         "Parameters": [
