@@ -29,6 +29,7 @@ from constructs import Construct
 from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
 from cdk_trn._resources import ManagedPolicyRole
 from cdk_trn._runtime import runtime_file
+from cdk_trn.alarm_topic import ClusterEventsTopic, validate_alarm_email
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import InstanceSpec, instance_spec
 from cdk_trn.compliance import acknowledge_wildcards
@@ -128,6 +129,8 @@ class TrainiumCluster(Construct):
         (``cdk_trn.preflight.Preflight``). Default: True.
     :param wait_for_capacity_block: with a capacity block that starts within 55 minutes, let the
         preflight wait for its start instead of failing. Default: False.
+    :param alarm_email: subscribe this address to the cluster's events topic (node launches and
+        terminations, and the ``ClusterDashboard`` alarms). Default: none.
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class TrainiumCluster(Construct):
         replace_nodes_on_update: bool = False,
         preflight: bool = True,
         wait_for_capacity_block: bool = False,
+        alarm_email: str | None = None,
     ) -> None:
         super().__init__(scope, id)
         # Validate everything before the first resource exists.
@@ -161,6 +165,7 @@ class TrainiumCluster(Construct):
         self._validate_region(spec)
         self._validate_root_volume(root_volume_gib)
         self._validate_signal_timeout(signal_timeout)
+        validate_alarm_email(alarm_email)
         name = cluster_name or self._default_name()
         self._validate_cluster_name(name)
 
@@ -185,15 +190,12 @@ class TrainiumCluster(Construct):
         self._allow_vault_discovery()
         profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
 
-        self._events_topic = sns.Topic(
-            self,
-            "NodeEvents",
-            display_name=f"{name} node events",
-            # The AWS-managed SNS key admits any principal of the account calling through SNS,
-            # which includes the Auto Scaling service-linked role that publishes these events.
-            master_key=kms.Alias.from_alias_name(self, "SnsKey", "alias/aws/sns"),
-            enforce_ssl=True,
+        # Under a customer-managed key that CloudWatch alarms and Auto Scaling may use: alarm
+        # actions cannot publish to a topic under alias/aws/sns (cdk_trn.alarm_topic).
+        self._events = ClusterEventsTopic(
+            self, "NodeEvents", display_name=f"{name} node events", alarm_email=alarm_email
         )
+        self._events_topic = self._events.topic
 
         self._placement_group: ec2.CfnPlacementGroup | None = None
         if capacity.placement_group:

@@ -50,6 +50,7 @@ class ClusterStack(cdk.Stack):
             else NeuronMachineImage.from_name(config.node_os),
             cluster_name=f"{config.prefix}-cluster",
             file_system=storage.file_system,
+            alarm_email=config.alarm_email,
         )
         storage.buckets.grant_read_write(self.cluster.role)
         # One image for the acceptance run, slurmd, slurmctld and users' jobs.

@@ -99,6 +99,8 @@ class AppConfig:
     #: The cluster's CloudWatch dashboard and alarms (cdk_trn.observability.ClusterDashboard).
     dashboard: bool = True
     scheduler: str = "slurm"
+    #: Subscribed to the cluster's events topic (node events and alarms), if set.
+    alarm_email: str | None = None
 
     @classmethod
     def from_context(cls, node: Node) -> AppConfig:
@@ -125,6 +127,7 @@ class AppConfig:
             "enclaveVault": ("enclave_vault", _bool),
             "dashboard": ("dashboard", _bool),
             "scheduler": ("scheduler", _scheduler),
+            "alarmEmail": ("alarm_email", _str),
         }
         for key, (field, convert) in conversions.items():
             raw = ctx(key)
