@@ -35,8 +35,13 @@ from cdk_trn.catalog import InstanceSpec, instance_spec
 from cdk_trn.compliance import acknowledge_wildcards
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.interfaces import ITrainingFileSystem, ITrainingNetwork
-from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
+from cdk_trn.launch_template import (
+    EfaInterfaceMode,
+    node_launch_template,
+    reservation_group_of,
+)
 from cdk_trn.machine_image import NeuronMachineImage
+from cdk_trn.network import INTERFACE_ENDPOINTS
 from cdk_trn.preflight import Preflight
 from cdk_trn.security import EfaSecurityGroup, signalling_instance_role
 from cdk_trn_runtime.contract import (
@@ -267,8 +272,18 @@ class TrainiumCluster(Construct):
                 vpc=network.vpc,
                 subnet=network.subnet,
                 wait_for_capacity_block=wait_for_capacity_block,
+                cluster_name=name,
+                endpoint_services=[s.short_name for s in INTERFACE_ENDPOINTS.values()]
+                if network.endpoints
+                else (),
+                reservation_group_arn=group.attr_arn
+                if (group := reservation_group_of(self.launch_template)) is not None
+                else None,
             )
             self.auto_scaling_group.node.add_dependency(self._preflight)
+            if capacity.is_block:
+                # A block ends: the group goes to zero first instead of retrying launches.
+                self._preflight.scale_to_zero_before_block_ends(self, self.auto_scaling_group)
         # No node boots before its permissions exist: the role and every policy under it (its
         # grants, the SSM agent's). The L1 group does not depend on them by itself.
         self.auto_scaling_group.node.add_dependency(self.role)

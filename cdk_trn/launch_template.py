@@ -209,6 +209,15 @@ def capacity_reservation_group(
     return group
 
 
+def reservation_group_of(launch_template: ec2.CfnLaunchTemplate) -> resourcegroups.CfnGroup | None:
+    """The resource group ``node_launch_template`` made for ``launch_template``, if any."""
+    scope = launch_template.node.scope
+    if scope is None:
+        return None
+    child = scope.node.try_find_child(f"{launch_template.node.id}ReservationGroup")
+    return child if isinstance(child, resourcegroups.CfnGroup) else None
+
+
 def capacity_block_group_configuration(
     instance_type: str,
 ) -> list[resourcegroups.CfnGroup.ConfigurationItemProperty]:
