@@ -52,6 +52,13 @@ from cdk_trn_runtime.contract import (
 )
 
 MAX_NODES = 1024
+#: How long a trn2 node takes from launch to its signal: the DLAMI's boot, the device checks, the
+#: FSx mount, the training image's pull and slurmd's registration. An estimate (nothing here has
+#: run on AWS; FACTS.md "First-deploy traps"). It bounds the replacements after a retryable boot
+#: failure (``fail_retryable``, ``cdk_trn_runtime/node/boot_common.sh``): a node is replaced only
+#: while another boot fits in the signal timeout, so each node slot boots at most
+#: timeout / boot times while the group is created (3 with the default 45 minutes).
+NODE_BOOT_MINUTES = 15
 _CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}$")
 
 
@@ -170,6 +177,7 @@ class TrainiumCluster(Construct):
         self._validate_region(spec)
         self._validate_root_volume(root_volume_gib)
         self._validate_signal_timeout(signal_timeout)
+        self._signal_timeout_seconds = int(signal_timeout.to_seconds())
         validate_alarm_email(alarm_email)
         name = cluster_name or self._default_name()
         self._validate_cluster_name(name)
@@ -193,6 +201,7 @@ class TrainiumCluster(Construct):
         self._connections = ec2.Connections(security_groups=[self._security_group])
         self._role = self._node_role()
         self._allow_vault_discovery()
+        self._allow_boot_replacement(name)
         profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
 
         # Under a customer-managed key that CloudWatch alarms and Auto Scaling may use: alarm
@@ -418,6 +427,45 @@ class TrainiumCluster(Construct):
             )
         )
 
+    def _allow_boot_replacement(self, name: str) -> None:
+        """Let a booting node that failed a check a new instance may pass (its devices, its EFA
+        count, the mount) mark itself Unhealthy, so that its group replaces it instead of a
+        FAILURE signal rolling the whole cluster back, and let it read its group's creation time
+        to keep that within the signal timeout (``fail_retryable``).
+
+        Under the role, since the boot needs it (the group cannot be named: the group waits
+        for the role). ``SetInstanceHealth`` is held to groups tagged with this cluster's name
+        instead; DescribeAutoScalingGroups has no resource type."""
+        group_arns = cdk.Stack.of(self).format_arn(
+            service="autoscaling",
+            resource="autoScalingGroup",
+            resource_name="*:autoScalingGroupName/*",
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )
+        self.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ReplaceItselfAfterARetryableBootFailure",
+                actions=["autoscaling:SetInstanceHealth"],
+                resources=[group_arns],
+                conditions={"StringEquals": {f"autoscaling:ResourceTag/{CLUSTER_TAG}": name}},
+            )
+        )
+        self.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ReadItsGroupsCreationTime",
+                actions=["autoscaling:DescribeAutoScalingGroups"],
+                resources=["*"],
+            )
+        )
+        acknowledge_wildcards(
+            self.role,
+            "a booting node cannot name its Auto Scaling group (the group waits for this role); "
+            "SetInstanceHealth is held to groups tagged with this cluster's name by "
+            "autoscaling:ResourceTag, and DescribeAutoScalingGroups is read-only and supports no "
+            "resource-level permission",
+            resources=[group_arns, "*"],
+        )
+
     def _user_data(self) -> str:
         fs = self.file_system
         slurm = self.slurm
@@ -444,10 +492,17 @@ class TrainiumCluster(Construct):
             "CDK_TRN_SLURM_CONTROLLER_PARAMETER": slurm.controller_parameter if slurm else "",
             "CDK_TRN_SLURM_FEATURES": slurm.features if slurm else "",
             "CDK_TRN_SLURM_REGISTER_SECONDS": slurm.registration_seconds if slurm else 0,
+            # fail_retryable: replace a node only while another boot fits in the signal timeout.
+            "CDK_TRN_BOOT_SECONDS": NODE_BOOT_MINUTES * 60,
+            "CDK_TRN_SIGNAL_SECONDS": self._signal_timeout_seconds,
         }
         return boot_user_data(variables, "node_bootstrap.sh")
 
     def _wait_for_signals(self, timeout: cdk.Duration, replace_nodes_on_update: bool) -> None:
+        # N SUCCESS signals, each with its instance's id: a node replaced after a retryable boot
+        # failure sends none (fail_retryable marks it Unhealthy, no FAILURE), and its successor
+        # signals for itself, so the count is still reached by N healthy nodes. One FAILURE
+        # signal (a failure a replacement cannot fix) fails the group at once: 100 % must succeed.
         iso = timeout.to_iso_string()
         self.auto_scaling_group.cfn_options.creation_policy = cdk.CfnCreationPolicy(
             resource_signal=cdk.CfnResourceSignal(count=self.nodes, timeout=iso),
