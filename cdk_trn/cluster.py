@@ -47,18 +47,16 @@ from cdk_trn.security import EfaSecurityGroup, signalling_instance_role
 from cdk_trn_runtime.contract import (
     CLUSTER_TAG,
     METRICS_NAMESPACE_NODE,
+    NODE_BOOT_MINUTES,
     RENDEZVOUS_PORTS,
     vault_url_parameter,
 )
 
 MAX_NODES = 1024
-#: How long a trn2 node takes from launch to its signal: the DLAMI's boot, the device checks, the
-#: FSx mount, the training image's pull and slurmd's registration. An estimate (nothing here has
-#: run on AWS; FACTS.md "First-deploy traps"). It bounds the replacements after a retryable boot
-#: failure (``fail_retryable``, ``cdk_trn_runtime/node/boot_common.sh``): a node is replaced only
-#: while another boot fits in the signal timeout, so each node slot boots at most
-#: timeout / boot times while the group is created (3 with the default 45 minutes).
-NODE_BOOT_MINUTES = 15
+# NODE_BOOT_MINUTES (contract) bounds the replacements after a retryable boot failure
+# (``fail_retryable``, ``cdk_trn_runtime/node/boot_common.sh``): a node is replaced only while
+# another boot fits in the signal timeout, so each node slot boots at most timeout / boot times
+# while the group is created (3 with the default 45 minutes).
 _CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}$")
 
 
