@@ -16,6 +16,7 @@ from tests.acceptance.handler_doubles import (
     BUCKET,
     CLUSTER,
     DOCUMENT,
+    IMAGE,
     NOW,
     RUN_ID,
     NodeDouble,
@@ -338,11 +339,12 @@ def test_a_completed_job_returns_the_figures_and_records_the_pass(aws):
 
 
 def test_a_threshold_failure_names_the_figure_the_host_and_the_rank(aws):
-    stub_status(aws, "Failed")
+    # 40 minutes in: no time for a replacement round, so the run fails naming the node.
+    stub_status(aws, "Failed", started=NOW - 2400)
     stub_failed_invocation(aws, 1, stderr=None)
     stub_summary(aws, summary(slow_rank=3))
     with pytest.raises(handler.AcceptanceRunError) as error:
-        handler.is_complete(slurm_is_complete_event(), clients=aws.clients)
+        handler.is_complete(slurm_is_complete_event(started=NOW - 2400), clients=aws.clients)
     reason = str(error.value)
     assert reason.startswith(f"acceptance run {RUN_ID} failed: gemm_fraction_of_peak 0.2399")
     # Slurm chose the nodes: the results name them by address.
@@ -405,3 +407,66 @@ def test_state_from_before_the_launcher_field_still_loads():
     old = copy.deepcopy(slurm_state()["Nodes"][0])
     del old["kind"]
     assert handler.Node(**old).kind == "node"
+
+
+# --- an image change on a busy cluster never blocks the update ---------------------------------
+
+
+def test_a_busy_cluster_fails_the_run_at_once_naming_the_image(aws):
+    stub_status(aws, "Failed")
+    stub_failed_invocation(aws, handler.ACCEPTANCE_BUSY_EXIT, stderr=None)
+    with pytest.raises(handler.AcceptanceRunError) as error:
+        handler.is_complete(slurm_is_complete_event(), clients=aws.clients)
+    reason = str(error.value)
+    assert "not started: 2 idle nodes of partition" in reason
+    assert "never queues behind them" in reason
+    assert f"Image: {IMAGE}" in reason
+    assert "when_busy='report'" in reason
+
+
+def test_a_busy_cluster_with_when_busy_report_completes_and_says_the_run_did_not_run(aws):
+    stub_status(aws, "Failed")
+    stub_failed_invocation(aws, handler.ACCEPTANCE_BUSY_EXIT, stderr=None)
+    event = slurm_is_complete_event()
+    event["ResourceProperties"]["WhenBusy"] = "report"
+    result = handler.is_complete(event, clients=aws.clients)
+    assert result["IsComplete"] is True
+    assert result["Data"]["Passed"] == "not-run: cluster busy"
+    assert result["Data"]["ImageUri"] == IMAGE
+
+
+def test_a_slurm_node_below_threshold_is_found_by_address_and_replaced(aws):
+    stub_status(aws, "Failed")
+    stub_failed_invocation(aws, 1, stderr=None)
+    stub_summary(aws, summary(slow_rank=3))
+    aws.ec2.add_response(
+        "describe_instances",
+        {
+            "Reservations": [
+                {
+                    "Instances": [
+                        {"InstanceId": "i-0aaaaaaaaaaaaaaaa", "PrivateIpAddress": "10.64.0.9"}
+                    ]
+                }
+            ]
+        },
+        {
+            "Filters": [
+                {"Name": "private-ip-address", "Values": ["10.64.0.9"]},
+                {"Name": f"tag:{CLUSTER_TAG}", "Values": [CLUSTER]},
+                {"Name": "tag:aws:autoscaling:groupName", "Values": [ANY]},
+            ]
+        },
+    )
+    aws.autoscaling.add_response(
+        "set_instance_health",
+        {},
+        {
+            "InstanceId": "i-0aaaaaaaaaaaaaaaa",
+            "HealthStatus": "Unhealthy",
+            "ShouldRespectGracePeriod": False,
+        },
+    )
+    result = handler.is_complete(slurm_is_complete_event(), clients=aws.clients)
+    assert result["IsComplete"] is False
+    assert result["AcceptanceRun"]["Replaced"][0]["InstanceId"] == "i-0aaaaaaaaaaaaaaaa"
