@@ -296,6 +296,12 @@ def on_event(
     run_id = make_run_id(event)
     started = clients.clock()
     if props.slurm:
+        # The job runs in each node's slurmd container, whose image a node takes at boot: nodes
+        # launched before this deploy's launch template still run the previous image. Never test
+        # (and report) the old image as the new one, and never terminate a node for it here.
+        stale = stale_nodes(clients, props) if request_type == "Update" else []
+        if stale:
+            return _not_run(props, run_id, _stale_reason(props, run_id, stale))
         nodes = [send_slurm_command(clients, props, run_id, discover_controller(clients, props))]
     else:
         nodes = send_commands(clients, props, run_id, discover_nodes(clients, props))
@@ -582,6 +588,8 @@ def is_complete(
     if state.get("Reused"):
         return {"IsComplete": True, "Data": reused_figures(clients, props, run_id)}
 
+    if state.get("NotRun"):
+        return _report_not_run(props, run_id, str(state["NotRun"]), "nodes not refreshed")
     if state.get("Replacing"):
         return _after_replacement(clients, props, state)
     run_id = str(state.get("AttemptId") or run_id)
@@ -812,6 +820,61 @@ def _replaced_first(state: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def stale_nodes(clients: Clients, props: RunProps) -> list[str]:
+    """InService nodes launched from an older version of the group's launch template (an image
+    or boot change they have not taken yet)."""
+    groups = clients.autoscaling.describe_auto_scaling_groups(
+        AutoScalingGroupNames=[props.auto_scaling_group_name]
+    )["AutoScalingGroups"]
+    stale = []
+    for group in groups:
+        current = str((group.get("LaunchTemplate") or {}).get("Version") or "")
+        for instance in group["Instances"]:
+            version = str((instance.get("LaunchTemplate") or {}).get("Version") or "")
+            if instance["LifecycleState"] == "InService" and current and version != current:
+                stale.append(str(instance["InstanceId"]))
+    return sorted(stale)
+
+
+def _stale_reason(props: RunProps, run_id: str, stale: Sequence[str]) -> str:
+    return (
+        f"acceptance run {run_id} not started: {len(stale)} of {props.nodes} nodes "
+        f"({', '.join(stale)}) run an earlier launch template version than the one with image "
+        f"{props.image_uri}, so the run would test their old image; a deploy never terminates "
+        "a node that may run a job. Fix: between jobs, drain each idle node in Slurm "
+        "(scontrol update nodename=<node> state=drain reason=refresh) and have its group replace "
+        "it (aws autoscaling set-instance-health --health-status Unhealthy --instance-id <id>), "
+        "then deploy again"
+    )
+
+
+def _not_run(props: RunProps, run_id: str, reason: str) -> dict[str, Any]:
+    """on_event's answer for a run that will not start: fail now, or (``WhenBusy=report``) hand
+    the reason to is_complete, which completes and reports it."""
+    if props.when_busy != "report":
+        raise AcceptanceRunError(_limit(reason + ", or set when_busy='report'."))
+    return {
+        "PhysicalResourceId": run_id,
+        "Data": {"RunId": run_id, "ResultsUri": props.results_uri(run_id)},
+        "AcceptanceRun": {"RunId": run_id, "Reused": False, "NotRun": reason},
+    }
+
+
+def _report_not_run(props: RunProps, run_id: str, reason: str, why: str) -> dict[str, Any]:
+    LOG.warning(reason)
+    return {
+        "IsComplete": True,
+        "Data": {
+            **{name: _NOT_AVAILABLE for name in props.exported_figures},
+            "RunId": run_id,
+            "ResultsUri": props.results_uri(run_id),
+            "Passed": f"not-run: {why}",
+            "WorldSize": _NOT_AVAILABLE,
+            "ImageUri": props.image_uri,
+        },
+    }
+
+
 def _busy(
     clients: Clients, props: RunProps, state: Mapping[str, Any], run_id: str
 ) -> dict[str, Any]:
@@ -830,18 +893,7 @@ def _busy(
         f"queues behind them. Image: {props.image_uri}."
     )
     if props.when_busy == "report":
-        LOG.warning(reason)
-        return {
-            "IsComplete": True,
-            "Data": {
-                **{name: _NOT_AVAILABLE for name in props.exported_figures},
-                "RunId": run_id,
-                "ResultsUri": props.results_uri(run_id),
-                "Passed": "not-run: cluster busy",
-                "WorldSize": _NOT_AVAILABLE,
-                "ImageUri": props.image_uri,
-            },
-        }
+        return _report_not_run(props, run_id, reason, "cluster busy")
     raise AcceptanceRunError(
         reason + " Fix: deploy again when the nodes are idle, or set the acceptance run's "
         "when_busy='report' to deploy without it."

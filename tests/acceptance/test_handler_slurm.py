@@ -470,3 +470,95 @@ def test_a_slurm_node_below_threshold_is_found_by_address_and_replaced(aws):
     result = handler.is_complete(slurm_is_complete_event(), clients=aws.clients)
     assert result["IsComplete"] is False
     assert result["AcceptanceRun"]["Replaced"][0]["InstanceId"] == "i-0aaaaaaaaaaaaaaaa"
+
+
+NEW_IMAGE = IMAGE[:-64] + "b" * 64
+
+
+def stub_node_group_versions(aws, versions: dict[str, str], current: str = "7"):
+    aws.autoscaling.add_response(
+        "describe_auto_scaling_groups",
+        {
+            "AutoScalingGroups": [
+                {
+                    "AutoScalingGroupName": "nodes-group",
+                    "MinSize": 2,
+                    "MaxSize": 2,
+                    "DesiredCapacity": 2,
+                    "DefaultCooldown": 300,
+                    "AvailabilityZones": ["us-east-2c"],
+                    "HealthCheckType": "EC2",
+                    "CreatedTime": "2026-11-25T17:00:00Z",
+                    "LaunchTemplate": {"LaunchTemplateId": "lt-0123", "Version": current},
+                    "Instances": [
+                        {
+                            "InstanceId": i,
+                            "AvailabilityZone": "us-east-2c",
+                            "LifecycleState": "InService",
+                            "HealthStatus": "Healthy",
+                            "ProtectedFromScaleIn": False,
+                            "LaunchTemplate": {"LaunchTemplateId": "lt-0123", "Version": v},
+                        }
+                        for i, v in versions.items()
+                    ],
+                }
+            ]
+        },
+        {"AutoScalingGroupNames": [ANY]},
+    )
+
+
+def image_update(**overrides):
+    return event(
+        "Update",
+        PhysicalResourceId=RUN_ID,
+        OldResourceProperties=slurm_properties(),
+        ResourceProperties=slurm_properties(ImageUri=NEW_IMAGE, **overrides),
+    )
+
+
+def stub_no_pass_marker(aws):
+    aws.s3.add_client_error("get_object", service_error_code="NoSuchKey", http_status_code=404)
+
+
+def test_an_image_change_on_nodes_not_yet_refreshed_fails_fast_and_terminates_nothing(aws):
+    stub_no_pass_marker(aws)
+    stub_node_group_versions(aws, {"i-0aaaaaaaaaaaaaaaa": "6", "i-0bbbbbbbbbbbbbbbb": "7"})
+    with pytest.raises(handler.AcceptanceRunError) as error:
+        handler.on_event(image_update(), clients=aws.clients)
+    reason = str(error.value)
+    assert "1 of 2 nodes (i-0aaaaaaaaaaaaaaaa) run an earlier launch template version" in reason
+    assert NEW_IMAGE in reason
+    assert "would test their old image" in reason
+    # No command was sent and no node marked unhealthy (the stubs would have failed).
+
+
+def test_an_image_change_on_stale_nodes_with_report_completes_without_blocking(aws):
+    stub_no_pass_marker(aws)
+    stub_node_group_versions(aws, {"i-0aaaaaaaaaaaaaaaa": "6", "i-0bbbbbbbbbbbbbbbb": "6"})
+    ev = image_update(WhenBusy="report")
+    started = handler.on_event(ev, clients=aws.clients)
+    done = handler.is_complete({**ev, **started}, clients=aws.clients)
+    assert done["IsComplete"] is True
+    assert done["Data"]["Passed"] == "not-run: nodes not refreshed"
+    assert done["Data"]["ImageUri"] == NEW_IMAGE
+
+
+def test_an_image_change_on_refreshed_nodes_runs_and_names_the_image(aws):
+    stub_no_pass_marker(aws)
+    stub_node_group_versions(aws, {"i-0aaaaaaaaaaaaaaaa": "7", "i-0bbbbbbbbbbbbbbbb": "7"})
+    stub_controller_group(aws, [CONTROLLER.instance_id])
+    stub_controller_instance(aws)
+    aws.ssm.add_response(
+        "send_command",
+        {"Command": {"CommandId": CONTROLLER.command_id}},
+        {
+            "InstanceIds": [CONTROLLER.instance_id],
+            "DocumentName": DOCUMENT,
+            "Parameters": ANY,
+            "TimeoutSeconds": handler.DELIVERY_TIMEOUT_SECONDS,
+            "Comment": ANY,
+        },
+    )
+    result = handler.on_event(image_update(), clients=aws.clients)
+    assert result["AcceptanceRun"]["Nodes"][0]["kind"] == "controller"
