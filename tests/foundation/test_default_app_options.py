@@ -57,6 +57,7 @@ CONTEXTS = {
         "nodes": "8",
         "enclaveVault": "false",
         "compliancePacks": "AwsSolutions,TrainiumChecks",
+        "alarmEmail": "ops@example.com",
     },
     # Another region, by AZ id, on a reservation.
     "other-region": {
@@ -164,6 +165,7 @@ INVALID = [
     ({"enclaveVault": "no"}, "enclaveVault must be true or false"),
     ({"scheduler": "pbs"}, "scheduler must be slurm or none"),
     ({"compliancePacks": "Nope"}, "packs must be names among"),
+    ({"alarmEmail": "ops at example"}, "alarm_email must be an email address"),
 ]
 
 
