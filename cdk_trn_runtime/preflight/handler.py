@@ -69,6 +69,10 @@ BLOCK_END_MARGIN = dt.timedelta(minutes=30)
 POLL_SECONDS = 60
 #: When the nodes' group scales to zero before a block ends: EC2's 30 minutes and 5 for the group.
 SCALE_TO_ZERO_BEFORE_END = BLOCK_END_MARGIN + dt.timedelta(minutes=5)
+#: A block whose nodes would go to zero sooner than this is refused: the rest of the deploy (the
+#: nodes' boot and signals, the acceptance run) takes up to an hour, and CloudFormation writes
+#: the scheduled action after the group is complete.
+DEPLOY_AHEAD = dt.timedelta(hours=1)
 #: The tag every node of a cdk-trn cluster carries (``cdk_trn_runtime.contract.CLUSTER_TAG``).
 CLUSTER_TAG = "cdk-trn:cluster"
 #: Instances that do not count against the On-Demand quota (``Instance.InstanceLifecycle``).
@@ -347,6 +351,14 @@ def judge(
     if refusals:
         return Verdict(False, " ".join(refusals))
     zero_at = scale_to_zero_at(reservations) if request.is_block else None
+    if zero_at is not None and zero_at < now + DEPLOY_AHEAD:
+        return Verdict(
+            False,
+            f"the blocks end at {_utc(zero_at + SCALE_TO_ZERO_BEFORE_END)}, so the nodes' group "
+            f"goes to zero at {_utc(zero_at)}, before this deploy could finish (its nodes' boot "
+            "and acceptance take up to an hour, and a scheduled action cannot start in the past). "
+            "Fix: buy a block that lasts longer and pass its reservation id.",
+        )
     starts = [
         (r["CapacityReservationId"], r["StartDate"])
         for r in reservations

@@ -394,6 +394,13 @@ def test_a_block_passes_with_the_time_its_group_goes_to_zero_35_minutes_before_i
     assert data["ScaleToZeroAt"] == "2026-12-01T11:25:00Z"
 
 
+def test_a_block_ending_before_the_deploy_could_finish_refuses(aws):
+    stub_reservations(aws, [CR_A], [reservation(EndDate=NOW + dt.timedelta(minutes=80))])
+    reason = run(aws, block_event()).only["reason"]
+    assert "goes to zero at 2026-11-29 12:45 UTC, before this deploy could finish" in reason
+    assert "Fix: buy a block that lasts longer" in reason
+
+
 def test_several_blocks_go_to_zero_before_the_earliest_end(aws):
     found = [
         reservation(CR_A, EndDate=NOW + dt.timedelta(days=3), TotalInstanceCount=1),
