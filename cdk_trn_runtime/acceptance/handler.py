@@ -472,7 +472,27 @@ def slurm_command_parameters(props: RunProps, run_id: str, region: str) -> dict[
         "ExpectedEfaDevices": [str(props.expected_efa_devices)],
         "SuiteArgs": [props.suite_args],
         "ExecutionTimeout": [str(props.run_timeout_seconds)],
+        "DrainAddresses": [""],
     }
+
+
+def drain_in_slurm(clients: Clients, props: RunProps, run_id: str, hosts: Sequence[str]) -> None:
+    """Best effort, before the nodes are marked Unhealthy: a drain-only command to the controller
+    so that no job starts on them meanwhile (a terminating node leaves Slurm by itself too)."""
+    try:
+        controller = discover_controller(clients, props)
+        clients.ssm.send_command(
+            InstanceIds=[controller.instance_id],
+            DocumentName=props.document_name,
+            Parameters={
+                **slurm_command_parameters(props, run_id, clients.region),
+                "DrainAddresses": [",".join(hosts)],
+            },
+            TimeoutSeconds=DELIVERY_TIMEOUT_SECONDS,
+            Comment=f"cdk-trn acceptance {run_id}: drain nodes to replace"[:100],
+        )
+    except (AcceptanceRunError, ClientError) as error:
+        LOG.warning("could not drain %s in Slurm: %s", ", ".join(hosts), error)
 
 
 def send_slurm_command(clients: Clients, props: RunProps, run_id: str, controller: Node) -> Node:
@@ -719,6 +739,8 @@ def _replace_or_none(
     instances = instances_of(clients, props, nodes, list(plan))
     if len(instances) != len(plan):
         return None
+    if props.slurm:
+        drain_in_slurm(clients, props, run_id, list(instances))
     replaced = []
     for host, instance_id in instances.items():
         problems = "; ".join(str(f.get("message") or f.get("check")) for f in plan[host])

@@ -33,6 +33,7 @@ EXPECTED_NEURON='{{ ExpectedNeuronDevices }}'
 EXPECTED_EFA='{{ ExpectedEfaDevices }}'
 SUITE_ARGS='{{ SuiteArgs }}'
 TIMEOUT='{{ ExecutionTimeout }}'
+DRAIN='{{ DrainAddresses }}'
 POLL_SECONDS="${CDK_TRN_ACCEPTANCE_POLL_SECONDS:-15}"
 BUSY_SECONDS="${CDK_TRN_ACCEPTANCE_BUSY_SECONDS:-120}"
 BUSY_EXIT=71
@@ -55,6 +56,23 @@ if [ -z "$running" ]; then
   log "the Slurm controller container $CONTAINER is not running on this instance" \
     "(see: docker ps -a; journalctl -u docker)"
   exit 69
+fi
+
+# A drain-only command: the handler is about to have these nodes replaced (below threshold), so
+# no job may start on them meanwhile. As root in the controller's container (Slurm's admin).
+if [ -n "$DRAIN" ]; then
+  for addr in ${DRAIN//,/ }; do
+    name=$(docker exec "$CONTAINER" sinfo -h -N -o '%N %o' | awk -v a="$addr" '$2 == a {print $1; exit}')
+    if [ -z "$name" ]; then
+      log "no Slurm node at $addr to drain"
+      continue
+    fi
+    docker exec "$CONTAINER" scontrol update nodename="$name" state=drain \
+      reason="cdk-trn acceptance: below threshold, being replaced" \
+      || log "could not drain $name ($addr)"
+    echo "cdk-trn acceptance: drained $name ($addr)"
+  done
+  exit 0
 fi
 
 # A run that an earlier deploy gave up on may still hold the nodes.

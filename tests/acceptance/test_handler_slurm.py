@@ -458,6 +458,24 @@ def test_a_slurm_node_below_threshold_is_found_by_address_and_replaced(aws):
             ]
         },
     )
+    # Drained in Slurm first (a drain-only command to the controller), then marked Unhealthy.
+    stub_controller_group(aws, [CONTROLLER.instance_id])
+    stub_controller_instance(aws)
+    props = handler.RunProps.from_properties(slurm_properties())
+    aws.ssm.add_response(
+        "send_command",
+        {"Command": {"CommandId": CONTROLLER.command_id}},
+        {
+            "InstanceIds": [CONTROLLER.instance_id],
+            "DocumentName": DOCUMENT,
+            "Parameters": {
+                **handler.slurm_command_parameters(props, RUN_ID, "us-east-2"),
+                "DrainAddresses": ["10.64.0.9"],
+            },
+            "TimeoutSeconds": handler.DELIVERY_TIMEOUT_SECONDS,
+            "Comment": ANY,
+        },
+    )
     aws.autoscaling.add_response(
         "set_instance_health",
         {},

@@ -29,6 +29,7 @@ PARAMETERS = {
     "ExpectedEfaDevices": "16",
     "SuiteArgs": "",
     "ExecutionTimeout": "3000",
+    "DrainAddresses": "",
 }
 
 #: Test double of docker: records every call; answers as the controller's container would, from
@@ -39,6 +40,7 @@ echo "docker $*" >> "$CALLS"
 case " $* " in *" -i "*) cat >/dev/null ;; esac
 case "$*" in
   "ps "*) echo container-id ;;
+  *" sinfo -h -N "*) printf 'ip-10-64-0-9 10.64.0.9\nip-10-64-0-12 10.64.0.12\n' ;;
   *" sinfo "*) echo "$IDLE_NODES" ;;
   *" sbatch "*) echo 42 ;;
   *" squeue -h -j 42 "*) [ -n "$JOB_STATE" ] && echo "$JOB_STATE" ;;
@@ -49,9 +51,11 @@ exit 0
 AWS_DOUBLE = '#!/bin/bash\necho "aws $*" >> "$CALLS"\n'
 
 
-def run(tmp_path: Path, idle: int, job_state: str = "") -> tuple[int, str, list[str]]:
+def run(
+    tmp_path: Path, idle: int, job_state: str = "", drain: str = ""
+) -> tuple[int, str, list[str]]:
     runs = tmp_path / "runs"
-    parameters = {**PARAMETERS, "RunsDir": str(runs)}
+    parameters = {**PARAMETERS, "RunsDir": str(runs), "DrainAddresses": drain}
     text = re.sub(r"\{\{ (\w+) \}\}", lambda m: parameters[m.group(1)], SCRIPT.read_text())
     script = tmp_path / "submit.sh"
     script.write_text(text)
@@ -98,3 +102,14 @@ def test_with_enough_idle_nodes_the_job_runs_to_its_end(tmp_path):
     # The job double ends at once (CANCELLED here): not busy, an ordinary failed job.
     assert code == 1
     assert any(" sbatch " in c for c in calls)
+
+
+def test_a_drain_only_command_drains_the_nodes_at_those_addresses_and_runs_nothing(tmp_path):
+    code, _, calls = run(tmp_path, idle=2, drain="10.64.0.9")
+    assert code == 0
+    drains = [c for c in calls if " scontrol update " in c]
+    assert drains == [
+        "docker exec cdk-trn-slurmctld scontrol update nodename=ip-10-64-0-9 state=drain "
+        "reason=cdk-trn acceptance: below threshold, being replaced"
+    ]
+    assert not any(" sbatch " in c for c in calls)
