@@ -9,7 +9,12 @@
 * ``Capacity.ultraserver_block(id or [ids])``: Capacity Blocks of Trn2 UltraServers (trn2u.48xlarge
   only; nodes a multiple of 4; each node writes the NEURON_RT_ULTRASERVER_* environment). Several
   UltraServers come as several reservations; the launch template then targets them together
-  through a Capacity Reservation resource group (EC2 user guide, capacity-blocks-launch.html).
+  through a Capacity Reservation resource group in EC2's form for Capacity Blocks (pool
+  parameters ``instance-type`` and ``reservation-type=capacity-block``; EC2 user guide,
+  cb-group.html; ``cdk_trn.launch_template.capacity_reservation_group``).
+
+A block's instances stop 30 minutes before it ends: ``TrainiumCluster`` schedules its group to
+zero before that, at the time its preflight reads from the blocks at deploy time.
 
 There is no CloudFormation resource that buys a capacity block; the user buys it (API
 ``PurchaseCapacityBlock``) and passes the reservation id it returns.

@@ -28,6 +28,7 @@ from constructs import Construct
 from cdk_trn._boot import BootBundle
 from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
 from cdk_trn._resources import ManagedPolicyRole, allow_cloudwatch_logs
+from cdk_trn.alarm_topic import ClusterEventsTopic, validate_alarm_email
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import (
     InstanceSpec,
@@ -39,18 +40,28 @@ from cdk_trn.catalog import (
 from cdk_trn.compliance import acknowledge_wildcards
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.interfaces import ITrainingFileSystem, ITrainingNetwork
-from cdk_trn.launch_template import EfaInterfaceMode, node_launch_template
+from cdk_trn.launch_template import (
+    EfaInterfaceMode,
+    node_launch_template,
+    reservation_group_of,
+)
 from cdk_trn.machine_image import NeuronMachineImage
+from cdk_trn.network import INTERFACE_ENDPOINTS
 from cdk_trn.preflight import Preflight
 from cdk_trn.security import EfaSecurityGroup, signalling_instance_role
 from cdk_trn_runtime.contract import (
     CLUSTER_TAG,
     METRICS_NAMESPACE_NODE,
+    NODE_BOOT_MINUTES,
     RENDEZVOUS_PORTS,
     vault_url_parameter,
 )
 
 MAX_NODES = 1024
+# NODE_BOOT_MINUTES (contract) bounds the replacements after a retryable boot failure
+# (``fail_retryable``, ``cdk_trn_runtime/node/boot_common.sh``): a node is replaced only while
+# another boot fits in the signal timeout, so each node slot boots at most timeout / boot times
+# while the group is created (3 with the default 45 minutes).
 _CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}$")
 
 
@@ -122,6 +133,8 @@ class TrainiumCluster(Construct):
         negotiated rate), for the synth summary, the dashboard's spend rate and the stack's cost
         outputs. Default: the catalog's sourced on-demand estimate for the type and region
         (``cdk_trn.catalog.instance_price``), or unknown when it has none.
+    :param alarm_email: subscribe this address to the cluster's events topic (node launches and
+        terminations, and the ``ClusterDashboard`` alarms). Default: none.
     """
 
     def __init__(
@@ -144,6 +157,7 @@ class TrainiumCluster(Construct):
         preflight: bool = True,
         wait_for_capacity_block: bool = False,
         hourly_price: float | None = None,
+        alarm_email: str | None = None,
     ) -> None:
         super().__init__(scope, id)
         # Validate everything before the first resource exists.
@@ -156,6 +170,8 @@ class TrainiumCluster(Construct):
         self._validate_region(spec)
         self._validate_root_volume(root_volume_gib)
         self._validate_signal_timeout(signal_timeout)
+        self._signal_timeout_seconds = int(signal_timeout.to_seconds())
+        validate_alarm_email(alarm_email)
         name = cluster_name or self._default_name()
         self._validate_cluster_name(name)
         self._hourly_price = (
@@ -194,17 +210,15 @@ class TrainiumCluster(Construct):
         allow_cloudwatch_logs(self._boot_log_key)
         self._boot = BootBundle(self, "Boot", role="node", encryption_key=self._boot_log_key)
         self._boot.grant_boot(self.role)
+        self._allow_boot_replacement(name)
         profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
 
-        self._events_topic = sns.Topic(
-            self,
-            "NodeEvents",
-            display_name=f"{name} node events",
-            # The AWS-managed SNS key admits any principal of the account calling through SNS,
-            # which includes the Auto Scaling service-linked role that publishes these events.
-            master_key=kms.Alias.from_alias_name(self, "SnsKey", "alias/aws/sns"),
-            enforce_ssl=True,
+        # Under a customer-managed key that CloudWatch alarms and Auto Scaling may use: alarm
+        # actions cannot publish to a topic under alias/aws/sns (cdk_trn.alarm_topic).
+        self._events = ClusterEventsTopic(
+            self, "NodeEvents", display_name=f"{name} node events", alarm_email=alarm_email
         )
+        self._events_topic = self._events.topic
 
         self._placement_group: ec2.CfnPlacementGroup | None = None
         if capacity.placement_group:
@@ -276,8 +290,18 @@ class TrainiumCluster(Construct):
                 vpc=network.vpc,
                 subnet=network.subnet,
                 wait_for_capacity_block=wait_for_capacity_block,
+                cluster_name=name,
+                endpoint_services=[s.short_name for s in INTERFACE_ENDPOINTS.values()]
+                if network.endpoints
+                else (),
+                reservation_group_arn=group.attr_arn
+                if (group := reservation_group_of(self.launch_template)) is not None
+                else None,
             )
             self.auto_scaling_group.node.add_dependency(self._preflight)
+            if capacity.is_block:
+                # A block ends: the group goes to zero first instead of retrying launches.
+                self._preflight.scale_to_zero_before_block_ends(self, self.auto_scaling_group)
         # No node boots before its permissions exist: the role and every policy under it (its
         # grants, the SSM agent's). The L1 group does not depend on them by itself.
         self.auto_scaling_group.node.add_dependency(self.role)
@@ -412,6 +436,45 @@ class TrainiumCluster(Construct):
             )
         )
 
+    def _allow_boot_replacement(self, name: str) -> None:
+        """Let a booting node that failed a check a new instance may pass (its devices, its EFA
+        count, the mount) mark itself Unhealthy, so that its group replaces it instead of a
+        FAILURE signal rolling the whole cluster back, and let it read its group's creation time
+        to keep that within the signal timeout (``fail_retryable``).
+
+        Under the role, since the boot needs it (the group cannot be named: the group waits
+        for the role). ``SetInstanceHealth`` is held to groups tagged with this cluster's name
+        instead; DescribeAutoScalingGroups has no resource type."""
+        group_arns = cdk.Stack.of(self).format_arn(
+            service="autoscaling",
+            resource="autoScalingGroup",
+            resource_name="*:autoScalingGroupName/*",
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )
+        self.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ReplaceItselfAfterARetryableBootFailure",
+                actions=["autoscaling:SetInstanceHealth"],
+                resources=[group_arns],
+                conditions={"StringEquals": {f"autoscaling:ResourceTag/{CLUSTER_TAG}": name}},
+            )
+        )
+        self.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ReadItsGroupsCreationTime",
+                actions=["autoscaling:DescribeAutoScalingGroups"],
+                resources=["*"],
+            )
+        )
+        acknowledge_wildcards(
+            self.role,
+            "a booting node cannot name its Auto Scaling group (the group waits for this role); "
+            "SetInstanceHealth is held to groups tagged with this cluster's name by "
+            "autoscaling:ResourceTag, and DescribeAutoScalingGroups is read-only and supports no "
+            "resource-level permission",
+            resources=[group_arns, "*"],
+        )
+
     def _user_data(self) -> str:
         """The node user data: the launcher of the node's boot bundle with these variables."""
         return self._boot.user_data(self._boot_variables())
@@ -443,10 +506,17 @@ class TrainiumCluster(Construct):
             "CDK_TRN_SLURM_CONTROLLER_PARAMETER": slurm.controller_parameter if slurm else "",
             "CDK_TRN_SLURM_FEATURES": slurm.features if slurm else "",
             "CDK_TRN_SLURM_REGISTER_SECONDS": slurm.registration_seconds if slurm else 0,
+            # fail_retryable: replace a node only while another boot fits in the signal timeout.
+            "CDK_TRN_BOOT_SECONDS": NODE_BOOT_MINUTES * 60,
+            "CDK_TRN_SIGNAL_SECONDS": self._signal_timeout_seconds,
         }
         return variables
 
     def _wait_for_signals(self, timeout: cdk.Duration, replace_nodes_on_update: bool) -> None:
+        # N SUCCESS signals, each with its instance's id: a node replaced after a retryable boot
+        # failure sends none (fail_retryable marks it Unhealthy, no FAILURE), and its successor
+        # signals for itself, so the count is still reached by N healthy nodes. One FAILURE
+        # signal (a failure a replacement cannot fix) fails the group at once: 100 % must succeed.
         iso = timeout.to_iso_string()
         self.auto_scaling_group.cfn_options.creation_policy = cdk.CfnCreationPolicy(
             resource_signal=cdk.CfnResourceSignal(count=self.nodes, timeout=iso),

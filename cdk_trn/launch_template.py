@@ -6,9 +6,14 @@ interfaces, so this module writes the L1 ``CfnLaunchTemplate`` behind two small 
 
 Interface layout (EC2 user guide, efa-acc-inst-types.html; FACTS.md "EFA"):
 card 0 carries the primary ENA ``interface`` at device 0 and an ``efa-only`` interface at
-device 1; every other card carries one ``efa-only`` interface at device 1. ``efa-only``
+device 1; every other card carries one ``efa-only`` interface at device 0 (the guide: "for each
+additional network interface, use the next unused network card index, device index 0, for
+EFA-only network interface, and/or device index 1 for ENA network interface"; the EKS user
+guide's EFA node classes do the same; ParallelCluster 3.15 uses device 1 on cards that allow two
+interfaces, which EC2 accepts too: the index only has to be unique per card). ``efa-only``
 interfaces take no IP address, so exactly one interface per node has one. The legacy layout
-(``efa`` = EFA with ENA on every card, each with an IP) is an option, not the default.
+(``efa`` = EFA with ENA on every card, each with an IP, device 1 beyond card 0 as for any ENA
+interface) is an option, not the default.
 Subnets are not set on the interfaces: the Auto Scaling group places them in its subnet.
 """
 
@@ -73,7 +78,7 @@ def efa_network_interfaces(
     if mode is EfaInterfaceMode.LEGACY_EFA:
         return [interface(card, 0 if card == 0 else 1, "efa") for card in range(spec.network_cards)]
     interfaces = [interface(0, 0, None), interface(0, 1, "efa-only")]
-    interfaces += [interface(card, 1, "efa-only") for card in range(1, spec.network_cards)]
+    interfaces += [interface(card, 0, "efa-only") for card in range(1, spec.network_cards)]
     return interfaces
 
 
@@ -101,7 +106,12 @@ def node_launch_template(
     lt = ec2.CfnLaunchTemplate
     target: ec2.CfnLaunchTemplate.CapacityReservationTargetProperty | None = None
     if capacity.targets_reservation_group:
-        group = capacity_reservation_group(scope, f"{id}ReservationGroup", capacity.reservation_ids)
+        group = capacity_reservation_group(
+            scope,
+            f"{id}ReservationGroup",
+            capacity.reservation_ids,
+            instance_type=spec.instance_type,
+        )
         target = lt.CapacityReservationTargetProperty(
             capacity_reservation_resource_group_arn=group.attr_arn
         )
@@ -169,32 +179,26 @@ def node_launch_template(
 
 
 def capacity_reservation_group(
-    scope: Construct, id: str, reservation_ids: Sequence[str]
+    scope: Construct, id: str, reservation_ids: Sequence[str], *, instance_type: str
 ) -> resourcegroups.CfnGroup:
-    """A Capacity Reservation resource group holding ``reservation_ids``, so that one launch
-    template targets them together (several UltraServer blocks). The two configuration items are
-    the ones EC2 documents for such a group (EC2 user guide, create-group.html): the
-    ``CapacityReservationPool`` makes it a launch target, ``allowed-resource-types`` admits only
-    Capacity Reservations."""
+    """A Capacity Reservation resource group holding the UltraServer capacity blocks
+    ``reservation_ids``, so that one launch template targets them together.
+
+    The configuration is the one EC2 documents for UltraServer Capacity Blocks (EC2 user guide,
+    cb-group.html; Resource Groups user guide, about-slg-types.html): the
+    ``CapacityReservationPool`` item (a launch target) with the parameters ``instance-type`` and
+    ``reservation-type = capacity-block``, and ``allowed-resource-types`` admitting only Capacity
+    Reservations. Capacity Blocks cannot be added to a group without those two parameters (the
+    On-Demand form), and a group with them cannot be changed after creation: a change of
+    instance type makes CloudFormation replace the group (``Configuration`` is set once here,
+    the group's name follows its path)."""
     stack = cdk.Stack.of(scope)
     group = resourcegroups.CfnGroup(
         scope,
         id,
         name="placeholder",  # set below, from the group's own path
-        description="cdk-trn capacity reservations the nodes launch into",  # no colon (E3031)
-        configuration=[
-            resourcegroups.CfnGroup.ConfigurationItemProperty(
-                type="AWS::EC2::CapacityReservationPool"
-            ),
-            resourcegroups.CfnGroup.ConfigurationItemProperty(
-                type="AWS::ResourceGroups::Generic",
-                parameters=[
-                    resourcegroups.CfnGroup.ConfigurationParameterProperty(
-                        name="allowed-resource-types", values=["AWS::EC2::CapacityReservation"]
-                    )
-                ],
-            ),
-        ],
+        description="cdk-trn capacity blocks the nodes launch into",  # no colon (E3031)
+        configuration=capacity_block_group_configuration(instance_type),
         resources=[
             stack.format_arn(service="ec2", resource="capacity-reservation", resource_name=rid)
             for rid in reservation_ids
@@ -203,6 +207,39 @@ def capacity_reservation_group(
     # Group names are unique per account and region: stack name, path and a hash.
     group.name = cdk.Names.unique_resource_name(group, max_length=128, separator="-")
     return group
+
+
+def reservation_group_of(launch_template: ec2.CfnLaunchTemplate) -> resourcegroups.CfnGroup | None:
+    """The resource group ``node_launch_template`` made for ``launch_template``, if any."""
+    scope = launch_template.node.scope
+    if scope is None:
+        return None
+    child = scope.node.try_find_child(f"{launch_template.node.id}ReservationGroup")
+    return child if isinstance(child, resourcegroups.CfnGroup) else None
+
+
+def capacity_block_group_configuration(
+    instance_type: str,
+) -> list[resourcegroups.CfnGroup.ConfigurationItemProperty]:
+    """The two configuration items of a Capacity Reservation resource group for Capacity
+    Blocks of ``instance_type`` (see ``capacity_reservation_group``)."""
+    item = resourcegroups.CfnGroup.ConfigurationItemProperty
+    parameter = resourcegroups.CfnGroup.ConfigurationParameterProperty
+    return [
+        item(
+            type="AWS::EC2::CapacityReservationPool",
+            parameters=[
+                parameter(name="instance-type", values=[instance_type]),
+                parameter(name="reservation-type", values=["capacity-block"]),
+            ],
+        ),
+        item(
+            type="AWS::ResourceGroups::Generic",
+            parameters=[
+                parameter(name="allowed-resource-types", values=["AWS::EC2::CapacityReservation"])
+            ],
+        ),
+    ]
 
 
 _SNAKE = {

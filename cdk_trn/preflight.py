@@ -21,7 +21,10 @@ provider's poll of the handler's ``is_complete``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import aws_cdk as cdk
+from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -61,6 +64,12 @@ class Preflight(Construct):
     :param wait_for_capacity_block: when a capacity block starts within 55 minutes, let the
         deploy wait for it instead of failing. Default: False (the deploy fails and says when
         the block starts).
+    :param cluster_name: the cluster's name (its ``cdk-trn:cluster`` tag): its own running nodes
+        do not count as other use of the quota on an update. Default: none.
+    :param endpoint_services: short names of the interface endpoint services the nodes reach
+        AWS through (``ssm``, ``ecr.dkr``...); each must be offered in the AZ. Default: none.
+    :param reservation_group_arn: the Capacity Reservation resource group the nodes target
+        (several UltraServer blocks); every reservation must be in it. Default: none.
     :param encryption_key: KMS key of the handler's log group. Default: a new key with rotation.
     :param log_retention: Default: one year.
     """
@@ -77,6 +86,9 @@ class Preflight(Construct):
         vpc: ec2.IVpc,
         subnet: ec2.ISubnet,
         wait_for_capacity_block: bool = False,
+        cluster_name: str | None = None,
+        endpoint_services: Sequence[str] = (),
+        reservation_group_arn: str | None = None,
         encryption_key: kms.IKey | None = None,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
     ) -> None:
@@ -107,30 +119,47 @@ class Preflight(Construct):
             )
             allow_cloudwatch_logs(key)
             encryption_key = key
+        statements = [
+            iam.PolicyStatement(
+                sid="ReadOfferingsQuotaUseAndReservations",
+                actions=[
+                    "ec2:DescribeAvailabilityZones",
+                    "ec2:DescribeInstanceTypeOfferings",
+                    "ec2:DescribeInstances",
+                    "ec2:DescribeVpcEndpointServices",
+                    "ec2:DescribeCapacityReservations",
+                    "servicequotas:GetServiceQuota",
+                    "servicequotas:GetAWSDefaultServiceQuota",
+                ],
+                resources=["*"],
+            )
+        ]
+        if capacity.reservation_ids:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="ReadTheReservationsGroups",
+                    actions=["ec2:GetGroupsForCapacityReservation"],
+                    resources=[
+                        cdk.Stack.of(self).format_arn(
+                            service="ec2", resource="capacity-reservation", resource_name=rid
+                        )
+                        for rid in capacity.reservation_ids
+                    ],
+                )
+            )
         self.provider = DeployTimeProvider(
             self,
             "Provider",
             purpose="preflight of AZ, quota and reservations",
             subpackage="preflight",
             handler_module=HANDLER_MODULE,
-            statements=[
-                iam.PolicyStatement(
-                    sid="ReadOfferingsQuotaAndReservations",
-                    actions=[
-                        "ec2:DescribeAvailabilityZones",
-                        "ec2:DescribeInstanceTypeOfferings",
-                        "ec2:DescribeCapacityReservations",
-                        "servicequotas:GetServiceQuota",
-                        "servicequotas:GetAWSDefaultServiceQuota",
-                    ],
-                    resources=["*"],
-                )
-            ],
+            statements=statements,
             wildcard_reason="ec2:DescribeAvailabilityZones, ec2:DescribeInstanceTypeOfferings, "
+            "ec2:DescribeInstances, ec2:DescribeVpcEndpointServices, "
             "ec2:DescribeCapacityReservations, servicequotas:GetServiceQuota and "
             "servicequotas:GetAWSDefaultServiceQuota support no resource-level permission (the "
             "Service Authorization Reference lists no resource type for them), so their "
-            "Resource must be '*'; all five are read-only.",
+            "Resource must be '*'; all seven are read-only.",
             wildcard_resources=["*"],
             encryption_key=encryption_key,
             vpc=vpc,
@@ -160,5 +189,33 @@ class Preflight(Construct):
                 "Capacity": capacity.kind.value,
                 "ReservationIds": list(capacity.reservation_ids),
                 "WaitForCapacityBlock": "true" if wait_for_capacity_block else "false",
+                "ClusterName": cluster_name or "",
+                "EndpointServices": list(endpoint_services),
+                "ReservationGroupArn": reservation_group_arn or "",
             },
+        )
+
+    def scale_to_zero_before_block_ends(
+        self, scope: Construct, group: autoscaling.CfnAutoScalingGroup
+    ) -> autoscaling.CfnScheduledAction:
+        """A one-time scheduled action that takes ``group`` to zero 35 minutes before the
+        earliest capacity block ends (EC2 stops a block's instances 30 minutes before its end;
+        without it the group would retry launches into the ended block forever).
+
+        The end date is known only at deploy time (no AWS call at synth), so the action's start
+        time is the preflight's ``ScaleToZeroAt`` attribute: the preflight reads the blocks
+        before the group exists, and CloudFormation writes the action after it."""
+        if not self.capacity.is_block:
+            raise CdkTrnError(
+                "scale_to_zero_before_block_ends needs a capacity block, got "
+                f"{self.capacity.kind.value}"
+            )
+        return autoscaling.CfnScheduledAction(
+            scope,
+            "ScaleToZeroBeforeBlockEnds",
+            auto_scaling_group_name=group.ref,
+            start_time=self.resource.get_att_string("ScaleToZeroAt"),
+            min_size=0,
+            max_size=0,
+            desired_capacity=0,
         )

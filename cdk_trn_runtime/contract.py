@@ -9,6 +9,13 @@ from __future__ import annotations
 #: Tag on every resource of a cluster, value the cluster's name; the acceptance handler sends
 #: commands only to instances that carry it with the expected value.
 CLUSTER_TAG = "cdk-trn:cluster"
+#: How long a trn2 node takes from launch to ready (the DLAMI's boot, device checks, the FSx
+#: mount, the training image's pull, slurmd's registration). An estimate, nothing here has run on
+#: AWS: it bounds node replacements at deploy (the boot's fail_retryable, the acceptance run's
+#: replacement round) to what fits the signal timeout and CloudFormation's hour.
+NODE_BOOT_MINUTES = 15
+#: Exit status of the acceptance document when the job would wait behind users' jobs.
+ACCEPTANCE_BUSY_EXIT = 71
 #: Tag on the enclave vault's hosts (value: the vault's path), so nodes can find them.
 VAULT_DISCOVERY_TAG = "cdk-trn:enclave-vault"
 

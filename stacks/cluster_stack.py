@@ -54,6 +54,7 @@ class ClusterStack(cdk.Stack):
             cluster_name=f"{config.prefix}-cluster",
             file_system=storage.file_system,
             hourly_price=config.hourly_price,
+            alarm_email=config.alarm_email,
         )
         storage.buckets.grant_read_write(self.cluster.role)
         # One image for the acceptance run, slurmd, slurmctld and users' jobs: the bundled one, or

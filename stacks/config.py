@@ -132,6 +132,8 @@ class AppConfig:
     idle_alarm_hours: int | None = None
     #: Opt-in idle scale-in (on-demand only): minutes a node may be idle before it stops.
     idle_scale_in_minutes: int | None = None
+    #: Subscribed to the cluster's events topic (node events and alarms), if set.
+    alarm_email: str | None = None
 
     @classmethod
     def from_context(cls, node: Node) -> AppConfig:
@@ -162,6 +164,7 @@ class AppConfig:
             "hourlyPrice": ("hourly_price", _price),
             "idleAlarmHours": ("idle_alarm_hours", _int),
             "idleScaleInMinutes": ("idle_scale_in_minutes", _int),
+            "alarmEmail": ("alarm_email", _str),
         }
         for key, (field, convert) in conversions.items():
             raw = ctx(key)

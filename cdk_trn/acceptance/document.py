@@ -116,6 +116,11 @@ SLURM_DOCUMENT_PARAMETERS: dict[str, tuple[str, str]] = {
         "s3:// prefix of the run; the results of node index N go to <ResultsUri>N/",
         DOCUMENT_PARAMETERS["ResultsUri"][1],
     ),
+    "DrainAddresses": (
+        "Empty for a run; else only drain the Slurm nodes at these addresses (comma-separated), "
+        "which are about to be replaced",
+        r"^[0-9.,]{0,2000}$",
+    ),
 }
 
 

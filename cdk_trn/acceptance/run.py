@@ -292,6 +292,10 @@ class AcceptanceRun(Construct):
         bandwidth, training tokens/s, compile seconds).
     :param log_retention: retention of the handlers' log groups, one of CloudWatch Logs'
         periods. Default: 365 days.
+    :param when_busy: with a scheduler, when the cluster's nodes are busy with users' jobs the
+        run never queues behind them: ``"fail"`` fails the deploy at once with the reason,
+        ``"report"`` lets it go on and sets the resource's ``Passed`` to ``not-run: cluster
+        busy``. Default: ``"fail"``.
     """
 
     def __init__(
@@ -317,7 +321,10 @@ class AcceptanceRun(Construct):
         neuron_comm_port: int = 46820,
         exported_figures: tuple[str, ...] | list[str] = DEFAULT_FIGURES,
         log_retention: cdk.Duration | None = None,
+        when_busy: str = "fail",
     ) -> None:
+        if when_busy not in ("fail", "report"):
+            raise invalid("when_busy", when_busy, "'fail' or 'report'")
         log_retention_days = log_retention_period(
             "log_retention", log_retention or cdk.Duration.days(365)
         )
@@ -464,6 +471,7 @@ class AcceptanceRun(Construct):
                 **({"HourlyPrice": f"{run_price:.4f}"} if run_price else {}),
                 "ConfigHash": self.config_hash,
                 "Launcher": self.launcher,
+                "WhenBusy": when_busy,
                 **(self._slurm_properties(scheduler, runs_dir) if scheduler else {}),
             },
         )
@@ -832,8 +840,28 @@ class AcceptanceRun(Construct):
                 resources=[self._pass_markers_arn()],
             ),
             *self._key_statements("kms:Decrypt", "kms:GenerateDataKey"),
+            # A node below a node-local threshold is replaced and the run repeated (handler's
+            # replacement round): only in this cluster's group, found by its tag.
+            iam.PolicyStatement(
+                sid="ReplaceNodesBelowThreshold",
+                actions=["autoscaling:SetInstanceHealth"],
+                resources=[self._groups_arn()],
+                conditions={
+                    "StringEquals": {
+                        f"autoscaling:ResourceTag/{CLUSTER_TAG}": self.cluster.cluster_name
+                    }
+                },
+            ),
         ]
         return statements
+
+    def _groups_arn(self) -> str:
+        return cdk.Stack.of(self).format_arn(
+            service="autoscaling",
+            resource="autoScalingGroup",
+            resource_name="*:autoScalingGroupName/*",
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )
 
     def _pass_markers_arn(self) -> str:
         return self.results_bucket.arn_for_objects(f"{self.results_prefix}_passed/*")
@@ -855,10 +883,18 @@ class AcceptanceRun(Construct):
             service="ec2", resource="instance", resource_name="*"
         )
         return (
-            f"{control_plane}; ssm:SendCommand on instance/* is limited to instances tagged "
-            f"{CLUSTER_TAG} with this cluster's name; S3 object access to the results prefix, "
-            "whose run ids and pass markers are known only at deploy time.",
-            ["*", instances, self._results_objects_arn(), self._pass_markers_arn()],
+            f"{control_plane}; ssm:SendCommand on instance/* and autoscaling:SetInstanceHealth "
+            f"on autoScalingGroup/* are limited to resources tagged {CLUSTER_TAG} with this "
+            "cluster's name (the group's ARN holds an id CloudFormation does not return); S3 "
+            "object access to the results prefix, whose run ids and pass markers are known only "
+            "at deploy time.",
+            [
+                "*",
+                instances,
+                self._groups_arn(),
+                self._results_objects_arn(),
+                self._pass_markers_arn(),
+            ],
         )
 
     def _suite_args(self, spec: Any, devices_per_chip: int) -> str:

@@ -43,7 +43,12 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cdk_trn_runtime.contract import CLUSTER_TAG, FIGURE_USD_PER_MILLION_TOKENS
+from cdk_trn_runtime.contract import (
+    ACCEPTANCE_BUSY_EXIT,
+    CLUSTER_TAG,
+    FIGURE_USD_PER_MILLION_TOKENS,
+    NODE_BOOT_MINUTES,
+)
 from cdk_trn_runtime.cost import usd_per_million_tokens
 from cdk_trn_runtime.deploy_time.clients import bounded_config
 
@@ -81,6 +86,20 @@ FAILURE_GRACE_SECONDS = 300
 DELIVERY_TIMEOUT_SECONDS = 600
 _NOT_AVAILABLE = "n/a"
 _RUN_ID = r"[a-z0-9][a-z0-9-]{0,62}"
+#: Checks a node fails by itself (its own devices and memory) and a new instance may pass. A run
+#: whose every failure is one of these, on some nodes but not all, replaces those nodes and runs
+#: again instead of failing the deploy. Any other failure (collectives, training, compilation,
+#: an error the suite raised, every node failing alike) fails at once: a new node would not fix it.
+NODE_LOCAL_CHECKS = frozenset(
+    {"gemm_numerics", "gemm_fraction_of_peak", "hbm_copy_correctness", "hbm_fraction_of_peak"}
+)
+#: Rounds of replacement per run. One round, because a round costs a node's boot plus a second run
+#: and CloudFormation gives the whole custom resource one hour; a round is started only when
+#: that still fits before the run's deadline (``replacement_fits``).
+MAX_REPLACEMENT_ROUNDS = 1
+NODE_BOOT_SECONDS = NODE_BOOT_MINUTES * 60
+#: ``WhenBusy``: what a run does when the cluster's nodes are busy with users' jobs.
+WHEN_BUSY = ("fail", "report")
 
 
 class AcceptanceRunError(Exception):
@@ -144,6 +163,9 @@ class RunProps:
     job_user: str = ""
     controller_container: str = ""
     runs_dir: str = ""
+    #: ``fail`` (the deploy fails at once, saying the nodes are busy) or ``report`` (the deploy
+    #: goes on and the resource's ``Passed`` says the run did not run).
+    when_busy: str = "fail"
 
     @property
     def slurm(self) -> bool:
@@ -164,7 +186,11 @@ class RunProps:
         def need_slurm(key: str) -> str:
             return str(need(key)) if slurm else str(p.get(key, ""))
 
+        when_busy = str(p.get("WhenBusy", "fail"))
+        if when_busy not in WHEN_BUSY:
+            raise AcceptanceRunError(f"resource property WhenBusy {when_busy!r} is not fail/report")
         return cls(
+            when_busy=when_busy,
             launcher=launcher,
             controller_group_name=need_slurm("ControllerGroupName"),
             partition=need_slurm("Partition"),
@@ -281,6 +307,12 @@ def on_event(
     run_id = make_run_id(event)
     started = clients.clock()
     if props.slurm:
+        # The job runs in each node's slurmd container, whose image a node takes at boot: nodes
+        # launched before this deploy's launch template still run the previous image. Never test
+        # (and report) the old image as the new one, and never terminate a node for it here.
+        stale = stale_nodes(clients, props) if request_type == "Update" else []
+        if stale:
+            return _not_run(props, run_id, _stale_reason(props, run_id, stale))
         nodes = [send_slurm_command(clients, props, run_id, discover_controller(clients, props))]
     else:
         nodes = send_commands(clients, props, run_id, discover_nodes(clients, props))
@@ -451,7 +483,27 @@ def slurm_command_parameters(props: RunProps, run_id: str, region: str) -> dict[
         "ExpectedEfaDevices": [str(props.expected_efa_devices)],
         "SuiteArgs": [props.suite_args],
         "ExecutionTimeout": [str(props.run_timeout_seconds)],
+        "DrainAddresses": [""],
     }
+
+
+def drain_in_slurm(clients: Clients, props: RunProps, run_id: str, hosts: Sequence[str]) -> None:
+    """Best effort, before the nodes are marked Unhealthy: a drain-only command to the controller
+    so that no job starts on them meanwhile (a terminating node leaves Slurm by itself too)."""
+    try:
+        controller = discover_controller(clients, props)
+        clients.ssm.send_command(
+            InstanceIds=[controller.instance_id],
+            DocumentName=props.document_name,
+            Parameters={
+                **slurm_command_parameters(props, run_id, clients.region),
+                "DrainAddresses": [",".join(hosts)],
+            },
+            TimeoutSeconds=DELIVERY_TIMEOUT_SECONDS,
+            Comment=f"cdk-trn acceptance {run_id}: drain nodes to replace"[:100],
+        )
+    except (AcceptanceRunError, ClientError) as error:
+        LOG.warning("could not drain %s in Slurm: %s", ", ".join(hosts), error)
 
 
 def send_slurm_command(clients: Clients, props: RunProps, run_id: str, controller: Node) -> Node:
@@ -567,6 +619,11 @@ def is_complete(
     if state.get("Reused"):
         return {"IsComplete": True, "Data": reused_figures(clients, props, run_id)}
 
+    if state.get("NotRun"):
+        return _report_not_run(props, run_id, str(state["NotRun"]), "nodes not refreshed")
+    if state.get("Replacing"):
+        return _after_replacement(clients, props, state)
+    run_id = str(state.get("AttemptId") or run_id)
     nodes = [Node(**n) for n in state["Nodes"]]
     now = clients.clock()
     deadline = float(state["Deadline"])
@@ -583,11 +640,20 @@ def is_complete(
         if running and now - first_end < FAILURE_GRACE_SECONDS and now < deadline:
             return {"IsComplete": False}
         cancel_commands(clients, running)
+        busy = [n for n in failed if invocations[n.rank].response_code == ACCEPTANCE_BUSY_EXIT]
+        if busy and props.slurm:
+            return _busy(clients, props, state, run_id)
         summary = read_summary(clients, props, run_id)
         if summary is not None and not summary.get("passed", False):
+            replacing = _replace_or_none(clients, props, state, summary, nodes, run_id, now)
+            if replacing is not None:
+                return replacing
             raise AcceptanceRunError(
                 failure_reason(
-                    run_id, summary_failures(summary, props, _suite_nodes(nodes), run_id), props
+                    run_id,
+                    _replaced_first(state)
+                    + summary_failures(summary, props, _suite_nodes(nodes), run_id),
+                    props,
                 )
             )
         raise AcceptanceRunError(
@@ -619,9 +685,252 @@ def is_complete(
         )
     failures = summary_failures(summary, props, _suite_nodes(nodes), run_id)
     if failures:
-        raise AcceptanceRunError(failure_reason(run_id, failures, props))
+        replacing = _replace_or_none(clients, props, state, summary, nodes, run_id, now)
+        if replacing is not None:
+            return replacing
+        raise AcceptanceRunError(failure_reason(run_id, _replaced_first(state) + failures, props))
     record_pass(clients, props, run_fingerprint(event["ResourceProperties"]), run_id)
-    return {"IsComplete": True, "Data": figures_data(summary, props, run_id)}
+    data = figures_data(summary, props, run_id)
+    if state.get("Replaced"):
+        data["ReplacedNodes"] = ",".join(r["InstanceId"] for r in state["Replaced"])
+    return {"IsComplete": True, "Data": data}
+
+
+# --------------------------------------------------------------------------------------------
+# nodes below threshold: replaced, and the run repeated, within the resource's hour
+
+
+def replacement_plan(
+    summary: Mapping[str, Any], nodes: int
+) -> dict[str, list[dict[str, Any]]] | None:
+    """The nodes (by the address the suite names them with) whose failures a new instance may
+    fix, and those failures; None when any failure is not node-local, names no node, or every
+    node failed (then the cause is not a node)."""
+    plan: dict[str, list[dict[str, Any]]] = {}
+    for failure in summary.get("failures") or []:
+        if not isinstance(failure, Mapping) or failure.get("check") not in NODE_LOCAL_CHECKS:
+            return None
+        host = str(failure.get("node") or "")
+        if not host or host == "unknown":
+            return None
+        plan.setdefault(host, []).append(dict(failure))
+    if not plan or len(plan) >= nodes:
+        return None
+    return plan
+
+
+def replacement_fits(started: float, now: float, deadline: float) -> bool:
+    """A round (a node's boot, then the run again, as long as this one took) ends by the
+    deadline."""
+    return now + NODE_BOOT_SECONDS + (now - started) <= deadline
+
+
+def attempt_run_id(run_id: str, round_: int) -> str:
+    return run_id if round_ == 0 else f"{run_id[:59]}-r{round_}"
+
+
+def _replace_or_none(
+    clients: Clients,
+    props: RunProps,
+    state: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    nodes: Sequence[Node],
+    run_id: str,
+    now: float,
+) -> dict[str, Any] | None:
+    """Start a replacement round for the nodes below threshold, or None when the run must fail:
+    not node-local, rounds used up, or no time for a boot and another run."""
+    rounds = int(state.get("Round", 0))
+    plan = replacement_plan(summary, props.nodes)
+    if plan is None or rounds >= MAX_REPLACEMENT_ROUNDS:
+        return None
+    if not replacement_fits(float(state["StartedAt"]), now, float(state["Deadline"])):
+        LOG.info("no time for a replacement round before %s", state["Deadline"])
+        return None
+    instances = instances_of(clients, props, nodes, list(plan))
+    if len(instances) != len(plan):
+        return None
+    if props.slurm:
+        drain_in_slurm(clients, props, run_id, list(instances))
+    replaced = []
+    for host, instance_id in instances.items():
+        problems = "; ".join(str(f.get("message") or f.get("check")) for f in plan[host])
+        LOG.info("replacing %s (%s): %s", instance_id, host, problems)
+        clients.autoscaling.set_instance_health(
+            InstanceId=instance_id, HealthStatus="Unhealthy", ShouldRespectGracePeriod=False
+        )
+        replaced.append({"InstanceId": instance_id, "Host": host, "Problems": problems})
+    new_state = {
+        **state,
+        "Replacing": True,
+        "Round": rounds + 1,
+        "ReplacingSince": now,
+        "Replaced": [*state.get("Replaced", []), *replaced],
+        "FailedAttempt": run_id,
+    }
+    return {
+        "IsComplete": False,
+        "Status": f"replacing {', '.join(instances.values())} (below threshold in {run_id})",
+        "AcceptanceRun": new_state,
+    }
+
+
+def instances_of(
+    clients: Clients, props: RunProps, nodes: Sequence[Node], hosts: Sequence[str]
+) -> dict[str, str]:
+    """Host (private IP) -> instance id, for nodes of this cluster's group only."""
+    known = {n.private_ip: n.instance_id for n in nodes if n.kind == "node"}
+    found = {h: known[h] for h in hosts if h in known}
+    missing = [h for h in hosts if h not in found]
+    if missing:
+        reservations = clients.ec2.describe_instances(
+            Filters=[
+                {"Name": "private-ip-address", "Values": missing},
+                {"Name": f"tag:{CLUSTER_TAG}", "Values": [props.cluster_name]},
+                {
+                    "Name": "tag:aws:autoscaling:groupName",
+                    "Values": [props.auto_scaling_group_name],
+                },
+            ]
+        )["Reservations"]
+        for instance in (i for r in reservations for i in r["Instances"]):
+            if instance.get("PrivateIpAddress") in missing:
+                found[instance["PrivateIpAddress"]] = instance["InstanceId"]
+    return found
+
+
+def _after_replacement(
+    clients: Clients, props: RunProps, state: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Once the group has ``nodes`` InService instances besides the replaced ones and a boot's
+    time has passed, run again (a new attempt id); until then, wait."""
+    now = clients.clock()
+    deadline = float(state["Deadline"])
+    replaced = {r["InstanceId"] for r in state.get("Replaced", [])}
+    waiting = f"replaced {', '.join(sorted(replaced))}; waiting for their successors"
+    if now >= deadline:
+        raise AcceptanceRunError(
+            _limit(
+                f"acceptance run {state['RunId']}: {waiting} until the deadline. "
+                + "; ".join(_replaced_first(state))
+            )
+        )
+    groups = clients.autoscaling.describe_auto_scaling_groups(
+        AutoScalingGroupNames=[props.auto_scaling_group_name]
+    )["AutoScalingGroups"]
+    in_service = [
+        i["InstanceId"]
+        for g in groups
+        for i in g["Instances"]
+        if i["LifecycleState"] == "InService" and i["InstanceId"] not in replaced
+    ]
+    booted = now - float(state["ReplacingSince"]) >= NODE_BOOT_SECONDS
+    if len(in_service) < props.nodes or not booted:
+        return {"IsComplete": False, "Status": waiting}
+    round_ = int(state["Round"])
+    run_id = attempt_run_id(str(state["RunId"]), round_)
+    if props.slurm:
+        nodes = [send_slurm_command(clients, props, run_id, discover_controller(clients, props))]
+    else:
+        nodes = send_commands(clients, props, run_id, discover_nodes(clients, props))
+    return {
+        "IsComplete": False,
+        "Status": f"running again as {run_id} after replacing {', '.join(sorted(replaced))}",
+        "AcceptanceRun": {
+            **state,
+            "Replacing": False,
+            "AttemptId": run_id,
+            "Nodes": [asdict(n) for n in nodes],
+        },
+    }
+
+
+def _replaced_first(state: Mapping[str, Any]) -> list[str]:
+    """What the earlier rounds replaced, with why: the start of a final failure's reason."""
+    return [
+        f"replaced {r['InstanceId']} ({r['Host']}): {r['Problems']}"
+        for r in state.get("Replaced", [])
+    ]
+
+
+def stale_nodes(clients: Clients, props: RunProps) -> list[str]:
+    """InService nodes launched from an older version of the group's launch template (an image
+    or boot change they have not taken yet)."""
+    groups = clients.autoscaling.describe_auto_scaling_groups(
+        AutoScalingGroupNames=[props.auto_scaling_group_name]
+    )["AutoScalingGroups"]
+    stale = []
+    for group in groups:
+        current = str((group.get("LaunchTemplate") or {}).get("Version") or "")
+        for instance in group["Instances"]:
+            version = str((instance.get("LaunchTemplate") or {}).get("Version") or "")
+            if instance["LifecycleState"] == "InService" and current and version != current:
+                stale.append(str(instance["InstanceId"]))
+    return sorted(stale)
+
+
+def _stale_reason(props: RunProps, run_id: str, stale: Sequence[str]) -> str:
+    return (
+        f"acceptance run {run_id} not started: {len(stale)} of {props.nodes} nodes "
+        f"({', '.join(stale)}) run an earlier launch template version than the one with image "
+        f"{props.image_uri}, so the run would test their old image; a deploy never terminates "
+        "a node that may run a job. Fix: between jobs, drain each idle node in Slurm "
+        "(scontrol update nodename=<node> state=drain reason=refresh) and have its group replace "
+        "it (aws autoscaling set-instance-health --health-status Unhealthy --instance-id <id>), "
+        "then deploy again"
+    )
+
+
+def _not_run(props: RunProps, run_id: str, reason: str) -> dict[str, Any]:
+    """on_event's answer for a run that will not start: fail now, or (``WhenBusy=report``) hand
+    the reason to is_complete, which completes and reports it."""
+    if props.when_busy != "report":
+        raise AcceptanceRunError(_limit(reason + ", or set when_busy='report'."))
+    return {
+        "PhysicalResourceId": run_id,
+        "Data": {"RunId": run_id, "ResultsUri": props.results_uri(run_id)},
+        "AcceptanceRun": {"RunId": run_id, "Reused": False, "NotRun": reason},
+    }
+
+
+def _report_not_run(props: RunProps, run_id: str, reason: str, why: str) -> dict[str, Any]:
+    LOG.warning(reason)
+    return {
+        "IsComplete": True,
+        "Data": {
+            **{name: _NOT_AVAILABLE for name in props.exported_figures},
+            "RunId": run_id,
+            "ResultsUri": props.results_uri(run_id),
+            "Passed": f"not-run: {why}",
+            "WorldSize": _NOT_AVAILABLE,
+            "ImageUri": props.image_uri,
+        },
+    }
+
+
+def _busy(
+    clients: Clients, props: RunProps, state: Mapping[str, Any], run_id: str
+) -> dict[str, Any]:
+    """The job would have waited behind users' jobs: never queue. While successors of replaced
+    nodes are still joining, try again; otherwise fail at once or, with ``WhenBusy=report``,
+    complete and say so."""
+    if state.get("Replaced") and clients.clock() < float(state["Deadline"]):
+        return {
+            "IsComplete": False,
+            "Status": "the replaced nodes' successors are not idle in Slurm yet",
+            "AcceptanceRun": {**state, "Replacing": True},
+        }
+    reason = (
+        f"acceptance run {run_id} not started: {props.nodes} idle nodes of partition "
+        f"{props.partition} were not available (users' jobs hold them), and the run never "
+        f"queues behind them. Image: {props.image_uri}."
+    )
+    if props.when_busy == "report":
+        return _report_not_run(props, run_id, reason, "cluster busy")
+    raise AcceptanceRunError(
+        reason + " Fix: deploy again when the nodes are idle, or set the acceptance run's "
+        "when_busy='report' to deploy without it."
+    )
 
 
 def command_statuses(
@@ -791,17 +1100,25 @@ def figures_data(summary: Mapping[str, Any], props: RunProps, run_id: str) -> di
         ResultsUri=props.results_uri(run_id),
         Passed="true",
         WorldSize=str(summary.get("world_size")),
+        ImageUri=props.image_uri,
     )
     return data
 
 
 def reused_figures(clients: Clients, props: RunProps, run_id: str) -> dict[str, str]:
     """Figures of the previous run when an Update did not change the run (never fails)."""
-    try:
-        summary = read_summary(clients, props, run_id)
-    except (AcceptanceRunError, ClientError, BotoCoreError) as error:
-        LOG.warning("previous summary of %s unreadable: %s", run_id, error)
-        summary = None
+    summary = None
+    # The run's last attempt: after a replacement round the passing run is <run id>-r<round>.
+    for round_ in range(MAX_REPLACEMENT_ROUNDS, -1, -1):
+        attempt = attempt_run_id(run_id, round_)
+        try:
+            summary = read_summary(clients, props, attempt)
+        except (AcceptanceRunError, ClientError, BotoCoreError) as error:
+            LOG.warning("previous summary of %s unreadable: %s", attempt, error)
+            summary = None
+        if summary is not None:
+            run_id = attempt
+            break
     figures = run_figures(summary, props)
     data = {name: _number(figures.get(name)) for name in props.exported_figures}
     data.update(
@@ -809,6 +1126,7 @@ def reused_figures(clients: Clients, props: RunProps, run_id: str) -> dict[str, 
         ResultsUri=props.results_uri(run_id),
         Passed="true" if (summary or {}).get("passed") else _NOT_AVAILABLE,
         WorldSize=str((summary or {}).get("world_size", _NOT_AVAILABLE)),
+        ImageUri=props.image_uri,
     )
     return data
 

@@ -11,7 +11,9 @@
 # system under RunsDir/RunId/results/<node index>/; this script uploads them to
 # ResultsUri<node index>/, so the results have the same layout as the SSM launcher's.
 # Exit status: 0 the job COMPLETED; 69 the controller container is not running; 70 sbatch
-# failed; 124 the job did not end before the deadline (cancelled); 1 the job ended otherwise.
+# failed; 71 the job would wait behind users' jobs (never queued: fewer than Nodes idle nodes, or
+# still pending for lack of nodes after BUSY_SECONDS; cancelled); 124 the job did not end before
+# the deadline (cancelled); 1 the job ended otherwise.
 [ -n "${BASH_VERSION:-}" ] || exec /bin/bash "$0" "$@"
 set -euo pipefail
 
@@ -31,7 +33,10 @@ EXPECTED_NEURON='{{ ExpectedNeuronDevices }}'
 EXPECTED_EFA='{{ ExpectedEfaDevices }}'
 SUITE_ARGS='{{ SuiteArgs }}'
 TIMEOUT='{{ ExecutionTimeout }}'
+DRAIN='{{ DrainAddresses }}'
 POLL_SECONDS="${CDK_TRN_ACCEPTANCE_POLL_SECONDS:-15}"
+BUSY_SECONDS="${CDK_TRN_ACCEPTANCE_BUSY_SECONDS:-120}"
+BUSY_EXIT=71
 JOB_NAME=cdk-trn-acceptance
 
 started=$(date +%s)
@@ -53,11 +58,36 @@ if [ -z "$running" ]; then
   exit 69
 fi
 
+# A drain-only command: the handler is about to have these nodes replaced (below threshold), so
+# no job may start on them meanwhile. As root in the controller's container (Slurm's admin).
+if [ -n "$DRAIN" ]; then
+  for addr in ${DRAIN//,/ }; do
+    name=$(docker exec "$CONTAINER" sinfo -h -N -o '%N %o' | awk -v a="$addr" '$2 == a {print $1; exit}')
+    if [ -z "$name" ]; then
+      log "no Slurm node at $addr to drain"
+      continue
+    fi
+    docker exec "$CONTAINER" scontrol update nodename="$name" state=drain \
+      reason="cdk-trn acceptance: below threshold, being replaced" \
+      || log "could not drain $name ($addr)"
+    echo "cdk-trn acceptance: drained $name ($addr)"
+  done
+  exit 0
+fi
+
 # A run that an earlier deploy gave up on may still hold the nodes.
 leftover=$(slurm squeue -h --name="$JOB_NAME" --user="$JOB_USER" -o %i || true)
 if [ -n "$leftover" ]; then
   log "cancelling acceptance jobs left by an earlier run: ${leftover//$'\n'/ }"
   slurm scancel --name="$JOB_NAME" --user="$JOB_USER" || true
+fi
+
+# Never queue behind users' jobs: an image change must not block on a busy cluster.
+idle=$(slurm sinfo -h -p "$PARTITION" -t idle -o %D 2>/dev/null | awk '{n += $1} END {print n + 0}')
+if [ "$idle" -lt "$NODES" ]; then
+  log "cluster busy: $idle of the $NODES nodes the run needs are idle in partition $PARTITION" \
+    "(users' jobs hold the others); the run does not queue behind them"
+  exit "$BUSY_EXIT"
 fi
 
 slurm mkdir -p "$OUT_DIR"
@@ -116,6 +146,15 @@ while state=$(slurm squeue -h -j "$JOB" -o '%T %r' 2>/dev/null) && [ -n "$state"
     echo "cdk-trn acceptance: job $JOB $state after $(($(date +%s) - started)) s"
     last="$state"
   fi
+  case "$state" in
+    "PENDING Resources" | "PENDING Priority" | "PENDING ReqNodeNotAvail"*)
+      if [ $(($(date +%s) - started)) -ge "$BUSY_SECONDS" ]; then
+        log "cluster busy: Slurm job $JOB still $state after ${BUSY_SECONDS}s; cancelled, the" \
+          "run does not queue behind users' jobs"
+        exit "$BUSY_EXIT"
+      fi
+      ;;
+  esac
   if [ "$(date +%s)" -ge "$deadline" ]; then
     log "Slurm job $JOB still ${state} after $(($(date +%s) - started)) s; cancelled" \
       "(results so far: $RESULTS_URI)"

@@ -8,7 +8,9 @@ unchanged:
 * ``on_event(event)`` returns ``{"PhysicalResourceId": ..., "Data": {...}, ...}`` (any other keys
   are passed on to ``is_complete``), or raises;
 * ``is_complete(event)`` (optional) gets the request merged with that result and returns
-  ``{"IsComplete": bool, "Data": {...}}`` (``Data`` only when complete; an optional ``Status``
+  ``{"IsComplete": bool, "Data": {...}}`` (``Data`` only when complete; any other key of an
+  incomplete answer replaces that key of the handler's state for the next poll; an optional
+  ``Status``
   string says what it is waiting for), or raises.
 
 What the driver does with them:
@@ -531,6 +533,9 @@ def _wait(
             return Outcome("SUCCESS", "", physical_id, data, bool(resource.get("NoEcho")))
         if result.get("Data"):
             raise ProtocolError("is_complete may return Data only with IsComplete true")
+        # The handler's own state keys (as on_event returns them) carry to the next poll, and to
+        # a new invocation: a wait that changes course (a node replaced, a run started again).
+        resource.update({k: v for k, v in _sanitized(result).items() if k not in _IS_COMPLETE_KEYS})
         status = str(result.get("Status") or "")
         now = runtime.clock()
         if now >= deadline:
@@ -556,6 +561,10 @@ def _wait(
             return None
         answering.doing("waiting between polls")
         runtime.sleep(pause)
+
+
+#: What is_complete's answer means to the driver; any other key is the handler's state.
+_IS_COMPLETE_KEYS = frozenset({"IsComplete", "Data", "Status"})
 
 
 def _continue_in_new_invocation(

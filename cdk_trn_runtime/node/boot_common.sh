@@ -69,6 +69,23 @@ fail() {
   exit 1
 }
 
+# A failed check that a new instance may pass (its Neuron or EFA devices, the mount): no FAILURE
+# signal, which fails the group's creation and rolls the whole cluster back; the node marks itself
+# Unhealthy and its Auto Scaling group replaces it, and the successor signals for its own id.
+# Bounded by the creation policy: only while another boot (CDK_TRN_BOOT_SECONDS) fits before the
+# signal timeout counted from the group's creation (read by the group's CloudFormation tags), so
+# a slot boots at most timeout / boot times (3 with 45 and 15 minutes); past that the FAILURE
+# signal names the node and the reason. Past the timeout (a node launched after the creation)
+# there is no policy to fail: always replaced.
+fail_retryable() {
+  local c t=Name=tag:aws:cloudformation r=(--region "$CDK_TRN_REGION")
+  log "$*"
+  c=$(aws autoscaling describe-auto-scaling-groups "${r[@]}" --output text --filters "$t:stack-name,Values=$CDK_TRN_STACK" "$t:logical-id,Values=$CDK_TRN_RESOURCE" --query 'AutoScalingGroups[0].CreatedTime') && c=$(date -d "$c" +%s) || fail "$*; no group"
+  c=$((c + CDK_TRN_SIGNAL_SECONDS - EPOCHSECONDS))
+  ((c <= 0 || c > CDK_TRN_BOOT_SECONDS)) && aws autoscaling set-instance-health "${r[@]}" --instance-id "$INSTANCE_ID" --health-status Unhealthy --no-should-respect-grace-period && exit 1
+  fail "$*; no time left"
+}
+
 # In the boot: fail (signal FAILURE). In a helper command run by systemd, which must never
 # signal: log the reason and exit non-zero, so the unit fails with it in the journal.
 fail_or_exit() {
@@ -169,10 +186,10 @@ mount_fsx() {
   systemctl daemon-reload
   local tries=0
   until mountpoint -q "$mnt" || mount "$mnt"; do
-    tries=$((tries + 1)); [ $tries -ge 12 ] && fail "could not mount $source at $mnt"
+    tries=$((tries + 1)); [ $tries -ge 12 ] && fail_retryable "could not mount $source at $mnt"
     sleep 10
   done
-  ls "$mnt" >/dev/null || fail "$mnt is mounted but not readable"
+  ls "$mnt" >/dev/null || fail_retryable "$mnt is mounted but not readable"
   log "FSx for Lustre mounted at $mnt"
 }
 

@@ -6,9 +6,11 @@
 # The node signals SUCCESS to its Auto Scaling group's creation policy only after it has
 # verified itself: the catalog's Neuron device count, the catalog's EFA device count, Docker, the
 # FSx for Lustre mount (when configured), on UltraServers its server and node ids and, with a
-# Slurm scheduler, that its slurmd registered with the controller. Any failed check signals
-# FAILURE at once (the deploy fails fast) and the reason goes to the journal, the serial
-# console (`aws ec2 get-console-output`) and the cluster's boot log group in CloudWatch Logs.
+# Slurm scheduler, that its slurmd registered with the controller. A check a new instance may
+# pass (devices, the mount) has the group replace the node (fail_retryable, bounded); any other
+# failed check signals FAILURE at once (the deploy fails fast). The reason goes to the journal,
+# the serial console (`aws ec2 get-console-output`) and the cluster's boot log group in
+# CloudWatch Logs.
 #
 # Subcommands (the systemd units from units/ run this script with one):
 #   (none)              boot
@@ -49,7 +51,7 @@ wait_for_count() {
 check_neuron() {
   local got
   if ! got=$(wait_for_count "$DEVICE_WAIT_SECONDS" "$ROOT/dev/neuron[0-9]*" "$CDK_TRN_EXPECTED_NEURON_DEVICES"); then
-    fail "expected $CDK_TRN_EXPECTED_NEURON_DEVICES Neuron devices (/dev/neuron*), found $got"
+    fail_retryable "expected $CDK_TRN_EXPECTED_NEURON_DEVICES Neuron devices (/dev/neuron*), found $got"
   fi
   log "Neuron devices: $CDK_TRN_EXPECTED_NEURON_DEVICES"
 }
@@ -58,7 +60,7 @@ check_efa() {
   local got
   [ "$CDK_TRN_EXPECTED_EFA_DEVICES" -eq 0 ] && { log "no EFA on this instance type"; return; }
   if ! got=$(wait_for_count "$DEVICE_WAIT_SECONDS" "$ROOT/sys/class/infiniband/*" "$CDK_TRN_EXPECTED_EFA_DEVICES"); then
-    fail "expected $CDK_TRN_EXPECTED_EFA_DEVICES EFA devices (/sys/class/infiniband), found $got"
+    fail_retryable "expected $CDK_TRN_EXPECTED_EFA_DEVICES EFA devices (/sys/class/infiniband), found $got"
   fi
   if command -v fi_info >/dev/null && ! fi_info -p efa -t FI_EP_RDM >/dev/null; then
     fail "libfabric does not offer the efa provider (fi_info -p efa)"

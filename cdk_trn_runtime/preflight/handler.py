@@ -8,11 +8,20 @@ says what is wrong and what to do.
 Checks, by capacity:
 
 * on-demand: the instance type is offered in the AZ (``DescribeInstanceTypeOfferings`` by AZ id)
-  and the account's On-Demand Trn vCPU quota holds ``nodes x vCPUs``.
+  and the account's On-Demand Trn vCPU quota holds ``nodes x vCPUs`` on top of the Trn vCPUs
+  already running or pending in the region (``DescribeInstances``; capacity-block and spot
+  instances and this cluster's own nodes do not count against it).
+* every interface endpoint service the nodes use is offered in the AZ
+  (``DescribeVpcEndpointServices``), when the construct names them.
 * reservation, capacity block, UltraServer block: every reservation exists, is for the instance
   type and the AZ, is of the right kind (a capacity block needs market type ``capacity-block``),
   is active (a block that starts later is reported with its start time and, if asked, waited for),
   is not within the last 30 minutes of a block, and together they hold ``nodes`` instances.
+  Several UltraServer blocks must all be in the Capacity Reservation resource group the nodes
+  target (``GetGroupsForCapacityReservation``). For blocks the result carries
+  ``ScaleToZeroAt``: 35 minutes before the earliest block ends (EC2 stops the instances 30
+  minutes before the end; 5 more for the group to act), the time of the group's scheduled
+  action to zero, so that it does not retry launches into an ended block forever.
   The On-Demand quota is not checked here: an On-Demand Capacity Reservation was admitted
   against that quota when it was created, and a Capacity Block is capacity bought apart from it;
   the reservation's own count is what limits the launch.
@@ -58,6 +67,16 @@ WAIT_BUDGET = dt.timedelta(minutes=55)
 BLOCK_END_MARGIN = dt.timedelta(minutes=30)
 #: How often a waiting preflight looks at the block again (the driver's query interval).
 POLL_SECONDS = 60
+#: When the nodes' group scales to zero before a block ends: EC2's 30 minutes and 5 for the group.
+SCALE_TO_ZERO_BEFORE_END = BLOCK_END_MARGIN + dt.timedelta(minutes=5)
+#: A block whose nodes would go to zero sooner than this is refused: the rest of the deploy (the
+#: nodes' boot and signals, the acceptance run) takes up to an hour, and CloudFormation writes
+#: the scheduled action after the group is complete.
+DEPLOY_AHEAD = dt.timedelta(hours=1)
+#: The tag every node of a cdk-trn cluster carries (``cdk_trn_runtime.contract.CLUSTER_TAG``).
+CLUSTER_TAG = "cdk-trn:cluster"
+#: Instances that do not count against the On-Demand quota (``Instance.InstanceLifecycle``).
+_NOT_ON_DEMAND = frozenset({"spot", "capacity-block"})
 
 ON_DEMAND = "on-demand"
 RESERVATION = "reservation"
@@ -84,6 +103,12 @@ class Request:
     reservation_ids: tuple[str, ...]
     wait_for_capacity_block: bool
     region: str
+    #: The cluster's name: its own running nodes are not counted as other use of the quota.
+    cluster_name: str = ""
+    #: Short names of the interface endpoint services the nodes use (``ssm``, ``ecr.dkr``...).
+    endpoint_services: tuple[str, ...] = ()
+    #: The Capacity Reservation resource group the nodes target (several UltraServer blocks).
+    reservation_group_arn: str = ""
 
     @classmethod
     def from_properties(cls, props: Mapping[str, Any], region: str) -> Request:
@@ -98,6 +123,9 @@ class Request:
                 wait_for_capacity_block=str(props.get("WaitForCapacityBlock", "false")).lower()
                 == "true",
                 region=region,
+                cluster_name=str(props.get("ClusterName") or ""),
+                endpoint_services=tuple(str(e) for e in props.get("EndpointServices") or ()),
+                reservation_group_arn=str(props.get("ReservationGroupArn") or ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PreflightError(f"preflight properties are malformed: {exc!r}") from exc
@@ -119,6 +147,8 @@ class Verdict:
     ok: bool
     reason: str
     wait_until: dt.datetime | None = None
+    #: For capacity blocks: when the nodes' group goes to zero (``SCALE_TO_ZERO_BEFORE_END``).
+    scale_to_zero_at: dt.datetime | None = None
 
 
 # --- decisions (plain Python over API responses) -----------------------------------------------
@@ -141,21 +171,80 @@ def offering_refusal(request: Request, offered_zone_ids: Sequence[str]) -> str |
     )
 
 
-def quota_refusal(request: Request, quota_vcpus: float) -> str | None:
-    """The On-Demand Trn vCPU quota must hold every node (on-demand capacity only)."""
+def quota_refusal(request: Request, quota_vcpus: float, running_vcpus: int = 0) -> str | None:
+    """The On-Demand Trn vCPU quota must hold every node on top of the Trn vCPUs that already
+    run in the region (on-demand capacity only)."""
     needed = request.nodes * request.vcpus_per_node
-    if quota_vcpus >= needed:
+    free = max(0.0, quota_vcpus - running_vcpus)
+    if free >= needed:
         return None
-    fits = int(quota_vcpus // request.vcpus_per_node)
+    fits = int(free // request.vcpus_per_node)
     lower = f"set nodes to {fits} or fewer; " if fits >= 1 else ""
+    running = (
+        f", of which {running_vcpus} are used by Trn instances already running or pending "
+        f"(leaving {free:g})"
+        if running_vcpus
+        else ""
+    )
+    stop = "stop Trn instances you no longer need; " if running_vcpus else ""
     return (
         f"{request.nodes} x {request.instance_type} need {needed} vCPUs, but the quota "
         f"{TRN_ON_DEMAND_QUOTA_CODE} ({TRN_ON_DEMAND_QUOTA_NAME}) of this account in "
-        f"{request.region} is {quota_vcpus:g} vCPUs. Fix: request an increase (aws "
+        f"{request.region} is {quota_vcpus:g} vCPUs{running}. Fix: request an increase (aws "
         f"service-quotas request-service-quota-increase --service-code ec2 --quota-code "
-        f"{TRN_ON_DEMAND_QUOTA_CODE} --desired-value {needed} --region {request.region}); or "
-        f"{lower}or use a capacity reservation or block."
+        f"{TRN_ON_DEMAND_QUOTA_CODE} --desired-value {needed + running_vcpus} --region "
+        f"{request.region}); or {stop}{lower}or use a capacity reservation or block."
     )
+
+
+def endpoint_refusal(request: Request, offered: Mapping[str, Sequence[str]]) -> str | None:
+    """``offered``: each endpoint service's name and the AZ ids it is offered in."""
+    missing = sorted(
+        name
+        for name in request.endpoint_services
+        if request.availability_zone_id not in offered.get(_service_name(request, name), ())
+    )
+    if not missing:
+        return None
+    return (
+        f"the interface endpoint service(s) {', '.join(missing)} are not offered in AZ "
+        f"{request.availability_zone_id} of {request.region}, and the nodes reach AWS only "
+        "through them. Fix: pick an AZ that offers them ('aws ec2 describe-vpc-endpoint-services "
+        f"--service-names {' '.join(_service_name(request, n) for n in missing)} --region "
+        f"{request.region}' lists its AvailabilityZoneIds), or give the network a NAT egress."
+    )
+
+
+def _service_name(request: Request, short: str) -> str:
+    return f"com.amazonaws.{request.region}.{short}"
+
+
+def group_refusal(
+    request: Request, groups_by_reservation: Mapping[str, Sequence[str]]
+) -> str | None:
+    """Every reservation must be in the resource group the nodes target."""
+    if not request.reservation_group_arn:
+        return None
+    outside = [
+        rid
+        for rid in request.reservation_ids
+        if request.reservation_group_arn not in groups_by_reservation.get(rid, ())
+    ]
+    if not outside:
+        return None
+    return (
+        f"{', '.join(outside)} not in the resource group {request.reservation_group_arn} that the "
+        "nodes' launch template targets, so EC2 cannot launch into them. Fix: deploy again (the "
+        "stack adds them), or check that the blocks are of this account and not in a group of "
+        "another type (a group for capacity blocks needs instance-type and "
+        "reservation-type=capacity-block)."
+    )
+
+
+def scale_to_zero_at(reservations: Sequence[Mapping[str, Any]]) -> dt.datetime | None:
+    """When the nodes' group must go to zero: before the earliest block end."""
+    ends = [r["EndDate"] for r in reservations if isinstance(r.get("EndDate"), dt.datetime)]
+    return min(ends) - SCALE_TO_ZERO_BEFORE_END if ends else None
 
 
 def _kind_refusal(request: Request, rid: str, reservation_type: str) -> str | None:
@@ -261,6 +350,15 @@ def judge(
     refusals = reservation_refusals(request, reservations, now=now, creating=creating)
     if refusals:
         return Verdict(False, " ".join(refusals))
+    zero_at = scale_to_zero_at(reservations) if request.is_block else None
+    if zero_at is not None and zero_at < now + DEPLOY_AHEAD:
+        return Verdict(
+            False,
+            f"the blocks end at {_utc(zero_at + SCALE_TO_ZERO_BEFORE_END)}, so the nodes' group "
+            f"goes to zero at {_utc(zero_at)}, before this deploy could finish (its nodes' boot "
+            "and acceptance take up to an hour, and a scheduled action cannot start in the past). "
+            "Fix: buy a block that lasts longer and pass its reservation id.",
+        )
     starts = [
         (r["CapacityReservationId"], r["StartDate"])
         for r in reservations
@@ -273,7 +371,7 @@ def judge(
                 "a capacity block is scheduled without a start date. Fix: "
                 "deploy again once it is active.",
             )
-        return Verdict(True, _passed(request, reservations))
+        return Verdict(True, _passed(request, reservations), scale_to_zero_at=zero_at)
     rid, start = max(starts, key=lambda item: item[1])
     in_minutes = max(0, int((start - now).total_seconds() // 60))
     when = f"capacity block {rid} starts at {_utc(start)} (in {_duration(in_minutes)})"
@@ -292,7 +390,7 @@ def judge(
             f"gives a custom resource one hour). Fix: deploy again after "
             f"{_utc(start - WAIT_BUDGET)}.",
         )
-    return Verdict(False, f"waiting: {when}", wait_until=start)
+    return Verdict(False, f"waiting: {when}", wait_until=start, scale_to_zero_at=zero_at)
 
 
 def _passed(request: Request, reservations: Sequence[Mapping[str, Any]]) -> str:
@@ -364,6 +462,78 @@ def trn_quota_vcpus(quotas: Any) -> float:
     return float(quota["Quota"]["Value"])
 
 
+def running_trn_vcpus(ec2: Any, cluster_name: str) -> int:
+    """vCPUs of the region's running or pending Trn instances that count against the On-Demand
+    quota: not spot, not in a capacity block, not nodes of this cluster (an update replaces
+    them)."""
+    total = 0
+    paginator = ec2.get_paginator("describe_instances")
+    pages = paginator.paginate(
+        Filters=[
+            {"Name": "instance-type", "Values": ["trn*"]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )
+    for page in pages:
+        for reservation in page.get("Reservations", []):
+            for instance in reservation.get("Instances", []):
+                if instance.get("InstanceLifecycle") in _NOT_ON_DEMAND:
+                    continue
+                tags = {t.get("Key"): t.get("Value") for t in instance.get("Tags", [])}
+                if cluster_name and tags.get(CLUSTER_TAG) == cluster_name:
+                    continue
+                cpu = instance.get("CpuOptions") or {}
+                total += int(cpu.get("CoreCount", 0)) * int(cpu.get("ThreadsPerCore", 1))
+    return total
+
+
+def endpoint_offerings(ec2: Any, request: Request) -> dict[str, list[str]]:
+    """Each named endpoint service and the AZ ids that offer it (absent: not in the region)."""
+    names = [_service_name(request, n) for n in request.endpoint_services]
+    offered: dict[str, list[str]] = {}
+    try:
+        response = ec2.describe_vpc_endpoint_services(ServiceNames=names)
+    except ClientError as exc:
+        if _code(exc) != "InvalidServiceName":
+            raise
+        # One unknown name fails the whole call: ask one by one.
+        for name in names:
+            try:
+                one = ec2.describe_vpc_endpoint_services(ServiceNames=[name])
+            except ClientError as inner:
+                if _code(inner) != "InvalidServiceName":
+                    raise
+                continue
+            offered.update(_zones_of(one))
+        return offered
+    offered.update(_zones_of(response))
+    return offered
+
+
+def _zones_of(response: Mapping[str, Any]) -> dict[str, list[str]]:
+    return {
+        str(d["ServiceName"]): list(d.get("AvailabilityZoneIds") or [])
+        for d in response.get("ServiceDetails", [])
+    }
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def groups_of_reservations(ec2: Any, request: Request) -> dict[str, list[str]]:
+    """The resource groups (ARNs) each reservation is in."""
+    groups: dict[str, list[str]] = {}
+    for rid in request.reservation_ids:
+        paginator = ec2.get_paginator("get_groups_for_capacity_reservation")
+        groups[rid] = [
+            str(g["GroupArn"])
+            for page in paginator.paginate(CapacityReservationId=rid)
+            for g in page.get("CapacityReservationGroups", [])
+        ]
+    return groups
+
+
 def describe_reservations(ec2: Any, request: Request) -> list[dict[str, Any]] | str:
     """The reservations, or the refusal when one does not exist."""
     try:
@@ -411,15 +581,28 @@ def check(request: Request, clients: Clients, *, creating: bool, deadline: dt.da
     request = dataclasses.replace(
         request, availability_zone_id=zone_id_of(clients.ec2, request.availability_zone_id)
     )
+    if request.endpoint_services:
+        refusal = endpoint_refusal(request, endpoint_offerings(clients.ec2, request))
+        if refusal:
+            return Verdict(False, refusal)
     if request.capacity == ON_DEMAND:
         refusal = offering_refusal(request, offered_zone_ids(clients.ec2, request.instance_type))
         if refusal is None:
-            refusal = quota_refusal(request, trn_quota_vcpus(clients.quotas))
+            refusal = quota_refusal(
+                request,
+                trn_quota_vcpus(clients.quotas),
+                running_trn_vcpus(clients.ec2, request.cluster_name),
+            )
         return Verdict(False, refusal) if refusal else Verdict(True, _passed(request, []))
     reservations = describe_reservations(clients.ec2, request)
     if isinstance(reservations, str):
         return Verdict(False, reservations)
-    return judge(request, reservations, now=now, deadline=deadline, creating=creating)
+    verdict = judge(request, reservations, now=now, deadline=deadline, creating=creating)
+    if verdict.ok and request.reservation_group_arn:
+        refusal = group_refusal(request, groups_of_reservations(clients.ec2, request))
+        if refusal:
+            return Verdict(False, refusal)
+    return verdict
 
 
 # --- the custom-resource handlers (served by cdk_trn_runtime.deploy_time.driver) ----------------
@@ -467,8 +650,19 @@ def on_event(
     deadline = clients.now() + WAIT_BUDGET
     verdict = _judge(event, clients, deadline)
     state: dict[str, Any] = {"Deadline": deadline.isoformat(), "Passed": verdict.ok}
-    data = {"Summary": verdict.reason} if verdict.ok else {}
+    data = _data(verdict) if verdict.ok else {}
     return {"PhysicalResourceId": physical_id, "Data": data, STATE_KEY: state}
+
+
+def _data(verdict: Verdict) -> dict[str, str]:
+    """The resource's attributes: the summary and, for blocks, ``ScaleToZeroAt`` in the form
+    of ``AWS::AutoScaling::ScheduledAction`` ``StartTime`` (UTC, ``YYYY-MM-DDThh:mm:ssZ``)."""
+    data = {"Summary": verdict.reason}
+    if verdict.scale_to_zero_at is not None:
+        data["ScaleToZeroAt"] = verdict.scale_to_zero_at.astimezone(dt.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+    return data
 
 
 def is_complete(
@@ -481,5 +675,5 @@ def is_complete(
     clients = clients or default_clients()
     verdict = _judge(event, clients, dt.datetime.fromisoformat(str(state["Deadline"])))
     if verdict.ok:
-        return {"IsComplete": True, "Data": {"Summary": verdict.reason}}
+        return {"IsComplete": True, "Data": _data(verdict)}
     return {"IsComplete": False, "Status": verdict.reason}

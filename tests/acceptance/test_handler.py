@@ -18,6 +18,7 @@ from tests.acceptance.handler_doubles import (
     NODES,
     NOW,
     RUN_ID,
+    NodeDouble,
     body,
     commands,
     event,
@@ -346,13 +347,17 @@ def test_a_command_ssm_does_not_list_yet_counts_as_pending(aws):
 
 
 def test_threshold_failure_fails_with_the_figure_the_node_and_the_rank(aws):
-    stub_statuses(aws, "Failed", "Failed")
+    # The run took 40 minutes: a node's boot and another run no longer fit before the deadline.
+    started = NOW - 2400
+    stub_statuses(aws, "Failed", "Failed", started=started)
     for node in NODES:
         stub_failed_invocation(aws, node, code=1, finished=NOW - 30)
     stub_summary(aws, summary(slow_rank=3))
 
     with pytest.raises(handler.AcceptanceRunError) as error:
-        handler.is_complete(is_complete_event(), clients=aws.clients)
+        handler.is_complete(
+            is_complete_event(AcceptanceRun=run_state(started=started)), clients=aws.clients
+        )
 
     reason = str(error.value)
     assert reason.startswith(f"acceptance run {RUN_ID} failed: gemm_fraction_of_peak 0.2399")
@@ -513,3 +518,129 @@ def test_handler_imports_only_what_the_lambda_python_runtime_ships():
         "botocore",
         "cdk_trn_runtime",
     }
+
+
+# --- a node below threshold is replaced and the run repeated, within the resource's hour -----
+
+
+def stub_set_unhealthy(aws, instance_id):
+    aws.autoscaling.add_response(
+        "set_instance_health",
+        {},
+        {"InstanceId": instance_id, "HealthStatus": "Unhealthy", "ShouldRespectGracePeriod": False},
+    )
+
+
+def _failed_run_with_one_slow_node(aws, started=NOW - 600):
+    stub_statuses(aws, "Failed", "Failed", started=started)
+    for node in NODES:
+        stub_failed_invocation(aws, node, code=1, finished=NOW - 30)
+    stub_summary(aws, summary(slow_rank=3))  # rank 3 is on node 1 (10.64.0.9)
+
+
+def test_a_node_below_threshold_is_marked_unhealthy_instead_of_failing_the_deploy(aws):
+    _failed_run_with_one_slow_node(aws)
+    stub_set_unhealthy(aws, NODES[1].instance_id)
+    result = handler.is_complete(is_complete_event(), clients=aws.clients)
+    assert result["IsComplete"] is False
+    state = result["AcceptanceRun"]
+    assert state["Replacing"] is True
+    assert state["Round"] == 1
+    [replaced] = state["Replaced"]
+    assert (replaced["InstanceId"], replaced["Host"]) == (NODES[1].instance_id, NODES[1].ip)
+    assert "24.0% of the 166.75 TFLOPS peak" in replaced["Problems"]
+
+
+def test_the_run_waits_for_the_successor_then_runs_again_on_the_new_group(aws):
+    _failed_run_with_one_slow_node(aws)
+    stub_set_unhealthy(aws, NODES[1].instance_id)
+    state = handler.is_complete(is_complete_event(), clients=aws.clients)["AcceptanceRun"]
+    successor = NodeDouble("i-0cccccccccccccccc", "10.64.0.20", NODES[1].command_id)
+    # Within a boot's time: still waiting, even with the successor InService.
+    aws.clock.now = NOW + 600
+    stub_group(aws, [NODES[0].instance_id, successor.instance_id])
+    waiting = handler.is_complete(is_complete_event(AcceptanceRun=state), clients=aws.clients)
+    assert waiting["IsComplete"] is False
+    assert "AcceptanceRun" not in waiting
+    # After it: the run starts again, as <run id>-r1, on the group's current nodes.
+    aws.clock.now = NOW + handler.NODE_BOOT_SECONDS + 60
+    stub_group(aws, [NODES[0].instance_id, successor.instance_id])
+    stub_group(aws, [NODES[0].instance_id, successor.instance_id])
+    stub_instances(aws, [NODES[0], successor])
+    stub_send(aws, NODES[0], 0)
+    stub_send(aws, successor, 1)
+    again = handler.is_complete(is_complete_event(AcceptanceRun=state), clients=aws.clients)
+    assert again["IsComplete"] is False
+    assert again["AcceptanceRun"]["AttemptId"] == f"{RUN_ID}-r1"
+    assert again["AcceptanceRun"]["Replacing"] is False
+    assert {n["instance_id"] for n in again["AcceptanceRun"]["Nodes"]} == {
+        NODES[0].instance_id,
+        successor.instance_id,
+    }
+
+
+def test_past_the_bound_the_deploy_fails_naming_the_replaced_node_and_the_new_figures(aws):
+    state = {
+        **run_state(),
+        "Round": handler.MAX_REPLACEMENT_ROUNDS,
+        "Replaced": [
+            {"InstanceId": "i-0dddddddddddddddd", "Host": "10.64.0.7", "Problems": "HBM 0.31"}
+        ],
+    }
+    _failed_run_with_one_slow_node(aws)
+    with pytest.raises(handler.AcceptanceRunError) as error:
+        handler.is_complete(is_complete_event(AcceptanceRun=state), clients=aws.clients)
+    reason = str(error.value)
+    assert "replaced i-0dddddddddddddddd (10.64.0.7): HBM 0.31" in reason
+    assert "gemm_fraction_of_peak 0.2399" in reason
+    assert "node 1 (i-0aaaaaaaaaaaaaaaa, 10.64.0.9) rank 3" in reason
+
+
+def test_replacement_plan_takes_only_node_local_failures_on_some_nodes():
+    def failing(check, node):
+        return {"check": check, "node": node, "message": check}
+
+    assert handler.replacement_plan(
+        {"failures": [failing("gemm_fraction_of_peak", "10.0.0.1")]}, 2
+    ) == {"10.0.0.1": [failing("gemm_fraction_of_peak", "10.0.0.1")]}
+    # A collective, training or compilation failure is not a node's: fail at once.
+    assert (
+        handler.replacement_plan(
+            {
+                "failures": [
+                    failing("gemm_fraction_of_peak", "10.0.0.1"),
+                    failing("training_loss", "10.0.0.2"),
+                ]
+            },
+            2,
+        )
+        is None
+    )
+    # Every node below threshold: the cause is not one node (an image, a driver).
+    assert (
+        handler.replacement_plan(
+            {
+                "failures": [
+                    failing("hbm_fraction_of_peak", "10.0.0.1"),
+                    failing("hbm_fraction_of_peak", "10.0.0.2"),
+                ]
+            },
+            2,
+        )
+        is None
+    )
+    assert handler.replacement_plan({"failures": [failing("gemm_numerics", "unknown")]}, 2) is None
+
+
+def test_a_round_fits_only_when_a_boot_and_a_run_as_long_as_the_last_end_by_the_deadline():
+    boot = handler.NODE_BOOT_SECONDS
+    assert handler.replacement_fits(0, 600, 600 + boot + 600)
+    assert not handler.replacement_fits(0, 600, 600 + boot + 599)
+
+
+def test_the_passing_figures_name_the_image_tested(aws):
+    stub_statuses(aws, "Success", "Success")
+    stub_summary(aws, summary())
+    stub_marker_written(aws)
+    data = handler.is_complete(is_complete_event(), clients=aws.clients)["Data"]
+    assert data["ImageUri"] == IMAGE

@@ -16,6 +16,7 @@ from tests.acceptance.handler_doubles import (
     BUCKET,
     CLUSTER,
     DOCUMENT,
+    IMAGE,
     NOW,
     RUN_ID,
     NodeDouble,
@@ -338,11 +339,12 @@ def test_a_completed_job_returns_the_figures_and_records_the_pass(aws):
 
 
 def test_a_threshold_failure_names_the_figure_the_host_and_the_rank(aws):
-    stub_status(aws, "Failed")
+    # 40 minutes in: no time for a replacement round, so the run fails naming the node.
+    stub_status(aws, "Failed", started=NOW - 2400)
     stub_failed_invocation(aws, 1, stderr=None)
     stub_summary(aws, summary(slow_rank=3))
     with pytest.raises(handler.AcceptanceRunError) as error:
-        handler.is_complete(slurm_is_complete_event(), clients=aws.clients)
+        handler.is_complete(slurm_is_complete_event(started=NOW - 2400), clients=aws.clients)
     reason = str(error.value)
     assert reason.startswith(f"acceptance run {RUN_ID} failed: gemm_fraction_of_peak 0.2399")
     # Slurm chose the nodes: the results name them by address.
@@ -405,3 +407,176 @@ def test_state_from_before_the_launcher_field_still_loads():
     old = copy.deepcopy(slurm_state()["Nodes"][0])
     del old["kind"]
     assert handler.Node(**old).kind == "node"
+
+
+# --- an image change on a busy cluster never blocks the update ---------------------------------
+
+
+def test_a_busy_cluster_fails_the_run_at_once_naming_the_image(aws):
+    stub_status(aws, "Failed")
+    stub_failed_invocation(aws, handler.ACCEPTANCE_BUSY_EXIT, stderr=None)
+    with pytest.raises(handler.AcceptanceRunError) as error:
+        handler.is_complete(slurm_is_complete_event(), clients=aws.clients)
+    reason = str(error.value)
+    assert "not started: 2 idle nodes of partition" in reason
+    assert "never queues behind them" in reason
+    assert f"Image: {IMAGE}" in reason
+    assert "when_busy='report'" in reason
+
+
+def test_a_busy_cluster_with_when_busy_report_completes_and_says_the_run_did_not_run(aws):
+    stub_status(aws, "Failed")
+    stub_failed_invocation(aws, handler.ACCEPTANCE_BUSY_EXIT, stderr=None)
+    event = slurm_is_complete_event()
+    event["ResourceProperties"]["WhenBusy"] = "report"
+    result = handler.is_complete(event, clients=aws.clients)
+    assert result["IsComplete"] is True
+    assert result["Data"]["Passed"] == "not-run: cluster busy"
+    assert result["Data"]["ImageUri"] == IMAGE
+
+
+def test_a_slurm_node_below_threshold_is_found_by_address_and_replaced(aws):
+    stub_status(aws, "Failed")
+    stub_failed_invocation(aws, 1, stderr=None)
+    stub_summary(aws, summary(slow_rank=3))
+    aws.ec2.add_response(
+        "describe_instances",
+        {
+            "Reservations": [
+                {
+                    "Instances": [
+                        {"InstanceId": "i-0aaaaaaaaaaaaaaaa", "PrivateIpAddress": "10.64.0.9"}
+                    ]
+                }
+            ]
+        },
+        {
+            "Filters": [
+                {"Name": "private-ip-address", "Values": ["10.64.0.9"]},
+                {"Name": f"tag:{CLUSTER_TAG}", "Values": [CLUSTER]},
+                {"Name": "tag:aws:autoscaling:groupName", "Values": [ANY]},
+            ]
+        },
+    )
+    # Drained in Slurm first (a drain-only command to the controller), then marked Unhealthy.
+    stub_controller_group(aws, [CONTROLLER.instance_id])
+    stub_controller_instance(aws)
+    props = handler.RunProps.from_properties(slurm_properties())
+    aws.ssm.add_response(
+        "send_command",
+        {"Command": {"CommandId": CONTROLLER.command_id}},
+        {
+            "InstanceIds": [CONTROLLER.instance_id],
+            "DocumentName": DOCUMENT,
+            "Parameters": {
+                **handler.slurm_command_parameters(props, RUN_ID, "us-east-2"),
+                "DrainAddresses": ["10.64.0.9"],
+            },
+            "TimeoutSeconds": handler.DELIVERY_TIMEOUT_SECONDS,
+            "Comment": ANY,
+        },
+    )
+    aws.autoscaling.add_response(
+        "set_instance_health",
+        {},
+        {
+            "InstanceId": "i-0aaaaaaaaaaaaaaaa",
+            "HealthStatus": "Unhealthy",
+            "ShouldRespectGracePeriod": False,
+        },
+    )
+    result = handler.is_complete(slurm_is_complete_event(), clients=aws.clients)
+    assert result["IsComplete"] is False
+    assert result["AcceptanceRun"]["Replaced"][0]["InstanceId"] == "i-0aaaaaaaaaaaaaaaa"
+
+
+NEW_IMAGE = IMAGE[:-64] + "b" * 64
+
+
+def stub_node_group_versions(aws, versions: dict[str, str], current: str = "7"):
+    aws.autoscaling.add_response(
+        "describe_auto_scaling_groups",
+        {
+            "AutoScalingGroups": [
+                {
+                    "AutoScalingGroupName": "nodes-group",
+                    "MinSize": 2,
+                    "MaxSize": 2,
+                    "DesiredCapacity": 2,
+                    "DefaultCooldown": 300,
+                    "AvailabilityZones": ["us-east-2c"],
+                    "HealthCheckType": "EC2",
+                    "CreatedTime": "2026-11-25T17:00:00Z",
+                    "LaunchTemplate": {"LaunchTemplateId": "lt-0123", "Version": current},
+                    "Instances": [
+                        {
+                            "InstanceId": i,
+                            "AvailabilityZone": "us-east-2c",
+                            "LifecycleState": "InService",
+                            "HealthStatus": "Healthy",
+                            "ProtectedFromScaleIn": False,
+                            "LaunchTemplate": {"LaunchTemplateId": "lt-0123", "Version": v},
+                        }
+                        for i, v in versions.items()
+                    ],
+                }
+            ]
+        },
+        {"AutoScalingGroupNames": [ANY]},
+    )
+
+
+def image_update(**overrides):
+    return event(
+        "Update",
+        PhysicalResourceId=RUN_ID,
+        OldResourceProperties=slurm_properties(),
+        ResourceProperties=slurm_properties(ImageUri=NEW_IMAGE, **overrides),
+    )
+
+
+def stub_no_pass_marker(aws):
+    aws.s3.add_client_error("get_object", service_error_code="NoSuchKey", http_status_code=404)
+
+
+def test_an_image_change_on_nodes_not_yet_refreshed_fails_fast_and_terminates_nothing(aws):
+    stub_no_pass_marker(aws)
+    stub_node_group_versions(aws, {"i-0aaaaaaaaaaaaaaaa": "6", "i-0bbbbbbbbbbbbbbbb": "7"})
+    with pytest.raises(handler.AcceptanceRunError) as error:
+        handler.on_event(image_update(), clients=aws.clients)
+    reason = str(error.value)
+    assert "1 of 2 nodes (i-0aaaaaaaaaaaaaaaa) run an earlier launch template version" in reason
+    assert NEW_IMAGE in reason
+    assert "would test their old image" in reason
+    # No command was sent and no node marked unhealthy (the stubs would have failed).
+
+
+def test_an_image_change_on_stale_nodes_with_report_completes_without_blocking(aws):
+    stub_no_pass_marker(aws)
+    stub_node_group_versions(aws, {"i-0aaaaaaaaaaaaaaaa": "6", "i-0bbbbbbbbbbbbbbbb": "6"})
+    ev = image_update(WhenBusy="report")
+    started = handler.on_event(ev, clients=aws.clients)
+    done = handler.is_complete({**ev, **started}, clients=aws.clients)
+    assert done["IsComplete"] is True
+    assert done["Data"]["Passed"] == "not-run: nodes not refreshed"
+    assert done["Data"]["ImageUri"] == NEW_IMAGE
+
+
+def test_an_image_change_on_refreshed_nodes_runs_and_names_the_image(aws):
+    stub_no_pass_marker(aws)
+    stub_node_group_versions(aws, {"i-0aaaaaaaaaaaaaaaa": "7", "i-0bbbbbbbbbbbbbbbb": "7"})
+    stub_controller_group(aws, [CONTROLLER.instance_id])
+    stub_controller_instance(aws)
+    aws.ssm.add_response(
+        "send_command",
+        {"Command": {"CommandId": CONTROLLER.command_id}},
+        {
+            "InstanceIds": [CONTROLLER.instance_id],
+            "DocumentName": DOCUMENT,
+            "Parameters": ANY,
+            "TimeoutSeconds": handler.DELIVERY_TIMEOUT_SECONDS,
+            "Comment": ANY,
+        },
+    )
+    result = handler.on_event(image_update(), clients=aws.clients)
+    assert result["AcceptanceRun"]["Nodes"][0]["kind"] == "controller"

@@ -281,6 +281,24 @@ def test_the_wait_polls_every_interval_and_merges_the_data_of_both_handlers(buck
     assert polled["ResourceProperties"]["Nodes"] == "2"
 
 
+def test_state_an_incomplete_poll_returns_is_what_the_next_poll_sees(bucket):
+    # A wait that changes course (the acceptance run replacing a node, then running again).
+    clock = FakeClock()
+    handler = handler_double(
+        on_event=STARTED,
+        polls=[
+            {"IsComplete": False, "AcceptanceRun": {"n": 2, "Round": 1}, "Status": "replacing"},
+            {"IsComplete": True},
+        ],
+    )
+    driver.run(request(bucket), handler, SETTINGS, invocation(), runtime_for(bucket, clock))
+    assert bucket.only["Status"] == "SUCCESS"
+    (_, first), (_, second) = handler.seen[1], handler.seen[2]
+    assert first["AcceptanceRun"] == {"n": 2}
+    assert second["AcceptanceRun"] == {"n": 2, "Round": 1}
+    assert "Status" not in second and "IsComplete" not in second
+
+
 def continued(bucket, *, started: float, deadline: float) -> dict:
     """A self-invocation's event: the request plus the wait's state (on-event result merged,
     no response URL in the resource, as the driver hands it over)."""

@@ -61,6 +61,7 @@ CONTEXTS = {
         # A block's price is known only when bought: the team gives it.
         "hourlyPrice": "40.5",
         "idleAlarmHours": "24",
+        "alarmEmail": "ops@example.com",
     },
     # Another region, by AZ id, on a reservation.
     "other-region": {
@@ -174,6 +175,7 @@ INVALID = [
         "trainingImage must be a directory containing a Dockerfile",
     ),
     ({"compliancePacks": "Nope"}, "packs must be names among"),
+    ({"alarmEmail": "ops at example"}, "alarm_email must be an email address"),
 ]
 
 

@@ -22,6 +22,17 @@ def test_primary_interface_is_ena_at_card_0_device_0():
     assert "InterfaceType" not in primary
 
 
+def test_efa_only_interfaces_sit_at_device_1_on_card_0_and_device_0_elsewhere():
+    # EC2 user guide efa-acc-inst-types.html: EFA-only at card 0 device 1, then each further
+    # card's EFA-only interface at device 0 (device 1 is for an ENA interface there).
+    efa_only = [
+        (i["NetworkCardIndex"], i["DeviceIndex"])
+        for i in efa_network_interfaces(instance_spec("trn2.48xlarge"), GROUPS)
+        if i.get("InterfaceType") == "efa-only"
+    ]
+    assert efa_only == [(0, 1)] + [(card, 0) for card in range(1, 16)]
+
+
 def test_multi_interface_layout_never_sets_the_public_ip_flag():
     # EC2 rejects AssociatePublicIpAddress when an instance launches with several interfaces.
     for interface in efa_network_interfaces(instance_spec("trn2.48xlarge"), GROUPS):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,20 +310,82 @@ def test_success_signal_refused_for_another_reason_fails_the_boot(node, trn2):
 # --- failed checks --------------------------------------------------------------------------
 
 
-def test_missing_neuron_device_signals_failure_and_never_success(node, trn2):
+def _replacement_requests(result: BootResult) -> list[list[str]]:
+    return [c for c in result.calls_to("aws") if c[:2] == ["autoscaling", "set-instance-health"]]
+
+
+def _asks_to_be_replaced(result: BootResult) -> None:
+    assert _replacement_requests(result) == [
+        [
+            "autoscaling",
+            "set-instance-health",
+            "--region",
+            "us-east-2",
+            "--instance-id",
+            INSTANCE_ID,
+            "--health-status",
+            "Unhealthy",
+            "--no-should-respect-grace-period",
+        ]
+    ]
+
+
+def _created(minutes_ago: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - minutes_ago * 60))
+
+
+def test_missing_neuron_device_is_replaced_by_the_group_without_a_failure_signal(node, trn2):
     node.neuron_devices(15)
     result = node.boot(trn2)
     assert result.returncode == 1
-    assert result.signals() == [_signal(trn2, "FAILURE")]
+    # No FAILURE: one would fail the group's creation and roll the whole cluster back.
+    assert result.signals() == []
+    _asks_to_be_replaced(result)
     assert "expected 16 Neuron devices (/dev/neuron*), found 15" in result.messages()
+    assert "expected 16 Neuron devices (/dev/neuron*), found 15" in result.messages()
+    (describe,) = [c for c in result.calls_to("aws") if c[1] == "describe-auto-scaling-groups"]
+    # Its own group, by the tags CloudFormation puts on it.
+    assert f"Name=tag:aws:cloudformation:stack-name,Values={trn2.stack_name}" in describe
+    assert f"Name=tag:aws:cloudformation:logical-id,Values={trn2.logical_id}" in describe
 
 
-def test_wrong_efa_device_count_signals_failure(node, trn2):
+def test_wrong_efa_device_count_is_replaced_while_another_boot_fits(node, trn2):
+    # Created 29 minutes ago: a 15-minute boot still ends before the 45-minute signal timeout.
     node.efa_devices(8)
-    result = node.boot(trn2)
+    result = node.boot(trn2, AWS_DOUBLE_GROUP_CREATED=_created(29))
     assert result.returncode == 1
-    assert result.statuses() == ["FAILURE"]
+    assert result.signals() == []
+    _asks_to_be_replaced(result)
     assert "expected 16 EFA devices (/sys/class/infiniband), found 8" in result.messages()
+
+
+def test_a_retryable_failure_with_no_time_for_another_boot_signals_failure_naming_it(node, trn2):
+    # Created 31 minutes ago: the bound: a new boot would not end within the 45 minutes.
+    node.neuron_devices(15)
+    result = node.boot(trn2, AWS_DOUBLE_GROUP_CREATED=_created(31))
+    assert result.returncode == 1
+    assert result.signals() == [_signal(trn2, "FAILURE")]
+    assert _replacement_requests(result) == []
+    assert (
+        f"FAILED on {INSTANCE_ID}: expected 16 Neuron devices (/dev/neuron*), found 15; no "
+        "time left" in result.messages()
+    )
+
+
+def test_a_node_launched_after_the_creation_is_always_replaced(node, trn2):
+    # Past the signal timeout there is no creation policy to fail: replacing is the only remedy.
+    node.neuron_devices(15)
+    result = node.boot(trn2, AWS_DOUBLE_GROUP_CREATED=_created(24 * 60))
+    assert result.signals() == []
+    _asks_to_be_replaced(result)
+
+
+def test_a_retryable_failure_whose_group_cannot_be_read_signals_failure(node, trn2):
+    node.neuron_devices(15)
+    result = node.boot(trn2, AWS_DOUBLE_GROUP_CREATED="None")
+    assert result.statuses() == ["FAILURE"]
+    assert _replacement_requests(result) == []
+    assert "found 15; no group" in result.messages()
 
 
 def test_missing_libfabric_efa_provider_signals_failure(node, trn2):
@@ -385,10 +448,11 @@ def test_fsx_fstab_line_is_not_duplicated_on_a_second_boot(node, trn2_with_fsx):
     assert len((node.root / "etc/fstab").read_text().splitlines()) == 2
 
 
-def test_fsx_mount_that_keeps_failing_signals_failure_after_twelve_tries(node, trn2_with_fsx):
+def test_fsx_mount_that_keeps_failing_is_replaced_after_twelve_tries(node, trn2_with_fsx):
     result = node.boot(trn2_with_fsx, DOUBLES_FAILING="mount")
     assert result.returncode == 1
-    assert result.statuses() == ["FAILURE"]
+    assert result.signals() == []
+    _asks_to_be_replaced(result)
     assert len(result.calls_to("mount")) == 12
     assert result.calls_to("sleep") == [["10"]] * 11
     assert "could not mount fs-0123456789abcdef0.fsx" in result.messages()

@@ -82,7 +82,15 @@ def test_launch_template_targets_a_resource_group_holding_both_reservations(two_
     assert len(groups) == 1
     ((group_id, group),) = groups.items()
     props = group["Properties"]
-    assert {"Type": "AWS::EC2::CapacityReservationPool"} in props["Configuration"]
+    # EC2's form for UltraServer Capacity Blocks (cb-group.html), not the On-Demand one.
+    assert {
+        "Type": "AWS::EC2::CapacityReservationPool",
+        "Parameters": [
+            {"Name": "instance-type", "Values": ["trn2u.48xlarge"]},
+            {"Name": "reservation-type", "Values": ["capacity-block"]},
+        ],
+    } in props["Configuration"]
+    assert {"Type": "AWS::EC2::CapacityReservationPool"} not in props["Configuration"]
     assert {
         "Type": "AWS::ResourceGroups::Generic",
         "Parameters": [
@@ -109,3 +117,31 @@ def test_two_ultraservers_synthesize_clean(two_ultraservers):
     _, template, report = two_ultraservers
     assert report.unacknowledged == []
     assert lint_template(template, "us-east-2") == []
+
+
+def test_the_preflight_checks_the_blocks_are_in_the_group_the_nodes_target(two_ultraservers):
+    _, template, _ = two_ultraservers
+    (group_id,) = _of_type(template, "AWS::ResourceGroups::Group")
+    (preflight,) = _of_type(template, "Custom::TrnPreflight").values()
+    assert preflight["Properties"]["ReservationGroupArn"] == {"Fn::GetAtt": [group_id, "Arn"]}
+    assert preflight["Properties"]["ReservationIds"] == [CR_A, CR_B]
+
+
+def test_the_nodes_group_goes_to_zero_at_the_time_the_preflight_read_from_the_blocks(
+    two_ultraservers,
+):
+    _, template, _ = two_ultraservers
+    (preflight_id,) = _of_type(template, "Custom::TrnPreflight")
+    (action,) = _of_type(template, "AWS::AutoScaling::ScheduledAction").values()
+    props = action["Properties"]
+    assert (props["MinSize"], props["MaxSize"], props["DesiredCapacity"]) == (0, 0, 0)
+    assert props["StartTime"] == {"Fn::GetAtt": [preflight_id, "ScaleToZeroAt"]}
+    nodes = [
+        k
+        for k, r in _of_type(template, "AWS::AutoScaling::AutoScalingGroup").items()
+        if "CreationPolicy" in r
+        and r["Properties"].get("LaunchTemplate")
+        and "InstanceMarketOptions"
+        in str(template["Resources"][r["Properties"]["LaunchTemplate"]["LaunchTemplateId"]["Ref"]])
+    ]
+    assert props["AutoScalingGroupName"] == {"Ref": nodes[0]}

@@ -103,8 +103,10 @@ def test_the_policy_reads_only_offerings_quotas_and_reservations(on_demand):
         "ec2:DescribeAvailabilityZones",
         "ec2:DescribeCapacityReservations",
         "ec2:DescribeInstanceTypeOfferings",
+        "ec2:DescribeInstances",  # Trn vCPUs already running against the quota
         "ec2:DescribeNetworkInterfaces",
         "ec2:DescribeSubnets",
+        "ec2:DescribeVpcEndpointServices",  # the endpoint services offered in the AZ
         "ec2:UnassignPrivateIpAddresses",
         "kms:Decrypt",
         "kms:GenerateDataKey",

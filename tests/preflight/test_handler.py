@@ -184,6 +184,33 @@ def stub_quota(aws: StubbedAws, value: float) -> None:
     )
 
 
+def trn_instance(
+    vcpus: int = 192, *, cluster: str | None = None, lifecycle: str | None = None
+) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "InstanceId": "i-0123456789abcdef0",
+        "InstanceType": TYPE,
+        "CpuOptions": {"CoreCount": vcpus // 2, "ThreadsPerCore": 2},
+        "Tags": [{"Key": "cdk-trn:cluster", "Value": cluster}] if cluster else [],
+    }
+    if lifecycle:
+        value["InstanceLifecycle"] = lifecycle
+    return value
+
+
+def stub_running(aws: StubbedAws, instances: list[dict[str, Any]]) -> None:
+    aws.ec2.add_response(
+        "describe_instances",
+        {"Reservations": [{"Instances": instances}] if instances else []},
+        {
+            "Filters": [
+                {"Name": "instance-type", "Values": ["trn*"]},
+                {"Name": "instance-state-name", "Values": ["pending", "running"]},
+            ]
+        },
+    )
+
+
 def reservation(rid=CR_A, **overrides) -> dict[str, Any]:
     value: dict[str, Any] = {
         "CapacityReservationId": rid,
@@ -219,6 +246,7 @@ def block_event(ids=(CR_A,), **overrides) -> dict[str, Any]:
 def test_on_demand_passes_when_offered_and_the_quota_holds_every_node(aws):
     stub_offerings(aws, ["use2-az1", AZ])
     stub_quota(aws, 384.0)
+    stub_running(aws, [])
     result = run(aws, event()).only
     assert result["status"] == "SUCCESS"
     assert result["physical_id"] == "Preflight-preflight"
@@ -246,6 +274,7 @@ def test_type_offered_nowhere_in_the_region_says_to_change_region(aws):
 def test_quota_below_nodes_times_vcpus_refuses_with_the_increase_command(aws):
     stub_offerings(aws, [AZ])
     stub_quota(aws, 192.0)
+    stub_running(aws, [])
     result = run(aws, event()).only
     assert result["status"] == "FAILED"
     assert "need 384 vCPUs" in result["reason"]
@@ -270,10 +299,70 @@ def test_zero_quota_without_an_applied_value_reads_the_aws_default(aws):
         {"Quota": {"QuotaCode": "L-2C3B7624", "Value": 0.0}},
         {"ServiceCode": "ec2", "QuotaCode": "L-2C3B7624"},
     )
+    stub_running(aws, [])
     reason = run(aws, event()).only["reason"]
     assert "is 0 vCPUs" in reason
     assert "set nodes to" not in reason
     assert "Fix: request an increase" in reason
+
+
+def test_running_trn_vcpus_plus_the_new_nodes_above_the_quota_refuse(aws):
+    # 384 vCPUs of quota would hold 2 nodes, but another trn2 already runs in the region.
+    stub_offerings(aws, [AZ])
+    stub_quota(aws, 384.0)
+    stub_running(aws, [trn_instance(192)])
+    result = run(aws, event()).only
+    assert result["status"] == "FAILED"
+    assert "need 384 vCPUs" in result["reason"]
+    assert (
+        "is 384 vCPUs, of which 192 are used by Trn instances already running" in (result["reason"])
+    )
+    assert "--desired-value 576" in result["reason"]
+    assert "stop Trn instances you no longer need; set nodes to 1 or fewer" in result["reason"]
+
+
+def test_own_nodes_capacity_block_and_spot_instances_do_not_use_the_quota(aws):
+    stub_offerings(aws, [AZ])
+    stub_quota(aws, 384.0)
+    stub_running(
+        aws,
+        [
+            trn_instance(192, cluster="trn-cluster"),
+            trn_instance(192, lifecycle="capacity-block"),
+            trn_instance(192, lifecycle="spot"),
+        ],
+    )
+    result = run(aws, event(ClusterName="trn-cluster")).only
+    assert result["status"] == "SUCCESS", result["reason"]
+
+
+def stub_endpoint_services(aws: StubbedAws, offered: dict[str, list[str]]) -> None:
+    names = [f"com.amazonaws.{REGION}.{n}" for n in offered]
+    aws.ec2.add_response(
+        "describe_vpc_endpoint_services",
+        {
+            "ServiceDetails": [
+                {"ServiceName": f"com.amazonaws.{REGION}.{n}", "AvailabilityZoneIds": zones}
+                for n, zones in offered.items()
+            ]
+        },
+        {"ServiceNames": names},
+    )
+
+
+def test_an_endpoint_service_not_offered_in_the_az_refuses_naming_it(aws):
+    stub_endpoint_services(aws, {"ssm": [AZ, "use2-az1"], "ecr.dkr": ["use2-az1"]})
+    result = run(aws, event(EndpointServices=["ssm", "ecr.dkr"])).only
+    assert result["status"] == "FAILED"
+    assert "endpoint service(s) ecr.dkr are not offered in AZ use2-az3" in result["reason"]
+    assert f"--service-names com.amazonaws.{REGION}.ecr.dkr" in result["reason"]
+
+
+def test_endpoint_services_offered_in_the_az_pass_on_to_the_other_checks(aws):
+    stub_endpoint_services(aws, {"ssm": [AZ]})
+    stub_reservations(aws, [CR_A], [reservation()])
+    result = run(aws, block_event(EndpointServices=["ssm"])).only
+    assert result["status"] == "SUCCESS"
 
 
 def test_a_denied_call_fails_with_the_error_instead_of_hanging(aws):
@@ -296,6 +385,78 @@ def test_an_active_block_with_room_for_every_node_passes_without_a_quota_check(a
     result = run(aws, block_event()).only
     assert result["status"] == "SUCCESS"
     assert CR_A in result["data"]["Summary"]
+
+
+def test_a_block_passes_with_the_time_its_group_goes_to_zero_35_minutes_before_its_end(aws):
+    end = NOW + dt.timedelta(days=2)
+    stub_reservations(aws, [CR_A], [reservation(EndDate=end)])
+    data = run(aws, block_event()).only["data"]
+    assert data["ScaleToZeroAt"] == "2026-12-01T11:25:00Z"
+
+
+def test_a_block_ending_before_the_deploy_could_finish_refuses(aws):
+    stub_reservations(aws, [CR_A], [reservation(EndDate=NOW + dt.timedelta(minutes=80))])
+    reason = run(aws, block_event()).only["reason"]
+    assert "goes to zero at 2026-11-29 12:45 UTC, before this deploy could finish" in reason
+    assert "Fix: buy a block that lasts longer" in reason
+
+
+def test_several_blocks_go_to_zero_before_the_earliest_end(aws):
+    found = [
+        reservation(CR_A, EndDate=NOW + dt.timedelta(days=3), TotalInstanceCount=1),
+        reservation(CR_B, EndDate=NOW + dt.timedelta(days=1), TotalInstanceCount=1),
+    ]
+    found = [{**r, "AvailableInstanceCount": 1} for r in found]
+    stub_reservations(aws, [CR_A, CR_B], found)
+    data = run(aws, block_event(ids=(CR_A, CR_B))).only["data"]
+    assert data["ScaleToZeroAt"] == "2026-11-30T11:25:00Z"
+
+
+GROUP_ARN = f"arn:aws:resource-groups:{REGION}:123456789012:group/trn-cluster-blocks"
+
+
+def stub_groups(aws: StubbedAws, rid: str, groups: list[str]) -> None:
+    aws.ec2.add_response(
+        "get_groups_for_capacity_reservation",
+        {"CapacityReservationGroups": [{"GroupArn": g, "OwnerId": "123456789012"} for g in groups]},
+        {"CapacityReservationId": rid},
+    )
+
+
+def ultraserver_event(**overrides) -> dict[str, Any]:
+    return event(
+        Capacity="ultraserver-block",
+        ReservationIds=[CR_A, CR_B],
+        InstanceType="trn2u.48xlarge",
+        Nodes="8",
+        ReservationGroupArn=GROUP_ARN,
+        **overrides,
+    )
+
+
+def ultraserver_blocks() -> list[dict[str, Any]]:
+    return [
+        reservation(rid, InstanceType="trn2u.48xlarge", TotalInstanceCount=4)
+        | {"AvailableInstanceCount": 4}
+        for rid in (CR_A, CR_B)
+    ]
+
+
+def test_ultraserver_blocks_outside_the_nodes_resource_group_refuse_naming_them(aws):
+    stub_reservations(aws, [CR_A, CR_B], ultraserver_blocks())
+    stub_groups(aws, CR_A, [GROUP_ARN])
+    stub_groups(aws, CR_B, [])
+    result = run(aws, ultraserver_event()).only
+    assert result["status"] == "FAILED"
+    assert f"{CR_B} not in the resource group {GROUP_ARN}" in result["reason"]
+    assert CR_A not in result["reason"].split("not in the resource group")[0]
+
+
+def test_ultraserver_blocks_in_the_nodes_resource_group_pass(aws):
+    stub_reservations(aws, [CR_A, CR_B], ultraserver_blocks())
+    stub_groups(aws, CR_A, [GROUP_ARN])
+    stub_groups(aws, CR_B, ["arn:aws:resource-groups:us-east-2:123456789012:group/x", GROUP_ARN])
+    assert run(aws, ultraserver_event()).only["status"] == "SUCCESS"
 
 
 def test_a_missing_reservation_refuses_with_how_to_find_the_id(aws):
@@ -501,6 +662,7 @@ def test_an_az_name_is_resolved_to_its_id_in_the_deploying_account(aws):
     )
     stub_offerings(aws, [AZ])
     stub_quota(aws, 384.0)
+    stub_running(aws, [])
     result = run(aws, event(AvailabilityZone="us-east-2c")).only
     assert result["status"] == "SUCCESS", result
     assert f"2 x trn2.48xlarge in {AZ}" in result["data"]["Summary"]
