@@ -102,7 +102,7 @@ def test_the_node_boot_runs_the_check_in_the_image_and_fails_at_once():
     assert '|| fail "$drv"' in line
     # After the image is pulled, before slurmd starts.
     assert boot.index("driver_check") > boot.index('pull_image "$CDK_TRN_SLURM_IMAGE"')
-    assert boot.index("driver_check") < boot.index("install_slurmd_unit\n")
+    assert boot.index("driver_check") < boot.index("install_unit cdk-trn-slurmd.service")
 
 
 @pytest.mark.parametrize(("release", "driver"), sorted(driver_check.REQUIRED_DRIVER.items()))
