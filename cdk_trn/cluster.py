@@ -69,16 +69,21 @@ class SlurmNodeSettings:
 
 
 def boot_user_data(variables: dict[str, Any], script: str) -> str:
-    """User data: the variables (each quoted with ``shlex.quote``), ``node/boot_common.sh``, then
-    ``node/<script>``, without comment lines and blank lines (EC2 takes at most 16 KiB)."""
+    """User data: the variables (each quoted with ``shlex.quote``), ``node/boot_common.sh``,
+    ``node/imds_guard.sh``, then ``node/<script>``, without comment lines, blank lines and
+    indentation (EC2 takes at most 16 KiB)."""
     # Tokens (ARNs, image URIs) resolve to account ids, regions and names, which hold no quote.
     header = [f"{k}={shlex.quote(str(v))}" for k, v in variables.items()]
     body = (
         runtime_file("node", "boot_common.sh").read_text()
+        + runtime_file("node", "imds_guard.sh").read_text()
         + runtime_file("node", script).read_text()
     )
+    # Leading blanks go too: no heredoc or multi-line string in these scripts is indented.
     lines = [
-        line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#")
+        line.lstrip()
+        for line in body.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
     ]
     return "\n".join(["#!/bin/bash", *header, *lines]) + "\n"
 

@@ -221,6 +221,7 @@ reserve_rendezvous_ports() {
 
 boot() {
   begin_boot
+  guard_imds || fail "could not restrict instance metadata to root (imds_guard.sh)"
   log "bootstrapping $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
   check_neuron
   check_efa

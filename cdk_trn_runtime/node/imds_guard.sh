@@ -1,0 +1,47 @@
+# cdk-trn: instance metadata (IMDS, 169.254.169.254 and fd00:ec2::254) for root only.
+# Part of the node and controller user data (cdk_trn.cluster.boot_user_data); the boot calls
+# guard_imds once, before anything a job could run exists.
+#
+# Jobs run in the slurmd container on the host network, so their connections leave through this
+# host's output hook with their own uid: an owner match (nft `meta skuid`) tells them from root,
+# as ParallelCluster's imds-access.sh does with iptables `-m owner --uid-owner`
+# (aws-parallelcluster-cookbook, files/imds/imds-access.sh). IMDSv2's hop limit of 1 already
+# keeps containers on a Docker bridge out; the forward hook drops their packets as well.
+# The rules are an nftables table of their own (Docker's iptables rules never touch it), loaded
+# now and at every later boot, before the network comes up, by cdk-trn-imds-guard.service.
+#
+#   guard_imds [user...]   root and these users (the daemons that need the instance role) only
+#
+# ROOT (tests) prefixes the files it writes; NFT names the nft command (tests).
+guard_imds() {
+  local rules="${ROOT:-}/etc/cdk-trn/imds-guard.nft" units="${ROOT:-}/etc/systemd/system" ok=0 u nft
+  for u in "$@"; do ok+=",$(id -u "$u")" || return 1; done
+  nft=${NFT:-$(command -v nft)} || { install_packages nftables && nft=$(command -v nft); } || return 1
+  mkdir -p "${rules%/*}" "$units"
+  # Declaring, deleting, then defining the table replaces it in one transaction, every time.
+  cat >"$rules" <<NFT
+table inet cdk_trn_imds
+delete table inet cdk_trn_imds
+table inet cdk_trn_imds {
+chain output { type filter hook output priority 0; ip daddr 169.254.169.254 meta skuid != { $ok } reject; ip6 daddr fd00:ec2::254 meta skuid != { $ok } reject; }
+chain forward { type filter hook forward priority 0; ip daddr 169.254.169.254 drop; ip6 daddr fd00:ec2::254 drop; }
+}
+NFT
+  cat >"$units/cdk-trn-imds-guard.service" <<UNIT
+[Unit]
+DefaultDependencies=no
+After=nftables.service firewalld.service
+Before=network-pre.target
+Wants=network-pre.target
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=$nft -f /etc/cdk-trn/imds-guard.nft
+[Install]
+WantedBy=sysinit.target
+UNIT
+  # What `systemctl enable` does, without a running systemd manager.
+  mkdir -p "$units/sysinit.target.wants"
+  ln -sf ../cdk-trn-imds-guard.service "$units/sysinit.target.wants/"
+  "$nft" -f "$rules"
+}
