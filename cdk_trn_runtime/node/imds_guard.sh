@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # cdk-trn: instance metadata (IMDS, 169.254.169.254 and fd00:ec2::254) for root only.
 # Part of the node and controller user data (cdk_trn.cluster.boot_user_data); the boot calls
 # guard_imds once, before anything a job could run exists.
