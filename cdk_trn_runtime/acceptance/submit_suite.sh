@@ -43,7 +43,7 @@ OUT_DIR="${RUN_DIR}/results"
 SCRIPT="${RUN_DIR}/acceptance.sbatch"
 
 log() { echo "cdk-trn acceptance: $*" >&2; }
-slurm() { docker exec -u "$JOB_USER" "$CONTAINER" "$@"; }
+slurm() { docker exec -u "$JOB_USER" -w / "$CONTAINER" "$@"; }
 
 # (docker ps, not docker inspect --format: Run Command would read its braces as a parameter.)
 running=$(docker ps -q --filter "name=^${CONTAINER}\$" --filter status=running 2>/dev/null || true)
@@ -62,7 +62,7 @@ fi
 
 slurm mkdir -p "$OUT_DIR"
 # The job script, written by the job user onto the shared file system beside its results.
-echo '__SBATCH_BASE64__' | docker exec -i -u "$JOB_USER" "$CONTAINER" \
+echo '__SBATCH_BASE64__' | docker exec -i -u "$JOB_USER" -w / "$CONTAINER" \
   sh -c 'base64 -d > "$1"' sh "$SCRIPT"
 
 JOB=""

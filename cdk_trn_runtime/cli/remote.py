@@ -2,9 +2,10 @@
 
 Each function returns the text of one POSIX ``sh`` script that SSM's ``AWS-RunShellScript`` runs as
 root on the controller instance. Every Slurm command runs inside the controller's container, as
-the job user, through ``docker exec -u <user> <container> <command>``; nothing else on the host is
-touched. Every value that comes from the user or the stack is quoted with :func:`shlex.quote`, so
-an argument such as ``; rm -rf /`` reaches ``sbatch`` as one literal argument.
+the job user, through ``docker exec -u <user> -w <dir> <container> <command>``; nothing else on
+the host is touched. Every value that comes from the user or the stack is quoted with
+:func:`shlex.quote`, so an argument such as ``; rm -rf /`` reaches ``sbatch`` as one literal
+argument.
 
 All the Slurm-side logic (which command, which format, how a job's output file is found) lives in
 these strings, so the same scripts can be run against a real local Slurm by replacing ``docker``
@@ -145,11 +146,11 @@ def submit_script(
             home={q(controller.home)}
             jobs={q(controller.jobs_dir)}
             path={q(path)}
-            if ! docker exec -u "$user" "$container" test -d "$home"; then
+            if ! docker exec -u "$user" -w / "$container" test -d "$home"; then
               echo "cdk-trn: the job user's home $home does not exist in $container" >&2
               exit {EXIT_NO_FILE}
             fi
-            docker exec -i -u "$user" "$container" \\
+            docker exec -i -u "$user" -w / "$container" \\
               sh -c 'mkdir -p "$1" && set -C && base64 -d > "$2"' sh "$jobs" "$path" \\
               <<'CDK_TRN_JOB_SCRIPT'
             """
@@ -168,7 +169,7 @@ def queue_script(controller: Controller) -> str:
     """Every job Slurm knows, in :data:`QUEUE_FORMAT`."""
     return (
         _preamble(controller)
-        + f'docker exec -u "$user" "$container" squeue --format={shlex.quote(QUEUE_FORMAT)}\n'
+        + f'docker exec -u "$user" -w / "$container" squeue --format={shlex.quote(QUEUE_FORMAT)}\n'
     )
 
 
@@ -180,15 +181,15 @@ def status_script(controller: Controller) -> str:
     return _preamble(controller) + textwrap.dedent(
         f"""\
         echo "NODES"
-        docker exec -u "$user" "$container" sinfo -N --format={shlex.quote(NODE_FORMAT)}
+        docker exec -u "$user" -w / "$container" sinfo -N --format={shlex.quote(NODE_FORMAT)}
         echo
         echo "DRAINED BY HEALTH CHECKS"
-        reasons=$(docker exec -u "$user" "$container" sinfo --list-reasons --noheader \\
+        reasons=$(docker exec -u "$user" -w / "$container" sinfo --list-reasons --noheader \\
           --format='%N %E')
         printf '%s\\n' "$reasons" | grep -F -- {prefix} || echo "none"
         echo
         echo "RUNNING JOBS"
-        docker exec -u "$user" "$container" \\
+        docker exec -u "$user" -w / "$container" \\
           squeue --states=RUNNING --format={shlex.quote(QUEUE_FORMAT)}
         """
     )
@@ -222,7 +223,7 @@ def log_chunk_script(
             f"""\
             start=0
             if [ "$size" -gt 0 ]; then
-              tail_bytes=$(docker exec -u "$user" "$container" tail -n {lines} "$out" | wc -c)
+              tail_bytes=$(docker exec -u "$user" -w / "$container" tail -n {lines} "$out" | wc -c)
               start=$((size - tail_bytes))
             fi"""
         )
@@ -235,13 +236,14 @@ def log_chunk_script(
         home={q(controller.home)}
         job={q(job)}
         state=
-        if info=$(docker exec -u "$user" "$container" scontrol show job "$job" 2>/dev/null); then
+        if info=$(docker exec -u "$user" -w / "$container" scontrol show job "$job" \\
+          2>/dev/null); then
           out=$(printf '%s\\n' "$info" | sed -n 's/^[[:space:]]*StdOut=//p' | head -n 1)
           state=$(printf '%s\\n' "$info" | sed -n 's/.*JobState=\\([A-Z_]*\\).*/\\1/p' | head -n 1)
         else
           out="$home/slurm-$job.out"
         fi
-        size=$(docker exec -u "$user" "$container" \\
+        size=$(docker exec -u "$user" -w / "$container" \\
           sh -c 'if [ -f "$1" ]; then wc -c < "$1"; else echo -1; fi' sh "$out")
         size=$((size))
         """
@@ -251,7 +253,7 @@ def log_chunk_script(
             f"""
         echo "cdk-trn-log state=$state size=$size start=$start path=$out"
         if [ "$size" -gt "$start" ]; then
-          docker exec -u "$user" "$container" \\
+          docker exec -u "$user" -w / "$container" \\
             sh -c 'tail -c +"$2" "$1" | head -c "$3" | base64' sh "$out" "$((start + 1))" \\
             {LOG_CHUNK_BYTES}
         fi

@@ -263,7 +263,7 @@ IMAGE_MONITORING=/opt/cdk-trn/cdk_trn_runtime/monitoring
 
 publish_metrics() { # namespace container collector
   local data
-  data=$(docker exec "$2" "$IMAGE_MONITORING/$3" "$CDK_TRN_CLUSTER") && [ -n "$data" ] || return 0
+  data=$(docker exec -u root -w / "$2" "$IMAGE_MONITORING/$3" "$CDK_TRN_CLUSTER") && [ -n "$data" ] || return 0
   aws cloudwatch put-metric-data --region "$CDK_TRN_REGION" --namespace "$1" --metric-data "$data"
 }
 

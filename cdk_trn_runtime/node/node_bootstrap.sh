@@ -123,7 +123,7 @@ slurmd_run() {
   docker rm --force "$SLURMD_CONTAINER" >/dev/null 2>&1 || true
   # Host network and PID namespace, every Neuron and EFA device (privileged), the host's cgroups
   # for job containment, the shared file system (and its home/ as /home), the munge key.
-  exec docker run --rm --name "$SLURMD_CONTAINER" \
+  exec docker run --rm --name "$SLURMD_CONTAINER" --workdir / \
     --network host --pid host --ipc host --privileged --cgroupns host \
     --ulimit memlock=-1:-1 --ulimit nofile=65536:65536 --ulimit stack=67108864:67108864 \
     --env-file "$ENV_FILE" \
@@ -142,8 +142,8 @@ slurmd_run() {
 slurmd_leave() {
   local name
   name=$(node_name)
-  docker exec "$SLURMD_CONTAINER" scontrol delete nodename="$name" \
-    || docker exec "$SLURMD_CONTAINER" scontrol update nodename="$name" state=down \
+  docker exec -u root -w / "$SLURMD_CONTAINER" scontrol delete nodename="$name" \
+    || docker exec -u root -w / "$SLURMD_CONTAINER" scontrol update nodename="$name" state=down \
       reason="instance shutting down" \
     || true
   docker stop --time 60 "$SLURMD_CONTAINER" >/dev/null 2>&1 || true
@@ -176,7 +176,7 @@ wait_for_registration() {
   name=$(node_name)
   deadline=$((SECONDS + seconds))
   while :; do
-    if out=$(docker exec "$SLURMD_CONTAINER" scontrol show node "$name" 2>&1) \
+    if out=$(docker exec -u root -w / "$SLURMD_CONTAINER" scontrol show node "$name" 2>&1) \
       && [[ $out == *"NodeName=$name "* ]] && [[ $out != *NOT_RESPONDING* ]]; then
       log "slurmd registered as $name ($(slurm_features))"
       return 0

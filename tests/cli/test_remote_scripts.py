@@ -142,6 +142,7 @@ def test_submit_runs_every_command_as_the_job_user_in_the_controller_container(f
     for call in execs:
         user = call[call.index("-u") + 1]
         assert user == SLURM_JOB_USER
+        assert "-w" in call
         assert SLURM_CONTROLLER_CONTAINER in call
     sbatch_call = next(c for c in execs if "sbatch" in c)
     assert sbatch_call[sbatch_call.index("-w") + 1] == str(fake.home)
@@ -233,6 +234,8 @@ def test_queue_runs_squeue_with_the_fixed_format_as_the_job_user(fake, shell):
             "exec",
             "-u",
             SLURM_JOB_USER,
+            "-w",
+            "/",
             SLURM_CONTROLLER_CONTAINER,
             "squeue",
             f"--format={remote.QUEUE_FORMAT}",
@@ -247,7 +250,7 @@ def test_status_lists_nodes_with_reasons_then_running_jobs(fake, shell):
     assert ran.stdout == (
         "NODES\nsinfo double\n\nDRAINED BY HEALTH CHECKS\nnone\n\nRUNNING JOBS\nsqueue double\n"
     )
-    slurm_calls = [c[5:] for c in _docker_execs(ran)]
+    slurm_calls = [c[7:] for c in _docker_execs(ran)]
     assert slurm_calls == [
         ["sinfo", "-N", f"--format={remote.NODE_FORMAT}"],
         ["sinfo", "--list-reasons", "--noheader", "--format=%N %E"],
