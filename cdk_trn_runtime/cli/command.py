@@ -151,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--manifest", type=Path, default=None, help="the signed manifest")
     verify.add_argument("--run-id", default=None, help="fail unless the manifest names this run")
     verify.add_argument(
+        "--any-run",
+        action="store_true",
+        help="accept a checkpoint of any run of the cluster (without it, --run-id is required)",
+    )
+    verify.add_argument(
         "--step",
         type=int,
         default=None,

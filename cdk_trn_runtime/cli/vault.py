@@ -203,18 +203,23 @@ def cmd_verify(aws: Aws, args: argparse.Namespace) -> int:
     )
     if not manifest.is_file():
         raise CliError(f"{manifest}: no signed manifest (give --manifest)", 2)
+    if not args.run_id and not getattr(args, "any_run", False):
+        raise CliError(
+            "name the run the checkpoint must belong to (--run-id), or accept any run of the "
+            "cluster explicitly (--any-run)",
+            2,
+        )
     step = args.step
     if step is None:
         match = _STEP.search(directory.resolve().name)
         step = int(match.group(1)) if match else None
     expected = expected_values(aws, args)
-    argv = ["verify", str(manifest), str(directory)]
-    if expected.cluster_name:
-        argv += ["--cluster", expected.cluster_name]
+    if not expected.cluster_name:
+        raise CliError("the stack outputs name no cluster: cannot check whose checkpoint this is")
+    argv = ["verify", str(manifest), str(directory), "--cluster", expected.cluster_name]
     if step is not None:
         argv += ["--step", str(step)]
-    if args.run_id:
-        argv += ["--run-id", args.run_id]
+    argv += ["--run-id", args.run_id] if args.run_id else ["--any-run"]
     if args.path:
         argv += ["--path", args.path]
     return _provenance(aws, expected, argv)

@@ -73,7 +73,7 @@ def test_the_vault_stack_defaults_to_the_default_apps_name():
     assert default_vault_stack("team-a-cluster") == "team-a-vault"
 
 
-@pytest.mark.parametrize("command", [["vault-key"], ["verify", "CHECKPOINT"]])
+@pytest.mark.parametrize("command", [["vault-key"], ["verify", "CHECKPOINT", "--run-id", "7"]])
 def test_a_vault_stack_without_the_outputs_names_them(stubs, tmp_path, capsys, command):
     checkpoint = tmp_path / "step-00000010"
     checkpoint.mkdir()
@@ -117,6 +117,15 @@ def test_verify_refuses_a_checkpoint_without_a_manifest_before_asking_aws(stubs,
     code = cli_main.main(["verify", str(checkpoint)], make_aws=lambda profile, region: stubs.aws)
     assert code == 2
     assert "step-00000010.manifest.json: no signed manifest" in capsys.readouterr().err
+
+
+def test_verify_without_a_run_fails_closed_before_asking_aws(stubs, tmp_path, capsys):
+    checkpoint = tmp_path / "step-00000010"
+    checkpoint.mkdir()
+    (tmp_path / "step-00000010.manifest.json").write_text("{}")
+    code = cli_main.main(["verify", str(checkpoint)], make_aws=lambda profile, region: stubs.aws)
+    assert code == 2
+    assert "(--run-id)" in capsys.readouterr().err
 
 
 def test_the_relay_script_quotes_the_url_and_carries_the_nonce():
