@@ -7,8 +7,9 @@
   atomically (default ``DIR.manifest.json`` beside the directory). Without ``--vault`` on a node,
   the vault is found as the training hook finds it (``provenance.signing.VaultLocator``).
 - ``verify MANIFEST DIR --public-key KEY (--run-id ID | --any-run) [--cluster NAME] [--step N]
-  [--path P]``: offline; fails closed (exit 2) when neither the run nor ``--any-run`` is given; prints the signed identity and every tampered, missing and extra file and every
-  identity field that differs from the expected one, and exits 1 on any problem.
+  [--path P]``: offline; fails closed (exit 2) when neither the run nor ``--any-run`` is given;
+  prints the signed identity and every tampered, missing and extra file and every identity field
+  that differs from the expected one, and exits 1 on any problem.
 - ``public-key --vault URL --pcr0 HEX [--pcr8 HEX] [--pcr3 HEX] [--kms-key-arn ARN]``: asks the
   vault for an attestation document over a fresh nonce and prints the public key (PEM) only if
   the document chains to the AWS Nitro root and is valid now, carries the nonce and the expected
