@@ -765,7 +765,11 @@ class EnclaveKeyVault(Construct):
             "KMS_PROXY_PORT": str(KMS_PROXY_VSOCK_PORT),
             "SERVICE_PORT": str(self.port),
             "KMS_KEY_ARN": self.key.key_arn,
-            "ALLOWED_ROLE_ARNS": cdk.Fn.join(" ", [client.role.role_arn for client in clients]),
+            # A client's signing role when it has one (TrainiumCluster.signer_role: only the
+            # nodes' root signing agents assume it), else its role.
+            "ALLOWED_ROLE_ARNS": cdk.Fn.join(
+                " ", [getattr(client, "signer_role", client.role).role_arn for client in clients]
+            ),
             "STATE_BUCKET": self.state_bucket.bucket_name,
             "KEY_STATE_OBJECT": KEY_STATE_OBJECT,
             "PUBLIC_KEY_PARAMETER": self.public_key_parameter,

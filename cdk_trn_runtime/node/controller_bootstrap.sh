@@ -105,7 +105,7 @@ wait_for_slurmctld() {
 
 boot() {
   begin_boot
-  guard_imds || fail "could not restrict instance metadata to root (imds_guard.sh)"
+  guard_imds || fail "imds_guard.sh failed"
   log "bootstrapping Slurm controller $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
   start_docker
   mount_fsx "$HELPER"

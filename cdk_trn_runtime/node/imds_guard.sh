@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# cdk-trn: instance metadata (IMDS, 169.254.169.254 and fd00:ec2::254) for root only.
+# cdk-trn: instance metadata (IMDS, 169.254.169.254) for root only. (Its IPv6 endpoint,
+# fd00:ec2::254, is off: the launch templates do not enable HttpProtocolIpv6.)
 # Part of the node and controller user data (cdk_trn.cluster.boot_user_data); the boot calls
 # guard_imds once, before anything a job could run exists.
 #
@@ -13,36 +14,25 @@
 #
 #   guard_imds [user...]   root and these users (the daemons that need the instance role) only
 #
-# ROOT (tests) prefixes the files it writes; NFT names the nft command (tests).
+# ROOT (boot_common.sh; tests set it) prefixes the files it writes; NFT names nft (tests).
 guard_imds() {
-  local rules="${ROOT:-}/etc/cdk-trn/imds-guard.nft" units="${ROOT:-}/etc/systemd/system" ok=0 u nft
-  for u in "$@"; do ok+=",$(id -u "$u")" || return 1; done
-  nft=${NFT:-$(command -v nft)} || { install_packages nftables && nft=$(command -v nft); } || return 1
-  mkdir -p "${rules%/*}" "$units"
+  local r="$ROOT/etc/cdk-trn/imds-guard.nft" u="$ROOT/etc/systemd/system" ok=0 x n
+  for x in "$@"; do ok+=",$(id -u "$x")" || return 1; done
+  n=${NFT:-$(command -v nft)} || { install_packages nftables && n=$(command -v nft); } || return 1
+  mkdir -p "${r%/*}" "$u/sysinit.target.wants"
   # Declaring, deleting, then defining the table replaces it in one transaction, every time.
-  cat >"$rules" <<NFT
+  cat >"$r" <<NFT
 table inet cdk_trn_imds
 delete table inet cdk_trn_imds
 table inet cdk_trn_imds {
-chain output { type filter hook output priority 0; ip daddr 169.254.169.254 meta skuid != { $ok } reject; ip6 daddr fd00:ec2::254 meta skuid != { $ok } reject; }
-chain forward { type filter hook forward priority 0; ip daddr 169.254.169.254 drop; ip6 daddr fd00:ec2::254 drop; }
+chain output { type filter hook output priority 0; ip daddr 169.254.169.254 meta skuid != { $ok } reject; }
+chain forward { type filter hook forward priority 0; ip daddr 169.254.169.254 drop; }
 }
 NFT
-  cat >"$units/cdk-trn-imds-guard.service" <<UNIT
-[Unit]
-DefaultDependencies=no
-After=nftables.service firewalld.service
-Before=network-pre.target
-Wants=network-pre.target
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=$nft -f /etc/cdk-trn/imds-guard.nft
-[Install]
-WantedBy=sysinit.target
-UNIT
-  # What `systemctl enable` does, without a running systemd manager.
-  mkdir -p "$units/sysinit.target.wants"
-  ln -sf ../cdk-trn-imds-guard.service "$units/sysinit.target.wants/"
-  "$nft" -f "$rules"
+  # Loaded at every boot before the network; enabled as `systemctl enable` would.
+  printf '%s\n' '[Unit]' DefaultDependencies=no After=nftables.service Before=network-pre.target \
+    '[Service]' Type=oneshot RemainAfterExit=yes "ExecStart=$n -f /etc/cdk-trn/imds-guard.nft" \
+    '[Install]' WantedBy=sysinit.target >"$u/cdk-trn-imds-guard.service"
+  ln -sf ../cdk-trn-imds-guard.service "$u/sysinit.target.wants/"
+  "$n" -f "$r"
 }

@@ -75,6 +75,7 @@ write_environment() {
     echo "CDK_TRN_REPLACE_ON_HARDWARE_FAILURE=1"
     echo "CDK_TRN_INSTANCE_ID=$INSTANCE_ID"
     echo "CDK_TRN_REGION=$CDK_TRN_REGION"
+    echo "CDK_TRN_SIGNER_ROLE_ARN=$CDK_TRN_SIGNER_ROLE"
   } > "$ENV_FILE"
   if [ "$CDK_TRN_ULTRASERVER_SIZE" -gt 0 ]; then
     # The Neuron driver exposes the UltraServer topology in sysfs per node configuration
@@ -122,8 +123,9 @@ slurmd_run() {
   . "$ROOT/etc/cdk-trn/slurmd.conf"
   docker rm --force "$SLURMD_CONTAINER" >/dev/null 2>&1 || true
   # Host network and PID namespace, every Neuron and EFA device (privileged), the host's cgroups
-  # for job containment, the shared file system (and its home/ as /home), the munge key.
-  exec docker run --rm --name "$SLURMD_CONTAINER" --workdir / \
+  # for job containment, the shared file system (and its home/ as /home), the munge key; slurmd
+  # with the checkpoint signing agent beside it (provenance/with_agent.sh).
+  exec docker run --rm --name "$SLURMD_CONTAINER" \
     --network host --pid host --ipc host --privileged --cgroupns host \
     --ulimit memlock=-1:-1 --ulimit nofile=65536:65536 --ulimit stack=67108864:67108864 \
     --env-file "$ENV_FILE" \
@@ -132,7 +134,7 @@ slurmd_run() {
     --volume "$MUNGE_KEY:/run/cdk-trn/munge.key:ro" \
     --volume "$mnt:$mnt:rshared" --volume "$mnt/home:/home" \
     --entrypoint /bin/bash "$CDK_TRN_SLURM_IMAGE" -c "$IN_CONTAINER" "$SLURMD_CONTAINER" \
-    slurmd -D -Z -N "$NODE_NAME" --conf-server "$SLURMCTLD_NAME:6817" --conf "Feature=$FEATURES"
+    /opt/cdk-trn/cdk_trn_runtime/provenance/with_agent.sh slurmd -D -Z -N "$NODE_NAME" --conf-server "$SLURMCTLD_NAME:6817" --conf "Feature=$FEATURES"
 }
 
 # A terminating node leaves Slurm: EC2 shuts the OS down before it terminates an instance, and
@@ -221,7 +223,7 @@ reserve_rendezvous_ports() {
 
 boot() {
   begin_boot
-  guard_imds || fail "could not restrict instance metadata to root (imds_guard.sh)"
+  guard_imds || fail "imds_guard.sh failed"
   log "bootstrapping $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
   check_neuron
   check_efa

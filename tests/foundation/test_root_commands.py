@@ -31,6 +31,7 @@ NODE_SCRIPTS = sorted(
         *(RUNTIME / "slurm" / "scripts").glob("*.sh"),
         *(RUNTIME / "acceptance").glob("*.sh"),
         *(RUNTIME / "acceptance").glob("*.sbatch"),
+        *(RUNTIME / "provenance").glob("*.sh"),
     ]
 )
 CLI_REMOTE = RUNTIME / "cli" / "remote.py"
