@@ -770,6 +770,8 @@ class EnclaveKeyVault(Construct):
             "ALLOWED_ROLE_ARNS": cdk.Fn.join(
                 " ", [getattr(client, "signer_role", client.role).role_arn for client in clients]
             ),
+            # Connection slots for every client node (TrainiumCluster.nodes) and a reserve.
+            "MAX_CLIENTS": str(sum(int(getattr(client, "nodes", 0) or 0) for client in clients)),
             "STATE_BUCKET": self.state_bucket.bucket_name,
             "KEY_STATE_OBJECT": KEY_STATE_OBJECT,
             "PUBLIC_KEY_PARAMETER": self.public_key_parameter,

@@ -159,7 +159,7 @@ User=${SERVICE_USER}
 Group=${SERVICE_USER}
 Environment=PYTHONPATH=${ROOT}/src
 Environment=PYTHONDONTWRITEBYTECODE=1
-ExecStart=/usr/bin/python3.11 -m cdk_trn_runtime.vault.server --listen 0.0.0.0:${SERVICE_PORT} --enclave-cid ${ENCLAVE_CID} --key-id ${KMS_KEY_ARN} --region ${AWS_REGION} --state ${STATE}${ROLE_ARGS}
+ExecStart=/usr/bin/python3.11 -m cdk_trn_runtime.vault.server --listen 0.0.0.0:${SERVICE_PORT} --enclave-cid ${ENCLAVE_CID} --key-id ${KMS_KEY_ARN} --region ${AWS_REGION} --state ${STATE}${ROLE_ARGS} --max-clients ${MAX_CLIENTS:-0}
 Restart=always
 RestartSec=2
 NoNewPrivileges=yes
