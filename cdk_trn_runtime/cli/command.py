@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,25 @@ DEFAULT_STACK = "trn-cluster"
 COMMAND_TIMEOUT_SECONDS = 120
 #: Seconds between two reads of a followed job's output when nothing new came.
 FOLLOW_INTERVAL_SECONDS = 5.0
+#: What a job's output may not send to a terminal: C0 controls but tab and newline (ESC starts
+#: the escape sequences that move the cursor, retitle the window or write the clipboard), DEL and
+#: C1 controls (CSI as one character).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` without control characters (tab and newline kept); a carriage return becomes a
+    newline, so progress lines stay readable."""
+    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def _writer(args: argparse.Namespace) -> Callable[[str], object]:
+    """Writes what a job or Slurm printed: verbatim with --raw or into a pipe or file, without
+    control characters on a terminal."""
+    raw = getattr(args, "raw", False) or not sys.stdout.isatty()
+    return sys.stdout.write if raw else (lambda text: sys.stdout.write(terminal_safe(text)))
+
+
 PLUGIN_INSTALL_URL = (
     "https://docs.aws.amazon.com/systems-manager/latest/userguide/"
     "session-manager-working-with-install-plugin.html"
@@ -107,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=200,
         help="start from the last LINES lines, or 'all' (default: 200)",
     )
+    _raw_option(logs)
 
     commands.add_parser(
         "shell",
@@ -117,12 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
             "Needs the AWS CLI and the Session Manager plugin."
         ),
     )
-    commands.add_parser(
+    status = commands.add_parser(
         "status",
         parents=[common],
         help="node states, drain reasons and running jobs",
         description="sinfo -N with states and reasons, then the running jobs.",
     )
+    _raw_option(status)
 
     vault_key = commands.add_parser(
         "vault-key",
@@ -249,7 +271,7 @@ def _print_remote(aws: Aws, args: argparse.Namespace, what: str, build: Callable
     )
     if not result.ok:
         raise CliError(failure_message(result, what), exit_code(result))
-    sys.stdout.write(result.stdout)
+    _writer(args)(result.stdout)
     return 0
 
 
@@ -263,6 +285,7 @@ def cmd_status(aws: Aws, args: argparse.Namespace) -> int:
 
 def cmd_logs(aws: Aws, args: argparse.Namespace) -> int:
     controller = find_controller(aws, args.stack)
+    write = _writer(args)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     offset: int | None = None
     wait = 0.0
@@ -297,14 +320,14 @@ def cmd_logs(aws: Aws, args: argparse.Namespace) -> int:
             offset, wait = 0, 0.0
             continue
         if chunk.data:
-            sys.stdout.write(decoder.decode(chunk.data))
+            write(decoder.decode(chunk.data))
             sys.stdout.flush()
         offset = chunk.start + len(chunk.data)
         if chunk.size >= 0 and offset < chunk.size:
             wait = 0.0  # more to read now
             continue
         if not (args.follow and chunk.active):
-            sys.stdout.write(decoder.decode(b"", final=True))
+            write(decoder.decode(b"", final=True))
             return 0
         wait = FOLLOW_INTERVAL_SECONDS
 
@@ -380,3 +403,12 @@ def main(
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _raw_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="write control characters as they are (default on a terminal: removed, so a job's "
+        "escape sequences cannot drive your terminal)",
+    )

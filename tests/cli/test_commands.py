@@ -406,3 +406,20 @@ def test_no_region_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
     assert cli_main.main(["queue"]) == 1
     assert "no AWS region" in capsys.readouterr().err
+
+
+def test_a_job_s_escape_sequences_do_not_reach_a_terminal():
+    from cdk_trn_runtime.cli.command import terminal_safe
+
+    hostile = "loss 1.0\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\r50%\x9b31m\tok\n"
+    assert terminal_safe(hostile) == "loss 1.0]52;c;cm0gLXJmIH4=[2J\n50%31m\tok\n"
+    assert "\x1b" not in terminal_safe(hostile) and "\x9b" not in terminal_safe(hostile)
+
+
+def test_logs_and_status_take_raw():
+    from cdk_trn_runtime.cli.command import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["logs", "12", "--raw"]).raw
+    assert parser.parse_args(["status", "--raw"]).raw
+    assert not parser.parse_args(["logs", "12"]).raw
