@@ -19,12 +19,14 @@ from cdk_trn_runtime.cli import vault as vault_commands
 from cdk_trn_runtime.cli.aws import (
     Aws,
     CliError,
+    RemoteResult,
     exit_code,
     failure_message,
     find_controller,
-    run_script,
+    run_document,
     session_argv,
 )
+from cdk_trn_runtime.contract import RESEARCHER_SHELL, researcher_document
 
 #: The default app's cluster stack: ``<prefix>-cluster`` with the default prefix (``stacks.config``;
 #: a test keeps the two equal).
@@ -109,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "queue", parents=[common], help="the jobs Slurm knows (squeue)", description="squeue"
     )
+
+    cancel = commands.add_parser(
+        "cancel", parents=[common], help="cancel a job (scancel)", description="scancel JOB"
+    )
+    cancel.add_argument("job", type=_job_id, help="Slurm job id (1234, or 1234_5)")
 
     logs = commands.add_parser(
         "logs",
@@ -238,10 +245,10 @@ def cmd_submit(aws: Aws, args: argparse.Namespace) -> int:
     sbatch_args, script_args = _split_script_args(args.sbatch_args)
     controller = find_controller(aws, args.stack)
     name = remote.script_file_name(args.script.name, aws.now().strftime("%Y%m%dT%H%M%SZ"))
-    result = run_script(
+    result = _run(
         aws,
-        controller.instance_id,
-        remote.submit_script(controller, script, name, sbatch_args, script_args),
+        controller,
+        remote.submit_invocation(script, name, sbatch_args, script_args),
         comment=f"cdk-trn submit {name}",
         timeout_seconds=COMMAND_TIMEOUT_SECONDS,
     )
@@ -260,15 +267,31 @@ def cmd_submit(aws: Aws, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_remote(aws: Aws, args: argparse.Namespace, what: str, build: Callable[..., str]) -> int:
-    controller = find_controller(aws, args.stack)
-    result = run_script(
+def _run(
+    aws: Aws,
+    controller: remote.Controller,
+    invocation: remote.Invocation,
+    *,
+    comment: str,
+    timeout_seconds: int = 0,
+) -> RemoteResult:
+    """Run one of the cluster's Command documents (never AWS-RunShellScript)."""
+    action, values = invocation
+    return run_document(
         aws,
         controller.instance_id,
-        build(controller),
-        comment=f"cdk-trn {what}",
-        timeout_seconds=COMMAND_TIMEOUT_SECONDS,
+        researcher_document(controller.cluster_name, action),
+        values,
+        comment=comment,
+        timeout_seconds=timeout_seconds or COMMAND_TIMEOUT_SECONDS,
     )
+
+
+def _print_remote(
+    aws: Aws, args: argparse.Namespace, what: str, invocation: remote.Invocation
+) -> int:
+    controller = find_controller(aws, args.stack)
+    result = _run(aws, controller, invocation, comment=f"cdk-trn {what}")
     if not result.ok:
         raise CliError(failure_message(result, what), exit_code(result))
     _writer(args)(result.stdout)
@@ -276,11 +299,15 @@ def _print_remote(aws: Aws, args: argparse.Namespace, what: str, build: Callable
 
 
 def cmd_queue(aws: Aws, args: argparse.Namespace) -> int:
-    return _print_remote(aws, args, "queue", remote.queue_script)
+    return _print_remote(aws, args, "queue", ("queue", {}))
 
 
 def cmd_status(aws: Aws, args: argparse.Namespace) -> int:
-    return _print_remote(aws, args, "status", remote.status_script)
+    return _print_remote(aws, args, "status", ("status", {}))
+
+
+def cmd_cancel(aws: Aws, args: argparse.Namespace) -> int:
+    return _print_remote(aws, args, "cancel", remote.cancel_invocation(args.job))
 
 
 def cmd_logs(aws: Aws, args: argparse.Namespace) -> int:
@@ -292,12 +319,11 @@ def cmd_logs(aws: Aws, args: argparse.Namespace) -> int:
     while True:
         if wait:
             aws.sleep(wait)
-        result = run_script(
+        result = _run(
             aws,
-            controller.instance_id,
-            remote.log_chunk_script(controller, args.job, offset=offset, lines=args.lines),
+            controller,
+            remote.log_chunk_invocation(args.job, offset=offset, lines=args.lines),
             comment=f"cdk-trn logs {args.job}",
-            timeout_seconds=COMMAND_TIMEOUT_SECONDS,
         )
         if not result.ok:
             raise CliError(failure_message(result, "logs"), exit_code(result))
@@ -352,7 +378,10 @@ def cmd_shell(
         )
     controller = find_controller(aws, args.stack)
     argv = session_argv(
-        aws, controller.instance_id, remote.shell_command(controller), aws_cli=aws_cli
+        aws,
+        controller.instance_id,
+        researcher_document(controller.cluster_name, RESEARCHER_SHELL),
+        aws_cli=aws_cli,
     )
     return run_interactive(argv)
 
@@ -380,6 +409,8 @@ def main(
             return cmd_logs(aws, args)
         if args.command == "status":
             return cmd_status(aws, args)
+        if args.command == "cancel":
+            return cmd_cancel(aws, args)
         if args.command == "vault-key":
             return vault_commands.cmd_vault_key(aws, args)
         if args.command == "verify":

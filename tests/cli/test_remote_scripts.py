@@ -350,9 +350,14 @@ def test_parse_log_chunk_rejects_an_unexpected_answer():
 # --- shell, job ids, and every script under shellcheck ---------------------------------------
 
 
-def test_shell_command_is_a_login_shell_as_the_job_user_in_the_container():
-    controller = remote.Controller("i-1", SLURM_CONTROLLER_CONTAINER, "trn", "/fsx", "trn")
-    assert remote.shell_command(controller) == (
+def test_the_shell_document_is_a_login_shell_as_the_job_user_in_the_container():
+    from cdk_trn_runtime.cli.documents import session_document
+
+    document = session_document(
+        container=SLURM_CONTROLLER_CONTAINER, job_user="trn", shared_root="/fsx"
+    )
+    assert document["sessionType"] == "InteractiveCommands" and document["parameters"] == {}
+    assert document["properties"]["linux"]["commands"] == (
         f"docker exec -it -u trn -w /fsx/home/trn {SLURM_CONTROLLER_CONTAINER} bash -l"
     )
 

@@ -131,11 +131,15 @@ def test_verify_without_a_run_fails_closed_before_asking_aws(stubs, tmp_path, ca
 def test_the_relay_script_quotes_the_url_and_carries_the_nonce():
     script = relay_script("http://10.0.1.5:8443", b"\x00" * 32)
     assert script.splitlines()[0] == "set -eu"
-    assert (
-        "'http://10.0.1.5:8443/v1/attestation?nonce=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%3D'"
-        in script
-    )
+    assert "url='http://10.0.1.5:8443'" in script
+    assert "nonce='AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%3D'" in script
+    assert '"$url/v1/attestation?nonce=$nonce"' in script
     assert "--max-time 20" in script and "--noproxy '*'" in script
+
+
+def test_the_relay_refuses_what_is_not_a_vault_url():
+    with pytest.raises(ValueError, match="VaultUrl"):
+        relay_script("http://10.0.1.5:8443/x'; rm -rf /", b"\x00" * 32)
 
 
 def test_the_help_lists_the_vault_commands(capsys):
