@@ -466,8 +466,13 @@ def test_cdk_trn_sends_only_the_cluster_s_own_documents(stubs, job_script, capsy
 
 def test_shell_sends_no_command_of_its_own(stubs):
     stubs.cluster()
-    started = []
-    run(stubs, "shell", which=lambda n: n, run_interactive=lambda argv: started.append(argv) or 0)
+    started: list[list[str]] = []
+
+    def run_interactive(argv):
+        started.append(list(argv))
+        return 0
+
+    run(stubs, "shell", which=lambda n: n, run_interactive=run_interactive)
     [argv] = started
     assert "--parameters" not in argv
     assert argv[argv.index("--document-name") + 1] == "cdk-trn-trn-cluster-shell"
