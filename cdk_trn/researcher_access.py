@@ -1,0 +1,84 @@
+"""Least privilege for researchers: the SSM documents ``cdk-trn`` uses, and nothing else.
+
+IAM cannot see a Run Command's parameters, so permission for ``AWS-RunShellScript`` (or a Session
+with ``AWS-StartInteractiveCommand``) is permission to run anything as root on the controller.
+:class:`ResearcherAccess` creates, per cluster, one SSM Command document per ``cdk-trn`` action
+(submit, queue, logs, status, cancel, the read-only job completion log for cost reports, the vault
+attestation relay), each a fixed script whose parameters an ``allowedPattern`` validates, and a
+Session document whose fixed command opens a shell as the job user in the Slurm container. The
+scripts are ``cdk_trn_runtime/cli/documents.py``'s, the names ``contract.researcher_document``'s,
+so the CLI and the stack agree. A researcher's IAM policy names these documents and the cluster's
+instances; see the README ("Run your jobs").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import aws_ssm as ssm
+from constructs import Construct
+
+from cdk_trn_runtime.cli.documents import command_documents, session_document
+from cdk_trn_runtime.contract import (
+    RESEARCHER_ACTIONS,
+    RESEARCHER_SHELL,
+    SLURM_CONTROLLER_CONTAINER,
+    researcher_document,
+)
+
+__all__ = ["ResearcherAccess"]
+
+
+class ResearcherAccess(Construct):
+    """The cluster's ``cdk-trn`` documents (see the module docstring).
+
+    :param cluster_name: the TrainiumCluster's name (documents are named after it).
+    :param job_user: the Slurm job user every document acts as.
+    :param shared_root: the shared file system's mount path (the job user's home is under it).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        cluster_name: str,
+        job_user: str,
+        shared_root: str,
+        container: str = SLURM_CONTROLLER_CONTAINER,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.cluster_name = cluster_name
+        documents = command_documents(
+            container=container, job_user=job_user, shared_root=shared_root
+        )
+        #: The Command documents by action.
+        self.documents: dict[str, ssm.CfnDocument] = {}
+        for action in RESEARCHER_ACTIONS:
+            self.documents[action] = self._document(action, "Command", documents[action].content())
+        #: The Session document of ``cdk-trn shell``.
+        self.shell = self._document(
+            RESEARCHER_SHELL,
+            "Session",
+            session_document(container=container, job_user=job_user, shared_root=shared_root),
+        )
+
+    def _document(self, action: str, kind: str, content: dict[str, Any]) -> ssm.CfnDocument:
+        return ssm.CfnDocument(
+            self,
+            action.capitalize(),
+            name=researcher_document(self.cluster_name, action),
+            document_type=kind,
+            document_format="JSON",
+            content=content,
+            # A changed script becomes the default version of the same name, which the
+            # researchers' policies name.
+            update_method="NewVersion",
+        )
+
+    @property
+    def document_names(self) -> list[str]:
+        """Every document's name: what a researcher's policy grants and nothing more."""
+        return [researcher_document(self.cluster_name, a) for a in RESEARCHER_ACTIONS] + [
+            researcher_document(self.cluster_name, RESEARCHER_SHELL)
+        ]
