@@ -29,7 +29,7 @@ def documents() -> tuple[SlurmScheduler, dict[str, dict]]:
         for r in template["Resources"].values()
         if r["Type"] == "AWS::SSM::Document"
     }
-    assert lint_findings(template, "us-east-2") == []
+    assert lint_findings(dict(template), "us-east-2") == []
     return scheduler, found
 
 
