@@ -73,11 +73,12 @@ finish() {
     slurm scancel "$JOB" >/dev/null 2>&1 || true
   fi
   if [ -d "$OUT_DIR" ]; then
-    aws s3 cp --region "$REGION" --recursive --only-show-errors "$OUT_DIR/" "$RESULTS_URI" \
+    aws s3 cp --region "$REGION" --recursive --only-show-errors --no-follow-symlinks \
+      "$OUT_DIR/" "$RESULTS_URI" \
       || log "upload of $OUT_DIR to $RESULTS_URI failed"
   fi
   if [ -n "$JOB" ] && [ -f "$RUN_DIR/slurm-$JOB.out" ]; then
-    aws s3 cp --region "$REGION" --only-show-errors "$RUN_DIR/slurm-$JOB.out" \
+    aws s3 cp --region "$REGION" --only-show-errors --no-follow-symlinks "$RUN_DIR/slurm-$JOB.out" \
       "${RESULTS_URI}slurm-$JOB.out" || true
   fi
   exit "$code"
