@@ -15,6 +15,7 @@
 #   guard_imds [user...]   root and these users (the daemons that need the instance role) only
 #
 # ROOT (boot_common.sh; tests set it) prefixes the files it writes; NFT names nft (tests).
+# shellcheck disable=SC2120  # the boots allow root only; the arguments name more users
 guard_imds() {
   local r="$ROOT/etc/cdk-trn/imds-guard.nft" u="$ROOT/etc/systemd/system" ok=0 x n
   for x in "$@"; do ok+=",$(id -u "$x")" || return 1; done
