@@ -15,10 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from cdk_trn_runtime.cli.documents import command_documents, session_document
+from cdk_trn.compliance import acknowledge_wildcards
+from cdk_trn_runtime.cli.documents import CODE_PREFIX, command_documents, session_document
 from cdk_trn_runtime.contract import (
     RESEARCHER_ACTIONS,
     RESEARCHER_SHELL,
@@ -49,9 +53,10 @@ class ResearcherAccess(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.cluster_name = cluster_name
-        documents = command_documents(
-            container=container, job_user=job_user, shared_root=shared_root
-        )
+        self._where = {"container": container, "job_user": job_user, "shared_root": shared_root}
+        #: Where ``cdk-trn submit --code`` uploads code archives (None: no archives).
+        self.code_bucket: s3.IBucket | None = None
+        documents = command_documents(**self._where)
         #: The Command documents by action.
         self.documents: dict[str, ssm.CfnDocument] = {}
         for action in RESEARCHER_ACTIONS:
@@ -74,6 +79,29 @@ class ResearcherAccess(Construct):
             # A changed script becomes the default version of the same name, which the
             # researchers' policies name.
             update_method="NewVersion",
+        )
+
+    def allow_code_archives(self, bucket: s3.IBucket, reader: iam.Role) -> None:
+        """Let ``submit`` take a code archive (``code/<name>.tar.gz`` in ``bucket``, uploaded by
+        ``cdk-trn submit --code DIR``): ``reader`` (the controller's role, root on the
+        controller) fetches it, the job user unpacks it beside the job script; sbatch runs
+        there. Researchers then also need ``s3:PutObject`` on ``code/*``."""
+        self.code_bucket = bucket
+        submit = command_documents(
+            **self._where, code_bucket=bucket.bucket_name, region=cdk.Stack.of(self).region
+        )["submit"]
+        self.documents["submit"].content = submit.content()
+        archives = bucket.arn_for_objects(f"{CODE_PREFIX}*")
+        iam.Grant.add_to_principal(
+            grantee=reader, actions=["s3:GetObject"], resource_arns=[archives]
+        )
+        if bucket.encryption_key is not None:
+            bucket.encryption_key.grant_decrypt(reader)
+        acknowledge_wildcards(
+            reader,
+            "the controller reads the code archives researchers upload under code/ (their "
+            "names are known only at submit time), nothing else of the bucket",
+            resources=[archives],
         )
 
     @property

@@ -123,6 +123,8 @@ OUTPUT_NODE_GROUP = "SlurmNodeGroup"  # Auto Scaling group of the Trainium nodes
 OUTPUT_JOB_USER = "SlurmJobUser"
 OUTPUT_SHARED_ROOT = "SlurmSharedRoot"  # the shared file system's mount path, e.g. /fsx
 OUTPUT_SLURM_CLUSTER = "SlurmClusterName"
+#: The storage stack's dataset bucket: ``cdk-trn submit --code`` uploads code archives to its code/.
+OUTPUT_CODE_BUCKET = "DatasetBucketName"
 
 #: The environment file the Slurm node scripts (health check, prolog, epilog) read: shell
 #: ``NAME=value`` lines with the names below. ``CDK_TRN_SLURM_ENV`` overrides its path.

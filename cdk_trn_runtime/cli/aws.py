@@ -59,6 +59,7 @@ class Aws:
     autoscaling: Any
     ssm: Any
     region: str
+    s3: Any = None
     profile: str | None = None
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
@@ -79,6 +80,7 @@ class Aws:
             cloudformation=session.client("cloudformation"),
             autoscaling=session.client("autoscaling"),
             ssm=session.client("ssm"),
+            s3=session.client("s3"),
             region=session.region_name,
             profile=profile,
         )

@@ -25,8 +25,10 @@ from cdk_trn_runtime.cli.aws import (
     find_controller,
     run_document,
     session_argv,
+    stack_outputs,
 )
-from cdk_trn_runtime.contract import RESEARCHER_SHELL, researcher_document
+from cdk_trn_runtime.cli.documents import CODE_PREFIX
+from cdk_trn_runtime.contract import OUTPUT_CODE_BUCKET, RESEARCHER_SHELL, researcher_document
 
 #: The default app's cluster stack: ``<prefix>-cluster`` with the default prefix (``stacks.config``;
 #: a test keeps the two equal).
@@ -99,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
             "sbatch --parsable, with --requeue unless --no-requeue is given. Arguments after "
             "SCRIPT go to sbatch; arguments after -- go to the script."
         ),
+    )
+    submit.add_argument(
+        "--code",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also upload DIR (a tar.gz under code/ in the storage stack's dataset bucket); "
+        "the job user "
+        "unpacks it beside the script on the cluster and sbatch runs there",
     )
     submit.add_argument("script", type=Path, help="the local job script (text, at most 64 KiB)")
     submit.add_argument(
@@ -245,10 +256,11 @@ def cmd_submit(aws: Aws, args: argparse.Namespace) -> int:
     sbatch_args, script_args = _split_script_args(args.sbatch_args)
     controller = find_controller(aws, args.stack)
     name = remote.script_file_name(args.script.name, aws.now().strftime("%Y%m%dT%H%M%SZ"))
+    code_key = _upload_code(aws, args.stack, args.code, name) if args.code else ""
     result = _run(
         aws,
         controller,
-        remote.submit_invocation(script, name, sbatch_args, script_args),
+        remote.submit_invocation(script, name, sbatch_args, script_args, code_key=code_key),
         comment=f"cdk-trn submit {name}",
         timeout_seconds=COMMAND_TIMEOUT_SECONDS,
     )
@@ -265,6 +277,39 @@ def cmd_submit(aws: Aws, args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+#: The largest code archive ``submit --code`` uploads (code, not data: data goes on the shared
+#: file system).
+MAX_CODE_ARCHIVE_BYTES = 256 * 1024 * 1024
+
+
+def _upload_code(aws: Aws, stack: str, directory: Path, name: str) -> str:
+    """Pack ``directory`` (regular files and directories only) as ``code/<name>.tar.gz`` in the
+    dataset bucket of the storage stack beside ``stack`` (``<prefix>-storage``); its key."""
+    import io  # noqa: PLC0415
+    import tarfile  # noqa: PLC0415
+
+    if not directory.is_dir():
+        raise CliError(f"{directory}: --code needs a directory", 2)
+    storage = stack.removesuffix("-cluster") + "-storage"
+    bucket = stack_outputs(aws, storage).get(OUTPUT_CODE_BUCKET)
+    if not bucket:
+        raise CliError(f"stack {storage} has no output {OUTPUT_CODE_BUCKET} for --code")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path in sorted(directory.rglob("*")):
+            if path.is_symlink() or not (path.is_file() or path.is_dir()):
+                continue  # links and special files stay behind
+            archive.add(path, arcname=str(path.relative_to(directory)), recursive=False)
+    if buffer.tell() > MAX_CODE_ARCHIVE_BYTES:
+        raise CliError(
+            f"{directory} packs to {buffer.tell()} bytes, more than {MAX_CODE_ARCHIVE_BYTES}: "
+            "put data on the shared file system"
+        )
+    key = f"{CODE_PREFIX}{name}.tar.gz"
+    aws.s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+    return key
 
 
 def _run(

@@ -55,6 +55,9 @@ FILE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
 LINES = r"^([0-9]{1,7}|all)$"
 OFFSET = r"^[0-9]{0,15}$"
 NONCE = r"^[A-Za-z0-9%_.-]{1,128}$"
+#: Where ``cdk-trn submit --code`` puts a code archive in the code bucket.
+CODE_PREFIX = "code/"
+CODE_KEY = r"^$|^code/[A-Za-z0-9._-]{1,160}\.tar\.gz$"
 VAULT_URL = r"^http://[0-9]{1,3}(\.[0-9]{1,3}){3}:[0-9]{1,5}$"
 
 
@@ -121,8 +124,16 @@ def _safe(value: str, what: str) -> str:
     return value
 
 
-def command_documents(*, container: str, job_user: str, shared_root: str) -> dict[str, Document]:
-    """Every Command document of a cluster, by action."""
+def command_documents(
+    *,
+    container: str,
+    job_user: str,
+    shared_root: str,
+    code_bucket: str = "",
+    region: str = "",
+) -> dict[str, Document]:
+    """Every Command document of a cluster, by action. ``code_bucket``: where ``submit`` may
+    fetch a code archive from (``code/*.tar.gz``; none: ``CodeKey`` must stay empty)."""
     container = _safe(container, "container")
     user = _safe(job_user, "job user")
     home = _safe(str(PurePosixPath(shared_root) / SHARED_HOMES / job_user), "home")
@@ -144,16 +155,27 @@ def command_documents(*, container: str, job_user: str, shared_root: str) -> dic
                 name='{{{{ FileName }}}}'
                 sbatch_args='{{{{ SbatchArgs }}}}'
                 script_args='{{{{ ScriptArgs }}}}'
+                code_key='{{{{ CodeKey }}}}'
                 path="$jobs/$name"
+                workdir="$home"
                 if ! docker exec -u "$user" -w / "$container" test -d "$home"; then
                   echo "cdk-trn: the job user's home $home does not exist in $container" >&2
                   exit {EXIT_NO_FILE}
                 fi
                 printf '%s' "$script" | docker exec -i -u "$user" -w / "$container" \\
                   sh -c 'mkdir -p "$1" && set -C && base64 -d > "$2"' sh "$jobs" "$path"
+                if [ -n "$code_key" ]; then
+                  # Root only fetches the archive; the job user unpacks it (and owns the files).
+                  workdir="$path.code"
+                  aws s3 cp --region '{region or "us-east-1"}' --only-show-errors \\
+                    "s3://{code_bucket or "none"}/$code_key" - \\
+                    | docker exec -i -u "$user" -w / "$container" sh -c \\
+                      'mkdir "$1" && tar -xzf - -C "$1" --no-same-owner --no-same-permissions' \\
+                      sh "$workdir"
+                fi
                 {{ printf '%s' "$sbatch_args" | base64 -d; printf '%s\\000' "$path"
                   printf '%s' "$script_args" | base64 -d; }} \\
-                  | xargs -0 docker exec -u "$user" -w "$home" "$container" sbatch --parsable \\
+                  | xargs -0 docker exec -u "$user" -w "$workdir" "$container" sbatch --parsable \\
                   || exit 1
                 """
             ),
@@ -162,6 +184,12 @@ def command_documents(*, container: str, job_user: str, shared_root: str) -> dic
                 "FileName": _param(FILE_NAME, "its file name in the jobs directory"),
                 "SbatchArgs": _param(BASE64, "sbatch options, each NUL-terminated, base64", ""),
                 "ScriptArgs": _param(BASE64, "the script's arguments, NUL-terminated, base64", ""),
+                "CodeKey": _param(
+                    CODE_KEY if code_bucket else "^$",
+                    "a code archive in the code bucket, unpacked as the job user beside the "
+                    "script; sbatch runs there",
+                    "",
+                ),
             },
         ),
         Document(

@@ -73,6 +73,8 @@ class Controller:
     slurm_cluster: str
     #: The TrainiumCluster's name: the SSM documents are named after it.
     cluster_name: str = ""
+    #: Where ``submit --code`` uploads code archives (the stack's CodeBucket output).
+    code_bucket: str = ""
 
     @property
     def home(self) -> str:
@@ -103,6 +105,7 @@ def _documents(controller: Controller) -> dict[str, documents.Document]:
         container=controller.container,
         job_user=controller.job_user,
         shared_root=controller.shared_root,
+        code_bucket=controller.code_bucket,
     )
 
 
@@ -125,6 +128,8 @@ def submit_invocation(
     file_name: str,
     sbatch_args: Sequence[str] = (),
     script_args: Sequence[str] = (),
+    *,
+    code_key: str = "",
 ) -> Invocation:
     """Write ``script`` to ``<home>/jobs/<file_name>`` as the job user, then ``sbatch`` it.
 
@@ -148,6 +153,7 @@ def submit_invocation(
             "FileName": file_name,
             "SbatchArgs": _nul_terminated([*requeue, *sbatch_args]),
             "ScriptArgs": _nul_terminated(script_args),
+            "CodeKey": code_key,
         },
     )
 

@@ -67,11 +67,12 @@ class StubbedAws:
     cloudformation: Stubber
     autoscaling: Stubber
     ssm: Stubber
+    s3: Stubber
     clock: FakeClock
     sent_documents: list[Any] = field(default_factory=list)
 
     def assert_all_called(self) -> None:
-        for stubber in (self.cloudformation, self.autoscaling, self.ssm):
+        for stubber in (self.cloudformation, self.autoscaling, self.ssm, self.s3):
             stubber.assert_no_pending_responses()
 
     # --- CloudFormation and Auto Scaling ----------------------------------------------------
@@ -208,6 +209,7 @@ def stubbed_aws() -> StubbedAws:
         cloudformation=boto3.client("cloudformation", region_name=REGION),
         autoscaling=boto3.client("autoscaling", region_name=REGION),
         ssm=boto3.client("ssm", region_name=REGION),
+        s3=boto3.client("s3", region_name=REGION),
         region=REGION,
         sleep=clock.sleep,
         monotonic=clock.monotonic,
@@ -218,8 +220,9 @@ def stubbed_aws() -> StubbedAws:
         cloudformation=Stubber(aws.cloudformation),
         autoscaling=Stubber(aws.autoscaling),
         ssm=Stubber(aws.ssm),
+        s3=Stubber(aws.s3),
         clock=clock,
     )
-    for stubber in (stubs.cloudformation, stubs.autoscaling, stubs.ssm):
+    for stubber in (stubs.cloudformation, stubs.autoscaling, stubs.ssm, stubs.s3):
         stubber.activate()
     return stubs

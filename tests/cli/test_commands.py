@@ -476,3 +476,30 @@ def test_shell_sends_no_command_of_its_own(stubs):
     [argv] = started
     assert "--parameters" not in argv
     assert argv[argv.index("--document-name") + 1] == "cdk-trn-trn-cluster-shell"
+
+
+def test_submit_with_code_uploads_the_directory_and_names_it_to_the_document(
+    stubs, job_script, tmp_path, capsys
+):
+    import io
+    import tarfile
+
+    from botocore.stub import ANY
+
+    code = tmp_path / "src"
+    (code / "pkg").mkdir(parents=True)
+    (code / "pkg" / "train.py").write_text("print('hi')\n")
+    (code / "link").symlink_to("/etc/passwd")
+    stubs.cluster()
+    stubs.stack({"DatasetBucketName": "code-bkt"}, stack="trn-storage")
+    name = "20260301T120000Z-train.sbatch"
+    key = f"code/{name}.tar.gz"
+    uploaded: list[bytes] = []
+    stubs.aws.s3.meta.events.register(
+        "provide-client-params.s3.PutObject", lambda params, **_: uploaded.append(params["Body"])
+    )
+    stubs.s3.add_response("put_object", {}, {"Bucket": "code-bkt", "Key": key, "Body": ANY})
+    stubs.run(remote.submit_invocation(SCRIPT, name, code_key=key), f"cdk-trn submit {name}", "9\n")
+    assert run(stubs, "submit", "--code", str(code), str(job_script)) == 0
+    with tarfile.open(fileobj=io.BytesIO(uploaded[0])) as archive:
+        assert sorted(archive.getnames()) == ["pkg", "pkg/train.py"]  # no link
