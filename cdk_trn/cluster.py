@@ -198,6 +198,7 @@ class TrainiumCluster(Construct):
         self._security_group = EfaSecurityGroup(self, "SecurityGroup", vpc=network.vpc)
         self._connections = ec2.Connections(security_groups=[self._security_group])
         self._role = self._node_role()
+        self._signer_role = self._signing_agent_role()
         self._allow_vault_discovery()
         #: Encrypts the boot log groups of this cluster's instance roles (nodes, controller).
         self._boot_log_key = kms.Key(
@@ -417,6 +418,22 @@ class TrainiumCluster(Construct):
             self, "NodeRole", description=f"Trainium training nodes of {self.node.path}"
         )
 
+    def _signing_agent_role(self) -> iam.Role:
+        """The credential an enclave vault accepts from this cluster (issue 20): a role with no
+        permissions of its own, which only the node role may assume. Only root on a node can get
+        the node role's credentials (instance metadata is root's: node/imds_guard.sh), and the
+        node's signing agent (``cdk_trn_runtime.provenance.agent``, root) is what assumes it, so
+        a job can neither call the vault nor sign as another run."""
+        role = iam.Role(
+            self,
+            "SigningAgentRole",
+            assumed_by=iam.ArnPrincipal(self._role.role_arn),
+            description=f"Checkpoint signing agent of {self.node.path}: what the vault accepts",
+            max_session_duration=cdk.Duration.hours(1),
+        )
+        role.grant_assume_role(self._role)
+        return role
+
     def _allow_vault_discovery(self) -> None:
         """Let the nodes read the URL of an enclave vault that serves this cluster, and nothing
         else of SSM's parameters: ``ssm:GetParameter`` on the one parameter whose name the
@@ -485,6 +502,7 @@ class TrainiumCluster(Construct):
         slurm = self.slurm
         variables: dict[str, Any] = {
             "CDK_TRN_REGION": cdk.Stack.of(self).region,
+            "CDK_TRN_SIGNER_ROLE": self._signer_role.role_arn,
             "CDK_TRN_STACK": cdk.Stack.of(self).stack_name,
             "CDK_TRN_RESOURCE": cdk.Stack.of(self).get_logical_id(self.auto_scaling_group),
             "CDK_TRN_CLUSTER": self.cluster_name,
@@ -643,6 +661,12 @@ class TrainiumCluster(Construct):
         """The node role; grant the nodes access through it (``grant_*(cluster.role)``): the
         statements land in its customer-managed policy, which exists before any node boots."""
         return self._role
+
+    @property
+    def signer_role(self) -> iam.IRole:
+        """The role the nodes' signing agents assume to call an enclave vault; the vault admits
+        this role only (``EnclaveKeyVault``), never the node role every process could once use."""
+        return self._signer_role
 
     @property
     def events_topic(self) -> sns.Topic:

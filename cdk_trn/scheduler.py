@@ -55,6 +55,7 @@ from cdk_trn.compliance.acknowledge import (
     acknowledge_wildcards,
 )
 from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn.researcher_access import ResearcherAccess
 from cdk_trn.security import signalling_instance_role
 from cdk_trn_runtime.contract import (
     CLUSTER_TAG,
@@ -252,6 +253,14 @@ class SlurmScheduler(Construct):
             self._allow_power_saving()
         # Nodes register with a running controller: they boot after it signalled.
         cluster.auto_scaling_group.node.add_dependency(self.auto_scaling_group)
+        #: The SSM documents cdk-trn uses (researchers' least privilege, issue 20).
+        self.researcher_access = ResearcherAccess(
+            self,
+            "ResearcherAccess",
+            cluster_name=cluster.cluster_name,
+            job_user=self.job_user,
+            shared_root=self.shared_root,
+        )
         cdk.Tags.of(self).add(CLUSTER_TAG, cluster.cluster_name)
 
     # --- validation -------------------------------------------------------------------------

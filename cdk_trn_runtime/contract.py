@@ -35,6 +35,26 @@ def vault_url_parameter(cluster_name: str) -> str:
     return VAULT_URL_PARAMETER_FORMAT.format(cluster=cluster_name)
 
 
+#: The SSM documents the cluster stack creates for researchers (``cdk_trn.researcher_access``,
+#: ``cdk_trn_runtime/cli/documents.py``): Command documents by action, and the shell's Session
+#: document. ``completions`` is the read-only job completion log (``cdk-trn cost`` reads it).
+RESEARCHER_ACTIONS = ("submit", "queue", "logs", "status", "cancel", "completions", "relay")
+RESEARCHER_SHELL = "shell"
+
+
+def researcher_document(cluster_name: str, action: str) -> str:
+    """The name of the cluster's SSM document for ``action`` (one of
+    :data:`RESEARCHER_ACTIONS` or :data:`RESEARCHER_SHELL`)."""
+    if action not in (*RESEARCHER_ACTIONS, RESEARCHER_SHELL):
+        raise ValueError(f"no researcher document for {action!r}")
+    return f"cdk-trn-{cluster_name}-{action}"
+
+
+#: The read-only document that returns Slurm's job completion log (cost reports).
+def job_completions_document(cluster_name: str) -> str:
+    return researcher_document(cluster_name, "completions")
+
+
 #: Environment of training jobs: the vault URL (overrides the SSM parameter), the run id signed
 #: into each manifest (default: the Slurm job id) and the cluster's name (default: the node
 #: environment file's, written by the node bootstrap).
@@ -122,6 +142,8 @@ OUTPUT_NODE_GROUP = "SlurmNodeGroup"  # Auto Scaling group of the Trainium nodes
 OUTPUT_JOB_USER = "SlurmJobUser"
 OUTPUT_SHARED_ROOT = "SlurmSharedRoot"  # the shared file system's mount path, e.g. /fsx
 OUTPUT_SLURM_CLUSTER = "SlurmClusterName"
+#: The storage stack's dataset bucket: ``cdk-trn submit --code`` uploads code archives to its code/.
+OUTPUT_CODE_BUCKET = "DatasetBucketName"
 
 #: The environment file the Slurm node scripts (health check, prolog, epilog) read: shell
 #: ``NAME=value`` lines with the names below. ``CDK_TRN_SLURM_ENV`` overrides its path.

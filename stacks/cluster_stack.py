@@ -82,6 +82,10 @@ class ClusterStack(cdk.Stack):
                 if config.idle_scale_in_minutes is not None
                 else None,
             )
+            # cdk-trn submit --code: archives under code/ in the dataset bucket.
+            self.scheduler.researcher_access.allow_code_archives(
+                storage.buckets.dataset_bucket, self.scheduler.role
+            )
             self._scheduler_outputs(self.scheduler)
         # During the deploy, the bundled container proves the nodes: the deploy fails if they
         # are broken or slow, and the figures become stack outputs.

@@ -761,8 +761,15 @@ class EnclaveKeyVault(Construct):
                 "CDK_TRN_KMS_PROXY_PORT": KMS_PROXY_VSOCK_PORT,
                 "CDK_TRN_SERVICE_PORT": self.port,
                 "CDK_TRN_KMS_KEY_ARN": self.key.key_arn,
+                # A client's signing role when it has one (TrainiumCluster.signer_role: only
+                # the nodes' root signing agents assume it), else its role.
                 "CDK_TRN_ALLOWED_ROLE_ARNS": cdk.Fn.join(
-                    " ", [client.role.role_arn for client in clients]
+                    " ",
+                    [getattr(client, "signer_role", client.role).role_arn for client in clients],
+                ),
+                # Connection slots for every client node (TrainiumCluster.nodes) and a reserve.
+                "CDK_TRN_MAX_CLIENTS": sum(
+                    int(getattr(client, "nodes", 0) or 0) for client in clients
                 ),
                 "CDK_TRN_STATE_BUCKET": self.state_bucket.bucket_name,
                 "CDK_TRN_KEY_STATE_OBJECT": KEY_STATE_OBJECT,

@@ -48,7 +48,7 @@ OUT_DIR="${RUN_DIR}/results"
 SCRIPT="${RUN_DIR}/acceptance.sbatch"
 
 log() { echo "cdk-trn acceptance: $*" >&2; }
-slurm() { docker exec -u "$JOB_USER" "$CONTAINER" "$@"; }
+slurm() { docker exec -u "$JOB_USER" -w / "$CONTAINER" "$@"; }
 
 # (docker ps, not docker inspect --format: Run Command would read its braces as a parameter.)
 running=$(docker ps -q --filter "name=^${CONTAINER}\$" --filter status=running 2>/dev/null || true)
@@ -92,7 +92,7 @@ fi
 
 slurm mkdir -p "$OUT_DIR"
 # The job script, written by the job user onto the shared file system beside its results.
-echo '__SBATCH_BASE64__' | docker exec -i -u "$JOB_USER" "$CONTAINER" \
+echo '__SBATCH_BASE64__' | docker exec -i -u "$JOB_USER" -w / "$CONTAINER" \
   sh -c 'base64 -d > "$1"' sh "$SCRIPT"
 
 JOB=""
@@ -103,11 +103,12 @@ finish() {
     slurm scancel "$JOB" >/dev/null 2>&1 || true
   fi
   if [ -d "$OUT_DIR" ]; then
-    aws s3 cp --region "$REGION" --recursive --only-show-errors "$OUT_DIR/" "$RESULTS_URI" \
+    aws s3 cp --region "$REGION" --recursive --only-show-errors --no-follow-symlinks \
+      "$OUT_DIR/" "$RESULTS_URI" \
       || log "upload of $OUT_DIR to $RESULTS_URI failed"
   fi
   if [ -n "$JOB" ] && [ -f "$RUN_DIR/slurm-$JOB.out" ]; then
-    aws s3 cp --region "$REGION" --only-show-errors "$RUN_DIR/slurm-$JOB.out" \
+    aws s3 cp --region "$REGION" --only-show-errors --no-follow-symlinks "$RUN_DIR/slurm-$JOB.out" \
       "${RESULTS_URI}slurm-$JOB.out" || true
   fi
   exit "$code"

@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 
 from cdk_trn_runtime.cli.remote import Controller
 from cdk_trn_runtime.contract import (
+    OUTPUT_CLUSTER_NAME,
     OUTPUT_CONTROLLER_GROUP,
     OUTPUT_JOB_USER,
     OUTPUT_SHARED_ROOT,
@@ -27,12 +28,12 @@ from cdk_trn_runtime.contract import (
 
 #: Outputs of the cluster stack the command needs.
 REQUIRED_OUTPUTS = (
+    OUTPUT_CLUSTER_NAME,
     OUTPUT_CONTROLLER_GROUP,
     OUTPUT_JOB_USER,
     OUTPUT_SHARED_ROOT,
     OUTPUT_SLURM_CLUSTER,
 )
-RUN_SHELL_SCRIPT = "AWS-RunShellScript"
 _DONE = frozenset({"Success", "Failed", "Cancelled", "TimedOut", "DeliveryTimedOut"})
 #: Seconds SSM may take to deliver a command to the controller (the API's minimum is 30).
 DELIVERY_TIMEOUT_SECONDS = 60
@@ -58,6 +59,7 @@ class Aws:
     autoscaling: Any
     ssm: Any
     region: str
+    s3: Any = None
     profile: str | None = None
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
@@ -78,6 +80,7 @@ class Aws:
             cloudformation=session.client("cloudformation"),
             autoscaling=session.client("autoscaling"),
             ssm=session.client("ssm"),
+            s3=session.client("s3"),
             region=session.region_name,
             profile=profile,
         )
@@ -139,6 +142,7 @@ def find_controller(aws: Aws, stack: str) -> Controller:
         job_user=outputs[OUTPUT_JOB_USER],
         shared_root=outputs[OUTPUT_SHARED_ROOT],
         slurm_cluster=outputs[OUTPUT_SLURM_CLUSTER],
+        cluster_name=outputs[OUTPUT_CLUSTER_NAME],
     )
 
 
@@ -172,15 +176,17 @@ def in_service_instance(aws: Aws, group: str, *, what: str) -> str:
     return str(in_service[0]["InstanceId"])
 
 
-def run_script(
+def run_document(
     aws: Aws,
     instance_id: str,
-    script: str,
+    document: str,
+    parameters: dict[str, str],
     *,
     comment: str,
     timeout_seconds: int,
 ) -> RemoteResult:
-    """Run ``script`` as root on the instance with ``AWS-RunShellScript`` and wait for it.
+    """Run the cluster's SSM Command ``document`` (``cdk_trn_runtime/cli/documents.py``; never
+    AWS-RunShellScript) with ``parameters`` on the instance and wait for it.
 
     Polls GetCommandInvocation with a growing wait until the command ends, for at most
     ``timeout_seconds`` plus the delivery time; past that, :class:`CliError` names the command so
@@ -189,11 +195,8 @@ def run_script(
     try:
         sent = aws.ssm.send_command(
             InstanceIds=[instance_id],
-            DocumentName=RUN_SHELL_SCRIPT,
-            Parameters={
-                "commands": script.splitlines(),
-                "executionTimeout": [str(timeout_seconds)],
-            },
+            DocumentName=document,
+            Parameters={name: [value] for name, value in parameters.items()},
             TimeoutSeconds=DELIVERY_TIMEOUT_SECONDS,
             Comment=comment[:100],
         )
@@ -203,8 +206,10 @@ def run_script(
             if _code(error) == "InvalidInstanceId"
             else ""
         )
+        if _code(error) == "InvalidDocument":
+            hint = f" (is {document} deployed? update the cluster stack)"
         raise CliError(
-            f"cannot send a command to the controller {instance_id}: {_message(error)}{hint}"
+            f"cannot send {document} to {instance_id}: {_message(error)}{hint}"
         ) from None
     command_id = str(sent["Command"]["CommandId"])
     deadline = aws.monotonic() + timeout_seconds + DELIVERY_TIMEOUT_SECONDS
@@ -253,12 +258,10 @@ def exit_code(result: RemoteResult) -> int:
 
 
 def session_argv(
-    aws: Aws, instance_id: str, command: str, *, aws_cli: str = "aws"
+    aws: Aws, instance_id: str, document: str, *, aws_cli: str = "aws"
 ) -> Sequence[str]:
-    """``aws ssm start-session`` that runs ``command`` on the instance through the
-    AWS-StartInteractiveCommand document."""
-    import json
-
+    """``aws ssm start-session`` with the cluster's Session ``document``, whose command is fixed
+    (a login shell as the job user): no free-form command is ever sent."""
     argv = [
         aws_cli,
         "ssm",
@@ -266,9 +269,7 @@ def session_argv(
         "--target",
         instance_id,
         "--document-name",
-        "AWS-StartInteractiveCommand",
-        "--parameters",
-        json.dumps({"command": [command]}),
+        document,
         "--region",
         aws.region,
     ]

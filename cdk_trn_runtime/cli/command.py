@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import re
 import shutil
 import subprocess
 import sys
@@ -19,12 +20,16 @@ from cdk_trn_runtime.cli import vault as vault_commands
 from cdk_trn_runtime.cli.aws import (
     Aws,
     CliError,
+    RemoteResult,
     exit_code,
     failure_message,
     find_controller,
-    run_script,
+    run_document,
     session_argv,
+    stack_outputs,
 )
+from cdk_trn_runtime.cli.documents import CODE_PREFIX
+from cdk_trn_runtime.contract import OUTPUT_CODE_BUCKET, RESEARCHER_SHELL, researcher_document
 
 #: The default app's cluster stack: ``<prefix>-cluster`` with the default prefix (``stacks.config``;
 #: a test keeps the two equal).
@@ -33,6 +38,25 @@ DEFAULT_STACK = "trn-cluster"
 COMMAND_TIMEOUT_SECONDS = 120
 #: Seconds between two reads of a followed job's output when nothing new came.
 FOLLOW_INTERVAL_SECONDS = 5.0
+#: What a job's output may not send to a terminal: C0 controls but tab and newline (ESC starts
+#: the escape sequences that move the cursor, retitle the window or write the clipboard), DEL and
+#: C1 controls (CSI as one character).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` without control characters (tab and newline kept); a carriage return becomes a
+    newline, so progress lines stay readable."""
+    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def _writer(args: argparse.Namespace) -> Callable[[str], object]:
+    """Writes what a job or Slurm printed: verbatim with --raw or into a pipe or file, without
+    control characters on a terminal."""
+    raw = getattr(args, "raw", False) or not sys.stdout.isatty()
+    return sys.stdout.write if raw else (lambda text: sys.stdout.write(terminal_safe(text)))
+
+
 PLUGIN_INSTALL_URL = (
     "https://docs.aws.amazon.com/systems-manager/latest/userguide/"
     "session-manager-working-with-install-plugin.html"
@@ -79,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
             "SCRIPT go to sbatch; arguments after -- go to the script."
         ),
     )
+    submit.add_argument(
+        "--code",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also upload DIR (a tar.gz under code/ in the storage stack's dataset bucket); "
+        "the job user "
+        "unpacks it beside the script on the cluster and sbatch runs there",
+    )
     submit.add_argument("script", type=Path, help="the local job script (text, at most 64 KiB)")
     submit.add_argument(
         "sbatch_args",
@@ -90,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "queue", parents=[common], help="the jobs Slurm knows (squeue)", description="squeue"
     )
+
+    cancel = commands.add_parser(
+        "cancel", parents=[common], help="cancel a job (scancel)", description="scancel JOB"
+    )
+    cancel.add_argument("job", type=_job_id, help="Slurm job id (1234, or 1234_5)")
 
     logs = commands.add_parser(
         "logs",
@@ -108,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=200,
         help="start from the last LINES lines, or 'all' (default: 200)",
     )
+    _raw_option(logs)
 
     commands.add_parser(
         "shell",
@@ -118,12 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
             "Needs the AWS CLI and the Session Manager plugin."
         ),
     )
-    commands.add_parser(
+    status = commands.add_parser(
         "status",
         parents=[common],
         help="node states, drain reasons and running jobs",
         description="sinfo -N with states and reasons, then the running jobs.",
     )
+    _raw_option(status)
 
     cost = commands.add_parser(
         "cost",
@@ -165,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("checkpoint", type=Path, help="the checkpoint directory, e.g. step-1000")
     verify.add_argument("--manifest", type=Path, default=None, help="the signed manifest")
     verify.add_argument("--run-id", default=None, help="fail unless the manifest names this run")
+    verify.add_argument(
+        "--any-run",
+        action="store_true",
+        help="accept a checkpoint of any run of the cluster (without it, --run-id is required)",
+    )
     verify.add_argument(
         "--step",
         type=int,
@@ -226,10 +271,11 @@ def cmd_submit(aws: Aws, args: argparse.Namespace) -> int:
     sbatch_args, script_args = _split_script_args(args.sbatch_args)
     controller = find_controller(aws, args.stack)
     name = remote.script_file_name(args.script.name, aws.now().strftime("%Y%m%dT%H%M%SZ"))
-    result = run_script(
+    code_key = _upload_code(aws, args.stack, args.code, name) if args.code else ""
+    result = _run(
         aws,
-        controller.instance_id,
-        remote.submit_script(controller, script, name, sbatch_args, script_args),
+        controller,
+        remote.submit_invocation(script, name, sbatch_args, script_args, code_key=code_key),
         comment=f"cdk-trn submit {name}",
         timeout_seconds=COMMAND_TIMEOUT_SECONDS,
     )
@@ -248,43 +294,96 @@ def cmd_submit(aws: Aws, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_remote(aws: Aws, args: argparse.Namespace, what: str, build: Callable[..., str]) -> int:
-    controller = find_controller(aws, args.stack)
-    result = run_script(
+#: The largest code archive ``submit --code`` uploads (code, not data: data goes on the shared
+#: file system).
+MAX_CODE_ARCHIVE_BYTES = 256 * 1024 * 1024
+
+
+def _upload_code(aws: Aws, stack: str, directory: Path, name: str) -> str:
+    """Pack ``directory`` (regular files and directories only) as ``code/<name>.tar.gz`` in the
+    dataset bucket of the storage stack beside ``stack`` (``<prefix>-storage``); its key."""
+    import io  # noqa: PLC0415
+    import tarfile  # noqa: PLC0415
+
+    if not directory.is_dir():
+        raise CliError(f"{directory}: --code needs a directory", 2)
+    storage = stack.removesuffix("-cluster") + "-storage"
+    bucket = stack_outputs(aws, storage).get(OUTPUT_CODE_BUCKET)
+    if not bucket:
+        raise CliError(f"stack {storage} has no output {OUTPUT_CODE_BUCKET} for --code")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path in sorted(directory.rglob("*")):
+            if path.is_symlink() or not (path.is_file() or path.is_dir()):
+                continue  # links and special files stay behind
+            archive.add(path, arcname=str(path.relative_to(directory)), recursive=False)
+    if buffer.tell() > MAX_CODE_ARCHIVE_BYTES:
+        raise CliError(
+            f"{directory} packs to {buffer.tell()} bytes, more than {MAX_CODE_ARCHIVE_BYTES}: "
+            "put data on the shared file system"
+        )
+    key = f"{CODE_PREFIX}{name}.tar.gz"
+    aws.s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+    return key
+
+
+def _run(
+    aws: Aws,
+    controller: remote.Controller,
+    invocation: remote.Invocation,
+    *,
+    comment: str,
+    timeout_seconds: int = 0,
+) -> RemoteResult:
+    """Run one of the cluster's Command documents (never AWS-RunShellScript)."""
+    action, values = invocation
+    return run_document(
         aws,
         controller.instance_id,
-        build(controller),
-        comment=f"cdk-trn {what}",
-        timeout_seconds=COMMAND_TIMEOUT_SECONDS,
+        researcher_document(controller.cluster_name, action),
+        values,
+        comment=comment,
+        timeout_seconds=timeout_seconds or COMMAND_TIMEOUT_SECONDS,
     )
+
+
+def _print_remote(
+    aws: Aws, args: argparse.Namespace, what: str, invocation: remote.Invocation
+) -> int:
+    controller = find_controller(aws, args.stack)
+    result = _run(aws, controller, invocation, comment=f"cdk-trn {what}")
     if not result.ok:
         raise CliError(failure_message(result, what), exit_code(result))
-    sys.stdout.write(result.stdout)
+    _writer(args)(result.stdout)
     return 0
 
 
 def cmd_queue(aws: Aws, args: argparse.Namespace) -> int:
-    return _print_remote(aws, args, "queue", remote.queue_script)
+    return _print_remote(aws, args, "queue", ("queue", {}))
 
 
 def cmd_status(aws: Aws, args: argparse.Namespace) -> int:
-    return _print_remote(aws, args, "status", remote.status_script)
+    return _print_remote(aws, args, "status", ("status", {}))
+
+
+def cmd_cancel(aws: Aws, args: argparse.Namespace) -> int:
+    return _print_remote(aws, args, "cancel", remote.cancel_invocation(args.job))
 
 
 def cmd_logs(aws: Aws, args: argparse.Namespace) -> int:
     controller = find_controller(aws, args.stack)
+    write = _writer(args)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     offset: int | None = None
     wait = 0.0
     while True:
         if wait:
             aws.sleep(wait)
-        result = run_script(
+        result = _run(
             aws,
-            controller.instance_id,
-            remote.log_chunk_script(controller, args.job, offset=offset, lines=args.lines),
+            controller,
+            remote.log_chunk_invocation(args.job, offset=offset, lines=args.lines),
             comment=f"cdk-trn logs {args.job}",
-            timeout_seconds=COMMAND_TIMEOUT_SECONDS,
         )
         if not result.ok:
             raise CliError(failure_message(result, "logs"), exit_code(result))
@@ -307,14 +406,14 @@ def cmd_logs(aws: Aws, args: argparse.Namespace) -> int:
             offset, wait = 0, 0.0
             continue
         if chunk.data:
-            sys.stdout.write(decoder.decode(chunk.data))
+            write(decoder.decode(chunk.data))
             sys.stdout.flush()
         offset = chunk.start + len(chunk.data)
         if chunk.size >= 0 and offset < chunk.size:
             wait = 0.0  # more to read now
             continue
         if not (args.follow and chunk.active):
-            sys.stdout.write(decoder.decode(b"", final=True))
+            write(decoder.decode(b"", final=True))
             return 0
         wait = FOLLOW_INTERVAL_SECONDS
 
@@ -339,7 +438,10 @@ def cmd_shell(
         )
     controller = find_controller(aws, args.stack)
     argv = session_argv(
-        aws, controller.instance_id, remote.shell_command(controller), aws_cli=aws_cli
+        aws,
+        controller.instance_id,
+        researcher_document(controller.cluster_name, RESEARCHER_SHELL),
+        aws_cli=aws_cli,
     )
     return run_interactive(argv)
 
@@ -371,6 +473,8 @@ def main(
             return cmd_logs(aws, args)
         if args.command == "status":
             return cmd_status(aws, args)
+        if args.command == "cancel":
+            return cmd_cancel(aws, args)
         if args.command == "vault-key":
             return vault_commands.cmd_vault_key(aws, args)
         if args.command == "verify":
@@ -394,3 +498,12 @@ def main(
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _raw_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="write control characters as they are (default on a terminal: removed, so a job's "
+        "escape sequences cannot drive your terminal)",
+    )

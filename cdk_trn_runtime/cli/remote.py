@@ -1,44 +1,42 @@
-"""The shell scripts ``cdk-trn`` runs on the Slurm controller, built by pure functions.
+"""What ``cdk-trn`` asks the Slurm controller, as invocations of the cluster's SSM documents.
 
-Each function returns the text of one POSIX ``sh`` script that SSM's ``AWS-RunShellScript`` runs as
-root on the controller instance. Every Slurm command runs inside the controller's container, as
-the job user, through ``docker exec -u <user> <container> <command>``; nothing else on the host is
-touched. Every value that comes from the user or the stack is quoted with :func:`shlex.quote`, so
-an argument such as ``; rm -rf /`` reaches ``sbatch`` as one literal argument.
-
-All the Slurm-side logic (which command, which format, how a job's output file is found) lives in
-these strings, so the same scripts can be run against a real local Slurm by replacing ``docker``
-with a command that runs its arguments directly.
+Each ``*_invocation`` returns a document action and its parameter values
+(``cdk_trn_runtime/cli/documents.py`` holds the fixed scripts; the cluster stack creates them as
+SSM documents, ``cdk_trn.researcher_access``). Every Slurm command runs inside the controller's
+container, as the job user, through ``docker exec -u <user> -w <dir> <container> <command>``;
+nothing else on the host is touched. Values reach the scripts as data: validated by the
+documents' patterns, free-form ones base64, so an argument such as ``; rm -rf /`` reaches
+``sbatch`` as one literal argument. ``*_script`` renders an invocation as the controller runs it
+(the tests run those against doubles and a real local Slurm).
 """
 
 from __future__ import annotations
 
 import base64
 import re
-import shlex
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from cdk_trn_runtime.contract import SHARED_HOMES, SLURM_DRAIN_REASON_PREFIX
+from cdk_trn_runtime.cli import documents
+from cdk_trn_runtime.contract import SHARED_HOMES
 
 #: ``sbatch`` scripts larger than this are refused (a job script is a few lines; data and code
 #: belong on the shared file system or in the image).
 MAX_SCRIPT_BYTES = 64 * 1024
 #: Bytes of a job's output read per SSM command: base64 of this must stay under the 24,000
 #: characters of standard output that GetCommandInvocation returns.
-LOG_CHUNK_BYTES = 16 * 1024
+LOG_CHUNK_BYTES = documents.LOG_CHUNK_BYTES
 #: Exit status of a remote script when the controller container is not running.
-EXIT_NO_CONTAINER = 69
+EXIT_NO_CONTAINER = documents.EXIT_NO_CONTAINER
 #: Exit status when a file the script needs does not exist (the job user's home, a job's output).
-EXIT_NO_FILE = 66
+EXIT_NO_FILE = documents.EXIT_NO_FILE
 #: ``squeue`` columns: job id, partition, name, user, state, time used, time limit, nodes, and the
 #: node list (running) or the reason it waits (pending).
-QUEUE_FORMAT = "%.12i %.10P %.24j %.10u %.12T %.11M %.11l %.6D %R"
+QUEUE_FORMAT = documents.QUEUE_FORMAT
 #: ``sinfo -N`` columns: node, partition, state (``drained``, ``draining``, ``idle``...), CPUs,
 #: memory (MB), features (instance type, efa, UltraServer), when the reason was set, the reason.
-NODE_FORMAT = "%-18N %-10P %-12T %5c %9m %-40f %-19H %E"
+NODE_FORMAT = documents.NODE_FORMAT
 #: Job states in which a job may still write output (``scontrol show job``'s ``JobState``).
 ACTIVE_JOB_STATES = frozenset(
     {
@@ -73,6 +71,10 @@ class Controller:
     job_user: str
     shared_root: str
     slurm_cluster: str
+    #: The TrainiumCluster's name: the SSM documents are named after it.
+    cluster_name: str = ""
+    #: Where ``submit --code`` uploads code archives (the stack's CodeBucket output).
+    code_bucket: str = ""
 
     @property
     def home(self) -> str:
@@ -98,30 +100,37 @@ def script_file_name(local_name: str, timestamp: str) -> str:
     return f"{timestamp}-{base}"
 
 
-def _preamble(controller: Controller) -> str:
-    q = shlex.quote
-    return textwrap.dedent(
-        f"""\
-        set -eu
-        container={q(controller.container)}
-        user={q(controller.job_user)}
-        running=$(docker inspect --format '{{{{.State.Running}}}}' "$container" 2>/dev/null || true)
-        if [ "$running" != true ]; then
-          echo "cdk-trn: the Slurm controller container $container is not running on this" \\
-            "instance (see: docker ps -a; journalctl -u docker)" >&2
-          exit {EXIT_NO_CONTAINER}
-        fi
-        """
+def _documents(controller: Controller) -> dict[str, documents.Document]:
+    return documents.command_documents(
+        container=controller.container,
+        job_user=controller.job_user,
+        shared_root=controller.shared_root,
+        code_bucket=controller.code_bucket,
     )
 
 
-def submit_script(
-    controller: Controller,
+#: What ``cdk-trn`` sends: a document's action and its parameter values.
+Invocation = tuple[str, dict[str, str]]
+
+
+def render(controller: Controller, invocation: Invocation) -> str:
+    """The script the controller runs for ``invocation`` (what SSM makes of the document)."""
+    action, values = invocation
+    return documents.render(_documents(controller)[action], values)
+
+
+def _nul_terminated(values: Sequence[str]) -> str:
+    return base64.b64encode("".join(f"{v}\0" for v in values).encode()).decode("ascii")
+
+
+def submit_invocation(
     script: bytes,
     file_name: str,
     sbatch_args: Sequence[str] = (),
     script_args: Sequence[str] = (),
-) -> str:
+    *,
+    code_key: str = "",
+) -> Invocation:
     """Write ``script`` to ``<home>/jobs/<file_name>`` as the job user, then ``sbatch`` it.
 
     ``sbatch --parsable`` prints the job id. Jobs are submitted with ``--requeue`` (a job whose
@@ -133,70 +142,50 @@ def submit_script(
         raise ValueError(f"script is {len(script)} bytes, more than {MAX_SCRIPT_BYTES}")
     if "/" in file_name or file_name in ("", ".", ".."):
         raise ValueError(f"file_name must be a plain file name, got {file_name!r}")
-    q = shlex.quote
-    path = str(PurePosixPath(controller.jobs_dir) / file_name)
+    for arg in (*sbatch_args, *script_args):
+        if "\0" in arg:
+            raise ValueError("arguments cannot hold a NUL character")
     requeue = [] if {"--requeue", "--no-requeue"} & set(sbatch_args) else ["--requeue"]
-    sbatch = ["sbatch", "--parsable", *requeue, *sbatch_args]
-    encoded = base64.encodebytes(script).decode("ascii").rstrip("\n")
     return (
-        _preamble(controller)
-        + textwrap.dedent(
-            f"""\
-            home={q(controller.home)}
-            jobs={q(controller.jobs_dir)}
-            path={q(path)}
-            if ! docker exec -u "$user" "$container" test -d "$home"; then
-              echo "cdk-trn: the job user's home $home does not exist in $container" >&2
-              exit {EXIT_NO_FILE}
-            fi
-            docker exec -i -u "$user" "$container" \\
-              sh -c 'mkdir -p "$1" && set -C && base64 -d > "$2"' sh "$jobs" "$path" \\
-              <<'CDK_TRN_JOB_SCRIPT'
-            """
-        )
-        + encoded
-        + "\nCDK_TRN_JOB_SCRIPT\n"
-        + 'docker exec -u "$user" -w "$home" "$container" \\\n  '
-        + shlex.join(sbatch)
-        + ' "$path"'
-        + "".join(" " + q(arg) for arg in script_args)
-        + "\n"
+        "submit",
+        {
+            "Script": base64.b64encode(script).decode("ascii"),
+            "FileName": file_name,
+            "SbatchArgs": _nul_terminated([*requeue, *sbatch_args]),
+            "ScriptArgs": _nul_terminated(script_args),
+            "CodeKey": code_key,
+        },
     )
+
+
+def submit_script(
+    controller: Controller,
+    script: bytes,
+    file_name: str,
+    sbatch_args: Sequence[str] = (),
+    script_args: Sequence[str] = (),
+) -> str:
+    """:func:`submit_invocation` as the controller runs it."""
+    return render(controller, submit_invocation(script, file_name, sbatch_args, script_args))
 
 
 def queue_script(controller: Controller) -> str:
     """Every job Slurm knows, in :data:`QUEUE_FORMAT`."""
-    return (
-        _preamble(controller)
-        + f'docker exec -u "$user" "$container" squeue --format={shlex.quote(QUEUE_FORMAT)}\n'
-    )
+    return render(controller, ("queue", {}))
 
 
 def status_script(controller: Controller) -> str:
     """Node states with drain reasons (``sinfo -N``), the nodes the cdk-trn health checks
     drained (reasons starting with ``SLURM_DRAIN_REASON_PREFIX``; a hardware reason also replaces
     the node), then the running jobs."""
-    prefix = shlex.quote(" " + SLURM_DRAIN_REASON_PREFIX)
-    return _preamble(controller) + textwrap.dedent(
-        f"""\
-        echo "NODES"
-        docker exec -u "$user" "$container" sinfo -N --format={shlex.quote(NODE_FORMAT)}
-        echo
-        echo "DRAINED BY HEALTH CHECKS"
-        reasons=$(docker exec -u "$user" "$container" sinfo --list-reasons --noheader \\
-          --format='%N %E')
-        printf '%s\\n' "$reasons" | grep -F -- {prefix} || echo "none"
-        echo
-        echo "RUNNING JOBS"
-        docker exec -u "$user" "$container" \\
-          squeue --states=RUNNING --format={shlex.quote(QUEUE_FORMAT)}
-        """
-    )
+    return render(controller, ("status", {}))
 
 
-def log_chunk_script(
-    controller: Controller, job: str, *, offset: int | None, lines: int | None
-) -> str:
+def cancel_invocation(job: str) -> Invocation:
+    return ("cancel", {"JobId": job_id(job)})
+
+
+def log_chunk_invocation(job: str, *, offset: int | None, lines: int | None) -> Invocation:
     """One piece of a job's output file, and the job's state.
 
     The output file is the job's ``StdOut`` from ``scontrol show job``; a job Slurm no longer
@@ -214,50 +203,22 @@ def log_chunk_script(
         raise ValueError(f"offset must be >= 0, got {offset}")
     if lines is not None and lines < 1:
         raise ValueError(f"lines must be >= 1, got {lines}")
-    q = shlex.quote
-    if offset is not None:
-        start = f"start={offset}"
-    elif lines is not None:
-        start = textwrap.dedent(
-            f"""\
-            start=0
-            if [ "$size" -gt 0 ]; then
-              tail_bytes=$(docker exec -u "$user" "$container" tail -n {lines} "$out" | wc -c)
-              start=$((size - tail_bytes))
-            fi"""
-        )
-    else:
-        start = "start=0"
     return (
-        _preamble(controller)
-        + textwrap.dedent(
-            f"""\
-        home={q(controller.home)}
-        job={q(job)}
-        state=
-        if info=$(docker exec -u "$user" "$container" scontrol show job "$job" 2>/dev/null); then
-          out=$(printf '%s\\n' "$info" | sed -n 's/^[[:space:]]*StdOut=//p' | head -n 1)
-          state=$(printf '%s\\n' "$info" | sed -n 's/.*JobState=\\([A-Z_]*\\).*/\\1/p' | head -n 1)
-        else
-          out="$home/slurm-$job.out"
-        fi
-        size=$(docker exec -u "$user" "$container" \\
-          sh -c 'if [ -f "$1" ]; then wc -c < "$1"; else echo -1; fi' sh "$out")
-        size=$((size))
-        """
-        )
-        + start
-        + textwrap.dedent(
-            f"""
-        echo "cdk-trn-log state=$state size=$size start=$start path=$out"
-        if [ "$size" -gt "$start" ]; then
-          docker exec -u "$user" "$container" \\
-            sh -c 'tail -c +"$2" "$1" | head -c "$3" | base64' sh "$out" "$((start + 1))" \\
-            {LOG_CHUNK_BYTES}
-        fi
-        """
-        )
+        "logs",
+        {
+            "JobId": job,
+            "Offset": "" if offset is None else str(offset),
+            # An offset decides alone.
+            "Lines": "all" if lines is None or offset is not None else str(lines),
+        },
     )
+
+
+def log_chunk_script(
+    controller: Controller, job: str, *, offset: int | None, lines: int | None
+) -> str:
+    """:func:`log_chunk_invocation` as the controller runs it."""
+    return render(controller, log_chunk_invocation(job, offset=offset, lines=lines))
 
 
 @dataclass(frozen=True)
@@ -288,25 +249,6 @@ def parse_log_chunk(stdout: str) -> LogChunk:
         start=int(match["start"]),
         path=match["path"],
         data=base64.b64decode("".join(body.split())),
-    )
-
-
-def shell_command(controller: Controller) -> str:
-    """The command an interactive SSM session runs: a login shell in the controller's
-    container, as the job user, in their home."""
-    return shlex.join(
-        [
-            "docker",
-            "exec",
-            "-it",
-            "-u",
-            controller.job_user,
-            "-w",
-            controller.home,
-            controller.container,
-            "bash",
-            "-l",
-        ]
     )
 
 

@@ -20,7 +20,6 @@ import argparse
 import base64
 import json
 import re
-import shlex
 import sys
 import urllib.parse
 from dataclasses import dataclass
@@ -29,13 +28,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from cdk_trn_runtime.cli.aws import Aws, CliError, in_service_instance, run_script, stack_outputs
+from cdk_trn_runtime.cli.aws import Aws, CliError, in_service_instance, run_document, stack_outputs
 from cdk_trn_runtime.contract import (
     OUTPUT_CLUSTER_NAME,
     OUTPUT_NODE_GROUP,
     OUTPUT_VAULT_IMAGE_PCR0,
     OUTPUT_VAULT_KEY_ARN,
     OUTPUT_VAULT_URL_PARAMETER,
+    researcher_document,
 )
 
 #: The vault stack outputs the commands need.
@@ -131,26 +131,34 @@ def _vault_url(aws: Aws, parameter: str) -> str:
     return value.rstrip("/")
 
 
+def relay_invocation(url: str, nonce: bytes) -> tuple[str, dict[str, str]]:
+    """The node-side relay (the cluster's ``relay`` document): fetch ``/v1/attestation`` for
+    ``nonce`` and print the answer."""
+    encoded = urllib.parse.quote(base64.b64encode(nonce).decode(), safe="")
+    return ("relay", {"VaultUrl": url, "Nonce": encoded})
+
+
 def relay_script(url: str, nonce: bytes) -> str:
-    """The node-side script: fetch ``/v1/attestation`` for ``nonce`` and print the answer."""
-    query = urllib.parse.urlencode({"nonce": base64.b64encode(nonce).decode()})
-    target = f"{url}/v1/attestation?{query}"
-    return (
-        "set -eu\n"
-        f"curl --silent --show-error --fail-with-body --noproxy '*' "
-        f"--max-time {RELAY_CURL_SECONDS} {shlex.quote(target)}\n"
-    )
+    """:func:`relay_invocation` as the node runs it."""
+    from cdk_trn_runtime.cli.documents import command_documents, render  # noqa: PLC0415
+
+    action, values = relay_invocation(url, nonce)
+    docs = command_documents(container="unused", job_user="unused", shared_root="/unused")
+    return render(docs[action], values)
 
 
-def relayed_fetch(aws: Aws, instance_id: str) -> Any:
-    """An attestation fetcher for ``provenance``: the node runs :func:`relay_script`."""
+def relayed_fetch(aws: Aws, instance_id: str, cluster_name: str) -> Any:
+    """An attestation fetcher for ``provenance``: the node runs the cluster's ``relay``
+    document (:func:`relay_invocation`)."""
     from cdk_trn_runtime.vault.client import VaultError  # noqa: PLC0415
 
     def fetch(url: str, nonce: bytes) -> dict[str, Any]:
-        result = run_script(
+        action, values = relay_invocation(url, nonce)
+        result = run_document(
             aws,
             instance_id,
-            relay_script(url, nonce),
+            researcher_document(cluster_name, action),
+            values,
             comment="cdk-trn vault attestation relay",
             timeout_seconds=RELAY_TIMEOUT_SECONDS,
         )
@@ -184,7 +192,11 @@ def _provenance(aws: Aws, expected: Expected, argv: list[str]) -> int:
         "--kms-key-arn",
         expected.kms_key_arn,
     ]
-    fetch = relayed_fetch(aws, expected.relay_instance) if expected.relay_instance else None
+    fetch = None
+    if expected.relay_instance:
+        if not expected.cluster_name:
+            raise CliError("the cluster stack names no cluster: cannot find its relay document")
+        fetch = relayed_fetch(aws, expected.relay_instance, expected.cluster_name)
     return provenance_main([*argv, *attestation], fetch_attestation=fetch)
 
 
@@ -203,18 +215,23 @@ def cmd_verify(aws: Aws, args: argparse.Namespace) -> int:
     )
     if not manifest.is_file():
         raise CliError(f"{manifest}: no signed manifest (give --manifest)", 2)
+    if not args.run_id and not getattr(args, "any_run", False):
+        raise CliError(
+            "name the run the checkpoint must belong to (--run-id), or accept any run of the "
+            "cluster explicitly (--any-run)",
+            2,
+        )
     step = args.step
     if step is None:
         match = _STEP.search(directory.resolve().name)
         step = int(match.group(1)) if match else None
     expected = expected_values(aws, args)
-    argv = ["verify", str(manifest), str(directory)]
-    if expected.cluster_name:
-        argv += ["--cluster", expected.cluster_name]
+    if not expected.cluster_name:
+        raise CliError("the stack outputs name no cluster: cannot check whose checkpoint this is")
+    argv = ["verify", str(manifest), str(directory), "--cluster", expected.cluster_name]
     if step is not None:
         argv += ["--step", str(step)]
-    if args.run_id:
-        argv += ["--run-id", args.run_id]
+    argv += ["--run-id", args.run_id] if args.run_id else ["--any-run"]
     if args.path:
         argv += ["--path", args.path]
     return _provenance(aws, expected, argv)

@@ -36,7 +36,7 @@ data=()
 if command -v neuron-monitor > /dev/null; then
   report=$(timeout 30 neuron-monitor | head -n1) || true
   # shellcheck disable=SC2016
-  if figures=$("$PY" -c '
+  if figures=$("$PY" -I -c '
 import json, sys
 report = json.loads(sys.argv[1])
 utilization, memory = [], 0

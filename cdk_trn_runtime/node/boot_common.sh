@@ -29,6 +29,8 @@ IN_CONTAINER+=' && exec "$@"'
 INSTANCE_ID=""
 # shellcheck source=units.sh
 . "$BOOT_DIR/units.sh"
+# shellcheck source=imds_guard.sh
+. "$BOOT_DIR/imds_guard.sh"
 
 # To stderr (the launcher sends the boot's output to the serial console and the boot log, the
 # journal keeps a unit's) and to syslog. Never stdout: functions print their results there.
@@ -261,7 +263,7 @@ IMAGE_MONITORING=/opt/cdk-trn/cdk_trn_runtime/monitoring
 
 publish_metrics() { # namespace container collector
   local data
-  data=$(docker exec "$2" "$IMAGE_MONITORING/$3" "$CDK_TRN_CLUSTER") && [ -n "$data" ] || return 0
+  data=$(docker exec -u root -w / "$2" "$IMAGE_MONITORING/$3" "$CDK_TRN_CLUSTER") && [ -n "$data" ] || return 0
   aws cloudwatch put-metric-data --region "$CDK_TRN_REGION" --namespace "$1" --metric-data "$data"
 }
 

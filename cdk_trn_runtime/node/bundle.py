@@ -57,6 +57,7 @@ BOOT_DIR = "/opt/cdk-trn/boot"
 
 #: systemd units of the Slurm roles, installed by the boot scripts from ``units/``.
 _SLURM_UNITS = (
+    "cdk-trn-imds-guard.service",
     "cdk-trn-controller-address.service",
     "cdk-trn-controller-address.timer",
     "cdk-trn-metrics.service",
@@ -98,7 +99,7 @@ def bundle_files(role: str) -> dict[str, Path]:
         for subpackage in _VAULT_PYTHON:
             files.update(_python_sources(subpackage))
     else:
-        files = {"boot_common.sh": _NODE / "boot_common.sh", "units.sh": _NODE / "units.sh"}
+        files = {name: _NODE / name for name in ("boot_common.sh", "units.sh", "imds_guard.sh")}
         files[ENTRY_SCRIPTS[role]] = _NODE / ENTRY_SCRIPTS[role]
         files.update({f"units/{unit}": _UNITS / unit for unit in _ROLE_UNITS[role]})
     missing = [str(path) for path in files.values() if not path.is_file()]

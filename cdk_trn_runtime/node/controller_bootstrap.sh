@@ -28,7 +28,7 @@ SLURM_ETC="$ROOT/etc/cdk-trn/slurm"
 # its host name (SlurmctldHost) and the stable controller name (SlurmctldAddr).
 write_cluster_document() {
   mkdir -p "$SLURM_ETC"
-  python3 -c 'import json, sys
+  python3 -I -c 'import json, sys
 spec = json.loads(sys.argv[1])
 spec.update(controller_host=sys.argv[2], controller_addr=sys.argv[3])
 json.dump(spec, sys.stdout, indent=2, sort_keys=True)' \
@@ -38,16 +38,16 @@ json.dump(spec, sys.stdout, indent=2, sort_keys=True)' \
 # slurm.conf from the shared generator (cdk_trn_runtime.slurm.config, shipped in the image), the
 # same one the local cluster uses.
 render_slurm_conf() {
-  docker run --rm --network none --volume "$SLURM_ETC:/etc/slurm" \
-    --entrypoint python3 "$CDK_TRN_SLURM_IMAGE" -m cdk_trn_runtime.slurm.config \
+  docker run --rm --network none --workdir / --volume "$SLURM_ETC:/etc/slurm" \
+    --entrypoint python3 "$CDK_TRN_SLURM_IMAGE" -P -m cdk_trn_runtime.slurm.config \
     --spec /etc/slurm/cluster.json --output /etc/slurm/slurm.conf
 }
 
 # Directories the cluster keeps on the shared file system; the job user's home.
 prepare_shared_directories() {
   local mnt="$ROOT$CDK_TRN_FSX_MOUNT_PATH" user uid
-  user=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["job_user"])' "$CDK_TRN_SLURM_SPEC")
-  uid=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["job_uid"])' "$CDK_TRN_SLURM_SPEC")
+  user=$(python3 -I -c 'import json, sys; print(json.loads(sys.argv[1])["job_user"])' "$CDK_TRN_SLURM_SPEC")
+  uid=$(python3 -I -c 'import json, sys; print(json.loads(sys.argv[1])["job_uid"])' "$CDK_TRN_SLURM_SPEC")
   mkdir -p "$mnt/slurm/state" "$mnt/slurm/logs" "$mnt/home/$user" "$mnt/checkpoints" \
     "$mnt/neuron-compile-cache"
   chown "$uid:$uid" "$mnt/home/$user" "$mnt/checkpoints" "$mnt/neuron-compile-cache"
@@ -61,7 +61,7 @@ slurmctld_run() {
   # shellcheck disable=SC2016
   local prepare='owner=$(sed -n "s/^SlurmUser=//p" /etc/slurm/slurm.conf); owner=${owner:-root}
 chown -R "$owner" "$1" "$2"; shift 2; '"$IN_CONTAINER"
-  exec docker run --rm --name "$CONTAINER" --network host \
+  exec docker run --rm --name "$CONTAINER" --network host --workdir / \
     --volume /etc/hosts:/etc/hosts:ro \
     --volume "$SLURM_ETC:/etc/slurm" \
     --volume "$MUNGE_KEY:/run/cdk-trn/munge.key:ro" \
@@ -81,7 +81,7 @@ publish_address() {
 wait_for_slurmctld() {
   local deadline=$((SECONDS + ${NODE_BOOTSTRAP_TEST_WAIT_SECONDS:-300})) out
   while :; do
-    if out=$(docker exec "$CONTAINER" scontrol ping 2>&1) && [[ $out == *UP* ]]; then
+    if out=$(docker exec -u root -w / "$CONTAINER" scontrol ping 2>&1) && [[ $out == *UP* ]]; then
       log "slurmctld answers: $out"
       return 0
     fi
@@ -92,6 +92,7 @@ wait_for_slurmctld() {
 
 boot() {
   begin_boot
+  guard_imds || fail "imds_guard.sh failed"
   log "bootstrapping Slurm controller $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
   start_docker
   mount_fsx

@@ -85,6 +85,7 @@ write_environment() {
     echo "CDK_TRN_REPLACE_ON_HARDWARE_FAILURE=1"
     echo "CDK_TRN_INSTANCE_ID=$INSTANCE_ID"
     echo "CDK_TRN_REGION=$CDK_TRN_REGION"
+    echo "CDK_TRN_SIGNER_ROLE_ARN=$CDK_TRN_SIGNER_ROLE"
   } > "$ENV_FILE"
   if [ "$CDK_TRN_ULTRASERVER_SIZE" -gt 0 ]; then
     # The Neuron driver exposes the UltraServer topology in sysfs per node configuration
@@ -143,7 +144,8 @@ slurmd_run() {
   . "$ROOT/etc/cdk-trn/slurmd.conf"
   docker rm --force "$SLURMD_CONTAINER" >/dev/null 2>&1 || true
   # Host network and PID namespace, every Neuron and EFA device (privileged), the host's cgroups
-  # for job containment, the shared file system (and its home/ as /home), the munge key.
+  # for job containment, the shared file system (and its home/ as /home), the munge key; slurmd
+  # with the checkpoint signing agent beside it (provenance/with_agent.sh).
   exec docker run --rm --name "$SLURMD_CONTAINER" \
     --network host --pid host --ipc host --privileged --cgroupns host \
     --ulimit memlock=-1:-1 --ulimit nofile=65536:65536 --ulimit stack=67108864:67108864 \
@@ -153,7 +155,7 @@ slurmd_run() {
     --volume "$MUNGE_KEY:/run/cdk-trn/munge.key:ro" \
     --volume "$mnt:$mnt:rshared" --volume "$mnt/home:/home" \
     --entrypoint /bin/bash "$CDK_TRN_SLURM_IMAGE" -c "$IN_CONTAINER" "$SLURMD_CONTAINER" \
-    slurmd -D -Z -N "$NODE_NAME" --conf-server "$SLURMCTLD_NAME:6817" --conf "RealMemory=$REAL_MEMORY Feature=$FEATURES"
+    /opt/cdk-trn/cdk_trn_runtime/provenance/with_agent.sh slurmd -D -Z -N "$NODE_NAME" --conf-server "$SLURMCTLD_NAME:6817" --conf "RealMemory=$REAL_MEMORY Feature=$FEATURES"
 }
 
 # A terminating node leaves Slurm: EC2 shuts the OS down before it terminates an instance, and
@@ -165,15 +167,15 @@ slurmd_leave() {
   name=$(node_name)
   # Stopped by Slurm's power saving (idle scale-in: % powering down, ~ powered down): the node
   # keeps its record and comes back as itself when a job needs it.
-  state=$(docker exec "$SLURMD_CONTAINER" sinfo -h -N -n "$name" -o %t 2>/dev/null || true)
+  state=$(docker exec -u root -w / "$SLURMD_CONTAINER" sinfo -h -N -n "$name" -o %t 2>/dev/null || true)
   case "$state" in
     *[%~!]*)
       docker stop --time 60 "$SLURMD_CONTAINER" >/dev/null 2>&1 || true
       return 0
       ;;
   esac
-  docker exec "$SLURMD_CONTAINER" scontrol delete nodename="$name" \
-    || docker exec "$SLURMD_CONTAINER" scontrol update nodename="$name" state=down \
+  docker exec -u root -w / "$SLURMD_CONTAINER" scontrol delete nodename="$name" \
+    || docker exec -u root -w / "$SLURMD_CONTAINER" scontrol update nodename="$name" state=down \
       reason="instance shutting down" \
     || true
   docker stop --time 60 "$SLURMD_CONTAINER" >/dev/null 2>&1 || true
@@ -185,7 +187,7 @@ wait_for_registration() {
   name=$(node_name)
   deadline=$((SECONDS + seconds))
   while :; do
-    if out=$(docker exec "$SLURMD_CONTAINER" scontrol show node "$name" 2>&1) \
+    if out=$(docker exec -u root -w / "$SLURMD_CONTAINER" scontrol show node "$name" 2>&1) \
       && [[ $out == *"NodeName=$name "* ]] && [[ $out != *NOT_RESPONDING* ]]; then
       log "slurmd registered as $name ($(slurm_features))"
       return 0
@@ -230,6 +232,7 @@ reserve_rendezvous_ports() {
 
 boot() {
   begin_boot
+  guard_imds || fail "imds_guard.sh failed"
   log "bootstrapping $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
   check_neuron
   check_efa

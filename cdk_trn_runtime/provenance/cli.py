@@ -6,9 +6,10 @@
   presigned ``sts:GetCallerIdentity``), checks the returned signature, writes the signed manifest
   atomically (default ``DIR.manifest.json`` beside the directory). Without ``--vault`` on a node,
   the vault is found as the training hook finds it (``provenance.signing.VaultLocator``).
-- ``verify MANIFEST DIR --public-key KEY [--run-id ID] [--cluster NAME] [--step N] [--path P]``:
-  offline; prints the signed identity and every tampered, missing and extra file and every
-  identity field that differs from the expected one, and exits 1 on any problem.
+- ``verify MANIFEST DIR --public-key KEY (--run-id ID | --any-run) [--cluster NAME] [--step N]
+  [--path P]``: offline; fails closed (exit 2) when neither the run nor ``--any-run`` is given;
+  prints the signed identity and every tampered, missing and extra file and every identity field
+  that differs from the expected one, and exits 1 on any problem.
 - ``public-key --vault URL --pcr0 HEX [--pcr8 HEX] [--pcr3 HEX] [--kms-key-arn ARN]``: asks the
   vault for an attestation document over a fresh nonce and prints the public key (PEM) only if
   the document chains to the AWS Nitro root and is valid now, carries the nonce and the expected
@@ -129,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _attestation_arguments(verify, required=False)
     verify.add_argument("--run-id", default=None, help="fail unless the manifest names this run")
+    verify.add_argument(
+        "--any-run",
+        action="store_true",
+        help="accept a checkpoint of any run (without it, --run-id is required: a valid "
+        "signature over another run's checkpoint proves nothing about yours)",
+    )
     verify.add_argument("--cluster", default=None, help="fail unless it names this cluster")
     verify.add_argument("--step", type=int, default=None, help="fail unless it is this step")
     verify.add_argument(
@@ -300,6 +307,12 @@ def _attested_key(
 
 
 def _verify(args: argparse.Namespace, fetch: AttestationFetcher = _fetch_directly) -> int:
+    if not args.run_id and not args.any_run:
+        return _fail(
+            "verify: name the run the checkpoint must belong to (--run-id), or accept any run "
+            "explicitly (--any-run)",
+            2,
+        )
     if args.vault:
         attested = _attested_key(args, fetch)
         if isinstance(attested, int):

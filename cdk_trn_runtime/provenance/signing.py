@@ -61,6 +61,7 @@ from cdk_trn_runtime.provenance.manifest import (
 )
 
 __all__ = [
+    "AgentCheckpointSigner",
     "CheckpointSigner",
     "DigestSigner",
     "SigningError",
@@ -298,6 +299,11 @@ class CheckpointSigner:
         job id, the key ``$CDK_TRN_VAULT_KEY_SHA256`` when set. None (and one line saying so)
         when no vault can be found this way."""
         env = node_environment(os.environ if env is None else env)
+        from cdk_trn_runtime.provenance.agent import AgentClient  # noqa: PLC0415
+
+        agent = AgentClient(env.get("CDK_TRN_SIGNER_SOCKET"))
+        if agent.available():
+            return AgentCheckpointSigner(agent, log=log)  # type: ignore[return-value]
         locator = VaultLocator.from_environment(env, ssm_client=ssm_client)
         cluster = (env.get(contract.ENV_CLUSTER) or env.get("SLURM_CLUSTER_NAME") or "").strip()
         if locator is None or not cluster:
@@ -451,4 +457,73 @@ class CheckpointSigner:
                 break  # no vault
             del self.pending[checkpoint]
             written.append(output)
+        return written
+
+
+class AgentCheckpointSigner:
+    """Signs this process's commits through the node's signing agent (``provenance.agent``),
+    which takes the run's identity from Slurm and hashes the committed files itself; the signed
+    manifest it returns is written here, beside the checkpoint. Same hooks as
+    :class:`CheckpointSigner`; never raises from them."""
+
+    def __init__(self, client: Any, *, log: Callable[[str], None] = _stderr) -> None:
+        self.client = client
+        self._log = log
+        #: What this run resumed from (``provenance.resume``), signed into every manifest.
+        self.resumed_from: dict[str, Any] | None = None
+        #: Checkpoints committed and not signed yet, with their steps, oldest first.
+        self.pending: dict[Path, int] = {}
+
+    def manifest_of(
+        self, directory: Path, checkpoint: Path, step: int | None = None
+    ) -> dict[str, Any] | None:
+        """Only the step: the agent hashes the committed files itself."""
+        step = step if step is not None else step_from_name(checkpoint)
+        return None if step is None else {"step": step}
+
+    def after_commit(self, committed: Path, manifest: dict[str, Any] | None) -> list[Path]:
+        written: list[Path] = []
+        try:
+            committed = committed.resolve()
+            step = (manifest or {}).get("step", step_from_name(committed))
+            if isinstance(step, int):
+                self.pending.pop(committed, None)
+                self.pending[committed] = step
+        except Exception as exc:  # noqa: BLE001 - signing must never stop training
+            self._log(f"provenance: WARNING {committed} will not be signed: {_why(exc)}")
+        from cdk_trn_runtime.provenance.agent import signed_file  # noqa: PLC0415
+
+        for checkpoint, step in list(self.pending.items()):
+            if not checkpoint.is_dir():
+                del self.pending[checkpoint]
+                continue
+            try:
+                answer = self.client.request(
+                    {
+                        "op": "sign",
+                        "checkpoint": str(checkpoint),
+                        "step": step,
+                        "resumed_from": self.resumed_from,
+                    }
+                )
+                signed = signed_file(answer)
+                if signed is not None:
+                    output = manifest_path_for(checkpoint)
+                    write_signed_manifest(output, signed)
+                    written.append(output)
+                    self._log(
+                        f"provenance: signed {checkpoint} (run {signed['manifest']['run_id']}, "
+                        f"step {step}) -> {output.name}"
+                    )
+                else:
+                    self._log(
+                        f"provenance: {checkpoint} committed unsigned (the cluster has no vault)"
+                    )
+            except Exception as exc:  # noqa: BLE001 - signing must never stop training
+                self._log(
+                    f"provenance: WARNING {checkpoint} is committed but not signed: {_why(exc)}; "
+                    "signing is retried at the next checkpoint"
+                )
+                break
+            del self.pending[checkpoint]
         return written

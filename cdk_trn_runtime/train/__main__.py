@@ -24,7 +24,9 @@ manifests this run could not have signed yet, while their checkpoints are kept. 
 0 removes the staging directories (``.step-*.tmp``, ``.step-*.old``) an aborted save left behind.
 
 Environment: ``TRAIN_STEPS`` (total steps, default 20), ``CHECKPOINT_DIR`` (default
-``$CDK_TRN_SHARED_ROOT/checkpoints/train``, or ``./checkpoints/train`` without a shared root),
+the job's own ``$CDK_TRN_SHARED_ROOT/checkpoints/<job name>-<job id>``, ``.../train`` outside
+Slurm, ``./checkpoints/...`` without a shared root; a requeue resumes there, a new submission
+starts fresh; ``latest`` is resumed only when ``provenance.resume`` proves it this run's),
 ``CHECKPOINT_EVERY`` (default 5), ``TRAIN_STEP_SLEEP`` (seconds every rank waits after each step,
 default 0: tests slow a run down to fail a node mid-run), ``TRAIN_COMPILE`` (1 or 0; default 1 on
 an accelerator, 0 on CPU). On CPU the model is made smaller so a run takes seconds.
@@ -51,6 +53,7 @@ from typing import Any
 
 from cdk_trn_runtime import contract
 from cdk_trn_runtime.cost import throughput_fields
+from cdk_trn_runtime.provenance.resume import check_resume
 from cdk_trn_runtime.provenance.signing import CheckpointSigner
 from cdk_trn_runtime.train import checkpoint
 
@@ -87,8 +90,12 @@ def _seconds(env: Mapping[str, str], name: str) -> float:
 
 def settings(env: Mapping[str, str]) -> Settings:
     default_root = Path(env.get("CDK_TRN_SHARED_ROOT") or ".")
+    # The job's own directory: a requeue (same job id) resumes there, a new submission starts
+    # fresh; CHECKPOINT_DIR overrides.
+    job = env.get("SLURM_JOB_ID", "").strip()
+    own = f"{env.get('SLURM_JOB_NAME') or 'train'}-{job}" if job else "train"
     directory = env.get("CHECKPOINT_DIR") or str(
-        default_root / contract.SHARED_CHECKPOINTS / "train"
+        default_root / contract.SHARED_CHECKPOINTS / own.replace("/", "_")
     )
     return Settings(
         steps=_positive(env, "TRAIN_STEPS", 20),
@@ -149,7 +156,11 @@ def main() -> int:
     start_step = 0
     previous_losses: list[float] = []
     resumed_from = checkpoint.latest(run.checkpoint_dir)
+    lineage = None
     if resumed_from is not None:
+        # Only a checkpoint proven to be this run's (provenance.resume); ResumeRefused ends the
+        # job with the reason.
+        lineage = check_resume(resumed_from, os.environ, log=lambda m: print(f"train: {m}"))
         # Tensors and plain containers only: a checkpoint on the shared file system is never
         # unpickled as code.
         state = torch.load(
@@ -166,6 +177,9 @@ def main() -> int:
     losses: list[Any] = []
     last_saved: Path | None = resumed_from
     signer = CheckpointSigner.from_environment(os.environ) if rank == 0 else None
+    if signer is not None and hasattr(signer, "resumed_from"):
+        signer.resumed_from = lineage
+    owned: list[Path] = [resumed_from] if resumed_from is not None else []
 
     def save(step: int) -> Path | None:
         values = previous_losses + [float(v) for v in losses]
@@ -193,6 +207,7 @@ def main() -> int:
                 step,
                 lambda handle: handle.write(buffer.getvalue()),
                 before_commit=measure,
+                owned=owned,
             )
             # Committed: ``latest`` names it whatever happens to the signature.
             if signer is not None:

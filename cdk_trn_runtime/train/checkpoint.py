@@ -141,10 +141,15 @@ def save_directory(
     keep: int = 2,
     *,
     before_commit: Callable[[Path, Path], object] | None = None,
+    owned: list[Path] | None = None,
 ) -> Path:
     """Commit the checkpoint of ``step``: ``fill`` writes its files into the (temporary)
     directory it is given; then it moves into place and ``latest`` points at it. Keeps the
     newest ``keep`` checkpoints. Returns the committed checkpoint directory.
+
+    ``owned``: the checkpoints this run committed (the caller's list, which this appends to);
+    when given, the retention removes only those, never one another job put in the directory
+    (a planted ``step-99999999`` would otherwise count as the newest and push this run's out).
 
     ``before_commit(staging, final)`` runs once the staged files are complete and fsynced, just
     before the rename; if it raises, nothing is committed."""
@@ -173,10 +178,17 @@ def save_directory(
         raise
     _fsync_directory(directory)
     write_atomic(directory / LATEST, lambda handle: handle.write(f"{final.name}\n".encode()))
-    for old_checkpoint in checkpoints(directory)[:-keep]:
+    candidates = checkpoints(directory)
+    if owned is not None:
+        owned.append(final)
+        mine = {p.resolve() for p in owned}
+        candidates = [p for p in candidates if p.resolve() in mine]
+    for old_checkpoint in candidates[:-keep]:
         if old_checkpoint != final:
             manifest_path(old_checkpoint).unlink(missing_ok=True)
             shutil.rmtree(old_checkpoint, ignore_errors=True)
+            if owned is not None:
+                owned[:] = [p for p in owned if p.resolve() != old_checkpoint.resolve()]
     return final
 
 
@@ -187,6 +199,7 @@ def save(
     keep: int = 2,
     *,
     before_commit: Callable[[Path, Path], object] | None = None,
+    owned: list[Path] | None = None,
 ) -> Path:
     """Commit a checkpoint of one file, ``state.pt``, holding what ``write`` writes."""
 
@@ -194,4 +207,4 @@ def save(
         with (staging / STATE_FILE).open("wb") as handle:
             write(handle)
 
-    return save_directory(directory, step, fill, keep, before_commit=before_commit)
+    return save_directory(directory, step, fill, keep, before_commit=before_commit, owned=owned)

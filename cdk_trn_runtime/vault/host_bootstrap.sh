@@ -132,7 +132,8 @@ for arn in $CDK_TRN_ALLOWED_ROLE_ARNS; do ROLE_ARGS="$ROLE_ARGS --allowed-role-a
 install_unit cdk-trn-enclave-parent.service "SERVICE_PORT=$CDK_TRN_SERVICE_PORT" \
   "SERVICE_USER=$SERVICE_USER" "SRC=$ROOT/src" "ENCLAVE_CID=$CDK_TRN_ENCLAVE_CID" \
   "KMS_KEY_ARN=$CDK_TRN_KMS_KEY_ARN" "CDK_TRN_REGION=$AWS_REGION" "STATE=$STATE" \
-  "STATE_DIR=$STATE_DIR" "ROLE_ARGS=$ROLE_ARGS"
+  "STATE_DIR=$STATE_DIR" "ROLE_ARGS=$ROLE_ARGS" \
+  "MAX_CLIENTS=${CDK_TRN_MAX_CLIENTS:-0}"
 
 systemctl daemon-reload
 systemctl enable --now cdk-trn-kms-proxy.service cdk-trn-enclave.service cdk-trn-enclave-parent.service

@@ -538,10 +538,11 @@ class RateLimiter:
 class ParentLimits:
     """Bounds that keep one caller from exhausting the server.
 
-    ``socket_timeout`` bounds each wait for bytes; ``request_deadline`` bounds the whole request
-    by the wall clock, so a client trickling one byte at a time cannot hold a slot;
-    ``max_connections_per_address`` keeps one address from taking every one of
-    ``max_connections``.
+    ``socket_timeout`` bounds each wait for bytes; ``header_deadline`` bounds the request line
+    and headers by the wall clock (a few seconds: an honest client sends them at once), and
+    ``request_deadline`` the whole request, so a client trickling one byte at a time holds a slot
+    for seconds only; ``max_connections_per_address`` keeps one address from taking every one of
+    ``max_connections``, which :meth:`for_clients` sizes so that every client node's share fits.
     """
 
     max_body_bytes: int = 32 * 1024
@@ -551,7 +552,22 @@ class ParentLimits:
     max_connections_per_address: int = 4
     socket_timeout: float = 10.0
     request_deadline: float = 20.0
+    header_deadline: float = 3.0
     allowed_networks: tuple[str, ...] = field(default_factory=tuple)
+
+    #: Slots kept beyond the client nodes' shares (operators, a replaced node's new address).
+    RESERVE = 8
+
+    @classmethod
+    def for_clients(cls, nodes: int, **limits: Any) -> ParentLimits:
+        """Limits where ``nodes`` client nodes (one address each) each have their full share of
+        slots: the slow connections of every job on every node cannot crowd out one node's
+        signing agent."""
+        made = cls(**limits)
+        made.max_connections = max(
+            made.max_connections, made.max_connections_per_address * nodes + cls.RESERVE
+        )
+        return made
 
 
 class ParentServer(ThreadingHTTPServer):
@@ -683,12 +699,20 @@ class _Handler(BaseHTTPRequestHandler):
         # StreamRequestHandler applies `timeout` to the socket: a silent client is cut off. A
         # client that trickles bytes is cut off by the wall-clock deadline: the watchdog closes
         # the reading side, the pending read returns, and the handler answers 408.
-        self.request.settimeout(self.server.limits.socket_timeout)
+        limits = self.server.limits
+        self.request.settimeout(limits.socket_timeout)
         self._expired = threading.Event()
-        self._watchdog = threading.Timer(self.server.limits.request_deadline, self._expire)
+        self._started = time.monotonic()
+        # First the request line and headers, within header_deadline; parse_request then gives
+        # the body what is left of request_deadline.
+        self._deadline = min(limits.header_deadline, limits.request_deadline)
+        self._watch(self._deadline)
+        super().setup()
+
+    def _watch(self, seconds: float) -> None:
+        self._watchdog = threading.Timer(max(seconds, 0.0), self._expire)
         self._watchdog.daemon = True
         self._watchdog.start()
-        super().setup()
 
     def _expire(self) -> None:
         self._expired.set()
@@ -711,7 +735,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.command = getattr(self, "command", None) or "GET"
         self.requestline = getattr(self, "requestline", "") or "(incomplete request)"
         self.request_version = "HTTP/1.0"
-        deadline = self.server.limits.request_deadline
+        deadline = self._deadline
         with contextlib.suppress(OSError):
             self._json(
                 408,
@@ -729,7 +753,12 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         parsed = super().parse_request()
         # The headers may have been cut short by the deadline; nothing incomplete is acted on.
-        return parsed and not self._expired.is_set()
+        if not parsed or self._expired.is_set():
+            return False
+        self._watchdog.cancel()
+        self._deadline = self.server.limits.request_deadline
+        self._watch(self._deadline - (time.monotonic() - self._started))
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         LOG.info("%s %s", self.client_address[0], format % args)
@@ -942,6 +971,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="CIDR allowed to call (repeatable; default: any, rely on the SG)",
     )
+    parser.add_argument(
+        "--max-clients",
+        type=int,
+        default=0,
+        help="client nodes the vault serves: connection slots are sized so each has its share",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -962,7 +997,9 @@ def main(argv: list[str] | None = None) -> int:
         region=args.region,
     )
     host, _, port = args.listen.rpartition(":")
-    limits = ParentLimits(allowed_networks=tuple(args.allowed_network))
+    limits = ParentLimits.for_clients(
+        args.max_clients, allowed_networks=tuple(args.allowed_network)
+    )
     with ParentServer(
         (host, int(port)), enclave=enclave, verifier=verifier, region=args.region, limits=limits
     ) as server:

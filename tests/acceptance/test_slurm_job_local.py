@@ -57,7 +57,7 @@ args=()
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --region) shift 2 ;;
-    --recursive | --only-show-errors) shift ;;
+    --recursive | --only-show-errors | --no-follow-symlinks) shift ;;
     *) args+=("$1"); shift ;;
   esac
 done

@@ -14,6 +14,7 @@ from botocore.stub import Stubber
 from cdk_trn_runtime.cli import remote
 from cdk_trn_runtime.cli.aws import DELIVERY_TIMEOUT_SECONDS, Aws
 from cdk_trn_runtime.contract import (
+    OUTPUT_CLUSTER_NAME,
     OUTPUT_CONTROLLER_GROUP,
     OUTPUT_JOB_USER,
     OUTPUT_SHARED_ROOT,
@@ -27,7 +28,9 @@ GROUP = "trn-cluster-SlurmController-1A2B3C4D5E6F"
 INSTANCE = "i-0123456789abcdef0"
 COMMAND = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
 NOW = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
+CLUSTER_NAME = "trn-cluster"
 OUTPUTS = {
+    OUTPUT_CLUSTER_NAME: CLUSTER_NAME,
     OUTPUT_CONTROLLER_GROUP: GROUP,
     OUTPUT_JOB_USER: "trn",
     OUTPUT_SHARED_ROOT: "/fsx",
@@ -39,6 +42,7 @@ CONTROLLER = remote.Controller(
     job_user="trn",
     shared_root="/fsx",
     slurm_cluster="trn",
+    cluster_name=CLUSTER_NAME,
 )
 
 
@@ -63,10 +67,12 @@ class StubbedAws:
     cloudformation: Stubber
     autoscaling: Stubber
     ssm: Stubber
+    s3: Stubber
     clock: FakeClock
+    sent_documents: list[Any] = field(default_factory=list)
 
     def assert_all_called(self) -> None:
-        for stubber in (self.cloudformation, self.autoscaling, self.ssm):
+        for stubber in (self.cloudformation, self.autoscaling, self.ssm, self.s3):
             stubber.assert_no_pending_responses()
 
     # --- CloudFormation and Auto Scaling ----------------------------------------------------
@@ -136,22 +142,33 @@ class StubbedAws:
 
     # --- SSM ----------------------------------------------------------------------------------
 
-    def send(self, script: str | None, comment: str, timeout: int = 120) -> None:
+    def send(
+        self, invocation: tuple[str, dict[str, str]] | None, comment: str, timeout: int = 120
+    ) -> None:
+        """SendCommand of the cluster's document for ``invocation`` (any, when None): never
+        AWS-RunShellScript, which the stubbed request would not match."""
         from botocore.stub import ANY
 
+        from cdk_trn_runtime.contract import researcher_document
+
+        document: Any = ANY
+        parameters: Any = ANY
+        if invocation is not None:
+            action, values = invocation
+            document = researcher_document(CLUSTER_NAME, action)
+            parameters = {name: [value] for name, value in values.items()}
         self.ssm.add_response(
             "send_command",
-            {"Command": {"CommandId": COMMAND, "DocumentName": "AWS-RunShellScript"}},
+            {"Command": {"CommandId": COMMAND, "DocumentName": "cdk-trn-document"}},
             {
                 "InstanceIds": [INSTANCE],
-                "DocumentName": "AWS-RunShellScript",
-                "Parameters": ANY
-                if script is None
-                else {"commands": script.splitlines(), "executionTimeout": [str(timeout)]},
+                "DocumentName": document,
+                "Parameters": parameters,
                 "TimeoutSeconds": DELIVERY_TIMEOUT_SECONDS,
                 "Comment": comment,
             },
         )
+        self.sent_documents.append(document)
 
     def invocation(self, status: str, code: int = 0, stdout: str = "", stderr: str = "") -> None:
         response: dict[str, Any] = {
@@ -174,9 +191,15 @@ class StubbedAws:
             expected_params={"CommandId": COMMAND, "InstanceId": INSTANCE},
         )
 
-    def run(self, script: str | None, comment: str, stdout: str = "", **kw: Any) -> None:
-        """One remote script that succeeds at the first poll."""
-        self.send(script, comment)
+    def run(
+        self,
+        invocation: tuple[str, dict[str, str]] | None,
+        comment: str,
+        stdout: str = "",
+        **kw: Any,
+    ) -> None:
+        """One remote command that succeeds at the first poll."""
+        self.send(invocation, comment)
         self.invocation("Success", 0, stdout, **kw)
 
 
@@ -186,6 +209,7 @@ def stubbed_aws() -> StubbedAws:
         cloudformation=boto3.client("cloudformation", region_name=REGION),
         autoscaling=boto3.client("autoscaling", region_name=REGION),
         ssm=boto3.client("ssm", region_name=REGION),
+        s3=boto3.client("s3", region_name=REGION),
         region=REGION,
         sleep=clock.sleep,
         monotonic=clock.monotonic,
@@ -196,8 +220,9 @@ def stubbed_aws() -> StubbedAws:
         cloudformation=Stubber(aws.cloudformation),
         autoscaling=Stubber(aws.autoscaling),
         ssm=Stubber(aws.ssm),
+        s3=Stubber(aws.s3),
         clock=clock,
     )
-    for stubber in (stubs.cloudformation, stubs.autoscaling, stubs.ssm):
+    for stubber in (stubs.cloudformation, stubs.autoscaling, stubs.ssm, stubs.s3):
         stubber.activate()
     return stubs

@@ -14,7 +14,7 @@ import pytest
 
 from cdk_trn_runtime.cli import command as cli_main
 from cdk_trn_runtime.cli import remote
-from cdk_trn_runtime.cli.aws import CliError, find_controller, run_script
+from cdk_trn_runtime.cli.aws import CliError, find_controller, run_document
 from tests.cli.aws_doubles import (
     COMMAND,
     CONTROLLER,
@@ -95,24 +95,28 @@ def test_the_in_service_instance_is_chosen_over_one_leaving(stubs):
 # --- running a script ------------------------------------------------------------------------
 
 
-def test_run_script_polls_with_a_growing_wait_until_the_command_ends(stubs):
-    stubs.send("echo hi", "c")
+def test_run_document_polls_with_a_growing_wait_until_the_command_ends(stubs):
+    stubs.send(("queue", {}), "c")
     stubs.invocation_not_yet()
     stubs.invocation("InProgress")
     stubs.invocation("InProgress")
     stubs.invocation("Success", 0, "hi\n")
-    result = run_script(stubs.aws, INSTANCE, "echo hi", comment="c", timeout_seconds=120)
+    result = run_document(
+        stubs.aws, INSTANCE, "cdk-trn-trn-cluster-queue", {}, comment="c", timeout_seconds=120
+    )
     assert (result.ok, result.stdout, result.command_id) == (True, "hi\n", COMMAND)
     assert stubs.clock.sleeps == [0.5, 1.0, 2.0, 4.0]
 
 
-def test_run_script_gives_up_after_its_timeout_and_names_the_command(stubs):
-    stubs.send("sleep 999", "c", timeout=10)
+def test_run_document_gives_up_after_its_timeout_and_names_the_command(stubs):
+    stubs.send(("queue", {}), "c", timeout=10)
     # waits of 0.5, 1, 2 then 4 s: the 20th poll is the first at or past 10 s + 60 s delivery
     for _ in range(20):
         stubs.invocation("InProgress")
     with pytest.raises(CliError) as raised:
-        run_script(stubs.aws, INSTANCE, "sleep 999", comment="c", timeout_seconds=10)
+        run_document(
+            stubs.aws, INSTANCE, "cdk-trn-trn-cluster-queue", {}, comment="c", timeout_seconds=10
+        )
     assert raised.value.exit_code == 124
     assert COMMAND in str(raised.value) and "InProgress" in str(raised.value)
     assert 10 + 60 <= sum(stubs.clock.sleeps) <= 10 + 60 + 4
@@ -123,7 +127,7 @@ def test_an_instance_ssm_does_not_know_gets_a_hint(stubs):
         "send_command", service_error_code="InvalidInstanceId", http_status_code=400
     )
     with pytest.raises(CliError, match="is its SSM agent registered"):
-        run_script(stubs.aws, INSTANCE, "true", comment="c", timeout_seconds=30)
+        run_document(stubs.aws, INSTANCE, "cdk-trn-x-queue", {}, comment="c", timeout_seconds=30)
 
 
 # --- submit ----------------------------------------------------------------------------------
@@ -132,14 +136,14 @@ def test_an_instance_ssm_does_not_know_gets_a_hint(stubs):
 def test_submit_sends_the_script_and_prints_the_job_id(stubs, job_script, capsys):
     stubs.cluster()
     name = "20260301T120000Z-train.sbatch"
-    expected = remote.submit_script(CONTROLLER, SCRIPT, name, ["-N", "2", "; rm -rf /"], ["x"])
-    assert "'; rm -rf /'" in expected
+    expected = remote.submit_invocation(SCRIPT, name, ["-N", "2", "; rm -rf /"], ["x"])
+    assert base64.b64decode(expected[1]["SbatchArgs"]) == b"--requeue\0-N\0002\0; rm -rf /\0"
     stubs.run(expected, f"cdk-trn submit {name}", "4242;trn\n")
     code = run(stubs, "submit", str(job_script), "-N", "2", "; rm -rf /", "--", "x")
     out, err = capsys.readouterr()
     assert (code, out) == (0, "4242\n")
     assert "cdk-trn logs 4242 --follow" in err
-    assert base64.encodebytes(SCRIPT).decode().strip() in expected
+    assert base64.b64decode(expected[1]["Script"]) == SCRIPT
 
 
 def test_submit_accepts_global_options_after_the_subcommand(stubs, job_script, capsys):
@@ -220,7 +224,7 @@ def test_submit_against_a_missing_stack_fails_cleanly(stubs, job_script, capsys)
 def test_queue_prints_squeue(stubs, capsys):
     stubs.cluster()
     table = "       JOBID  PARTITION  NAME\n        4242        trn  train.sbatch\n"
-    stubs.run(remote.queue_script(CONTROLLER), "cdk-trn queue", table)
+    stubs.run(("queue", {}), "cdk-trn queue", table)
     assert run(stubs, "queue") == 0
     assert capsys.readouterr().out == table
 
@@ -228,7 +232,7 @@ def test_queue_prints_squeue(stubs, capsys):
 def test_status_prints_nodes_and_running_jobs(stubs, capsys):
     stubs.cluster()
     text = "NODES\nn1 trn drained neuron devices 15 of 16\n\nRUNNING JOBS\n"
-    stubs.run(remote.status_script(CONTROLLER), "cdk-trn status", text)
+    stubs.run(("status", {}), "cdk-trn status", text)
     assert run(stubs, "status") == 0
     assert capsys.readouterr().out == text
 
@@ -247,7 +251,7 @@ def _chunk(state: str, size: int, start: int, data: bytes, path: str = "/fsx/o.o
 
 def test_logs_prints_the_tail_of_the_output(stubs, capsys):
     stubs.cluster()
-    script = remote.log_chunk_script(CONTROLLER, "42", offset=None, lines=200)
+    script = remote.log_chunk_invocation("42", offset=None, lines=200)
     stubs.run(script, "cdk-trn logs 42", _chunk("COMPLETED", 6, 0, b"a\nb\nc\n"))
     assert run(stubs, "logs", "42") == 0
     assert capsys.readouterr().out == "a\nb\nc\n"
@@ -255,9 +259,9 @@ def test_logs_prints_the_tail_of_the_output(stubs, capsys):
 
 def test_logs_reads_the_rest_of_a_file_larger_than_one_chunk(stubs, capsys):
     stubs.cluster()
-    first = remote.log_chunk_script(CONTROLLER, "42", offset=None, lines=None)
+    first = remote.log_chunk_invocation("42", offset=None, lines=None)
     stubs.run(first, "cdk-trn logs 42", _chunk("COMPLETED", 8, 0, b"abcd"))
-    second = remote.log_chunk_script(CONTROLLER, "42", offset=4, lines=None)
+    second = remote.log_chunk_invocation("42", offset=4, lines=None)
     stubs.run(second, "cdk-trn logs 42", _chunk("COMPLETED", 8, 4, b"efgh"))
     assert run(stubs, "logs", "42", "--lines", "all") == 0
     assert capsys.readouterr().out == "abcdefgh"
@@ -272,7 +276,7 @@ def test_logs_follow_waits_for_new_output_until_the_job_ends(stubs, capsys):
         (6, None, _chunk("COMPLETED", 10, 6, full[6:])),
     ]
     for offset, lines, stdout in polls:
-        script = remote.log_chunk_script(CONTROLLER, "42", offset=offset, lines=lines)
+        script = remote.log_chunk_invocation("42", offset=offset, lines=lines)
         stubs.run(script, "cdk-trn logs 42", stdout)
     assert run(stubs, "logs", "42", "--follow") == 0
     # a character split between two chunks comes out whole
@@ -288,7 +292,7 @@ def test_logs_follow_starts_again_when_a_requeued_job_restarts_its_file(stubs, c
         (0, None, _chunk("COMPLETED", 4, 0, b"new\n")),
     ]
     for offset, lines, stdout in polls:
-        script = remote.log_chunk_script(CONTROLLER, "42", offset=offset, lines=lines)
+        script = remote.log_chunk_invocation("42", offset=offset, lines=lines)
         stubs.run(script, "cdk-trn logs 42", stdout)
     assert run(stubs, "logs", "42", "-f") == 0
     out, err = capsys.readouterr()
@@ -298,7 +302,7 @@ def test_logs_follow_starts_again_when_a_requeued_job_restarts_its_file(stubs, c
 
 def test_logs_of_a_job_without_output_and_unknown_to_slurm_fails(stubs, capsys):
     stubs.cluster()
-    script = remote.log_chunk_script(CONTROLLER, "42", offset=None, lines=200)
+    script = remote.log_chunk_invocation("42", offset=None, lines=200)
     stubs.run(script, "cdk-trn logs 42", _chunk("", -1, 0, b"", "/fsx/home/trn/slurm-42.out"))
     assert run(stubs, "logs", "42") == remote.EXIT_NO_FILE
     assert "not known to Slurm" in capsys.readouterr().err
@@ -306,7 +310,7 @@ def test_logs_of_a_job_without_output_and_unknown_to_slurm_fails(stubs, capsys):
 
 def test_logs_of_a_pending_job_says_there_is_no_output_yet(stubs, capsys):
     stubs.cluster()
-    script = remote.log_chunk_script(CONTROLLER, "42", offset=None, lines=200)
+    script = remote.log_chunk_invocation("42", offset=None, lines=200)
     stubs.run(script, "cdk-trn logs 42", _chunk("PENDING", -1, 0, b""))
     assert run(stubs, "logs", "42") == 0
     assert "PENDING; no output yet" in capsys.readouterr().err
@@ -345,9 +349,7 @@ def test_shell_starts_a_session_manager_session_in_the_container(stubs):
             "--target",
             INSTANCE,
             "--document-name",
-            "AWS-StartInteractiveCommand",
-            "--parameters",
-            '{"command": ["docker exec -it -u trn -w /fsx/home/trn cdk-trn-slurmctld bash -l"]}',
+            "cdk-trn-trn-cluster-shell",
             "--region",
             "us-east-2",
         ]
@@ -373,7 +375,7 @@ def test_shell_passes_on_the_sessions_exit_status(stubs):
 
 # --- the command itself ----------------------------------------------------------------------
 
-SUBCOMMANDS = ("submit", "queue", "logs", "shell", "status")
+SUBCOMMANDS = ("submit", "queue", "logs", "shell", "status", "cancel")
 
 
 def test_python_m_help_lists_every_subcommand():
@@ -406,3 +408,98 @@ def test_no_region_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
     assert cli_main.main(["queue"]) == 1
     assert "no AWS region" in capsys.readouterr().err
+
+
+def test_a_job_s_escape_sequences_do_not_reach_a_terminal():
+    from cdk_trn_runtime.cli.command import terminal_safe
+
+    hostile = "loss 1.0\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\r50%\x9b31m\tok\n"
+    assert terminal_safe(hostile) == "loss 1.0]52;c;cm0gLXJmIH4=[2J\n50%31m\tok\n"
+    assert "\x1b" not in terminal_safe(hostile) and "\x9b" not in terminal_safe(hostile)
+
+
+def test_logs_and_status_take_raw():
+    from cdk_trn_runtime.cli.command import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["logs", "12", "--raw"]).raw
+    assert parser.parse_args(["status", "--raw"]).raw
+    assert not parser.parse_args(["logs", "12"]).raw
+
+
+# --- least privilege: the stacks' documents only ---------------------------------------------
+
+
+def test_cdk_trn_sends_only_the_cluster_s_own_documents(stubs, job_script, capsys):
+    """IAM cannot see a Run Command's parameters: AWS-RunShellScript is root on the controller.
+    Every command cdk-trn sends names one of the cluster's fixed documents."""
+    sent: list[str] = []
+    stubs.aws.ssm.meta.events.register(
+        "provide-client-params.ssm.SendCommand",
+        lambda params, **_: sent.append(params["DocumentName"]),
+    )
+    for argv, invocation in (
+        (["queue"], ("queue", {})),
+        (["status"], ("status", {})),
+        (["cancel", "42"], ("cancel", {"JobId": "42"})),
+        (["logs", "42"], remote.log_chunk_invocation("42", offset=None, lines=200)),
+        (["submit", str(job_script)], None),
+    ):
+        stubs.cluster()
+        comment = f"cdk-trn {argv[0]}" + (f" {argv[1]}" if argv[0] == "logs" else "")
+        if argv[0] == "submit":
+            comment = "cdk-trn submit 20260301T120000Z-train.sbatch"
+        stdout = _chunk("COMPLETED", 0, 0, b"") if argv[0] == "logs" else "7\n"
+        stubs.run(invocation, comment, stdout)
+        assert run(stubs, *argv) == 0, capsys.readouterr().err
+    assert sent == [
+        f"cdk-trn-trn-cluster-{a}" for a in ("queue", "status", "cancel", "logs", "submit")
+    ]
+    source = "".join(
+        p.read_text()
+        for p in (ROOT / "cdk_trn_runtime" / "cli").glob("*.py")
+        if p.name != "documents.py"
+    )
+    for forbidden in ('"AWS-RunShellScript"', '"AWS-StartInteractiveCommand"', '"commands"'):
+        assert forbidden not in source
+
+
+def test_shell_sends_no_command_of_its_own(stubs):
+    stubs.cluster()
+    started: list[list[str]] = []
+
+    def run_interactive(argv):
+        started.append(list(argv))
+        return 0
+
+    run(stubs, "shell", which=lambda n: n, run_interactive=run_interactive)
+    [argv] = started
+    assert "--parameters" not in argv
+    assert argv[argv.index("--document-name") + 1] == "cdk-trn-trn-cluster-shell"
+
+
+def test_submit_with_code_uploads_the_directory_and_names_it_to_the_document(
+    stubs, job_script, tmp_path, capsys
+):
+    import io
+    import tarfile
+
+    from botocore.stub import ANY
+
+    code = tmp_path / "src"
+    (code / "pkg").mkdir(parents=True)
+    (code / "pkg" / "train.py").write_text("print('hi')\n")
+    (code / "link").symlink_to("/etc/passwd")
+    stubs.cluster()
+    stubs.stack({"DatasetBucketName": "code-bkt"}, stack="trn-storage")
+    name = "20260301T120000Z-train.sbatch"
+    key = f"code/{name}.tar.gz"
+    uploaded: list[bytes] = []
+    stubs.aws.s3.meta.events.register(
+        "provide-client-params.s3.PutObject", lambda params, **_: uploaded.append(params["Body"])
+    )
+    stubs.s3.add_response("put_object", {}, {"Bucket": "code-bkt", "Key": key, "Body": ANY})
+    stubs.run(remote.submit_invocation(SCRIPT, name, code_key=key), f"cdk-trn submit {name}", "9\n")
+    assert run(stubs, "submit", "--code", str(code), str(job_script)) == 0
+    with tarfile.open(fileobj=io.BytesIO(uploaded[0])) as archive:
+        assert sorted(archive.getnames()) == ["pkg", "pkg/train.py"]  # no link

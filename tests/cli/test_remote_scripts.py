@@ -142,6 +142,7 @@ def test_submit_runs_every_command_as_the_job_user_in_the_controller_container(f
     for call in execs:
         user = call[call.index("-u") + 1]
         assert user == SLURM_JOB_USER
+        assert "-w" in call
         assert SLURM_CONTROLLER_CONTAINER in call
     sbatch_call = next(c for c in execs if "sbatch" in c)
     assert sbatch_call[sbatch_call.index("-w") + 1] == str(fake.home)
@@ -233,6 +234,8 @@ def test_queue_runs_squeue_with_the_fixed_format_as_the_job_user(fake, shell):
             "exec",
             "-u",
             SLURM_JOB_USER,
+            "-w",
+            "/",
             SLURM_CONTROLLER_CONTAINER,
             "squeue",
             f"--format={remote.QUEUE_FORMAT}",
@@ -247,7 +250,7 @@ def test_status_lists_nodes_with_reasons_then_running_jobs(fake, shell):
     assert ran.stdout == (
         "NODES\nsinfo double\n\nDRAINED BY HEALTH CHECKS\nnone\n\nRUNNING JOBS\nsqueue double\n"
     )
-    slurm_calls = [c[5:] for c in _docker_execs(ran)]
+    slurm_calls = [c[7:] for c in _docker_execs(ran)]
     assert slurm_calls == [
         ["sinfo", "-N", f"--format={remote.NODE_FORMAT}"],
         ["sinfo", "--list-reasons", "--noheader", "--format=%N %E"],
@@ -347,9 +350,14 @@ def test_parse_log_chunk_rejects_an_unexpected_answer():
 # --- shell, job ids, and every script under shellcheck ---------------------------------------
 
 
-def test_shell_command_is_a_login_shell_as_the_job_user_in_the_container():
-    controller = remote.Controller("i-1", SLURM_CONTROLLER_CONTAINER, "trn", "/fsx", "trn")
-    assert remote.shell_command(controller) == (
+def test_the_shell_document_is_a_login_shell_as_the_job_user_in_the_container():
+    from cdk_trn_runtime.cli.documents import session_document
+
+    document = session_document(
+        container=SLURM_CONTROLLER_CONTAINER, job_user="trn", shared_root="/fsx"
+    )
+    assert document["sessionType"] == "InteractiveCommands" and document["parameters"] == {}
+    assert document["properties"]["linux"]["commands"] == (
         f"docker exec -it -u trn -w /fsx/home/trn {SLURM_CONTROLLER_CONTAINER} bash -l"
     )
 
@@ -394,3 +402,53 @@ def test_the_command_doubles_pass_shellcheck():
         ["shellcheck", "-x", *doubles], cwd=DOUBLES, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_submit_with_code_unpacks_it_as_the_job_user_and_sbatches_there(tmp_path):
+    """Root fetches the archive (aws s3 cp to stdout); the job user's docker exec unpacks it
+    into <jobs>/<name>.code, and sbatch runs in that directory."""
+    import io
+    import tarfile
+
+    shared = tmp_path / "fsx"
+    controller = remote.Controller(
+        "i-1", SLURM_CONTROLLER_CONTAINER, SLURM_JOB_USER, str(shared), "trn", "c1", "code-bkt"
+    )
+    Path(controller.home).mkdir(parents=True)
+    (tmp_path / "jobs").mkdir()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        data = b"print('hi')\n"
+        info = tarfile.TarInfo("src/train.py")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    (tmp_path / "s3" / "code-bkt" / "code").mkdir(parents=True)
+    (tmp_path / "s3" / "code-bkt" / "code" / "x.sh.tar.gz").write_bytes(buffer.getvalue())
+    env = {
+        "PATH": f"{DOUBLES}:{os.environ['PATH']}",
+        "DOUBLES_LOG": str(tmp_path / "calls.log"),
+        "SBATCH_DOUBLE_ARGV": str(tmp_path / "sbatch.argv"),
+        "SCONTROL_DOUBLE_JOBS": str(tmp_path / "jobs"),
+        "FAKE_S3": str(tmp_path / "s3"),
+        "LC_ALL": "C",
+    }
+    fake = FakeController(tmp_path, controller, env)
+    script = remote.submit_script(controller, b"echo hi\n", "x.sh")
+    assert "code_key=''" in script
+    script = remote.render(
+        controller, remote.submit_invocation(b"echo hi\n", "x.sh", code_key="code/x.sh.tar.gz")
+    )
+    ran = fake.run(script)
+    assert ran.returncode == 0, ran.stderr
+    code = Path(controller.jobs_dir) / "x.sh.code"
+    assert (code / "src" / "train.py").read_bytes() == b"print('hi')\n"
+    assert Path(env["SBATCH_DOUBLE_ARGV"] + ".cwd").read_text().strip() == str(code)
+    unpack = next(c for c in ran.calls if c[:2] == ["docker", "exec"] and "tar" in " ".join(c))
+    assert unpack[unpack.index("-u") + 1] == SLURM_JOB_USER
+
+
+def test_a_code_key_is_refused_where_the_cluster_has_no_code_bucket(fake):
+    with pytest.raises(ValueError, match="CodeKey"):
+        remote.render(
+            fake.controller, remote.submit_invocation(b"x", "x.sh", code_key="code/x.tar.gz")
+        )

@@ -73,7 +73,7 @@ def test_the_vault_stack_defaults_to_the_default_apps_name():
     assert default_vault_stack("team-a-cluster") == "team-a-vault"
 
 
-@pytest.mark.parametrize("command", [["vault-key"], ["verify", "CHECKPOINT"]])
+@pytest.mark.parametrize("command", [["vault-key"], ["verify", "CHECKPOINT", "--run-id", "7"]])
 def test_a_vault_stack_without_the_outputs_names_them(stubs, tmp_path, capsys, command):
     checkpoint = tmp_path / "step-00000010"
     checkpoint.mkdir()
@@ -119,14 +119,27 @@ def test_verify_refuses_a_checkpoint_without_a_manifest_before_asking_aws(stubs,
     assert "step-00000010.manifest.json: no signed manifest" in capsys.readouterr().err
 
 
+def test_verify_without_a_run_fails_closed_before_asking_aws(stubs, tmp_path, capsys):
+    checkpoint = tmp_path / "step-00000010"
+    checkpoint.mkdir()
+    (tmp_path / "step-00000010.manifest.json").write_text("{}")
+    code = cli_main.main(["verify", str(checkpoint)], make_aws=lambda profile, region: stubs.aws)
+    assert code == 2
+    assert "(--run-id)" in capsys.readouterr().err
+
+
 def test_the_relay_script_quotes_the_url_and_carries_the_nonce():
     script = relay_script("http://10.0.1.5:8443", b"\x00" * 32)
     assert script.splitlines()[0] == "set -eu"
-    assert (
-        "'http://10.0.1.5:8443/v1/attestation?nonce=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%3D'"
-        in script
-    )
+    assert "url='http://10.0.1.5:8443'" in script
+    assert "nonce='AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%3D'" in script
+    assert '"$url/v1/attestation?nonce=$nonce"' in script
     assert "--max-time 20" in script and "--noproxy '*'" in script
+
+
+def test_the_relay_refuses_what_is_not_a_vault_url():
+    with pytest.raises(ValueError, match="VaultUrl"):
+        relay_script("http://10.0.1.5:8443/x'; rm -rf /", b"\x00" * 32)
 
 
 def test_the_help_lists_the_vault_commands(capsys):

@@ -559,6 +559,29 @@ def test_one_address_cannot_take_every_connection_slot(pki, tmp_path):
         stop_vault(running)
 
 
+def test_the_request_line_and_headers_have_a_short_deadline_of_their_own(pki, tmp_path):
+    """A slow client is cut off after header_deadline, long before request_deadline."""
+    limits = ParentLimits(
+        header_deadline=1.0, request_deadline=30.0, rate_per_second=1000, burst=1000
+    )
+    running = start_vault(pki, tmp_path, limits=limits)
+    client = SlowClient(running.url)
+    try:
+        client.trickle(0)
+        answer = client.answer()  # waits at most 5 s: the header deadline, not the request's
+        assert answer.startswith(b"HTTP/1.0 408") and b"within 1 seconds" in answer
+    finally:
+        client.close()
+        stop_vault(running)
+
+
+def test_slots_are_sized_so_every_client_node_has_its_share():
+    """Eight nodes with four slow connections each used to hold all 32 slots."""
+    assert ParentLimits.for_clients(8).max_connections == 4 * 8 + ParentLimits.RESERVE
+    assert ParentLimits.for_clients(64).max_connections == 4 * 64 + ParentLimits.RESERVE
+    assert ParentLimits.for_clients(0).max_connections == ParentLimits().max_connections
+
+
 def test_network_check_answers_before_reading_the_request(pki, tmp_path):
     running = start_vault(pki, tmp_path, limits=ParentLimits(allowed_networks=("10.0.0.0/16",)))
     try:

@@ -43,7 +43,11 @@ def test_cluster_nodes_may_reach_the_vault_port_and_nothing_else_may(cluster_and
     ]
 
 
-def test_cluster_node_role_is_the_identity_the_parent_server_accepts(cluster_and_vault):
+def test_only_the_cluster_s_signing_agent_role_is_the_identity_the_parent_server_accepts(
+    cluster_and_vault,
+):
+    """Not the node role (any process on a node once held it): the role only the node role may
+    assume, which the nodes' root signing agents assume (issue 20)."""
     stack, cluster, _, template = cluster_and_vault
     (launch_template,) = [
         r
@@ -52,9 +56,22 @@ def test_cluster_node_role_is_the_identity_the_parent_server_accepts(cluster_and
         and r["Properties"]["LaunchTemplateData"].get("EnclaveOptions")
     ]
     user_data = json.dumps(launch_template["Properties"]["LaunchTemplateData"]["UserData"])
+    allowed = user_data.split("CDK_TRN_ALLOWED_ROLE_ARNS='", 1)[1].split("'", 1)[0]
     node_role = stack.get_logical_id(cluster.role.node.default_child)
-    assert "CDK_TRN_ALLOWED_ROLE_ARNS='" in user_data
-    assert json.dumps({"Fn::GetAtt": [node_role, "Arn"]}) in user_data
+    signer_role = stack.get_logical_id(cluster.signer_role.node.default_child)
+    assert json.dumps({"Fn::GetAtt": [signer_role, "Arn"]}) in allowed
+    assert node_role not in allowed
+    trust = template["Resources"][signer_role]["Properties"]["AssumeRolePolicyDocument"]
+    assert [s["Principal"] for s in trust["Statement"]] == [
+        {"AWS": {"Fn::GetAtt": [node_role, "Arn"]}}
+    ]
+    assert not template["Resources"][signer_role]["Properties"].get("Policies")
+    assert not [
+        r
+        for r in template["Resources"].values()
+        if r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
+        and {"Ref": signer_role} in r["Properties"].get("Roles", [])
+    ]
 
 
 def test_cluster_with_vault_has_no_cfn_lint_error_or_warning(cluster_and_vault):

@@ -33,6 +33,8 @@ SERVER_ID = "4b1d2c3e5f607182"
 #: dnf in the isolated subnet: AL2023's own repository only (the DLAMI's are unreachable).
 AL2023_ONLY = ["install", "-y", "--disablerepo=*", "--enablerepo=amazonlinux"]
 LUSTRE_TOOLS = ("mount.lustre", "lctl", "lnetctl")
+#: Every `docker exec` of the boot runs as root in a root-owned directory (issue 20).
+ROOT_IN_ROOT_DIR = ["-u", "root", "-w", "/"]
 
 
 @dataclass
@@ -663,11 +665,19 @@ def test_slurm_node_signals_success_only_after_slurmd_registered(node, trn2_slur
     result = node.boot(trn2_slurm)
     assert result.returncode == 0, result.output
     assert result.signals() == [_signal(trn2_slurm, "SUCCESS")]
-    show_node = [c for c in result.calls_to("docker") if c[:2] == ["exec", "cdk-trn-slurmd"]]
-    assert show_node == [["exec", "cdk-trn-slurmd", "scontrol", "show", "node", "ip-10-0-1-23"]]
+    show_node = [
+        c
+        for c in result.calls_to("docker")
+        if c[:6] == ["exec", *ROOT_IN_ROOT_DIR, "cdk-trn-slurmd"]
+    ]
+    assert show_node == [
+        ["exec", *ROOT_IN_ROOT_DIR, "cdk-trn-slurmd", "scontrol", "show", "node", "ip-10-0-1-23"]
+    ]
     assert ["enable", "--now", "cdk-trn-slurmd.service"] in result.calls_to("systemctl")
     lines = [" ".join(c) for c in result.calls]
-    registered = lines.index("docker exec cdk-trn-slurmd scontrol show node ip-10-0-1-23")
+    registered = lines.index(
+        "docker exec -u root -w / cdk-trn-slurmd scontrol show node ip-10-0-1-23"
+    )
     assert registered < next(i for i, line in enumerate(lines) if "signal-resource" in line)
     assert "slurmd registered as ip-10-0-1-23 (trn2.48xlarge,efa)" in result.messages()
 
@@ -785,7 +795,7 @@ def test_node_without_a_readable_meminfo_signals_failure(node, trn2_slurm):
 def test_leaving_node_is_deleted_from_slurm(node, trn2_slurm):
     result = _helper(node, trn2_slurm, "slurmd-leave")
     assert result.returncode == 0, result.output
-    execs = [c[2:] for c in result.calls_to("docker") if c[0] == "exec"]
+    execs = [c[6:] for c in result.calls_to("docker") if c[:5] == ["exec", *ROOT_IN_ROOT_DIR]]
     assert execs == [
         ["sinfo", "-h", "-N", "-n", "ip-10-0-1-23", "-o", "%t"],  # not being powered down
         ["scontrol", "delete", "nodename=ip-10-0-1-23"],
@@ -806,7 +816,7 @@ def test_node_stopped_by_power_saving_keeps_its_record(node, trn2_slurm):
 def test_leaving_node_that_runs_a_job_is_marked_down(node, trn2_slurm):
     result = _helper(node, trn2_slurm, "slurmd-leave", DOUBLES_FAILING="docker")
     assert result.returncode == 0, result.output
-    execs = [c[2:5] for c in result.calls_to("docker") if c[0] == "exec"]
+    execs = [c[6:9] for c in result.calls_to("docker") if c[:5] == ["exec", *ROOT_IN_ROOT_DIR]]
     assert execs == [
         ["sinfo", "-h", "-N"],
         ["scontrol", "delete", "nodename=ip-10-0-1-23"],
@@ -847,6 +857,7 @@ def test_publish_metrics_puts_the_collectors_output_into_the_node_namespace(node
     assert execs == [
         [
             "exec",
+            *ROOT_IN_ROOT_DIR,
             "cdk-trn-slurmd",
             "/opt/cdk-trn/cdk_trn_runtime/monitoring/node_metrics.sh",
             "test-cluster",

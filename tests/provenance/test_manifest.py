@@ -219,7 +219,10 @@ def test_cli_signs_locally_and_verify_exits_zero(checkpoint, signing_key, tmp_pa
     manifest = tmp_path / "ckpt.manifest.json"
     assert json.loads(manifest.read_text())["manifest"]["run_id"] == "ckpt"
     capsys.readouterr()
-    assert main(["verify", str(manifest), str(checkpoint), "--public-key", str(public)]) == 0
+    assert (
+        main(["verify", str(manifest), str(checkpoint), "--public-key", str(public), "--any-run"])
+        == 0
+    )
     assert "OK: 3 files checked" in capsys.readouterr().out
 
 
@@ -245,7 +248,10 @@ def test_cli_manifest_inside_the_directory_is_not_an_extra_file(
         )
         == 0
     )
-    assert main(["verify", str(manifest), str(checkpoint), "--public-key", str(public)]) == 0
+    assert (
+        main(["verify", str(manifest), str(checkpoint), "--public-key", str(public), "--any-run"])
+        == 0
+    )
 
 
 def test_cli_sign_needs_a_cluster_and_a_signer(checkpoint, monkeypatch, capsys):
@@ -306,6 +312,7 @@ def test_cli_verify_as_a_module_names_the_tampered_file_and_exits_one(
             str(checkpoint),
             "--public-key",
             str(public),
+            "--any-run",
         ],
         capture_output=True,
         text=True,
@@ -326,6 +333,7 @@ def test_cli_verify_with_an_unreadable_key_is_a_usage_error(checkpoint, tmp_path
                 str(checkpoint),
                 "--public-key",
                 str(tmp_path / "bad.pem"),
+                "--any-run",
             ]
         )
         == 2
@@ -466,7 +474,7 @@ def test_replayed_older_checkpoint_fails_when_the_expected_step_or_path_is_given
     (new / "model.bin").write_bytes((old / "model.bin").read_bytes())
     (root / "step-2000.manifest.json").write_text((root / "step-1000.manifest.json").read_text())
     manifest = str(root / "step-2000.manifest.json")
-    base = ["verify", manifest, str(new), "--public-key", str(public)]
+    base = ["verify", manifest, str(new), "--public-key", str(public), "--any-run"]
     capsys.readouterr()
     assert main(base) == 0  # files and signature alone cannot tell...
     assert "identity above was signed but not compared" in capsys.readouterr().err
@@ -474,3 +482,14 @@ def test_replayed_older_checkpoint_fails_when_the_expected_step_or_path_is_given
     assert "MISMATCH step: manifest says 1000, expected 2000" in capsys.readouterr().out
     assert main([*base, "--path", str(new.resolve())]) == 1
     assert "MISMATCH checkpoint_path" in capsys.readouterr().out
+
+
+def test_cli_verify_without_a_run_fails_closed(checkpoint, signing_key, tmp_path, capsys):
+    """A valid signature over another run's checkpoint proves nothing about yours: without
+    --run-id (or an explicit --any-run) verify refuses before it reads anything."""
+    private, public = _write_keys(tmp_path, signing_key)
+    sign = ["sign", str(checkpoint), "--private-key", str(private), "--cluster", "c", "--step", "7"]
+    assert main(sign) == 0
+    manifest = str(tmp_path / "ckpt.manifest.json")
+    assert main(["verify", manifest, str(checkpoint), "--public-key", str(public)]) == 2
+    assert "--run-id" in capsys.readouterr().err

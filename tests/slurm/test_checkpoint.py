@@ -106,6 +106,16 @@ def test_settings_refuse_bad_steps():
     )
 
 
+def test_a_job_s_default_checkpoint_directory_is_its_own():
+    """A requeue (same job id) resumes there; a new submission (a new id) starts fresh."""
+    from cdk_trn_runtime.train.__main__ import settings
+
+    job = {"CDK_TRN_SHARED_ROOT": "/fsx", "SLURM_JOB_ID": "41", "SLURM_JOB_NAME": "train"}
+    assert settings(job).checkpoint_dir == Path("/fsx/checkpoints/train-41")
+    assert settings({**job, "SLURM_JOB_ID": "42"}).checkpoint_dir != settings(job).checkpoint_dir
+    assert settings({**job, "CHECKPOINT_DIR": "/fsx/mine"}).checkpoint_dir == Path("/fsx/mine")
+
+
 def test_settings_take_a_step_sleep_and_refuse_bad_ones():
     from cdk_trn_runtime.train.__main__ import settings
 

@@ -1,0 +1,83 @@
+"""Who can read the munge key (issue 20): with it, anyone mints uid-0 MUNGE credentials that
+slurmctld and every slurmd accept. Only the controller and node roles may read the secret; those
+roles are EC2 instance roles that nothing else may assume, so their credentials come only from
+instance metadata, which imds_guard.sh (the first step of both boots) leaves to root."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aws_cdk.assertions import Template
+
+from cdk_trn.cluster import boot_user_data
+from cdk_trn.scheduler import SlurmScheduler
+from tests.foundation.stacks_for_tests import cluster_stack
+from tests.foundation.test_node_bootstrap_run import FileSystemStandIn
+
+READS = {"secretsmanager:GetSecretValue", "secretsmanager:*", "*"}
+
+
+@pytest.fixture(scope="module")
+def synth() -> tuple[SlurmScheduler, dict]:
+    stack, cluster = cluster_stack("trn2.48xlarge", file_system=FileSystemStandIn())
+    scheduler = SlurmScheduler(stack, "Slurm", cluster=cluster)
+    return scheduler, Template.from_stack(stack).to_json()
+
+
+def _logical_id(template: dict, type_: str, prefix: str) -> str:
+    [found] = [
+        k for k, v in template["Resources"].items() if v["Type"] == type_ and k.startswith(prefix)
+    ]
+    return found
+
+
+def _roles_that_read(template: dict, secret: str) -> set[str]:
+    roles: set[str] = set()
+    for resource in template["Resources"].values():
+        if resource["Type"] not in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            continue
+        for statement in resource["Properties"]["PolicyDocument"]["Statement"]:
+            actions = statement.get("Action", [])
+            actions = {actions} if isinstance(actions, str) else set(actions)
+            if statement["Effect"] != "Allow" or not actions & READS:
+                continue
+            resources = json.dumps(statement.get("Resource"))
+            if secret in resources or '"*"' in resources:
+                roles |= {r["Ref"] for r in resource["Properties"].get("Roles", [])}
+    return roles
+
+
+def test_only_the_controller_and_node_roles_read_the_munge_secret(synth):
+    _, template = synth
+    secret = _logical_id(template, "AWS::SecretsManager::Secret", "SlurmAuthKey")
+    readers = _roles_that_read(template, secret)
+    controller = _logical_id(template, "AWS::IAM::Role", "SlurmControllerRole")
+    node = _logical_id(template, "AWS::IAM::Role", "ClusterNodeRole")
+    assert readers == {controller, node}
+
+
+def test_the_roles_that_read_it_are_assumed_by_ec2_only(synth):
+    _, template = synth
+    secret = _logical_id(template, "AWS::SecretsManager::Secret", "SlurmAuthKey")
+    for role in _roles_that_read(template, secret):
+        trust = template["Resources"][role]["Properties"]["AssumeRolePolicyDocument"]
+        principals = [s["Principal"] for s in trust["Statement"]]
+        assert principals == [{"Service": "ec2.amazonaws.com"}], role
+
+
+def test_the_secret_has_no_resource_policy_that_widens_it(synth):
+    _, template = synth
+    assert not [
+        r
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::SecretsManager::ResourcePolicy"
+    ]
+
+
+@pytest.mark.parametrize("script", ["node_bootstrap.sh", "controller_bootstrap.sh"])
+def test_both_boots_close_instance_metadata_before_reading_the_key(script):
+    boot = boot_user_data({}, script).split("\nboot() {\n", 1)[1]
+    assert boot.index("guard_imds") < boot.index(
+        "fetch_munge_key" if "controller" in script else "start_slurmd"
+    )
