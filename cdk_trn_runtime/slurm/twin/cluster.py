@@ -737,10 +737,9 @@ class Twin:
         for name in list(self.instances):
             self._kill_instance(name)
         for ns in net.twin_namespaces(self.tid):
-            pids = net.run("ip", "netns", "pids", ns, check=False).stdout.split()
-            for pid in pids:
+            for pid in net.netns_pids_by_name(ns):
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
             net.run("ip", "netns", "del", ns, check=False)
         pid_file = self.layout.munge / "munged.pid"
         if pid_file.exists():

@@ -115,7 +115,11 @@ def cut_link(tid: str, octet: int) -> None:
 
 
 def netns_pids(tid: str, octet: int) -> list[int]:
-    ns = netns_name(tid, octet)
+    return netns_pids_by_name(netns_name(tid, octet))
+
+
+def netns_pids_by_name(ns: str) -> list[int]:
+    """Processes in the network namespace ``ns`` (none when it does not exist)."""
     if not (NETNS_DIR / ns).exists():
         return []
     out = run("ip", "netns", "pids", ns, check=False).stdout
