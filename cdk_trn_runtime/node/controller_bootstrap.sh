@@ -12,6 +12,7 @@
 #   slurmctld-run       run slurmctld in the training image in the foreground (a systemd unit)
 #   resolve-controller  point the controller's name at its current address (a timer)
 #   publish-metrics     Slurm node states and queue depth to CloudWatch (a timer)
+#   apply-document      re-read the cluster document's SSM parameter; restart or reconfigure (a timer)
 
 HELPER=cdk-trn-controller
 CONTAINER=cdk-trn-slurmctld
@@ -103,6 +104,64 @@ wait_for_slurmctld() {
   done
 }
 
+# --- Every deploy that changes the cluster document rewrites its SSM parameter (named in the
+# document); a timer re-reads it and applies it: restart slurmctld for keys it reads only at start
+# (MaxNodeCount among them), `scontrol reconfigure` otherwise (cdk_trn_runtime.slurm.apply).
+apply_document() {
+  local name new="$SLURM_ETC/document.json.new" action
+  name=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1]).get("document_parameter", ""))' "$CDK_TRN_SLURM_SPEC")
+  [ -n "$name" ] || return 0
+  aws ssm get-parameter --region "$CDK_TRN_REGION" --name "$name" --query Parameter.Value \
+    --output text >"$new" || { rm -f "$new"; return 1; }
+  mv -f "$new" "$SLURM_ETC/document.json"
+  action=$(docker run --rm --network none --volume "$SLURM_ETC:/etc/slurm" --entrypoint python3 \
+    "$CDK_TRN_SLURM_IMAGE" -m cdk_trn_runtime.slurm.apply --document /etc/slurm/document.json \
+    --conf /etc/slurm/slurm.conf --controller-host "$(hostname -s)" --controller-addr "$SLURMCTLD_NAME") || return 1
+  case "$action" in
+    restart) log "cluster document changed: restarting slurmctld"; systemctl restart cdk-trn-slurmctld.service ;;
+    reconfigure) log "cluster document changed: scontrol reconfigure"; docker exec "$CONTAINER" scontrol reconfigure ;;
+  esac
+}
+
+# The reaper (cdk_trn_runtime/slurm/scripts/reaper.sh, taken from the image) runs on the host,
+# where the aws CLI and the instance role are, and reaches scontrol in the slurmctld container.
+install_reaper_unit() {
+  docker run --rm --network none --entrypoint cat "$CDK_TRN_SLURM_IMAGE" \
+    /opt/cdk-trn/cdk_trn_runtime/slurm/scripts/reaper.sh >"$ROOT/usr/local/sbin/cdk-trn-reaper" || return 1
+  chmod 0700 "$ROOT/usr/local/sbin/cdk-trn-reaper"
+  cat >"$ROOT/etc/systemd/system/cdk-trn-reaper.service" <<UNIT
+[Unit]
+Description=cdk-trn: delete records of dead dynamic Slurm nodes whose instance is gone
+After=cdk-trn-slurmctld.service
+
+[Service]
+Environment=CDK_TRN_REGION=$CDK_TRN_REGION CDK_TRN_CLUSTER=$CDK_TRN_CLUSTER CDK_TRN_REAPER_INTERVAL=60
+Environment="CDK_TRN_SCONTROL=docker exec $CONTAINER scontrol"
+ExecStart=/usr/local/sbin/cdk-trn-reaper
+Restart=always
+RestartSec=30
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+  cat >"$ROOT/etc/systemd/system/cdk-trn-apply-document.service" <<UNIT
+[Unit]
+Description=cdk-trn: apply the Slurm cluster document of the last deploy
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/$HELPER apply-document
+UNIT
+  cat >"$ROOT/etc/systemd/system/cdk-trn-apply-document.timer" <<UNIT
+[Timer]
+OnBootSec=60s
+OnUnitActiveSec=60s
+[Install]
+WantedBy=timers.target
+UNIT
+  systemctl daemon-reload
+  systemctl enable --now cdk-trn-reaper.service cdk-trn-apply-document.timer
+}
+
 boot() {
   begin_boot
   log "bootstrapping Slurm controller $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
@@ -123,6 +182,9 @@ boot() {
   systemctl daemon-reload
   systemctl enable --now cdk-trn-slurmctld.service || fail "cdk-trn-slurmctld.service did not start"
   wait_for_slurmctld
+  # A replacement controller: running nodes refresh their configless configuration.
+  docker exec "$CONTAINER" scontrol reconfigure || log "scontrol reconfigure failed (no nodes yet?)"
+  install_reaper_unit || fail "could not start the Slurm node reaper"
   install_metrics_timer "$HELPER" || fail "could not start the metrics timer"
   signal SUCCESS
   log "controller ready at $address"
@@ -133,5 +195,6 @@ case "${1:-}" in
   slurmctld-run) slurmctld_run ;;
   resolve-controller) resolve_controller >/dev/null ;;
   publish-metrics) publish_metrics cdk-trn/Slurm "$CONTAINER" slurm_metrics.sh ;;
-  *) echo "usage: $0 [slurmctld-run|resolve-controller|publish-metrics]" >&2; exit 2 ;;
+  apply-document) apply_document ;;
+  *) echo "usage: $0 [slurmctld-run|resolve-controller|publish-metrics|apply-document]" >&2; exit 2 ;;
 esac

@@ -177,7 +177,8 @@ wait_for_registration() {
   deadline=$((SECONDS + seconds))
   while :; do
     if out=$(docker exec "$SLURMD_CONTAINER" scontrol show node "$name" 2>&1) \
-      && [[ $out == *"NodeName=$name "* ]] && [[ $out != *NOT_RESPONDING* ]]; then
+      && [[ $out == *"NodeName=$name "* ]] && [[ $out != *NOT_RESPONDING* ]] \
+      && ! [[ $out =~ State=[A-Z_+]*(DOWN|DRAIN|FAIL) ]]; then
       log "slurmd registered as $name ($(slurm_features))"
       return 0
     fi
