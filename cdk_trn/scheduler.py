@@ -23,7 +23,12 @@ slurm.conf is rendered on the controller at boot by the shared generator::
 from the cluster document this construct writes into the controller's user data
 (``CDK_TRN_SLURM_SPEC``, see :func:`slurm_cluster_document` for its keys), plus two keys the
 controller adds at boot: ``controller_host`` (its ``hostname -s``, for SlurmctldHost) and
-``controller_addr`` (``cdk-trn-slurmctld``, for SlurmctldAddr).
+``controller_addr`` (``cdk-trn-slurmctld``, for SlurmctldAddr). Every deploy also writes the
+document into an SSM parameter (``/cdk-trn/<cluster>/slurm-cluster-document``) that the controller
+re-reads every minute and applies (``cdk_trn_runtime.slurm.apply``): slurmctld is restarted when
+a key it reads only at start changed (MaxNodeCount, which grows with the node count) and
+reconfigured otherwise, so ``-c nodes=8`` reaches a running controller. A reaper on the controller
+deletes the records of dead dynamic nodes whose instance is gone (``ec2:DescribeInstances``).
 """
 
 from __future__ import annotations
