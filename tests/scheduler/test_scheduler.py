@@ -307,3 +307,15 @@ def test_generator_refuses_a_document_with_a_missing_key(tmp_path):
     )
     assert done.returncode == 2
     assert "missing key" in done.stderr
+
+
+def test_construct_and_twin_build_the_cluster_document_with_one_function(synth, tmp_path):
+    """The twin (cdk_trn_runtime.slurm.twin) and the construct share the document's keys; the
+    twin changes host keys only."""
+    from cdk_trn_runtime.slurm.twin.cluster import Twin
+
+    scheduler, _ = synth
+    construct = scheduler.slurm_cluster_document()
+    twin = Twin(tmp_path / "twin").cluster_document(2)
+    assert set(construct) == set(twin) | {"document_parameter"}
+    assert twin["max_node_count"] == construct["max_node_count"]  # both: 2 nodes
