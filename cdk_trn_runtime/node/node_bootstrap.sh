@@ -70,7 +70,7 @@ write_environment() {
     echo "CDK_TRN_EXPECTED_NEURON_DEVICES=$CDK_TRN_EXPECTED_NEURON_DEVICES"
     echo "CDK_TRN_EXPECTED_EFA_DEVICES=$CDK_TRN_EXPECTED_EFA_DEVICES"
     echo "CDK_TRN_SHARED_ROOT=$CDK_TRN_FSX_MOUNT_PATH"
-    echo "CDK_TRN_SHARED_FS_TYPE=lustre"
+    echo "CDK_TRN_SHARED_FS_TYPE=${CDK_TRN_FSX_DNS:+lustre}"
     # A node drained for a hardware reason asks its Auto Scaling group to replace it.
     echo "CDK_TRN_REPLACE_ON_HARDWARE_FAILURE=1"
     echo "CDK_TRN_INSTANCE_ID=$INSTANCE_ID"

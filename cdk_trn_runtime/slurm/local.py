@@ -35,11 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", required=True, type=Path, help="the twin's directory")
     parser.add_argument("--nodes", type=int, help="up: the node count (default: keep; new: 2)")
     parser.add_argument("--node", help="replace: the node to lose")
+    parser.add_argument(
+        "--boot",
+        choices=("twin", "cloud"),
+        help="up, new twin: how nodes boot: the twin's direct start (default) or the cloud's boot "
+        "code (cdk_trn_runtime/node/node_bootstrap.sh) with command and metadata doubles",
+    )
     args = parser.parse_args(argv)
     twin = Twin(args.dir)
     try:
         if args.action == "up":
-            twin.up(args.nodes)
+            twin.up(args.nodes, args.boot)
             print(f"export SLURM_CONF={shlex.quote(str(twin.layout.conf))}")
         elif args.action == "replace":
             if not args.node:

@@ -166,7 +166,7 @@ def claimed_ports(locks: Path = PORT_LOCKS) -> Iterator[range]:
 
 
 @contextmanager
-def local_cluster(prefix: str) -> Iterator[Cluster]:
+def local_cluster(prefix: str, *up_args: str) -> Iterator[Cluster]:
     """A running local cluster in a new temp directory named ``<prefix>…``; stopped and checked
     on the way out."""
     assert shutil.which("slurmctld") and shutil.which("munged"), (
@@ -182,7 +182,7 @@ def local_cluster(prefix: str) -> Iterator[Cluster]:
         env["SLURM_CONF"] = str(layout.conf)
         handle = Cluster(layout, env, job_user="", ports=ports)
         try:
-            handle.up()
+            handle.up(*up_args)
             handle.job_user = json.loads(layout.state_file.read_text())["job_user"]
             yield handle
         finally:

@@ -244,14 +244,31 @@ def test_training_survives_the_loss_of_one_of_its_nodes(cluster):
     assert lost not in cluster.nodes() and replacement in cluster.nodes()
 
 
-def test_two_twins_coexist_and_down_removes_everything(cluster):
-    with local_cluster(prefix="cdk-trn-second-twin-") as second:
-        second.up("--nodes", "1")
+def test_a_second_twin_booted_by_the_cloud_boot_code_coexists(cluster):
+    """The second twin's node runs cdk_trn_runtime/node/node_bootstrap.sh unchanged, with the
+    docker, systemctl and aws command doubles and the metadata double in its namespace; its
+    teardown checks that down left nothing behind."""
+    with local_cluster("cdk-trn-second-twin-", "--nodes", "1", "--boot", "cloud") as second:
         first, other = cluster.twin(), second.twin()
         assert first.state["subnet"] != other.state["subnet"]
         assert set(cluster.nodes()).isdisjoint(second.nodes())
         assert _usable(second, 1) and _usable(cluster, 2)
-        result = second.run("srun", "-N1", "hostname", timeout=60)
-        assert result.returncode == 0 and result.stdout.split() == second.nodes(), result.stderr
-    # The second twin's teardown checked that down left nothing behind; the first still runs.
+        [name] = second.nodes()
+        console = (second.layout.instance(name) / "console").read_text()
+        assert f"slurmd registered as {name} (twin,cpu)" in console and "node ready" in console
+        instance_id = other.instances[name]["instance_id"]
+        signals = (second.root / "signals").read_text()
+        assert f'"instance": "{instance_id}", "status": "SUCCESS"' in signals
+        # The node's environment file, written by the cloud's boot code, reaches jobs.
+        result = second.run(
+            "srun",
+            "-N1",
+            "bash",
+            "-c",
+            'echo "$(hostname) $CDK_TRN_SHARED_ROOT $CDK_TRN_INSTANCE_ID"',
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"{name} {second.layout.shared} {instance_id}\n"
+    # The first twin still runs.
     assert _usable(cluster, 2)

@@ -6,8 +6,13 @@ process holding its namespaces lives, as an EC2 instance exists until it is term
 
 Supported: ``ec2 describe-instances --filters Name=private-ip-address,Values=<a>
 [Name=tag:cdk-trn:cluster,Values=<c>] [Name=instance-state-name,Values=...] --query
-'length(Reservations[].Instances[])' --output text`` (the reaper's question). Anything else
-fails with status 254 naming the call, so a new call of the cloud code shows up on the twin.
+'length(Reservations[].Instances[])' --output text`` (the reaper's question), and the boot code's
+calls: ``secretsmanager get-secret-value`` (the twin's munge key), ``ssm get-parameter`` /
+``put-parameter`` (parameters kept in ``<twin>/ssm/``; the controller address parameter is the
+controller's address), ``cloudformation signal-resource`` (appended to ``<twin>/signals``),
+``cloudwatch put-metric-data``, ``autoscaling set-instance-health`` and ``ecr
+get-login-password``. Anything else fails with status 254 naming the call, so a new call of the
+cloud code shows up on the twin.
 """
 
 from __future__ import annotations
@@ -85,6 +90,37 @@ def main(argv: list[str] | None = None) -> int:
     words = [a for a in argv if not a.startswith("-")]
     if words[:2] == ["ec2", "describe-instances"]:
         return describe_instances(twin, argv)
+    root = Path(twin_dir)
+
+    def option(name: str) -> str:
+        return argv[argv.index(name) + 1] if name in argv else ""
+
+    if words[:2] == ["secretsmanager", "get-secret-value"]:
+        # As the CLI prints a secret: the value, then a newline (the twin key holds both).
+        print((root / "munge" / "munge.key").read_text().rstrip("\n"))
+        return 0
+    if words[:2] == ["ssm", "get-parameter"]:
+        stored = root / "ssm" / option("--name").strip("/").replace("/", "_")
+        if stored.exists():
+            print(stored.read_text())
+            return 0
+        print(f"An error occurred (ParameterNotFound): {option('--name')}", file=sys.stderr)
+        return 254
+    if words[:2] == ["ssm", "put-parameter"]:
+        stored = root / "ssm" / option("--name").strip("/").replace("/", "_")
+        stored.parent.mkdir(exist_ok=True)
+        stored.write_text(option("--value"))
+        return 0
+    if words[:2] == ["cloudformation", "signal-resource"]:
+        record = {"instance": option("--unique-id"), "status": option("--status")}
+        with (root / "signals").open("a") as signals:
+            signals.write(json.dumps(record) + "\n")
+        return 0
+    if words[:2] in (["cloudwatch", "put-metric-data"], ["autoscaling", "set-instance-health"]):
+        return 0
+    if words[:2] == ["ecr", "get-login-password"]:
+        print("twin-double")
+        return 0
     print(f"aws (twin double): unsupported call: aws {' '.join(argv)}", file=sys.stderr)
     return 254
 

@@ -324,7 +324,7 @@ class Twin:
         layout.munge.chmod(0o755)  # munged: its socket's directory must be traversable by all
         key = layout.munge / "munge.key"
         if not key.exists():
-            _write(key, secrets.token_hex(512), 0o600)
+            _write(key, secrets.token_hex(512) + "\n", 0o600)
         shared = layout.shared
         shared.mkdir(exist_ok=True)
         shared.chmod(0o755)
@@ -340,13 +340,20 @@ class Twin:
             (shared / sub).mkdir(parents=True, exist_ok=True)
             os.chown(shared / sub, uid, gid)
         self._job_environment(user)
-        _write(
-            layout.bin / "aws",
-            "#!/bin/sh\n# Command double: the twin's answers to aws calls (twin/aws_double.py).\n"
-            f"PYTHONPATH={shlex.quote(str(PACKAGE_ROOT))} exec {DEBIAN_PYTHON} "
-            '-m cdk_trn_runtime.slurm.twin.aws_double "$@"\n',
-            0o755,
+        wrapper = (
+            "#!/bin/sh\n"
+            "# Command double: the twin's {tool} (cdk_trn_runtime/slurm/twin/{module}.py).\n"
+            f"export CDK_TRN_TWIN_DIR={shlex.quote(str(layout.root))}\n"
+            f"PYTHONPATH={shlex.quote(str(PACKAGE_ROOT))} TWIN_DOUBLE={{tool}} "
+            f"exec {DEBIAN_PYTHON} "
+            '-m cdk_trn_runtime.slurm.twin.{module} "$@"\n'
         )
+        for tool, module in (
+            ("aws", "aws_double"),
+            ("docker", "doubles"),
+            ("systemctl", "doubles"),
+        ):
+            _write(layout.bin / tool, wrapper.format(tool=tool, module=module), 0o755)
         net.bridge_up(self.tid, self.state["subnet"])
 
     # --- processes --------------------------------------------------------------------------
@@ -380,9 +387,11 @@ class Twin:
         return "\n".join(lines) + "\n"
 
     def _boot_instance(
-        self, name: str, role: str, octet: int, etc: dict[str, str]
+        self, name: str, role: str, octet: int, etc: dict[str, str], cloud: bool = False
     ) -> dict[str, Any]:
-        """A new instance: namespaces, its /etc files, the holder process."""
+        """A new instance: namespaces, its /etc files, the holder process. ``cloud``: for the
+        cloud's boot code (its own munged, /usr/local and console; metadata at 169.254.169.254)
+        instead of the twin's munge socket."""
         directory = self.layout.instance(name)
         shutil.rmtree(directory, ignore_errors=True)
         upper, work = directory / "etc-upper", directory / "etc-work"
@@ -394,10 +403,26 @@ class Twin:
         setup = (
             'set -e; hostname "$1"; '
             'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$2,workdir=$3" /etc; '
-            "mount -t tmpfs -o mode=0755 tmpfs /run; mkdir -p /run/munge; "
-            ': > /run/munge/munge.socket.2; mount --bind "$4" /run/munge/munge.socket.2; '
-            ': > "$5"; exec sleep infinity'
+            "mount -t tmpfs -o mode=0755 tmpfs /run; "
         )
+        if cloud:
+            for sub in ("local-upper", "local-work"):
+                (directory / sub).mkdir()
+            (directory / "console").touch()
+            net.run(
+                "ip", "netns", "exec", ns, "ip", "addr", "add", "169.254.169.254/32", "dev", "lo"
+            )
+            setup += (
+                f"mount -t overlay overlay -o lowerdir=/usr/local,upperdir={directory}/local-upper,"
+                f"workdir={directory}/local-work /usr/local; "
+                f"mount --bind {directory}/console /dev/console; "
+            )
+        else:
+            setup += (
+                "mkdir -p /run/munge; : > /run/munge/munge.socket.2; "
+                'mount --bind "$4" /run/munge/munge.socket.2; '
+            )
+        setup += ': > "$5"; exec sleep infinity'
         holder = subprocess.Popen(
             [
                 "nsenter",
@@ -578,6 +603,7 @@ class Twin:
         self.state["controller"] = name
         self._boot_instance(name, "controller", CONTROLLER_OCTET, {})
         self._apply_document(self.state["nodes"])
+        self._publish_controller()
         self._start_slurmctld()
         self._start_reaper()
         log(f"controller {name} at {self.controller_address}")
@@ -605,6 +631,118 @@ class Twin:
         }
         return "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
 
+    def controller_parameter(self) -> str:
+        return f"/cdk-trn/{self.state['cluster']}/controller-address"
+
+    def _publish_controller(self) -> None:
+        """What the cloud controller writes at boot: its address in the SSM parameter (double)."""
+        stored = self.layout.root / "ssm" / self.controller_parameter().strip("/").replace("/", "_")
+        _write(stored, self.controller_address)
+
+    def user_data(self, script: str, variables: dict[str, str]) -> str:
+        """The user data the construct renders: the CDK_TRN_* variables, boot_common.sh, then
+        the role's script (``cdk_trn.cluster.boot_user_data``). The one place the boot bundle
+        of issue 18 replaces."""
+        node = PACKAGE_ROOT / "cdk_trn_runtime" / "node"
+        header = "".join(f"{k}={shlex.quote(v)}\n" for k, v in variables.items())
+        body = (node / "boot_common.sh").read_text() + (node / script).read_text()
+        return "#!/bin/bash\n" + header + body
+
+    def _boot_node_cloud(self, octet: int, name: str) -> dict[str, Any]:
+        """The cloud's node boot code, unchanged, with the doubles first on PATH: ``docker``,
+        ``systemctl``, ``aws`` (twin/doubles.py, twin/aws_double.py) and instance metadata at
+        169.254.169.254 inside the node's namespace (twin/metadata.py)."""
+        instance = self._boot_instance(name, "node", octet, {}, cloud=True)
+        instance_id = instance["instance_id"]
+        (self.layout.spool / f"slurmd-{name}").mkdir(parents=True, exist_ok=True)
+        self.start_in(
+            name,
+            "imds",
+            [
+                DEBIAN_PYTHON,
+                "-m",
+                "cdk_trn_runtime.slurm.twin.metadata",
+                "--instance-id",
+                instance_id,
+                "--address",
+                instance["address"],
+            ],
+            env={"PYTHONPATH": str(PACKAGE_ROOT)},
+        )
+        probe = [
+            "curl",
+            "-fsS",
+            "-X",
+            "PUT",
+            "-H",
+            "X-aws-ec2-metadata-token-ttl-seconds: 60",
+            "http://169.254.169.254/latest/api/token",
+        ]
+        _wait(
+            f"{name}: instance metadata double",
+            lambda: self.run_in(name, probe).returncode == 0,
+            20,
+        )
+        shared = str(self.layout.shared)
+        variables = {
+            "CDK_TRN_REGION": REGION,
+            "CDK_TRN_STACK": "twin",
+            "CDK_TRN_RESOURCE": "Nodes",
+            "CDK_TRN_CLUSTER": self.state["cluster"],
+            "CDK_TRN_NODE_OS": "ubuntu-24.04",
+            "CDK_TRN_EXPECTED_NEURON_DEVICES": "0",
+            "CDK_TRN_EXPECTED_EFA_DEVICES": "0",
+            "CDK_TRN_LOGICAL_NC": "2",
+            "CDK_TRN_ULTRASERVER_SIZE": "0",
+            "CDK_TRN_FSX_DNS": "",
+            "CDK_TRN_FSX_MOUNT_NAME": "",
+            "CDK_TRN_FSX_MOUNT_PATH": shared,
+            "CDK_TRN_FSX_EFA": "0",
+            "CDK_TRN_COMPILE_CACHE": f"{shared}/{contract.SHARED_COMPILE_CACHE}",
+            "CDK_TRN_RENDEZVOUS_PORTS": "{}-{}".format(*contract.RENDEZVOUS_PORTS),
+            "CDK_TRN_SLURM_IMAGE": "twin.invalid/cdk-trn-slurm:twin",
+            "CDK_TRN_SLURM_KEY_SECRET": f"arn:aws:secretsmanager:{REGION}:0:secret:munge",
+            "CDK_TRN_SLURM_CONTROLLER_PARAMETER": self.controller_parameter(),
+            "CDK_TRN_SLURM_FEATURES": ",".join(self.cluster_document(1)["node_features"]),
+            "CDK_TRN_SLURM_REGISTER_SECONDS": "120",
+        }
+        script = self.layout.instance(name) / "user-data"
+        _write(script, self.user_data("node_bootstrap.sh", variables), 0o700)
+        units = self.layout.logs / f"{name}-units"
+        units.mkdir(exist_ok=True)
+        self.start_in(
+            name,
+            "cloud-init",
+            ["/bin/bash", str(script)],
+            env={
+                "PATH": f"{self.layout.bin}:{CLEAN_PATH}",
+                "TWIN_UNIT_PATH": f"{self.layout.bin}:{CLEAN_PATH}",
+                "TWIN_UNIT_LOGS": str(units),
+            },
+        )
+        signals = self.layout.root / "signals"
+
+        def signalled() -> str:
+            if not signals.exists():
+                return ""
+            for line in signals.read_text().splitlines():
+                record = json.loads(line)
+                if record["instance"] == instance_id:
+                    return str(record["status"])
+            return ""
+
+        with contextlib.suppress(RuntimeError):
+            _wait(f"{name} signalled", lambda: signalled() != "", 300, 0.5)
+        if signalled() != "SUCCESS":
+            boot_log = self.layout.logs / f"{name}-cloud-init.out"
+            tail = boot_log.read_text().splitlines()[-3:] if boot_log.exists() else []
+            raise RuntimeError(
+                f"node {name} boot {signalled() or 'sent no signal'}: {' | '.join(tail)}"
+            )
+        instance["pids"]["slurmd"] = instance["holder"]  # the unit's pid lives in the node
+        self.save()
+        return instance
+
     def boot_node(self) -> str:
         """A new node on an address never used before in this twin; its name once it is usable."""
         octet = int(self.state["next_octet"])
@@ -613,6 +751,11 @@ class Twin:
         self.state["next_octet"] = octet + 1
         name = net.ec2_name(self.address(octet))
         instance_id = "i-" + secrets.token_hex(8) + "0"
+        if self.state.get("boot") == "cloud":
+            instance = self._boot_node_cloud(octet, name)
+            self._wait_usable(name)
+            log(f"node {name} at {instance['address']} (the cloud's boot code)")
+            return name
         etc = {"cdk-trn/slurm-node.env": self._node_env(name, instance_id)}
         instance = self._boot_instance(name, "node", octet, etc)
         instance["instance_id"] = instance_id
@@ -681,9 +824,11 @@ class Twin:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def up(self, nodes: int | None) -> None:
+    def up(self, nodes: int | None, boot: str | None = None) -> None:
         self._check_machine()
         fresh = "subnet" not in self.state
+        if fresh and boot is not None:
+            self.state["boot"] = boot
         wanted = nodes if nodes is not None else int(self.state.get("nodes", DEFAULT_NODES))
         if wanted < 1:
             raise RuntimeError(f"NODES must be at least 1, got {wanted}")
