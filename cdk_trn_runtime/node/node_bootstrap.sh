@@ -149,6 +149,16 @@ slurmd_leave() {
   docker stop --time 60 "$SLURMD_CONTAINER" >/dev/null 2>&1 || true
 }
 
+# A replaced controller whose saved state predates this node's registration does not know the
+# node and never contacts it: slurmd restarts and registers again (run by the address timer).
+rejoin_if_unknown() {
+  local out
+  out=$(docker exec "$SLURMD_CONTAINER" scontrol show node "$(node_name)" 2>&1) && return 0
+  [[ $out == *"not found"* ]] || return 0
+  log "the controller does not know $(node_name): restarting slurmd to register again"
+  systemctl restart cdk-trn-slurmd.service
+}
+
 install_slurmd_unit() {
   mkdir -p "$ROOT/etc/systemd/system"
   cat >"$ROOT/etc/systemd/system/cdk-trn-slurmd.service" <<UNIT
@@ -238,7 +248,7 @@ case "${1:-}" in
   "") boot ;;
   slurmd-run) slurmd_run ;;
   slurmd-leave) slurmd_leave ;;
-  resolve-controller) resolve_controller >/dev/null ;;
+  resolve-controller) resolve_controller >/dev/null && rejoin_if_unknown ;;
   configure-lnet) configure_lustre_efa ;;
   publish-metrics) publish_metrics cdk-trn/Node "$SLURMD_CONTAINER" node_metrics.sh ;;
   *) echo "usage: $0 [slurmd-run|slurmd-leave|resolve-controller|configure-lnet|publish-metrics]" >&2; exit 2 ;;

@@ -803,6 +803,39 @@ class Twin:
                 f"node {name} did not register usable: {show or 'no record'}; {' | '.join(tail)}"
             ) from None
 
+    def _rejoin_unknown_nodes(self) -> None:
+        """A replaced controller whose saved state predates a node's registration does not know
+        the node: its slurmd restarts and registers again (on the cloud, the node's address
+        timer does this: node_bootstrap.sh rejoin_if_unknown)."""
+        known = set(self.slurm("sinfo", "-h", "-N", "-o", "%N").stdout.split())
+        for name, instance in self.nodes().items():
+            if name in known or self.state.get("boot") == "cloud":
+                continue
+            if not _alive(instance["holder"]):
+                continue
+            log(f"the controller does not know {name}: restarting its slurmd")
+            pid = instance["pids"].get("slurmd")
+            if pid:
+                self._stop_pid(pid)
+            port = self.state.get("slurmctld_port", contract.SLURMCTLD_PORT)
+            features = ",".join(self.cluster_document(1)["node_features"])
+            self.start_in(
+                name,
+                "slurmd",
+                [
+                    "slurmd",
+                    "-D",
+                    "-Z",
+                    "-N",
+                    name,
+                    "--conf-server",
+                    f"{SLURMCTLD_NAME}:{port}",
+                    "--conf",
+                    f"Feature={features}",
+                ],
+            )
+            self._wait_usable(name)
+
     def _retire_node(self, name: str) -> None:
         """Scale-in: the node leaves Slurm as the cloud's shutdown hook does (delete its record),
         then the instance is terminated."""
@@ -841,6 +874,7 @@ class Twin:
             self._boot_controller()
             if not fresh:
                 self.slurm("scontrol", "reconfigure")
+                self._rejoin_unknown_nodes()
         else:
             action = self._apply_document(wanted)
             if action == "restart":
