@@ -11,7 +11,7 @@ export AWS_EC2_METADATA_DISABLED := true
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 
-.PHONY: synth test lint typecheck unit bench deploy clean compat local-cluster local-cluster-down
+.PHONY: synth test lint typecheck unit bench deploy clean compat local-cluster local-cluster-replace local-cluster-down
 
 synth: $(VENV)/.runtime node_modules/.installed
 	rm -rf cdk.out
@@ -48,20 +48,25 @@ bench: $(VENV)/.test
 	python benchmarks/synth_scaling.py
 	python benchmarks/acceptance_cpu.py
 
-# A real Slurm cluster on this machine (slurmctld, slurmd n1 and n2, munged) in .local-cluster/;
-# prints `export SLURM_CONF=...`. Needs root and the Debian packages slurm-wlm and munge.
+# The local twin of the cloud's Slurm (cdk_trn_runtime/slurm/twin): a controller and NODES dynamic
+# nodes, each in namespaces of its own on a private bridge, in .local-cluster/. `make local-cluster`
+# prints `export SLURM_CONF=...`; on a running twin NODES=<n> resizes it (as `cdk deploy -c nodes=<n>`)
+# and without NODES it keeps the count and replaces lost nodes. Needs root; installs the packages.
 LOCAL_CLUSTER := $(CURDIR)/.local-cluster
+TWIN_PACKAGES := slurm-wlm munge iproute2 util-linux iptables nftables
 local-cluster: $(VENV)/.test
-	@if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then \
-	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y slurm-wlm munge; \
-	  else \
-	    echo "local-cluster: needs slurm-wlm and munge; as root run: apt-get install slurm-wlm munge" >&2; \
-	    exit 1; \
-	  fi; \
+	@if [ "$$(id -u)" -ne 0 ]; then echo "local-cluster: the twin needs root (namespaces, slurmd)" >&2; exit 1; fi
+	@if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v nft >/dev/null \
+	  || ! command -v iptables >/dev/null; then \
+	  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TWIN_PACKAGES) >&2; \
 	fi
-	@if [ "$$(id -u)" -ne 0 ]; then echo "local-cluster: slurmd needs root" >&2; exit 1; fi
-	python -m cdk_trn_runtime.slurm.local up --dir $(LOCAL_CLUSTER)
+	@python -m cdk_trn_runtime.slurm.local up --dir $(LOCAL_CLUSTER) $(if $(NODES),--nodes $(NODES))
+
+# A lost instance: NODE's link cut and every process in its namespaces SIGKILLed, then a
+# replacement on a new address (prints `replacement: <name>`).
+local-cluster-replace: $(VENV)/.runtime
+	@test -n "$(NODE)" || { echo "usage: make local-cluster-replace NODE=<name>" >&2; exit 2; }
+	@python -m cdk_trn_runtime.slurm.local replace --node $(NODE) --dir $(LOCAL_CLUSTER)
 
 local-cluster-down: $(VENV)/.runtime
 	python -m cdk_trn_runtime.slurm.local down --dir $(LOCAL_CLUSTER)

@@ -23,7 +23,12 @@ slurm.conf is rendered on the controller at boot by the shared generator::
 from the cluster document this construct writes into the controller's user data
 (``CDK_TRN_SLURM_SPEC``, see :func:`slurm_cluster_document` for its keys), plus two keys the
 controller adds at boot: ``controller_host`` (its ``hostname -s``, for SlurmctldHost) and
-``controller_addr`` (``cdk-trn-slurmctld``, for SlurmctldAddr).
+``controller_addr`` (``cdk-trn-slurmctld``, for SlurmctldAddr). Every deploy also writes the
+document into an SSM parameter (``/cdk-trn/<cluster>/slurm-cluster-document``) that the controller
+re-reads every minute and applies (``cdk_trn_runtime.slurm.apply``): slurmctld is restarted when
+a key it reads only at start changed (MaxNodeCount, which grows with the node count) and
+reconfigured otherwise, so ``-c nodes=8`` reaches a running controller. A reaper on the controller
+deletes the records of dead dynamic nodes whose instance is gone (``ec2:DescribeInstances``).
 """
 
 from __future__ import annotations
@@ -60,16 +65,12 @@ from cdk_trn.security import signalling_instance_role
 from cdk_trn_runtime.contract import (
     CLUSTER_TAG,
     METRICS_NAMESPACE_SLURM,
-    SHARED_COMPILE_CACHE,
-    SHARED_HOMES,
-    SHARED_JOB_LOGS,
-    SHARED_SLURM_STATE,
     SLURM_DEFAULT_CLUSTER_NAME,
-    SLURM_JOB_UID,
     SLURM_JOB_USER,
     SLURMCTLD_PORT,
     SLURMD_PORT,
 )
+from cdk_trn_runtime.slurm.document import cluster_document
 
 #: The controller runs slurmctld, munged and Docker and pulls the Neuron image: below this it
 #: swaps or is killed by the OOM killer while pulling.
@@ -79,6 +80,8 @@ MIN_CONTROLLER_MEMORY_GIB = 8
 SRUN_PORT_RANGE = (60001, 63000)
 #: slurmstepd's ports on the nodes: the Linux ephemeral range (ip_local_port_range default).
 STEP_PORT_RANGE = (32768, 60999)
+#: The SSM parameter holding the cluster document the controller re-reads and applies.
+CLUSTER_DOCUMENT_PARAMETER_FORMAT = "/cdk-trn/{cluster}/slurm-cluster-document"
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
@@ -199,6 +202,20 @@ class SlurmScheduler(Construct):
             string_value="none",
         )
 
+        #: The cluster document, rewritten by every deploy that changes it: the controller
+        #: re-reads it (a timer) and restarts slurmctld or reconfigures (``slurm.apply``).
+        self.cluster_document_parameter_name = CLUSTER_DOCUMENT_PARAMETER_FORMAT.format(
+            cluster=cluster.cluster_name
+        )
+        self.cluster_document = ssm.StringParameter(
+            self,
+            "ClusterDocument",
+            parameter_name=self.cluster_document_parameter_name,
+            description=f"Slurm cluster document of {cluster.cluster_name} (the controller "
+            "re-reads it and applies changes)",
+            string_value=cdk.Lazy.string(_ClusterDocumentValue(self)),
+        )
+
         self.security_group = ec2.SecurityGroup(
             self,
             "ControllerSecurityGroup",
@@ -229,6 +246,12 @@ class SlurmScheduler(Construct):
             self.auth_key.grant_read(role)
             self.image.grant_pull(role)
         self.controller_address.grant_write(self.role)
+        iam.Grant.add_to_principal(
+            grantee=self.role,
+            actions=["ssm:GetParameter"],
+            resource_arns=[self.cluster_document.parameter_arn],
+        )
+        self._allow_reaper()
         # The nodes only read the address (boot_common.sh resolve_controller: ssm get-parameter),
         # so not grant_read's GetParameters, GetParameterHistory and DescribeParameters.
         iam.Grant.add_to_principal(
@@ -448,6 +471,27 @@ class SlurmScheduler(Construct):
         )
         acknowledge_wildcards(policy, PUT_METRIC_DATA_WILDCARD_REASON, resources=["*"])
 
+    def _allow_reaper(self) -> None:
+        """The controller's reaper (``slurm/scripts/reaper.sh``) asks EC2 whether a dead dynamic
+        node's instance still exists before it deletes the node's record; a policy of its own so
+        that its '*' is acknowledged for this reason alone."""
+        policy = iam.ManagedPolicy(
+            self.role,
+            "ReaperPolicy",
+            description=f"Slurm controller of {self.cluster.cluster_name}: find dead nodes' "
+            "instances",
+            roles=[self.role],
+            statements=[
+                iam.PolicyStatement(actions=["ec2:DescribeInstances"], resources=["*"]),
+            ],
+        )
+        acknowledge_wildcards(
+            policy,
+            "ec2:DescribeInstances supports no resource-level permission: its Resource must be "
+            "'*' (read-only; the reaper filters by the cluster's tag)",
+            resources=["*"],
+        )
+
     def _acknowledge_pull_wildcard(self, role: ManagedPolicyRole) -> None:
         # On the role's own policy, not the role: the SSM agent's and the metrics policies under
         # the role have their own '*' with their own reasons.
@@ -506,56 +550,40 @@ class SlurmScheduler(Construct):
         return group
 
     def slurm_cluster_document(self) -> dict[str, Any]:
-        """The cluster document the controller hands to the slurm.conf generator.
-
-        Keys: ``cluster_name`` (ClusterName), ``partition`` (PartitionName, whole nodes,
-        ``OverSubscribe=EXCLUSIVE``), ``node_cpus`` and ``node_real_memory_mib`` (the catalog's
-        vCPUs and memory of one node, RealMemory with 5% kept for the OS and daemons),
-        ``node_features`` (static features: instance type, ``efa``; nodes add ``us-<id>`` on
-        UltraServers), ``ultraserver_size`` (0 when not an UltraServer type), ``max_node_count``
-        (MaxNodeCount for dynamic nodes), ``max_nodes_per_job`` (the partition's MaxNodes),
-        ``shared_root`` (the shared file system's mount path), ``state_save_location``,
-        ``job_log_dir`` (jobcomp log and job logs), ``home_dir``, ``compile_cache``,
-        ``slurmctld_port``, ``slurmd_port``, ``srun_port_range`` ([low, high]), ``job_user`` and
-        ``job_uid``. At boot the controller adds ``controller_host`` and ``controller_addr``.
+        """The cluster document the controller hands to the slurm.conf generator, built by the
+        function the local twin uses (``cdk_trn_runtime.slurm.document.cluster_document``: its
+        docstring lists the keys). ``node_real_memory_mib`` keeps 5% of the catalog's memory
+        for the OS and daemons; ``max_node_count`` has headroom for replacements;
+        ``document_parameter`` names the SSM parameter the controller re-reads it from. At boot
+        the controller adds ``controller_host`` and ``controller_addr``.
         """
         spec = self.cluster.spec
-        root = self.shared_root
-        return {
-            "cluster_name": self.slurm_cluster_name,
-            "partition": self.partition,
-            "node_cpus": spec.vcpus,
-            "node_real_memory_mib": int(spec.memory_gib * 1024 * 0.95),
-            "node_features": self._static_features(),
-            "ultraserver_size": spec.ultraserver_size
+        document = cluster_document(
+            nodes=self.cluster.nodes,
+            shared_root=self.shared_root,
+            node_cpus=spec.vcpus,
+            node_real_memory_mib=int(spec.memory_gib * 1024 * 0.95),
+            node_features=self._static_features(),
+            cluster_name=self.slurm_cluster_name,
+            partition=self.partition,
+            ultraserver_size=spec.ultraserver_size
             if self.cluster.capacity.is_ultraserver and spec.ultraserver_size
             else 0,
-            "max_node_count": self.cluster.nodes,
-            "max_nodes_per_job": self.max_nodes_per_job,
-            "shared_root": root,
-            "state_save_location": f"{root}/{SHARED_SLURM_STATE}",
-            "job_log_dir": f"{root}/{SHARED_JOB_LOGS}",
-            "home_dir": f"{root}/{SHARED_HOMES}",
-            "compile_cache": f"{root}/{SHARED_COMPILE_CACHE}",
-            "slurmctld_port": SLURMCTLD_PORT,
-            "slurmd_port": SLURMD_PORT,
-            "srun_port_range": list(SRUN_PORT_RANGE),
-            "job_user": SLURM_JOB_USER,
-            "job_uid": SLURM_JOB_UID,
-            **(
-                {
-                    # The group's name is not here (the controller boots before the group
-                    # exists): the programs read it from the instances' own tag.
-                    "power_save": {
-                        "idle_seconds": self.idle_scale_in_seconds,
-                        "cluster_tag": [CLUSTER_TAG, self.cluster.cluster_name],
-                        "region": cdk.Stack.of(self).region,
-                    }
-                }
-                if self.idle_scale_in_seconds is not None
-                else {}
-            ),
-        }
+            max_nodes_per_job=self.max_nodes_per_job,
+            slurmctld_port=SLURMCTLD_PORT,
+            slurmd_port=SLURMD_PORT,
+            srun_port_range=SRUN_PORT_RANGE,
+        )
+        document["document_parameter"] = self.cluster_document_parameter_name
+        if self.idle_scale_in_seconds is not None:
+            # The group's name is not here (the controller boots before the group exists): the
+            # power-saving programs read it from the instances' own tag.
+            document["power_save"] = {
+                "idle_seconds": self.idle_scale_in_seconds,
+                "cluster_tag": [CLUSTER_TAG, self.cluster.cluster_name],
+                "region": cdk.Stack.of(self).region,
+            }
+        return document
 
     def _user_data(self) -> str:
         """The controller's user data: the launcher of its boot bundle with these variables."""
@@ -596,3 +624,14 @@ class _ControllerUserData:
 
     def produce(self) -> str:
         return self._scheduler._user_data()
+
+
+@jsii.implements(cdk.IStableStringProducer)
+class _ClusterDocumentValue:
+    """The cluster document's JSON, rendered at synth (after the cluster's nodes are known)."""
+
+    def __init__(self, scheduler: SlurmScheduler) -> None:
+        self._scheduler = scheduler
+
+    def produce(self) -> str:
+        return json.dumps(self._scheduler.slurm_cluster_document(), sort_keys=True)

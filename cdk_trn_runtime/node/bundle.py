@@ -66,7 +66,13 @@ _SLURM_UNITS = (
 )
 _ROLE_UNITS = {
     "node": ("cdk-trn-slurmd.service", *_SLURM_UNITS),
-    "controller": ("cdk-trn-slurmctld.service", *_SLURM_UNITS),
+    "controller": (
+        "cdk-trn-slurmctld.service",
+        "cdk-trn-reaper.service",
+        "cdk-trn-apply-document.service",
+        "cdk-trn-apply-document.timer",
+        *_SLURM_UNITS,
+    ),
 }
 _VAULT_UNITS = (
     "cdk-trn-kms-proxy.service",
@@ -102,6 +108,9 @@ def bundle_files(role: str) -> dict[str, Path]:
         files = {name: _NODE / name for name in ("boot_common.sh", "units.sh", "imds_guard.sh")}
         files[ENTRY_SCRIPTS[role]] = _NODE / ENTRY_SCRIPTS[role]
         files.update({f"units/{unit}": _UNITS / unit for unit in _ROLE_UNITS[role]})
+        if role == "controller":
+            # Runs on the controller host (units/cdk-trn-reaper.service).
+            files["reaper.sh"] = _PACKAGE / "slurm" / "scripts" / "reaper.sh"
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"boot bundle {role!r} names missing files: {missing}")

@@ -20,6 +20,7 @@ ENTRY="$BOOT_DIR/controller_bootstrap.sh"
 . "$BOOT_DIR/boot.env"
 # shellcheck source=boot_common.sh
 . "$BOOT_DIR/boot_common.sh"
+#   apply-document      re-read the cluster document's SSM parameter; restart or reconfigure (a timer)
 
 CONTAINER=cdk-trn-slurmctld
 SLURM_ETC="$ROOT/etc/cdk-trn/slurm"
@@ -90,6 +91,36 @@ wait_for_slurmctld() {
   done
 }
 
+# --- Every deploy that changes the cluster document rewrites its SSM parameter (named in the
+# document); a timer re-reads it and applies it: restart slurmctld for keys it reads only at start
+# (MaxNodeCount among them), `scontrol reconfigure` otherwise (cdk_trn_runtime.slurm.apply).
+apply_document() {
+  local name new="$SLURM_ETC/document.json.new" action
+  name=$(python3 -I -c 'import json, sys; print(json.loads(sys.argv[1]).get("document_parameter", ""))' "$CDK_TRN_SLURM_SPEC")
+  [ -n "$name" ] || return 0
+  aws ssm get-parameter --region "$CDK_TRN_REGION" --name "$name" --query Parameter.Value \
+    --output text >"$new" || { rm -f "$new"; return 1; }
+  mv -f "$new" "$SLURM_ETC/document.json"
+  action=$(docker run --rm --network none --workdir / --volume "$SLURM_ETC:/etc/slurm" --entrypoint python3 \
+    "$CDK_TRN_SLURM_IMAGE" -P -m cdk_trn_runtime.slurm.apply --document /etc/slurm/document.json \
+    --conf /etc/slurm/slurm.conf --controller-host "$(hostname -s)" --controller-addr "$SLURMCTLD_NAME") || return 1
+  case "$action" in
+    restart) log "cluster document changed: restarting slurmctld"; systemctl restart cdk-trn-slurmctld.service ;;
+    reconfigure) log "cluster document changed: scontrol reconfigure"; docker exec -u root -w / "$CONTAINER" scontrol reconfigure ;;
+  esac
+}
+
+# The reaper (reaper.sh of this bundle, units/cdk-trn-reaper.service) and the timer that applies
+# the cluster document (units/cdk-trn-apply-document.*).
+install_reaper() {
+  install_unit cdk-trn-reaper.service "REGION=$CDK_TRN_REGION" "CLUSTER=$CDK_TRN_CLUSTER" \
+    "CONTAINER=$CONTAINER" "BOOT_DIR=$BOOT_DIR" || return 1
+  install_unit cdk-trn-apply-document.service "ENTRY=$ENTRY" || return 1
+  install_unit cdk-trn-apply-document.timer || return 1
+  systemctl daemon-reload
+  systemctl enable --now cdk-trn-reaper.service cdk-trn-apply-document.timer
+}
+
 boot() {
   begin_boot
   guard_imds || fail "imds_guard.sh failed"
@@ -110,6 +141,9 @@ boot() {
   systemctl daemon-reload
   systemctl enable --now cdk-trn-slurmctld.service || fail "cdk-trn-slurmctld.service did not start"
   wait_for_slurmctld
+  # A replacement controller: running nodes refresh their configless configuration.
+  docker exec -u root -w / "$CONTAINER" scontrol reconfigure || log "scontrol reconfigure failed (no nodes yet?)"
+  install_reaper || fail "could not start the Slurm node reaper"
   install_metrics_timer || fail "could not start the metrics timer"
   signal SUCCESS
   log "controller ready at $address"
@@ -120,5 +154,6 @@ case "${1:-}" in
   slurmctld-run) slurmctld_run ;;
   resolve-controller) resolve_controller >/dev/null ;;
   publish-metrics) publish_metrics cdk-trn/Slurm "$CONTAINER" slurm_metrics.sh ;;
-  *) echo "usage: $0 [slurmctld-run|resolve-controller|publish-metrics]" >&2; exit 2 ;;
+  apply-document) apply_document ;;
+  *) echo "usage: $0 [slurmctld-run|resolve-controller|publish-metrics|apply-document]" >&2; exit 2 ;;
 esac

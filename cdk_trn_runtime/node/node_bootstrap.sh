@@ -80,7 +80,7 @@ write_environment() {
     echo "CDK_TRN_EXPECTED_NEURON_DEVICES=$CDK_TRN_EXPECTED_NEURON_DEVICES"
     echo "CDK_TRN_EXPECTED_EFA_DEVICES=$CDK_TRN_EXPECTED_EFA_DEVICES"
     echo "CDK_TRN_SHARED_ROOT=$CDK_TRN_FSX_MOUNT_PATH"
-    echo "CDK_TRN_SHARED_FS_TYPE=lustre"
+    echo "CDK_TRN_SHARED_FS_TYPE=${CDK_TRN_FSX_DNS:+lustre}"
     # A node drained for a hardware reason asks its Auto Scaling group to replace it.
     echo "CDK_TRN_REPLACE_ON_HARDWARE_FAILURE=1"
     echo "CDK_TRN_INSTANCE_ID=$INSTANCE_ID"
@@ -181,6 +181,16 @@ slurmd_leave() {
   docker stop --time 60 "$SLURMD_CONTAINER" >/dev/null 2>&1 || true
 }
 
+# A replaced controller whose saved state predates this node's registration does not know the
+# node and never contacts it: slurmd restarts and registers again (run by the address timer).
+rejoin_if_unknown() {
+  local out
+  out=$(docker exec -u root -w / "$SLURMD_CONTAINER" scontrol show node "$(node_name)" 2>&1) && return 0
+  [[ $out == *"not found"* ]] || return 0
+  log "the controller does not know $(node_name): restarting slurmd to register again"
+  systemctl restart cdk-trn-slurmd.service
+}
+
 wait_for_registration() {
   local name seconds=${NODE_BOOTSTRAP_TEST_WAIT_SECONDS:-$CDK_TRN_SLURM_REGISTER_SECONDS} out
   local deadline
@@ -188,7 +198,8 @@ wait_for_registration() {
   deadline=$((SECONDS + seconds))
   while :; do
     if out=$(docker exec -u root -w / "$SLURMD_CONTAINER" scontrol show node "$name" 2>&1) \
-      && [[ $out == *"NodeName=$name "* ]] && [[ $out != *NOT_RESPONDING* ]]; then
+      && [[ $out == *"NodeName=$name "* ]] && [[ $out != *NOT_RESPONDING* ]] \
+      && ! [[ $out =~ State=[A-Z_+]*(DOWN|DRAIN|FAIL) ]]; then
       log "slurmd registered as $name ($(slurm_features))"
       return 0
     fi
@@ -249,7 +260,7 @@ case "${1:-}" in
   "") boot ;;
   slurmd-run) slurmd_run ;;
   slurmd-leave) slurmd_leave ;;
-  resolve-controller) resolve_controller >/dev/null ;;
+  resolve-controller) resolve_controller >/dev/null && rejoin_if_unknown ;;
   configure-lnet) configure_lustre_efa ;;
   publish-metrics) publish_metrics cdk-trn/Node "$SLURMD_CONTAINER" node_metrics.sh ;;
   *) echo "usage: $0 [slurmd-run|slurmd-leave|resolve-controller|configure-lnet|publish-metrics]" >&2; exit 2 ;;

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 
 from cdk_trn_runtime import contract
+from cdk_trn_runtime.slurm.document import HOST_DEFAULTS
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
@@ -386,15 +387,11 @@ def dynamic_node_conf(cpus: int, real_memory_mb: int, features: tuple[str, ...] 
     return conf
 
 
-#: Where the bundled training image keeps the node scripts (``cdk_trn_runtime`` under
-#: ``/opt/cdk-trn``, see ``cdk_trn_runtime/container/Dockerfile``).
-IMAGE_SCRIPTS = "/opt/cdk-trn/cdk_trn_runtime/slurm/scripts"
-
-
 def cloud_config(document: dict[str, object]) -> SlurmConfig:
-    """The cloud cluster's configuration from the cluster document the ``SlurmScheduler``
-    construct writes at synth (keys: ``cdk_trn.scheduler.SlurmScheduler.slurm_cluster_document``)
-    plus ``controller_host`` and ``controller_addr``, which the controller adds at boot.
+    """The cluster's configuration from the cluster document (``cdk_trn_runtime.slurm.document``:
+    the ``SlurmScheduler`` construct writes it at synth, the twin at ``up``) plus
+    ``controller_host`` and ``controller_addr``, which the controller adds at boot. Host-specific
+    keys missing from the document take the cloud's values (``document.HOST_DEFAULTS``).
 
     Dynamic nodes register with ``slurmd -Z`` through the configless controller; the node scripts
     are the image's. Process tracking is ``linuxproc`` and tasks are not bound: slurmd runs in a
@@ -404,6 +401,8 @@ def cloud_config(document: dict[str, object]) -> SlurmConfig:
 
     def value(key: str) -> object:
         if key not in document:
+            if key in HOST_DEFAULTS:
+                return HOST_DEFAULTS[key]
             raise ValueError(f"cluster document: missing key {key!r}")
         return document[key]
 
@@ -433,7 +432,14 @@ def cloud_config(document: dict[str, object]) -> SlurmConfig:
             raise ValueError(f"cluster document: {key!r} must be a list of strings, got {got!r}")
         return got
 
+    def optional_text(key: str) -> str | None:
+        got = value(key)
+        if got is not None and not isinstance(got, str):
+            raise ValueError(f"cluster document: {key!r} must be a string or null, got {got!r}")
+        return got
+
     srun = numbers("srun_port_range")
+    scripts = text("script_dir")
     if len(srun) != 2:
         raise ValueError(f"cluster document: 'srun_port_range' must be [low, high], got {srun!r}")
     return SlurmConfig(
@@ -449,9 +455,22 @@ def cloud_config(document: dict[str, object]) -> SlurmConfig:
         features=tuple(texts("node_features")),
         partition=text("partition"),
         state_save_location=text("state_save_location"),
-        prolog=f"{IMAGE_SCRIPTS}/prolog.sh",
-        epilog=f"{IMAGE_SCRIPTS}/epilog.sh",
-        health_check_program=f"{IMAGE_SCRIPTS}/healthcheck.sh",
+        slurmctld_spool_dir=text("slurmctld_spool_dir"),
+        slurmd_spool_dir=text("slurmd_spool_dir"),
+        log_dir=text("log_dir"),
+        pid_dir=text("pid_dir"),
+        munge_socket=optional_text("munge_socket"),
+        slurm_user=text("slurm_user"),
+        prolog=f"{scripts}/prolog.sh",
+        epilog=f"{scripts}/epilog.sh",
+        task_prolog=f"{scripts}/task_prolog.sh",
+        health_check_program=f"{scripts}/healthcheck.sh",
+        health_check_interval=number("health_check_interval"),
+        slurmd_timeout=number("slurmd_timeout"),
+        slurmctld_timeout=number("slurmctld_timeout"),
+        message_timeout=number("message_timeout"),
+        kill_wait=number("kill_wait"),
+        resume_timeout=number("resume_timeout"),
         proctrack="proctrack/linuxproc",
         task_plugin="task/none",
         configless=True,

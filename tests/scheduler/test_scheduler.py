@@ -13,6 +13,7 @@ from aws_cdk.assertions import Match, Template
 from cdk_trn.catalog import HOST_SPECS
 from cdk_trn.errors import CdkTrnError
 from cdk_trn.scheduler import MIN_CONTROLLER_MEMORY_GIB, SlurmScheduler
+from cdk_trn_runtime.slurm.document import HOST_DEFAULTS, max_node_count
 from tests.foundation.stacks_for_tests import cluster_stack
 from tests.foundation.test_node_bootstrap_run import FileSystemStandIn
 
@@ -122,9 +123,43 @@ def test_cluster_document_carries_the_catalog_and_shared_paths(synth):
     assert doc["node_cpus"] == 192
     assert doc["node_features"] == ["trn2.48xlarge", "efa"]
     assert doc["state_save_location"] == "/fsx/slurm/state"
-    assert doc["max_node_count"] == 2 and doc["max_nodes_per_job"] == 2
+    # Headroom: replacements register while dead nodes' records wait for the reaper.
+    assert doc["max_node_count"] == max_node_count(2) == 10 and doc["max_nodes_per_job"] == 2
+    assert doc["nodes"] == 2
+    # Host keys carry the cloud's values (the twin sets its own).
+    assert {k: doc[k] for k in HOST_DEFAULTS} == HOST_DEFAULTS
     [spec] = re.findall(r"^CDK_TRN_SLURM_SPEC='(.*)'$", scheduler._user_data(), re.M)
     assert json.loads(spec) == doc
+
+
+def test_cluster_document_is_an_ssm_parameter_the_controller_alone_reads(synth):
+    scheduler, template = synth
+    name = "/cdk-trn/" + scheduler.cluster.cluster_name + "/slurm-cluster-document"
+    assert scheduler.slurm_cluster_document()["document_parameter"] == name
+    [parameter] = template.find_resources(
+        "AWS::SSM::Parameter", {"Properties": {"Name": name}}
+    ).values()
+    assert json.loads(parameter["Properties"]["Value"]) == scheduler.slurm_cluster_document()
+    stack = cdk.Stack.of(scheduler)
+    logical = stack.get_logical_id(scheduler.cluster_document.node.default_child)
+    readers = []
+    for policy in template.find_resources("AWS::IAM::ManagedPolicy").values():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if logical in json.dumps(statement.get("Resource")):
+                assert statement["Action"] == "ssm:GetParameter", statement
+                readers.append(json.dumps(policy["Properties"].get("Roles")))
+    assert readers and all("ControllerRole" in r for r in readers), readers
+
+
+def test_controller_may_ask_ec2_which_instances_exist_and_nothing_more(synth):
+    _, template = synth
+    found = [
+        statement
+        for policy in template.find_resources("AWS::IAM::ManagedPolicy").values()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if "ec2:DescribeInstances" in json.dumps(statement["Action"])
+    ]
+    assert found == [{"Action": "ec2:DescribeInstances", "Effect": "Allow", "Resource": "*"}]
 
 
 def test_node_user_data_starts_slurmd_and_references_the_secret(synth):
@@ -237,6 +272,9 @@ def test_controller_renders_slurm_conf_from_the_synthesized_cluster_document(syn
     assert "SrunPortRange=60001-63000" in conf
     assert "Prolog=/opt/cdk-trn/cdk_trn_runtime/slurm/scripts/prolog.sh" in conf
     assert "HealthCheckProgram=/opt/cdk-trn/cdk_trn_runtime/slurm/scripts/healthcheck.sh" in conf
+    # Jobs get the node environment (shared root, compile cache, region) from the TaskProlog.
+    assert "TaskProlog=/opt/cdk-trn/cdk_trn_runtime/slurm/scripts/task_prolog.sh" in conf
+    assert "SlurmUser=slurm" in conf and "SlurmdTimeout=180" in conf
     assert f"StateSaveLocation={document['state_save_location']}" in conf
     [partition] = [line for line in conf if line.startswith("PartitionName=")]
     assert "Nodes=ALL" in partition and "OverSubscribe=EXCLUSIVE" in partition
@@ -264,3 +302,15 @@ def test_generator_refuses_a_document_with_a_missing_key(tmp_path):
     )
     assert done.returncode == 2
     assert "missing key" in done.stderr
+
+
+def test_construct_and_twin_build_the_cluster_document_with_one_function(synth, tmp_path):
+    """The twin (cdk_trn_runtime.slurm.twin) and the construct share the document's keys; the
+    twin changes host keys only."""
+    from cdk_trn_runtime.slurm.twin.cluster import Twin
+
+    scheduler, _ = synth
+    construct = scheduler.slurm_cluster_document()
+    twin = Twin(tmp_path / "twin").cluster_document(2)
+    assert set(construct) == set(twin) | {"document_parameter"}
+    assert twin["max_node_count"] == construct["max_node_count"]  # both: 2 nodes

@@ -1,17 +1,18 @@
-"""The one harness for tests that run a real local Slurm cluster (``cdk_trn_runtime.slurm.local``).
+"""The one harness for tests that run the local twin (``cdk_trn_runtime.slurm.local``).
 
-``local_cluster()`` starts munged, slurmctld and two slurmd in a temp directory with ``local up``,
-yields a :class:`Cluster` handle, and on the way out stops them with ``local down``, then checks,
-by pid, that no daemon it started is left (and kills any that is, failing the test). The module
-fixture ``cluster`` (tests/slurm/conftest.py) gives each test module its own cluster.
+``local_cluster()`` starts a twin (a controller and two dynamic nodes, each in namespaces of its
+own on the twin's bridge) in a temp directory with ``local up``, yields a :class:`Cluster`
+handle, and on the way out removes it with ``local down``, then checks that nothing it started
+is left: no process in the twin's namespaces, no namespace, no bridge or link, no directory, no
+munged (and kills what is, failing the test). The module fixture ``cluster``
+(tests/slurm/conftest.py) gives each test module its own twin.
 
 Each cluster also claims a rendezvous port range of its own: a slice of
 ``contract.RENDEZVOUS_PORTS`` held with an exclusive ``flock`` on a lock file for the cluster's
 lifetime (the kernel drops the lock when the process ends, so a crashed run leaves no claim).
-Jobs get their torchrun port from that range (``TRAIN_MASTER_PORT``) instead of from their job
-id, which two clusters on one host (``pytest -n 2``, or two checkouts) number alike.
+Jobs get their torchrun port from that range (``TRAIN_MASTER_PORT``).
 
-Needs root and the packages slurm-wlm and munge (``.ci/run`` installs them).
+Needs root and the packages slurm-wlm, munge and iproute2 (``.ci/run`` installs them).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -35,10 +36,11 @@ import pytest
 
 from cdk_trn_runtime import contract
 from cdk_trn_runtime.slurm import local
+from cdk_trn_runtime.slurm.twin import net
+from cdk_trn_runtime.slurm.twin.cluster import Twin, _alive
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SBATCH = REPO / "examples" / "slurm" / "train.sbatch"
-DAEMON_NAMES = {"munged", "slurmctld", "slurmd"}
 #: Rendezvous ports per local cluster: ten slices of contract.RENDEZVOUS_PORTS (100 ports).
 PORTS_PER_CLUSTER = 10
 #: Where the port-range claims live; one lock file per slice, shared by every run on this host.
@@ -58,35 +60,36 @@ class Cluster:
     job_user: str
     #: This cluster's rendezvous ports; no other local cluster on this host uses them meanwhile.
     ports: range
-    started: set[int] = field(default_factory=set)
     _next_port: int = 0
 
-    def local(self, action: str, timeout: float) -> subprocess.CompletedProcess[str]:
-        """``python -m cdk_trn_runtime.slurm.local <action>`` on this cluster (what
-        ``make local-cluster`` and ``make local-cluster-down`` run)."""
+    def local(self, action: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        """``python -m cdk_trn_runtime.slurm.local <action>`` on this twin (what
+        ``make local-cluster``, ``local-cluster-replace`` and ``local-cluster-down`` run)."""
         return subprocess.run(
-            [sys.executable, "-m", "cdk_trn_runtime.slurm.local", action, "--dir", str(self.root)],
+            [sys.executable, "-m", "cdk_trn_runtime.slurm.local", action, "--dir", str(self.root)]
+            + list(args),
             capture_output=True,
             text=True,
             env=python_env(),
             timeout=timeout,
         )
 
-    def up(self) -> None:
-        result = self.local("up", timeout=180)
+    def up(self, *args: str) -> None:
+        result = self.local("up", *args, timeout=600)
         assert result.returncode == 0, result.stderr
         assert result.stdout == f"export SLURM_CONF={self.layout.conf}\n"
-        self.record_pids()
 
     @property
     def root(self) -> Path:
         return self.layout.root
 
-    def record_pids(self) -> None:
-        for daemon in local.DAEMONS:
-            pid = local._alive(self.layout.pid_file(daemon))
-            if pid is not None:
-                self.started.add(pid)
+    def twin(self) -> Twin:
+        """The twin's record as it is now."""
+        return local.Twin(self.root)
+
+    def nodes(self) -> list[str]:
+        """The nodes sinfo shows, sorted."""
+        return sorted(self.run("sinfo", "-h", "-N", "-o", "%N").stdout.split())
 
     def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -142,32 +145,6 @@ def wait(what: str, check: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - start
 
 
-def daemon_running(pid: int) -> bool:
-    """``pid`` is a live (not zombie) munged, slurmctld or slurmd."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    name = stat[stat.index("(") + 1 : stat.rindex(")")]
-    state = stat[stat.rindex(")") + 2]
-    return name in DAEMON_NAMES and state not in "ZX"
-
-
-def step_daemons(layout: local.Layout) -> list[int]:
-    """slurmstepd processes of this cluster (their environment names its slurm.conf)."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if (proc / "comm").read_text().strip() != "slurmstepd":
-                continue
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"SLURM_CONF={layout.conf}".encode() in environ:
-            found.append(int(proc.name))
-    return found
-
-
 @contextmanager
 def claimed_ports(locks: Path = PORT_LOCKS) -> Iterator[range]:
     """A slice of contract.RENDEZVOUS_PORTS that no other holder on this host has meanwhile."""
@@ -189,22 +166,23 @@ def claimed_ports(locks: Path = PORT_LOCKS) -> Iterator[range]:
 
 
 @contextmanager
-def local_cluster(prefix: str) -> Iterator[Cluster]:
+def local_cluster(prefix: str, *up_args: str) -> Iterator[Cluster]:
     """A running local cluster in a new temp directory named ``<prefix>…``; stopped and checked
     on the way out."""
     assert shutil.which("slurmctld") and shutil.which("munged"), (
         "install the packages slurm-wlm and munge (.ci/run does)"
     )
+    assert os.geteuid() == 0, "the twin needs root (CI runs as root)"
     with claimed_ports() as ports:
         # Not pytest's tmp_path: munged needs its socket directory's parents traversable by all.
         root = Path(tempfile.mkdtemp(prefix=prefix))
         root.chmod(0o755)
         layout = local.Layout(root)
-        env = {**os.environ, "SLURM_CONF": str(layout.conf)}
-        env.pop("SLURM_JOB_ID", None)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        env["SLURM_CONF"] = str(layout.conf)
         handle = Cluster(layout, env, job_user="", ports=ports)
         try:
-            handle.up()
+            handle.up(*up_args)
             handle.job_user = json.loads(layout.state_file.read_text())["job_user"]
             yield handle
         finally:
@@ -213,16 +191,28 @@ def local_cluster(prefix: str) -> Iterator[Cluster]:
 
 def _tear_down(handle: Cluster) -> None:
     layout = handle.layout
-    handle.record_pids()
-    down = handle.local("down", timeout=120)
-    left = sorted(pid for pid in handle.started if daemon_running(pid))
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    # A failed run may leave a killed node's job step behind (only a new slurmd ends it).
-    steps = step_daemons(layout)
-    for pid in steps:
-        os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(layout.root, ignore_errors=True)
+    twin = handle.twin()
+    tid, munged = twin.tid, layout.munge / "munged.pid"
+    munged_pid = int(munged.read_text().split()[0]) if munged.exists() else None
+    down = handle.local("down", timeout=300)
+    left: list[str] = []
+    for ns in net.twin_namespaces(tid):
+        pids = net.netns_pids_by_name(ns)
+        left.append(f"namespace {ns} (processes {pids})")
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        net.run("ip", "netns", "del", ns, check=False)
+    links = net.run("ip", "-br", "link").stdout
+    for line in links.splitlines():
+        name = line.split()[0].split("@")[0]
+        if tid in name:
+            left.append(f"link {name}")
+            net.run("ip", "link", "del", name, check=False)
+    if munged_pid is not None and _alive(munged_pid):
+        left.append(f"munged {munged_pid}")
+        os.kill(munged_pid, signal.SIGKILL)
+    if layout.root.exists():
+        left.append(f"directory {layout.root}")
+        shutil.rmtree(layout.root, ignore_errors=True)
     assert down.returncode == 0, down.stderr
-    assert handle.started, "the harness recorded no daemon it started"
-    assert not left, f"daemons left running after down: {left}: {down.stderr}"
+    assert not left, f"left after down: {left}: {down.stderr}"
