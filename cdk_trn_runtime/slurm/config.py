@@ -476,13 +476,13 @@ def cloud_config(document: dict[str, object]) -> SlurmConfig:
         configless=True,
         max_nodes_per_job=number("max_nodes_per_job"),
         srun_port_range=(srun[0], srun[1]),
-        power_save=_power_save(document.get("power_save")),
+        power_save=_power_save(document.get("power_save"), scripts),
     )
 
 
-def _power_save(value: object) -> PowerSave | None:
+def _power_save(value: object, scripts: str) -> PowerSave | None:
     """The cluster document's optional ``power_save`` (``idle_seconds``, ``cluster_tag``,
-    ``region``: the programs read the last two themselves)."""
+    ``region``: the programs read the last two themselves); its programs are in ``scripts``."""
     if value is None:
         return None
     seconds = value.get("idle_seconds") if isinstance(value, dict) else None
@@ -492,8 +492,8 @@ def _power_save(value: object) -> PowerSave | None:
         )
     return PowerSave(
         suspend_time=seconds,
-        suspend_program=f"{IMAGE_SCRIPTS}/power_suspend.sh",
-        resume_program=f"{IMAGE_SCRIPTS}/power_resume.sh",
+        suspend_program=f"{scripts}/power_suspend.sh",
+        resume_program=f"{scripts}/power_resume.sh",
     )
 
 
