@@ -41,7 +41,7 @@ def test_controller_boots_from_its_bundle_and_signals_success_once_slurmctld_ans
     assert result.returncode == 0, result.output
     assert result.statuses() == ["SUCCESS"]
     lines = [" ".join(c) for c in result.calls]
-    ping = lines.index("docker exec cdk-trn-slurmctld scontrol ping")
+    ping = lines.index("docker exec -u root -w / cdk-trn-slurmctld scontrol ping")
     assert ping < next(i for i, line in enumerate(lines) if "signal-resource" in line)
     puts = [c for c in result.calls_to("aws") if c[:2] == ["ssm", "put-parameter"]]
     assert puts and puts[0][puts[0].index("--value") + 1] == "10.0.0.5"
@@ -56,8 +56,19 @@ def test_controller_units_run_the_shipped_entry_script(host, controller):
     watch = (units / "cdk-trn-controller-address.service").read_text()
     assert f"ExecStart={entry} resolve-controller" in watch
     assert f"ExecStart={entry} publish-metrics" in (units / "cdk-trn-metrics.service").read_text()
+    apply = (units / "cdk-trn-apply-document.service").read_text()
+    assert f"ExecStart={entry} apply-document" in apply
+    reaper = (units / "cdk-trn-reaper.service").read_text()
+    assert f"ExecStart=/bin/bash {host.bundle}/reaper.sh" in reaper
+    assert "docker exec -u root -w / cdk-trn-slurmctld scontrol" in reaper
     assert not list(units.glob("*@*"))
     assert ["enable", "--now", "cdk-trn-slurmctld.service"] in result.calls_to("systemctl")
+    assert [
+        "enable",
+        "--now",
+        "cdk-trn-reaper.service",
+        "cdk-trn-apply-document.timer",
+    ] in result.calls_to("systemctl")
 
 
 def test_controller_writes_the_cluster_document_with_its_own_host_name(host, controller):
