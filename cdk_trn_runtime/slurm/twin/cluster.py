@@ -766,6 +766,13 @@ class Twin:
             (devices / "dev" / f"neuron{index}").touch()
         spool = self.layout.spool / f"slurmd-{name}"
         spool.mkdir(parents=True, exist_ok=True)
+        self._start_slurmd(name)
+        log(f"node {name} at {instance['address']}")
+        return name
+
+    def _start_slurmd(self, name: str) -> None:
+        """slurmd as the cloud's node runs it: dynamic (-Z), configless from the controller's
+        stable name, with the cluster's static features; then wait until it is usable."""
         features = ",".join(self.cluster_document(1)["node_features"])
         port = self.state.get("slurmctld_port", contract.SLURMCTLD_PORT)
         self.start_in(
@@ -784,8 +791,6 @@ class Twin:
             ],
         )
         self._wait_usable(name)
-        log(f"node {name} at {instance['address']}")
-        return name
 
     def node_state(self, name: str) -> str:
         out = self.slurm("sinfo", "-h", "-N", "-n", name, "-o", "%t").stdout.split()
@@ -817,24 +822,7 @@ class Twin:
             pid = instance["pids"].get("slurmd")
             if pid:
                 self._stop_pid(pid)
-            port = self.state.get("slurmctld_port", contract.SLURMCTLD_PORT)
-            features = ",".join(self.cluster_document(1)["node_features"])
-            self.start_in(
-                name,
-                "slurmd",
-                [
-                    "slurmd",
-                    "-D",
-                    "-Z",
-                    "-N",
-                    name,
-                    "--conf-server",
-                    f"{SLURMCTLD_NAME}:{port}",
-                    "--conf",
-                    f"Feature={features}",
-                ],
-            )
-            self._wait_usable(name)
+            self._start_slurmd(name)
 
     def _retire_node(self, name: str) -> None:
         """Scale-in: the node leaves Slurm as the cloud's shutdown hook does (delete its record),
