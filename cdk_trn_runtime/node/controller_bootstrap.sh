@@ -23,6 +23,10 @@ ENTRY="$BOOT_DIR/controller_bootstrap.sh"
 #   apply-document      re-read the cluster document's SSM parameter; restart or reconfigure (a timer)
 
 CONTAINER=cdk-trn-slurmctld
+# The SlurmUser's uid in the training image (contract.SLURM_DAEMON_UID, pinned by its Dockerfile):
+# slurmctld runs ResumeProgram/SuspendProgram (power saving: botocore with the instance role) as
+# that user, so instance metadata is root's and its.
+SLURM_DAEMON_UID=64030
 SLURM_ETC="$ROOT/etc/cdk-trn/slurm"
 
 # The cluster document (CDK_TRN_SLURM_SPEC, written at synth) plus what only the instance knows:
@@ -123,7 +127,7 @@ install_reaper() {
 
 boot() {
   begin_boot
-  guard_imds || fail "imds_guard.sh failed"
+  guard_imds "$SLURM_DAEMON_UID" || fail "imds_guard.sh failed"
   log "bootstrapping Slurm controller $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
   start_docker
   mount_fsx
