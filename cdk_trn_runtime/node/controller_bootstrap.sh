@@ -56,6 +56,9 @@ prepare_shared_directories() {
   mkdir -p "$mnt/slurm/state" "$mnt/slurm/logs" "$mnt/home/$user" "$mnt/checkpoints" \
     "$mnt/neuron-compile-cache"
   chown "$uid:$uid" "$mnt/home/$user" "$mnt/checkpoints" "$mnt/neuron-compile-cache"
+  # Explicit modes (whatever umask the boot inherited): the job user reaches its home through
+  # home/, the SlurmUser its state and logs through slurm/; the state is the daemon's alone.
+  chmod 0755 "$mnt/slurm" "$mnt/home" "$mnt/slurm/logs" "$mnt/home/$user"
   chmod 0700 "$mnt/slurm/state"
 }
 
