@@ -1,8 +1,8 @@
 """imds_guard.sh's rules, loaded by the real nft in a network namespace of the test's own: a
 listener standing in for instance metadata (an "IMDS double") on 169.254.169.254, on the
 namespace's loopback only (it has no other interface: nothing leaves it). A job's uid (2000) is
-refused within 3 s, root connects; the users (or uids) the boot names connect too. Needs root, ``ip``,
-``nft`` and ``setpriv`` (CI runs as root and installs nftables)."""
+refused within 3 s, root connects; the users (or uids) the boot names connect too. Needs root,
+``ip``, ``nft`` and ``setpriv`` (CI runs as root and installs nftables)."""
 
 from __future__ import annotations
 
