@@ -808,7 +808,7 @@ def test_node_stopped_by_power_saving_keeps_its_record(node, trn2_slurm):
     # comes back as the same node, so its record stays.
     result = _helper(node, trn2_slurm, "slurmd-leave", DOCKER_DOUBLE_EXEC_OUTPUT="idle%")
     assert result.returncode == 0, result.output
-    execs = [c[2:] for c in result.calls_to("docker") if c[0] == "exec"]
+    execs = [c[6:] for c in result.calls_to("docker") if c[:5] == ["exec", *ROOT_IN_ROOT_DIR]]
     assert execs == [["sinfo", "-h", "-N", "-n", "ip-10-0-1-23", "-o", "%t"]]
     assert ["stop", "--time", "60", "cdk-trn-slurmd"] in result.calls_to("docker")
 
