@@ -122,7 +122,8 @@ SLURM_DEFAULT_CLUSTER_NAME = "trn"
 SLURM_JOB_USER = "trn"
 SLURM_JOB_UID = 2000
 #: The Slurm daemons' user (SlurmUser ``slurm``) in the training image, pinned by its Dockerfile
-#: (Debian's registered uid for slurm, base-passwd's README: 64030). slurmctld runs power
+#: (64030: the uid Debian's Slurm packages give slurm, their preinst checks it; the image build
+#: creates the user first and fails if the package changed it). slurmctld runs power
 #: saving's programs as this uid; the controller boot lets it reach instance metadata
 #: (controller_bootstrap.sh SLURM_DAEMON_UID, imds_guard.sh).
 SLURM_DAEMON_USER = "slurm"
