@@ -77,7 +77,12 @@ class ResearcherAccess(Construct):
             document_format="JSON",
             content=content,
             # A changed script becomes the default version of the same name, which the
-            # researchers' policies name.
+            # researchers' policies name. Earlier versions stay runnable by an explicit
+            # DocumentVersion: "Replace" would retire them, but CloudFormation cannot replace a
+            # custom-named resource in place ("Rename ... and update the stack again"), and the
+            # names are fixed (contract.researcher_document). So a fix to a document's script
+            # must also hold against its old versions (e.g. an allowedPattern tightened in a new
+            # version leaves the old one's in force): the README's "Security" section says so.
             update_method="NewVersion",
         )
 

@@ -121,6 +121,13 @@ SLURM_DEFAULT_CLUSTER_NAME = "trn"
 #: The non-root user jobs run as (same uid on controller, nodes and the local cluster's jobs).
 SLURM_JOB_USER = "trn"
 SLURM_JOB_UID = 2000
+#: The Slurm daemons' user (SlurmUser ``slurm``) in the training image, pinned by its Dockerfile
+#: (64030: the uid Debian's Slurm packages give slurm, their preinst checks it; the image build
+#: creates the user first and fails if the package changed it). slurmctld runs power
+#: saving's programs as this uid; the controller boot lets it reach instance metadata
+#: (controller_bootstrap.sh SLURM_DAEMON_UID, imds_guard.sh).
+SLURM_DAEMON_USER = "slurm"
+SLURM_DAEMON_UID = 64030
 #: Docker containers that run the Slurm daemons from the bundled training image.
 SLURM_CONTROLLER_CONTAINER = "cdk-trn-slurmctld"
 SLURM_NODE_CONTAINER = "cdk-trn-slurmd"

@@ -62,12 +62,12 @@ fi
 # no job may start on them meanwhile. As root in the controller's container (Slurm's admin).
 if [ -n "$DRAIN" ]; then
   for addr in ${DRAIN//,/ }; do
-    name=$(docker exec "$CONTAINER" sinfo -h -N -o '%N %o' | awk -v a="$addr" '$2 == a {print $1; exit}')
+    name=$(docker exec -u root -w / "$CONTAINER" sinfo -h -N -o '%N %o' | awk -v a="$addr" '$2 == a {print $1; exit}')
     if [ -z "$name" ]; then
       log "no Slurm node at $addr to drain"
       continue
     fi
-    docker exec "$CONTAINER" scontrol update nodename="$name" state=drain \
+    docker exec -u root -w / "$CONTAINER" scontrol update nodename="$name" state=drain \
       reason="cdk-trn acceptance: below threshold, being replaced" \
       || log "could not drain $name ($addr)"
     echo "cdk-trn acceptance: drained $name ($addr)"

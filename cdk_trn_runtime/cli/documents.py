@@ -58,7 +58,19 @@ NONCE = r"^[A-Za-z0-9%_.-]{1,128}$"
 #: Where ``cdk-trn submit --code`` puts a code archive in the code bucket.
 CODE_PREFIX = "code/"
 CODE_KEY = r"^$|^code/[A-Za-z0-9._-]{1,160}\.tar\.gz$"
-VAULT_URL = r"^http://[0-9]{1,3}(\.[0-9]{1,3}){3}:[0-9]{1,5}$"
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+#: The vault's TCP port range (its server is not root: cdk_trn.enclave.vault's ``port``).
+_PORT_1024_65535 = (
+    r"(102[4-9]|10[3-9][0-9]|1[1-9][0-9]{2}|[2-9][0-9]{3}|[1-5][0-9]{4}|6[0-4][0-9]{3}"
+    r"|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+)
+#: The vault's URL as the relay (run as root on a node) may fetch it: a private VPC address
+#: (RFC 1918) on a port 1024-65535. Never instance metadata (169.254.169.254:80), loopback or
+#: anything outside the VPC. (The vault's exact port is the vault stack's, unknown here.)
+VAULT_URL = (
+    rf"^http://(10\.{_OCTET}|172\.(1[6-9]|2[0-9]|3[01])|192\.168)\.{_OCTET}\.{_OCTET}"
+    rf":{_PORT_1024_65535}$"
+)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,11 @@
 # subcommand (install_unit), so they run the same, shellchecked code as the boot.
 # shellcheck disable=SC2034  # variables read by the instance scripts that source this file
 set -Eeuo pipefail
+# The launcher runs with umask 077 (its bundle directory and archive are root's alone); what the
+# boot makes for others (the shared file system's home and Slurm directories, profile.d, units,
+# slurm.conf) must be readable by them: 0755/0644 unless a mode is given. Secrets set their own
+# (fetch_munge_key: umask 077).
+umask 022
 
 # Tests only (tests/foundation/test_node_bootstrap_run.py): a directory that stands in for /.
 # Unset on an instance, where every path is the real one.

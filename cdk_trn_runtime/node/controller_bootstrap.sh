@@ -23,6 +23,10 @@ ENTRY="$BOOT_DIR/controller_bootstrap.sh"
 #   apply-document      re-read the cluster document's SSM parameter; restart or reconfigure (a timer)
 
 CONTAINER=cdk-trn-slurmctld
+# The SlurmUser's uid in the training image (contract.SLURM_DAEMON_UID, pinned by its Dockerfile):
+# slurmctld runs ResumeProgram/SuspendProgram (power saving: botocore with the instance role) as
+# that user, so instance metadata is root's and its.
+SLURM_DAEMON_UID=64030
 SLURM_ETC="$ROOT/etc/cdk-trn/slurm"
 
 # The cluster document (CDK_TRN_SLURM_SPEC, written at synth) plus what only the instance knows:
@@ -52,6 +56,9 @@ prepare_shared_directories() {
   mkdir -p "$mnt/slurm/state" "$mnt/slurm/logs" "$mnt/home/$user" "$mnt/checkpoints" \
     "$mnt/neuron-compile-cache"
   chown "$uid:$uid" "$mnt/home/$user" "$mnt/checkpoints" "$mnt/neuron-compile-cache"
+  # Explicit modes (whatever umask the boot inherited): the job user reaches its home through
+  # home/, the SlurmUser its state and logs through slurm/; the state is the daemon's alone.
+  chmod 0755 "$mnt/slurm" "$mnt/home" "$mnt/slurm/logs" "$mnt/home/$user"
   chmod 0700 "$mnt/slurm/state"
 }
 
@@ -123,7 +130,7 @@ install_reaper() {
 
 boot() {
   begin_boot
-  guard_imds || fail "imds_guard.sh failed"
+  guard_imds "$SLURM_DAEMON_UID" || fail "imds_guard.sh failed"
   log "bootstrapping Slurm controller $INSTANCE_ID for cluster $CDK_TRN_CLUSTER"
   start_docker
   mount_fsx

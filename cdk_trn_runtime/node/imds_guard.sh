@@ -12,14 +12,19 @@
 # The rules are an nftables table of their own (Docker's iptables rules never touch it), loaded
 # now and at every later boot, before the network comes up, by cdk-trn-imds-guard.service.
 #
-#   guard_imds [user...]   root and these users (the daemons that need the instance role) only
+#   guard_imds [user|uid...]   root and these users (the daemons that need the instance role)
+#                              only; a number is a uid (a container's user the host does not know)
 #
 # ROOT (boot_common.sh: NODE_BOOTSTRAP_TEST_ROOT) prefixes the files it writes, install_unit
 # (units.sh) writes the unit; NFT names nft (tests).
-# shellcheck disable=SC2120  # the boots allow root only; the arguments name more users
 guard_imds() {
   local r="$ROOT/etc/cdk-trn/imds-guard.nft" u="${NODE_BOOTSTRAP_TEST_ROOT:-}/etc/systemd/system" ok=0 x n
-  for x in "$@"; do ok+=",$(id -u "$x")" || return 1; done
+  for x in "$@"; do
+    case $x in
+      '' | *[!0-9]*) x=$(id -u "$x") || return 1 ;;
+    esac
+    ok+=",$((10#$x))"
+  done
   n=${NFT:-$(command -v nft)} || { install_packages nftables && n=$(command -v nft); } || return 1
   mkdir -p "${r%/*}" "$u/sysinit.target.wants"
   # Declaring, deleting, then defining the table replaces it in one transaction, every time.

@@ -39,7 +39,7 @@ instance_id() {
 # The boot log as CloudWatch Logs events: the last lines that fit one PutLogEvents call (1 MiB,
 # 26 bytes of overhead per event), in order, all stamped now.
 log_events() {
-  python3 - "$LOG" <<'PY'
+  python3 -I - "$LOG" <<'PY'
 import json, sys, time
 lines = open(sys.argv[1], encoding="utf-8", errors="replace").read().splitlines()
 budget, events, now = 900_000, [], int(time.time() * 1000)

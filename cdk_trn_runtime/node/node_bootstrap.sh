@@ -221,7 +221,7 @@ start_slurmd() {
   done
   log "Slurm controller at $address"
   pull_image "$CDK_TRN_SLURM_IMAGE" || fail "could not pull $CDK_TRN_SLURM_IMAGE"
-  drv=$(docker run --rm --entrypoint python "$CDK_TRN_SLURM_IMAGE" -m cdk_trn_runtime.container.driver_check 2>&1) || fail "$drv"; log "$drv"
+  drv=$(docker run --rm --workdir / --entrypoint python "$CDK_TRN_SLURM_IMAGE" -P -m cdk_trn_runtime.container.driver_check 2>&1) || fail "$drv"; log "$drv"
   write_slurm_identity
   install_controller_watch
   install_unit cdk-trn-slurmd.service "ENTRY=$ENTRY"

@@ -17,10 +17,15 @@ the vault accepts (the cluster's signer role, assumed with the node role, whose 
 root can fetch: imds_guard.sh). The signed manifest goes back to the caller, which writes it
 beside its checkpoint (root writes nothing into a directory a job controls).
 
-Every commit is recorded, signed or not, in a root-owned directory on the shared file system
-(``<shared root>/slurm/signer/<job id>.jsonl``, readable by root only), so that a requeue of the
-same job, on any node, may resume an unsigned ``latest`` it committed itself (a vault outage
-leaves those), and nothing else.
+Every commit is recorded, signed or not, with its files' SHA-384, in a root-owned directory on
+the shared file system (``<shared root>/slurm/signer/<job id>.jsonl``, readable by root only), so
+that a requeue of the same job, on any node, may resume an unsigned ``latest`` it committed itself
+(a vault outage leaves those) with exactly the files it committed, and nothing else: a checkpoint
+the record says was signed is resumed only with a signature that verifies.
+
+The agent signs only what it derived itself: run id, cluster, step and path, and the time; the
+manifest child (the job's uid, so the job can tamper with it) contributes the file list only, and
+a child naming another identity is refused.
 
 Protocol: one JSON object per line each way. Requests: ``{"op": "sign", "checkpoint": PATH,
 "step": N, "resumed_from": {...} | null}``, ``{"op": "committed", "checkpoint": PATH}``,
@@ -46,11 +51,17 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cdk_trn_runtime import contract
-from cdk_trn_runtime.provenance.manifest import ManifestError, build_manifest, manifest_digest
+from cdk_trn_runtime.provenance.manifest import (
+    FORMAT,
+    ManifestError,
+    build_manifest,
+    manifest_digest,
+)
 
 __all__ = [
     "DEFAULT_SOCKET",
@@ -153,7 +164,11 @@ def _hash_as(
     caller can read, and nothing root alone could). ``python``: an interpreter that uid may run
     (default: this one; ``$CDK_TRN_AGENT_PYTHON``)."""
     python = python or os.environ.get("CDK_TRN_AGENT_PYTHON") or sys.executable
-    argv = [python, "-P", "-m", "cdk_trn_runtime.provenance.agent", "manifest"]
+    # -s and PYTHONNOUSERSITE: no usercustomize.py from the job's home; -P: nothing from the
+    # working directory; a clean environment (the agent's PYTHONPATH finds this package). -I
+    # would also drop that PYTHONPATH. The child's output is not trusted anyway: the agent
+    # sets the identity itself (_trusted_manifest).
+    argv = [python, "-s", "-P", "-m", "cdk_trn_runtime.provenance.agent", "manifest"]
     done = subprocess.run(
         argv,
         input=json.dumps({"directory": directory, **identity}),
@@ -165,13 +180,51 @@ def _hash_as(
         user=uid,
         group=gid,
         extra_groups=[],
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+            "PYTHONNOUSERSITE": "1",
+        },
     )
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines()
         raise AgentError(lines[-1] if lines else f"the manifest child exited {done.returncode}")
     manifest: dict[str, Any] = json.loads(done.stdout)
     return manifest
+
+
+_SHA384 = re.compile(r"^[0-9a-f]{96}$")
+
+
+def _trusted_manifest(child: Any, identity: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest the agent signs: the file list the child (a process of the job's uid, which
+    the job can tamper with) reported, checked for shape, and the identity the agent derived
+    from Slurm and the request, set here. A child that names another identity is refused."""
+    if not isinstance(child, dict) or child.get("format") != FORMAT:
+        raise AgentError("the manifest child answered something that is not a manifest")
+    for name, want in identity.items():
+        if child.get(name) != want:
+            raise AgentError(
+                f"the manifest child claims {name}={child.get(name)!r}, not {want!r}: refused"
+            )
+    entries = child.get("files")
+    if not isinstance(entries, list):
+        raise AgentError("the manifest child answered no file list")
+    files = []
+    for entry in entries:
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"path", "sha384", "size"}
+            or not isinstance(entry["path"], str)
+            or not isinstance(entry["sha384"], str)
+            or not _SHA384.match(entry["sha384"])
+            or isinstance(entry["size"], bool)
+            or not isinstance(entry["size"], int)
+        ):
+            raise AgentError(f"the manifest child answered a bad file entry: {entry!r}")
+        files.append({"path": entry["path"], "sha384": entry["sha384"], "size": entry["size"]})
+    created = datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"format": FORMAT, **identity, "created": created, "files": files}
 
 
 def _manifest_child() -> int:
@@ -330,12 +383,13 @@ class SigningAgent:
         if isinstance(step, bool) or not isinstance(step, int):
             raise AgentError("step must be an integer")
         lineage = _lineage(request.get("resumed_from"))
-        manifest = self._hash_as(
-            uid,
-            gid,
-            path,
-            {"run_id": job.run_id, "cluster": self.cluster, "step": step, "checkpoint_path": path},
-        )
+        identity = {
+            "run_id": job.run_id,
+            "cluster": self.cluster,
+            "step": step,
+            "checkpoint_path": path,
+        }
+        manifest = _trusted_manifest(self._hash_as(uid, gid, path, identity), identity)
         if lineage is not None:
             manifest["resumed_from"] = lineage
         digest = manifest_digest(manifest)
@@ -343,6 +397,8 @@ class SigningAgent:
             "checkpoint_path": path,
             "step": step,
             "manifest_sha384": digest.hex(),
+            # What a requeue re-hashes before it resumes this checkpoint unsigned.
+            "files": {f["path"]: f["sha384"] for f in manifest["files"]},
             "signed": False,
         }
         signer = self._current_signer()

@@ -160,12 +160,17 @@ def main() -> int:
     if resumed_from is not None:
         # Only a checkpoint proven to be this run's (provenance.resume); ResumeRefused ends the
         # job with the reason.
-        lineage = check_resume(resumed_from, os.environ, log=lambda m: print(f"train: {m}"))
+        # The state is read once: the bytes verified are the bytes loaded (a job could swap the
+        # file between a check that reopens it and the load).
+        state_path = checkpoint.state_file(resumed_from)
+        data = state_path.read_bytes()
+        contents = {state_path.name: data} if state_path != resumed_from else {}
+        lineage = check_resume(
+            resumed_from, os.environ, log=lambda m: print(f"train: {m}"), contents=contents
+        )
         # Tensors and plain containers only: a checkpoint on the shared file system is never
         # unpickled as code.
-        state = torch.load(
-            checkpoint.state_file(resumed_from), map_location="cpu", weights_only=True
-        )
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])

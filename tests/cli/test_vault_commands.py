@@ -147,3 +147,34 @@ def test_the_help_lists_the_vault_commands(capsys):
         cli_main.main(["--help"])
     out = capsys.readouterr().out
     assert "vault-key" in out and "verify" in out
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254:80",  # instance metadata: the relay runs as root on a node
+        "http://169.254.169.254:8443",
+        "http://127.0.0.1:8443",
+        "http://8.8.8.8:8443",
+        "http://172.32.0.1:8443",
+        "http://10.0.1.5:22",
+        "http://10.0.1.5:65536",
+        "http://10.0.1.256:8443",
+    ],
+)
+def test_the_relay_fetches_only_a_private_vpc_address_on_an_unprivileged_port(url):
+    with pytest.raises(ValueError, match="VaultUrl"):
+        relay_script(url, b"\x00" * 32)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.1.5:8443",
+        "http://172.16.0.9:1024",
+        "http://172.31.255.1:65535",
+        "http://192.168.3.4:18443",
+    ],
+)
+def test_the_relay_takes_a_vault_in_the_vpc(url):
+    assert f"url='{url}'" in relay_script(url, b"\x00" * 32)

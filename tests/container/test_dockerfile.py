@@ -111,13 +111,38 @@ def test_installs_slurm_and_munge_from_the_ubuntu_archive(dockerfile):
 def test_job_user_has_the_contract_name_and_uid(dockerfile):
     from cdk_trn_runtime.contract import SLURM_JOB_UID, SLURM_JOB_USER
 
-    runs = " ".join(" ".join(args.split()) for kw, args in dockerfile if kw == "RUN")
-    match = re.search(r"useradd (.*?) (\w+) (&&|$)", runs)
-    assert match, runs
-    options, user = match.group(1), match.group(2)
-    assert user == SLURM_JOB_USER
+    users = _users(dockerfile)
+    options = users[SLURM_JOB_USER]
     assert f"--uid {SLURM_JOB_UID} " in options + " "
     assert f"--home-dir /home/{SLURM_JOB_USER}" in options
+
+
+def _users(dockerfile) -> dict[str, str]:
+    """useradd's options by user name, in every RUN."""
+    runs = " ".join(" ".join(args.split()) for kw, args in dockerfile if kw == "RUN")
+    users = {m.group(2): m.group(1) for m in re.finditer(r"useradd (.*?) (\w+) (&&|$)", runs)}
+    assert users, runs
+    return users
+
+
+def test_the_slurm_daemons_user_has_the_contract_uid_the_controller_guard_lets_through(
+    dockerfile,
+):
+    """slurmctld runs power saving's programs (botocore, instance role) as SlurmUser; the
+    controller boot's metadata guard lets exactly that uid through, so the image pins it."""
+    from cdk_trn_runtime.contract import SLURM_DAEMON_UID, SLURM_DAEMON_USER
+    from cdk_trn_runtime.slurm.config import SlurmConfig
+
+    assert SlurmConfig.__dataclass_fields__["slurm_user"].default == SLURM_DAEMON_USER
+    options = _users(dockerfile)[SLURM_DAEMON_USER]
+    assert f"--uid {SLURM_DAEMON_UID} " in options + " "
+    runs = " ".join(" ".join(args.split()) for kw, args in dockerfile if kw == "RUN")
+    # created before the package, which would otherwise pick its own uid; checked after
+    assert runs.index(f"--uid {SLURM_DAEMON_UID}") < runs.index("apt-get install")
+    assert f'test "$(id -u {SLURM_DAEMON_USER})" = {SLURM_DAEMON_UID}' in runs
+    boot = (CONTAINER_DIR.parent / "node" / "controller_bootstrap.sh").read_text()
+    assert f"\nSLURM_DAEMON_UID={SLURM_DAEMON_UID}\n" in boot
+    assert 'guard_imds "$SLURM_DAEMON_UID" ||' in boot
 
 
 def test_image_ships_the_slurm_subpackage():

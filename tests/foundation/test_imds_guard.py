@@ -1,8 +1,8 @@
 """imds_guard.sh's rules, loaded by the real nft in a network namespace of the test's own: a
 listener standing in for instance metadata (an "IMDS double") on 169.254.169.254, on the
 namespace's loopback only (it has no other interface: nothing leaves it). A job's uid (2000) is
-refused within 3 s, root connects; the users the boot names connect too. Needs root, ``ip``,
-``nft`` and ``setpriv`` (CI runs as root and installs nftables)."""
+refused within 3 s, root connects; the users (or uids) the boot names connect too. Needs root,
+``ip``, ``nft`` and ``setpriv`` (CI runs as root and installs nftables)."""
 
 from __future__ import annotations
 
@@ -137,6 +137,19 @@ def test_a_named_daemon_user_connects_and_other_users_do_not(netns, tmp_path):
     assert _probe(netns, JOB_UID).startswith("REFUSED")
 
 
+def test_a_numeric_uid_the_host_does_not_know_connects(netns, tmp_path):
+    """The controller names the image's SlurmUser by uid (64030): slurmctld runs power saving's
+    ResumeProgram/SuspendProgram as that user, and the host has no such user."""
+    from cdk_trn_runtime.contract import SLURM_DAEMON_UID
+
+    done = _guard(netns, tmp_path, str(SLURM_DAEMON_UID))
+    assert done.returncode == 0, done.stderr
+    assert _probe(netns, SLURM_DAEMON_UID) == "ANSWER imds-double"
+    assert _probe(netns, JOB_UID).startswith("REFUSED")
+    rules = (tmp_path / "etc/cdk-trn/imds-guard.nft").read_text()
+    assert f"meta skuid != {{ 0,{SLURM_DAEMON_UID} }}" in rules
+
+
 def test_loading_again_replaces_the_table_and_it_persists_across_reboots(netns, tmp_path):
     for _ in range(2):
         assert _guard(netns, tmp_path).returncode == 0
@@ -160,6 +173,6 @@ def test_node_and_controller_boots_call_the_guard():
     node = GUARD.parent
     for script in ("node_bootstrap.sh", "controller_bootstrap.sh"):
         boot = (node / script).read_text().split("\nboot() {", 1)[1].split("\n}", 1)[0]
-        assert "guard_imds ||" in boot, script
+        assert "guard_imds ||" in boot or 'guard_imds "$SLURM_DAEMON_UID" ||' in boot, script
         # before anything that could run a job's code starts
         assert boot.index("guard_imds") < boot.index("start_docker"), script

@@ -127,7 +127,10 @@ def test_the_metrics_timer_does_not_import_a_job_s_modules(planted, tmp_path):
     """boot_common.sh publish_metrics, as the node's timer runs it: docker exec into the Slurm
     container, node_metrics.sh (Python reads neuron-monitor's report), aws put-metric-data."""
     script = (
-        f'. "{RUNTIME}/node/boot_common.sh"; CDK_TRN_CLUSTER=c1 CDK_TRN_REGION=us-east-2; '
+        # BOOT_DIR: the entry script sets it before sourcing boot_common.sh (which sources
+        # units.sh and imds_guard.sh from it)
+        f'BOOT_DIR="{RUNTIME}/node"; . "{RUNTIME}/node/boot_common.sh"; '
+        "CDK_TRN_CLUSTER=c1 CDK_TRN_REGION=us-east-2; "
         "publish_metrics cdk-trn/Node cdk-trn-slurmd node_metrics.sh"
     )
     done = subprocess.run(

@@ -227,6 +227,65 @@ def test_a_job_gets_its_own_run_signed_whatever_it_claims(world):
     ).ok
 
 
+def test_a_manifest_child_that_claims_another_run_gets_no_signature(world):
+    """The child runs as the job's uid: the job can plant a usercustomize.py or ptrace it and
+    make it print anything. The agent signs only the identity it derived itself."""
+    _register(world, "12")
+    path = _job_checkpoint(world, "12", 5, b"weights")
+    agent = world["agent"]
+    honest = agent._hash_as
+
+    def forged(uid, gid, directory, identity, **kw):
+        manifest = honest(uid, gid, directory, identity, **kw)
+        return {**manifest, "run_id": "42", "checkpoint_path": "/fsx/checkpoints/train-42/x"}
+
+    agent._hash_as = forged
+    try:
+        done = _ask(world, "12", {"op": "sign", "checkpoint": str(path), "step": 5})
+    finally:
+        agent._hash_as = honest
+    assert "the manifest child claims" in done["error"] and "refused" in done["error"]
+
+
+def test_a_manifest_child_s_extra_claims_are_not_signed(world):
+    _register(world, "12")
+    path = _job_checkpoint(world, "12", 5, b"weights")
+    agent = world["agent"]
+    honest = agent._hash_as
+
+    def forged(uid, gid, directory, identity, **kw):
+        manifest = honest(uid, gid, directory, identity, **kw)
+        return {**manifest, "created": "1999-01-01T00:00:00Z", "resumed_from": {"x": 1}}
+
+    agent._hash_as = forged
+    try:
+        done = _ask(world, "12", {"op": "sign", "checkpoint": str(path), "step": 5})
+    finally:
+        agent._hash_as = honest
+    manifest = signed_file(done["result"])["manifest"]
+    assert manifest["run_id"] == "12" and manifest["created"] != "1999-01-01T00:00:00Z"
+    assert "resumed_from" not in manifest
+
+
+def test_the_manifest_child_runs_without_the_job_s_user_site(world, monkeypatch):
+    """A usercustomize.py in the job's home is not imported (-s, PYTHONNOUSERSITE)."""
+    import subprocess
+
+    from cdk_trn_runtime.provenance import agent as agent_module
+
+    seen: dict[str, Any] = {}
+
+    def run(argv, **kw):
+        seen["argv"], seen["env"] = argv, kw["env"]
+        return subprocess.CompletedProcess(argv, 1, "", "stop")
+
+    monkeypatch.setattr(agent_module.subprocess, "run", run)
+    with pytest.raises(AgentError):
+        agent_module._hash_as(JOB_UID, JOB_UID, "/x", {})
+    assert "-s" in seen["argv"] and "-P" in seen["argv"]
+    assert seen["env"]["PYTHONNOUSERSITE"] == "1" and "HOME" not in seen["env"]
+
+
 def test_a_process_outside_any_job_gets_no_signature(world):
     _register(world, "12")
     path = _job_checkpoint(world, "12", 5, b"weights")
@@ -287,7 +346,13 @@ def test_the_agent_records_commits_root_only_and_a_vault_outage_leaves_them_unsi
 # --- resume ----------------------------------------------------------------------------------
 
 
-def _resume_as_job(world: dict[str, Any], job: str, latest: Path, env: dict[str, str]):
+def _resume_as_job(
+    world: dict[str, Any],
+    job: str,
+    latest: Path,
+    env: dict[str, str],
+    contents: dict[str, bytes] | None = None,
+):
     slurm = world["slurm"]
     original = world["agent"].slurm._run
 
@@ -301,7 +366,7 @@ def _resume_as_job(world: dict[str, Any], job: str, latest: Path, env: dict[str,
     def resume(pid: int) -> Any:
         client = AgentClient(world["socket"])
         try:
-            return check_resume(latest, env, client=client, log=lambda m: None)
+            return check_resume(latest, env, client=client, log=lambda m: None, contents=contents)
         except ResumeRefused as exc:
             return {"refused": str(exc)}
 
@@ -356,6 +421,52 @@ def test_an_unsigned_checkpoint_this_job_committed_during_an_outage_is_resumed(w
     _ask(world, "12", {"op": "sign", "checkpoint": str(path), "step": 5})
     lineage = _resume_as_job(world, "12", path, {"CDK_TRN_SLURM_ENV": "/nonexistent"})
     assert lineage == {"checkpoint_path": str(path), "manifest_sha384": None}
+
+
+def _sign_and_write(world: dict[str, Any], job: str, path: Path) -> dict[str, Any]:
+    answer = _ask(world, job, {"op": "sign", "checkpoint": str(path), "step": 5})["result"]
+    signed = signed_file(answer)
+    assert signed is not None
+    _as_uid(JOB_UID, lambda pid: write_signed_manifest(ckpt.manifest_path(path), signed))
+    return signed
+
+
+def _overwrite(path: Path, content: bytes) -> None:
+    _as_uid(JOB_UID, lambda pid: (path / ckpt.STATE_FILE).write_bytes(content) and None)
+
+
+def test_a_tampered_signed_checkpoint_is_refused_on_requeue(world):
+    """The record says this job committed it: it was signed, so only the signature counts."""
+    _register(world, "12")
+    path = _job_checkpoint(world, "12", 5, b"weights")
+    _sign_and_write(world, "12", path)
+    _overwrite(path, b"poisoned")
+    refused = _resume_as_job(world, "12", path, {"CDK_TRN_SLURM_ENV": "/nonexistent"})
+    assert "TAMPERED" in refused["refused"] or "tampered" in refused["refused"]
+    assert "committed it signed, so only its signature is accepted" in refused["refused"]
+
+
+def test_an_unsigned_checkpoint_changed_after_its_commit_is_refused(world):
+    _register(world, "12")
+    path = _job_checkpoint(world, "12", 5, b"weights")
+    world["vault"].down = True
+    _ask(world, "12", {"op": "sign", "checkpoint": str(path), "step": 5})
+    _overwrite(path, b"poisoned")
+    refused = _resume_as_job(world, "12", path, {"CDK_TRN_SLURM_ENV": "/nonexistent"})
+    assert "not what this job committed unsigned" in refused["refused"]
+    assert "state.pt" in refused["refused"]
+
+
+def test_resume_verifies_the_bytes_the_caller_loads_not_the_file_again(world):
+    """train reads state.pt once and hands those bytes to check_resume: swapped bytes fail."""
+    _register(world, "12")
+    path = _job_checkpoint(world, "12", 5, b"weights")
+    _sign_and_write(world, "12", path)
+    env = {"CDK_TRN_SLURM_ENV": "/nonexistent"}
+    good = _resume_as_job(world, "12", path, env, contents={"state.pt": b"weights"})
+    assert good["checkpoint_path"] == str(path)
+    bad = _resume_as_job(world, "12", path, env, contents={"state.pt": b"poisoned"})
+    assert "refused" in bad
 
 
 def test_the_job_side_signer_writes_the_agent_s_manifest_and_records_lineage(world):

@@ -6,6 +6,8 @@ curl as IMDSv2, mount and the rest; python3 is this machine's)."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import aws_cdk as cdk
 import pytest
@@ -85,3 +87,28 @@ def test_controller_that_cannot_pull_the_image_signals_failure_with_the_reason(h
     assert result.returncode == 1
     assert result.statuses() == ["FAILURE"]
     assert "could not pull" in result.messages()
+
+
+def test_a_boot_under_the_launcher_s_umask_077_leaves_shared_directories_reachable(
+    host, controller
+):
+    """launcher.sh sets umask 077 for its root-only bundle directory and the boot inherits it:
+    the job user must still reach its home, the SlurmUser its state and logs."""
+    old = os.umask(0o077)
+    try:
+        result = host.boot(controller, role="controller")
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.output
+    fsx = host.root / controller.variables["CDK_TRN_FSX_MOUNT_PATH"].lstrip("/")
+
+    def mode(path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    for shared in ("home", "home/trn", "slurm", "slurm/logs", "checkpoints"):
+        assert mode(fsx / shared) == 0o755, shared
+    assert mode(fsx / "slurm/state") == 0o700
+    assert mode(host.root / "etc/cdk-trn/slurm/cluster.json") == 0o644
+    for unit in (host.root / "etc/systemd/system").glob("*.service"):
+        assert mode(unit) == 0o644, unit
+    assert mode(host.root / "etc/cdk-trn/munge.key") == 0o600  # the secret stays root's

@@ -6,15 +6,16 @@ instance metadata, which imds_guard.sh (the first step of both boots) leaves to 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from aws_cdk.assertions import Template
 
-from cdk_trn.cluster import boot_user_data
 from cdk_trn.scheduler import SlurmScheduler
 from tests.foundation.stacks_for_tests import cluster_stack
 from tests.foundation.test_node_bootstrap_run import FileSystemStandIn
 
+NODE = Path(__file__).parents[2] / "cdk_trn_runtime" / "node"
 READS = {"secretsmanager:GetSecretValue", "secretsmanager:*", "*"}
 
 
@@ -77,7 +78,8 @@ def test_the_secret_has_no_resource_policy_that_widens_it(synth):
 
 @pytest.mark.parametrize("script", ["node_bootstrap.sh", "controller_bootstrap.sh"])
 def test_both_boots_close_instance_metadata_before_reading_the_key(script):
-    boot = boot_user_data({}, script).split("\nboot() {\n", 1)[1]
+    # the shipped entry script (the boot bundle's), as the launcher runs it
+    boot = (NODE / script).read_text().split("\nboot() {\n", 1)[1]
     assert boot.index("guard_imds") < boot.index(
         "fetch_munge_key" if "controller" in script else "start_slurmd"
     )

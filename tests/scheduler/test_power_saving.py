@@ -16,7 +16,8 @@ from cdk_trn.capacity import Capacity
 from cdk_trn.errors import CdkTrnError
 from cdk_trn.scheduler import SlurmScheduler
 from cdk_trn_runtime.slurm import power
-from cdk_trn_runtime.slurm.config import IMAGE_SCRIPTS, cloud_config, render_slurm_conf
+from cdk_trn_runtime.slurm.config import cloud_config, render_slurm_conf
+from cdk_trn_runtime.slurm.document import IMAGE_SCRIPTS
 from tests.foundation.stacks_for_tests import cluster_stack
 from tests.foundation.test_node_bootstrap_run import FileSystemStandIn
 
