@@ -189,6 +189,7 @@ def synth_checked(
     fail_on_unused_acknowledgments: bool = True,
     cfn_lint: bool = True,
     ignore_cfn_lint: Mapping[str, str] | None = None,
+    lint_cache: bool | None = None,
 ) -> ComplianceReport:
     """Synthesize ``app``, judge it as ``python -m cdk_trn.compliance`` does, and return the
     :class:`ComplianceReport` (pack findings, and cfn-lint's when ``cfn_lint``).
@@ -197,7 +198,9 @@ def synth_checked(
     ``fail_on_warnings=False``), an unused acknowledgment (unless
     ``fail_on_unused_acknowledgments=False``), whatever aws-cdk-lib does by default.
     ``ignore_cfn_lint`` maps a cfn-lint rule to the reason it is ignored in every template
-    (the command line's ``--ignore-cfn-lint RULE=REASON``).
+    (the command line's ``--ignore-cfn-lint RULE=REASON``). cfn-lint's findings are cached by
+    template content unless ``lint_cache=False`` or ``CDK_TRN_LINT_CACHE=off``
+    (``cdk_trn.compliance.cfn_lint_runner``).
 
     Under the CDK CLI (``cdk synth``), findings the CLI itself reports are left to it, so its
     per-finding ids are what the user sees; the rest (unused acknowledgments, cfn-lint) ends the
@@ -210,7 +213,11 @@ def synth_checked(
         directory = _synthesize(app, fresh=state.report is None)
         policy = Policy(fail_on_warnings, fail_on_unused_acknowledgments)
         state.evidence = evaluate(
-            directory, policy=policy, cfn_lint=cfn_lint, ignore_cfn_lint=ignore_cfn_lint
+            directory,
+            policy=policy,
+            cfn_lint=cfn_lint,
+            ignore_cfn_lint=ignore_cfn_lint,
+            lint_cache=lint_cache,
         )
         state.report = state.evidence.report
     evidence = state.evidence
