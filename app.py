@@ -18,9 +18,11 @@ from stacks import build_default_app
 
 
 def main() -> int:
-    app = cdk.App()
+    # aws-cdk-lib's CloudFormation Validate runs as one of the kit's plugins, cached by content.
+    app = cdk.App(builtin_cloud_formation_validation=False)
     try:
-        enable_compliance(app, app.node.try_get_context("compliancePacks") or DEFAULT_PACKS)
+        packs = app.node.try_get_context("compliancePacks") or DEFAULT_PACKS
+        enable_compliance(app, packs, cache_cloudformation_validate=True)
         default = build_default_app(app)
     except CdkTrnError as error:
         print(f"cdk-trn: invalid configuration: {error}", file=sys.stderr)

@@ -90,11 +90,36 @@ def _template_text(template: TemplateSource) -> str:
     return Path(template).read_text(encoding="utf-8")
 
 
-def lint_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/cdk-trn/cfn-lint`` (``~/.cache/cdk-trn/cfn-lint`` without it)."""
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/cdk-trn`` (``~/.cache/cdk-trn`` without it)."""
     base = os.environ.get("XDG_CACHE_HOME", "")
     root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".cache"
-    return root / "cdk-trn" / "cfn-lint"
+    return root / "cdk-trn"
+
+
+def lint_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/cdk-trn/cfn-lint`` (``~/.cache/cdk-trn/cfn-lint`` without it)."""
+    return user_cache_dir() / "cfn-lint"
+
+
+def write_atomically(path: Path, data: Any) -> None:
+    """``data`` as JSON at ``path``, written to a temporary file beside it and renamed into
+    place, so a reader sees the old entry or the new one, never a part. A cache that cannot be
+    written only makes the next synth slower: errors are ignored."""
+    temp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(data, out)
+        os.replace(temp, path)
+        temp = None
+    except OSError:
+        pass
+    finally:
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
 
 
 def lint_cache_enabled(cache: bool | None = None) -> bool:
@@ -176,21 +201,7 @@ class LintCache:
             "region": region,
             "issues": [[i.rule_id, i.level, i.message, i.path, i.line] for i in issues],
         }
-        path = self._path(key)
-        temp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(entry, out)
-            os.replace(temp, path)
-            temp = None
-        except OSError:
-            pass
-        finally:
-            if temp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
+        write_atomically(self._path(key), entry)
 
 
 def _raw(issue: Sequence[Any]) -> RawIssue:

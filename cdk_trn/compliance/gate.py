@@ -62,6 +62,7 @@ class _AppCompliance:
     report: ComplianceReport | None = None
     evidence: Evidence | None = None
     recorder: bool = False
+    validate: Any = None
 
 
 def under_cdk_cli() -> bool:
@@ -139,13 +140,22 @@ def _state(app: cdk.App) -> _AppCompliance:
 
 
 def enable_compliance(
-    app: cdk.App, packs: Iterable[Pack | str] | str = DEFAULT_PACKS, *, verbose: bool = False
+    app: cdk.App,
+    packs: Iterable[Pack | str] | str = DEFAULT_PACKS,
+    *,
+    verbose: bool = False,
+    cache_cloudformation_validate: bool = False,
 ) -> tuple[Pack, ...]:
     """Register ``packs`` (default: AwsSolutions, NIST 800-53 R5, HIPAA, PCI DSS 3.2.1 and
     TrainiumChecks) as validation plugins of ``app``; returns every pack now enabled.
 
     Call it before synthesizing. Calling it again adds only packs not yet enabled.
     ``verbose`` puts each rule's explanation into the finding's description.
+    ``cache_cloudformation_validate`` is for an app created with
+    ``cdk.App(builtin_cloud_formation_validation=False)``: the kit then runs aws-cdk-lib's
+    CloudFormation Validate itself, the same report, cached by template content
+    (:mod:`cdk_trn.compliance.cfn_validate_cache`). On an app with the built-in validation
+    still on, it would run twice.
     """
     if not cdk.App.is_app(app):
         raise CdkTrnError(
@@ -160,6 +170,11 @@ def enable_compliance(
         state.recorder = True
         cdk.Validations.of(app).add_plugins(_Recorder(app))
         cdk.Aspects.of(app).add(_DropImpliedDependsOn())
+    if cache_cloudformation_validate and state.validate is None:
+        from cdk_trn.compliance.cfn_validate_cache import CachedCloudFormationValidate
+
+        state.validate = CachedCloudFormationValidate(app)
+        cdk.Validations.of(app).add_plugins(state.validate)
     return tuple(state.packs)
 
 
@@ -210,6 +225,8 @@ def synth_checked(
     if not state.packs:
         raise CdkTrnError("synth_checked needs enable_compliance(app) before it")
     if state.evidence is None:
+        if state.validate is not None and lint_cache is not None:
+            state.validate.cache = lint_cache
         directory = _synthesize(app, fresh=state.report is None)
         policy = Policy(fail_on_warnings, fail_on_unused_acknowledgments)
         state.evidence = evaluate(
