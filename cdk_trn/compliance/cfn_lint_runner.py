@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -291,6 +292,65 @@ def _lint_parallel(jobs: Sequence[tuple[str, str]], workers: int) -> list[list[R
     return [r if r is not None else [] for r in results]
 
 
+#: Lints begun by :func:`start_linting`, by (sha256 of the text, region), not yet collected.
+_IN_FLIGHT: dict[tuple[str, str], Future[tuple[LintIssue, ...]]] = {}
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+def _ident(text: str, region: str) -> tuple[str, str]:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest(), region
+
+
+def start_linting(
+    templates: Sequence[tuple[TemplateSource, str | None]],
+    *,
+    cache: bool | None = None,
+    jobs: int | None = None,
+) -> int:
+    """Begin linting, in worker processes, the templates that are not in the cache, and return
+    how many. The next :func:`lint_templates` of the same text and region waits for the result
+    instead of linting again (and the cache gets it either way). A synth calls this as soon as
+    the templates are written, so cfn-lint runs while aws-cdk-lib validates."""
+    texts = [(_template_text(t), region or DEFAULT_REGION) for t, region in templates]
+    store = LintCache() if lint_cache_enabled(cache) else None
+    if store is not None and not store.usable:
+        store = None
+    todo: list[tuple[str, str, Future[tuple[LintIssue, ...]]]] = []
+    with _IN_FLIGHT_LOCK:
+        for text, region in dict.fromkeys(texts):
+            ident = _ident(text, region)
+            if ident in _IN_FLIGHT or (store and store.get(store.key(text, region)) is not None):
+                continue
+            future: Future[tuple[LintIssue, ...]] = Future()
+            _IN_FLIGHT[ident] = future
+            todo.append((text, region, future))
+    if not todo:
+        return 0
+
+    def run() -> None:
+        try:
+            workers = lint_jobs() if jobs is None else max(1, jobs)
+            raw = _lint_parallel([(text, region) for text, region, _ in todo], workers)
+        except BaseException as error:  # noqa: BLE001 - handed to whoever collects the result
+            for _, _, future in todo:
+                future.set_exception(error)
+            return
+        for (text, region, future), found in zip(todo, raw, strict=True):
+            issues = tuple(LintIssue(*issue) for issue in found)
+            if store is not None:
+                store.put(store.key(text, region), region, issues)
+            future.set_result(issues)
+
+    threading.Thread(target=run, name="cdk-trn-cfn-lint", daemon=True).start()
+    return len(todo)
+
+
+def _collect(text: str, region: str) -> tuple[LintIssue, ...] | None:
+    with _IN_FLIGHT_LOCK:
+        future = _IN_FLIGHT.pop(_ident(text, region), None)
+    return None if future is None else future.result()
+
+
 def lint_templates(
     templates: Sequence[tuple[TemplateSource, str | None]],
     *,
@@ -311,6 +371,10 @@ def lint_templates(
     results: list[LintResult | None] = [None] * len(texts)
     missing: list[int] = []
     for index, key in enumerate(keys):
+        begun = _collect(*texts[index])
+        if begun is not None:
+            results[index] = LintResult(begun, cached=False)
+            continue
         hit = store.get(key) if store else None
         if hit is not None:
             results[index] = LintResult(hit, cached=True)

@@ -32,6 +32,7 @@ import aws_cdk as cdk
 import jsii
 from constructs import IConstruct
 
+from cdk_trn.compliance.cfn_lint_runner import DEFAULT_REGION, start_linting
 from cdk_trn.compliance.depends_on import drop_implied_depends_on
 from cdk_trn.compliance.packs import CLOUDFORMATION_VALIDATE, DEFAULT_PACKS, Pack, create_pack
 from cdk_trn.compliance.report import PACKS_FILE, ComplianceReport, Finding
@@ -63,6 +64,9 @@ class _AppCompliance:
     evidence: Evidence | None = None
     recorder: bool = False
     validate: Any = None
+    #: The next synthesis is judged with cfn-lint: the recorder starts it as soon as it can.
+    lint_early: bool = False
+    lint_cache: bool | None = None
 
 
 def under_cdk_cli() -> bool:
@@ -70,14 +74,56 @@ def under_cdk_cli() -> bool:
     return "CDK_CLI_VERSION" in os.environ or "CDK_CLI_ASM_VERSION" in os.environ
 
 
-def recorded_acknowledgments(app: cdk.App) -> list[dict[str, str]]:
-    """Every acknowledgment in the tree: ``{"path", "id", "reason"}`` as aws-cdk-lib stored it."""
+def recorded_acknowledgments(
+    app: cdk.App, assembly_dir: str | Path | None = None
+) -> list[dict[str, str]]:
+    """Every acknowledgment in the tree: ``{"path", "id", "reason"}`` as aws-cdk-lib stored it.
+
+    With ``assembly_dir`` (an assembly of ``app`` written by this synthesis), those on constructs
+    inside a stack are read from the stack artifacts' metadata, where aws-cdk-lib copies every
+    construct's metadata, and only the constructs outside stacks (the app, stages) are asked
+    through jsii: a few calls instead of two per construct.
+    """
+    if assembly_dir is None:
+        found = []
+        for construct in app.node.find_all():
+            found += _acknowledgments_of(construct.node.path, construct.node.metadata)
+        return found
+    found = _acknowledgments_in_assembly(Path(assembly_dir))
+    outside: list[IConstruct] = [app]
+    while outside:
+        construct = outside.pop()
+        found += _acknowledgments_of(construct.node.path, construct.node.metadata)
+        outside += [c for c in reversed(construct.node.children) if not cdk.Stack.is_stack(c)]
+    return found
+
+
+def _acknowledgments_of(path: str, metadata: Iterable[Any]) -> list[dict[str, str]]:
     found = []
-    for construct in app.node.find_all():
-        for entry in construct.node.metadata:
-            if entry.type == ACKNOWLEDGED_RULES and isinstance(entry.data, Mapping):
-                for rule_id, reason in entry.data.items():
-                    found.append({"path": construct.node.path, "id": rule_id, "reason": reason})
+    for entry in metadata:
+        kind = entry["type"] if isinstance(entry, Mapping) else entry.type
+        data = entry.get("data") if isinstance(entry, Mapping) else entry.data
+        if kind == ACKNOWLEDGED_RULES and isinstance(data, Mapping):
+            for rule_id, reason in data.items():
+                found.append({"path": path, "id": rule_id, "reason": reason})
+    return found
+
+
+def _acknowledgments_in_assembly(directory: Path) -> list[dict[str, str]]:
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    found = []
+    for artifact in manifest.get("artifacts", {}).values():
+        if artifact.get("type") == "cdk:cloud-assembly":
+            nested = directory / artifact["properties"]["directoryName"]
+            found += _acknowledgments_in_assembly(nested)
+        if artifact.get("type") != "aws:cloudformation:stack":
+            continue
+        metadata = dict(artifact.get("metadata") or {})
+        extra = artifact.get("additionalMetadataFile")
+        if extra:
+            metadata.update(json.loads((directory / extra).read_text(encoding="utf-8")))
+        for path, entries in metadata.items():
+            found += _acknowledgments_of(path.lstrip("/"), entries or [])
     return found
 
 
@@ -104,12 +150,20 @@ class _Recorder:
 
     def validate(self, context: Any) -> cdk.PolicyValidationPluginReport:
         app = self._app()
+        if app is not None and _state(app).lint_early:
+            # The templates are written: cfn-lint starts now, beside aws-cdk-lib's validation.
+            stacks = context.stack_templates
+            start_linting(
+                [(s.template_path, s.region or DEFAULT_REGION) for s in stacks],
+                cache=_state(app).lint_cache,
+            )
         if app is not None:
+            outdir = app.outdir
             record = {
                 "packs": [p.value for p in _state(app).packs],
-                "acknowledgments": recorded_acknowledgments(app),
+                "acknowledgments": recorded_acknowledgments(app, outdir),
             }
-            path = Path(app.outdir) / PACKS_FILE
+            path = Path(outdir) / PACKS_FILE
             path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         return cdk.PolicyValidationPluginReport(success=True, violations=[])
 
@@ -119,7 +173,9 @@ class _DropImpliedDependsOn:
     """CDK's own redundant DependsOn (cfn-lint W3005 on every ``lambda.Function``), once."""
 
     def visit(self, node: IConstruct) -> None:
-        if cdk.Stack.is_stack(node):
+        # isinstance, not Stack.is_stack: jsii hands every stack over as a cdk.Stack (or a
+        # subclass), and this runs for every construct, so a call to node each time adds up.
+        if isinstance(node, cdk.Stack):
             drop_implied_depends_on(node)
 
 
@@ -162,14 +218,14 @@ def enable_compliance(
             "enable_compliance needs the cdk.App itself (validation plugins live on it)"
         )
     state = _state(app)
+    if not state.recorder:  # first, so that cfn-lint starts before the packs run
+        state.recorder = True
+        cdk.Validations.of(app).add_plugins(_Recorder(app))
+        cdk.Aspects.of(app).add(_DropImpliedDependsOn())
     for pack in Pack.parse_all(packs):
         if pack not in state.packs:
             cdk.Validations.of(app).add_plugins(create_pack(pack, app, verbose=verbose))
             state.packs.append(pack)
-    if not state.recorder:
-        state.recorder = True
-        cdk.Validations.of(app).add_plugins(_Recorder(app))
-        cdk.Aspects.of(app).add(_DropImpliedDependsOn())
     if cache_cloudformation_validate and state.validate is None:
         from cdk_trn.compliance.cfn_validate_cache import CachedCloudFormationValidate
 
@@ -227,7 +283,11 @@ def synth_checked(
     if state.evidence is None:
         if state.validate is not None and lint_cache is not None:
             state.validate.cache = lint_cache
-        directory = _synthesize(app, fresh=state.report is None)
+        state.lint_early, state.lint_cache = cfn_lint, lint_cache
+        try:
+            directory = _synthesize(app, fresh=state.report is None)
+        finally:
+            state.lint_early = False
         policy = Policy(fail_on_warnings, fail_on_unused_acknowledgments)
         state.evidence = evaluate(
             directory,
