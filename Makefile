@@ -46,6 +46,7 @@ deploy: $(VENV)/.runtime node_modules/.installed
 
 bench: $(VENV)/.test
 	python benchmarks/synth_scaling.py
+	python benchmarks/synth_speed.py
 	PJRT_DEVICE=CPU python benchmarks/acceptance_cpu.py
 
 # A real Slurm cluster on this machine (slurmctld, slurmd n1 and n2, munged) in .local-cluster/;
