@@ -236,3 +236,25 @@ def test_the_command_line_says_what_came_from_the_cache(tmp_path, capsys):
     assert "cfn-lint (2 of 2 from the cache):" in capsys.readouterr().out
     main([str(assembly), "--no-lint-cache"])
     assert "\ncfn-lint:\n" in capsys.readouterr().out
+
+
+def test_linting_started_early_is_collected_not_repeated(monkeypatch, own_cache):
+    templates = [FINDINGS, (node(), "us-east-2")]
+    expected = [r.issues for r in lint_templates(templates, cache=False, jobs=1)]
+    assert cfn_lint_runner.start_linting(templates) == 2
+
+    def no_second_lint(text, region):
+        raise AssertionError("a template begun early was linted again")
+
+    monkeypatch.setattr(cfn_lint_runner._cfn_lint_worker, "lint_text", no_second_lint)
+    results = lint_templates(templates)
+    assert [r.issues for r in results] == expected
+    assert [r.cached for r in results] == [False, False]
+    assert [r.cached for r in lint_templates(templates)] == [True, True]
+    assert cfn_lint_runner.start_linting(templates) == 0
+
+
+def test_a_failure_of_early_linting_surfaces_when_collected():
+    assert cfn_lint_runner.start_linting([(node(), "nowhere-1")], cache=False) == 1
+    with pytest.raises(RuntimeError, match="unsupported"):
+        lint_templates([(node(), "nowhere-1")], cache=False)
