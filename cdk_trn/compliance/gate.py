@@ -150,9 +150,11 @@ class _Recorder:
 
     def validate(self, context: Any) -> cdk.PolicyValidationPluginReport:
         app = self._app()
-        if app is not None and _state(app).lint_early:
-            # The templates are written: cfn-lint starts now, beside aws-cdk-lib's validation.
-            stacks = context.stack_templates
+        # The templates are written: cfn-lint starts now, beside aws-cdk-lib's validation (an
+        # aws-cdk-lib whose context has no stack_templates lints them after the synth).
+        early = app is not None and _state(app).lint_early
+        stacks = getattr(context, "stack_templates", None) if early else None
+        if app is not None and stacks:
             start_linting(
                 [(s.template_path, s.region or DEFAULT_REGION) for s in stacks],
                 cache=_state(app).lint_cache,
