@@ -310,7 +310,8 @@ def start_linting(
     """Begin linting, in worker processes, the templates that are not in the cache, and return
     how many. The next :func:`lint_templates` of the same text and region waits for the result
     instead of linting again (and the cache gets it either way). A synth calls this as soon as
-    the templates are written, so cfn-lint runs while aws-cdk-lib validates."""
+    the templates are written, so cfn-lint runs while aws-cdk-lib validates; it uses one worker
+    fewer than the cores (default), as aws-cdk-lib's node process is busy meanwhile."""
     texts = [(_template_text(t), region or DEFAULT_REGION) for t, region in templates]
     store = LintCache() if lint_cache_enabled(cache) else None
     if store is not None and not store.usable:
@@ -329,7 +330,8 @@ def start_linting(
 
     def run() -> None:
         try:
-            workers = lint_jobs() if jobs is None else max(1, jobs)
+            # The synth's own node process keeps a core busy meanwhile: one worker fewer.
+            workers = max(1, lint_jobs() - 1) if jobs is None else max(1, jobs)
             raw = _lint_parallel([(text, region) for text, region, _ in todo], workers)
         except BaseException as error:  # noqa: BLE001 - handed to whoever collects the result
             for _, _, future in todo:
