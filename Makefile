@@ -46,6 +46,7 @@ deploy: $(VENV)/.runtime node_modules/.installed
 
 bench: $(VENV)/.test
 	python benchmarks/synth_scaling.py
+	python benchmarks/synth_speed.py
 	python benchmarks/acceptance_cpu.py
 
 # The local twin of the cloud's Slurm (cdk_trn_runtime/slurm/twin): a controller and NODES dynamic

@@ -18,9 +18,13 @@ from stacks import build_default_app
 
 
 def main() -> int:
-    app = cdk.App()
+    try:  # aws-cdk-lib's CloudFormation Validate runs as a kit plugin, cached by content
+        app, cached = cdk.App(builtin_cloud_formation_validation=False), True
+    except TypeError:  # an aws-cdk-lib without the prop (2.270) runs its own on every synth
+        app, cached = cdk.App(), False
     try:
-        enable_compliance(app, app.node.try_get_context("compliancePacks") or DEFAULT_PACKS)
+        packs = app.node.try_get_context("compliancePacks") or DEFAULT_PACKS
+        enable_compliance(app, packs, cache_cloudformation_validate=cached)
         default = build_default_app(app)
     except CdkTrnError as error:
         print(f"cdk-trn: invalid configuration: {error}", file=sys.stderr)

@@ -525,8 +525,8 @@ class DeployTimeProvider(Construct):
         invoke_config = self.function.node.try_find_child("EventInvokeConfig")
         if invoke_config is not None:
             resource.node.add_dependency(invoke_config)
-        for endpoint in self.endpoints:
-            resource.node.add_dependency(endpoint)
+        if self.endpoints:  # one jsii call for all of them, not two per endpoint
+            resource.node.add_dependency(*self.endpoints)
         return resource
 
 

@@ -9,8 +9,9 @@ constructs still runs there: cfn-lint, and TrainiumChecks on the templates with
 
 Options: ``--packs A,B`` (the packs to judge; default: those that ran at synth),
 ``--ignore-cfn-lint RULE=REASON`` (repeatable; listed with the reason), ``--format
-text|json|sarif`` (SARIF 2.1.0 for code-scanning UIs). Exit 0 on PASS, 1 on FAIL, 2 for a
-directory that is not an assembly or a bad option.
+text|json|sarif`` (SARIF 2.1.0 for code-scanning UIs), ``--no-lint-cache`` (run cfn-lint on every
+template, as ``CDK_TRN_LINT_CACHE=off`` does; by default findings are cached by template
+content). Exit 0 on PASS, 1 on FAIL, 2 for a directory that is not an assembly or a bad option.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cdk_trn.compliance.acknowledge import MIN_REASON_LENGTH
+from cdk_trn.compliance.cfn_lint_runner import CACHE_ENV
 from cdk_trn.compliance.packs import Pack
 from cdk_trn.compliance.verdict import Evidence, Policy, evaluate
 
@@ -123,10 +125,17 @@ def run(
     ignores: dict[str, str] | None = None,
     output: str = "text",
     policy: Policy | None = None,
+    lint_cache: bool | None = None,
 ) -> int:
     stream = out if out is not None else sys.stdout
     try:
-        evidence = evaluate(assembly_dir, policy=policy, packs=packs, ignore_cfn_lint=ignores)
+        evidence = evaluate(
+            assembly_dir,
+            policy=policy,
+            packs=packs,
+            ignore_cfn_lint=ignores,
+            lint_cache=lint_cache,
+        )
     except FileNotFoundError as error:
         print(f"cdk_trn.compliance: {error}", file=sys.stderr)
         return 2
@@ -140,7 +149,9 @@ def run(
             lines += [evidence.report.format_table(), ""]
         lines += evidence.summary_lines()
         if evidence.linted:
-            lines += ["cfn-lint:", *(f"  {stack}" for stack in evidence.linted)]
+            cached = len(evidence.linted) - len(evidence.relinted)
+            source = f" ({cached} of {len(evidence.linted)} from the cache)" if cached else ""
+            lines += [f"cfn-lint{source}:", *(f"  {stack}" for stack in evidence.linted)]
         lines += [f"  {p}" for p in evidence.problems]
         text = "\n".join(lines)
     print(text, file=stream)
@@ -165,6 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", choices=("text", "json", "sarif"), default="text")
     parser.add_argument("--allow-warnings", action="store_true")
     parser.add_argument("--allow-unused-acknowledgments", action="store_true")
+    parser.add_argument(
+        "--no-lint-cache",
+        dest="lint_cache",
+        action="store_const",
+        const=False,
+        default=None,
+        help=f"run cfn-lint on every template (also: {CACHE_ENV}=off)",
+    )
     args = parser.parse_args(argv)
     policy = Policy(
         fail_on_warnings=not args.allow_warnings,
@@ -176,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ignores=dict(args.ignore_cfn_lint),
         output=args.format,
         policy=policy,
+        lint_cache=args.lint_cache,
     )
 
 

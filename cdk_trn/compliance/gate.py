@@ -32,6 +32,7 @@ import aws_cdk as cdk
 import jsii
 from constructs import IConstruct
 
+from cdk_trn.compliance.cfn_lint_runner import DEFAULT_REGION, start_linting
 from cdk_trn.compliance.depends_on import drop_implied_depends_on
 from cdk_trn.compliance.packs import CLOUDFORMATION_VALIDATE, DEFAULT_PACKS, Pack, create_pack
 from cdk_trn.compliance.report import PACKS_FILE, ComplianceReport, Finding
@@ -62,6 +63,10 @@ class _AppCompliance:
     report: ComplianceReport | None = None
     evidence: Evidence | None = None
     recorder: bool = False
+    validate: Any = None
+    #: The next synthesis is judged with cfn-lint: the recorder starts it as soon as it can.
+    lint_early: bool = False
+    lint_cache: bool | None = None
 
 
 def under_cdk_cli() -> bool:
@@ -69,14 +74,56 @@ def under_cdk_cli() -> bool:
     return "CDK_CLI_VERSION" in os.environ or "CDK_CLI_ASM_VERSION" in os.environ
 
 
-def recorded_acknowledgments(app: cdk.App) -> list[dict[str, str]]:
-    """Every acknowledgment in the tree: ``{"path", "id", "reason"}`` as aws-cdk-lib stored it."""
+def recorded_acknowledgments(
+    app: cdk.App, assembly_dir: str | Path | None = None
+) -> list[dict[str, str]]:
+    """Every acknowledgment in the tree: ``{"path", "id", "reason"}`` as aws-cdk-lib stored it.
+
+    With ``assembly_dir`` (an assembly of ``app`` written by this synthesis), those on constructs
+    inside a stack are read from the stack artifacts' metadata, where aws-cdk-lib copies every
+    construct's metadata, and only the constructs outside stacks (the app, stages) are asked
+    through jsii: a few calls instead of two per construct.
+    """
+    if assembly_dir is None:
+        found = []
+        for construct in app.node.find_all():
+            found += _acknowledgments_of(construct.node.path, construct.node.metadata)
+        return found
+    found = _acknowledgments_in_assembly(Path(assembly_dir))
+    outside: list[IConstruct] = [app]
+    while outside:
+        construct = outside.pop()
+        found += _acknowledgments_of(construct.node.path, construct.node.metadata)
+        outside += [c for c in reversed(construct.node.children) if not cdk.Stack.is_stack(c)]
+    return found
+
+
+def _acknowledgments_of(path: str, metadata: Iterable[Any]) -> list[dict[str, str]]:
     found = []
-    for construct in app.node.find_all():
-        for entry in construct.node.metadata:
-            if entry.type == ACKNOWLEDGED_RULES and isinstance(entry.data, Mapping):
-                for rule_id, reason in entry.data.items():
-                    found.append({"path": construct.node.path, "id": rule_id, "reason": reason})
+    for entry in metadata:
+        kind = entry["type"] if isinstance(entry, Mapping) else entry.type
+        data = entry.get("data") if isinstance(entry, Mapping) else entry.data
+        if kind == ACKNOWLEDGED_RULES and isinstance(data, Mapping):
+            for rule_id, reason in data.items():
+                found.append({"path": path, "id": rule_id, "reason": reason})
+    return found
+
+
+def _acknowledgments_in_assembly(directory: Path) -> list[dict[str, str]]:
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    found = []
+    for artifact in manifest.get("artifacts", {}).values():
+        if artifact.get("type") == "cdk:cloud-assembly":
+            nested = directory / artifact["properties"]["directoryName"]
+            found += _acknowledgments_in_assembly(nested)
+        if artifact.get("type") != "aws:cloudformation:stack":
+            continue
+        metadata = dict(artifact.get("metadata") or {})
+        extra = artifact.get("additionalMetadataFile")
+        if extra:
+            metadata.update(json.loads((directory / extra).read_text(encoding="utf-8")))
+        for path, entries in metadata.items():
+            found += _acknowledgments_of(path.lstrip("/"), entries or [])
     return found
 
 
@@ -103,12 +150,22 @@ class _Recorder:
 
     def validate(self, context: Any) -> cdk.PolicyValidationPluginReport:
         app = self._app()
+        # The templates are written: cfn-lint starts now, beside aws-cdk-lib's validation (an
+        # aws-cdk-lib whose context has no stack_templates lints them after the synth).
+        early = app is not None and _state(app).lint_early
+        stacks = getattr(context, "stack_templates", None) if early else None
+        if app is not None and stacks:
+            start_linting(
+                [(s.template_path, s.region or DEFAULT_REGION) for s in stacks],
+                cache=_state(app).lint_cache,
+            )
         if app is not None:
+            outdir = app.outdir
             record = {
                 "packs": [p.value for p in _state(app).packs],
-                "acknowledgments": recorded_acknowledgments(app),
+                "acknowledgments": recorded_acknowledgments(app, outdir),
             }
-            path = Path(app.outdir) / PACKS_FILE
+            path = Path(outdir) / PACKS_FILE
             path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         return cdk.PolicyValidationPluginReport(success=True, violations=[])
 
@@ -118,7 +175,9 @@ class _DropImpliedDependsOn:
     """CDK's own redundant DependsOn (cfn-lint W3005 on every ``lambda.Function``), once."""
 
     def visit(self, node: IConstruct) -> None:
-        if cdk.Stack.is_stack(node):
+        # isinstance, not Stack.is_stack: jsii hands every stack over as a cdk.Stack (or a
+        # subclass), and this runs for every construct, so a call to node each time adds up.
+        if isinstance(node, cdk.Stack):
             drop_implied_depends_on(node)
 
 
@@ -139,27 +198,41 @@ def _state(app: cdk.App) -> _AppCompliance:
 
 
 def enable_compliance(
-    app: cdk.App, packs: Iterable[Pack | str] | str = DEFAULT_PACKS, *, verbose: bool = False
+    app: cdk.App,
+    packs: Iterable[Pack | str] | str = DEFAULT_PACKS,
+    *,
+    verbose: bool = False,
+    cache_cloudformation_validate: bool = False,
 ) -> tuple[Pack, ...]:
     """Register ``packs`` (default: AwsSolutions, NIST 800-53 R5, HIPAA, PCI DSS 3.2.1 and
     TrainiumChecks) as validation plugins of ``app``; returns every pack now enabled.
 
     Call it before synthesizing. Calling it again adds only packs not yet enabled.
     ``verbose`` puts each rule's explanation into the finding's description.
+    ``cache_cloudformation_validate`` is for an app created with
+    ``cdk.App(builtin_cloud_formation_validation=False)``: the kit then runs aws-cdk-lib's
+    CloudFormation Validate itself, the same report, cached by template content
+    (:mod:`cdk_trn.compliance.cfn_validate_cache`). On an app with the built-in validation
+    still on, it would run twice.
     """
     if not cdk.App.is_app(app):
         raise CdkTrnError(
             "enable_compliance needs the cdk.App itself (validation plugins live on it)"
         )
     state = _state(app)
+    if not state.recorder:  # first, so that cfn-lint starts before the packs run
+        state.recorder = True
+        cdk.Validations.of(app).add_plugins(_Recorder(app))
+        cdk.Aspects.of(app).add(_DropImpliedDependsOn())
     for pack in Pack.parse_all(packs):
         if pack not in state.packs:
             cdk.Validations.of(app).add_plugins(create_pack(pack, app, verbose=verbose))
             state.packs.append(pack)
-    if not state.recorder:
-        state.recorder = True
-        cdk.Validations.of(app).add_plugins(_Recorder(app))
-        cdk.Aspects.of(app).add(_DropImpliedDependsOn())
+    if cache_cloudformation_validate and state.validate is None:
+        from cdk_trn.compliance.cfn_validate_cache import CachedCloudFormationValidate
+
+        state.validate = CachedCloudFormationValidate(app)
+        cdk.Validations.of(app).add_plugins(state.validate)
     return tuple(state.packs)
 
 
@@ -189,6 +262,7 @@ def synth_checked(
     fail_on_unused_acknowledgments: bool = True,
     cfn_lint: bool = True,
     ignore_cfn_lint: Mapping[str, str] | None = None,
+    lint_cache: bool | None = None,
 ) -> ComplianceReport:
     """Synthesize ``app``, judge it as ``python -m cdk_trn.compliance`` does, and return the
     :class:`ComplianceReport` (pack findings, and cfn-lint's when ``cfn_lint``).
@@ -197,7 +271,9 @@ def synth_checked(
     ``fail_on_warnings=False``), an unused acknowledgment (unless
     ``fail_on_unused_acknowledgments=False``), whatever aws-cdk-lib does by default.
     ``ignore_cfn_lint`` maps a cfn-lint rule to the reason it is ignored in every template
-    (the command line's ``--ignore-cfn-lint RULE=REASON``).
+    (the command line's ``--ignore-cfn-lint RULE=REASON``). cfn-lint's findings are cached by
+    template content unless ``lint_cache=False`` or ``CDK_TRN_LINT_CACHE=off``
+    (``cdk_trn.compliance.cfn_lint_runner``).
 
     Under the CDK CLI (``cdk synth``), findings the CLI itself reports are left to it, so its
     per-finding ids are what the user sees; the rest (unused acknowledgments, cfn-lint) ends the
@@ -207,10 +283,20 @@ def synth_checked(
     if not state.packs:
         raise CdkTrnError("synth_checked needs enable_compliance(app) before it")
     if state.evidence is None:
-        directory = _synthesize(app, fresh=state.report is None)
+        if state.validate is not None and lint_cache is not None:
+            state.validate.cache = lint_cache
+        state.lint_early, state.lint_cache = cfn_lint, lint_cache
+        try:
+            directory = _synthesize(app, fresh=state.report is None)
+        finally:
+            state.lint_early = False
         policy = Policy(fail_on_warnings, fail_on_unused_acknowledgments)
         state.evidence = evaluate(
-            directory, policy=policy, cfn_lint=cfn_lint, ignore_cfn_lint=ignore_cfn_lint
+            directory,
+            policy=policy,
+            cfn_lint=cfn_lint,
+            ignore_cfn_lint=ignore_cfn_lint,
+            lint_cache=lint_cache,
         )
         state.report = state.evidence.report
     evidence = state.evidence

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cdk_trn.compliance.assembly import logical_ids, stack_templates
-from cdk_trn.compliance.cfn_lint_runner import DEFAULT_REGION, ignored_checks, lint_template
+from cdk_trn.compliance.cfn_lint_runner import DEFAULT_REGION, ignored_checks, lint_templates
 from cdk_trn.compliance.packs import CFN_LINT, CLOUDFORMATION_VALIDATE, pack_rule_ids
 from cdk_trn.compliance.report import (
     PACKS_FILE,
@@ -111,6 +111,8 @@ class Evidence:
     unused: tuple[UnusedAcknowledgment, ...] = ()
     silences: tuple[Silence, ...] = ()
     linted: tuple[str, ...] = field(default=())
+    #: Templates cfn-lint ran on in this evaluation (the others' findings came from the cache).
+    relinted: tuple[str, ...] = field(default=())
     #: Packs were recorded at synth but the assembly holds no validation report.
     report_missing: bool = False
 
@@ -302,17 +304,22 @@ def _judge_annotation(ack: Acknowledgment, enabled: set[str]) -> str | None:
 
 
 def _lint_findings(
-    directory: Path, ignores: Mapping[str, str]
-) -> tuple[list[Finding], list[Silence], list[str]]:
+    directory: Path, ignores: Mapping[str, str], *, cache: bool | None = None
+) -> tuple[list[Finding], list[Silence], list[str], list[str]]:
     paths = logical_ids(directory)
     findings: list[Finding] = []
     silences: list[Silence] = []
     linted: list[str] = []
-    for stack in stack_templates(directory):
-        region = stack.region or DEFAULT_REGION
+    stacks = stack_templates(directory)
+    regions = [stack.region or DEFAULT_REGION for stack in stacks]
+    results = lint_templates(
+        [(stack.template_path, region) for stack, region in zip(stacks, regions, strict=True)],
+        cache=cache,
+    )
+    for stack, region, result in zip(stacks, regions, results, strict=True):
         template = str(stack.template_path.relative_to(directory))
         before = len(findings)
-        for issue in lint_template(stack.template_path, region):
+        for issue in result.issues:
             if issue.rule_id in ignores:
                 continue
             parts = issue.path.split("/")
@@ -336,7 +343,8 @@ def _lint_findings(
             silences.append(Silence(rule, logical_id, stack.name, reason))
     for rule, reason in ignores.items():
         silences.append(Silence(rule, "*", "(every stack)", reason))
-    return findings, silences, linted
+    relinted = [s.name for s, r in zip(stacks, results, strict=True) if not r.cached]
+    return findings, silences, linted, relinted
 
 
 def _judge_template_findings(
@@ -362,9 +370,12 @@ def evaluate(
     packs: Iterable[str] | None = None,
     cfn_lint: bool = True,
     ignore_cfn_lint: Mapping[str, str] | None = None,
+    lint_cache: bool | None = None,
 ) -> Evidence:
     """The verdict on an assembly. ``packs`` limits the report to those packs; TrainiumChecks
-    named there but not run at synth is evaluated on the templates (it needs no constructs)."""
+    named there but not run at synth is evaluated on the templates (it needs no constructs).
+    ``lint_cache=False`` lints every template afresh (default: on unless ``CDK_TRN_LINT_CACHE``
+    is ``off``; see ``cdk_trn.compliance.cfn_lint_runner``)."""
     directory = Path(assembly_dir)
     policy = policy or Policy()
     ignores = dict(ignore_cfn_lint or {})
@@ -383,7 +394,12 @@ def evaluate(
 
             findings += trainium_findings(directory)
             ran += ("TrainiumChecks",)
-    lint, silences, linted = _lint_findings(directory, ignores) if cfn_lint else ([], [], [])
+    lint: list[Finding] = []
+    silences: list[Silence] = []
+    linted: list[str] = []
+    relinted: list[str] = []
+    if cfn_lint:
+        lint, silences, linted, relinted = _lint_findings(directory, ignores, cache=lint_cache)
     findings = _judge_template_findings(findings, lint, ignores)
     shown = tuple(dict.fromkeys([*ran, *(f.pack for f in findings)]))
     judged = ComplianceReport(tuple(findings), shown, report.source)
@@ -397,6 +413,7 @@ def evaluate(
         tuple(unused),
         tuple(silences),
         tuple(linted),
+        tuple(relinted),
         report_missing=loaded is None and bool(recorded_ran),
     )
 
