@@ -1,7 +1,7 @@
 """The Slurm launcher end to end on a real local Slurm cluster: the controller script that the SSM
 document runs (rendered as Run Command renders it) submits the real job script with sbatch, the
-suite runs under torchrun across both nodes on XLA CPU, the script waits for the job and uploads
-the results in the layout the handler reads (``<run>/0/summary.json``).
+suite runs under torchrun across both nodes on the CPU device, the script waits for the job and
+uploads the results in the layout the handler reads (``<run>/0/summary.json``).
 
 Only the two things the local machine has no stand-in for are doubles: ``docker`` (a test double
 that runs ``docker exec``'s command here, as remote.py's docstring describes) and ``aws`` (a test
@@ -88,13 +88,16 @@ def test_the_controller_script_runs_the_suite_as_a_slurm_job_and_uploads_its_res
             (doubles / name).chmod(0o755)
         fake_s3 = root / "fake-s3"
         run_id = "acceptance-0123456789ab"
+        # The twin's one partition, as its Slurm names it (the launcher counts its idle nodes).
+        partition = cluster.run("sinfo", "-h", "-o", "%R").stdout.split()
+        assert len(partition) == 1, partition
         script = _render(
             {
                 "Region": "us-east-2",
                 "RunId": run_id,
                 "Nodes": "2",
                 "ProcsPerNode": "1",
-                "Partition": "local",
+                "Partition": partition[0],
                 "JobUser": "trn",
                 "ControllerContainer": "cdk-trn-slurmctld",
                 "RunsDir": f"{shared}/acceptance",
@@ -106,6 +109,7 @@ def test_the_controller_script_runs_the_suite_as_a_slurm_job_and_uploads_its_res
                 "ExpectedEfaDevices": "0",
                 "SuiteArgs": " ".join(TINY_ARGS),
                 "ExecutionTimeout": "900",
+                "DrainAddresses": "",  # a run, as the handler sends it; not a drain-only command
             }
         )
         (root / "submit.sh").write_text(script)

@@ -63,8 +63,14 @@ def test_the_scheduler_of_the_cluster_is_found_and_makes_the_run_a_slurm_job(syn
 
 
 def test_the_document_is_the_slurm_launcher_with_the_job_script_embedded(synth):
-    _, _, run, template = synth
-    [(_, document)] = template.find_resources("AWS::SSM::Document").items()
+    _, scheduler, run, template = synth
+    documents = template.find_resources("AWS::SSM::Document")
+    # The run's own document; the others are the researchers' documents the scheduler creates
+    # (cdk_trn/researcher_access.py), none of them a launcher.
+    document = documents.pop(cdk.Stack.of(run).get_logical_id(run.document))
+    assert sorted(d["Properties"]["Name"] for d in documents.values()) == sorted(
+        scheduler.researcher_access.document_names
+    )
     content = document["Properties"]["Content"]
     assert content == slurm_document_content()
     assert set(content["parameters"]) == set(SLURM_DOCUMENT_PARAMETERS)
@@ -74,7 +80,11 @@ def test_the_document_is_the_slurm_launcher_with_the_job_script_embedded(synth):
     assert base64.b64decode(encoded).decode() == job_script()
     text = "\n".join(lines)
     assert 'sbatch --parsable -N "$NODES" --exclusive' in text
-    assert 'docker exec -u "$JOB_USER" "$CONTAINER"' in text
+    # Slurm's commands and the submission run as the job user in the controller's container.
+    assert re.search(r'docker exec -u "\$JOB_USER" -w \S+ "\$CONTAINER"', text)
+    assert re.search(
+        r'docker exec -u "\$JOB_USER" -w "\$RUN_DIR" "\$CONTAINER" \\\n\s*sbatch', text
+    )
     # Every placeholder Run Command fills is a declared parameter (no stray braces).
     placeholders = set(re.findall(r"\{\{\s*([^}]*?)\s*\}\}", text))
     assert placeholders == set(SLURM_DOCUMENT_PARAMETERS)

@@ -143,10 +143,14 @@ class StubbedAws:
     # --- SSM ----------------------------------------------------------------------------------
 
     def send(
-        self, invocation: tuple[str, dict[str, str]] | None, comment: str, timeout: int = 120
+        self,
+        invocation: tuple[str, dict[str, str]] | None,
+        comment: str,
+        timeout: int = 120,
+        cluster: str = CLUSTER_NAME,
     ) -> None:
-        """SendCommand of the cluster's document for ``invocation`` (any, when None): never
-        AWS-RunShellScript, which the stubbed request would not match."""
+        """SendCommand of the document of the cluster named ``cluster`` for ``invocation`` (any,
+        when None): never AWS-RunShellScript, which the stubbed request would not match."""
         from botocore.stub import ANY
 
         from cdk_trn_runtime.contract import researcher_document
@@ -155,7 +159,7 @@ class StubbedAws:
         parameters: Any = ANY
         if invocation is not None:
             action, values = invocation
-            document = researcher_document(CLUSTER_NAME, action)
+            document = researcher_document(cluster, action)
             parameters = {name: [value] for name, value in values.items()}
         self.ssm.add_response(
             "send_command",

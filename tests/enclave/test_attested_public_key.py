@@ -231,7 +231,17 @@ def test_verify_takes_the_attested_key_directly(
     path = tmp_path / "m.json"
     path.write_text(json.dumps(sign_with_private_key(manifest, signing_key)))
     honest = fake_vault(_genuine(pki, signing_key))
-    base = ["verify", str(path), str(directory), "--pcr0", IMAGE_PCR0.hex(), "--step", "5"]
+    base = [
+        "verify",
+        str(path),
+        str(directory),
+        "--pcr0",
+        IMAGE_PCR0.hex(),
+        "--step",
+        "5",
+        "--run-id",
+        "run-1",  # verify fails closed without the run (or an explicit --any-run)
+    ]
     assert main([*base, "--vault", honest.url]) == 0
     assert "OK: 1 files checked" in capsys.readouterr().out
     # A vault whose enclave attests another key: the manifest does not verify with it.

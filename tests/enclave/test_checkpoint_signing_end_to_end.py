@@ -3,8 +3,8 @@ the vault (parent server -> enclave signer -> KMS test double, the node role che
 STS test double) sign each one, and ``provenance verify`` with the attested key and the expected
 run id and step accepts the newest and refuses an older one in its place. With the vault
 unreachable the run still commits loadable checkpoints; the next run resumes from them but signs
-only its own. A directory planted among the checkpoints is never signed, and the staging an
-aborted save left behind is removed at start-up."""
+only its own. A directory planted among the checkpoints is never signed and never counts in the
+retention of the run's own, and the staging an aborted save left behind is removed at start-up."""
 
 from __future__ import annotations
 
@@ -143,7 +143,9 @@ def test_an_unreachable_vault_leaves_loadable_checkpoints_the_next_run_resumes_b
     ]
     newest = checkpoints / "step-00000004"
     capsys.readouterr()
-    code = _verify(vault.url, checkpoint.manifest_path(newest), newest, "--step", "4")
+    code = _verify(
+        vault.url, checkpoint.manifest_path(newest), newest, "--run-id", "4711", "--step", "4"
+    )
     assert code == 0, capsys.readouterr().out
 
 
@@ -164,15 +166,21 @@ def test_a_planted_checkpoint_is_never_signed_and_stale_staging_is_removed(
     assert not checkpoint.manifest_path(planted).exists()
     assert result.stderr.count("provenance: signed ") == 2, result.stderr
     assert "train: removed .step-00000006.abcd_123.tmp" in result.stdout
-    # The retention keeps the two newest names: the planted one outranks step 2.
+    # The retention removes only checkpoints this run committed: the planted one, although its
+    # name ranks newest, neither pushes this run's step 2 out nor is removed or signed.
     assert sorted(p.name for p in checkpoints.iterdir()) == [
         "latest",
+        "step-00000002",
+        "step-00000002.manifest.json",
         "step-00000004",
         "step-00000004.manifest.json",
         "step-99999999",
     ]
+    assert (planted / "state.pt").read_bytes() == b"not trained by this run"
     assert checkpoint.latest(checkpoints) == checkpoints / "step-00000004"
     newest = checkpoints / "step-00000004"
     capsys.readouterr()
-    code = _verify(vault.url, checkpoint.manifest_path(newest), newest, "--step", "4")
+    code = _verify(
+        vault.url, checkpoint.manifest_path(newest), newest, "--run-id", "4711", "--step", "4"
+    )
     assert code == 0, capsys.readouterr().out

@@ -1,7 +1,8 @@
 """``cdk-trn vault-key`` and ``cdk-trn verify`` against a running vault on loopback (parent server
 -> enclave signer -> KMS test double): the expected PCR0, KMS key and cluster come from stubbed
-stack outputs (botocore Stubber), the attestation is relayed through a stubbed SSM command on a
-node, and ``provenance`` checks it; a relay or vault that lies is caught."""
+stack outputs (botocore Stubber), the attestation is relayed by the cluster's own ``relay`` SSM
+document on a node (stubbed SendCommand; never AWS-RunShellScript), and ``provenance`` checks it; a
+relay or vault that lies is caught."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ from enclave_doubles import IMAGE_PCR0, OTHER_PCR0
 from enclave_harness import KEY_ID, NODE_KEY
 
 from cdk_trn_runtime.cli import command as cli_main
-from cdk_trn_runtime.cli.vault import RELAY_TIMEOUT_SECONDS, relay_script
+from cdk_trn_runtime.cli.vault import RELAY_TIMEOUT_SECONDS, relay_invocation
+from cdk_trn_runtime.contract import researcher_document
 from cdk_trn_runtime.provenance.signing import CheckpointSigner, VaultLocator
 from cdk_trn_runtime.train import checkpoint
 from cdk_trn_runtime.vault.client import VaultClient
 from tests.cli.aws_doubles import stubbed_aws
 
 NODE_GROUP = "trn-cluster-ClusterNodes-0A1B2C3D4E5F"
+CLUSTER = "trn-test"  # the cluster stack's ClusterName output; names its SSM documents
 PARAMETER = "/cdk-trn/trn-cluster/vault-url"
 PUBLISHED_URL = "http://10.0.1.5:8443"  # what the vault host wrote; only the node can reach it
 NONCE = bytes(range(32))
@@ -48,7 +51,7 @@ def _outputs(stubs, pcr0: bytes = IMAGE_PCR0, relay: bool = True) -> None:
         },
         stack="trn-vault",
     )
-    stubs.stack({"ClusterName": "trn-test", "SlurmNodeGroup": NODE_GROUP})
+    stubs.stack({"ClusterName": CLUSTER, "SlurmNodeGroup": NODE_GROUP})
     if relay:
         stubs.ssm.add_response(
             "get_parameter",
@@ -59,7 +62,14 @@ def _outputs(stubs, pcr0: bytes = IMAGE_PCR0, relay: bool = True) -> None:
 
 
 def _relay(stubs, stdout: str, status: str = "Success", code: int = 0, stderr: str = "") -> None:
-    stubs.send(relay_script(PUBLISHED_URL, NONCE), RELAY_COMMENT, timeout=RELAY_TIMEOUT_SECONDS)
+    # The cluster's relay document with the published URL and this command's nonce as its
+    # parameters (the stubbed SendCommand matches the document name and parameters exactly).
+    stubs.send(
+        relay_invocation(PUBLISHED_URL, NONCE),
+        RELAY_COMMENT,
+        timeout=RELAY_TIMEOUT_SECONDS,
+        cluster=CLUSTER,
+    )
     stubs.invocation(status, code, stdout, stderr=stderr)
 
 
@@ -82,6 +92,7 @@ def test_vault_key_prints_the_key_attested_through_a_relaying_node(
     assert base64.b64encode(der).decode() == vault.state.load()["public_key"]
     assert "attested: chain to the AWS Nitro root valid now, fresh nonce" in err
     assert KEY_ID in err
+    assert stubs.sent_documents == [researcher_document(CLUSTER, "relay")]
 
 
 def test_vault_key_refuses_a_vault_whose_image_is_not_the_stacks(
@@ -148,8 +159,20 @@ def test_verify_expects_the_step_the_directory_names_and_the_stacks_cluster(
     path.rename(renamed)
     checkpoint.manifest_path(path).rename(checkpoint.manifest_path(renamed))
     _outputs(stubs, relay=False)
-    code = _run(stubs, "verify", str(renamed), "--vault-url", vault.url)
+    # The run is named (verify fails closed without --run-id or --any-run) and is the signed one,
+    # so only the cluster and the step are wrong.
+    code = _run(stubs, "verify", str(renamed), "--run-id", "812", "--vault-url", vault.url)
     out = capsys.readouterr().out
     assert code == 1
     assert "MISMATCH cluster: manifest says 'trn-other', expected 'trn-test'" in out
     assert "MISMATCH step: manifest says 1000, expected 2000" in out
+
+
+def test_verify_refuses_a_checkpoint_of_another_run(
+    trust_test_root, vault, stubs, tmp_path, capsys
+):
+    path = _signed_checkpoint(vault.url, tmp_path)
+    _outputs(stubs, relay=False)
+    code = _run(stubs, "verify", str(path), "--run-id", "813", "--vault-url", vault.url)
+    assert code == 1
+    assert "MISMATCH run_id: manifest says '812', expected '813'" in capsys.readouterr().out

@@ -6,12 +6,14 @@ instance metadata, which imds_guard.sh (the first step of both boots) leaves to 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from aws_cdk.assertions import Template
 
 from cdk_trn.scheduler import SlurmScheduler
+from cdk_trn_runtime.node.bundle import ENTRY_SCRIPTS, bundle_files
 from tests.foundation.stacks_for_tests import cluster_stack
 from tests.foundation.test_node_bootstrap_run import FileSystemStandIn
 
@@ -76,10 +78,21 @@ def test_the_secret_has_no_resource_policy_that_widens_it(synth):
     ]
 
 
-@pytest.mark.parametrize("script", ["node_bootstrap.sh", "controller_bootstrap.sh"])
-def test_both_boots_close_instance_metadata_before_reading_the_key(script):
-    # the shipped entry script (the boot bundle's), as the launcher runs it
-    boot = (NODE / script).read_text().split("\nboot() {\n", 1)[1]
-    assert boot.index("guard_imds") < boot.index(
-        "fetch_munge_key" if "controller" in script else "start_slurmd"
-    )
+def _function(script: str, name: str) -> str:
+    return script.split(f"\n{name}() {{\n", 1)[1].split("\n}\n", 1)[0]
+
+
+@pytest.mark.parametrize("role", ["node", "controller"])
+def test_both_boots_close_instance_metadata_before_reading_the_key(role):
+    # The boot as its bundle ships it (the user data only launches the bundle's entry script).
+    files = bundle_files(role)
+    assert "imds_guard.sh" in files
+    script = files[ENTRY_SCRIPTS[role]].read_text()
+    boot = _function(script, "boot")
+    # The node reads the key when it starts slurmd; the controller before it starts slurmctld.
+    reads_key = "fetch_munge_key" if role == "controller" else "start_slurmd"
+    if role == "node":
+        assert "fetch_munge_key" in _function(script, "start_slurmd")
+        assert "fetch_munge_key" not in boot
+    assert re.search(r"\bguard_imds\b[^\n]*\|\| fail ", boot)
+    assert boot.index("guard_imds") < boot.index(reads_key)

@@ -1,16 +1,28 @@
-"""Replacement: with a SlurmScheduler, the node role may mark instances Unhealthy in the nodes'
-own Auto Scaling group (and no other), so a node drained for a hardware reason is replaced."""
+"""Replacement: the node role may mark instances Unhealthy (autoscaling:SetInstanceHealth) in
+two ways and no other:
+
+- at boot, after a check a new instance may pass failed (``fail_retryable`` in boot_common.sh), a
+  node marks itself Unhealthy so its group replaces it (``TrainiumCluster._allow_boot_replacement``,
+  the operations branch): the node cannot name its group (the group waits for the role), so the
+  grant is held to groups tagged with the cluster's name, which the node group carries; with it,
+  DescribeAutoScalingGroups (read-only, no resource type) for its group's creation time;
+- with a SlurmScheduler, a node drained for a hardware reason is replaced: SetInstanceHealth on
+  the nodes' own Auto Scaling group, by its name.
+"""
 
 from __future__ import annotations
+
+import json
 
 from aws_cdk.assertions import Template
 
 from cdk_trn.scheduler import SlurmScheduler
+from cdk_trn_runtime.contract import CLUSTER_TAG
 from tests.foundation.stacks_for_tests import cluster_stack
 from tests.foundation.test_node_bootstrap_run import FileSystemStandIn
 
 
-def _set_health_statements(template: Template) -> list[dict]:
+def _autoscaling_statements(template: Template) -> list[dict]:
     found = []
     for policy in template.find_resources("AWS::IAM::ManagedPolicy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
@@ -21,16 +33,15 @@ def _set_health_statements(template: Template) -> list[dict]:
     return found
 
 
-def test_node_role_may_set_instance_health_on_its_own_group_only():
-    stack, cluster = cluster_stack("trn2.48xlarge", file_system=FileSystemStandIn())
-    SlurmScheduler(stack, "Slurm", cluster=cluster)
-    template = Template.from_stack(stack)
-    [statement] = _set_health_statements(template)
-    assert statement["Action"] == "autoscaling:SetInstanceHealth"
-    assert statement["Effect"] == "Allow"
-    assert statement["Roles"] == [stack.resolve(cluster.role.role_name)]
-    group = stack.get_logical_id(cluster.auto_scaling_group)
-    assert statement["Resource"] == {
+def _canonical(statement: dict) -> str:
+    return json.dumps(statement, sort_keys=True)
+
+
+def _group_arn(name: dict | None) -> dict:
+    """The ARN of the group named ``name`` (a Ref), or of every group (None)."""
+    prefix = ":autoScalingGroup:*:autoScalingGroupName/"
+    tail = [prefix, name] if name is not None else [prefix + "*"]
+    return {
         "Fn::Join": [
             "",
             [
@@ -38,11 +49,58 @@ def test_node_role_may_set_instance_health_on_its_own_group_only():
                 {"Ref": "AWS::Partition"},
                 ":autoscaling:us-east-2:",
                 {"Ref": "AWS::AccountId"},
-                ":autoScalingGroup:*:autoScalingGroupName/",
-                {"Ref": group},
-            ],
+            ]
+            + tail,
         ]
     }
+
+
+def _boot_replacement(stack, cluster) -> list[dict]:
+    """The statements that let a booting node replace itself, on the node role."""
+    roles = [stack.resolve(cluster.role.role_name)]
+    return [
+        {
+            "Sid": "ReplaceItselfAfterARetryableBootFailure",
+            "Action": "autoscaling:SetInstanceHealth",
+            "Effect": "Allow",
+            "Resource": _group_arn(None),
+            "Condition": {
+                "StringEquals": {f"autoscaling:ResourceTag/{CLUSTER_TAG}": cluster.cluster_name}
+            },
+            "Roles": roles,
+        },
+        {
+            "Sid": "ReadItsGroupsCreationTime",
+            "Action": "autoscaling:DescribeAutoScalingGroups",
+            "Effect": "Allow",
+            "Resource": "*",
+            "Roles": roles,
+        },
+    ]
+
+
+def _node_group_tags(stack, cluster, template: Template) -> dict[str, str]:
+    group = template.to_json()["Resources"][stack.get_logical_id(cluster.auto_scaling_group)]
+    return {t["Key"]: t["Value"] for t in group["Properties"].get("Tags", [])}
+
+
+def test_node_role_may_set_instance_health_on_its_own_group_and_its_clusters_tagged_groups_only():
+    stack, cluster = cluster_stack("trn2.48xlarge", file_system=FileSystemStandIn())
+    SlurmScheduler(stack, "Slurm", cluster=cluster)
+    template = Template.from_stack(stack)
+    group = stack.get_logical_id(cluster.auto_scaling_group)
+    # The scheduler's replacement of drained nodes: the nodes' own group, by name, unconditioned.
+    drained = {
+        "Action": "autoscaling:SetInstanceHealth",
+        "Effect": "Allow",
+        "Resource": _group_arn({"Ref": group}),
+        "Roles": [stack.resolve(cluster.role.role_name)],
+    }
+    assert sorted(_autoscaling_statements(template), key=_canonical) == sorted(
+        [*_boot_replacement(stack, cluster), drained], key=_canonical
+    )
+    # The tag the boot replacement's condition asks for is on the node group.
+    assert _node_group_tags(stack, cluster, template)[CLUSTER_TAG] == cluster.cluster_name
 
 
 def test_the_nodes_boot_signal_never_waits_for_the_group():
@@ -62,9 +120,14 @@ def test_the_nodes_boot_signal_never_waits_for_the_group():
     assert not set(naming_the_group) & set(resources[group]["DependsOn"])
 
 
-def test_nodes_without_a_scheduler_get_no_set_instance_health():
-    stack, _ = cluster_stack("trn2.48xlarge")
-    assert _set_health_statements(Template.from_stack(stack)) == []
+def test_nodes_without_a_scheduler_may_only_replace_themselves_at_boot():
+    stack, cluster = cluster_stack("trn2.48xlarge")
+    template = Template.from_stack(stack)
+    # No SetInstanceHealth naming a group (nothing drains nodes): only the tag-held boot grant.
+    assert sorted(_autoscaling_statements(template), key=_canonical) == sorted(
+        _boot_replacement(stack, cluster), key=_canonical
+    )
+    assert _node_group_tags(stack, cluster, template)[CLUSTER_TAG] == cluster.cluster_name
 
 
 def test_node_group_collects_its_metrics_every_minute():

@@ -379,11 +379,18 @@ class Twin:
         )
         _wait("munged's socket", self.layout.munge_socket.exists, 20)
 
-    def _hosts(self) -> str:
+    def _hosts(self, own: tuple[str, str] | None = None) -> str:
+        """An instance's /etc/hosts: the controller, the nodes up so far and, as the VPC's DNS
+        resolves an instance's own name on EC2, ``own`` (name, address), the instance itself:
+        Gloo (torch.distributed on CPU) binds to what the hostname resolves to, and falls back to
+        127.0.0.1, which other nodes cannot reach, when it resolves to nothing."""
         lines = ["127.0.0.1 localhost"]
         controller = self.controller_address
         lines.append(f"{controller} {net.ec2_name(controller)} {SLURMCTLD_NAME}")
-        lines += [f"{i['address']} {name}" for name, i in self.nodes().items()]
+        nodes = {name: i["address"] for name, i in self.nodes().items()}
+        if own is not None and own[0] != net.ec2_name(controller):
+            nodes[own[0]] = own[1]
+        lines += [f"{address} {name}" for name, address in nodes.items()]
         return "\n".join(lines) + "\n"
 
     def _boot_instance(
@@ -396,7 +403,8 @@ class Twin:
         shutil.rmtree(directory, ignore_errors=True)
         upper, work = directory / "etc-upper", directory / "etc-work"
         work.mkdir(parents=True)
-        for relative, text in {"hosts": self._hosts(), "hostname": name + "\n", **etc}.items():
+        hosts = self._hosts(own=(name, self.address(octet)))
+        for relative, text in {"hosts": hosts, "hostname": name + "\n", **etc}.items():
             _write(upper / relative, text)
         ns = net.netns_up(self.tid, self.state["subnet"], octet)
         ready = directory / "ready"
