@@ -6,8 +6,8 @@ namespace with EC2's host name, and a private mount namespace in which ``/etc`` 
 (the instance's own ``/etc/hosts``, ``/etc/slurm``, ``/etc/cdk-trn``, written into its upper
 directory) and ``/run`` a tmpfs carrying the twin's munge socket at munge's default path. Daemons
 are started inside with ``nsenter`` in a clean environment, as systemd starts a unit: that is
-the one place (:meth:`Twin.start_in`) where the cloud's boot bundle will be pointed once its
-units are files.
+the one place (:meth:`Twin.start_in`) where, with ``--boot cloud``, the node's boot bundle
+(``cdk_trn_runtime.node.bundle.write_bundle``) runs unchanged.
 
 The controller applies the cluster document (``document.json``, the stand-in for the SSM
 parameter the cloud controller re-reads) with ``cdk_trn_runtime.slurm.apply`` and restarts or
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from cdk_trn_runtime import contract
+from cdk_trn_runtime.node.bundle import write_bundle
 from cdk_trn_runtime.slurm import document as cluster_doc
 from cdk_trn_runtime.slurm.twin import net
 
@@ -647,15 +648,6 @@ class Twin:
         stored = self.layout.root / "ssm" / self.controller_parameter().strip("/").replace("/", "_")
         _write(stored, self.controller_address)
 
-    def user_data(self, script: str, variables: dict[str, str]) -> str:
-        """The user data the construct renders: the CDK_TRN_* variables, boot_common.sh, then
-        the role's script (``cdk_trn.cluster.boot_user_data``). The one place the boot bundle
-        of issue 18 replaces."""
-        node = PACKAGE_ROOT / "cdk_trn_runtime" / "node"
-        header = "".join(f"{k}={shlex.quote(v)}\n" for k, v in variables.items())
-        body = (node / "boot_common.sh").read_text() + (node / script).read_text()
-        return "#!/bin/bash\n" + header + body
-
     def _boot_node_cloud(self, octet: int, name: str) -> dict[str, Any]:
         """The cloud's node boot code, unchanged, with the doubles first on PATH: ``docker``,
         ``systemctl``, ``aws`` (twin/doubles.py, twin/aws_double.py) and instance metadata at
@@ -713,15 +705,28 @@ class Twin:
             "CDK_TRN_SLURM_CONTROLLER_PARAMETER": self.controller_parameter(),
             "CDK_TRN_SLURM_FEATURES": ",".join(self.cluster_document(1)["node_features"]),
             "CDK_TRN_SLURM_REGISTER_SECONDS": "120",
+            # fail_retryable's bound (the twin never replaces on a failed check: no group).
+            "CDK_TRN_BOOT_SECONDS": "900",
+            "CDK_TRN_SIGNAL_SECONDS": "2700",
+            # No vault on the twin: the signing agent has no role to assume.
+            "CDK_TRN_SIGNER_ROLE": "",
         }
-        script = self.layout.instance(name) / "user-data"
-        _write(script, self.user_data("node_bootstrap.sh", variables), 0o700)
+        # The node's boot bundle, laid out as the launcher unpacks it (cdk_trn_runtime.node.bundle):
+        # the same shipped files, boot.env from these variables.
+        script = write_bundle("node", self.layout.instance(name) / "boot", variables)
         units = self.layout.logs / f"{name}-units"
         units.mkdir(exist_ok=True)
         self.start_in(
             name,
             "cloud-init",
-            ["/bin/bash", str(script)],
+            # As the launcher runs the entry script (node/launcher.sh): its output to the console.
+            [
+                "/bin/bash",
+                "-c",
+                'set -o pipefail; bash "$1" 2>&1 | tee -a /dev/console',
+                "cloud-init",
+                str(script),
+            ],
             env={
                 "PATH": f"{self.layout.bin}:{CLEAN_PATH}",
                 "TWIN_UNIT_PATH": f"{self.layout.bin}:{CLEAN_PATH}",

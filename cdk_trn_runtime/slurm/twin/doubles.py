@@ -7,9 +7,10 @@ run inside an instance's namespaces, as root.
 of the instance's): the image's files are this checkout's ``cdk_trn_runtime`` at
 ``/opt/cdk-trn/cdk_trn_runtime`` and the host's Slurm and munge packages; the image's writable
 directories (``/var/lib/munge``, ``/var/log/munge``, ``/var/log/slurm``, ``/var/spool/slurmd``)
-are tmpfs of its own; ``--volume`` binds, ``--env-file`` and ``--entrypoint`` are honoured;
-network, PID, IPC, privileges and ulimits are the instance's. ``docker exec`` enters that
-mount namespace; ``docker rm --force``/``stop`` end it; ``pull``/``login`` succeed (no registry).
+are tmpfs of its own; ``--volume`` binds, ``--env-file`` and ``--entrypoint`` are honoured,
+the image's ``python`` is Debian's python3; network, PID, IPC, privileges and ulimits are the
+instance's. ``docker exec [-u USER] [-w DIR]`` enters that mount namespace as USER in DIR;
+``docker rm --force``/``stop`` end it; ``pull``/``login`` succeed (no registry).
 
 ``systemctl enable --now``/``start``/``restart``/``stop`` run a unit's ``ExecStart`` (and
 ``ExecStop``) from ``/etc/systemd/system`` detached, in a clean environment with the unit's
@@ -30,6 +31,8 @@ from pathlib import Path
 STATE = Path("/run/twin-doubles")
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]
+#: Where the double puts the image's commands this host lacks (``python``).
+IMAGE_BIN = "/opt/cdk-trn/bin"
 IMAGE_WRITABLE = ("/var/lib/munge", "/var/log/munge", "/var/log/slurm", "/var/spool/slurmd")
 
 
@@ -96,7 +99,13 @@ def docker_run(argv: list[str]) -> int:
             options.setdefault(flag, []).append("")
         i += 1
     image, command = argv[i], argv[i + 1 :]
-    env = {"PATH": CLEAN_PATH, "PYTHONPATH": "/opt/cdk-trn", "LANG": "C.UTF-8", "HOME": "/root"}
+    # The image's `python` (its PATH has one): Debian's python3 stands in for it.
+    env = {
+        "PATH": f"{IMAGE_BIN}:{CLEAN_PATH}",
+        "PYTHONPATH": "/opt/cdk-trn",
+        "LANG": "C.UTF-8",
+        "HOME": "/root",
+    }
     for env_file in options.get("--env-file", []):
         for line in Path(env_file).read_text().splitlines():
             if "=" in line and not line.startswith("#"):
@@ -114,6 +123,7 @@ def docker_run(argv: list[str]) -> int:
         "set -e",
         "mount -t tmpfs -o mode=0755 tmpfs /opt",
         "mkdir -p /opt/cdk-trn/cdk_trn_runtime",
+        f"mkdir -p {IMAGE_BIN} && ln -s /usr/bin/python3 {IMAGE_BIN}/python",
         f"mount --bind {shlex.quote(str(PACKAGE_ROOT / 'cdk_trn_runtime'))} "
         "/opt/cdk-trn/cdk_trn_runtime",
     ]
@@ -167,8 +177,20 @@ def _container_pid(name: str) -> int | None:
 
 
 def docker_exec(argv: list[str]) -> int:
-    args = [a for a in argv if not a.startswith("-")]
-    name, command = args[0], args[1:]
+    """``docker exec [-u USER] [-w DIR] [-i] [-t] NAME COMMAND...``: Docker's options end at the
+    container's name; the command's own options are the command's."""
+    user, workdir, i = "root", "/", 0
+    while i < len(argv) and argv[i].startswith("-"):
+        flag = argv[i]
+        if flag in ("-u", "--user", "-w", "--workdir"):
+            value = argv[i + 1]
+            i += 1
+            if flag in ("-u", "--user"):
+                user = value
+            else:
+                workdir = value
+        i += 1
+    name, command = argv[i], argv[i + 1 :]
     pid = _container_pid(name)
     if pid is None:
         print(f"Error response from daemon: No such container: {name}", file=sys.stderr)
@@ -180,6 +202,11 @@ def docker_exec(argv: list[str]) -> int:
             "-t",
             str(pid),
             "-m",
+            f"--wd={workdir}",
+            "--",
+            "runuser",
+            "-u",
+            user,
             "--",
             "env",
             "-i",
