@@ -109,7 +109,8 @@ def test_a_drain_only_command_drains_the_nodes_at_those_addresses_and_runs_nothi
     assert code == 0
     drains = [c for c in calls if " scontrol update " in c]
     assert drains == [
-        "docker exec cdk-trn-slurmctld scontrol update nodename=ip-10-64-0-9 state=drain "
+        "docker exec -u root -w / cdk-trn-slurmctld scontrol update nodename=ip-10-64-0-9 "
+        "state=drain "
         "reason=cdk-trn acceptance: below threshold, being replaced"
     ]
     assert not any(" sbatch " in c for c in calls)

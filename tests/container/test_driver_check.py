@@ -98,7 +98,9 @@ def test_the_bundled_image_release_is_in_the_table_and_its_label_and_env_agree()
 def test_the_node_boot_runs_the_check_in_the_image_and_fails_at_once():
     boot = (REPO / "cdk_trn_runtime" / "node" / "node_bootstrap.sh").read_text()
     [line] = [x for x in boot.splitlines() if "driver_check" in x]
-    assert '"$CDK_TRN_SLURM_IMAGE" -m cdk_trn_runtime.container.driver_check' in line
+    # root's Python in the image, away from any directory a job writes (-P, --workdir /)
+    assert '--workdir / --entrypoint python "$CDK_TRN_SLURM_IMAGE" -P -m' in line
+    assert "cdk_trn_runtime.container.driver_check" in line
     assert '|| fail "$drv"' in line
     # After the image is pulled, before slurmd starts.
     assert boot.index("driver_check") > boot.index('pull_image "$CDK_TRN_SLURM_IMAGE"')

@@ -18,6 +18,9 @@ names=$(sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' "$file")
   for name in $names; do
     case "$name" in
       CDK_TRN_JOB_PATH) printf 'export PATH=%s:%s\n' "${!name}" "${PATH:-/usr/bin:/bin}" ;;
+      # The node checks' prefix for the twin's stand-in device trees: a job sees the node's real
+      # /dev (none on the twin, so it runs on CPU), never the stand-ins.
+      CDK_TRN_DEVICE_ROOT) ;;
       *) printf 'export %s=%s\n' "$name" "${!name}" ;;
     esac
   done
