@@ -105,6 +105,9 @@ def main() -> None:
             f"loss_last={losses[-1]:.4f}",
             flush=True,
         )
+    # Every rank is done with its collectives before any tears the group down (a rank leaving
+    # while another still talks to it ends that one with an error instead of a clean exit).
+    dist.barrier()
     dist.destroy_process_group()
 
 
