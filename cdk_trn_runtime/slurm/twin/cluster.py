@@ -50,9 +50,9 @@ DEFAULT_NODES = 2
 FAKE_NEURON_DEVICES = 2
 #: The twin's shorter timeouts (the cloud's are in document.HOST_DEFAULTS).
 TWIN_TIMEOUTS = {
-    "slurmd_timeout": 10,
+    "slurmd_timeout": 20,
     "slurmctld_timeout": 10,
-    "message_timeout": 4,
+    "message_timeout": 10,  # Slurm's default: a loaded 2-core CI machine misses shorter ones
     "kill_wait": 5,
     "resume_timeout": 60,
     "health_check_interval": 10,
