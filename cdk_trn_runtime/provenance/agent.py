@@ -153,6 +153,10 @@ class Slurm:
         )
 
 
+#: The directory holding this package (cdk_trn_runtime), for the manifest child's imports.
+_PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+
+
 def _hash_as(
     uid: int,
     gid: int,
@@ -165,7 +169,8 @@ def _hash_as(
     (default: this one; ``$CDK_TRN_AGENT_PYTHON``)."""
     python = python or os.environ.get("CDK_TRN_AGENT_PYTHON") or sys.executable
     # -s and PYTHONNOUSERSITE: no usercustomize.py from the job's home; -P: nothing from the
-    # working directory; a clean environment (the agent's PYTHONPATH finds this package). -I
+    # working directory; a clean environment whose PYTHONPATH is where this package was loaded
+    # from (root's: /opt/cdk-trn in the image), whatever the agent's own environment held. -I
     # would also drop that PYTHONPATH. The child's output is not trusted anyway: the agent
     # sets the identity itself (_trusted_manifest).
     argv = [python, "-s", "-P", "-m", "cdk_trn_runtime.provenance.agent", "manifest"]
@@ -182,7 +187,7 @@ def _hash_as(
         extra_groups=[],
         env={
             "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+            "PYTHONPATH": str(_PACKAGE_PARENT),
             "PYTHONNOUSERSITE": "1",
         },
     )
