@@ -308,15 +308,7 @@ class ClusterDashboard(Construct):
                 label=f"US dollars per hour (nodes x ${price.usd:g}, {price.label()})"[:250],
                 period=sources["group"].period,
             )
-            widgets.append(
-                cloudwatch.GraphWidget(
-                    title="Spend rate of the nodes ($/h)",
-                    left=[spend],
-                    left_y_axis=cloudwatch.YAxisProps(min=0, label="$/h", show_units=False),
-                    width=WIDTH,
-                    height=HEIGHT,
-                )
-            )
+            widgets.append(_expression_graph("Spend rate of the nodes ($/h)", spend, "$/h"))
         if "slurm" in sources:
             hourly = _Source(sources["slurm"].namespace, sources["slurm"].dimensions, period=HOUR)
             using = {
@@ -331,15 +323,7 @@ class ClusterDashboard(Construct):
                 label="idle node-hours (in service, no job)",
                 period=HOUR,
             )
-            widgets.append(
-                cloudwatch.GraphWidget(
-                    title="Idle node-hours per hour",
-                    left=[idle_hours],
-                    left_y_axis=cloudwatch.YAxisProps(min=0, label="node-hours", show_units=False),
-                    width=WIDTH,
-                    height=HEIGHT,
-                )
-            )
+            widgets.append(_expression_graph("Idle node-hours per hour", idle_hours, "node-hours"))
             if idle_alarm_hours is not None:
                 # Busy at any time of the hour (the maximum) keeps the hour from counting.
                 all_idle = cloudwatch.MathExpression(
@@ -425,5 +409,17 @@ def _graph(graph: _Graph, source: _Source) -> cloudwatch.GraphWidget:
             show_units=None if graph.units else False,
         ),
         width=graph.width,
+        height=HEIGHT,
+    )
+
+
+def _expression_graph(title: str, metric: cloudwatch.IMetric, unit: str) -> cloudwatch.GraphWidget:
+    """A computed metric (spend, idle hours) on a graph of the dashboard's size, from 0, in ``unit``
+    (the table's graphs, :func:`_graph`, plot named metrics)."""
+    return cloudwatch.GraphWidget(
+        title=title,
+        left=[metric],
+        left_y_axis=cloudwatch.YAxisProps(min=0, label=unit, show_units=False),
+        width=WIDTH,
         height=HEIGHT,
     )
