@@ -85,12 +85,23 @@ fail() {
 # signal names the node and the reason. Past the timeout (a node launched after the creation)
 # there is no policy to fail: always replaced.
 fail_retryable() {
-  local c t=Name=tag:aws:cloudformation r=(--region "$CDK_TRN_REGION")
+  local tag=Name=tag:aws:cloudformation created left
   log "$*"
-  c=$(aws autoscaling describe-auto-scaling-groups "${r[@]}" --output text --filters "$t:stack-name,Values=$CDK_TRN_STACK" "$t:logical-id,Values=$CDK_TRN_RESOURCE" --query 'AutoScalingGroups[0].CreatedTime') && c=$(date -d "$c" +%s) || fail "$*; no group"
-  c=$((c + CDK_TRN_SIGNAL_SECONDS - EPOCHSECONDS))
-  ((c <= 0 || c > CDK_TRN_BOOT_SECONDS)) && aws autoscaling set-instance-health "${r[@]}" --instance-id "$INSTANCE_ID" --health-status Unhealthy --no-should-respect-grace-period && exit 1
-  fail "$*; no time left"
+  if ! created=$(aws autoscaling describe-auto-scaling-groups --region "$CDK_TRN_REGION" \
+    --output text --query 'AutoScalingGroups[0].CreatedTime' \
+    --filters "$tag:stack-name,Values=$CDK_TRN_STACK" "$tag:logical-id,Values=$CDK_TRN_RESOURCE") \
+    || ! created=$(date -d "$created" +%s); then
+    fail "$*; no group"
+  fi
+  # Seconds left before the creation policy's signal timeout; another boot must fit in them.
+  left=$((created + CDK_TRN_SIGNAL_SECONDS - EPOCHSECONDS))
+  if ((left > 0 && left <= CDK_TRN_BOOT_SECONDS)); then
+    fail "$*; no time left"
+  fi
+  aws autoscaling set-instance-health --region "$CDK_TRN_REGION" --instance-id "$INSTANCE_ID" \
+    --health-status Unhealthy --no-should-respect-grace-period \
+    || fail "$*; could not mark this node Unhealthy"
+  exit 1
 }
 
 # In the boot: fail (signal FAILURE). In a helper command run by systemd, which must never
