@@ -20,8 +20,9 @@ import cdk_trn_runtime
 RUNTIME_PACKAGE = Path(cdk_trn_runtime.__file__).resolve().parent
 #: The folder that holds ``cdk_trn_runtime/``: the root of every runtime asset.
 RUNTIME_ROOT = RUNTIME_PACKAGE.parent
-#: Modules of the package every asset ships.
-_COMMON = ("__init__.py", "contract.py")
+#: What of the package every asset ships: its ``__init__`` and the ``contract`` subpackage.
+_COMMON_MODULES = ("__init__.py",)
+_COMMON_PACKAGES = ("contract",)
 _NAME = RUNTIME_PACKAGE.name
 
 
@@ -43,8 +44,8 @@ def runtime_excludes(*subpackages: str) -> list[str]:
         "/*",
         f"!/{_NAME}/",
         f"/{_NAME}/*",
-        *(f"!/{_NAME}/{module}" for module in _COMMON),
-        *(f"!/{_NAME}/{name}/" for name in subpackages),
+        *(f"!/{_NAME}/{module}" for module in _COMMON_MODULES),
+        *(f"!/{_NAME}/{name}/" for name in (*_COMMON_PACKAGES, *subpackages)),
         "__pycache__/",
         "*.pyc",
         "*.egg-info/",

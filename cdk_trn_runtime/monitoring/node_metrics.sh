@@ -12,7 +12,7 @@
 # EFA hardware counters are cumulative: each run stores them (CDK_TRN_METRICS_STATE, default
 # /run/cdk-trn/efa-counters) and reports the increase since the last run (nothing the first
 # time, or after a counter reset). CDK_TRN_DEVICE_ROOT prefixes /sys (tests).
-# Metric names: cdk_trn_runtime/contract.py NODE_NEURON_METRICS, NODE_EFA_COUNTERS.
+# Metric names: cdk_trn_runtime/contract/__init__.py NODE_NEURON_METRICS, NODE_EFA_COUNTERS.
 set -euo pipefail
 PATH="${PATH:+$PATH:}/opt/aws/neuron/bin:/usr/local/bin:/usr/bin:/bin"
 

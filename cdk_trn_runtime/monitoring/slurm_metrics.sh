@@ -9,7 +9,7 @@
 # one of: NodesIdle, NodesAllocated (allocated or completing), NodesMixed, NodesDrained (drained
 # or draining), NodesDown (down, failed, not responding); JobsRunning and JobsPending. Exits
 # non-zero and prints nothing when Slurm does not answer: no sample beats a wrong zero.
-# Metric names: cdk_trn_runtime/contract.py SLURM_NODE_STATE_METRICS, SLURM_JOB_METRICS.
+# Metric names: cdk_trn_runtime/contract/__init__.py SLURM_NODE_STATE_METRICS, SLURM_JOB_METRICS.
 set -euo pipefail
 
 cluster="${1:-}"

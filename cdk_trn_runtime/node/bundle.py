@@ -100,9 +100,8 @@ def bundle_files(role: str) -> dict[str, Path]:
     if role == "vault":
         files = {ENTRY_SCRIPTS[role]: _VAULT / ENTRY_SCRIPTS[role], "units.sh": _NODE / "units.sh"}
         files.update({f"units/{unit}": _VAULT / "units" / unit for unit in _VAULT_UNITS})
-        for module in ("__init__.py", "contract.py"):
-            files[f"src/{_PACKAGE.name}/{module}"] = _PACKAGE / module
-        for subpackage in _VAULT_PYTHON:
+        files[f"src/{_PACKAGE.name}/__init__.py"] = _PACKAGE / "__init__.py"
+        for subpackage in ("contract", *_VAULT_PYTHON):
             files.update(_python_sources(subpackage))
     else:
         files = {name: _NODE / name for name in ("boot_common.sh", "units.sh", "imds_guard.sh")}

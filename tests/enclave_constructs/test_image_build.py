@@ -150,8 +150,8 @@ def test_host_bundle_holds_the_vault_and_enclave_runtime_but_no_cdk_code():
     assert "cdk_trn_runtime/enclave/channel.py" in code
     assert "cdk_trn_runtime/__init__.py" in code
     assert not [f for f in code if f.startswith("cdk_trn/") or "__pycache__" in f]
-    allowed = ("cdk_trn_runtime/vault/", "cdk_trn_runtime/enclave/")
-    top = {"cdk_trn_runtime/__init__.py", "cdk_trn_runtime/contract.py"}
+    allowed = ("cdk_trn_runtime/vault/", "cdk_trn_runtime/enclave/", "cdk_trn_runtime/contract/")
+    top = {"cdk_trn_runtime/__init__.py"}
     assert not [f for f in code if not (f.startswith(allowed) or f in top)]
     rest = {f for f in files if not f.startswith("src/")}
     assert rest == {
