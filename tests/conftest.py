@@ -9,6 +9,9 @@ os.environ.setdefault("CDK_TRN_DEVICE", "cpu")
 
 import pytest  # noqa: E402
 
+# The session fixtures every package shares (tests/support).
+from tests.support.default_app import default_app  # noqa: E402, F401
+
 
 @pytest.fixture(autouse=True)
 def _environment_and_directory_restored():
@@ -20,3 +23,4 @@ def _environment_and_directory_restored():
     os.environ.clear()
     os.environ.update(saved)
     os.chdir(cwd)
+

@@ -4,6 +4,7 @@ parts are left out of the total, saying so; a given price (prop or ``-c hourlyPr
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import aws_cdk as cdk
 import pytest
@@ -18,7 +19,10 @@ from tests.foundation.stacks_for_tests import cluster_stack
 
 def _summary(context: dict[str, str] | None = None) -> str:
     app = cdk.App(context=context or {})
-    default = build_default_app(app)
+    return _summary_of(build_default_app(app))
+
+
+def _summary_of(default: Any) -> str:
     return format_cluster_summary(
         default.cluster,
         default.storage_stack.file_system,
@@ -28,8 +32,8 @@ def _summary(context: dict[str, str] | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def default_summary() -> str:
-    return _summary()
+def default_summary(default_app) -> str:
+    return _summary_of(default_app.default)
 
 
 def test_the_total_comes_first_per_hour_and_per_day(default_summary):

@@ -1,52 +1,34 @@
-"""The default app (app.py + stacks/): compliant, lint-clean, stateful parts retained."""
+"""The default app (app.py + stacks/): compliant, lint-clean, stateful parts retained.
+
+The app is the session's ``default_app`` (tests/support/default_app.py)."""
 
 import json
 
-import aws_cdk as cdk
-import pytest
-
-from cdk_trn.compliance import enable_compliance, synth_checked
-from stacks import build_default_app
-from stacks.config import AppConfig
 from tests.cfn import lint_findings
 
 
-@pytest.fixture(scope="module")
-def default_app():
-    app = cdk.App()
-    enable_compliance(app)
-    default = build_default_app(app, AppConfig())
-    report = synth_checked(app)
-    assembly = app.synth()
-    return default, report, assembly
-
-
-def template(assembly, stack):
-    return assembly.get_stack_by_name(stack.stack_name).template
-
-
 def test_every_pack_has_no_unacknowledged_finding(default_app):
-    _, report, _ = default_app
+    report = default_app.report
     assert report.unacknowledged == []
     assert {"AwsSolutions", "TrainiumChecks"} <= set(report.by_pack())
 
 
 def test_every_acknowledgment_gives_a_specific_reason(default_app):
-    _, report, _ = default_app
+    report = default_app.report
     assert report.acknowledged
     assert all(len(f.reason or "") >= 40 for f in report.acknowledged)
 
 
 def test_both_templates_are_cfn_lint_clean_in_their_region(default_app):
-    default, _, assembly = default_app
+    default, template = default_app.default, default_app.template
     assert default.vault_stack is not None
     for stack in (default.storage_stack, default.cluster_stack, default.vault_stack):
-        assert lint_findings(template(assembly, stack), "us-east-2") == []
+        assert lint_findings(template(stack), "us-east-2") == []
 
 
 def test_stateful_resources_are_retained(default_app):
-    default, _, assembly = default_app
-    resources = template(assembly, default.storage_stack)["Resources"]
+    default, template = default_app.default, default_app.template
+    resources = template(default.storage_stack)["Resources"]
     stateful = {"AWS::KMS::Key", "AWS::S3::Bucket", "AWS::FSx::FileSystem"}
     kept = {k: r.get("DeletionPolicy") for k, r in resources.items() if r["Type"] in stateful}
     assert kept and set(kept.values()) == {"Retain"}, kept
@@ -54,23 +36,23 @@ def test_stateful_resources_are_retained(default_app):
 
 
 def test_cluster_stack_can_go_without_touching_storage(default_app):
-    default, _, _ = default_app
+    default = default_app.default
     assert default.storage_stack in default.cluster_stack.dependencies
     assert default.cluster_stack not in default.storage_stack.dependencies
 
 
 def test_cluster_figures_are_stack_outputs(default_app):
-    default, _, assembly = default_app
-    outputs = template(assembly, default.cluster_stack)["Outputs"]
+    default, template = default_app.default, default_app.template
+    outputs = template(default.cluster_stack)["Outputs"]
     assert outputs["PeakBf16Pflops"]["Value"] == "21.34"
     assert outputs["TrainiumChips"]["Value"] == "32"
     assert outputs["EfaTbps"]["Value"] == "6.4"
 
 
 def test_nodes_mount_the_file_system_and_reach_it_on_lustre_ports_only(default_app):
-    default, _, assembly = default_app
+    default, template = default_app.default, default_app.template
     assert default.cluster.compile_cache_path == "/fsx/neuron-compile-cache"
-    resources = template(assembly, default.cluster_stack)["Resources"]
+    resources = template(default.cluster_stack)["Resources"]
     nodes = default.cluster_stack.resolve(default.cluster.security_group.security_group_id)
     egress = [
         r["Properties"]
@@ -85,11 +67,9 @@ def test_nodes_mount_the_file_system_and_reach_it_on_lustre_ports_only(default_a
 
 def test_vault_lives_apart_from_the_nodes_it_serves(default_app):
     # Nodes may signal any resource of their own stack; the vault hosts are not in it.
-    default, _, assembly = default_app
-    cluster_types = {
-        r["Type"] for r in template(assembly, default.cluster_stack)["Resources"].values()
-    }
-    vault_resources = template(assembly, default.vault_stack)["Resources"].values()
+    default, template = default_app.default, default_app.template
+    cluster_types = {r["Type"] for r in template(default.cluster_stack)["Resources"].values()}
+    vault_resources = template(default.vault_stack)["Resources"].values()
     assert "AWS::KMS::Key" in {r["Type"] for r in vault_resources}
     assert not any("EnclaveVault" in path for path in _paths(default.cluster_stack))
     assert "AWS::AutoScaling::AutoScalingGroup" in cluster_types
@@ -102,9 +82,9 @@ def _paths(stack):
 def test_vault_publishes_its_url_where_the_cluster_lets_its_nodes_read_without_a_reference(
     default_app,
 ):
-    default, _, assembly = default_app
-    cluster_template = template(assembly, default.cluster_stack)
-    vault_template = template(assembly, default.vault_stack)
+    default, template = default_app.default, default_app.template
+    cluster_template = template(default.cluster_stack)
+    vault_template = template(default.vault_stack)
     name = f"/cdk-trn/{default.cluster.cluster_name}/vault-url"
     (parameter,) = [
         r["Properties"]

@@ -17,7 +17,8 @@ from stacks.config import AppConfig
 
 
 @functools.cache
-def _templates(acceptance: bool = True, enclave_vault: bool = True) -> tuple[Any, dict]:
+def _other_app(acceptance: bool, enclave_vault: bool) -> tuple[Any, dict]:
+    """The default app without the acceptance run or the vault."""
     app = cdk.App()
     default = build_default_app(app, AppConfig(acceptance=acceptance, enclave_vault=enclave_vault))
     assembly = app.synth()
@@ -68,8 +69,16 @@ def _admitted_prefixes(default: Any, templates: dict) -> set[str]:
     return prefixes
 
 
-def test_every_bucket_of_the_default_app_logs_to_the_storage_log_bucket():
-    default, templates = _templates()
+def _templates(
+    default_app, acceptance: bool = True, enclave_vault: bool = True
+) -> tuple[Any, dict]:
+    if acceptance and enclave_vault:  # the default app's configuration
+        return default_app.default, default_app.templates()
+    return _other_app(acceptance, enclave_vault)
+
+
+def test_every_bucket_of_the_default_app_logs_to_the_storage_log_bucket(default_app):
+    default, templates = _templates(default_app)
     bucket, export = _log_bucket_export(default, templates)
     logging = _logging(templates)
     assert len(logging) == 4  # datasets, checkpoints, acceptance results, vault state
@@ -80,8 +89,8 @@ def test_every_bucket_of_the_default_app_logs_to_the_storage_log_bucket():
     assert by_prefix[STATE_ACCESS_LOG_PREFIX].startswith(default.vault_stack.stack_name)
 
 
-def test_the_later_stacks_create_no_access_log_bucket_of_their_own():
-    default, templates = _templates()
+def test_the_later_stacks_create_no_access_log_bucket_of_their_own(default_app):
+    default, templates = _templates(default_app)
     for stack in (default.cluster_stack, default.vault_stack):
         buckets = [
             r
@@ -100,9 +109,9 @@ def test_the_later_stacks_create_no_access_log_bucket_of_their_own():
     ],
 )
 def test_the_storage_stack_admits_exactly_the_prefixes_the_later_stacks_use(
-    acceptance, enclave_vault, prefixes
+    default_app, acceptance, enclave_vault, prefixes
 ):
-    default, templates = _templates(acceptance, enclave_vault)
+    default, templates = _templates(default_app, acceptance, enclave_vault)
     used = {
         c["LogFilePrefix"]
         for where, c in _logging(templates).items()

@@ -3,25 +3,7 @@ owns the VPC and its S3 gateway endpoint; the later stacks' deploy-time function
 
 from __future__ import annotations
 
-import functools
 import json
-from typing import Any
-
-import aws_cdk as cdk
-
-from stacks import build_default_app
-from stacks.config import AppConfig
-
-
-@functools.cache
-def _templates() -> tuple[Any, dict[str, dict]]:
-    app = cdk.App()
-    default = build_default_app(app, AppConfig(acceptance=True, enclave_vault=True))
-    assembly = app.synth()
-    stacks = [default.storage_stack, default.cluster_stack, default.vault_stack]
-    return default, {
-        s.stack_name: assembly.get_stack_by_name(s.stack_name).template for s in stacks if s
-    }
 
 
 def _lookups(template: dict) -> list[str]:
@@ -30,8 +12,8 @@ def _lookups(template: dict) -> list[str]:
     ]
 
 
-def test_one_lookup_for_the_app_in_the_storage_stack():
-    default, templates = _templates()
+def test_one_lookup_for_the_app_in_the_storage_stack(default_app):
+    default, templates = default_app.default, default_app.templates()
     found = {name: _lookups(t) for name, t in templates.items()}
     assert (
         found[default.storage_stack.stack_name]
@@ -40,8 +22,8 @@ def test_one_lookup_for_the_app_in_the_storage_stack():
     assert all(not v for k, v in found.items() if k != default.storage_stack.stack_name)
 
 
-def test_later_stacks_reach_s3_by_the_storage_stacks_prefix_list():
-    default, templates = _templates()
+def test_later_stacks_reach_s3_by_the_storage_stacks_prefix_list(default_app):
+    default, templates = default_app.default, default_app.templates()
     for stack in (default.cluster_stack, default.vault_stack):
         template = templates[stack.stack_name]
         resources = template["Resources"].values()

@@ -4,7 +4,6 @@ delivers before its policies exist."""
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
@@ -16,8 +15,6 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk.assertions import Template
 
 from cdk_trn._resources import ManagedPolicyRole
-from stacks import build_default_app
-from stacks.config import AppConfig
 
 # --- the mechanism ----------------------------------------------------------------------------
 
@@ -78,20 +75,12 @@ def test_a_launch_template_of_the_role_waits_for_its_policy():
 # --- the default app ------------------------------------------------------------------------
 
 
-@functools.cache
-def _default_app() -> tuple[Any, dict[str, dict]]:
-    app = cdk.App()
-    default = build_default_app(app, AppConfig())
-    assembly = app.synth()
-    templates = {
-        s.stack_name: assembly.get_stack_by_name(s.stack_name).template["Resources"]
-        for s in (default.storage_stack, default.cluster_stack, default.vault_stack)
-    }
-    return default, templates
+def _resources(default_app: Any) -> dict[str, dict]:
+    """The session's default app (tests/support/default_app.py): its resources by stack name."""
+    return {name: t["Resources"] for name, t in default_app.templates().items()}
 
 
-def _owned_roles() -> list[tuple[str, ManagedPolicyRole]]:
-    default, _ = _default_app()
+def _owned_roles(default: Any) -> list[tuple[str, ManagedPolicyRole]]:
     return [
         (default.storage_stack.stack_name, default.storage_stack.network.flow_log_role),
         (default.cluster_stack.stack_name, default.cluster.role),
@@ -100,8 +89,7 @@ def _owned_roles() -> list[tuple[str, ManagedPolicyRole]]:
     ]
 
 
-def _resource_of(stack_name: str, construct: Any) -> tuple[str, dict]:
-    _, templates = _default_app()
+def _resource_of(templates: dict[str, dict], stack_name: str, construct: Any) -> tuple[str, dict]:
     logical_id = cdk.Stack.of(construct).resolve(
         cdk.Stack.of(construct).get_logical_id(
             construct if isinstance(construct, cdk.CfnResource) else construct.node.default_child
@@ -110,11 +98,11 @@ def _resource_of(stack_name: str, construct: Any) -> tuple[str, dict]:
     return logical_id, templates[stack_name][logical_id]
 
 
-def test_instance_and_service_roles_carry_no_inline_policy():
-    _, templates = _default_app()
-    for stack_name, role in _owned_roles():
+def test_instance_and_service_roles_carry_no_inline_policy(default_app):
+    default, templates = default_app.default, _resources(default_app)
+    for stack_name, role in _owned_roles(default):
         assert isinstance(role, ManagedPolicyRole)
-        role_id, resource = _resource_of(stack_name, role)
+        role_id, resource = _resource_of(templates, stack_name, role)
         assert "Policies" not in resource["Properties"], role.node.path
         inline = [
             k
@@ -125,8 +113,8 @@ def test_instance_and_service_roles_carry_no_inline_policy():
         assert role.managed_policy is not None, role.node.path
 
 
-def test_every_ec2_and_flow_log_role_of_the_default_app_is_covered():
-    _, templates = _default_app()
+def test_every_ec2_and_flow_log_role_of_the_default_app_is_covered(default_app):
+    default, templates = default_app.default, _resources(default_app)
     trusted = {
         (stack_name, logical_id)
         for stack_name, resources in templates.items()
@@ -137,16 +125,20 @@ def test_every_ec2_and_flow_log_role_of_the_default_app_is_covered():
             for s in r["Properties"]["AssumeRolePolicyDocument"]["Statement"]
         )
     }
-    assert trusted == {(s, _resource_of(s, role)[0]) for s, role in _owned_roles()}
+    assert trusted == {
+        (s, _resource_of(templates, s, role)[0]) for s, role in _owned_roles(default)
+    }
 
 
-def _depends_on(stack_name: str, construct: Any) -> set[str]:
-    return set(_resource_of(stack_name, construct)[1].get("DependsOn", []))
+def _depends_on(templates: dict[str, dict], stack_name: str, construct: Any) -> set[str]:
+    return set(_resource_of(templates, stack_name, construct)[1].get("DependsOn", []))
 
 
-def _policy_ids(stack_name: str, *policies: iam.ManagedPolicy | None) -> set[str]:
+def _policy_ids(
+    templates: dict[str, dict], stack_name: str, *policies: iam.ManagedPolicy | None
+) -> set[str]:
     assert all(p is not None for p in policies)
-    return {_resource_of(stack_name, p)[0] for p in policies}
+    return {_resource_of(templates, stack_name, p)[0] for p in policies}
 
 
 def _child_policy(role: iam.Role, id: str) -> iam.ManagedPolicy:
@@ -155,48 +147,51 @@ def _child_policy(role: iam.Role, id: str) -> iam.ManagedPolicy:
     return policy
 
 
-def test_nodes_boot_only_after_their_role_policies_exist():
-    default, _ = _default_app()
+def test_nodes_boot_only_after_their_role_policies_exist(default_app):
+    default, templates = default_app.default, _resources(default_app)
     stack = default.cluster_stack.stack_name
     role = default.cluster.role
-    boot = _policy_ids(stack, role.managed_policy, _child_policy(role, "SsmAgentPolicy"))
-    assert boot <= _depends_on(stack, default.cluster.auto_scaling_group)
+    boot = _policy_ids(templates, stack, role.managed_policy, _child_policy(role, "SsmAgentPolicy"))
+    assert boot <= _depends_on(templates, stack, default.cluster.auto_scaling_group)
 
 
-def test_the_controller_boots_only_after_its_role_policies_exist():
-    default, _ = _default_app()
+def test_the_controller_boots_only_after_its_role_policies_exist(default_app):
+    default, templates = default_app.default, _resources(default_app)
     stack = default.cluster_stack.stack_name
     scheduler = default.cluster_stack.scheduler
     role = scheduler.role
     boot = _policy_ids(
+        templates,
         stack,
         role.managed_policy,
         _child_policy(role, "SsmAgentPolicy"),
         _child_policy(role, "MetricsPolicy"),
     )
-    assert boot <= _depends_on(stack, scheduler.launch_template)
+    assert boot <= _depends_on(templates, stack, scheduler.launch_template)
 
 
-def test_vault_hosts_boot_only_after_their_role_policy_exists():
-    default, _ = _default_app()
+def test_vault_hosts_boot_only_after_their_role_policy_exists(default_app):
+    default, templates = default_app.default, _resources(default_app)
     stack = default.vault_stack.stack_name
     vault = default.vault_stack.vault
-    boot = _policy_ids(stack, vault.host_role.managed_policy)
-    assert boot <= _depends_on(stack, vault.launch_template)
+    boot = _policy_ids(templates, stack, vault.host_role.managed_policy)
+    assert boot <= _depends_on(templates, stack, vault.launch_template)
 
 
-def test_flow_logs_are_delivered_only_after_their_role_policy_exists():
-    default, _ = _default_app()
+def test_flow_logs_are_delivered_only_after_their_role_policy_exists(default_app):
+    default, templates = default_app.default, _resources(default_app)
     stack = default.storage_stack.stack_name
     network = default.storage_stack.network
     [flow_log] = [c for c in network.node.find_all() if isinstance(c, ec2.CfnFlowLog)]
-    assert _policy_ids(stack, network.flow_log_role.managed_policy) <= _depends_on(stack, flow_log)
+    assert _policy_ids(templates, stack, network.flow_log_role.managed_policy) <= _depends_on(
+        templates, stack, flow_log
+    )
 
 
-def test_flow_log_role_trusts_only_this_accounts_flow_logs():
-    default, _ = _default_app()
+def test_flow_log_role_trusts_only_this_accounts_flow_logs(default_app):
+    default, templates = default_app.default, _resources(default_app)
     network = default.storage_stack.network
-    _, role = _resource_of(default.storage_stack.stack_name, network.flow_log_role)
+    _, role = _resource_of(templates, default.storage_stack.stack_name, network.flow_log_role)
     [statement] = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
     assert statement["Principal"] == {"Service": "vpc-flow-logs.amazonaws.com"}
     assert statement["Condition"]["StringEquals"] == {
@@ -208,9 +203,10 @@ def test_flow_log_role_trusts_only_this_accounts_flow_logs():
 # --- narrowed statements --------------------------------------------------------------------
 
 
-def _statements_of(stack_name: str, role: ManagedPolicyRole) -> list[dict]:
-    _, templates = _default_app()
-    role_ref = {"Ref": _resource_of(stack_name, role)[0]}
+def _statements_of(
+    templates: dict[str, dict], stack_name: str, role: ManagedPolicyRole
+) -> list[dict]:
+    role_ref = {"Ref": _resource_of(templates, stack_name, role)[0]}
     return [
         s
         for r in templates[stack_name].values()
@@ -224,12 +220,12 @@ def _actions(statement: dict) -> list[str]:
     return actions if isinstance(actions, list) else [actions]
 
 
-def test_nodes_only_get_the_controller_address_and_vault_url_parameters():
-    default, _ = _default_app()
+def test_nodes_only_get_the_controller_address_and_vault_url_parameters(default_app):
+    default, templates = default_app.default, _resources(default_app)
     stack = default.cluster_stack.stack_name
     parameter_reads = [
         s
-        for s in _statements_of(stack, default.cluster.role)
+        for s in _statements_of(templates, stack, default.cluster.role)
         if any(a.startswith("ssm:") and "Parameter" in a for a in _actions(s))
     ]
     # GetParameter only (no GetParameters, history or describe), each on one parameter: the
@@ -240,12 +236,12 @@ def test_nodes_only_get_the_controller_address_and_vault_url_parameters():
     assert any(r.endswith(f'{default.cluster.vault_url_parameter}"]]}}') for r in resources)
 
 
-def test_the_results_uploader_uses_the_results_key_only_through_s3():
-    default, _ = _default_app()
+def test_the_results_uploader_uses_the_results_key_only_through_s3(default_app):
+    default, templates = default_app.default, _resources(default_app)
     stack = default.cluster_stack.stack_name
     [kms_statement] = [
         s
-        for s in _statements_of(stack, default.cluster_stack.scheduler.role)
+        for s in _statements_of(templates, stack, default.cluster_stack.scheduler.role)
         if s.get("Sid") == "EncryptAcceptanceResults"
     ]
     assert kms_statement["Condition"] == {
@@ -253,12 +249,12 @@ def test_the_results_uploader_uses_the_results_key_only_through_s3():
     }
 
 
-def test_vault_hosts_hold_one_signal_statement_for_their_own_stack():
-    default, _ = _default_app()
+def test_vault_hosts_hold_one_signal_statement_for_their_own_stack(default_app):
+    default, templates = default_app.default, _resources(default_app)
     stack = default.vault_stack.stack_name
     signals = [
         s
-        for s in _statements_of(stack, default.vault_stack.vault.host_role)
+        for s in _statements_of(templates, stack, default.vault_stack.vault.host_role)
         if "cloudformation:SignalResource" in _actions(s)
     ]
     assert signals == [

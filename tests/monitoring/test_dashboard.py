@@ -21,14 +21,14 @@ from stacks.config import AppConfig
 
 
 @pytest.fixture(scope="module")
-def default_app() -> Any:
-    app = cdk.App()
-    return build_default_app(app, AppConfig(enclave_vault=False))
+def default(default_app) -> Any:
+    """The session's default app (tests/support/default_app.py): its constructs."""
+    return default_app.default
 
 
 @pytest.fixture(scope="module")
 def template(default_app) -> Template:
-    return Template.from_stack(default_app.cluster_stack)
+    return default_app.assertions(default_app.default.cluster_stack)
 
 
 def _body(stack: cdk.Stack, template: Template) -> dict:
@@ -65,8 +65,8 @@ def _named(body: dict) -> set[tuple[str, str]]:
     return named
 
 
-def test_dashboard_shows_every_published_and_aws_metric(default_app, template):
-    body = _body(default_app.cluster_stack, template)
+def test_dashboard_shows_every_published_and_aws_metric(default, template):
+    body = _body(default.cluster_stack, template)
     named = _named(body)
     for name in (*contract.SLURM_NODE_STATE_METRICS, *contract.SLURM_JOB_METRICS):
         assert (contract.METRICS_NAMESPACE_SLURM, name) in named
@@ -75,16 +75,14 @@ def test_dashboard_shows_every_published_and_aws_metric(default_app, template):
     assert ("AWS/AutoScaling", "GroupInServiceInstances") in named
     assert {("AWS/FSx", "DataReadBytes"), ("AWS/FSx", "DataWriteBytes")} <= named
     assert ("AWS/FSx", "MetadataOperations") in named
-    provider = default_app.cluster_stack.acceptance.provider
+    provider = default.cluster_stack.acceptance.provider
     assert (contract.METRICS_NAMESPACE_DEPLOY_TIME, provider.function_name) in named
 
 
-def test_custom_metrics_carry_the_cluster_dimension_aws_metrics_their_resources(
-    default_app, template
-):
-    stack = default_app.cluster_stack
+def test_custom_metrics_carry_the_cluster_dimension_aws_metrics_their_resources(default, template):
+    stack = default.cluster_stack
     body = _body(stack, template)
-    cluster = default_app.cluster_stack.cluster
+    cluster = default.cluster_stack.cluster
     group = stack.get_logical_id(cluster.auto_scaling_group)
     for metric in _metrics(body):
         if metric[0] in (contract.METRICS_NAMESPACE_SLURM, contract.METRICS_NAMESPACE_NODE):
@@ -96,19 +94,17 @@ def test_custom_metrics_carry_the_cluster_dimension_aws_metrics_their_resources(
             assert metric[3].startswith("<")  # the storage stack's file system (an import)
 
 
-def test_dashboard_shows_the_acceptance_figures_from_the_run(default_app, template):
-    body = _body(default_app.cluster_stack, template)
-    stack = default_app.cluster_stack
+def test_dashboard_shows_the_acceptance_figures_from_the_run(default, template):
+    body = _body(default.cluster_stack, template)
+    stack = default.cluster_stack
     run = stack.get_logical_id(stack.acceptance.resource.node.default_child)
     text = "\n".join(w["properties"].get("markdown", "") for w in body["widgets"])
     for name in stack.acceptance.exported_figures:
         assert f"{contract.FIGURES[name][1]} | <GetAtt:{run}.{name}>" in text
 
 
-def test_alarms_on_drained_nodes_and_failed_acceptance_go_to_the_encrypted_topic(
-    default_app, template
-):
-    stack = default_app.cluster_stack
+def test_alarms_on_drained_nodes_and_failed_acceptance_go_to_the_encrypted_topic(default, template):
+    stack = default.cluster_stack
     topic = stack.get_logical_id(stack.cluster.events_topic.node.default_child)
     resources = template.to_json()["Resources"]
     assert resources[topic]["Properties"]["KmsMasterKeyId"]
@@ -160,8 +156,8 @@ def _put_metric_statements(template: Template) -> dict[str, dict]:
     return found
 
 
-def test_instances_publish_only_into_their_own_namespace(default_app, template):
-    stack = default_app.cluster_stack
+def test_instances_publish_only_into_their_own_namespace(default, template):
+    stack = default.cluster_stack
     node_role = stack.get_logical_id(stack.cluster.role.node.default_child)
     controller_role = stack.get_logical_id(stack.scheduler.role.node.default_child)
     statements = _put_metric_statements(template)
@@ -176,8 +172,8 @@ def test_instances_publish_only_into_their_own_namespace(default_app, template):
         }
 
 
-def test_metrics_and_replacement_requests_leave_through_vpc_endpoints(default_app):
-    storage = Template.from_stack(default_app.storage_stack).to_json()
+def test_metrics_and_replacement_requests_leave_through_vpc_endpoints(default, default_app):
+    storage = default_app.template(default.storage_stack)
     services = json.dumps(
         [
             r["Properties"]["ServiceName"]
@@ -189,8 +185,8 @@ def test_metrics_and_replacement_requests_leave_through_vpc_endpoints(default_ap
     assert re.search(r"\.autoscaling\"", services), services
 
 
-def test_the_nodes_group_collects_the_in_service_metric(default_app, template):
-    stack = default_app.cluster_stack
+def test_the_nodes_group_collects_the_in_service_metric(default, template):
+    stack = default.cluster_stack
     group = template.to_json()["Resources"][stack.get_logical_id(stack.cluster.auto_scaling_group)]
     assert group["Properties"]["MetricsCollection"] == [{"Granularity": "1Minute"}]
 
@@ -209,8 +205,9 @@ def test_dashboard_context_key_is_validated():
         AppConfig.from_context(app.node)
 
 
-def test_a_scheduler_of_another_cluster_is_refused(default_app):
-    stack = default_app.cluster_stack
+def test_a_scheduler_of_another_cluster_is_refused():
+    # An app of its own: the dashboard is added to the stack before it is refused.
+    stack = build_default_app(cdk.App(), AppConfig(enclave_vault=False)).cluster_stack
     with pytest.raises(CdkTrnError, match="scheduler must be the scheduler of"):
         ClusterDashboard(
             stack,
