@@ -469,10 +469,11 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         os.chmod(path, 0o666)  # noqa: S103
 
 
-def serve(agent: SigningAgent, path: str) -> _Server:
-    """Start serving ``path`` in a thread; the caller stops it with ``shutdown()``."""
+def serve(agent: SigningAgent, path: str, *, poll_interval: float = 0.5) -> _Server:
+    """Start serving ``path`` in a thread; the caller stops it with ``shutdown()``, which
+    returns within ``poll_interval`` seconds."""
     server = _Server(path, agent)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(poll_interval,), daemon=True).start()
     return server
 
 

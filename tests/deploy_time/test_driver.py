@@ -31,6 +31,7 @@ from cryptography.x509.oid import NameOID
 
 from cdk_trn_runtime.contract import DEPLOY_TIME_ENV_HANDLER
 from cdk_trn_runtime.deploy_time import driver, prefix_list
+from tests.support.servers import serving
 
 REGION = "us-east-2"
 FUNCTION_ARN = f"arn:aws:lambda:{REGION}:123456789012:function:trncluster-Acceptance-Provider"
@@ -129,14 +130,8 @@ def bucket(tmp_path: Path) -> Iterator[ResponseBucketDouble]:
         f"?{SECRET_QUERY}",
         context=client_context,
     )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield state["double"]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 # --- the driver's world ------------------------------------------------------------------------
@@ -630,12 +625,26 @@ def test_a_hanging_hand_over_gets_a_failed_answer_saying_it_was_continuing(bucke
     assert len(lambda_double.invoked) == 1
 
 
-def test_an_invocation_that_answers_in_time_leaves_the_watchdog_silent(bucket):
+def test_an_invocation_that_answers_in_time_leaves_the_watchdog_silent(bucket, monkeypatch):
+    timers: list[threading.Timer] = []
+
+    class RecordedTimer(threading.Timer):
+        """The real timer, recorded so that the test can see it stopped."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            timers.append(self)
+
+    monkeypatch.setattr(driver.threading, "Timer", RecordedTimer)
     handler = handler_double(on_event={"PhysicalResourceId": "x"})
     driver.run(
         request(bucket), handler, SETTINGS, _almost_out_of_time(), runtime_for(bucket, FakeClock())
     )
-    time.sleep(0.6)  # past the moment the watchdog would have fired
+    [watchdog] = timers
+    watchdog.join()  # cancelled: its thread ends without waiting out the 0.3 s
+    assert watchdog.finished.is_set()
+    # Had it fired all the same (the answer racing the timer), the once-only flag keeps it silent.
+    watchdog.function()
     assert bucket.only["Status"] == "SUCCESS"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +23,7 @@ from enclave_harness import KEY_ID
 from cdk_trn_runtime.enclave.vault_attestation import vault_user_data
 from cdk_trn_runtime.provenance import build_manifest, sign_with_private_key
 from cdk_trn_runtime.provenance.cli import main
+from tests.support import servers
 
 OTHER_KEY_ID = "arn:aws:kms:us-east-2:444455556666:key/99999999-aaaa-bbbb-cccc-dddddddddddd"
 # Answer: (attestation document, public key DER the vault claims) for a given request nonce.
@@ -66,13 +66,10 @@ class FakeVaultDouble:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.thread = servers.start(self.server)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        servers.stop(self.server, self.thread)
 
 
 @pytest.fixture

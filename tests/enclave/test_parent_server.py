@@ -38,6 +38,7 @@ from cdk_trn_runtime.vault.server import (
     ProofError,
     RateLimiter,
 )
+from tests.support.waiting import until
 
 DIGEST = hashlib.sha384(b"a manifest").hexdigest()
 STS_URL = sts_url_for_region(REGION)
@@ -236,6 +237,11 @@ def _raw_exchange(url: str, payload: bytes) -> tuple[int, dict]:
     return status, json.loads(body)
 
 
+def _connections(running) -> int:
+    """The connections the vault's server holds a slot for."""
+    return running.server._active
+
+
 def _read_refusal(url: str, source: str = "127.0.0.1") -> tuple[int, dict]:
     """Connect and read what the server says without sending anything: a server that refuses
     before reading answers at once, and a client that sent nothing gets no reset that could
@@ -356,7 +362,7 @@ def test_connections_beyond_the_cap_get_503(pki, tmp_path):
         host, port = running.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=5) as holder:
             holder.sendall(b"GET /v1/health HTTP/1.1\r\n")  # unfinished: holds the one slot
-            time.sleep(0.2)
+            until("the holder holds the one slot", lambda: _connections(running) == 1)
             status, body = _read_refusal(running.url)
             assert (status, body["error"]["code"]) == (503, "busy")
         # Once the holder hangs up its slot frees; allow the server thread time to notice.
@@ -508,14 +514,13 @@ def test_slow_connections_are_cut_off_by_the_wall_clock_deadline(pki, tmp_path):
     running = start_vault(pki, tmp_path, limits=limits)
     slow = [SlowClient(running.url) for _ in range(8)]
     try:
-        for index in range(2):
-            for client in slow:
-                client.trickle(index)
-            time.sleep(0.2)
+        for client in slow:
+            client.trickle(0)
+        until("every slot held", lambda: _connections(running) == 8)
         status, body = _read_refusal(running.url, "127.0.0.2")
         assert (status, body["error"]["code"]) == (503, "busy")  # every slot is held...
         started = time.monotonic()
-        index = 2
+        index = 1
         while time.monotonic() - started < 2.5:
             for client in slow:
                 client.trickle(index)
@@ -545,7 +550,7 @@ def test_one_address_cannot_take_every_connection_slot(pki, tmp_path):
     try:
         for client in slow[:4]:
             client.trickle(0)  # the four this address may hold
-        time.sleep(0.3)
+        until("the four slots held", lambda: _connections(running) == 4)
         # The rest send nothing: their answer comes from the count alone, and a client that sent
         # nothing gets no reset that could discard it.
         refused = [c for c in slow[4:] if c.answer().startswith(b"HTTP/1.0 503")]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from cdk_trn_runtime.vault import state_store
+from tests.support.servers import serving
 
 REGION = "us-east-2"
 BUCKET = "trn-vault-state-bucket"
@@ -86,15 +86,11 @@ class _S3Double(BaseHTTPRequestHandler):
 def s3(tmp_path, monkeypatch):
     handler = type("S3Double", (_S3Double,), {"root": tmp_path / "s3", "seen": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", CREDENTIALS["access_key_id"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CREDENTIALS["secret_access_key"])
     monkeypatch.setenv("AWS_SESSION_TOKEN", CREDENTIALS["session_token"])
-    yield handler, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serving(server):
+        yield handler, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def _store(endpoint: str, state: Path) -> int:

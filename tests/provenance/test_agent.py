@@ -34,6 +34,7 @@ from cdk_trn_runtime.provenance.manifest import (
 from cdk_trn_runtime.provenance.resume import ResumeRefused, check_resume
 from cdk_trn_runtime.provenance.signing import AgentCheckpointSigner, write_signed_manifest
 from cdk_trn_runtime.train import checkpoint as ckpt
+from tests.support.servers import POLL_INTERVAL
 
 JOB_UID = 2000
 OTHER_UID = 2001
@@ -124,7 +125,7 @@ def world() -> Iterator[dict[str, Any]]:
         signer=vault,
     )
     sock = str(base / "run" / "signer.sock")
-    server = serve(agent, sock)
+    server = serve(agent, sock, poll_interval=POLL_INTERVAL)
     try:
         yield {
             "base": base,

@@ -5,7 +5,6 @@ answers what a broken or wrong vault could."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,6 +14,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import CredentialRetrievalError
 
 from cdk_trn_runtime.vault.client import VaultClient, VaultError
+from tests.support.servers import serving
 
 INFO = {
     "server_id": "vault-1",
@@ -47,12 +47,8 @@ def server() -> Iterator[ThreadingHTTPServer]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), AnswersTestDouble)
     httpd.answers = {}  # type: ignore[attr-defined]
     httpd.seen = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    with serving(httpd):
+        yield httpd
 
 
 def _client(httpd: ThreadingHTTPServer, credentials=None) -> VaultClient:
