@@ -109,6 +109,9 @@ class SlurmConfig:
     message_timeout: int = 10
     auth: str = "auth/munge"
     munge_socket: str | None = None
+    #: Seconds a job step credential lives (AuthInfo cred_expire), which is also how long a
+    #: requeued batch job waits before it starts again; None: Slurm's default, 120.
+    cred_expire: int | None = None
     proctrack: str = "proctrack/cgroup"
     task_plugin: str = "task/cgroup,task/affinity"
     configless: bool = False
@@ -179,6 +182,8 @@ def _validate(c: SlurmConfig) -> None:
     _check_int("resume_timeout", c.resume_timeout, 30, 86_400)
     _check_int("kill_wait", c.kill_wait, 1, 3600)
     _check_int("message_timeout", c.message_timeout, 1, 600)
+    if c.cred_expire is not None:
+        _check_int("cred_expire", c.cred_expire, 10, 86_400)
     for name in (
         "shared_root",
         "state_save_location",
@@ -276,8 +281,11 @@ def render_slurm_conf(c: SlurmConfig) -> str:
         f"AuthType={c.auth}",
         f"CredType={'cred/munge' if c.auth == 'auth/munge' else 'cred/slurm'}",
     ]
-    if c.munge_socket:
-        lines.append(f"AuthInfo=socket={c.munge_socket}")
+    auth_info = [f"socket={c.munge_socket}"] if c.munge_socket else []
+    if c.cred_expire is not None:
+        auth_info.append(f"cred_expire={c.cred_expire}")
+    if auth_info:
+        lines.append("AuthInfo=" + ",".join(auth_info))
     lines += [
         f"StateSaveLocation={c.state_dir}",
         f"SlurmdSpoolDir={c.slurmd_spool_dir}",
@@ -432,6 +440,12 @@ def cloud_config(document: dict[str, object]) -> SlurmConfig:
             raise ValueError(f"cluster document: {key!r} must be a list of strings, got {got!r}")
         return got
 
+    def optional_number(key: str) -> int | None:
+        got = value(key)
+        if got is not None and (not isinstance(got, int) or isinstance(got, bool)):
+            raise ValueError(f"cluster document: {key!r} must be an integer or null, got {got!r}")
+        return got
+
     def optional_text(key: str) -> str | None:
         got = value(key)
         if got is not None and not isinstance(got, str):
@@ -460,6 +474,7 @@ def cloud_config(document: dict[str, object]) -> SlurmConfig:
         log_dir=text("log_dir"),
         pid_dir=text("pid_dir"),
         munge_socket=optional_text("munge_socket"),
+        cred_expire=optional_number("cred_expire"),
         slurm_user=text("slurm_user"),
         prolog=f"{scripts}/prolog.sh",
         epilog=f"{scripts}/epilog.sh",

@@ -45,6 +45,8 @@ HOST_DEFAULTS: dict[str, Any] = {
     "slurmctld_timeout": 300,
     "message_timeout": 10,
     "kill_wait": 30,
+    # Slurm's default (120 s), which also delays the start of a requeued job.
+    "cred_expire": None,
     "resume_timeout": 1800,
     "health_check_interval": 300,
 }

@@ -59,11 +59,13 @@ def test_the_twins_host_keys_reach_slurm_conf():
             munge_socket="/twin/munge.socket.2",
             slurmd_spool_dir="/twin/spool/slurmd-%n",
             slurmd_timeout=10,
+            cred_expire=30,
         )
     )
     assert "TaskProlog=/twin/scripts/task_prolog.sh\n" in conf
     assert "Prolog=/twin/scripts/prolog.sh\n" in conf
-    assert "AuthInfo=socket=/twin/munge.socket.2\n" in conf
+    # cred_expire: also how long a requeued job waits before it starts again.
+    assert "AuthInfo=socket=/twin/munge.socket.2,cred_expire=30\n" in conf
     assert "SlurmdSpoolDir=/twin/spool/slurmd-%n\n" in conf
     assert "SlurmdTimeout=10\n" in conf
 

@@ -56,6 +56,8 @@ TWIN_TIMEOUTS = {
     "kill_wait": 5,
     "resume_timeout": 60,
     "health_check_interval": 10,
+    # A requeued job waits this long before it starts again (Slurm's default: 120 s).
+    "cred_expire": 30,
 }
 REAPER_INTERVAL = 5
 REGION = "twin-local-1"
