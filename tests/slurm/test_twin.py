@@ -193,7 +193,9 @@ def test_resize_goes_through_the_cluster_document(cluster):
 
 
 def test_training_survives_the_loss_of_one_of_its_nodes(cluster):
-    steps, every = 40, 4
+    # A step a second: the node is lost right after the first checkpoint (step 4), with 20 steps
+    # of margin before the job could end by itself.
+    steps, every = 24, 4
     workdir = cluster.job_dir
     checkpoints = cluster.layout.shared / "checkpoints" / "test-replace"
     env = {**cluster.train_env(steps, every, checkpoints), "TRAIN_STEP_SLEEP": "1"}
