@@ -24,3 +24,41 @@ def _environment_and_directory_restored():
     os.environ.update(saved)
     os.chdir(cwd)
 
+
+#: Modules that run the local twin (tests/slurm/harness.py: namespaces, slurmctld, slurmd,
+#: torchrun jobs). One pytest-xdist worker runs them one after another (never two twins at once
+#: on a small machine), and they start first: together they are the suite's longest chain.
+LOCAL_TWIN_MODULES = (
+    "tests/slurm/test_twin.py",
+    "tests/acceptance/test_slurm_job_local.py",
+    "tests/slurm/test_torchrun_job.py",
+    "tests/slurm/test_cost_local.py",
+)
+#: Then the other long modules (a minute or more of torch, subprocesses or synths), longest first.
+LONG_MODULES = (
+    "tests/container/test_suite_cpu.py",
+    "tests/enclave/test_checkpoint_signing_end_to_end.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Units of work for ``pytest -n`` with ``--dist loadgroup`` (``make test``): a module is one
+    unit (its module-scoped fixtures are set up once), the twin's modules together are one; the
+    longest units come first so that they start first. Without xdist only the order changes."""
+
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::", 1)[0]
+
+    def rank(item: pytest.Item) -> int:
+        path = module(item)
+        if path in LOCAL_TWIN_MODULES:
+            return LOCAL_TWIN_MODULES.index(path)
+        if path in LONG_MODULES:
+            return len(LOCAL_TWIN_MODULES) + LONG_MODULES.index(path)
+        return len(LOCAL_TWIN_MODULES) + len(LONG_MODULES)
+
+    for item in items:
+        group = "local-twin" if module(item) in LOCAL_TWIN_MODULES else module(item)
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=rank)  # stable: the collection order within each rank
