@@ -33,6 +33,9 @@ LOCAL_TWIN_MODULES = (
     "tests/acceptance/test_slurm_job_local.py",
     "tests/slurm/test_torchrun_job.py",
     "tests/slurm/test_cost_local.py",
+    # Not a twin, but its processes carry Slurm job ids (SLURM_JOB_ID=7, 8) in the host's
+    # process table, which the twin's nodes share: once, beside a running twin, one was killed.
+    "tests/slurm/test_node_scripts.py",
 )
 #: Then the other long modules (a minute or more of torch, subprocesses or synths), longest first.
 LONG_MODULES = (
