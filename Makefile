@@ -27,11 +27,11 @@ lint: $(VENV)/.test
 typecheck: $(VENV)/.test
 	mypy cdk_trn cdk_trn_runtime stacks app.py
 
-# In parallel (pytest-xdist, a worker per CPU): each module is one unit of work, the local twin's
-# modules one unit together, the longest units first (tests/conftest.py). TEST_WORKERS=0: serial.
+# In parallel (pytest-xdist, a worker per CPU): each module is one unit of work, the longest
+# modules first (tests/conftest.py). TEST_WORKERS=0: serially.
 TEST_WORKERS ?= auto
 unit: $(VENV)/.test
-	pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 # The default app synthesized (all packs, cfn-lint) with the oldest aws-cdk-lib pyproject admits.
 COMPAT := .venv-oldest

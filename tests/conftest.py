@@ -25,43 +25,26 @@ def _environment_and_directory_restored():
     os.chdir(cwd)
 
 
-#: Modules that run the local twin (tests/slurm/harness.py: namespaces, slurmctld, slurmd,
-#: torchrun jobs). One pytest-xdist worker runs them one after another (never two twins at once
-#: on a small machine), and they start first: together they are the suite's longest chain.
-LOCAL_TWIN_MODULES = (
+#: The longest modules, longest first (a twin, torch, training subprocesses: a minute or more
+#: each): pytest puts them first, so that under ``make test`` (pytest-xdist, ``--dist loadscope``:
+#: a module is one unit of work, its module fixtures set up once and its tests never run beside
+#: each other) they start first. Two of the twin's modules may run at once on two workers: each
+#: twin has its own subnet, namespaces and rendezvous ports (test_twin shows two coexisting).
+LONG_MODULES = (
     "tests/slurm/test_twin.py",
+    "tests/container/test_suite_cpu.py",
     "tests/acceptance/test_slurm_job_local.py",
     "tests/slurm/test_torchrun_job.py",
-    "tests/slurm/test_cost_local.py",
-    # Not a twin, but its processes carry Slurm job ids (SLURM_JOB_ID=7, 8) in the host's
-    # process table, which the twin's nodes share: once, beside a running twin, one was killed.
-    "tests/slurm/test_node_scripts.py",
-)
-#: Then the other long modules (a minute or more of torch, subprocesses or synths), longest first.
-LONG_MODULES = (
-    "tests/container/test_suite_cpu.py",
     "tests/enclave/test_checkpoint_signing_end_to_end.py",
+    "tests/slurm/test_cost_local.py",
 )
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Units of work for ``pytest -n`` with ``--dist loadgroup`` (``make test``): a module is one
-    unit (its module-scoped fixtures are set up once), the twin's modules together are one; the
-    longest units come first so that they start first. Without xdist only the order changes."""
-
-    def module(item: pytest.Item) -> str:
-        return item.nodeid.split("::", 1)[0]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest modules first, the others in collection order (a module's tests together)."""
 
     def rank(item: pytest.Item) -> int:
-        path = module(item)
-        if path in LOCAL_TWIN_MODULES:
-            return LOCAL_TWIN_MODULES.index(path)
-        if path in LONG_MODULES:
-            return len(LOCAL_TWIN_MODULES) + LONG_MODULES.index(path)
-        return len(LOCAL_TWIN_MODULES) + len(LONG_MODULES)
+        module = item.nodeid.split("::", 1)[0]
+        return LONG_MODULES.index(module) if module in LONG_MODULES else len(LONG_MODULES)
 
-    for item in items:
-        group = "local-twin" if module(item) in LOCAL_TWIN_MODULES else module(item)
-        item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=rank)  # stable: the collection order within each rank
+    items.sort(key=rank)  # stable
