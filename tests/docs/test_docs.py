@@ -32,13 +32,20 @@ PAGES = (
     "operations.md",
 )
 #: Directories that exist only after a command ran (synth, make, the local twin).
-GENERATED_ROOTS = {"cdk.out", "cdk.out.oldest", ".venv", ".venv-oldest", "node_modules", ".local-cluster"}
+GENERATED_ROOTS = {
+    "cdk.out",
+    "cdk.out.oldest",
+    ".venv",
+    ".venv-oldest",
+    "node_modules",
+    ".local-cluster",
+}
 #: Suffixes of the files a repository path names (a token with one of them is a path candidate).
 SOURCE_SUFFIXES = (".py", ".sh", ".sbatch", ".md", ".toml", ".json", ".txt", ".service", ".timer")
 #: Characters that make a backticked token a pattern, a placeholder or a command, not a path.
 NOT_A_PATH = re.compile(r"[\s<>*$~:…{}\[\]@=|,()'\"]")
 
-FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+FENCE = re.compile(r"^[ \t]*```.*?^[ \t]*```", re.MULTILINE | re.DOTALL)
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 MAKE = re.compile(r"(?<![\w-])make ([a-z][\w-]*)")
@@ -65,25 +72,65 @@ def tracked_top_level() -> set[str]:
     return {name.split("/", 1)[0] for name in listed} | {"docs"}
 
 
+def _is_path_like(token: str) -> bool:
+    return not NOT_A_PATH.search(token) and not token.startswith("/") and "//" not in token
+
+
 def repository_paths(text: str) -> set[str]:
-    """Backticked tokens (outside code blocks) that name a file or folder of the repository:
-    a token with a ``/`` whose first component is a top-level entry of the repository, or any
-    ``/`` token ending in a source suffix; absolute paths, URLs, patterns and placeholders are
-    not repository paths."""
+    """The repository paths a page names: backticked tokens (outside code blocks) with a ``/``
+    whose first component is a top-level entry of the repository or whose name ends in a source
+    suffix, and, in code blocks (commands, examples), words with a ``/`` whose first component
+    is a top-level entry. Absolute paths, URLs, patterns, placeholders and what only a command
+    creates (``cdk.out``, ``.local-cluster``) are not repository paths."""
     top = tracked_top_level()
     found = set()
     for token in CODE_SPAN.findall(prose(text)):
         token = token.rstrip(".")
-        if "/" not in token or token.startswith(("/", ".local-cluster")) or "//" in token:
-            continue
-        if NOT_A_PATH.search(token):
+        if "/" not in token or not _is_path_like(token):
             continue
         first = token.split("/", 1)[0]
         if first in GENERATED_ROOTS:
             continue
         if first in top or token.rstrip("/").endswith(SOURCE_SUFFIXES + ("Dockerfile",)):
             found.add(token)
+    for block in FENCE.findall(text):
+        for word in block.split():
+            word = word.strip("`'\"();,")
+            if "/" in word and _is_path_like(word) and word.split("/", 1)[0] in top:
+                found.add(word)
     return found
+
+
+#: Bare file names the pages mention that are not files of this repository: what runs or is
+#: written elsewhere (a planted module, a run's summary, CDK's report) or another project's file.
+NOT_REPOSITORY_FILES = {
+    "json.py",  # the module a hostile job plants (security.md)
+    "imds-access.sh",  # ParallelCluster's
+    "summary.json",  # an acceptance run's, in S3
+    "validation-report.json",  # CDK's, in cdk.out
+}
+
+
+def repository_file_names(text: str) -> set[str]:
+    """Backticked bare file names (no ``/``) with a source suffix, outside code blocks."""
+    names = set()
+    for token in CODE_SPAN.findall(prose(text)):
+        token = token.rstrip(".")
+        if "/" in token or not _is_path_like(token) or token in NOT_REPOSITORY_FILES:
+            continue
+        if token.endswith(SOURCE_SUFFIXES) or token in ("Makefile", "Dockerfile"):
+            names.add(token)
+    return names
+
+
+def tracked_names() -> set[str]:
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        listed = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*") if p.is_file()]
+    return {name.rsplit("/", 1)[-1] for name in listed}
 
 
 def github_anchor(heading: str) -> str:
@@ -103,7 +150,7 @@ def makefile_targets() -> set[str]:
     return set(re.findall(r"^([a-z][\w-]*):(?!=)", text, re.MULTILINE))
 
 
-# --- TrainiumChecks: the table comes from the rules themselves -------------------------------------
+# --- TrainiumChecks: the table comes from the rules themselves ------------------------------
 
 
 def trainium_rules() -> list:
@@ -143,7 +190,7 @@ def trainium_checks_table() -> str:
     return "\n".join(header + trainium_checks_rows())
 
 
-# --- the tests --------------------------------------------------------------------------------------
+# --- the tests ------------------------------------------------------------------------------
 
 
 def test_the_readme_is_under_250_lines():
@@ -171,6 +218,12 @@ def test_every_repository_path_named_exists(document):
 
 
 @pytest.mark.parametrize("document", documents(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_file_named_by_its_name_alone_is_a_file_of_the_repository(document):
+    names = tracked_names() | {p.name for p in DOCS.glob("*.md")}
+    assert sorted(repository_file_names(document.read_text()) - names) == []
+
+
+@pytest.mark.parametrize("document", documents(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_relative_link_leads_to_a_file_and_heading_that_exist(document):
     broken = []
     for target in LINK.findall(prose(document.read_text())):
@@ -178,9 +231,7 @@ def test_every_relative_link_leads_to_a_file_and_heading_that_exist(document):
             continue
         path, _, anchor = target.partition("#")
         file = (document.parent / path).resolve() if path else document
-        if not file.exists():
-            broken.append(target)
-        elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+        if not file.exists() or (file.suffix == ".md" and anchor not in anchors(file) | {""}):
             broken.append(target)
     assert broken == []
 
