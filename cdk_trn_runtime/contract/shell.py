@@ -74,7 +74,9 @@ def constants(module: ModuleType) -> dict[str, str]:
 def render(module: ModuleType | None = None) -> str:
     """The text of ``contract.sh`` for ``module`` (default: :mod:`cdk_trn_runtime.contract`)."""
     if module is None:
-        import cdk_trn_runtime.contract as module
+        import cdk_trn_runtime.contract as contract
+
+        module = contract
     body = "\n".join(constants(module).values())
     return (
         "# shellcheck shell=bash disable=SC2034\n"
