@@ -131,6 +131,9 @@ SLURM_DAEMON_UID = 64030
 #: Docker containers that run the Slurm daemons from the bundled training image.
 SLURM_CONTROLLER_CONTAINER = "cdk-trn-slurmctld"
 SLURM_NODE_CONTAINER = "cdk-trn-slurmd"
+#: The name every Slurm daemon uses for the controller (SlurmctldAddr, slurmd --conf-server): the
+#: nodes' and the controller's /etc/hosts map it to the controller's current address.
+SLURM_CONTROLLER_ADDR = "cdk-trn-slurmctld"
 #: slurmctld's port (the Slurm default) and slurmd's.
 SLURMCTLD_PORT = 6817
 SLURMD_PORT = 6818

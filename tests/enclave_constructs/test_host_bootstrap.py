@@ -60,7 +60,7 @@ COMMAND_DOUBLES = Path(__file__).with_name("host_command_doubles")
 # $FAKE_S3 with S3's semantics: exit 0 stored, 3 an object exists, 1 S3 refused (STORE_FAILS).
 # The module itself is tested against an S3 test double server in test_state_store.py.
 PYTHON_DOUBLE = f"""#!/bin/bash
-if [ "$1 $2" = "-m cdk_trn_runtime.vault.state_store" ]; then
+if [ "$1 $2 $3" = "-P -m cdk_trn_runtime.vault.state_store" ]; then
   echo "python3.11 $*" >> "$CALLS"
   arg() {{
     local name=$1; shift
@@ -294,7 +294,7 @@ def test_first_host_stores_the_key_state_with_the_conditional_write_not_the_cli(
     host = _boot(tmp_path, synthesized)
     assert host.result.returncode == 0, host.result.stdout[-3000:]
     (store,) = [c for c in host.calls if "state_store" in c]
-    assert store.startswith("python3.11 -m cdk_trn_runtime.vault.state_store --bucket ")
+    assert store.startswith("python3.11 -P -m cdk_trn_runtime.vault.state_store --bucket ")
     assert f"--key {KEY_STATE_OBJECT} --file /var/lib/cdk-trn/signing-key.json" in store
     assert not [c for c in host.calls if c.startswith("aws s3api put-object")]
 

@@ -6,7 +6,7 @@
 # with a new address, hence a new name, and every dead record takes a slot of MaxNodeCount
 # (and is saved in StateSaveLocation, so it outlives the cluster on retained storage). So, every
 # CDK_TRN_REAPER_INTERVAL seconds (0: once), for each dynamic node that is DOWN or not
-# responding, the reaper asks EC2 whether an instance of this cluster (tag cdk-trn:cluster) still
+# responding, the reaper asks EC2 whether an instance of this cluster (the contract's CLUSTER_TAG) still
 # has the node's address; when none has, it deletes the record, and retries on the next round
 # while Slurm refuses (the job is still being requeued off the node). A node whose instance runs
 # is left to the health check and its Auto Scaling group; when EC2 does not answer nothing is
@@ -15,6 +15,8 @@
 # Needs: scontrol (CDK_TRN_SCONTROL overrides the command, e.g. `docker exec <container>
 # scontrol`), aws, CDK_TRN_REGION and CDK_TRN_CLUSTER.
 set -uo pipefail
+# shellcheck source=../../contract/contract.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../contract/contract.sh"
 read -r -a SCONTROL <<<"${CDK_TRN_SCONTROL:-scontrol}"
 INTERVAL="${CDK_TRN_REAPER_INTERVAL:-0}"
 
@@ -24,7 +26,7 @@ log() { echo "cdk-trn-reaper: $*" >&2; logger -t cdk-trn-reaper "$*" 2>/dev/null
 instance_exists() {
   local count
   count=$(aws ec2 describe-instances --region "$CDK_TRN_REGION" \
-    --filters "Name=private-ip-address,Values=$1" "Name=tag:cdk-trn:cluster,Values=$CDK_TRN_CLUSTER" \
+    --filters "Name=private-ip-address,Values=$1" "Name=tag:$CONTRACT_CLUSTER_TAG,Values=$CDK_TRN_CLUSTER" \
     "Name=instance-state-name,Values=pending,running,stopping,stopped" \
     --query 'length(Reservations[].Instances[])' --output text) || return 2
   [[ $count =~ ^[0-9]+$ ]] || return 2
