@@ -33,6 +33,7 @@ deletes the records of dead dynamic nodes whose instance is gone (``ec2:Describe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -70,7 +71,7 @@ from cdk_trn_runtime.contract import (
     SLURMCTLD_PORT,
     SLURMD_PORT,
 )
-from cdk_trn_runtime.slurm.document import cluster_document
+from cdk_trn_runtime.contract.cluster_document import ClusterDocument, PowerSave
 
 #: The controller runs slurmctld, munged and Docker and pulls the Neuron image: below this it
 #: swaps or is killed by the OOM killer while pulling.
@@ -550,15 +551,15 @@ class SlurmScheduler(Construct):
         return group
 
     def slurm_cluster_document(self) -> dict[str, Any]:
-        """The cluster document the controller hands to the slurm.conf generator, built by the
-        function the local twin uses (``cdk_trn_runtime.slurm.document.cluster_document``: its
-        docstring lists the keys). ``node_real_memory_mib`` keeps 5% of the catalog's memory
+        """The cluster document (its JSON form) the controller hands to the slurm.conf generator:
+        the contract's message (``cdk_trn_runtime.contract.cluster_document.ClusterDocument``,
+        whose fields are its keys), built as the local twin builds it. ``node_real_memory_mib`` keeps 5% of the catalog's memory
         for the OS and daemons; ``max_node_count`` has headroom for replacements;
         ``document_parameter`` names the SSM parameter the controller re-reads it from. At boot
         the controller adds ``controller_host`` and ``controller_addr``.
         """
         spec = self.cluster.spec
-        document = cluster_document(
+        document = ClusterDocument.build(
             nodes=self.cluster.nodes,
             shared_root=self.shared_root,
             node_cpus=spec.vcpus,
@@ -574,16 +575,20 @@ class SlurmScheduler(Construct):
             slurmd_port=SLURMD_PORT,
             srun_port_range=SRUN_PORT_RANGE,
         )
-        document["document_parameter"] = self.cluster_document_parameter_name
+        power_save = None
         if self.idle_scale_in_seconds is not None:
             # The group's name is not here (the controller boots before the group exists): the
             # power-saving programs read it from the instances' own tag.
-            document["power_save"] = {
-                "idle_seconds": self.idle_scale_in_seconds,
-                "cluster_tag": [CLUSTER_TAG, self.cluster.cluster_name],
-                "region": cdk.Stack.of(self).region,
-            }
-        return document
+            power_save = PowerSave(
+                idle_seconds=self.idle_scale_in_seconds,
+                cluster_tag=(CLUSTER_TAG, self.cluster.cluster_name),
+                region=cdk.Stack.of(self).region,
+            )
+        return dataclasses.replace(
+            document,
+            document_parameter=self.cluster_document_parameter_name,
+            power_save=power_save,
+        ).to_properties()
 
     def _user_data(self) -> str:
         """The controller's user data: the launcher of its boot bundle with these variables."""

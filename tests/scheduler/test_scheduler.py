@@ -305,7 +305,7 @@ def test_generator_refuses_a_document_with_a_missing_key(tmp_path):
         text=True,
     )
     assert done.returncode == 2
-    assert "missing key" in done.stderr
+    assert "cluster document: shared_root is missing" in done.stderr
 
 
 def test_construct_and_twin_build_the_cluster_document_with_one_function(synth, tmp_path):
