@@ -108,7 +108,7 @@ def test_user_data_quotes_every_value_and_carries_no_key(synth):
     user_data = scheduler._user_data()
     header = [line for line in user_data.splitlines()[1:] if line.startswith("CDK_TRN_")]
     # The controller's 13 variables and the boot bundle's bucket, key, digest, entry and log group.
-    assert len(scheduler._boot_variables()) == 13
+    assert len(scheduler._boot_variables().to_environment()) == 13
     assert len(header) == 13 + 5
     for line in header:
         name, _, value = line.partition("=")
