@@ -104,7 +104,7 @@ PENDING = {"Nodes": "the acceptance run's property and SSM document parameter"}
 
 def test_the_contract_has_messages_of_every_module():
     modules = {cls.__module__.rsplit(".", 1)[1] for cls in _contract_messages()}
-    assert {"preflight", "eif", "cluster_document", "boot"} <= modules, modules
+    assert {"preflight", "eif", "cluster_document", "boot", "deploy_time"} <= modules, modules
 
 
 def _spelled_twice() -> dict[str, dict[str, list[str]]]:
