@@ -59,14 +59,8 @@ from cdk_trn._runtime import runtime_lambda_code
 from cdk_trn.compliance.acknowledge import acknowledge_regulated, acknowledge_wildcards
 from cdk_trn.compliance.depends_on import drop_implied_depends_on
 from cdk_trn.errors import invalid
-from cdk_trn_runtime.contract import (
-    DEPLOY_TIME_ENV_HANDLER,
-    DEPLOY_TIME_ENV_PURPOSE,
-    DEPLOY_TIME_ENV_QUERY_INTERVAL,
-    DEPLOY_TIME_ENV_TOTAL_TIMEOUT,
-    DEPLOY_TIME_FAILURE_MARK,
-    METRICS_NAMESPACE_DEPLOY_TIME,
-)
+from cdk_trn_runtime.contract import DEPLOY_TIME_FAILURE_MARK, METRICS_NAMESPACE_DEPLOY_TIME
+from cdk_trn_runtime.contract.deploy_time import DeployTimeSettings, PrefixListAttributes
 
 DRIVER = "cdk_trn_runtime.deploy_time.driver.handler"
 #: CloudFormation waits at most one hour for a custom resource (``ServiceTimeout`` 1-3600 s).
@@ -246,7 +240,7 @@ class S3PrefixListLookup(Construct):
             service_timeout=cdk.Duration.minutes(10),
         )
         #: The region's S3 managed prefix list (``pl-...``), a deploy-time value.
-        self.prefix_list_id = lookup.get_att_string("PrefixListId")
+        self.prefix_list_id = lookup.get_att_string(PrefixListAttributes.key_of("prefix_list_id"))
 
 
 def _cidr_of(vpc: ec2.IVpc) -> str | None:
@@ -389,12 +383,12 @@ class DeployTimeProvider(Construct):
             memory_size=256,
             log_group=self.log_group,
             description=f"cdk-trn {purpose}: custom resource (on-event, then is-complete polls)",
-            environment={
-                DEPLOY_TIME_ENV_HANDLER: handler_module,
-                DEPLOY_TIME_ENV_PURPOSE: purpose,
-                DEPLOY_TIME_ENV_QUERY_INTERVAL: str(int(query_interval.to_seconds())),
-                DEPLOY_TIME_ENV_TOTAL_TIMEOUT: str(int(total_timeout.to_seconds())),
-            },
+            environment=DeployTimeSettings(
+                handler_module=handler_module,
+                purpose=purpose,
+                query_interval_seconds=int(query_interval.to_seconds()),
+                total_timeout_seconds=int(total_timeout.to_seconds()),
+            ).to_environment(),
             vpc=vpc,
             vpc_subnets=ec2.SubnetSelection(subnets=[subnet]),
             security_groups=[security_group],

@@ -56,6 +56,7 @@ from cdk_trn_runtime.contract import (
     RENDEZVOUS_PORTS,
     vault_url_parameter,
 )
+from cdk_trn_runtime.contract.boot import NodeBoot
 
 MAX_NODES = 1024
 # NODE_BOOT_MINUTES (contract) bounds the replacements after a retryable boot failure
@@ -496,39 +497,38 @@ class TrainiumCluster(Construct):
         """The node user data: the launcher of the node's boot bundle with these variables."""
         return self._boot.user_data(self._boot_variables())
 
-    def _boot_variables(self) -> dict[str, Any]:
+    def _boot_variables(self) -> NodeBoot:
         """The node's ``CDK_TRN_*`` variables (the bundle's ``boot.env``)."""
         fs = self.file_system
         slurm = self.slurm
-        variables: dict[str, Any] = {
-            "CDK_TRN_REGION": cdk.Stack.of(self).region,
-            "CDK_TRN_SIGNER_ROLE": self._signer_role.role_arn,
-            "CDK_TRN_STACK": cdk.Stack.of(self).stack_name,
-            "CDK_TRN_RESOURCE": cdk.Stack.of(self).get_logical_id(self.auto_scaling_group),
-            "CDK_TRN_CLUSTER": self.cluster_name,
-            "CDK_TRN_NODE_OS": self.machine_image.os.value,
-            "CDK_TRN_EXPECTED_NEURON_DEVICES": self.spec.neuron_devices,
-            "CDK_TRN_EXPECTED_EFA_DEVICES": self.spec.efa_devices,
-            "CDK_TRN_LOGICAL_NC": self.spec.default_logical_nc_config,
-            "CDK_TRN_ULTRASERVER_SIZE": self.spec.ultraserver_size
+        return NodeBoot(
+            region=cdk.Stack.of(self).region,
+            signer_role=self._signer_role.role_arn,
+            stack=cdk.Stack.of(self).stack_name,
+            resource=cdk.Stack.of(self).get_logical_id(self.auto_scaling_group),
+            cluster=self.cluster_name,
+            node_os=self.machine_image.os.value,
+            expected_neuron_devices=self.spec.neuron_devices,
+            expected_efa_devices=self.spec.efa_devices,
+            logical_nc=self.spec.default_logical_nc_config,
+            ultraserver_size=(self.spec.ultraserver_size or 0)
             if self.capacity.is_ultraserver
             else 0,
-            "CDK_TRN_FSX_DNS": fs.dns_name if fs else "",
-            "CDK_TRN_FSX_MOUNT_NAME": fs.mount_name if fs else "",
-            "CDK_TRN_FSX_MOUNT_PATH": fs.mount_path if fs else "",
-            "CDK_TRN_FSX_EFA": "1" if fs and fs.efa_enabled else "0",
-            "CDK_TRN_COMPILE_CACHE": self.compile_cache_path,
-            "CDK_TRN_RENDEZVOUS_PORTS": "{}-{}".format(*RENDEZVOUS_PORTS),
-            "CDK_TRN_SLURM_IMAGE": slurm.image_uri if slurm else "",
-            "CDK_TRN_SLURM_KEY_SECRET": slurm.key_secret_arn if slurm else "",
-            "CDK_TRN_SLURM_CONTROLLER_PARAMETER": slurm.controller_parameter if slurm else "",
-            "CDK_TRN_SLURM_FEATURES": slurm.features if slurm else "",
-            "CDK_TRN_SLURM_REGISTER_SECONDS": slurm.registration_seconds if slurm else 0,
+            fsx_dns=fs.dns_name if fs else "",
+            fsx_mount_name=fs.mount_name if fs else "",
+            fsx_mount_path=fs.mount_path if fs else "",
+            fsx_efa=bool(fs and fs.efa_enabled),
+            compile_cache=self.compile_cache_path,
+            rendezvous_ports="{}-{}".format(*RENDEZVOUS_PORTS),
+            slurm_image=slurm.image_uri if slurm else "",
+            slurm_key_secret=slurm.key_secret_arn if slurm else "",
+            slurm_controller_parameter=slurm.controller_parameter if slurm else "",
+            slurm_features=slurm.features if slurm else "",
+            slurm_register_seconds=slurm.registration_seconds if slurm else 0,
             # fail_retryable: replace a node only while another boot fits in the signal timeout.
-            "CDK_TRN_BOOT_SECONDS": NODE_BOOT_MINUTES * 60,
-            "CDK_TRN_SIGNAL_SECONDS": self._signal_timeout_seconds,
-        }
-        return variables
+            boot_seconds=NODE_BOOT_MINUTES * 60,
+            signal_seconds=self._signal_timeout_seconds,
+        )
 
     def _wait_for_signals(self, timeout: cdk.Duration, replace_nodes_on_update: bool) -> None:
         # N SUCCESS signals, each with its instance's id: a node replaced after a retryable boot

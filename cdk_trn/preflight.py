@@ -36,6 +36,8 @@ from cdk_trn._resources import allow_cloudwatch_logs
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import INSTANCE_SPECS
 from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn_runtime.contract import preflight as contract
+from cdk_trn_runtime.contract.preflight import PreflightAttributes, PreflightProperties
 
 HANDLER_MODULE = "cdk_trn_runtime.preflight.handler"
 #: Without waiting the checks take seconds; a waiting preflight continues in a new invocation every
@@ -43,10 +45,10 @@ HANDLER_MODULE = "cdk_trn_runtime.preflight.handler"
 _CHECK_TIMEOUT = cdk.Duration.minutes(3)
 _WAIT_INVOCATION_TIMEOUT = cdk.Duration.minutes(15)
 _CHECK_SERVICE_TIMEOUT = cdk.Duration.minutes(10)
-#: The handler's wait budget and poll (``cdk_trn_runtime.preflight.handler.WAIT_BUDGET`` and
-#: ``POLL_SECONDS``; a test keeps them equal) are the provider's total timeout and query interval.
-WAIT_BUDGET = cdk.Duration.minutes(55)
-POLL_SECONDS = 60
+#: The handler's wait budget and poll (the contract's, ``cdk_trn_runtime.contract.preflight``)
+#: are the provider's total timeout and query interval.
+WAIT_BUDGET = cdk.Duration.minutes(contract.WAIT_BUDGET_MINUTES)
+POLL_SECONDS = contract.POLL_SECONDS
 
 
 class Preflight(Construct):
@@ -181,18 +183,18 @@ class Preflight(Construct):
             "Resource",
             resource_type="Custom::TrnPreflight",
             service_timeout=None if wait_for_capacity_block else _CHECK_SERVICE_TIMEOUT,
-            properties={
-                "InstanceType": instance_type,
-                "AvailabilityZone": availability_zone,
-                "Nodes": str(nodes),
-                "VcpusPerNode": str(spec.vcpus),
-                "Capacity": capacity.kind.value,
-                "ReservationIds": list(capacity.reservation_ids),
-                "WaitForCapacityBlock": "true" if wait_for_capacity_block else "false",
-                "ClusterName": cluster_name or "",
-                "EndpointServices": list(endpoint_services),
-                "ReservationGroupArn": reservation_group_arn or "",
-            },
+            properties=PreflightProperties(
+                instance_type=instance_type,
+                availability_zone=availability_zone,
+                nodes=nodes,
+                vcpus_per_node=spec.vcpus,
+                capacity=capacity.kind,
+                reservation_ids=capacity.reservation_ids,
+                wait_for_capacity_block=wait_for_capacity_block,
+                cluster_name=cluster_name or "",
+                endpoint_services=tuple(endpoint_services),
+                reservation_group_arn=reservation_group_arn or "",
+            ).to_properties(strings=True),
         )
 
     def scale_to_zero_before_block_ends(
@@ -214,7 +216,7 @@ class Preflight(Construct):
             scope,
             "ScaleToZeroBeforeBlockEnds",
             auto_scaling_group_name=group.ref,
-            start_time=self.resource.get_att_string("ScaleToZeroAt"),
+            start_time=self.resource.get_att_string(PreflightAttributes.key_of("scale_to_zero_at")),
             min_size=0,
             max_size=0,
             desired_capacity=0,

@@ -33,6 +33,7 @@ deletes the records of dead dynamic nodes whose instance is gone (``ec2:Describe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -70,7 +71,8 @@ from cdk_trn_runtime.contract import (
     SLURMCTLD_PORT,
     SLURMD_PORT,
 )
-from cdk_trn_runtime.slurm.document import cluster_document
+from cdk_trn_runtime.contract.boot import ControllerBoot
+from cdk_trn_runtime.contract.cluster_document import ClusterDocument, PowerSave
 
 #: The controller runs slurmctld, munged and Docker and pulls the Neuron image: below this it
 #: swaps or is killed by the OOM killer while pulling.
@@ -550,15 +552,18 @@ class SlurmScheduler(Construct):
         return group
 
     def slurm_cluster_document(self) -> dict[str, Any]:
-        """The cluster document the controller hands to the slurm.conf generator, built by the
-        function the local twin uses (``cdk_trn_runtime.slurm.document.cluster_document``: its
-        docstring lists the keys). ``node_real_memory_mib`` keeps 5% of the catalog's memory
-        for the OS and daemons; ``max_node_count`` has headroom for replacements;
-        ``document_parameter`` names the SSM parameter the controller re-reads it from. At boot
-        the controller adds ``controller_host`` and ``controller_addr``.
+        """The cluster document (its JSON form) the controller hands to the slurm.conf generator:
+        the contract's message (``cdk_trn_runtime.contract.cluster_document.ClusterDocument``,
+        whose fields are its keys), built as the local twin builds it. ``node_real_memory_mib``
+        keeps 5% of the catalog's memory for the OS and daemons; ``max_node_count`` has headroom
+        for replacements; ``document_parameter`` names the SSM parameter the controller re-reads
+        it from. At boot the controller adds ``controller_host`` and ``controller_addr``.
         """
+        return self._cluster_document().to_properties()
+
+    def _cluster_document(self) -> ClusterDocument:
         spec = self.cluster.spec
-        document = cluster_document(
+        document = ClusterDocument.build(
             nodes=self.cluster.nodes,
             shared_root=self.shared_root,
             node_cpus=spec.vcpus,
@@ -574,45 +579,48 @@ class SlurmScheduler(Construct):
             slurmd_port=SLURMD_PORT,
             srun_port_range=SRUN_PORT_RANGE,
         )
-        document["document_parameter"] = self.cluster_document_parameter_name
+        power_save = None
         if self.idle_scale_in_seconds is not None:
             # The group's name is not here (the controller boots before the group exists): the
             # power-saving programs read it from the instances' own tag.
-            document["power_save"] = {
-                "idle_seconds": self.idle_scale_in_seconds,
-                "cluster_tag": [CLUSTER_TAG, self.cluster.cluster_name],
-                "region": cdk.Stack.of(self).region,
-            }
-        return document
+            power_save = PowerSave(
+                idle_seconds=self.idle_scale_in_seconds,
+                cluster_tag=(CLUSTER_TAG, self.cluster.cluster_name),
+                region=cdk.Stack.of(self).region,
+            )
+        return dataclasses.replace(
+            document,
+            document_parameter=self.cluster_document_parameter_name,
+            power_save=power_save,
+        )
 
     def _user_data(self) -> str:
         """The controller's user data: the launcher of its boot bundle with these variables."""
         return self.boot.user_data(self._boot_variables())
 
-    def _boot_variables(self) -> dict[str, Any]:
+    def _boot_variables(self) -> ControllerBoot:
         """The controller's ``CDK_TRN_*`` variables (the bundle's ``boot.env``)."""
         stack = cdk.Stack.of(self)
         fs = self.cluster.file_system
         assert fs is not None
         group = self.auto_scaling_group.node.default_child
         assert isinstance(group, cdk.CfnResource)
-        variables: dict[str, Any] = {
-            "CDK_TRN_REGION": stack.region,
-            "CDK_TRN_STACK": stack.stack_name,
-            "CDK_TRN_RESOURCE": stack.get_logical_id(group),
-            "CDK_TRN_CLUSTER": self.cluster.cluster_name,
-            "CDK_TRN_NODE_OS": "amazon-linux-2023",
-            "CDK_TRN_FSX_DNS": fs.dns_name,
-            "CDK_TRN_FSX_MOUNT_NAME": fs.mount_name,
-            "CDK_TRN_FSX_MOUNT_PATH": fs.mount_path,
+        return ControllerBoot(
+            region=stack.region,
+            stack=stack.stack_name,
+            resource=stack.get_logical_id(group),
+            cluster=self.cluster.cluster_name,
+            node_os="amazon-linux-2023",
+            fsx_dns=fs.dns_name,
+            fsx_mount_name=fs.mount_name,
+            fsx_mount_path=fs.mount_path,
             # A controller is a TCP Lustre client: EFA-enabled file systems serve those too.
-            "CDK_TRN_FSX_EFA": "0",
-            "CDK_TRN_SLURM_IMAGE": self.image.image_uri,
-            "CDK_TRN_SLURM_KEY_SECRET": self.auth_key.secret_arn,
-            "CDK_TRN_SLURM_CONTROLLER_PARAMETER": self.controller_address.parameter_name,
-            "CDK_TRN_SLURM_SPEC": json.dumps(self.slurm_cluster_document(), sort_keys=True),
-        }
-        return variables
+            fsx_efa=False,
+            slurm_image=self.image.image_uri,
+            slurm_key_secret=self.auth_key.secret_arn,
+            slurm_controller_parameter=self.controller_address.parameter_name,
+            slurm_spec=self._cluster_document(),
+        )
 
 
 @jsii.implements(cdk.IStableStringProducer)

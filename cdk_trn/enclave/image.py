@@ -32,8 +32,13 @@ from cdk_trn._provider import DeployTimeProvider
 from cdk_trn._runtime import RUNTIME_ROOT, runtime_excludes
 from cdk_trn.compliance import acknowledge_regulated
 from cdk_trn.errors import invalid
+from cdk_trn_runtime.contract.eif import (
+    EIF_NAME,
+    MEASUREMENTS_NAME,
+    EifBuildAttributes,
+    EifBuildProperties,
+)
 from cdk_trn_runtime.eif_builder.buildspec import eif_buildspec
-from cdk_trn_runtime.eif_builder.handler import EIF_NAME, MEASUREMENTS_NAME
 
 _PCR = re.compile(r"^[0-9a-fA-F]{96}$")
 # CloudFormation waits at most an hour for a custom resource (ServiceTimeout <= 3600 s); the
@@ -367,13 +372,13 @@ class EifBuild(Construct):
             self,
             "Resource",
             resource_type="Custom::CdkTrnEifBuild",
-            properties={
-                "ProjectName": self.project.project_name,
-                "SourceBucket": self.source.s3_bucket_name,
-                "SourceKey": self.source.s3_object_key,
-                "OutputBucket": bucket.bucket_name,
-                "OutputPrefix": self.prefix,
-            },
+            properties=EifBuildProperties(
+                project_name=self.project.project_name,
+                source_bucket=self.source.s3_bucket_name,
+                source_key=self.source.s3_object_key,
+                output_bucket=bucket.bucket_name,
+                output_prefix=self.prefix,
+            ).to_properties(),
         )
         # The build runs as the project's role: start it only once that role's policy exists.
         self.resource.node.add_dependency(self.build_policy)
@@ -383,6 +388,6 @@ class EifBuild(Construct):
             "the project has no source repository at all (NO_SOURCE); its buildspec fetches the "
             "one S3 asset of the build context",
         )
-        self.pcr0 = self.resource.get_att_string("PCR0")
-        self.pcr1 = self.resource.get_att_string("PCR1")
-        self.pcr2 = self.resource.get_att_string("PCR2")
+        self.pcr0 = self.resource.get_att_string(EifBuildAttributes.key_of("pcr0"))
+        self.pcr1 = self.resource.get_att_string(EifBuildAttributes.key_of("pcr1"))
+        self.pcr2 = self.resource.get_att_string(EifBuildAttributes.key_of("pcr2"))

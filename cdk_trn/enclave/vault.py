@@ -56,6 +56,7 @@ from cdk_trn.compliance import (
 from cdk_trn.enclave.image import BoundEnclaveImage, EnclaveImage
 from cdk_trn.errors import invalid
 from cdk_trn_runtime.contract import VAULT_DISCOVERY_TAG, VAULT_URL_PENDING
+from cdk_trn_runtime.contract.boot import VaultBoot
 
 #: Operations that honour the ``kms:RecipientAttestation:*`` condition keys (KMS developer guide).
 #: ``kms:GenerateRandom`` is not scoped to a key: a key policy cannot grant it, but listing it keeps
@@ -748,34 +749,32 @@ class EnclaveKeyVault(Construct):
         asg = self.auto_scaling_group.node.default_child
         assert isinstance(asg, autoscaling.CfnAutoScalingGroup)
         return self.boot.user_data(
-            {
-                "CDK_TRN_REGION": stack.region,
-                "CDK_TRN_STACK": stack.stack_name,
-                "CDK_TRN_RESOURCE": stack.get_logical_id(asg),
-                "CDK_TRN_EIF_BUCKET": self.image.eif.bucket.bucket_name,
-                "CDK_TRN_EIF_KEY": self.image.eif.key,
-                "CDK_TRN_EXPECTED_PCR0": self.image.pcr0,
-                "CDK_TRN_ENCLAVE_CPU_COUNT": self.enclave_cpu_count,
-                "CDK_TRN_ENCLAVE_MEMORY_MIB": self.enclave_memory_mib,
-                "CDK_TRN_ENCLAVE_CID": ENCLAVE_CID,
-                "CDK_TRN_KMS_PROXY_PORT": KMS_PROXY_VSOCK_PORT,
-                "CDK_TRN_SERVICE_PORT": self.port,
-                "CDK_TRN_KMS_KEY_ARN": self.key.key_arn,
+            VaultBoot(
+                region=stack.region,
+                stack=stack.stack_name,
+                resource=stack.get_logical_id(asg),
+                eif_bucket=self.image.eif.bucket.bucket_name,
+                eif_key=self.image.eif.key,
+                expected_pcr0=self.image.pcr0,
+                enclave_cpu_count=self.enclave_cpu_count,
+                enclave_memory_mib=self.enclave_memory_mib,
+                enclave_cid=ENCLAVE_CID,
+                kms_proxy_port=KMS_PROXY_VSOCK_PORT,
+                service_port=self.port,
+                kms_key_arn=self.key.key_arn,
                 # A client's signing role when it has one (TrainiumCluster.signer_role: only
                 # the nodes' root signing agents assume it), else its role.
-                "CDK_TRN_ALLOWED_ROLE_ARNS": cdk.Fn.join(
+                allowed_role_arns=cdk.Fn.join(
                     " ",
                     [getattr(client, "signer_role", client.role).role_arn for client in clients],
                 ),
                 # Connection slots for every client node (TrainiumCluster.nodes) and a reserve.
-                "CDK_TRN_MAX_CLIENTS": sum(
-                    int(getattr(client, "nodes", 0) or 0) for client in clients
-                ),
-                "CDK_TRN_STATE_BUCKET": self.state_bucket.bucket_name,
-                "CDK_TRN_KEY_STATE_OBJECT": KEY_STATE_OBJECT,
-                "CDK_TRN_PUBLIC_KEY_PARAMETER": self.public_key_parameter,
-                "CDK_TRN_URL_PARAMETERS": " ".join(self.url_parameter_names),
-            }
+                max_clients=sum(int(getattr(client, "nodes", 0) or 0) for client in clients),
+                state_bucket=self.state_bucket.bucket_name,
+                key_state_object=KEY_STATE_OBJECT,
+                public_key_parameter=self.public_key_parameter,
+                url_parameters=" ".join(self.url_parameter_names),
+            )
         )
 
 

@@ -2,6 +2,11 @@
 
 The constructs (``cdk_trn``) import this module; the runtime reads it where it runs (every
 runtime asset ships it). Standard library only.
+
+The messages that cross from the constructs to the runtime are typed, one module each, on the
+base in ``message.py``: ``preflight`` (and ``CapacityKind``), ``eif`` (the enclave image build),
+``cluster_document`` (the Slurm cluster document), ``boot`` (the ``CDK_TRN_*`` boot variables of
+each instance role) and ``deploy_time`` (the custom-resource functions' settings).
 """
 
 from __future__ import annotations

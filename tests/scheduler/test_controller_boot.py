@@ -25,7 +25,7 @@ def controller() -> Rendered:
     assert isinstance(group, cdk.CfnResource)
     return Rendered(
         user_data=scheduler._user_data(),
-        variables=scheduler._boot_variables(),
+        variables=scheduler._boot_variables().to_environment(),
         stack_name=stack.stack_name,
         logical_id=stack.get_logical_id(group),
     )

@@ -108,7 +108,7 @@ def test_user_data_quotes_every_value_and_carries_no_key(synth):
     user_data = scheduler._user_data()
     header = [line for line in user_data.splitlines()[1:] if line.startswith("CDK_TRN_")]
     # The controller's 13 variables and the boot bundle's bucket, key, digest, entry and log group.
-    assert len(scheduler._boot_variables()) == 13
+    assert len(scheduler._boot_variables().to_environment()) == 13
     assert len(header) == 13 + 5
     for line in header:
         name, _, value = line.partition("=")
@@ -305,7 +305,7 @@ def test_generator_refuses_a_document_with_a_missing_key(tmp_path):
         text=True,
     )
     assert done.returncode == 2
-    assert "missing key" in done.stderr
+    assert "cluster document: shared_root is missing" in done.stderr
 
 
 def test_construct_and_twin_build_the_cluster_document_with_one_function(synth, tmp_path):
