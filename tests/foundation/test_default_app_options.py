@@ -1,4 +1,4 @@
-"""Every option of the README's "Configuration of the default app" table synthesizes clean with a
+"""Every option of docs/configuration.md's "Context keys of the default app" table synthesizes clean with a
 valid non-default value (an opt-in that needs an acknowledgment carries one naming the opt-in),
 and every invalid value is refused with a message: exit 2, no traceback.
 
@@ -25,7 +25,7 @@ from stacks import build_default_app
 from stacks.config import AppConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
+README = (ROOT / "docs" / "configuration.md").read_text()
 
 RESERVATION = "cr-0123456789abcdef0"
 #: Four contexts that together give every key of the table a non-default value.
@@ -77,7 +77,7 @@ CONTEXTS = {
 
 
 def readme_table_keys() -> set[str]:
-    section = README.split("## Configuration of the default app", 1)[1].split("\n## ", 1)[0]
+    section = README.split("## Context keys of the default app", 1)[1].split("\n## ", 1)[0]
     keys: set[str] = set()
     for row in re.findall(r"^\| (`[^|]+`) \|", section, re.M):
         keys.update(re.findall(r"`([A-Za-z]+)`", row))
