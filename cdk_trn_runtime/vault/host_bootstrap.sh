@@ -63,6 +63,10 @@ retry() {
 # --- packages -------------------------------------------------------------------------------
 retry dnf install -y aws-cfn-bootstrap
 retry dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel python3.11
+# botocore signs the key-state write (state_store, below). AL2023 packages Python modules for its
+# system python3 only, so that write runs with python3; the package's version is the one of the
+# AMI's AL2023 release (dnf stays on the release the AMI was built from).
+retry dnf install -y python3-botocore
 
 # --- enclave resources: CPUs and memory taken from the parent at boot -------------------------
 cat > /etc/nitro_enclaves/allocator.yaml <<EOF
@@ -163,12 +167,13 @@ wait_for_parent || fail "parent server did not listen on ${CDK_TRN_SERVICE_PORT}
 
 # --- keep the key state; the first host to store it wins (hosts > 1 start together) ----------
 # S3's conditional create (If-None-Match: *) decides the winner atomically. The write goes through
-# cdk_trn_runtime.vault.state_store (python3.11, standard library, SigV4 with the host role), not
+# cdk_trn_runtime.vault.state_store (python3 with python3-botocore, botocore's SigV4 with the host
+# role), not
 # `aws s3api put-object --if-none-match`: AL2023's awscli-2 may predate that option (aws-cli
 # 8863), and a head-object check before an unconditional put would let two hosts both "win".
 if [ "$STATE_FROM_S3" = no ]; then
   store_status=0
-  PYTHONPATH="$ROOT/src" python3.11 -m cdk_trn_runtime.vault.state_store \
+  PYTHONPATH="$ROOT/src" python3 -m cdk_trn_runtime.vault.state_store \
     --bucket "$CDK_TRN_STATE_BUCKET" --key "$CDK_TRN_KEY_STATE_OBJECT" --file "$STATE" \
     --region "$AWS_REGION" 2>"$ROOT/put.err" || store_status=$?
   if [ "$store_status" -ne 0 ]; then
