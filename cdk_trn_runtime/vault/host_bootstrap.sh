@@ -2,7 +2,7 @@
 # Boot script of an EnclaveKeyVault host (Amazon Linux 2023): the entry script of the vault
 # host's boot bundle (cdk_trn_runtime/node/bundle.py), run once at first boot by the launcher
 # (cdk_trn_runtime/node/launcher.sh, the user data), which checked the bundle's SHA-256 and wrote
-# the variables cdk_trn/enclave/vault.py renders (checked below) into boot.env beside this file.
+# the variables cdk_trn/enclave/vault_boot.py renders (checked below) into boot.env beside this file.
 # The bundle also holds the systemd units (units/) and the parent server's code (src/).
 #
 # Order: packages -> enclave allocator -> vsock-proxy (KMS only) -> EIF fetched and its PCR0
