@@ -20,9 +20,7 @@ from cdk_trn_runtime.slurm.twin.host import (
     wait_for,
     write_file,
 )
-from cdk_trn_runtime.slurm.twin.settings import (
-    SLURMCTLD_NAME,
-)
+from cdk_trn_runtime.slurm.twin.settings import SLURMCTLD_NAME
 from cdk_trn_runtime.slurm.twin.state import TwinState
 
 __all__ = ["TwinInstances"]

@@ -21,10 +21,7 @@ from cdk_trn_runtime.slurm.twin.host import (
     log,
     write_file,
 )
-from cdk_trn_runtime.slurm.twin.settings import (
-    FIRST_NODE_OCTET,
-    PACKAGE_ROOT,
-)
+from cdk_trn_runtime.slurm.twin.settings import FIRST_NODE_OCTET, PACKAGE_ROOT
 from cdk_trn_runtime.slurm.twin.state import TwinState
 
 __all__ = ["TwinMachine"]

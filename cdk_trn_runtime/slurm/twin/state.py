@@ -12,15 +12,9 @@ from typing import Any
 from cdk_trn_runtime import contract
 from cdk_trn_runtime.slurm import document as cluster_doc
 from cdk_trn_runtime.slurm.twin import net
-from cdk_trn_runtime.slurm.twin.host import (
-    write_file,
-)
+from cdk_trn_runtime.slurm.twin.host import write_file
 from cdk_trn_runtime.slurm.twin.layout import Layout
-from cdk_trn_runtime.slurm.twin.settings import (
-    CONTROLLER_OCTET,
-    SCRIPTS,
-    TWIN_TIMEOUTS,
-)
+from cdk_trn_runtime.slurm.twin.settings import CONTROLLER_OCTET, SCRIPTS, TWIN_TIMEOUTS
 
 __all__ = ["TwinState"]
 
