@@ -2,7 +2,7 @@
 # Boot script of an EnclaveKeyVault host (Amazon Linux 2023): the entry script of the vault
 # host's boot bundle (cdk_trn_runtime/node/bundle.py), run once at first boot by the launcher
 # (cdk_trn_runtime/node/launcher.sh, the user data), which checked the bundle's SHA-256 and wrote
-# the variables cdk_trn/enclave/vault.py renders (checked below) into boot.env beside this file.
+# the variables cdk_trn/enclave/vault_boot.py renders (checked below) into boot.env beside this file.
 # The bundle also holds the systemd units (units/) and the parent server's code (src/).
 #
 # Order: packages -> enclave allocator -> vsock-proxy (KMS only) -> EIF fetched and its PCR0
@@ -67,6 +67,10 @@ retry() {
 # --- packages -------------------------------------------------------------------------------
 retry dnf install -y aws-cfn-bootstrap
 retry dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel python3.11
+# botocore signs the key-state write (state_store, below). AL2023 packages Python modules for its
+# system python3 only, so that write runs with python3; the package's version is the one of the
+# AMI's AL2023 release (dnf stays on the release the AMI was built from).
+retry dnf install -y python3-botocore
 
 # --- enclave resources: CPUs and memory taken from the parent at boot -------------------------
 cat > /etc/nitro_enclaves/allocator.yaml <<EOF
@@ -159,14 +163,17 @@ wait_for_parent || fail "parent server did not listen on ${CDK_TRN_SERVICE_PORT}
 
 # --- keep the key state; the first host to store it wins (hosts > 1 start together) ----------
 # S3's conditional create (If-None-Match: *) decides the winner atomically. The write goes through
-# cdk_trn_runtime.vault.state_store (python3.11, standard library, SigV4 with the host role), not
+# cdk_trn_runtime.vault.state_store (python3 with python3-botocore, botocore's SigV4 with the host
+# role), not
 # `aws s3api put-object --if-none-match`: AL2023's awscli-2 may predate that option (aws-cli
 # 8863), and a head-object check before an unconditional put would let two hosts both "win".
 if [ "$STATE_FROM_S3" = no ]; then
   store_status=0
-  PYTHONPATH="$ROOT/src" python3.11 -P -m cdk_trn_runtime.vault.state_store \
+  # python3 (3.9: no -P) ignores the environment (-E) and user site (-s); -m puts the working
+  # directory first on sys.path, so it runs from the root-only source directory.
+  (cd "$ROOT/src" && python3 -E -s -m cdk_trn_runtime.vault.state_store \
     --bucket "$CDK_TRN_STATE_BUCKET" --key "$CDK_TRN_KEY_STATE_OBJECT" --file "$STATE" \
-    --region "$AWS_REGION" 2>"$ROOT/put.err" || store_status=$?
+    --region "$AWS_REGION") 2>"$ROOT/put.err" || store_status=$?
   if [ "$store_status" -ne 0 ]; then
     [ "$store_status" -eq 3 ] || fail "cannot store the key state: $(cat "$ROOT/put.err")"
     # Another host stored its key first: load that one, so that every host signs with one key.
