@@ -86,14 +86,23 @@ def launcher_user_data(
 
 class BootBundle(Construct):
     """One instance role's boot bundle (an S3 asset, checked by its SHA-256 at boot) and boot log
-    group (KMS-encrypted, retained, one year).
+    group (KMS-encrypted, one year).
 
     :param role: ``node``, ``controller`` or ``vault`` (``cdk_trn_runtime.node.bundle.ROLES``).
     :param encryption_key: the key CloudWatch Logs encrypts the log group with; its policy must
         admit CloudWatch Logs (``cdk_trn._resources.allow_cloudwatch_logs``).
+    :param removal_policy: the log group's (the owner's ``destroy_on_delete``). Default: retain.
     """
 
-    def __init__(self, scope: Construct, id: str, *, role: str, encryption_key: kms.IKey) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        role: str,
+        encryption_key: kms.IKey,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
+    ) -> None:
         super().__init__(scope, id)
         self.role = role
         self.sha256 = bundle_sha256(role)
@@ -103,7 +112,7 @@ class BootBundle(Construct):
             "Logs",
             encryption_key=encryption_key,
             retention=logs.RetentionDays.ONE_YEAR,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
         )
 
     @property

@@ -196,6 +196,7 @@ class S3PrefixListLookup(Construct):
         vpc: ec2.IVpc,
         subnet: ec2.ISubnet,
         encryption_key: kms.IKey,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
     ) -> None:
         super().__init__(scope, id)
         group = ec2.SecurityGroup(
@@ -228,6 +229,7 @@ class S3PrefixListLookup(Construct):
             subnet=subnet,
             security_group=group,
             handler_timeout=cdk.Duration.minutes(2),
+            removal_policy=removal_policy,
             wildcard_reason="ec2:DescribeManagedPrefixLists supports no resource-level "
             "permission (Resource '*'); the call is read-only.",
             wildcard_resources=["*"],
@@ -268,6 +270,7 @@ class DeployTimeProvider(Construct):
     :param handler_timeout: each invocation's timeout; a wait longer than that continues in a new
         invocation. Default: 15 minutes (Lambda's longest).
     :param log_retention: retention of the log group. Default: one year.
+    :param removal_policy: the log group's (the owner's ``destroy_on_delete``). Default: retain.
     :param reserved_concurrency: reserved concurrent executions of the function. Default: none
         (reserving fails the deploy in accounts with a low Lambda concurrency limit).
     :param security_group: the function's security group. Default: the stack's
@@ -296,6 +299,7 @@ class DeployTimeProvider(Construct):
         handler_timeout: cdk.Duration | None = None,
         extra_subpackages: Sequence[str] = (),
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
         reserved_concurrency: int | None = None,
         security_group: ec2.ISecurityGroup | None = None,
         wildcard_reason: str | None = None,
@@ -328,7 +332,7 @@ class DeployTimeProvider(Construct):
             "Logs",
             retention=log_retention,
             encryption_key=encryption_key,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
         )
         self.role = iam.Role(
             self,

@@ -27,7 +27,12 @@ from constructs import Construct
 
 from cdk_trn._boot import BootBundle
 from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
-from cdk_trn._resources import ManagedPolicyRole, allow_cloudwatch_logs
+from cdk_trn._outputs import add_outputs, claim_stack
+from cdk_trn._resources import (
+    ManagedPolicyRole,
+    allow_cloudwatch_logs,
+    stateful_removal_policy,
+)
 from cdk_trn.alarm_topic import ClusterEventsTopic, validate_alarm_email
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import (
@@ -53,6 +58,8 @@ from cdk_trn_runtime.contract import (
     CLUSTER_TAG,
     METRICS_NAMESPACE_NODE,
     NODE_BOOT_MINUTES,
+    OUTPUT_CLUSTER_NAME,
+    OUTPUT_NODE_HOURLY_PRICE,
     RENDEZVOUS_PORTS,
     vault_url_parameter,
 )
@@ -136,6 +143,11 @@ class TrainiumCluster(Construct):
         (``cdk_trn.catalog.instance_price``), or unknown when it has none.
     :param alarm_email: subscribe this address to the cluster's events topic (node launches and
         terminations, and the ``ClusterDashboard`` alarms). Default: none.
+    :param destroy_on_delete: the explicit opt-out from retention: delete the boot logs, the
+        preflight's logs and their keys with the stack. Default: False (retained on stack delete).
+
+    Its stack gets the outputs ``cdk-trn`` reads of a cluster (``ClusterName``, and
+    ``NodeHourlyPrice`` when the price is known); one ``TrainiumCluster`` per stack.
     """
 
     def __init__(
@@ -159,6 +171,7 @@ class TrainiumCluster(Construct):
         wait_for_capacity_block: bool = False,
         hourly_price: float | None = None,
         alarm_email: str | None = None,
+        destroy_on_delete: bool = False,
     ) -> None:
         super().__init__(scope, id)
         # Validate everything before the first resource exists.
@@ -171,6 +184,7 @@ class TrainiumCluster(Construct):
         self._validate_region(spec)
         self._validate_root_volume(root_volume_gib)
         self._validate_signal_timeout(signal_timeout)
+        removal_policy = stateful_removal_policy(destroy_on_delete)
         self._signal_timeout_seconds = int(signal_timeout.to_seconds())
         validate_alarm_email(alarm_email)
         name = cluster_name or self._default_name()
@@ -179,6 +193,11 @@ class TrainiumCluster(Construct):
             None
             if hourly_price is None
             else validate_hourly_price(f"{self.node.path}: hourly_price", hourly_price)
+        )
+        claim_stack(
+            self,
+            "TrainiumCluster",
+            "cdk-trn finds a cluster by its stack's outputs (ClusterName, ...)",
         )
 
         self._spec: InstanceSpec = spec
@@ -207,10 +226,16 @@ class TrainiumCluster(Construct):
             "BootLogKey",
             description=f"Encrypts the boot logs of the cdk-trn cluster {name}",
             enable_key_rotation=True,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
         )
         allow_cloudwatch_logs(self._boot_log_key)
-        self._boot = BootBundle(self, "Boot", role="node", encryption_key=self._boot_log_key)
+        self._boot = BootBundle(
+            self,
+            "Boot",
+            role="node",
+            encryption_key=self._boot_log_key,
+            removal_policy=removal_policy,
+        )
         self._boot.grant_boot(self.role)
         self._allow_boot_replacement(name)
         profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
@@ -285,13 +310,12 @@ class TrainiumCluster(Construct):
             self._preflight = Preflight(
                 self,
                 "Preflight",
+                network=network,
                 instance_type=spec.instance_type,
-                availability_zone=network.availability_zone,
                 nodes=nodes,
                 capacity=capacity,
-                vpc=network.vpc,
-                subnet=network.subnet,
                 wait_for_capacity_block=wait_for_capacity_block,
+                destroy_on_delete=destroy_on_delete,
                 cluster_name=name,
                 endpoint_services=[s.short_name for s in INTERFACE_ENDPOINTS.values()]
                 if network.endpoints
@@ -313,6 +337,31 @@ class TrainiumCluster(Construct):
         if file_system is not None:
             file_system.allow_clients(self)
         cdk.Tags.of(self).add(CLUSTER_TAG, name)
+        self._add_outputs()
+
+    def _add_outputs(self) -> None:
+        """The outputs ``cdk-trn`` reads of a cluster (contract keys): its name, which
+        ``cdk-trn verify`` expects in signed checkpoints, and, when known, one node's hourly
+        price, which ``cdk-trn cost`` prices jobs with unless given ``--hourly-price``."""
+        outputs = [
+            (
+                OUTPUT_CLUSTER_NAME,
+                self.cluster_name,
+                "the cluster's name (tag cdk-trn:cluster, signed checkpoints' cluster)",
+            )
+        ]
+        price = self.node_price
+        if price is not None:
+            region = cdk.Stack.of(self).region
+            outputs.append(
+                (
+                    OUTPUT_NODE_HOURLY_PRICE,
+                    f"{price.usd:g}",
+                    f"US dollars per node-hour ({price.label(region)})"[:1000],
+                )
+            )
+        #: The stack outputs of this cluster, by key.
+        self.outputs = add_outputs(self, outputs)
 
     # --- validation -------------------------------------------------------------------------
 

@@ -50,7 +50,8 @@ from constructs import Construct
 
 from cdk_trn._boot import BootBundle
 from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
-from cdk_trn._resources import ManagedPolicyRole
+from cdk_trn._outputs import add_outputs, claim_stack
+from cdk_trn._resources import ManagedPolicyRole, stateful_removal_policy
 from cdk_trn.acceptance.image import NeuronTrainingImage
 from cdk_trn.capacity import CapacityKind
 from cdk_trn.catalog import HOST_SPECS
@@ -66,6 +67,12 @@ from cdk_trn.security import signalling_instance_role
 from cdk_trn_runtime.contract import (
     CLUSTER_TAG,
     METRICS_NAMESPACE_SLURM,
+    OUTPUT_CONTROLLER_GROUP,
+    OUTPUT_DOC_JOB_COMPLETIONS,
+    OUTPUT_JOB_USER,
+    OUTPUT_NODE_GROUP,
+    OUTPUT_SHARED_ROOT,
+    OUTPUT_SLURM_CLUSTER,
     SLURM_DEFAULT_CLUSTER_NAME,
     SLURM_JOB_USER,
     SLURMCTLD_PORT,
@@ -116,6 +123,13 @@ class SlurmScheduler(Construct):
         Standby in its group (desired capacity down) and stops; a job that needs it starts it
         and returns it to service (desired capacity up). 5 minutes to 24 hours. Refused on
         reservations and capacity blocks, which are paid for whether used or not. Default: none.
+    :param destroy_on_delete: the explicit opt-out from retention: delete the controller's boot
+        log group with the stack. Default: False (retained). (The munge key and its KMS key are
+        always deleted: a new deploy generates a new one.)
+
+    Must be in its cluster's stack, which gets the outputs ``cdk-trn`` finds the controller by
+    (``SlurmControllerGroup``, ``SlurmNodeGroup``, ``SlurmJobUser``, ``SlurmSharedRoot``,
+    ``SlurmClusterName``, ``SlurmJobCompletionsDocument``); one ``SlurmScheduler`` per stack.
     """
 
     def __init__(
@@ -134,6 +148,7 @@ class SlurmScheduler(Construct):
         registration_timeout: cdk.Duration | None = None,
         controller_signal_timeout: cdk.Duration | None = None,
         idle_scale_in: cdk.Duration | None = None,
+        destroy_on_delete: bool = False,
     ) -> None:
         super().__init__(scope, id)
         registration_timeout = registration_timeout or cdk.Duration.minutes(15)
@@ -148,6 +163,8 @@ class SlurmScheduler(Construct):
         self._validate_minutes("registration_timeout", registration_timeout, 2, 60)
         self._validate_minutes("controller_signal_timeout", controller_signal_timeout, 5, 120)
         self._validate_idle_scale_in(cluster, idle_scale_in)
+        removal_policy = stateful_removal_policy(destroy_on_delete)
+        self._validate_stack(cluster)
         #: Seconds a node may be idle before it is suspended (None: never).
         self.idle_scale_in_seconds = (
             int(idle_scale_in.to_seconds()) if idle_scale_in is not None else None
@@ -236,7 +253,13 @@ class SlurmScheduler(Construct):
 
         self.role = self._controller_role()
         #: The controller's boot bundle (S3 asset) and boot log group.
-        self.boot = BootBundle(self, "Boot", role="controller", encryption_key=cluster.boot_log_key)
+        self.boot = BootBundle(
+            self,
+            "Boot",
+            role="controller",
+            encryption_key=cluster.boot_log_key,
+            removal_policy=removal_policy,
+        )
         self.boot.grant_boot(self.role)
         self.auto_scaling_group = self._controller_group(
             controller_instance_type,
@@ -287,8 +310,49 @@ class SlurmScheduler(Construct):
             shared_root=self.shared_root,
         )
         cdk.Tags.of(self).add(CLUSTER_TAG, cluster.cluster_name)
+        #: The stack outputs ``cdk-trn`` finds the controller and the job user by (contract keys).
+        self.outputs = add_outputs(
+            self,
+            [
+                (
+                    OUTPUT_CONTROLLER_GROUP,
+                    self.auto_scaling_group.auto_scaling_group_name,
+                    "Auto Scaling group of the Slurm controller",
+                ),
+                (
+                    OUTPUT_NODE_GROUP,
+                    cluster.auto_scaling_group.ref,
+                    "Auto Scaling group of the Slurm nodes",
+                ),
+                (OUTPUT_JOB_USER, self.job_user, "user Slurm jobs run as"),
+                (OUTPUT_SHARED_ROOT, self.shared_root, "mount path of the shared file system"),
+                (OUTPUT_SLURM_CLUSTER, self.slurm_cluster_name, "Slurm cluster name"),
+                (
+                    OUTPUT_DOC_JOB_COMPLETIONS,
+                    self.researcher_access.documents["completions"].ref,
+                    "read-only SSM document of the job completion log (cdk-trn cost)",
+                ),
+            ],
+        )
 
     # --- validation -------------------------------------------------------------------------
+
+    def _validate_stack(self, cluster: TrainiumCluster) -> None:
+        """One scheduler per stack, in its cluster's stack: ``cdk-trn`` reads the cluster's and
+        the scheduler's outputs from one stack."""
+        stack, cluster_stack = cdk.Stack.of(self), cdk.Stack.of(cluster)
+        if stack.node.path != cluster_stack.node.path:
+            raise CdkTrnError(
+                f"{self.node.path}: a SlurmScheduler must be in its cluster's stack "
+                f"({cluster_stack.node.path}, of {cluster.node.path}), got stack "
+                f"{stack.node.path}: cdk-trn reads the cluster's and the scheduler's outputs "
+                "from one stack"
+            )
+        claim_stack(
+            self,
+            "SlurmScheduler",
+            "cdk-trn finds the Slurm controller by its stack's outputs (SlurmControllerGroup, ...)",
+        )
 
     def _validate_file_system(self, cluster: TrainiumCluster) -> None:
         if cluster.file_system is None:

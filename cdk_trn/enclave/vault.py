@@ -33,6 +33,7 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from cdk_trn._boot import BootBundle
+from cdk_trn._outputs import add_outputs, claim_stack
 from cdk_trn._resources import (
     ManagedPolicyRole,
     stateful_removal_policy,
@@ -57,7 +58,14 @@ from cdk_trn.enclave.vault_props import (
     validate_role_arn,
 )
 from cdk_trn.enclave.vault_state import KEY_STATE_OBJECT, state_bucket, storage_key
-from cdk_trn_runtime.contract import VAULT_DISCOVERY_TAG, VAULT_URL_PENDING
+from cdk_trn.interfaces import ITrainingNetwork
+from cdk_trn_runtime.contract import (
+    OUTPUT_VAULT_IMAGE_PCR0,
+    OUTPUT_VAULT_KEY_ARN,
+    OUTPUT_VAULT_URL_PARAMETER,
+    VAULT_DISCOVERY_TAG,
+    VAULT_URL_PENDING,
+)
 
 __all__ = [
     "ADMIN_ACTIONS",
@@ -102,9 +110,9 @@ class VaultEndpoint:
 class EnclaveKeyVault(Construct):
     """Enclave hosts plus a KMS key usable only from the attested enclave image.
 
-    :param vpc: the VPC of the hosts (the cluster's).
-    :param subnet: the subnet of the hosts; private, with VPC endpoints for KMS, STS, SSM and
-        CloudFormation and an S3 gateway endpoint (no internet path is needed).
+    :param network: the hosts' network (the cluster's: ``cluster.network``); they run in its
+        node subnet, private, with VPC endpoints for KMS, STS, SSM and CloudFormation and an S3
+        gateway endpoint (no internet path is needed).
     :param clients: who may call the vault (objects with ``connections`` and ``role``, such as
         ``TrainiumCluster``); their security groups get the service port, their roles are the
         identities the parent server accepts. A client with ``vault_url_parameter`` (a
@@ -151,8 +159,7 @@ class EnclaveKeyVault(Construct):
         scope: Construct,
         id: str,
         *,
-        vpc: ec2.IVpc,
-        subnet: ec2.ISubnet,
+        network: ITrainingNetwork,
         clients: Sequence[VaultClient],
         image: EnclaveImage,
         instance_type: str = "m7i.xlarge",
@@ -190,6 +197,13 @@ class EnclaveKeyVault(Construct):
             *([break_glass_role_arn] if break_glass_role_arn else []),
         ]
         super().__init__(scope, id)
+        claim_stack(
+            self,
+            "EnclaveKeyVault",
+            "cdk-trn vault-key and verify read a vault by its stack's outputs "
+            "(VaultImagePcr0, ...)",
+        )
+        vpc, subnet = network.vpc, network.subnet
         stack = cdk.Stack.of(self)
         self.spec = spec
         #: Number of enclave hosts (the cost summary prices them).
@@ -267,7 +281,13 @@ class EnclaveKeyVault(Construct):
         #: The hosts' boot bundle (boot script, units and the parent server's code: the vault and
         #: enclave subpackages of cdk_trn_runtime), checked by its SHA-256 at boot, and the hosts'
         #: boot log group under the storage key.
-        self.boot = BootBundle(self, "Boot", role="vault", encryption_key=self.storage_key)
+        self.boot = BootBundle(
+            self,
+            "Boot",
+            role="vault",
+            encryption_key=self.storage_key,
+            removal_policy=removal_policy,
+        )
         #: Where the hosts publish their URL: per client cluster, the parameter that cluster's
         #: nodes may read (``TrainiumCluster.vault_url_parameter``).
         self.url_parameter_names = sorted(
@@ -340,6 +360,24 @@ class EnclaveKeyVault(Construct):
             port=port,
             discovery_tag_key=DISCOVERY_TAG_KEY,
             discovery_tag_value=discovery_value,
+        )
+        #: The stack outputs ``cdk-trn vault-key`` and ``cdk-trn verify`` read (contract keys).
+        self.outputs = add_outputs(
+            self,
+            [
+                (OUTPUT_VAULT_IMAGE_PCR0, self.image.pcr0, "PCR0 (SHA-384) of the enclave image"),
+                (
+                    OUTPUT_VAULT_KEY_ARN,
+                    self.key.key_arn,
+                    "KMS key the enclave's signing key comes from",
+                ),
+                (
+                    OUTPUT_VAULT_URL_PARAMETER,
+                    self.url_parameters[0].parameter_name,
+                    "SSM parameter holding the vault's URL (http://<host>:<port>), read by the "
+                    "nodes",
+                ),
+            ],
         )
 
     # --- resources ---------------------------------------------------------------------------

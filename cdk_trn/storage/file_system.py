@@ -28,7 +28,7 @@ from constructs import Construct
 
 from cdk_trn._resources import stateful_removal_policy, whole_days
 from cdk_trn.errors import CdkTrnError, invalid
-from cdk_trn.interfaces import ITrainingFileSystem
+from cdk_trn.interfaces import ITrainingFileSystem, ITrainingNetwork
 from cdk_trn.storage import sizing
 from cdk_trn.storage.data_repository import (
     DataRepositoryAssociation,
@@ -81,8 +81,9 @@ class TrainingFileSystem(TrainingFileSystemBase):
     compressed, backed up daily, retained on stack delete. Clients are let in with
     :meth:`allow_clients`; nothing else can reach it.
 
-    :param vpc: the cluster's VPC.
-    :param subnet: the cluster's subnet; clients must be in the same Availability Zone.
+    :param network: the cluster's network (a ``TrainingNetwork`` or one from
+        ``TrainingNetwork.from_attributes``); the file system is in its node subnet, and clients
+        must be in the same Availability Zone.
     :param storage_capacity_gib: 1200, 2400 or a multiple of 2400 GiB.
         Default: 1200, or chosen by ``target_throughput_gbps``.
     :param per_unit_storage_throughput: MB/s per TiB; PERSISTENT_2: 125, 250, 500 or 1000;
@@ -120,8 +121,7 @@ class TrainingFileSystem(TrainingFileSystemBase):
         scope: Construct,
         id: str,
         *,
-        vpc: ec2.IVpc,
-        subnet: ec2.ISubnet,
+        network: ITrainingNetwork,
         storage_capacity_gib: int | None = None,
         per_unit_storage_throughput: int | None = None,
         target_throughput_gbps: float | None = None,
@@ -176,7 +176,7 @@ class TrainingFileSystem(TrainingFileSystemBase):
         self._security_group = security_group or ec2.SecurityGroup(
             self,
             "SecurityGroup",
-            vpc=vpc,
+            vpc=network.vpc,
             description="FSx for Lustre: Lustre ports from allowed clients and between servers",
             # Outbound is open as in the FSx default: FSx servers answer and call back clients and
             # reach linked S3 buckets; who can reach the file system is decided by inbound rules.
@@ -193,7 +193,7 @@ class TrainingFileSystem(TrainingFileSystemBase):
             file_system_type_version="2.15",
             storage_type="SSD",
             storage_capacity=self._sizing.capacity_gib,
-            subnet_ids=[subnet.subnet_id],
+            subnet_ids=[network.subnet.subnet_id],
             security_group_ids=[self._security_group.security_group_id],
             kms_key_id=self._key.key_id,
             lustre_configuration=fsx.CfnFileSystem.LustreConfigurationProperty(

@@ -181,10 +181,11 @@ def test_nodes_boot_after_the_controller(synth):
     assert controller in template.to_json()["Resources"][nodes]["DependsOn"]
 
 
-def test_a_cluster_takes_one_scheduler():
+def test_a_cluster_takes_one_scheduler_and_the_error_names_both():
     stack, scheduler = _scheduler()
-    with pytest.raises(CdkTrnError, match="one SlurmScheduler per cluster"):
+    with pytest.raises(CdkTrnError, match="one SlurmScheduler per stack") as raised:
         SlurmScheduler(stack, "Second", cluster=scheduler.cluster)
+    assert "Test/Second" in str(raised.value) and "Test/Slurm" in str(raised.value)
 
 
 # --- validation -------------------------------------------------------------------------------
