@@ -31,6 +31,7 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from cdk_trn._runtime import runtime_file
+from cdk_trn_runtime.contract.acceptance import DRAIN_FOR
 
 #: The container's entrypoint, ``python -m cdk_trn_runtime.suite``; torchrun replaces it.
 SUITE_MODULE = "cdk_trn_runtime.suite"
@@ -119,6 +120,17 @@ SLURM_DOCUMENT_PARAMETERS: dict[str, tuple[str, str]] = {
     "DrainAddresses": (
         "Empty for a run; else only drain the Slurm nodes at these addresses (comma-separated), "
         "which are about to be replaced",
+        r"^[0-9.,]{0,2000}$",
+    ),
+    "DrainFor": (
+        "Why DrainAddresses are drained: replace (below threshold), refresh (an image change; "
+        "report each node's state and jobs), refresh-if-idle (the same, none drained unless one "
+        "is idle)",
+        "^(" + "|".join(DRAIN_FOR) + ")$",
+    ),
+    "NodeAddresses": (
+        "Empty: any idle nodes of the partition; else the run's nodes by address "
+        "(comma-separated), each of which must be idle",
         r"^[0-9.,]{0,2000}$",
     ),
 }

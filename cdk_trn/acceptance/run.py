@@ -295,7 +295,16 @@ class AcceptanceRun(Construct):
     :param when_busy: with a scheduler, when the cluster's nodes are busy with users' jobs the
         run never queues behind them: ``"fail"`` fails the deploy at once with the reason,
         ``"report"`` lets it go on and sets the resource's ``Passed`` to ``not-run: cluster
-        busy``. Default: ``"fail"``.
+        busy`` (or ``not-run: nodes busy``). Default: ``"fail"``.
+
+    An image change (a new launch template version) on running nodes: the run first refreshes
+    the nodes on the earlier version. Each is drained in Slurm; one that Slurm then reports
+    drained without a job is marked Unhealthy and its group replaces it from the new template;
+    one still running a job keeps it, and the controller's reaper has it replaced when its jobs
+    end. The run waits for the successors (bounded by ``total_timeout``) and runs on the nodes
+    of the new version only; its ``RanOn`` and ``AwaitingRefresh`` attributes name the nodes it
+    ran on and those still waiting for their jobs. When no node could be refreshed, ``when_busy``
+    decides as above (with ``"fail"`` nothing is drained).
     """
 
     def __init__(
@@ -754,12 +763,34 @@ class AcceptanceRun(Construct):
 
     def _controller_policy(self, scheduler: SlurmScheduler) -> iam.ManagedPolicy:
         """The controller uploads the job's results from the shared file system (the nodes need
-        nothing more: the scheduler already lets them pull its image)."""
-        statements = self._result_writer_statements()
+        nothing more: the scheduler already lets them pull its image), and its reaper replaces
+        the nodes an image refresh drained once their jobs ended (``reaper.sh``'s refresh rule):
+        ``SetInstanceHealth`` in the node group only, and only while it carries this cluster's
+        tag."""
+        node_group = cdk.Stack.of(self).format_arn(
+            service="autoscaling",
+            resource="autoScalingGroup",
+            resource_name=f"*:autoScalingGroupName/{self.cluster.auto_scaling_group.ref}",
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )
+        statements = [
+            *self._result_writer_statements(),
+            iam.PolicyStatement(
+                sid="RefreshDrainedNodes",
+                actions=["autoscaling:SetInstanceHealth"],
+                resources=[node_group],
+                conditions={
+                    "StringEquals": {
+                        f"autoscaling:ResourceTag/{CLUSTER_TAG}": self.cluster.cluster_name
+                    }
+                },
+            ),
+        ]
         policy = iam.ManagedPolicy(
             self,
             "ControllerPolicy",
-            description="cdk-trn acceptance run: the Slurm controller uploads the job's results",
+            description="cdk-trn acceptance run: the Slurm controller uploads the job's results "
+            "and refreshes drained nodes after an image change",
             roles=[scheduler.role],
             statements=statements,
         )
@@ -767,8 +798,11 @@ class AcceptanceRun(Construct):
             policy,
             "s3:PutObject is limited to the acceptance results prefix, under which each deploy "
             "writes a new run id only known at deploy time (and denied on the pass markers, a "
-            "Deny that cdk-nag does not report).",
-            resources=[self._results_objects_arn()],
+            "Deny that cdk-nag does not report); an Auto Scaling group's ARN contains a generated "
+            "id that CloudFormation does not return, and the group name (the Ref) is exact, so "
+            "SetInstanceHealth covers the node group only (and only while it carries the "
+            "cluster's tag).",
+            resources=[self._results_objects_arn(), node_group],
         )
         return policy
 

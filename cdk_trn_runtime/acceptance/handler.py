@@ -20,6 +20,12 @@ results or the deadline raise :class:`AcceptanceRunError`, which the deploy-time
 a FAILED response whose reason is our (short) message. Delete makes no AWS call, so it cannot
 block a stack delete.
 
+An Update whose launch template changed (an image change) on a Slurm cluster first refreshes the
+nodes on the earlier version (``start_refresh``, ``after_drain``): drained in Slurm, the ones
+Slurm reports drained without a job marked Unhealthy (their group replaces them), the busy ones
+left drained for the controller's reaper; the run then waits for the successors and runs on the
+nodes of the current version only.
+
 A pass leaves a marker (``<prefix>_passed/<fingerprint>.json``) naming the run; an Update whose
 run properties match a marker reuses that run instead of running again. That is what keeps a
 rollback (CloudFormation sends the previous properties as an Update) from repeating a run that
@@ -49,6 +55,7 @@ from cdk_trn_runtime.contract import (
     FIGURE_USD_PER_MILLION_TOKENS,
     NODE_BOOT_MINUTES,
 )
+from cdk_trn_runtime.contract.acceptance import ACCEPTANCE_NOT_READY_EXIT
 from cdk_trn_runtime.cost import usd_per_million_tokens
 from cdk_trn_runtime.deploy_time.clients import bounded_config
 
@@ -100,6 +107,13 @@ MAX_REPLACEMENT_ROUNDS = 1
 NODE_BOOT_SECONDS = NODE_BOOT_MINUTES * 60
 #: ``WhenBusy``: what a run does when the cluster's nodes are busy with users' jobs.
 WHEN_BUSY = ("fail", "report")
+#: An image refresh (stale nodes replaced before the run) is started only when a node's boot and
+#: then a run of this long still fit before the run's deadline (CloudFormation's hour): the run
+#: after a refresh gets at least as long as the boot.
+REFRESH_RUN_RESERVE_SECONDS = NODE_BOOT_SECONDS
+#: At most this many characters of node lists in the result's Data (CloudFormation's response
+#: is at most 4 KB).
+NODE_LIST_LIMIT = 600
 
 
 class AcceptanceRunError(Exception):
@@ -309,10 +323,11 @@ def on_event(
     if props.slurm:
         # The job runs in each node's slurmd container, whose image a node takes at boot: nodes
         # launched before this deploy's launch template still run the previous image. Never test
-        # (and report) the old image as the new one, and never terminate a node for it here.
+        # (and report) the old image as the new one: refresh the idle ones first, never
+        # terminate a node that runs a job.
         stale = stale_nodes(clients, props) if request_type == "Update" else []
         if stale:
-            return _not_run(props, run_id, _stale_reason(props, run_id, stale))
+            return start_refresh(clients, props, run_id, started, stale)
         nodes = [send_slurm_command(clients, props, run_id, discover_controller(clients, props))]
     else:
         nodes = send_commands(clients, props, run_id, discover_nodes(clients, props))
@@ -465,11 +480,15 @@ def discover_controller(clients: Clients, props: RunProps) -> Node:
     return Node(0, ids[0], instance["PrivateIpAddress"], kind="controller")
 
 
-def slurm_command_parameters(props: RunProps, run_id: str, region: str) -> dict[str, list[str]]:
+def slurm_command_parameters(
+    props: RunProps, run_id: str, region: str, addresses: Sequence[str] = ()
+) -> dict[str, list[str]]:
+    """The Slurm document's parameters of a run: on any idle nodes of the partition, or on
+    exactly the nodes at ``addresses`` (after an image refresh)."""
     return {
         "Region": [region],
         "RunId": [run_id],
-        "Nodes": [str(props.nodes)],
+        "Nodes": [str(len(addresses) or props.nodes)],
         "ProcsPerNode": [str(props.procs_per_node)],
         "Partition": [props.partition],
         "JobUser": [props.job_user],
@@ -484,6 +503,8 @@ def slurm_command_parameters(props: RunProps, run_id: str, region: str) -> dict[
         "SuiteArgs": [props.suite_args],
         "ExecutionTimeout": [str(props.run_timeout_seconds)],
         "DrainAddresses": [""],
+        "DrainFor": ["replace"],
+        "NodeAddresses": [",".join(addresses)],
     }
 
 
@@ -506,13 +527,20 @@ def drain_in_slurm(clients: Clients, props: RunProps, run_id: str, hosts: Sequen
         LOG.warning("could not drain %s in Slurm: %s", ", ".join(hosts), error)
 
 
-def send_slurm_command(clients: Clients, props: RunProps, run_id: str, controller: Node) -> Node:
-    """Send the Slurm document to the controller: it submits, waits for and uploads the job."""
+def send_slurm_command(
+    clients: Clients,
+    props: RunProps,
+    run_id: str,
+    controller: Node,
+    addresses: Sequence[str] = (),
+) -> Node:
+    """Send the Slurm document to the controller: it submits, waits for and uploads the job
+    (on the nodes at ``addresses`` only, when given)."""
     try:
         response = clients.ssm.send_command(
             InstanceIds=[controller.instance_id],
             DocumentName=props.document_name,
-            Parameters=slurm_command_parameters(props, run_id, clients.region),
+            Parameters=slurm_command_parameters(props, run_id, clients.region, addresses),
             TimeoutSeconds=DELIVERY_TIMEOUT_SECONDS,
             Comment=f"cdk-trn acceptance {run_id} as a Slurm job"[:100],
         )
@@ -621,6 +649,8 @@ def is_complete(
 
     if state.get("NotRun"):
         return _report_not_run(props, run_id, str(state["NotRun"]), "nodes not refreshed")
+    if (state.get("Refresh") or {}).get("Phase") == "draining":
+        return after_drain(clients, props, state)
     if state.get("Replacing"):
         return _after_replacement(clients, props, state)
     run_id = str(state.get("AttemptId") or run_id)
@@ -640,9 +670,11 @@ def is_complete(
         if running and now - first_end < FAILURE_GRACE_SECONDS and now < deadline:
             return {"IsComplete": False}
         cancel_commands(clients, running)
-        busy = [n for n in failed if invocations[n.rank].response_code == ACCEPTANCE_BUSY_EXIT]
-        if busy and props.slurm:
-            return _busy(clients, props, state, run_id)
+        codes = {invocations[n.rank].response_code for n in failed}
+        if props.slurm and ACCEPTANCE_NOT_READY_EXIT in codes and state.get("Refresh"):
+            return _not_ready(clients, props, state, run_id, failed, invocations)
+        if props.slurm and ACCEPTANCE_BUSY_EXIT in codes:
+            return _busy(clients, props, state, run_id, failed, invocations)
         summary = read_summary(clients, props, run_id)
         if summary is not None and not summary.get("passed", False):
             replacing = _replace_or_none(clients, props, state, summary, nodes, run_id, now)
@@ -652,7 +684,9 @@ def is_complete(
                 failure_reason(
                     run_id,
                     _replaced_first(state)
-                    + summary_failures(summary, props, _suite_nodes(nodes), run_id),
+                    + summary_failures(
+                        summary, props, _suite_nodes(nodes), run_id, _run_nodes(props, state)
+                    ),
                     props,
                 )
             )
@@ -683,7 +717,9 @@ def is_complete(
             f"acceptance run {run_id}: every node succeeded but the results are missing: "
             f"s3://{props.results_bucket}/{props.summary_key(run_id)} not found"
         )
-    failures = summary_failures(summary, props, _suite_nodes(nodes), run_id)
+    failures = summary_failures(
+        summary, props, _suite_nodes(nodes), run_id, _run_nodes(props, state)
+    )
     if failures:
         replacing = _replace_or_none(clients, props, state, summary, nodes, run_id, now)
         if replacing is not None:
@@ -693,6 +729,8 @@ def is_complete(
     data = figures_data(summary, props, run_id)
     if state.get("Replaced"):
         data["ReplacedNodes"] = ",".join(r["InstanceId"] for r in state["Replaced"])
+    if state.get("Refresh"):
+        data.update(refresh_data(state))
     return {"IsComplete": True, "Data": data}
 
 
@@ -741,7 +779,7 @@ def _replace_or_none(
     """Start a replacement round for the nodes below threshold, or None when the run must fail:
     not node-local, rounds used up, or no time for a boot and another run."""
     rounds = int(state.get("Round", 0))
-    plan = replacement_plan(summary, props.nodes)
+    plan = replacement_plan(summary, _run_nodes(props, state))
     if plan is None or rounds >= MAX_REPLACEMENT_ROUNDS:
         return None
     if not replacement_fits(float(state["StartedAt"]), now, float(state["Deadline"])):
@@ -802,11 +840,17 @@ def instances_of(
 def _after_replacement(
     clients: Clients, props: RunProps, state: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Once the group has ``nodes`` InService instances besides the replaced ones and a boot's
-    time has passed, run again (a new attempt id); until then, wait."""
+    """Once the group has the run's nodes InService besides the replaced ones (after an image
+    refresh: on the current launch template version) and, for a replacement round, a boot's time
+    has passed, run again (a new attempt id); until then, wait. After a refresh the run goes to
+    exactly those nodes, and the Slurm document answers "not ready" until each is idle in Slurm
+    (the successors' boot), so no boot time is assumed."""
     now = clients.clock()
     deadline = float(state["Deadline"])
-    replaced = {r["InstanceId"] for r in state.get("Replaced", [])}
+    refresh = state.get("Refresh") or {}
+    replaced = {
+        r["InstanceId"] for r in (*state.get("Replaced", []), *refresh.get("Refreshed", []))
+    }
     waiting = f"replaced {', '.join(sorted(replaced))}; waiting for their successors"
     if now >= deadline:
         raise AcceptanceRunError(
@@ -822,26 +866,37 @@ def _after_replacement(
         i["InstanceId"]
         for g in groups
         for i in g["Instances"]
-        if i["LifecycleState"] == "InService" and i["InstanceId"] not in replaced
+        if i["LifecycleState"] == "InService"
+        and i["InstanceId"] not in replaced
+        and (not refresh or _version(i) == _version(g))
     ]
-    booted = now - float(state["ReplacingSince"]) >= NODE_BOOT_SECONDS
-    if len(in_service) < props.nodes or not booted:
+    need = _run_nodes(props, state)
+    booted = bool(refresh) or now - float(state["ReplacingSince"]) >= NODE_BOOT_SECONDS
+    if len(in_service) < need or not booted:
         return {"IsComplete": False, "Status": waiting}
-    round_ = int(state["Round"])
+    round_ = int(state.get("Round", 0))
     run_id = attempt_run_id(str(state["RunId"]), round_)
+    on: dict[str, str] = {}
     if props.slurm:
-        nodes = [send_slurm_command(clients, props, run_id, discover_controller(clients, props))]
+        if refresh:
+            on = addresses_of(clients, props, sorted(in_service))
+        controller = discover_controller(clients, props)
+        nodes = [send_slurm_command(clients, props, run_id, controller, list(on.values()))]
     else:
         nodes = send_commands(clients, props, run_id, discover_nodes(clients, props))
+    new_state = {
+        **state,
+        "Replacing": False,
+        "AttemptId": run_id,
+        "Nodes": [asdict(n) for n in nodes],
+    }
+    if refresh:
+        new_state["Refresh"] = {**refresh, "RanOn": sorted(on)}
+        new_state["RunNodes"] = len(on)
     return {
         "IsComplete": False,
-        "Status": f"running again as {run_id} after replacing {', '.join(sorted(replaced))}",
-        "AcceptanceRun": {
-            **state,
-            "Replacing": False,
-            "AttemptId": run_id,
-            "Nodes": [asdict(n) for n in nodes],
-        },
+        "Status": f"running {run_id} after replacing {', '.join(sorted(replaced))}",
+        "AcceptanceRun": new_state,
     }
 
 
@@ -869,16 +924,252 @@ def stale_nodes(clients: Clients, props: RunProps) -> list[str]:
     return sorted(stale)
 
 
-def _stale_reason(props: RunProps, run_id: str, stale: Sequence[str]) -> str:
-    return (
-        f"acceptance run {run_id} not started: {len(stale)} of {props.nodes} nodes "
-        f"({', '.join(stale)}) run an earlier launch template version than the one with image "
-        f"{props.image_uri}, so the run would test their old image; a deploy never terminates "
-        "a node that may run a job. Fix: between jobs, drain each idle node in Slurm "
-        "(scontrol update nodename=<node> state=drain reason=refresh) and have its group replace "
-        "it (aws autoscaling set-instance-health --health-status Unhealthy --instance-id <id>), "
-        "then deploy again"
+# --------------------------------------------------------------------------------------------
+# an image change: nodes on an earlier launch template are refreshed before the run
+
+
+def refresh_fits(now: float, deadline: float) -> bool:
+    """A refresh (a node's boot, then a run of at least as long) ends by the deadline."""
+    return now + NODE_BOOT_SECONDS + REFRESH_RUN_RESERVE_SECONDS <= deadline
+
+
+def start_refresh(
+    clients: Clients, props: RunProps, run_id: str, started: float, stale: Sequence[str]
+) -> dict[str, Any]:
+    """Drain the stale nodes in Slurm (a drain-only command to the controller, which reports each
+    node's state and jobs after the drain); is_complete then replaces the drained idle ones.
+    With ``WhenBusy=fail`` the controller drains none when none is idle (the deploy fails)."""
+    deadline = started + props.run_timeout_seconds
+    if not refresh_fits(started, deadline):
+        return _not_run(
+            props,
+            run_id,
+            f"acceptance run {run_id} not started: {len(stale)} of {props.nodes} nodes "
+            f"({', '.join(stale)}) run an earlier launch template version than the one with "
+            f"image {props.image_uri}, and refreshing them (a boot of about "
+            f"{NODE_BOOT_MINUTES} min, then the run) does not fit the run's "
+            f"{props.run_timeout_seconds // 60} min. Fix: raise total_timeout",
+        )
+    hosts = addresses_of(clients, props, stale)
+    controller = discover_controller(clients, props)
+    drain_for = "refresh" if props.when_busy == "report" else "refresh-if-idle"
+    try:
+        response = clients.ssm.send_command(
+            InstanceIds=[controller.instance_id],
+            DocumentName=props.document_name,
+            Parameters={
+                **slurm_command_parameters(props, run_id, clients.region),
+                "DrainAddresses": [",".join(hosts[i] for i in stale)],
+                "DrainFor": [drain_for],
+            },
+            TimeoutSeconds=DELIVERY_TIMEOUT_SECONDS,
+            Comment=f"cdk-trn acceptance {run_id}: drain nodes to refresh"[:100],
+        )
+    except ClientError as error:
+        raise AcceptanceRunError(
+            f"SendCommand to the Slurm controller {controller.instance_id} (drain the nodes on "
+            f"the earlier launch template) failed: {_error_code(error)}: {_error_message(error)}"
+        ) from None
+    command = Node(
+        0,
+        controller.instance_id,
+        controller.private_ip,
+        response["Command"]["CommandId"],
+        kind="controller",
     )
+    return {
+        "PhysicalResourceId": run_id,
+        "Data": {"RunId": run_id, "ResultsUri": props.results_uri(run_id)},
+        "AcceptanceRun": {
+            "RunId": run_id,
+            "Reused": False,
+            "StartedAt": started,
+            "Deadline": deadline,
+            "Refresh": {
+                "Phase": "draining",
+                "Command": asdict(command),
+                "Stale": [{"InstanceId": i, "Host": hosts[i]} for i in stale],
+            },
+        },
+    }
+
+
+@dataclass(frozen=True)
+class SlurmNodeState:
+    """One line of the controller's refresh report: a node's state and jobs after the drain."""
+
+    address: str
+    name: str
+    state: str
+    jobs: tuple[str, ...]
+
+    @property
+    def replaceable(self) -> bool:
+        """Drained (not draining) and without a job: replacing it ends no one's work."""
+        return self.state.rstrip("*~#!%$@^-") == "drained" and not self.jobs
+
+
+def parse_refresh_report(text: str) -> dict[str, SlurmNodeState]:
+    """``cdk-trn refresh: <address> <node> <state> <job ids or ->`` lines, by address."""
+    found: dict[str, SlurmNodeState] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if words[:2] != ["cdk-trn", "refresh:"] or len(words) != 6:
+            continue
+        address, name, state, jobs = words[2:]
+        found[address] = SlurmNodeState(
+            address,
+            "" if name == "-" else name,
+            state,
+            tuple(j for j in jobs.split(",") if j and j != "-"),
+        )
+    return found
+
+
+def after_drain(clients: Clients, props: RunProps, state: Mapping[str, Any]) -> dict[str, Any]:
+    """When the drain command has reported: mark the drained idle nodes Unhealthy (their group
+    replaces them from the current launch template) and wait for their successors; the busy
+    ones stay drained and the controller's reaper refreshes each when its jobs end. When none
+    could be refreshed, fail at once naming the nodes and their jobs (or report, not run)."""
+    refresh = state["Refresh"]
+    run_id = str(state["RunId"])
+    command = Node(**refresh["Command"])
+    now = clients.clock()
+    invocation = command_invocation(clients, command)
+    if invocation.status in _RUNNING:
+        if now >= float(state["Deadline"]):
+            cancel_commands(clients, [command])
+            raise AcceptanceRunError(
+                f"acceptance run {run_id}: the controller did not drain the nodes on the earlier "
+                f"launch template by the deadline ({invocation.status})"
+            )
+        return {"IsComplete": False, "Status": "draining the nodes on the earlier template"}
+    if invocation.status != _SUCCESS:
+        raise AcceptanceRunError(
+            _limit(
+                f"acceptance run {run_id}: draining the nodes on the earlier launch template "
+                f"failed: {node_failure(clients, command, invocation)}"
+            )
+        )
+    output = clients.ssm.get_command_invocation(
+        CommandId=command.command_id, InstanceId=command.instance_id
+    ).get("StandardOutputContent", "")
+    report = parse_refresh_report(output)
+    refreshed: list[dict[str, Any]] = []
+    waiting: list[dict[str, Any]] = []
+    for stale in refresh["Stale"]:
+        node = report.get(stale["Host"])
+        entry = {
+            **stale,
+            "Node": node.name if node else "",
+            "State": node.state if node else "unreported",
+            "Jobs": list(node.jobs) if node else [],
+        }
+        if node is not None and node.name and node.replaceable:
+            refreshed.append(entry)
+        else:
+            waiting.append(entry)
+    for entry in refreshed:
+        LOG.info("refreshing %s (%s): drained, no job", entry["InstanceId"], entry["Node"])
+        clients.autoscaling.set_instance_health(
+            InstanceId=entry["InstanceId"], HealthStatus="Unhealthy", ShouldRespectGracePeriod=False
+        )
+    new_refresh = {**refresh, "Phase": "replacing", "Refreshed": refreshed, "Waiting": waiting}
+    new_state = {
+        **state,
+        "Refresh": new_refresh,
+        "Replacing": True,
+        "ReplacingSince": now,
+        "RunNodes": props.nodes - len(waiting),
+    }
+    if not refreshed:
+        reason = (
+            f"acceptance run {run_id} not started: the image changed to {props.image_uri} and "
+            f"no node on the earlier launch template could be refreshed: "
+            f"{_describe_waiting(waiting)}. A deploy never terminates a node that runs a job, "
+            "and the run never queues behind users' jobs"
+        )
+        if props.when_busy == "report":
+            return _report_not_run(
+                props,
+                run_id,
+                reason + "; they stay drained and are refreshed as their jobs end",
+                "nodes busy",
+                new_state,
+            )
+        raise AcceptanceRunError(
+            _limit(
+                reason + ". Fix: deploy again between jobs, or set the acceptance run's "
+                "when_busy='report' to deploy now and have each node refreshed when its jobs end."
+            )
+        )
+    names = ", ".join(e["InstanceId"] for e in refreshed)
+    return {
+        "IsComplete": False,
+        "Status": f"refreshing {names}; waiting for their successors",
+        "AcceptanceRun": new_state,
+    }
+
+
+def refresh_data(state: Mapping[str, Any]) -> dict[str, str]:
+    """What a result says about a refresh: the nodes the run ran on, and those still waiting for
+    their jobs (drained; the reaper refreshes them)."""
+    refresh = state["Refresh"]
+    return {
+        "RanOn": _bounded(list(refresh.get("RanOn", []))),
+        "AwaitingRefresh": _bounded(
+            [_describe_node(e) for e in refresh.get("Waiting", [])], separator="; "
+        ),
+    }
+
+
+def _describe_waiting(waiting: Sequence[Mapping[str, Any]]) -> str:
+    return "; ".join(_describe_node(e) for e in waiting) or "none reported by Slurm"
+
+
+def _describe_node(entry: Mapping[str, Any]) -> str:
+    jobs = ",".join(entry.get("Jobs", [])) or "none"
+    name = entry.get("Node") or f"no Slurm node at {entry['Host']}"
+    return f"{entry['InstanceId']} ({name}, {entry['State']}, jobs {jobs})"
+
+
+def _bounded(items: Sequence[str], separator: str = ",", limit: int = NODE_LIST_LIMIT) -> str:
+    shown: list[str] = []
+    for index, item in enumerate(items):
+        more = f" (+{len(items) - index} more)"
+        if len(separator.join([*shown, item])) + len(more) > limit:
+            return separator.join(shown) + more
+        shown.append(item)
+    return separator.join(shown)
+
+
+def _version(item: Mapping[str, Any]) -> str:
+    return str((item.get("LaunchTemplate") or {}).get("Version") or "")
+
+
+def _run_nodes(props: RunProps, state: Mapping[str, Any]) -> int:
+    """How many nodes this run has: all of them, or after a refresh those not waiting."""
+    return int(state.get("RunNodes") or props.nodes)
+
+
+def addresses_of(clients: Clients, props: RunProps, ids: Sequence[str]) -> dict[str, str]:
+    """Instance id -> private IP, for instances of this cluster (checked by its tag)."""
+    found: dict[str, str] = {}
+    for page in clients.ec2.get_paginator("describe_instances").paginate(InstanceIds=list(ids)):
+        for reservation in page["Reservations"]:
+            for instance in reservation["Instances"]:
+                tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+                if tags.get(CLUSTER_TAG) != props.cluster_name:
+                    raise AcceptanceRunError(
+                        f"instance {instance['InstanceId']} is not tagged "
+                        f"{CLUSTER_TAG}={props.cluster_name}"
+                    )
+                if instance.get("PrivateIpAddress"):
+                    found[instance["InstanceId"]] = instance["PrivateIpAddress"]
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise AcceptanceRunError(f"instances {', '.join(missing)} have no private IP address")
+    return found
 
 
 def _not_run(props: RunProps, run_id: str, reason: str) -> dict[str, Any]:
@@ -893,43 +1184,93 @@ def _not_run(props: RunProps, run_id: str, reason: str) -> dict[str, Any]:
     }
 
 
-def _report_not_run(props: RunProps, run_id: str, reason: str, why: str) -> dict[str, Any]:
+def _report_not_run(
+    props: RunProps,
+    run_id: str,
+    reason: str,
+    why: str,
+    state: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     LOG.warning(reason)
-    return {
-        "IsComplete": True,
-        "Data": {
-            **{name: _NOT_AVAILABLE for name in props.exported_figures},
-            "RunId": run_id,
-            "ResultsUri": props.results_uri(run_id),
-            "Passed": f"not-run: {why}",
-            "WorldSize": _NOT_AVAILABLE,
-            "ImageUri": props.image_uri,
-        },
+    data = {
+        **{name: _NOT_AVAILABLE for name in props.exported_figures},
+        "RunId": run_id,
+        "ResultsUri": props.results_uri(run_id),
+        "Passed": f"not-run: {why}",
+        "WorldSize": _NOT_AVAILABLE,
+        "ImageUri": props.image_uri,
     }
+    if state is not None and state.get("Refresh"):
+        data.update(refresh_data(state))
+    return {"IsComplete": True, "Data": data}
 
 
 def _busy(
-    clients: Clients, props: RunProps, state: Mapping[str, Any], run_id: str
+    clients: Clients,
+    props: RunProps,
+    state: Mapping[str, Any],
+    run_id: str,
+    failed: Sequence[Node] = (),
+    invocations: Mapping[int, Invocation] | None = None,
 ) -> dict[str, Any]:
-    """The job would have waited behind users' jobs: never queue. While successors of replaced
-    nodes are still joining, try again; otherwise fail at once or, with ``WhenBusy=report``,
-    complete and say so."""
-    if state.get("Replaced") and clients.clock() < float(state["Deadline"]):
+    """The job would have waited behind users' jobs: never queue. While successors of nodes
+    replaced below threshold are still joining, try again; otherwise fail at once or, with
+    ``WhenBusy=report``, complete and say so. After an image refresh the run's nodes are named,
+    so busy means a user's job took one of them: the reason names it."""
+    if (
+        state.get("Replaced")
+        and not state.get("Refresh")
+        and clients.clock() < float(state["Deadline"])
+    ):
         return {
             "IsComplete": False,
             "Status": "the replaced nodes' successors are not idle in Slurm yet",
             "AcceptanceRun": {**state, "Replacing": True},
         }
-    reason = (
-        f"acceptance run {run_id} not started: {props.nodes} idle nodes of partition "
-        f"{props.partition} were not available (users' jobs hold them), and the run never "
-        f"queues behind them. Image: {props.image_uri}."
-    )
+    if state.get("Refresh") and failed and invocations is not None:
+        said = "; ".join(node_failure(clients, n, invocations[n.rank]) for n in failed)
+        reason = (
+            f"acceptance run {run_id} not started: users' jobs took refreshed nodes before the "
+            f"run ({said}), and the run never queues behind them. Image: {props.image_uri}."
+        )
+    else:
+        reason = (
+            f"acceptance run {run_id} not started: {_run_nodes(props, state)} idle nodes of "
+            f"partition {props.partition} were not available (users' jobs hold them), and the "
+            f"run never queues behind them. Image: {props.image_uri}."
+        )
     if props.when_busy == "report":
-        return _report_not_run(props, run_id, reason, "cluster busy")
+        return _report_not_run(props, run_id, reason, "cluster busy", state)
     raise AcceptanceRunError(
-        reason + " Fix: deploy again when the nodes are idle, or set the acceptance run's "
-        "when_busy='report' to deploy without it."
+        _limit(
+            reason + " Fix: deploy again when the nodes are idle, or set the acceptance run's "
+            "when_busy='report' to deploy without it."
+        )
+    )
+
+
+def _not_ready(
+    clients: Clients,
+    props: RunProps,
+    state: Mapping[str, Any],
+    run_id: str,
+    failed: Sequence[Node],
+    invocations: Mapping[int, Invocation],
+) -> dict[str, Any]:
+    """A node of the run's list is not idle in Slurm yet (a refreshed node's successor still
+    booting): try again until the deadline."""
+    if clients.clock() < float(state["Deadline"]):
+        return {
+            "IsComplete": False,
+            "Status": "the refreshed nodes' successors are not idle in Slurm yet",
+            "AcceptanceRun": {**state, "Replacing": True},
+        }
+    said = "; ".join(node_failure(clients, n, invocations[n.rank]) for n in failed)
+    raise AcceptanceRunError(
+        _limit(
+            f"acceptance run {run_id}: the refreshed nodes' successors were not idle in Slurm "
+            f"by the deadline ({said}). Image: {props.image_uri}."
+        )
     )
 
 
@@ -1042,15 +1383,20 @@ def _find_summary_key(clients: Clients, props: RunProps, run_id: str) -> str | N
 
 
 def summary_failures(
-    summary: Mapping[str, Any], props: RunProps, nodes: Sequence[Node], run_id: str
+    summary: Mapping[str, Any],
+    props: RunProps,
+    nodes: Sequence[Node],
+    run_id: str,
+    run_nodes: int | None = None,
 ) -> list[str]:
-    """Everything wrong with a summary, most specific first; empty when the run passed."""
+    """Everything wrong with a summary, most specific first; empty when the run passed.
+    ``run_nodes``: the run's node count when not all nodes (after an image refresh)."""
     if summary.get("schema_version") != SCHEMA_VERSION:
         return [f"summary schema_version {summary.get('schema_version')!r} is not {SCHEMA_VERSION}"]
     problems: list[str] = []
     if summary.get("run_id") != run_id:
         problems.append(f"summary is of run {summary.get('run_id')!r}, not {run_id}")
-    expected_world = props.nodes * props.procs_per_node
+    expected_world = (run_nodes or props.nodes) * props.procs_per_node
     if summary.get("world_size") != expected_world:
         problems.append(f"world size {summary.get('world_size')} != expected {expected_world}")
     by_rank = {n.rank: n for n in nodes}

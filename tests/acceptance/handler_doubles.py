@@ -243,8 +243,8 @@ def list_params(node: NodeDouble) -> dict[str, Any]:
     return {"CommandId": node.command_id, "InstanceId": node.instance_id, "Details": True}
 
 
-def summary_key(node_rank: int = 0) -> str:
-    return f"acceptance-runs/{RUN_ID}/{node_rank}/summary.json"
+def summary_key(node_rank: int = 0, run_id: str = RUN_ID) -> str:
+    return f"acceptance-runs/{run_id}/{node_rank}/summary.json"
 
 
 def body(document: Any) -> dict[str, Any]:
@@ -258,10 +258,12 @@ PEAK_TFLOPS_PER_DEVICE = 166.75
 PEAK_HBM_GBPS_PER_DEVICE = 725.0
 
 
-def rank_result(rank: int, world: int, node_ip: str, *, tflops: float = 120.0) -> dict[str, Any]:
+def rank_result(
+    rank: int, world: int, node_ip: str, *, tflops: float = 120.0, run_id: str = RUN_ID
+) -> dict[str, Any]:
     return {
         "schema_version": 1,
-        "run_id": RUN_ID,
+        "run_id": run_id,
         "rank": rank,
         "world_size": world,
         "local_rank": rank % 2,
@@ -307,7 +309,9 @@ def rank_result(rank: int, world: int, node_ip: str, *, tflops: float = 120.0) -
     }
 
 
-def summary(*, slow_rank: int | None = None, world: int = 4) -> dict[str, Any]:
+def summary(
+    *, slow_rank: int | None = None, world: int = 4, run_id: str = RUN_ID
+) -> dict[str, Any]:
     """A summary for ``world`` ranks on ``NODES`` (2 per node), built by the container's code."""
     module = container_summary_module()
     from cdk_trn_runtime.suite.thresholds import Thresholds
@@ -318,10 +322,11 @@ def summary(*, slow_rank: int | None = None, world: int = 4) -> dict[str, Any]:
             world,
             NODES[rank // 2].ip,
             tflops=40.0 if rank == slow_rank else 120.0,
+            run_id=run_id,
         )
         for rank in range(world)
     ]
     thresholds = Thresholds(
         peak_bf16_tflops=PEAK_TFLOPS_PER_DEVICE, peak_hbm_gbps=PEAK_HBM_GBPS_PER_DEVICE
     )
-    return module.build_summary(results, thresholds, run_id=RUN_ID, world_size=world)
+    return module.build_summary(results, thresholds, run_id=run_id, world_size=world)

@@ -539,29 +539,6 @@ def stub_no_pass_marker(aws):
     aws.s3.add_client_error("get_object", service_error_code="NoSuchKey", http_status_code=404)
 
 
-def test_an_image_change_on_nodes_not_yet_refreshed_fails_fast_and_terminates_nothing(aws):
-    stub_no_pass_marker(aws)
-    stub_node_group_versions(aws, {"i-0aaaaaaaaaaaaaaaa": "6", "i-0bbbbbbbbbbbbbbbb": "7"})
-    with pytest.raises(handler.AcceptanceRunError) as error:
-        handler.on_event(image_update(), clients=aws.clients)
-    reason = str(error.value)
-    assert "1 of 2 nodes (i-0aaaaaaaaaaaaaaaa) run an earlier launch template version" in reason
-    assert NEW_IMAGE in reason
-    assert "would test their old image" in reason
-    # No command was sent and no node marked unhealthy (the stubs would have failed).
-
-
-def test_an_image_change_on_stale_nodes_with_report_completes_without_blocking(aws):
-    stub_no_pass_marker(aws)
-    stub_node_group_versions(aws, {"i-0aaaaaaaaaaaaaaaa": "6", "i-0bbbbbbbbbbbbbbbb": "6"})
-    ev = image_update(WhenBusy="report")
-    started = handler.on_event(ev, clients=aws.clients)
-    done = handler.is_complete({**ev, **started}, clients=aws.clients)
-    assert done["IsComplete"] is True
-    assert done["Data"]["Passed"] == "not-run: nodes not refreshed"
-    assert done["Data"]["ImageUri"] == NEW_IMAGE
-
-
 def test_an_image_change_on_refreshed_nodes_runs_and_names_the_image(aws):
     stub_no_pass_marker(aws)
     stub_node_group_versions(aws, {"i-0aaaaaaaaaaaaaaaa": "7", "i-0bbbbbbbbbbbbbbbb": "7"})
