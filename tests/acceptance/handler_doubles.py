@@ -16,6 +16,8 @@ import boto3
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
+from cdk_trn_runtime.acceptance import common
+
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-2"
 RUN_ID = "acceptancerunresource-0123456789ab"
@@ -70,7 +72,7 @@ class StubbedAws:
 
 def stubbed_aws(handler: ModuleType) -> StubbedAws:
     clock = FakeClock()
-    clients = handler.Clients(
+    clients = common.Clients(
         ssm=boto3.client("ssm", region_name=REGION),
         autoscaling=boto3.client("autoscaling", region_name=REGION),
         ec2=boto3.client("ec2", region_name=REGION),
@@ -163,11 +165,11 @@ NODES = (
 def run_state(started: float = NOW - 600) -> dict[str, Any]:
     """What on_event hands to is_complete for a run on ``NODES``."""
     return {
-        "RunId": RUN_ID,
+        "Run": RUN_ID,
         "Reused": False,
         "StartedAt": started,
         "Deadline": started + 3240,
-        "Nodes": [
+        "Commands": [
             {
                 "rank": r,
                 "instance_id": n.instance_id,

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from botocore.stub import ANY
 
+from cdk_trn_runtime.acceptance import common, refresh, slurm_launcher
 from cdk_trn_runtime.contract import CLUSTER_TAG
 from cdk_trn_runtime.contract.acceptance import ACCEPTANCE_NOT_READY_EXIT
 from tests.acceptance.handler_doubles import (
@@ -126,7 +127,7 @@ def stub_no_pass_marker(aws):
 
 
 def props_of(ev):
-    return handler.RunProps.from_properties(ev["ResourceProperties"])
+    return common.parse_properties(ev["ResourceProperties"])
 
 
 def stub_drain_sent(aws, ev, addresses: str, drain_for: str):
@@ -139,11 +140,13 @@ def stub_drain_sent(aws, ev, addresses: str, drain_for: str):
             "InstanceIds": [CONTROLLER.instance_id],
             "DocumentName": DOCUMENT,
             "Parameters": {
-                **handler.slurm_command_parameters(props_of(ev), handler.make_run_id(ev), REGION),
+                **slurm_launcher.slurm_command_parameters(
+                    props_of(ev), common.make_run_id(ev), REGION
+                ),
                 "DrainAddresses": [addresses],
                 "DrainFor": [drain_for],
             },
-            "TimeoutSeconds": handler.DELIVERY_TIMEOUT_SECONDS,
+            "TimeoutSeconds": common.DELIVERY_TIMEOUT_SECONDS,
             "Comment": ANY,
         },
     )
@@ -191,24 +194,24 @@ def stub_run_sent(aws, ev, *nodes: tuple[str, str]):
     stub_addresses(aws, *nodes)
     stub_controller_group(aws, [CONTROLLER.instance_id])
     stub_controller_instance(aws)
-    run_id = handler.make_run_id(ev)
+    run_id = common.make_run_id(ev)
     aws.ssm.add_response(
         "send_command",
         {"Command": {"CommandId": CONTROLLER.command_id}},
         {
             "InstanceIds": [CONTROLLER.instance_id],
             "DocumentName": DOCUMENT,
-            "Parameters": handler.slurm_command_parameters(
+            "Parameters": slurm_launcher.slurm_command_parameters(
                 props_of(ev), run_id, REGION, [ip for _, ip in nodes]
             ),
-            "TimeoutSeconds": handler.DELIVERY_TIMEOUT_SECONDS,
+            "TimeoutSeconds": common.DELIVERY_TIMEOUT_SECONDS,
             "Comment": ANY,
         },
     )
 
 
 def stub_passed(aws, ev, world: int):
-    run_id = handler.make_run_id(ev)
+    run_id = common.make_run_id(ev)
     stub_status(aws, "Success", started=NOW)
     aws.s3.add_response(
         "get_object",
@@ -324,7 +327,7 @@ ALL_BUSY = [
 def test_with_every_stale_node_busy_the_run_fails_at_once_naming_the_nodes_and_jobs(aws):
     ev = start(aws, image_update())
     stub_drain_report(aws, ALL_BUSY)
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         poll(aws, ev)  # no set_instance_health stub: nothing is marked Unhealthy
     reason = str(error.value)
     assert f"the image changed to {NEW_IMAGE}" in reason
@@ -374,7 +377,7 @@ def test_a_refreshed_node_taken_by_a_users_job_fails_the_run_instead_of_queueing
         stderr="cdk-trn acceptance: cluster busy: users' jobs hold ip-10-64-0-21 (allocated) of "
         "the run's nodes; the run does not queue behind them\n",
     )
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         poll(aws, ev)
     assert "users' jobs took refreshed nodes" in str(error.value)
     assert "ip-10-64-0-21 (allocated)" in str(error.value)
@@ -385,12 +388,12 @@ def test_a_refresh_that_does_not_fit_the_run_time_fails_before_draining_anything
     ev = image_update(RunTimeoutSeconds="1500")
     stub_no_pass_marker(aws)
     stub_group(aws, [(OLD_A, "6", "InService"), (OLD_B, "6", "InService")])
-    with pytest.raises(handler.AcceptanceRunError, match="does not fit the run's 25 min"):
+    with pytest.raises(common.AcceptanceRunError, match="does not fit the run's 25 min"):
         handler.on_event(ev, clients=aws.clients)
 
 
 def test_the_refresh_report_is_read_strictly():
-    report = handler.parse_refresh_report(
+    report = refresh.parse_refresh_report(
         "cdk-trn acceptance: drained ip-1 (10.0.0.1)\n"
         "cdk-trn refresh: 10.0.0.1 ip-1 drained -\n"
         "cdk-trn refresh: 10.0.0.2 ip-2 drained* -\n"

@@ -10,6 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from cdk_trn_runtime.acceptance import refresh
 from cdk_trn_runtime.contract import ACCEPTANCE_BUSY_EXIT
 from cdk_trn_runtime.contract.acceptance import ACCEPTANCE_NOT_READY_EXIT
 from tests.acceptance.handler_doubles import load_handler
@@ -178,7 +179,7 @@ def test_a_refresh_drains_every_stale_node_and_reports_what_slurm_says_after_the
     assert "reason=cdk-trn: image refresh" in calls
     assert not any(" sbatch " in c for c in calls.splitlines())
     # The handler reads this report: only the idle node, now drained, may be replaced.
-    report = handler.parse_refresh_report(done.stdout)
+    report = refresh.parse_refresh_report(done.stdout)
     assert {a: (n.name, n.state, n.jobs, n.replaceable) for a, n in report.items()} == {
         "10.64.0.9": ("ip-10-64-0-9", "drained", (), True),
         "10.64.0.12": ("ip-10-64-0-12", "draining", ("41", "42"), False),
