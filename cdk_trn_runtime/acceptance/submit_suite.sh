@@ -10,10 +10,19 @@
 # The job (cdk_trn_runtime/acceptance/acceptance.sbatch) writes its results to the shared file
 # system under RunsDir/RunId/results/<node index>/; this script uploads them to
 # ResultsUri<node index>/, so the results have the same layout as the SSM launcher's.
+# With NodeAddresses the job runs on exactly the nodes at those addresses (after an image
+# refresh: the nodes on the current launch template); every one must be idle in Slurm.
 # Exit status: 0 the job COMPLETED; 69 the controller container is not running; 70 sbatch
-# failed; 71 the job would wait behind users' jobs (never queued: fewer than Nodes idle nodes, or
-# still pending for lack of nodes after BUSY_SECONDS; cancelled); 124 the job did not end before
-# the deadline (cancelled); 1 the job ended otherwise.
+# failed; 71 the job would wait behind users' jobs (never queued: fewer than Nodes idle nodes, a
+# node of NodeAddresses running a job, or still pending for lack of nodes after BUSY_SECONDS;
+# cancelled); 72 a node of NodeAddresses is not in Slurm yet or not idle for another reason (a
+# successor still booting: the handler tries again); 124 the job did not end before the deadline
+# (cancelled); 1 the job ended otherwise.
+#
+# With DrainAddresses nothing runs: the nodes at those addresses are drained (DrainFor: replace,
+# below threshold; refresh, an image refresh; refresh-if-idle, the same but only when one of them
+# is idle) and, for a refresh, each node's state and jobs after the drain are printed as
+# `cdk-trn refresh: <address> <node> <state> <job ids or ->` for the handler.
 [ -n "${BASH_VERSION:-}" ] || exec /bin/bash "$0" "$@"
 set -euo pipefail
 
@@ -34,9 +43,13 @@ EXPECTED_EFA='{{ ExpectedEfaDevices }}'
 SUITE_ARGS='{{ SuiteArgs }}'
 TIMEOUT='{{ ExecutionTimeout }}'
 DRAIN='{{ DrainAddresses }}'
+DRAIN_FOR='{{ DrainFor }}'
+NODE_ADDRESSES='{{ NodeAddresses }}'
 POLL_SECONDS="${CDK_TRN_ACCEPTANCE_POLL_SECONDS:-15}"
 BUSY_SECONDS="${CDK_TRN_ACCEPTANCE_BUSY_SECONDS:-120}"
 BUSY_EXIT=71
+NOT_READY_EXIT=72
+REFRESH_REASON='cdk-trn: image refresh'
 JOB_NAME=cdk-trn-acceptance
 
 started=$(date +%s)
@@ -58,20 +71,52 @@ if [ -z "$running" ]; then
   exit 69
 fi
 
-# A drain-only command: the handler is about to have these nodes replaced (below threshold), so
-# no job may start on them meanwhile. As root in the controller's container (Slurm's admin).
+# A drain-only command: the handler is about to have these nodes replaced (below threshold, or
+# on an earlier launch template after an image change), so no job may start on them meanwhile.
+# As root in the controller's container (Slurm's admin).
 if [ -n "$DRAIN" ]; then
+  admin() { docker exec -u root -w / "$CONTAINER" "$@"; }
+  listing=$(admin sinfo -h -N -o '%N %o %T')
+  name_at() { awk -v a="$1" '$2 == a {print $1; exit}' <<<"$listing"; }
+  reason="cdk-trn acceptance: below threshold, being replaced"
+  if [ "$DRAIN_FOR" != replace ]; then reason="$REFRESH_REASON"; fi
+  drain=1
+  if [ "$DRAIN_FOR" = refresh-if-idle ]; then
+    # Drain none when none is idle: the deploy then fails, and a drain would only take busy
+    # nodes from the users' next jobs.
+    drain=0
+    for addr in ${DRAIN//,/ }; do
+      if awk -v a="$addr" '$2 == a && $3 == "idle" {found = 1} END {exit !found}' <<<"$listing"; then
+        drain=1
+      fi
+    done
+  fi
   for addr in ${DRAIN//,/ }; do
-    name=$(docker exec -u root -w / "$CONTAINER" sinfo -h -N -o '%N %o' | awk -v a="$addr" '$2 == a {print $1; exit}')
+    name=$(name_at "$addr")
     if [ -z "$name" ]; then
       log "no Slurm node at $addr to drain"
       continue
     fi
-    docker exec -u root -w / "$CONTAINER" scontrol update nodename="$name" state=drain \
-      reason="cdk-trn acceptance: below threshold, being replaced" \
-      || log "could not drain $name ($addr)"
-    echo "cdk-trn acceptance: drained $name ($addr)"
+    if [ "$drain" = 1 ]; then
+      admin scontrol update nodename="$name" state=drain reason="$reason" \
+        || log "could not drain $name ($addr)"
+      echo "cdk-trn acceptance: drained $name ($addr)"
+    fi
   done
+  if [ "$DRAIN_FOR" != replace ]; then
+    # After the drain no new job can land on a node: what Slurm says now holds until the node
+    # is replaced. Only a node that is drained (not draining) and has no job may be replaced.
+    for addr in ${DRAIN//,/ }; do
+      name=$(name_at "$addr")
+      if [ -z "$name" ]; then
+        echo "cdk-trn refresh: $addr - absent -"
+        continue
+      fi
+      state=$(admin sinfo -h -N -n "$name" -o %T | head -n 1)
+      jobs=$(admin squeue -h -w "$name" -o %i | paste -sd, -)
+      echo "cdk-trn refresh: $addr $name ${state:-unknown} ${jobs:--}"
+    done
+  fi
   exit 0
 fi
 
@@ -83,11 +128,41 @@ if [ -n "$leftover" ]; then
 fi
 
 # Never queue behind users' jobs: an image change must not block on a busy cluster.
-idle=$(slurm sinfo -h -p "$PARTITION" -t idle -o %D 2>/dev/null | awk '{n += $1} END {print n + 0}')
-if [ "$idle" -lt "$NODES" ]; then
-  log "cluster busy: $idle of the $NODES nodes the run needs are idle in partition $PARTITION" \
-    "(users' jobs hold the others); the run does not queue behind them"
-  exit "$BUSY_EXIT"
+on_nodes=()
+if [ -n "$NODE_ADDRESSES" ]; then
+  listing=$(slurm sinfo -h -N -p "$PARTITION" -o '%N %o %T' 2>/dev/null || true)
+  names=()
+  busy=()
+  waiting=()
+  for addr in ${NODE_ADDRESSES//,/ }; do
+    line=$(awk -v a="$addr" '$2 == a {print $1, $3; exit}' <<<"$listing")
+    name=${line%% *}
+    state=${line#* }
+    case "$state" in
+      '') waiting+=("$addr (not in Slurm yet)") ;;
+      idle) names+=("$name") ;;
+      allocated* | mixed* | completing*) busy+=("$name ($state)") ;;
+      *) waiting+=("$name ($state)") ;;
+    esac
+  done
+  if [ "${#busy[@]}" -gt 0 ]; then
+    log "cluster busy: users' jobs hold ${busy[*]} of the run's nodes; the run does not queue" \
+      "behind them"
+    exit "$BUSY_EXIT"
+  fi
+  if [ "${#waiting[@]}" -gt 0 ]; then
+    log "not ready: ${waiting[*]}"
+    exit "$NOT_READY_EXIT"
+  fi
+  NODES=${#names[@]}
+  on_nodes=(--nodelist "$(IFS=,; echo "${names[*]}")")
+else
+  idle=$(slurm sinfo -h -p "$PARTITION" -t idle -o %D 2>/dev/null | awk '{n += $1} END {print n + 0}')
+  if [ "$idle" -lt "$NODES" ]; then
+    log "cluster busy: $idle of the $NODES nodes the run needs are idle in partition $PARTITION" \
+      "(users' jobs hold the others); the run does not queue behind them"
+    exit "$BUSY_EXIT"
+  fi
 fi
 
 slurm mkdir -p "$OUT_DIR"
@@ -123,7 +198,7 @@ if [ "$minutes" -lt 1 ]; then minutes=1; fi
 # shellcheck disable=SC2086
 if ! submitted=$(docker exec -u "$JOB_USER" -w "$RUN_DIR" "$CONTAINER" \
   sbatch --parsable -N "$NODES" --exclusive --partition "$PARTITION" --job-name "$JOB_NAME" \
-  --time "$minutes" --output "$RUN_DIR/slurm-%j.out" "$SCRIPT" \
+  "${on_nodes[@]}" --time "$minutes" --output "$RUN_DIR/slurm-%j.out" "$SCRIPT" \
   --run-id "$RUN_ID" --out-dir "$OUT_DIR" --procs-per-node "$PROCS_PER_NODE" \
   --rendezvous-port "$RDZV_PORT" --neuron-comm-port "$COMM_PORT" --cache-dir "$CACHE_DIR" \
   --expected-neuron-devices "$EXPECTED_NEURON" --expected-efa-devices "$EXPECTED_EFA" \

@@ -137,6 +137,23 @@ def test_the_controller_may_write_results_but_not_pass_markers(synth):
     assert "acceptance-runs/*" in resolved
 
 
+def test_the_controller_may_replace_nodes_of_the_node_group_only(synth):
+    # The reaper's refresh rule: a node an image refresh drained is marked Unhealthy once idle.
+    stack, scheduler, run, template = synth
+    policies = template.find_resources("AWS::IAM::ManagedPolicy")
+    [policy] = [v for k, v in policies.items() if k.startswith("AcceptanceControllerPolicy")]
+    statements = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
+    refresh = statements["RefreshDrainedNodes"]
+    assert refresh["Action"] == "autoscaling:SetInstanceHealth"
+    group = run.cluster.auto_scaling_group
+    assert f'autoScalingGroupName/", {{"Ref": "{stack.get_logical_id(group)}"' in json.dumps(
+        refresh["Resource"]
+    )
+    assert refresh["Condition"] == {
+        "StringEquals": {f"autoscaling:ResourceTag/{CLUSTER_TAG}": run.cluster.cluster_name}
+    }
+
+
 def test_send_command_reaches_only_instances_tagged_with_the_cluster(synth):
     stack, _, run, template = synth
     policy_id = stack.get_logical_id(run.provider.policy.node.default_child)

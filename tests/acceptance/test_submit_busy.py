@@ -10,7 +10,12 @@ import re
 import subprocess
 from pathlib import Path
 
+from cdk_trn_runtime.acceptance import refresh
 from cdk_trn_runtime.contract import ACCEPTANCE_BUSY_EXIT
+from cdk_trn_runtime.contract.acceptance import ACCEPTANCE_NOT_READY_EXIT
+from tests.acceptance.handler_doubles import load_handler
+
+handler = load_handler()
 
 SCRIPT = Path(__file__).parents[2] / "cdk_trn_runtime/acceptance/submit_suite.sh"
 PARAMETERS = {
@@ -30,32 +35,74 @@ PARAMETERS = {
     "SuiteArgs": "",
     "ExecutionTimeout": "3000",
     "DrainAddresses": "",
+    "DrainFor": "replace",
+    "NodeAddresses": "",
 }
 
 #: Test double of docker: records every call; answers as the controller's container would, from
-#: $IDLE_NODES (sinfo's idle count) and $JOB_STATE (squeue's line for job 42).
+#: $IDLE_NODES (sinfo's idle count), $JOB_STATE (squeue's line for job 42) and the node table
+#: $NODE_TABLE (lines ``<name> <address> <state> <job ids or ->``), whose states a drain changes
+#: as Slurm does (idle -> drained, allocated or mixed -> draining).
 DOCKER_DOUBLE = """#!/bin/bash
 echo "docker $*" >> "$CALLS"
 # docker exec -i reads its input (the job script), as the real one does.
 case " $* " in *" -i "*) cat >/dev/null ;; esac
+after() { sed -n "s/.* $1 \\([^ ]*\\).*/\\1/p" <<<"$*"; }
 case "$*" in
   "ps "*) echo container-id ;;
-  *" sinfo -h -N "*) printf 'ip-10-64-0-9 10.64.0.9\nip-10-64-0-12 10.64.0.12\n' ;;
+  *" sinfo -h -N -n "*) awk -v n="$(after -n "$*")" '$1 == n {print $3}' "$NODE_TABLE" ;;
+  *" sinfo -h -N "*) awk '{print $1, $2, $3}' "$NODE_TABLE" ;;
   *" sinfo "*) echo "$IDLE_NODES" ;;
+  *" squeue -h -w "*)
+    awk -v n="$(after -w "$*")" '$1 == n && $4 != "-" {gsub(",", "\\n", $4); print $4}' \
+      "$NODE_TABLE" ;;
+  *" scontrol update "*)
+    name=$(sed -n 's/.*nodename=\\([^ ]*\\).*/\\1/p' <<<"$*")
+    awk -v n="$name" '$1 == n {sub(/^idle$/, "drained", $3)}
+      $1 == n {sub(/^(allocated|mixed)$/, "draining", $3)} {print}' \\
+      "$NODE_TABLE" > "$NODE_TABLE.new" && mv "$NODE_TABLE.new" "$NODE_TABLE" ;;
   *" sbatch "*) echo 42 ;;
   *" squeue -h -j 42 "*) [ -n "$JOB_STATE" ] && echo "$JOB_STATE" ;;
   *" scontrol show job "*) echo "JobId=42 JobState=CANCELLED ExitCode=0:0" ;;
 esac
 exit 0
 """
+#: The two nodes, both idle.
+IDLE_TABLE = "ip-10-64-0-9 10.64.0.9 idle -\nip-10-64-0-12 10.64.0.12 idle -\n"
 AWS_DOUBLE = '#!/bin/bash\necho "aws $*" >> "$CALLS"\n'
 
 
 def run(
-    tmp_path: Path, idle: int, job_state: str = "", drain: str = ""
+    tmp_path: Path,
+    idle: int,
+    job_state: str = "",
+    drain: str = "",
+    drain_for: str = "replace",
+    nodes: str = "",
+    table: str = IDLE_TABLE,
 ) -> tuple[int, str, list[str]]:
+    result = run_script(tmp_path, idle, job_state, drain, drain_for, nodes, table)
+    return result.returncode, result.stderr, (tmp_path / "calls.log").read_text().splitlines()
+
+
+def run_script(
+    tmp_path: Path,
+    idle: int,
+    job_state: str = "",
+    drain: str = "",
+    drain_for: str = "replace",
+    nodes: str = "",
+    table: str = IDLE_TABLE,
+) -> subprocess.CompletedProcess[str]:
     runs = tmp_path / "runs"
-    parameters = {**PARAMETERS, "RunsDir": str(runs), "DrainAddresses": drain}
+    parameters = {
+        **PARAMETERS,
+        "RunsDir": str(runs),
+        "DrainAddresses": drain,
+        "DrainFor": drain_for,
+        "NodeAddresses": nodes,
+    }
+    (tmp_path / "nodes.table").write_text(table)
     text = re.sub(r"\{\{ (\w+) \}\}", lambda m: parameters[m.group(1)], SCRIPT.read_text())
     script = tmp_path / "submit.sh"
     script.write_text(text)
@@ -66,11 +113,12 @@ def run(
         (bin_dir / name).chmod(0o755)
     calls = tmp_path / "calls.log"
     calls.touch()
-    result = subprocess.run(
+    return subprocess.run(
         ["bash", str(script)],
         env={
             "PATH": f"{bin_dir}:/usr/bin:/bin",
             "CALLS": str(calls),
+            "NODE_TABLE": str(tmp_path / "nodes.table"),
             "IDLE_NODES": str(idle),
             "JOB_STATE": job_state,
             "CDK_TRN_ACCEPTANCE_POLL_SECONDS": "0",
@@ -80,7 +128,6 @@ def run(
         text=True,
         timeout=60,
     )
-    return result.returncode, result.stderr, calls.read_text().splitlines()
 
 
 def test_fewer_idle_nodes_than_the_run_needs_submit_nothing_and_exit_busy(tmp_path):
@@ -113,4 +160,58 @@ def test_a_drain_only_command_drains_the_nodes_at_those_addresses_and_runs_nothi
         "state=drain "
         "reason=cdk-trn acceptance: below threshold, being replaced"
     ]
+    assert not any(" sbatch " in c for c in calls)
+
+
+# --- an image refresh --------------------------------------------------------------------------
+
+BUSY_TABLE = "ip-10-64-0-9 10.64.0.9 idle -\nip-10-64-0-12 10.64.0.12 mixed 41,42\n"
+
+
+def test_a_refresh_drains_every_stale_node_and_reports_what_slurm_says_after_the_drain(tmp_path):
+    done = run_script(
+        tmp_path, idle=1, drain="10.64.0.9,10.64.0.12", drain_for="refresh-if-idle",
+        table=BUSY_TABLE,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls.log").read_text()
+    assert calls.count(" scontrol update ") == 2
+    assert "reason=cdk-trn: image refresh" in calls
+    assert not any(" sbatch " in c for c in calls.splitlines())
+    # The handler reads this report: only the idle node, now drained, may be replaced.
+    report = refresh.parse_refresh_report(done.stdout)
+    assert {a: (n.name, n.state, n.jobs, n.replaceable) for a, n in report.items()} == {
+        "10.64.0.9": ("ip-10-64-0-9", "drained", (), True),
+        "10.64.0.12": ("ip-10-64-0-12", "draining", ("41", "42"), False),
+    }
+
+
+def test_a_refresh_if_idle_with_no_idle_node_drains_nothing(tmp_path):
+    table = "ip-10-64-0-9 10.64.0.9 allocated 7\nip-10-64-0-12 10.64.0.12 mixed 41,42\n"
+    done = run_script(
+        tmp_path, idle=0, drain="10.64.0.9,10.64.0.12", drain_for="refresh-if-idle", table=table
+    )
+    assert done.returncode == 0, done.stderr
+    assert " scontrol update " not in (tmp_path / "calls.log").read_text()
+    assert "cdk-trn refresh: 10.64.0.12 ip-10-64-0-12 mixed 41,42" in done.stdout
+
+
+def test_a_run_on_named_nodes_submits_to_exactly_those(tmp_path):
+    code, _, calls = run(tmp_path, idle=2, nodes="10.64.0.9,10.64.0.12")
+    [sbatch] = [c for c in calls if " sbatch " in c]
+    assert " -N 2 --exclusive " in sbatch
+    assert " --nodelist ip-10-64-0-9,ip-10-64-0-12 " in sbatch
+
+
+def test_a_run_on_named_nodes_one_of_which_a_user_holds_is_busy(tmp_path):
+    code, stderr, calls = run(tmp_path, idle=1, nodes="10.64.0.9,10.64.0.12", table=BUSY_TABLE)
+    assert code == ACCEPTANCE_BUSY_EXIT
+    assert "users' jobs hold ip-10-64-0-12 (mixed)" in stderr
+    assert not any(" sbatch " in c for c in calls)
+
+
+def test_a_run_on_a_node_not_in_slurm_yet_is_not_ready(tmp_path):
+    code, stderr, calls = run(tmp_path, idle=2, nodes="10.64.0.9,10.64.0.30")
+    assert code == ACCEPTANCE_NOT_READY_EXIT
+    assert "10.64.0.30 (not in Slurm yet)" in stderr
     assert not any(" sbatch " in c for c in calls)

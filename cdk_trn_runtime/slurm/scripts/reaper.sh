@@ -12,6 +12,14 @@
 # is left to the health check and its Auto Scaling group; when EC2 does not answer nothing is
 # deleted.
 #
+# The refresh rule: after an image change the acceptance run drains the nodes on an earlier
+# launch template with the reason REFRESH_REASON; it has the idle ones replaced itself, and a node
+# that was running a job is this rule's: once Slurm reports it drained (IDLE+DRAIN, no job, no
+# CPU allocated, not completing) with that reason, the reaper marks its instance Unhealthy in its
+# Auto Scaling group (the controller may do that in the node group only), which replaces it from
+# the current launch template. A node still running a job is never touched; the mark is repeated
+# every round until the instance is gone (idempotent).
+#
 # Needs: scontrol (CDK_TRN_SCONTROL overrides the command, e.g. `docker exec <container>
 # scontrol`), aws, CDK_TRN_REGION and CDK_TRN_CLUSTER.
 set -uo pipefail
@@ -19,6 +27,8 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../../contract/contract.sh"
 read -r -a SCONTROL <<<"${CDK_TRN_SCONTROL:-scontrol}"
 INTERVAL="${CDK_TRN_REAPER_INTERVAL:-0}"
+# cdk_trn_runtime.contract.acceptance.REFRESH_DRAIN_REASON (Slurm appends who set it and when).
+REFRESH_REASON='cdk-trn: image refresh'
 
 log() { echo "cdk-trn-reaper: $*" >&2; logger -t cdk-trn-reaper "$*" 2>/dev/null || true; }
 
@@ -33,6 +43,42 @@ instance_exists() {
   [ "$count" -gt 0 ]
 }
 
+# The id of the running instance of this cluster with address $1, if exactly one; status 2 when
+# EC2 did not answer.
+instance_at() {
+  local ids
+  ids=$(aws ec2 describe-instances --region "$CDK_TRN_REGION" \
+    --filters "Name=private-ip-address,Values=$1" "Name=tag:cdk-trn:cluster,Values=$CDK_TRN_CLUSTER" \
+    "Name=instance-state-name,Values=pending,running" \
+    --query 'Reservations[].Instances[].InstanceId' --output text) || return 2
+  [[ $ids =~ ^i-[0-9a-f]+$ ]] || return 1
+  echo "$ids"
+}
+
+# Refresh rule: $1 node name, $2 state, $3 address, $4 the whole scontrol line.
+refresh_if_drained() {
+  local name=$1 state=$2 address=$3 line=$4 reason instance
+  reason=$(sed -n 's/.* Reason=\(.*\)$/\1/p' <<<"$line")
+  case "$reason" in "$REFRESH_REASON"*) ;; *) return 0 ;; esac
+  # Drained: the base state IDLE (no job), the DRAIN flag, nothing completing, no CPU allocated.
+  case "$state" in IDLE+*) ;; *) return 0 ;; esac
+  case "+$state+" in *+DRAIN+*) ;; *) return 0 ;; esac
+  case "+$state+" in *+COMPLETING+*) return 0 ;; esac
+  case " $line " in *" CPUAlloc=0 "*) ;; *) return 0 ;; esac
+  instance=$(instance_at "$address")
+  case $? in
+    0) ;;
+    2) log "EC2 did not answer for $name ($address): not refreshed yet"; return 0 ;;
+    *) return 0 ;;
+  esac
+  if aws autoscaling set-instance-health --region "$CDK_TRN_REGION" --instance-id "$instance" \
+    --health-status Unhealthy --no-should-respect-grace-period >/dev/null; then
+    log "refreshing $name ($instance): drained for the image refresh, no job; marked Unhealthy"
+  else
+    log "could not mark $instance ($name) Unhealthy: retrying"
+  fi
+}
+
 reap_once() {
   local nodes line name state address
   nodes=$("${SCONTROL[@]}" show node --oneliner 2>/dev/null) || { log "scontrol did not answer"; return 1; }
@@ -41,6 +87,9 @@ reap_once() {
     name=$(sed -n 's/^NodeName=\([^ ]*\) .*/\1/p' <<<"$line")
     state=$(sed -n 's/.* State=\([^ ]*\) .*/\1/p' <<<"$line")
     address=$(sed -n 's/.* NodeAddr=\([^ ]*\) .*/\1/p' <<<"$line")
+    if [ -n "$name" ] && [ -n "$address" ]; then
+      refresh_if_drained "$name" "$state" "$address" "$line"
+    fi
     case "+$state+" in *+DYNAMIC_NORM+*) ;; *) continue ;; esac
     case "+$state+" in *+DOWN+* | *+DOWN\*+* | *+NOT_RESPONDING+*) ;; *) continue ;; esac
     [ -n "$name" ] && [ -n "$address" ] || continue
