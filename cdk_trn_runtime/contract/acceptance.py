@@ -75,7 +75,8 @@ class Check(Message):
     minimum: float | None = key("Min", default=None)
     maximum: float | None = key("Max", default=None)
 
-    def to_properties(self, *, omit_defaults: bool = False) -> dict[str, Any]:
+    def to_properties(self, *, omit_defaults: bool = False, strings: bool = True) -> dict[str, Any]:
+        """Always as CloudFormation hands it over (numbers as text), ``strings`` or not."""
         return {k: _text(v) for k, v in super().to_properties(omit_defaults=omit_defaults).items()}
 
 
@@ -144,7 +145,8 @@ class AcceptanceRunProperties(Message):
         keys = cls.keys()
         return tuple(keys[name] for name in cls.RUN_FIELDS)
 
-    def to_properties(self, *, omit_defaults: bool = False) -> dict[str, Any]:
+    def to_properties(self, *, omit_defaults: bool = False, strings: bool = True) -> dict[str, Any]:
+        """Always as CloudFormation hands it over (numbers as text), ``strings`` or not."""
         out = super().to_properties(omit_defaults=omit_defaults)
         price = type(self).keys()["hourly_price"]
         for wire, value in out.items():

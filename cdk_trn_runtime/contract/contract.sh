@@ -30,6 +30,7 @@ readonly CONTRACT_NODE_BOOT_MINUTES='15'
 readonly -A CONTRACT_NODE_EFA_COUNTERS=(['rx_bytes']='EfaRxBytes' ['rx_drops']='EfaRxDrops' ['tx_bytes']='EfaTxBytes')
 readonly -a CONTRACT_NODE_NEURON_METRICS=('NeuronCoreUtilization' 'NeuronDeviceMemoryUsed')
 readonly CONTRACT_OUTPUT_CLUSTER_NAME='ClusterName'
+readonly CONTRACT_OUTPUT_CODE_ARCHIVE_BUCKET='SlurmCodeBucket'
 readonly CONTRACT_OUTPUT_CODE_BUCKET='DatasetBucketName'
 readonly CONTRACT_OUTPUT_CONTROLLER_GROUP='SlurmControllerGroup'
 readonly CONTRACT_OUTPUT_DOC_JOB_COMPLETIONS='SlurmJobCompletionsDocument'

@@ -48,7 +48,7 @@ instance_exists() {
 instance_at() {
   local ids
   ids=$(aws ec2 describe-instances --region "$CDK_TRN_REGION" \
-    --filters "Name=private-ip-address,Values=$1" "Name=tag:cdk-trn:cluster,Values=$CDK_TRN_CLUSTER" \
+    --filters "Name=private-ip-address,Values=$1" "Name=tag:$CONTRACT_CLUSTER_TAG,Values=$CDK_TRN_CLUSTER" \
     "Name=instance-state-name,Values=pending,running" \
     --query 'Reservations[].Instances[].InstanceId' --output text) || return 2
   [[ $ids =~ ^i-[0-9a-f]+$ ]] || return 1
