@@ -85,8 +85,9 @@ def render(module: ModuleType | None = None) -> str:
         "# __init__.py by `python -m cdk_trn_runtime.contract.shell`: do not edit. Source it;\n"
         f"# every name is {PREFIX}<the contract's name>.\n"
         # The guard runs no command: an exported function (BASH_FUNC_declare%%) can stand in for
-        # ``declare`` or ``builtin``, never for an expansion; ${NAME@a} is the name's attributes.
-        f"[[ ${{{_LOADED}@a}} == *r* ]] && return 0\n"
+        # ``declare`` or ``builtin``, never for an expansion; ${NAME@a} is the name's attributes
+        # (behind ${NAME+...}, which set -u allows on an unset name).
+        f"[[ ${{{_LOADED}+${{{_LOADED}@a}}}} == *r* ]] && return 0\n"
         f"readonly {_LOADED}=1\n"
         f"{body}\n"
     )

@@ -97,6 +97,9 @@ def test_an_exported_function_named_declare_cannot_fake_the_load_guard():
         CONTRACT_SH_LOADED="1",
     )
     assert out == contract.SLURM_NODE_ENV_FILE
+    # And the guard holds under set -u, with or without an earlier load.
+    source = f'. "{shell.CONTRACT_SH}"'
+    assert _bash(f'set -u; {source}; {source}; echo "$CONTRACT_SLURMCTLD_PORT"') == "6817\n"
 
 
 def test_the_check_mode_tells_a_stale_file(tmp_path, monkeypatch):
