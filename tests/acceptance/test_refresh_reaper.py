@@ -54,7 +54,7 @@ def run_reaper(
     squeue.write_text(
         "#!/bin/bash\n# Test double of squeue -h -w <node> -o %i: the jobs file's ids for it.\n"
         f"{'exit 1' if squeue_fails else ':'}\n"
-        f'awk -v n="$3" \'$1 == n {{print $2}}\' {tmp_path}/jobs\n'
+        f"awk -v n=\"$3\" '$1 == n {{print $2}}' {tmp_path}/jobs\n"
     )
     squeue.chmod(0o755)
     scontrol = bin_dir / "scontrol-double"
