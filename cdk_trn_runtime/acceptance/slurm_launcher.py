@@ -4,6 +4,7 @@ drains nodes); and which nodes of the group run an earlier launch template versi
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Sequence
 
@@ -19,7 +20,7 @@ from cdk_trn_runtime.acceptance.common import (
     _error_message,
 )
 from cdk_trn_runtime.contract import CLUSTER_TAG
-from cdk_trn_runtime.contract.acceptance import SlurmCommand
+from cdk_trn_runtime.contract.acceptance import RUN_NODES_LINE, SlurmCommand
 
 LOG = logging.getLogger(__name__)
 
@@ -86,12 +87,16 @@ def slurm_command_parameters(
     ).command_parameters()
 
 
-def drain_in_slurm(clients: Clients, props: RunProps, run_id: str, hosts: Sequence[str]) -> None:
-    """Best effort, before the nodes are marked Unhealthy: a drain-only command to the controller
-    so that no job starts on them meanwhile (a terminating node leaves Slurm by itself too)."""
+def drain_in_slurm(
+    clients: Clients, props: RunProps, run_id: str, hosts: Sequence[str]
+) -> Node | None:
+    """Before nodes below threshold are replaced: a drain-only command to the controller, so that
+    no job starts on them meanwhile, which reports each node's state and jobs after the drain
+    (only a node Slurm reports drained without a job is then replaced). None when it could not
+    be sent (then nothing is replaced)."""
     try:
         controller = discover_controller(clients, props)
-        clients.ssm.send_command(
+        response = clients.ssm.send_command(
             InstanceIds=[controller.instance_id],
             DocumentName=props.document_name,
             Parameters=slurm_command_parameters(props, run_id, clients.region, drain=hosts),
@@ -100,6 +105,49 @@ def drain_in_slurm(clients: Clients, props: RunProps, run_id: str, hosts: Sequen
         )
     except (AcceptanceRunError, ClientError) as error:
         LOG.warning("could not drain %s in Slurm: %s", ", ".join(hosts), error)
+        return None
+    return Node(
+        0,
+        controller.instance_id,
+        controller.private_ip,
+        response["Command"]["CommandId"],
+        kind="controller",
+    )
+
+
+def parse_run_nodes(output: str) -> set[str] | None:
+    """The run's node addresses from the Slurm document's output: the first
+    :data:`~cdk_trn_runtime.contract.acceptance.RUN_NODES_LINE` (the controller prints it before
+    any of the job's own output, so a line the job wrote comes later); None without one."""
+    for line in output.splitlines():
+        if line.startswith(RUN_NODES_LINE + " "):
+            words = line[len(RUN_NODES_LINE) :].split()
+            if words in ([], ["-"]):
+                return set()
+            found = set()
+            for address in words[0].split(","):
+                try:
+                    found.add(str(ipaddress.IPv4Address(address)))
+                except ValueError:
+                    LOG.warning("ignoring %r in the run's node list", address)
+            return found
+    return None
+
+
+def run_nodes(clients: Clients, command: Node) -> set[str]:
+    """The addresses of the nodes Slurm allocated to the run's job, as the controller reported
+    them after the job; none when it did not (then no node is replaced)."""
+    try:
+        output = clients.ssm.get_command_invocation(
+            CommandId=command.command_id, InstanceId=command.instance_id
+        ).get("StandardOutputContent", "")
+    except ClientError as error:
+        LOG.warning("could not read the run's node list from %s: %s", command.command_id, error)
+        return set()
+    found = parse_run_nodes(output)
+    if found is None:
+        LOG.warning("the controller's output names no run nodes (%s)", command.command_id)
+    return found or set()
 
 
 def send_slurm_command(

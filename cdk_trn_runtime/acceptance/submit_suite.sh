@@ -19,10 +19,16 @@
 # successor still booting: the handler tries again); 124 the job did not end before the deadline
 # (cancelled); 1 the job ended otherwise.
 #
+# After the job (and before any of its own output) the job's nodes, as Slurm allocated them, are
+# printed by address: `cdk-trn acceptance ran on: <address>,<address>` (`-` when Slurm does not
+# say). The handler replaces a node below threshold only if it is among them: the results are
+# written by the job user, so any job of that user can change them.
+#
 # With DrainAddresses nothing runs: the nodes at those addresses are drained (DrainFor: replace,
 # below threshold; refresh, an image refresh; refresh-if-idle, the same but only when one of them
-# is idle) and, for a refresh, each node's state and jobs after the drain are printed as
-# `cdk-trn refresh: <address> <node> <state> <job ids or ->` for the handler.
+# is idle) and each node's state and jobs after the drain are printed as
+# `cdk-trn refresh: <address> <node> <state> <job ids or ->` for the handler, which replaces only
+# a node Slurm reports drained without a job.
 [ -n "${BASH_VERSION:-}" ] || exec /bin/bash "$0" "$@"
 set -euo pipefail
 
@@ -50,6 +56,8 @@ BUSY_SECONDS="${CDK_TRN_ACCEPTANCE_BUSY_SECONDS:-120}"
 BUSY_EXIT=71
 NOT_READY_EXIT=72
 REFRESH_REASON='cdk-trn: image refresh'
+# cdk_trn_runtime.contract.acceptance.RUN_NODES_LINE
+RUN_NODES_LINE='cdk-trn acceptance ran on:'
 JOB_NAME=cdk-trn-acceptance
 
 started=$(date +%s)
@@ -103,20 +111,18 @@ if [ -n "$DRAIN" ]; then
       echo "cdk-trn acceptance: drained $name ($addr)"
     fi
   done
-  if [ "$DRAIN_FOR" != replace ]; then
-    # After the drain no new job can land on a node: what Slurm says now holds until the node
-    # is replaced. Only a node that is drained (not draining) and has no job may be replaced.
-    for addr in ${DRAIN//,/ }; do
-      name=$(name_at "$addr")
-      if [ -z "$name" ]; then
-        echo "cdk-trn refresh: $addr - absent -"
-        continue
-      fi
-      state=$(admin sinfo -h -N -n "$name" -o %T | head -n 1)
-      jobs=$(admin squeue -h -w "$name" -o %i | paste -sd, -)
-      echo "cdk-trn refresh: $addr $name ${state:-unknown} ${jobs:--}"
-    done
-  fi
+  # After the drain no new job can land on a node: what Slurm says now holds until the node
+  # is replaced. Only a node that is drained (not draining) and has no job may be replaced.
+  for addr in ${DRAIN//,/ }; do
+    name=$(name_at "$addr")
+    if [ -z "$name" ]; then
+      echo "cdk-trn refresh: $addr - absent -"
+      continue
+    fi
+    state=$(admin sinfo -h -N -n "$name" -o %T | head -n 1)
+    jobs=$(admin squeue -h -w "$name" -o %i | paste -sd, -)
+    echo "cdk-trn refresh: $addr $name ${state:-unknown} ${jobs:--}"
+  done
   exit 0
 fi
 
@@ -169,6 +175,21 @@ slurm mkdir -p "$OUT_DIR"
 # The job script, written by the job user onto the shared file system beside its results.
 echo '__SBATCH_BASE64__' | docker exec -i -u "$JOB_USER" -w / "$CONTAINER" \
   sh -c 'base64 -d > "$1"' sh "$SCRIPT"
+
+# The job's nodes by address, from Slurm (as its admin; squeue -t all still lists an ended job
+# for MinJobAge): the only nodes a failure of this run may get replaced.
+report_run_nodes() {
+  local admin=(docker exec -u root -w / "$CONTAINER") list names listing name addr found=()
+  list=$("${admin[@]}" squeue -h -t all -j "$JOB" -o %N 2>/dev/null | head -n 1 || true)
+  if [ -n "$list" ] && names=$("${admin[@]}" scontrol show hostnames "$list" 2>/dev/null); then
+    listing=$("${admin[@]}" sinfo -h -N -o '%N %o' 2>/dev/null || true)
+    for name in $names; do
+      addr=$(awk -v n="$name" '$1 == n {print $2; exit}' <<<"$listing")
+      if [ -n "$addr" ]; then found+=("$addr"); fi
+    done
+  fi
+  echo "$RUN_NODES_LINE $(IFS=,; echo "${found[*]:--}")"
+}
 
 JOB=""
 finish() {
@@ -232,6 +253,7 @@ while state=$(slurm squeue -h -j "$JOB" -o '%T %r' 2>/dev/null) && [ -n "$state"
       ;;
   esac
   if [ "$(date +%s)" -ge "$deadline" ]; then
+    report_run_nodes
     log "Slurm job $JOB still ${state} after $(($(date +%s) - started)) s; cancelled" \
       "(results so far: $RESULTS_URI)"
     exit 124
@@ -239,6 +261,7 @@ while state=$(slurm squeue -h -j "$JOB" -o '%T %r' 2>/dev/null) && [ -n "$state"
   sleep "$POLL_SECONDS"
 done
 
+report_run_nodes
 info=$(slurm scontrol show job -o "$JOB" 2>/dev/null || true)
 final=$(printf '%s\n' "$info" | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p' | head -n 1)
 exit_code=$(printf '%s\n' "$info" | sed -n 's/.* ExitCode=\([0-9:]*\).*/\1/p' | head -n 1)

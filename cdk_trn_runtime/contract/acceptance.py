@@ -35,9 +35,15 @@ ACCEPTANCE_NOT_READY_EXIT = 72
 #: says it is drained without a job, by the handler or, for a node that was busy, by the
 #: controller's reaper (``slurm/scripts/reaper.sh`` and ``acceptance/submit_suite.sh`` spell it).
 REFRESH_DRAIN_REASON = "cdk-trn: image refresh"
+#: The line of the Slurm document's output that names the run's nodes by address, as Slurm
+#: allocated them to the job (``<this> <address>,<address>``, or ``-`` when Slurm did not say): a
+#: node below threshold is replaced only if it is among them, whatever the results say (the job,
+#: and any job of its user, can write those). Printed before any of the job's own output, and the
+#: handler reads the first such line (``acceptance/submit_suite.sh`` spells it too).
+RUN_NODES_LINE = "cdk-trn acceptance ran on:"
 #: ``DrainFor`` of the Slurm document: why the nodes at ``DrainAddresses`` are drained.
-#: ``replace``: below threshold; ``refresh``: an image refresh, drain every one and report each
-#: node's state and jobs; ``refresh-if-idle``: the same, but drain none when none is idle.
+#: ``replace``: below threshold; ``refresh``: an image refresh; ``refresh-if-idle``: the same,
+#: but drain none when none is idle. Each drain reports every node's state and jobs after it.
 DRAIN_FOR = ("replace", "refresh", "refresh-if-idle")
 #: ``Launcher``: a Slurm job submitted from the controller, or the suite on every node via SSM.
 LAUNCHERS = ("slurm", "ssm")
@@ -360,9 +366,9 @@ class SlurmCommand(_DocumentParameters):
     )
     drain_for: str = _param(
         "DrainFor",
-        "Why DrainAddresses are drained: replace (below threshold), refresh (an image change; "
-        "report each node's state and jobs), refresh-if-idle (the same, none drained unless one "
-        "is idle)",
+        "Why DrainAddresses are drained (each node's state and jobs are reported after): "
+        "replace (below threshold), refresh (an image change), refresh-if-idle (the same, none "
+        "drained unless one is idle)",
     )
     node_addresses: str = _param(
         "NodeAddresses",

@@ -1,7 +1,9 @@
 """The controller reaper's refresh rule (slurm/scripts/reaper.sh): a node an image refresh drained
 is marked Unhealthy in its group once Slurm reports it drained without a job, and not before;
-nodes drained for another reason, or still running or completing a job, are left alone. Run
-against command doubles of scontrol and aws."""
+nodes drained for another reason, or still running or completing a job, are left alone; free
+text Slurm prints after the fixed fields (Comment=, Extra=, a reason naming users' processes)
+cannot stand in for State=, NodeAddr=, CPUAlloc= or Reason=; and squeue must list no job on the
+node. Run against command doubles of scontrol, squeue and aws."""
 
 from __future__ import annotations
 
@@ -35,10 +37,26 @@ NODES = "\n".join(
 )
 
 
-def run_reaper(tmp_path: Path, nodes: str, *, health_fails: bool = False):
+def run_reaper(
+    tmp_path: Path,
+    nodes: str,
+    *,
+    health_fails: bool = False,
+    jobs: dict[str, str] | None = None,
+    squeue_fails: bool = False,
+):
+    """``jobs``: node name -> the job ids squeue lists on it (none when absent)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (tmp_path / "nodes").write_text(nodes + "\n")
+    (tmp_path / "jobs").write_text("".join(f"{n} {j}\n" for n, j in (jobs or {}).items()))
+    squeue = bin_dir / "squeue-double"
+    squeue.write_text(
+        "#!/bin/bash\n# Test double of squeue -h -w <node> -o %i: the jobs file's ids for it.\n"
+        f"{'exit 1' if squeue_fails else ':'}\n"
+        f"awk -v n=\"$3\" '$1 == n {{print $2}}' {tmp_path}/jobs\n"
+    )
+    squeue.chmod(0o755)
     scontrol = bin_dir / "scontrol-double"
     scontrol.write_text(
         "#!/bin/bash\n# Test double of scontrol.\n"
@@ -65,6 +83,7 @@ def run_reaper(tmp_path: Path, nodes: str, *, health_fails: bool = False):
         env={
             "PATH": f"{bin_dir}:/usr/bin:/bin",
             "CDK_TRN_SCONTROL": str(scontrol),
+            "CDK_TRN_SQUEUE": str(squeue),
             "CDK_TRN_REGION": "us-east-2",
             "CDK_TRN_CLUSTER": "c1",
         },
@@ -95,3 +114,37 @@ def test_a_refused_mark_is_said_and_retried_next_round(tmp_path):
     done, _ = run_reaper(tmp_path, NODES, health_fails=True)
     assert done.returncode == 0
     assert "could not mark i-01 (ip-10-0-0-1) Unhealthy: retrying" in done.stderr
+
+
+def marked(calls: list[str]) -> list[str]:
+    return [c.split(" --instance-id ")[1].split()[0] for c in calls if "set-instance-health" in c]
+
+
+def test_free_text_after_the_fixed_fields_cannot_stand_in_for_them(tmp_path):
+    refresh = REFRESH_DRAIN_REASON
+    lines = [
+        # An idle drained node whose Comment names another address: its own is the one marked.
+        node(1, "IDLE+DRAIN+DYNAMIC_NORM", 0, f"{refresh} {STAMP} Comment=x NodeAddr=10.0.0.9 y"),
+        # A node running a job, whose Comment claims it idle and drained without a CPU.
+        node(2, "ALLOCATED+DRAIN+DYNAMIC_NORM", 192, f"{refresh} {STAMP} Comment= State=IDLE+DRAIN")
+        + " CPUAlloc=0",
+        # No reason at all; the refresh reason only inside a Comment.
+        node(3, "IDLE+DRAIN+DYNAMIC_NORM", 0, "x").split(" Reason=")[0]
+        + f" Comment=a Reason={refresh}",
+    ]
+    done, calls = run_reaper(tmp_path, "\n".join(lines))
+    assert done.returncode == 0, done.stderr
+    assert marked(calls) == ["i-01"]
+    assert not any("10.0.0.9" in c for c in calls)
+
+
+def test_a_node_squeue_lists_a_job_on_is_not_marked(tmp_path):
+    done, calls = run_reaper(tmp_path, NODES, jobs={"ip-10-0-0-1": "77"})
+    assert done.returncode == 0, done.stderr
+    assert marked(calls) == []
+
+
+def test_an_unanswered_squeue_marks_nothing(tmp_path):
+    done, calls = run_reaper(tmp_path, NODES, squeue_fails=True)
+    assert marked(calls) == []
+    assert "squeue did not answer for ip-10-0-0-1" in done.stderr

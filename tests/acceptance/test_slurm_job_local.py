@@ -19,6 +19,7 @@ import subprocess
 import pytest
 
 from cdk_trn.acceptance.document import SLURM_DOCUMENT_PARAMETERS, submit_script
+from cdk_trn_runtime.acceptance import slurm_launcher
 from tests.container.conftest import TINY_ARGS
 from tests.slurm.harness import NEEDS_ROOT_AND_SLURM, REPO, local_cluster
 
@@ -141,6 +142,11 @@ def test_the_controller_script_runs_the_suite_as_a_slurm_job_and_uploads_its_res
         assert summary["world_size"] == 2
         assert (uploaded / "1" / "rank-1.json").is_file()
         assert (uploaded / "1" / "node-1.log").is_file()
+        # Slurm's word on the job's nodes (the only ones a failure may get replaced) names the
+        # nodes the results came from.
+        ran_on = slurm_launcher.parse_run_nodes(done.stdout)
+        named = {json.loads(p.read_text())["node"] for p in uploaded.glob("*/rank-*.json")}
+        assert ran_on == named and len(named) == 2, (ran_on, named, done.stdout)
         job_log = (uploaded / f"slurm-{job.group(1)}.out").read_text()
         assert "acceptance.sbatch: the suite exited with status 0" in job_log
         # The job script beside the results is the one shipped in the document.

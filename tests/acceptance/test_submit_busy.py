@@ -10,9 +10,9 @@ import re
 import subprocess
 from pathlib import Path
 
-from cdk_trn_runtime.acceptance import refresh
+from cdk_trn_runtime.acceptance import refresh, slurm_launcher
 from cdk_trn_runtime.contract import ACCEPTANCE_BUSY_EXIT
-from cdk_trn_runtime.contract.acceptance import ACCEPTANCE_NOT_READY_EXIT
+from cdk_trn_runtime.contract.acceptance import ACCEPTANCE_NOT_READY_EXIT, RUN_NODES_LINE
 from tests.acceptance.handler_doubles import load_handler
 
 handler = load_handler()
@@ -40,7 +40,8 @@ PARAMETERS = {
 }
 
 #: Test double of docker: records every call; answers as the controller's container would, from
-#: $IDLE_NODES (sinfo's idle count), $JOB_STATE (squeue's line for job 42) and the node table
+#: $IDLE_NODES (sinfo's idle count), $JOB_STATE (squeue's line for job 42), $JOB_NODES (job 42's
+#: node list, comma-separated, as squeue -t all prints it after the job) and the node table
 #: $NODE_TABLE (lines ``<name> <address> <state> <job ids or ->``), whose states a drain changes
 #: as Slurm does (idle -> drained, allocated or mixed -> draining).
 DOCKER_DOUBLE = """#!/bin/bash
@@ -50,6 +51,8 @@ case " $* " in *" -i "*) cat >/dev/null ;; esac
 after() { sed -n "s/.* $1 \\([^ ]*\\).*/\\1/p" <<<"$*"; }
 case "$*" in
   "ps "*) echo container-id ;;
+  *" squeue -h -t all -j 42 -o %N") [ -n "$JOB_NODES" ] && echo "$JOB_NODES" ;;
+  *" scontrol show hostnames "*) tr , '\n' <<<"${*: -1}" ;;
   *" sinfo -h -N -n "*) awk -v n="$(after -n "$*")" '$1 == n {print $3}' "$NODE_TABLE" ;;
   *" sinfo -h -N "*) awk '{print $1, $2, $3}' "$NODE_TABLE" ;;
   *" sinfo "*) echo "$IDLE_NODES" ;;
@@ -93,6 +96,7 @@ def run_script(
     drain_for: str = "replace",
     nodes: str = "",
     table: str = IDLE_TABLE,
+    job_nodes: str = "",
 ) -> subprocess.CompletedProcess[str]:
     runs = tmp_path / "runs"
     parameters = {
@@ -121,6 +125,7 @@ def run_script(
             "NODE_TABLE": str(tmp_path / "nodes.table"),
             "IDLE_NODES": str(idle),
             "JOB_STATE": job_state,
+            "JOB_NODES": job_nodes,
             "CDK_TRN_ACCEPTANCE_POLL_SECONDS": "0",
             "CDK_TRN_ACCEPTANCE_BUSY_SECONDS": "0",
         },
@@ -149,6 +154,33 @@ def test_with_enough_idle_nodes_the_job_runs_to_its_end(tmp_path):
     # The job double ends at once (CANCELLED here): not busy, an ordinary failed job.
     assert code == 1
     assert any(" sbatch " in c for c in calls)
+
+
+def test_after_the_job_its_nodes_are_reported_by_address_from_slurm(tmp_path):
+    done = run_script(tmp_path, idle=2, job_nodes="ip-10-64-0-12,ip-10-64-0-9")
+    assert done.returncode == 1  # the job double ends CANCELLED
+    # Asked of Slurm as its admin, after the job; the handler reads the first such line.
+    calls = (tmp_path / "calls.log").read_text()
+    assert "docker exec -u root -w / cdk-trn-slurmctld squeue -h -t all -j 42 -o %N" in calls
+    [line] = [x for x in done.stdout.splitlines() if x.startswith(RUN_NODES_LINE)]
+    assert line == f"{RUN_NODES_LINE} 10.64.0.12,10.64.0.9"
+    assert slurm_launcher.parse_run_nodes(done.stdout) == {"10.64.0.12", "10.64.0.9"}
+
+
+def test_when_slurm_does_not_name_the_jobs_nodes_the_run_names_none(tmp_path):
+    done = run_script(tmp_path, idle=2, job_nodes="")
+    assert f"{RUN_NODES_LINE} -\n" in done.stdout
+    assert slurm_launcher.parse_run_nodes(done.stdout) == set()
+
+
+def test_a_drain_for_replacement_reports_what_slurm_says_after_the_drain(tmp_path):
+    done = run_script(tmp_path, idle=1, drain="10.64.0.9,10.64.0.12", table=BUSY_TABLE)
+    assert done.returncode == 0, done.stderr
+    report = refresh.parse_refresh_report(done.stdout)
+    assert {a: (n.state, n.jobs, n.replaceable) for a, n in report.items()} == {
+        "10.64.0.9": ("drained", (), True),
+        "10.64.0.12": ("draining", ("41", "42"), False),
+    }
 
 
 def test_a_drain_only_command_drains_the_nodes_at_those_addresses_and_runs_nothing(tmp_path):
