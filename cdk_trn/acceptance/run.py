@@ -36,6 +36,7 @@ from cdk_trn._resources import (
     deliver_access_logs,
     encrypted_bucket,
     log_retention_period,
+    stateful_removal_policy,
     validate_access_log_bucket,
     validate_access_log_prefix,
 )
@@ -303,6 +304,10 @@ class AcceptanceRun(Construct):
         run never queues behind them: ``"fail"`` fails the deploy at once with the reason,
         ``"report"`` lets it go on and sets the resource's ``Passed`` to ``not-run: cluster
         busy`` (or ``not-run: nodes busy``). Default: ``"fail"``.
+    :param destroy_on_delete: the explicit opt-out from retention: delete the results bucket and
+        its access-log bucket (CloudFormation deletes only empty buckets, so results are never
+        deleted), the handlers' log groups and a key this construct creates with the stack.
+        Default: False (retained on stack delete).
 
     An image change (a new launch template version) on running nodes: the run first refreshes
     the nodes on the earlier version. Each is drained in Slurm; one that Slurm then reports
@@ -338,9 +343,11 @@ class AcceptanceRun(Construct):
         exported_figures: tuple[str, ...] | list[str] = DEFAULT_FIGURES,
         log_retention: cdk.Duration | None = None,
         when_busy: str = "fail",
+        destroy_on_delete: bool = False,
     ) -> None:
         if when_busy not in ("fail", "report"):
             raise invalid("when_busy", when_busy, "'fail' or 'report'")
+        removal_policy = stateful_removal_policy(destroy_on_delete)
         log_retention_days = log_retention_period(
             "log_retention", log_retention or cdk.Duration.days(365)
         )
@@ -411,9 +418,9 @@ class AcceptanceRun(Construct):
             if scheduler is not None
             else (image or NeuronTrainingImage.bundled()).bind(self)
         )
-        self.encryption_key: kms.IKey = encryption_key or self._encryption_key()
+        self.encryption_key: kms.IKey = encryption_key or self._encryption_key(removal_policy)
         self.results_bucket = results_bucket or self._results_bucket(
-            results_retention, access_log_bucket, access_log_prefix
+            results_retention, access_log_bucket, access_log_prefix, removal_policy
         )
         self.document = acceptance_document(self, "Document", slurm=scheduler is not None)
         self.document_arn = stack.format_arn(
@@ -457,6 +464,7 @@ class AcceptanceRun(Construct):
             total_timeout=total_timeout,
             query_interval=query_interval,
             log_retention=log_retention_days,
+            removal_policy=removal_policy,
             wildcard_reason=wildcard_reason,
             wildcard_resources=wildcard_resources,
         )
@@ -659,20 +667,24 @@ class AcceptanceRun(Construct):
 
     # --- resources ----------------------------------------------------------------------------
 
-    def _encryption_key(self) -> kms.Key:
+    def _encryption_key(self, removal_policy: cdk.RemovalPolicy) -> kms.Key:
         key = kms.Key(
             self,
             "Key",
             description=f"cdk-trn acceptance run results and logs of {self.node.path}",
             enable_key_rotation=True,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
         )
         # CloudWatch Logs encrypts the handlers' log groups with it.
         allow_cloudwatch_logs(key)
         return key
 
     def _results_bucket(
-        self, retention: cdk.Duration, logs_to: s3.IBucket | None, log_prefix: str
+        self,
+        retention: cdk.Duration,
+        logs_to: s3.IBucket | None,
+        log_prefix: str,
+        removal_policy: cdk.RemovalPolicy,
     ) -> s3.Bucket:
         created: list[s3.Bucket] = []
         if logs_to is None:
@@ -680,7 +692,7 @@ class AcceptanceRun(Construct):
                 self,
                 "ResultsAccessLogs",
                 expiration=retention,
-                removal_policy=cdk.RemovalPolicy.RETAIN,
+                removal_policy=removal_policy,
                 serves="the acceptance results bucket",
             )
             created.append(logs_to)
@@ -688,7 +700,7 @@ class AcceptanceRun(Construct):
             self,
             "Results",
             key=self.encryption_key,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
             lifecycle_rules=[
                 s3.LifecycleRule(
                     expiration=retention,
