@@ -171,7 +171,9 @@ def _after_replacement(
         i["InstanceId"]
         for g in groups
         for i in g["Instances"]
-        if i["LifecycleState"] == "InService"
+        # After a refresh a node of the current version stopped by idle scale-in counts too:
+        # Slurm starts it for the run's job.
+        if (i["LifecycleState"] == "InService" or (refresh and i["LifecycleState"] == "Standby"))
         and i["InstanceId"] not in replaced
         and (not refresh or _version(i) == _version(g))
     ]

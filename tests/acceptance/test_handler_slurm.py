@@ -463,6 +463,17 @@ def test_a_slurm_node_below_threshold_is_found_by_address_and_replaced(aws):
     stub_controller_group(aws, [CONTROLLER.instance_id])
     stub_controller_instance(aws)
     props = common.parse_properties(slurm_properties())
+    # The list goes through the run's results prefix, not an SSM parameter.
+    aws.s3.add_response(
+        "put_object",
+        {},
+        {
+            "Bucket": BUCKET,
+            "Key": f"acceptance-runs/{RUN_ID}/control/drain-replace.addresses",
+            "Body": b"10.64.0.9\n",
+            "ContentType": "text/plain",
+        },
+    )
     aws.ssm.add_response(
         "send_command",
         {"Command": {"CommandId": CONTROLLER.command_id}},
@@ -471,7 +482,7 @@ def test_a_slurm_node_below_threshold_is_found_by_address_and_replaced(aws):
             "DocumentName": DOCUMENT,
             "Parameters": {
                 **slurm_launcher.slurm_command_parameters(props, RUN_ID, "us-east-2"),
-                "DrainAddresses": ["10.64.0.9"],
+                "DrainList": ["control/drain-replace"],
             },
             "TimeoutSeconds": common.DELIVERY_TIMEOUT_SECONDS,
             "Comment": ANY,

@@ -35,7 +35,8 @@ NODES = "\n".join(
 )
 
 
-def run_reaper(tmp_path: Path, nodes: str, *, health_fails: bool = False):
+def run_reaper(tmp_path: Path, nodes: str, *, health_fails: bool = False, gone: str = "-"):
+    """``gone``: an address no instance has any more."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (tmp_path / "nodes").write_text(nodes + "\n")
@@ -50,6 +51,8 @@ def run_reaper(tmp_path: Path, nodes: str, *, health_fails: bool = False):
         "#!/bin/bash\n# Test double of aws: one running instance per address, i-0<n>.\n"
         f'echo "$*" >> {tmp_path}/aws-calls\n'
         'case "$*" in\n'
+        f"  *Values={gone}\\ *InstanceId*) ;;\n"
+        f"  *Values={gone}\\ *length*) echo 0 ;;\n"
         "  *InstanceId*) sed -n 's/.*Values=10\\.0\\.0\\.\\([0-9]*\\) .*/i-0\\1/p' <<<\"$*\" ;;\n"
         "  *length*) echo 1 ;;\n"
         f"  *set-instance-health*) exit {1 if health_fails else 0} ;;\n"
@@ -95,3 +98,19 @@ def test_a_refused_mark_is_said_and_retried_next_round(tmp_path):
     done, _ = run_reaper(tmp_path, NODES, health_fails=True)
     assert done.returncode == 0
     assert "could not mark i-01 (ip-10-0-0-1) Unhealthy: retrying" in done.stderr
+
+
+def test_a_refreshed_node_whose_instance_is_gone_loses_its_record(tmp_path):
+    # Stopped by idle scale-in, then replaced by the acceptance run: a powered-down node is never
+    # pinged, so it never turns DOWN; its record goes once no instance has its address.
+    line = node(7, "IDLE+DRAIN+DYNAMIC_NORM+POWERED_DOWN", 0, REFRESH_DRAIN_REASON)
+    done, calls = run_reaper(tmp_path, line, gone="10.0.0.7")
+    assert done.returncode == 0, done.stderr
+    assert not any("set-instance-health" in c for c in calls)
+    assert (tmp_path / "scontrol-calls").read_text().splitlines() == ["delete nodename=ip-10-0-0-7"]
+
+
+def test_the_reaper_says_it_has_the_refresh_rule():
+    from cdk_trn_runtime.contract.acceptance import REAPER_REFRESH_MARKER
+
+    assert f"# {REAPER_REFRESH_MARKER}" in REAPER.read_text().splitlines()

@@ -109,9 +109,9 @@ def test_the_controller_script_runs_the_suite_as_a_slurm_job_and_uploads_its_res
                 "ExpectedEfaDevices": "0",
                 "SuiteArgs": " ".join(TINY_ARGS),
                 "ExecutionTimeout": "900",
-                "DrainAddresses": "",  # a run, as the handler sends it; not a drain-only command
+                "DrainList": "",  # a run, as the handler sends it; not a drain-only command
                 "DrainFor": "replace",
-                "NodeAddresses": "",  # any idle nodes of the partition
+                "NodeList": "",  # any idle nodes of the partition
             }
         )
         (root / "submit.sh").write_text(script)
