@@ -36,6 +36,7 @@ from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import INSTANCE_SPECS
 from cdk_trn.errors import CdkTrnError, invalid
 from cdk_trn.interfaces import ITrainingNetwork
+from cdk_trn.network import TrainingNetwork
 from cdk_trn_runtime.contract import preflight as contract
 from cdk_trn_runtime.contract.preflight import PreflightAttributes, PreflightProperties
 
@@ -196,6 +197,10 @@ class Preflight(Construct):
                 cluster_name=cluster_name or "",
                 endpoint_services=tuple(endpoint_services),
                 reservation_group_arn=reservation_group_arn or "",
+                # A network created here puts its subnet in the AZ; an imported one is checked.
+                subnet_id=None
+                if isinstance(network, TrainingNetwork)
+                else network.subnet.subnet_id,
             ).to_properties(strings=True),
         )
 

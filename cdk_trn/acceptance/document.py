@@ -32,11 +32,13 @@ from constructs import Construct
 
 from cdk_trn._runtime import runtime_file
 from cdk_trn_runtime.contract.acceptance import (
+    CONTROL_DIR,
     LIST_SUFFIX,
     REAPER_REFRESH_MARKER,
     REAPER_UNIT,
     REPORT_NO_REAPER_RULE,
     REPORT_SUFFIX,
+    RUN_NODES_KEY,
     NodeCommand,
     SlurmCommand,
     key_of,
@@ -88,6 +90,8 @@ def submit_script() -> str:
         ("__REPORT_NO_REAPER_RULE__", REPORT_NO_REAPER_RULE),
         ("__LIST_SUFFIX__", LIST_SUFFIX),
         ("__REPORT_SUFFIX__", REPORT_SUFFIX),
+        ("__RUN_NODES_KEY__", RUN_NODES_KEY),
+        ("__CONTROL_DIR__", CONTROL_DIR),
     ):
         text = text.replace(marker, value)
     return text

@@ -36,6 +36,7 @@ from cdk_trn._resources import (
     deliver_access_logs,
     encrypted_bucket,
     log_retention_period,
+    stateful_removal_policy,
     validate_access_log_bucket,
     validate_access_log_prefix,
 )
@@ -305,6 +306,10 @@ class AcceptanceRun(Construct):
         run never queues behind them: ``"fail"`` fails the deploy at once with the reason,
         ``"report"`` lets it go on and sets the resource's ``Passed`` to ``not-run: cluster
         busy`` (or ``not-run: nodes busy``). Default: ``"fail"``.
+    :param destroy_on_delete: the explicit opt-out from retention: delete the results bucket and
+        its access-log bucket (CloudFormation deletes only empty buckets, so results are never
+        deleted), the handlers' log groups and a key this construct creates with the stack.
+        Default: False (retained on stack delete).
 
     An image change (a new launch template version) on running nodes: the run first refreshes
     the nodes on the earlier version. Each is drained in Slurm; one that Slurm then reports
@@ -340,9 +345,11 @@ class AcceptanceRun(Construct):
         exported_figures: tuple[str, ...] | list[str] = DEFAULT_FIGURES,
         log_retention: cdk.Duration | None = None,
         when_busy: str = "fail",
+        destroy_on_delete: bool = False,
     ) -> None:
         if when_busy not in ("fail", "report"):
             raise invalid("when_busy", when_busy, "'fail' or 'report'")
+        removal_policy = stateful_removal_policy(destroy_on_delete)
         log_retention_days = log_retention_period(
             "log_retention", log_retention or cdk.Duration.days(365)
         )
@@ -413,9 +420,9 @@ class AcceptanceRun(Construct):
             if scheduler is not None
             else (image or NeuronTrainingImage.bundled()).bind(self)
         )
-        self.encryption_key: kms.IKey = encryption_key or self._encryption_key()
+        self.encryption_key: kms.IKey = encryption_key or self._encryption_key(removal_policy)
         self.results_bucket = results_bucket or self._results_bucket(
-            results_retention, access_log_bucket, access_log_prefix
+            results_retention, access_log_bucket, access_log_prefix, removal_policy
         )
         self.document = acceptance_document(self, "Document", slurm=scheduler is not None)
         self.document_arn = stack.format_arn(
@@ -459,6 +466,7 @@ class AcceptanceRun(Construct):
             total_timeout=total_timeout,
             query_interval=query_interval,
             log_retention=log_retention_days,
+            removal_policy=removal_policy,
             wildcard_reason=wildcard_reason,
             wildcard_resources=wildcard_resources,
         )
@@ -661,20 +669,24 @@ class AcceptanceRun(Construct):
 
     # --- resources ----------------------------------------------------------------------------
 
-    def _encryption_key(self) -> kms.Key:
+    def _encryption_key(self, removal_policy: cdk.RemovalPolicy) -> kms.Key:
         key = kms.Key(
             self,
             "Key",
             description=f"cdk-trn acceptance run results and logs of {self.node.path}",
             enable_key_rotation=True,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
         )
         # CloudWatch Logs encrypts the handlers' log groups with it.
         allow_cloudwatch_logs(key)
         return key
 
     def _results_bucket(
-        self, retention: cdk.Duration, logs_to: s3.IBucket | None, log_prefix: str
+        self,
+        retention: cdk.Duration,
+        logs_to: s3.IBucket | None,
+        log_prefix: str,
+        removal_policy: cdk.RemovalPolicy,
     ) -> s3.Bucket:
         created: list[s3.Bucket] = []
         if logs_to is None:
@@ -682,7 +694,7 @@ class AcceptanceRun(Construct):
                 self,
                 "ResultsAccessLogs",
                 expiration=retention,
-                removal_policy=cdk.RemovalPolicy.RETAIN,
+                removal_policy=removal_policy,
                 serves="the acceptance results bucket",
             )
             created.append(logs_to)
@@ -690,7 +702,7 @@ class AcceptanceRun(Construct):
             self,
             "Results",
             key=self.encryption_key,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
             lifecycle_rules=[
                 s3.LifecycleRule(
                     expiration=retention,
@@ -715,9 +727,12 @@ class AcceptanceRun(Construct):
     def _results_objects_arn(self) -> str:
         return self.results_bucket.arn_for_objects(f"{self.results_prefix}*")
 
-    def _result_writer_statements(self) -> list[iam.PolicyStatement]:
+    def _result_writer_statements(self, *, controller: bool = False) -> list[iam.PolicyStatement]:
         """What whoever uploads a run's results (the nodes, or the Slurm controller) may do:
-        write under the results prefix, never a pass marker, with the results bucket's key."""
+        write under the results prefix, never a pass marker, with the results bucket's key; the
+        nodes nothing under a run's ``control/`` (what the handler and the controller exchange),
+        the controller not the handler's node lists there (it writes the job's nodes and the
+        drain reports, and its upload of the job's results leaves ``control/`` out)."""
         statements = [
             iam.PolicyStatement(
                 sid="WriteAcceptanceResults",
@@ -732,12 +747,15 @@ class AcceptanceRun(Construct):
                 actions=["s3:PutObject"],
                 resources=[self._pass_markers_arn()],
             ),
-            # Nor the node lists the handler hands the controller (which nodes to drain).
+            # Nor the node lists the handler hands the controller (which nodes to drain, which
+            # to run on); the nodes (where users' jobs run, with this role) neither the lists
+            # the controller writes back (the job's nodes, the drain reports: which nodes may be
+            # replaced).
             iam.PolicyStatement(
                 sid="DenyWritingNodeLists",
                 effect=iam.Effect.DENY,
                 actions=["s3:PutObject"],
-                resources=[self._node_lists_arn(f"*{LIST_SUFFIX}")],
+                resources=[self._node_lists_arn(f"*{LIST_SUFFIX}" if controller else "*")],
             ),
         ]
         key = self.results_bucket.encryption_key
@@ -791,7 +809,7 @@ class AcceptanceRun(Construct):
             arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
         )
         statements = [
-            *self._result_writer_statements(),
+            *self._result_writer_statements(controller=True),
             # The node lists of a run and a drain (S3, not SSM parameters: no size limit).
             iam.PolicyStatement(
                 sid="ReadNodeLists",

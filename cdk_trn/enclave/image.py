@@ -163,9 +163,15 @@ class EnclaveImage(abc.ABC):
         encryption_key: kms.IKey,
         vpc: ec2.IVpc,
         subnet: ec2.ISubnet,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
     ) -> BoundEnclaveImage:
         """Create what the image needs in ``scope``; ``bucket``/``encryption_key`` hold builds,
-        and deploy-time functions run in ``subnet`` of ``vpc``."""
+        and deploy-time functions run in ``subnet`` of ``vpc``.
+
+        ``removal_policy`` is the owner's ``destroy_on_delete`` (``EnclaveKeyVault``'s): a build's
+        log groups are encrypted with ``encryption_key``, so they follow the key's rule rather
+        than a switch of their own (a log group retained past its deleted key could not be read).
+        """
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,7 @@ class _MeasuredImage(EnclaveImage):
         encryption_key: kms.IKey,
         vpc: ec2.IVpc,
         subnet: ec2.ISubnet,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
     ) -> BoundEnclaveImage:
         return BoundEnclaveImage(pcr0=self.pcr0, pcr8=self.pcr8, eif=self.eif)
 
@@ -201,6 +208,7 @@ class _DirectoryImage(EnclaveImage):
         encryption_key: kms.IKey,
         vpc: ec2.IVpc,
         subnet: ec2.ISubnet,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
     ) -> BoundEnclaveImage:
         build = EifBuild(
             scope,
@@ -213,6 +221,7 @@ class _DirectoryImage(EnclaveImage):
             subnet=subnet,
             timeout=self.timeout,
             exclude=self.exclude,
+            removal_policy=removal_policy,
         )
         return BoundEnclaveImage(
             pcr0=build.pcr0,
@@ -245,6 +254,7 @@ class EifBuild(Construct):
         timeout: cdk.Duration,
         dockerfile: str = "Dockerfile",
         exclude: tuple[str, ...] = (),
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
     ) -> None:
         super().__init__(scope, id)
         stack = cdk.Stack.of(self)
@@ -265,7 +275,7 @@ class EifBuild(Construct):
             "BuildLogs",
             encryption_key=encryption_key,
             retention=logs.RetentionDays.ONE_YEAR,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
         )
         # The build's role is ours, with one customer managed policy: CDK's CodeBuild L2 would
         # write its grants inline, including its default /aws/codebuild/<project> log group,
@@ -367,6 +377,7 @@ class EifBuild(Construct):
             subnet=subnet,
             total_timeout=cdk.Duration.minutes(timeout.to_minutes() + _WAIT_MARGIN_MINUTES),
             query_interval=cdk.Duration.seconds(30),
+            removal_policy=removal_policy,
         )
         self.resource = self.provider.custom_resource(
             self,

@@ -138,8 +138,9 @@ class EnclaveKeyVault(Construct):
     :param break_glass_role_arn: an IAM role ARN that may also change the key policy, for
         recovery. Default: none.
     :param destroy_on_delete: the explicit opt-out from retention: delete the KMS keys (after
-        KMS's waiting period) and the state bucket (only when empty) with the stack.
-        Default: False (retained on stack delete).
+        KMS's waiting period), the state bucket (only when empty) and the log groups (the hosts'
+        boot logs, and the image build's from ``EnclaveImage.from_directory``/``bundled``) with
+        the stack. Default: False (retained on stack delete).
     :param machine_image: host AMI (Amazon Linux 2023 is assumed by the boot script). Default: the
         latest AL2023 from its public SSM parameter, resolved at deploy time.
     :param access_log_bucket: where the state bucket's S3 server access logs go, for example the
@@ -233,6 +234,7 @@ class EnclaveKeyVault(Construct):
             encryption_key=self.storage_key,
             vpc=vpc,
             subnet=subnet,
+            removal_policy=removal_policy,
         )
 
         #: Its statements (and any grant to it) live in its customer-managed policy.

@@ -73,6 +73,7 @@ from cdk_trn_runtime.acceptance.common import (
     run_fingerprint,
 )
 from cdk_trn_runtime.acceptance.refresh import after_drain, refresh_after_rollback, start_refresh
+from cdk_trn_runtime.acceptance.replace_drain import after_replace_drain
 from cdk_trn_runtime.acceptance.replacement import (
     _after_replacement,
     _replace_or_none,
@@ -184,6 +185,8 @@ def is_complete(
         return _report_not_run(props, run_id, str(state["NotRun"]), "nodes not refreshed")
     if (state.get("Refresh") or {}).get("Phase") == "draining":
         return after_drain(clients, props, state)
+    if state.get("ReplaceDrain"):
+        return after_replace_drain(clients, props, state)
     if state.get("Replacing"):
         return _after_replacement(clients, props, state)
     run_id = str(state.get("AttemptId") or run_id)
@@ -210,18 +213,16 @@ def is_complete(
             return _busy(clients, props, state, run_id, failed, invocations)
         summary = read_summary(clients, props, run_id)
         if summary is not None and not summary.get("passed", False):
-            replacing = _replace_or_none(clients, props, state, summary, nodes, run_id, now)
+            failures = summary_failures(
+                summary, props, _suite_nodes(nodes), run_id, _run_nodes(props, state)
+            )
+            replacing = _replace_or_none(
+                clients, props, state, summary, nodes, run_id, now, failures
+            )
             if replacing is not None:
                 return replacing
             raise AcceptanceRunError(
-                failure_reason(
-                    run_id,
-                    _replaced_first(state)
-                    + summary_failures(
-                        summary, props, _suite_nodes(nodes), run_id, _run_nodes(props, state)
-                    ),
-                    props,
-                )
+                failure_reason(run_id, _replaced_first(state) + failures, props)
             )
         raise AcceptanceRunError(
             failure_reason(
@@ -254,7 +255,7 @@ def is_complete(
         summary, props, _suite_nodes(nodes), run_id, _run_nodes(props, state)
     )
     if failures:
-        replacing = _replace_or_none(clients, props, state, summary, nodes, run_id, now)
+        replacing = _replace_or_none(clients, props, state, summary, nodes, run_id, now, failures)
         if replacing is not None:
             return replacing
         raise AcceptanceRunError(failure_reason(run_id, _replaced_first(state) + failures, props))

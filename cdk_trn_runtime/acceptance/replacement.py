@@ -1,5 +1,12 @@
 """Nodes below a node-local threshold: replaced, and the run repeated, within the resource's hour
-(also the wait for an image refresh's successors, which is the same wait)."""
+(also the wait for an image refresh's successors, which is the same wait).
+
+The summary that names the nodes is written by the run, which on a Slurm cluster runs as the job
+user: any job of that user can change it. So a node is replaced only if it was one of the run's
+(on Slurm: among the nodes Slurm allocated to the job, as the controller reports them after it;
+with SSM: one the run's commands went to), and on Slurm only once Slurm reports it drained
+without a job (``replace_drain``): a forged failure can at most have idle nodes of the run
+replaced."""
 
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from cdk_trn_runtime.acceptance.slurm_launcher import (
     addresses_of,
     discover_controller,
     drain_in_slurm,
+    run_nodes,
     send_slurm_command,
 )
 from cdk_trn_runtime.acceptance.ssm_launcher import discover_nodes, send_commands
@@ -80,9 +88,13 @@ def _replace_or_none(
     nodes: Sequence[Node],
     run_id: str,
     now: float,
+    failures: Sequence[str] = (),
 ) -> dict[str, Any] | None:
     """Start a replacement round for the nodes below threshold, or None when the run must fail:
-    not node-local, rounds used up, or no time for a boot and another run."""
+    not node-local, rounds used up, no time for a boot and another run, or no node of the plan
+    among the run's own. On Slurm the round starts with a drain (``replace_drain`` replaces the
+    nodes Slurm then reports drained without a job); ``failures`` (the run's, as the reason
+    lists them) are kept for the reason if it ends there."""
     rounds = int(state.get("Round", 0))
     plan = replacement_plan(summary, _run_nodes(props, state))
     if plan is None or rounds >= MAX_REPLACEMENT_ROUNDS:
@@ -90,32 +102,94 @@ def _replace_or_none(
     if not replacement_fits(float(state["StartedAt"]), now, float(state["Deadline"])):
         LOG.info("no time for a replacement round before %s", state["Deadline"])
         return None
+    plan = _of_the_run(clients, props, nodes, plan, run_id)
+    if not plan:
+        return None
     instances = instances_of(clients, props, nodes, list(plan))
     if len(instances) != len(plan):
         return None
+    entries = [
+        {
+            "InstanceId": instance_id,
+            "Host": host,
+            "Problems": "; ".join(str(f.get("message") or f.get("check")) for f in plan[host]),
+        }
+        for host, instance_id in instances.items()
+    ]
     if props.slurm:
-        drain_in_slurm(clients, props, run_id, list(instances))
-    replaced = []
-    for host, instance_id in instances.items():
-        problems = "; ".join(str(f.get("message") or f.get("check")) for f in plan[host])
-        LOG.info("replacing %s (%s): %s", instance_id, host, problems)
+        command = drain_in_slurm(clients, props, run_id, list(instances))
+        if command is None:
+            return None
+        return {
+            "IsComplete": False,
+            "Status": f"draining {', '.join(instances.values())} in Slurm before replacing "
+            f"them (below threshold in {run_id})",
+            "AcceptanceRun": {
+                **state,
+                "Round": rounds + 1,
+                "FailedAttempt": run_id,
+                "ReplaceDrain": {
+                    "Command": asdict(command),
+                    "Nodes": entries,
+                    "Failures": [_limit(f) for f in failures][:20],
+                },
+            },
+        }
+    for entry in entries:
+        LOG.info("replacing %s (%s): %s", entry["InstanceId"], entry["Host"], entry["Problems"])
         clients.autoscaling.set_instance_health(
-            InstanceId=instance_id, HealthStatus="Unhealthy", ShouldRespectGracePeriod=False
+            InstanceId=entry["InstanceId"], HealthStatus="Unhealthy", ShouldRespectGracePeriod=False
         )
-        replaced.append({"InstanceId": instance_id, "Host": host, "Problems": problems})
+    return replacing_state(state, entries, run_id, now, rounds + 1)
+
+
+def replacing_state(
+    state: Mapping[str, Any],
+    replaced: Sequence[Mapping[str, Any]],
+    run_id: str,
+    now: float,
+    round_: int,
+) -> dict[str, Any]:
+    """is_complete's answer once ``replaced`` are marked Unhealthy: wait for their successors."""
+    instances = [str(r["InstanceId"]) for r in replaced]
     new_state = {
         **state,
         "Replacing": True,
-        "Round": rounds + 1,
+        "Round": round_,
         "ReplacingSince": now,
         "Replaced": [*state.get("Replaced", []), *replaced],
         "FailedAttempt": run_id,
     }
+    new_state.pop("ReplaceDrain", None)
     return {
         "IsComplete": False,
-        "Status": f"replacing {', '.join(instances.values())} (below threshold in {run_id})",
+        "Status": f"replacing {', '.join(instances)} (below threshold in {run_id})",
         "AcceptanceRun": new_state,
     }
+
+
+def _of_the_run(
+    clients: Clients,
+    props: RunProps,
+    nodes: Sequence[Node],
+    plan: Mapping[str, list[dict[str, Any]]],
+    run_id: str,
+) -> dict[str, list[dict[str, Any]]]:
+    """The plan's nodes that were the run's: on Slurm, those Slurm allocated to the job (the
+    list the controller wrote to S3 after it, as root); with SSM, those the run's commands went
+    to. Any other address the summary names is refused, and logged."""
+    if props.slurm:
+        ran = run_nodes(clients, props, run_id)
+    else:
+        ran = {n.private_ip for n in nodes if n.kind == "node"}
+    refused = sorted(h for h in plan if h not in ran)
+    if refused:
+        LOG.warning(
+            "not replacing %s: the results name them but they were not the run's nodes (%s)",
+            ", ".join(refused),
+            ", ".join(sorted(ran)) or "none reported",
+        )
+    return {h: f for h, f in plan.items() if h in ran}
 
 
 def instances_of(

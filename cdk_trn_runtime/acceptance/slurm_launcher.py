@@ -4,6 +4,7 @@ drains nodes); and which nodes of the group run an earlier launch template versi
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Sequence
 
@@ -23,6 +24,7 @@ from cdk_trn_runtime.contract.acceptance import (
     CONTROL_DIR,
     LIST_SUFFIX,
     REPORT_SUFFIX,
+    RUN_NODES_KEY,
     SlurmCommand,
 )
 
@@ -159,14 +161,53 @@ def send_drain(
     return str(response["Command"]["CommandId"])
 
 
-def drain_in_slurm(clients: Clients, props: RunProps, run_id: str, hosts: Sequence[str]) -> None:
-    """Best effort, before the nodes are marked Unhealthy: a drain-only command to the controller
-    so that no job starts on them meanwhile (a terminating node leaves Slurm by itself too)."""
+def drain_in_slurm(
+    clients: Clients, props: RunProps, run_id: str, hosts: Sequence[str]
+) -> Node | None:
+    """Before nodes below threshold are replaced: a drain-only command to the controller, so that
+    no job starts on them meanwhile, which reports each node's state and jobs after the drain
+    (to S3: :func:`read_drain_report` with ``replace``; only a node Slurm reports drained without
+    a job is then replaced). None when it could not be sent (then nothing is replaced)."""
     try:
         controller = discover_controller(clients, props)
-        send_drain(clients, props, run_id, controller, hosts, "replace")
+        command_id = send_drain(clients, props, run_id, controller, hosts, "replace")
     except (AcceptanceRunError, ClientError) as error:
         LOG.warning("could not drain %s in Slurm: %s", ", ".join(hosts), error)
+        return None
+    return Node(0, controller.instance_id, controller.private_ip, command_id, kind="controller")
+
+
+def parse_run_nodes(text: str) -> set[str]:
+    """The addresses of :data:`~cdk_trn_runtime.contract.acceptance.RUN_NODES_KEY` (one a line);
+    anything else on a line is ignored, and logged."""
+    found = set()
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            found.add(str(ipaddress.IPv4Address(line.strip())))
+        except ValueError:
+            LOG.warning("ignoring %r in the run's node list", line[:80])
+    return found
+
+
+def run_nodes(clients: Clients, props: RunProps, run_id: str) -> set[str]:
+    """The addresses of the nodes Slurm allocated to the run's job, as the controller wrote them
+    (as root, from Slurm) after the job to the run's ``RUN_NODES_KEY``; none when it did not
+    (then no node is replaced)."""
+    key = props.control_key(run_id, RUN_NODES_KEY)
+    try:
+        body = clients.s3.get_object(Bucket=props.results_bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        LOG.warning(
+            "could not read the run's node list s3://%s/%s: %s: %s",
+            props.results_bucket,
+            key,
+            _error_code(error),
+            _error_message(error),
+        )
+        return set()
+    return parse_run_nodes(bytes(body).decode("ascii", "replace"))
 
 
 def send_slurm_command(

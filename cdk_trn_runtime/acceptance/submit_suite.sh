@@ -20,6 +20,13 @@
 # successor still booting: the handler tries again); 124 the job did not end before the deadline
 # (cancelled); 1 the job ended otherwise; 2 a list could not be read or the report written.
 #
+# After the job the job's nodes, as Slurm allocated them (squeue -t all, as Slurm's admin), are
+# written by address, one a line, to <ResultsUri>__RUN_NODES_KEY__ (S3: a thousand addresses would
+# crowd the job's log out of this command's output). The handler replaces a node below threshold
+# only if it is among them: the results are written by the job user, so any job of that user can
+# change them. The upload of the job's results leaves out control/, so no file the job writes can
+# stand in for that list or a drain report.
+#
 # With DrainList nothing runs: acceptance jobs an earlier run left are cancelled (they are no
 # user's), then the nodes whose addresses <ResultsUri><DrainList>.addresses lists are drained
 # (DrainFor: replace, below threshold; refresh, an image refresh; refresh-if-idle, the same but
@@ -250,6 +257,34 @@ slurm mkdir -p "$OUT_DIR"
 echo '__SBATCH_BASE64__' | docker exec -i -u "$JOB_USER" -w / "$CONTAINER" \
   sh -c 'base64 -d > "$1"' sh "$SCRIPT"
 
+# The job's nodes by address, from Slurm (as its admin; squeue -t all still lists an ended job
+# for MinJobAge), written to S3 for the handler: the only nodes a failure of this run may get
+# replaced. Not this command's output, which SSM cuts at 24,000 characters.
+report_run_nodes() {
+  local admin=(docker exec -u root -w / "$CONTAINER") list names listing name addr found=() file
+  list=$("${admin[@]}" squeue -h -t all -j "$JOB" -o %N 2>/dev/null | head -n 1 || true)
+  if [ -n "$list" ] && names=$("${admin[@]}" scontrol show hostnames "$list" 2>/dev/null); then
+    listing=$("${admin[@]}" sinfo -h -N -o '%N %o' 2>/dev/null || true)
+    declare -A addr_of=()
+    while read -r name addr _; do
+      if [ -n "$addr" ]; then addr_of[$name]=$addr; fi
+    done <<<"$listing"
+    for name in $names; do
+      addr=${addr_of[$name]:-}
+      if [ -n "$addr" ]; then found+=("$addr"); fi
+    done
+  fi
+  file=$(mktemp)
+  if [ "${#found[@]}" -gt 0 ]; then printf '%s\n' "${found[@]}" >"$file"; fi
+  if aws s3 cp --region "$REGION" --only-show-errors "$file" "${RESULTS_URI}__RUN_NODES_KEY__"; then
+    echo "cdk-trn acceptance: job $JOB ran on ${#found[@]} nodes (${RESULTS_URI}__RUN_NODES_KEY__)"
+  else
+    log "could not write the job's nodes to ${RESULTS_URI}__RUN_NODES_KEY__: no node of this" \
+      "run can be replaced"
+  fi
+  rm -f "$file"
+}
+
 JOB=""
 finish() {
   local code=$?
@@ -258,8 +293,9 @@ finish() {
     slurm scancel "$JOB" >/dev/null 2>&1 || true
   fi
   if [ -d "$OUT_DIR" ]; then
+    # Not control/: only this script writes there (the job's nodes, the drain reports).
     aws s3 cp --region "$REGION" --recursive --only-show-errors --no-follow-symlinks \
-      "$OUT_DIR/" "$RESULTS_URI" \
+      --exclude '__CONTROL_DIR__*' "$OUT_DIR/" "$RESULTS_URI" \
       || log "upload of $OUT_DIR to $RESULTS_URI failed"
   fi
   if [ -n "$JOB" ] && [ -f "$RUN_DIR/slurm-$JOB.out" ]; then
@@ -312,6 +348,7 @@ while state=$(slurm squeue -h -j "$JOB" -o '%T %r' 2>/dev/null) && [ -n "$state"
       ;;
   esac
   if [ "$(date +%s)" -ge "$deadline" ]; then
+    report_run_nodes
     log "Slurm job $JOB still ${state} after $(($(date +%s) - started)) s; cancelled" \
       "(results so far: $RESULTS_URI)"
     exit 124
@@ -319,6 +356,7 @@ while state=$(slurm squeue -h -j "$JOB" -o '%T %r' 2>/dev/null) && [ -n "$state"
   sleep "$POLL_SECONDS"
 done
 
+report_run_nodes
 info=$(slurm scontrol show job -o "$JOB" 2>/dev/null || true)
 final=$(printf '%s\n' "$info" | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p' | head -n 1)
 exit_code=$(printf '%s\n' "$info" | sed -n 's/.* ExitCode=\([0-9:]*\).*/\1/p' | head -n 1)

@@ -60,6 +60,14 @@ LIST_SUFFIX = ".addresses"
 REPORT_SUFFIX = ".report"
 #: Where under a run's prefix those objects go (the controller may read only these).
 CONTROL_DIR = "control/"
+#: The run's nodes by address, as Slurm allocated them to the job (one a line; empty when Slurm
+#: did not say), at ``<ResultsUri>`` + this key: written after the job by the Slurm document's
+#: script, as root on the controller, from Slurm's answer (``squeue -t all``). A node below
+#: threshold is replaced only if it is among them, whatever the results say (the job, and any
+#: job of its user, can write those). No result upload can write it: the nodes' role is denied
+#: ``control/*``, and the controller's upload of the job's results leaves out ``control/`` (its
+#: role is denied only the handler's ``*.addresses`` lists: it writes this and the drain reports).
+RUN_NODES_KEY = f"{CONTROL_DIR}ran-on.nodes"
 #: ``Launcher``: a Slurm job submitted from the controller, or the suite on every node via SSM.
 LAUNCHERS = ("slurm", "ssm")
 #: ``WhenBusy``: what a run does when the cluster's nodes are busy with users' jobs.

@@ -2,7 +2,7 @@
 # cdk-trn contract for shell scripts, GENERATED from cdk_trn_runtime/contract/
 # __init__.py by `python -m cdk_trn_runtime.contract.shell`: do not edit. Source it;
 # every name is CONTRACT_<the contract's name>.
-[[ $(declare -p CONTRACT_SH_LOADED 2>/dev/null) == "declare -r"* ]] && return 0
+[[ ${CONTRACT_SH_LOADED+${CONTRACT_SH_LOADED@a}} == *r* ]] && return 0
 readonly CONTRACT_SH_LOADED=1
 readonly CONTRACT_ACCEPTANCE_BUSY_EXIT='71'
 readonly CONTRACT_ACCEPTANCE_PASSED_METRIC='Passed'

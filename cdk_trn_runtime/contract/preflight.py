@@ -59,6 +59,9 @@ class PreflightProperties(Message):
     reservation_group_arn: str = key(
         "ReservationGroupArn", default="", doc="the resource group several blocks are targeted by"
     )
+    subnet_id: str | None = key(
+        "SubnetId", default=None, doc="the nodes' subnet, which must lie in the AZ (imported ones)"
+    )
 
     def validate(self) -> None:
         if self.nodes < 1:

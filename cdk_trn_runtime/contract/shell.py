@@ -25,7 +25,8 @@ from types import ModuleType
 CONTRACT_SH = Path(__file__).with_name("contract.sh")
 #: The prefix of every name in ``contract.sh``.
 PREFIX = "CONTRACT_"
-#: Marks a shell that has sourced the file: readonly, so the environment cannot fake it.
+#: Marks a shell that has sourced the file: readonly, so the environment cannot fake it (an
+#: environment variable never carries the readonly attribute, and the guard runs no command).
 _LOADED = f"{PREFIX}SH_LOADED"
 
 
@@ -83,7 +84,10 @@ def render(module: ModuleType | None = None) -> str:
         "# cdk-trn contract for shell scripts, GENERATED from cdk_trn_runtime/contract/\n"
         "# __init__.py by `python -m cdk_trn_runtime.contract.shell`: do not edit. Source it;\n"
         f"# every name is {PREFIX}<the contract's name>.\n"
-        f'[[ $(declare -p {_LOADED} 2>/dev/null) == "declare -r"* ]] && return 0\n'
+        # The guard runs no command: an exported function (BASH_FUNC_declare%%) can stand in for
+        # ``declare`` or ``builtin``, never for an expansion; ${NAME@a} is the name's attributes
+        # (behind ${NAME+...}, which set -u allows on an unset name).
+        f"[[ ${{{_LOADED}+${{{_LOADED}@a}}}} == *r* ]] && return 0\n"
         f"readonly {_LOADED}=1\n"
         f"{body}\n"
     )

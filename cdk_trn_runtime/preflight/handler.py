@@ -111,6 +111,8 @@ class Request:
     endpoint_services: tuple[str, ...] = ()
     #: The Capacity Reservation resource group the nodes target (several UltraServer blocks).
     reservation_group_arn: str = ""
+    #: The nodes' subnet (given for an imported network, whose AZ nothing else ties to it).
+    subnet_id: str = ""
 
     @classmethod
     def from_properties(cls, props: Mapping[str, Any], region: str) -> Request:
@@ -130,6 +132,7 @@ class Request:
             cluster_name=sent.cluster_name,
             endpoint_services=sent.endpoint_services,
             reservation_group_arn=sent.reservation_group_arn,
+            subnet_id=sent.subnet_id or "",
         )
 
     @property
@@ -572,12 +575,45 @@ def zone_id_of(ec2: Any, zone: str) -> str:
     return str(zones[0]["ZoneId"])
 
 
+def subnet_refusal(request: Request, subnet_zone_id: str | None) -> str | None:
+    """The nodes launch into the subnet's AZ whatever the configuration says: a subnet elsewhere
+    would have the preflight judge offerings and reservations of the wrong AZ."""
+    if subnet_zone_id is None:
+        return (
+            f"subnet {request.subnet_id} does not exist in {request.region}: give the subnet "
+            "of the network's VPC (-c subnetId=, TrainingNetwork.from_attributes(subnet_id=))"
+        )
+    if subnet_zone_id != request.availability_zone_id:
+        return (
+            f"subnet {request.subnet_id} is in AZ {subnet_zone_id}, not "
+            f"{request.availability_zone_id}: set the AZ to the subnet's (-c "
+            f"availabilityZone={subnet_zone_id}, TrainingNetwork.from_attributes("
+            f"availability_zone=...)) or give a subnet in {request.availability_zone_id}"
+        )
+    return None
+
+
+def subnet_zone_id(ec2: Any, subnet_id: str) -> str | None:
+    """The AZ id of ``subnet_id``, or None when EC2 does not know the subnet."""
+    try:
+        subnets = ec2.describe_subnets(SubnetIds=[subnet_id]).get("Subnets", [])
+    except ClientError as exc:
+        if _code(exc) == "InvalidSubnetID.NotFound":
+            return None
+        raise
+    return str(subnets[0]["AvailabilityZoneId"]) if subnets else None
+
+
 def check(request: Request, clients: Clients, *, creating: bool, deadline: dt.datetime) -> Verdict:
     """Make the AWS calls for ``request`` and judge them."""
     now = clients.now()
     request = dataclasses.replace(
         request, availability_zone_id=zone_id_of(clients.ec2, request.availability_zone_id)
     )
+    if request.subnet_id:
+        refusal = subnet_refusal(request, subnet_zone_id(clients.ec2, request.subnet_id))
+        if refusal:
+            return Verdict(False, refusal)
     if request.endpoint_services:
         refusal = endpoint_refusal(request, endpoint_offerings(clients.ec2, request))
         if refusal:

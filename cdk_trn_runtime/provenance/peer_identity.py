@@ -18,7 +18,11 @@ from cdk_trn_runtime.provenance.agent_client import AgentError
 __all__ = ["SO_PEERCRED_FORMAT", "JobIdentity", "Runner", "Slurm", "peer_credentials"]
 
 _JOB_ID = re.compile(r"JobId=(\d+)")
-_FIELD = re.compile(r"(\w+)=(\S*)")
+#: A ``Name=value`` field of ``scontrol show job -o``, at a field boundary.
+_FIELD = re.compile(r"(?<!\S)(\w+)=(\S*)")
+#: The fields the agent reads. A job sets free text on both sides of them (its name before,
+#: its comment after), so one that appears twice is refused rather than guessed at.
+_READ = ("JobId", "UserId", "JobName", "JobState", "NodeList")
 _USER = re.compile(r"^[^()]*\((\d+)\)$")
 SO_PEERCRED_FORMAT = "3i"
 
@@ -69,7 +73,18 @@ class Slurm:
         return match.group(1)
 
     def job(self, job_id: str) -> JobIdentity:
-        fields = dict(_FIELD.findall(self._run(["scontrol", "show", "job", "-o", job_id])))
+        fields: dict[str, str] = {}
+        repeated: set[str] = set()
+        for name, value in _FIELD.findall(self._run(["scontrol", "show", "job", "-o", job_id])):
+            if name in fields:
+                repeated.add(name)
+            fields.setdefault(name, value)
+        ambiguous = [name for name in _READ if name in repeated]
+        if ambiguous:
+            raise AgentError(
+                f"slurm's description of job {job_id} names {', '.join(ambiguous)} more than "
+                "once (in the job's name or comment?): refused"
+            )
         user = _USER.match(fields.get("UserId", ""))
         if fields.get("JobId") != job_id or not user:
             raise AgentError(f"slurm does not describe job {job_id}")

@@ -1,9 +1,10 @@
 """What the vault host's boot (``host_bootstrap.sh``) reads out of ``nitro-cli``'s JSON and the
 key state, as functions.
 
-The boot runs this file as root from its root-only bundle with ``python3.11 -I <file> ...``:
-isolated (no ``PYTHON*`` variables, no user site, neither the working directory nor this file's
-directory on ``sys.path``), so it imports the standard library only.
+The boot runs this file as root from its root-only bundle with AL2023's system ``python3 -I
+<file> ...`` (3.9, so this module stays 3.9 compatible): isolated (no ``PYTHON*`` variables, no
+user site, neither the working directory nor this file's directory on ``sys.path``), so it
+imports the standard library only.
 
     host_checks.py pcr0 <describe-eif JSON file> <expected PCR0>
         prints the image's PCR0; exit 1 when it is not the expected one

@@ -436,70 +436,7 @@ def test_a_busy_cluster_with_when_busy_report_completes_and_says_the_run_did_not
     assert result["Data"]["ImageUri"] == IMAGE
 
 
-def test_a_slurm_node_below_threshold_is_found_by_address_and_replaced(aws):
-    stub_status(aws, "Failed")
-    stub_failed_invocation(aws, 1, stderr=None)
-    stub_summary(aws, summary(slow_rank=3))
-    aws.ec2.add_response(
-        "describe_instances",
-        {
-            "Reservations": [
-                {
-                    "Instances": [
-                        {"InstanceId": "i-0aaaaaaaaaaaaaaaa", "PrivateIpAddress": "10.64.0.9"}
-                    ]
-                }
-            ]
-        },
-        {
-            "Filters": [
-                {"Name": "private-ip-address", "Values": ["10.64.0.9"]},
-                {"Name": f"tag:{CLUSTER_TAG}", "Values": [CLUSTER]},
-                {"Name": "tag:aws:autoscaling:groupName", "Values": [ANY]},
-            ]
-        },
-    )
-    # Drained in Slurm first (a drain-only command to the controller), then marked Unhealthy.
-    stub_controller_group(aws, [CONTROLLER.instance_id])
-    stub_controller_instance(aws)
-    props = common.parse_properties(slurm_properties())
-    # The list goes through the run's results prefix, not an SSM parameter.
-    aws.s3.add_response(
-        "put_object",
-        {},
-        {
-            "Bucket": BUCKET,
-            "Key": f"acceptance-runs/{RUN_ID}/control/drain-replace.addresses",
-            "Body": b"10.64.0.9\n",
-            "ContentType": "text/plain",
-        },
-    )
-    aws.ssm.add_response(
-        "send_command",
-        {"Command": {"CommandId": CONTROLLER.command_id}},
-        {
-            "InstanceIds": [CONTROLLER.instance_id],
-            "DocumentName": DOCUMENT,
-            "Parameters": {
-                **slurm_launcher.slurm_command_parameters(props, RUN_ID, "us-east-2"),
-                "DrainList": ["control/drain-replace"],
-            },
-            "TimeoutSeconds": common.DELIVERY_TIMEOUT_SECONDS,
-            "Comment": ANY,
-        },
-    )
-    aws.autoscaling.add_response(
-        "set_instance_health",
-        {},
-        {
-            "InstanceId": "i-0aaaaaaaaaaaaaaaa",
-            "HealthStatus": "Unhealthy",
-            "ShouldRespectGracePeriod": False,
-        },
-    )
-    result = handler.is_complete(slurm_is_complete_event(), clients=aws.clients)
-    assert result["IsComplete"] is False
-    assert result["AcceptanceRun"]["Replaced"][0]["InstanceId"] == "i-0aaaaaaaaaaaaaaaa"
+# A node below threshold on a Slurm cluster: tests/acceptance/test_replacement_slurm.py.
 
 
 NEW_IMAGE = IMAGE[:-64] + "b" * 64

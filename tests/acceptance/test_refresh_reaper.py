@@ -1,7 +1,9 @@
 """The controller reaper's refresh rule (slurm/scripts/reaper.sh): a node an image refresh drained
 is marked Unhealthy in its group once Slurm reports it drained without a job, and not before;
-nodes drained for another reason, or still running or completing a job, are left alone. Run
-against command doubles of scontrol and aws."""
+nodes drained for another reason, or still running or completing a job, are left alone; free
+text Slurm prints after the fixed fields (Comment=, Extra=, a reason naming users' processes)
+cannot stand in for State=, NodeAddr=, CPUAlloc= or Reason=; and squeue must list no job on the
+node. Run against command doubles of scontrol, squeue and aws."""
 
 from __future__ import annotations
 
@@ -35,11 +37,28 @@ NODES = "\n".join(
 )
 
 
-def run_reaper(tmp_path: Path, nodes: str, *, health_fails: bool = False, gone: str = "-"):
-    """``gone``: an address no instance has any more."""
+def run_reaper(
+    tmp_path: Path,
+    nodes: str,
+    *,
+    health_fails: bool = False,
+    jobs: dict[str, str] | None = None,
+    squeue_fails: bool = False,
+    gone: str = "-",
+):
+    """``jobs``: node name -> the job ids squeue lists on it (none when absent); ``gone``: an
+    address no instance has any more."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (tmp_path / "nodes").write_text(nodes + "\n")
+    (tmp_path / "jobs").write_text("".join(f"{n} {j}\n" for n, j in (jobs or {}).items()))
+    squeue = bin_dir / "squeue-double"
+    squeue.write_text(
+        "#!/bin/bash\n# Test double of squeue -h -w <node> -o %i: the jobs file's ids for it.\n"
+        f"{'exit 1' if squeue_fails else ':'}\n"
+        f"awk -v n=\"$3\" '$1 == n {{print $2}}' {tmp_path}/jobs\n"
+    )
+    squeue.chmod(0o755)
     scontrol = bin_dir / "scontrol-double"
     scontrol.write_text(
         "#!/bin/bash\n# Test double of scontrol.\n"
@@ -68,6 +87,7 @@ def run_reaper(tmp_path: Path, nodes: str, *, health_fails: bool = False, gone: 
         env={
             "PATH": f"{bin_dir}:/usr/bin:/bin",
             "CDK_TRN_SCONTROL": str(scontrol),
+            "CDK_TRN_SQUEUE": str(squeue),
             "CDK_TRN_REGION": "us-east-2",
             "CDK_TRN_CLUSTER": "c1",
         },
@@ -114,3 +134,46 @@ def test_the_reaper_says_it_has_the_refresh_rule():
     from cdk_trn_runtime.contract.acceptance import REAPER_REFRESH_MARKER
 
     assert f"# {REAPER_REFRESH_MARKER}" in REAPER.read_text().splitlines()
+
+
+def marked(calls: list[str]) -> list[str]:
+    return [c.split(" --instance-id ")[1].split()[0] for c in calls if "set-instance-health" in c]
+
+
+def test_free_text_after_the_fixed_fields_cannot_stand_in_for_them(tmp_path):
+    refresh = REFRESH_DRAIN_REASON
+    lines = [
+        # An idle drained node whose Comment names another address: its own is the one marked.
+        node(1, "IDLE+DRAIN+DYNAMIC_NORM", 0, f"{refresh} {STAMP} Comment=x NodeAddr=10.0.0.9 y"),
+        # A node running a job, whose Comment claims it idle and drained without a CPU.
+        node(2, "ALLOCATED+DRAIN+DYNAMIC_NORM", 192, f"{refresh} {STAMP} Comment= State=IDLE+DRAIN")
+        + " CPUAlloc=0",
+        # No reason at all; the refresh reason only inside a Comment.
+        node(3, "IDLE+DRAIN+DYNAMIC_NORM", 0, "x").split(" Reason=")[0]
+        + f" Comment=a Reason={refresh}",
+    ]
+    done, calls = run_reaper(tmp_path, "\n".join(lines))
+    assert done.returncode == 0, done.stderr
+    assert marked(calls) == ["i-01"]
+    assert not any("10.0.0.9" in c for c in calls)
+
+
+def test_a_node_squeue_lists_a_job_on_is_not_marked(tmp_path):
+    done, calls = run_reaper(tmp_path, NODES, jobs={"ip-10-0-0-1": "77"})
+    assert done.returncode == 0, done.stderr
+    assert marked(calls) == []
+
+
+def test_an_unanswered_squeue_marks_nothing(tmp_path):
+    done, calls = run_reaper(tmp_path, NODES, squeue_fails=True)
+    assert marked(calls) == []
+    assert "squeue did not answer for ip-10-0-0-1" in done.stderr
+
+
+def test_a_gone_node_squeue_lists_a_job_on_keeps_its_record(tmp_path):
+    # The delete of a refreshed node's record waits for Slurm's job list too.
+    line = node(7, "IDLE+DRAIN+DYNAMIC_NORM+POWERED_DOWN", 0, REFRESH_DRAIN_REASON)
+    done, calls = run_reaper(tmp_path, line, gone="10.0.0.7", jobs={"ip-10-0-0-7": "77"})
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "scontrol-calls").exists()
+    assert marked(calls) == []

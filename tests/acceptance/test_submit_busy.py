@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from cdk_trn.acceptance.document import submit_script
-from cdk_trn_runtime.acceptance import refresh
+from cdk_trn_runtime.acceptance import refresh, slurm_launcher
 from cdk_trn_runtime.contract import ACCEPTANCE_BUSY_EXIT
 from cdk_trn_runtime.contract.acceptance import (
     ACCEPTANCE_NOT_READY_EXIT,
@@ -19,6 +19,7 @@ from cdk_trn_runtime.contract.acceptance import (
     REAPER_REFRESH_MARKER,
     REPORT_NO_REAPER_RULE,
     REPORT_SUFFIX,
+    RUN_NODES_KEY,
 )
 from tests.acceptance.handler_doubles import load_handler
 
@@ -47,7 +48,8 @@ PARAMETERS = {
 }
 
 #: Test double of docker: records every call; answers as the controller's container would, from
-#: $IDLE_NODES (sinfo's idle count), $JOB_STATE (squeue's line for job 42) and the node table
+#: $IDLE_NODES (sinfo's idle count), $JOB_STATE (squeue's line for job 42), $JOB_NODES (job 42's
+#: node list, comma-separated, as squeue -t all prints it after the job) and the node table
 #: $NODE_TABLE (lines ``<name> <address> <state> <job ids or ->``), whose states a drain changes
 #: as Slurm does (idle -> drained, allocated or mixed -> draining).
 DOCKER_DOUBLE = """#!/bin/bash
@@ -60,6 +62,8 @@ case "$*" in
   *" squeue -h --name="*)
     if [ -n "${LEFTOVER:-}" ] && [ ! -e "$NODE_TABLE.cancelled" ]; then echo "$LEFTOVER"; fi ;;
   *" scancel --name="*) touch "$NODE_TABLE.cancelled" ;;
+  *" squeue -h -t all -j 42 -o %N") [ -n "$JOB_NODES" ] && echo "$JOB_NODES" ;;
+  *" scontrol show hostnames "*) tr , '\n' <<<"${*: -1}" ;;
   *" sinfo -h -N -n "*) awk -v n="$(after -n "$*")" '$1 == n {print $3}' "$NODE_TABLE" ;;
   *" sinfo -h -N "*) awk '{print $1, $2, $3}' "$NODE_TABLE" ;;
   *" sinfo "*) echo "$IDLE_NODES" ;;
@@ -122,6 +126,7 @@ def run_script(
     *,
     reaper: str | None = REAPER.read_text(),
     leftover: str = "",
+    job_nodes: str = "",
 ) -> subprocess.CompletedProcess[str]:
     """The Slurm document's script as Run Command runs it; the lists (``drain``, ``nodes``:
     comma-separated addresses) are written where the handler writes them; ``reaper`` is the
@@ -168,6 +173,7 @@ def run_script(
             "FAKE_S3": str(fake_s3),
             "LEFTOVER": leftover,
             "CDK_TRN_REAPER_UNIT": str(unit),
+            "JOB_NODES": job_nodes,
             "CDK_TRN_ACCEPTANCE_POLL_SECONDS": "0",
             "CDK_TRN_ACCEPTANCE_BUSY_SECONDS": "0",
         },
@@ -201,6 +207,61 @@ def test_with_enough_idle_nodes_the_job_runs_to_its_end(tmp_path):
     # The job double ends at once (CANCELLED here): not busy, an ordinary failed job.
     assert code == 1
     assert any(" sbatch " in c for c in calls)
+
+
+def ran_on(tmp_path: Path) -> str:
+    """The job's nodes the script wrote under the run's prefix (S3 double)."""
+    return (tmp_path / "s3" / RESULTS / RUN_NODES_KEY).read_text()
+
+
+def test_after_the_job_its_nodes_are_reported_by_address_from_slurm(tmp_path):
+    done = run_script(tmp_path, idle=2, job_nodes="ip-10-64-0-12,ip-10-64-0-9")
+    assert done.returncode == 1  # the job double ends CANCELLED
+    # Asked of Slurm as its admin, after the job; written to S3 (not the command's output, which
+    # SSM cuts at 24,000 characters), where the handler reads it.
+    calls = (tmp_path / "calls.log").read_text()
+    assert "docker exec -u root -w / cdk-trn-slurmctld squeue -h -t all -j 42 -o %N" in calls
+    assert ran_on(tmp_path) == "10.64.0.12\n10.64.0.9\n"
+    assert slurm_launcher.parse_run_nodes(ran_on(tmp_path)) == {"10.64.0.12", "10.64.0.9"}
+    assert "job 42 ran on 2 nodes" in done.stdout
+    assert "10.64.0.9" not in done.stdout
+
+
+def test_when_slurm_does_not_name_the_jobs_nodes_the_run_names_none(tmp_path):
+    done = run_script(tmp_path, idle=2, job_nodes="")
+    assert ran_on(tmp_path) == ""
+    assert slurm_launcher.parse_run_nodes(ran_on(tmp_path)) == set()
+    assert "job 42 ran on 0 nodes" in done.stdout
+
+
+def test_the_upload_of_the_jobs_results_leaves_control_out(tmp_path):
+    # The job user writes the results directory: a control/ there (a forged list of the job's
+    # nodes, or a drain report) is never uploaded where the handler reads them.
+    forged = tmp_path / "runs" / "run-1" / "results" / RUN_NODES_KEY
+    forged.parent.mkdir(parents=True)
+    forged.write_text("10.64.7.77\n")
+    run_script(tmp_path, idle=2, job_nodes="ip-10-64-0-9")
+    [upload] = [c for c in (tmp_path / "calls.log").read_text().splitlines() if "--recursive" in c]
+    assert upload.split(" --exclude ")[1].split()[0] == "control/*"
+    assert upload.endswith(f" s3://{RESULTS}")
+
+
+def test_a_list_of_a_thousand_nodes_is_written_whole(tmp_path):
+    names = [f"ip-10-64-{i // 256}-{i % 256}" for i in range(1024)]
+    table = "".join(f"{n} {n[3:].replace('-', '.')} allocated 42\n" for n in names)
+    run_script(tmp_path, idle=1024, table=table, job_nodes=",".join(names))
+    assert len(slurm_launcher.parse_run_nodes(ran_on(tmp_path))) == 1024
+
+
+def test_a_drain_for_replacement_reports_what_slurm_says_after_the_drain(tmp_path):
+    done = run_script(tmp_path, idle=1, drain="10.64.0.9,10.64.0.12", table=BUSY_TABLE)
+    assert done.returncode == 0, done.stderr
+    # Written to S3, where the handler's replacement round reads it (read_drain_report).
+    report = refresh.parse_refresh_report(report_of(tmp_path, "replace"))
+    assert {a: (n.state, n.jobs, n.replaceable) for a, n in report.items()} == {
+        "10.64.0.9": ("drained", (), True),
+        "10.64.0.12": ("draining", ("41", "42"), False),
+    }
 
 
 def test_a_drain_only_command_drains_the_nodes_at_those_addresses_and_runs_nothing(tmp_path):

@@ -87,6 +87,21 @@ def test_the_environment_cannot_preset_a_name_and_sourcing_twice_is_harmless():
     assert out == f"{contract.SLURMCTLD_PORT}\n"
 
 
+def test_an_exported_function_named_declare_cannot_fake_the_load_guard():
+    # The environment defines a function ``declare`` that prints what the old guard looked for
+    # (``declare -r``) and presets a contract name: the file's readonly value still wins.
+    out = _bash(
+        f'. "{shell.CONTRACT_SH}"; printf %s "$CONTRACT_SLURM_NODE_ENV_FILE"',
+        **{"BASH_FUNC_declare%%": "() {  echo declare -r; }"},
+        CONTRACT_SLURM_NODE_ENV_FILE="/tmp/attacker-env",
+        CONTRACT_SH_LOADED="1",
+    )
+    assert out == contract.SLURM_NODE_ENV_FILE
+    # And the guard holds under set -u, with or without an earlier load.
+    source = f'. "{shell.CONTRACT_SH}"'
+    assert _bash(f'set -u; {source}; {source}; echo "$CONTRACT_SLURMCTLD_PORT"') == "6817\n"
+
+
 def test_the_check_mode_tells_a_stale_file(tmp_path, monkeypatch):
     assert shell.main(["--check"]) == 0
     stale = tmp_path / "contract.sh"

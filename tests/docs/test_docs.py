@@ -2,14 +2,16 @@
 
 README.md stays a first screen and a tour (under 250 lines); docs/ has the pages the README links;
 every repository path the pages name (in backticks or as a relative link, with its #anchor) exists;
-every `make <target>` they show is a target of the Makefile; and the table of TrainiumChecks rules
-in docs/compliance.md is the rules' own ids, levels and texts.
+every `make <target>` they show is a target of the Makefile; the table of TrainiumChecks rules
+in docs/compliance.md is the rules' own ids, levels and texts; and the context-key table of
+docs/configuration.md has exactly the keys the default app reads.
 
 The table is generated from the rules: ``python tests/docs/test_docs.py`` prints it.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
 import re
@@ -37,6 +39,7 @@ GENERATED_ROOTS = {
     "cdk.out.oldest",
     ".venv",
     ".venv-oldest",
+    ".venv-host39",
     "node_modules",
     ".local-cluster",
 }
@@ -190,6 +193,49 @@ def trainium_checks_table() -> str:
     return "\n".join(header + trainium_checks_rows())
 
 
+class _ContextRecorder:
+    """Test double of a construct's ``node``: records the context keys asked for, has none."""
+
+    def __init__(self) -> None:
+        self.asked: set[str] = set()
+
+    def try_get_context(self, key: str) -> None:
+        self.asked.add(key)
+
+
+def context_keys_read() -> set[str]:
+    """The context keys the default app reads: those ``AppConfig.from_context`` asks for, and any
+    literal key ``app.py`` or ``stacks/`` passes to ``try_get_context``."""
+    from stacks.config import AppConfig
+
+    recorder = _ContextRecorder()
+    AppConfig.from_context(recorder)  # type: ignore[arg-type]
+    keys = set(recorder.asked)
+    for path in (ROOT / "app.py", *sorted((ROOT / "stacks").rglob("*.py"))):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in {"try_get_context", "get_context"}
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                keys.add(node.args[0].value)
+    return keys
+
+
+def context_keys_documented() -> set[str]:
+    """The keys in the first column of docs/configuration.md's context-key table."""
+    text = (DOCS / "configuration.md").read_text()
+    section = text.split("\n## Context keys of the default app\n", 1)[1].split("\n## ", 1)[0]
+    return {
+        key
+        for line in section.splitlines()
+        if line.startswith("| `")
+        for key in CODE_SPAN.findall(line.split("|")[1])
+    }
+
+
 # --- the tests ------------------------------------------------------------------------------
 
 
@@ -259,6 +305,13 @@ def test_the_trainium_checks_table_lists_exactly_the_rules_of_the_code():
         if line.startswith("| `TrainiumChecks-")
     ]
     assert documented == trainium_checks_rows()
+
+
+def test_the_context_key_table_has_every_key_the_default_app_reads():
+    read, documented = context_keys_read(), context_keys_documented()
+    assert "nodes" in read and "compliancePacks" in read  # the recorder and the scan both see
+    assert sorted(read - documented) == [], "context keys read but not documented"
+    assert sorted(documented - read) == [], "context keys documented but never read"
 
 
 def test_the_trainium_checks_rules_are_the_pack_s_rules():

@@ -1,14 +1,16 @@
 """The key-state write the vault host makes instead of ``aws s3api put-object --if-none-match``:
 botocore's real S3 signer reproduces AWS's published SigV4 example, and against an S3 test double
 server that verifies every signature it stores once, reports an existing object as exit 3 and any
-other refusal as exit 1."""
+other refusal as exit 1; on this Python and, as the host runs it, on AL2023's system python3 (3.9,
+with botocore)."""
 
 from __future__ import annotations
 
-import ast
 import datetime as dt
 import hashlib
 import hmac
+import os
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from botocore.credentials import Credentials
 
 from cdk_trn_runtime.vault import state_store
+from tests.host_python import REPO, host_python
 
 REGION = "us-east-2"
 BUCKET = "trn-vault-state-bucket"
@@ -105,13 +108,6 @@ def test_the_verifying_double_accepts_aws_s3_example(monkeypatch):
     )
 
 
-def test_the_host_module_parses_as_python_3_9():
-    # The host runs it with AL2023's system python3 (3.9), which has python3-botocore.
-    source = Path(state_store.__file__).read_text()
-    ast.parse(source, feature_version=(3, 9))
-    assert "dt.UTC" not in source and "datetime.UTC" not in source
-
-
 class _S3Double(BaseHTTPRequestHandler):
     """Test double of S3's conditional create on a directory (path-style URLs); like S3, it
     refuses a request whose SigV4 signature it does not compute itself."""
@@ -192,6 +188,25 @@ def test_first_write_stores_and_a_second_finds_the_object_and_exits_3(s3, tmp_pa
     assert all(h["x-amz-security-token"] == "test-double-session-token" for h in handler.seen)
     signed = [h["authorization"].split("SignedHeaders=")[1].split(",")[0] for h in handler.seen]
     assert all("if-none-match" in names.split(";") for names in signed)
+
+
+def test_the_host_s_python_3_9_stores_once_and_then_exits_3(s3, tmp_path):
+    """As host_bootstrap.sh runs it: ``python3 -E -s -m`` from the bundle's source directory."""
+    handler, endpoint = s3
+    args = ["--bucket", BUCKET, "--key", KEY, "--region", REGION, "--endpoint-url", endpoint]
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")} | {"PATH": "/usr/bin:/bin"}
+    codes = []
+    for host in ("first", "second"):
+        state = tmp_path / f"{host}.json"
+        state.write_text(f'{{"host": "{host}"}}')
+        done = subprocess.run(
+            [host_python(), "-E", "-s", "-m", "cdk_trn_runtime.vault.state_store", *args,
+             "--file", str(state)],
+            cwd=REPO, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        codes.append(done.returncode)
+    assert codes == [state_store.EXIT_STORED, state_store.EXIT_EXISTS], done.stderr
+    assert (handler.root / BUCKET / KEY).read_text() == '{"host": "first"}'
 
 
 def test_a_signature_s3_does_not_accept_exits_1(s3, tmp_path, monkeypatch, capsys):

@@ -25,12 +25,27 @@
 # (contract.acceptance.REAPER_REFRESH_MARKER):
 # cdk-trn-reaper-rule: image-refresh 1
 #
-# Needs: scontrol (CDK_TRN_SCONTROL overrides the command, e.g. `docker exec <container>
-# scontrol`), aws, CDK_TRN_REGION and CDK_TRN_CLUSTER.
+# Reading `scontrol show node --oneliner`: each field is taken at its first occurrence at a field
+# boundary. Slurm prints the fixed fields (NodeName, CPUAlloc, NodeAddr, State) before the free
+# text ones (Reason, whose healthcheck text names users' processes, then Comment, Extra,
+# InstanceId, ReservationName), so a later `State=`, `NodeAddr=` or `CPUAlloc=` inside free text is
+# never read; the reason counts only when it comes before every other free-text field. Before a
+# mark, squeue must list no job on the node.
+#
+# Needs: scontrol and squeue (CDK_TRN_SCONTROL overrides the scontrol command, e.g. `docker exec
+# <container> scontrol`; squeue is run the same way unless CDK_TRN_SQUEUE says otherwise), aws,
+# CDK_TRN_REGION and CDK_TRN_CLUSTER.
 set -uo pipefail
 # shellcheck source=../../contract/contract.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../contract/contract.sh"
 read -r -a SCONTROL <<<"${CDK_TRN_SCONTROL:-scontrol}"
+if [ -n "${CDK_TRN_SQUEUE:-}" ]; then
+  read -r -a SQUEUE <<<"$CDK_TRN_SQUEUE"
+elif [ "${SCONTROL[-1]}" = scontrol ]; then
+  SQUEUE=("${SCONTROL[@]:0:${#SCONTROL[@]}-1}" squeue)
+else
+  SQUEUE=(squeue)
+fi
 INTERVAL="${CDK_TRN_REAPER_INTERVAL:-0}"
 # cdk_trn_runtime.contract.acceptance.REFRESH_DRAIN_REASON (Slurm appends who set it and when).
 REFRESH_REASON='cdk-trn: image refresh'
@@ -60,16 +75,44 @@ instance_at() {
   echo "$ids"
 }
 
+# The value of field $1 in the scontrol line $2: its first occurrence at a field boundary, up to
+# the next space; status 1 when absent.
+field() {
+  local rest=" $2"
+  case "$rest" in *" $1="*) ;; *) return 1 ;; esac
+  rest=${rest#*" $1="}
+  printf '%s\n' "${rest%% *}"
+}
+
+# The node's Reason (to the end of the line) when Slurm printed one: the first ` Reason=` counts
+# only if no other free-text field starts before it (else it is text inside that field).
+reason_of() {
+  local line=" $1" before
+  case "$line" in *" Reason="*) ;; *) return 0 ;; esac
+  before=${line%%" Reason="*}
+  case "$before" in
+    *" Comment="* | *" Extra="* | *" InstanceId="* | *" InstanceType="* | *" ReservationName="*)
+      return 0 ;;
+  esac
+  printf '%s\n' "${line#*" Reason="}"
+}
+
 # Refresh rule: $1 node name, $2 state, $3 address, $4 the whole scontrol line.
 refresh_if_drained() {
-  local name=$1 state=$2 address=$3 line=$4 reason instance
-  reason=$(sed -n 's/.* Reason=\(.*\)$/\1/p' <<<"$line")
+  local name=$1 state=$2 address=$3 line=$4 reason instance jobs
+  reason=$(reason_of "$line")
   case "$reason" in "$REFRESH_REASON"*) ;; *) return 0 ;; esac
   # Drained: the base state IDLE (no job), the DRAIN flag, nothing completing, no CPU allocated.
   case "$state" in IDLE+*) ;; *) return 0 ;; esac
   case "+$state+" in *+DRAIN+*) ;; *) return 0 ;; esac
   case "+$state+" in *+COMPLETING+*) return 0 ;; esac
-  case " $line " in *" CPUAlloc=0 "*) ;; *) return 0 ;; esac
+  [ "$(field CPUAlloc "$line")" = 0 ] || return 0
+  # And Slurm's job list agrees: no job on the node (an unanswered squeue marks nothing).
+  jobs=$("${SQUEUE[@]}" -h -w "$name" -o %i 2>/dev/null) || {
+    log "squeue did not answer for $name: not refreshed yet"
+    return 0
+  }
+  if [ -n "$jobs" ]; then return 0; fi
   instance=$(instance_at "$address")
   case $? in
     0) ;;
@@ -95,9 +138,10 @@ reap_once() {
   nodes=$("${SCONTROL[@]}" show node --oneliner 2>/dev/null) || { log "scontrol did not answer"; return 1; }
   while read -r line; do
     [ -n "$line" ] || continue
-    name=$(sed -n 's/^NodeName=\([^ ]*\) .*/\1/p' <<<"$line")
-    state=$(sed -n 's/.* State=\([^ ]*\) .*/\1/p' <<<"$line")
-    address=$(sed -n 's/.* NodeAddr=\([^ ]*\) .*/\1/p' <<<"$line")
+    case "$line" in NodeName=*) ;; *) continue ;; esac
+    name=$(field NodeName "$line")
+    state=$(field State "$line")
+    address=$(field NodeAddr "$line")
     if [ -n "$name" ] && [ -n "$address" ]; then
       refresh_if_drained "$name" "$state" "$address" "$line"
     fi
