@@ -31,7 +31,18 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from cdk_trn._runtime import runtime_file
-from cdk_trn_runtime.contract.acceptance import NodeCommand, SlurmCommand, key_of
+from cdk_trn_runtime.contract.acceptance import (
+    CONTROL_DIR,
+    LIST_SUFFIX,
+    REAPER_REFRESH_MARKER,
+    REAPER_UNIT,
+    REPORT_NO_REAPER_RULE,
+    REPORT_SUFFIX,
+    RUN_NODES_KEY,
+    NodeCommand,
+    SlurmCommand,
+    key_of,
+)
 
 #: The container's entrypoint, ``python -m cdk_trn_runtime.suite``; torchrun replaces it.
 SUITE_MODULE = "cdk_trn_runtime.suite"
@@ -68,13 +79,22 @@ def job_script() -> str:
 
 def submit_script() -> str:
     """The controller script (``cdk_trn_runtime/acceptance/submit_suite.sh``) with the job script
-    embedded as one base64 line (no ``{{`` can reach Run Command from it)."""
+    embedded as one base64 line (no ``{{`` can reach Run Command from it) and the contract's
+    names it shares with the handler and the reaper."""
     encoded = base64.b64encode(job_script().encode("utf-8")).decode("ascii")
-    return (
-        runtime_file("acceptance", "submit_suite.sh")
-        .read_text(encoding="utf-8")
-        .replace("__SBATCH_BASE64__", encoded)
-    )
+    text = runtime_file("acceptance", "submit_suite.sh").read_text(encoding="utf-8")
+    for marker, value in (
+        ("__SBATCH_BASE64__", encoded),
+        ("__REAPER_REFRESH_MARKER__", REAPER_REFRESH_MARKER),
+        ("__REAPER_UNIT__", REAPER_UNIT),
+        ("__REPORT_NO_REAPER_RULE__", REPORT_NO_REAPER_RULE),
+        ("__LIST_SUFFIX__", LIST_SUFFIX),
+        ("__REPORT_SUFFIX__", REPORT_SUFFIX),
+        ("__RUN_NODES_KEY__", RUN_NODES_KEY),
+        ("__CONTROL_DIR__", CONTROL_DIR),
+    ):
+        text = text.replace(marker, value)
+    return text
 
 
 def slurm_document_content() -> dict[str, Any]:

@@ -53,6 +53,8 @@ from cdk_trn_runtime.contract import (
     SLURM_CONTROLLER_CONTAINER,
 )
 from cdk_trn_runtime.contract.acceptance import (
+    CONTROL_DIR,
+    LIST_SUFFIX,
     AcceptanceReport,
     AcceptanceRunProperties,
     Check,
@@ -725,9 +727,12 @@ class AcceptanceRun(Construct):
     def _results_objects_arn(self) -> str:
         return self.results_bucket.arn_for_objects(f"{self.results_prefix}*")
 
-    def _result_writer_statements(self) -> list[iam.PolicyStatement]:
+    def _result_writer_statements(self, *, controller: bool = False) -> list[iam.PolicyStatement]:
         """What whoever uploads a run's results (the nodes, or the Slurm controller) may do:
-        write under the results prefix, never a pass marker, with the results bucket's key."""
+        write under the results prefix, never a pass marker, with the results bucket's key; the
+        nodes nothing under a run's ``control/`` (what the handler and the controller exchange),
+        the controller not the handler's node lists there (it writes the job's nodes and the
+        drain reports, and its upload of the job's results leaves ``control/`` out)."""
         statements = [
             iam.PolicyStatement(
                 sid="WriteAcceptanceResults",
@@ -741,6 +746,16 @@ class AcceptanceRun(Construct):
                 effect=iam.Effect.DENY,
                 actions=["s3:PutObject"],
                 resources=[self._pass_markers_arn()],
+            ),
+            # Nor the node lists the handler hands the controller (which nodes to drain, which
+            # to run on); the nodes (where users' jobs run, with this role) neither the lists
+            # the controller writes back (the job's nodes, the drain reports: which nodes may be
+            # replaced).
+            iam.PolicyStatement(
+                sid="DenyWritingNodeLists",
+                effect=iam.Effect.DENY,
+                actions=["s3:PutObject"],
+                resources=[self._node_lists_arn(f"*{LIST_SUFFIX}" if controller else "*")],
             ),
         ]
         key = self.results_bucket.encryption_key
@@ -794,7 +809,13 @@ class AcceptanceRun(Construct):
             arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
         )
         statements = [
-            *self._result_writer_statements(),
+            *self._result_writer_statements(controller=True),
+            # The node lists of a run and a drain (S3, not SSM parameters: no size limit).
+            iam.PolicyStatement(
+                sid="ReadNodeLists",
+                actions=["s3:GetObject"],
+                resources=[self._node_lists_arn()],
+            ),
             iam.PolicyStatement(
                 sid="RefreshDrainedNodes",
                 actions=["autoscaling:SetInstanceHealth"],
@@ -822,7 +843,7 @@ class AcceptanceRun(Construct):
             "id that CloudFormation does not return, and the group name (the Ref) is exact, so "
             "SetInstanceHealth covers the node group only (and only while it carries the "
             "cluster's tag).",
-            resources=[self._results_objects_arn(), node_group],
+            resources=[self._results_objects_arn(), self._node_lists_arn(), node_group],
         )
         return policy
 
@@ -860,7 +881,16 @@ class AcceptanceRun(Construct):
                 actions=["s3:GetObject"],
                 resources=[self._pass_markers_arn()],
             ),
-            *self._key_statements("kms:Decrypt"),
+            # The node lists of the drain command an image refresh (or a rollback) sends.
+            iam.PolicyStatement(
+                sid="WriteNodeLists",
+                actions=["s3:PutObject"],
+                resources=[self._node_lists_arn()],
+            ),
+            *self._key_statements("kms:Decrypt", "kms:GenerateDataKey"),
+            # A rollback has the nodes the failed update refreshed, stopped in Standby by idle
+            # scale-in, replaced (refresh_after_rollback): only in this cluster's group.
+            self._replace_nodes_statement("RefreshNodesAfterRollback"),
         ]
 
     def _is_complete_statements(self) -> list[iam.PolicyStatement]:
@@ -889,25 +919,34 @@ class AcceptanceRun(Construct):
                 conditions={"StringLike": {"s3:prefix": [f"{self.results_prefix}*"]}},
             ),
             iam.PolicyStatement(
-                sid="WritePassMarkers",
+                sid="WritePassMarkersAndNodeLists",
                 actions=["s3:PutObject"],
-                resources=[self._pass_markers_arn()],
+                resources=[self._pass_markers_arn(), self._node_lists_arn()],
             ),
             *self._key_statements("kms:Decrypt", "kms:GenerateDataKey"),
             # A node below a node-local threshold is replaced and the run repeated (handler's
-            # replacement round): only in this cluster's group, found by its tag.
-            iam.PolicyStatement(
-                sid="ReplaceNodesBelowThreshold",
-                actions=["autoscaling:SetInstanceHealth"],
-                resources=[self._groups_arn()],
-                conditions={
-                    "StringEquals": {
-                        f"autoscaling:ResourceTag/{CLUSTER_TAG}": self.cluster.cluster_name
-                    }
-                },
-            ),
+            # replacement round), and an image refresh replaces the idle nodes on an earlier
+            # launch template (those stopped in Standby are returned to service first): only
+            # in this cluster's group, found by its tag.
+            self._replace_nodes_statement("ReplaceNodesBelowThreshold"),
         ]
         return statements
+
+    def _replace_nodes_statement(self, sid: str) -> iam.PolicyStatement:
+        return iam.PolicyStatement(
+            sid=sid,
+            actions=["autoscaling:SetInstanceHealth", "autoscaling:ExitStandby"],
+            resources=[self._groups_arn()],
+            conditions={
+                "StringEquals": {
+                    f"autoscaling:ResourceTag/{CLUSTER_TAG}": self.cluster.cluster_name
+                }
+            },
+        )
+
+    def _node_lists_arn(self, name: str = "*") -> str:
+        """The node lists and drain reports under each run's prefix (``CONTROL_DIR``)."""
+        return self.results_bucket.arn_for_objects(f"{self.results_prefix}*/{CONTROL_DIR}{name}")
 
     def _groups_arn(self) -> str:
         return cdk.Stack.of(self).format_arn(
@@ -948,6 +987,7 @@ class AcceptanceRun(Construct):
                 self._groups_arn(),
                 self._results_objects_arn(),
                 self._pass_markers_arn(),
+                self._node_lists_arn(),
             ],
         )
 

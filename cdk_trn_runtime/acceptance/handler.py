@@ -29,7 +29,9 @@ nodes of the current version only.
 A pass leaves a marker (``<prefix>_passed/<fingerprint>.json``) naming the run; an Update whose
 run properties match a marker reuses that run instead of running again. That is what keeps a
 rollback (CloudFormation sends the previous properties as an Update) from repeating a run that
-passed, and from failing the rollback if the cluster has since degraded.
+passed, and from failing the rollback if the cluster has since degraded. On a Slurm cluster the
+nodes the failed update refreshed (on another launch template version than the group's, rolled
+back) are then drained for refresh, best effort (``refresh_after_rollback``).
 
 One concern per module: ``ssm_launcher`` and ``slurm_launcher`` start a run, ``commands`` polls
 its SSM commands, ``refresh`` handles an image change on running nodes, ``replacement`` the
@@ -70,7 +72,7 @@ from cdk_trn_runtime.acceptance.common import (
     run_changed,
     run_fingerprint,
 )
-from cdk_trn_runtime.acceptance.refresh import after_drain, start_refresh
+from cdk_trn_runtime.acceptance.refresh import after_drain, refresh_after_rollback, start_refresh
 from cdk_trn_runtime.acceptance.replace_drain import after_replace_drain
 from cdk_trn_runtime.acceptance.replacement import (
     _after_replacement,
@@ -97,7 +99,11 @@ from cdk_trn_runtime.acceptance.slurm_launcher import (
 )
 from cdk_trn_runtime.acceptance.ssm_launcher import discover_nodes, send_commands
 from cdk_trn_runtime.contract import ACCEPTANCE_BUSY_EXIT
-from cdk_trn_runtime.contract.acceptance import ACCEPTANCE_NOT_READY_EXIT
+from cdk_trn_runtime.contract.acceptance import (
+    ACCEPTANCE_NOT_READY_EXIT,
+    AcceptanceReport,
+    key_of,
+)
 
 LOG = logging.getLogger(__name__)
 LOG.setLevel(logging.INFO)
@@ -125,7 +131,14 @@ def on_event(
         # properties is not repeated (and so cannot fail the rollback).
         previous = passed_run(clients, props, run_fingerprint(event["ResourceProperties"]))
         if previous is not None:
-            return _reuse(props, previous)
+            reused = _reuse(props, previous)
+            if props.slurm:
+                # Nodes the failed update refreshed run the rejected image: drained for refresh,
+                # best effort (never fails or blocks the rollback).
+                awaiting = refresh_after_rollback(clients, props, previous)
+                if awaiting:
+                    reused["AcceptanceRun"]["AwaitingRefresh"] = awaiting
+            return reused
     run_id = make_run_id(event)
     started = clients.clock()
     if props.slurm:
@@ -163,7 +176,10 @@ def is_complete(
     clients = clients or default_clients()
     run_id = str(state.get("Run") or event["PhysicalResourceId"])
     if state.get("Reused"):
-        return {"IsComplete": True, "Data": reused_figures(clients, props, run_id)}
+        data = reused_figures(clients, props, run_id)
+        if state.get("AwaitingRefresh"):
+            data[key_of(AcceptanceReport, "awaiting_refresh")] = str(state["AwaitingRefresh"])
+        return {"IsComplete": True, "Data": data}
 
     if state.get("NotRun"):
         return _report_not_run(props, run_id, str(state["NotRun"]), "nodes not refreshed")

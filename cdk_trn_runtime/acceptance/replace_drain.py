@@ -1,8 +1,9 @@
 """The second step of a replacement round on a Slurm cluster: the nodes below threshold were
 drained by a drain-only command to the controller, which reported each node's state and jobs
-after the drain. Only a node Slurm reports drained without a job is marked Unhealthy (its group
-replaces it); one that holds a job, or that Slurm did not report, stays drained and is named in
-the reason, and the run fails rather than terminate a node that runs someone's work."""
+after the drain (to S3, ``slurm_launcher.read_drain_report``). Only a node Slurm reports drained
+without a job is marked Unhealthy (its group replaces it); one that holds a job, or that Slurm
+did not report, stays drained and is named in the reason, and the run fails rather than
+terminate a node that runs someone's work."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from cdk_trn_runtime.acceptance.common import (
 from cdk_trn_runtime.acceptance.refresh import parse_refresh_report
 from cdk_trn_runtime.acceptance.replacement import _replaced_first, replacing_state
 from cdk_trn_runtime.acceptance.report import failure_reason
+from cdk_trn_runtime.acceptance.slurm_launcher import read_drain_report
 
 LOG = logging.getLogger(__name__)
 
@@ -48,10 +50,9 @@ def after_replace_drain(
             clients, command, invocation
         )
         raise AcceptanceRunError(failure_reason(run_id, [said, *failures], props))
-    output = clients.ssm.get_command_invocation(
-        CommandId=command.command_id, InstanceId=command.instance_id
-    ).get("StandardOutputContent", "")
-    report = parse_refresh_report(output)
+    # The report is in S3 (the command's output is cut at 24,000 characters); without one,
+    # Slurm reported no node, and every one stays drained.
+    report = parse_refresh_report(read_drain_report(clients, props, run_id, "replace") or "")
     replaced: list[dict[str, Any]] = []
     kept: list[str] = []
     for entry in drain["Nodes"]:

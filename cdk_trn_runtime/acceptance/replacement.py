@@ -102,7 +102,7 @@ def _replace_or_none(
     if not replacement_fits(float(state["StartedAt"]), now, float(state["Deadline"])):
         LOG.info("no time for a replacement round before %s", state["Deadline"])
         return None
-    plan = _of_the_run(clients, props, nodes, plan)
+    plan = _of_the_run(clients, props, nodes, plan, run_id)
     if not plan:
         return None
     instances = instances_of(clients, props, nodes, list(plan))
@@ -173,13 +173,13 @@ def _of_the_run(
     props: RunProps,
     nodes: Sequence[Node],
     plan: Mapping[str, list[dict[str, Any]]],
+    run_id: str,
 ) -> dict[str, list[dict[str, Any]]]:
     """The plan's nodes that were the run's: on Slurm, those Slurm allocated to the job (the
-    controller's report after it); with SSM, those the run's commands went to. Any other address
-    the summary names is refused, and logged."""
+    list the controller wrote to S3 after it, as root); with SSM, those the run's commands went
+    to. Any other address the summary names is refused, and logged."""
     if props.slurm:
-        controller = next((n for n in nodes if n.kind == "controller"), None)
-        ran = run_nodes(clients, controller) if controller is not None else set()
+        ran = run_nodes(clients, props, run_id)
     else:
         ran = {n.private_ip for n in nodes if n.kind == "node"}
     refused = sorted(h for h in plan if h not in ran)
@@ -245,7 +245,9 @@ def _after_replacement(
         i["InstanceId"]
         for g in groups
         for i in g["Instances"]
-        if i["LifecycleState"] == "InService"
+        # After a refresh a node of the current version stopped by idle scale-in counts too:
+        # Slurm starts it for the run's job.
+        if (i["LifecycleState"] == "InService" or (refresh and i["LifecycleState"] == "Standby"))
         and i["InstanceId"] not in replaced
         and (not refresh or _version(i) == _version(g))
     ]

@@ -366,7 +366,14 @@ def _describe_waiting(waiting: Sequence[Mapping[str, Any]]) -> str:
 def _describe_node(entry: Mapping[str, Any]) -> str:
     jobs = ",".join(entry.get("Jobs", [])) or "none"
     name = entry.get("Node") or f"no Slurm node at {entry['Host']}"
-    return f"{entry['InstanceId']} ({name}, {entry['State']}, jobs {jobs})"
+    text = f"{entry['InstanceId']} ({name}, {entry['State']}, jobs {jobs})"
+    if entry.get("Undrained"):
+        # A controller booted before the reaper's refresh rule: no one would replace it.
+        text += (
+            " not drained: the controller's reaper has no image-refresh rule; replace the "
+            "controller instance, or drain the node by hand when its jobs allow"
+        )
+    return text
 
 
 def _bounded(items: Sequence[str], separator: str = ",", limit: int = NODE_LIST_LIMIT) -> str:

@@ -20,7 +20,13 @@ from cdk_trn_runtime.acceptance.common import (
     _error_message,
 )
 from cdk_trn_runtime.contract import CLUSTER_TAG
-from cdk_trn_runtime.contract.acceptance import RUN_NODES_LINE, SlurmCommand
+from cdk_trn_runtime.contract.acceptance import (
+    CONTROL_DIR,
+    LIST_SUFFIX,
+    REPORT_SUFFIX,
+    RUN_NODES_KEY,
+    SlurmCommand,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -52,22 +58,32 @@ def discover_controller(clients: Clients, props: RunProps) -> Node:
     return Node(0, ids[0], instance["PrivateIpAddress"], kind="controller")
 
 
+#: Stems (under a run's results prefix) of the node lists handed to the controller.
+NODE_LIST_STEM = f"{CONTROL_DIR}nodes"
+
+
+def drain_list_stem(drain_for: str) -> str:
+    return f"{CONTROL_DIR}drain-{drain_for}"
+
+
 def slurm_command_parameters(
     props: RunProps,
     run_id: str,
     region: str,
-    addresses: Sequence[str] = (),
     *,
-    drain: Sequence[str] = (),
+    nodes: int = 0,
+    node_list: str = "",
+    drain_list: str = "",
     drain_for: str = "replace",
 ) -> dict[str, list[str]]:
     """The Slurm document's parameters of a run: on any idle nodes of the partition, or on
-    exactly the nodes at ``addresses`` (after an image refresh); with ``drain``, a drain-only
-    command for the nodes at those addresses (``drain_for``: why)."""
+    exactly ``nodes`` nodes listed at ``node_list`` (after an image refresh); with
+    ``drain_list``, a drain-only command for the nodes listed there (``drain_for``: why). The
+    lists are S3 objects under the run's prefix (:func:`put_list`)."""
     return SlurmCommand(
         region=region,
         run_id=run_id,
-        nodes=len(addresses) or props.nodes,
+        nodes=nodes or props.nodes,
         procs_per_node=props.procs_per_node,
         rendezvous_port=props.rendezvous_port,
         neuron_comm_port=props.neuron_comm_port,
@@ -81,10 +97,68 @@ def slurm_command_parameters(
         controller_container=props.controller_container or "",
         runs_dir=props.runs_dir or "",
         results_uri=props.results_uri(run_id),
-        drain_addresses=",".join(drain),
+        drain_list=drain_list,
         drain_for=drain_for,
-        node_addresses=",".join(addresses),
+        node_list=node_list,
     ).command_parameters()
+
+
+def put_list(
+    clients: Clients, props: RunProps, run_id: str, stem: str, addresses: Sequence[str]
+) -> str:
+    """Write ``addresses`` (one a line) for the controller under the run's prefix: no SSM
+    parameter limit applies (a 1024-node cluster's list is about 14 KB). Returns ``stem``."""
+    key = props.control_key(run_id, stem + LIST_SUFFIX)
+    try:
+        clients.s3.put_object(
+            Bucket=props.results_bucket,
+            Key=key,
+            Body="".join(a + "\n" for a in addresses).encode("ascii"),
+            ContentType="text/plain",
+        )
+    except ClientError as error:
+        raise AcceptanceRunError(
+            f"could not write the node list s3://{props.results_bucket}/{key}: "
+            f"{_error_code(error)}: {_error_message(error)}"
+        ) from None
+    return stem
+
+
+def read_drain_report(clients: Clients, props: RunProps, run_id: str, drain_for: str) -> str | None:
+    """The drain command's report (``cdk-trn refresh: ...`` lines), None when it is missing."""
+    key = props.control_key(run_id, drain_list_stem(drain_for) + REPORT_SUFFIX)
+    try:
+        body = clients.s3.get_object(Bucket=props.results_bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if _error_code(error) in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise AcceptanceRunError(
+            f"could not read the drain report s3://{props.results_bucket}/{key}: "
+            f"{_error_code(error)}: {_error_message(error)}"
+        ) from None
+    return bytes(body).decode("utf-8", "replace")
+
+
+def send_drain(
+    clients: Clients,
+    props: RunProps,
+    run_id: str,
+    controller: Node,
+    hosts: Sequence[str],
+    drain_for: str,
+) -> str:
+    """Write the drain list and send the drain-only command; its command id."""
+    stem = put_list(clients, props, run_id, drain_list_stem(drain_for), hosts)
+    response = clients.ssm.send_command(
+        InstanceIds=[controller.instance_id],
+        DocumentName=props.document_name,
+        Parameters=slurm_command_parameters(
+            props, run_id, clients.region, drain_list=stem, drain_for=drain_for
+        ),
+        TimeoutSeconds=DELIVERY_TIMEOUT_SECONDS,
+        Comment=f"cdk-trn acceptance {run_id}: drain nodes ({drain_for})"[:100],
+    )
+    return str(response["Command"]["CommandId"])
 
 
 def drain_in_slurm(
@@ -92,62 +166,48 @@ def drain_in_slurm(
 ) -> Node | None:
     """Before nodes below threshold are replaced: a drain-only command to the controller, so that
     no job starts on them meanwhile, which reports each node's state and jobs after the drain
-    (only a node Slurm reports drained without a job is then replaced). None when it could not
-    be sent (then nothing is replaced)."""
+    (to S3: :func:`read_drain_report` with ``replace``; only a node Slurm reports drained without
+    a job is then replaced). None when it could not be sent (then nothing is replaced)."""
     try:
         controller = discover_controller(clients, props)
-        response = clients.ssm.send_command(
-            InstanceIds=[controller.instance_id],
-            DocumentName=props.document_name,
-            Parameters=slurm_command_parameters(props, run_id, clients.region, drain=hosts),
-            TimeoutSeconds=DELIVERY_TIMEOUT_SECONDS,
-            Comment=f"cdk-trn acceptance {run_id}: drain nodes to replace"[:100],
-        )
+        command_id = send_drain(clients, props, run_id, controller, hosts, "replace")
     except (AcceptanceRunError, ClientError) as error:
         LOG.warning("could not drain %s in Slurm: %s", ", ".join(hosts), error)
         return None
-    return Node(
-        0,
-        controller.instance_id,
-        controller.private_ip,
-        response["Command"]["CommandId"],
-        kind="controller",
-    )
+    return Node(0, controller.instance_id, controller.private_ip, command_id, kind="controller")
 
 
-def parse_run_nodes(output: str) -> set[str] | None:
-    """The run's node addresses from the Slurm document's output: the first
-    :data:`~cdk_trn_runtime.contract.acceptance.RUN_NODES_LINE` (the controller prints it before
-    any of the job's own output, so a line the job wrote comes later); None without one."""
-    for line in output.splitlines():
-        if line.startswith(RUN_NODES_LINE + " "):
-            words = line[len(RUN_NODES_LINE) :].split()
-            if words in ([], ["-"]):
-                return set()
-            found = set()
-            for address in words[0].split(","):
-                try:
-                    found.add(str(ipaddress.IPv4Address(address)))
-                except ValueError:
-                    LOG.warning("ignoring %r in the run's node list", address)
-            return found
-    return None
+def parse_run_nodes(text: str) -> set[str]:
+    """The addresses of :data:`~cdk_trn_runtime.contract.acceptance.RUN_NODES_KEY` (one a line);
+    anything else on a line is ignored, and logged."""
+    found = set()
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            found.add(str(ipaddress.IPv4Address(line.strip())))
+        except ValueError:
+            LOG.warning("ignoring %r in the run's node list", line[:80])
+    return found
 
 
-def run_nodes(clients: Clients, command: Node) -> set[str]:
-    """The addresses of the nodes Slurm allocated to the run's job, as the controller reported
-    them after the job; none when it did not (then no node is replaced)."""
+def run_nodes(clients: Clients, props: RunProps, run_id: str) -> set[str]:
+    """The addresses of the nodes Slurm allocated to the run's job, as the controller wrote them
+    (as root, from Slurm) after the job to the run's ``RUN_NODES_KEY``; none when it did not
+    (then no node is replaced)."""
+    key = props.control_key(run_id, RUN_NODES_KEY)
     try:
-        output = clients.ssm.get_command_invocation(
-            CommandId=command.command_id, InstanceId=command.instance_id
-        ).get("StandardOutputContent", "")
+        body = clients.s3.get_object(Bucket=props.results_bucket, Key=key)["Body"].read()
     except ClientError as error:
-        LOG.warning("could not read the run's node list from %s: %s", command.command_id, error)
+        LOG.warning(
+            "could not read the run's node list s3://%s/%s: %s: %s",
+            props.results_bucket,
+            key,
+            _error_code(error),
+            _error_message(error),
+        )
         return set()
-    found = parse_run_nodes(output)
-    if found is None:
-        LOG.warning("the controller's output names no run nodes (%s)", command.command_id)
-    return found or set()
+    return parse_run_nodes(bytes(body).decode("ascii", "replace"))
 
 
 def send_slurm_command(
@@ -158,12 +218,15 @@ def send_slurm_command(
     addresses: Sequence[str] = (),
 ) -> Node:
     """Send the Slurm document to the controller: it submits, waits for and uploads the job
-    (on the nodes at ``addresses`` only, when given)."""
+    (on the nodes at ``addresses`` only, when given: listed in S3 first)."""
+    node_list = put_list(clients, props, run_id, NODE_LIST_STEM, addresses) if addresses else ""
     try:
         response = clients.ssm.send_command(
             InstanceIds=[controller.instance_id],
             DocumentName=props.document_name,
-            Parameters=slurm_command_parameters(props, run_id, clients.region, addresses),
+            Parameters=slurm_command_parameters(
+                props, run_id, clients.region, nodes=len(addresses), node_list=node_list
+            ),
             TimeoutSeconds=DELIVERY_TIMEOUT_SECONDS,
             Comment=f"cdk-trn acceptance {run_id} as a Slurm job"[:100],
         )
@@ -187,9 +250,15 @@ def send_slurm_command(
     )
 
 
+#: Lifecycle states of a group's instances that can hold (or, resumed by Slurm's power saving,
+#: take) a job: one of these on an earlier launch template version is stale.
+STALE_STATES = frozenset({"InService", "Standby", "EnteringStandby"})
+
+
 def stale_nodes(clients: Clients, props: RunProps) -> list[str]:
-    """InService nodes launched from an older version of the group's launch template (an image
-    or boot change they have not taken yet)."""
+    """Nodes launched from another version of the group's launch template (an image or boot
+    change they have not taken yet; after a rollback, a later one): InService, and also in
+    Standby, where idle scale-in keeps stopped nodes that Slurm starts again as they are."""
     groups = clients.autoscaling.describe_auto_scaling_groups(
         AutoScalingGroupNames=[props.auto_scaling_group_name]
     )["AutoScalingGroups"]
@@ -198,7 +267,7 @@ def stale_nodes(clients: Clients, props: RunProps) -> list[str]:
         current = str((group.get("LaunchTemplate") or {}).get("Version") or "")
         for instance in group["Instances"]:
             version = str((instance.get("LaunchTemplate") or {}).get("Version") or "")
-            if instance["LifecycleState"] == "InService" and current and version != current:
+            if instance["LifecycleState"] in STALE_STATES and current and version != current:
                 stale.append(str(instance["InstanceId"]))
     return sorted(stale)
 

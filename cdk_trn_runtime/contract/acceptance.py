@@ -35,16 +35,39 @@ ACCEPTANCE_NOT_READY_EXIT = 72
 #: says it is drained without a job, by the handler or, for a node that was busy, by the
 #: controller's reaper (``slurm/scripts/reaper.sh`` and ``acceptance/submit_suite.sh`` spell it).
 REFRESH_DRAIN_REASON = "cdk-trn: image refresh"
-#: The line of the Slurm document's output that names the run's nodes by address, as Slurm
-#: allocated them to the job (``<this> <address>,<address>``, or ``-`` when Slurm did not say): a
-#: node below threshold is replaced only if it is among them, whatever the results say (the job,
-#: and any job of its user, can write those). Printed before any of the job's own output, and the
-#: handler reads the first such line (``acceptance/submit_suite.sh`` spells it too).
-RUN_NODES_LINE = "cdk-trn acceptance ran on:"
-#: ``DrainFor`` of the Slurm document: why the nodes at ``DrainAddresses`` are drained.
-#: ``replace``: below threshold; ``refresh``: an image refresh; ``refresh-if-idle``: the same,
-#: but drain none when none is idle. Each drain reports every node's state and jobs after it.
-DRAIN_FOR = ("replace", "refresh", "refresh-if-idle")
+#: ``DrainFor`` of the Slurm document: why the nodes of ``DrainList`` are drained.
+#: ``replace``: below threshold; ``refresh``: an image refresh, drain every one and report each
+#: node's state and jobs; ``refresh-if-idle``: the same, but drain none when none is idle;
+#: ``refresh-by-reaper`` (a rollback that reuses a passed run): drain every one for the
+#: controller's reaper to replace, none when the installed reaper lacks the refresh rule.
+#: Whatever the reason, a node running a job is drained for a refresh only when the installed
+#: reaper has the refresh rule (``REAPER_REFRESH_MARKER``): else only idle ones are drained.
+DRAIN_FOR = ("replace", "refresh", "refresh-if-idle", "refresh-by-reaper")
+#: A line of the controller's reaper (``slurm/scripts/reaper.sh``, as ``# <marker>``) saying it
+#: has the refresh rule. A controller booted from an earlier bundle keeps its earlier reaper (the
+#: controller group has no rolling update), so the drain command reads the installed reaper
+#: (``ExecStart`` of ``REAPER_UNIT``) before it drains a node that runs a job: without the rule no
+#: one would replace that node when its jobs end. ``document.py`` renders it into the script.
+REAPER_REFRESH_MARKER = "cdk-trn-reaper-rule: image-refresh 1"
+#: The reaper's installed systemd unit on the controller (``controller_bootstrap.sh``).
+REAPER_UNIT = "/etc/systemd/system/cdk-trn-reaper.service"
+#: The refresh report's line when the installed reaper lacks the refresh rule.
+REPORT_NO_REAPER_RULE = "cdk-trn refresh-rule: absent"
+#: Node lists the handler hands the controller, and the drain report it reads back, go through
+#: the run's results prefix in S3 (no SSM parameter or output limit): ``<ResultsUri><stem>`` +
+#: these suffixes, the stem being ``DrainList`` / ``NodeList`` (one address a line).
+LIST_SUFFIX = ".addresses"
+REPORT_SUFFIX = ".report"
+#: Where under a run's prefix those objects go (the controller may read only these).
+CONTROL_DIR = "control/"
+#: The run's nodes by address, as Slurm allocated them to the job (one a line; empty when Slurm
+#: did not say), at ``<ResultsUri>`` + this key: written after the job by the Slurm document's
+#: script, as root on the controller, from Slurm's answer (``squeue -t all``). A node below
+#: threshold is replaced only if it is among them, whatever the results say (the job, and any
+#: job of its user, can write those). No result upload can write it: the nodes' role is denied
+#: ``control/*``, and the controller's upload of the job's results leaves out ``control/`` (its
+#: role is denied only the handler's ``*.addresses`` lists: it writes this and the drain reports).
+RUN_NODES_KEY = f"{CONTROL_DIR}ran-on.nodes"
 #: ``Launcher``: a Slurm job submitted from the controller, or the suite on every node via SSM.
 LAUNCHERS = ("slurm", "ssm")
 #: ``WhenBusy``: what a run does when the cluster's nodes are busy with users' jobs.
@@ -187,6 +210,10 @@ class AcceptanceRunProperties(Message):
     def summary_key(self, run_id: str) -> str:
         return f"{self.run_prefix(run_id)}0/summary.json"
 
+    def control_key(self, run_id: str, stem: str) -> str:
+        """The S3 key of a node list or report (``stem`` + suffix) of the run ``run_id``."""
+        return f"{self.run_prefix(run_id)}{stem}"
+
 
 @dataclass(frozen=True)
 class AcceptanceReport(Message):
@@ -219,7 +246,8 @@ class AcceptanceReport(Message):
 _INT = "^[0-9]{1,6}$"
 _IPV4 = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$"
 _PATH = r"^/[A-Za-z0-9._/-]{1,255}$"
-_ADDRESSES = r"^[0-9.,]{0,2000}$"
+#: A stem under ResultsUri (``control/<name>``) or empty.
+_LIST_STEM = r"^(control/[a-z0-9][a-z0-9-]{0,62})?$"
 _RESULTS_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[A-Za-z0-9_./-]*/$"
 
 
@@ -320,7 +348,7 @@ def _node_doc(field_name: str) -> str:
 @dataclass(frozen=True)
 class SlurmCommand(_DocumentParameters):
     """The Slurm document's parameters (the run as a Slurm job, from the controller; or, with
-    ``DrainAddresses``, a drain-only command)."""
+    ``DrainList``, a drain-only command)."""
 
     DESCRIPTION: ClassVar[str] = "acceptance Slurm command"
     PATTERNS: ClassVar[dict[str, str]] = {
@@ -329,9 +357,9 @@ class SlurmCommand(_DocumentParameters):
         "job_user": r"^[a-z_][a-z0-9_-]{0,31}$",
         "controller_container": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
         "runs_dir": _PATH,
-        "drain_addresses": _ADDRESSES,
+        "drain_list": _LIST_STEM,
         "drain_for": "^(" + "|".join(DRAIN_FOR) + ")$",
-        "node_addresses": _ADDRESSES,
+        "node_list": _LIST_STEM,
     }
 
     region: str = _param("Region", _node_doc("region"))
@@ -359,19 +387,20 @@ class SlurmCommand(_DocumentParameters):
         "ResultsUri",
         "s3:// prefix of the run; the results of node index N go to <ResultsUri>N/",
     )
-    drain_addresses: str = _param(
-        "DrainAddresses",
-        "Empty for a run; else only drain the Slurm nodes at these addresses (comma-separated), "
-        "which are about to be replaced",
+    drain_list: str = _param(
+        "DrainList",
+        "Empty for a run; else only drain the Slurm nodes whose addresses <ResultsUri><DrainList>"
+        ".addresses lists (one a line), and write what Slurm says of each after the drain to "
+        "<ResultsUri><DrainList>.report",
     )
     drain_for: str = _param(
         "DrainFor",
-        "Why DrainAddresses are drained (each node's state and jobs are reported after): "
-        "replace (below threshold), refresh (an image change), refresh-if-idle (the same, none "
-        "drained unless one is idle)",
+        "Why DrainList is drained: replace (below threshold), refresh (an image change), "
+        "refresh-if-idle (the same, none drained unless one is idle), refresh-by-reaper (every "
+        "one for the reaper, none unless the reaper has the refresh rule)",
     )
-    node_addresses: str = _param(
-        "NodeAddresses",
-        "Empty: any idle nodes of the partition; else the run's nodes by address "
-        "(comma-separated), each of which must be idle",
+    node_list: str = _param(
+        "NodeList",
+        "Empty: any idle nodes of the partition; else the run's nodes, whose addresses "
+        "<ResultsUri><NodeList>.addresses lists (one a line), each of which must be idle",
     )

@@ -7,15 +7,18 @@ refreshed the run fails at once naming the nodes and their jobs, or reports not-
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
+from botocore.response import StreamingBody
 from botocore.stub import ANY
 
 from cdk_trn_runtime.acceptance import common, refresh, slurm_launcher
 from cdk_trn_runtime.contract import CLUSTER_TAG
-from cdk_trn_runtime.contract.acceptance import ACCEPTANCE_NOT_READY_EXIT
+from cdk_trn_runtime.contract.acceptance import ACCEPTANCE_NOT_READY_EXIT, REPORT_NO_REAPER_RULE
 from tests.acceptance.handler_doubles import (
+    ASG,
     BUCKET,
     CLUSTER,
     DOCUMENT,
@@ -130,9 +133,30 @@ def props_of(ev):
     return common.parse_properties(ev["ResourceProperties"])
 
 
-def stub_drain_sent(aws, ev, addresses: str, drain_for: str):
+def text_body(text: str) -> dict[str, Any]:
+    data = text.encode()
+    return {"Body": StreamingBody(io.BytesIO(data), len(data)), "ContentLength": len(data)}
+
+
+def stub_list_written(aws, ev, stem: str, addresses: list[str], run_id: str | None = None):
+    """The handler writes a node list under the run's results prefix (no SSM size limit)."""
+    aws.s3.add_response(
+        "put_object",
+        {},
+        {
+            "Bucket": BUCKET,
+            "Key": f"acceptance-runs/{run_id or common.make_run_id(ev)}/{stem}.addresses",
+            "Body": "".join(a + "\n" for a in addresses).encode(),
+            "ContentType": "text/plain",
+        },
+    )
+
+
+def stub_drain_sent(aws, ev, addresses: str, drain_for: str, run_id: str | None = None):
     stub_controller_group(aws, [CONTROLLER.instance_id])
     stub_controller_instance(aws)
+    run_id = run_id or common.make_run_id(ev)
+    stub_list_written(aws, ev, f"control/drain-{drain_for}", addresses.split(","), run_id)
     aws.ssm.add_response(
         "send_command",
         {"Command": {"CommandId": DRAIN_COMMAND}},
@@ -140,10 +164,8 @@ def stub_drain_sent(aws, ev, addresses: str, drain_for: str):
             "InstanceIds": [CONTROLLER.instance_id],
             "DocumentName": DOCUMENT,
             "Parameters": {
-                **slurm_launcher.slurm_command_parameters(
-                    props_of(ev), common.make_run_id(ev), REGION
-                ),
-                "DrainAddresses": [addresses],
+                **slurm_launcher.slurm_command_parameters(props_of(ev), run_id, REGION),
+                "DrainList": [f"control/drain-{drain_for}"],
                 "DrainFor": [drain_for],
             },
             "TimeoutSeconds": common.DELIVERY_TIMEOUT_SECONDS,
@@ -152,8 +174,14 @@ def stub_drain_sent(aws, ev, addresses: str, drain_for: str):
     )
 
 
-def stub_drain_report(aws, lines: list[str]):
-    """The drain command succeeded and printed ``lines`` (the controller's refresh report)."""
+IN_SERVICE = [(OLD_A, "6", "InService"), (OLD_B, "6", "InService")]
+
+
+def stub_drain_report(
+    aws, lines: list[str], drain_for: str = "refresh-if-idle", group=IN_SERVICE, ev=None
+):
+    """The drain command succeeded and wrote ``lines`` (the controller's refresh report) under
+    the run's prefix; when it names a replaceable node, the handler looks up the group."""
     aws.ssm.add_response(
         "list_command_invocations",
         {
@@ -169,16 +197,18 @@ def stub_drain_report(aws, lines: list[str]):
         },
         {"CommandId": DRAIN_COMMAND, "InstanceId": CONTROLLER.instance_id, "Details": True},
     )
-    aws.ssm.add_response(
-        "get_command_invocation",
+    run_id = common.make_run_id(ev or image_update())
+    aws.s3.add_response(
+        "get_object",
+        text_body("".join(line + "\n" for line in lines)),
         {
-            "CommandId": DRAIN_COMMAND,
-            "InstanceId": CONTROLLER.instance_id,
-            "Status": "Success",
-            "StandardOutputContent": "".join(line + "\n" for line in lines),
+            "Bucket": BUCKET,
+            "Key": f"acceptance-runs/{run_id}/control/drain-{drain_for}.report",
         },
-        {"CommandId": DRAIN_COMMAND, "InstanceId": CONTROLLER.instance_id},
     )
+    text = "".join(line + "\n" for line in lines)
+    if any(n.replaceable for n in refresh.parse_refresh_report(text).values()):
+        stub_group(aws, group)
 
 
 def stub_marked_unhealthy(aws, instance_id: str):
@@ -195,6 +225,7 @@ def stub_run_sent(aws, ev, *nodes: tuple[str, str]):
     stub_controller_group(aws, [CONTROLLER.instance_id])
     stub_controller_instance(aws)
     run_id = common.make_run_id(ev)
+    stub_list_written(aws, ev, "control/nodes", [ip for _, ip in nodes])
     aws.ssm.add_response(
         "send_command",
         {"Command": {"CommandId": CONTROLLER.command_id}},
@@ -202,7 +233,7 @@ def stub_run_sent(aws, ev, *nodes: tuple[str, str]):
             "InstanceIds": [CONTROLLER.instance_id],
             "DocumentName": DOCUMENT,
             "Parameters": slurm_launcher.slurm_command_parameters(
-                props_of(ev), run_id, REGION, [ip for _, ip in nodes]
+                props_of(ev), run_id, REGION, nodes=len(nodes), node_list="control/nodes"
             ),
             "TimeoutSeconds": common.DELIVERY_TIMEOUT_SECONDS,
             "Comment": ANY,
@@ -347,6 +378,8 @@ def test_with_every_stale_node_busy_and_report_the_update_goes_on_and_says_so(aw
             "cdk-trn refresh: 10.64.0.9 ip-10-64-0-9 draining 7",
             "cdk-trn refresh: 10.64.0.12 ip-10-64-0-12 draining 41,42",
         ],
+        drain_for="refresh",
+        ev=ev,
     )
     result, _ = poll(aws, ev)
     assert result["IsComplete"] is True
@@ -409,3 +442,178 @@ def test_the_refresh_report_is_read_strictly():
         "10.0.0.4": False,  # drained but a job listed: never replaced
         "10.0.0.5": False,
     }
+
+
+# --- idle scale-in: nodes stopped in Standby ------------------------------------------------------
+
+
+def stub_left_standby(aws, instance_id: str):
+    aws.autoscaling.add_response(
+        "exit_standby",
+        {},
+        {"InstanceIds": [instance_id], "AutoScalingGroupName": ASG},
+    )
+
+
+def test_a_node_stopped_in_standby_on_the_earlier_template_is_stale_and_replaced(aws):
+    # Idle scale-in stopped B in Standby: Slurm would start it again as it is, on the old image.
+    # Auto Scaling replaces an Unhealthy instance only InService, so B returns to service first.
+    ev = image_update()
+    stub_no_pass_marker(aws)
+    stub_group(aws, [(OLD_A, "6", "InService"), (OLD_B, "6", "Standby")])
+    stub_addresses(aws, OLD_A, OLD_B)
+    stub_drain_sent(aws, ev, f"{OLD_A[1]},{OLD_B[1]}", "refresh-if-idle")
+    ev = {**ev, **handler.on_event(ev, clients=aws.clients)}
+    stub_drain_report(
+        aws,
+        [
+            "cdk-trn refresh: 10.64.0.9 ip-10-64-0-9 drained -",
+            "cdk-trn refresh: 10.64.0.12 ip-10-64-0-12 drained~ -",
+        ],
+        group=[(OLD_A, "6", "InService"), (OLD_B, "6", "Standby")],
+    )
+    stub_marked_unhealthy(aws, OLD_A[0])
+    stub_left_standby(aws, OLD_B[0])
+    stub_marked_unhealthy(aws, OLD_B[0])
+    result, ev = poll(aws, ev)
+    assert result["AcceptanceRun"]["RunNodes"] == 2
+    assert [r["InstanceId"] for r in result["AcceptanceRun"]["Refresh"]["Refreshed"]] == [
+        OLD_A[0],
+        OLD_B[0],
+    ]
+
+
+def test_with_only_a_standby_node_on_the_earlier_template_the_run_does_not_go_to_any_idle(aws):
+    # No InService node is stale, but the stopped one would be started for the run as it is.
+    ev = image_update()
+    stub_no_pass_marker(aws)
+    stub_group(aws, [(NEW_C, "7", "InService"), (OLD_B, "6", "Standby")])
+    stub_addresses(aws, OLD_B)
+    stub_drain_sent(aws, ev, OLD_B[1], "refresh-if-idle")
+    started = handler.on_event(ev, clients=aws.clients)
+    assert started["AcceptanceRun"]["Refresh"]["Stale"] == [
+        {"InstanceId": OLD_B[0], "Host": OLD_B[1]}
+    ]
+
+
+def test_a_successor_stopped_by_idle_scale_in_while_waiting_still_counts(aws):
+    # The run needs 2 nodes of version 7; D was stopped in Standby while C booted: Slurm starts
+    # it for the run's job, so the wait does not run to the deadline.
+    ev = start(aws, image_update())
+    stub_drain_report(
+        aws,
+        [
+            "cdk-trn refresh: 10.64.0.9 ip-10-64-0-9 drained -",
+            "cdk-trn refresh: 10.64.0.12 ip-10-64-0-12 drained -",
+        ],
+    )
+    stub_marked_unhealthy(aws, OLD_A[0])
+    stub_marked_unhealthy(aws, OLD_B[0])
+    _, ev = poll(aws, ev)
+    stub_group(aws, [(NEW_C, "7", "InService"), (NEW_D, "7", "Standby")])
+    stub_run_sent(aws, ev, NEW_C, NEW_D)
+    result, ev = poll(aws, ev)
+    assert result["AcceptanceRun"]["Refresh"]["Ran"] == [NEW_C[0], NEW_D[0]]
+
+
+# --- a controller booted before the reaper's refresh rule ---------------------------------
+
+
+def test_without_the_reapers_rule_busy_nodes_are_named_undrained_with_what_to_do(aws):
+    ev = start(aws, image_update())
+    stub_drain_report(
+        aws,
+        [
+            REPORT_NO_REAPER_RULE,
+            "cdk-trn refresh: 10.64.0.9 ip-10-64-0-9 drained -",
+            "cdk-trn refresh: 10.64.0.12 ip-10-64-0-12 mixed 41,42",
+        ],
+    )
+    stub_marked_unhealthy(aws, OLD_A[0])
+    _, ev = poll(aws, ev)
+    stub_group(aws, [(OLD_B, "6", "InService"), (NEW_C, "7", "InService")])
+    stub_run_sent(aws, ev, NEW_C)
+    _, ev = poll(aws, ev)
+    stub_passed(aws, ev, world=2)
+    result, _ = poll(aws, ev)
+    awaiting = result["Data"]["AwaitingRefresh"]
+    assert awaiting.startswith(f"{OLD_B[0]} (ip-10-64-0-12, mixed, jobs 41,42) not drained")
+    assert "replace the controller instance" in awaiting
+
+
+# --- size: a 1024-node cluster --------------------------------------------------------------------
+
+
+def test_a_refresh_of_1024_nodes_goes_through_s3_and_reports_every_node(aws):
+    stale = [(f"i-0{n:016x}", f"10.64.{n // 250}.{n % 250 + 1}") for n in range(1024)]
+    ev = image_update(Nodes="1024")
+    stub_no_pass_marker(aws)
+    stub_group(aws, [(node, "6", "InService") for node in stale])
+    stub_addresses(aws, *stale)
+    stub_drain_sent(aws, ev, ",".join(ip for _, ip in stale), "refresh-if-idle")
+    ev = {**ev, **handler.on_event(ev, clients=aws.clients)}
+    lines = [f"cdk-trn refresh: {ip} ip-{ip.replace('.', '-')} drained -" for _, ip in stale]
+    assert len("".join(line + "\n" for line in lines)) > 24_000  # past SSM's output limit
+    stub_drain_report(aws, lines, group=[(node, "6", "InService") for node in stale], ev=ev)
+    for instance_id, _ in stale:
+        stub_marked_unhealthy(aws, instance_id)
+    result, _ = poll(aws, ev)
+    assert len(result["AcceptanceRun"]["Refresh"]["Refreshed"]) == 1024
+    assert result["AcceptanceRun"]["Refresh"]["Waiting"] == []
+
+
+def test_node_lists_of_any_size_fit_the_documents_parameters():
+    import re
+
+    from cdk_trn.acceptance.document import SLURM_DOCUMENT_PARAMETERS
+
+    props = props_of(image_update(Nodes="1024"))
+    params = slurm_launcher.slurm_command_parameters(
+        props, "run-1", REGION, nodes=1024, node_list=slurm_launcher.NODE_LIST_STEM
+    )
+    params.update(
+        slurm_launcher.slurm_command_parameters(
+            props, "run-1", REGION, drain_list=slurm_launcher.drain_list_stem("refresh")
+        )
+    )
+    for name, (value,) in params.items():
+        assert re.fullmatch(SLURM_DOCUMENT_PARAMETERS[name][1], value), (name, value)
+
+
+# --- a rollback after a refresh -------------------------------------------------------------------
+
+
+def rollback_event() -> dict[str, Any]:
+    """CloudFormation rolls the image back: the previous properties as an Update."""
+    return event(
+        "Update",
+        PhysicalResourceId="failed-run",
+        OldResourceProperties=slurm_properties(ImageUri=NEW_IMAGE),
+        ResourceProperties=slurm_properties(),
+    )
+
+
+def stub_pass_marker(aws, run_id: str = "previous-run"):
+    aws.s3.add_response("get_object", body({"run_id": run_id}))
+
+
+def test_a_rollback_reuses_the_passed_run_and_drains_the_rejected_images_nodes(aws):
+    # The failed update refreshed A into C (version 7); the rollback puts the group back on 6.
+    ev = rollback_event()
+    stub_pass_marker(aws)
+    stub_group(aws, [(NEW_C, "7", "InService"), (OLD_B, "6", "InService")], current="6")
+    stub_addresses(aws, NEW_C)
+    stub_drain_sent(aws, ev, NEW_C[1], "refresh-by-reaper", run_id="previous-run")
+    stub_group(aws, [(NEW_C, "7", "InService"), (OLD_B, "6", "InService")], current="6")
+    started = handler.on_event(ev, clients=aws.clients)
+    assert started["PhysicalResourceId"] == "previous-run"
+    assert NEW_C[0] in started["AcceptanceRun"]["AwaitingRefresh"]
+
+
+def test_a_rollback_whose_drain_fails_still_succeeds(aws):
+    ev = rollback_event()
+    stub_pass_marker(aws)
+    aws.autoscaling.add_client_error("describe_auto_scaling_groups", "Throttling")
+    started = handler.on_event(ev, clients=aws.clients)
+    assert started["PhysicalResourceId"] == "previous-run"
+    assert "not drained for refresh" in started["AcceptanceRun"]["AwaitingRefresh"]

@@ -44,8 +44,10 @@ def run_reaper(
     health_fails: bool = False,
     jobs: dict[str, str] | None = None,
     squeue_fails: bool = False,
+    gone: str = "-",
 ):
-    """``jobs``: node name -> the job ids squeue lists on it (none when absent)."""
+    """``jobs``: node name -> the job ids squeue lists on it (none when absent); ``gone``: an
+    address no instance has any more."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (tmp_path / "nodes").write_text(nodes + "\n")
@@ -68,6 +70,8 @@ def run_reaper(
         "#!/bin/bash\n# Test double of aws: one running instance per address, i-0<n>.\n"
         f'echo "$*" >> {tmp_path}/aws-calls\n'
         'case "$*" in\n'
+        f"  *Values={gone}\\ *InstanceId*) ;;\n"
+        f"  *Values={gone}\\ *length*) echo 0 ;;\n"
         "  *InstanceId*) sed -n 's/.*Values=10\\.0\\.0\\.\\([0-9]*\\) .*/i-0\\1/p' <<<\"$*\" ;;\n"
         "  *length*) echo 1 ;;\n"
         f"  *set-instance-health*) exit {1 if health_fails else 0} ;;\n"
@@ -116,6 +120,22 @@ def test_a_refused_mark_is_said_and_retried_next_round(tmp_path):
     assert "could not mark i-01 (ip-10-0-0-1) Unhealthy: retrying" in done.stderr
 
 
+def test_a_refreshed_node_whose_instance_is_gone_loses_its_record(tmp_path):
+    # Stopped by idle scale-in, then replaced by the acceptance run: a powered-down node is never
+    # pinged, so it never turns DOWN; its record goes once no instance has its address.
+    line = node(7, "IDLE+DRAIN+DYNAMIC_NORM+POWERED_DOWN", 0, REFRESH_DRAIN_REASON)
+    done, calls = run_reaper(tmp_path, line, gone="10.0.0.7")
+    assert done.returncode == 0, done.stderr
+    assert not any("set-instance-health" in c for c in calls)
+    assert (tmp_path / "scontrol-calls").read_text().splitlines() == ["delete nodename=ip-10-0-0-7"]
+
+
+def test_the_reaper_says_it_has_the_refresh_rule():
+    from cdk_trn_runtime.contract.acceptance import REAPER_REFRESH_MARKER
+
+    assert f"# {REAPER_REFRESH_MARKER}" in REAPER.read_text().splitlines()
+
+
 def marked(calls: list[str]) -> list[str]:
     return [c.split(" --instance-id ")[1].split()[0] for c in calls if "set-instance-health" in c]
 
@@ -148,3 +168,12 @@ def test_an_unanswered_squeue_marks_nothing(tmp_path):
     done, calls = run_reaper(tmp_path, NODES, squeue_fails=True)
     assert marked(calls) == []
     assert "squeue did not answer for ip-10-0-0-1" in done.stderr
+
+
+def test_a_gone_node_squeue_lists_a_job_on_keeps_its_record(tmp_path):
+    # The delete of a refreshed node's record waits for Slurm's job list too.
+    line = node(7, "IDLE+DRAIN+DYNAMIC_NORM+POWERED_DOWN", 0, REFRESH_DRAIN_REASON)
+    done, calls = run_reaper(tmp_path, line, gone="10.0.0.7", jobs={"ip-10-0-0-7": "77"})
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "scontrol-calls").exists()
+    assert marked(calls) == []

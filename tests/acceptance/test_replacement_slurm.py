@@ -1,21 +1,30 @@
 """A node below threshold on a Slurm cluster, against stubbed AWS clients. The summary is written
 by the job user's run, so any job of that user can forge it: a node is replaced only if Slurm
-allocated it to the run's job (the controller reports the job's nodes after it), and only once
-Slurm reports it drained without a job (a drain-only command that reports each node's state and
-jobs); a node in the run that a user's job took since stays drained and is named, never
-terminated."""
+allocated it to the run's job (the controller writes the job's nodes to S3 after it, as root),
+and only once Slurm reports it drained without a job (a drain-only command that writes each
+node's state and jobs to S3); a node in the run that a user's job took since stays drained and
+is named, never terminated."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
+from botocore.response import StreamingBody
 from botocore.stub import ANY
 
 from cdk_trn_runtime.acceptance import common, slurm_launcher
 from cdk_trn_runtime.contract import CLUSTER_TAG
-from cdk_trn_runtime.contract.acceptance import RUN_NODES_LINE
-from tests.acceptance.handler_doubles import CLUSTER, DOCUMENT, RUN_ID, load_handler, summary
+from cdk_trn_runtime.contract.acceptance import RUN_NODES_KEY
+from tests.acceptance.handler_doubles import (
+    BUCKET,
+    CLUSTER,
+    DOCUMENT,
+    RUN_ID,
+    load_handler,
+    summary,
+)
 from tests.acceptance.test_handler_slurm import (
     CONTROLLER,
     slurm_is_complete_event,
@@ -58,26 +67,32 @@ def forged(address: str) -> dict[str, Any]:
     }
 
 
+def text_body(text: str) -> dict[str, Any]:
+    data = text.encode()
+    return {"Body": StreamingBody(io.BytesIO(data), len(data)), "ContentLength": len(data)}
+
+
 def stub_failed_run(aws, document: dict[str, Any], ran_on: str | None) -> None:
-    """The job failed; its summary is ``document``; the controller's output names the job's
-    nodes as ``ran_on`` (no such line when None), with a forged line from the job's log after."""
+    """The job failed; its summary is ``document``; the controller wrote the job's nodes
+    ``ran_on`` (comma-separated here) to S3 (no such object when None). The handler reads no
+    node list from the command's output, which the job's log shares."""
     stub_status(aws, "Failed")
     stub_failed_invocation(aws, 1, stderr=None)
     stub_summary(aws, document)
-    lines = ["cdk-trn acceptance: submitted Slurm job 42: 2 nodes x 2 processes"]
-    if ran_on is not None:
-        lines.append(f"{RUN_NODES_LINE} {ran_on}")
-    lines.append(f"{RUN_NODES_LINE} {VICTIM[1]}")  # the job's own log, printed later
-    aws.ssm.add_response(
-        "get_command_invocation",
-        {
-            "CommandId": CONTROLLER.command_id,
-            "InstanceId": CONTROLLER.instance_id,
-            "Status": "Failed",
-            "StandardOutputContent": "\n".join(lines) + "\n",
-        },
-        {"CommandId": CONTROLLER.command_id, "InstanceId": CONTROLLER.instance_id},
-    )
+    key = f"acceptance-runs/{RUN_ID}/{RUN_NODES_KEY}"
+    if ran_on is None:
+        aws.s3.add_client_error(
+            "get_object",
+            service_error_code="NoSuchKey",
+            http_status_code=404,
+            expected_params={"Bucket": BUCKET, "Key": key},
+        )
+    else:
+        aws.s3.add_response(
+            "get_object",
+            text_body("".join(a + "\n" for a in ran_on.split(",") if a)),
+            {"Bucket": BUCKET, "Key": key},
+        )
 
 
 def stub_found(aws, node: tuple[str, str]) -> None:
@@ -98,6 +113,17 @@ def stub_drain_sent(aws, address: str) -> None:
     stub_controller_group(aws, [CONTROLLER.instance_id])
     stub_controller_instance(aws)
     props = common.parse_properties(slurm_properties())
+    # The list goes through the run's results prefix, not an SSM parameter.
+    aws.s3.add_response(
+        "put_object",
+        {},
+        {
+            "Bucket": BUCKET,
+            "Key": f"acceptance-runs/{RUN_ID}/control/drain-replace.addresses",
+            "Body": f"{address}\n".encode(),
+            "ContentType": "text/plain",
+        },
+    )
     aws.ssm.add_response(
         "send_command",
         {"Command": {"CommandId": DRAIN_COMMAND}},
@@ -106,7 +132,7 @@ def stub_drain_sent(aws, address: str) -> None:
             "DocumentName": DOCUMENT,
             "Parameters": {
                 **slurm_launcher.slurm_command_parameters(props, RUN_ID, "us-east-2"),
-                "DrainAddresses": [address],
+                "DrainList": ["control/drain-replace"],
                 "DrainFor": ["replace"],
             },
             "TimeoutSeconds": common.DELIVERY_TIMEOUT_SECONDS,
@@ -131,15 +157,11 @@ def stub_drain_report(aws, lines: list[str]) -> None:
         },
         {"CommandId": DRAIN_COMMAND, "InstanceId": CONTROLLER.instance_id, "Details": True},
     )
-    aws.ssm.add_response(
-        "get_command_invocation",
-        {
-            "CommandId": DRAIN_COMMAND,
-            "InstanceId": CONTROLLER.instance_id,
-            "Status": "Success",
-            "StandardOutputContent": "".join(line + "\n" for line in lines),
-        },
-        {"CommandId": DRAIN_COMMAND, "InstanceId": CONTROLLER.instance_id},
+    # The report is read from S3 (SSM cuts a command's output at 24,000 characters).
+    aws.s3.add_response(
+        "get_object",
+        text_body("".join(line + "\n" for line in lines)),
+        {"Bucket": BUCKET, "Key": f"acceptance-runs/{RUN_ID}/control/drain-replace.report"},
     )
 
 
@@ -202,15 +224,22 @@ def test_a_summary_naming_a_node_outside_the_run_replaces_nothing(aws):
 
 
 def test_without_slurms_node_list_nothing_is_replaced(aws):
-    # Only the job's own (later) line names a node: the controller's is missing.
+    # The controller wrote no list of the job's nodes: nothing is replaced.
     stub_failed_run(aws, summary(slow_rank=3), None)
     with pytest.raises(common.AcceptanceRunError, match="gemm_fraction_of_peak"):
         handler.is_complete(slurm_is_complete_event(), clients=aws.clients)
 
 
-def test_the_run_nodes_line_is_read_strictly():
+def test_an_empty_node_list_replaces_nothing(aws):
+    # Slurm did not say which nodes the job had: the controller wrote an empty list.
+    stub_failed_run(aws, summary(slow_rank=3), "")
+    with pytest.raises(common.AcceptanceRunError, match="gemm_fraction_of_peak"):
+        handler.is_complete(slurm_is_complete_event(), clients=aws.clients)
+
+
+def test_the_run_nodes_list_is_read_strictly():
     parse = slurm_launcher.parse_run_nodes
-    assert parse("x\n") is None
-    assert parse(f"{RUN_NODES_LINE} -\n{RUN_NODES_LINE} 10.0.0.1\n") == set()
-    assert parse(f"{RUN_NODES_LINE} 10.0.0.1,10.0.0.2\n") == {"10.0.0.1", "10.0.0.2"}
-    assert parse(f"{RUN_NODES_LINE} 10.0.0.1,$(x),10.0.0.300\n") == {"10.0.0.1"}
+    assert parse("x\n") == set()
+    assert parse("") == set()
+    assert parse("10.0.0.1\n10.0.0.2\n") == {"10.0.0.1", "10.0.0.2"}
+    assert parse("10.0.0.1\n$(x)\n10.0.0.300\n10.0.0.2,10.0.0.3\n") == {"10.0.0.1"}

@@ -25,6 +25,12 @@ from cdk_trn.acceptance.document import (
 from cdk_trn.errors import CdkTrnError
 from cdk_trn.scheduler import SlurmScheduler
 from cdk_trn_runtime.contract import CLUSTER_TAG, SLURM_CONTROLLER_CONTAINER, SLURM_JOB_USER
+from cdk_trn_runtime.contract.acceptance import (
+    CONTROL_DIR,
+    LIST_SUFFIX,
+    REPORT_SUFFIX,
+    RUN_NODES_KEY,
+)
 from tests.foundation.stacks_for_tests import cluster_stack
 from tests.foundation.test_node_bootstrap_run import FileSystemStandIn
 
@@ -135,6 +141,13 @@ def test_the_controller_may_write_results_but_not_pass_markers(synth):
     assert statements["DenyWritingPassMarkers"]["Effect"] == "Deny"
     resolved = json.dumps(stack.resolve(statements["WriteAcceptanceResults"]["Resource"]))
     assert "acceptance-runs/*" in resolved
+    # Not the handler's node lists; the job's nodes and the drain reports it writes itself (the
+    # script's upload of the job's results leaves control/ out).
+    denied = json.dumps(stack.resolve(statements["DenyWritingNodeLists"]["Resource"]))
+    assert statements["DenyWritingNodeLists"]["Effect"] == "Deny"
+    assert f"/{CONTROL_DIR}*{LIST_SUFFIX}" in denied
+    assert not RUN_NODES_KEY.endswith(LIST_SUFFIX)
+    assert not REPORT_SUFFIX.endswith(LIST_SUFFIX)
 
 
 def test_the_controller_may_replace_nodes_of_the_node_group_only(synth):

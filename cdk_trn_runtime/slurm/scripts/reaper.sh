@@ -18,7 +18,12 @@
 # CPU allocated, not completing) with that reason, the reaper marks its instance Unhealthy in its
 # Auto Scaling group (the controller may do that in the node group only), which replaces it from
 # the current launch template. A node still running a job is never touched; the mark is repeated
-# every round until the instance is gone (idempotent).
+# every round until the instance is gone (idempotent). A node drained for the refresh whose
+# instance is gone altogether (one stopped by idle scale-in, replaced by the acceptance run: no
+# one pings a powered-down node, so it never turns DOWN) has its record deleted.
+# The acceptance run's drain command reads the next line to know this reaper has the rule
+# (contract.acceptance.REAPER_REFRESH_MARKER):
+# cdk-trn-reaper-rule: image-refresh 1
 #
 # Reading `scontrol show node --oneliner`: each field is taken at its first occurrence at a field
 # boundary. Slurm prints the fixed fields (NodeName, CPUAlloc, NodeAddr, State) before the free
@@ -112,7 +117,13 @@ refresh_if_drained() {
   case $? in
     0) ;;
     2) log "EC2 did not answer for $name ($address): not refreshed yet"; return 0 ;;
-    *) return 0 ;;
+    *)
+      instance_exists "$address"
+      if [ $? -eq 1 ] && "${SCONTROL[@]}" delete nodename="$name" >/dev/null 2>&1; then
+        log "deleted $name: refreshed, no instance has $address any more"
+      fi
+      return 0
+      ;;
   esac
   if aws autoscaling set-instance-health --region "$CDK_TRN_REGION" --instance-id "$instance" \
     --health-status Unhealthy --no-should-respect-grace-period >/dev/null; then
