@@ -11,7 +11,7 @@ export AWS_EC2_METADATA_DISABLED := true
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 
-.PHONY: synth test lint typecheck unit bench deploy clean compat local-cluster local-cluster-replace local-cluster-down
+.PHONY: synth test lint typecheck unit bench deploy clean compat host-python local-cluster local-cluster-replace local-cluster-down
 
 synth: $(VENV)/.runtime node_modules/.installed
 	rm -rf cdk.out
@@ -32,6 +32,20 @@ typecheck: $(VENV)/.test
 TEST_WORKERS ?= auto
 unit: $(VENV)/.test
 	pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+
+# AL2023's system python3 is 3.9, and the vault host and the controller run some runtime modules
+# with it: the tests run those with a real 3.9 (tests/host_python.py), pyenv's from this machine
+# kind's image, with botocore as the vault host's python3-botocore (pinned: the newest release that
+# still installs on 3.9 when this was written). CI (.ci/run) makes it before `make test`; without
+# it those tests skip outside CI and fail in CI.
+PYTHON39 ?= $(firstword $(wildcard /root/.pyenv/versions/3.9.*/bin/python3.9) $(shell command -v python3.9))
+HOST39 := .venv-host39
+host-python: $(HOST39)/.installed
+$(HOST39)/.installed:
+	@test -n "$(PYTHON39)" || { echo "host-python: no python3.9 (pyenv install 3.9)" >&2; exit 1; }
+	$(PYTHON39) -m venv $(HOST39)
+	$(HOST39)/bin/pip install --quiet --disable-pip-version-check 'botocore==1.42.97'
+	touch $@
 
 # The default app synthesized (all packs, cfn-lint) with the oldest aws-cdk-lib pyproject admits.
 COMPAT := .venv-oldest
@@ -92,4 +106,4 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 clean:
-	rm -rf cdk.out cdk.out.oldest $(COMPAT) $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf cdk.out cdk.out.oldest $(COMPAT) $(VENV) $(HOST39) node_modules .pytest_cache .mypy_cache .ruff_cache

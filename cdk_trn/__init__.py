@@ -10,6 +10,7 @@ from cdk_trn.acceptance import (
     AcceptanceWorkload,
     NeuronTrainingImage,
 )
+from cdk_trn.alarm_topic import ClusterEventsTopic
 from cdk_trn.capacity import Capacity, CapacityKind
 from cdk_trn.catalog import INSTANCE_SPECS, InstanceSpec, instance_spec
 from cdk_trn.cluster import TrainiumCluster
@@ -19,6 +20,10 @@ from cdk_trn.interfaces import ITrainingFileSystem, ITrainingNetwork
 from cdk_trn.launch_template import EfaInterfaceMode, efa_network_interfaces
 from cdk_trn.machine_image import NeuronMachineImage, NodeOs
 from cdk_trn.network import TrainingNetwork
+from cdk_trn.observability import ClusterDashboard
+from cdk_trn.preflight import Preflight
+from cdk_trn.researcher_access import ResearcherAccess
+from cdk_trn.scheduler import SlurmScheduler
 from cdk_trn.security import EfaSecurityGroup
 from cdk_trn.storage import (
     DataRepositoryAssociation,
@@ -37,6 +42,8 @@ __all__ = [
     "Capacity",
     "CapacityKind",
     "CdkTrnError",
+    "ClusterDashboard",
+    "ClusterEventsTopic",
     "DataRepositoryAssociation",
     "EfaInterfaceMode",
     "EfaSecurityGroup",
@@ -50,6 +57,9 @@ __all__ = [
     "NeuronMachineImage",
     "NeuronTrainingImage",
     "NodeOs",
+    "Preflight",
+    "ResearcherAccess",
+    "SlurmScheduler",
     "TrainingBuckets",
     "TrainingFileSystem",
     "TrainingNetwork",

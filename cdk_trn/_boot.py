@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 
 import aws_cdk as cdk
@@ -29,6 +28,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from cdk_trn._runtime import runtime_file
+from cdk_trn_runtime.contract.boot import ROLE_VARIABLES, BootVariables, LauncherVariables
 from cdk_trn_runtime.node.bundle import (
     ENTRY_SCRIPTS,
     bundle_archive,
@@ -59,45 +59,50 @@ def _archive_path(role: str) -> Path:
 
 def launcher_user_data(
     role: str,
-    variables: Mapping[str, object],
+    variables: BootVariables,
     *,
     bucket: str,
     key: str,
     sha256: str,
     log_group: str,
 ) -> str:
-    """The user data of ``role``: ``#!/bin/bash``, ``variables`` and the bundle's coordinates
-    (each quoted with ``shlex.quote``), then ``launcher.sh``. The variables must name
-    ``CDK_TRN_REGION``, ``CDK_TRN_STACK`` and ``CDK_TRN_RESOURCE`` (the launcher signals FAILURE
-    when the bundle cannot be fetched or checked)."""
-    missing = {"CDK_TRN_REGION", "CDK_TRN_STACK", "CDK_TRN_RESOURCE"} - set(variables)
-    if missing:
-        raise ValueError(f"the launcher of {role!r} needs {sorted(missing)}")
-    # The launcher hands exactly the CDK_TRN_* variables to the bundle's boot.env.
-    foreign = [name for name in variables if not name.startswith("CDK_TRN_")]
-    if foreign:
-        raise ValueError(f"boot variables of {role!r} must start with CDK_TRN_, got {foreign}")
-    bundle = {
-        "CDK_TRN_BOOT_BUCKET": bucket,
-        "CDK_TRN_BOOT_KEY": key,
-        "CDK_TRN_BOOT_SHA256": sha256,
-        "CDK_TRN_BOOT_ENTRY": ENTRY_SCRIPTS[role],
-        "CDK_TRN_BOOT_LOG_GROUP": log_group,
-    }
+    """The user data of ``role``: ``#!/bin/bash``, the role's boot variables (the contract's
+    message of the role, ``cdk_trn_runtime.contract.boot``) and the bundle's coordinates (each
+    quoted with ``shlex.quote``), then ``launcher.sh``."""
+    expected = ROLE_VARIABLES[role]
+    if type(variables) is not expected:
+        raise TypeError(f"the launcher of {role!r} takes {expected.__name__}, got {variables!r}")
+    bundle = LauncherVariables(
+        bucket=bucket,
+        object_key=key,
+        sha256=sha256,
+        entry=ENTRY_SCRIPTS[role],
+        log_group=log_group,
+    )
+    environment = {**variables.to_environment(), **bundle.to_environment()}
     launcher = runtime_file("node", "launcher.sh").read_text().split("\n", 1)[1]
-    return "#!/bin/bash\n" + render_environment({**variables, **bundle}) + launcher
+    return "#!/bin/bash\n" + render_environment(environment) + launcher
 
 
 class BootBundle(Construct):
     """One instance role's boot bundle (an S3 asset, checked by its SHA-256 at boot) and boot log
-    group (KMS-encrypted, retained, one year).
+    group (KMS-encrypted, one year).
 
     :param role: ``node``, ``controller`` or ``vault`` (``cdk_trn_runtime.node.bundle.ROLES``).
     :param encryption_key: the key CloudWatch Logs encrypts the log group with; its policy must
         admit CloudWatch Logs (``cdk_trn._resources.allow_cloudwatch_logs``).
+    :param removal_policy: the log group's (the owner's ``destroy_on_delete``). Default: retain.
     """
 
-    def __init__(self, scope: Construct, id: str, *, role: str, encryption_key: kms.IKey) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        role: str,
+        encryption_key: kms.IKey,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
+    ) -> None:
         super().__init__(scope, id)
         self.role = role
         self.sha256 = bundle_sha256(role)
@@ -107,7 +112,7 @@ class BootBundle(Construct):
             "Logs",
             encryption_key=encryption_key,
             retention=logs.RetentionDays.ONE_YEAR,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
         )
 
     @property
@@ -127,7 +132,7 @@ class BootBundle(Construct):
         )
         return read.combine(write)
 
-    def user_data(self, variables: Mapping[str, object]) -> str:
+    def user_data(self, variables: BootVariables) -> str:
         """The launcher for this bundle with ``variables`` (see :func:`launcher_user_data`)."""
         return launcher_user_data(
             self.role,

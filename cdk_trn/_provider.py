@@ -59,14 +59,8 @@ from cdk_trn._runtime import runtime_lambda_code
 from cdk_trn.compliance.acknowledge import acknowledge_regulated, acknowledge_wildcards
 from cdk_trn.compliance.depends_on import drop_implied_depends_on
 from cdk_trn.errors import invalid
-from cdk_trn_runtime.contract import (
-    DEPLOY_TIME_ENV_HANDLER,
-    DEPLOY_TIME_ENV_PURPOSE,
-    DEPLOY_TIME_ENV_QUERY_INTERVAL,
-    DEPLOY_TIME_ENV_TOTAL_TIMEOUT,
-    DEPLOY_TIME_FAILURE_MARK,
-    METRICS_NAMESPACE_DEPLOY_TIME,
-)
+from cdk_trn_runtime.contract import DEPLOY_TIME_FAILURE_MARK, METRICS_NAMESPACE_DEPLOY_TIME
+from cdk_trn_runtime.contract.deploy_time import DeployTimeSettings, PrefixListAttributes
 
 DRIVER = "cdk_trn_runtime.deploy_time.driver.handler"
 #: CloudFormation waits at most one hour for a custom resource (``ServiceTimeout`` 1-3600 s).
@@ -202,6 +196,7 @@ class S3PrefixListLookup(Construct):
         vpc: ec2.IVpc,
         subnet: ec2.ISubnet,
         encryption_key: kms.IKey,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
     ) -> None:
         super().__init__(scope, id)
         group = ec2.SecurityGroup(
@@ -234,6 +229,7 @@ class S3PrefixListLookup(Construct):
             subnet=subnet,
             security_group=group,
             handler_timeout=cdk.Duration.minutes(2),
+            removal_policy=removal_policy,
             wildcard_reason="ec2:DescribeManagedPrefixLists supports no resource-level "
             "permission (Resource '*'); the call is read-only.",
             wildcard_resources=["*"],
@@ -246,7 +242,7 @@ class S3PrefixListLookup(Construct):
             service_timeout=cdk.Duration.minutes(10),
         )
         #: The region's S3 managed prefix list (``pl-...``), a deploy-time value.
-        self.prefix_list_id = lookup.get_att_string("PrefixListId")
+        self.prefix_list_id = lookup.get_att_string(PrefixListAttributes.key_of("prefix_list_id"))
 
 
 def _cidr_of(vpc: ec2.IVpc) -> str | None:
@@ -274,6 +270,7 @@ class DeployTimeProvider(Construct):
     :param handler_timeout: each invocation's timeout; a wait longer than that continues in a new
         invocation. Default: 15 minutes (Lambda's longest).
     :param log_retention: retention of the log group. Default: one year.
+    :param removal_policy: the log group's (the owner's ``destroy_on_delete``). Default: retain.
     :param reserved_concurrency: reserved concurrent executions of the function. Default: none
         (reserving fails the deploy in accounts with a low Lambda concurrency limit).
     :param security_group: the function's security group. Default: the stack's
@@ -302,6 +299,7 @@ class DeployTimeProvider(Construct):
         handler_timeout: cdk.Duration | None = None,
         extra_subpackages: Sequence[str] = (),
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
         reserved_concurrency: int | None = None,
         security_group: ec2.ISecurityGroup | None = None,
         wildcard_reason: str | None = None,
@@ -334,7 +332,7 @@ class DeployTimeProvider(Construct):
             "Logs",
             retention=log_retention,
             encryption_key=encryption_key,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
         )
         self.role = iam.Role(
             self,
@@ -389,12 +387,12 @@ class DeployTimeProvider(Construct):
             memory_size=256,
             log_group=self.log_group,
             description=f"cdk-trn {purpose}: custom resource (on-event, then is-complete polls)",
-            environment={
-                DEPLOY_TIME_ENV_HANDLER: handler_module,
-                DEPLOY_TIME_ENV_PURPOSE: purpose,
-                DEPLOY_TIME_ENV_QUERY_INTERVAL: str(int(query_interval.to_seconds())),
-                DEPLOY_TIME_ENV_TOTAL_TIMEOUT: str(int(total_timeout.to_seconds())),
-            },
+            environment=DeployTimeSettings(
+                handler_module=handler_module,
+                purpose=purpose,
+                query_interval_seconds=int(query_interval.to_seconds()),
+                total_timeout_seconds=int(total_timeout.to_seconds()),
+            ).to_environment(),
             vpc=vpc,
             vpc_subnets=ec2.SubnetSelection(subnets=[subnet]),
             security_groups=[security_group],

@@ -52,6 +52,12 @@ class ClusterEventsTopic(Construct):
     :param display_name: the topic's display name (the email's sender name).
     :param alarm_email: subscribe this address. Default: none (subscribe later, in the console or
         with ``aws sns subscribe``).
+
+    The key is deleted with the stack, the one exception to the rule that keys are retained unless
+    ``destroy_on_delete=True``: it encrypts only the topic's messages while SNS delivers them (SNS
+    keeps none at rest), and nothing that outlives the stack is encrypted with it; retaining it
+    would keep a key that decrypts nothing, at a monthly charge. KMS still waits its pending
+    window (30 days, as no other is set) before the key is gone.
     """
 
     def __init__(
@@ -68,7 +74,8 @@ class ClusterEventsTopic(Construct):
             "Key",
             description=f"cdk-trn: encrypts the {display_name} topic",
             enable_key_rotation=True,
-            # Nothing of value is lost with it; messages live in SNS for seconds.
+            # Nothing of value is lost with it (see above); the test of destroy_on_delete checks
+            # that nothing retained refers to it.
             removal_policy=cdk.RemovalPolicy.DESTROY,
         )
         self.key.add_to_resource_policy(

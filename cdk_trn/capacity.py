@@ -22,23 +22,16 @@ There is no CloudFormation resource that buys a capacity block; the user buys it
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cdk_trn.catalog import INSTANCE_SPECS, InstanceSpec
 from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn_runtime.contract.preflight import CapacityKind
 
 _RESERVATION_ID = re.compile(r"^cr-[0-9a-f]{8}([0-9a-f]{9})?$")
 _PLACEMENT_GROUP_NAME = re.compile(r"^[\x20-\x7e]{1,255}$")
-
-
-class CapacityKind(enum.Enum):
-    ON_DEMAND = "on-demand"
-    RESERVATION = "reservation"
-    CAPACITY_BLOCK = "capacity-block"
-    ULTRASERVER_BLOCK = "ultraserver-block"
 
 
 @dataclass(frozen=True)
@@ -148,7 +141,7 @@ class Capacity:
 
     @property
     def is_block(self) -> bool:
-        return self.kind in (CapacityKind.CAPACITY_BLOCK, CapacityKind.ULTRASERVER_BLOCK)
+        return self.kind.is_block
 
     @property
     def is_ultraserver(self) -> bool:
@@ -186,3 +179,6 @@ class Capacity:
 def _check_reservation_id(prop: str, value: str) -> None:
     if not isinstance(value, str) or not _RESERVATION_ID.match(value):
         raise invalid(prop, value, "a capacity reservation id such as 'cr-0123456789abcdef0'")
+
+
+__all__ = ["Capacity", "CapacityKind"]

@@ -27,7 +27,12 @@ from constructs import Construct
 
 from cdk_trn._boot import BootBundle
 from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
-from cdk_trn._resources import ManagedPolicyRole, allow_cloudwatch_logs
+from cdk_trn._outputs import add_outputs, claim_stack
+from cdk_trn._resources import (
+    ManagedPolicyRole,
+    allow_cloudwatch_logs,
+    stateful_removal_policy,
+)
 from cdk_trn.alarm_topic import ClusterEventsTopic, validate_alarm_email
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import (
@@ -53,9 +58,12 @@ from cdk_trn_runtime.contract import (
     CLUSTER_TAG,
     METRICS_NAMESPACE_NODE,
     NODE_BOOT_MINUTES,
+    OUTPUT_CLUSTER_NAME,
+    OUTPUT_NODE_HOURLY_PRICE,
     RENDEZVOUS_PORTS,
     vault_url_parameter,
 )
+from cdk_trn_runtime.contract.boot import NodeBoot
 
 MAX_NODES = 1024
 # NODE_BOOT_MINUTES (contract) bounds the replacements after a retryable boot failure
@@ -135,6 +143,11 @@ class TrainiumCluster(Construct):
         (``cdk_trn.catalog.instance_price``), or unknown when it has none.
     :param alarm_email: subscribe this address to the cluster's events topic (node launches and
         terminations, and the ``ClusterDashboard`` alarms). Default: none.
+    :param destroy_on_delete: the explicit opt-out from retention: delete the boot logs, the
+        preflight's logs and their keys with the stack. Default: False (retained on stack delete).
+
+    Its stack gets the outputs ``cdk-trn`` reads of a cluster (``ClusterName``, and
+    ``NodeHourlyPrice`` when the price is known); one ``TrainiumCluster`` per stack.
     """
 
     def __init__(
@@ -158,6 +171,7 @@ class TrainiumCluster(Construct):
         wait_for_capacity_block: bool = False,
         hourly_price: float | None = None,
         alarm_email: str | None = None,
+        destroy_on_delete: bool = False,
     ) -> None:
         super().__init__(scope, id)
         # Validate everything before the first resource exists.
@@ -170,6 +184,7 @@ class TrainiumCluster(Construct):
         self._validate_region(spec)
         self._validate_root_volume(root_volume_gib)
         self._validate_signal_timeout(signal_timeout)
+        removal_policy = stateful_removal_policy(destroy_on_delete)
         self._signal_timeout_seconds = int(signal_timeout.to_seconds())
         validate_alarm_email(alarm_email)
         name = cluster_name or self._default_name()
@@ -178,6 +193,11 @@ class TrainiumCluster(Construct):
             None
             if hourly_price is None
             else validate_hourly_price(f"{self.node.path}: hourly_price", hourly_price)
+        )
+        claim_stack(
+            self,
+            "TrainiumCluster",
+            "cdk-trn finds a cluster by its stack's outputs (ClusterName, ...)",
         )
 
         self._spec: InstanceSpec = spec
@@ -206,10 +226,16 @@ class TrainiumCluster(Construct):
             "BootLogKey",
             description=f"Encrypts the boot logs of the cdk-trn cluster {name}",
             enable_key_rotation=True,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
         )
         allow_cloudwatch_logs(self._boot_log_key)
-        self._boot = BootBundle(self, "Boot", role="node", encryption_key=self._boot_log_key)
+        self._boot = BootBundle(
+            self,
+            "Boot",
+            role="node",
+            encryption_key=self._boot_log_key,
+            removal_policy=removal_policy,
+        )
         self._boot.grant_boot(self.role)
         self._allow_boot_replacement(name)
         profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
@@ -284,13 +310,12 @@ class TrainiumCluster(Construct):
             self._preflight = Preflight(
                 self,
                 "Preflight",
+                network=network,
                 instance_type=spec.instance_type,
-                availability_zone=network.availability_zone,
                 nodes=nodes,
                 capacity=capacity,
-                vpc=network.vpc,
-                subnet=network.subnet,
                 wait_for_capacity_block=wait_for_capacity_block,
+                destroy_on_delete=destroy_on_delete,
                 cluster_name=name,
                 endpoint_services=[s.short_name for s in INTERFACE_ENDPOINTS.values()]
                 if network.endpoints
@@ -312,6 +337,31 @@ class TrainiumCluster(Construct):
         if file_system is not None:
             file_system.allow_clients(self)
         cdk.Tags.of(self).add(CLUSTER_TAG, name)
+        self._add_outputs()
+
+    def _add_outputs(self) -> None:
+        """The outputs ``cdk-trn`` reads of a cluster (contract keys): its name, which
+        ``cdk-trn verify`` expects in signed checkpoints, and, when known, one node's hourly
+        price, which ``cdk-trn cost`` prices jobs with unless given ``--hourly-price``."""
+        outputs = [
+            (
+                OUTPUT_CLUSTER_NAME,
+                self.cluster_name,
+                "the cluster's name (tag cdk-trn:cluster, signed checkpoints' cluster)",
+            )
+        ]
+        price = self.node_price
+        if price is not None:
+            region = cdk.Stack.of(self).region
+            outputs.append(
+                (
+                    OUTPUT_NODE_HOURLY_PRICE,
+                    f"{price.usd:g}",
+                    f"US dollars per node-hour ({price.label(region)})"[:1000],
+                )
+            )
+        #: The stack outputs of this cluster, by key.
+        self.outputs = add_outputs(self, outputs)
 
     # --- validation -------------------------------------------------------------------------
 
@@ -496,39 +546,38 @@ class TrainiumCluster(Construct):
         """The node user data: the launcher of the node's boot bundle with these variables."""
         return self._boot.user_data(self._boot_variables())
 
-    def _boot_variables(self) -> dict[str, Any]:
+    def _boot_variables(self) -> NodeBoot:
         """The node's ``CDK_TRN_*`` variables (the bundle's ``boot.env``)."""
         fs = self.file_system
         slurm = self.slurm
-        variables: dict[str, Any] = {
-            "CDK_TRN_REGION": cdk.Stack.of(self).region,
-            "CDK_TRN_SIGNER_ROLE": self._signer_role.role_arn,
-            "CDK_TRN_STACK": cdk.Stack.of(self).stack_name,
-            "CDK_TRN_RESOURCE": cdk.Stack.of(self).get_logical_id(self.auto_scaling_group),
-            "CDK_TRN_CLUSTER": self.cluster_name,
-            "CDK_TRN_NODE_OS": self.machine_image.os.value,
-            "CDK_TRN_EXPECTED_NEURON_DEVICES": self.spec.neuron_devices,
-            "CDK_TRN_EXPECTED_EFA_DEVICES": self.spec.efa_devices,
-            "CDK_TRN_LOGICAL_NC": self.spec.default_logical_nc_config,
-            "CDK_TRN_ULTRASERVER_SIZE": self.spec.ultraserver_size
+        return NodeBoot(
+            region=cdk.Stack.of(self).region,
+            signer_role=self._signer_role.role_arn,
+            stack=cdk.Stack.of(self).stack_name,
+            resource=cdk.Stack.of(self).get_logical_id(self.auto_scaling_group),
+            cluster=self.cluster_name,
+            node_os=self.machine_image.os.value,
+            expected_neuron_devices=self.spec.neuron_devices,
+            expected_efa_devices=self.spec.efa_devices,
+            logical_nc=self.spec.default_logical_nc_config,
+            ultraserver_size=(self.spec.ultraserver_size or 0)
             if self.capacity.is_ultraserver
             else 0,
-            "CDK_TRN_FSX_DNS": fs.dns_name if fs else "",
-            "CDK_TRN_FSX_MOUNT_NAME": fs.mount_name if fs else "",
-            "CDK_TRN_FSX_MOUNT_PATH": fs.mount_path if fs else "",
-            "CDK_TRN_FSX_EFA": "1" if fs and fs.efa_enabled else "0",
-            "CDK_TRN_COMPILE_CACHE": self.compile_cache_path,
-            "CDK_TRN_RENDEZVOUS_PORTS": "{}-{}".format(*RENDEZVOUS_PORTS),
-            "CDK_TRN_SLURM_IMAGE": slurm.image_uri if slurm else "",
-            "CDK_TRN_SLURM_KEY_SECRET": slurm.key_secret_arn if slurm else "",
-            "CDK_TRN_SLURM_CONTROLLER_PARAMETER": slurm.controller_parameter if slurm else "",
-            "CDK_TRN_SLURM_FEATURES": slurm.features if slurm else "",
-            "CDK_TRN_SLURM_REGISTER_SECONDS": slurm.registration_seconds if slurm else 0,
+            fsx_dns=fs.dns_name if fs else "",
+            fsx_mount_name=fs.mount_name if fs else "",
+            fsx_mount_path=fs.mount_path if fs else "",
+            fsx_efa=bool(fs and fs.efa_enabled),
+            compile_cache=self.compile_cache_path,
+            rendezvous_ports="{}-{}".format(*RENDEZVOUS_PORTS),
+            slurm_image=slurm.image_uri if slurm else "",
+            slurm_key_secret=slurm.key_secret_arn if slurm else "",
+            slurm_controller_parameter=slurm.controller_parameter if slurm else "",
+            slurm_features=slurm.features if slurm else "",
+            slurm_register_seconds=slurm.registration_seconds if slurm else 0,
             # fail_retryable: replace a node only while another boot fits in the signal timeout.
-            "CDK_TRN_BOOT_SECONDS": NODE_BOOT_MINUTES * 60,
-            "CDK_TRN_SIGNAL_SECONDS": self._signal_timeout_seconds,
-        }
-        return variables
+            boot_seconds=NODE_BOOT_MINUTES * 60,
+            signal_seconds=self._signal_timeout_seconds,
+        )
 
     def _wait_for_signals(self, timeout: cdk.Duration, replace_nodes_on_update: bool) -> None:
         # N SUCCESS signals, each with its instance's id: a node replaced after a retryable boot

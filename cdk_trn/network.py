@@ -22,9 +22,14 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk_trn._provider import S3PrefixListLookup
-from cdk_trn._resources import ManagedPolicyRole, allow_cloudwatch_logs, log_retention_period
+from cdk_trn._resources import (
+    ManagedPolicyRole,
+    allow_cloudwatch_logs,
+    log_retention_period,
+    stateful_removal_policy,
+)
 from cdk_trn.compliance import acknowledge_regulated, drop_implied_depends_on, silence_cfn_lint
-from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn.errors import invalid
 from cdk_trn.interfaces import ITrainingNetwork
 
 _AZ_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
@@ -94,7 +99,9 @@ INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
 
 
 class TrainingNetwork(Construct):
-    """A single-AZ network for a training cluster, new or imported.
+    """A new single-AZ network for a training cluster; :meth:`from_attributes` imports one that
+    exists (another app's, or one made outside CDK). Every construct that needs a network takes
+    it as ``network=`` (an :class:`~cdk_trn.interfaces.ITrainingNetwork`), either kind.
 
     :param availability_zone: the AZ of the nodes (and of the capacity reservation or block),
         as an AZ id (``use2-az3``, preferred: the same in every account, and what capacity
@@ -108,17 +115,12 @@ class TrainingNetwork(Construct):
         periods. Default: 365 days.
     :param encryption_key: KMS key for the flow-log group. Default: a new key with rotation,
         retained.
-    :param existing_vpc: use this VPC instead of creating one (then ``existing_subnet`` is required
-        and no endpoints are created unless ``create_endpoints`` is true).
-    :param existing_subnet: the node subnet inside ``existing_vpc``, in ``availability_zone``.
-    :param create_endpoints: create the VPC endpoints. Default: true for a new VPC, false for an
-        existing one (which usually has them already). Without them, the endpoints of
-        :data:`INTERFACE_ENDPOINTS` and an S3 gateway endpoint that lets the subnet answer
-        CloudFormation (``s3:PutObject`` to ``cloudformation-custom-resource-response-<region
-        without dashes>``) are the user's to provide: the deploy-time functions need them.
     :param extra_s3_read_buckets: names of buckets outside this account that nodes may read
         through the S3 endpoint, besides AL2023's repositories, ECR layers and SSM's buckets.
         Default: none. (Endpoints serve only this account's principals and buckets.)
+    :param destroy_on_delete: the explicit opt-out from retention: delete the flow-log group,
+        the S3 prefix-list lookup's log group and a key this construct creates with the stack.
+        Default: False (retained on stack delete).
     """
 
     def __init__(
@@ -131,10 +133,8 @@ class TrainingNetwork(Construct):
         nat_egress: bool = False,
         flow_log_retention: cdk.Duration | None = None,
         encryption_key: kms.IKey | None = None,
-        existing_vpc: ec2.IVpc | None = None,
-        existing_subnet: ec2.ISubnet | None = None,
-        create_endpoints: bool | None = None,
         extra_s3_read_buckets: Sequence[str] = (),
+        destroy_on_delete: bool = False,
     ) -> None:
         super().__init__(scope, id)
         region = cdk.Stack.of(self).region
@@ -142,7 +142,8 @@ class TrainingNetwork(Construct):
         retention = log_retention_period(
             "flow_log_retention", flow_log_retention or cdk.Duration.days(365)
         )
-        self._validate_existing(existing_vpc, existing_subnet, cidr, nat_egress)
+        validate_cidr("cidr", cidr)
+        self._removal_policy = stateful_removal_policy(destroy_on_delete)
 
         self.availability_zone = availability_zone
         self.nat_egress = nat_egress
@@ -155,26 +156,16 @@ class TrainingNetwork(Construct):
         self._s3_prefix_list_id: str | None = None
         self.vpc: ec2.IVpc
         self.subnet: ec2.ISubnet
-        if existing_vpc is not None and existing_subnet is not None:
-            self.vpc, self.subnet = existing_vpc, existing_subnet
-            self._validate_existing_subnet_az(existing_subnet, availability_zone)
-        else:
-            self.vpc, self.subnet = self._new_vpc(
-                availability_zone,
-                cidr,
-                nat_egress,
-                retention,
-                encryption_key,
-                extra_s3_read_buckets,
-            )
-
-        if create_endpoints is None:
-            create_endpoints = existing_vpc is None
-        self.endpoint_security_group: ec2.SecurityGroup | None = None
-        if create_endpoints:
-            # A literal CIDR for a new VPC, so that rule checkers can read the source range.
-            source = self.vpc.vpc_cidr_block if existing_vpc is not None else cidr
-            self.endpoint_security_group = self._add_endpoints(source)
+        self.vpc, self.subnet = self._new_vpc(
+            availability_zone,
+            cidr,
+            nat_egress,
+            retention,
+            encryption_key,
+            extra_s3_read_buckets,
+        )
+        # A literal CIDR, so that rule checkers can read the source range.
+        self.endpoint_security_group: ec2.SecurityGroup | None = self._add_endpoints(cidr)
 
     @classmethod
     def from_attributes(
@@ -188,7 +179,13 @@ class TrainingNetwork(Construct):
         route_table_id: str | None = None,
         vpc_cidr_block: str | None = None,
     ) -> ITrainingNetwork:
-        """A network another app created, by its ids: no lookup, no resource, no endpoint.
+        """A network that exists (another app's, or one made outside CDK), by its ids: no
+        lookup, no AWS call at synth, no resource, no endpoint.
+
+        Its endpoints are the owner's to provide: the nodes need the interface endpoints of
+        :data:`INTERFACE_ENDPOINTS` (or a NAT path), and the deploy-time functions an S3
+        gateway endpoint that allows ``s3:PutObject`` to
+        ``cloudformation-custom-resource-response-<region without dashes>``.
 
         :param vpc_id: ``vpc-...``.
         :param subnet_id: the node subnet, ``subnet-...``, in ``availability_zone``.
@@ -213,7 +210,7 @@ class TrainingNetwork(Construct):
     # --- validation -------------------------------------------------------------------------
 
     @staticmethod
-    def _validate_availability_zone(az: str, region: str) -> None:
+    def _validate_availability_zone(az: str, region: str, prop: str = "availability_zone") -> None:
         if cdk.Token.is_unresolved(az):
             return
         if is_az_id(az):
@@ -221,7 +218,7 @@ class TrainingNetwork(Construct):
                 az_id_prefix(region) + "-"
             ):
                 raise invalid(
-                    "availability_zone",
+                    prop,
                     az,
                     f"an Availability Zone of the stack's region {region} "
                     f"(ids {az_id_prefix(region)}-az1, ...)",
@@ -229,38 +226,12 @@ class TrainingNetwork(Construct):
             return
         if not _AZ_NAME.match(az):
             raise invalid(
-                "availability_zone",
+                prop,
                 az,
                 "an Availability Zone id such as 'use2-az3' or a name such as 'us-east-2b'",
             )
         if not cdk.Token.is_unresolved(region) and not az.startswith(region):
-            raise invalid(
-                "availability_zone", az, f"an Availability Zone of the stack's region {region}"
-            )
-
-    @staticmethod
-    def _validate_existing(
-        vpc: ec2.IVpc | None, subnet: ec2.ISubnet | None, cidr: str, nat_egress: bool
-    ) -> None:
-        if (vpc is None) != (subnet is None):
-            raise CdkTrnError(
-                "existing_vpc and existing_subnet must be given together (the node subnet of "
-                "that VPC), got only " + ("existing_vpc" if vpc is not None else "existing_subnet")
-            )
-        if vpc is not None and (nat_egress or cidr != "10.64.0.0/16"):
-            raise CdkTrnError(
-                "cidr and nat_egress describe a new VPC and cannot be combined with existing_vpc"
-            )
-
-    @staticmethod
-    def _validate_existing_subnet_az(subnet: ec2.ISubnet, az: str) -> None:
-        subnet_az = subnet.availability_zone
-        if cdk.Token.is_unresolved(subnet_az) or cdk.Token.is_unresolved(az):
-            return
-        if subnet_az != az:
-            raise invalid(
-                "existing_subnet", subnet.subnet_id, f"a subnet in availability_zone {az}"
-            )
+            raise invalid(prop, az, f"an Availability Zone of the stack's region {region}")
 
     @property
     def s3_prefix_list_id(self) -> str | None:
@@ -275,7 +246,12 @@ class TrainingNetwork(Construct):
             return None
         if self._s3_prefix_list_id is None:
             self._s3_prefix_list_id = S3PrefixListLookup(
-                self, "S3PrefixList", vpc=self.vpc, subnet=self.subnet, encryption_key=self._key
+                self,
+                "S3PrefixList",
+                vpc=self.vpc,
+                subnet=self.subnet,
+                encryption_key=self._key,
+                removal_policy=self._removal_policy,
             ).prefix_list_id
         return self._s3_prefix_list_id
 
@@ -323,7 +299,7 @@ class TrainingNetwork(Construct):
             "FlowLogs",
             retention=retention,
             encryption_key=key,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=self._removal_policy,
         )
         delivery_role = self.flow_log_role = self._flow_log_role()
         flow_log = vpc.add_flow_log(
@@ -396,7 +372,7 @@ class TrainingNetwork(Construct):
             "FlowLogKey",
             description="Encrypts the training VPC flow logs",
             enable_key_rotation=True,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=self._removal_policy,
         )
         allow_cloudwatch_logs(key)
         return key
@@ -489,13 +465,16 @@ def _validate_resource_id(prop: str, value: str | None, kind: str) -> None:
         raise invalid(prop, value, f"an id such as '{kind}-0123456789abcdef0'")
 
 
-def _validate_cidr(value: str) -> None:
+def validate_cidr(prop: str, value: str) -> None:
+    """``value`` is an IPv4 CIDR in its network address form (tokens pass)."""
+    if isinstance(value, str) and cdk.Token.is_unresolved(value):
+        return
     try:
         network = ipaddress.IPv4Network(value)
-    except ValueError:
-        raise invalid("vpc_cidr_block", value, "an IPv4 CIDR such as '10.64.0.0/16'") from None
+    except (ValueError, TypeError):
+        raise invalid(prop, value, "an IPv4 CIDR such as '10.64.0.0/16'") from None
     if str(network) != value:
-        raise invalid("vpc_cidr_block", value, f"the network address form {network}")
+        raise invalid(prop, value, f"the network address form {network}")
 
 
 class ImportedTrainingNetwork(Construct):
@@ -516,12 +495,15 @@ class ImportedTrainingNetwork(Construct):
         route_table_id: str | None = None,
         vpc_cidr_block: str | None = None,
     ) -> None:
-        _validate_resource_id("vpc_id", vpc_id, "vpc")
-        if vpc_cidr_block is not None and not cdk.Token.is_unresolved(vpc_cidr_block):
-            _validate_cidr(vpc_cidr_block)
-        _validate_resource_id("subnet_id", subnet_id, "subnet")
-        _validate_resource_id("route_table_id", route_table_id, "rtb")
-        TrainingNetwork._validate_availability_zone(availability_zone, cdk.Stack.of(scope).region)
+        where = f"{scope.node.path}/{id}"
+        _validate_resource_id(f"{where}: vpc_id", vpc_id, "vpc")
+        if vpc_cidr_block is not None:
+            validate_cidr(f"{where}: vpc_cidr_block", vpc_cidr_block)
+        _validate_resource_id(f"{where}: subnet_id", subnet_id, "subnet")
+        _validate_resource_id(f"{where}: route_table_id", route_table_id, "rtb")
+        TrainingNetwork._validate_availability_zone(
+            availability_zone, cdk.Stack.of(scope).region, f"{where}: availability_zone"
+        )
         super().__init__(scope, id)
         self._availability_zone = availability_zone
         self._vpc = ec2.Vpc.from_vpc_attributes(

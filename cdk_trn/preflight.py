@@ -9,8 +9,8 @@ within a minute with the reason and the fix in the stack event.
 
 Make the nodes wait for it::
 
-    preflight = Preflight(stack, "Preflight", instance_type="trn2.48xlarge",
-                          availability_zone="use2-az3", nodes=2, capacity=Capacity.on_demand())
+    preflight = Preflight(stack, "Preflight", network=network, instance_type="trn2.48xlarge",
+                          nodes=2, capacity=Capacity.on_demand())
     cluster.auto_scaling_group.node.add_dependency(preflight)
 
 Served by cdk-trn's deploy-time provider (``cdk_trn._provider``): one function in the nodes'
@@ -25,17 +25,20 @@ from collections.abc import Sequence
 
 import aws_cdk as cdk
 from aws_cdk import aws_autoscaling as autoscaling
-from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk_trn._provider import DeployTimeProvider
-from cdk_trn._resources import allow_cloudwatch_logs
+from cdk_trn._resources import allow_cloudwatch_logs, stateful_removal_policy
 from cdk_trn.capacity import Capacity
 from cdk_trn.catalog import INSTANCE_SPECS
 from cdk_trn.errors import CdkTrnError, invalid
+from cdk_trn.interfaces import ITrainingNetwork
+from cdk_trn.network import TrainingNetwork
+from cdk_trn_runtime.contract import preflight as contract
+from cdk_trn_runtime.contract.preflight import PreflightAttributes, PreflightProperties
 
 HANDLER_MODULE = "cdk_trn_runtime.preflight.handler"
 #: Without waiting the checks take seconds; a waiting preflight continues in a new invocation every
@@ -43,21 +46,20 @@ HANDLER_MODULE = "cdk_trn_runtime.preflight.handler"
 _CHECK_TIMEOUT = cdk.Duration.minutes(3)
 _WAIT_INVOCATION_TIMEOUT = cdk.Duration.minutes(15)
 _CHECK_SERVICE_TIMEOUT = cdk.Duration.minutes(10)
-#: The handler's wait budget and poll (``cdk_trn_runtime.preflight.handler.WAIT_BUDGET`` and
-#: ``POLL_SECONDS``; a test keeps them equal) are the provider's total timeout and query interval.
-WAIT_BUDGET = cdk.Duration.minutes(55)
-POLL_SECONDS = 60
+#: The handler's wait budget and poll (the contract's, ``cdk_trn_runtime.contract.preflight``)
+#: are the provider's total timeout and query interval.
+WAIT_BUDGET = cdk.Duration.minutes(contract.WAIT_BUDGET_MINUTES)
+POLL_SECONDS = contract.POLL_SECONDS
 
 
 class Preflight(Construct):
     """Fails the deploy early, with the fix, when ``nodes`` x ``instance_type`` cannot launch.
 
+    :param network: the nodes' network (the cluster's): the check runs in its node subnet and
+        checks its AZ (an id such as ``use2-az3``, or a name such as ``us-east-2b``, resolved to
+        its id in the deploying account by the handler).
     :param instance_type: a catalog instance type (``cdk_trn.catalog.INSTANCE_SPECS``).
-    :param availability_zone: the nodes' AZ, an id (``use2-az3``) or a name (``us-east-2b``,
-        resolved to its id in the deploying account by the handler).
     :param nodes: how many nodes the cluster launches.
-    :param vpc: the VPC the check runs in (the cluster's).
-    :param subnet: the subnet it runs in (the nodes').
     :param capacity: where they come from; reservations and blocks are checked by id, on-demand
         by the type's offering in the AZ and the account's On-Demand Trn vCPU quota
         (L-2C3B7624).
@@ -72,6 +74,8 @@ class Preflight(Construct):
         (several UltraServer blocks); every reservation must be in it. Default: none.
     :param encryption_key: KMS key of the handler's log group. Default: a new key with rotation.
     :param log_retention: Default: one year.
+    :param destroy_on_delete: the explicit opt-out from retention: delete the handler's log group
+        and a key this construct creates with the stack. Default: False (retained).
     """
 
     def __init__(
@@ -79,19 +83,19 @@ class Preflight(Construct):
         scope: Construct,
         id: str,
         *,
+        network: ITrainingNetwork,
         instance_type: str,
-        availability_zone: str,
         nodes: int,
         capacity: Capacity,
-        vpc: ec2.IVpc,
-        subnet: ec2.ISubnet,
         wait_for_capacity_block: bool = False,
         cluster_name: str | None = None,
         endpoint_services: Sequence[str] = (),
         reservation_group_arn: str | None = None,
         encryption_key: kms.IKey | None = None,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
+        destroy_on_delete: bool = False,
     ) -> None:
+        removal_policy = stateful_removal_policy(destroy_on_delete)
         super().__init__(scope, id)
         spec = INSTANCE_SPECS.get(instance_type)
         if spec is None:
@@ -115,7 +119,7 @@ class Preflight(Construct):
                 "Key",
                 description=f"cdk-trn preflight logs of {self.node.path}",
                 enable_key_rotation=True,
-                removal_policy=cdk.RemovalPolicy.RETAIN,
+                removal_policy=removal_policy,
             )
             allow_cloudwatch_logs(key)
             encryption_key = key
@@ -162,12 +166,13 @@ class Preflight(Construct):
             "Resource must be '*'; all seven are read-only.",
             wildcard_resources=["*"],
             encryption_key=encryption_key,
-            vpc=vpc,
-            subnet=subnet,
+            vpc=network.vpc,
+            subnet=network.subnet,
             total_timeout=WAIT_BUDGET,
             query_interval=cdk.Duration.seconds(POLL_SECONDS),
             handler_timeout=_WAIT_INVOCATION_TIMEOUT if wait_for_capacity_block else _CHECK_TIMEOUT,
             log_retention=log_retention,
+            removal_policy=removal_policy,
         )
         self.function = self.provider.function
         self.role = self.provider.role
@@ -181,18 +186,22 @@ class Preflight(Construct):
             "Resource",
             resource_type="Custom::TrnPreflight",
             service_timeout=None if wait_for_capacity_block else _CHECK_SERVICE_TIMEOUT,
-            properties={
-                "InstanceType": instance_type,
-                "AvailabilityZone": availability_zone,
-                "Nodes": str(nodes),
-                "VcpusPerNode": str(spec.vcpus),
-                "Capacity": capacity.kind.value,
-                "ReservationIds": list(capacity.reservation_ids),
-                "WaitForCapacityBlock": "true" if wait_for_capacity_block else "false",
-                "ClusterName": cluster_name or "",
-                "EndpointServices": list(endpoint_services),
-                "ReservationGroupArn": reservation_group_arn or "",
-            },
+            properties=PreflightProperties(
+                instance_type=instance_type,
+                availability_zone=network.availability_zone,
+                nodes=nodes,
+                vcpus_per_node=spec.vcpus,
+                capacity=capacity.kind,
+                reservation_ids=capacity.reservation_ids,
+                wait_for_capacity_block=wait_for_capacity_block,
+                cluster_name=cluster_name or "",
+                endpoint_services=tuple(endpoint_services),
+                reservation_group_arn=reservation_group_arn or "",
+                # A network created here puts its subnet in the AZ; an imported one is checked.
+                subnet_id=None
+                if isinstance(network, TrainingNetwork)
+                else network.subnet.subnet_id,
+            ).to_properties(strings=True),
         )
 
     def scale_to_zero_before_block_ends(
@@ -214,7 +223,7 @@ class Preflight(Construct):
             scope,
             "ScaleToZeroBeforeBlockEnds",
             auto_scaling_group_name=group.ref,
-            start_time=self.resource.get_att_string("ScaleToZeroAt"),
+            start_time=self.resource.get_att_string(PreflightAttributes.key_of("scale_to_zero_at")),
             min_size=0,
             max_size=0,
             desired_capacity=0,

@@ -21,9 +21,12 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from cdk_trn._outputs import add_outputs
 from cdk_trn.compliance import acknowledge_wildcards
+from cdk_trn.errors import CdkTrnError
 from cdk_trn_runtime.cli.documents import CODE_PREFIX, command_documents, session_document
 from cdk_trn_runtime.contract import (
+    OUTPUT_CODE_ARCHIVE_BUCKET,
     RESEARCHER_ACTIONS,
     RESEARCHER_SHELL,
     SLURM_CONTROLLER_CONTAINER,
@@ -90,7 +93,18 @@ class ResearcherAccess(Construct):
         """Let ``submit`` take a code archive (``code/<name>.tar.gz`` in ``bucket``, uploaded by
         ``cdk-trn submit --code DIR``): ``reader`` (the controller's role, root on the
         controller) fetches it, the job user unpacks it beside the job script; sbatch runs
-        there. Researchers then also need ``s3:PutObject`` on ``code/*``."""
+        there. Researchers then also need ``s3:PutObject`` on ``code/*``.
+
+        A bucket of this stack becomes the stack output ``cdk-trn submit --code`` uploads to
+        (``contract.OUTPUT_CODE_ARCHIVE_BUCKET``). A bucket of another stack does not (an output
+        that re-exports another stack's export is what cfn-lint's W6001 warns of): the command
+        then uses the ``DatasetBucketName`` output of the ``<prefix>-storage`` stack beside a
+        ``<prefix>-cluster`` stack, the default app's layout."""
+        if self.code_bucket is not None:
+            raise CdkTrnError(
+                f"{self.node.path}: allow_code_archives was called already (code archives go to "
+                "one bucket)"
+            )
         self.code_bucket = bucket
         submit = command_documents(
             **self._where, code_bucket=bucket.bucket_name, region=cdk.Stack.of(self).region
@@ -107,6 +121,18 @@ class ResearcherAccess(Construct):
             "the controller reads the code archives researchers upload under code/ (their "
             "names are known only at submit time), nothing else of the bucket",
             resources=[archives],
+        )
+        if cdk.Stack.of(bucket).node.path != cdk.Stack.of(self).node.path:
+            return
+        add_outputs(
+            self,
+            [
+                (
+                    OUTPUT_CODE_ARCHIVE_BUCKET,
+                    bucket.bucket_name,
+                    "bucket cdk-trn submit --code uploads code archives to (under code/)",
+                )
+            ],
         )
 
     @property

@@ -33,6 +33,7 @@ deletes the records of dead dynamic nodes whose instance is gone (``ec2:Describe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -49,7 +50,8 @@ from constructs import Construct
 
 from cdk_trn._boot import BootBundle
 from cdk_trn._metrics_policy import PUT_METRIC_DATA_WILDCARD_REASON, put_metric_data_statement
-from cdk_trn._resources import ManagedPolicyRole
+from cdk_trn._outputs import add_outputs, claim_stack
+from cdk_trn._resources import ManagedPolicyRole, stateful_removal_policy
 from cdk_trn.acceptance.image import NeuronTrainingImage
 from cdk_trn.capacity import CapacityKind
 from cdk_trn.catalog import HOST_SPECS
@@ -65,12 +67,19 @@ from cdk_trn.security import signalling_instance_role
 from cdk_trn_runtime.contract import (
     CLUSTER_TAG,
     METRICS_NAMESPACE_SLURM,
+    OUTPUT_CONTROLLER_GROUP,
+    OUTPUT_DOC_JOB_COMPLETIONS,
+    OUTPUT_JOB_USER,
+    OUTPUT_NODE_GROUP,
+    OUTPUT_SHARED_ROOT,
+    OUTPUT_SLURM_CLUSTER,
     SLURM_DEFAULT_CLUSTER_NAME,
     SLURM_JOB_USER,
     SLURMCTLD_PORT,
     SLURMD_PORT,
 )
-from cdk_trn_runtime.slurm.document import cluster_document
+from cdk_trn_runtime.contract.boot import ControllerBoot
+from cdk_trn_runtime.contract.cluster_document import ClusterDocument, PowerSave
 
 #: The controller runs slurmctld, munged and Docker and pulls the Neuron image: below this it
 #: swaps or is killed by the OOM killer while pulling.
@@ -114,6 +123,13 @@ class SlurmScheduler(Construct):
         Standby in its group (desired capacity down) and stops; a job that needs it starts it
         and returns it to service (desired capacity up). 5 minutes to 24 hours. Refused on
         reservations and capacity blocks, which are paid for whether used or not. Default: none.
+    :param destroy_on_delete: the explicit opt-out from retention: delete the controller's boot
+        log group with the stack. Default: False (retained). (The munge key and its KMS key are
+        always deleted: a new deploy generates a new one.)
+
+    Must be in its cluster's stack, which gets the outputs ``cdk-trn`` finds the controller by
+    (``SlurmControllerGroup``, ``SlurmNodeGroup``, ``SlurmJobUser``, ``SlurmSharedRoot``,
+    ``SlurmClusterName``, ``SlurmJobCompletionsDocument``); one ``SlurmScheduler`` per stack.
     """
 
     def __init__(
@@ -132,6 +148,7 @@ class SlurmScheduler(Construct):
         registration_timeout: cdk.Duration | None = None,
         controller_signal_timeout: cdk.Duration | None = None,
         idle_scale_in: cdk.Duration | None = None,
+        destroy_on_delete: bool = False,
     ) -> None:
         super().__init__(scope, id)
         registration_timeout = registration_timeout or cdk.Duration.minutes(15)
@@ -146,6 +163,8 @@ class SlurmScheduler(Construct):
         self._validate_minutes("registration_timeout", registration_timeout, 2, 60)
         self._validate_minutes("controller_signal_timeout", controller_signal_timeout, 5, 120)
         self._validate_idle_scale_in(cluster, idle_scale_in)
+        removal_policy = stateful_removal_policy(destroy_on_delete)
+        self._validate_stack(cluster)
         #: Seconds a node may be idle before it is suspended (None: never).
         self.idle_scale_in_seconds = (
             int(idle_scale_in.to_seconds()) if idle_scale_in is not None else None
@@ -234,7 +253,13 @@ class SlurmScheduler(Construct):
 
         self.role = self._controller_role()
         #: The controller's boot bundle (S3 asset) and boot log group.
-        self.boot = BootBundle(self, "Boot", role="controller", encryption_key=cluster.boot_log_key)
+        self.boot = BootBundle(
+            self,
+            "Boot",
+            role="controller",
+            encryption_key=cluster.boot_log_key,
+            removal_policy=removal_policy,
+        )
         self.boot.grant_boot(self.role)
         self.auto_scaling_group = self._controller_group(
             controller_instance_type,
@@ -285,8 +310,49 @@ class SlurmScheduler(Construct):
             shared_root=self.shared_root,
         )
         cdk.Tags.of(self).add(CLUSTER_TAG, cluster.cluster_name)
+        #: The stack outputs ``cdk-trn`` finds the controller and the job user by (contract keys).
+        self.outputs = add_outputs(
+            self,
+            [
+                (
+                    OUTPUT_CONTROLLER_GROUP,
+                    self.auto_scaling_group.auto_scaling_group_name,
+                    "Auto Scaling group of the Slurm controller",
+                ),
+                (
+                    OUTPUT_NODE_GROUP,
+                    cluster.auto_scaling_group.ref,
+                    "Auto Scaling group of the Slurm nodes",
+                ),
+                (OUTPUT_JOB_USER, self.job_user, "user Slurm jobs run as"),
+                (OUTPUT_SHARED_ROOT, self.shared_root, "mount path of the shared file system"),
+                (OUTPUT_SLURM_CLUSTER, self.slurm_cluster_name, "Slurm cluster name"),
+                (
+                    OUTPUT_DOC_JOB_COMPLETIONS,
+                    self.researcher_access.documents["completions"].ref,
+                    "read-only SSM document of the job completion log (cdk-trn cost)",
+                ),
+            ],
+        )
 
     # --- validation -------------------------------------------------------------------------
+
+    def _validate_stack(self, cluster: TrainiumCluster) -> None:
+        """One scheduler per stack, in its cluster's stack: ``cdk-trn`` reads the cluster's and
+        the scheduler's outputs from one stack."""
+        stack, cluster_stack = cdk.Stack.of(self), cdk.Stack.of(cluster)
+        if stack.node.path != cluster_stack.node.path:
+            raise CdkTrnError(
+                f"{self.node.path}: a SlurmScheduler must be in its cluster's stack "
+                f"({cluster_stack.node.path}, of {cluster.node.path}), got stack "
+                f"{stack.node.path}: cdk-trn reads the cluster's and the scheduler's outputs "
+                "from one stack"
+            )
+        claim_stack(
+            self,
+            "SlurmScheduler",
+            "cdk-trn finds the Slurm controller by its stack's outputs (SlurmControllerGroup, ...)",
+        )
 
     def _validate_file_system(self, cluster: TrainiumCluster) -> None:
         if cluster.file_system is None:
@@ -550,15 +616,18 @@ class SlurmScheduler(Construct):
         return group
 
     def slurm_cluster_document(self) -> dict[str, Any]:
-        """The cluster document the controller hands to the slurm.conf generator, built by the
-        function the local twin uses (``cdk_trn_runtime.slurm.document.cluster_document``: its
-        docstring lists the keys). ``node_real_memory_mib`` keeps 5% of the catalog's memory
-        for the OS and daemons; ``max_node_count`` has headroom for replacements;
-        ``document_parameter`` names the SSM parameter the controller re-reads it from. At boot
-        the controller adds ``controller_host`` and ``controller_addr``.
+        """The cluster document (its JSON form) the controller hands to the slurm.conf generator:
+        the contract's message (``cdk_trn_runtime.contract.cluster_document.ClusterDocument``,
+        whose fields are its keys), built as the local twin builds it. ``node_real_memory_mib``
+        keeps 5% of the catalog's memory for the OS and daemons; ``max_node_count`` has headroom
+        for replacements; ``document_parameter`` names the SSM parameter the controller re-reads
+        it from. At boot the controller adds ``controller_host`` and ``controller_addr``.
         """
+        return self._cluster_document().to_properties()
+
+    def _cluster_document(self) -> ClusterDocument:
         spec = self.cluster.spec
-        document = cluster_document(
+        document = ClusterDocument.build(
             nodes=self.cluster.nodes,
             shared_root=self.shared_root,
             node_cpus=spec.vcpus,
@@ -574,45 +643,48 @@ class SlurmScheduler(Construct):
             slurmd_port=SLURMD_PORT,
             srun_port_range=SRUN_PORT_RANGE,
         )
-        document["document_parameter"] = self.cluster_document_parameter_name
+        power_save = None
         if self.idle_scale_in_seconds is not None:
             # The group's name is not here (the controller boots before the group exists): the
             # power-saving programs read it from the instances' own tag.
-            document["power_save"] = {
-                "idle_seconds": self.idle_scale_in_seconds,
-                "cluster_tag": [CLUSTER_TAG, self.cluster.cluster_name],
-                "region": cdk.Stack.of(self).region,
-            }
-        return document
+            power_save = PowerSave(
+                idle_seconds=self.idle_scale_in_seconds,
+                cluster_tag=(CLUSTER_TAG, self.cluster.cluster_name),
+                region=cdk.Stack.of(self).region,
+            )
+        return dataclasses.replace(
+            document,
+            document_parameter=self.cluster_document_parameter_name,
+            power_save=power_save,
+        )
 
     def _user_data(self) -> str:
         """The controller's user data: the launcher of its boot bundle with these variables."""
         return self.boot.user_data(self._boot_variables())
 
-    def _boot_variables(self) -> dict[str, Any]:
+    def _boot_variables(self) -> ControllerBoot:
         """The controller's ``CDK_TRN_*`` variables (the bundle's ``boot.env``)."""
         stack = cdk.Stack.of(self)
         fs = self.cluster.file_system
         assert fs is not None
         group = self.auto_scaling_group.node.default_child
         assert isinstance(group, cdk.CfnResource)
-        variables: dict[str, Any] = {
-            "CDK_TRN_REGION": stack.region,
-            "CDK_TRN_STACK": stack.stack_name,
-            "CDK_TRN_RESOURCE": stack.get_logical_id(group),
-            "CDK_TRN_CLUSTER": self.cluster.cluster_name,
-            "CDK_TRN_NODE_OS": "amazon-linux-2023",
-            "CDK_TRN_FSX_DNS": fs.dns_name,
-            "CDK_TRN_FSX_MOUNT_NAME": fs.mount_name,
-            "CDK_TRN_FSX_MOUNT_PATH": fs.mount_path,
+        return ControllerBoot(
+            region=stack.region,
+            stack=stack.stack_name,
+            resource=stack.get_logical_id(group),
+            cluster=self.cluster.cluster_name,
+            node_os="amazon-linux-2023",
+            fsx_dns=fs.dns_name,
+            fsx_mount_name=fs.mount_name,
+            fsx_mount_path=fs.mount_path,
             # A controller is a TCP Lustre client: EFA-enabled file systems serve those too.
-            "CDK_TRN_FSX_EFA": "0",
-            "CDK_TRN_SLURM_IMAGE": self.image.image_uri,
-            "CDK_TRN_SLURM_KEY_SECRET": self.auth_key.secret_arn,
-            "CDK_TRN_SLURM_CONTROLLER_PARAMETER": self.controller_address.parameter_name,
-            "CDK_TRN_SLURM_SPEC": json.dumps(self.slurm_cluster_document(), sort_keys=True),
-        }
-        return variables
+            fsx_efa=False,
+            slurm_image=self.image.image_uri,
+            slurm_key_secret=self.auth_key.secret_arn,
+            slurm_controller_parameter=self.controller_address.parameter_name,
+            slurm_spec=self._cluster_document(),
+        )
 
 
 @jsii.implements(cdk.IStableStringProducer)

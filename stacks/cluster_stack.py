@@ -13,15 +13,6 @@ from cdk_trn.errors import invalid
 from cdk_trn.machine_image import NeuronMachineImage
 from cdk_trn.observability import ClusterDashboard
 from cdk_trn.scheduler import SlurmScheduler
-from cdk_trn_runtime.contract import (
-    OUTPUT_CLUSTER_NAME,
-    OUTPUT_CONTROLLER_GROUP,
-    OUTPUT_JOB_USER,
-    OUTPUT_NODE_GROUP,
-    OUTPUT_NODE_HOURLY_PRICE,
-    OUTPUT_SHARED_ROOT,
-    OUTPUT_SLURM_CLUSTER,
-)
 from stacks.config import AppConfig
 from stacks.storage_stack import StorageStack
 
@@ -86,7 +77,6 @@ class ClusterStack(cdk.Stack):
             self.scheduler.researcher_access.allow_code_archives(
                 storage.buckets.dataset_bucket, self.scheduler.role
             )
-            self._scheduler_outputs(self.scheduler)
         # During the deploy, the bundled container proves the nodes: the deploy fails if they
         # are broken or slow, and the figures become stack outputs.
         self.acceptance: AcceptanceRun | None = None
@@ -118,6 +108,8 @@ class ClusterStack(cdk.Stack):
                 acceptance=self.acceptance,
                 idle_alarm_hours=config.idle_alarm_hours,
             )
+        # The outputs cdk-trn reads (ClusterName, NodeHourlyPrice, Slurm*) are the cluster's and
+        # the scheduler's own; these describe the cluster to a person.
         summary = self.cluster.summary()
         for key, label in (
             ("instance_type", "InstanceType"),
@@ -128,28 +120,12 @@ class ClusterStack(cdk.Stack):
             ("hbm_gib", "HbmGiB"),
         ):
             cdk.CfnOutput(self, label, value=str(summary[key]), description=f"Cluster {key}")
-        price = self.cluster.node_price
-        if price is not None:
-            # `cdk-trn cost` prices the jobs with it unless given --hourly-price.
-            cdk.CfnOutput(
-                self,
-                OUTPUT_NODE_HOURLY_PRICE,
-                value=f"{price.usd:g}",
-                description=f"US dollars per node-hour ({price.label(self.region)})"[:1000],
-            ).override_logical_id(OUTPUT_NODE_HOURLY_PRICE)
         cdk.CfnOutput(
             self,
             "AutoScalingGroupName",
             value=self.cluster.auto_scaling_group.ref,
             description="Auto Scaling group of the nodes",
         )
-        # Signed into every checkpoint manifest as its cluster; `cdk-trn verify` expects it.
-        cdk.CfnOutput(
-            self,
-            OUTPUT_CLUSTER_NAME,
-            value=self.cluster.cluster_name,
-            description="the cluster's name (tag cdk-trn:cluster, signed checkpoints' cluster)",
-        ).override_logical_id(OUTPUT_CLUSTER_NAME)
 
     def _image_outputs(self, image: NeuronTrainingImage) -> None:
         """Which training image the cluster runs and, for the bundled one, its versions (the
@@ -171,23 +147,3 @@ class ClusterStack(cdk.Stack):
                 value=bundled_versions()[key],
                 description=f"bundled training image: {key} version",
             )
-
-    def _scheduler_outputs(self, scheduler: SlurmScheduler) -> None:
-        """The outputs the ``cdk-trn`` command finds the cluster by (contract keys)."""
-        for key, value, description in (
-            (
-                OUTPUT_CONTROLLER_GROUP,
-                scheduler.auto_scaling_group.auto_scaling_group_name,
-                "Auto Scaling group of the Slurm controller",
-            ),
-            (
-                OUTPUT_NODE_GROUP,
-                self.cluster.auto_scaling_group.ref,
-                "Auto Scaling group of the Slurm nodes",
-            ),
-            (OUTPUT_JOB_USER, scheduler.job_user, "user Slurm jobs run as"),
-            (OUTPUT_SHARED_ROOT, scheduler.shared_root, "mount path of the shared file system"),
-            (OUTPUT_SLURM_CLUSTER, scheduler.slurm_cluster_name, "Slurm cluster name"),
-        ):
-            output = cdk.CfnOutput(self, key, value=value, description=description)
-            output.override_logical_id(key)

@@ -113,6 +113,12 @@ class AppConfig:
     node_os: str = "amazon-linux-2023"
     ami_id: str | None = None
     nat_egress: bool = False
+    #: An existing VPC and its node subnet (in ``availability_zone``) instead of a new network:
+    #: ``TrainingNetwork.from_attributes``, so its endpoints are the VPC owner's to provide.
+    vpc_id: str | None = None
+    subnet_id: str | None = None
+    #: The existing VPC's IPv4 CIDR: deploy-time functions then allow HTTPS to it only.
+    vpc_cidr_block: str | None = None
     fsx_capacity_gib: int = 4800
     fsx_throughput: int = 500
     fsx_efa: bool = False
@@ -153,6 +159,9 @@ class AppConfig:
             "nodeOs": ("node_os", _str),
             "amiId": ("ami_id", _str),
             "natEgress": ("nat_egress", _bool),
+            "vpcId": ("vpc_id", _str),
+            "subnetId": ("subnet_id", _str),
+            "vpcCidrBlock": ("vpc_cidr_block", _str),
             "fsxCapacityGiB": ("fsx_capacity_gib", _int),
             "fsxThroughput": ("fsx_throughput", _int),
             "fsxEfa": ("fsx_efa", _bool),
@@ -170,4 +179,22 @@ class AppConfig:
             raw = ctx(key)
             if raw is not None and raw != "":
                 values[field] = convert(key, raw)
-        return cls(**values)
+        config = cls(**values)
+        config._validate_existing_vpc()
+        return config
+
+    def _validate_existing_vpc(self) -> None:
+        if (self.vpc_id is None) != (self.subnet_id is None):
+            given, missing = ("vpcId", "subnetId") if self.vpc_id else ("subnetId", "vpcId")
+            raise invalid(
+                missing, None, f"given with {given} (an existing VPC and its node subnet)"
+            )
+        if self.vpc_cidr_block is not None and self.vpc_id is None:
+            raise invalid("vpcCidrBlock", self.vpc_cidr_block, "set only with vpcId and subnetId")
+        if self.vpc_id is not None and self.nat_egress:
+            raise invalid(
+                "natEgress",
+                True,
+                "false with vpcId (an existing VPC's routes are its owner's: natEgress makes a "
+                "new VPC's NAT gateway)",
+            )

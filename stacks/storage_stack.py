@@ -14,6 +14,7 @@ from constructs import Construct
 
 from cdk_trn.acceptance import RESULTS_ACCESS_LOG_PREFIX
 from cdk_trn.enclave.vault import STATE_ACCESS_LOG_PREFIX
+from cdk_trn.interfaces import ITrainingNetwork
 from cdk_trn.network import TrainingNetwork
 from cdk_trn.storage import (
     MetadataConfiguration,
@@ -27,11 +28,23 @@ from stacks.config import AppConfig
 class StorageStack(cdk.Stack):
     def __init__(self, scope: Construct, id: str, *, config: AppConfig, **kwargs: object) -> None:
         super().__init__(scope, id, **kwargs)  # type: ignore[arg-type]
-        self.network = TrainingNetwork(
-            self,
-            "Network",
-            availability_zone=config.availability_zone,
-            nat_egress=config.nat_egress,
+        # -c vpcId=vpc-... -c subnetId=subnet-...: an existing network (no lookup at synth).
+        self.network: ITrainingNetwork = (
+            TrainingNetwork.from_attributes(
+                self,
+                "Network",
+                vpc_id=config.vpc_id,
+                subnet_id=config.subnet_id,
+                availability_zone=config.availability_zone,
+                vpc_cidr_block=config.vpc_cidr_block,
+            )
+            if config.vpc_id is not None and config.subnet_id is not None
+            else TrainingNetwork(
+                self,
+                "Network",
+                availability_zone=config.availability_zone,
+                nat_egress=config.nat_egress,
+            )
         )
         self.buckets = TrainingBuckets(self, "Buckets")
         # The later stacks' buckets log here; this stack cannot name them (they depend on it).
@@ -42,8 +55,7 @@ class StorageStack(cdk.Stack):
         self.file_system = TrainingFileSystem(
             self,
             "FileSystem",
-            vpc=self.network.vpc,
-            subnet=self.network.subnet,
+            network=self.network,
             storage_capacity_gib=config.fsx_capacity_gib,
             per_unit_storage_throughput=config.fsx_throughput,
             encryption_key=self.buckets.encryption_key,

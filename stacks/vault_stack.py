@@ -14,11 +14,6 @@ from constructs import Construct
 from cdk_trn.cluster import TrainiumCluster
 from cdk_trn.enclave.image import EnclaveImage
 from cdk_trn.enclave.vault import EnclaveKeyVault
-from cdk_trn_runtime.contract import (
-    OUTPUT_VAULT_IMAGE_PCR0,
-    OUTPUT_VAULT_KEY_ARN,
-    OUTPUT_VAULT_URL_PARAMETER,
-)
 
 
 class VaultStack(cdk.Stack):
@@ -35,8 +30,7 @@ class VaultStack(cdk.Stack):
         self.vault = EnclaveKeyVault(
             self,
             "EnclaveVault",
-            vpc=cluster.vpc,
-            subnet=cluster.subnet,
+            network=cluster.network,
             clients=[cluster],
             image=EnclaveImage.bundled(),
             access_log_bucket=access_log_bucket,
@@ -49,18 +43,6 @@ class VaultStack(cdk.Stack):
                 "VaultPublicKeyParameter",
                 self.vault.public_key_parameter,
                 "SSM parameter holding the manifest-signing public key (PEM)",
-            ),
-            # What an auditor's `cdk-trn vault-key` / `cdk-trn verify` reads (contract keys).
-            (OUTPUT_VAULT_IMAGE_PCR0, self.vault.image.pcr0, "PCR0 (SHA-384) of the enclave image"),
-            (
-                OUTPUT_VAULT_KEY_ARN,
-                self.vault.key.key_arn,
-                "KMS key the enclave's signing key comes from",
-            ),
-            (
-                OUTPUT_VAULT_URL_PARAMETER,
-                self.vault.url_parameters[0].parameter_name,
-                "SSM parameter holding the vault's URL (http://<host>:<port>), read by the nodes",
             ),
             (
                 "VaultKeyPolicyAlertsTopic",

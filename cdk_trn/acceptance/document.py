@@ -18,8 +18,8 @@ labelled ``cdk-trn-acceptance=1``), check the node's Neuron and EFA device count
 Neuron and EFA devices, unlimited locked memory and the compile cache mounted, then upload
 ``rank-*.json``, ``summary.json`` and the node's log to ``<ResultsUri><NodeRank>/`` and remove the
 container whatever the outcome (also on TERM).
-The custom-resource handler fills the parameters (``handler/acceptance_handler.py``,
-``command_parameters``); a test keeps the two lists equal.
+The parameters are the contract's messages (``cdk_trn_runtime.contract.acceptance``:
+``NodeCommand``, ``SlurmCommand``), which the custom-resource handler's launchers fill.
 """
 
 from __future__ import annotations
@@ -31,6 +31,18 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from cdk_trn._runtime import runtime_file
+from cdk_trn_runtime.contract.acceptance import (
+    CONTROL_DIR,
+    LIST_SUFFIX,
+    REAPER_REFRESH_MARKER,
+    REAPER_UNIT,
+    REPORT_NO_REAPER_RULE,
+    REPORT_SUFFIX,
+    RUN_NODES_KEY,
+    NodeCommand,
+    SlurmCommand,
+    key_of,
+)
 
 #: The container's entrypoint, ``python -m cdk_trn_runtime.suite``; torchrun replaces it.
 SUITE_MODULE = "cdk_trn_runtime.suite"
@@ -39,89 +51,13 @@ CONTAINER_RESULTS_DIR = "/results"
 #: Label on every acceptance container, so that a later run finds one a stopped run left behind.
 CONTAINER_LABEL = "cdk-trn-acceptance=1"
 
-_INT = "^[0-9]{1,6}$"
-
-#: name -> (description, allowedPattern). Every value is a string (Run Command's only type here).
-DOCUMENT_PARAMETERS: dict[str, tuple[str, str]] = {
-    "ImageUri": (
-        "Image of the acceptance suite (ECR repository URI with tag or digest)",
-        r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]{1,128}|@sha256:[a-f0-9]{64})$",
-    ),
-    "Region": (
-        "Region of the image registry and the results bucket",
-        r"^[a-z]{2}(-[a-z]+)+-[0-9]$",
-    ),
-    "RunId": (
-        "Run id: S3 prefix, torchrun rendezvous id, container name",
-        r"^[a-z0-9][a-z0-9-]{0,62}$",
-    ),
-    "NodeRank": ("Rank of this node (0 hosts the rendezvous)", _INT),
-    "LocalAddress": (
-        "Private IPv4 address of this node (orders the c10d rendezvous)",
-        r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$",
-    ),
-    "Nodes": ("Number of nodes in the run", _INT),
-    "ProcsPerNode": ("Worker processes per node", _INT),
-    "RendezvousHost": ("Private IPv4 address of node 0", r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$"),
-    "RendezvousPort": ("TCP port of the torchrun c10d rendezvous on node 0", _INT),
-    "NeuronCommPort": ("TCP port of NEURON_RT_ROOT_COMM_ID on node 0", _INT),
-    "ResultsUri": (
-        "s3:// prefix of the run; this node uploads to <ResultsUri><NodeRank>/",
-        r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[A-Za-z0-9_./-]*/$",
-    ),
-    "CompileCacheDir": (
-        "Persistent Neuron compile cache directory on the node (FSx when mounted)",
-        r"^/[A-Za-z0-9._/-]{1,255}$",
-    ),
-    "ExpectedNeuronDevices": ("Neuron devices (/dev/neuron*) the node must have", _INT),
-    "ExpectedEfaDevices": ("EFA devices (/dev/infiniband/uverbs*) the node must have", _INT),
-    "SuiteArgs": (
-        "Extra arguments of 'cdk_trn_runtime.suite run' (peaks, thresholds, sizes)",
-        r"^[A-Za-z0-9 ._=,:/-]{0,2000}$",
-    ),
-    "ExecutionTimeout": ("Seconds before the node's run is stopped", _INT),
-}
-
-
-#: The Slurm launcher's parameters (same rules as ``DOCUMENT_PARAMETERS``); the handler fills them
-#: in ``slurm_command_parameters``.
-SLURM_DOCUMENT_PARAMETERS: dict[str, tuple[str, str]] = {
-    **{
-        name: DOCUMENT_PARAMETERS[name]
-        for name in (
-            "Region",
-            "RunId",
-            "Nodes",
-            "ProcsPerNode",
-            "RendezvousPort",
-            "NeuronCommPort",
-            "CompileCacheDir",
-            "ExpectedNeuronDevices",
-            "ExpectedEfaDevices",
-            "SuiteArgs",
-            "ExecutionTimeout",
-        )
-    },
-    "Partition": ("Slurm partition the job runs in", r"^[a-z][a-z0-9_]{0,39}$"),
-    "JobUser": ("User the job is submitted as", r"^[a-z_][a-z0-9_-]{0,31}$"),
-    "ControllerContainer": (
-        "Docker container running slurmctld on the controller",
-        r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
-    ),
-    "RunsDir": (
-        "Directory on the shared file system that holds one directory per run",
-        r"^/[A-Za-z0-9._/-]{1,255}$",
-    ),
-    "ResultsUri": (
-        "s3:// prefix of the run; the results of node index N go to <ResultsUri>N/",
-        DOCUMENT_PARAMETERS["ResultsUri"][1],
-    ),
-    "DrainAddresses": (
-        "Empty for a run; else only drain the Slurm nodes at these addresses (comma-separated), "
-        "which are about to be replaced",
-        r"^[0-9.,]{0,2000}$",
-    ),
-}
+#: name -> (description, allowedPattern). Every value is a string (Run Command's only type here);
+#: the handler fills them from the same message (``NodeCommand``).
+DOCUMENT_PARAMETERS: dict[str, tuple[str, str]] = NodeCommand.document_parameters()
+#: The Slurm launcher's parameters (same rules); the handler fills them (``SlurmCommand``).
+SLURM_DOCUMENT_PARAMETERS: dict[str, tuple[str, str]] = SlurmCommand.document_parameters()
+#: Run Command's placeholder of the execution timeout, the step's own timeout too.
+_TIMEOUT_PLACEHOLDER = "{{ " + key_of(NodeCommand, "execution_timeout") + " }}"
 
 
 def acceptance_script() -> str:
@@ -143,13 +79,22 @@ def job_script() -> str:
 
 def submit_script() -> str:
     """The controller script (``cdk_trn_runtime/acceptance/submit_suite.sh``) with the job script
-    embedded as one base64 line (no ``{{`` can reach Run Command from it)."""
+    embedded as one base64 line (no ``{{`` can reach Run Command from it) and the contract's
+    names it shares with the handler and the reaper."""
     encoded = base64.b64encode(job_script().encode("utf-8")).decode("ascii")
-    return (
-        runtime_file("acceptance", "submit_suite.sh")
-        .read_text(encoding="utf-8")
-        .replace("__SBATCH_BASE64__", encoded)
-    )
+    text = runtime_file("acceptance", "submit_suite.sh").read_text(encoding="utf-8")
+    for marker, value in (
+        ("__SBATCH_BASE64__", encoded),
+        ("__REAPER_REFRESH_MARKER__", REAPER_REFRESH_MARKER),
+        ("__REAPER_UNIT__", REAPER_UNIT),
+        ("__REPORT_NO_REAPER_RULE__", REPORT_NO_REAPER_RULE),
+        ("__LIST_SUFFIX__", LIST_SUFFIX),
+        ("__REPORT_SUFFIX__", REPORT_SUFFIX),
+        ("__RUN_NODES_KEY__", RUN_NODES_KEY),
+        ("__CONTROL_DIR__", CONTROL_DIR),
+    ):
+        text = text.replace(marker, value)
+    return text
 
 
 def slurm_document_content() -> dict[str, Any]:
@@ -191,7 +136,7 @@ def _content(
                 "precondition": {"StringEquals": ["platformType", "Linux"]},
                 "inputs": {
                     "runCommand": script.splitlines(),
-                    "timeoutSeconds": "{{ ExecutionTimeout }}",
+                    "timeoutSeconds": _TIMEOUT_PLACEHOLDER,
                 },
             }
         ],

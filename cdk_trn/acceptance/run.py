@@ -36,6 +36,7 @@ from cdk_trn._resources import (
     deliver_access_logs,
     encrypted_bucket,
     log_retention_period,
+    stateful_removal_policy,
     validate_access_log_bucket,
     validate_access_log_prefix,
 )
@@ -50,6 +51,15 @@ from cdk_trn_runtime.contract import (
     FIGURES,
     SHARED_HOMES,
     SLURM_CONTROLLER_CONTAINER,
+)
+from cdk_trn_runtime.contract.acceptance import (
+    CONTROL_DIR,
+    LIST_SUFFIX,
+    AcceptanceReport,
+    AcceptanceRunProperties,
+    Check,
+    NodeCommand,
+    key_of,
 )
 
 if TYPE_CHECKING:  # cdk_trn.scheduler imports cdk_trn.acceptance.image: no import at load time.
@@ -141,7 +151,7 @@ class AcceptanceThresholds:
             if _not_int(value) or value < 0:
                 raise invalid(f"thresholds.{name}", value, "an integer >= 0")
 
-    def checks(self) -> list[dict[str, str]]:
+    def checks(self) -> tuple[Check, ...]:
         """The figure checks the handler repeats on the summary."""
         out = [
             _check("gemm_fraction_of_peak", minimum=self.min_gemm_fraction),
@@ -154,7 +164,7 @@ class AcceptanceThresholds:
             out.append(_check("train_tokens_per_s", minimum=self.min_train_tokens_per_s))
         if self.max_compile_seconds is not None:
             out.append(_check("compile_seconds", maximum=self.max_compile_seconds))
-        return out
+        return tuple(out)
 
     def suite_args(self, peak_bf16_tflops: float, peak_hbm_gbps: float) -> list[str]:
         """``cdk_trn_runtime.suite run`` flags for these thresholds and the per-device peaks."""
@@ -295,7 +305,20 @@ class AcceptanceRun(Construct):
     :param when_busy: with a scheduler, when the cluster's nodes are busy with users' jobs the
         run never queues behind them: ``"fail"`` fails the deploy at once with the reason,
         ``"report"`` lets it go on and sets the resource's ``Passed`` to ``not-run: cluster
-        busy``. Default: ``"fail"``.
+        busy`` (or ``not-run: nodes busy``). Default: ``"fail"``.
+    :param destroy_on_delete: the explicit opt-out from retention: delete the results bucket and
+        its access-log bucket (CloudFormation deletes only empty buckets, so results are never
+        deleted), the handlers' log groups and a key this construct creates with the stack.
+        Default: False (retained on stack delete).
+
+    An image change (a new launch template version) on running nodes: the run first refreshes
+    the nodes on the earlier version. Each is drained in Slurm; one that Slurm then reports
+    drained without a job is marked Unhealthy and its group replaces it from the new template;
+    one still running a job keeps it, and the controller's reaper has it replaced when its jobs
+    end. The run waits for the successors (bounded by ``total_timeout``) and runs on the nodes
+    of the new version only; its ``RanOn`` and ``AwaitingRefresh`` attributes name the nodes it
+    ran on and those still waiting for their jobs. When no node could be refreshed, ``when_busy``
+    decides as above (with ``"fail"`` nothing is drained).
     """
 
     def __init__(
@@ -322,9 +345,11 @@ class AcceptanceRun(Construct):
         exported_figures: tuple[str, ...] | list[str] = DEFAULT_FIGURES,
         log_retention: cdk.Duration | None = None,
         when_busy: str = "fail",
+        destroy_on_delete: bool = False,
     ) -> None:
         if when_busy not in ("fail", "report"):
             raise invalid("when_busy", when_busy, "'fail' or 'report'")
+        removal_policy = stateful_removal_policy(destroy_on_delete)
         log_retention_days = log_retention_period(
             "log_retention", log_retention or cdk.Duration.days(365)
         )
@@ -395,9 +420,9 @@ class AcceptanceRun(Construct):
             if scheduler is not None
             else (image or NeuronTrainingImage.bundled()).bind(self)
         )
-        self.encryption_key: kms.IKey = encryption_key or self._encryption_key()
+        self.encryption_key: kms.IKey = encryption_key or self._encryption_key(removal_policy)
         self.results_bucket = results_bucket or self._results_bucket(
-            results_retention, access_log_bucket, access_log_prefix
+            results_retention, access_log_bucket, access_log_prefix, removal_policy
         )
         self.document = acceptance_document(self, "Document", slurm=scheduler is not None)
         self.document_arn = stack.format_arn(
@@ -441,6 +466,7 @@ class AcceptanceRun(Construct):
             total_timeout=total_timeout,
             query_interval=query_interval,
             log_retention=log_retention_days,
+            removal_policy=removal_policy,
             wildcard_reason=wildcard_reason,
             wildcard_resources=wildcard_resources,
         )
@@ -449,31 +475,31 @@ class AcceptanceRun(Construct):
             self,
             "Resource",
             resource_type="Custom::TrnAcceptanceRun",
-            properties={
-                "AutoScalingGroupName": cluster.auto_scaling_group.ref,
-                "ClusterName": cluster.cluster_name,
-                "Nodes": str(cluster.nodes),
-                "ProcsPerNode": str(procs_per_node),
-                "DevicesPerChip": str(devices_per_chip),
-                "DocumentName": self.document.ref,
-                "ImageUri": self.image.image_uri,
-                "ResultsBucket": self.results_bucket.bucket_name,
-                "ResultsPrefix": results_prefix,
-                "CompileCacheDir": cluster.compile_cache_path,
-                "SuiteArgs": suite_args,
-                "RendezvousPort": str(rendezvous_port),
-                "NeuronCommPort": str(neuron_comm_port),
-                "ExpectedNeuronDevices": str(spec.neuron_devices),
-                "ExpectedEfaDevices": str(spec.efa_devices),
-                "RunTimeoutSeconds": str(run_timeout),
-                "Checks": thresholds.checks(),
-                "ExportedFigures": list(exported),
-                **({"HourlyPrice": f"{run_price:.4f}"} if run_price else {}),
-                "ConfigHash": self.config_hash,
-                "Launcher": self.launcher,
-                "WhenBusy": when_busy,
+            properties=AcceptanceRunProperties(
+                auto_scaling_group_name=cluster.auto_scaling_group.ref,
+                cluster_name=cluster.cluster_name,
+                nodes=cluster.nodes,
+                procs_per_node=procs_per_node,
+                devices_per_chip=devices_per_chip,
+                document_name=self.document.ref,
+                image_uri=self.image.image_uri,
+                results_bucket=self.results_bucket.bucket_name,
+                results_prefix=results_prefix,
+                compile_cache_dir=cluster.compile_cache_path,
+                suite_args=suite_args,
+                rendezvous_port=rendezvous_port,
+                neuron_comm_port=neuron_comm_port,
+                expected_neuron_devices=spec.neuron_devices,
+                expected_efa_devices=spec.efa_devices,
+                run_timeout_seconds=run_timeout,
+                checks=thresholds.checks(),
+                exported_figures=exported,
+                hourly_price=run_price or None,
+                config_hash=self.config_hash,
+                launcher=self.launcher,
+                when_busy=when_busy,
                 **(self._slurm_properties(scheduler, runs_dir) if scheduler else {}),
-            },
+            ).to_properties(),
         )
         # The Ref to the Auto Scaling group orders the run after the group is complete, which
         # with its creation policy means after every node's health signal; with Slurm the nodes
@@ -496,8 +522,8 @@ class AcceptanceRun(Construct):
             )
         cdk.CfnOutput(
             self,
-            "ResultsUri",
-            value=self.resource.get_att_string("ResultsUri"),
+            key_of(AcceptanceReport, "results_uri"),
+            value=self.resource.get_att_string(key_of(AcceptanceReport, "results_uri")),
             description="Acceptance run: S3 prefix of the per-rank results and the summary",
         )
 
@@ -518,12 +544,13 @@ class AcceptanceRun(Construct):
 
     @staticmethod
     def _slurm_properties(scheduler: SlurmScheduler, runs_dir: str) -> dict[str, str]:
+        """The run properties of the Slurm launcher (fields of ``AcceptanceRunProperties``)."""
         return {
-            "ControllerGroupName": scheduler.auto_scaling_group.auto_scaling_group_name,
-            "Partition": scheduler.partition,
-            "JobUser": scheduler.job_user,
-            "ControllerContainer": SLURM_CONTROLLER_CONTAINER,
-            "RunsDir": runs_dir,
+            "controller_group_name": scheduler.auto_scaling_group.auto_scaling_group_name,
+            "partition": scheduler.partition,
+            "job_user": scheduler.job_user,
+            "controller_container": SLURM_CONTROLLER_CONTAINER,
+            "runs_dir": runs_dir,
         }
 
     def _scheduler(
@@ -642,20 +669,24 @@ class AcceptanceRun(Construct):
 
     # --- resources ----------------------------------------------------------------------------
 
-    def _encryption_key(self) -> kms.Key:
+    def _encryption_key(self, removal_policy: cdk.RemovalPolicy) -> kms.Key:
         key = kms.Key(
             self,
             "Key",
             description=f"cdk-trn acceptance run results and logs of {self.node.path}",
             enable_key_rotation=True,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
         )
         # CloudWatch Logs encrypts the handlers' log groups with it.
         allow_cloudwatch_logs(key)
         return key
 
     def _results_bucket(
-        self, retention: cdk.Duration, logs_to: s3.IBucket | None, log_prefix: str
+        self,
+        retention: cdk.Duration,
+        logs_to: s3.IBucket | None,
+        log_prefix: str,
+        removal_policy: cdk.RemovalPolicy,
     ) -> s3.Bucket:
         created: list[s3.Bucket] = []
         if logs_to is None:
@@ -663,7 +694,7 @@ class AcceptanceRun(Construct):
                 self,
                 "ResultsAccessLogs",
                 expiration=retention,
-                removal_policy=cdk.RemovalPolicy.RETAIN,
+                removal_policy=removal_policy,
                 serves="the acceptance results bucket",
             )
             created.append(logs_to)
@@ -671,7 +702,7 @@ class AcceptanceRun(Construct):
             self,
             "Results",
             key=self.encryption_key,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
             lifecycle_rules=[
                 s3.LifecycleRule(
                     expiration=retention,
@@ -696,9 +727,12 @@ class AcceptanceRun(Construct):
     def _results_objects_arn(self) -> str:
         return self.results_bucket.arn_for_objects(f"{self.results_prefix}*")
 
-    def _result_writer_statements(self) -> list[iam.PolicyStatement]:
+    def _result_writer_statements(self, *, controller: bool = False) -> list[iam.PolicyStatement]:
         """What whoever uploads a run's results (the nodes, or the Slurm controller) may do:
-        write under the results prefix, never a pass marker, with the results bucket's key."""
+        write under the results prefix, never a pass marker, with the results bucket's key; the
+        nodes nothing under a run's ``control/`` (what the handler and the controller exchange),
+        the controller not the handler's node lists there (it writes the job's nodes and the
+        drain reports, and its upload of the job's results leaves ``control/`` out)."""
         statements = [
             iam.PolicyStatement(
                 sid="WriteAcceptanceResults",
@@ -712,6 +746,16 @@ class AcceptanceRun(Construct):
                 effect=iam.Effect.DENY,
                 actions=["s3:PutObject"],
                 resources=[self._pass_markers_arn()],
+            ),
+            # Nor the node lists the handler hands the controller (which nodes to drain, which
+            # to run on); the nodes (where users' jobs run, with this role) neither the lists
+            # the controller writes back (the job's nodes, the drain reports: which nodes may be
+            # replaced).
+            iam.PolicyStatement(
+                sid="DenyWritingNodeLists",
+                effect=iam.Effect.DENY,
+                actions=["s3:PutObject"],
+                resources=[self._node_lists_arn(f"*{LIST_SUFFIX}" if controller else "*")],
             ),
         ]
         key = self.results_bucket.encryption_key
@@ -754,12 +798,40 @@ class AcceptanceRun(Construct):
 
     def _controller_policy(self, scheduler: SlurmScheduler) -> iam.ManagedPolicy:
         """The controller uploads the job's results from the shared file system (the nodes need
-        nothing more: the scheduler already lets them pull its image)."""
-        statements = self._result_writer_statements()
+        nothing more: the scheduler already lets them pull its image), and its reaper replaces
+        the nodes an image refresh drained once their jobs ended (``reaper.sh``'s refresh rule):
+        ``SetInstanceHealth`` in the node group only, and only while it carries this cluster's
+        tag."""
+        node_group = cdk.Stack.of(self).format_arn(
+            service="autoscaling",
+            resource="autoScalingGroup",
+            resource_name=f"*:autoScalingGroupName/{self.cluster.auto_scaling_group.ref}",
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )
+        statements = [
+            *self._result_writer_statements(controller=True),
+            # The node lists of a run and a drain (S3, not SSM parameters: no size limit).
+            iam.PolicyStatement(
+                sid="ReadNodeLists",
+                actions=["s3:GetObject"],
+                resources=[self._node_lists_arn()],
+            ),
+            iam.PolicyStatement(
+                sid="RefreshDrainedNodes",
+                actions=["autoscaling:SetInstanceHealth"],
+                resources=[node_group],
+                conditions={
+                    "StringEquals": {
+                        f"autoscaling:ResourceTag/{CLUSTER_TAG}": self.cluster.cluster_name
+                    }
+                },
+            ),
+        ]
         policy = iam.ManagedPolicy(
             self,
             "ControllerPolicy",
-            description="cdk-trn acceptance run: the Slurm controller uploads the job's results",
+            description="cdk-trn acceptance run: the Slurm controller uploads the job's results "
+            "and refreshes drained nodes after an image change",
             roles=[scheduler.role],
             statements=statements,
         )
@@ -767,8 +839,11 @@ class AcceptanceRun(Construct):
             policy,
             "s3:PutObject is limited to the acceptance results prefix, under which each deploy "
             "writes a new run id only known at deploy time (and denied on the pass markers, a "
-            "Deny that cdk-nag does not report).",
-            resources=[self._results_objects_arn()],
+            "Deny that cdk-nag does not report); an Auto Scaling group's ARN contains a generated "
+            "id that CloudFormation does not return, and the group name (the Ref) is exact, so "
+            "SetInstanceHealth covers the node group only (and only while it carries the "
+            "cluster's tag).",
+            resources=[self._results_objects_arn(), self._node_lists_arn(), node_group],
         )
         return policy
 
@@ -806,7 +881,16 @@ class AcceptanceRun(Construct):
                 actions=["s3:GetObject"],
                 resources=[self._pass_markers_arn()],
             ),
-            *self._key_statements("kms:Decrypt"),
+            # The node lists of the drain command an image refresh (or a rollback) sends.
+            iam.PolicyStatement(
+                sid="WriteNodeLists",
+                actions=["s3:PutObject"],
+                resources=[self._node_lists_arn()],
+            ),
+            *self._key_statements("kms:Decrypt", "kms:GenerateDataKey"),
+            # A rollback has the nodes the failed update refreshed, stopped in Standby by idle
+            # scale-in, replaced (refresh_after_rollback): only in this cluster's group.
+            self._replace_nodes_statement("RefreshNodesAfterRollback"),
         ]
 
     def _is_complete_statements(self) -> list[iam.PolicyStatement]:
@@ -835,25 +919,34 @@ class AcceptanceRun(Construct):
                 conditions={"StringLike": {"s3:prefix": [f"{self.results_prefix}*"]}},
             ),
             iam.PolicyStatement(
-                sid="WritePassMarkers",
+                sid="WritePassMarkersAndNodeLists",
                 actions=["s3:PutObject"],
-                resources=[self._pass_markers_arn()],
+                resources=[self._pass_markers_arn(), self._node_lists_arn()],
             ),
             *self._key_statements("kms:Decrypt", "kms:GenerateDataKey"),
             # A node below a node-local threshold is replaced and the run repeated (handler's
-            # replacement round): only in this cluster's group, found by its tag.
-            iam.PolicyStatement(
-                sid="ReplaceNodesBelowThreshold",
-                actions=["autoscaling:SetInstanceHealth"],
-                resources=[self._groups_arn()],
-                conditions={
-                    "StringEquals": {
-                        f"autoscaling:ResourceTag/{CLUSTER_TAG}": self.cluster.cluster_name
-                    }
-                },
-            ),
+            # replacement round), and an image refresh replaces the idle nodes on an earlier
+            # launch template (those stopped in Standby are returned to service first): only
+            # in this cluster's group, found by its tag.
+            self._replace_nodes_statement("ReplaceNodesBelowThreshold"),
         ]
         return statements
+
+    def _replace_nodes_statement(self, sid: str) -> iam.PolicyStatement:
+        return iam.PolicyStatement(
+            sid=sid,
+            actions=["autoscaling:SetInstanceHealth", "autoscaling:ExitStandby"],
+            resources=[self._groups_arn()],
+            conditions={
+                "StringEquals": {
+                    f"autoscaling:ResourceTag/{CLUSTER_TAG}": self.cluster.cluster_name
+                }
+            },
+        )
+
+    def _node_lists_arn(self, name: str = "*") -> str:
+        """The node lists and drain reports under each run's prefix (``CONTROL_DIR``)."""
+        return self.results_bucket.arn_for_objects(f"{self.results_prefix}*/{CONTROL_DIR}{name}")
 
     def _groups_arn(self) -> str:
         return cdk.Stack.of(self).format_arn(
@@ -894,6 +987,7 @@ class AcceptanceRun(Construct):
                 self._groups_arn(),
                 self._results_objects_arn(),
                 self._pass_markers_arn(),
+                self._node_lists_arn(),
             ],
         )
 
@@ -903,22 +997,14 @@ class AcceptanceRun(Construct):
             peak_hbm_gbps=spec.hbm_gbps_per_chip / devices_per_chip,
         )
         text = " ".join([*args, *self.workload.suite_args()])
-        pattern = DOCUMENT_PARAMETERS["SuiteArgs"][1]
+        pattern = NodeCommand.PATTERNS["suite_args"]
         if not re.fullmatch(pattern, text):
-            raise invalid("workload", text, "suite arguments that fit the document's SuiteArgs")
+            raise invalid("workload", text, "suite arguments that fit the document's pattern")
         return text
 
 
-def _check(
-    figure: str, *, minimum: float | None = None, maximum: float | None = None
-) -> dict[str, str]:
-    unit = FIGURES[figure][0]
-    out = {"Figure": figure, "Unit": unit}
-    if minimum is not None:
-        out["Min"] = _flag_number(minimum)
-    if maximum is not None:
-        out["Max"] = _flag_number(maximum)
-    return out
+def _check(figure: str, *, minimum: float | None = None, maximum: float | None = None) -> Check:
+    return Check(figure=figure, unit=FIGURES[figure][0], minimum=minimum, maximum=maximum)
 
 
 def _flag_number(value: float) -> str:

@@ -32,8 +32,13 @@ from cdk_trn._provider import DeployTimeProvider
 from cdk_trn._runtime import RUNTIME_ROOT, runtime_excludes
 from cdk_trn.compliance import acknowledge_regulated
 from cdk_trn.errors import invalid
+from cdk_trn_runtime.contract.eif import (
+    EIF_NAME,
+    MEASUREMENTS_NAME,
+    EifBuildAttributes,
+    EifBuildProperties,
+)
 from cdk_trn_runtime.eif_builder.buildspec import eif_buildspec
-from cdk_trn_runtime.eif_builder.handler import EIF_NAME, MEASUREMENTS_NAME
 
 _PCR = re.compile(r"^[0-9a-fA-F]{96}$")
 # CloudFormation waits at most an hour for a custom resource (ServiceTimeout <= 3600 s); the
@@ -158,9 +163,15 @@ class EnclaveImage(abc.ABC):
         encryption_key: kms.IKey,
         vpc: ec2.IVpc,
         subnet: ec2.ISubnet,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
     ) -> BoundEnclaveImage:
         """Create what the image needs in ``scope``; ``bucket``/``encryption_key`` hold builds,
-        and deploy-time functions run in ``subnet`` of ``vpc``."""
+        and deploy-time functions run in ``subnet`` of ``vpc``.
+
+        ``removal_policy`` is the owner's ``destroy_on_delete`` (``EnclaveKeyVault``'s): a build's
+        log groups are encrypted with ``encryption_key``, so they follow the key's rule rather
+        than a switch of their own (a log group retained past its deleted key could not be read).
+        """
 
 
 @dataclass(frozen=True)
@@ -177,6 +188,7 @@ class _MeasuredImage(EnclaveImage):
         encryption_key: kms.IKey,
         vpc: ec2.IVpc,
         subnet: ec2.ISubnet,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
     ) -> BoundEnclaveImage:
         return BoundEnclaveImage(pcr0=self.pcr0, pcr8=self.pcr8, eif=self.eif)
 
@@ -196,6 +208,7 @@ class _DirectoryImage(EnclaveImage):
         encryption_key: kms.IKey,
         vpc: ec2.IVpc,
         subnet: ec2.ISubnet,
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
     ) -> BoundEnclaveImage:
         build = EifBuild(
             scope,
@@ -208,6 +221,7 @@ class _DirectoryImage(EnclaveImage):
             subnet=subnet,
             timeout=self.timeout,
             exclude=self.exclude,
+            removal_policy=removal_policy,
         )
         return BoundEnclaveImage(
             pcr0=build.pcr0,
@@ -240,6 +254,7 @@ class EifBuild(Construct):
         timeout: cdk.Duration,
         dockerfile: str = "Dockerfile",
         exclude: tuple[str, ...] = (),
+        removal_policy: cdk.RemovalPolicy = cdk.RemovalPolicy.RETAIN,
     ) -> None:
         super().__init__(scope, id)
         stack = cdk.Stack.of(self)
@@ -260,7 +275,7 @@ class EifBuild(Construct):
             "BuildLogs",
             encryption_key=encryption_key,
             retention=logs.RetentionDays.ONE_YEAR,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
+            removal_policy=removal_policy,
         )
         # The build's role is ours, with one customer managed policy: CDK's CodeBuild L2 would
         # write its grants inline, including its default /aws/codebuild/<project> log group,
@@ -362,18 +377,19 @@ class EifBuild(Construct):
             subnet=subnet,
             total_timeout=cdk.Duration.minutes(timeout.to_minutes() + _WAIT_MARGIN_MINUTES),
             query_interval=cdk.Duration.seconds(30),
+            removal_policy=removal_policy,
         )
         self.resource = self.provider.custom_resource(
             self,
             "Resource",
             resource_type="Custom::CdkTrnEifBuild",
-            properties={
-                "ProjectName": self.project.project_name,
-                "SourceBucket": self.source.s3_bucket_name,
-                "SourceKey": self.source.s3_object_key,
-                "OutputBucket": bucket.bucket_name,
-                "OutputPrefix": self.prefix,
-            },
+            properties=EifBuildProperties(
+                project_name=self.project.project_name,
+                source_bucket=self.source.s3_bucket_name,
+                source_key=self.source.s3_object_key,
+                output_bucket=bucket.bucket_name,
+                output_prefix=self.prefix,
+            ).to_properties(),
         )
         # The build runs as the project's role: start it only once that role's policy exists.
         self.resource.node.add_dependency(self.build_policy)
@@ -383,6 +399,6 @@ class EifBuild(Construct):
             "the project has no source repository at all (NO_SOURCE); its buildspec fetches the "
             "one S3 asset of the build context",
         )
-        self.pcr0 = self.resource.get_att_string("PCR0")
-        self.pcr1 = self.resource.get_att_string("PCR1")
-        self.pcr2 = self.resource.get_att_string("PCR2")
+        self.pcr0 = self.resource.get_att_string(EifBuildAttributes.key_of("pcr0"))
+        self.pcr1 = self.resource.get_att_string(EifBuildAttributes.key_of("pcr1"))
+        self.pcr2 = self.resource.get_att_string(EifBuildAttributes.key_of("pcr2"))

@@ -76,7 +76,113 @@ def storage_key(
     )
 
 
-class TrainingBuckets(Construct):
+class _TrainingBucketsBase(Construct):
+    """What new and imported training buckets share: the node grants, through a managed policy
+    beside the buckets (in the stack of the construct, new or importing)."""
+
+    @property
+    def encryption_key(self) -> kms.IKey:
+        """The key that encrypts the dataset and checkpoint buckets."""
+        raise NotImplementedError
+
+    @property
+    def dataset_bucket(self) -> s3.IBucket:
+        raise NotImplementedError
+
+    @property
+    def checkpoint_bucket(self) -> s3.IBucket:
+        raise NotImplementedError
+
+    @property
+    def access_log_bucket(self) -> s3.IBucket | None:
+        raise NotImplementedError
+
+    # -- grants ---------------------------------------------------------------------------------
+
+    def grant_read(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` read datasets and checkpoints (for example to resume training).
+
+        The statements go into this construct's read policy, a managed policy attached to the
+        grantee's role. Actions are listed one by one and the key can be used only through S3.
+        """
+        return self._grant(grantee, write_checkpoints=False)
+
+    def grant_read_write(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` read datasets and read and write checkpoints.
+
+        Datasets stay read-only for training nodes: training reads them, writes go to checkpoints.
+        """
+        return self._grant(grantee, write_checkpoints=True)
+
+    def _grant(self, grantee: iam.IGrantable, *, write_checkpoints: bool) -> iam.Grant:
+        return grant_through_managed_policy(
+            self._access_policy(write_checkpoints=write_checkpoints),
+            grantee,
+            self._access_statements(write_checkpoints=write_checkpoints),
+        )
+
+    def _access_statements(self, *, write_checkpoints: bool) -> list[iam.PolicyStatement]:
+        stack = cdk.Stack.of(self)
+        buckets = (self.dataset_bucket, self.checkpoint_bucket)
+        statements = [
+            iam.PolicyStatement(
+                actions=list(_READ_OBJECT_ACTIONS),
+                resources=[b.arn_for_objects("*") for b in buckets],
+            ),
+            iam.PolicyStatement(
+                actions=list(_READ_BUCKET_ACTIONS),
+                resources=[b.bucket_arn for b in buckets],
+            ),
+        ]
+        if write_checkpoints:
+            statements += [
+                iam.PolicyStatement(
+                    actions=list(_WRITE_OBJECT_ACTIONS),
+                    resources=[self.checkpoint_bucket.arn_for_objects("*")],
+                ),
+                iam.PolicyStatement(
+                    actions=list(_WRITE_BUCKET_ACTIONS),
+                    resources=[self.checkpoint_bucket.bucket_arn],
+                ),
+            ]
+        statements.append(
+            iam.PolicyStatement(
+                actions=list(_KMS_WRITE_ACTIONS if write_checkpoints else _KMS_READ_ACTIONS),
+                resources=[self.encryption_key.key_arn],
+                conditions={"StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}},
+            )
+        )
+        return statements
+
+    def _access_policy(self, *, write_checkpoints: bool) -> iam.ManagedPolicy:
+        # A managed policy beside the buckets, attached from the role's side: the cluster stack
+        # then depends on the storage stack (never the reverse), and the policy's resources stay
+        # local references, so the acknowledgment below can name them exactly. The grants fill it.
+        name = "NodeReadWritePolicy" if write_checkpoints else "NodeReadPolicy"
+        existing = self.node.try_find_child(name)
+        if isinstance(existing, iam.ManagedPolicy):
+            return existing
+        buckets = (self.dataset_bucket, self.checkpoint_bucket)
+        policy = iam.ManagedPolicy(
+            self,
+            name,
+            description=(
+                "cdk-trn nodes: read datasets, read and write checkpoints"
+                if write_checkpoints
+                else "cdk-trn nodes: read datasets and checkpoints"
+            ),
+        )
+        acknowledge_wildcards(
+            policy,
+            "Object actions (GetObject, PutObject, ...) act on object ARNs, so the resource is "
+            "this training bucket's object ARN pattern <bucket-arn>/*; every action is named "
+            "and the KMS statement is limited to calls made through S3.",
+            resources=[b.arn_for_objects("*") for b in buckets],
+        )
+        return policy
+
+
+class TrainingBuckets(_TrainingBucketsBase):
     """Dataset and checkpoint buckets, encrypted with the storage key, plus their access-log bucket.
 
     Both data buckets: SSE-KMS with the storage key and S3 Bucket Keys, block public access,
@@ -101,6 +207,8 @@ class TrainingBuckets(Construct):
     :param destroy_on_delete: the explicit opt-out from retention: delete the buckets (and a key
         this construct creates) with the stack. CloudFormation deletes only empty buckets, so
         objects are never deleted. Default: False (retained on stack delete).
+
+    A later stack or another app attaches to existing buckets with :meth:`from_attributes`.
     """
 
     def __init__(
@@ -184,7 +292,38 @@ class TrainingBuckets(Construct):
                 "on delete and FSx backups cover recovery inside the region",
             )
 
-    # -- validation -----------------------------------------------------------------------------
+    @classmethod
+    def from_attributes(
+        cls,
+        scope: Construct,
+        id: str,
+        *,
+        dataset_bucket_name: str,
+        checkpoint_bucket_name: str,
+        encryption_key_arn: str,
+        access_log_bucket_name: str | None = None,
+    ) -> ImportedTrainingBuckets:
+        """Training buckets that exist (another app's ``TrainingBuckets``, for example its
+        storage stack's ``DatasetBucketName`` and ``CheckpointBucketName`` outputs), by name: no
+        lookup, no AWS call at synth, no resource. ``grant_read``/``grant_read_write`` work as
+        on new buckets (their managed policy is created in the importing stack);
+        ``admit_access_logs`` is the owner's.
+
+        :param dataset_bucket_name: the dataset bucket's name.
+        :param checkpoint_bucket_name: the checkpoint bucket's name.
+        :param encryption_key_arn: the ARN of the key that encrypts both
+            (``arn:aws:kms:<region>:<account>:key/<id>``).
+        :param access_log_bucket_name: the bucket that receives server access logs (SSE-S3),
+            for constructs that take an ``access_log_bucket``. Default: none.
+        """
+        return ImportedTrainingBuckets(
+            scope,
+            id,
+            dataset_bucket_name=dataset_bucket_name,
+            checkpoint_bucket_name=checkpoint_bucket_name,
+            encryption_key_arn=encryption_key_arn,
+            access_log_bucket_name=access_log_bucket_name,
+        )
 
     # -- resources ------------------------------------------------------------------------------
 
@@ -303,86 +442,76 @@ class TrainingBuckets(Construct):
         )
         admit_account_access_logs(self._access_log_bucket, prefix=prefix, sid=sid)
 
-    # -- grants ---------------------------------------------------------------------------------
 
-    def grant_read(self, grantee: iam.IGrantable) -> iam.Grant:
-        """Let ``grantee`` read datasets and checkpoints (for example to resume training).
+#: S3 bucket names (S3 user guide, "General purpose bucket naming rules"), without the rules on
+#: adjacent periods and IP-address forms, which S3 checks.
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$")
 
-        The statements go into this construct's read policy, a managed policy attached to the
-        grantee's role. Actions are listed one by one and the key can be used only through S3.
-        """
-        return self._grant(grantee, write_checkpoints=False)
 
-    def grant_read_write(self, grantee: iam.IGrantable) -> iam.Grant:
-        """Let ``grantee`` read datasets and read and write checkpoints.
+class ImportedTrainingBuckets(_TrainingBucketsBase):
+    """Training buckets that exist, from :meth:`TrainingBuckets.from_attributes`."""
 
-        Datasets stay read-only for training nodes: training reads them, writes go to checkpoints.
-        """
-        return self._grant(grantee, write_checkpoints=True)
-
-    def _grant(self, grantee: iam.IGrantable, *, write_checkpoints: bool) -> iam.Grant:
-        return grant_through_managed_policy(
-            self._access_policy(write_checkpoints=write_checkpoints),
-            grantee,
-            self._access_statements(write_checkpoints=write_checkpoints),
-        )
-
-    def _access_statements(self, *, write_checkpoints: bool) -> list[iam.PolicyStatement]:
-        stack = cdk.Stack.of(self)
-        buckets = (self._dataset_bucket, self._checkpoint_bucket)
-        statements = [
-            iam.PolicyStatement(
-                actions=list(_READ_OBJECT_ACTIONS),
-                resources=[b.arn_for_objects("*") for b in buckets],
-            ),
-            iam.PolicyStatement(
-                actions=list(_READ_BUCKET_ACTIONS),
-                resources=[b.bucket_arn for b in buckets],
-            ),
-        ]
-        if write_checkpoints:
-            statements += [
-                iam.PolicyStatement(
-                    actions=list(_WRITE_OBJECT_ACTIONS),
-                    resources=[self._checkpoint_bucket.arn_for_objects("*")],
-                ),
-                iam.PolicyStatement(
-                    actions=list(_WRITE_BUCKET_ACTIONS),
-                    resources=[self._checkpoint_bucket.bucket_arn],
-                ),
-            ]
-        statements.append(
-            iam.PolicyStatement(
-                actions=list(_KMS_WRITE_ACTIONS if write_checkpoints else _KMS_READ_ACTIONS),
-                resources=[self._key.key_arn],
-                conditions={"StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}},
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        dataset_bucket_name: str,
+        checkpoint_bucket_name: str,
+        encryption_key_arn: str,
+        access_log_bucket_name: str | None = None,
+    ) -> None:
+        where = f"{scope.node.path}/{id}"
+        for prop, name in (
+            ("dataset_bucket_name", dataset_bucket_name),
+            ("checkpoint_bucket_name", checkpoint_bucket_name),
+            ("access_log_bucket_name", access_log_bucket_name),
+        ):
+            if name is None and prop == "access_log_bucket_name":
+                continue
+            if not isinstance(name, str) or not (
+                cdk.Token.is_unresolved(name) or _BUCKET_NAME.match(name)
+            ):
+                raise invalid(
+                    f"{where}: {prop}",
+                    name,
+                    "an S3 bucket name (3-63 lower-case letters, digits, '.' or '-')",
+                )
+        if not isinstance(encryption_key_arn, str) or not (
+            cdk.Token.is_unresolved(encryption_key_arn) or _KEY_ARN.match(encryption_key_arn)
+        ):
+            raise invalid(
+                f"{where}: encryption_key_arn",
+                encryption_key_arn,
+                "a KMS key ARN such as 'arn:aws:kms:us-east-2:123456789012:key/<key id>'",
             )
+        super().__init__(scope, id)
+        self._key = kms.Key.from_key_arn(self, "Key", encryption_key_arn)
+        self._dataset_bucket = s3.Bucket.from_bucket_attributes(
+            self, "Datasets", bucket_name=dataset_bucket_name, encryption_key=self._key
         )
-        return statements
+        self._checkpoint_bucket = s3.Bucket.from_bucket_attributes(
+            self, "Checkpoints", bucket_name=checkpoint_bucket_name, encryption_key=self._key
+        )
+        self._access_log_bucket = (
+            s3.Bucket.from_bucket_name(self, "AccessLogs", access_log_bucket_name)
+            if access_log_bucket_name is not None
+            else None
+        )
 
-    def _access_policy(self, *, write_checkpoints: bool) -> iam.ManagedPolicy:
-        # A managed policy beside the buckets, attached from the role's side: the cluster stack
-        # then depends on the storage stack (never the reverse), and the policy's resources stay
-        # local references, so the acknowledgment below can name them exactly. The grants fill it.
-        name = "NodeReadWritePolicy" if write_checkpoints else "NodeReadPolicy"
-        existing = self.node.try_find_child(name)
-        if isinstance(existing, iam.ManagedPolicy):
-            return existing
-        buckets = (self._dataset_bucket, self._checkpoint_bucket)
-        policy = iam.ManagedPolicy(
-            self,
-            name,
-            description=(
-                "cdk-trn nodes: read datasets, read and write checkpoints"
-                if write_checkpoints
-                else "cdk-trn nodes: read datasets and checkpoints"
-            ),
-        )
-        acknowledge_wildcards(
-            policy,
-            "Object actions (GetObject, PutObject, ...) act on object ARNs, so the resource is "
-            "this training bucket's object ARN pattern <bucket-arn>/*; every action is named "
-            "and the KMS statement is limited to calls made through S3.",
-            resources=[b.arn_for_objects("*") for b in buckets],
-        )
-        return policy
+    @property
+    def encryption_key(self) -> kms.IKey:
+        return self._key
+
+    @property
+    def dataset_bucket(self) -> s3.IBucket:
+        return self._dataset_bucket
+
+    @property
+    def checkpoint_bucket(self) -> s3.IBucket:
+        return self._checkpoint_bucket
+
+    @property
+    def access_log_bucket(self) -> s3.IBucket | None:
+        return self._access_log_bucket

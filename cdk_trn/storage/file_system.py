@@ -1,89 +1,59 @@
-"""FSx for Lustre for training: ``TrainingFileSystem`` and its data repository associations.
+"""FSx for Lustre for training: ``TrainingFileSystem`` and its importer.
 
 Owns: the PERSISTENT file system (Lustre 2.15, customer-managed key, LZ4, automatic backups) in the
-cluster's subnet, its security group (Lustre ports only, from the clients you allow), optional
-EFA and metadata configuration, up to 8 S3 data repository associations, and the sizing of
-capacity and throughput (through :mod:`cdk_trn.storage.sizing`).
+cluster's subnet, its security group (Lustre ports only, from the clients you allow) and the
+validation of its props. What it shares with an imported file system is in
+:mod:`~cdk_trn.storage.file_system_base`; the rest in one module per concern: the metadata
+configuration (:mod:`~cdk_trn.storage.metadata`), the S3 data repository associations
+(:mod:`~cdk_trn.storage.data_repository`), the Lustre ports (:mod:`~cdk_trn.storage.lustre_access`)
+and the sizing of capacity and throughput (:mod:`~cdk_trn.storage.sizing`).
 
-Facts: FSx for Lustre user guide and API reference (``CreateFileSystemLustreConfiguration``,
-``CreateFileSystemLustreMetadataConfiguration``, ``CreateDataRepositoryAssociation``); property
-names from the CloudFormation schemas of ``AWS::FSx::FileSystem`` and
-``AWS::FSx::DataRepositoryAssociation`` as shipped with cfn-lint. See ``../shared/FACTS.md``.
+Facts: FSx for Lustre user guide and API reference (``CreateFileSystemLustreConfiguration``);
+property names from the CloudFormation schema of ``AWS::FSx::FileSystem`` as shipped with
+cfn-lint. See ``../shared/FACTS.md``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
 
 import aws_cdk as cdk
 import jsii
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_fsx as fsx
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk_trn._resources import stateful_removal_policy, whole_days
-from cdk_trn.compliance import acknowledge_regulated
 from cdk_trn.errors import CdkTrnError, invalid
-from cdk_trn.interfaces import ITrainingFileSystem
+from cdk_trn.interfaces import ITrainingFileSystem, ITrainingNetwork
 from cdk_trn.storage import sizing
+from cdk_trn.storage.data_repository import (
+    DataRepositoryAssociation,
+    cfn_data_repository_association,
+    validate_associations,
+)
+from cdk_trn.storage.file_system_base import TrainingFileSystemBase
+from cdk_trn.storage.lustre_access import (
+    LUSTRE_PORT,
+    LUSTRE_SERVER_PORTS,
+    acknowledge_efa_rules,
+    client_ports,
+    construct_paths,
+    new_ingress_rules,
+)
+from cdk_trn.storage.metadata import MetadataConfiguration
 
-if TYPE_CHECKING:
-    from cdk_trn.storage.buckets import TrainingBuckets
-
-MAX_DATA_REPOSITORY_ASSOCIATIONS = 8
-LUSTRE_PORT = 988
-LUSTRE_SERVER_PORTS = (1018, 1023)
+__all__ = ["DataCompression", "DeploymentType", "TrainingFileSystem"]
 
 _BACKUP_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _MAINTENANCE_TIME = re.compile(r"^[1-7]:([01]\d|2[0-3]):[0-5]\d$")
-_MOUNT_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 _FILE_SYSTEM_ID = re.compile(r"^fs-[0-9a-f]{8,21}$")
 _SECURITY_GROUP_ID = re.compile(r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$")
 _MOUNT_NAME = re.compile(r"^[a-z0-9]{1,8}$")
 _DNS_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
-
-
-_EFA_ALL_TRAFFIC_REASON = (
-    "efa_enabled=True (the default app's -c fsxEfa=true): FSx for Lustre requires all traffic "
-    "between the EFA-enabled file system and its clients' security groups (user guide, "
-    "'EFA-enabled security groups'); the rule's peer is a security group, never a CIDR, so no "
-    "port is open beyond the file system and the cluster"
-)
-
-
-def _acknowledge_efa_rules(rules: Iterable[Construct]) -> None:
-    """EFA needs all-traffic rules, which the regulated packs read as open common ports."""
-    for rule in rules:
-        acknowledge_regulated(rule, "EC2RestrictedCommonPorts", _EFA_ALL_TRAFFIC_REASON)
-
-
-def _new_rules(groups: Sequence[ec2.ISecurityGroup], before: set[str]) -> list[Construct]:
-    """Ingress rules added under ``groups`` since ``before`` (construct paths) was taken."""
-    return [
-        child
-        for group in groups
-        for child in group.node.find_all()
-        if isinstance(child, ec2.CfnSecurityGroupIngress) and child.node.path not in before
-    ]
-
-
-def _paths(groups: Sequence[ec2.ISecurityGroup]) -> set[str]:
-    return {child.node.path for group in groups for child in group.node.find_all()}
-
-
-def client_ports(efa_enabled: bool) -> list[ec2.Port]:
-    """What Lustre clients and servers open to each other: TCP 988 and 1018-1023 (FSx for Lustre
-    user guide, "File system access control with Amazon VPC"), or all traffic when the file
-    system is EFA-enabled (user guide, "EFA-enabled security groups")."""
-    if efa_enabled:
-        return [ec2.Port.all_traffic()]
-    return [ec2.Port.tcp(LUSTRE_PORT), ec2.Port.tcp_range(*LUSTRE_SERVER_PORTS)]
 
 
 class DeploymentType(StrEnum):
@@ -103,227 +73,17 @@ class DataCompression(StrEnum):
     NONE = "NONE"
 
 
-class MetadataMode(StrEnum):
-    """``LustreConfiguration.MetadataConfiguration.Mode`` (PERSISTENT_2 only)."""
-
-    AUTOMATIC = "AUTOMATIC"
-    USER_PROVISIONED = "USER_PROVISIONED"
-
-
-class DataRepositoryEvent(StrEnum):
-    """Events of ``S3.AutoImportPolicy.Events`` / ``S3.AutoExportPolicy.Events``."""
-
-    NEW = "NEW"
-    CHANGED = "CHANGED"
-    DELETED = "DELETED"
-
-
-ALL_EVENTS: tuple[DataRepositoryEvent, ...] = tuple(DataRepositoryEvent)
-
-
-@dataclass(frozen=True)
-class MetadataConfiguration:
-    """Metadata performance of a PERSISTENT_2 file system.
-
-    ``AUTOMATIC`` scales metadata IOPS with capacity; ``USER_PROVISIONED`` takes ``iops``: 1500,
-    3000, 6000, 12000 or a multiple of 12000 up to 192000 (SSD; API reference,
-    ``CreateFileSystemLustreMetadataConfiguration``).
-    """
-
-    mode: MetadataMode = MetadataMode.AUTOMATIC
-    iops: int | None = None
-
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "mode", MetadataMode(self.mode))
-        except ValueError:
-            raise invalid(
-                "metadata_configuration.mode", self.mode, "AUTOMATIC or USER_PROVISIONED"
-            ) from None
-        if self.mode is MetadataMode.AUTOMATIC:
-            if self.iops is not None:
-                raise invalid(
-                    "metadata_configuration.iops",
-                    self.iops,
-                    "unset in AUTOMATIC mode (FSx sets it)",
-                )
-            return
-        iops = self.iops
-        if (
-            isinstance(iops, bool)
-            or not isinstance(iops, int)
-            or not (iops in (1500, 3000, 6000) or (12000 <= iops <= 192000 and iops % 12000 == 0))
-        ):
-            raise invalid(
-                "metadata_configuration.iops",
-                iops,
-                "1500, 3000, 6000, 12000 or a multiple of 12000 up to 192000 "
-                "in USER_PROVISIONED mode",
-            )
-
-    @classmethod
-    def automatic(cls) -> MetadataConfiguration:
-        return cls(MetadataMode.AUTOMATIC)
-
-    @classmethod
-    def user_provisioned(cls, iops: int) -> MetadataConfiguration:
-        return cls(MetadataMode.USER_PROVISIONED, iops)
-
-    def to_cfn(self) -> fsx.CfnFileSystem.MetadataConfigurationProperty:
-        return fsx.CfnFileSystem.MetadataConfigurationProperty(mode=self.mode.value, iops=self.iops)
-
-
-def _events(
-    prop: str, events: Iterable[DataRepositoryEvent | str]
-) -> tuple[DataRepositoryEvent, ...]:
-    if isinstance(events, str):
-        raise invalid(prop, events, "a sequence of NEW, CHANGED, DELETED (not a single string)")
-    chosen: list[DataRepositoryEvent] = []
-    for event in events:
-        try:
-            value = DataRepositoryEvent(event)
-        except ValueError:
-            raise invalid(prop, event, "each one of NEW, CHANGED, DELETED") from None
-        if value in chosen:
-            raise invalid(prop, event, "each event at most once")
-        chosen.append(value)
-    return tuple(chosen)
-
-
-@dataclass(frozen=True)
-class DataRepositoryAssociation:
-    """A link between a file-system directory and an S3 location.
-
-    :param file_system_path: directory in the file system, starting with ``/`` (``/`` alone links
-        the whole file system and then allows no other association).
-    :param data_repository_path: ``s3://bucket`` or ``s3://bucket/prefix/``. Use
-        :meth:`for_bucket` to build it from a bucket.
-    :param import_events: S3 changes imported automatically. Default: none.
-    :param export_events: file-system changes exported automatically. Default: none.
-    :param batch_import_meta_data_on_create: import the metadata of existing objects when the
-        association is created. Default: False.
-    :param imported_file_chunk_size_mib: stripe size for imported files, 1-512000 MiB.
-        Default: None (FSx default, 1024 MiB).
-    """
-
-    file_system_path: str
-    data_repository_path: str
-    import_events: tuple[DataRepositoryEvent, ...] = ()
-    export_events: tuple[DataRepositoryEvent, ...] = ()
-    batch_import_meta_data_on_create: bool = False
-    imported_file_chunk_size_mib: int | None = None
-    _bucket: s3.IBucket | None = field(default=None, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        path = self.file_system_path
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise invalid(
-                "data_repository_associations.file_system_path",
-                path,
-                "a directory starting with '/'",
-            )
-        if "//" in path or (path != "/" and path.endswith("/")) or len(path) > 4096:
-            raise invalid(
-                "data_repository_associations.file_system_path",
-                path,
-                "an absolute directory such as /datasets (no '//', no trailing '/', <= 4096 chars)",
-            )
-        repo = self.data_repository_path
-        if not isinstance(repo, str) or not repo.startswith("s3://") or len(repo) <= len("s3://"):
-            raise invalid(
-                "data_repository_associations.data_repository_path",
-                repo,
-                "an S3 location starting with 's3://' (s3://bucket or s3://bucket/prefix/)",
-            )
-        object.__setattr__(
-            self,
-            "import_events",
-            _events("data_repository_associations.import_events", self.import_events),
-        )
-        object.__setattr__(
-            self,
-            "export_events",
-            _events("data_repository_associations.export_events", self.export_events),
-        )
-        chunk = self.imported_file_chunk_size_mib
-        if chunk is not None and (
-            isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= 512000
-        ):
-            raise invalid(
-                "data_repository_associations.imported_file_chunk_size_mib",
-                chunk,
-                "1 to 512000 MiB",
-            )
-
-    @classmethod
-    def for_bucket(
-        cls,
-        file_system_path: str,
-        bucket: s3.IBucket,
-        *,
-        prefix: str = "",
-        import_events: Sequence[DataRepositoryEvent | str] = (),
-        export_events: Sequence[DataRepositoryEvent | str] = (),
-        batch_import_meta_data_on_create: bool = False,
-        imported_file_chunk_size_mib: int | None = None,
-    ) -> DataRepositoryAssociation:
-        """An association to ``bucket`` (optionally under ``prefix``, which must end with ``/``)."""
-        if prefix and (prefix.startswith("/") or not prefix.endswith("/")):
-            raise invalid("prefix", prefix, "empty or a key prefix like 'runs/' (no leading '/')")
-        return cls(
-            file_system_path=file_system_path,
-            data_repository_path=f"s3://{bucket.bucket_name}/{prefix}",
-            import_events=tuple(import_events),  # type: ignore[arg-type]
-            export_events=tuple(export_events),  # type: ignore[arg-type]
-            batch_import_meta_data_on_create=batch_import_meta_data_on_create,
-            imported_file_chunk_size_mib=imported_file_chunk_size_mib,
-            _bucket=bucket,
-        )
-
-    @property
-    def bucket(self) -> s3.IBucket | None:
-        """The bucket this association was built from with :meth:`for_bucket`, if any."""
-        return self._bucket
-
-
-def default_data_repository_associations(
-    buckets: TrainingBuckets,
-) -> tuple[DataRepositoryAssociation, ...]:
-    """The storage stack's associations: ``/datasets`` and ``/checkpoints``.
-
-    * ``/datasets`` <- dataset bucket: existing objects' metadata imported at creation, then new,
-      changed and deleted objects imported automatically. Nothing is exported.
-    * ``/checkpoints`` -> checkpoint bucket: new, changed and deleted files exported automatically
-      (the bucket is versioned, so a deleted checkpoint stays recoverable for the non-current
-      retention). Existing checkpoints' metadata is imported at creation, so a recreated file
-      system sees earlier runs' checkpoints.
-    """
-    return (
-        DataRepositoryAssociation.for_bucket(
-            "/datasets",
-            buckets.dataset_bucket,
-            import_events=ALL_EVENTS,
-            batch_import_meta_data_on_create=True,
-        ),
-        DataRepositoryAssociation.for_bucket(
-            "/checkpoints",
-            buckets.checkpoint_bucket,
-            export_events=ALL_EVENTS,
-            batch_import_meta_data_on_create=True,
-        ),
-    )
-
-
 @jsii.implements(ec2.IConnectable)
-class TrainingFileSystem(Construct):
+class TrainingFileSystem(TrainingFileSystemBase):
     """FSx for Lustre file system for a training cluster.
 
     PERSISTENT_2 (Lustre 2.15) in one subnet, encrypted with a customer-managed key, LZ4
     compressed, backed up daily, retained on stack delete. Clients are let in with
     :meth:`allow_clients`; nothing else can reach it.
 
-    :param vpc: the cluster's VPC.
-    :param subnet: the cluster's subnet; clients must be in the same Availability Zone.
+    :param network: the cluster's network (a ``TrainingNetwork`` or one from
+        ``TrainingNetwork.from_attributes``); the file system is in its node subnet, and clients
+        must be in the same Availability Zone.
     :param storage_capacity_gib: 1200, 2400 or a multiple of 2400 GiB.
         Default: 1200, or chosen by ``target_throughput_gbps``.
     :param per_unit_storage_throughput: MB/s per TiB; PERSISTENT_2: 125, 250, 500 or 1000;
@@ -361,8 +121,7 @@ class TrainingFileSystem(Construct):
         scope: Construct,
         id: str,
         *,
-        vpc: ec2.IVpc,
-        subnet: ec2.ISubnet,
+        network: ITrainingNetwork,
         storage_capacity_gib: int | None = None,
         per_unit_storage_throughput: int | None = None,
         target_throughput_gbps: float | None = None,
@@ -399,7 +158,7 @@ class TrainingFileSystem(Construct):
         )
         self._validate_backups(automatic_backup_retention_days, daily_automatic_backup_start_time)
         self._validate_maintenance_time(weekly_maintenance_start_time)
-        associations = self._validate_associations(data_repository_associations)
+        associations = validate_associations(data_repository_associations)
         self._validate_efa(deployment, efa_enabled, metadata_configuration)
         removal_policy = stateful_removal_policy(destroy_on_delete)
         self._validate_mount_path(mount_path)
@@ -407,7 +166,6 @@ class TrainingFileSystem(Construct):
 
         self._deployment_type = deployment
         self._efa_enabled = efa_enabled
-        self._mount_path = mount_path
         self._key: kms.IKey = encryption_key or kms.Key(
             self,
             "Key",
@@ -418,13 +176,12 @@ class TrainingFileSystem(Construct):
         self._security_group = security_group or ec2.SecurityGroup(
             self,
             "SecurityGroup",
-            vpc=vpc,
+            vpc=network.vpc,
             description="FSx for Lustre: Lustre ports from allowed clients and between servers",
             # Outbound is open as in the FSx default: FSx servers answer and call back clients and
             # reach linked S3 buckets; who can reach the file system is decided by inbound rules.
             allow_all_outbound=True,
         )
-        self._connections = ec2.Connections(security_groups=[self._security_group])
         self_rules = self._allow_servers()
 
         # L1 because the L2 LustreFileSystem opens TCP 988-1023 inside its security group (Lustre
@@ -436,7 +193,7 @@ class TrainingFileSystem(Construct):
             file_system_type_version="2.15",
             storage_type="SSD",
             storage_capacity=self._sizing.capacity_gib,
-            subnet_ids=[subnet.subnet_id],
+            subnet_ids=[network.subnet.subnet_id],
             security_group_ids=[self._security_group.security_group_id],
             kms_key_id=self._key.key_id,
             lustre_configuration=fsx.CfnFileSystem.LustreConfigurationProperty(
@@ -456,10 +213,24 @@ class TrainingFileSystem(Construct):
         self._file_system.apply_removal_policy(removal_policy)
         for rule in self_rules:
             self._file_system.add_dependency(rule)
+        self._describe(
+            file_system_id=self._file_system.ref,
+            dns_name=self._file_system.attr_dns_name,
+            mount_name=self._file_system.attr_lustre_mount_name,
+            mount_path=mount_path,
+            efa_enabled=efa_enabled,
+            security_group=self._security_group,
+        )
 
         self._associations = associations
         self._cfn_associations = [
-            self._association(index, association, removal_policy)
+            cfn_data_repository_association(
+                self,
+                f"Association{index}",
+                association,
+                file_system_id=self._file_system.ref,
+                removal_policy=removal_policy,
+            )
             for index, association in enumerate(associations)
         ]
 
@@ -487,7 +258,7 @@ class TrainingFileSystem(Construct):
         :param mount_path: where clients mount it. Default: ``/fsx``.
         :param efa_enabled: whether the file system was created EFA-enabled. Default: False.
         """
-        return ImportedTrainingFileSystem(
+        return _ImportedTrainingFileSystem(
             scope,
             id,
             file_system_id=file_system_id,
@@ -586,39 +357,6 @@ class TrainingFileSystem(Construct):
             )
 
     @staticmethod
-    def _validate_associations(
-        associations: Sequence[DataRepositoryAssociation],
-    ) -> tuple[DataRepositoryAssociation, ...]:
-        chosen = tuple(associations)
-        if len(chosen) > MAX_DATA_REPOSITORY_ASSOCIATIONS:
-            raise invalid(
-                "data_repository_associations",
-                f"{len(chosen)} associations",
-                f"at most {MAX_DATA_REPOSITORY_ASSOCIATIONS} per file system",
-            )
-        seen: set[str] = set()
-        for association in chosen:
-            if not isinstance(association, DataRepositoryAssociation):
-                raise invalid(
-                    "data_repository_associations", association, "DataRepositoryAssociation values"
-                )
-            path = association.file_system_path
-            if path in seen:
-                raise invalid(
-                    "data_repository_associations.file_system_path",
-                    path,
-                    "unique: a directory links to one S3 location",
-                )
-            seen.add(path)
-        if "/" in seen and len(seen) > 1:
-            raise invalid(
-                "data_repository_associations.file_system_path",
-                "/",
-                "the only association when the whole file system ('/') is linked",
-            )
-        return chosen
-
-    @staticmethod
     def _validate_efa(
         deployment: DeploymentType,
         efa_enabled: bool,
@@ -653,24 +391,6 @@ class TrainingFileSystem(Construct):
                 "metadata configuration, e.g. MetadataConfiguration.automatic())",
             )
 
-    @staticmethod
-    def _validate_mount_path(path: str) -> None:
-        if (
-            not isinstance(path, str)
-            or not path.startswith("/")
-            or path == "/"
-            or path.endswith("/")
-            or "//" in path
-            # Clients render the path into their boot scripts and fstab: letters, digits and
-            # ._- only, so no quote or shell metacharacter reaches a shell.
-            or not _MOUNT_PATH.fullmatch(path)
-        ):
-            raise invalid(
-                "mount_path",
-                path,
-                "an absolute directory such as /fsx (letters, digits, '.', '_', '-' and '/')",
-            )
-
     # -- resources ------------------------------------------------------------------------------
 
     def _allow_servers(self) -> list[cdk.CfnResource]:
@@ -693,7 +413,7 @@ class TrainingFileSystem(Construct):
                     description="EFA between FSx servers",
                 )
             )
-            _acknowledge_efa_rules(rules)
+            acknowledge_efa_rules(rules)
             # EFA checks for an explicit self egress rule even when all outbound is allowed.
             rules.append(
                 ec2.CfnSecurityGroupEgress(
@@ -725,38 +445,6 @@ class TrainingFileSystem(Construct):
             )
         return rules
 
-    def _association(
-        self, index: int, association: DataRepositoryAssociation, removal_policy: cdk.RemovalPolicy
-    ) -> fsx.CfnDataRepositoryAssociation:
-        s3_config: dict[str, Any] = {}
-        if association.import_events:
-            s3_config["auto_import_policy"] = (
-                fsx.CfnDataRepositoryAssociation.AutoImportPolicyProperty(
-                    events=[e.value for e in association.import_events]
-                )
-            )
-        if association.export_events:
-            s3_config["auto_export_policy"] = (
-                fsx.CfnDataRepositoryAssociation.AutoExportPolicyProperty(
-                    events=[e.value for e in association.export_events]
-                )
-            )
-        # L1: the L2 has no data repository association construct.
-        resource = fsx.CfnDataRepositoryAssociation(
-            self,
-            f"Association{index}",
-            file_system_id=self._file_system.ref,
-            file_system_path=association.file_system_path,
-            data_repository_path=association.data_repository_path,
-            batch_import_meta_data_on_create=association.batch_import_meta_data_on_create,
-            imported_file_chunk_size=association.imported_file_chunk_size_mib,
-            s3=fsx.CfnDataRepositoryAssociation.S3Property(**s3_config) if s3_config else None,
-        )
-        resource.apply_removal_policy(removal_policy)
-        return resource
-
-    # -- clients --------------------------------------------------------------------------------
-
     def allow_clients(self, clients: ec2.IConnectable) -> None:
         """Let ``clients`` (for example the cluster) mount the file system.
 
@@ -769,7 +457,7 @@ class TrainingFileSystem(Construct):
         (the cluster stack) the rules live there too, and that stack depends on this one.
         """
         groups = [*clients.connections.security_groups, self._security_group]
-        before = _paths(groups)
+        before = construct_paths(groups)
         ports = client_ports(self._efa_enabled)
         for port in ports:
             ports_text = port.to_string()
@@ -780,19 +468,9 @@ class TrainingFileSystem(Construct):
                 self._connections, port, f"FSx to Lustre clients {ports_text}"
             )
         if self._efa_enabled:
-            _acknowledge_efa_rules(_new_rules(groups, before))
+            acknowledge_efa_rules(new_ingress_rules(groups, before))
 
     # -- properties -----------------------------------------------------------------------------
-
-    @property
-    def connections(self) -> ec2.Connections:
-        """The file system's security group. Has no default port: Lustre needs two port ranges,
-        so use :meth:`allow_clients` rather than ``allow_default_port_from``."""
-        return self._connections
-
-    @property
-    def security_group(self) -> ec2.ISecurityGroup:
-        return self._security_group
 
     @property
     def file_system(self) -> fsx.CfnFileSystem:
@@ -808,28 +486,8 @@ class TrainingFileSystem(Construct):
         return list(self._cfn_associations)
 
     @property
-    def file_system_id(self) -> str:
-        return self._file_system.ref
-
-    @property
-    def dns_name(self) -> str:
-        return self._file_system.attr_dns_name
-
-    @property
-    def mount_name(self) -> str:
-        return self._file_system.attr_lustre_mount_name
-
-    @property
-    def mount_path(self) -> str:
-        return self._mount_path
-
-    @property
     def deployment_type(self) -> DeploymentType:
         return self._deployment_type
-
-    @property
-    def efa_enabled(self) -> bool:
-        return self._efa_enabled
 
     @property
     def storage_capacity_gib(self) -> int:
@@ -860,7 +518,7 @@ class TrainingFileSystem(Construct):
 
 
 @jsii.implements(ec2.IConnectable)
-class ImportedTrainingFileSystem(Construct):
+class _ImportedTrainingFileSystem(TrainingFileSystemBase):
     """A file system created elsewhere, from :meth:`TrainingFileSystem.from_attributes`.
 
     Its security group is imported immutable: nothing in this app changes its rules through the
@@ -889,19 +547,20 @@ class ImportedTrainingFileSystem(Construct):
             "mount_name", mount_name, _MOUNT_NAME, "the Lustre mount name, 1-8 of a-z 0-9"
         )
         _validate_attribute("dns_name", dns_name, _DNS_NAME, "the file system's DNS name")
-        TrainingFileSystem._validate_mount_path(mount_path)
+        self._validate_mount_path(mount_path)
         if not isinstance(efa_enabled, bool):
             raise invalid("efa_enabled", efa_enabled, "True or False")
         super().__init__(scope, id)
-        self._file_system_id = file_system_id
-        self._dns_name = dns_name
-        self._mount_name = mount_name
-        self._mount_path = mount_path
-        self._efa_enabled = efa_enabled
-        self._security_group = ec2.SecurityGroup.from_security_group_id(
-            self, "SecurityGroup", security_group_id, mutable=False
+        self._describe(
+            file_system_id=file_system_id,
+            dns_name=dns_name,
+            mount_name=mount_name,
+            mount_path=mount_path,
+            efa_enabled=efa_enabled,
+            security_group=ec2.SecurityGroup.from_security_group_id(
+                self, "SecurityGroup", security_group_id, mutable=False
+            ),
         )
-        self._connections = ec2.Connections(security_groups=[self._security_group])
 
     def allow_clients(self, clients: ec2.IConnectable) -> None:
         """Let ``clients`` mount the file system: the Lustre ports (all traffic when EFA-enabled)
@@ -910,7 +569,7 @@ class ImportedTrainingFileSystem(Construct):
         scope = clients if isinstance(clients, Construct) else self
         group_id = self._security_group.security_group_id
         groups = list(clients.connections.security_groups)
-        before = _paths(groups) | {child.node.path for child in scope.node.find_all()}
+        before = construct_paths(groups) | {child.node.path for child in scope.node.find_all()}
         for group in clients.connections.security_groups:
             for port in client_ports(self._efa_enabled):
                 rule = port.to_rule_json()
@@ -937,41 +596,13 @@ class ImportedTrainingFileSystem(Construct):
                 self._connections, port, f"FSx to Lustre clients {port.to_string()}"
             )
         if self._efa_enabled:
-            added = _new_rules(groups, before)
+            added = new_ingress_rules(groups, before)
             added += [
                 child
                 for child in scope.node.find_all()
                 if isinstance(child, ec2.CfnSecurityGroupIngress) and child.node.path not in before
             ]
-            _acknowledge_efa_rules(dict.fromkeys(added))
-
-    @property
-    def connections(self) -> ec2.Connections:
-        return self._connections
-
-    @property
-    def security_group(self) -> ec2.ISecurityGroup:
-        return self._security_group
-
-    @property
-    def file_system_id(self) -> str:
-        return self._file_system_id
-
-    @property
-    def dns_name(self) -> str:
-        return self._dns_name
-
-    @property
-    def mount_name(self) -> str:
-        return self._mount_name
-
-    @property
-    def mount_path(self) -> str:
-        return self._mount_path
-
-    @property
-    def efa_enabled(self) -> bool:
-        return self._efa_enabled
+            acknowledge_efa_rules(dict.fromkeys(added))
 
 
 def _validate_attribute(prop: str, value: str, pattern: re.Pattern[str], allowed: str) -> None:

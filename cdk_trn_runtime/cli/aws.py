@@ -19,20 +19,36 @@ from botocore.exceptions import ClientError
 from cdk_trn_runtime.cli.remote import Controller
 from cdk_trn_runtime.contract import (
     OUTPUT_CLUSTER_NAME,
+    OUTPUT_CODE_ARCHIVE_BUCKET,
     OUTPUT_CONTROLLER_GROUP,
+    OUTPUT_DOC_JOB_COMPLETIONS,
     OUTPUT_JOB_USER,
+    OUTPUT_NODE_GROUP,
+    OUTPUT_NODE_HOURLY_PRICE,
     OUTPUT_SHARED_ROOT,
     OUTPUT_SLURM_CLUSTER,
     SLURM_CONTROLLER_CONTAINER,
 )
 
-#: Outputs of the cluster stack the command needs.
+#: Outputs of the cluster stack every command needs (it finds the controller by them).
 REQUIRED_OUTPUTS = (
     OUTPUT_CLUSTER_NAME,
     OUTPUT_CONTROLLER_GROUP,
     OUTPUT_JOB_USER,
     OUTPUT_SHARED_ROOT,
     OUTPUT_SLURM_CLUSTER,
+)
+#: Every output of the cluster stack a command reads: the required ones, the node group (``cost``,
+#: the vault commands' relay), the job completions document (``cost``), one node's hourly price
+#: (``cost``; absent when unknown) and the code archive bucket (``submit --code``; absent unless
+#: the scheduler allows code archives). TrainiumCluster and SlurmScheduler publish them, in
+#: whatever stack they are composed.
+CLUSTER_STACK_OUTPUTS = (
+    *REQUIRED_OUTPUTS,
+    OUTPUT_NODE_GROUP,
+    OUTPUT_DOC_JOB_COMPLETIONS,
+    OUTPUT_NODE_HOURLY_PRICE,
+    OUTPUT_CODE_ARCHIVE_BUCKET,
 )
 _DONE = frozenset({"Success", "Failed", "Cancelled", "TimedOut", "DeliveryTimedOut"})
 #: Seconds SSM may take to deliver a command to the controller (the API's minimum is 30).
@@ -126,9 +142,10 @@ def stack_outputs(aws: Aws, stack: str) -> dict[str, str]:
     return {o["OutputKey"]: o.get("OutputValue", "") for o in stacks[0].get("Outputs", [])}
 
 
-def find_controller(aws: Aws, stack: str) -> Controller:
-    """The cluster's Slurm controller: the stack's outputs, then its group's InService instance."""
-    outputs = stack_outputs(aws, stack)
+def find_controller(aws: Aws, stack: str, outputs: dict[str, str] | None = None) -> Controller:
+    """The cluster's Slurm controller: the stack's outputs (read unless given), then its group's
+    InService instance."""
+    outputs = stack_outputs(aws, stack) if outputs is None else outputs
     missing = [key for key in REQUIRED_OUTPUTS if not outputs.get(key)]
     if missing:
         raise CliError(

@@ -29,7 +29,12 @@ from cdk_trn_runtime.cli.aws import (
     stack_outputs,
 )
 from cdk_trn_runtime.cli.documents import CODE_PREFIX
-from cdk_trn_runtime.contract import OUTPUT_CODE_BUCKET, RESEARCHER_SHELL, researcher_document
+from cdk_trn_runtime.contract import (
+    OUTPUT_CODE_ARCHIVE_BUCKET,
+    OUTPUT_CODE_BUCKET,
+    RESEARCHER_SHELL,
+    researcher_document,
+)
 
 #: The default app's cluster stack: ``<prefix>-cluster`` with the default prefix (``stacks.config``;
 #: a test keeps the two equal).
@@ -269,9 +274,10 @@ def _split_script_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
 def cmd_submit(aws: Aws, args: argparse.Namespace) -> int:
     script = read_job_script(args.script)
     sbatch_args, script_args = _split_script_args(args.sbatch_args)
-    controller = find_controller(aws, args.stack)
+    outputs = stack_outputs(aws, args.stack)
+    controller = find_controller(aws, args.stack, outputs)
     name = remote.script_file_name(args.script.name, aws.now().strftime("%Y%m%dT%H%M%SZ"))
-    code_key = _upload_code(aws, args.stack, args.code, name) if args.code else ""
+    code_key = _upload_code(aws, args.stack, outputs, args.code, name) if args.code else ""
     result = _run(
         aws,
         controller,
@@ -299,18 +305,30 @@ def cmd_submit(aws: Aws, args: argparse.Namespace) -> int:
 MAX_CODE_ARCHIVE_BYTES = 256 * 1024 * 1024
 
 
-def _upload_code(aws: Aws, stack: str, directory: Path, name: str) -> str:
+def _upload_code(aws: Aws, stack: str, outputs: dict[str, str], directory: Path, name: str) -> str:
     """Pack ``directory`` (regular files and directories only) as ``code/<name>.tar.gz`` in the
-    dataset bucket of the storage stack beside ``stack`` (``<prefix>-storage``); its key."""
+    bucket of the cluster stack's output ``OUTPUT_CODE_ARCHIVE_BUCKET`` (in ``outputs``; for a
+    cluster deployed before that output, the dataset bucket of the storage stack beside it,
+    ``<prefix>-storage``); its key."""
     import io  # noqa: PLC0415
     import tarfile  # noqa: PLC0415
 
     if not directory.is_dir():
         raise CliError(f"{directory}: --code needs a directory", 2)
-    storage = stack.removesuffix("-cluster") + "-storage"
-    bucket = stack_outputs(aws, storage).get(OUTPUT_CODE_BUCKET)
+    bucket = outputs.get(OUTPUT_CODE_ARCHIVE_BUCKET)
     if not bucket:
-        raise CliError(f"stack {storage} has no output {OUTPUT_CODE_BUCKET} for --code")
+        storage = stack.removesuffix("-cluster") + "-storage"
+        if storage == stack + "-storage":
+            raise CliError(
+                f"stack {stack} has no output {OUTPUT_CODE_ARCHIVE_BUCKET} for --code: its "
+                "scheduler allows no code archives (ResearcherAccess.allow_code_archives)"
+            )
+        bucket = stack_outputs(aws, storage).get(OUTPUT_CODE_BUCKET)
+        if not bucket:
+            raise CliError(
+                f"stacks {stack} and {storage} have no output {OUTPUT_CODE_ARCHIVE_BUCKET} or "
+                f"{OUTPUT_CODE_BUCKET} for --code"
+            )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         for path in sorted(directory.rglob("*")):

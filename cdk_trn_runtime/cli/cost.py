@@ -1,7 +1,7 @@
 """``cdk-trn cost``: what each job cost, who spent it, and the node-hours that sat idle.
 
 From a job completion log on disk (``--jobcomp FILE``: the local cluster, or a copy) or, on a
-deployed cluster, through the stack's read-only SSM document ``contract.DOC_JOB_COMPLETIONS``
+deployed cluster, through the stack's read-only SSM document ``contract.job_completions_document``
 (named by the cluster stack output ``contract.OUTPUT_DOC_JOB_COMPLETIONS``), which pages through
 the controller's log and lists the running jobs. The arithmetic is ``cdk_trn_runtime.cost``'s.
 ``--format json`` writes only JSON on stdout; notes go to stderr.
@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def job_completions_commands(shared_root: str, job_user: str) -> list[str]:
-    """The commands of the read-only document ``contract.DOC_JOB_COMPLETIONS`` (run as root by
+    """The commands of the read-only document ``contract.job_completions_document`` (run as root by
     ``aws:runShellScript`` on the controller; ``{{ Since }}`` and ``{{ Offset }}`` are its
     parameters, which the document restricts to ``^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8})?$``
     and ``^[0-9]{1,9}$``). Prints ``cdk-trn-jobcomp now=.. next=.. done=..`` (the controller's
@@ -223,6 +223,10 @@ def _group_activities(aws: Aws, group: str) -> list[dict[str, Any]]:
 def cmd_cost(aws: Aws, args: argparse.Namespace) -> int:
     outputs = stack_outputs(aws, args.stack)
     document = outputs.get(contract.OUTPUT_DOC_JOB_COMPLETIONS)
+    if not document and outputs.get(contract.OUTPUT_CLUSTER_NAME):
+        # A cluster deployed before the scheduler published the output: the document's name
+        # derives from the cluster's (contract.researcher_document).
+        document = contract.job_completions_document(outputs[contract.OUTPUT_CLUSTER_NAME])
     group = outputs.get(contract.OUTPUT_CONTROLLER_GROUP)
     if not document or not group:
         raise CliError(

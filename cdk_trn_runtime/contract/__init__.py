@@ -2,6 +2,11 @@
 
 The constructs (``cdk_trn``) import this module; the runtime reads it where it runs (every
 runtime asset ships it). Standard library only.
+
+The messages that cross from the constructs to the runtime are typed, one module each, on the
+base in ``message.py``: ``preflight`` (and ``CapacityKind``), ``eif`` (the enclave image build),
+``cluster_document`` (the Slurm cluster document), ``boot`` (the ``CDK_TRN_*`` boot variables of
+each instance role) and ``deploy_time`` (the custom-resource functions' settings).
 """
 
 from __future__ import annotations
@@ -131,6 +136,9 @@ SLURM_DAEMON_UID = 64030
 #: Docker containers that run the Slurm daemons from the bundled training image.
 SLURM_CONTROLLER_CONTAINER = "cdk-trn-slurmctld"
 SLURM_NODE_CONTAINER = "cdk-trn-slurmd"
+#: The name every Slurm daemon uses for the controller (SlurmctldAddr, slurmd --conf-server): the
+#: nodes' and the controller's /etc/hosts map it to the controller's current address.
+SLURM_CONTROLLER_ADDR = "cdk-trn-slurmctld"
 #: slurmctld's port (the Slurm default) and slurmd's.
 SLURMCTLD_PORT = 6817
 SLURMD_PORT = 6818
@@ -149,7 +157,12 @@ OUTPUT_NODE_GROUP = "SlurmNodeGroup"  # Auto Scaling group of the Trainium nodes
 OUTPUT_JOB_USER = "SlurmJobUser"
 OUTPUT_SHARED_ROOT = "SlurmSharedRoot"  # the shared file system's mount path, e.g. /fsx
 OUTPUT_SLURM_CLUSTER = "SlurmClusterName"
-#: The storage stack's dataset bucket: ``cdk-trn submit --code`` uploads code archives to its code/.
+#: The bucket ``cdk-trn submit --code`` uploads code archives to (under code/), published by the
+#: scheduler's ``ResearcherAccess.allow_code_archives`` beside the outputs above.
+OUTPUT_CODE_ARCHIVE_BUCKET = "SlurmCodeBucket"
+#: The default app's storage stack's dataset bucket: where ``submit --code`` falls back to (the
+#: ``<prefix>-storage`` stack beside ``<prefix>-cluster``) when the cluster stack has no
+#: ``OUTPUT_CODE_ARCHIVE_BUCKET`` (deployed before it existed).
 OUTPUT_CODE_BUCKET = "DatasetBucketName"
 
 #: The environment file the Slurm node scripts (health check, prolog, epilog) read: shell
@@ -216,8 +229,8 @@ METRICS_NAMESPACE_DEPLOY_TIME = "cdk-trn/DeployTime"
 #: catalog's estimate); absent when unknown.
 OUTPUT_NODE_HOURLY_PRICE = "NodeHourlyPrice"
 #: The read-only SSM document that pages through the job completion log on the controller (and
-#: lists the running jobs on the first page): the stack's researcher documents are named
-#: ``<cluster stack name>-<suffix>``; its name is also the cluster stack output below. Its
+#: lists the running jobs on the first page): the researcher document ``completions``
+#: (:func:`job_completions_document`); its name is also the cluster stack output below. Its
 #: commands are ``cdk_trn_runtime.cli.cost.job_completions_commands``; its parameters
 #: ``DOC_PARAM_SINCE`` (``YYYY-MM-DDTHH:MM:SS`` or empty) and ``DOC_PARAM_OFFSET`` (lines
 #: already read).

@@ -62,7 +62,7 @@ The response URL is a credential for this one resource: it is never logged and t
 see it.
 
 Lambda Python runtime: standard library and boto3 only. Settings come from the environment
-(``cdk_trn_runtime.contract.DEPLOY_TIME_ENV_*``).
+(``cdk_trn_runtime.contract.deploy_time.DeployTimeSettings``).
 """
 
 from __future__ import annotations
@@ -83,12 +83,10 @@ from types import ModuleType
 from typing import Any
 
 from cdk_trn_runtime.contract import (
-    DEPLOY_TIME_ENV_HANDLER,
-    DEPLOY_TIME_ENV_PURPOSE,
-    DEPLOY_TIME_ENV_QUERY_INTERVAL,
-    DEPLOY_TIME_ENV_TOTAL_TIMEOUT,
     DEPLOY_TIME_FAILURE_MARK,
 )
+from cdk_trn_runtime.contract.deploy_time import DeployTimeSettings
+from cdk_trn_runtime.contract.message import MessageError
 
 LOG = logging.getLogger(__name__)
 LOG.setLevel(logging.INFO)
@@ -112,7 +110,6 @@ ANSWER_BUDGET_SECONDS = PUT_ATTEMPTS * PUT_TIMEOUT_SECONDS + PUT_BACKOFF_SECONDS
 )
 #: The watchdog answers FAILED this long before Lambda's hard timeout if nothing has answered.
 WATCHDOG_MARGIN_SECONDS = 20
-_HANDLER_PREFIX = "cdk_trn_runtime."
 #: Keys the driver owns in the merged event; never passed to or taken from a handler result.
 _PRIVATE_KEYS = ("ResponseURL", CONTINUATION_KEY)
 
@@ -133,14 +130,15 @@ class Settings:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        module = env.get(DEPLOY_TIME_ENV_HANDLER, "")
-        if not module.startswith(_HANDLER_PREFIX):
-            raise ProtocolError(f"{DEPLOY_TIME_ENV_HANDLER} must name a {_HANDLER_PREFIX} module")
+        try:
+            sent = DeployTimeSettings.from_environment(env)
+        except MessageError as error:
+            raise ProtocolError(str(error)) from None
         return cls(
-            handler_module=module,
-            query_interval=float(env.get(DEPLOY_TIME_ENV_QUERY_INTERVAL, "30")),
-            total_timeout=float(env.get(DEPLOY_TIME_ENV_TOTAL_TIMEOUT, "3300")),
-            purpose=env.get(DEPLOY_TIME_ENV_PURPOSE, "custom resource"),
+            handler_module=sent.handler_module,
+            query_interval=float(sent.query_interval_seconds),
+            total_timeout=float(sent.total_timeout_seconds),
+            purpose=sent.purpose,
         )
 
 

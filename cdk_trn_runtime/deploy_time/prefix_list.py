@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from cdk_trn_runtime.contract.deploy_time import PrefixListAttributes
 from cdk_trn_runtime.deploy_time.clients import bounded_client
 
 
@@ -34,4 +35,5 @@ def on_event(event: Mapping[str, Any], context: Any = None, *, ec2: Any = None) 
     if len(found) != 1:
         raise PrefixListError(f"expected one managed prefix list named {name}, found {len(found)}")
     prefix_list_id = str(found[0]["PrefixListId"])
-    return {"PhysicalResourceId": name, "Data": {"PrefixListId": prefix_list_id}}
+    data = PrefixListAttributes(prefix_list_id=prefix_list_id).to_properties()
+    return {"PhysicalResourceId": name, "Data": data}

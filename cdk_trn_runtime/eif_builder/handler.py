@@ -12,8 +12,8 @@ raises with the failing phase and CodeBuild's own message, which CloudFormation 
 Delete never fails: it stops a build that is still running (best effort) and keeps the EIF, which
 lives in a retained bucket and may still be used by hosts during a rollback.
 
-Resource properties: ``ProjectName``, ``SourceBucket``, ``SourceKey``, ``OutputBucket``,
-``OutputPrefix``. Plain Python on boto3 only: this directory is the Lambda code asset.
+Resource properties, build variables and attributes: ``cdk_trn_runtime.contract.eif``. Plain Python
+on boto3 only: this directory is the Lambda code asset.
 """
 
 from __future__ import annotations
@@ -23,13 +23,19 @@ import logging
 import re
 from typing import Any
 
+from cdk_trn_runtime.contract.eif import (
+    EIF_NAME,
+    MEASUREMENTS_NAME,
+    EifBuildAttributes,
+    EifBuildEnvironment,
+    EifBuildProperties,
+)
+from cdk_trn_runtime.contract.message import MessageError
 from cdk_trn_runtime.deploy_time.clients import bounded_client
 
 LOG = logging.getLogger()
 LOG.setLevel(logging.INFO)
 
-EIF_NAME = "enclave.eif"
-MEASUREMENTS_NAME = "measurements.json"
 _PCR = re.compile(r"^[0-9a-fA-F]{96}$")
 _RUNNING = {"IN_PROGRESS"}
 _FAILED = {"FAILED", "FAULT", "TIMED_OUT", "STOPPED"}
@@ -45,13 +51,11 @@ def _client(name: str, given: Any) -> Any:
     return bounded_client(name)
 
 
-def _props(event: dict[str, Any]) -> dict[str, str]:
-    props = event.get("ResourceProperties", {})
-    needed = ("ProjectName", "SourceBucket", "SourceKey", "OutputBucket", "OutputPrefix")
-    missing = [k for k in needed if not props.get(k)]
-    if missing:
-        raise EifBuildError(f"resource properties missing: {', '.join(missing)}")
-    return {k: str(props[k]) for k in needed}
+def _props(event: dict[str, Any]) -> EifBuildProperties:
+    try:
+        return EifBuildProperties.from_properties(event.get("ResourceProperties", {}))
+    except MessageError as error:
+        raise EifBuildError(str(error)) from None
 
 
 def on_event(
@@ -62,22 +66,25 @@ def on_event(
         _stop_quietly(event.get("PhysicalResourceId", ""), codebuild)
         return {"PhysicalResourceId": event.get("PhysicalResourceId", "none")}
     props = _props(event)
-    prefix = props["OutputPrefix"].strip("/")
     request_id = str(event.get("RequestId", ""))
     extra = {"idempotencyToken": request_id[:64]} if request_id else {}
+    variables = EifBuildEnvironment(
+        source_bucket=props.source_bucket,
+        source_key=props.source_key,
+        eif_bucket=props.output_bucket,
+        eif_prefix=props.prefix,
+    ).to_environment()
     response = _client("codebuild", codebuild).start_build(
-        projectName=props["ProjectName"],
+        projectName=props.project_name,
         environmentVariablesOverride=[
-            {"name": "SOURCE_BUCKET", "value": props["SourceBucket"], "type": "PLAINTEXT"},
-            {"name": "SOURCE_KEY", "value": props["SourceKey"], "type": "PLAINTEXT"},
-            {"name": "EIF_BUCKET", "value": props["OutputBucket"], "type": "PLAINTEXT"},
-            {"name": "EIF_PREFIX", "value": prefix, "type": "PLAINTEXT"},
+            {"name": name, "value": value, "type": "PLAINTEXT"} for name, value in variables.items()
         ],
         **extra,  # a retried on-event call must not start a second build
     )
     build_id = response["build"]["id"]
-    LOG.info("started EIF build %s for %s/%s", build_id, props["OutputBucket"], prefix)
-    return {"PhysicalResourceId": build_id, "Data": {"BuildId": build_id}}
+    LOG.info("started EIF build %s for %s/%s", build_id, props.output_bucket, props.prefix)
+    data = EifBuildAttributes(build_id=build_id).to_properties()
+    return {"PhysicalResourceId": build_id, "Data": data}
 
 
 def is_complete(
@@ -89,7 +96,7 @@ def is_complete(
     build_id = event["PhysicalResourceId"]
     builds = _client("codebuild", codebuild).batch_get_builds(ids=[build_id])["builds"]
     if not builds:
-        raise EifBuildError(f"EIF build {build_id} not found in project {props['ProjectName']}")
+        raise EifBuildError(f"EIF build {build_id} not found in project {props.project_name}")
     build = builds[0]
     status = build.get("buildStatus", "IN_PROGRESS")
     if status in _RUNNING:
@@ -101,17 +108,16 @@ def is_complete(
         raise EifBuildError(_failure_reason(build_id, status, build))
     if status != "SUCCEEDED":
         raise EifBuildError(f"EIF build {build_id} ended with unexpected status {status}")
-    prefix = props["OutputPrefix"].strip("/")
-    pcrs = _read_measurements(_client("s3", s3), props["OutputBucket"], prefix, build_id)
-    return {
-        "IsComplete": True,
-        "Data": {
-            **pcrs,
-            "EifBucket": props["OutputBucket"],
-            "EifKey": f"{prefix}/{EIF_NAME}",
-            "BuildId": build_id,
-        },
-    }
+    pcrs = _read_measurements(_client("s3", s3), props.output_bucket, props.prefix, build_id)
+    attributes = EifBuildAttributes(
+        build_id=build_id,
+        pcr0=pcrs["PCR0"],
+        pcr1=pcrs["PCR1"],
+        pcr2=pcrs["PCR2"],
+        eif_bucket=props.output_bucket,
+        eif_key=f"{props.prefix}/{EIF_NAME}",
+    )
+    return {"IsComplete": True, "Data": attributes.to_properties()}
 
 
 def _read_measurements(s3: Any, bucket: str, prefix: str, build_id: str) -> dict[str, str]:

@@ -12,9 +12,12 @@
 # EFA hardware counters are cumulative: each run stores them (CDK_TRN_METRICS_STATE, default
 # /run/cdk-trn/efa-counters) and reports the increase since the last run (nothing the first
 # time, or after a counter reset). CDK_TRN_DEVICE_ROOT prefixes /sys (tests).
-# Metric names: cdk_trn_runtime/contract/__init__.py NODE_NEURON_METRICS, NODE_EFA_COUNTERS.
+# Metric names: the contract's NODE_NEURON_METRICS and NODE_EFA_COUNTERS (contract.sh).
 set -euo pipefail
 PATH="${PATH:+$PATH:}/opt/aws/neuron/bin:/usr/local/bin:/usr/bin:/bin"
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../contract/contract.sh
+. "$HERE/../contract/contract.sh"
 
 cluster="${1:-}"
 if ! [[ $cluster =~ ^[a-z][a-z0-9-]{0,38}$ ]]; then
@@ -26,8 +29,8 @@ STATE="${CDK_TRN_METRICS_STATE:-/run/cdk-trn/efa-counters}"
 PY="${CDK_TRN_PYTHON:-python3}"
 
 metric() { # name value unit
-  printf '{"MetricName":"%s","Value":%s,"Unit":"%s","Dimensions":[{"Name":"Cluster","Value":"%s"}]}' \
-    "$1" "$2" "$3" "$cluster"
+  printf '{"MetricName":"%s","Value":%s,"Unit":"%s","Dimensions":[{"Name":"%s","Value":"%s"}]}' \
+    "$1" "$2" "$3" "$CONTRACT_METRIC_DIMENSION_CLUSTER" "$cluster"
 }
 
 data=()
@@ -35,22 +38,11 @@ data=()
 # --- Neuron: one report of neuron-monitor (it streams one JSON report per period) -------------
 if command -v neuron-monitor > /dev/null; then
   report=$(timeout 30 neuron-monitor | head -n1) || true
-  # shellcheck disable=SC2016
-  if figures=$("$PY" -I -c '
-import json, sys
-report = json.loads(sys.argv[1])
-utilization, memory = [], 0
-for runtime in report.get("neuron_runtime_data") or []:
-    data = runtime.get("report") or {}
-    cores = (data.get("neuroncore_counters") or {}).get("neuroncores_in_use") or {}
-    utilization += [float(c.get("neuroncore_utilization", 0)) for c in cores.values()]
-    used = (data.get("memory_used") or {}).get("neuron_runtime_used_bytes") or {}
-    memory += int(used.get("neuron_device", 0))
-print(f"{sum(utilization) / len(utilization) if utilization else 0:.2f} {memory}")
-' "$report" 2> /dev/null); then
+  # Isolated (-I), run as a file: the standard library only, nothing from the working directory.
+  if figures=$("$PY" -I "$HERE/neuron_report.py" "$report" 2> /dev/null); then
     read -r utilization memory <<< "$figures"
-    data+=("$(metric NeuronCoreUtilization "$utilization" Percent)")
-    data+=("$(metric NeuronDeviceMemoryUsed "$memory" Bytes)")
+    data+=("$(metric "${CONTRACT_NODE_NEURON_METRICS[0]}" "$utilization" Percent)")
+    data+=("$(metric "${CONTRACT_NODE_NEURON_METRICS[1]}" "$memory" Bytes)")
   else
     echo "neuron-monitor gave no report" >&2
   fi
@@ -76,11 +68,9 @@ if [ "$efa" = 1 ]; then
       [ -n "${before[$counter]:-}" ] || continue
       delta=$((now[$counter] - before[$counter]))
       [ "$delta" -ge 0 ] || continue # a reset counter (driver reload): a new baseline
-      case "$counter" in
-        tx_bytes) data+=("$(metric EfaTxBytes "$delta" Bytes)") ;;
-        rx_bytes) data+=("$(metric EfaRxBytes "$delta" Bytes)") ;;
-        rx_drops) data+=("$(metric EfaRxDrops "$delta" Count)") ;;
-      esac
+      unit=Bytes
+      [ "$counter" = rx_drops ] && unit=Count
+      data+=("$(metric "${CONTRACT_NODE_EFA_COUNTERS[$counter]}" "$delta" "$unit")")
     done
   fi
   mkdir -p "$(dirname "$STATE")"

@@ -9,8 +9,10 @@
 # one of: NodesIdle, NodesAllocated (allocated or completing), NodesMixed, NodesDrained (drained
 # or draining), NodesDown (down, failed, not responding); JobsRunning and JobsPending. Exits
 # non-zero and prints nothing when Slurm does not answer: no sample beats a wrong zero.
-# Metric names: cdk_trn_runtime/contract/__init__.py SLURM_NODE_STATE_METRICS, SLURM_JOB_METRICS.
+# Metric names: the contract's SLURM_NODE_STATE_METRICS and SLURM_JOB_METRICS (contract.sh).
 set -euo pipefail
+# shellcheck source=../contract/contract.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../contract/contract.sh"
 
 cluster="${1:-}"
 if ! [[ $cluster =~ ^[a-z][a-z0-9-]{0,38}$ ]]; then
@@ -48,15 +50,17 @@ done < <(sort -u -k1,1 <<< "$nodes")
 count() { grep -c . <<< "$1" || true; }
 
 metric() {
-  printf '{"MetricName":"%s","Value":%d,"Unit":"Count","Dimensions":[{"Name":"Cluster","Value":"%s"}]}' \
-    "$1" "$2" "$cluster"
+  printf '{"MetricName":"%s","Value":%d,"Unit":"Count","Dimensions":[{"Name":"%s","Value":"%s"}]}' \
+    "$1" "$2" "$CONTRACT_METRIC_DIMENSION_CLUSTER" "$cluster"
 }
 
+# The contract's metric names, in its order.
+node_metrics=("${CONTRACT_SLURM_NODE_STATE_METRICS[@]}") job_metrics=("${CONTRACT_SLURM_JOB_METRICS[@]}")
 printf '[%s,%s,%s,%s,%s,%s,%s]\n' \
-  "$(metric NodesIdle "$idle")" \
-  "$(metric NodesAllocated "$allocated")" \
-  "$(metric NodesMixed "$mixed")" \
-  "$(metric NodesDrained "$drained")" \
-  "$(metric NodesDown "$down")" \
-  "$(metric JobsRunning "$(count "$running")")" \
-  "$(metric JobsPending "$(count "$pending")")"
+  "$(metric "${node_metrics[0]}" "$idle")" \
+  "$(metric "${node_metrics[1]}" "$allocated")" \
+  "$(metric "${node_metrics[2]}" "$mixed")" \
+  "$(metric "${node_metrics[3]}" "$drained")" \
+  "$(metric "${node_metrics[4]}" "$down")" \
+  "$(metric "${job_metrics[0]}" "$(count "$running")")" \
+  "$(metric "${job_metrics[1]}" "$(count "$pending")")"

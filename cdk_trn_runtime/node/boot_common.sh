@@ -1,6 +1,7 @@
 # cdk-trn boot library: what the Trainium node (node_bootstrap.sh) and the Slurm controller
 # (controller_bootstrap.sh) boot scripts share. Both ship in the role's boot bundle
-# (cdk_trn_runtime/node/bundle.py) with this file, units.sh and the systemd units (units/); the
+# (cdk_trn_runtime/node/bundle.py) with this file, units.sh, the systemd units (units/) and, under
+# src/cdk_trn_runtime/, the contract (contract/contract.sh) and the Python the boot runs; the
 # launcher (launcher.sh, the user data) unpacks the bundle into a root-only directory and writes
 # the CDK_TRN_* variables into its boot.env. The entry script sets BOOT_DIR and ENTRY and sources
 # boot.env, then this file. The systemd units run the entry script from that directory with a
@@ -17,12 +18,18 @@ umask 022
 # Unset on an instance, where every path is the real one.
 ROOT="${NODE_BOOTSTRAP_TEST_ROOT:-}"
 
+#: The bundle's copy of the runtime package: the contract and the Python modules the boot runs.
+BUNDLE_SRC="$BOOT_DIR/src/cdk_trn_runtime"
+# Every name both sides share (CONTRACT_*), rendered from cdk_trn_runtime/contract/__init__.py.
+# shellcheck source=../contract/contract.sh
+. "$BUNDLE_SRC/contract/contract.sh"
+
 LOG_TAG=cdk-trn-bootstrap
 ENV_FILE="$ROOT/etc/cdk-trn/env"
 #: The name every Slurm daemon uses for the controller (SlurmctldAddr, slurmd --conf-server). It
 #: resolves through /etc/hosts, which watch_controller keeps pointing at the controller's current
 #: address (published in an SSM parameter), so a replaced controller is found again.
-SLURMCTLD_NAME=cdk-trn-slurmctld
+SLURMCTLD_NAME=$CONTRACT_SLURM_CONTROLLER_ADDR
 #: The munge key, readable by root only; containers get it read-only and copy it for munged.
 MUNGE_KEY="$ROOT/etc/cdk-trn/munge.key"
 #: Runs inside the Slurm containers before the daemon: munged with the shared key, then the
@@ -36,6 +43,16 @@ INSTANCE_ID=""
 . "$BOOT_DIR/units.sh"
 # shellcheck source=imds_guard.sh
 . "$BOOT_DIR/imds_guard.sh"
+
+# Run a Python module of the bundle (a path under src/cdk_trn_runtime/, e.g. node/cluster_spec.py)
+# as root: a file run with -I, so neither PYTHON* variables, a user's site nor the working
+# directory reach it; such a module imports the standard library only. (AL2023's python3 is 3.9,
+# which has no -P for `python3 -m` from the bundle.)
+bundle_python() {
+  local module=$1
+  shift
+  python3 -I "$BUNDLE_SRC/$module" "$@"
+}
 
 # To stderr (the launcher sends the boot's output to the serial console and the boot log, the
 # journal keeps a unit's) and to syslog. Never stdout: functions print their results there.

@@ -10,7 +10,11 @@ Contract (what a host must provide to run a bundle):
 
 * The bundle directory (on an instance ``/opt/cdk-trn/boot``, root-owned, mode 0700) holds the
   files of :func:`bundle_files` under their archive names, the entry script
-  :data:`ENTRY_SCRIPTS` ``[role]`` among them, and ``boot.env``: one ``NAME=value`` line per
+  :data:`ENTRY_SCRIPTS` ``[role]`` among them; under ``src/cdk_trn_runtime/`` the runtime
+  package's files the boot uses, at their package paths: the contract for shell scripts
+  (``contract/contract.sh``, which the scripts source) and the Python modules and scripts the
+  boot runs from there (never from a directory a job can write); and ``boot.env``: one
+  ``NAME=value`` line per
   variable, each value quoted for bash (:func:`render_environment`; the launcher writes the same
   lines with ``printf %q``). Every entry script sources ``boot.env`` from its own directory;
   nothing else passes configuration.
@@ -82,6 +86,17 @@ _VAULT_UNITS = (
 #: What the vault host's parent server imports: the package's common modules and these
 #: subpackages (Python sources only), under ``src/``.
 _VAULT_PYTHON = ("vault", "enclave")
+#: Files of the package the Slurm roles' boot uses from ``src/`` (package paths): the contract
+#: for shell scripts, and what the boot runs (node/cluster_spec.py: python3 -I, standard library
+#: only; slurm/scripts/reaper.sh: units/cdk-trn-reaper.service).
+_SLURM_SOURCES = {
+    "node": ("contract/contract.sh",),
+    "controller": (
+        "contract/contract.sh",
+        "node/cluster_spec.py",
+        "slurm/scripts/reaper.sh",
+    ),
+}
 
 
 def _python_sources(subpackage: str) -> dict[str, Path]:
@@ -107,9 +122,9 @@ def bundle_files(role: str) -> dict[str, Path]:
         files = {name: _NODE / name for name in ("boot_common.sh", "units.sh", "imds_guard.sh")}
         files[ENTRY_SCRIPTS[role]] = _NODE / ENTRY_SCRIPTS[role]
         files.update({f"units/{unit}": _UNITS / unit for unit in _ROLE_UNITS[role]})
-        if role == "controller":
-            # Runs on the controller host (units/cdk-trn-reaper.service).
-            files["reaper.sh"] = _PACKAGE / "slurm" / "scripts" / "reaper.sh"
+        files.update(
+            {f"src/{_PACKAGE.name}/{name}": _PACKAGE / name for name in _SLURM_SOURCES[role]}
+        )
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"boot bundle {role!r} names missing files: {missing}")

@@ -22,22 +22,19 @@ ENTRY="$BOOT_DIR/controller_bootstrap.sh"
 . "$BOOT_DIR/boot_common.sh"
 #   apply-document      re-read the cluster document's SSM parameter; restart or reconfigure (a timer)
 
-CONTAINER=cdk-trn-slurmctld
-# The SlurmUser's uid in the training image (contract.SLURM_DAEMON_UID, pinned by its Dockerfile):
-# slurmctld runs ResumeProgram/SuspendProgram (power saving: botocore with the instance role) as
-# that user, so instance metadata is root's and its.
-SLURM_DAEMON_UID=64030
+CONTAINER=$CONTRACT_SLURM_CONTROLLER_CONTAINER
+# The SlurmUser's uid in the training image (pinned by its Dockerfile): slurmctld runs
+# ResumeProgram/SuspendProgram (power saving: botocore with the instance role) as that user, so
+# instance metadata is root's and its.
+SLURM_DAEMON_UID=$CONTRACT_SLURM_DAEMON_UID
 SLURM_ETC="$ROOT/etc/cdk-trn/slurm"
 
 # The cluster document (CDK_TRN_SLURM_SPEC, written at synth) plus what only the instance knows:
 # its host name (SlurmctldHost) and the stable controller name (SlurmctldAddr).
 write_cluster_document() {
   mkdir -p "$SLURM_ETC"
-  python3 -I -c 'import json, sys
-spec = json.loads(sys.argv[1])
-spec.update(controller_host=sys.argv[2], controller_addr=sys.argv[3])
-json.dump(spec, sys.stdout, indent=2, sort_keys=True)' \
-    "$CDK_TRN_SLURM_SPEC" "$(hostname -s)" "$SLURMCTLD_NAME" >"$SLURM_ETC/cluster.json"
+  bundle_python node/cluster_spec.py document "$CDK_TRN_SLURM_SPEC" "$(hostname -s)" \
+    "$SLURMCTLD_NAME" >"$SLURM_ETC/cluster.json"
 }
 
 # slurm.conf from the shared generator (cdk_trn_runtime.slurm.config, shipped in the image), the
@@ -51,15 +48,17 @@ render_slurm_conf() {
 # Directories the cluster keeps on the shared file system; the job user's home.
 prepare_shared_directories() {
   local mnt="$ROOT$CDK_TRN_FSX_MOUNT_PATH" user uid
-  user=$(python3 -I -c 'import json, sys; print(json.loads(sys.argv[1])["job_user"])' "$CDK_TRN_SLURM_SPEC")
-  uid=$(python3 -I -c 'import json, sys; print(json.loads(sys.argv[1])["job_uid"])' "$CDK_TRN_SLURM_SPEC")
-  mkdir -p "$mnt/slurm/state" "$mnt/slurm/logs" "$mnt/home/$user" "$mnt/checkpoints" \
-    "$mnt/neuron-compile-cache"
-  chown "$uid:$uid" "$mnt/home/$user" "$mnt/checkpoints" "$mnt/neuron-compile-cache"
+  local state="$mnt/$CONTRACT_SHARED_SLURM_STATE" logs="$mnt/$CONTRACT_SHARED_JOB_LOGS"
+  local homes="$mnt/$CONTRACT_SHARED_HOMES" checkpoints="$mnt/$CONTRACT_SHARED_CHECKPOINTS"
+  local cache="$mnt/$CONTRACT_SHARED_COMPILE_CACHE"
+  user=$(bundle_python node/cluster_spec.py get "$CDK_TRN_SLURM_SPEC" job_user)
+  uid=$(bundle_python node/cluster_spec.py get "$CDK_TRN_SLURM_SPEC" job_uid)
+  mkdir -p "$state" "$logs" "$homes/$user" "$checkpoints" "$cache"
+  chown "$uid:$uid" "$homes/$user" "$checkpoints" "$cache"
   # Explicit modes (whatever umask the boot inherited): the job user reaches its home through
   # home/, the SlurmUser its state and logs through slurm/; the state is the daemon's alone.
-  chmod 0755 "$mnt/slurm" "$mnt/home" "$mnt/slurm/logs" "$mnt/home/$user"
-  chmod 0700 "$mnt/slurm/state"
+  chmod 0755 "$(dirname "$state")" "$(dirname "$logs")" "$homes" "$logs" "$homes/$user"
+  chmod 0700 "$state"
 }
 
 slurmctld_run() {
@@ -75,7 +74,7 @@ chown -R "$owner" "$1" "$2"; shift 2; '"$IN_CONTAINER"
     --volume "$MUNGE_KEY:/run/cdk-trn/munge.key:ro" \
     --volume "$mnt:$mnt" --volume "$mnt/home:/home" \
     --entrypoint /bin/bash "$CDK_TRN_SLURM_IMAGE" -c "$prepare" "$CONTAINER" \
-    "$mnt/slurm/state" "$mnt/slurm/logs" slurmctld -D
+    "$mnt/$CONTRACT_SHARED_SLURM_STATE" "$mnt/$CONTRACT_SHARED_JOB_LOGS" slurmctld -D
 }
 
 publish_address() {
@@ -103,7 +102,7 @@ wait_for_slurmctld() {
 # (MaxNodeCount among them), `scontrol reconfigure` otherwise (cdk_trn_runtime.slurm.apply).
 apply_document() {
   local name new="$SLURM_ETC/document.json.new" action
-  name=$(python3 -I -c 'import json, sys; print(json.loads(sys.argv[1]).get("document_parameter", ""))' "$CDK_TRN_SLURM_SPEC")
+  name=$(bundle_python node/cluster_spec.py get "$CDK_TRN_SLURM_SPEC" document_parameter "")
   [ -n "$name" ] || return 0
   aws ssm get-parameter --region "$CDK_TRN_REGION" --name "$name" --query Parameter.Value \
     --output text >"$new" || { rm -f "$new"; return 1; }
@@ -117,11 +116,11 @@ apply_document() {
   esac
 }
 
-# The reaper (reaper.sh of this bundle, units/cdk-trn-reaper.service) and the timer that applies
+# The reaper (src/cdk_trn_runtime/slurm/scripts/reaper.sh of this bundle, units/cdk-trn-reaper.service) and the timer that applies
 # the cluster document (units/cdk-trn-apply-document.*).
 install_reaper() {
   install_unit cdk-trn-reaper.service "REGION=$CDK_TRN_REGION" "CLUSTER=$CDK_TRN_CLUSTER" \
-    "CONTAINER=$CONTAINER" "BOOT_DIR=$BOOT_DIR" || return 1
+    "CONTAINER=$CONTAINER" "REAPER=$BUNDLE_SRC/slurm/scripts/reaper.sh" || return 1
   install_unit cdk-trn-apply-document.service "ENTRY=$ENTRY" || return 1
   install_unit cdk-trn-apply-document.timer || return 1
   systemctl daemon-reload
@@ -144,7 +143,7 @@ boot() {
   address=$(publish_address) || fail "could not publish the controller address"
   resolve_controller >/dev/null || fail "could not resolve $SLURMCTLD_NAME"
   install_controller_watch
-  install_unit cdk-trn-slurmctld.service "ENTRY=$ENTRY"
+  install_unit cdk-trn-slurmctld.service "ENTRY=$ENTRY" "CONTAINER=$CONTAINER"
   systemctl daemon-reload
   systemctl enable --now cdk-trn-slurmctld.service || fail "cdk-trn-slurmctld.service did not start"
   wait_for_slurmctld
@@ -160,7 +159,7 @@ case "${1:-}" in
   "") boot ;;
   slurmctld-run) slurmctld_run ;;
   resolve-controller) resolve_controller >/dev/null ;;
-  publish-metrics) publish_metrics cdk-trn/Slurm "$CONTAINER" slurm_metrics.sh ;;
+  publish-metrics) publish_metrics "$CONTRACT_METRICS_NAMESPACE_SLURM" "$CONTAINER" slurm_metrics.sh ;;
   apply-document) apply_document ;;
   *) echo "usage: $0 [slurmctld-run|resolve-controller|publish-metrics|apply-document]" >&2; exit 2 ;;
 esac

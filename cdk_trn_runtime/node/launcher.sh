@@ -36,21 +36,30 @@ instance_id() {
     && curl -fsS -H "X-aws-ec2-metadata-token: $token" "$imds/meta-data/instance-id"
 }
 
-# The boot log as CloudWatch Logs events: the last lines that fit one PutLogEvents call (1 MiB,
-# 26 bytes of overhead per event), in order, all stamped now.
+# The boot log as CloudWatch Logs events (JSON): the last lines that fit one PutLogEvents call
+# (1 MiB, 26 bytes of overhead per event; at most 16,000 bytes a message), in order, all stamped
+# now. No Python: this runs before the bundle is unpacked, or when it could not be. Control
+# characters go, tabs become spaces, \ and " are escaped before the cut (a half escape at the cut
+# goes too) and iconv drops a character the cut split, so each message is valid JSON text.
 log_events() {
-  python3 -I - "$LOG" <<'PY'
-import json, sys, time
-lines = open(sys.argv[1], encoding="utf-8", errors="replace").read().splitlines()
-budget, events, now = 900_000, [], int(time.time() * 1000)
-for line in reversed(lines or ["(the boot printed nothing)"]):
-    message = line[:16_000] or " "
-    budget -= len(message.encode()) + 26
-    if budget < 0 or len(events) == 9_000:
-        break
-    events.append({"timestamp": now, "message": message})
-print(json.dumps(events[::-1]))
-PY
+  LC_ALL=C tr -d '\000-\010\013-\037\177' <"$LOG" | LC_ALL=C tr '\t' ' ' \
+    | LC_ALL=C sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' | LC_ALL=C awk -v now="$(date +%s)000" '
+      { line[NR] = $0 }
+      END {
+        n = NR; if (n == 0) { line[1] = "(the boot printed nothing)"; n = 1 }
+        budget = 900000; first = n + 1
+        for (i = n; i >= 1 && n - i < 9000; i--) {
+          m = substr(line[i], 1, 16000)
+          if (match(m, /\\+$/) && RLENGTH % 2) m = substr(m, 1, length(m) - 1)
+          if (m == "") m = " "
+          budget -= length(m) + 26; if (budget < 0) break
+          msg[i] = m; first = i
+        }
+        printf "["
+        for (i = first; i <= n; i++)
+          printf "%s{\"timestamp\":%s,\"message\":\"%s\"}", (i > first ? "," : ""), now, msg[i]
+        print "]"
+      }' | { iconv -c -f UTF-8 -t UTF-8 || [ $? -eq 1 ]; }
 }
 
 ship_log() {

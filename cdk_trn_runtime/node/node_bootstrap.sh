@@ -28,7 +28,7 @@ ENTRY="$BOOT_DIR/node_bootstrap.sh"
 
 # Tests only: a shorter wait for devices and registration.
 DEVICE_WAIT_SECONDS="${NODE_BOOTSTRAP_TEST_WAIT_SECONDS:-300}"
-SLURMD_CONTAINER=cdk-trn-slurmd
+SLURMD_CONTAINER=$CONTRACT_SLURM_NODE_CONTAINER
 ULTRASERVER_ID=""
 
 count_matches() {
@@ -150,12 +150,12 @@ slurmd_run() {
     --network host --pid host --ipc host --privileged --cgroupns host \
     --ulimit memlock=-1:-1 --ulimit nofile=65536:65536 --ulimit stack=67108864:67108864 \
     --env-file "$ENV_FILE" \
-    --volume "$ENV_FILE:/etc/cdk-trn/slurm-node.env:ro" \
+    --volume "$ENV_FILE:$CONTRACT_SLURM_NODE_ENV_FILE:ro" \
     --volume /etc/hosts:/etc/hosts:ro \
     --volume "$MUNGE_KEY:/run/cdk-trn/munge.key:ro" \
     --volume "$mnt:$mnt:rshared" --volume "$mnt/home:/home" \
     --entrypoint /bin/bash "$CDK_TRN_SLURM_IMAGE" -c "$IN_CONTAINER" "$SLURMD_CONTAINER" \
-    /opt/cdk-trn/cdk_trn_runtime/provenance/with_agent.sh slurmd -D -Z -N "$NODE_NAME" --conf-server "$SLURMCTLD_NAME:6817" --conf "RealMemory=$REAL_MEMORY Feature=$FEATURES"
+    /opt/cdk-trn/cdk_trn_runtime/provenance/with_agent.sh slurmd -D -Z -N "$NODE_NAME" --conf-server "$SLURMCTLD_NAME:$CONTRACT_SLURMCTLD_PORT" --conf "RealMemory=$REAL_MEMORY Feature=$FEATURES"
 }
 
 # A terminating node leaves Slurm: EC2 shuts the OS down before it terminates an instance, and
@@ -262,6 +262,6 @@ case "${1:-}" in
   slurmd-leave) slurmd_leave ;;
   resolve-controller) resolve_controller >/dev/null && rejoin_if_unknown ;;
   configure-lnet) configure_lustre_efa ;;
-  publish-metrics) publish_metrics cdk-trn/Node "$SLURMD_CONTAINER" node_metrics.sh ;;
+  publish-metrics) publish_metrics "$CONTRACT_METRICS_NAMESPACE_NODE" "$SLURMD_CONTAINER" node_metrics.sh ;;
   *) echo "usage: $0 [slurmd-run|slurmd-leave|resolve-controller|configure-lnet|publish-metrics]" >&2; exit 2 ;;
 esac

@@ -49,6 +49,14 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
+from cdk_trn_runtime.contract import CLUSTER_TAG
+from cdk_trn_runtime.contract import preflight as contract
+from cdk_trn_runtime.contract.message import MessageError
+from cdk_trn_runtime.contract.preflight import (
+    CapacityKind,
+    PreflightAttributes,
+    PreflightProperties,
+)
 from cdk_trn_runtime.deploy_time.clients import bounded_config
 
 LOG = logging.getLogger(__name__)
@@ -62,27 +70,20 @@ TRN_ON_DEMAND_QUOTA_CODE = "L-2C3B7624"
 TRN_ON_DEMAND_QUOTA_NAME = "Running On-Demand Trn instances"
 #: CloudFormation waits at most one hour for a custom resource; the wait for a capacity block
 #: ends earlier so that our own message, not a generic timeout, reaches the stack events.
-WAIT_BUDGET = dt.timedelta(minutes=55)
+WAIT_BUDGET = dt.timedelta(minutes=contract.WAIT_BUDGET_MINUTES)
 #: EC2 stops a capacity block's instances 30 minutes before the block ends (capacity-blocks docs).
 BLOCK_END_MARGIN = dt.timedelta(minutes=30)
 #: How often a waiting preflight looks at the block again (the driver's query interval).
-POLL_SECONDS = 60
+POLL_SECONDS = contract.POLL_SECONDS
 #: When the nodes' group scales to zero before a block ends: EC2's 30 minutes and 5 for the group.
 SCALE_TO_ZERO_BEFORE_END = BLOCK_END_MARGIN + dt.timedelta(minutes=5)
 #: A block whose nodes would go to zero sooner than this is refused: the rest of the deploy (the
 #: nodes' boot and signals, the acceptance run) takes up to an hour, and CloudFormation writes
 #: the scheduled action after the group is complete.
 DEPLOY_AHEAD = dt.timedelta(hours=1)
-#: The tag every node of a cdk-trn cluster carries (``cdk_trn_runtime.contract.CLUSTER_TAG``).
-CLUSTER_TAG = "cdk-trn:cluster"
 #: Instances that do not count against the On-Demand quota (``Instance.InstanceLifecycle``).
 _NOT_ON_DEMAND = frozenset({"spot", "capacity-block"})
 
-ON_DEMAND = "on-demand"
-RESERVATION = "reservation"
-CAPACITY_BLOCK = "capacity-block"
-ULTRASERVER_BLOCK = "ultraserver-block"
-CAPACITY_KINDS = (ON_DEMAND, RESERVATION, CAPACITY_BLOCK, ULTRASERVER_BLOCK)
 #: Reservation states that will become active without the user doing anything.
 _NOT_YET_ACTIVE = frozenset({"scheduled", "pending", "payment-pending", "assessing", "delayed"})
 
@@ -93,13 +94,14 @@ class PreflightError(Exception):
 
 @dataclass(frozen=True)
 class Request:
-    """What the deploy asks for (the custom resource's properties)."""
+    """What the deploy asks for (:class:`PreflightProperties`) in the deploying region, with the
+    AZ as an id once :func:`check` resolved it."""
 
     instance_type: str
     availability_zone_id: str
     nodes: int
     vcpus_per_node: int
-    capacity: str
+    capacity: CapacityKind
     reservation_ids: tuple[str, ...]
     wait_for_capacity_block: bool
     region: str
@@ -109,35 +111,33 @@ class Request:
     endpoint_services: tuple[str, ...] = ()
     #: The Capacity Reservation resource group the nodes target (several UltraServer blocks).
     reservation_group_arn: str = ""
+    #: The nodes' subnet (given for an imported network, whose AZ nothing else ties to it).
+    subnet_id: str = ""
 
     @classmethod
     def from_properties(cls, props: Mapping[str, Any], region: str) -> Request:
         try:
-            request = cls(
-                instance_type=str(props["InstanceType"]),
-                availability_zone_id=str(props["AvailabilityZone"]),
-                nodes=int(props["Nodes"]),
-                vcpus_per_node=int(props["VcpusPerNode"]),
-                capacity=str(props["Capacity"]),
-                reservation_ids=tuple(str(i) for i in props.get("ReservationIds") or ()),
-                wait_for_capacity_block=str(props.get("WaitForCapacityBlock", "false")).lower()
-                == "true",
-                region=region,
-                cluster_name=str(props.get("ClusterName") or ""),
-                endpoint_services=tuple(str(e) for e in props.get("EndpointServices") or ()),
-                reservation_group_arn=str(props.get("ReservationGroupArn") or ""),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PreflightError(f"preflight properties are malformed: {exc!r}") from exc
-        if request.capacity not in CAPACITY_KINDS:
-            raise PreflightError(f"preflight Capacity must be one of {CAPACITY_KINDS}")
-        if (request.capacity == ON_DEMAND) != (not request.reservation_ids):
-            raise PreflightError("preflight ReservationIds must be given exactly for reservations")
-        return request
+            sent = PreflightProperties.from_properties(props)
+        except MessageError as exc:
+            raise PreflightError(f"preflight properties are malformed: {exc}") from None
+        return cls(
+            instance_type=sent.instance_type,
+            availability_zone_id=sent.availability_zone,
+            nodes=sent.nodes,
+            vcpus_per_node=sent.vcpus_per_node,
+            capacity=sent.capacity,
+            reservation_ids=sent.reservation_ids,
+            wait_for_capacity_block=sent.wait_for_capacity_block,
+            region=region,
+            cluster_name=sent.cluster_name,
+            endpoint_services=sent.endpoint_services,
+            reservation_group_arn=sent.reservation_group_arn,
+            subnet_id=sent.subnet_id or "",
+        )
 
     @property
     def is_block(self) -> bool:
-        return self.capacity in (CAPACITY_BLOCK, ULTRASERVER_BLOCK)
+        return self.capacity.is_block
 
 
 @dataclass(frozen=True)
@@ -575,17 +575,50 @@ def zone_id_of(ec2: Any, zone: str) -> str:
     return str(zones[0]["ZoneId"])
 
 
+def subnet_refusal(request: Request, subnet_zone_id: str | None) -> str | None:
+    """The nodes launch into the subnet's AZ whatever the configuration says: a subnet elsewhere
+    would have the preflight judge offerings and reservations of the wrong AZ."""
+    if subnet_zone_id is None:
+        return (
+            f"subnet {request.subnet_id} does not exist in {request.region}: give the subnet "
+            "of the network's VPC (-c subnetId=, TrainingNetwork.from_attributes(subnet_id=))"
+        )
+    if subnet_zone_id != request.availability_zone_id:
+        return (
+            f"subnet {request.subnet_id} is in AZ {subnet_zone_id}, not "
+            f"{request.availability_zone_id}: set the AZ to the subnet's (-c "
+            f"availabilityZone={subnet_zone_id}, TrainingNetwork.from_attributes("
+            f"availability_zone=...)) or give a subnet in {request.availability_zone_id}"
+        )
+    return None
+
+
+def subnet_zone_id(ec2: Any, subnet_id: str) -> str | None:
+    """The AZ id of ``subnet_id``, or None when EC2 does not know the subnet."""
+    try:
+        subnets = ec2.describe_subnets(SubnetIds=[subnet_id]).get("Subnets", [])
+    except ClientError as exc:
+        if _code(exc) == "InvalidSubnetID.NotFound":
+            return None
+        raise
+    return str(subnets[0]["AvailabilityZoneId"]) if subnets else None
+
+
 def check(request: Request, clients: Clients, *, creating: bool, deadline: dt.datetime) -> Verdict:
     """Make the AWS calls for ``request`` and judge them."""
     now = clients.now()
     request = dataclasses.replace(
         request, availability_zone_id=zone_id_of(clients.ec2, request.availability_zone_id)
     )
+    if request.subnet_id:
+        refusal = subnet_refusal(request, subnet_zone_id(clients.ec2, request.subnet_id))
+        if refusal:
+            return Verdict(False, refusal)
     if request.endpoint_services:
         refusal = endpoint_refusal(request, endpoint_offerings(clients.ec2, request))
         if refusal:
             return Verdict(False, refusal)
-    if request.capacity == ON_DEMAND:
+    if request.capacity is CapacityKind.ON_DEMAND:
         refusal = offering_refusal(request, offered_zone_ids(clients.ec2, request.instance_type))
         if refusal is None:
             refusal = quota_refusal(
@@ -657,12 +690,13 @@ def on_event(
 def _data(verdict: Verdict) -> dict[str, str]:
     """The resource's attributes: the summary and, for blocks, ``ScaleToZeroAt`` in the form
     of ``AWS::AutoScaling::ScheduledAction`` ``StartTime`` (UTC, ``YYYY-MM-DDThh:mm:ssZ``)."""
-    data = {"Summary": verdict.reason}
-    if verdict.scale_to_zero_at is not None:
-        data["ScaleToZeroAt"] = verdict.scale_to_zero_at.astimezone(dt.UTC).strftime(
-            "%Y-%m-%dT%H:%M:%SZ"
-        )
-    return data
+    zero_at = verdict.scale_to_zero_at
+    return PreflightAttributes(
+        summary=verdict.reason,
+        scale_to_zero_at=None
+        if zero_at is None
+        else zero_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    ).to_properties()
 
 
 def is_complete(

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cdk_trn_runtime.provenance.agent import AgentClient, AgentError
+from cdk_trn_runtime.provenance.agent_client import AgentClient, AgentError
 from cdk_trn_runtime.provenance.manifest import (
     ManifestError,
     _file_digest,

@@ -299,7 +299,7 @@ class CheckpointSigner:
         job id, the key ``$CDK_TRN_VAULT_KEY_SHA256`` when set. None (and one line saying so)
         when no vault can be found this way."""
         env = node_environment(os.environ if env is None else env)
-        from cdk_trn_runtime.provenance.agent import AgentClient  # noqa: PLC0415
+        from cdk_trn_runtime.provenance.agent_client import AgentClient  # noqa: PLC0415
 
         agent = AgentClient(env.get("CDK_TRN_SIGNER_SOCKET"))
         if agent.available():
@@ -491,7 +491,7 @@ class AgentCheckpointSigner:
                 self.pending[committed] = step
         except Exception as exc:  # noqa: BLE001 - signing must never stop training
             self._log(f"provenance: WARNING {committed} will not be signed: {_why(exc)}")
-        from cdk_trn_runtime.provenance.agent import signed_file  # noqa: PLC0415
+        from cdk_trn_runtime.provenance.agent_client import signed_file  # noqa: PLC0415
 
         for checkpoint, step in list(self.pending.items()):
             if not checkpoint.is_dir():

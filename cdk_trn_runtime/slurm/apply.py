@@ -19,19 +19,20 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
+from cdk_trn_runtime.contract.cluster_document import ClusterDocument
 from cdk_trn_runtime.slurm.config import cloud_config, render_slurm_conf
 from cdk_trn_runtime.slurm.document import change_action
 
 
 def apply(
-    document: dict[str, object], conf: Path, controller_host: str, controller_addr: str
+    document: Mapping[str, object], conf: Path, controller_host: str, controller_addr: str
 ) -> str:
     """Write slurm.conf for ``document`` at ``conf`` when it differs; the action slurmctld needs."""
-    config = cloud_config(
-        {**document, "controller_host": controller_host, "controller_addr": controller_addr}
-    )
+    parsed = ClusterDocument.from_properties(document)
+    config = cloud_config(parsed.for_controller(controller_host, controller_addr))
     text = render_slurm_conf(config)
     old = conf.read_text() if conf.exists() else None
     action = change_action(old, text)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cdk_trn_runtime import contract
-from cdk_trn_runtime.slurm.document import HOST_DEFAULTS
+from cdk_trn_runtime.contract.cluster_document import ClusterDocument
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
@@ -395,9 +396,10 @@ def dynamic_node_conf(cpus: int, real_memory_mb: int, features: tuple[str, ...] 
     return conf
 
 
-def cloud_config(document: dict[str, object]) -> SlurmConfig:
-    """The cluster's configuration from the cluster document (``cdk_trn_runtime.slurm.document``:
-    the ``SlurmScheduler`` construct writes it at synth, the twin at ``up``) plus
+def cloud_config(document: Mapping[str, object] | ClusterDocument) -> SlurmConfig:
+    """The cluster's configuration from the cluster document
+    (``cdk_trn_runtime.contract.cluster_document``: the ``SlurmScheduler`` construct writes it at
+    synth, the twin at ``up``; its JSON form is parsed here, errors name the key) with
     ``controller_host`` and ``controller_addr``, which the controller adds at boot. Host-specific
     keys missing from the document take the cloud's values (``document.HOST_DEFAULTS``).
 
@@ -406,109 +408,55 @@ def cloud_config(document: dict[str, object]) -> SlurmConfig:
     container, jobs own whole nodes, and the epilog sweeps what a job left behind, so no cgroup
     delegation into the container is needed.
     """
-
-    def value(key: str) -> object:
-        if key not in document:
-            if key in HOST_DEFAULTS:
-                return HOST_DEFAULTS[key]
-            raise ValueError(f"cluster document: missing key {key!r}")
-        return document[key]
-
-    def text(key: str) -> str:
-        got = value(key)
-        if not isinstance(got, str):
-            raise ValueError(f"cluster document: {key!r} must be a string, got {got!r}")
-        return got
-
-    def number(key: str) -> int:
-        got = value(key)
-        if not isinstance(got, int) or isinstance(got, bool):
-            raise ValueError(f"cluster document: {key!r} must be an integer, got {got!r}")
-        return got
-
-    def numbers(key: str) -> list[int]:
-        got = value(key)
-        if not isinstance(got, list) or not all(
-            isinstance(x, int) and not isinstance(x, bool) for x in got
-        ):
-            raise ValueError(f"cluster document: {key!r} must be a list of integers, got {got!r}")
-        return got
-
-    def texts(key: str) -> list[str]:
-        got = value(key)
-        if not isinstance(got, list) or not all(isinstance(x, str) for x in got):
-            raise ValueError(f"cluster document: {key!r} must be a list of strings, got {got!r}")
-        return got
-
-    def optional_number(key: str) -> int | None:
-        got = value(key)
-        if got is not None and (not isinstance(got, int) or isinstance(got, bool)):
-            raise ValueError(f"cluster document: {key!r} must be an integer or null, got {got!r}")
-        return got
-
-    def optional_text(key: str) -> str | None:
-        got = value(key)
-        if got is not None and not isinstance(got, str):
-            raise ValueError(f"cluster document: {key!r} must be a string or null, got {got!r}")
-        return got
-
-    srun = numbers("srun_port_range")
-    scripts = text("script_dir")
-    if len(srun) != 2:
-        raise ValueError(f"cluster document: 'srun_port_range' must be [low, high], got {srun!r}")
+    doc = (
+        document
+        if isinstance(document, ClusterDocument)
+        else ClusterDocument.from_properties(document)
+    )
+    controller_host, controller_addr = doc.controller()
+    scripts = doc.script_dir
     return SlurmConfig(
-        controller_host=text("controller_host"),
-        controller_address=text("controller_addr"),
-        shared_root=text("shared_root"),
-        cpus=number("node_cpus"),
-        real_memory_mb=number("node_real_memory_mib"),
-        dynamic=DynamicNodes(max_node_count=number("max_node_count")),
-        cluster_name=text("cluster_name"),
-        controller_port=number("slurmctld_port"),
-        slurmd_port=number("slurmd_port"),
-        features=tuple(texts("node_features")),
-        partition=text("partition"),
-        state_save_location=text("state_save_location"),
-        slurmctld_spool_dir=text("slurmctld_spool_dir"),
-        slurmd_spool_dir=text("slurmd_spool_dir"),
-        log_dir=text("log_dir"),
-        pid_dir=text("pid_dir"),
-        munge_socket=optional_text("munge_socket"),
-        cred_expire=optional_number("cred_expire"),
-        slurm_user=text("slurm_user"),
+        controller_host=controller_host,
+        controller_address=controller_addr,
+        shared_root=doc.shared_root,
+        cpus=doc.node_cpus,
+        real_memory_mb=doc.node_real_memory_mib,
+        dynamic=DynamicNodes(max_node_count=doc.max_node_count),
+        cluster_name=doc.cluster_name,
+        controller_port=doc.slurmctld_port,
+        slurmd_port=doc.slurmd_port,
+        features=doc.node_features,
+        partition=doc.partition,
+        state_save_location=doc.state_save_location,
+        slurmctld_spool_dir=doc.slurmctld_spool_dir,
+        slurmd_spool_dir=doc.slurmd_spool_dir,
+        log_dir=doc.log_dir,
+        pid_dir=doc.pid_dir,
+        munge_socket=doc.munge_socket,
+        cred_expire=doc.cred_expire,
+        slurm_user=doc.slurm_user,
         prolog=f"{scripts}/prolog.sh",
         epilog=f"{scripts}/epilog.sh",
         task_prolog=f"{scripts}/task_prolog.sh",
         health_check_program=f"{scripts}/healthcheck.sh",
-        health_check_interval=number("health_check_interval"),
-        slurmd_timeout=number("slurmd_timeout"),
-        slurmctld_timeout=number("slurmctld_timeout"),
-        message_timeout=number("message_timeout"),
-        kill_wait=number("kill_wait"),
-        resume_timeout=number("resume_timeout"),
+        health_check_interval=doc.health_check_interval,
+        slurmd_timeout=doc.slurmd_timeout,
+        slurmctld_timeout=doc.slurmctld_timeout,
+        message_timeout=doc.message_timeout,
+        kill_wait=doc.kill_wait,
+        resume_timeout=doc.resume_timeout,
         proctrack="proctrack/linuxproc",
         task_plugin="task/none",
         configless=True,
-        max_nodes_per_job=number("max_nodes_per_job"),
-        srun_port_range=(srun[0], srun[1]),
-        power_save=_power_save(document.get("power_save"), scripts),
-    )
-
-
-def _power_save(value: object, scripts: str) -> PowerSave | None:
-    """The cluster document's optional ``power_save`` (``idle_seconds``, ``cluster_tag``,
-    ``region``: the programs read the last two themselves); its programs are in ``scripts``."""
-    if value is None:
-        return None
-    seconds = value.get("idle_seconds") if isinstance(value, dict) else None
-    if not isinstance(seconds, int) or isinstance(seconds, bool):
-        raise ValueError(
-            f"cluster document: 'power_save' needs integer idle_seconds, got {value!r}"
-        )
-    return PowerSave(
-        suspend_time=seconds,
-        suspend_program=f"{scripts}/power_suspend.sh",
-        resume_program=f"{scripts}/power_resume.sh",
+        max_nodes_per_job=doc.max_nodes_per_job,
+        srun_port_range=(doc.srun_port_range[0], doc.srun_port_range[1]),
+        power_save=None
+        if doc.power_save is None
+        else PowerSave(
+            suspend_time=doc.power_save.idle_seconds,
+            suspend_program=f"{scripts}/power_suspend.sh",
+            resume_program=f"{scripts}/power_resume.sh",
+        ),
     )
 
 

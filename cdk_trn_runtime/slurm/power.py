@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cdk_trn_runtime.contract.cluster_document import ClusterDocument
+
 CLUSTER_DOCUMENT = Path("/etc/slurm/cluster.json")
 _IP_NAME = re.compile(r"^ip-(\d{1,3})-(\d{1,3})-(\d{1,3})-(\d{1,3})$")
 _INSTANCE_NAME = re.compile(r"^i-[0-9a-f]{8,17}$")
@@ -156,9 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     action, hostlist = args
     try:
-        settings = json.loads(CLUSTER_DOCUMENT.read_text())["power_save"]
-        key, value = settings["cluster_tag"]
-        cluster, region = Cluster(str(key), str(value)), str(settings["region"])
+        settings = ClusterDocument.from_properties(
+            json.loads(CLUSTER_DOCUMENT.read_text())
+        ).power_save
+        if settings is None:
+            raise ValueError(f"{CLUSTER_DOCUMENT} has no power_save: power saving is off")
+        key, value = settings.cluster_tag
+        cluster, region = Cluster(key, value), settings.region
         import botocore.session
 
         session = botocore.session.get_session()

@@ -17,7 +17,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-SCHEMA_VERSION = 1
+from cdk_trn_runtime.contract.acceptance import SUMMARY_SCHEMA_VERSION
+
+#: The contract's (the acceptance handler checks the same number).
+SCHEMA_VERSION = SUMMARY_SCHEMA_VERSION
 
 _NUMBER: dict[str, Any] = {"type": "number"}
 _COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}

@@ -2,7 +2,7 @@
 # Boot script of an EnclaveKeyVault host (Amazon Linux 2023): the entry script of the vault
 # host's boot bundle (cdk_trn_runtime/node/bundle.py), run once at first boot by the launcher
 # (cdk_trn_runtime/node/launcher.sh, the user data), which checked the bundle's SHA-256 and wrote
-# the variables cdk_trn/enclave/vault.py renders (checked below) into boot.env beside this file.
+# the variables cdk_trn/enclave/vault_boot.py renders (checked below) into boot.env beside this file.
 # The bundle also holds the systemd units (units/) and the parent server's code (src/).
 #
 # Order: packages -> enclave allocator -> vsock-proxy (KMS only) -> EIF fetched and its PCR0
@@ -26,6 +26,10 @@ BOOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 : "${CDK_TRN_KMS_KEY_ARN:?}" "${CDK_TRN_ALLOWED_ROLE_ARNS:?}" "${CDK_TRN_STATE_BUCKET:?}" "${CDK_TRN_KEY_STATE_OBJECT:?}"
 : "${CDK_TRN_PUBLIC_KEY_PARAMETER:?}" "${CDK_TRN_URL_PARAMETERS:?}"
 AWS_REGION=$CDK_TRN_REGION
+# What the boot reads out of nitro-cli's JSON and the key state (cdk_trn_runtime/vault/
+# host_checks.py of this bundle): run as a file with -I, so neither PYTHON* variables, a user's
+# site nor the working directory reach it; it imports the standard library only.
+host_checks() { python3 -I "$BOOT_DIR/src/cdk_trn_runtime/vault/host_checks.py" "$@"; }
 
 ROOT=/opt/cdk-trn
 ENCLAVE_NAME=cdk-trn-vault
@@ -63,6 +67,10 @@ retry() {
 # --- packages -------------------------------------------------------------------------------
 retry dnf install -y aws-cfn-bootstrap
 retry dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel python3.11
+# botocore signs the key-state write (state_store, below). AL2023 packages Python modules for its
+# system python3 only, so that write runs with python3; the package's version is the one of the
+# AMI's AL2023 release (dnf stays on the release the AMI was built from).
+retry dnf install -y python3-botocore
 
 # --- enclave resources: CPUs and memory taken from the parent at boot -------------------------
 cat > /etc/nitro_enclaves/allocator.yaml <<EOF
@@ -87,12 +95,8 @@ install_unit cdk-trn-kms-proxy.service "CDK_TRN_REGION=$AWS_REGION" "KMS_PROXY_P
 install -d -m 0755 "$ROOT"
 retry aws s3 cp "s3://${CDK_TRN_EIF_BUCKET}/${CDK_TRN_EIF_KEY}" "$ROOT/enclave.eif" --region "$AWS_REGION" --only-show-errors
 nitro-cli describe-eif --eif-path "$ROOT/enclave.eif" > "$ROOT/eif-measurements.json"
-python3 - "$ROOT/eif-measurements.json" "$CDK_TRN_EXPECTED_PCR0" <<'EOF' || fail "EIF PCR0 differs from the PCR0 in the key policy"
-import json, sys
-found = json.load(open(sys.argv[1]))["Measurements"]["PCR0"].lower()
-print(f"EIF PCR0 {found}")
-sys.exit(0 if found == sys.argv[2].lower() else 1)
-EOF
+host_checks pcr0 "$ROOT/eif-measurements.json" "$CDK_TRN_EXPECTED_PCR0" \
+  || fail "EIF PCR0 differs from the PCR0 in the key policy"
 
 # --- the parent server's code: cdk_trn_runtime (vault, enclave) from the boot bundle ----------
 # Copied out of the root-only boot directory so that the service user can read it.
@@ -100,7 +104,8 @@ rm -rf "$ROOT/src"
 install -d -m 0755 "$ROOT/src"
 cp -R "$BOOT_DIR/src/." "$ROOT/src/"
 chmod -R a+rX,go-w "$ROOT/src"
-PYTHONPATH="$ROOT/src" python3.11 -c "import cdk_trn_runtime.vault.server" \
+# The parent server's module loads (its --help imports it whole); not from the working directory.
+PYTHONPATH="$ROOT/src" python3.11 -P -m cdk_trn_runtime.vault.server --help >/dev/null \
   || fail "cdk_trn_runtime.vault.server does not import with python3.11 on this host"
 
 # --- the enclave, in production mode (no console; attestation carries the real PCRs) ---------
@@ -141,13 +146,8 @@ systemctl enable --now cdk-trn-kms-proxy.service cdk-trn-enclave.service cdk-trn
 # --- success needs the enclave RUNNING in production mode and the parent listening -----------
 check_enclave() {
   nitro-cli describe-enclaves > "$ROOT/enclaves.json"
-  python3 - "$ROOT/enclaves.json" "$ENCLAVE_NAME" <<'EOF' || fail "enclave is not RUNNING in production mode"
-import json, sys
-enclaves = [e for e in json.load(open(sys.argv[1])) if e.get("EnclaveName") == sys.argv[2]]
-print(json.dumps(enclaves))
-ok = len(enclaves) == 1 and enclaves[0].get("State") == "RUNNING" and enclaves[0].get("Flags") == "NONE"
-sys.exit(0 if ok else 1)
-EOF
+  host_checks enclave "$ROOT/enclaves.json" "$ENCLAVE_NAME" \
+    || fail "enclave is not RUNNING in production mode"
 }
 check_enclave
 wait_for_parent() {
@@ -163,14 +163,17 @@ wait_for_parent || fail "parent server did not listen on ${CDK_TRN_SERVICE_PORT}
 
 # --- keep the key state; the first host to store it wins (hosts > 1 start together) ----------
 # S3's conditional create (If-None-Match: *) decides the winner atomically. The write goes through
-# cdk_trn_runtime.vault.state_store (python3.11, standard library, SigV4 with the host role), not
+# cdk_trn_runtime.vault.state_store (python3 with python3-botocore, botocore's SigV4 with the host
+# role), not
 # `aws s3api put-object --if-none-match`: AL2023's awscli-2 may predate that option (aws-cli
 # 8863), and a head-object check before an unconditional put would let two hosts both "win".
 if [ "$STATE_FROM_S3" = no ]; then
   store_status=0
-  PYTHONPATH="$ROOT/src" python3.11 -m cdk_trn_runtime.vault.state_store \
+  # python3 (3.9: no -P) ignores the environment (-E) and user site (-s); -m puts the working
+  # directory first on sys.path, so it runs from the root-only source directory.
+  (cd "$ROOT/src" && python3 -E -s -m cdk_trn_runtime.vault.state_store \
     --bucket "$CDK_TRN_STATE_BUCKET" --key "$CDK_TRN_KEY_STATE_OBJECT" --file "$STATE" \
-    --region "$AWS_REGION" 2>"$ROOT/put.err" || store_status=$?
+    --region "$AWS_REGION") 2>"$ROOT/put.err" || store_status=$?
   if [ "$store_status" -ne 0 ]; then
     [ "$store_status" -eq 3 ] || fail "cannot store the key state: $(cat "$ROOT/put.err")"
     # Another host stored its key first: load that one, so that every host signs with one key.
@@ -186,12 +189,7 @@ if [ "$STATE_FROM_S3" = no ]; then
 fi
 
 # --- publish the manifest-signing public key (PEM) for offline verifiers --------------------
-python3 - "$STATE" > "$ROOT/manifest-public-key.pem" <<'EOF'
-import base64, json, sys, textwrap
-der = base64.b64decode(json.load(open(sys.argv[1]))["public_key"])
-body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
-print(f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----")
-EOF
+host_checks public-key-pem "$STATE" > "$ROOT/manifest-public-key.pem"
 aws ssm put-parameter --name "$CDK_TRN_PUBLIC_KEY_PARAMETER" --type String --overwrite \
   --value "file://$ROOT/manifest-public-key.pem" --region "$AWS_REGION" >/dev/null
 

@@ -16,6 +16,8 @@ import boto3
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
+from cdk_trn_runtime.acceptance import common
+
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-2"
 RUN_ID = "acceptancerunresource-0123456789ab"
@@ -70,7 +72,7 @@ class StubbedAws:
 
 def stubbed_aws(handler: ModuleType) -> StubbedAws:
     clock = FakeClock()
-    clients = handler.Clients(
+    clients = common.Clients(
         ssm=boto3.client("ssm", region_name=REGION),
         autoscaling=boto3.client("autoscaling", region_name=REGION),
         ec2=boto3.client("ec2", region_name=REGION),
@@ -163,11 +165,11 @@ NODES = (
 def run_state(started: float = NOW - 600) -> dict[str, Any]:
     """What on_event hands to is_complete for a run on ``NODES``."""
     return {
-        "RunId": RUN_ID,
+        "Run": RUN_ID,
         "Reused": False,
         "StartedAt": started,
         "Deadline": started + 3240,
-        "Nodes": [
+        "Commands": [
             {
                 "rank": r,
                 "instance_id": n.instance_id,
@@ -243,8 +245,8 @@ def list_params(node: NodeDouble) -> dict[str, Any]:
     return {"CommandId": node.command_id, "InstanceId": node.instance_id, "Details": True}
 
 
-def summary_key(node_rank: int = 0) -> str:
-    return f"acceptance-runs/{RUN_ID}/{node_rank}/summary.json"
+def summary_key(node_rank: int = 0, run_id: str = RUN_ID) -> str:
+    return f"acceptance-runs/{run_id}/{node_rank}/summary.json"
 
 
 def body(document: Any) -> dict[str, Any]:
@@ -258,10 +260,12 @@ PEAK_TFLOPS_PER_DEVICE = 166.75
 PEAK_HBM_GBPS_PER_DEVICE = 725.0
 
 
-def rank_result(rank: int, world: int, node_ip: str, *, tflops: float = 120.0) -> dict[str, Any]:
+def rank_result(
+    rank: int, world: int, node_ip: str, *, tflops: float = 120.0, run_id: str = RUN_ID
+) -> dict[str, Any]:
     return {
         "schema_version": 1,
-        "run_id": RUN_ID,
+        "run_id": run_id,
         "rank": rank,
         "world_size": world,
         "local_rank": rank % 2,
@@ -307,7 +311,9 @@ def rank_result(rank: int, world: int, node_ip: str, *, tflops: float = 120.0) -
     }
 
 
-def summary(*, slow_rank: int | None = None, world: int = 4) -> dict[str, Any]:
+def summary(
+    *, slow_rank: int | None = None, world: int = 4, run_id: str = RUN_ID
+) -> dict[str, Any]:
     """A summary for ``world`` ranks on ``NODES`` (2 per node), built by the container's code."""
     module = container_summary_module()
     from cdk_trn_runtime.suite.thresholds import Thresholds
@@ -318,10 +324,11 @@ def summary(*, slow_rank: int | None = None, world: int = 4) -> dict[str, Any]:
             world,
             NODES[rank // 2].ip,
             tflops=40.0 if rank == slow_rank else 120.0,
+            run_id=run_id,
         )
         for rank in range(world)
     ]
     thresholds = Thresholds(
         peak_bf16_tflops=PEAK_TFLOPS_PER_DEVICE, peak_hbm_gbps=PEAK_HBM_GBPS_PER_DEVICE
     )
-    return module.build_summary(results, thresholds, run_id=RUN_ID, world_size=world)
+    return module.build_summary(results, thresholds, run_id=run_id, world_size=world)

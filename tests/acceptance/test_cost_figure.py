@@ -9,7 +9,7 @@ from aws_cdk.assertions import Template
 from cdk_trn.acceptance import AcceptanceRun
 from cdk_trn.cluster import TrainiumCluster
 from cdk_trn.network import TrainingNetwork
-from cdk_trn_runtime.acceptance import handler
+from cdk_trn_runtime.acceptance import common, report
 from cdk_trn_runtime.contract import FIGURE_USD_PER_MILLION_TOKENS
 from cdk_trn_runtime.cost import throughput_fields
 from tests.acceptance.handler_doubles import properties
@@ -20,22 +20,22 @@ def _summary(tokens_per_s: float) -> dict[str, object]:
 
 
 def test_the_handler_derives_the_cost_per_million_tokens_from_the_runs_price():
-    props = handler.RunProps.from_properties(
+    props = common.parse_properties(
         properties(
             HourlyPrice="72.0000",
             ExportedFigures=["train_tokens_per_s", FIGURE_USD_PER_MILLION_TOKENS],
         )
     )
-    data = handler.figures_data(_summary(20_000.0), props, "run-1")
+    data = report.figures_data(_summary(20_000.0), props, "run-1")
     # 72 $/h for 72M tokens/h: $1 per million tokens.
     assert data[FIGURE_USD_PER_MILLION_TOKENS] == "1"
     assert data["train_tokens_per_s"] == "20000"
 
 
 def test_without_a_price_there_is_no_cost_figure():
-    props = handler.RunProps.from_properties(properties())
+    props = common.parse_properties(properties())
     assert props.hourly_price is None
-    assert FIGURE_USD_PER_MILLION_TOKENS not in handler.run_figures(_summary(20_000.0), props)
+    assert FIGURE_USD_PER_MILLION_TOKENS not in report.run_figures(_summary(20_000.0), props)
 
 
 def _run(**cluster_props: object) -> Template:

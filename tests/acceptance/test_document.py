@@ -15,15 +15,14 @@ from pathlib import Path
 import pytest
 
 from cdk_trn.acceptance.document import DOCUMENT_PARAMETERS, acceptance_script, document_content
-from tests.acceptance.handler_doubles import NODES, RUN_ID, load_handler, properties
-
-handler = load_handler()
+from cdk_trn_runtime.acceptance import common, ssm_launcher
+from tests.acceptance.handler_doubles import NODES, RUN_ID, properties
 
 
 def handler_parameters(**overrides) -> dict[str, str]:
-    props = handler.RunProps.from_properties(properties(**overrides))
-    nodes = handler.rank_nodes([handler.Node(0, n.instance_id, n.ip) for n in NODES])
-    params = handler.command_parameters(props, RUN_ID, nodes[1], nodes[0], "us-east-2")
+    props = common.parse_properties(properties(**overrides))
+    nodes = ssm_launcher.rank_nodes([common.Node(0, n.instance_id, n.ip) for n in NODES])
+    params = ssm_launcher.command_parameters(props, RUN_ID, nodes[1], nodes[0], "us-east-2")
     return {name: values[0] for name, values in params.items()}
 
 
@@ -35,7 +34,7 @@ def render(params: dict[str, str]) -> str:
 def test_handler_checks_the_same_cluster_tag_the_nodes_carry():
     from cdk_trn_runtime.contract import CLUSTER_TAG
 
-    assert handler.CLUSTER_TAG == CLUSTER_TAG
+    assert ssm_launcher.CLUSTER_TAG == CLUSTER_TAG
 
 
 def test_handler_sends_exactly_the_parameters_the_document_declares():

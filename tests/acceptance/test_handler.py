@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from botocore.stub import ANY
 
+from cdk_trn_runtime.acceptance import common, replacement, report, ssm_launcher
 from tests.acceptance.handler_doubles import (
     ASG,
     BUCKET,
@@ -106,14 +107,14 @@ def stub_send(aws, node, rank, run_id=ANY):
             "InstanceIds": [node.instance_id],
             "DocumentName": DOCUMENT,
             "Parameters": ANY,
-            "TimeoutSeconds": handler.DELIVERY_TIMEOUT_SECONDS,
+            "TimeoutSeconds": common.DELIVERY_TIMEOUT_SECONDS,
             "Comment": ANY,
         },
     )
 
 
 def marker_key(properties_=None):
-    fingerprint = handler.run_fingerprint(properties_ or properties())
+    fingerprint = common.run_fingerprint(properties_ or properties())
     return f"acceptance-runs/_passed/{fingerprint}.json"
 
 
@@ -166,7 +167,7 @@ def test_create_sends_the_document_to_every_node_with_node_0_the_lowest_address(
     run_id = result["PhysicalResourceId"]
     assert run_id.startswith("acceptancerunresource-")
     state = result["AcceptanceRun"]
-    assert [(n["rank"], n["instance_id"]) for n in state["Nodes"]] == [
+    assert [(n["rank"], n["instance_id"]) for n in state["Commands"]] == [
         (0, "i-0bbbbbbbbbbbbbbbb"),  # "10.64.0.12" sorts before "10.64.0.9", as in torch's c10d
         (1, "i-0aaaaaaaaaaaaaaaa"),
     ]
@@ -175,9 +176,9 @@ def test_create_sends_the_document_to_every_node_with_node_0_the_lowest_address(
 
 
 def test_command_parameters_name_the_rendezvous_node_and_this_nodes_rank(aws):
-    props = handler.RunProps.from_properties(properties())
-    nodes = handler.rank_nodes([handler.Node(0, n.instance_id, n.ip) for n in NODES])
-    params = handler.command_parameters(props, RUN_ID, nodes[1], nodes[0], "us-east-2")
+    props = common.parse_properties(properties())
+    nodes = ssm_launcher.rank_nodes([common.Node(0, n.instance_id, n.ip) for n in NODES])
+    params = ssm_launcher.command_parameters(props, RUN_ID, nodes[1], nodes[0], "us-east-2")
     assert params["NodeRank"] == ["1"]
     assert params["LocalAddress"] == ["10.64.0.9"]
     assert params["RendezvousHost"] == ["10.64.0.12"]
@@ -188,14 +189,14 @@ def test_command_parameters_name_the_rendezvous_node_and_this_nodes_rank(aws):
 
 def test_create_fails_when_the_group_has_fewer_nodes_than_expected(aws):
     stub_group(aws, [NODES[0].instance_id])
-    with pytest.raises(handler.AcceptanceRunError, match="has 1 InService instances, expected 2"):
+    with pytest.raises(common.AcceptanceRunError, match="has 1 InService instances, expected 2"):
         handler.on_event(event("Create"), clients=aws.clients)
 
 
 def test_create_refuses_an_instance_without_the_cluster_tag(aws):
     stub_group(aws, [n.instance_id for n in NODES])
     stub_instances(aws, NODES, cluster="another-cluster")
-    with pytest.raises(handler.AcceptanceRunError, match="not tagged cdk-trn:cluster=test-cluster"):
+    with pytest.raises(common.AcceptanceRunError, match="not tagged cdk-trn:cluster=test-cluster"):
         handler.on_event(event("Create"), clients=aws.clients)
 
 
@@ -211,7 +212,7 @@ def test_send_failure_names_the_node_and_cancels_commands_already_sent(aws):
         {},
         {"CommandId": NODES[0].command_id, "InstanceIds": [NODES[0].instance_id]},
     )
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         handler.on_event(event("Create"), clients=aws.clients)
     message = str(error.value)
     assert "node 1 (i-0aaaaaaaaaaaaaaaa, 10.64.0.9)" in message
@@ -231,7 +232,7 @@ def test_update_with_an_unchanged_run_reuses_the_previous_run_without_aws_calls(
         clients=aws.clients,
     )
     assert result["PhysicalResourceId"] == RUN_ID
-    assert result["AcceptanceRun"] == {"RunId": RUN_ID, "Reused": True}
+    assert result["AcceptanceRun"] == {"Run": RUN_ID, "Reused": True}
 
 
 def test_update_with_a_new_image_starts_a_new_run(aws):
@@ -274,8 +275,8 @@ def test_rollback_to_properties_that_passed_reuses_that_run_without_sending(aws)
 
 
 def test_run_ids_differ_per_request_and_fit_every_place_they_are_used():
-    first = handler.make_run_id(event("Create"))
-    second = handler.make_run_id(event("Create", RequestId="another-request"))
+    first = common.make_run_id(event("Create"))
+    second = common.make_run_id(event("Create", RequestId="another-request"))
     assert first != second
     import re
 
@@ -354,7 +355,7 @@ def test_threshold_failure_fails_with_the_figure_the_node_and_the_rank(aws):
         stub_failed_invocation(aws, node, code=1, finished=NOW - 30)
     stub_summary(aws, summary(slow_rank=3))
 
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         handler.is_complete(
             is_complete_event(AcceptanceRun=run_state(started=started)), clients=aws.clients
         )
@@ -364,7 +365,7 @@ def test_threshold_failure_fails_with_the_figure_the_node_and_the_rank(aws):
     assert "(threshold 0.5)" in reason
     assert "node 1 (i-0aaaaaaaaaaaaaaaa, 10.64.0.9) rank 3" in reason
     assert reason.endswith(f"Results: s3://{BUCKET}/acceptance-runs/{RUN_ID}/")
-    assert len(reason) <= handler.REASON_LIMIT
+    assert len(reason) <= common.REASON_LIMIT
 
 
 def test_handler_rechecks_thresholds_even_when_the_suite_passed(aws):
@@ -375,7 +376,7 @@ def test_handler_rechecks_thresholds_even_when_the_suite_passed(aws):
         {"Figure": "allreduce_busbw_gbps", "Min": "50", "Unit": "GB/s"}
     )
     with pytest.raises(
-        handler.AcceptanceRunError, match=r"allreduce_busbw_gbps 32.21 GB/s < min 50"
+        common.AcceptanceRunError, match=r"allreduce_busbw_gbps 32.21 GB/s < min 50"
     ):
         handler.is_complete(strict, clients=aws.clients)
 
@@ -399,7 +400,7 @@ def test_one_node_failing_fails_with_its_exit_code_and_last_error_line(aws):
         {"CommandId": NODES[1].command_id, "InstanceId": NODES[1].instance_id},
     )
 
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         handler.is_complete(is_complete_event(), clients=aws.clients)
 
     reason = str(error.value)
@@ -417,7 +418,7 @@ def test_past_the_deadline_the_run_fails_naming_the_nodes_still_running(aws):
     late = is_complete_event(AcceptanceRun=run_state(started=NOW - 3300))
     stub_statuses(aws, "Success", "InProgress", started=NOW - 3300)
     stub_cancel(aws, NODES[1])
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         handler.is_complete(late, clients=aws.clients)
     reason = str(error.value)
     assert "timed out after 55 min (limit 54 min)" in reason
@@ -428,7 +429,7 @@ def test_past_the_deadline_the_run_fails_naming_the_nodes_still_running(aws):
 def test_missing_results_fail_the_run_although_every_node_succeeded(aws):
     stub_statuses(aws, "Success", "Success")
     stub_no_summary(aws)
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         handler.is_complete(is_complete_event(), clients=aws.clients)
     assert "results are missing" in str(error.value)
     assert f"s3://{BUCKET}/{summary_key()}" in str(error.value)
@@ -463,7 +464,7 @@ def test_a_summary_of_another_run_or_world_size_fails(aws):
     stale["run_id"] = "acceptancerunresource-ffffffffffff"
     stale["world_size"] = 2
     stub_summary(aws, stale)
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         handler.is_complete(is_complete_event(), clients=aws.clients)
     assert "not acceptancerunresource-0123456789ab" in str(error.value)
     assert "world size 2 != expected 4" in str(error.value)
@@ -471,23 +472,23 @@ def test_a_summary_of_another_run_or_world_size_fails(aws):
 
 def test_reused_run_returns_the_previous_figures(aws):
     stub_summary(aws, summary())
-    reused = is_complete_event(AcceptanceRun={"RunId": RUN_ID, "Reused": True})
+    reused = is_complete_event(AcceptanceRun={"Run": RUN_ID, "Reused": True})
     data = handler.is_complete(reused, clients=aws.clients)["Data"]
     assert data["gemm_fraction_of_peak"] == "0.7196"
 
 
 def test_reused_run_with_expired_results_still_succeeds(aws):
     stub_no_summary(aws)
-    reused = is_complete_event(AcceptanceRun={"RunId": RUN_ID, "Reused": True})
+    reused = is_complete_event(AcceptanceRun={"Run": RUN_ID, "Reused": True})
     data = handler.is_complete(reused, clients=aws.clients)["Data"]
     assert data["gemm_fraction_of_peak"] == "n/a"
 
 
 def test_a_long_list_of_failures_is_cut_to_the_reason_limit():
-    props = handler.RunProps.from_properties(properties())
+    props = common.parse_properties(properties())
     problems = [f"check_{i} 0.1 fraction (threshold 0.5) on node {i}" for i in range(200)]
-    reason = handler.failure_reason(RUN_ID, problems, props)
-    assert len(reason) <= handler.REASON_LIMIT
+    reason = report.failure_reason(RUN_ID, problems, props)
+    assert len(reason) <= common.REASON_LIMIT
     assert "more)" in reason
     assert reason.endswith(f"/acceptance-runs/{RUN_ID}/")
 
@@ -563,7 +564,7 @@ def test_the_run_waits_for_the_successor_then_runs_again_on_the_new_group(aws):
     assert waiting["IsComplete"] is False
     assert "AcceptanceRun" not in waiting
     # After it: the run starts again, as <run id>-r1, on the group's current nodes.
-    aws.clock.now = NOW + handler.NODE_BOOT_SECONDS + 60
+    aws.clock.now = NOW + common.NODE_BOOT_SECONDS + 60
     stub_group(aws, [NODES[0].instance_id, successor.instance_id])
     stub_group(aws, [NODES[0].instance_id, successor.instance_id])
     stub_instances(aws, [NODES[0], successor])
@@ -573,7 +574,7 @@ def test_the_run_waits_for_the_successor_then_runs_again_on_the_new_group(aws):
     assert again["IsComplete"] is False
     assert again["AcceptanceRun"]["AttemptId"] == f"{RUN_ID}-r1"
     assert again["AcceptanceRun"]["Replacing"] is False
-    assert {n["instance_id"] for n in again["AcceptanceRun"]["Nodes"]} == {
+    assert {n["instance_id"] for n in again["AcceptanceRun"]["Commands"]} == {
         NODES[0].instance_id,
         successor.instance_id,
     }
@@ -582,13 +583,13 @@ def test_the_run_waits_for_the_successor_then_runs_again_on_the_new_group(aws):
 def test_past_the_bound_the_deploy_fails_naming_the_replaced_node_and_the_new_figures(aws):
     state = {
         **run_state(),
-        "Round": handler.MAX_REPLACEMENT_ROUNDS,
+        "Round": replacement.MAX_REPLACEMENT_ROUNDS,
         "Replaced": [
             {"InstanceId": "i-0dddddddddddddddd", "Host": "10.64.0.7", "Problems": "HBM 0.31"}
         ],
     }
     _failed_run_with_one_slow_node(aws)
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         handler.is_complete(is_complete_event(AcceptanceRun=state), clients=aws.clients)
     reason = str(error.value)
     assert "replaced i-0dddddddddddddddd (10.64.0.7): HBM 0.31" in reason
@@ -600,12 +601,12 @@ def test_replacement_plan_takes_only_node_local_failures_on_some_nodes():
     def failing(check, node):
         return {"check": check, "node": node, "message": check}
 
-    assert handler.replacement_plan(
+    assert replacement.replacement_plan(
         {"failures": [failing("gemm_fraction_of_peak", "10.0.0.1")]}, 2
     ) == {"10.0.0.1": [failing("gemm_fraction_of_peak", "10.0.0.1")]}
     # A collective, training or compilation failure is not a node's: fail at once.
     assert (
-        handler.replacement_plan(
+        replacement.replacement_plan(
             {
                 "failures": [
                     failing("gemm_fraction_of_peak", "10.0.0.1"),
@@ -618,7 +619,7 @@ def test_replacement_plan_takes_only_node_local_failures_on_some_nodes():
     )
     # Every node below threshold: the cause is not one node (an image, a driver).
     assert (
-        handler.replacement_plan(
+        replacement.replacement_plan(
             {
                 "failures": [
                     failing("hbm_fraction_of_peak", "10.0.0.1"),
@@ -629,13 +630,15 @@ def test_replacement_plan_takes_only_node_local_failures_on_some_nodes():
         )
         is None
     )
-    assert handler.replacement_plan({"failures": [failing("gemm_numerics", "unknown")]}, 2) is None
+    assert (
+        replacement.replacement_plan({"failures": [failing("gemm_numerics", "unknown")]}, 2) is None
+    )
 
 
 def test_a_round_fits_only_when_a_boot_and_a_run_as_long_as_the_last_end_by_the_deadline():
-    boot = handler.NODE_BOOT_SECONDS
-    assert handler.replacement_fits(0, 600, 600 + boot + 600)
-    assert not handler.replacement_fits(0, 600, 600 + boot + 599)
+    boot = common.NODE_BOOT_SECONDS
+    assert replacement.replacement_fits(0, 600, 600 + boot + 600)
+    assert not replacement.replacement_fits(0, 600, 600 + boot + 599)
 
 
 def test_the_passing_figures_name_the_image_tested(aws):

@@ -11,6 +11,7 @@ import pytest
 from botocore.stub import ANY
 
 from cdk_trn.acceptance.document import SLURM_DOCUMENT_PARAMETERS
+from cdk_trn_runtime.acceptance import common, slurm_launcher
 from cdk_trn_runtime.contract import CLUSTER_TAG, SLURM_CONTROLLER_CONTAINER
 from tests.acceptance.handler_doubles import (
     BUCKET,
@@ -53,11 +54,11 @@ def slurm_properties(**overrides):
 
 def slurm_state(started: float = NOW - 600) -> dict:
     return {
-        "RunId": RUN_ID,
+        "Run": RUN_ID,
         "Reused": False,
         "StartedAt": started,
         "Deadline": started + 3240,
-        "Nodes": [
+        "Commands": [
             {
                 "rank": 0,
                 "instance_id": CONTROLLER.instance_id,
@@ -227,7 +228,7 @@ def test_create_sends_one_command_to_the_controller_only(aws):
             "InstanceIds": [CONTROLLER.instance_id],
             "DocumentName": DOCUMENT,
             "Parameters": ANY,
-            "TimeoutSeconds": handler.DELIVERY_TIMEOUT_SECONDS,
+            "TimeoutSeconds": common.DELIVERY_TIMEOUT_SECONDS,
             "Comment": ANY,
         },
     )
@@ -237,7 +238,7 @@ def test_create_sends_one_command_to_the_controller_only(aws):
     )
 
     state = result["AcceptanceRun"]
-    assert state["Nodes"] == [
+    assert state["Commands"] == [
         {
             "rank": 0,
             "instance_id": CONTROLLER.instance_id,
@@ -247,14 +248,14 @@ def test_create_sends_one_command_to_the_controller_only(aws):
         }
     ]
     assert state["Deadline"] == NOW + 3240
-    assert result["Data"]["ResultsUri"] == f"s3://{BUCKET}/acceptance-runs/{state['RunId']}/"
+    assert result["Data"]["ResultsUri"] == f"s3://{BUCKET}/acceptance-runs/{state['Run']}/"
 
 
 def test_slurm_parameters_fill_the_slurm_document_and_match_its_patterns():
     import re
 
-    props = handler.RunProps.from_properties(slurm_properties())
-    params = handler.slurm_command_parameters(props, RUN_ID, "us-east-2")
+    props = common.parse_properties(slurm_properties())
+    params = slurm_launcher.slurm_command_parameters(props, RUN_ID, "us-east-2")
     assert set(params) == set(SLURM_DOCUMENT_PARAMETERS)
     for name, (value,) in params.items():
         assert re.fullmatch(SLURM_DOCUMENT_PARAMETERS[name][1], value), (name, value)
@@ -267,7 +268,7 @@ def test_slurm_parameters_fill_the_slurm_document_and_match_its_patterns():
 
 def test_a_controller_group_without_exactly_one_instance_fails_before_sending(aws):
     stub_controller_group(aws, [])
-    with pytest.raises(handler.AcceptanceRunError, match="has 0 InService instances, expected 1"):
+    with pytest.raises(common.AcceptanceRunError, match="has 0 InService instances, expected 1"):
         handler.on_event(
             event("Create", ResourceProperties=slurm_properties()), clients=aws.clients
         )
@@ -276,7 +277,7 @@ def test_a_controller_group_without_exactly_one_instance_fails_before_sending(aw
 def test_a_controller_without_the_cluster_tag_gets_no_command(aws):
     stub_controller_group(aws, [CONTROLLER.instance_id])
     stub_controller_instance(aws, cluster="another-cluster")
-    with pytest.raises(handler.AcceptanceRunError, match=f"not tagged {CLUSTER_TAG}={CLUSTER}"):
+    with pytest.raises(common.AcceptanceRunError, match=f"not tagged {CLUSTER_TAG}={CLUSTER}"):
         handler.on_event(
             event("Create", ResourceProperties=slurm_properties()), clients=aws.clients
         )
@@ -288,7 +289,7 @@ def test_send_failure_names_the_controller(aws):
     aws.ssm.add_client_error(
         "send_command", service_error_code="InvalidInstanceId", service_message="not registered"
     )
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         handler.on_event(
             event("Create", ResourceProperties=slurm_properties()), clients=aws.clients
         )
@@ -299,14 +300,14 @@ def test_send_failure_names_the_controller(aws):
 def test_slurm_properties_are_required_with_the_slurm_launcher():
     props = slurm_properties()
     del props["ControllerGroupName"]
-    with pytest.raises(handler.AcceptanceRunError, match="ControllerGroupName is missing"):
-        handler.RunProps.from_properties(props)
-    with pytest.raises(handler.AcceptanceRunError, match="Launcher 'k8s'"):
-        handler.RunProps.from_properties(properties(Launcher="k8s"))
+    with pytest.raises(common.AcceptanceRunError, match="ControllerGroupName is missing"):
+        common.parse_properties(props)
+    with pytest.raises(common.AcceptanceRunError, match="Launcher 'k8s'"):
+        common.parse_properties(properties(Launcher="k8s"))
 
 
 def test_switching_the_launcher_is_a_new_run():
-    assert handler.run_changed(properties(), slurm_properties())
+    assert common.run_changed(properties(), slurm_properties())
 
 
 # --- is_complete --------------------------------------------------------------------------------
@@ -327,7 +328,7 @@ def test_a_completed_job_returns_the_figures_and_records_the_pass(aws):
         {},
         {
             "Bucket": BUCKET,
-            "Key": f"acceptance-runs/_passed/{handler.run_fingerprint(slurm_properties())}.json",
+            "Key": f"acceptance-runs/_passed/{common.run_fingerprint(slurm_properties())}.json",
             "Body": ANY,
             "ContentType": "application/json",
         },
@@ -343,7 +344,7 @@ def test_a_threshold_failure_names_the_figure_the_host_and_the_rank(aws):
     stub_status(aws, "Failed", started=NOW - 2400)
     stub_failed_invocation(aws, 1, stderr=None)
     stub_summary(aws, summary(slow_rank=3))
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         handler.is_complete(slurm_is_complete_event(started=NOW - 2400), clients=aws.clients)
     reason = str(error.value)
     assert reason.startswith(f"acceptance run {RUN_ID} failed: gemm_fraction_of_peak 0.2399")
@@ -363,7 +364,7 @@ def test_a_failed_job_without_results_reports_the_jobs_last_telling_line(aws):
         "acceptance: error: node ip-10-64-0-9 has 15 EFA devices, expected 16\n"
         "acceptance.sbatch: the suite exited with status 3\n",
     )
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         handler.is_complete(slurm_is_complete_event(), clients=aws.clients)
     reason = str(error.value)
     assert f"the Slurm job (controller {CONTROLLER.instance_id}, {CONTROLLER.ip})" in reason
@@ -379,7 +380,7 @@ def test_a_job_the_controller_gave_up_on_reports_its_state(aws):
         stderr="cdk-trn acceptance: Slurm job 42 still PENDING Resources after 3150 s; "
         "cancelled (results so far: s3://b/p/)\n",
     )
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         handler.is_complete(slurm_is_complete_event(), clients=aws.clients)
     assert "exit code 124: cdk-trn acceptance: Slurm job 42 still PENDING Resources" in str(
         error.value
@@ -394,7 +395,7 @@ def test_past_the_deadline_the_controller_command_is_cancelled(aws):
         {},
         {"CommandId": CONTROLLER.command_id, "InstanceIds": [CONTROLLER.instance_id]},
     )
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         handler.is_complete(late, clients=aws.clients)
     reason = str(error.value)
     assert "timed out after 55 min (limit 54 min)" in reason
@@ -404,9 +405,9 @@ def test_past_the_deadline_the_controller_command_is_cancelled(aws):
 
 
 def test_state_from_before_the_launcher_field_still_loads():
-    old = copy.deepcopy(slurm_state()["Nodes"][0])
+    old = copy.deepcopy(slurm_state()["Commands"][0])
     del old["kind"]
-    assert handler.Node(**old).kind == "node"
+    assert common.Node(**old).kind == "node"
 
 
 # --- an image change on a busy cluster never blocks the update ---------------------------------
@@ -415,7 +416,7 @@ def test_state_from_before_the_launcher_field_still_loads():
 def test_a_busy_cluster_fails_the_run_at_once_naming_the_image(aws):
     stub_status(aws, "Failed")
     stub_failed_invocation(aws, handler.ACCEPTANCE_BUSY_EXIT, stderr=None)
-    with pytest.raises(handler.AcceptanceRunError) as error:
+    with pytest.raises(common.AcceptanceRunError) as error:
         handler.is_complete(slurm_is_complete_event(), clients=aws.clients)
     reason = str(error.value)
     assert "not started: 2 idle nodes of partition" in reason
@@ -435,59 +436,7 @@ def test_a_busy_cluster_with_when_busy_report_completes_and_says_the_run_did_not
     assert result["Data"]["ImageUri"] == IMAGE
 
 
-def test_a_slurm_node_below_threshold_is_found_by_address_and_replaced(aws):
-    stub_status(aws, "Failed")
-    stub_failed_invocation(aws, 1, stderr=None)
-    stub_summary(aws, summary(slow_rank=3))
-    aws.ec2.add_response(
-        "describe_instances",
-        {
-            "Reservations": [
-                {
-                    "Instances": [
-                        {"InstanceId": "i-0aaaaaaaaaaaaaaaa", "PrivateIpAddress": "10.64.0.9"}
-                    ]
-                }
-            ]
-        },
-        {
-            "Filters": [
-                {"Name": "private-ip-address", "Values": ["10.64.0.9"]},
-                {"Name": f"tag:{CLUSTER_TAG}", "Values": [CLUSTER]},
-                {"Name": "tag:aws:autoscaling:groupName", "Values": [ANY]},
-            ]
-        },
-    )
-    # Drained in Slurm first (a drain-only command to the controller), then marked Unhealthy.
-    stub_controller_group(aws, [CONTROLLER.instance_id])
-    stub_controller_instance(aws)
-    props = handler.RunProps.from_properties(slurm_properties())
-    aws.ssm.add_response(
-        "send_command",
-        {"Command": {"CommandId": CONTROLLER.command_id}},
-        {
-            "InstanceIds": [CONTROLLER.instance_id],
-            "DocumentName": DOCUMENT,
-            "Parameters": {
-                **handler.slurm_command_parameters(props, RUN_ID, "us-east-2"),
-                "DrainAddresses": ["10.64.0.9"],
-            },
-            "TimeoutSeconds": handler.DELIVERY_TIMEOUT_SECONDS,
-            "Comment": ANY,
-        },
-    )
-    aws.autoscaling.add_response(
-        "set_instance_health",
-        {},
-        {
-            "InstanceId": "i-0aaaaaaaaaaaaaaaa",
-            "HealthStatus": "Unhealthy",
-            "ShouldRespectGracePeriod": False,
-        },
-    )
-    result = handler.is_complete(slurm_is_complete_event(), clients=aws.clients)
-    assert result["IsComplete"] is False
-    assert result["AcceptanceRun"]["Replaced"][0]["InstanceId"] == "i-0aaaaaaaaaaaaaaaa"
+# A node below threshold on a Slurm cluster: tests/acceptance/test_replacement_slurm.py.
 
 
 NEW_IMAGE = IMAGE[:-64] + "b" * 64
@@ -539,29 +488,6 @@ def stub_no_pass_marker(aws):
     aws.s3.add_client_error("get_object", service_error_code="NoSuchKey", http_status_code=404)
 
 
-def test_an_image_change_on_nodes_not_yet_refreshed_fails_fast_and_terminates_nothing(aws):
-    stub_no_pass_marker(aws)
-    stub_node_group_versions(aws, {"i-0aaaaaaaaaaaaaaaa": "6", "i-0bbbbbbbbbbbbbbbb": "7"})
-    with pytest.raises(handler.AcceptanceRunError) as error:
-        handler.on_event(image_update(), clients=aws.clients)
-    reason = str(error.value)
-    assert "1 of 2 nodes (i-0aaaaaaaaaaaaaaaa) run an earlier launch template version" in reason
-    assert NEW_IMAGE in reason
-    assert "would test their old image" in reason
-    # No command was sent and no node marked unhealthy (the stubs would have failed).
-
-
-def test_an_image_change_on_stale_nodes_with_report_completes_without_blocking(aws):
-    stub_no_pass_marker(aws)
-    stub_node_group_versions(aws, {"i-0aaaaaaaaaaaaaaaa": "6", "i-0bbbbbbbbbbbbbbbb": "6"})
-    ev = image_update(WhenBusy="report")
-    started = handler.on_event(ev, clients=aws.clients)
-    done = handler.is_complete({**ev, **started}, clients=aws.clients)
-    assert done["IsComplete"] is True
-    assert done["Data"]["Passed"] == "not-run: nodes not refreshed"
-    assert done["Data"]["ImageUri"] == NEW_IMAGE
-
-
 def test_an_image_change_on_refreshed_nodes_runs_and_names_the_image(aws):
     stub_no_pass_marker(aws)
     stub_node_group_versions(aws, {"i-0aaaaaaaaaaaaaaaa": "7", "i-0bbbbbbbbbbbbbbbb": "7"})
@@ -574,9 +500,9 @@ def test_an_image_change_on_refreshed_nodes_runs_and_names_the_image(aws):
             "InstanceIds": [CONTROLLER.instance_id],
             "DocumentName": DOCUMENT,
             "Parameters": ANY,
-            "TimeoutSeconds": handler.DELIVERY_TIMEOUT_SECONDS,
+            "TimeoutSeconds": common.DELIVERY_TIMEOUT_SECONDS,
             "Comment": ANY,
         },
     )
     result = handler.on_event(image_update(), clients=aws.clients)
-    assert result["AcceptanceRun"]["Nodes"][0]["kind"] == "controller"
+    assert result["AcceptanceRun"]["Commands"][0]["kind"] == "controller"

@@ -19,6 +19,8 @@ import subprocess
 import pytest
 
 from cdk_trn.acceptance.document import SLURM_DOCUMENT_PARAMETERS, submit_script
+from cdk_trn_runtime.acceptance import slurm_launcher
+from cdk_trn_runtime.contract.acceptance import RUN_NODES_KEY
 from tests.container.conftest import TINY_ARGS
 from tests.slurm.harness import NEEDS_ROOT_AND_SLURM, REPO, local_cluster
 
@@ -58,12 +60,17 @@ while [ "$#" -gt 0 ]; do
   case "$1" in
     --region) shift 2 ;;
     --recursive | --only-show-errors | --no-follow-symlinks) shift ;;
+    --exclude) exclude="${2%%/*}"; shift 2 ;;  # a top directory, `dir/*`, as the script uses it
     *) args+=("$1"); shift ;;
   esac
 done
 dest="$FAKE_S3/${args[1]#s3://}"
 if [ -d "${args[0]}" ]; then
-  mkdir -p "$dest" && cp -r "${args[0]}/." "$dest"
+  mkdir -p "$dest"
+  shopt -s nullglob dotglob
+  for entry in "${args[0]}"/*; do
+    if [ "$(basename "$entry")" != "${exclude:-}" ]; then cp -r "$entry" "$dest/"; fi
+  done
 else
   mkdir -p "$(dirname "$dest")" && cp "${args[0]}" "$dest"
 fi
@@ -109,7 +116,9 @@ def test_the_controller_script_runs_the_suite_as_a_slurm_job_and_uploads_its_res
                 "ExpectedEfaDevices": "0",
                 "SuiteArgs": " ".join(TINY_ARGS),
                 "ExecutionTimeout": "900",
-                "DrainAddresses": "",  # a run, as the handler sends it; not a drain-only command
+                "DrainList": "",  # a run, as the handler sends it; not a drain-only command
+                "DrainFor": "replace",
+                "NodeList": "",  # any idle nodes of the partition
             }
         )
         (root / "submit.sh").write_text(script)
@@ -139,6 +148,11 @@ def test_the_controller_script_runs_the_suite_as_a_slurm_job_and_uploads_its_res
         assert summary["world_size"] == 2
         assert (uploaded / "1" / "rank-1.json").is_file()
         assert (uploaded / "1" / "node-1.log").is_file()
+        # Slurm's word on the job's nodes (the only ones a failure may get replaced), written to
+        # S3 beside the results, names the nodes the results came from.
+        ran_on = slurm_launcher.parse_run_nodes((uploaded / RUN_NODES_KEY).read_text())
+        named = {json.loads(p.read_text())["node"] for p in uploaded.glob("*/rank-*.json")}
+        assert ran_on == named and len(named) == 2, (ran_on, named, done.stdout)
         job_log = (uploaded / f"slurm-{job.group(1)}.out").read_text()
         assert "acceptance.sbatch: the suite exited with status 0" in job_log
         # The job script beside the results is the one shipped in the document.

@@ -25,6 +25,12 @@ from cdk_trn.acceptance.document import (
 from cdk_trn.errors import CdkTrnError
 from cdk_trn.scheduler import SlurmScheduler
 from cdk_trn_runtime.contract import CLUSTER_TAG, SLURM_CONTROLLER_CONTAINER, SLURM_JOB_USER
+from cdk_trn_runtime.contract.acceptance import (
+    CONTROL_DIR,
+    LIST_SUFFIX,
+    REPORT_SUFFIX,
+    RUN_NODES_KEY,
+)
 from tests.foundation.stacks_for_tests import cluster_stack
 from tests.foundation.test_node_bootstrap_run import FileSystemStandIn
 
@@ -135,6 +141,30 @@ def test_the_controller_may_write_results_but_not_pass_markers(synth):
     assert statements["DenyWritingPassMarkers"]["Effect"] == "Deny"
     resolved = json.dumps(stack.resolve(statements["WriteAcceptanceResults"]["Resource"]))
     assert "acceptance-runs/*" in resolved
+    # Not the handler's node lists; the job's nodes and the drain reports it writes itself (the
+    # script's upload of the job's results leaves control/ out).
+    denied = json.dumps(stack.resolve(statements["DenyWritingNodeLists"]["Resource"]))
+    assert statements["DenyWritingNodeLists"]["Effect"] == "Deny"
+    assert f"/{CONTROL_DIR}*{LIST_SUFFIX}" in denied
+    assert not RUN_NODES_KEY.endswith(LIST_SUFFIX)
+    assert not REPORT_SUFFIX.endswith(LIST_SUFFIX)
+
+
+def test_the_controller_may_replace_nodes_of_the_node_group_only(synth):
+    # The reaper's refresh rule: a node an image refresh drained is marked Unhealthy once idle.
+    stack, scheduler, run, template = synth
+    policies = template.find_resources("AWS::IAM::ManagedPolicy")
+    [policy] = [v for k, v in policies.items() if k.startswith("AcceptanceControllerPolicy")]
+    statements = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
+    refresh = statements["RefreshDrainedNodes"]
+    assert refresh["Action"] == "autoscaling:SetInstanceHealth"
+    group = run.cluster.auto_scaling_group
+    assert f'autoScalingGroupName/", {{"Ref": "{stack.get_logical_id(group)}"' in json.dumps(
+        refresh["Resource"]
+    )
+    assert refresh["Condition"] == {
+        "StringEquals": {f"autoscaling:ResourceTag/{CLUSTER_TAG}": run.cluster.cluster_name}
+    }
 
 
 def test_send_command_reaches_only_instances_tagged_with_the_cluster(synth):

@@ -503,3 +503,34 @@ def test_submit_with_code_uploads_the_directory_and_names_it_to_the_document(
     assert run(stubs, "submit", "--code", str(code), str(job_script)) == 0
     with tarfile.open(fileobj=io.BytesIO(uploaded[0])) as archive:
         assert sorted(archive.getnames()) == ["pkg", "pkg/train.py"]  # no link
+
+
+def test_submit_with_code_uploads_to_the_cluster_stacks_code_bucket_output(
+    stubs, job_script, tmp_path, capsys
+):
+    from botocore.stub import ANY
+
+    from cdk_trn_runtime.contract import OUTPUT_CODE_ARCHIVE_BUCKET
+
+    code = tmp_path / "src"
+    code.mkdir()
+    (code / "train.py").write_text("print('hi')\n")
+    # A user's own stack: the bucket's name is its own output, no storage stack is read.
+    stubs.stack({**OUTPUTS, OUTPUT_CODE_ARCHIVE_BUCKET: "team-code"}, stack="team-a")
+    stubs.group()
+    name = "20260301T120000Z-train.sbatch"
+    key = f"code/{name}.tar.gz"
+    stubs.s3.add_response("put_object", {}, {"Bucket": "team-code", "Key": key, "Body": ANY})
+    stubs.run(remote.submit_invocation(SCRIPT, name, code_key=key), f"cdk-trn submit {name}", "9\n")
+    assert run(stubs, "--stack", "team-a", "submit", "--code", str(code), str(job_script)) == 0
+
+
+def test_submit_with_code_on_a_stack_without_a_code_bucket_says_so(
+    stubs, job_script, tmp_path, capsys
+):
+    code = tmp_path / "src"
+    code.mkdir()
+    stubs.stack(stack="team-a")
+    stubs.group()
+    assert run(stubs, "--stack", "team-a", "submit", "--code", str(code), str(job_script)) == 1
+    assert "stack team-a has no output SlurmCodeBucket" in capsys.readouterr().err

@@ -141,7 +141,9 @@ def test_the_slurm_daemons_user_has_the_contract_uid_the_controller_guard_lets_t
     assert runs.index(f"--uid {SLURM_DAEMON_UID}") < runs.index("apt-get install")
     assert f'test "$(id -u {SLURM_DAEMON_USER})" = {SLURM_DAEMON_UID}' in runs
     boot = (CONTAINER_DIR.parent / "node" / "controller_bootstrap.sh").read_text()
-    assert f"\nSLURM_DAEMON_UID={SLURM_DAEMON_UID}\n" in boot
+    assert "\nSLURM_DAEMON_UID=$CONTRACT_SLURM_DAEMON_UID\n" in boot
+    contract_sh = (CONTAINER_DIR.parent / "contract" / "contract.sh").read_text()
+    assert f"\nreadonly CONTRACT_SLURM_DAEMON_UID='{SLURM_DAEMON_UID}'\n" in contract_sh
     assert 'guard_imds "$SLURM_DAEMON_UID" ||' in boot
 
 

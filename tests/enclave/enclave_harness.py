@@ -19,14 +19,12 @@ from enclave_doubles import (
 )
 
 from cdk_trn_runtime.enclave.service import ChannelAddress, EnclaveSigner, serve
+from cdk_trn_runtime.vault.admission import ParentLimits
+from cdk_trn_runtime.vault.caller_proof import CallerVerifier
+from cdk_trn_runtime.vault.enclave_client import EnclaveClient
+from cdk_trn_runtime.vault.key_state import KeyStateFile
 from cdk_trn_runtime.vault.protocol import sts_url_for_region
-from cdk_trn_runtime.vault.server import (
-    CallerVerifier,
-    EnclaveClient,
-    KeyStateFile,
-    ParentLimits,
-    ParentServer,
-)
+from cdk_trn_runtime.vault.server import ParentServer
 from tests.support import servers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

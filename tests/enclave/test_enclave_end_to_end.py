@@ -21,7 +21,7 @@ from cdk_trn_runtime.enclave.vault_attestation import vault_user_data
 from cdk_trn_runtime.provenance import sign_with_private_key
 from cdk_trn_runtime.provenance.cli import main
 from cdk_trn_runtime.vault.client import VaultClient
-from cdk_trn_runtime.vault.server import EnclaveError
+from cdk_trn_runtime.vault.enclave_client import EnclaveError
 
 
 def _checkpoint(root: Path) -> Path:

@@ -27,17 +27,12 @@ from enclave_harness import (
     stop_vault,
 )
 
+from cdk_trn_runtime.vault.admission import ParentLimits, RateLimiter
+from cdk_trn_runtime.vault.caller_proof import CallerVerifier, ProofError
 from cdk_trn_runtime.vault.client import VaultClient, VaultError, build_caller_proof
+from cdk_trn_runtime.vault.enclave_client import EnclaveClient, EnclaveError
+from cdk_trn_runtime.vault.key_state import KeyStateFile
 from cdk_trn_runtime.vault.protocol import sts_url_for_region
-from cdk_trn_runtime.vault.server import (
-    CallerVerifier,
-    EnclaveClient,
-    EnclaveError,
-    KeyStateFile,
-    ParentLimits,
-    ProofError,
-    RateLimiter,
-)
 from tests.support.waiting import until
 
 DIGEST = hashlib.sha384(b"a manifest").hexdigest()

@@ -8,6 +8,7 @@ import pytest
 from aws_cdk import assertions
 
 from cdk_trn.enclave.vault import EnclaveKeyVault
+from cdk_trn.network import TrainingNetwork
 from cdk_trn_runtime.contract import VAULT_URL_PENDING
 from tests.cfn import lint_findings
 from tests.enclave_constructs.vault_stacks import REGION, prebuilt_image
@@ -20,8 +21,7 @@ def cluster_and_vault():
     vault = EnclaveKeyVault(
         stack,
         "Vault",
-        vpc=cluster.vpc,
-        subnet=cluster.subnet,
+        network=cluster.network,
         clients=[cluster],
         image=prebuilt_image(stack),
     )
@@ -124,8 +124,15 @@ def test_a_client_without_a_cluster_name_gets_a_parameter_under_the_vaults_path(
     from aws_cdk import aws_iam as iam
 
     stack = cdk.Stack(cdk.App(), "Plain", env=cdk.Environment(region=REGION))
-    vpc = ec2.Vpc(stack, "Vpc", max_azs=1)
-    group = ec2.SecurityGroup(stack, "Clients", vpc=vpc)
+    network = TrainingNetwork.from_attributes(
+        stack,
+        "Network",
+        vpc_id="vpc-0123456789abcdef0",
+        subnet_id="subnet-0123456789abcdef0",
+        availability_zone="use2-az3",
+        vpc_cidr_block="10.0.0.0/16",
+    )
+    group = ec2.SecurityGroup(stack, "Clients", vpc=network.vpc)
     role = iam.Role(stack, "ClientRole", assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"))
 
     class PlainClient:
@@ -135,8 +142,7 @@ def test_a_client_without_a_cluster_name_gets_a_parameter_under_the_vaults_path(
     vault = EnclaveKeyVault(
         stack,
         "Vault",
-        vpc=vpc,
-        subnet=vpc.private_subnets[0],
+        network=network,
         clients=[PlainClient()],
         image=prebuilt_image(stack),
     )

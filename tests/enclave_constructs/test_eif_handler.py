@@ -245,7 +245,9 @@ def test_create_without_output_prefix_names_the_missing_property(codebuild):
     client, _ = codebuild
     event = _event("Create")
     del event["ResourceProperties"]["OutputPrefix"]
-    with pytest.raises(handler.EifBuildError, match=r"resource properties missing: OutputPrefix"):
+    with pytest.raises(
+        handler.EifBuildError, match=r"EIF build properties: OutputPrefix is missing"
+    ):
         handler.on_event(event, codebuild=client)
 
 

@@ -53,15 +53,27 @@ pytestmark = pytest.mark.skipif(
 #: Test doubles of the host's commands (shell scripts that record each call in $CALLS).
 COMMAND_DOUBLES = Path(__file__).with_name("host_command_doubles")
 
-# This interpreter without site processing: the standard library only, as AL2023's python3.11
-# package gives the host (no PyPI behind an isolated subnet), and cdk_trn only from the unzipped
-# host package.
-# The key-state write (cdk_trn_runtime.vault.state_store, S3 If-None-Match: *) is emulated on
-# $FAKE_S3 with S3's semantics: exit 0 stored, 3 an object exists, 1 S3 refused (STORE_FAILS).
-# The module itself is tested against an S3 test double server in test_state_store.py.
+# python3.11: this interpreter without site processing: the standard library only, as AL2023's
+# python3.11 package gives the host (no PyPI behind an isolated subnet), and cdk_trn only from the
+# unzipped host package.
 PYTHON_DOUBLE = f"""#!/bin/bash
-if [ "$1 $2" = "-m cdk_trn_runtime.vault.state_store" ]; then
-  echo "python3.11 $*" >> "$CALLS"
+if [ -n "$PARENT_IMPORT_FAILS" ]; then
+  echo "ModuleNotFoundError: No module named 'cbor2'" >&2
+  exit 1
+fi
+{sys.executable} -S -c 'import cdk_trn_runtime.vault.server as m; print("imported", m.__file__)' \\
+  >> "$CALLS"
+exec {sys.executable} -S "$@"
+"""
+
+# python3 (the system Python, with python3-botocore): the key-state write
+# (cdk_trn_runtime.vault.state_store, S3 If-None-Match: *) is emulated on $FAKE_S3 with S3's
+# semantics: exit 0 stored, 3 an object exists, 1 S3 refused (STORE_FAILS); anything else runs
+# with this interpreter. The module itself is tested against an S3 test double server that
+# verifies botocore's signatures, in test_state_store.py.
+SYSTEM_PYTHON_DOUBLE = f"""#!/bin/bash
+if [ "$1 $2 $3 $4" = "-E -s -m cdk_trn_runtime.vault.state_store" ]; then
+  echo "python3 $*" >> "$CALLS"
   arg() {{
     local name=$1; shift
     while [ $# -gt 0 ]; do [ "$1" = "$name" ] && {{ echo "$2"; return; }}; shift; done
@@ -74,13 +86,7 @@ if [ "$1 $2" = "-m cdk_trn_runtime.vault.state_store" ]; then
   [ ! -f "$FAKE_S3/$key" ] || {{ echo "exists (PreconditionFailed)" >&2; exit 3; }}
   mkdir -p "$(dirname "$FAKE_S3/$key")"; cp "$file" "$FAKE_S3/$key"; exit 0
 fi
-if [ -n "$PARENT_IMPORT_FAILS" ]; then
-  echo "ModuleNotFoundError: No module named 'cbor2'" >&2
-  exit 1
-fi
-{sys.executable} -S -c 'import cdk_trn_runtime.vault.server as m; print("imported", m.__file__)' \\
-  >> "$CALLS"
-exec {sys.executable} -S "$@"
+exec {sys.executable} "$@"
 """
 
 
@@ -162,6 +168,7 @@ def _boot(tmp_path: Path, synthesized, *, s3_state: str | None = None, **env: st
     shims = tmp_path / "bin"
     shutil.copytree(COMMAND_DOUBLES, shims)
     (shims / "python3.11").write_text(PYTHON_DOUBLE)
+    (shims / "python3").write_text(SYSTEM_PYTHON_DOUBLE)
     for double in shims.iterdir():
         double.chmod(0o755)
     (tmp_path / "user-data.sh").write_text(_user_data(template))
@@ -254,6 +261,7 @@ def test_boot_writes_allocator_kms_only_proxy_and_production_enclave_unit(tmp_pa
     assert "dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel python3.11" in (
         host.calls
     )
+    assert "dnf install -y python3-botocore" in host.calls
 
 
 def test_eif_with_another_pcr0_signals_failure_and_never_starts_the_enclave(tmp_path, synthesized):
@@ -294,7 +302,7 @@ def test_first_host_stores_the_key_state_with_the_conditional_write_not_the_cli(
     host = _boot(tmp_path, synthesized)
     assert host.result.returncode == 0, host.result.stdout[-3000:]
     (store,) = [c for c in host.calls if "state_store" in c]
-    assert store.startswith("python3.11 -m cdk_trn_runtime.vault.state_store --bucket ")
+    assert store.startswith("python3 -E -s -m cdk_trn_runtime.vault.state_store --bucket ")
     assert f"--key {KEY_STATE_OBJECT} --file /var/lib/cdk-trn/signing-key.json" in store
     assert not [c for c in host.calls if c.startswith("aws s3api put-object")]
 

@@ -1,20 +1,24 @@
 """The key-state write the vault host makes instead of ``aws s3api put-object --if-none-match``:
-its SigV4 signature equals botocore's for the same request, and against an S3 test double server
-it stores once, reports an existing object as exit 3 and any other refusal as exit 1."""
+botocore's real S3 signer reproduces AWS's published SigV4 example, and against an S3 test double
+server that verifies every signature it stores once, reports an existing object as exit 3 and any
+other refusal as exit 1; on this Python and, as the host runs it, on AL2023's system python3 (3.9,
+with botocore)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
+import os
+import subprocess
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from cdk_trn_runtime.vault import state_store
+from tests.host_python import REPO, host_python
 from tests.support.servers import serving
 
 REGION = "us-east-2"
@@ -25,34 +29,88 @@ CREDENTIALS = {
     "secret_access_key": "test-double-secret-access-key",
     "session_token": "test-double-session-token",
 }
-NOW = dt.datetime(2026, 11, 29, 12, 0, 0, tzinfo=dt.UTC)
+
+# AWS's published example (Amazon S3 API Reference, "Signature Calculations for the Authorization
+# Header: Transferring Payload in a Single Chunk", GET Object): its documented credentials, time,
+# request and signature.
+EXAMPLE_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
+EXAMPLE_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+EXAMPLE_TIME = dt.datetime(2013, 5, 24, 0, 0, 0)
+EXAMPLE_SIGNATURE = "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
 
 
-def test_signature_matches_botocores_for_the_same_put(monkeypatch):
-    url = state_store.s3_object_url(BUCKET, KEY, REGION)
-    body = b'{"public_key": "test-double"}'
-    extra = {"If-None-Match": "*", "Content-Type": "application/json"}
-    ours = state_store.signed_put_headers(
-        url, body, region=REGION, credentials=CREDENTIALS, headers=extra, now=NOW
+def sigv4_signature_double(
+    method: str, path: str, headers: dict[str, str], body: bytes, *, secret: str
+) -> str:
+    """Test double of S3's signature check, written from the AWS General Reference ("Create a
+    signed AWS API request") independently of botocore: the signature S3 expects for a request
+    whose lower-cased ``headers`` carry its Authorization (S3 paths are encoded once, not
+    normalized; no query string here)."""
+    fields = dict(
+        part.strip().split("=", 1) for part in headers["authorization"].split(" ", 1)[1].split(",")
     )
-    request = AWSRequest(method="PUT", url=url, data=body, headers=dict(extra))
-    monkeypatch.setattr("botocore.auth.get_current_datetime", lambda: NOW.replace(tzinfo=None))
-    S3SigV4Auth(
-        Credentials(
-            CREDENTIALS["access_key_id"],
-            CREDENTIALS["secret_access_key"],
-            CREDENTIALS["session_token"],
-        ),
-        "s3",
-        REGION,
-    ).add_auth(request)
-    assert ours["authorization"] == request.headers["Authorization"]
-    assert ours["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
-    assert "if-none-match" in ours["authorization"].split("SignedHeaders=")[1]
+    _key, day, region, service, _terminator = fields["Credential"].split("/")
+    names = fields["SignedHeaders"].split(";")
+    payload_hash = hashlib.sha256(body).hexdigest()
+    assert headers["x-amz-content-sha256"] == payload_hash
+    canonical_request = "\n".join(
+        [
+            method,
+            path or "/",
+            "",
+            "".join(f"{name}:{headers[name].strip()}\n" for name in names),
+            ";".join(names),
+            payload_hash,
+        ]
+    )
+    scope = f"{day}/{region}/{service}/aws4_request"
+    string_to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            headers.get("x-amz-date") or "",
+            scope,
+            hashlib.sha256(canonical_request.encode()).hexdigest(),
+        ]
+    )
+    key = ("AWS4" + secret).encode()
+    for part in (day, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def _example_headers(monkeypatch) -> dict[str, str]:
+    monkeypatch.setattr("botocore.auth.get_current_datetime", lambda: EXAMPLE_TIME)
+    return state_store.signed_s3_headers(
+        "GET",
+        "https://examplebucket.s3.amazonaws.com/test.txt",
+        b"",
+        region="us-east-1",
+        credentials=Credentials(EXAMPLE_ACCESS_KEY, EXAMPLE_SECRET),
+        headers={"Range": "bytes=0-9"},
+    )
+
+
+def test_botocores_signer_reproduces_the_signature_of_aws_s3_example(monkeypatch):
+    headers = _example_headers(monkeypatch)
+    assert headers["Authorization"] == (
+        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+        f"SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, Signature={EXAMPLE_SIGNATURE}"
+    )
+    assert headers["X-Amz-Date"] == "20130524T000000Z"
+
+
+def test_the_verifying_double_accepts_aws_s3_example(monkeypatch):
+    headers = {k.lower(): v for k, v in _example_headers(monkeypatch).items()}
+    headers["host"] = "examplebucket.s3.amazonaws.com"
+    assert (
+        sigv4_signature_double("GET", "/test.txt", headers, b"", secret=EXAMPLE_SECRET)
+        == EXAMPLE_SIGNATURE
+    )
 
 
 class _S3Double(BaseHTTPRequestHandler):
-    """Test double of S3's conditional create on a directory (path-style URLs)."""
+    """Test double of S3's conditional create on a directory (path-style URLs); like S3, it
+    refuses a request whose SigV4 signature it does not compute itself."""
 
     root: Path
     refuse_with: int | None = None
@@ -60,7 +118,14 @@ class _S3Double(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:  # noqa: N802 - http.server's method name
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.seen.append({k.lower(): v for k, v in self.headers.items()})
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self.seen.append(headers)
+        expected = sigv4_signature_double(
+            "PUT", self.path, headers, body, secret=CREDENTIALS["secret_access_key"]
+        )
+        if not headers["authorization"].endswith(f"Signature={expected}"):
+            self._answer(403, b"<Error><Code>SignatureDoesNotMatch</Code></Error>")
+            return
         if self.refuse_with:
             self._answer(self.refuse_with, b"<Error><Code>AccessDenied</Code></Error>")
             return
@@ -117,6 +182,50 @@ def test_first_write_stores_and_a_second_finds_the_object_and_exits_3(s3, tmp_pa
         h["authorization"].startswith("AWS4-HMAC-SHA256 Credential=ASIA") for h in handler.seen
     )
     assert all(h["x-amz-security-token"] == "test-double-session-token" for h in handler.seen)
+    signed = [h["authorization"].split("SignedHeaders=")[1].split(",")[0] for h in handler.seen]
+    assert all("if-none-match" in names.split(";") for names in signed)
+
+
+def test_the_host_s_python_3_9_stores_once_and_then_exits_3(s3, tmp_path):
+    """As host_bootstrap.sh runs it: ``python3 -E -s -m`` from the bundle's source directory."""
+    handler, endpoint = s3
+    args = ["--bucket", BUCKET, "--key", KEY, "--region", REGION, "--endpoint-url", endpoint]
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")} | {"PATH": "/usr/bin:/bin"}
+    codes = []
+    for host in ("first", "second"):
+        state = tmp_path / f"{host}.json"
+        state.write_text(f'{{"host": "{host}"}}')
+        done = subprocess.run(
+            [host_python(), "-E", "-s", "-m", "cdk_trn_runtime.vault.state_store", *args,
+             "--file", str(state)],
+            cwd=REPO, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        codes.append(done.returncode)
+    assert codes == [state_store.EXIT_STORED, state_store.EXIT_EXISTS], done.stderr
+    assert (handler.root / BUCKET / KEY).read_text() == '{"host": "first"}'
+
+
+def test_a_signature_s3_does_not_accept_exits_1(s3, tmp_path, monkeypatch, capsys):
+    handler, endpoint = s3
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-s3-knows")
+    state = tmp_path / "state.json"
+    state.write_text("{}")
+    assert _store(endpoint, state) == state_store.EXIT_FAILED
+    assert "HTTP 403: <Error><Code>SignatureDoesNotMatch" in capsys.readouterr().err
+    assert not (handler.root / BUCKET / KEY).exists()
+
+
+def test_no_credentials_at_all_exits_1_naming_the_cause(s3, tmp_path, monkeypatch, capsys):
+    _handler, endpoint = s3
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    state = tmp_path / "state.json"
+    state.write_text("{}")
+    assert _store(endpoint, state) == state_store.EXIT_FAILED
+    assert "no AWS credentials" in capsys.readouterr().err
 
 
 def test_any_other_refusal_exits_1_with_the_status(s3, tmp_path, capsys):

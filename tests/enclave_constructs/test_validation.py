@@ -29,7 +29,7 @@ def _stack_parts():
 
 def _vault(**overrides):
     stack, network, client, image = _stack_parts()
-    props = dict(vpc=network.vpc, subnet=network.subnet, clients=[client], image=image)
+    props = dict(network=network, clients=[client], image=image)
     props.update(overrides)
     try:
         return EnclaveKeyVault(stack, "Vault", **props)

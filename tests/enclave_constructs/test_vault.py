@@ -353,7 +353,9 @@ def test_success_is_signalled_only_after_the_enclave_runs_in_production_mode():
     script = _shipped("host_bootstrap.sh")
     success = script.index('signal 0 "enclave running')
     assert script.index("nitro-cli describe-enclaves") < success
-    assert script.index('get("Flags") == "NONE"') < success
+    assert script.index('host_checks enclave "$ROOT/enclaves.json"') < success
+    checks = _shipped("src/cdk_trn_runtime/vault/host_checks.py")
+    assert 'enclaves[0].get("Flags") == "NONE"' in checks
     assert script.count("signal 0 ") == 1
 
 

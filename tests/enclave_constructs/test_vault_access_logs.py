@@ -91,8 +91,7 @@ def test_given_a_log_bucket_of_its_own_stack_the_vault_admits_its_state_bucket_a
     vault = EnclaveKeyVault(
         stack,
         "Vault",
-        vpc=network.vpc,
-        subnet=network.subnet,
+        network=network,
         clients=[cluster_stand_in(stack, network)],
         image=prebuilt_image(stack),
         access_log_bucket=logs,

@@ -85,8 +85,7 @@ def vault_stack(
     vault = EnclaveKeyVault(
         stack,
         "Vault",
-        vpc=network.vpc,
-        subnet=network.subnet,
+        network=network,
         clients=[client],
         image=enclave_image,
         key_admins=admins,

@@ -27,12 +27,54 @@ def test_script_passes_shellcheck(script):
     assert result.returncode == 0, result.stdout
 
 
-def test_node_bootstrap_reads_only_variables_the_cluster_writes():
-    script = (RUNTIME / "node" / "node_bootstrap.sh").read_text()
-    script += (RUNTIME / "node" / "boot_common.sh").read_text()
-    used = set(re.findall(r"\$\{?(CDK_TRN_[A-Z_]+)", script))
-    written = set(re.findall(r'"(CDK_TRN_[A-Z_]+)"', (PACKAGE / "cluster.py").read_text()))
-    assert used <= written, used - written
+def _code(text: str) -> str:
+    """``text`` without its comment lines (names in comments are not reads)."""
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+def _named(text: str) -> tuple[set[str], set[str]]:
+    """The ``CDK_TRN_*`` names ``text``'s code mentions, and those it assigns itself."""
+    code = _code(text)
+    names = set(re.findall(r"\b(CDK_TRN_[A-Z0-9_]+)\b", code))
+    assigned = set(re.findall(r"(?:^|[\s=\"])(CDK_TRN_[A-Z0-9_]+)=", code, re.M))
+    return names, assigned
+
+
+@pytest.mark.parametrize("role", ["node", "controller", "vault"])
+def test_a_roles_bundle_reads_only_the_boot_variables_its_construct_sends_and_all_of_them(role):
+    """The role's message (``cdk_trn_runtime.contract.boot``) is what its construct renders into
+    the user data (``cdk_trn._boot``). The role's own scripts and units read no variable that is
+    neither sent nor set by the bundle itself; the scripts several roles share (boot_common.sh's
+    functions, some called by one role only) read only what one of those roles sends; and every
+    variable sent is read."""
+    from cdk_trn_runtime.contract.boot import ROLE_VARIABLES
+    from cdk_trn_runtime.node.bundle import ROLES, bundle_files
+
+    # Scripts and units (the Python a bundle ships reads what the units pass it; contract.sh
+    # holds the contract's constants, whose values name variables without reading them).
+    files = {
+        n: p
+        for n, p in bundle_files(role).items()
+        if p.suffix != ".py" and not n.endswith("contract/contract.sh")
+    }
+    shipped_by = {n: [r for r in ROLES if bundle_files(r).get(n) == p] for n, p in files.items()}
+    names, assigned = _named("\n".join(p.read_text() for p in files.values()))
+    sent = set(ROLE_VARIABLES[role].keys().values())
+    for name, path in files.items():
+        read = _named(path.read_text())[0] - assigned
+        allowed = set().union(*(ROLE_VARIABLES[r].keys().values() for r in shipped_by[name]))
+        assert read <= allowed, (name, sorted(read - allowed))
+    assert sent <= names, sorted(sent - names)
+
+
+def test_the_launcher_reads_exactly_the_variables_it_is_given():
+    from cdk_trn_runtime.contract.boot import LauncherVariables
+
+    names, assigned = _named((RUNTIME / "node" / "launcher.sh").read_text())
+    launcher = set(LauncherVariables.keys().values())
+    assert launcher <= names, sorted(launcher - names)
+    # Besides its own, it reads only what every role sends (it signals FAILURE to the resource).
+    assert names - assigned - launcher <= {"CDK_TRN_REGION", "CDK_TRN_STACK", "CDK_TRN_RESOURCE"}
 
 
 def test_every_unit_file_ships_in_a_boot_bundle_and_names_only_known_placeholders():

@@ -133,7 +133,7 @@ def test_the_default_host_types_are_in_the_host_table(construct, prop):
     assert inspect.signature(construct.__init__).parameters[prop].default in HOST_SPECS
 
 
-def test_every_host_type_the_readme_names_is_in_the_host_table():
-    readme = (REPO / "README.md").read_text()
+def test_every_host_type_the_docs_name_is_in_the_host_table():
+    readme = "".join(p.read_text() for p in (REPO / "README.md", *(REPO / "docs").glob("*.md")))
     named = set(re.findall(r"\b[cmr][5-8][a-z]*\.[0-9]*x?large\b", readme))
     assert named and named <= set(HOST_SPECS)

@@ -1,6 +1,6 @@
-"""Every option of the README's "Configuration of the default app" table synthesizes clean with a
-valid non-default value (an opt-in that needs an acknowledgment carries one naming the opt-in),
-and every invalid value is refused with a message: exit 2, no traceback.
+"""Every option of docs/configuration.md's "Context keys of the default app" table synthesizes
+clean with a valid non-default value (an opt-in that needs an acknowledgment carries one naming
+the opt-in), and every invalid value is refused with a message: exit 2, no traceback.
 
 A synth with all five packs takes 20-40 s here, so four contexts together cover every key, each
 in a combination the README shows; invalid values go to the parser without a synth.
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aws_cdk as cdk
 import pytest
+from aws_cdk.assertions import Template
 
 from cdk_trn.compliance import DEFAULT_PACKS, enable_compliance, synth_checked
 from cdk_trn.errors import CdkTrnError
@@ -25,7 +26,7 @@ from stacks import build_default_app
 from stacks.config import AppConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
+README = (ROOT / "docs" / "configuration.md").read_text()
 
 RESERVATION = "cr-0123456789abcdef0"
 #: Four contexts that together give every key of the table a non-default value.
@@ -72,12 +73,16 @@ CONTEXTS = {
         "dashboard": "false",
         # An image the team pushed: the scheduler, jobs and the acceptance run use it.
         "trainingImage": "123456789012.dkr.ecr.ap-south-2.amazonaws.com/team/trn-train:v1",
+        # An existing VPC: TrainingNetwork.from_attributes, no lookup at synth.
+        "vpcId": "vpc-0123456789abcdef0",
+        "subnetId": "subnet-0123456789abcdef0",
+        "vpcCidrBlock": "10.20.0.0/16",
     },
 }
 
 
 def readme_table_keys() -> set[str]:
-    section = README.split("## Configuration of the default app", 1)[1].split("\n## ", 1)[0]
+    section = README.split("## Context keys of the default app", 1)[1].split("\n## ", 1)[0]
     keys: set[str] = set()
     for row in re.findall(r"^\| (`[^|]+`) \|", section, re.M):
         keys.update(re.findall(r"`([A-Za-z]+)`", row))
@@ -112,6 +117,10 @@ def test_options_synthesize_clean(name):
         assert default.cluster_stack.acceptance is None
     if name == "other-region":
         assert default.cluster_stack.region == "ap-south-2"
+        storage = Template.from_stack(default.storage_stack)
+        storage.resource_count_is("AWS::EC2::VPC", 0)
+        storage.resource_count_is("AWS::EC2::VPCEndpoint", 0)
+        assert default.cluster.subnet.subnet_id == "subnet-0123456789abcdef0"
 
 
 @pytest.fixture
@@ -176,6 +185,14 @@ INVALID = [
     ),
     ({"compliancePacks": "Nope"}, "packs must be names among"),
     ({"alarmEmail": "ops at example"}, "alarm_email must be an email address"),
+    ({"vpcId": "vpc-0123456789abcdef0"}, "subnetId must be given with vpcId"),
+    ({"subnetId": "subnet-0123456789abcdef0"}, "vpcId must be given with subnetId"),
+    ({"vpcCidrBlock": "10.0.0.0/16"}, "vpcCidrBlock must be set only with vpcId"),
+    (
+        {"vpcId": "vpc-0123456789abcdef0", "subnetId": "subnet-1", "natEgress": "true"},
+        "natEgress must be false with vpcId",
+    ),
+    ({"vpcId": "vpc-1", "subnetId": "subnet-0123456789abcdef0"}, "Network: vpc_id must be an id"),
 ]
 
 

@@ -145,3 +145,54 @@ def test_failing_boot_still_ships_its_log(tmp_path, trn2):
     messages = _shipped_events(result)
     assert any("could not reserve the rendezvous ports" in m for m in messages)
     assert any("node_bootstrap.sh exited with status 1" in m for m in messages)
+
+
+def _log_events(tmp_path: Path, log: bytes) -> list[dict]:
+    """launcher.sh's log_events on a boot log of ``log``: the JSON PutLogEvents takes."""
+    launcher = (Path(bundle_files("node")["node_bootstrap.sh"]).parent / "launcher.sh").read_text()
+    [function] = re.findall(r"^log_events\(\) \{\n.*?^\}\n", launcher, re.M | re.S)
+    (tmp_path / "boot.log").write_bytes(log)
+    done = subprocess.run(
+        ["bash", "-c", f"set -uo pipefail\n{function}log_events"],
+        env={"PATH": "/usr/bin:/bin", "LOG": str(tmp_path / "boot.log")},
+        capture_output=True,
+        check=True,
+    )
+    events = json.loads(done.stdout.decode("utf-8"))
+    assert len({e["timestamp"] for e in events}) == 1
+    return events
+
+
+def test_boot_log_events_are_valid_json_whatever_the_boot_printed(tmp_path):
+    log = (
+        b'quote " and back\\slash\\\n'  # escaped
+        b"\n"  # an empty line is one space (CloudWatch refuses empty messages)
+        b"tab\there\r\n"  # a tab becomes a space, a carriage return goes
+        b"bell\x07 escape\x1b[0m\n"  # control characters go
+        b"broken \xff\xfe utf-8 \xc3\xa9\n"  # invalid bytes go, valid ones stay
+    )
+    messages = [e["message"] for e in _log_events(tmp_path, log)]
+    assert messages == [
+        'quote " and back\\slash\\',
+        " ",
+        "tab here",
+        "bell escape[0m",
+        "broken  utf-8 é",
+    ]
+
+
+def test_boot_log_events_keep_the_last_lines_that_fit_one_call(tmp_path):
+    # Long lines are cut at 16,000 bytes, never inside an escape or a character.
+    # (Escaped, a quote is two bytes.)
+    split_character = b'"' * 7999 + b"x" + "é".encode() + b"x" * 100 + b"\n"
+    assert [e["message"] for e in _log_events(tmp_path, split_character)] == ['"' * 7999 + "x"]
+    split_escape = b"a" + b'"' * 8000 + b"\n"
+    assert [e["message"] for e in _log_events(tmp_path, split_escape)] == ["a" + '"' * 7999]
+    lines = [f"line {i} ".encode() + b"y" * 990 for i in range(1200)]
+    messages = [e["message"] for e in _log_events(tmp_path, b"\n".join(lines) + b"\n")]
+    # 900,000 bytes of messages and their 26 bytes each: the last lines, in order.
+    assert len(messages) < 1200 and messages[-1].startswith("line 1199 ")
+    assert messages == [line.decode() for line in lines[-len(messages) :]]
+    assert sum(len(m.encode()) + 26 for m in messages) <= 900_000
+    assert [e["message"] for e in _log_events(tmp_path, b"")] == ["(the boot printed nothing)"]
+    assert len(_log_events(tmp_path, b"a\n" * 9500)) == 9000

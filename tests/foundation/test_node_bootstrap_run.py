@@ -63,7 +63,7 @@ def _render(cluster: TrainiumCluster) -> Rendered:
     stack = cdk.Stack.of(cluster)
     return Rendered(
         user_data=cluster._user_data(),
-        variables=cluster._boot_variables(),
+        variables=cluster._boot_variables().to_environment(),
         stack_name=stack.stack_name,
         logical_id=stack.get_logical_id(cluster.auto_scaling_group),
     )

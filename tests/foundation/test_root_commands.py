@@ -126,10 +126,13 @@ def test_the_planted_modules_work_where_nothing_protects_against_them(planted, t
 def test_the_metrics_timer_does_not_import_a_job_s_modules(planted, tmp_path):
     """boot_common.sh publish_metrics, as the node's timer runs it: docker exec into the Slurm
     container, node_metrics.sh (Python reads neuron-monitor's report), aws put-metric-data."""
+    from cdk_trn_runtime.node.bundle import write_bundle
+
+    boot = write_bundle("node", tmp_path / "boot").parent
     script = (
         # BOOT_DIR: the entry script sets it before sourcing boot_common.sh (which sources
-        # units.sh and imds_guard.sh from it)
-        f'BOOT_DIR="{RUNTIME}/node"; . "{RUNTIME}/node/boot_common.sh"; '
+        # units.sh, imds_guard.sh and the contract from the bundle)
+        f'BOOT_DIR="{boot}"; . "{boot}/boot_common.sh"; '
         "CDK_TRN_CLUSTER=c1 CDK_TRN_REGION=us-east-2; "
         "publish_metrics cdk-trn/Node cdk-trn-slurmd node_metrics.sh"
     )

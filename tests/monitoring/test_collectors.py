@@ -224,7 +224,7 @@ def test_node_with_nothing_to_report_prints_nothing(tmp_path):
 
 def test_collectors_pass_shellcheck():
     result = subprocess.run(
-        ["shellcheck", "slurm_metrics.sh", "node_metrics.sh"],
+        ["shellcheck", "-x", "slurm_metrics.sh", "node_metrics.sh"],
         cwd=MONITORING,
         capture_output=True,
         text=True,
@@ -243,5 +243,5 @@ def test_the_training_image_ships_the_collectors_where_the_hosts_run_them():
     assert "IMAGE_MONITORING=/opt/cdk-trn/cdk_trn_runtime/monitoring\n" in boot
     node = (repo / "cdk_trn_runtime" / "node" / "node_bootstrap.sh").read_text()
     controller = (repo / "cdk_trn_runtime" / "node" / "controller_bootstrap.sh").read_text()
-    assert f"publish_metrics {contract.METRICS_NAMESPACE_NODE} " in node
-    assert f"publish_metrics {contract.METRICS_NAMESPACE_SLURM} " in controller
+    assert 'publish_metrics "$CONTRACT_METRICS_NAMESPACE_NODE" ' in node
+    assert 'publish_metrics "$CONTRACT_METRICS_NAMESPACE_SLURM" ' in controller

@@ -22,10 +22,8 @@ def preflight_stack(**props) -> tuple[cdk.Stack, Preflight]:
     app = cdk.App()
     stack = cdk.Stack(app, "Test", env=cdk.Environment(region="us-east-2"))
     network = TrainingNetwork(stack, "Network", availability_zone="use2-az3")
-    props.setdefault("vpc", network.vpc)
-    props.setdefault("subnet", network.subnet)
+    props.setdefault("network", network)
     props.setdefault("instance_type", "trn2.48xlarge")
-    props.setdefault("availability_zone", "use2-az3")
     props.setdefault("nodes", 2)
     props.setdefault("capacity", Capacity.on_demand())
     return stack, Preflight(stack, "Preflight", **props)
@@ -57,6 +55,33 @@ def test_the_custom_resource_carries_what_the_handler_checks(on_demand):
 def function_of(stack, preflight, template):
     logical = stack.get_logical_id(preflight.function.node.default_child)
     return template.to_json()["Resources"][logical]
+
+
+def test_only_an_imported_subnet_is_sent_for_its_az_check(on_demand):
+    _, _, template = on_demand
+    (created,) = template.find_resources("Custom::TrnPreflight").values()
+    assert "SubnetId" not in created["Properties"]
+    app = cdk.App()
+    stack = cdk.Stack(app, "Imported", env=cdk.Environment(region="us-east-2"))
+    network = TrainingNetwork.from_attributes(
+        stack,
+        "Network",
+        vpc_id="vpc-0123456789abcdef0",
+        subnet_id="subnet-0123456789abcdef0",
+        availability_zone="use2-az3",
+    )
+    Preflight(
+        stack,
+        "Preflight",
+        network=network,
+        instance_type="trn2.48xlarge",
+        nodes=2,
+        capacity=Capacity.on_demand(),
+    )
+    (imported,) = (
+        assertions.Template.from_stack(stack).find_resources("Custom::TrnPreflight").values()
+    )
+    assert imported["Properties"]["SubnetId"] == "subnet-0123456789abcdef0"
 
 
 def test_the_function_runs_the_runtime_handler_without_reserved_concurrency(on_demand):
@@ -105,7 +130,7 @@ def test_the_policy_reads_only_offerings_quotas_and_reservations(on_demand):
         "ec2:DescribeInstanceTypeOfferings",
         "ec2:DescribeInstances",  # Trn vCPUs already running against the quota
         "ec2:DescribeNetworkInterfaces",
-        "ec2:DescribeSubnets",
+        "ec2:DescribeSubnets",  # the function's subnet; and an imported subnet's AZ
         "ec2:DescribeVpcEndpointServices",  # the endpoint services offered in the AZ
         "ec2:UnassignPrivateIpAddresses",
         "kms:Decrypt",

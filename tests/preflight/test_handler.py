@@ -253,6 +253,47 @@ def test_on_demand_passes_when_offered_and_the_quota_holds_every_node(aws):
     assert "2 x trn2.48xlarge in use2-az3" in result["data"]["Summary"]
 
 
+SUBNET = "subnet-0123456789abcdef0"
+
+
+def stub_subnet(aws: StubbedAws, zone_id: str | None) -> None:
+    if zone_id is None:
+        aws.ec2.add_client_error(
+            "describe_subnets",
+            service_error_code="InvalidSubnetID.NotFound",
+            expected_params={"SubnetIds": [SUBNET]},
+        )
+        return
+    aws.ec2.add_response(
+        "describe_subnets",
+        {"Subnets": [{"SubnetId": SUBNET, "AvailabilityZoneId": zone_id, "VpcId": "vpc-1"}]},
+        {"SubnetIds": [SUBNET]},
+    )
+
+
+def test_an_imported_subnet_in_the_az_passes_on_to_the_other_checks(aws):
+    stub_subnet(aws, AZ)
+    stub_offerings(aws, [AZ])
+    stub_quota(aws, 384.0)
+    stub_running(aws, [])
+    assert run(aws, event(SubnetId=SUBNET)).only["status"] == "SUCCESS"
+
+
+def test_an_imported_subnet_in_another_az_refuses_naming_both_azs(aws):
+    stub_subnet(aws, "use2-az1")
+    result = run(aws, event(SubnetId=SUBNET)).only
+    assert result["status"] == "FAILED"
+    assert f"subnet {SUBNET} is in AZ use2-az1, not {AZ}" in result["reason"]
+    assert "availabilityZone=use2-az1" in result["reason"]
+
+
+def test_an_imported_subnet_that_does_not_exist_refuses(aws):
+    stub_subnet(aws, None)
+    result = run(aws, event(SubnetId=SUBNET)).only
+    assert result["status"] == "FAILED"
+    assert f"subnet {SUBNET} does not exist" in result["reason"]
+
+
 def test_type_not_offered_in_the_az_names_the_azs_that_offer_it(aws):
     stub_offerings(aws, ["use2-az1", "use2-az2"])
     result = run(aws, event()).only

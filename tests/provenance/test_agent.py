@@ -18,21 +18,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cdk_trn_runtime.provenance.agent import (
-    AgentClient,
-    AgentError,
-    SigningAgent,
-    Slurm,
-    serve,
-    signed_file,
-)
+from cdk_trn_runtime.provenance.agent_client import AgentClient, AgentError, signed_file
+from cdk_trn_runtime.provenance.agent_socket import serve
 from cdk_trn_runtime.provenance.manifest import (
     load_public_key,
     manifest_digest,
     verify_signed_manifest,
 )
+from cdk_trn_runtime.provenance.peer_identity import Slurm
 from cdk_trn_runtime.provenance.resume import ResumeRefused, check_resume
 from cdk_trn_runtime.provenance.signing import AgentCheckpointSigner, write_signed_manifest
+from cdk_trn_runtime.provenance.signing_agent import SigningAgent
 from cdk_trn_runtime.train import checkpoint as ckpt
 from tests.support.servers import POLL_INTERVAL
 
@@ -272,7 +268,7 @@ def test_the_manifest_child_runs_without_the_job_s_user_site(world, monkeypatch)
     """A usercustomize.py in the job's home is not imported (-s, PYTHONNOUSERSITE)."""
     import subprocess
 
-    from cdk_trn_runtime.provenance import agent as agent_module
+    from cdk_trn_runtime.provenance import manifest_child
 
     seen: dict[str, Any] = {}
 
@@ -280,9 +276,9 @@ def test_the_manifest_child_runs_without_the_job_s_user_site(world, monkeypatch)
         seen["argv"], seen["env"] = argv, kw["env"]
         return subprocess.CompletedProcess(argv, 1, "", "stop")
 
-    monkeypatch.setattr(agent_module.subprocess, "run", run)
+    monkeypatch.setattr(manifest_child.subprocess, "run", run)
     with pytest.raises(AgentError):
-        agent_module._hash_as(JOB_UID, JOB_UID, "/x", {})
+        manifest_child.hash_as(JOB_UID, JOB_UID, "/x", {})
     assert "-s" in seen["argv"] and "-P" in seen["argv"]
     assert seen["env"]["PYTHONNOUSERSITE"] == "1" and "HOME" not in seen["env"]
 

@@ -25,7 +25,7 @@ def controller() -> Rendered:
     assert isinstance(group, cdk.CfnResource)
     return Rendered(
         user_data=scheduler._user_data(),
-        variables=scheduler._boot_variables(),
+        variables=scheduler._boot_variables().to_environment(),
         stack_name=stack.stack_name,
         logical_id=stack.get_logical_id(group),
     )
@@ -61,7 +61,8 @@ def test_controller_units_run_the_shipped_entry_script(host, controller):
     apply = (units / "cdk-trn-apply-document.service").read_text()
     assert f"ExecStart={entry} apply-document" in apply
     reaper = (units / "cdk-trn-reaper.service").read_text()
-    assert f"ExecStart=/bin/bash {host.bundle}/reaper.sh" in reaper
+    shipped = f"{host.bundle}/src/cdk_trn_runtime/slurm/scripts/reaper.sh"
+    assert f"ExecStart=/bin/bash {shipped}" in reaper
     assert "docker exec -u root -w / cdk-trn-slurmctld scontrol" in reaper
     assert not list(units.glob("*@*"))
     assert ["enable", "--now", "cdk-trn-slurmctld.service"] in result.calls_to("systemctl")

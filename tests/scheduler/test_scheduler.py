@@ -108,7 +108,7 @@ def test_user_data_quotes_every_value_and_carries_no_key(synth):
     user_data = scheduler._user_data()
     header = [line for line in user_data.splitlines()[1:] if line.startswith("CDK_TRN_")]
     # The controller's 13 variables and the boot bundle's bucket, key, digest, entry and log group.
-    assert len(scheduler._boot_variables()) == 13
+    assert len(scheduler._boot_variables().to_environment()) == 13
     assert len(header) == 13 + 5
     for line in header:
         name, _, value = line.partition("=")
@@ -127,7 +127,9 @@ def test_cluster_document_carries_the_catalog_and_shared_paths(synth):
     assert doc["max_node_count"] == max_node_count(2) == 10 and doc["max_nodes_per_job"] == 2
     assert doc["nodes"] == 2
     # Host keys carry the cloud's values (the twin sets its own).
-    assert {k: doc[k] for k in HOST_DEFAULTS} == HOST_DEFAULTS
+    # Every one is sent but cred_expire, left out while unset (Slurm's default, 120 s).
+    assert set(HOST_DEFAULTS) - set(doc) == {"cred_expire"}
+    assert {k: doc.get(k) for k in HOST_DEFAULTS} == HOST_DEFAULTS
     [spec] = re.findall(r"^CDK_TRN_SLURM_SPEC='(.*)'$", scheduler._user_data(), re.M)
     assert json.loads(spec) == doc
 
@@ -181,10 +183,11 @@ def test_nodes_boot_after_the_controller(synth):
     assert controller in template.to_json()["Resources"][nodes]["DependsOn"]
 
 
-def test_a_cluster_takes_one_scheduler():
+def test_a_cluster_takes_one_scheduler_and_the_error_names_both():
     stack, scheduler = _scheduler()
-    with pytest.raises(CdkTrnError, match="one SlurmScheduler per cluster"):
+    with pytest.raises(CdkTrnError, match="one SlurmScheduler per stack") as raised:
         SlurmScheduler(stack, "Second", cluster=scheduler.cluster)
+    assert "Test/Second" in str(raised.value) and "Test/Slurm" in str(raised.value)
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -305,7 +308,7 @@ def test_generator_refuses_a_document_with_a_missing_key(tmp_path):
         text=True,
     )
     assert done.returncode == 2
-    assert "missing key" in done.stderr
+    assert "cluster document: shared_root is missing" in done.stderr
 
 
 def test_construct_and_twin_build_the_cluster_document_with_one_function(synth, tmp_path):
@@ -316,5 +319,6 @@ def test_construct_and_twin_build_the_cluster_document_with_one_function(synth, 
     scheduler, _ = synth
     construct = scheduler.slurm_cluster_document()
     twin = Twin(tmp_path / "twin").cluster_document(2)
-    assert set(construct) == set(twin) | {"document_parameter"}
+    # cred_expire: the twin sets it (30 s), the cloud leaves it out (Slurm's default).
+    assert set(construct) | {"cred_expire"} == set(twin) | {"document_parameter"}
     assert twin["max_node_count"] == construct["max_node_count"]  # both: 2 nodes

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cdk_trn_runtime import contract
 from cdk_trn_runtime.slurm import apply, document
 from cdk_trn_runtime.slurm.config import cloud_config, render_slurm_conf
 from cdk_trn_runtime.slurm.twin import aws_double
@@ -42,7 +43,9 @@ def test_max_node_count_refuses_no_nodes():
 
 def test_host_keys_default_to_the_cloud_and_unknown_ones_are_refused():
     doc = _doc()
-    assert {k: doc[k] for k in document.HOST_DEFAULTS} == document.HOST_DEFAULTS
+    # Every one is sent but cred_expire, left out while unset (Slurm's default, 120 s).
+    assert set(document.HOST_DEFAULTS) - set(doc) == {"cred_expire"}
+    assert {k: doc.get(k) for k in document.HOST_DEFAULTS} == document.HOST_DEFAULTS
     assert _doc(slurmd_timeout=10)["slurmd_timeout"] == 10
     with pytest.raises(ValueError, match=r"unknown host keys \['bogus'\]"):
         _doc(bogus=1)
@@ -128,13 +131,17 @@ def test_task_prolog_exports_the_node_environment_verbatim(tmp_path):
         "CDK_TRN_SHARED_ROOT=/fsx\nCDK_TRN_REGION=us-east-2\nCDK_TRN_JOB_PATH=/opt/env/bin\n"
         "NEURON_COMPILE_CACHE_URL='/fsx/neuron cache'\n"
     )
-    script = (
-        (SCRIPTS / "task_prolog.sh")
+    # The script beside a contract.sh whose SLURM_NODE_ENV_FILE names the test's file.
+    package = tmp_path / "cdk_trn_runtime"
+    runnable = package / "slurm" / "scripts" / "task_prolog.sh"
+    runnable.parent.mkdir(parents=True)
+    runnable.write_text((SCRIPTS / "task_prolog.sh").read_text())
+    (package / "contract").mkdir()
+    (package / "contract" / "contract.sh").write_text(
+        (SCRIPTS.parents[1] / "contract" / "contract.sh")
         .read_text()
-        .replace("/etc/cdk-trn/slurm-node.env", str(env_file))
+        .replace(f"='{contract.SLURM_NODE_ENV_FILE}'", f"='{env_file}'")
     )
-    runnable = tmp_path / "task_prolog.sh"
-    runnable.write_text(script)
     out = subprocess.run(
         ["bash", str(runnable)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
     ).stdout
@@ -144,7 +151,7 @@ def test_task_prolog_exports_the_node_environment_verbatim(tmp_path):
         "export PATH=/opt/env/bin:/usr/bin:/bin",
         "export NEURON_COMPILE_CACHE_URL=/fsx/neuron cache",
     ]
-    assert "file=/etc/cdk-trn/slurm-node.env\n" in (SCRIPTS / "task_prolog.sh").read_text()
+    assert "file=$CONTRACT_SLURM_NODE_ENV_FILE\n" in (SCRIPTS / "task_prolog.sh").read_text()
 
 
 def _reaper_doubles(

@@ -14,6 +14,8 @@ from typing import Any
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 
+from cdk_trn.interfaces import ITrainingNetwork
+from cdk_trn.network import TrainingNetwork
 from cdk_trn.storage import (
     TrainingBuckets,
     TrainingFileSystem,
@@ -35,29 +37,25 @@ class StorageUnderTest:
     client_group: ec2.SecurityGroup
 
 
-def network(stack: cdk.Stack) -> tuple[ec2.IVpc, ec2.ISubnet]:
-    vpc = ec2.Vpc.from_vpc_attributes(
-        stack, "Vpc", vpc_id=VPC_ID, availability_zones=[AZ], isolated_subnet_ids=[SUBNET_ID]
+def network(stack: cdk.Stack) -> ITrainingNetwork:
+    return TrainingNetwork.from_attributes(
+        stack, "Network", vpc_id=VPC_ID, subnet_id=SUBNET_ID, availability_zone=AZ
     )
-    subnet = ec2.Subnet.from_subnet_attributes(
-        stack, "Subnet", subnet_id=SUBNET_ID, availability_zone=AZ
-    )
-    return vpc, subnet
 
 
 def storage_stack(*, app: cdk.App | None = None, **file_system_props: Any) -> StorageUnderTest:
     """Buckets, a file system with the default associations, and clients allowed from one SG."""
     app = app or cdk.App()
     stack = cdk.Stack(app, "Storage", env=cdk.Environment(region=REGION))
-    vpc, subnet = network(stack)
+    net = network(stack)
     buckets = TrainingBuckets(stack, "Buckets")
     file_system_props.setdefault(
         "data_repository_associations", default_data_repository_associations(buckets)
     )
     file_system_props.setdefault("encryption_key", buckets.encryption_key)
-    fs = TrainingFileSystem(stack, "Fsx", vpc=vpc, subnet=subnet, **file_system_props)
+    fs = TrainingFileSystem(stack, "Fsx", network=net, **file_system_props)
     clients = ec2.SecurityGroup(
-        stack, "ClientGroup", vpc=vpc, description="Test double of the cluster node group"
+        stack, "ClientGroup", vpc=net.vpc, description="Test double of the cluster node group"
     )
     fs.allow_clients(clients)
     return StorageUnderTest(app, stack, buckets, fs, clients)

@@ -315,3 +315,54 @@ def test_bad_bucket_props_are_refused_before_any_resource(props, message):
     with pytest.raises(CdkTrnError, match=message):
         TrainingBuckets(stack, "Buckets", **props)
     assert stack.node.try_find_child("Buckets") is None
+
+
+# -- existing buckets -----------------------------------------------------------------------------
+
+KEY_ARN = "arn:aws:kms:us-east-2:123456789012:key/0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"
+IMPORTED = {
+    "dataset_bucket_name": "trn-storage-datasets-1a2b3c",
+    "checkpoint_bucket_name": "trn-storage-checkpoints-4d5e6f",
+    "encryption_key_arn": KEY_ARN,
+}
+
+
+def test_existing_buckets_are_granted_like_new_ones_without_creating_a_bucket_or_key():
+    stack = cdk.Stack(cdk.App(), "Later", env=cdk.Environment(region="us-east-2"))
+    buckets = TrainingBuckets.from_attributes(
+        stack, "Buckets", **IMPORTED, access_log_bucket_name="trn-storage-logs-7a8b9c"
+    )
+    role = iam.Role(stack, "Nodes", assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"))
+    grant = buckets.grant_read_write(role)
+    assert grant.success and len(grant.principal_statements) == 5
+    template = Template.from_stack(stack)
+    for kind in ("AWS::S3::Bucket", "AWS::KMS::Key", "AWS::S3::BucketPolicy"):
+        template.resource_count_is(kind, 0)
+    statements = _statements(template, buckets.node.find_child("NodeReadWritePolicy"))
+    writes = [s for s in statements if "s3:PutObject" in s["Action"]]
+    assert writes[0]["Resource"] == {
+        "Fn::Join": [
+            "",
+            ["arn:", {"Ref": "AWS::Partition"}, ":s3:::trn-storage-checkpoints-4d5e6f/*"],
+        ]
+    }
+    (key_statement,) = [s for s in statements if "kms:Decrypt" in s["Action"]]
+    assert key_statement["Resource"] == KEY_ARN
+    assert buckets.access_log_bucket is not None
+    assert stack.resolve(buckets.dataset_bucket.bucket_name) == "trn-storage-datasets-1a2b3c"
+
+
+@pytest.mark.parametrize(
+    ("props", "message"),
+    [
+        ({"dataset_bucket_name": "Data_Sets"}, "Later/Buckets: dataset_bucket_name must be an S3"),
+        ({"checkpoint_bucket_name": "ab"}, "checkpoint_bucket_name must be an S3 bucket name"),
+        ({"access_log_bucket_name": "-logs"}, "access_log_bucket_name must be an S3 bucket name"),
+        ({"encryption_key_arn": "alias/aws/s3"}, "encryption_key_arn must be a KMS key ARN"),
+    ],
+)
+def test_bad_existing_bucket_attributes_are_refused(props, message):
+    stack = cdk.Stack(cdk.App(), "Later", env=cdk.Environment(region="us-east-2"))
+    with pytest.raises(CdkTrnError, match=message):
+        TrainingBuckets.from_attributes(stack, "Buckets", **{**IMPORTED, **props})
+    assert stack.node.try_find_child("Buckets") is None

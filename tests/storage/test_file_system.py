@@ -202,7 +202,7 @@ def test_client_rules_for_a_cluster_in_another_stack_live_in_that_stack():
     app = cdk.App()
     under_test = storage_stack(app=app)
     cluster = cdk.Stack(app, "Cluster", env=cdk.Environment(region="us-east-2"))
-    vpc, _ = network(cluster)
+    vpc = network(cluster).vpc
     nodes = ec2.SecurityGroup(cluster, "Nodes", vpc=vpc, description="Test double of node group")
     under_test.file_system.allow_clients(nodes)
     storage_template = Template.from_stack(under_test.stack)
@@ -297,12 +297,10 @@ def test_target_throughput_chooses_capacity_and_tier():
 def test_without_a_key_the_file_system_gets_its_own_rotating_retained_key():
     app = cdk.App()
     stack = cdk.Stack(app, "Solo", env=cdk.Environment(region="us-east-2"))
-    vpc, subnet = network(stack)
     fs = TrainingFileSystem(
         stack,
         "Fsx",
-        vpc=vpc,
-        subnet=subnet,
+        network=network(stack),
         daily_automatic_backup_start_time="03:30",
         weekly_maintenance_start_time="7:04:00",
     )
@@ -329,9 +327,9 @@ def build(**props: Any) -> cdk.Stack:
     """Build a bare file system; on failure, also prove no resource was created first."""
     app = cdk.App()
     stack = cdk.Stack(app, "Bad", env=cdk.Environment(region="us-east-2"))
-    vpc, subnet = network(stack)
+    net = network(stack)
     try:
-        TrainingFileSystem(stack, "Fsx", vpc=vpc, subnet=subnet, **props)
+        TrainingFileSystem(stack, "Fsx", network=net, **props)
     except CdkTrnError:
         assert stack.node.try_find_child("Fsx") is None
         raise

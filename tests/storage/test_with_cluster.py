@@ -39,8 +39,7 @@ def composed(tmp_path_factory):
     fs = TrainingFileSystem(
         storage,
         "Fsx",
-        vpc=network.vpc,
-        subnet=network.subnet,
+        network=network,
         encryption_key=buckets.encryption_key,
         data_repository_associations=default_data_repository_associations(buckets),
     )

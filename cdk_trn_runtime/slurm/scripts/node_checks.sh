@@ -19,9 +19,11 @@
 # test doubles earlier on PATH win.
 PATH="${PATH:+$PATH:}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 export PATH
+# shellcheck source=../../contract/contract.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../contract/contract.sh"
 
 load_node_env() {
-  local file="${CDK_TRN_SLURM_ENV:-/etc/cdk-trn/slurm-node.env}"
+  local file="${CDK_TRN_SLURM_ENV:-$CONTRACT_SLURM_NODE_ENV_FILE}"
   if [ -r "$file" ]; then
     set -a
     # shellcheck disable=SC1090
@@ -138,7 +140,7 @@ node_problem() {
 
 drain_node() {
   log "draining: $1"
-  scontrol update nodename="$NODE" state=drain reason="cdk-trn: $1"
+  scontrol update nodename="$NODE" state=drain reason="$CONTRACT_SLURM_DRAIN_REASON_PREFIX $1"
 }
 
 # Hardware reasons: a Neuron or EFA device count below the catalog's. A new instance fixes these;
