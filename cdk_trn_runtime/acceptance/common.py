@@ -106,6 +106,19 @@ def default_clients() -> Clients:
     )
 
 
+def in_service_ids(clients: Clients, group_name: str, what: str) -> list[str]:
+    """The InService instances of the Auto Scaling group ``group_name`` (``what`` names it in
+    the error when the group does not exist), sorted."""
+    groups = clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group_name])[
+        "AutoScalingGroups"
+    ]
+    if not groups:
+        raise AcceptanceRunError(f"{what} {group_name} not found")
+    return sorted(
+        i["InstanceId"] for i in groups[0]["Instances"] if i["LifecycleState"] == "InService"
+    )
+
+
 def run_fingerprint(properties: Mapping[str, Any]) -> str:
     relevant = {key: properties.get(key) for key in AcceptanceRunProperties.run_keys()}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()

@@ -18,6 +18,7 @@ from cdk_trn_runtime.acceptance.common import (
     RunProps,
     _error_code,
     _error_message,
+    in_service_ids,
 )
 from cdk_trn_runtime.contract import CLUSTER_TAG
 from cdk_trn_runtime.contract.acceptance import (
@@ -34,14 +35,9 @@ LOG = logging.getLogger(__name__)
 def discover_controller(clients: Clients, props: RunProps) -> Node:
     """The Slurm controller: the one InService instance of its group, tagged with the cluster."""
     name = props.controller_group_name
-    groups = clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
-        "AutoScalingGroups"
-    ]
-    if not groups:
-        raise AcceptanceRunError(f"Slurm controller group {name} not found")
-    ids = sorted(
-        i["InstanceId"] for i in groups[0]["Instances"] if i["LifecycleState"] == "InService"
-    )
+    if not name:
+        raise AcceptanceRunError("the run's properties name no Slurm controller group")
+    ids = in_service_ids(clients, name, "Slurm controller group")
     if len(ids) != 1:
         raise AcceptanceRunError(
             f"Slurm controller group {name} has {len(ids)} InService instances, expected 1"

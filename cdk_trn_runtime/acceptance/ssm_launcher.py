@@ -17,6 +17,7 @@ from cdk_trn_runtime.acceptance.common import (
     RunProps,
     _error_code,
     _error_message,
+    in_service_ids,
 )
 from cdk_trn_runtime.contract import CLUSTER_TAG
 from cdk_trn_runtime.contract.acceptance import NodeCommand
@@ -38,14 +39,7 @@ def rank_nodes(nodes: Sequence[Node]) -> list[Node]:
 def discover_nodes(clients: Clients, props: RunProps) -> list[Node]:
     """The group's InService instances with their private IPs, in rendezvous order."""
     name = props.auto_scaling_group_name
-    groups = clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
-        "AutoScalingGroups"
-    ]
-    if not groups:
-        raise AcceptanceRunError(f"Auto Scaling group {name} not found")
-    ids = sorted(
-        i["InstanceId"] for i in groups[0]["Instances"] if i["LifecycleState"] == "InService"
-    )
+    ids = in_service_ids(clients, name, "Auto Scaling group")
     if len(ids) != props.nodes:
         raise AcceptanceRunError(
             f"Auto Scaling group {name} has {len(ids)} InService instances, expected {props.nodes}"
