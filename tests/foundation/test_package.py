@@ -34,8 +34,9 @@ def test_unknown_name_is_an_attribute_error():
 NOT_COMPOSED_BY_USERS = {
     "EifBuild": "made by EnclaveImage.from_directory(...) when an EnclaveKeyVault binds it",
     "ImportedTrainingNetwork": "returned by TrainingNetwork.from_attributes (an ITrainingNetwork)",
-    "ImportedTrainingFileSystem": "returned by TrainingFileSystem.from_attributes",
     "ImportedTrainingBuckets": "returned by TrainingBuckets.from_attributes",
+    "TrainingFileSystemBase": "the base of TrainingFileSystem and its importer (users type "
+    "against ITrainingFileSystem)",
 }
 
 

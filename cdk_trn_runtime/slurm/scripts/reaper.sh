@@ -33,19 +33,13 @@
 # mark, squeue must list no job on the node.
 #
 # Needs: scontrol and squeue (CDK_TRN_SCONTROL overrides the scontrol command, e.g. `docker exec
-# <container> scontrol`; squeue is run the same way unless CDK_TRN_SQUEUE says otherwise), aws,
+# <container> scontrol`; CDK_TRN_SQUEUE likewise squeue: units/cdk-trn-reaper.service sets both), aws,
 # CDK_TRN_REGION and CDK_TRN_CLUSTER.
 set -uo pipefail
 # shellcheck source=../../contract/contract.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../contract/contract.sh"
 read -r -a SCONTROL <<<"${CDK_TRN_SCONTROL:-scontrol}"
-if [ -n "${CDK_TRN_SQUEUE:-}" ]; then
-  read -r -a SQUEUE <<<"$CDK_TRN_SQUEUE"
-elif [ "${SCONTROL[-1]}" = scontrol ]; then
-  SQUEUE=("${SCONTROL[@]:0:${#SCONTROL[@]}-1}" squeue)
-else
-  SQUEUE=(squeue)
-fi
+read -r -a SQUEUE <<<"${CDK_TRN_SQUEUE:-squeue}"
 INTERVAL="${CDK_TRN_REAPER_INTERVAL:-0}"
 # cdk_trn_runtime.contract.acceptance.REFRESH_DRAIN_REASON (Slurm appends who set it and when).
 REFRESH_REASON='cdk-trn: image refresh'
