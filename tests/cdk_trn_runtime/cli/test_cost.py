@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[3]
 #: src/plugins/jobcomp/filetxt/jobcomp_filetxt.c): a two-node job, a one-node job whose WorkDir
 #: has a space, a job cancelled while pending (StartTime=Unknown, no nodes) and an array task.
 JOBCOMP = ROOT / "tests" / "data" / "cost" / "jobcomp.log"
-DOUBLES = ROOT / "tests" / "cli" / "controller_command_doubles"
+DOUBLES = ROOT / "tests" / "cdk_trn_runtime" / "cli" / "controller_command_doubles"
 JSON_KEYS = {"job_id", "user", "name", "nodes", "elapsed_s", "node_hours", "cost_usd"}
 
 
