@@ -34,10 +34,10 @@ unit: $(VENV)/.test
 	pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 # AL2023's system python3 is 3.9, and the vault host and the controller run some runtime modules
-# with it: the tests run those with a real 3.9 (tests/host_python.py), pyenv's from this machine
-# kind's image, with botocore as the vault host's python3-botocore (pinned: the newest release that
-# still installs on 3.9 when this was written). CI (.ci/run) makes it before `make test`; without
-# it those tests skip outside CI and fail in CI.
+# with it: the tests run those with a real 3.9 (tests/support/host_python.py), pyenv's from this
+# machine kind's image, with botocore as the vault host's python3-botocore (pinned: the newest
+# release that still installs on 3.9 when this was written). CI (.ci/run) makes it before
+# `make test`; without it those tests skip outside CI and fail in CI.
 PYTHON39 ?= $(firstword $(wildcard /root/.pyenv/versions/3.9.*/bin/python3.9) $(shell command -v python3.9))
 HOST39 := .venv-host39
 host-python: $(HOST39)/.installed

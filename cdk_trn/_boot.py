@@ -37,7 +37,7 @@ from cdk_trn_runtime.node.bundle import (
 )
 
 #: EC2's limit on user data is 16 KiB; cdk-trn keeps every role's below this, with every token
-#: resolved to its longest value (tests/foundation/test_user_data_size.py), so a new variable
+#: resolved to its longest value (tests/cdk_trn/test_boot.py), so a new variable
 #: never breaks a deploy.
 USER_DATA_BUDGET_BYTES = 12 * 1024
 

@@ -12,6 +12,9 @@ import pytest  # noqa: E402
 # The session fixtures every package shares (tests/support).
 from tests.support.default_app import default_app  # noqa: E402, F401
 
+#: Fixtures shared across packages, from tests/support (pytest reads it in the root conftest only).
+pytest_plugins = ["tests.support.enclave_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _environment_and_directory_restored():
@@ -31,12 +34,12 @@ def _environment_and_directory_restored():
 #: each other) they start first. Two of the twin's modules may run at once on two workers: each
 #: twin has its own subnet, namespaces and rendezvous ports (test_twin shows two coexisting).
 LONG_MODULES = (
-    "tests/slurm/test_twin.py",
-    "tests/container/test_suite_cpu.py",
-    "tests/acceptance/test_slurm_job_local.py",
-    "tests/slurm/test_torchrun_job.py",
-    "tests/enclave/test_checkpoint_signing_end_to_end.py",
-    "tests/slurm/test_cost_local.py",
+    "tests/cdk_trn_runtime/slurm/twin/test_twin.py",
+    "tests/cdk_trn_runtime/suite/test_suite_cpu.py",
+    "tests/cdk_trn_runtime/acceptance/test_submit_suite_local.py",
+    "tests/cdk_trn_runtime/slurm/twin/test_torchrun_job.py",
+    "tests/cdk_trn_runtime/provenance/test_signing_end_to_end.py",
+    "tests/cdk_trn_runtime/slurm/twin/test_cost_local.py",
 )
 
 
