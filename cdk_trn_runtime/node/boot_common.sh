@@ -14,7 +14,7 @@ set -Eeuo pipefail
 # (fetch_munge_key: umask 077).
 umask 022
 
-# Tests only (tests/foundation/test_node_bootstrap_run.py): a directory that stands in for /.
+# Tests only (tests/cdk_trn_runtime/node/test_node_bootstrap.py): a directory that stands in for /.
 # Unset on an instance, where every path is the real one.
 ROOT="${NODE_BOOTSTRAP_TEST_ROOT:-}"
 

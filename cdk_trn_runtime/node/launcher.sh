@@ -16,7 +16,7 @@
 set -uo pipefail
 umask 077
 
-# Tests only (tests/foundation/test_launcher.py): a directory that stands in for /.
+# Tests only (tests/cdk_trn_runtime/node/test_launcher.py): a directory that stands in for /.
 ROOT="${NODE_BOOTSTRAP_TEST_ROOT:-}"
 BOOT="$ROOT/opt/cdk-trn/boot"
 LOG="$ROOT/var/log/cdk-trn-boot.log"
