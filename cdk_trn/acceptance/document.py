@@ -31,7 +31,9 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from cdk_trn._runtime import runtime_file
+from cdk_trn_runtime.contract import ACCEPTANCE_BUSY_EXIT, REFRESH_DRAIN_REASON
 from cdk_trn_runtime.contract.acceptance import (
+    ACCEPTANCE_NOT_READY_EXIT,
     CONTROL_DIR,
     LIST_SUFFIX,
     REAPER_REFRESH_MARKER,
@@ -92,6 +94,9 @@ def submit_script() -> str:
         ("__REPORT_SUFFIX__", REPORT_SUFFIX),
         ("__RUN_NODES_KEY__", RUN_NODES_KEY),
         ("__CONTROL_DIR__", CONTROL_DIR),
+        ("__BUSY_EXIT__", str(ACCEPTANCE_BUSY_EXIT)),
+        ("__NOT_READY_EXIT__", str(ACCEPTANCE_NOT_READY_EXIT)),
+        ("__REFRESH_REASON__", REFRESH_DRAIN_REASON),
     ):
         text = text.replace(marker, value)
     return text

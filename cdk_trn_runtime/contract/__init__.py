@@ -21,6 +21,11 @@ CLUSTER_TAG = "cdk-trn:cluster"
 NODE_BOOT_MINUTES = 15
 #: Exit status of the acceptance document when the job would wait behind users' jobs.
 ACCEPTANCE_BUSY_EXIT = 71
+#: The Slurm drain reason of a node the acceptance run refreshes after an image change: drained so
+#: no new job lands on it, then replaced (marked Unhealthy in its Auto Scaling group) once Slurm
+#: says it is drained without a job, by the acceptance handler or, for a node that was busy, by
+#: the controller's reaper (``slurm/scripts/reaper.sh``, from contract.sh).
+REFRESH_DRAIN_REASON = "cdk-trn: image refresh"
 #: Tag on the enclave vault's hosts (value: the vault's path), so nodes can find them.
 VAULT_DISCOVERY_TAG = "cdk-trn:enclave-vault"
 

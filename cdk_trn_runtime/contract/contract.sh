@@ -42,6 +42,7 @@ readonly CONTRACT_OUTPUT_SLURM_CLUSTER='SlurmClusterName'
 readonly CONTRACT_OUTPUT_VAULT_IMAGE_PCR0='VaultImagePcr0'
 readonly CONTRACT_OUTPUT_VAULT_KEY_ARN='VaultKeyArn'
 readonly CONTRACT_OUTPUT_VAULT_URL_PARAMETER='VaultUrlParameter'
+readonly CONTRACT_REFRESH_DRAIN_REASON='cdk-trn: image refresh'
 readonly -a CONTRACT_RENDEZVOUS_PORTS=('29400' '29499')
 readonly -a CONTRACT_RESEARCHER_ACTIONS=('submit' 'queue' 'logs' 'status' 'cancel' 'completions' 'relay')
 readonly CONTRACT_RESEARCHER_SHELL='shell'

@@ -41,8 +41,8 @@ set -uo pipefail
 read -r -a SCONTROL <<<"${CDK_TRN_SCONTROL:-scontrol}"
 read -r -a SQUEUE <<<"${CDK_TRN_SQUEUE:-squeue}"
 INTERVAL="${CDK_TRN_REAPER_INTERVAL:-0}"
-# cdk_trn_runtime.contract.acceptance.REFRESH_DRAIN_REASON (Slurm appends who set it and when).
-REFRESH_REASON='cdk-trn: image refresh'
+# The acceptance run's drain reason for an image refresh (Slurm appends who set it and when).
+REFRESH_REASON=$CONTRACT_REFRESH_DRAIN_REASON
 
 log() { echo "cdk-trn-reaper: $*" >&2; logger -t cdk-trn-reaper "$*" 2>/dev/null || true; }
 

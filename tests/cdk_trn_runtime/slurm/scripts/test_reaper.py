@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from cdk_trn_runtime.contract.acceptance import REFRESH_DRAIN_REASON
+from cdk_trn_runtime.contract import REFRESH_DRAIN_REASON
 
 REAPER = Path(__file__).parents[4] / "cdk_trn_runtime/slurm/scripts/reaper.sh"
 STAMP = "[root@2026-11-25T17:00:00]"
