@@ -544,17 +544,26 @@ class SlurmScheduler(Construct):
         policy = iam.ManagedPolicy(
             self.role,
             "ReaperPolicy",
-            description=f"Slurm controller of {self.cluster.cluster_name}: find dead nodes' "
-            "instances",
+            description=f"Slurm controller of {self.cluster.cluster_name}: find dead and "
+            "refreshed nodes' instances and their launch template versions",
             roles=[self.role],
             statements=[
-                iam.PolicyStatement(actions=["ec2:DescribeInstances"], resources=["*"]),
+                iam.PolicyStatement(
+                    actions=[
+                        "autoscaling:DescribeAutoScalingGroups",
+                        "autoscaling:DescribeAutoScalingInstances",
+                        "ec2:DescribeInstances",
+                    ],
+                    resources=["*"],
+                ),
             ],
         )
         acknowledge_wildcards(
             policy,
-            "ec2:DescribeInstances supports no resource-level permission: its Resource must be "
-            "'*' (read-only; the reaper filters by the cluster's tag)",
+            "ec2:DescribeInstances, autoscaling:DescribeAutoScalingGroups and "
+            "autoscaling:DescribeAutoScalingInstances support no resource-level permission: their "
+            "Resource must be '*' (read-only; the reaper filters by the cluster's tag and asks "
+            "only about instances of this cluster)",
             resources=["*"],
         )
 

@@ -119,12 +119,40 @@ refresh_if_drained() {
       return 0
       ;;
   esac
+  instance_is_stale "$instance"
+  case $? in
+    0) ;;
+    1)
+      # The address's instance already runs the current image: the drain was its predecessor's.
+      if "${SCONTROL[@]}" update nodename="$name" state=resume >/dev/null 2>&1; then
+        log "resumed $name ($instance): on the current launch template, the drain was a predecessor's"
+      fi
+      return 0
+      ;;
+    *) log "Auto Scaling did not answer for $instance ($name): not refreshed yet"; return 0 ;;
+  esac
   if aws autoscaling set-instance-health --region "$CDK_TRN_REGION" --instance-id "$instance" \
     --health-status Unhealthy --no-should-respect-grace-period >/dev/null; then
     log "refreshing $name ($instance): drained for the image refresh, no job; marked Unhealthy"
   else
     log "could not mark $instance ($name) Unhealthy: retrying"
   fi
+}
+
+# Whether instance $1 runs an earlier launch-template version than its Auto Scaling group: status
+# 0 stale, 1 current (a successor that took a drained predecessor's address, and its record), 2
+# when Auto Scaling did not answer.
+instance_is_stale() {
+  local group mine current
+  read -r group mine < <(aws autoscaling describe-auto-scaling-instances --region "$CDK_TRN_REGION" \
+    --instance-ids "$1" --query 'AutoScalingInstances[0].[AutoScalingGroupName,LaunchTemplate.Version]' \
+    --output text) || return 2
+  case "$group" in "" | None) return 2 ;; esac
+  current=$(aws autoscaling describe-auto-scaling-groups --region "$CDK_TRN_REGION" \
+    --auto-scaling-group-names "$group" --query 'AutoScalingGroups[0].LaunchTemplate.Version' \
+    --output text) || return 2
+  [ -n "$current" ] && [ "$current" != None ] || return 2
+  [ "$mine" != "$current" ]
 }
 
 reap_once() {

@@ -28,9 +28,35 @@ def _autoscaling_statements(template: Template) -> list[dict]:
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             actions = statement["Action"]
             actions = [actions] if isinstance(actions, str) else actions
-            if any(a.startswith("autoscaling:") for a in actions):
+            # The reaper's reads (with ec2:DescribeInstances) have a test of their own below.
+            reaper = "autoscaling:DescribeAutoScalingInstances" in actions
+            if any(a.startswith("autoscaling:") for a in actions) and not reaper:
                 found.append({**statement, "Roles": policy["Properties"]["Roles"]})
     return found
+
+
+def test_the_controller_reads_groups_and_instances_only_besides_its_grants():
+    stack, cluster = cluster_stack("trn2.48xlarge", file_system=FileSystemStandIn())
+    SlurmScheduler(stack, "Slurm", cluster=cluster)
+    template = Template.from_stack(stack)
+    reads = [
+        statement
+        for policy in template.find_resources("AWS::IAM::ManagedPolicy").values()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if "autoscaling:DescribeAutoScalingInstances" in statement["Action"]
+    ]
+    # The reaper's: which launch template version an instance and its group run.
+    assert reads == [
+        {
+            "Action": [
+                "autoscaling:DescribeAutoScalingGroups",
+                "autoscaling:DescribeAutoScalingInstances",
+                "ec2:DescribeInstances",
+            ],
+            "Effect": "Allow",
+            "Resource": "*",
+        }
+    ]
 
 
 def _canonical(statement: dict) -> str:

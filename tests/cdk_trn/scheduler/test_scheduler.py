@@ -153,7 +153,7 @@ def test_cluster_document_is_an_ssm_parameter_the_controller_alone_reads(synth):
     assert readers and all("ControllerRole" in r for r in readers), readers
 
 
-def test_controller_may_ask_ec2_which_instances_exist_and_nothing_more(synth):
+def test_controller_may_ask_which_instances_exist_and_what_they_run_and_nothing_more(synth):
     scheduler, template = synth
     stack = cdk.Stack.of(scheduler)
     role = stack.get_logical_id(scheduler.role.node.default_child)
@@ -164,8 +164,19 @@ def test_controller_may_ask_ec2_which_instances_exist_and_nothing_more(synth):
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]
         if "ec2:DescribeInstances" in json.dumps(statement["Action"])
     ]
-    # The reaper's question (is an instance of this cluster still at that address?), alone.
-    assert found == [{"Action": "ec2:DescribeInstances", "Effect": "Allow", "Resource": "*"}]
+    # The reaper's questions (is an instance of this cluster still at that address? does it run
+    # its group's launch template version?), alone.
+    assert found == [
+        {
+            "Action": [
+                "autoscaling:DescribeAutoScalingGroups",
+                "autoscaling:DescribeAutoScalingInstances",
+                "ec2:DescribeInstances",
+            ],
+            "Effect": "Allow",
+            "Resource": "*",
+        }
+    ]
 
 
 def test_node_user_data_starts_slurmd_and_references_the_secret(synth):

@@ -45,9 +45,12 @@ def run_reaper(
     jobs: dict[str, str] | None = None,
     squeue_fails: bool = False,
     gone: str = "-",
+    current: str = "-",
+    autoscaling_fails: bool = False,
 ):
     """``jobs``: node name -> the job ids squeue lists on it (none when absent); ``gone``: an
-    address no instance has any more."""
+    address no instance has any more; ``current``: an instance already on the group's launch
+    template version (version 7; every other instance runs version 6)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (tmp_path / "nodes").write_text(nodes + "\n")
@@ -75,6 +78,10 @@ def run_reaper(
         "  *InstanceId*) sed -n 's/.*Values=10\\.0\\.0\\.\\([0-9]*\\) .*/i-0\\1/p' <<<\"$*\" ;;\n"
         "  *length*) echo 1 ;;\n"
         f"  *set-instance-health*) exit {1 if health_fails else 0} ;;\n"
+        f"  *describe-auto-scaling-instances*) {'exit 255' if autoscaling_fails else ':'}\n"
+        f'    case "$*" in *"--instance-ids {current} "*) echo \'nodes 7\' ;;'
+        " *) echo 'nodes 6' ;; esac ;;\n"
+        "  *describe-auto-scaling-groups*) echo 7 ;;\n"
         "  *) exit 255 ;;\n"
         "esac\n"
     )
@@ -112,6 +119,23 @@ def test_only_a_node_drained_for_the_refresh_without_a_job_is_marked_unhealthy(t
     assert "refreshing ip-10-0-0-1 (i-01)" in done.stderr
     # Nothing is deleted: the instance's shutdown takes the node out of Slurm.
     assert not (tmp_path / "scontrol-calls").exists()
+
+
+def test_a_node_whose_instance_already_runs_the_current_template_is_resumed_not_marked(tmp_path):
+    # A successor took the address of a predecessor the refresh drained, and with it the record.
+    done, calls = run_reaper(tmp_path, NODES, current="i-01")
+    assert done.returncode == 0, done.stderr
+    assert not [c for c in calls if c.startswith("autoscaling set-instance-health")]
+    assert (tmp_path / "scontrol-calls").read_text() == "update nodename=ip-10-0-0-1 state=resume\n"
+    assert "resumed ip-10-0-0-1 (i-01)" in done.stderr
+
+
+def test_no_answer_from_auto_scaling_marks_nothing(tmp_path):
+    done, calls = run_reaper(tmp_path, NODES, autoscaling_fails=True)
+    assert done.returncode == 0, done.stderr
+    assert not [c for c in calls if c.startswith("autoscaling set-instance-health")]
+    assert not (tmp_path / "scontrol-calls").exists()
+    assert "Auto Scaling did not answer for i-01 (ip-10-0-0-1)" in done.stderr
 
 
 def test_a_refused_mark_is_said_and_retried_next_round(tmp_path):
