@@ -70,7 +70,8 @@ class StubbedAws:
             stubber.assert_no_pending_responses()
 
 
-def stubbed_aws(handler: ModuleType) -> StubbedAws:
+def stubbed_aws() -> StubbedAws:
+    """The handlers' clients (``common.Clients``), each behind an active Stubber."""
     clock = FakeClock()
     clients = common.Clients(
         ssm=boto3.client("ssm", region_name=REGION),
@@ -247,6 +248,35 @@ def list_params(node: NodeDouble) -> dict[str, Any]:
 
 def summary_key(node_rank: int = 0, run_id: str = RUN_ID) -> str:
     return f"acceptance-runs/{run_id}/{node_rank}/summary.json"
+
+
+def text_body(text: str) -> dict[str, Any]:
+    """A ``get_object`` answer holding ``text``."""
+    data = text.encode()
+    return {"Body": StreamingBody(io.BytesIO(data), len(data)), "ContentLength": len(data)}
+
+
+def stub_summary(aws: StubbedAws, document: Any) -> None:
+    aws.s3.add_response("get_object", body(document), {"Bucket": BUCKET, "Key": summary_key()})
+
+
+def stub_no_summary(aws: StubbedAws) -> None:
+    aws.s3.add_client_error(
+        "get_object",
+        service_error_code="NoSuchKey",
+        http_status_code=404,
+        expected_params={"Bucket": BUCKET, "Key": summary_key()},
+    )
+    aws.s3.add_response(
+        "list_objects_v2",
+        {"Contents": [], "KeyCount": 0},
+        {"Bucket": BUCKET, "Prefix": f"acceptance-runs/{RUN_ID}/"},
+    )
+
+
+def stub_no_pass_marker(aws: StubbedAws) -> None:
+    """No run passed with these properties before (the rollback check finds no marker)."""
+    aws.s3.add_client_error("get_object", service_error_code="NoSuchKey", http_status_code=404)
 
 
 def body(document: Any) -> dict[str, Any]:

@@ -30,21 +30,13 @@ from tests.cdk_trn_runtime.acceptance.handler_doubles import (
     load_handler,
     properties,
     run_state,
-    stubbed_aws,
+    stub_no_summary,
+    stub_summary,
     summary,
     summary_key,
 )
 
 handler = load_handler()
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-double-key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-double-secret")
-    stubs = stubbed_aws(handler)
-    yield stubs
-    stubs.assert_all_called()
 
 
 def stub_group(aws, instance_ids, state="InService"):
@@ -132,24 +124,6 @@ def stub_no_marker(aws, properties_):
         service_error_code="NoSuchKey",
         http_status_code=404,
         expected_params={"Bucket": BUCKET, "Key": marker_key(properties_)},
-    )
-
-
-def stub_summary(aws, document):
-    aws.s3.add_response("get_object", body(document), {"Bucket": BUCKET, "Key": summary_key()})
-
-
-def stub_no_summary(aws):
-    aws.s3.add_client_error(
-        "get_object",
-        service_error_code="NoSuchKey",
-        http_status_code=404,
-        expected_params={"Bucket": BUCKET, "Key": summary_key()},
-    )
-    aws.s3.add_response(
-        "list_objects_v2",
-        {"Contents": [], "KeyCount": 0},
-        {"Bucket": BUCKET, "Prefix": f"acceptance-runs/{RUN_ID}/"},
     )
 
 

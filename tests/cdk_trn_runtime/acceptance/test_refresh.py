@@ -7,11 +7,9 @@ refreshed the run fails at once naming the nodes and their jobs, or reports not-
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import pytest
-from botocore.response import StreamingBody
 from botocore.stub import ANY
 
 from cdk_trn_runtime.acceptance import common, refresh, slurm_launcher
@@ -28,9 +26,10 @@ from tests.cdk_trn_runtime.acceptance.handler_doubles import (
     body,
     event,
     load_handler,
-    stubbed_aws,
+    stub_no_pass_marker,
     summary,
     summary_key,
+    text_body,
 )
 from tests.cdk_trn_runtime.acceptance.test_slurm_launcher import (
     CONTROLLER,
@@ -50,15 +49,6 @@ OLD_B = ("i-0bbbbbbbbbbbbbbbb", "10.64.0.12")
 NEW_C = ("i-0cccccccccccccccc", "10.64.0.20")
 NEW_D = ("i-0dddddddddddddddd", "10.64.0.21")
 DRAIN_COMMAND = "dddddddd-2222-3333-4444-000000000000"
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-double-key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-double-secret")
-    stubs = stubbed_aws(handler)
-    yield stubs
-    stubs.assert_all_called()
 
 
 def image_update(**overrides: Any) -> dict[str, Any]:
@@ -125,17 +115,8 @@ def stub_addresses(aws, *nodes: tuple[str, str]):
     )
 
 
-def stub_no_pass_marker(aws):
-    aws.s3.add_client_error("get_object", service_error_code="NoSuchKey", http_status_code=404)
-
-
 def props_of(ev):
     return common.parse_properties(ev["ResourceProperties"])
-
-
-def text_body(text: str) -> dict[str, Any]:
-    data = text.encode()
-    return {"Body": StreamingBody(io.BytesIO(data), len(data)), "ContentLength": len(data)}
 
 
 def stub_list_written(aws, ev, stem: str, addresses: list[str], run_id: str | None = None):

@@ -7,11 +7,9 @@ is named, never terminated."""
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import pytest
-from botocore.response import StreamingBody
 from botocore.stub import ANY
 
 from cdk_trn_runtime.acceptance import common, slurm_launcher
@@ -24,6 +22,7 @@ from tests.cdk_trn_runtime.acceptance.handler_doubles import (
     RUN_ID,
     load_handler,
     summary,
+    text_body,
 )
 from tests.cdk_trn_runtime.acceptance.test_slurm_launcher import (
     CONTROLLER,
@@ -45,17 +44,6 @@ VICTIM = ("i-0eeeeeeeeeeeeeeee", "10.64.7.77")
 DRAIN_COMMAND = "dddddddd-2222-3333-4444-000000000000"
 
 
-@pytest.fixture
-def aws(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-double-key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-double-secret")
-    from tests.cdk_trn_runtime.acceptance.handler_doubles import stubbed_aws
-
-    stubs = stubbed_aws(handler)
-    yield stubs
-    stubs.assert_all_called()
-
-
 def forged(address: str) -> dict[str, Any]:
     """A summary a job of the job user could write: a node-local failure of ``address``."""
     return {
@@ -65,11 +53,6 @@ def forged(address: str) -> dict[str, Any]:
         "failures": [{"check": "gemm_numerics", "node": address, "message": "forged by a job"}],
         "figures": {},
     }
-
-
-def text_body(text: str) -> dict[str, Any]:
-    data = text.encode()
-    return {"Body": StreamingBody(io.BytesIO(data), len(data)), "ContentLength": len(data)}
 
 
 def stub_failed_run(aws, document: dict[str, Any], ran_on: str | None) -> None:

@@ -21,14 +21,14 @@ from tests.cdk_trn_runtime.acceptance.handler_doubles import (
     NOW,
     RUN_ID,
     NodeDouble,
-    body,
     event,
     list_commands_params,
     load_handler,
     properties,
-    stubbed_aws,
+    stub_no_pass_marker,
+    stub_no_summary,
+    stub_summary,
     summary,
-    summary_key,
 )
 
 handler = load_handler()
@@ -78,15 +78,6 @@ def slurm_is_complete_event(started: float = NOW - 600) -> dict:
         Data={"RunId": RUN_ID},
         AcceptanceRun=slurm_state(started),
     )
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-double-key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-double-secret")
-    stubs = stubbed_aws(handler)
-    yield stubs
-    stubs.assert_all_called()
 
 
 def stub_controller_group(aws, instance_ids):
@@ -195,24 +186,6 @@ def stub_failed_invocation(aws, code, stderr):
             },
             {"CommandId": CONTROLLER.command_id, "InstanceId": CONTROLLER.instance_id},
         )
-
-
-def stub_summary(aws, document):
-    aws.s3.add_response("get_object", body(document), {"Bucket": BUCKET, "Key": summary_key()})
-
-
-def stub_no_summary(aws):
-    aws.s3.add_client_error(
-        "get_object",
-        service_error_code="NoSuchKey",
-        http_status_code=404,
-        expected_params={"Bucket": BUCKET, "Key": summary_key()},
-    )
-    aws.s3.add_response(
-        "list_objects_v2",
-        {"Contents": [], "KeyCount": 0},
-        {"Bucket": BUCKET, "Prefix": f"acceptance-runs/{RUN_ID}/"},
-    )
 
 
 # --- on_event -----------------------------------------------------------------------------------
@@ -482,10 +455,6 @@ def image_update(**overrides):
         OldResourceProperties=slurm_properties(),
         ResourceProperties=slurm_properties(ImageUri=NEW_IMAGE, **overrides),
     )
-
-
-def stub_no_pass_marker(aws):
-    aws.s3.add_client_error("get_object", service_error_code="NoSuchKey", http_status_code=404)
 
 
 def test_an_image_change_on_refreshed_nodes_runs_and_names_the_image(aws):
