@@ -78,16 +78,6 @@ def key_of(message: type[Message], field_name: str) -> str:
     return message.keys()[field_name]
 
 
-def _text(value: Any) -> Any:
-    """A scalar as CloudFormation hands it to a custom resource (the construct sends strings, so
-    the template reads as the handler receives it); tokens and lists pass through."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return value
-    if float(value).is_integer():
-        return str(int(value))
-    return format(value, ".6g")
-
-
 @dataclass(frozen=True)
 class Check(Message):
     """One threshold the handler re-checks on the summary's figures."""
@@ -98,10 +88,6 @@ class Check(Message):
     unit: str = key("Unit", default="")
     minimum: float | None = key("Min", default=None)
     maximum: float | None = key("Max", default=None)
-
-    def to_properties(self, *, omit_defaults: bool = False, strings: bool = True) -> dict[str, Any]:
-        """Always as CloudFormation hands it over (numbers as text), ``strings`` or not."""
-        return {k: _text(v) for k, v in super().to_properties(omit_defaults=omit_defaults).items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,14 +156,11 @@ class AcceptanceRunProperties(Message):
         return tuple(keys[name] for name in cls.RUN_FIELDS)
 
     def to_properties(self, *, omit_defaults: bool = False, strings: bool = True) -> dict[str, Any]:
-        """Always as CloudFormation hands it over (numbers as text), ``strings`` or not."""
-        out = super().to_properties(omit_defaults=omit_defaults)
-        price = type(self).keys()["hourly_price"]
-        for wire, value in out.items():
-            if wire == price and isinstance(value, float):
-                out[wire] = format(value, ".4f")
-            else:
-                out[wire] = _text(value)
+        """As CloudFormation hands it over (numbers as text, the price to a hundredth of a cent)
+        unless ``strings=False``."""
+        out = super().to_properties(omit_defaults=omit_defaults, strings=strings)
+        if strings and isinstance(self.hourly_price, (int, float)):
+            out[type(self).keys()["hourly_price"]] = format(self.hourly_price, ".4f")
         return out
 
     def validate(self) -> None:

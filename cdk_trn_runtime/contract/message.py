@@ -166,6 +166,8 @@ def _to_wire(value: Any, strings: bool = False) -> Any:
         return "true" if value else "false"
     if strings and isinstance(value, int):
         return str(value)
+    if strings and isinstance(value, float):
+        return str(int(value)) if value.is_integer() else format(value, ".6g")
     return value
 
 
