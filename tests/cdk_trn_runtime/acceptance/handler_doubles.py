@@ -274,6 +274,46 @@ def stub_no_summary(aws: StubbedAws) -> None:
     )
 
 
+def stub_node_group(
+    aws: StubbedAws, instances: list[tuple[str, str, str]], current: str = "7"
+) -> None:
+    """The node group on launch template version ``current``: (instance id, its launch template
+    version, its lifecycle state) per instance."""
+    from botocore.stub import ANY
+
+    template = {"LaunchTemplateId": "lt-0123"}
+    aws.autoscaling.add_response(
+        "describe_auto_scaling_groups",
+        {
+            "AutoScalingGroups": [
+                {
+                    "AutoScalingGroupName": "nodes-group",
+                    "MinSize": 2,
+                    "MaxSize": 2,
+                    "DesiredCapacity": 2,
+                    "DefaultCooldown": 300,
+                    "AvailabilityZones": ["us-east-2c"],
+                    "HealthCheckType": "EC2",
+                    "CreatedTime": "2026-11-25T17:00:00Z",
+                    "LaunchTemplate": {**template, "Version": current},
+                    "Instances": [
+                        {
+                            "InstanceId": instance_id,
+                            "AvailabilityZone": "us-east-2c",
+                            "LifecycleState": state,
+                            "HealthStatus": "Healthy",
+                            "ProtectedFromScaleIn": False,
+                            "LaunchTemplate": {**template, "Version": version},
+                        }
+                        for instance_id, version, state in instances
+                    ],
+                }
+            ]
+        },
+        {"AutoScalingGroupNames": [ANY]},
+    )
+
+
 def stub_no_pass_marker(aws: StubbedAws) -> None:
     """No run passed with these properties before (the rollback check finds no marker)."""
     aws.s3.add_client_error("get_object", service_error_code="NoSuchKey", http_status_code=404)

@@ -27,6 +27,7 @@ from tests.cdk_trn_runtime.acceptance.handler_doubles import (
     event,
     load_handler,
     stub_no_pass_marker,
+    stub_node_group,
     summary,
     summary_key,
     text_body,
@@ -62,36 +63,7 @@ def image_update(**overrides: Any) -> dict[str, Any]:
 
 def stub_group(aws, instances: list[tuple[tuple[str, str], str, str]], current: str = "7"):
     """The node group: (node, launch template version, lifecycle state) per instance."""
-    aws.autoscaling.add_response(
-        "describe_auto_scaling_groups",
-        {
-            "AutoScalingGroups": [
-                {
-                    "AutoScalingGroupName": "nodes-group",
-                    "MinSize": 2,
-                    "MaxSize": 2,
-                    "DesiredCapacity": 2,
-                    "DefaultCooldown": 300,
-                    "AvailabilityZones": ["us-east-2c"],
-                    "HealthCheckType": "EC2",
-                    "CreatedTime": "2026-11-25T17:00:00Z",
-                    "LaunchTemplate": {"LaunchTemplateId": "lt-0123", "Version": current},
-                    "Instances": [
-                        {
-                            "InstanceId": node[0],
-                            "AvailabilityZone": "us-east-2c",
-                            "LifecycleState": state,
-                            "HealthStatus": "Healthy",
-                            "ProtectedFromScaleIn": False,
-                            "LaunchTemplate": {"LaunchTemplateId": "lt-0123", "Version": version},
-                        }
-                        for node, version, state in instances
-                    ],
-                }
-            ]
-        },
-        {"AutoScalingGroupNames": [ANY]},
-    )
+    stub_node_group(aws, [(node[0], version, state) for node, version, state in instances], current)
 
 
 def stub_addresses(aws, *nodes: tuple[str, str]):

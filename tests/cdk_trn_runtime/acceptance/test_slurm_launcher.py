@@ -27,6 +27,7 @@ from tests.cdk_trn_runtime.acceptance.handler_doubles import (
     properties,
     stub_no_pass_marker,
     stub_no_summary,
+    stub_node_group,
     stub_summary,
     summary,
 )
@@ -416,36 +417,7 @@ NEW_IMAGE = IMAGE[:-64] + "b" * 64
 
 
 def stub_node_group_versions(aws, versions: dict[str, str], current: str = "7"):
-    aws.autoscaling.add_response(
-        "describe_auto_scaling_groups",
-        {
-            "AutoScalingGroups": [
-                {
-                    "AutoScalingGroupName": "nodes-group",
-                    "MinSize": 2,
-                    "MaxSize": 2,
-                    "DesiredCapacity": 2,
-                    "DefaultCooldown": 300,
-                    "AvailabilityZones": ["us-east-2c"],
-                    "HealthCheckType": "EC2",
-                    "CreatedTime": "2026-11-25T17:00:00Z",
-                    "LaunchTemplate": {"LaunchTemplateId": "lt-0123", "Version": current},
-                    "Instances": [
-                        {
-                            "InstanceId": i,
-                            "AvailabilityZone": "us-east-2c",
-                            "LifecycleState": "InService",
-                            "HealthStatus": "Healthy",
-                            "ProtectedFromScaleIn": False,
-                            "LaunchTemplate": {"LaunchTemplateId": "lt-0123", "Version": v},
-                        }
-                        for i, v in versions.items()
-                    ],
-                }
-            ]
-        },
-        {"AutoScalingGroupNames": [ANY]},
-    )
+    stub_node_group(aws, [(i, v, "InService") for i, v in versions.items()], current)
 
 
 def image_update(**overrides):
