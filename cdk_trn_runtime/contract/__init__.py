@@ -239,7 +239,6 @@ OUTPUT_NODE_HOURLY_PRICE = "NodeHourlyPrice"
 #: commands are ``cdk_trn_runtime.cli.cost.job_completions_commands``; its parameters
 #: ``DOC_PARAM_SINCE`` (``YYYY-MM-DDTHH:MM:SS`` or empty) and ``DOC_PARAM_OFFSET`` (lines
 #: already read).
-DOC_JOB_COMPLETIONS = "JobCompletions"
 OUTPUT_DOC_JOB_COMPLETIONS = "SlurmJobCompletionsDocument"
 DOC_PARAM_SINCE = "Since"
 DOC_PARAM_OFFSET = "Offset"
